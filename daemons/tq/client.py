@@ -1,0 +1,166 @@
+"""The Python client API; tqctl is a thin layer over it.
+
+    from tq.client import Client
+    c = Client()                          # or Client(config="/etc/tq/tq.toml")
+    jid = c.submit("task-1", "arg")       # returns once the job is committed
+    job = c.wait(jid, timeout=10)         # dict; raises TimeoutError
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from . import config, control
+
+
+class TqError(Exception):
+    """Base of the client's errors; `exit_code` is tqctl's exit status for it."""
+
+    exit_code = control.EXIT_FAILED
+
+
+class Refused(TqError):
+    """The host refused the request (bad input, unknown task, too large, wrong state)."""
+
+    exit_code = control.EXIT_USAGE
+
+
+class HostUnreachable(TqError):
+    exit_code = control.EXIT_UNREACHABLE
+
+
+class PermissionDenied(TqError):
+    exit_code = control.EXIT_PERMISSION
+
+
+class NotFound(TqError):
+    exit_code = control.EXIT_NOT_FOUND
+
+
+class JobTimeout(TqError, TimeoutError):
+    exit_code = control.EXIT_TIMEOUT
+
+
+_ERRORS: dict[str, type[TqError]] = {"not_found": NotFound, "timeout": JobTimeout, "unavailable": HostUnreachable,
+                                     "permission": PermissionDenied}
+
+
+class Client:
+    """A connection to tq-host over its Unix socket (opened on first use, reopened after a failure)."""
+
+    def __init__(self, config: str | None = None, socket_path: str | None = None,
+                 timeout: float | None = 60.0) -> None:
+        self.socket_path = socket_path or _config_socket(config)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buf = bytearray()
+        self._rid = 0
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.socket_path)
+            except PermissionError:
+                sock.close()
+                raise PermissionDenied(f"permission denied on {self.socket_path}: add yourself to group tq "
+                                       "(sudo adduser $USER tq, then log in again)") from None
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                sock.close()
+                raise HostUnreachable(f"tq-host is not reachable at {self.socket_path}: {e.strerror} "
+                                      "(is it running? systemctl status tq-host)") from None
+            self._sock = sock
+        return self._sock
+
+    def call(self, op: str, wait: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Send one request and return the reply's body; raise a TqError for a refusal."""
+        sock = self._connect()
+        self._rid += 1
+        sock.settimeout(None if self.timeout is None else self.timeout + (wait or 0.0))
+        try:
+            sock.sendall(control.encode({"op": op, "rid": self._rid, **fields}))
+            while (end := self._buf.find(b"\n")) < 0:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    raise HostUnreachable(f"tq-host closed the connection on {self.socket_path}")
+                self._buf += chunk
+        except OSError as e:
+            self.close()
+            if isinstance(e, HostUnreachable):
+                raise
+            raise HostUnreachable(f"lost tq-host at {self.socket_path}: {e}") from None
+        reply = control.decode(bytes(self._buf[:end]))
+        del self._buf[:end + 1]
+        if not reply.get("ok"):
+            code = str(reply.get("code", "bad_request"))
+            raise _ERRORS.get(code, Refused)(str(reply.get("error", code)))
+        return reply
+
+    # ---- jobs -------------------------------------------------------------
+
+    def submit(self, task: str, *args: Any, queue: str | None = None, priority: int | None = None,
+               delay: float = 0, timeout: float | None = None, retries: int | None = None,
+               payload: Any = None) -> int:
+        """Submit one job; returns its id once the job is durable."""
+        spec = _spec(task, list(args), queue=queue, priority=priority, delay=delay, timeout=timeout,
+                     retries=retries, payload=payload)
+        return int(self.call("submit", jobs=[spec])["ids"][0])
+
+    def submit_many(self, jobs: Iterable[tuple[str, list[Any]] | dict[str, Any]]) -> list[int]:
+        """Submit many jobs in one request and one commit: (task, args) pairs or dicts of submit's fields."""
+        specs = [dict(j) if isinstance(j, dict) else _spec(j[0], list(j[1])) for j in jobs]
+        return [int(i) for i in self.call("submit", jobs=specs)["ids"]]
+
+    def get(self, job_id: int) -> dict[str, Any]:
+        return dict(self.call("get", id=job_id)["job"])
+
+    def wait(self, job_id: int, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until the job is done, dead or cancelled; raise TimeoutError (JobTimeout) past `timeout`."""
+        fields: dict[str, Any] = {"id": job_id}
+        if timeout is not None:
+            fields["timeout"] = timeout
+        return dict(self.call("wait", wait=timeout, **fields)["job"])
+
+    def list(self, state: str | None = None, queue: str | None = None, task: str | None = None,
+             limit: int = 50) -> list[dict[str, Any]]:
+        reply = self.call("list", state=state, queue=queue, task=task, limit=limit)
+        return [dict(j) for j in reply["jobs"]]
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        return dict(self.call("cancel", id=job_id)["job"])
+
+    def retry(self, job_id: int) -> dict[str, Any]:
+        return dict(self.call("retry", id=job_id)["job"])
+
+    def status(self) -> dict[str, Any]:
+        reply = self.call("status")
+        return {k: v for k, v in reply.items() if k not in ("ok", "rid")}
+
+    def workers(self) -> list[dict[str, Any]]:
+        return [dict(w) for w in self.call("workers")["workers"]]
+
+
+def _spec(task: str, args: list[Any], **options: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"task": task, "args": args}
+    spec.update({k: v for k, v in options.items() if v is not None and not (k == "delay" and not v)})
+    return spec
+
+
+def _config_socket(path: str | None) -> str:
+    try:
+        return config.load(path).host.socket
+    except config.ConfigError as e:
+        raise Refused(str(e)) from None

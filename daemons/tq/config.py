@@ -1,0 +1,369 @@
+"""Configuration: TOML files (a main file plus drop-ins) into frozen, validated dataclasses.
+
+Every error names the file, the dotted key and the reason, and for TOML syntax
+errors the line, so that `tqctl config check` reads like `nginx -t`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = "/etc/tq/tq.toml"
+DURABILITY_LEVELS = ("full", "normal")
+JOB_EVENT_LEVELS = ("all", "failures", "none")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+INSTANCE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+TASK_NAME_RE = re.compile(r"[A-Za-z0-9_:-]{1,100}(\.[A-Za-z0-9_:-]{1,100}){0,15}")
+
+
+class ConfigError(Exception):
+    """A configuration problem: `file: key: reason`."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        self.file, self.key, self.reason = file, key, reason
+        where = f"{file}: {key}: " if key else f"{file}: "
+        super().__init__(where + reason)
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    state_dir: str = "/var/lib/tq"
+    socket: str = "/run/tq/tq.sock"
+    durability: str = "full"
+    lease: float = 10.0
+
+
+@dataclass(frozen=True)
+class MqueueConfig:
+    prefix: str = "/tq"
+    max_message_size: int = 8192
+    max_messages: int = 10
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    queues: tuple[str, ...] = ("default",)
+    heartbeat: float = 1.0
+    prefetch: int = 2
+    stop_timeout: float = 20.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    job_events: str = "all"
+    job_events_per_second: int = 200
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str
+    handler: str = "echo"  # "echo", "command" or "python"
+    command: tuple[str, ...] = ()
+    python: str = ""
+    queue: str = "default"
+    timeout: float = 30.0
+    retries: int = 3
+    priority: int = 0
+    backoff: float = 1.0
+    backoff_max: float = 300.0
+
+
+@dataclass(frozen=True)
+class Config:
+    files: tuple[str, ...] = ()
+    host: HostConfig = field(default_factory=HostConfig)
+    mqueue: MqueueConfig = field(default_factory=MqueueConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    worker_overrides: dict[str, WorkerConfig] = field(default_factory=dict)
+    log: LogConfig = field(default_factory=LogConfig)
+    tasks: tuple[TaskConfig, ...] = ()
+
+    def worker_for(self, instance: str) -> WorkerConfig:
+        """The worker settings of one instance: `[worker]` overridden by `[worker.N]`."""
+        return self.worker_overrides.get(instance, self.worker)
+
+    def task_for(self, name: str) -> TaskConfig | None:
+        """The task config for a task name: an exact name first, then the first pattern that matches."""
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        for task in self.tasks:
+            if ("*" in task.name or "#" in task.name) and topic_matches(task.name, name):
+                return task
+        return None
+
+    @property
+    def host_queue(self) -> str:
+        return f"{self.mqueue.prefix}.host"
+
+    def inbox(self, instance: str) -> str:
+        return f"{self.mqueue.prefix}.w.{instance}"
+
+
+def topic_matches(pattern: str, name: str) -> bool:
+    """AMQP topic matching on dot-separated words: `*` is one word, `#` zero or more."""
+    return _match(pattern.split("."), name.split("."))
+
+
+def _match(pat: list[str], words: list[str]) -> bool:
+    if not pat:
+        return not words
+    head, rest = pat[0], pat[1:]
+    if head == "#":
+        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head == "*" or head == words[0]) and _match(rest, words[1:])
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string such as "250ms", "30s", "5m", "1h", "1d"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as \"30s\"")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
+        if not m:
+            raise ValueError(f"{value!r} is not a duration (examples: \"500ms\", \"30s\", \"5m\", \"1h\")")
+        unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
+        seconds = float(m.group(1)) * unit
+    else:
+        raise ValueError("expected a duration such as \"30s\"")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def config_files(path: str | None = None) -> list[str]:
+    """The files to read: --config, else $TQ_CONFIG, else the default; then `<dir>/tq.d/*.toml`."""
+    main = path or os.environ.get("TQ_CONFIG") or DEFAULT_CONFIG
+    dropins = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(main)), "tq.d", "*.toml")))
+    return [main, *dropins]
+
+
+def load(path: str | None = None) -> Config:
+    """Read and validate the configuration; raise ConfigError naming file, key and reason."""
+    files = config_files(path)
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for i, file in enumerate(files):
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            if i == 0 and path is None and "TQ_CONFIG" not in os.environ:
+                continue  # no /etc/tq/tq.toml: defaults apply
+            raise ConfigError(file, "", "no such file") from None
+        except OSError as e:
+            raise ConfigError(file, "", e.strerror or str(e)) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(file, "", f"TOML syntax error: {_syntax_reason(e)}") from None
+        _merge(merged, data, origin, file, "")
+    return _build(merged, origin, tuple(files))
+
+
+def _syntax_reason(e: tomllib.TOMLDecodeError) -> str:
+    m = re.match(r"(.*) \(at line (\d+), column (\d+)\)$", str(e))
+    return f"line {m.group(2)}, column {m.group(3)}: {m.group(1)}" if m else str(e)
+
+
+def _merge(into: dict[str, Any], data: dict[str, Any], origin: dict[str, str], file: str, prefix: str) -> None:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, origin, file, dotted + ".")
+        else:
+            into[key] = value
+            _mark(origin, value, file, dotted)
+
+
+def _mark(origin: dict[str, str], value: Any, file: str, dotted: str) -> None:
+    origin[dotted] = file
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _mark(origin, v, file, f"{dotted}.{k}")
+
+
+class _Reader:
+    """Reads typed keys out of one table, with errors that name file and key."""
+
+    def __init__(self, table: Any, dotted: str, origin: dict[str, str], files: tuple[str, ...]) -> None:
+        self.dotted, self.origin, self.files = dotted, origin, files
+        if not isinstance(table, dict):
+            raise self.error("", "expected a table")
+        self.table: dict[str, Any] = table
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        full = f"{self.dotted}.{key}" if key else self.dotted
+        file = self.origin.get(full) or self.origin.get(self.dotted) or (self.files[0] if self.files else "?")
+        return ConfigError(file, full, reason)
+
+    def check_keys(self, allowed: set[str]) -> None:
+        for key in self.table:
+            if key not in allowed:
+                raise self.error(key, f"unknown key (known keys: {', '.join(sorted(allowed))})")
+
+    def get(self, key: str, kind: type, default: Any) -> Any:
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise self.error(key, f"expected {_type_name(kind)}, got {_type_name(type(value))} {value!r}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value: str = self.get(key, str, default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value: int = self.get(key, int, default)
+        if not low <= value <= high:
+            raise self.error(key, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def duration(self, key: str, default: float, minimum: float = 0.0) -> float:
+        if key not in self.table:
+            return default
+        try:
+            seconds = parse_duration(self.table[key])
+        except ValueError as e:
+            raise self.error(key, str(e)) from None
+        if seconds < minimum:
+            raise self.error(key, f"must be at least {minimum:g}s")
+        return seconds
+
+    def names(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(key, list, None)
+        if value is None:
+            return default
+        if not value or not all(isinstance(v, str) and NAME_RE.match(v) for v in value):
+            raise self.error(key, "expected a non-empty list of queue names (letters, digits, _ . -)")
+        return tuple(value)
+
+    def sub(self, key: str) -> _Reader:
+        return _Reader(self.table.get(key, {}), f"{self.dotted}.{key}" if self.dotted else key, self.origin, self.files)
+
+
+def _type_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "an array", dict: "a table"}.get(kind, kind.__name__)
+
+
+def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...]) -> Config:
+    root = _Reader(data, "", origin, files)
+    root.check_keys({"host", "mqueue", "worker", "log", "tasks"})
+    host = _host(root.sub("host"))
+    mq = _mqueue(root.sub("mqueue"))
+    worker_r = root.sub("worker")
+    worker = _worker(worker_r, WorkerConfig(), mq, allow_instances=True)
+    overrides = {}
+    for key, value in worker_r.table.items():
+        if isinstance(value, dict):
+            if not INSTANCE_RE.match(key):
+                raise worker_r.error(key, "instance names are letters, digits, _ and -")
+            overrides[key] = _worker(worker_r.sub(key), worker, mq, allow_instances=False)
+    log = _log(root.sub("log"))
+    tasks_r = root.sub("tasks")
+    tasks = tuple(_task(tasks_r.sub(name), name) for name in tasks_r.table)
+    return Config(files, host, mq, worker, overrides, log, tasks)
+
+
+def _host(r: _Reader) -> HostConfig:
+    r.check_keys({"state_dir", "socket", "durability", "lease"})
+    d = HostConfig()
+    return HostConfig(
+        state_dir=r.get("state_dir", str, d.state_dir),
+        socket=r.get("socket", str, d.socket),
+        durability=r.choice("durability", DURABILITY_LEVELS, d.durability),
+        lease=r.duration("lease", d.lease, minimum=0.1),
+    )
+
+
+def _mqueue(r: _Reader) -> MqueueConfig:
+    r.check_keys({"prefix", "max_message_size", "max_messages"})
+    d = MqueueConfig()
+    prefix: str = r.get("prefix", str, d.prefix)
+    if not re.fullmatch(r"/[A-Za-z0-9_.-]{1,64}", prefix):
+        raise r.error("prefix", f"must be a slash and up to 64 letters, digits, _ . - (got {prefix!r})")
+    return MqueueConfig(
+        prefix=prefix,
+        max_message_size=r.integer("max_message_size", d.max_message_size, 512, 16 * 1024 * 1024),
+        max_messages=r.integer("max_messages", d.max_messages, 2, 65536),
+    )
+
+
+def _worker(r: _Reader, base: WorkerConfig, mq: MqueueConfig, allow_instances: bool) -> WorkerConfig:
+    keys = {"queues", "heartbeat", "prefetch", "stop_timeout"}
+    if allow_instances:
+        r = _Reader({k: v for k, v in r.table.items() if not isinstance(v, dict)}, r.dotted, r.origin, r.files)
+    r.check_keys(keys)
+    prefetch = r.integer("prefetch", base.prefetch, 1, 1024)
+    if prefetch > mq.max_messages - 1:
+        raise r.error("prefetch", f"must be below mqueue.max_messages ({mq.max_messages}), got {prefetch}")
+    return WorkerConfig(
+        queues=r.names("queues", base.queues),
+        heartbeat=r.duration("heartbeat", base.heartbeat, minimum=0.05),
+        prefetch=prefetch,
+        stop_timeout=r.duration("stop_timeout", base.stop_timeout),
+    )
+
+
+def _log(r: _Reader) -> LogConfig:
+    r.check_keys({"level", "job_events", "job_events_per_second"})
+    d = LogConfig()
+    return LogConfig(
+        level=r.choice("level", LOG_LEVELS, d.level),
+        job_events=r.choice("job_events", JOB_EVENT_LEVELS, d.job_events),
+        job_events_per_second=r.integer("job_events_per_second", d.job_events_per_second, 1, 10**9),
+    )
+
+
+def _task(r: _Reader, name: str) -> TaskConfig:
+    r.check_keys({"handler", "command", "python", "queue", "timeout", "retries", "priority", "backoff",
+                  "backoff_max"})
+    if not re.fullmatch(r"[A-Za-z0-9_*#:-]+(\.[A-Za-z0-9_*#:-]+)*", name):
+        raise r.error("", "task names are dot-separated words of letters, digits, _ - : (or * and #)")
+    given = [k for k in ("handler", "command", "python") if k in r.table]
+    if len(given) > 1:
+        raise r.error(given[1], f"give one of handler, command or python, not {' and '.join(given)}")
+    d = TaskConfig(name)
+    handler, command, python = "echo", (), ""
+    if "handler" in r.table:
+        handler = r.choice("handler", ("echo",), "echo")
+    elif "command" in r.table:
+        argv = r.get("command", list, [])
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise r.error("command", "expected a non-empty array of strings (argv)")
+        handler, command = "command", tuple(argv)
+    elif "python" in r.table:
+        python = r.get("python", str, "")
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", python):
+            raise r.error("python", f"expected \"module:function\", got {python!r}")
+        handler = "python"
+    queue: str = r.get("queue", str, d.queue)
+    if not NAME_RE.match(queue):
+        raise r.error("queue", "queue names are letters, digits, _ . - (at most 64)")
+    return TaskConfig(
+        name=name, handler=handler, command=command, python=python, queue=queue,
+        timeout=r.duration("timeout", d.timeout, minimum=0.001),
+        retries=r.integer("retries", d.retries, 0, 1000),
+        priority=r.integer("priority", d.priority, PRIORITY_MIN, PRIORITY_MAX),
+        backoff=r.duration("backoff", d.backoff),
+        backoff_max=r.duration("backoff_max", d.backoff_max),
+    )

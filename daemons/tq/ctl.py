@@ -1,0 +1,276 @@
+"""tqctl: the operator's command line, a thin layer over tq.client.
+
+Exit status: 0 ok, 1 job failed, 2 usage or refused, 3 host not reachable,
+4 permission denied, 5 not found, 6 timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from . import __version__, config, control
+from .client import Client, JobTimeout, TqError
+
+FINAL = ("done", "dead", "cancelled")
+
+
+class Usage(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits 2 already; keep one line
+        self.exit(control.EXIT_USAGE, f"{self.prog}: {message}\n")
+
+
+def _duration(text: str) -> float:
+    try:
+        return config.parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    p = _Parser(prog="tqctl", description="Control tq: submit jobs and look at them.", parents=[common])
+    p.add_argument("--config", help="config file (default: $TQ_CONFIG or /etc/tq/tq.toml)")
+    p.add_argument("--version", action="version", version=f"tqctl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    s = sub.add_parser("submit", parents=[common], help="submit a job; prints its id (or its result with --wait)")
+    s.add_argument("task")
+    s.add_argument("args", nargs="*", metavar="ARG")
+    s.add_argument("--queue")
+    s.add_argument("--priority", type=int)
+    s.add_argument("--delay", type=_duration, default=0.0, help="run after this long (e.g. 30s, 5m)")
+    s.add_argument("--timeout", type=_duration, help="kill an attempt running longer than this")
+    s.add_argument("--retries", type=int, help="attempts after the first")
+    s.add_argument("--payload", help="payload text, given to a command on stdin ('-' reads stdin)")
+    s.add_argument("--wait", action="store_true", help="wait for the job and print its result")
+    s.add_argument("--wait-timeout", type=_duration, help="give up waiting after this long (exit 6)")
+
+    sub.add_parser("status", parents=[common], help="host, job counts and workers")
+    ls = sub.add_parser("list", parents=[common], help="list jobs, newest first")
+    ls.add_argument("--state", choices=("queued", "delayed", "running", "done", "failed", "dead", "cancelled"))
+    ls.add_argument("--queue")
+    ls.add_argument("--task")
+    ls.add_argument("--limit", type=int, default=50)
+    for name, text in (("show", "show one job"), ("cancel", "cancel a queued or delayed job"),
+                       ("retry", "run a dead, failed or cancelled job again")):
+        c = sub.add_parser(name, parents=[common], help=text)
+        c.add_argument("id", type=int)
+    r = sub.add_parser("result", parents=[common], help="print a job's result")
+    r.add_argument("id", type=int)
+    r.add_argument("--wait", action="store_true", help="wait until the job has finished")
+    r.add_argument("--wait-timeout", type=_duration)
+    sub.add_parser("workers", parents=[common], help="the workers the host knows")
+    w = sub.add_parser("watch", parents=[common], help="show status every second until interrupted")
+    w.add_argument("--interval", type=_duration, default=1.0)
+    cfg = sub.add_parser("config", parents=[common], help="configuration")
+    cfg.add_argument("action", choices=("check",), help="check: validate the configuration (exit 0 or 2)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    as_json = getattr(args, "json", False)
+    try:
+        if args.command == "config":
+            return _config_check(args, as_json)
+        with Client(config=args.config) as client:
+            result: int = globals()[f"_cmd_{args.command}"](client, args, as_json)
+            return result
+    except TqError as e:
+        _error(str(e), as_json, e.exit_code)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _error(message: str, as_json: bool, code: int) -> None:
+    if as_json:
+        print(json.dumps({"ok": False, "error": message, "exit_code": code}))
+    print(f"tqctl: {message}", file=sys.stderr)
+
+
+def _out(obj: Any) -> None:
+    print(json.dumps(obj, indent=None if not sys.stdout.isatty() else 2, sort_keys=True))
+
+
+def _config_check(args: argparse.Namespace, as_json: bool) -> int:
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as e:
+        _error(str(e), as_json, control.EXIT_USAGE)
+        return control.EXIT_USAGE
+    if as_json:
+        _out({"ok": True, "files": list(cfg.files), "tasks": [t.name for t in cfg.tasks]})
+    else:
+        print(f"configuration ok: {', '.join(cfg.files)} ({len(cfg.tasks)} task(s))")
+    return 0
+
+
+def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    payload = sys.stdin.read() if args.payload == "-" else args.payload
+    jid = client.submit(args.task, *args.args, queue=args.queue, priority=args.priority, delay=args.delay,
+                        timeout=args.timeout, retries=args.retries, payload=payload)
+    if not args.wait:
+        _out({"id": jid}) if as_json else print(jid)
+        return 0
+    return _finish(_wait(client, jid, args.wait_timeout), as_json)
+
+
+def _wait(client: Client, jid: int, timeout: float | None) -> dict[str, Any]:
+    """Wait for a job, showing its state on a terminal while it takes long."""
+    if not sys.stderr.isatty():
+        return client.wait(jid, timeout=timeout)
+    start = time.monotonic()
+    try:
+        while True:
+            left = None if timeout is None else timeout - (time.monotonic() - start)
+            step = 1.0 if left is None else max(0.0, min(1.0, left))
+            try:
+                return client.wait(jid, timeout=step)
+            except JobTimeout:
+                if left is not None and left <= step:
+                    raise
+            job = client.get(jid)
+            print(f"\rjob {jid}: {job['state']}, attempt {job['attempts']}, "
+                  f"{time.monotonic() - start:.0f}s ", end="", file=sys.stderr, flush=True)
+    finally:
+        if time.monotonic() - start >= 1.0:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def _finish(job: dict[str, Any], as_json: bool) -> int:
+    """Print a finished job's result; exit 1 unless it is done."""
+    if as_json:
+        _out(job)
+    elif job["state"] == "done":
+        print(job["result"])
+    else:
+        print(f"tqctl: job {job['id']} {job['state']}: {job.get('error') or ''}".rstrip(": "), file=sys.stderr)
+    return 0 if job["state"] == "done" else control.EXIT_FAILED
+
+
+def _cmd_result(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    job = _wait(client, args.id, args.wait_timeout) if args.wait else client.get(args.id)
+    if job["state"] not in FINAL:
+        message = f"job {args.id} has not finished (it is {job['state']}); use --wait"
+        _error(message, as_json, control.EXIT_TIMEOUT)
+        return control.EXIT_TIMEOUT
+    return _finish(job, as_json)
+
+
+def _age(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    s = max(0.0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s / size:.0f}{unit}"
+    return f"{s:.0f}s"
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _cmd_list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    jobs = client.list(state=args.state, queue=args.queue, task=args.task, limit=args.limit)
+    if as_json:
+        _out(jobs)
+        return 0
+    if not jobs:
+        print("no jobs")
+        return 0
+    rows = [["ID", "STATE", "TASK", "QUEUE", "PRIO", "TRIES", "AGE", "WORKER", "RESULT"]]
+    for j in jobs:
+        outcome = j["result"] if j["state"] == "done" else (j["error"] or "")
+        rows.append([str(j["id"]), j["state"], j["task"], j["queue"], str(j["priority"]), str(j["attempts"]),
+                     _age(j["created_at"]), j["worker"] or "-", (outcome or "").replace("\n", " ")[:40]])
+    _table(rows)
+    return 0
+
+
+def _cmd_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    job = client.get(args.id)
+    if as_json:
+        _out(job)
+        return 0
+    for key in ("id", "task", "args", "payload", "queue", "priority", "state", "attempts", "retries", "timeout",
+                "worker", "submitter", "created_at", "run_at", "started_at", "finished_at", "result", "error"):
+        value = job.get(key)
+        if key.endswith("_at") and value is not None:
+            value = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(value))} ({_age(value)} ago)"
+        elif key in ("args", "payload"):
+            value = json.dumps(value)
+        print(f"{key + ':':<12} {'-' if value is None else value}")
+    return 0
+
+
+def _cmd_cancel(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    job = client.cancel(args.id)
+    _out(job) if as_json else print(f"job {args.id} cancelled")
+    return 0
+
+
+def _cmd_retry(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    job = client.retry(args.id)
+    _out(job) if as_json else print(f"job {args.id} queued again")
+    return 0
+
+
+def _cmd_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    st = client.status()
+    if as_json:
+        _out(st)
+        return 0
+    states = st["states"]
+    print(f"tq-host {st['version']} (pid {st['pid']}), up {_age(time.time() - st['uptime'])}")
+    print("jobs:    " + "  ".join(f"{k} {v}" for k, v in states.items()))
+    print(f"workers: {st['workers_live']} live of {st['workers_known']} known")
+    print(f"malformed messages dropped: {st['malformed_messages']}")
+    return 0
+
+
+def _cmd_workers(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    workers = client.workers()
+    if as_json:
+        _out(workers)
+        return 0
+    if not workers:
+        print("no workers have said hello")
+        return 0
+    rows = [["WORKER", "STATE", "PID", "QUEUES", "RUNNING", "DONE", "SEEN"]]
+    for w in workers:
+        rows.append([w["instance"], w["state"], str(w["pid"]), ",".join(w["queues"]), str(w["running"] or "-"),
+                     str(w["done"]), f"{w['seen_ago']:.1f}s ago"])
+    _table(rows)
+    return 0
+
+
+def _cmd_watch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    while True:
+        st = client.status()
+        if as_json:
+            print(json.dumps(st), flush=True)
+        else:
+            s = st["states"]
+            print(f"{time.strftime('%H:%M:%S')}  queued {s['queued']}  running {s['running']}  "
+                  f"waiting {s['delayed'] + s['failed']}  done {s['done']}  dead {s['dead']}  "
+                  f"workers {st['workers_live']}", flush=True)
+        time.sleep(args.interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Task handlers: the built-in echo, an argv command, a Python callable.
+
+A handler runs as an Execution that the worker's main loop polls, so a long
+job never stops the loop from pinging the watchdog or sending heartbeats.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .config import TaskConfig
+from .protocol import Job
+
+OUTPUT_LIMIT = 1 << 20  # bytes kept of a command's stdout/stderr; the rest is counted, not kept
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    output: str = ""
+    error: str = ""
+
+
+class Execution:
+    """A running attempt. `fds` are watched by the worker; `poll()` returns the Outcome once done."""
+
+    killable = True
+
+    @property
+    def fds(self) -> list[int]:
+        return []
+
+    def poll(self) -> Outcome | None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """Stop the attempt now (its process group for a command)."""
+
+    def close(self) -> None:
+        """Release descriptors; the worker calls this after it stopped watching `fds`."""
+
+
+class Done(Execution):
+    """An attempt that finished as it started (echo, or a failure to start)."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+    def poll(self) -> Outcome:
+        return self.outcome
+
+
+def echo(task: str, args: list[Any]) -> str:
+    """The seed behaviour: `task-1` gives `task-1 processed`."""
+    return " ".join([task, *(a if isinstance(a, str) else json.dumps(a) for a in args)]) + " processed"
+
+
+def payload_text(payload: Any) -> str | None:
+    if payload is None:
+        return None
+    return payload if isinstance(payload, str) else json.dumps(payload)
+
+
+class Command(Execution):
+    """argv + job args; payload on stdin; stdout is the result; the exit status is the outcome."""
+
+    def __init__(self, argv: list[str], job: Job, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=True, env=env)
+        assert self.proc.stdin and self.proc.stdout and self.proc.stderr
+        text = payload_text(job.payload)
+        try:
+            if text is not None:
+                self.proc.stdin.write(text.encode())  # bounded by the message size, below a pipe's buffer
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.pipes = {self.proc.stdout.fileno(): bytearray(), self.proc.stderr.fileno(): bytearray()}
+        self.lost = {fd: 0 for fd in self.pipes}
+        self.open = set(self.pipes)
+        for fd in self.pipes:
+            os.set_blocking(fd, False)
+        self.pidfd = os.pidfd_open(self.proc.pid)
+
+    @property
+    def fds(self) -> list[int]:
+        return [*self.open, self.pidfd] if self.proc.returncode is None else list(self.open)
+
+    def _read(self) -> None:
+        for fd in list(self.open):
+            while True:
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    self.open.discard(fd)
+                    break
+                kept = chunk[: max(0, OUTPUT_LIMIT - len(self.pipes[fd]))]
+                self.pipes[fd] += kept
+                self.lost[fd] += len(chunk) - len(kept)
+
+    def poll(self) -> Outcome | None:
+        self._read()
+        rc = self.proc.poll()
+        if rc is None:
+            return None
+        self._read()  # what was written before exit; a grandchild holding the pipe does not keep us waiting
+        out, err = (self._text(fd) for fd in self.pipes)
+        if rc == 0:
+            return Outcome(True, out.removesuffix("\n"))
+        why = f"exit status {rc}" if rc > 0 else f"killed by signal {signal.Signals(-rc).name}"
+        tail = err.strip()[-2000:]
+        return Outcome(False, out, f"{why}: {tail}" if tail else why)
+
+    def _text(self, fd: int) -> str:
+        text = self.pipes[fd].decode(errors="replace")
+        return text + (f"\n[{self.lost[fd]} more bytes not kept]" if self.lost[fd] else "")
+
+    def close(self) -> None:
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
+        try:
+            os.close(self.pidfd)
+        except OSError:
+            pass
+        self.open.clear()
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+class Python(Execution):
+    """`module:function` called as function(*args[, payload=...]) in a thread.
+
+    A thread cannot be killed: on timeout the worker reports the failure and
+    re-executes itself.
+    """
+
+    killable = False
+
+    def __init__(self, func: Callable[..., Any], job: Job) -> None:
+        self.outcome: Outcome | None = None
+        self._r, self._w = os.pipe()
+        kwargs = {} if job.payload is None else {"payload": job.payload}
+        self.thread = threading.Thread(target=self._run, args=(func, job.args, kwargs), daemon=True,
+                                       name=f"job-{job.id}")
+        self.thread.start()
+
+    def _run(self, func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> None:
+        try:
+            value = func(*args, **kwargs)
+            text = value if isinstance(value, str) else "" if value is None else json.dumps(value, default=str)
+            self.outcome = Outcome(True, text)
+        except BaseException as e:  # noqa: BLE001 - any failure of user code is the job's failure
+            self.outcome = Outcome(False, "", f"{type(e).__name__}: {e}")
+        os.write(self._w, b"x")
+
+    @property
+    def fds(self) -> list[int]:
+        return [self._r] if self.outcome is None else []
+
+    def poll(self) -> Outcome | None:
+        return self.outcome
+
+    def close(self) -> None:
+        if self.outcome is None:
+            return  # the thread still runs (timed out); it writes to the pipe when it ends
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+_imported: dict[str, Callable[..., Any]] = {}
+
+
+def resolve(spec: str) -> Callable[..., Any]:
+    """Import `module:function` (once)."""
+    if spec not in _imported:
+        module, _, name = spec.partition(":")
+        func = getattr(importlib.import_module(module), name)
+        if not callable(func):
+            raise TypeError(f"{spec} is not callable")
+        _imported[spec] = func
+    return _imported[spec]
+
+
+def start(task: TaskConfig, job: Job, env: dict[str, str]) -> Execution:
+    """Begin an attempt of `job` with its task's handler."""
+    if task.handler == "echo":
+        return Done(Outcome(True, echo(job.task, job.args)))
+    if task.handler == "command":
+        argv = [*task.command, *(a if isinstance(a, str) else json.dumps(a) for a in job.args)]
+        try:
+            return Command(argv, job, env)
+        except OSError as e:
+            return Done(Outcome(False, "", f"cannot run {argv[0]}: {e.strerror or e}"))
+    try:
+        return Python(resolve(task.python), job)
+    except Exception as e:  # noqa: BLE001 - an import error is the job's failure, not the worker's
+        return Done(Outcome(False, "", f"cannot load {task.python}: {type(e).__name__}: {e}"))

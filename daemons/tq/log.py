@@ -1,0 +1,121 @@
+"""Logging: journald with TQ_* fields when stderr is the journal, plain stderr lines otherwise.
+
+Job events (submitted, dispatched, started, done, failed, retrying, dead, ...)
+are one line each with the fields TQ_JOB_ID, TQ_TASK, TQ_QUEUE, TQ_WORKER and
+TQ_ATTEMPT (never JOB_ID, which systemd uses). journald drops lines past its
+rate limit (10,000 per 30 s per unit by default), so routine job events share a
+per-second budget (`log.job_events_per_second`); past it they are counted and
+summarised once a second. Failures, retries and deaths are always logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+_FIELDS = ("TQ_JOB_ID", "TQ_TASK", "TQ_QUEUE", "TQ_WORKER", "TQ_ATTEMPT")
+ALWAYS = {"failed", "retrying", "dead", "lost", "duplicate", "released"}
+
+
+def stderr_is_journal() -> bool:
+    """True when systemd connected our stderr to journald (JOURNAL_STREAM=dev:inode matches)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in stream.split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError):
+        return False
+    return st.st_dev == dev and st.st_ino == ino
+
+
+class _PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(f"{k[3:].lower()}={getattr(record, k)}" for k in _FIELDS if hasattr(record, k))
+        text = f"{record.name}: {record.levelname.lower()}: {record.getMessage()}"
+        return f"{text} [{fields}]" if fields else text
+
+
+def setup(program: str, level: str = "info") -> logging.Logger:
+    """Configure the root logger once for this process and return the program's logger."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler: logging.Handler | None = None
+    if stderr_is_journal():
+        try:
+            from systemd.journal import JournalHandler  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+            handler = JournalHandler(SYSLOG_IDENTIFIER=program)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+        except ImportError:
+            handler = None
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter())
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    return logging.getLogger(program)
+
+
+class JobEvents:
+    """One log line per job event, within a per-second budget for the routine ones."""
+
+    def __init__(self, logger: logging.Logger, mode: str = "all", per_second: int = 200) -> None:
+        self.logger, self.mode, self.per_second = logger, mode, per_second
+        self._window = 0
+        self._used = 0
+        self.suppressed = 0
+
+    def configure(self, mode: str, per_second: int) -> None:
+        self.mode, self.per_second = mode, per_second
+
+    def event(self, event: str, job_id: int, task: str, queue: str, attempt: int | None = None,
+              worker: str | None = None, detail: str = "") -> None:
+        always = event in ALWAYS
+        if self.mode == "none" or (self.mode == "failures" and not always):
+            return
+        if not always and not self._allow():
+            return
+        extra: dict[str, Any] = {"TQ_JOB_ID": job_id, "TQ_TASK": task, "TQ_QUEUE": queue}
+        if attempt is not None:
+            extra["TQ_ATTEMPT"] = attempt
+        if worker is not None:
+            extra["TQ_WORKER"] = worker
+        level = logging.WARNING if always else logging.INFO
+        self.logger.log(level, "job %d %s%s", job_id, event, f": {detail}" if detail else "", extra=extra)
+
+    def _allow(self) -> bool:
+        window = int(time.monotonic())
+        if window != self._window:
+            if self.suppressed:
+                self.logger.info("%d routine job events not logged in the last second(s) "
+                                 "(log.job_events_per_second = %d)", self.suppressed, self.per_second)
+                self.suppressed = 0
+            self._window, self._used = window, 0
+        if self._used < self.per_second:
+            self._used += 1
+            return True
+        self.suppressed += 1
+        return False
+
+
+class Burst:
+    """Log a recurring problem once per burst (at most once per `interval`), counting the rest."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger, self.interval = logger, interval
+        self.total = 0
+        self._since_log = 0
+        self._last = -1e9
+
+    def __call__(self, message: str) -> None:
+        self.total += 1
+        self._since_log += 1
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            more = f" ({self._since_log - 1} more since the last report)" if self._since_log > 1 else ""
+            self.logger.warning("%s%s; %d in all", message, more, self.total)
+            self._last, self._since_log = now, 0

@@ -1,0 +1,160 @@
+"""The messages that cross the POSIX queues between tq-host and the workers.
+
+Wire format: one version byte, one kind byte, then a compact JSON object.
+Decoding checks every field's type, so a malformed message is one
+ProtocolError, never a crash further in.
+
+Host -> worker inbox (`<prefix>.w.<instance>`): Job, Sync.
+Worker -> host queue (`<prefix>.host`): Hello, Heartbeat, Result, Release, Bye, Synced.
+
+Sync is the fence that makes redelivery exact: the host stops dispatching to a
+worker, sends Sync at the lowest message priority, and the worker answers
+Synced only after it has handled every message that was ahead of it. So when
+Synced arrives, every job still assigned to that worker has been lost (its
+result would have arrived first) and is requeued.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+VERSION = 1
+SYNC_PRIORITY = 0
+PRIORITY_OFFSET = 1001  # job priority -1000..1000 -> message priority 1..2001, above Sync
+
+
+class ProtocolError(ValueError):
+    """A message that is not a valid tq message."""
+
+
+class TooLarge(ValueError):
+    """A message larger than the queues' max_message_size."""
+
+
+@dataclass(frozen=True)
+class Message:
+    KIND: ClassVar[bytes] = b"?"
+
+
+@dataclass(frozen=True)
+class Job(Message):
+    KIND: ClassVar[bytes] = b"J"
+    id: int
+    attempt: int
+    task: str
+    args: list[Any]
+    payload: Any
+    timeout: float
+    priority: int
+
+
+@dataclass(frozen=True)
+class Sync(Message):
+    KIND: ClassVar[bytes] = b"S"
+    token: int
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    KIND: ClassVar[bytes] = b"H"
+    instance: str
+    pid: int
+    queues: list[str]
+    prefetch: int
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    KIND: ClassVar[bytes] = b"B"
+    instance: str
+    pid: int
+    queues: list[str]
+    prefetch: int
+    running: int  # job id, 0 when idle
+
+
+@dataclass(frozen=True)
+class Result(Message):
+    KIND: ClassVar[bytes] = b"R"
+    instance: str
+    id: int
+    attempt: int
+    ok: bool
+    output: str
+    error: str
+    duration: float
+
+
+@dataclass(frozen=True)
+class Release(Message):
+    """A job handed back unrun (or interrupted by a stop): requeue it without counting a failure."""
+
+    KIND: ClassVar[bytes] = b"L"
+    instance: str
+    id: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Bye(Message):
+    KIND: ClassVar[bytes] = b"Q"
+    instance: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Synced(Message):
+    KIND: ClassVar[bytes] = b"Y"
+    instance: str
+    token: int
+
+
+KINDS: dict[bytes, type[Message]] = {cls.KIND: cls for cls in (Job, Sync, Hello, Heartbeat, Result, Release,
+                                                                 Bye, Synced)}
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "str": (str,), "float": (float, int), "bool": (bool,), "list[Any]": (list,),
+    "list[str]": (list,), "Any": (object,),
+}
+
+
+def encode(msg: Message, limit: int | None = None) -> bytes:
+    """Bytes for the queue; raises TooLarge naming the limit when over it."""
+    body = json.dumps(asdict(msg), separators=(",", ":"), ensure_ascii=False).encode()
+    data = bytes([VERSION]) + msg.KIND + body
+    if limit is not None and len(data) > limit:
+        raise TooLarge(f"message is {len(data)} bytes; mqueue.max_message_size is {limit} bytes")
+    return data
+
+
+def decode(data: bytes) -> Message:
+    """Parse and type-check a message; raise ProtocolError on anything malformed."""
+    if len(data) < 3 or data[0] != VERSION:
+        raise ProtocolError(f"not a tq v{VERSION} message ({len(data)} bytes, starts {data[:8]!r})")
+    cls = KINDS.get(data[1:2])
+    if cls is None:
+        raise ProtocolError(f"unknown message kind {data[1:2]!r}")
+    try:
+        body = json.loads(data[2:])
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError(f"{cls.__name__}: body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{cls.__name__}: body is not an object")
+    values = {}
+    for f in fields(cls):
+        if f.name not in body:
+            raise ProtocolError(f"{cls.__name__}: missing field {f.name!r}")
+        value = body[f.name]
+        kinds = _TYPES[str(f.type)]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds and object not in kinds):
+            raise ProtocolError(f"{cls.__name__}: field {f.name!r} has the wrong type")
+        if str(f.type) == "list[str]" and not all(isinstance(v, str) for v in value):
+            raise ProtocolError(f"{cls.__name__}: field {f.name!r} must be a list of strings")
+        values[f.name] = value
+    return cls(**values)
+
+
+def mq_priority(job_priority: int) -> int:
+    """POSIX message priority for a job priority (higher is delivered first)."""
+    return job_priority + PRIORITY_OFFSET

@@ -1,0 +1,202 @@
+"""The durable job store: one SQLite file in WAL mode, written only by tq-host.
+
+Writes open a transaction lazily; the host commits once per loop step, so every
+submit, dispatch and result of that step shares one fsync (group commit). A
+reply is sent only after the commit that made it true.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA_VERSION = 1
+STATES = ("queued", "delayed", "running", "done", "failed", "dead", "cancelled")
+FINAL_STATES = ("done", "dead", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    task TEXT NOT NULL,
+    args TEXT NOT NULL,
+    payload TEXT,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL,
+    timeout REAL NOT NULL,
+    backoff REAL NOT NULL,
+    backoff_max REAL NOT NULL,
+    run_at REAL,
+    worker TEXT,
+    result TEXT,
+    error TEXT,
+    submitter INTEGER,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_open ON jobs(state) WHERE state NOT IN ('done', 'dead', 'cancelled');
+CREATE TABLE IF NOT EXISTS workers (
+    instance TEXT PRIMARY KEY,
+    pid INTEGER,
+    queues TEXT NOT NULL,
+    state TEXT NOT NULL,
+    seen_at REAL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_COLUMNS = ("id", "task", "args", "payload", "queue", "priority", "state", "attempts", "retries", "timeout",
+            "backoff", "backoff_max", "run_at", "worker", "result", "error", "submitter", "created_at",
+            "started_at", "finished_at")
+
+
+@dataclass
+class JobRecord:
+    """One job as the host keeps it in memory and in the store."""
+
+    id: int
+    task: str
+    args: list[Any]
+    payload: Any
+    queue: str
+    priority: int
+    state: str
+    attempts: int
+    retries: int
+    timeout: float
+    backoff: float
+    backoff_max: float
+    run_at: float | None
+    worker: str | None
+    result: str | None
+    error: str | None
+    submitter: int | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    def public(self) -> dict[str, Any]:
+        """The job as tqctl and the client API show it."""
+        return {
+            "id": self.id, "task": self.task, "args": self.args, "payload": self.payload, "queue": self.queue,
+            "priority": self.priority, "state": self.state, "attempts": self.attempts, "retries": self.retries,
+            "timeout": self.timeout, "result": self.result, "error": self.error, "worker": self.worker,
+            "submitter": self.submitter, "run_at": self.run_at, "created_at": self.created_at,
+            "started_at": self.started_at, "finished_at": self.finished_at,
+        }
+
+
+class StoreError(Exception):
+    """The store cannot be opened or written; the message says why."""
+
+
+class Store:
+    def __init__(self, state_dir: str, durability: str = "full") -> None:
+        os.makedirs(state_dir, exist_ok=True)
+        self.path = os.path.join(state_dir, "tq.sqlite3")
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+            self.db.executescript(_SCHEMA)
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open store {self.path}: {e}") from None
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.chmod(self.path + suffix, 0o660)
+            except OSError:
+                pass
+        self.in_tx = False
+
+    def _begin(self) -> None:
+        if not self.in_tx:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.in_tx = True
+
+    def commit(self) -> None:
+        """Make every write since the last commit durable (one fsync with durability=full)."""
+        if self.in_tx:
+            self.db.execute("COMMIT")
+            self.in_tx = False
+
+    def rollback(self) -> None:
+        if self.in_tx:
+            self.db.execute("ROLLBACK")
+            self.in_tx = False
+
+    def insert(self, job: JobRecord) -> int:
+        self._begin()
+        cur = self.db.execute(
+            "INSERT INTO jobs (task, args, payload, queue, priority, state, attempts, retries, timeout, backoff,"
+            " backoff_max, run_at, worker, result, error, submitter, created_at, started_at, finished_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (job.task, json.dumps(job.args), None if job.payload is None else json.dumps(job.payload), job.queue,
+             job.priority, job.state, job.attempts, job.retries, job.timeout, job.backoff, job.backoff_max,
+             job.run_at, job.worker, job.result, job.error, job.submitter, job.created_at, job.started_at,
+             job.finished_at))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def update(self, job: JobRecord) -> None:
+        """Write the mutable fields of a job."""
+        self._begin()
+        self.db.execute(
+            "UPDATE jobs SET state=?, attempts=?, run_at=?, worker=?, result=?, error=?, started_at=?,"
+            " finished_at=? WHERE id=?",
+            (job.state, job.attempts, job.run_at, job.worker, job.result, job.error, job.started_at,
+             job.finished_at, job.id))
+
+    def get(self, job_id: int) -> JobRecord | None:
+        row = self.db.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return _record(row) if row else None
+
+    def open_jobs(self) -> list[JobRecord]:
+        """Every job not in a final state, for recovery at start."""
+        rows = self.db.execute(
+            f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE state NOT IN ('done','dead','cancelled') ORDER BY id")
+        return [_record(r) for r in rows]
+
+    def query(self, state: str | None = None, queue: str | None = None, task: str | None = None,
+             limit: int = 50) -> list[JobRecord]:
+        where, params = [], []
+        for column, value in (("state", state), ("queue", queue), ("task", task)):
+            if value:
+                where.append(f"{column}=?")
+                params.append(value)
+        sql = f"SELECT {','.join(_COLUMNS)} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        return [_record(r) for r in self.db.execute(sql, (*params, limit))]
+
+    def count_final(self) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT state, count(*) FROM jobs WHERE state IN ('done','dead','cancelled') GROUP BY state")
+        return {state: n for state, n in rows}
+
+    def save_worker(self, instance: str, pid: int, queues: list[str], state: str, seen_at: float) -> None:
+        self._begin()
+        self.db.execute("INSERT OR REPLACE INTO workers VALUES (?,?,?,?,?)",
+                        (instance, pid, json.dumps(queues), state, seen_at))
+
+    def workers(self) -> list[tuple[str, int, list[str], str, float]]:
+        rows = self.db.execute("SELECT instance, pid, queues, state, seen_at FROM workers ORDER BY instance")
+        return [(i, p, json.loads(q), s, t) for i, p, q, s, t in rows]
+
+    def close(self) -> None:
+        self.rollback()
+        self.db.close()
+
+
+def _record(row: tuple[Any, ...]) -> JobRecord:
+    values = dict(zip(_COLUMNS, row))
+    values["args"] = json.loads(values["args"])
+    values["payload"] = None if values["payload"] is None else json.loads(values["payload"])
+    return JobRecord(**values)

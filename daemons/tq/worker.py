@@ -1,0 +1,409 @@
+"""tq-worker INSTANCE: runs the jobs tq-host puts in its inbox queue, one at a time.
+
+The main loop is `step()`: finish or time out the running attempt, take the
+next message when idle, send results, heartbeats and watchdog pings. Messages
+to the host go through one FIFO (`pending`) so that a result is never
+overtaken by the Synced that fences it, and survive a full or absent host
+queue: a host restart does not disturb a worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import selectors
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+from . import __version__, config, handlers, log, protocol, transport
+from .notify import Notifier, child_environment
+from .transport import PosixQueue
+
+BATCH = 64  # messages handled per step before looking at the selector again
+BYE_WAIT = 5.0  # seconds a stopping worker waits for the host's fence before it exits anyway
+
+
+@dataclass
+class Attempt:
+    job: protocol.Job
+    execution: handlers.Execution
+    queue: str
+    started: float
+    deadline: float
+
+
+class Worker:
+    def __init__(self, cfg: config.Config, config_path: str | None, instance: str) -> None:
+        self.cfg, self.config_path, self.instance = cfg, config_path, instance
+        self.wcfg = cfg.worker_for(instance)
+        self.logger = log.setup(f"tq-worker@{instance}", cfg.log.level)
+        self.events = log.JobEvents(self.logger, cfg.log.job_events, cfg.log.job_events_per_second)
+        self.malformed = log.Burst(self.logger)
+        self.notifier = Notifier()
+        self.sel = selectors.DefaultSelector()
+        self.pending: collections.deque[bytes] = collections.deque()
+        self.current: Attempt | None = None
+        self.watched: set[int] = set()
+        self.stop_requested = self.reload_requested = False
+        self.stop_started = 0.0
+        self.bye_sent = False
+        self.exit_now = False
+        self.reexec = False
+        self.next_heartbeat = 0.0
+        self.next_status = 0.0
+        self.env = child_environment()
+        self.inbox: PosixQueue | None = None
+        self.host_q: PosixQueue | None = None
+
+    # ---- start ----------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.cfg
+        transport.check_limits(cfg.mqueue.max_messages, cfg.mqueue.max_message_size)
+        self._signals()
+        drained: list[bytes] = []
+        # The inbox holds at most `prefetch` jobs and the host's Sync fence: a deeper one would only use up
+        # the per-user queue memory (RLIMIT_MSGQUEUE).
+        self.inbox = transport.open_queue(cfg.inbox(self.instance), self.wcfg.prefetch + 1,
+                                          cfg.mqueue.max_message_size, drained=drained)
+        if drained:
+            self.logger.warning("recreated inbox %s with the configured size; dropped %d message(s), which "
+                                "tq-host requeues", self.inbox.name, len(drained))
+        self.host_q = self._wait_for_host()
+        if self.host_q is None:
+            return
+        self._queue_message(self._hello())
+        self._flush_pending()
+        self.logger.info("tq-worker %s instance %s ready: queues %s, inbox %s", __version__, self.instance,
+                         ",".join(self.wcfg.queues), self.inbox.name)
+        self.notifier.ready("idle")
+
+    def _wait_for_host(self) -> PosixQueue | None:
+        """Open the host's queue, waiting (and pinging the watchdog) until tq-host has created it."""
+        logged = False
+        while not self.stop_requested:
+            try:
+                return transport.open_queue(self.cfg.host_queue, self.cfg.mqueue.max_messages,
+                                            self.cfg.mqueue.max_message_size, create=False)
+            except transport.PermissionDenied:
+                raise
+            except transport.QueueError as e:
+                if not logged:
+                    self.logger.info("waiting for tq-host: %s", e)
+                    self.notifier.status("waiting for tq-host")
+                    logged = True
+            self.notifier.tick(time.monotonic())
+            self.sel.select(0.2)
+        return None
+
+    def _signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        # Only set a flag: the main loop does the work.
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        else:
+            self.stop_requested = True
+
+    def _hello(self) -> protocol.Hello:
+        return protocol.Hello(self.instance, os.getpid(), list(self.wcfg.queues), self.wcfg.prefetch)
+
+    # ---- loop -----------------------------------------------------------
+
+    def run(self) -> int:
+        self.start()
+        while not self.exit_now and self.host_q is not None:
+            self.step()
+        self.notifier.stopping()
+        deadline = time.monotonic() + BYE_WAIT
+        while self.pending and self.host_q is not None and time.monotonic() < deadline:
+            self._flush_pending()
+            if self.pending:
+                self.notifier.tick(time.monotonic())
+                time.sleep(0.01)
+        if self.reexec:
+            self._reexec()
+        self.logger.info("tq-worker %s stopped", self.instance)
+        return 0
+
+    def step(self) -> None:
+        """One loop iteration; blocks in the selector only when there is nothing to do."""
+        now = time.monotonic()
+        progressed = self._poll_attempt(now)
+        if self.reload_requested:
+            self.reload_requested = False
+            self._reload()
+        if self.stop_requested:
+            self._stopping(now)
+        self._flush_pending()
+        if self.current is None and not self.pending and not self.reexec:
+            for _ in range(BATCH):
+                assert self.inbox is not None
+                data = self.inbox.receive()
+                if data is None:
+                    break
+                progressed = True
+                self._on_message(data)
+                self._flush_pending()
+                if self.current is not None or self.pending or self.exit_now:
+                    break
+        if self.reexec and not self.pending:
+            self.exit_now = True
+        now = time.monotonic()
+        if now >= self.next_heartbeat:
+            self._heartbeat(now)
+        wait = self.notifier.tick(now)
+        self._status(now)
+        if progressed or self.exit_now:
+            return
+        self._wait(now, wait)
+
+    def _wait(self, now: float, ping: float | None) -> None:
+        timeout = min(self.next_heartbeat - now, 1.0)
+        if ping is not None:
+            timeout = min(timeout, ping)
+        if self.current is not None:
+            timeout = min(timeout, self.current.deadline - now)
+        if self.pending:
+            timeout = min(timeout, 0.01)  # the host queue is full: try again soon
+        if self.stop_requested:
+            timeout = min(timeout, 0.05)
+        idle = self.current is None and not self.pending and not self.stop_requested
+        self._watch(self.current.execution.fds if self.current else [], idle)
+        for key, _mask in self.sel.select(max(timeout, 0.0)):
+            if key.data == "wake":
+                self._drain_wake()
+
+    def _watch(self, fds: list[int], inbox: bool) -> None:
+        """Watch exactly the running attempt's descriptors, and the inbox only when idle (else it would spin)."""
+        assert self.inbox is not None
+        wanted = set(fds) | ({self.inbox.fileno()} if inbox else set())
+        for fd in self.watched - wanted:
+            self.sel.unregister(fd)
+        for fd in wanted - self.watched:
+            self.sel.register(fd, selectors.EVENT_READ, "io")
+        self.watched = wanted
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    # ---- messages from the host -----------------------------------------
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            msg = protocol.decode(data)
+        except protocol.ProtocolError as e:
+            self.malformed(f"dropped a malformed message on {self.cfg.inbox(self.instance)}: {e}")
+            return
+        if isinstance(msg, protocol.Job):
+            self._on_job(msg)
+        elif isinstance(msg, protocol.Sync):
+            self._on_sync(msg)
+        else:
+            self.malformed(f"dropped a {type(msg).__name__} message, which tq-host does not send")
+
+    def _on_sync(self, msg: protocol.Sync) -> None:
+        """The host's fence: answer after everything before it; reopen the host queue (it may be new)."""
+        try:
+            self.host_q = transport.open_queue(self.cfg.host_queue, self.cfg.mqueue.max_messages,
+                                               self.cfg.mqueue.max_message_size, create=False)
+        except transport.QueueError as e:
+            self.logger.warning("keeping the open host queue: %s", e)
+        self._queue_message(protocol.Synced(self.instance, msg.token))
+        if self.bye_sent:
+            self.exit_now = True
+
+    def _on_job(self, job: protocol.Job) -> None:
+        if self.stop_requested:
+            self._queue_message(protocol.Release(self.instance, job.id, job.attempt))
+            return
+        task = self.cfg.task_for(job.task)
+        now = time.monotonic()
+        queue = task.queue if task else "?"
+        self.events.event("started", job.id, job.task, queue, job.attempt, self.instance)
+        if task is None:
+            execution: handlers.Execution = handlers.Done(handlers.Outcome(
+                False, "", f"no task {job.task!r} in the configuration of worker {self.instance}"))
+        else:
+            env = self.env | {"TQ_JOB_ID": str(job.id), "TQ_TASK": job.task, "TQ_ATTEMPT": str(job.attempt),
+                              "TQ_WORKER": self.instance}
+            execution = handlers.start(task, job, env)
+        self.current = Attempt(job, execution, queue, now, now + job.timeout)
+        self._poll_attempt(now)
+
+    # ---- the running attempt --------------------------------------------
+
+    def _poll_attempt(self, now: float) -> bool:
+        """Finish the running attempt if it is done or out of time; True if it finished."""
+        a = self.current
+        if a is None:
+            return False
+        outcome = a.execution.poll()
+        if outcome is None and now >= a.deadline:
+            if a.execution.killable:
+                a.execution.kill()
+            else:
+                self.reexec = True  # a Python thread cannot be killed: report, then start afresh
+            outcome = handlers.Outcome(False, "", f"timed out after {a.job.timeout:g}s")
+        if outcome is None and self.stop_requested and now - self.stop_started > self.wcfg.stop_timeout:
+            a.execution.kill()
+            if not a.execution.killable:
+                self.reexec = True
+            self._end_attempt()
+            self._queue_message(protocol.Release(self.instance, a.job.id, a.job.attempt))
+            self.events.event("released", a.job.id, a.job.task, a.queue, a.job.attempt, self.instance,
+                              f"interrupted by stop after worker.stop_timeout = {self.wcfg.stop_timeout:g}s")
+            return True
+        if outcome is None:
+            return False
+        self._end_attempt()
+        self._queue_message(self._result(a, outcome, time.monotonic() - a.started))
+        event = "done" if outcome.ok else "failed"
+        self.events.event(event, a.job.id, a.job.task, a.queue, a.job.attempt, self.instance,
+                          outcome.error if not outcome.ok else "")
+        return True
+
+    def _end_attempt(self) -> None:
+        """Stop watching the attempt's descriptors before they are closed (their numbers get reused)."""
+        assert self.current is not None
+        self._watch([], False)
+        self.current.execution.close()
+        self.current = None
+
+    def _result(self, a: Attempt, outcome: handlers.Outcome, duration: float) -> protocol.Result:
+        """A Result that fits the queue's message size: long output is cut, with a note."""
+        output, error = outcome.output, outcome.error
+        while True:
+            msg = protocol.Result(self.instance, a.job.id, a.job.attempt, outcome.ok, output, error,
+                                  round(duration, 6))
+            try:
+                protocol.encode(msg, self.cfg.mqueue.max_message_size)
+                return msg
+            except protocol.TooLarge:
+                if len(error) > 200:
+                    error = error[: len(error) // 2] + " [cut]"
+                else:
+                    output = output[: len(output) // 2] + f" [cut to fit mqueue.max_message_size = " \
+                                                          f"{self.cfg.mqueue.max_message_size}]"
+
+    # ---- messages to the host -------------------------------------------
+
+    def _queue_message(self, msg: protocol.Message) -> None:
+        self.pending.append(protocol.encode(msg))
+
+    def _flush_pending(self) -> None:
+        assert self.host_q is not None
+        while self.pending:
+            if not self.host_q.send(self.pending[0], 0):
+                return
+            self.pending.popleft()
+
+    def _heartbeat(self, now: float) -> None:
+        self.next_heartbeat = now + self.wcfg.heartbeat
+        if self.pending or self.bye_sent:
+            return  # the host is behind; results first
+        running = self.current.job.id if self.current else 0
+        self._queue_message(protocol.Heartbeat(self.instance, os.getpid(), list(self.wcfg.queues),
+                                               self.wcfg.prefetch, running))
+        self._flush_pending()
+
+    def _status(self, now: float) -> None:
+        if now < self.next_status:
+            return
+        self.next_status = now + 0.5
+        if self.stop_requested:
+            text = "stopping"
+        elif self.current is not None:
+            j = self.current.job
+            text = f"running job {j.id} ({j.task}) for {now - self.current.started:.0f}s"
+        else:
+            text = "idle"
+        self.notifier.status(text)
+
+    # ---- stop and reload --------------------------------------------------
+
+    def _stopping(self, now: float) -> None:
+        """SIGTERM: finish (or hand back) the running job, hand back the inbox, say Bye, exit on the fence."""
+        if not self.stop_started:
+            self.stop_started = now
+            self.notifier.stopping()
+            self.logger.info("stopping: finishing the current job (up to %gs), then handing back queued ones",
+                             self.wcfg.stop_timeout)
+        if self.current is not None:
+            return
+        if not self.bye_sent:
+            self.bye_sent = True
+            self.bye_at = now
+            self._queue_message(protocol.Bye(self.instance, os.getpid()))
+        elif now - self.bye_at > BYE_WAIT:
+            self.logger.warning("tq-host did not answer within %gs; exiting (it requeues what this worker held)",
+                                BYE_WAIT)
+            self.exit_now = True
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = config.load(self.config_path)
+        except config.ConfigError as e:
+            self.logger.error("reload refused, keeping the running configuration: %s", e)
+            self.notifier.ready()
+            return
+        if new.mqueue != self.cfg.mqueue:
+            self.logger.warning("[mqueue] changed: takes effect at the next restart")
+            new = config.Config(new.files, new.host, self.cfg.mqueue, new.worker, new.worker_overrides, new.log,
+                                new.tasks)
+        old_worker = self.wcfg
+        self.cfg, self.wcfg = new, new.worker_for(self.instance)
+        self.events.configure(new.log.job_events, new.log.job_events_per_second)
+        if (self.wcfg.queues, self.wcfg.prefetch) != (old_worker.queues, old_worker.prefetch):
+            self._queue_message(self._hello())
+        self.logger.info("configuration reloaded from %s", ", ".join(new.files))
+        self.notifier.ready()
+
+    def _reexec(self) -> None:
+        self.logger.warning("restarting this worker process: a Python handler outlived its timeout")
+        os.execv(sys.executable, [sys.executable, "-m", "tq.worker", *self.argv])
+
+    argv: list[str] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tq-worker", description="A tq worker: runs the jobs tq-host hands it.")
+    parser.add_argument("--config", help="config file (default: $TQ_CONFIG or /etc/tq/tq.toml)")
+    parser.add_argument("--version", action="version", version=f"tq-worker {__version__}")
+    parser.add_argument("instance", help="worker instance name, e.g. 1 (systemd's %%i)")
+    args = parser.parse_args(argv)
+    if not config.INSTANCE_RE.match(args.instance):
+        print(f"tq-worker: invalid instance {args.instance!r}: letters, digits, _ and - (at most 32)",
+              file=sys.stderr)
+        return 2
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as e:
+        print(f"tq-worker: {e}", file=sys.stderr)
+        return 2
+    worker = Worker(cfg, args.config, args.instance)
+    worker.argv = sys.argv[1:] if argv is None else argv
+    try:
+        return worker.run()
+    except transport.QueueError as e:
+        worker.logger.error("cannot start: %s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

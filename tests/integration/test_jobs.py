@@ -1,0 +1,222 @@
+"""Jobs end to end: real tq-host and tq-worker processes over real POSIX queues and a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import threading
+
+import posix_ipc
+import pytest
+
+from conftest import Suite, wait_until
+from tq.client import HostUnreachable
+
+RECORD = '\n[tasks.rec]\npython = "tq_test_handlers:record"\n'
+
+
+def store_rows(suite: Suite, sql: str) -> list[tuple[object, ...]]:
+    db = sqlite3.connect(suite.dir / "state" / "tq.sqlite3")
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def test_tqctl_submit_wait_prints_the_result(suite: Suite) -> None:
+    suite.start(workers=1)
+    r = suite.tqctl("submit", "--wait", "task-1")
+    assert (r.returncode, r.stdout) == (0, "task-1 processed\n")
+    r = suite.tqctl("submit", "task-1", "a", "b")
+    assert r.returncode == 0 and r.stdout.strip().isdigit()
+    jid = int(r.stdout)
+    r = suite.tqctl("result", "--wait", str(jid))
+    assert (r.returncode, r.stdout) == (0, "task-1 a b processed\n")
+    shown = json.loads(suite.tqctl("show", str(jid), "--json").stdout)
+    for key in ("id", "task", "args", "queue", "priority", "state", "attempts", "result", "error", "worker",
+                "created_at", "started_at", "finished_at"):
+        assert key in shown
+    assert shown["state"] == "done" and shown["args"] == ["a", "b"] and shown["worker"] == "1"
+
+
+def test_thousand_jobs_over_four_workers_each_done_exactly_once(suite: Suite) -> None:
+    suite.write_config(RECORD)
+    suite.start(workers=4)
+    c = suite.client()
+    ids = c.submit_many([("rec", [str(i)]) for i in range(1000)])
+    for jid in ids:
+        assert c.wait(jid, timeout=60)["state"] == "done"
+    rows = store_rows(suite, "SELECT state, attempts, result, worker FROM jobs")
+    assert len(rows) == 1000
+    assert {(state, attempts) for state, attempts, _, _ in rows} == {("done", 1)}
+    assert sorted(r[2] for r in rows) == sorted(f"recorded {i}" for i in range(1000))
+    assert len({r[3] for r in rows}) == 4  # all four workers took part
+    assert sorted(suite.executions()) == sorted(str(i) for i in range(1000))
+
+
+def test_worker_killed_mid_job_is_redelivered_and_done_on_attempt_two(suite: Suite) -> None:
+    suite.write_config('\n[tasks.slow]\ncommand = ["sh", "-c", "[ \\"$TQ_ATTEMPT\\" = 1 ] && exec sleep 30; echo ok"]\n')
+    _host, (w1,) = suite.start(workers=1)
+    c = suite.client()
+    jid = c.submit("slow")
+    w1.notify.wait_for(lambda m: m.startswith(f"STATUS=running job {jid}"))
+    w1.signal(signal.SIGKILL)
+    w1.wait()
+    suite.worker("1")  # the instance comes back, as systemd would restart it
+    job = c.wait(jid, timeout=30)
+    assert (job["state"], job["attempts"], job["result"]) == ("done", 2, "ok")
+
+
+def test_host_killed_and_restarted_loses_no_acknowledged_job(suite: Suite) -> None:
+    suite.write_config(RECORD)
+    host, _ = suite.start(workers=2)
+    acked: list[int] = []
+    stop = threading.Event()
+
+    def submitter() -> None:
+        c = suite.client()
+        i = 0
+        while not stop.is_set():
+            try:
+                acked.append(c.submit("rec", str(i)))
+            except HostUnreachable:
+                pass  # not acknowledged: the submitter would retry
+            i += 1
+
+    t = threading.Thread(target=submitter)
+    t.start()
+    wait_until(lambda: len(acked) >= 300, what="300 acknowledged submits")
+    host.signal(signal.SIGKILL)
+    host.wait()
+    n_before_restart = len(acked)
+    suite.host()
+    wait_until(lambda: len(acked) >= n_before_restart + 100, what="submits after the restart")
+    stop.set()
+    t.join()
+    c = suite.client()
+    for jid in acked:
+        assert c.wait(jid, timeout=60)["state"] == "done"
+    done = store_rows(suite, "SELECT id FROM jobs WHERE state = 'done'")
+    assert set(acked) <= {r[0] for r in done}
+
+
+def test_stopped_worker_loses_its_lease_and_another_worker_does_the_job(suite: Suite) -> None:
+    suite.write_config(RECORD, lease="1s", heartbeat="100ms")
+    _host, (w1, w2) = suite.start(workers=2)
+    w1.signal(signal.SIGSTOP)
+    c = suite.client()
+    ids = [c.submit("rec", str(i)) for i in range(6)]
+    jobs = [c.wait(jid, timeout=30) for jid in ids]
+    assert all(j["state"] == "done" and j["worker"] == "2" for j in jobs)
+    assert any(j["attempts"] == 2 for j in jobs)  # some were first handed to the stopped worker
+    w1.signal(signal.SIGCONT)
+    suite.wait_live(2)
+    # the stopped worker ran what was left in its inbox: those results were late and ignored
+    assert all(c.get(jid)["worker"] == "2" for jid in ids)
+    assert store_rows(suite, "SELECT count(*) FROM jobs WHERE state='done'") == [(6,)]
+
+
+def test_retries_then_dead_then_retry_brings_it_back(suite: Suite) -> None:
+    flag = suite.dir / "fixed"
+    suite.write_config(f'\n[tasks.flaky]\ncommand = ["sh", "-c", "test -e {flag} || {{ echo broken >&2; exit 3; }};'
+                       f' echo fixed"]\nretries = 1\nbackoff = "50ms"\n')
+    suite.start(workers=1)
+    r = suite.tqctl("submit", "--wait", "flaky")
+    assert r.returncode == 1 and "exit status 3: broken" in r.stderr
+    jid = suite.client().list(task="flaky")[0]["id"]
+    job = suite.client().get(jid)
+    assert (job["state"], job["attempts"]) == ("dead", 2)
+    flag.touch()
+    assert suite.tqctl("retry", str(jid)).returncode == 0
+    r = suite.tqctl("result", "--wait", str(jid))
+    assert (r.returncode, r.stdout) == (0, "fixed\n")
+
+
+def test_delayed_job_waits_in_the_store(suite: Suite) -> None:
+    suite.start(workers=1)
+    c = suite.client()
+    jid = c.submit("task-1", delay=1.0)
+    assert c.get(jid)["state"] == "delayed"
+    job = c.wait(jid, timeout=10)
+    assert job["state"] == "done"
+    assert job["started_at"] - job["created_at"] >= 1.0
+
+
+def test_higher_priority_jobs_run_first(suite: Suite) -> None:
+    suite.write_config(RECORD + "\n[worker.1]\nprefetch = 1\n")
+    suite.host()
+    c = suite.client()
+    ids = [c.submit("rec", f"low{i}", priority=0) for i in range(3)]
+    ids += [c.submit("rec", f"high{i}", priority=10) for i in range(3)]
+    ids += [c.submit("rec", "mid", priority=5)]
+    suite.worker("1")
+    for jid in ids:
+        c.wait(jid, timeout=20)
+    assert suite.executions() == ["high0", "high1", "high2", "mid", "low0", "low1", "low2"]
+
+
+def test_oversized_payload_is_refused_with_the_limit(suite: Suite) -> None:
+    suite.start(workers=1)
+    r = suite.tqctl("submit", "task-1", "--payload", "x" * 9000)
+    assert r.returncode == 2
+    assert "max_message_size is 8192 bytes" in r.stderr
+
+
+def test_unknown_task_is_refused_with_the_known_ones_when_echo_is_off(suite: Suite) -> None:
+    suite.write_config(RECORD, echo_catch_all=False)
+    suite.start(workers=1)
+    r = suite.tqctl("submit", "nope")
+    assert r.returncode == 2
+    assert "unknown task 'nope'; known tasks: rec" in r.stderr
+
+
+def test_command_gets_args_and_payload_and_is_killed_on_timeout(suite: Suite) -> None:
+    suite.write_config('\n[tasks.cat]\ncommand = ["sh", "-c", "printf \\"%s|\\" \\"$@\\"; cat", "sh"]\n'
+                       '[tasks.sleepy]\ncommand = ["sh", "-c", "sleep 30 & sleep 30"]\ntimeout = "300ms"\n'
+                       'retries = 0\n')
+    suite.start(workers=1)
+    c = suite.client()
+    job = c.wait(c.submit("cat", "a b", "c", payload="stdin-text"), timeout=10)
+    assert job["result"] == "a b|c|stdin-text"
+    job = c.wait(c.submit("sleepy"), timeout=10)
+    assert (job["state"], job["error"]) == ("dead", "timed out after 0.3s")
+
+
+def test_malformed_bytes_in_every_queue_do_not_crash_the_daemons(suite: Suite) -> None:
+    host, (w1,) = suite.start(workers=1)
+    for name in (f"{suite.prefix}.host", f"{suite.prefix}.w.1"):
+        q = posix_ipc.MessageQueue(name)
+        for junk in (b"\x00garbage", b"\x01J{not json", b'\x01R{"instance":1}', b"\xff" * 100):
+            q.send(junk, priority=1)
+        q.close()
+    r = suite.tqctl("submit", "--wait", "task-1")
+    assert (r.returncode, r.stdout) == (0, "task-1 processed\n")
+    assert host.proc.poll() is None and w1.proc.poll() is None
+    assert suite.client().status()["malformed_messages"] == 4
+    assert "dropped a malformed message" in w1.text()
+
+
+def test_cancel_a_delayed_job(suite: Suite) -> None:
+    suite.start(workers=1)
+    c = suite.client()
+    jid = c.submit("task-1", delay=60)
+    assert suite.tqctl("cancel", str(jid)).returncode == 0
+    assert c.get(jid)["state"] == "cancelled"
+    r = suite.tqctl("cancel", str(jid))
+    assert r.returncode == 2 and "only queued, delayed or failed" in r.stderr
+    assert suite.tqctl("show", "999999").returncode == 5
+
+
+@pytest.mark.parametrize("command", [["status"], ["list"], ["workers"], ["show", "1"]])
+def test_every_command_has_json_output(suite: Suite, command: list[str]) -> None:
+    suite.start(workers=1)
+    suite.client().wait(suite.client().submit("task-1"), timeout=10)
+    r = suite.tqctl(*command, "--json")
+    assert r.returncode == 0, r.stderr
+    json.loads(r.stdout)
+
+
+def test_host_not_running_exits_3(suite: Suite) -> None:
+    r = suite.tqctl("status")
+    assert r.returncode == 3 and "not reachable" in r.stderr

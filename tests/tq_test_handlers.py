@@ -1,0 +1,30 @@
+"""Python task handlers used by the tests (`python = "tq_test_handlers:record"`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+
+def _log(line: str) -> None:
+    fd = os.open(os.path.join(os.environ["TQ_TEST_DIR"], "executions.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, (line + "\n").encode())  # one write with O_APPEND: lines never interleave
+    finally:
+        os.close(fd)
+
+
+def record(tag: str, payload: Any = None) -> str:
+    """Record one execution and return the tag."""
+    _log(str(tag))
+    return f"recorded {tag}"
+
+
+def fail(message: str) -> None:
+    raise RuntimeError(message)
+
+
+def hang(seconds: str) -> str:
+    time.sleep(float(seconds))
+    return "woke"

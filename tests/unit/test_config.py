@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tq import config
+
+
+def write(tmp_path: Path, text: str, name: str = "tq.toml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_apply_without_keys(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, ""))
+    assert cfg.host.durability == "full"
+    assert cfg.mqueue.max_message_size == 8192
+    assert cfg.worker.queues == ("default",)
+    assert cfg.tasks == ()
+
+
+def test_shipped_config_is_valid_and_routes_unknown_tasks_to_echo() -> None:
+    cfg = config.load(str(Path(__file__).resolve().parents[2] / "etc/tq/tq.toml"))
+    task = cfg.task_for("task-1")
+    assert task is not None and task.handler == "echo"
+
+
+def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "[host]\nstate_dir = \n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(path)
+    assert path in str(e.value) and "line 2" in str(e.value)
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[host]\nsocket = \"/tmp/x.sock\"\nsokcet = 1\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(path)
+    assert str(e.value).startswith(f"{path}: host.sokcet: unknown key")
+
+
+def test_wrong_type_names_key_and_types(tmp_path: Path) -> None:
+    path = write(tmp_path, "[mqueue]\nmax_messages = \"ten\"\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(path)
+    assert "mqueue.max_messages: expected an integer, got a string 'ten'" in str(e.value)
+
+
+def test_dropin_overrides_and_errors_name_the_dropin(tmp_path: Path) -> None:
+    main = write(tmp_path, "[worker]\nqueues = [\"a\"]\n[tasks.x]\nhandler = \"echo\"\n")
+    (tmp_path / "tq.d").mkdir()
+    write(tmp_path, "[worker]\nqueues = [\"b\"]\n[worker.3]\nqueues = [\"mail\"]\n", "tq.d/10-queues.toml")
+    cfg = config.load(main)
+    assert cfg.worker_for("1").queues == ("b",)
+    assert cfg.worker_for("3").queues == ("mail",)
+    bad = write(tmp_path, "[tasks.x]\ntimeout = \"soon\"\n", "tq.d/20-bad.toml")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(main)
+    assert str(e.value).startswith(f"{bad}: tasks.x.timeout:")
+
+
+def test_task_needs_exactly_one_handler(tmp_path: Path) -> None:
+    path = write(tmp_path, "[tasks.x]\nhandler = \"echo\"\ncommand = [\"true\"]\n")
+    with pytest.raises(config.ConfigError, match="give one of handler, command or python"):
+        config.load(path)
+
+
+def test_prefetch_must_leave_room_for_the_sync_fence(tmp_path: Path) -> None:
+    path = write(tmp_path, "[mqueue]\nmax_messages = 4\n[worker]\nprefetch = 4\n")
+    with pytest.raises(config.ConfigError, match="worker.prefetch: must be below mqueue.max_messages"):
+        config.load(path)
+
+
+@pytest.mark.parametrize(("pattern", "name", "expected"), [
+    ("a.*", "a.b", True), ("a.*", "a.b.c", False), ("a.#", "a", True), ("a.#", "a.b.c", True),
+    ("#", "task-1", True), ("*.b", "x.b", True), ("*.b", "b", False), ("#.z", "a.b.z", True), ("a", "b", False),
+])
+def test_topic_patterns(pattern: str, name: str, expected: bool) -> None:
+    assert config.topic_matches(pattern, name) is expected
+
+
+def test_exact_task_name_wins_over_pattern(tmp_path: Path) -> None:
+    path = write(tmp_path, "[tasks.\"#\"]\nhandler = \"echo\"\n[tasks.\"mail.*\"]\nqueue = \"mail\"\n"
+                           "[tasks.\"mail.send\"]\nqueue = \"urgent\"\n")
+    cfg = config.load(path)
+    assert cfg.task_for("mail.send").queue == "urgent"  # type: ignore[union-attr]
+    assert cfg.task_for("mail.bounce").queue == "default"  # type: ignore[union-attr]  # "#" comes first
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("250ms", 0.25), ("5m", 300), ("1h", 3600), (2, 2)])
+def test_durations(text: object, seconds: float) -> None:
+    assert config.parse_duration(text) == seconds
+
+
+def test_bad_duration() -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        config.parse_duration("soon")

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tq import protocol, transport
+
+
+def test_every_message_kind_round_trips() -> None:
+    msgs: list[protocol.Message] = [
+        protocol.Job(1, 1, "task-1", ["a", 2, None], {"k": [1]}, 30.0, 5),
+        protocol.Sync(7), protocol.Hello("1", 42, ["default"], 2), protocol.Heartbeat("1", 42, ["q"], 2, 0),
+        protocol.Result("1", 1, 1, True, "out", "", 0.001), protocol.Release("1", 1, 1),
+        protocol.Bye("1", 42), protocol.Synced("1", 7),
+    ]
+    for msg in msgs:
+        assert protocol.decode(protocol.encode(msg)) == msg
+
+
+def test_too_large_names_the_limit() -> None:
+    msg = protocol.Job(1, 1, "t", ["x" * 10000], None, 1.0, 0)
+    with pytest.raises(protocol.TooLarge, match="max_message_size is 8192 bytes"):
+        protocol.encode(msg, 8192)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x01", b"\x02J{}", b"\x01Z{}", b"\x01J[1]", b"\x01Jnot json",
+                                  b'\x01S{"token":"7"}', b'\x01S{"token":true}', b'\x01H{"instance":"1"}',
+                                  b'\x01H{"instance":"1","pid":1,"queues":[1],"prefetch":1}'])
+def test_malformed_messages_raise_protocol_error(data: bytes) -> None:
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(data)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=300))
+def test_decode_never_raises_anything_but_protocol_error(data: bytes) -> None:
+    try:
+        protocol.decode(data)
+    except protocol.ProtocolError:
+        pass
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(sorted(protocol.KINDS)), st.dictionaries(st.text(max_size=10), st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=10)))
+def test_decode_of_wrong_json_bodies_is_a_protocol_error(kind: bytes, body: dict[str, object]) -> None:
+    import json
+    try:
+        protocol.decode(bytes([protocol.VERSION]) + kind + json.dumps(body).encode())
+    except protocol.ProtocolError:
+        pass
+
+
+def _order(q: transport.Transport) -> list[bytes]:
+    for data, prio in [(b"a", 1), (b"b", 5), (b"c", 1), (b"d", 0), (b"e", 5)]:
+        assert q.send(data, prio)
+    out = []
+    while (data := q.receive()) is not None:
+        out.append(data)
+    return out
+
+
+def test_memory_twin_orders_like_a_posix_queue() -> None:
+    name = f"/tqt-unit-{uuid.uuid4().hex[:8]}"
+    posix = transport.open_queue(name, 10, 1024)
+    try:
+        assert _order(posix) == _order(transport.MemoryQueue()) == [b"b", b"e", b"a", b"c", b"d"]
+    finally:
+        posix.close()
+        transport.unlink_queue(name)
+
+
+def test_full_queue_refuses_without_blocking() -> None:
+    q = transport.MemoryQueue(max_messages=2)
+    assert q.send(b"1", 0) and q.send(b"2", 0)
+    assert not q.send(b"3", 0)
+
+
+def test_queue_mode_is_0660_even_under_umask_077() -> None:
+    name = f"/tqt-unit-{uuid.uuid4().hex[:8]}"
+    old = os.umask(0o077)
+    try:
+        q = transport.open_queue(name, 10, 1024)
+        assert os.fstat(q.fileno()).st_mode & 0o777 == 0o660
+        q.close()
+    finally:
+        os.umask(old)
+        transport.unlink_queue(name)
+
+
+def test_existing_queue_with_other_dimensions_is_drained_and_recreated() -> None:
+    name = f"/tqt-unit-{uuid.uuid4().hex[:8]}"
+    try:
+        old = transport.open_queue(name, 5, 1024)
+        assert old.send(b"kept", 3)
+        old.close()
+        drained: list[bytes] = []
+        new = transport.open_queue(name, 8, 2048, drained=drained)
+        assert drained == [b"kept"]
+        assert (new.mq.max_messages, new.mq.max_message_size) == (8, 2048)
+        new.close()
+    finally:
+        transport.unlink_queue(name)
