@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -122,7 +124,7 @@ class Suite:
     def __init__(self, tmp: Path) -> None:
         self.dir = tmp
         self.prefix = f"/tqt-{uuid.uuid4().hex[:10]}"
-        self.config = tmp / "tq.toml"
+        self.config = tmp / "tq.toml"  # world-readable: some tests run tqctl as another user
         self.daemons: list[Daemon] = []
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT / "daemons")]),
                     "TQ_TEST_DIR": str(tmp)}
@@ -183,7 +185,7 @@ stop_timeout = "5s"
     def tqctl(self, *args: str, user: str | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "tq.ctl", "--config", str(self.config), *args]
         if user:
-            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+            argv = ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups", *argv]
         return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=60, input=input)
 
     def executions(self) -> list[str]:
@@ -204,9 +206,15 @@ stop_timeout = "5s"
 
 
 @pytest.fixture
-def suite(tmp_path: Path) -> Iterator[Suite]:
-    s = Suite(tmp_path)
+def suite() -> Iterator[Suite]:
+    # Not pytest's tmp_path: its parents are 0700 (tests run tqctl as another user) and its paths are long
+    # (a Unix socket path has at most 107 bytes).
+    tmp = Path(tempfile.mkdtemp(prefix="tq-test-"))
+    tmp.chmod(0o755)
+    s = Suite(tmp)
     try:
         yield s
     finally:
         s.close()
+        if not os.environ.get("TQ_TEST_KEEP"):  # keep logs and state for a post-mortem
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -134,7 +134,7 @@ class Client:
             fields["timeout"] = timeout
         return dict(self.call("wait", wait=timeout, **fields)["job"])
 
-    def list(self, state: str | None = None, queue: str | None = None, task: str | None = None,
+    def list_jobs(self, state: str | None = None, queue: str | None = None, task: str | None = None,
              limit: int = 50) -> list[dict[str, Any]]:
         reply = self.call("list", state=state, queue=queue, task=task, limit=limit)
         return [dict(j) for j in reply["jobs"]]

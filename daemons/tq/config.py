@@ -205,7 +205,7 @@ class _Reader:
         self.table: dict[str, Any] = table
 
     def error(self, key: str, reason: str) -> ConfigError:
-        full = f"{self.dotted}.{key}" if key else self.dotted
+        full = f"{self.dotted}.{key}" if key and self.dotted else key or self.dotted
         file = self.origin.get(full) or self.origin.get(self.dotted) or (self.files[0] if self.files else "?")
         return ConfigError(file, full, reason)
 

@@ -18,10 +18,6 @@ from .client import Client, JobTimeout, TqError
 FINAL = ("done", "dead", "cancelled")
 
 
-class Usage(Exception):
-    pass
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse exits 2 already; keep one line
         self.exit(control.EXIT_USAGE, f"{self.prog}: {message}\n")
@@ -35,7 +31,7 @@ def _duration(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     p = _Parser(prog="tqctl", description="Control tq: submit jobs and look at them.", parents=[common])
     p.add_argument("--config", help="config file (default: $TQ_CONFIG or /etc/tq/tq.toml)")
@@ -182,11 +178,11 @@ def _age(ts: float | None) -> str:
 def _table(rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def _cmd_list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    jobs = client.list(state=args.state, queue=args.queue, task=args.task, limit=args.limit)
+    jobs = client.list_jobs(state=args.state, queue=args.queue, task=args.task, limit=args.limit)
     if as_json:
         _out(jobs)
         return 0

@@ -12,8 +12,9 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .config import TaskConfig
 from .protocol import Job
@@ -164,7 +165,7 @@ class Python(Execution):
             value = func(*args, **kwargs)
             text = value if isinstance(value, str) else "" if value is None else json.dumps(value, default=str)
             self.outcome = Outcome(True, text)
-        except BaseException as e:  # noqa: BLE001 - any failure of user code is the job's failure
+        except BaseException as e:
             self.outcome = Outcome(False, "", f"{type(e).__name__}: {e}")
         os.write(self._w, b"x")
 
@@ -211,5 +212,5 @@ def start(task: TaskConfig, job: Job, env: dict[str, str]) -> Execution:
             return Done(Outcome(False, "", f"cannot run {argv[0]}: {e.strerror or e}"))
     try:
         return Python(resolve(task.python), job)
-    except Exception as e:  # noqa: BLE001 - an import error is the job's failure, not the worker's
+    except Exception as e:
         return Done(Outcome(False, "", f"cannot load {task.python}: {type(e).__name__}: {e}"))

@@ -24,8 +24,9 @@ import sqlite3
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from . import __version__, config, control, log, protocol, transport
 from .notify import Notifier

@@ -38,20 +38,23 @@ class _PlainFormatter(logging.Formatter):
         return f"{text} [{fields}]" if fields else text
 
 
+def _journal_handler(program: str) -> logging.Handler | None:
+    """python-systemd's JournalHandler (optional at import; the Debian package depends on it)."""
+    try:
+        from systemd.journal import JournalHandler  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError:
+        return None
+    handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER=program)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    return handler
+
+
 def setup(program: str, level: str = "info") -> logging.Logger:
     """Configure the root logger once for this process and return the program's logger."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler: logging.Handler | None = None
-    if stderr_is_journal():
-        try:
-            from systemd.journal import JournalHandler  # type: ignore[import-not-found,import-untyped,unused-ignore]
-
-            handler = JournalHandler(SYSLOG_IDENTIFIER=program)
-            handler.setFormatter(logging.Formatter("%(message)s"))
-        except ImportError:
-            handler = None
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    handler: logging.Handler | None = _journal_handler(program) if stderr_is_journal() else None
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_PlainFormatter())

@@ -149,7 +149,7 @@ def decode(data: bytes) -> Message:
         kinds = _TYPES[str(f.type)]
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds and object not in kinds):
             raise ProtocolError(f"{cls.__name__}: field {f.name!r} has the wrong type")
-        if str(f.type) == "list[str]" and not all(isinstance(v, str) for v in value):
+        if str(f.type) == "list[str]" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise ProtocolError(f"{cls.__name__}: field {f.name!r} must be a list of strings")
         values[f.name] = value
     return cls(**values)

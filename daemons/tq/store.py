@@ -196,7 +196,7 @@ class Store:
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:
-    values = dict(zip(_COLUMNS, row))
+    values = dict(zip(_COLUMNS, row, strict=True))
     values["args"] = json.loads(values["args"])
     values["payload"] = None if values["payload"] is None else json.loads(values["payload"])
     return JobRecord(**values)

@@ -53,7 +53,6 @@ class Worker:
         self.exit_now = False
         self.reexec = False
         self.next_heartbeat = 0.0
-        self.next_status = 0.0
         self.env = child_environment()
         self.inbox: PosixQueue | None = None
         self.host_q: PosixQueue | None = None
@@ -259,7 +258,7 @@ class Worker:
             else:
                 self.reexec = True  # a Python thread cannot be killed: report, then start afresh
             outcome = handlers.Outcome(False, "", f"timed out after {a.job.timeout:g}s")
-        if outcome is None and self.stop_requested and now - self.stop_started > self.wcfg.stop_timeout:
+        if outcome is None and self.stop_started and now - self.stop_started > self.wcfg.stop_timeout:
             a.execution.kill()
             if not a.execution.killable:
                 self.reexec = True
@@ -322,17 +321,14 @@ class Worker:
         self._flush_pending()
 
     def _status(self, now: float) -> None:
-        if now < self.next_status:
-            return
-        self.next_status = now + 0.5
         if self.stop_requested:
             text = "stopping"
         elif self.current is not None:
             j = self.current.job
-            text = f"running job {j.id} ({j.task}) for {now - self.current.started:.0f}s"
+            text = f"running job {j.id} ({j.task}), attempt {j.attempt}"
         else:
             text = "idle"
-        self.notifier.status(text)
+        self.notifier.status(text, now)
 
     # ---- stop and reload --------------------------------------------------
 

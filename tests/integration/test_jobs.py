@@ -56,7 +56,8 @@ def test_thousand_jobs_over_four_workers_each_done_exactly_once(suite: Suite) ->
 
 
 def test_worker_killed_mid_job_is_redelivered_and_done_on_attempt_two(suite: Suite) -> None:
-    suite.write_config('\n[tasks.slow]\ncommand = ["sh", "-c", "[ \\"$TQ_ATTEMPT\\" = 1 ] && exec sleep 30; echo ok"]\n')
+    suite.write_config('\n[tasks.slow]\ncommand = ["sh", "-c", '
+                       '"[ \\"$TQ_ATTEMPT\\" = 1 ] && exec sleep 30; echo ok"]\n')
     _host, (w1,) = suite.start(workers=1)
     c = suite.client()
     jid = c.submit("slow")
@@ -103,7 +104,7 @@ def test_host_killed_and_restarted_loses_no_acknowledged_job(suite: Suite) -> No
 
 def test_stopped_worker_loses_its_lease_and_another_worker_does_the_job(suite: Suite) -> None:
     suite.write_config(RECORD, lease="1s", heartbeat="100ms")
-    _host, (w1, w2) = suite.start(workers=2)
+    _host, (w1, _w2) = suite.start(workers=2)
     w1.signal(signal.SIGSTOP)
     c = suite.client()
     ids = [c.submit("rec", str(i)) for i in range(6)]
@@ -124,7 +125,7 @@ def test_retries_then_dead_then_retry_brings_it_back(suite: Suite) -> None:
     suite.start(workers=1)
     r = suite.tqctl("submit", "--wait", "flaky")
     assert r.returncode == 1 and "exit status 3: broken" in r.stderr
-    jid = suite.client().list(task="flaky")[0]["id"]
+    jid = suite.client().list_jobs(task="flaky")[0]["id"]
     job = suite.client().get(jid)
     assert (job["state"], job["attempts"]) == ("dead", 2)
     flag.touch()

@@ -69,7 +69,7 @@ def test_task_needs_exactly_one_handler(tmp_path: Path) -> None:
 
 def test_prefetch_must_leave_room_for_the_sync_fence(tmp_path: Path) -> None:
     path = write(tmp_path, "[mqueue]\nmax_messages = 4\n[worker]\nprefetch = 4\n")
-    with pytest.raises(config.ConfigError, match="worker.prefetch: must be below mqueue.max_messages"):
+    with pytest.raises(config.ConfigError, match=r"worker\.prefetch: must be below mqueue\.max_messages"):
         config.load(path)
 
 

@@ -1,0 +1,168 @@
+"""Daemon behaviour: sd_notify, signals, reload, restarts, access and configuration errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import Suite
+
+
+def test_host_notifies_ready_status_watchdog_and_stopping(suite: Suite) -> None:
+    host = suite.host(env={"WATCHDOG_USEC": "200000"})
+    host.notify.wait_for(lambda m: m.startswith("STATUS=") and "queued" in m)
+    first = host.notify.wait_for(lambda m: m == "WATCHDOG=1")
+    assert first
+    n = host.notify.messages.count("WATCHDOG=1")
+    host.notify.wait_for(lambda m: m == "WATCHDOG=1", start=len(host.notify.messages))  # pings go on while idle
+    assert host.notify.messages.count("WATCHDOG=1") > n
+    host.signal(signal.SIGTERM)
+    assert host.wait() == 0
+    host.notify.wait_for(lambda m: m == "STOPPING=1")
+
+
+def test_worker_notifies_status_and_pings_the_watchdog_during_a_long_job(suite: Suite) -> None:
+    suite.write_config('\n[tasks.slow]\ncommand = ["sleep", "1"]\n')
+    suite.host()
+    w = suite.worker("1", env={"WATCHDOG_USEC": "200000"})
+    suite.wait_live(1)
+    jid = suite.client().submit("slow")
+    mark = w.notify.wait_for(lambda m: m.startswith(f"STATUS=running job {jid}"))
+    start = w.notify.messages.index(mark)
+    for _ in range(3):  # at least three pings while the job runs
+        w.notify.wait_for(lambda m: m == "WATCHDOG=1", start=start + 1)
+        start = len(w.notify.messages) - 1
+    assert suite.client().wait(jid, timeout=10)["state"] == "done"
+    w.notify.wait_for(lambda m: m == "STATUS=idle")
+
+
+def test_reload_with_a_good_config_and_a_bad_one_keeps_the_old(suite: Suite) -> None:
+    host, (w1,) = suite.start(workers=1)
+    host.signal(signal.SIGHUP)
+    host.notify.wait_for(lambda m: m == "RELOADING=1")
+    mono = host.notify.wait_for(lambda m: m.startswith("MONOTONIC_USEC="))
+    assert int(mono.split("=")[1]) > 0
+    i = host.notify.messages.index("RELOADING=1")
+    host.notify.wait_for(lambda m: m == "READY=1", start=i)
+    good = suite.config.read_text()
+    suite.config.write_text(good + "\n[bogus]\nkey = 1\n")
+    n = len(host.notify.messages)
+    host.signal(signal.SIGHUP)
+    host.notify.wait_for(lambda m: m == "READY=1", start=n)
+    assert "reload refused, keeping the running configuration" in host.text()
+    assert f"{suite.config}: bogus: unknown key" in host.text()
+    w1.signal(signal.SIGHUP)
+    w1.notify.wait_for(lambda m: m == "RELOADING=1")
+    w1.notify.wait_for(lambda m: m == "READY=1", start=w1.notify.messages.index("RELOADING=1"))
+    assert w1.proc.poll() is None and "reload refused" in w1.text()
+    suite.config.write_text(good)
+    r = suite.tqctl("submit", "--wait", "task-1")
+    assert (r.returncode, r.stdout) == (0, "task-1 processed\n")
+
+
+def test_sigterm_lets_the_running_job_finish_then_exits_zero(suite: Suite) -> None:
+    suite.write_config('\n[tasks.slow]\ncommand = ["sh", "-c", "sleep 1.5; echo finished"]\n')
+    _host, (w1,) = suite.start(workers=1)
+    c = suite.client()
+    jid = c.submit("slow")
+    w1.notify.wait_for(lambda m: m.startswith(f"STATUS=running job {jid}"))
+    w1.signal(signal.SIGTERM)
+    assert w1.wait() == 0
+    w1.notify.wait_for(lambda m: m == "STOPPING=1")
+    job = c.wait(jid, timeout=10)
+    assert (job["state"], job["result"], job["attempts"]) == ("done", "finished", 1)
+    assert [w["state"] for w in c.workers()] == ["stopped"]
+
+
+def test_sigterm_hands_back_a_job_that_outlives_stop_timeout(suite: Suite) -> None:
+    suite.write_config('\n[tasks.slow]\ncommand = ["sleep", "30"]\n[worker.1]\nstop_timeout = "200ms"\n')
+    _host, (w1,) = suite.start(workers=1)
+    c = suite.client()
+    jid = c.submit("slow")
+    w1.notify.wait_for(lambda m: m.startswith(f"STATUS=running job {jid}"))
+    w1.signal(signal.SIGTERM)
+    assert w1.wait() == 0
+    job = c.get(jid)
+    assert (job["state"], job["attempts"]) == ("queued", 0)  # handed back, not counted as a failure
+
+
+def test_host_restart_does_not_disturb_workers(suite: Suite) -> None:
+    host, (w1,) = suite.start(workers=1)
+    assert suite.client().wait(suite.client().submit("task-1"), timeout=10)["state"] == "done"
+    host.signal(signal.SIGTERM)
+    assert host.wait() == 0
+    suite.host()
+    r = suite.tqctl("submit", "--wait", "task-1", "again")
+    assert (r.returncode, r.stdout) == (0, "task-1 again processed\n")
+    assert w1.proc.poll() is None  # the same worker process carried on
+
+
+def test_jobs_submitted_while_no_host_runs_wait_for_it(suite: Suite) -> None:
+    host, _workers = suite.start(workers=1)
+    host.signal(signal.SIGKILL)
+    host.wait()
+    r = suite.tqctl("submit", "task-1")
+    assert r.returncode == 3 and "not reachable" in r.stderr
+    suite.host()
+    r = suite.tqctl("submit", "--wait", "task-1")
+    assert (r.returncode, r.stdout) == (0, "task-1 processed\n")
+
+
+def test_a_user_outside_the_group_is_refused_with_exit_4(suite: Suite) -> None:
+    suite.start(workers=1)
+    r = suite.tqctl("status", user="nobody")
+    assert r.returncode == 4, r.stderr
+    assert "permission denied" in r.stderr and "group tq" in r.stderr
+    sock_mode = os.stat(suite.dir / "tq.sock").st_mode & 0o777
+    assert sock_mode == 0o660
+
+
+def test_bad_config_refuses_to_start_naming_file_and_key(suite: Suite) -> None:
+    suite.config.write_text('[host]\ndurability = "sometimes"\n')
+    for module, extra in (("tq.host", []), ("tq.worker", ["1"])):
+        r = subprocess.run([sys.executable, "-m", module, "--config", str(suite.config), *extra],
+                           env=suite.env, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2
+        assert f"{suite.config}: host.durability: must be one of full, normal" in r.stderr
+    r = suite.tqctl("config", "check")
+    assert r.returncode == 2 and "host.durability" in r.stderr
+    suite.config.write_text("[host\n")
+    r = suite.tqctl("config", "check")
+    assert r.returncode == 2 and "TOML syntax error: line 1" in r.stderr
+
+
+def test_queue_limits_over_the_kernel_are_refused_clearly(suite: Suite) -> None:
+    limit = int(Path("/proc/sys/fs/mqueue/msg_max").read_text())
+    suite.write_config("", max_messages=limit + 1)
+    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m",
+                        "tq.host", "--config", str(suite.config)], env=suite.env, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 1
+    assert f"exceeds fs.mqueue.msg_max = {limit}" in r.stderr
+
+
+def test_a_second_host_on_the_same_state_dir_refuses(suite: Suite) -> None:
+    suite.host()
+    second = suite.host(ready=False)
+    assert second.wait() == 1
+    assert "another tq-host is running" in second.text()
+
+
+def test_host_restart_requeues_jobs_of_a_worker_that_never_came_back(suite: Suite) -> None:
+    suite.write_config('\n[tasks.slow]\ncommand = ["sleep", "30"]\n[tasks.quick]\nhandler = "echo"\n',
+                       lease="1s", heartbeat="100ms")
+    host, (w1,) = suite.start(workers=1)
+    c = suite.client()
+    jid = c.submit("slow", retries=0)
+    w1.notify.wait_for(lambda m: m.startswith(f"STATUS=running job {jid}"))
+    for d in (host, w1):
+        d.signal(signal.SIGKILL)
+        d.wait()
+    suite.write_config('\n[tasks.slow]\nhandler = "echo"\n', lease="1s", heartbeat="100ms")
+    suite.host()
+    suite.worker("2")
+    job = suite.client().wait(jid, timeout=20)
+    assert (job["state"], job["worker"], job["attempts"]) == ("done", "2", 2)
