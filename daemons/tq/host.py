@@ -310,6 +310,14 @@ class Host:
         except protocol.ProtocolError as e:
             self.malformed(f"dropped a malformed message on {self.cfg.host_queue}: {e}")
             return
+        try:
+            self._dispatch_message(msg, now)
+        except sqlite3.Error:
+            raise
+        except Exception:  # a bug must cost one message, never the daemon
+            self.logger.exception("internal error on message %.200r", data)
+
+    def _dispatch_message(self, msg: protocol.Message, now: float) -> None:
         if isinstance(msg, protocol.Result):
             self._on_result(msg, now)
         elif isinstance(msg, protocol.Heartbeat):
@@ -656,6 +664,12 @@ class Host:
                 self.replies.append((conn, {"rid": rid, "ok": True, **reply}))
         except control.RequestError as e:
             self.replies.append((conn, {"rid": rid, "ok": False, "code": e.code, "error": str(e)}))
+        except sqlite3.Error:
+            raise  # the step's commit handling recovers from store errors
+        except Exception:  # a bug must cost one request, never the daemon
+            self.logger.exception("internal error on request %.200r", line)
+            self.replies.append((conn, {"rid": rid, "ok": False, "code": "bad_request",
+                                        "error": "internal error in tq-host (logged)"}))
 
     # ---- control operations (each returns the reply body, or None when it answers later) ----
 

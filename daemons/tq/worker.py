@@ -46,7 +46,7 @@ class Worker:
         self.sel = selectors.DefaultSelector()
         self.pending: collections.deque[bytes] = collections.deque()
         self.current: Attempt | None = None
-        self.watched: set[int] = set()
+        self.watched: set[tuple[int, int]] = set()
         self.stop_requested = self.reload_requested = False
         self.stop_started = 0.0
         self.bye_sent = False
@@ -127,9 +127,10 @@ class Worker:
         deadline = time.monotonic() + BYE_WAIT
         while self.pending and self.host_q is not None and time.monotonic() < deadline:
             self._flush_pending()
-            if self.pending:
+            if self.pending:  # wait for room in the host queue
                 self.notifier.tick(time.monotonic())
-                time.sleep(0.01)
+                self._watch([], False, True)
+                self.sel.select(0.1)
         if self.reexec:
             self._reexec()
         self.logger.info("tq-worker %s stopped", self.instance)
@@ -173,24 +174,27 @@ class Worker:
             timeout = min(timeout, ping)
         if self.current is not None:
             timeout = min(timeout, self.current.deadline - now)
-        if self.pending:
-            timeout = min(timeout, 0.01)  # the host queue is full: try again soon
         if self.stop_requested:
             timeout = min(timeout, 0.05)
         idle = self.current is None and not self.pending and not self.stop_requested
-        self._watch(self.current.execution.fds if self.current else [], idle)
+        self._watch(self.current.execution.fds if self.current else [], idle, bool(self.pending))
         for key, _mask in self.sel.select(max(timeout, 0.0)):
             if key.data == "wake":
                 self._drain_wake()
 
-    def _watch(self, fds: list[int], inbox: bool) -> None:
-        """Watch exactly the running attempt's descriptors, and the inbox only when idle (else it would spin)."""
-        assert self.inbox is not None
-        wanted = set(fds) | ({self.inbox.fileno()} if inbox else set())
-        for fd in self.watched - wanted:
+    def _watch(self, fds: list[int], inbox: bool, host_writable: bool = False) -> None:
+        """Watch the running attempt's descriptors, the inbox only when idle (else it would spin), and the
+        host queue for room while messages wait to be sent to it."""
+        assert self.inbox is not None and self.host_q is not None
+        wanted = {(fd, selectors.EVENT_READ) for fd in fds}
+        if inbox:
+            wanted.add((self.inbox.fileno(), selectors.EVENT_READ))
+        if host_writable:
+            wanted.add((self.host_q.fileno(), selectors.EVENT_WRITE))
+        for fd, _events in self.watched - wanted:
             self.sel.unregister(fd)
-        for fd in wanted - self.watched:
-            self.sel.register(fd, selectors.EVENT_READ, "io")
+        for fd, events in wanted - self.watched:
+            self.sel.register(fd, events, "io")
         self.watched = wanted
 
     def _drain_wake(self) -> None:
@@ -218,10 +222,15 @@ class Worker:
     def _on_sync(self, msg: protocol.Sync) -> None:
         """The host's fence: answer after everything before it; reopen the host queue (it may be new)."""
         try:
-            self.host_q = transport.open_queue(self.cfg.host_queue, self.cfg.mqueue.max_messages,
-                                               self.cfg.mqueue.max_message_size, create=False)
+            reopened = transport.open_queue(self.cfg.host_queue, self.cfg.mqueue.max_messages,
+                                            self.cfg.mqueue.max_message_size, create=False)
         except transport.QueueError as e:
             self.logger.warning("keeping the open host queue: %s", e)
+        else:
+            assert self.host_q is not None
+            self._watch(self.current.execution.fds if self.current else [], False)  # forget the old descriptor
+            self.host_q.close()
+            self.host_q = reopened
         self._queue_message(protocol.Synced(self.instance, msg.token))
         if self.bye_sent:
             self.exit_now = True

@@ -6,6 +6,7 @@ import json
 import signal
 import sqlite3
 import threading
+from pathlib import Path
 
 import posix_ipc
 import pytest
@@ -221,3 +222,33 @@ def test_every_command_has_json_output(suite: Suite, command: list[str]) -> None
 def test_host_not_running_exits_3(suite: Suite) -> None:
     r = suite.tqctl("status")
     assert r.returncode == 3 and "not reachable" in r.stderr
+
+
+def test_timeout_kills_the_whole_process_group(suite: Suite) -> None:
+    pidfile = suite.dir / "bg.pid"
+    suite.write_config(f'\n[tasks.bg]\ncommand = ["sh", "-c", "sleep 30 & echo $! > {pidfile}; wait"]\n'
+                       'timeout = "300ms"\nretries = 0\n')
+    suite.start(workers=1)
+    c = suite.client()
+    assert c.wait(c.submit("bg"), timeout=10)["error"] == "timed out after 0.3s"
+    pid = int(pidfile.read_text())
+
+    def gone() -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_until(gone, what="the background child of the timed-out command to die")
+
+
+def test_python_handler_past_its_timeout_restarts_the_worker_in_place(suite: Suite) -> None:
+    suite.write_config('\n[tasks.hang]\npython = "tq_test_handlers:hang"\ntimeout = "300ms"\nretries = 0\n'
+                       + RECORD)
+    _host, (w1,) = suite.start(workers=1)
+    c = suite.client()
+    job = c.wait(c.submit("hang", "30"), timeout=10)
+    assert (job["state"], job["error"]) == ("dead", "timed out after 0.3s")
+    job = c.wait(c.submit("rec", "after"), timeout=20)
+    assert job["state"] == "done" and w1.proc.poll() is None  # same pid, a fresh process image
+    assert "restarting this worker process" in w1.text()
