@@ -7,6 +7,7 @@ errors the line, so that `tqctl config check` reads like `nginx -t`.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 import tomllib
@@ -171,6 +172,15 @@ def load(path: str | None = None) -> Config:
             raise ConfigError(file, "", f"TOML syntax error: {_syntax_reason(e)}") from None
         _merge(merged, data, origin, file, "")
     return _build(merged, origin, tuple(files))
+
+
+def reload(path: str | None, logger: logging.Logger) -> Config | None:
+    """Load for SIGHUP: the new configuration, or None (logged) so the running one is kept."""
+    try:
+        return load(path)
+    except ConfigError as e:
+        logger.error("reload refused, keeping the running configuration: %s", e)
+        return None
 
 
 def _syntax_reason(e: tomllib.TOMLDecodeError) -> str:

@@ -420,18 +420,25 @@ class Host:
             return None
         return w, job
 
-    def _on_result(self, msg: protocol.Result, now: float) -> None:
-        found = self._match(msg.instance, msg.id, msg.attempt)
+    def _report(self, instance: str, job_id: int, attempt: int, what: str, now: float) -> JobRecord | None:
+        """The job a worker reports on (result or release), now no longer assigned; None if the report is late."""
+        found = self._match(instance, job_id, attempt)
         if found is None:
-            self._late(msg.instance, msg.id, msg.attempt, "result")
-            return
+            self._late(instance, job_id, attempt, what)
+            return None
         w, job = found
         w.seen = now
         w.assigned.discard(job.id)
         w.running = 0
+        return job
+
+    def _on_result(self, msg: protocol.Result, now: float) -> None:
+        job = self._report(msg.instance, msg.id, msg.attempt, "result", now)
+        if job is None:
+            return
         job.finished_at = time.time()
         if msg.ok:
-            w.done += 1
+            self.workers[msg.instance].done += 1
             job.result, job.error = msg.output, None
             self._set_state(job, "done")
             self.events.event("done", job.id, job.task, job.queue, job.attempts, msg.instance,
@@ -460,13 +467,9 @@ class Host:
                             extra={"TQ_JOB_ID": job_id, "TQ_WORKER": instance, "TQ_ATTEMPT": attempt})
 
     def _on_release(self, msg: protocol.Release, now: float) -> None:
-        found = self._match(msg.instance, msg.id, msg.attempt)
-        if found is None:
-            self._late(msg.instance, msg.id, msg.attempt, "release")
+        job = self._report(msg.instance, msg.id, msg.attempt, "release", now)
+        if job is None:
             return
-        w, job = found
-        w.seen = now
-        w.assigned.discard(job.id)
         job.attempts -= 1
         self._set_state(job, "queued")
         self.events.event("released", job.id, job.task, job.queue, job.attempts, msg.instance,
@@ -797,10 +800,8 @@ class Host:
 
     def _reload(self) -> None:
         self.notifier.reloading()
-        try:
-            new = config.load(self.config_path)
-        except config.ConfigError as e:
-            self.logger.error("reload refused, keeping the running configuration: %s", e)
+        new = config.reload(self.config_path, self.logger)
+        if new is None:
             self.notifier.ready(self._status_text())
             return
         if new.mqueue != self.cfg.mqueue:

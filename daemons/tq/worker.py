@@ -361,10 +361,8 @@ class Worker:
 
     def _reload(self) -> None:
         self.notifier.reloading()
-        try:
-            new = config.load(self.config_path)
-        except config.ConfigError as e:
-            self.logger.error("reload refused, keeping the running configuration: %s", e)
+        new = config.reload(self.config_path, self.logger)
+        if new is None:
             self.notifier.ready()
             return
         if new.mqueue != self.cfg.mqueue:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from conftest import Suite
+from tq.client import Client
 
 
 def test_host_notifies_ready_status_watchdog_and_stopping(suite: Suite) -> None:
@@ -63,8 +64,9 @@ def test_reload_with_a_good_config_and_a_bad_one_keeps_the_old(suite: Suite) -> 
     assert (r.returncode, r.stdout) == (0, "task-1 processed\n")
 
 
-def test_sigterm_lets_the_running_job_finish_then_exits_zero(suite: Suite) -> None:
-    suite.write_config('\n[tasks.slow]\ncommand = ["sh", "-c", "sleep 1.5; echo finished"]\n')
+def sigterm_mid_job(suite: Suite, task: str) -> tuple[Client, int]:
+    """Start one worker on a slow task, SIGTERM it while the job runs, and see it exit 0."""
+    suite.write_config(task)
     _host, (w1,) = suite.start(workers=1)
     c = suite.client()
     jid = c.submit("slow")
@@ -72,19 +74,18 @@ def test_sigterm_lets_the_running_job_finish_then_exits_zero(suite: Suite) -> No
     w1.signal(signal.SIGTERM)
     assert w1.wait() == 0
     w1.notify.wait_for(lambda m: m == "STOPPING=1")
+    return c, jid
+
+
+def test_sigterm_lets_the_running_job_finish_then_exits_zero(suite: Suite) -> None:
+    c, jid = sigterm_mid_job(suite, '\n[tasks.slow]\ncommand = ["sh", "-c", "sleep 1.5; echo finished"]\n')
     job = c.wait(jid, timeout=10)
     assert (job["state"], job["result"], job["attempts"]) == ("done", "finished", 1)
     assert [w["state"] for w in c.workers()] == ["stopped"]
 
 
 def test_sigterm_hands_back_a_job_that_outlives_stop_timeout(suite: Suite) -> None:
-    suite.write_config('\n[tasks.slow]\ncommand = ["sleep", "30"]\n[worker.1]\nstop_timeout = "200ms"\n')
-    _host, (w1,) = suite.start(workers=1)
-    c = suite.client()
-    jid = c.submit("slow")
-    w1.notify.wait_for(lambda m: m.startswith(f"STATUS=running job {jid}"))
-    w1.signal(signal.SIGTERM)
-    assert w1.wait() == 0
+    c, jid = sigterm_mid_job(suite, '\n[tasks.slow]\ncommand = ["sleep", "30"]\n[worker.1]\nstop_timeout = "200ms"\n')
     job = c.get(jid)
     assert (job["state"], job["attempts"]) == ("queued", 0)  # handed back, not counted as a failure
 
