@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= .tq
 
-.PHONY: run test lint unit integration clean
+.PHONY: run test lint unit integration chaos clean
 
 $(BIN)/tq-host: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ integration: $(BIN)/tq-host
 
 test: lint $(BIN)/tq-host
 	$(BIN)/pytest -q tests
+
+# A long chaos run: kill -9, SIGSTOP and SIGTERM of host and workers while clients submit.
+CHAOS_JOBS ?= 50000
+CHAOS_FAULTS ?= 2000
+chaos: $(BIN)/tq-host
+	$(BIN)/python tests/reliability/chaos.py --jobs $(CHAOS_JOBS) --faults $(CHAOS_FAULTS)
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) build dist *.egg-info daemons/*.egg-info .pytest_cache .mypy_cache .ruff_cache
