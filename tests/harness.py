@@ -134,12 +134,13 @@ class Suite:
         self._clients: list[Client] = []
 
     def write_config(self, extra: str, lease: str = "3s", heartbeat: str = "200ms", max_messages: int = 4,
-                     echo_catch_all: bool = True) -> None:
+                     echo_catch_all: bool = True, host: str = "") -> None:
         text = f"""
 [host]
 state_dir = "{self.dir}/state"
 socket = "{self.dir}/tq.sock"
 lease = "{lease}"
+{host}
 
 [mqueue]
 prefix = "{self.prefix}"

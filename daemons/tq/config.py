@@ -40,6 +40,8 @@ class HostConfig:
     socket: str = "/run/tq/tq.sock"
     durability: str = "full"
     lease: float = 10.0
+    retain_age: float = 7 * 86400.0
+    retain_count: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -295,13 +297,15 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
 
 
 def _host(r: _Reader) -> HostConfig:
-    r.check_keys({"state_dir", "socket", "durability", "lease"})
+    r.check_keys({"state_dir", "socket", "durability", "lease", "retain_age", "retain_count"})
     d = HostConfig()
     return HostConfig(
         state_dir=r.get("state_dir", str, d.state_dir),
         socket=r.get("socket", str, d.socket),
         durability=r.choice("durability", DURABILITY_LEVELS, d.durability),
         lease=r.duration("lease", d.lease, minimum=0.1),
+        retain_age=r.duration("retain_age", d.retain_age),
+        retain_count=r.integer("retain_count", d.retain_count, 0, 10**12),
     )
 
 

@@ -34,6 +34,8 @@ from .store import FINAL_STATES, JobRecord, Store, StoreError
 from .transport import PosixQueue
 
 MAX_MESSAGES_PER_STEP = 4096
+PRUNE_BATCH = 1000  # finished jobs deleted per loop step while the store is over its retention policy
+PRUNE_INTERVAL = 1.0  # seconds between retention checks once caught up (a cheap indexed read)
 Handler = Callable[[int], None]
 
 
@@ -75,6 +77,8 @@ class Host:
         self.logger = log.setup("tq-host", cfg.log.level)
         self.events = log.JobEvents(self.logger, cfg.log.job_events, cfg.log.job_events_per_second)
         self.malformed = log.Burst(self.logger)
+        self.refused = log.Burst(self.logger)
+        self._reserve_fd = os.open("/dev/null", os.O_RDONLY)  # spare descriptor to refuse clients when out
         self.notifier = Notifier()
         self.sel = selectors.DefaultSelector()
         self.jobs: dict[int, JobRecord] = {}  # every job not in a final state
@@ -86,6 +90,7 @@ class Host:
         self.replies: list[tuple[Conn, dict[str, Any]]] = []
         self.outbox: list[tuple[WorkerState, JobRecord, bytes]] = []
         self.tokens = 0
+        self.next_prune = 0.0
         self.stop_requested = self.reload_requested = False
         self.started = time.time()
         self.store: Store | None = None
@@ -261,6 +266,7 @@ class Host:
         self._check_workers(now)
         self._expire_waiters(now)
         self._dispatch(now)
+        self._prune(now)
         try:
             self.store.commit()
         except sqlite3.Error as e:
@@ -505,6 +511,19 @@ class Host:
                 w.assigned.clear()
                 w.state, w.running, w.sync_due = "lost", 0, False
 
+    def _prune(self, now: float) -> None:
+        """Apply the retention policy in small bites, so that no step stalls for long."""
+        if now < self.next_prune:
+            return
+        assert self.store is not None
+        h = self.cfg.host
+        finished = sum(self.counts[state] for state in FINAL_STATES)
+        deleted = self.store.prune(time.time() - h.retain_age, finished - h.retain_count, PRUNE_BATCH)
+        for state, n in deleted.items():
+            self.counts[state] -= n
+        caught_up = sum(deleted.values()) < PRUNE_BATCH
+        self.next_prune = now + (PRUNE_INTERVAL if caught_up else 0.0)
+
     def _expire_waiters(self, now: float) -> None:
         for job_id in [j for j, ws in self.waiters.items() if any(d <= now for _, _, d in ws)]:
             keep = []
@@ -599,14 +618,33 @@ class Host:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # EMFILE and friends: keep serving what we have
-                self.logger.warning("cannot accept a connection: %s", e)
+            except OSError as e:  # EMFILE and friends: refuse clearly, or the listener stays readable and spins
+                self._refuse_connection(e)
                 return
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             _pid, uid, _gid = struct.unpack("3i", creds)
             sock.setblocking(False)
             conn = Conn(sock, uid)
             self.sel.register(sock, selectors.EVENT_READ, lambda mask, c=conn: self._on_conn(c, mask))
+
+    def _refuse_connection(self, error: OSError) -> None:
+        """Out of descriptors: free the reserve one, accept, answer with the reason, close, re-reserve."""
+        assert self.listener is not None
+        self.refused(f"cannot accept a connection: {error}")
+        os.close(self._reserve_fd)
+        try:
+            sock, _ = self.listener.accept()
+            reply = {"ok": False, "code": "unavailable", "error": f"tq-host is out of resources: {error}"}
+            sock.setblocking(False)
+            try:
+                sock.send(control.encode(reply))
+            except OSError:
+                pass
+            sock.close()
+        except OSError:
+            pass
+        finally:
+            self._reserve_fd = os.open("/dev/null", os.O_RDONLY)
 
     def _on_conn(self, conn: Conn, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:

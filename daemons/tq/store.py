@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs(state) WHERE state NOT IN ('done', 'dead', 'cancelled');
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE state IN ('done', 'dead', 'cancelled');
 CREATE TABLE IF NOT EXISTS workers (
     instance TEXT PRIMARY KEY,
     pid INTEGER,
@@ -102,6 +103,7 @@ class Store:
         self.path = os.path.join(state_dir, "tq.sqlite3")
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect for a new file: pruning frees pages
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
             self.db.executescript(_SCHEMA)
@@ -180,6 +182,29 @@ class Store:
         rows = self.db.execute(
             "SELECT state, count(*) FROM jobs WHERE state IN ('done','dead','cancelled') GROUP BY state")
         return {state: n for state, n in rows}
+
+    def prune(self, before: float, excess: int, limit: int) -> dict[str, int]:
+        """Delete up to `limit` finished jobs: those finished before `before`, then the `excess` oldest.
+
+        Returns how many were deleted per state. Frees their pages for reuse (incremental vacuum).
+        """
+        (oldest,) = self.db.execute(
+            "SELECT min(finished_at) FROM jobs WHERE state IN ('done','dead','cancelled')").fetchone()
+        if excess <= 0 and (oldest is None or oldest >= before):
+            return {}  # nothing to do: no write transaction, no fsync
+        self._begin()
+        delete = ("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('done','dead','cancelled')"
+                  " AND finished_at < ? ORDER BY finished_at LIMIT ?) RETURNING state")
+        rows = self.db.execute(delete, (before, limit)).fetchall()
+        more = min(excess - len(rows), limit - len(rows))
+        if more > 0:
+            rows += self.db.execute(delete, (float("inf"), more)).fetchall()
+        if rows:
+            self.db.execute(f"PRAGMA incremental_vacuum({len(rows)})")
+        deleted: dict[str, int] = {}
+        for (state,) in rows:
+            deleted[state] = deleted.get(state, 0) + 1
+        return deleted
 
     def save_worker(self, instance: str, pid: int, queues: list[str], state: str, seen_at: float) -> None:
         self._begin()

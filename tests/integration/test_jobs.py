@@ -252,3 +252,28 @@ def test_python_handler_past_its_timeout_restarts_the_worker_in_place(suite: Sui
     job = c.wait(c.submit("rec", "after"), timeout=20)
     assert job["state"] == "done" and w1.proc.poll() is None  # same pid, a fresh process image
     assert "restarting this worker process" in w1.text()
+
+
+def test_finished_jobs_past_the_retention_count_are_pruned_oldest_first(suite: Suite) -> None:
+    suite.write_config("", host="retain_count = 5")
+    suite.start(workers=1)
+    c = suite.client()
+    ids = c.submit_many([("task-1", [str(i)]) for i in range(30)])
+    for jid in ids:
+        c.wait(jid, timeout=10)
+    pending = c.submit("task-1", delay=60)
+    wait_until(lambda: c.status()["states"]["done"] <= 5, what="pruning down to retain_count")
+    remaining = [j["id"] for j in c.list_jobs(state="done", limit=100)]
+    assert remaining == sorted(ids)[-5:][::-1]  # the newest five stay
+    assert c.get(pending)["state"] == "delayed"  # open jobs are never pruned
+
+
+def test_finished_jobs_past_the_retention_age_are_pruned(suite: Suite) -> None:
+    suite.write_config("", host='retain_age = "1s"')
+    suite.start(workers=1)
+    c = suite.client()
+    jid = c.submit("task-1")
+    c.wait(jid, timeout=10)
+    wait_until(lambda: c.status()["states"]["done"] == 0, what="the finished job to age out")
+    r = suite.tqctl("show", str(jid))
+    assert r.returncode == 5
