@@ -6,9 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import Suite, temporary_suite, wait_until
-
-__all__ = ["Suite", "wait_until"]
+from harness import Suite, temporary_suite
 
 
 @pytest.fixture

@@ -78,8 +78,9 @@ class Notify:
                 self.changed.wait(left)
 
     def close(self) -> None:
-        self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
+        if self.sock.fileno() >= 0:
+            self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.close()
 
 
 class Daemon:
@@ -110,6 +111,8 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
+        if self.log.closed:
+            return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()

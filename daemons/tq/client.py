@@ -62,6 +62,7 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._buf.clear()
 
     def __enter__(self) -> Client:
         return self
@@ -91,18 +92,19 @@ class Client:
         self._rid += 1
         sock.settimeout(None if self.timeout is None else self.timeout + (wait or 0.0))
         try:
-            sock.sendall(control.encode({"op": op, "rid": self._rid, **fields}))
+            try:
+                sock.sendall(control.encode({"op": op, "rid": self._rid, **fields}))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the host may have answered and closed (it refuses when out of resources): read on
             while (end := self._buf.find(b"\n")) < 0:
                 chunk = sock.recv(1 << 20)
                 if not chunk:
-                    raise HostUnreachable(f"tq-host closed the connection on {self.socket_path}")
+                    raise ConnectionResetError("tq-host closed the connection")
                 self._buf += chunk
-        except OSError as e:
-            self.close()
-            if isinstance(e, HostUnreachable):
-                raise
+            reply = control.decode(bytes(self._buf[:end]))
+        except (OSError, control.RequestError) as e:
+            self.close()  # a later call reconnects
             raise HostUnreachable(f"lost tq-host at {self.socket_path}: {e}") from None
-        reply = control.decode(bytes(self._buf[:end]))
         del self._buf[:end + 1]
         if not reply.get("ok"):
             code = str(reply.get("code", "bad_request"))

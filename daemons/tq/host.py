@@ -34,6 +34,8 @@ from .store import FINAL_STATES, JobRecord, Store, StoreError
 from .transport import PosixQueue
 
 MAX_MESSAGES_PER_STEP = 4096
+MUTATING_OPS = {"submit", "cancel", "retry"}
+BLOCKED_BACKOFF = 0.2  # seconds a worker whose inbox was full gets no new jobs
 PRUNE_BATCH = 1000  # finished jobs deleted per loop step while the store is over its retention policy
 PRUNE_INTERVAL = 1.0  # seconds between retention checks once caught up (a cheap indexed read)
 Handler = Callable[[int], None]
@@ -55,6 +57,8 @@ class WorkerState:
     sync_due: bool = False
     running: int = 0
     done: int = 0
+    saved: tuple[int, tuple[str, ...], bool] | None = None  # the row last written to the store
+    blocked_until: float = 0.0  # its inbox was full: no dispatch to it before this (monotonic)
 
     def public(self, now: float) -> dict[str, Any]:
         return {"instance": self.instance, "pid": self.pid, "state": self.state, "queues": self.queues,
@@ -78,6 +82,7 @@ class Host:
         self.events = log.JobEvents(self.logger, cfg.log.job_events, cfg.log.job_events_per_second)
         self.malformed = log.Burst(self.logger)
         self.refused = log.Burst(self.logger)
+        self.store_errors = log.Burst(self.logger, interval=5.0)
         self._reserve_fd = os.open("/dev/null", os.O_RDONLY)  # spare descriptor to refuse clients when out
         self.notifier = Notifier()
         self.sel = selectors.DefaultSelector()
@@ -87,7 +92,8 @@ class Host:
         self.counts: collections.Counter[str] = collections.Counter()
         self.workers: dict[str, WorkerState] = {}
         self.waiters: dict[int, list[tuple[Conn, Any, float]]] = collections.defaultdict(list)
-        self.replies: list[tuple[Conn, dict[str, Any]]] = []
+        # (connection, reply, whether the reply is only true once this step's commit succeeds)
+        self.replies: list[tuple[Conn, dict[str, Any], bool]] = []
         self.outbox: list[tuple[WorkerState, JobRecord, bytes]] = []
         self.tokens = 0
         self.next_prune = 0.0
@@ -188,6 +194,9 @@ class Host:
         for job in self.jobs.values():
             if job.state == "running" and job.worker and job.worker not in known:
                 known[job.worker] = (job.worker, 0, [], "syncing", 0.0)
+        for w in self.workers.values():  # after a failed commit: workers whose hello was not stored
+            if w.instance not in known and w.state != "stopped":
+                known[w.instance] = (w.instance, w.pid, w.queues, "syncing", 0.0)
         for instance, pid, queues, state, _seen in known.values():
             w = self.workers.get(instance) or WorkerState(instance, pid=pid, queues=queues)
             self.workers[instance] = w
@@ -220,7 +229,7 @@ class Host:
         elif state in FINAL_STATES:
             self.jobs.pop(job.id, None)
             for conn, rid, _deadline in self.waiters.pop(job.id, []):
-                self.replies.append((conn, {"rid": rid, "ok": True, "job": job.public()}))
+                self.replies.append((conn, {"rid": rid, "ok": True, "job": job.public()}, True))
         assert self.store is not None
         self.store.update(job)
 
@@ -255,21 +264,21 @@ class Host:
         wait = self._wait_time(now)
         if max_wait is not None:
             wait = min(wait, max_wait)
-        for key, mask in self.sel.select(wait):
-            key.data(mask)
-        now = time.monotonic()
-        self._on_queue(0)
-        if self.reload_requested:
-            self.reload_requested = False
-            self._reload()
-        self._promote_delayed()
-        self._check_workers(now)
-        self._expire_waiters(now)
-        self._dispatch(now)
-        self._prune(now)
         try:
+            for key, mask in self.sel.select(wait):
+                key.data(mask)
+            now = time.monotonic()
+            self._on_queue(0)
+            if self.reload_requested:
+                self.reload_requested = False
+                self._reload()
+            self._promote_delayed()
+            self._check_workers(now)
+            self._expire_waiters(now)
+            self._dispatch(now)
+            self._prune(now)
             self.store.commit()
-        except sqlite3.Error as e:
+        except sqlite3.Error as e:  # disk full, I/O error: this step is undone, the host carries on
             self._store_failed(e)
         self._flush()
         self.notifier.tick(now)
@@ -284,19 +293,24 @@ class Host:
             wait = min(wait, max(0.0, self.delayed[0][0] - time.time()))
         if any(w.sync_due for w in self.workers.values()):
             wait = min(wait, 0.05)
+        if self.counts["queued"]:  # jobs taken back from a full inbox: try again when the worker may take them
+            for w in self.workers.values():
+                if w.state == "live" and w.blocked_until > now:
+                    wait = min(wait, w.blocked_until - now)
         return max(wait, 0.0)
 
     def _store_failed(self, error: Exception) -> None:
-        """A commit failed (disk full, I/O error): forget this step, reload from the store, fence workers."""
+        """A write failed (disk full, I/O error): forget this step, reload from the store, fence workers."""
         assert self.store is not None
-        self.logger.error("store commit failed: %s; rolling back and recovering from %s", error, self.store.path)
+        self.store_errors(f"store write failed: {error}; rolled back this step and recovered from {self.store.path}")
         try:
             self.store.rollback()
         except sqlite3.Error:
             pass
-        failed = f"store write failed: {error}"
-        self.replies = [(c, {"rid": r.get("rid"), "ok": False, "code": "unavailable", "error": failed})
-                        if r.get("ok") and "ids" in r else (c, r) for c, r in self.replies]
+        # Nothing this step decided is true any more: every answer that depended on it becomes a refusal.
+        failed = f"store write failed: {error}; nothing was changed, try again"
+        self.replies = [(c, {"rid": r.get("rid"), "ok": False, "code": "unavailable", "error": failed}, False)
+                        if durable else (c, r, False) for c, r, durable in self.replies]
         self._recover()
 
     # ---- intake: worker messages ----------------------------------------
@@ -359,8 +373,15 @@ class Host:
         depth = w.inbox.mq.max_messages if w.inbox is not None else 2
         w.prefetch = max(1, min(prefetch, depth - 1))  # one slot stays free for the Sync fence
         self._start_sync(w, "syncing")
-        assert self.store is not None
-        self.store.save_worker(w.instance, pid, queues, "live", time.time())
+        self._persist_worker(w)
+
+    def _persist_worker(self, w: WorkerState) -> None:
+        """Store what recovery needs of a worker (which instances to fence), only when it changed."""
+        row = (w.pid, tuple(w.queues), w.state == "stopped")
+        if row != w.saved:
+            assert self.store is not None
+            self.store.save_worker(w.instance, w.pid, w.queues, "stopped" if row[2] else "live", time.time())
+            w.saved = row
 
     def _open_inbox(self, w: WorkerState) -> None:
         if w.inbox is not None:
@@ -396,8 +417,7 @@ class Host:
         w.assigned.clear()
         w.running = 0
         w.state = "stopped" if w.state == "leaving" else "live"
-        assert self.store is not None
-        self.store.save_worker(w.instance, w.pid, w.queues, w.state, time.time())
+        self._persist_worker(w)
         self.logger.info("worker %s %s", w.instance, "stopped" if w.state == "stopped" else "is live")
 
     def _on_heartbeat(self, msg: protocol.Heartbeat, now: float) -> None:
@@ -530,7 +550,7 @@ class Host:
             for conn, rid, deadline in self.waiters[job_id]:
                 if deadline <= now:
                     self.replies.append((conn, {"rid": rid, "ok": False, "code": "timeout",
-                                                "error": f"job {job_id} did not finish in time"}))
+                                                "error": f"job {job_id} did not finish in time"}, False))
                 else:
                     keep.append((conn, rid, deadline))
             if keep:
@@ -541,7 +561,8 @@ class Host:
     def _dispatch(self, now: float) -> None:
         """Hand ready jobs to live workers with free slots, best priority first, round robin."""
         limit = self.cfg.mqueue.max_message_size
-        live = [w for w in self.workers.values() if w.state == "live" and w.inbox is not None]
+        live = [w for w in self.workers.values()
+                if w.state == "live" and w.inbox is not None and w.blocked_until <= now]
         while live:
             progressed = []
             for w in live:
@@ -586,7 +607,8 @@ class Host:
             if w.inbox is None or not w.inbox.send(data, protocol.mq_priority(job.priority)):
                 undelivered.append((w, job))
         self.outbox.clear()
-        for w, job in undelivered:  # the inbox was full or gone: take the assignment back
+        for w, job in undelivered:  # the inbox was full or gone: take the assignment back, rest the worker
+            w.blocked_until = time.monotonic() + BLOCKED_BACKOFF
             if job.state == "running" and job.worker == w.instance:
                 w.assigned.discard(job.id)
                 job.attempts -= 1
@@ -597,7 +619,7 @@ class Host:
                 self.store.commit()
             except sqlite3.Error as e:
                 self._store_failed(e)
-        for conn, reply in self.replies:
+        for conn, reply, _durable in self.replies:
             if not conn.closed:
                 conn.wbuf += control.encode(reply)
                 self._write(conn)
@@ -702,15 +724,16 @@ class Host:
                 raise control.RequestError("bad_request", f"unknown op {op!r}")
             reply = handler(conn, rid, req)
             if reply is not None:
-                self.replies.append((conn, {"rid": rid, "ok": True, **reply}))
+                self.replies.append((conn, {"rid": rid, "ok": True, **reply}, op in MUTATING_OPS))
         except control.RequestError as e:
-            self.replies.append((conn, {"rid": rid, "ok": False, "code": e.code, "error": str(e)}))
-        except sqlite3.Error:
-            raise  # the step's commit handling recovers from store errors
+            self.replies.append((conn, {"rid": rid, "ok": False, "code": e.code, "error": str(e)}, False))
+        except sqlite3.Error as e:  # the step recovers from store errors; this request is refused
+            self.replies.append((conn, {"rid": rid, "ok": False, "code": "unavailable", "error": str(e)}, False))
+            raise
         except Exception:  # a bug must cost one request, never the daemon
             self.logger.exception("internal error on request %.200r", line)
             self.replies.append((conn, {"rid": rid, "ok": False, "code": "bad_request",
-                                        "error": "internal error in tq-host (logged)"}))
+                                        "error": "internal error in tq-host (logged)"}, False))
 
     # ---- control operations (each returns the reply body, or None when it answers later) ----
 

@@ -35,7 +35,11 @@ class _PlainFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = " ".join(f"{k[3:].lower()}={getattr(record, k)}" for k in _FIELDS if hasattr(record, k))
         text = f"{record.name}: {record.levelname.lower()}: {record.getMessage()}"
-        return f"{text} [{fields}]" if fields else text
+        if fields:
+            text += f" [{fields}]"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
 
 
 def _journal_handler(program: str) -> logging.Handler | None:

@@ -115,23 +115,20 @@ class Store:
                 os.chmod(self.path + suffix, 0o660)
             except OSError:
                 pass
-        self.in_tx = False
 
+    # SQLite itself may end a transaction on an error (SQLITE_FULL): ask it, keep no flag of our own.
     def _begin(self) -> None:
-        if not self.in_tx:
+        if not self.db.in_transaction:
             self.db.execute("BEGIN IMMEDIATE")
-            self.in_tx = True
 
     def commit(self) -> None:
         """Make every write since the last commit durable (one fsync with durability=full)."""
-        if self.in_tx:
+        if self.db.in_transaction:
             self.db.execute("COMMIT")
-            self.in_tx = False
 
     def rollback(self) -> None:
-        if self.in_tx:
+        if self.db.in_transaction:
             self.db.execute("ROLLBACK")
-            self.in_tx = False
 
     def insert(self, job: JobRecord) -> int:
         self._begin()

@@ -147,7 +147,7 @@ def check_limits(max_messages: int, max_message_size: int) -> None:
         problems.append(f"mqueue.max_message_size = {max_message_size} exceeds fs.mqueue.msgsize_max = "
                         f"{limits['msgsize_max']} (sysctl -w fs.mqueue.msgsize_max={max_message_size})")
     if problems and os.geteuid() != 0:
-        raise QueueError("; ".join(problems) + "; the tq package raises these in /usr/lib/sysctl.d/tq.conf")
+        raise QueueError("; ".join(problems) + "; the tq package raises these in /usr/lib/sysctl.d/60-tq.conf")
 
 
 def _fix_access(mq: posix_ipc.MessageQueue) -> None:

@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Suite
-from tq.client import Client
+import pytest
+
+from harness import Suite
+from tq.client import Client, HostUnreachable
 
 
 def test_host_notifies_ready_status_watchdog_and_stopping(suite: Suite) -> None:
@@ -167,3 +169,17 @@ def test_host_restart_requeues_jobs_of_a_worker_that_never_came_back(suite: Suit
     suite.worker("2")
     job = suite.client().wait(jid, timeout=20)
     assert (job["state"], job["worker"], job["attempts"]) == ("done", "2", 2)
+
+
+def test_a_client_reconnects_after_the_host_comes_back(suite: Suite) -> None:
+    host, _ = suite.start(workers=1)
+    c = suite.client()
+    assert c.wait(c.submit("task-1"), timeout=10)["state"] == "done"
+    host.signal(signal.SIGKILL)
+    host.wait()
+    with pytest.raises(HostUnreachable):
+        c.submit("task-1")
+    with pytest.raises(HostUnreachable):
+        c.submit("task-1")
+    suite.host()
+    assert c.wait(c.submit("task-1", "again"), timeout=10)["result"] == "task-1 again processed"

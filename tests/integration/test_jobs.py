@@ -11,7 +11,7 @@ from pathlib import Path
 import posix_ipc
 import pytest
 
-from conftest import Suite, wait_until
+from harness import Suite, wait_until
 from tq.client import HostUnreachable
 
 RECORD = '\n[tasks.rec]\npython = "tq_test_handlers:record"\n'
@@ -83,19 +83,21 @@ def test_host_killed_and_restarted_loses_no_acknowledged_job(suite: Suite) -> No
             try:
                 acked.append(c.submit("rec", str(i)))
             except HostUnreachable:
-                pass  # not acknowledged: the submitter would retry
+                stop.wait(0.01)  # not acknowledged: the submitter retries after a pause
             i += 1
 
     t = threading.Thread(target=submitter)
     t.start()
-    wait_until(lambda: len(acked) >= 300, what="300 acknowledged submits")
-    host.signal(signal.SIGKILL)
-    host.wait()
-    n_before_restart = len(acked)
-    suite.host()
-    wait_until(lambda: len(acked) >= n_before_restart + 100, what="submits after the restart")
-    stop.set()
-    t.join()
+    try:
+        wait_until(lambda: len(acked) >= 300, what="300 acknowledged submits")
+        host.signal(signal.SIGKILL)
+        host.wait()
+        n_before_restart = len(acked)
+        suite.host()
+        wait_until(lambda: len(acked) >= n_before_restart + 100, what="submits after the restart")
+    finally:
+        stop.set()
+        t.join()
     c = suite.client()
     for jid in acked:
         assert c.wait(jid, timeout=60)["state"] == "done"

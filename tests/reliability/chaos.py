@@ -62,6 +62,7 @@ class Chaos:
         self.host: Daemon | None = None
         self.workers: dict[str, Daemon] = {}
         self.stopped: dict[str, float] = {}  # worker -> when to SIGCONT
+        self.give_up = threading.Event()
 
     def setup(self) -> None:
         s = self.suite
@@ -82,7 +83,7 @@ class Chaos:
         per = self.jobs // self.clients
         pace = self.faults_wanted * 0.08 / max(per, 1)  # spread the jobs over the fault schedule
         seq = 0
-        while seq < per:
+        while seq < per and not self.give_up.is_set():
             time.sleep(self.rng.uniform(0, 2 * pace))
             batch = 1 if self.rng.random() < 0.7 else min(20, per - seq)
             tags = [f"c{k}-{seq + i}-{self.rng.randrange(1 << 30)}" for i in range(batch)]
@@ -130,7 +131,12 @@ class Chaos:
         threads = [threading.Thread(target=self.submitter, args=(k,)) for k in range(self.clients)]
         for t in threads:
             t.start()
+        deadline = start + 120 + self.faults_wanted * 0.5
         while sum(self.faults.values()) < self.faults_wanted or any(t.is_alive() for t in threads):
+            if time.monotonic() > deadline:
+                self.give_up.set()
+                raise AssertionError(f"chaos run stuck: {len(self.acked)} of {self.jobs} jobs acknowledged, "
+                                     f"faults {dict(self.faults)}")
             time.sleep(self.rng.uniform(0.005, 0.06))  # the fault schedule, not a synchronisation
             self.resume_due()
             if sum(self.faults.values()) < self.faults_wanted:
