@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= .tq
 
-.PHONY: run test lint unit integration chaos clean
+.PHONY: run test lint unit integration system deb chaos clean
 
 $(BIN)/tq-host: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,18 @@ unit: $(BIN)/tq-host
 integration: $(BIN)/tq-host
 	$(BIN)/pytest -q tests/integration
 
+# Everything: lint, unit, integration, reliability and (as root, where systemd-nspawn works) the system
+# tests, which boot Debian bookworm with the .deb installed. Without root they are skipped, loudly.
 test: lint $(BIN)/tq-host
+	if [ "$$(id -u)" = 0 ]; then $(MAKE) deb; fi
 	$(BIN)/pytest -q tests
+
+system: $(BIN)/tq-host deb
+	TQ_REQUIRE_SYSTEM_TESTS=1 $(BIN)/pytest -q tests/system
+
+# dist/tq_<version>_<arch>.deb (dpkg-buildpackage -us -uc -b; as root it installs the build dependencies)
+deb:
+	sh packaging/build-deb.sh
 
 # A long chaos run: kill -9, SIGSTOP and SIGTERM of host and workers while clients submit.
 CHAOS_JOBS ?= 50000

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from harness import Suite, temporary_suite
+
+MQUEUE_FS = Path("/dev/mqueue")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stale_test_queues() -> None:
+    """Remove queues left by an earlier test session that was killed (prefix /tqt-).
+
+    Queue memory counts against a per-user limit (RLIMIT_MSGQUEUE) that also covers the system
+    tests' containers, so leftovers would make later tests fail for want of room. One test session
+    at a time, then.
+    """
+    if os.geteuid() != 0:
+        return
+    if not os.path.ismount(MQUEUE_FS):
+        MQUEUE_FS.mkdir(exist_ok=True)
+        subprocess.run(["mount", "-t", "mqueue", "mqueue", str(MQUEUE_FS)], check=False, capture_output=True)
+    for stale in MQUEUE_FS.glob("tqt-*"):
+        stale.unlink(missing_ok=True)
 
 
 @pytest.fixture

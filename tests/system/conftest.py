@@ -1,24 +1,26 @@
 """System tests: tq on a real systemd (Debian bookworm booted in systemd-nspawn).
 
-Run (as root):  python -m pytest tests/system -v
-Needs:          apt-get install debootstrap systemd-container
-                plus the built package in dist/ (`make deb`) for the package tests.
+Run, as root:  make deb && TQ_REQUIRE_SYSTEM_TESTS=1 .venv/bin/python -m pytest tests/system -v
+Needs:         apt-get install debootstrap systemd-container (util-linux gives nsenter);
+               test_package.py installs TQ_DEB or the newest dist/tq_*.deb.
 
-What happens: tests/system/rootfs.sh builds a bookworm rootfs once with
-debootstrap and caches it outside the repo (TQ_ROOTFS, default
-/var/cache/tq-test/bookworm; delete it to rebuild, about 45 s). Each
-test module copies it (cp --reflink=auto, about 3 s) to a scratch directory, boots it with
-`systemd-nspawn -b --private-network` (about 2 s to "running") and enters it
-with `nsenter`; no machined or systemd on the host is needed. The copy is
-removed at the end, so the cache stays clean.
+tests/system/rootfs.sh builds a bookworm rootfs once with debootstrap (about
+45 s) and caches it outside the repo: TQ_ROOTFS, default
+/var/cache/tq-test/bookworm; it is rebuilt when missing or when its recipe
+changes. Each test module copies it (cp --reflink=auto: 1 to 8 s on ext4) to
+/var/tmp/tq-system-*, boots it with `systemd-nspawn -b --private-network`
+(under 1 s to "running") and runs commands in it with `nsenter`; no machined
+or systemd is needed on the host. The copy is powered off and deleted at the
+end of the module, so the cache stays clean.
 
-The container gets writable /proc/sys (SYSTEMD_NSPAWN_API_VFS_WRITABLE=1)
+The container gets a writable /proc/sys (SYSTEMD_NSPAWN_API_VFS_WRITABLE=1)
 so that tq's sysctl.d file can raise fs.mqueue.* in the container's own IPC
 namespace; the rootfs masks Debian's sysctl.d files that would change
-host-wide settings.
+host-wide settings. Run one session at a time: the containers share the host's
+user namespace, so user tq's RLIMIT_MSGQUEUE budget is shared between them.
 
 Without root or systemd-nspawn every test here is skipped with the reason;
-set TQ_REQUIRE_SYSTEM_TESTS=1 (CI does) to turn that skip into a failure.
+with TQ_REQUIRE_SYSTEM_TESTS=1 (CI) that skip is a failure instead.
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ def container() -> Iterator[Container]:
     reason = cannot_run_reason()
     if reason:
         skip_or_fail(reason)
-    rootfs = subprocess.run(["sh", str(HERE / "rootfs.sh")], check=True, capture_output=True,
-                            text=True).stdout.strip()
+    built = subprocess.run(["sh", str(HERE / "rootfs.sh")], capture_output=True, text=True)
+    if built.returncode != 0:
+        pytest.fail(f"tests/system/rootfs.sh failed:\n{built.stderr[-4000:]}", pytrace=False)
+    rootfs = built.stdout.strip()
     scratch = Path(tempfile.mkdtemp(prefix="tq-system-", dir="/var/tmp"))
     root = scratch / f"tq-test-{os.getpid()}"  # also the machine name nspawn uses
     subprocess.run(["cp", "-a", "--reflink=auto", rootfs, str(root)], check=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -63,7 +64,8 @@ class Container:
             if self.nspawn.poll() is not None:
                 raise RuntimeError(f"systemd-nspawn exited with {self.nspawn.returncode}; see {self.log}")
             for pid in children.read_text().split():
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
+                comm = Path(f"/proc/{pid}/comm")
+                if comm.exists() and comm.read_text().strip() == "systemd":
                     return int(pid)
             time.sleep(0.05)
         raise TimeoutError(f"no init process in the container; see {self.log}")
@@ -111,5 +113,5 @@ class Container:
         try:
             self.nspawn.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            self.nspawn.kill()
-            self.nspawn.wait()
+            os.kill(self.pid, signal.SIGKILL)  # init of a PID namespace: takes the whole container
+            self.nspawn.wait(timeout=30)
