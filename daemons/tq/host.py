@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import collections
 import fcntl
-import grp
 import heapq
 import logging
 import os
@@ -30,7 +29,7 @@ from typing import Any
 
 from . import __version__, config, control, log, protocol, transport
 from .notify import Notifier
-from .store import FINAL_STATES, JobRecord, Store, StoreError
+from .store import FINAL_STATES, JobRecord, Store, StoreError, restrict
 from .transport import PosixQueue
 
 MAX_MESSAGES_PER_STEP = 4096
@@ -109,7 +108,7 @@ class Host:
         """Acquire the state dir, open store, queue and socket, recover, then READY=1."""
         cfg = self.cfg
         transport.check_limits(cfg.mqueue.max_messages, cfg.mqueue.max_message_size)
-        os.makedirs(cfg.host.state_dir, exist_ok=True)
+        os.makedirs(cfg.host.state_dir, mode=0o750, exist_ok=True)
         self._lock = open(os.path.join(cfg.host.state_dir, "tq.lock"), "a")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -144,11 +143,7 @@ class Host:
                 probe.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(path)
-        os.chmod(path, 0o660)
-        try:
-            os.chown(path, -1, grp.getgrnam(transport.GROUP).gr_gid)
-        except (KeyError, PermissionError):
-            pass
+        restrict(path, 0o660)
         sock.listen(128)
         sock.setblocking(False)
         self.listener = sock

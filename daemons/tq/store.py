@@ -7,6 +7,7 @@ reply is sent only after the commit that made it true.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import sqlite3
@@ -93,13 +94,22 @@ class JobRecord:
         }
 
 
+def restrict(path: str, mode: int) -> None:
+    """Give a file `mode` and, where group tq exists, that group: root and group tq only."""
+    try:
+        os.chmod(path, mode)
+        os.chown(path, -1, grp.getgrnam("tq").gr_gid)
+    except (OSError, KeyError):
+        pass  # no such file yet, no group tq, or not ours to change
+
+
 class StoreError(Exception):
     """The store cannot be opened or written; the message says why."""
 
 
 class Store:
     def __init__(self, state_dir: str, durability: str = "full") -> None:
-        os.makedirs(state_dir, exist_ok=True)
+        os.makedirs(state_dir, mode=0o750, exist_ok=True)
         self.path = os.path.join(state_dir, "tq.sqlite3")
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -111,10 +121,7 @@ class Store:
         except sqlite3.Error as e:
             raise StoreError(f"cannot open store {self.path}: {e}") from None
         for suffix in ("", "-wal", "-shm"):
-            try:
-                os.chmod(self.path + suffix, 0o660)
-            except OSError:
-                pass
+            restrict(self.path + suffix, 0o660)
 
     # SQLite itself may end a transaction on an error (SQLITE_FULL): ask it, keep no flag of our own.
     def _begin(self) -> None:
