@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from . import __version__, config, control
-from .client import Client, JobTimeout, TqError
+from .client import Client, JobTimeout, Refused, TqError
 
 FINAL = ("done", "dead", "cancelled")
 
@@ -39,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser("submit", parents=[common], help="submit a job; prints its id (or its result with --wait)")
-    s.add_argument("task")
+    s.add_argument("task", nargs="?")
     s.add_argument("args", nargs="*", metavar="ARG")
+    s.add_argument("--batch", metavar="FILE", help="submit the jobs in FILE ('-': stdin), one JSON object per line "
+                   "with task, args and the options below; prints their ids, one per line")
     s.add_argument("--queue")
     s.add_argument("--priority", type=int)
     s.add_argument("--delay", type=_duration, default=0.0, help="run after this long (e.g. 30s, 5m)")
@@ -113,7 +115,14 @@ def _config_check(args: argparse.Namespace, as_json: bool) -> int:
     return 0
 
 
+BATCH_CHUNK = 5000  # jobs per request (and per commit) in submit --batch
+
+
 def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    if args.batch is not None:
+        return _submit_batch(client, args, as_json)
+    if args.task is None:
+        raise Refused("submit needs TASK (or --batch FILE)")
     payload = sys.stdin.read() if args.payload == "-" else args.payload
     jid = client.submit(args.task, *args.args, queue=args.queue, priority=args.priority, delay=args.delay,
                         timeout=args.timeout, retries=args.retries, payload=payload)
@@ -121,6 +130,34 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         _out({"id": jid}) if as_json else print(jid)
         return 0
     return _finish(_wait(client, jid, args.wait_timeout), as_json)
+
+
+def _submit_batch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    """JSON lines in, ids out; each chunk is one request and one commit."""
+    source = sys.stdin if args.batch == "-" else open(args.batch, encoding="utf-8")
+    ids: list[int] = []
+    chunk: list[dict[str, Any]] = []
+    with source:
+        for number, line in enumerate(source, 1):
+            if not line.strip():
+                continue
+            try:
+                spec = json.loads(line)
+            except ValueError as e:
+                raise Refused(f"{args.batch}: line {number}: not JSON: {e}") from None
+            if not isinstance(spec, dict) or "task" not in spec:
+                raise Refused(f"{args.batch}: line {number}: expected an object with a \"task\"")
+            chunk.append(spec)
+            if len(chunk) == BATCH_CHUNK:
+                ids += client.submit_many(chunk)
+                chunk = []
+    if chunk:
+        ids += client.submit_many(chunk)
+    if as_json:
+        _out({"ids": ids})
+    else:
+        sys.stdout.write("".join(f"{i}\n" for i in ids))
+    return 0
 
 
 def _wait(client: Client, jid: int, timeout: float | None) -> dict[str, Any]:

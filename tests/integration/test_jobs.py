@@ -279,3 +279,15 @@ def test_finished_jobs_past_the_retention_age_are_pruned(suite: Suite) -> None:
     wait_until(lambda: c.status()["states"]["done"] == 0, what="the finished job to age out")
     r = suite.tqctl("show", str(jid))
     assert r.returncode == 5
+
+
+def test_tqctl_submit_batch_from_stdin(suite: Suite) -> None:
+    suite.start(workers=1)
+    lines = "".join(json.dumps({"task": "task-1", "args": [str(i)], "priority": i}) + "\n" for i in range(3))
+    r = suite.tqctl("submit", "--batch", "-", input=lines)
+    assert r.returncode == 0, r.stderr
+    ids = [int(x) for x in r.stdout.split()]
+    assert len(ids) == 3
+    assert [suite.client().wait(i, timeout=10)["result"] for i in ids] == [f"task-1 {i} processed" for i in range(3)]
+    r = suite.tqctl("submit", "--batch", "-", input='{"task": "task-1"}\nnot json\n')
+    assert r.returncode == 2 and "-: line 2: not JSON" in r.stderr

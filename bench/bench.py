@@ -1,0 +1,310 @@
+"""make bench: tq-host + 4 workers with the shipped default config on a temporary state dir.
+
+Prints a table and writes JSON to .bench/bench-<time>.json. With --peers, also runs beanstalkd with its
+binlog (-b, loopback only) through the same drain workload with the greenstalk client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import posix_ipc
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from harness import Daemon, Suite  # noqa: E402
+from tq.client import Client  # noqa: E402
+
+WORKERS = 4
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def shipped_config(suite: Suite) -> None:
+    """The shipped /etc/tq/tq.toml, with only its paths and queue prefix pointed at the temporary suite."""
+    text = (REPO / "etc/tq/tq.toml").read_text()
+    text = text.replace('"/var/lib/tq"', f'"{suite.dir}/state"').replace('"/run/tq/tq.sock"', f'"{suite.dir}/tq.sock"')
+    text = text.replace('prefix = "/tq"', f'prefix = "{suite.prefix}"')
+    suite.config.write_text(text)
+
+
+def drain(suite: Suite, jobs: int, clients: int) -> dict[str, float]:
+    """`jobs` echo jobs from `clients` concurrent clients (client API): first submit to last completion."""
+    per = jobs // clients
+    conns = [suite.client() for _ in range(clients)]
+    base = conns[0].status()["states"]["done"]
+    start = time.perf_counter()
+
+    def submit(c: Client) -> None:
+        for i in range(0, per, 100):
+            c.submit_many([("task-1", [str(j)]) for j in range(i, min(i + 100, per))])
+
+    threads = [threading.Thread(target=submit, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    submitted = time.perf_counter()
+    watcher = conns[0]
+    while watcher.status()["states"]["done"] < base + per * clients:
+        time.sleep(0.002)  # polling the host's counters; the figure is dominated by the drain itself
+    elapsed = time.perf_counter() - start
+    return {"jobs": per * clients, "seconds": round(elapsed, 3), "jobs_per_s": round(per * clients / elapsed),
+            "submit_phase_s": round(submitted - start, 3)}
+
+
+def submit_rate(suite: Suite, clients: int, submits: int) -> float:
+    conns = [suite.client() for _ in range(clients)]
+    for c in conns:
+        c.status()
+    start = time.perf_counter()
+    threads = [threading.Thread(target=lambda c=c: [c.submit("task-1", str(i)) for i in range(submits)])
+               for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return round(clients * submits / (time.perf_counter() - start))
+
+
+def batch_rates(suite: Suite, jobs: int) -> dict[str, float]:
+    c = suite.client()
+    start = time.perf_counter()
+    for i in range(0, jobs, 5000):
+        c.submit_many([("task-1", [str(j)]) for j in range(i, min(i + 5000, jobs))])
+    api = jobs / (time.perf_counter() - start)
+    lines = "".join(json.dumps({"task": "task-1", "args": [str(i)]}) + "\n" for i in range(jobs))
+    start = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "tq.ctl", "--config", str(suite.config), "submit", "--batch", "-"],
+                       input=lines, capture_output=True, text=True, env=suite.env, check=True)
+    cli = jobs / (time.perf_counter() - start)
+    assert len(r.stdout.split()) == jobs
+    return {"submit_many_jobs_per_s": round(api), "tqctl_batch_jobs_per_s": round(cli)}
+
+
+def latency(suite: Suite, n: int) -> dict[str, float]:
+    c = suite.client()
+    samples = []
+    for i in range(n):
+        start = time.perf_counter()
+        c.wait(c.submit("task-1", str(i)), timeout=10)
+        samples.append((time.perf_counter() - start) * 1000)
+    samples.sort()
+    return {"p50_ms": round(statistics.median(samples), 3), "p99_ms": round(samples[int(n * 0.99) - 1], 3)}
+
+
+def tqctl_wall(suite: Suite, runs: int) -> float:
+    times = []
+    for i in range(runs):
+        start = time.perf_counter()
+        subprocess.run([str(REPO / ".venv/bin/tqctl"), "--config", str(suite.config), "submit", "task-1", str(i)],
+                       capture_output=True, check=True, env=suite.env)
+        times.append((time.perf_counter() - start) * 1000)
+    return round(statistics.median(times), 1)
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def idle(daemons: list[Daemon], seconds: float) -> dict[str, dict[str, float]]:
+    before = {d.name: _cpu_ticks(d.pid) for d in daemons}
+    time.sleep(seconds)  # the measurement window
+    return {d.name: {"cpu_percent": round((_cpu_ticks(d.pid) - before[d.name]) / CLK / seconds * 100, 3),
+                     "rss_mb": _rss_mb(d.pid)} for d in daemons}
+
+
+def _echo_peer(name: str, n: int) -> None:
+    inbox, outbox = posix_ipc.MessageQueue(name + ".a"), posix_ipc.MessageQueue(name + ".b")
+    for _ in range(n):
+        msg, _prio = inbox.receive()
+        outbox.send(msg)
+
+
+def _sink(name: str, n: int) -> None:
+    q = posix_ipc.MessageQueue(name + ".a")
+    for _ in range(n):
+        q.receive()
+
+
+def raw_posix_ipc(n: int) -> dict[str, float]:
+    """Two processes, the queues' default depth (10) and a 100-byte message."""
+    name = f"/tqbench-{os.getpid()}"
+    qs = [posix_ipc.MessageQueue(name + s, posix_ipc.O_CREAT, max_messages=10, max_message_size=8192)
+          for s in (".a", ".b")]
+    msg = b"x" * 100
+    try:
+        p = multiprocessing.Process(target=_sink, args=(name, n))
+        p.start()
+        start = time.perf_counter()
+        for _ in range(n):
+            qs[0].send(msg)
+        p.join()
+        one_way = n / (time.perf_counter() - start)
+        rounds = n // 4
+        p = multiprocessing.Process(target=_echo_peer, args=(name, rounds))
+        p.start()
+        start = time.perf_counter()
+        for _ in range(rounds):
+            qs[0].send(msg)
+            qs[1].receive()
+        p.join()
+        round_trips = rounds / (time.perf_counter() - start)
+    finally:
+        for q in qs:
+            q.unlink()
+            q.close()
+    return {"one_way_msgs_per_s": round(one_way), "round_trips_per_s": round(round_trips)}
+
+
+def beanstalkd_drain(jobs: int, clients: int) -> dict[str, Any]:
+    """The same drain through beanstalkd -b (binlog) with 4 greenstalk workers."""
+    import greenstalk  # type: ignore[import-not-found,unused-ignore]
+
+    binary = shutil.which("beanstalkd")
+    if binary is None:
+        return {"error": "beanstalkd is not installed (apt-get install beanstalkd)"}
+    binlog = tempfile.mkdtemp(prefix="tq-bench-beanstalkd-")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([binary, "-l", "127.0.0.1", "-p", str(port), "-b", binlog])
+    try:
+        for _ in range(200):
+            try:
+                greenstalk.Client(("127.0.0.1", port)).close()
+                break
+            except OSError:
+                time.sleep(0.01)  # waiting for the server to listen
+        done = multiprocessing.Value("i", 0)
+        workers = [multiprocessing.Process(target=_beanstalk_worker, args=(port, done)) for _ in range(WORKERS)]
+        for w in workers:
+            w.start()
+        per = jobs // clients
+        start = time.perf_counter()
+
+        def produce() -> None:
+            with greenstalk.Client(("127.0.0.1", port)) as c:
+                for i in range(per):
+                    c.put(f"task-1 {i}")
+
+        threads = [threading.Thread(target=produce) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        while done.value < per * clients:
+            time.sleep(0.002)
+        elapsed = time.perf_counter() - start
+        for w in workers:
+            w.terminate()
+        return {"jobs": per * clients, "seconds": round(elapsed, 3), "jobs_per_s": round(per * clients / elapsed)}
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(binlog, ignore_errors=True)
+
+
+def _beanstalk_worker(port: int, done: Any) -> None:
+    import greenstalk
+
+    with greenstalk.Client(("127.0.0.1", port)) as c:
+        while True:
+            job = c.reserve()
+            _result = job.body + " processed"
+            c.delete(job)
+            with done.get_lock():
+                done.value += 1
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=int, default=20000)
+    p.add_argument("--peers", action="store_true", help="also run beanstalkd -b through the drain")
+    p.add_argument("--idle-seconds", type=float, default=10.0)
+    args = p.parse_args()
+    results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}}
+    tmp = Path(tempfile.mkdtemp(prefix="tq-bench-"))
+    suite = Suite(tmp)
+    try:
+        shipped_config(suite)
+        host = suite.host()
+        workers = [suite.worker(str(i)) for i in range(1, WORKERS + 1)]
+        suite.wait_live(WORKERS)
+        results["drain"] = drain(suite, args.jobs, 4)
+        results["submit_1_client_per_s"] = submit_rate(suite, 1, 2000)
+        results["submit_8_clients_per_s"] = submit_rate(suite, 8, 500)
+        results["batch"] = batch_rates(suite, 20000)
+        results["latency"] = latency(suite, 1000)
+        results["tqctl_submit_ms_median"] = tqctl_wall(suite, 20)
+        suite.client().wait(suite.client().submit("task-1"), timeout=60)  # the backlog is drained
+        results["idle"] = idle([host, workers[0]], args.idle_seconds)
+    finally:
+        suite.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    results["raw_posix_ipc"] = raw_posix_ipc(100_000)
+    results["drain_vs_raw_one_way"] = round(results["drain"]["jobs_per_s"] / results["raw_posix_ipc"]
+                                            ["one_way_msgs_per_s"], 3)
+    if args.peers:
+        results["beanstalkd_b"] = beanstalkd_drain(args.jobs, 4)
+        if "jobs_per_s" in results["beanstalkd_b"]:
+            results["drain_vs_beanstalkd"] = round(results["drain"]["jobs_per_s"]
+                                                   / results["beanstalkd_b"]["jobs_per_s"], 2)
+    print_table(results)
+    out = REPO / ".bench"
+    out.mkdir(exist_ok=True)
+    path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten: {path.relative_to(REPO)}")
+    return 0
+
+
+def print_table(r: dict[str, Any]) -> None:
+    rows = [
+        ("drain, 20k echo jobs, 4 clients, 4 workers", f"{r['drain']['jobs_per_s']} jobs/s"),
+        ("durable submit, 1 client", f"{r['submit_1_client_per_s']} /s"),
+        ("durable submit, 8 clients", f"{r['submit_8_clients_per_s']} /s"),
+        ("batch submit, client.submit_many", f"{r['batch']['submit_many_jobs_per_s']} jobs/s"),
+        ("batch submit, tqctl submit --batch -", f"{r['batch']['tqctl_batch_jobs_per_s']} jobs/s"),
+        ("submit->result latency p50 / p99", f"{r['latency']['p50_ms']} / {r['latency']['p99_ms']} ms"),
+        ("tqctl submit (whole process), median", f"{r['tqctl_submit_ms_median']} ms"),
+    ]
+    for name, v in r["idle"].items():
+        rows.append((f"idle {name}: CPU, RSS", f"{v['cpu_percent']} %, {v['rss_mb']} MB"))
+    raw = r["raw_posix_ipc"]
+    rows += [("raw posix_ipc one-way, 2 processes", f"{raw['one_way_msgs_per_s']} msgs/s"),
+             ("raw posix_ipc round trips", f"{raw['round_trips_per_s']} /s"),
+             ("tq drain / raw one-way", f"{r['drain_vs_raw_one_way']}")]
+    if "beanstalkd_b" in r:
+        b = r["beanstalkd_b"]
+        rows.append(("beanstalkd -b drain, same workload", f"{b.get('jobs_per_s', b.get('error'))} jobs/s"))
+        if "drain_vs_beanstalkd" in r:
+            rows.append(("tq drain / beanstalkd -b", f"{r['drain_vs_beanstalkd']}"))
+    width = max(len(n) for n, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
