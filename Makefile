@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= .tq
 
-.PHONY: run test lint unit integration system deb chaos clean
+.PHONY: run test lint unit integration system deb chaos bench clean
 
 $(BIN)/tq-host: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,15 @@ system: $(BIN)/tq-host deb
 # dist/tq_<version>_<arch>.deb (dpkg-buildpackage -us -uc -b; as root it installs the build dependencies)
 deb:
 	sh packaging/build-deb.sh
+
+# Throughput, latency and footprint with the shipped config; PEERS=1 adds beanstalkd -b (binlog) side by side.
+PEERS ?= 0
+bench: $(BIN)/tq-host
+	if [ "$(PEERS)" = 1 ]; then \
+	    $(BIN)/pip install --quiet greenstalk; \
+	    command -v beanstalkd >/dev/null || { apt-get install -y -qq beanstalkd && { systemctl disable --now beanstalkd 2>/dev/null || service beanstalkd stop 2>/dev/null || true; }; }; \
+	fi
+	$(BIN)/python bench/bench.py $(if $(filter 1,$(PEERS)),--peers)
 
 # A long chaos run: kill -9, SIGSTOP and SIGTERM of host and workers while clients submit.
 CHAOS_JOBS ?= 50000

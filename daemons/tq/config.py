@@ -55,7 +55,7 @@ class MqueueConfig:
 class WorkerConfig:
     queues: tuple[str, ...] = ("default",)
     heartbeat: float = 1.0
-    prefetch: int = 2
+    prefetch: int = 8
     stop_timeout: float = 20.0
 
 
@@ -94,8 +94,19 @@ class Config:
         """The worker settings of one instance: `[worker]` overridden by `[worker.N]`."""
         return self.worker_overrides.get(instance, self.worker)
 
+    _task_cache: dict[str, TaskConfig | None] = field(default_factory=dict, compare=False, repr=False)
+
     def task_for(self, name: str) -> TaskConfig | None:
         """The task config for a task name: an exact name first, then the first pattern that matches."""
+        if name in self._task_cache:
+            return self._task_cache[name]
+        if len(self._task_cache) > 10_000:  # task names are operator-chosen, but never trust the count
+            self._task_cache.clear()
+        found = self._find_task(name)
+        self._task_cache[name] = found
+        return found
+
+    def _find_task(self, name: str) -> TaskConfig | None:
         for task in self.tasks:
             if task.name == name:
                 return task
@@ -283,13 +294,13 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
     host = _host(root.sub("host"))
     mq = _mqueue(root.sub("mqueue"))
     worker_r = root.sub("worker")
-    worker = _worker(worker_r, WorkerConfig(), mq, allow_instances=True)
+    worker = _worker(worker_r, WorkerConfig(), allow_instances=True)
     overrides = {}
     for key, value in worker_r.table.items():
         if isinstance(value, dict):
             if not INSTANCE_RE.match(key):
                 raise worker_r.error(key, "instance names are letters, digits, _ and -")
-            overrides[key] = _worker(worker_r.sub(key), worker, mq, allow_instances=False)
+            overrides[key] = _worker(worker_r.sub(key), worker, allow_instances=False)
     log = _log(root.sub("log"))
     tasks_r = root.sub("tasks")
     tasks = tuple(_task(tasks_r.sub(name), name) for name in tasks_r.table)
@@ -322,14 +333,12 @@ def _mqueue(r: _Reader) -> MqueueConfig:
     )
 
 
-def _worker(r: _Reader, base: WorkerConfig, mq: MqueueConfig, allow_instances: bool) -> WorkerConfig:
+def _worker(r: _Reader, base: WorkerConfig, allow_instances: bool) -> WorkerConfig:
     keys = {"queues", "heartbeat", "prefetch", "stop_timeout"}
     if allow_instances:
         r = _Reader({k: v for k, v in r.table.items() if not isinstance(v, dict)}, r.dotted, r.origin, r.files)
     r.check_keys(keys)
-    prefetch = r.integer("prefetch", base.prefetch, 1, 1024)
-    if prefetch > mq.max_messages - 1:
-        raise r.error("prefetch", f"must be below mqueue.max_messages ({mq.max_messages}), got {prefetch}")
+    prefetch = r.integer("prefetch", base.prefetch, 1, 1024)  # the inbox is prefetch + 1 deep: checked at start
     return WorkerConfig(
         queues=r.names("queues", base.queues),
         heartbeat=r.duration("heartbeat", base.heartbeat, minimum=0.05),

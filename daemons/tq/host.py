@@ -34,6 +34,7 @@ from .transport import PosixQueue
 
 MAX_MESSAGES_PER_STEP = 4096
 MUTATING_OPS = {"submit", "cancel", "retry"}
+LONG_JOB = 0.1  # seconds; a worker holding a job this long gets no prefetched jobs until it reports
 BLOCKED_BACKOFF = 0.2  # seconds a worker whose inbox was full gets no new jobs
 PRUNE_BATCH = 1000  # finished jobs deleted per loop step while the store is over its retention policy
 PRUNE_INTERVAL = 1.0  # seconds between retention checks once caught up (a cheap indexed read)
@@ -561,7 +562,7 @@ class Host:
         while live:
             progressed = []
             for w in live:
-                if len(w.assigned) >= w.prefetch:
+                if len(w.assigned) >= w.prefetch or (w.assigned and self._busy_with_long_job(w)):
                     continue
                 job = self._pop_ready(w.queues)
                 if job is None:
@@ -575,6 +576,11 @@ class Host:
                 self.events.event("dispatched", job.id, job.task, job.queue, job.attempts, w.instance)
                 progressed.append(w)
             live = progressed
+
+    def _busy_with_long_job(self, w: WorkerState) -> bool:
+        """Prefetch is for fast-flowing jobs: a worker that has held a job for a while gets no more for now."""
+        oldest = min(self.jobs[i].started_at or 0.0 for i in w.assigned if i in self.jobs) if w.assigned else 0.0
+        return time.time() - oldest > LONG_JOB
 
     def _pop_ready(self, queues: list[str]) -> JobRecord | None:
         best: tuple[int, int] | None = None

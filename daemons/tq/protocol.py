@@ -1,6 +1,7 @@
 """The messages that cross the POSIX queues between tq-host and the workers.
 
-Wire format: one version byte, one kind byte, then a compact JSON object.
+Wire format: one version byte, one kind byte, then a compact JSON array of the
+message's fields in declaration order (no field names: smaller, faster).
 Decoding checks every field's type, so a malformed message is one
 ProtocolError, never a crash further in.
 
@@ -17,7 +18,7 @@ result would have arrived first) and is requeued.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 VERSION = 1
@@ -119,9 +120,16 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+_FIELDS: dict[type[Message], tuple[tuple[str, tuple[type, ...], bool], ...]] = {
+    cls: tuple((f.name, _TYPES[str(f.type)], str(f.type) == "list[str]") for f in fields(cls))
+    for cls in KINDS.values()
+}
+
+
 def encode(msg: Message, limit: int | None = None) -> bytes:
     """Bytes for the queue; raises TooLarge naming the limit when over it."""
-    body = json.dumps(asdict(msg), separators=(",", ":"), ensure_ascii=False).encode()
+    body = json.dumps([getattr(msg, name) for name, _, _ in _FIELDS[type(msg)]], separators=(",", ":"),
+                      ensure_ascii=False).encode()
     data = bytes([VERSION]) + msg.KIND + body
     if limit is not None and len(data) > limit:
         raise TooLarge(f"message is {len(data)} bytes; mqueue.max_message_size is {limit} bytes")
@@ -139,20 +147,15 @@ def decode(data: bytes) -> Message:
         body = json.loads(data[2:])
     except (ValueError, RecursionError) as e:
         raise ProtocolError(f"{cls.__name__}: body is not JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise ProtocolError(f"{cls.__name__}: body is not an object")
-    values = {}
-    for f in fields(cls):
-        if f.name not in body:
-            raise ProtocolError(f"{cls.__name__}: missing field {f.name!r}")
-        value = body[f.name]
-        kinds = _TYPES[str(f.type)]
+    spec = _FIELDS[cls]
+    if not isinstance(body, list) or len(body) != len(spec):
+        raise ProtocolError(f"{cls.__name__}: body is not an array of {len(spec)} fields")
+    for value, (name, kinds, strings) in zip(body, spec, strict=True):
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds and object not in kinds):
-            raise ProtocolError(f"{cls.__name__}: field {f.name!r} has the wrong type")
-        if str(f.type) == "list[str]" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise ProtocolError(f"{cls.__name__}: field {f.name!r} must be a list of strings")
-        values[f.name] = value
-    return cls(**values)
+            raise ProtocolError(f"{cls.__name__}: field {name!r} has the wrong type")
+        if strings and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ProtocolError(f"{cls.__name__}: field {name!r} must be a list of strings")
+    return cls(*body)
 
 
 def mq_priority(job_priority: int) -> int:

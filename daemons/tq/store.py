@@ -41,8 +41,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL
 );
-CREATE INDEX IF NOT EXISTS jobs_open ON jobs(state) WHERE state NOT IN ('done', 'dead', 'cancelled');
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE state IN ('done', 'dead', 'cancelled');
+-- No secondary indexes: each would cost every submit and every result a B-tree write. Recovery reads the
+-- whole table once at start; pruning walks it from the oldest id.
+DROP INDEX IF EXISTS jobs_open;
+DROP INDEX IF EXISTS jobs_finished;
 CREATE TABLE IF NOT EXISTS workers (
     instance TEXT PRIMARY KEY,
     pid INTEGER,
@@ -118,10 +120,13 @@ class Store:
             self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
             self.db.executescript(_SCHEMA)
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self.next_id = self._max_id() + 1
         except sqlite3.Error as e:
             raise StoreError(f"cannot open store {self.path}: {e}") from None
         for suffix in ("", "-wal", "-shm"):
             restrict(self.path + suffix, 0o660)
+        self._new: dict[int, JobRecord] = {}  # staged inserts and updates, written by flush()
+        self._dirty: dict[int, JobRecord] = {}
 
     # SQLite itself may end a transaction on an error (SQLITE_FULL): ask it, keep no flag of our own.
     def _begin(self) -> None:
@@ -129,48 +134,72 @@ class Store:
             self.db.execute("BEGIN IMMEDIATE")
 
     def commit(self) -> None:
-        """Make every write since the last commit durable (one fsync with durability=full)."""
+        """Write what was staged and make it durable: one transaction, one fsync with durability=full."""
+        self.flush()
         if self.db.in_transaction:
             self.db.execute("COMMIT")
 
     def rollback(self) -> None:
+        self._new.clear()
+        self._dirty.clear()
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
+        self.next_id = self._max_id() + 1
+
+    def _max_id(self) -> int:
+        (top,) = self.db.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()
+        return int(top)
 
     def insert(self, job: JobRecord) -> int:
-        self._begin()
-        cur = self.db.execute(
-            "INSERT INTO jobs (task, args, payload, queue, priority, state, attempts, retries, timeout, backoff,"
-            " backoff_max, run_at, worker, result, error, submitter, created_at, started_at, finished_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (job.task, json.dumps(job.args), None if job.payload is None else json.dumps(job.payload), job.queue,
-             job.priority, job.state, job.attempts, job.retries, job.timeout, job.backoff, job.backoff_max,
-             job.run_at, job.worker, job.result, job.error, job.submitter, job.created_at, job.started_at,
-             job.finished_at))
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        """Stage a new job and give it its id (tq-host is the only writer: ids are handed out here)."""
+        job.id = self.next_id
+        self.next_id += 1
+        self._new[job.id] = job
+        return job.id
 
     def update(self, job: JobRecord) -> None:
-        """Write the mutable fields of a job."""
+        """Stage a change of a job's mutable fields; the last change in a step is the one written."""
+        if job.id not in self._new:
+            self._dirty[job.id] = job
+
+    def flush(self) -> None:
+        """Write the staged jobs with one statement per kind (executemany), inside the open transaction."""
+        if not self._new and not self._dirty:
+            return
         self._begin()
-        self.db.execute(
-            "UPDATE jobs SET state=?, attempts=?, run_at=?, worker=?, result=?, error=?, started_at=?,"
-            " finished_at=? WHERE id=?",
-            (job.state, job.attempts, job.run_at, job.worker, job.result, job.error, job.started_at,
-             job.finished_at, job.id))
+        if self._new:
+            self.db.executemany(
+                f"INSERT INTO jobs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})",
+                [(j.id, j.task, json.dumps(j.args), None if j.payload is None else json.dumps(j.payload), j.queue,
+                  j.priority, j.state, j.attempts, j.retries, j.timeout, j.backoff, j.backoff_max, j.run_at,
+                  j.worker, j.result, j.error, j.submitter, j.created_at, j.started_at, j.finished_at)
+                 for j in self._new.values()])
+            self._new.clear()
+        if self._dirty:
+            self.db.executemany(
+                "UPDATE jobs SET state=?, attempts=?, run_at=?, worker=?, result=?, error=?, started_at=?,"
+                " finished_at=? WHERE id=?",
+                [(j.state, j.attempts, j.run_at, j.worker, j.result, j.error, j.started_at, j.finished_at, j.id)
+                 for j in self._dirty.values()])
+            self._dirty.clear()
 
     def get(self, job_id: int) -> JobRecord | None:
+        staged = self._new.get(job_id) or self._dirty.get(job_id)
+        if staged is not None:
+            return staged
         row = self.db.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
         return _record(row) if row else None
 
     def open_jobs(self) -> list[JobRecord]:
         """Every job not in a final state, for recovery at start."""
+        self.flush()
         rows = self.db.execute(
             f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE state NOT IN ('done','dead','cancelled') ORDER BY id")
         return [_record(r) for r in rows]
 
     def query(self, state: str | None = None, queue: str | None = None, task: str | None = None,
              limit: int = 50) -> list[JobRecord]:
+        self.flush()
         where, params = [], []
         for column, value in (("state", state), ("queue", queue), ("task", task)):
             if value:
@@ -183,22 +212,25 @@ class Store:
         return [_record(r) for r in self.db.execute(sql, (*params, limit))]
 
     def count_final(self) -> dict[str, int]:
+        self.flush()
         rows = self.db.execute(
             "SELECT state, count(*) FROM jobs WHERE state IN ('done','dead','cancelled') GROUP BY state")
         return {state: n for state, n in rows}
 
     def prune(self, before: float, excess: int, limit: int) -> dict[str, int]:
-        """Delete up to `limit` finished jobs: those finished before `before`, then the `excess` oldest.
+        """Delete up to `limit` finished jobs, oldest id first: those finished before `before`, then `excess` more.
 
-        Returns how many were deleted per state. Frees their pages for reuse (incremental vacuum).
+        Returns how many were deleted per state. Frees their pages for reuse (incremental vacuum). The
+        newest job is never deleted, so that max(id) + 1 never hands out an id a client has seen.
         """
-        (oldest,) = self.db.execute(
-            "SELECT min(finished_at) FROM jobs WHERE state IN ('done','dead','cancelled')").fetchone()
-        if excess <= 0 and (oldest is None or oldest >= before):
+        self.flush()
+        final = "state IN ('done','dead','cancelled') AND id < (SELECT max(id) FROM jobs)"
+        row = self.db.execute(f"SELECT finished_at FROM jobs WHERE {final} ORDER BY id LIMIT 1").fetchone()
+        if excess <= 0 and (row is None or row[0] >= before):
             return {}  # nothing to do: no write transaction, no fsync
         self._begin()
-        delete = ("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('done','dead','cancelled')"
-                  " AND finished_at < ? ORDER BY finished_at LIMIT ?) RETURNING state")
+        delete = (f"DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {final} AND finished_at < ?"
+                  " ORDER BY id LIMIT ?) RETURNING state")
         rows = self.db.execute(delete, (before, limit)).fetchall()
         more = min(excess - len(rows), limit - len(rows))
         if more > 0:

@@ -61,7 +61,7 @@ class Worker:
 
     def start(self) -> None:
         cfg = self.cfg
-        transport.check_limits(cfg.mqueue.max_messages, cfg.mqueue.max_message_size)
+        transport.check_limits(max(cfg.mqueue.max_messages, self.wcfg.prefetch + 1), cfg.mqueue.max_message_size)
         self._signals()
         drained: list[bytes] = []
         # The inbox holds at most `prefetch` jobs and the host's Sync fence: a deeper one would only use up

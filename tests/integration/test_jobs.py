@@ -276,6 +276,7 @@ def test_finished_jobs_past_the_retention_age_are_pruned(suite: Suite) -> None:
     c = suite.client()
     jid = c.submit("task-1")
     c.wait(jid, timeout=10)
+    c.submit("task-1", delay=60)  # the newest job is never pruned (its id + 1 is the next id)
     wait_until(lambda: c.status()["states"]["done"] == 0, what="the finished job to age out")
     r = suite.tqctl("show", str(jid))
     assert r.returncode == 5

@@ -67,9 +67,9 @@ def test_task_needs_exactly_one_handler(tmp_path: Path) -> None:
         config.load(path)
 
 
-def test_prefetch_must_leave_room_for_the_sync_fence(tmp_path: Path) -> None:
-    path = write(tmp_path, "[mqueue]\nmax_messages = 4\n[worker]\nprefetch = 4\n")
-    with pytest.raises(config.ConfigError, match=r"worker\.prefetch: must be below mqueue\.max_messages"):
+def test_prefetch_is_bounded(tmp_path: Path) -> None:
+    path = write(tmp_path, "[worker]\nprefetch = 0\n")
+    with pytest.raises(config.ConfigError, match=r"worker\.prefetch: must be between 1 and 1024"):
         config.load(path)
 
 
