@@ -66,17 +66,28 @@ def drain(suite: Suite, jobs: int, clients: int) -> dict[str, float]:
             "submit_phase_s": round(submitted - start, 3)}
 
 
+def _submitter(config: str, submits: int, ready: Any, go: Any) -> None:
+    c = Client(config=config)
+    c.status()
+    ready.release()
+    go.wait()
+    for i in range(submits):
+        c.submit("task-1", str(i))
+
+
 def submit_rate(suite: Suite, clients: int, submits: int) -> float:
-    conns = [suite.client() for _ in range(clients)]
-    for c in conns:
-        c.status()
+    """Durable submits per second from `clients` client processes, each waiting for every acknowledgement."""
+    ready, go = multiprocessing.Semaphore(0), multiprocessing.Event()
+    procs = [multiprocessing.Process(target=_submitter, args=(str(suite.config), submits, ready, go))
+             for _ in range(clients)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.acquire()
     start = time.perf_counter()
-    threads = [threading.Thread(target=lambda c=c: [c.submit("task-1", str(i)) for i in range(submits)])
-               for c in conns]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    go.set()
+    for p in procs:
+        p.join()
     return round(clients * submits / (time.perf_counter() - start))
 
 

@@ -37,7 +37,7 @@ MUTATING_OPS = {"submit", "cancel", "retry"}
 LONG_JOB = 0.1  # seconds; a worker holding a job this long gets no prefetched jobs until it reports
 BLOCKED_BACKOFF = 0.2  # seconds a worker whose inbox was full gets no new jobs
 PRUNE_BATCH = 1000  # finished jobs deleted per loop step while the store is over its retention policy
-PRUNE_INTERVAL = 1.0  # seconds between retention checks once caught up (a cheap indexed read)
+PRUNE_INTERVAL = 60.0  # seconds between retention checks once caught up
 Handler = Callable[[int], None]
 
 
@@ -94,7 +94,7 @@ class Host:
         self.waiters: dict[int, list[tuple[Conn, Any, float]]] = collections.defaultdict(list)
         # (connection, reply, whether the reply is only true once this step's commit succeeds)
         self.replies: list[tuple[Conn, dict[str, Any], bool]] = []
-        self.outbox: list[tuple[WorkerState, JobRecord, bytes]] = []
+        self.outbox: list[tuple[WorkerState, JobRecord]] = []  # dispatched this step, sent after the commit
         self.tokens = 0
         self.next_prune = 0.0
         self.stop_requested = self.reload_requested = False
@@ -334,7 +334,15 @@ class Host:
             self.logger.exception("internal error on message %.200r", data)
 
     def _dispatch_message(self, msg: protocol.Message, now: float) -> None:
-        if isinstance(msg, protocol.Result):
+        if isinstance(msg, protocol.Results):
+            try:
+                results = protocol.unpack_results(msg)
+            except protocol.ProtocolError as e:
+                self.malformed(f"dropped a malformed message on {self.cfg.host_queue}: {e}")
+                return
+            for result in results:
+                self._on_result(result, now)
+        elif isinstance(msg, protocol.Result):
             self._on_result(msg, now)
         elif isinstance(msg, protocol.Heartbeat):
             self._on_heartbeat(msg, now)
@@ -529,16 +537,17 @@ class Host:
 
     def _prune(self, now: float) -> None:
         """Apply the retention policy in small bites, so that no step stalls for long."""
-        if now < self.next_prune:
-            return
-        assert self.store is not None
         h = self.cfg.host
         finished = sum(self.counts[state] for state in FINAL_STATES)
+        if now < self.next_prune and finished <= h.retain_count:
+            return
+        assert self.store is not None
         deleted = self.store.prune(time.time() - h.retain_age, finished - h.retain_count, PRUNE_BATCH)
         for state, n in deleted.items():
             self.counts[state] -= n
         caught_up = sum(deleted.values()) < PRUNE_BATCH
-        self.next_prune = now + (PRUNE_INTERVAL if caught_up else 0.0)
+        # Checking means reading from the oldest job on: at most every 60 s (sooner for a short retain_age).
+        self.next_prune = now + (min(PRUNE_INTERVAL, h.retain_age / 10) if caught_up else 0.0)
 
     def _expire_waiters(self, now: float) -> None:
         for job_id in [j for j, ws in self.waiters.items() if any(d <= now for _, _, d in ws)]:
@@ -556,7 +565,6 @@ class Host:
 
     def _dispatch(self, now: float) -> None:
         """Hand ready jobs to live workers with free slots, best priority first, round robin."""
-        limit = self.cfg.mqueue.max_message_size
         live = [w for w in self.workers.values()
                 if w.state == "live" and w.inbox is not None and w.blocked_until <= now]
         while live:
@@ -571,8 +579,7 @@ class Host:
                 job.worker, job.started_at = w.instance, time.time()
                 self._set_state(job, "running")
                 w.assigned.add(job.id)
-                msg = protocol.Job(job.id, job.attempts, job.task, job.args, job.payload, job.timeout, job.priority)
-                self.outbox.append((w, job, protocol.encode(msg, limit)))
+                self.outbox.append((w, job))
                 self.events.event("dispatched", job.id, job.task, job.queue, job.attempts, w.instance)
                 progressed.append(w)
             live = progressed
@@ -604,9 +611,9 @@ class Host:
     def _flush(self) -> None:
         """After the commit: send the jobs decided this step and the replies."""
         undelivered = []
-        for w, job, data in self.outbox:
-            if w.inbox is None or not w.inbox.send(data, protocol.mq_priority(job.priority)):
-                undelivered.append((w, job))
+        for w, jobs, data in self._batches():
+            if w.inbox is None or not w.inbox.send(data, protocol.mq_priority(max(j.priority for j in jobs))):
+                undelivered += [(w, job) for job in jobs]
         self.outbox.clear()
         for w, job in undelivered:  # the inbox was full or gone: take the assignment back, rest the worker
             w.blocked_until = time.monotonic() + BLOCKED_BACKOFF
@@ -625,6 +632,30 @@ class Host:
                 conn.wbuf += control.encode(reply)
                 self._write(conn)
         self.replies.clear()
+
+    def _batches(self) -> list[tuple[WorkerState, list[JobRecord], bytes]]:
+        """The step's dispatches as Jobs messages: per worker, in priority order, each within the size limit.
+
+        A batch carries the best priority of its jobs, so a batch with an urgent job overtakes older ones.
+        """
+        limit = self.cfg.mqueue.max_message_size
+        per_worker: dict[str, tuple[WorkerState, list[JobRecord]]] = {}
+        for w, job in self.outbox:
+            per_worker.setdefault(w.instance, (w, []))[1].append(job)
+        batches = []
+        for w, jobs in per_worker.values():
+            chunk: list[JobRecord] = []
+            items: list[bytes] = []
+            for job in jobs:
+                item = protocol.pack_item(_job_fields(job))
+                if chunk and protocol.batch_size(items) + len(item) + 1 > limit:
+                    batches.append((w, chunk, protocol.jobs_message(items)))
+                    chunk, items = [], []
+                chunk.append(job)
+                items.append(item)
+            if chunk:
+                batches.append((w, chunk, protocol.jobs_message(items)))
+        return batches
 
     def _status_text(self) -> str:
         c = self.counts
@@ -783,11 +814,11 @@ class Host:
             retries=retries, timeout=timeout, backoff=task.backoff, backoff_max=task.backoff_max,
             run_at=now + delay if delay > 0 else None, worker=None, result=None, error=None, submitter=uid,
             created_at=now, started_at=None, finished_at=None)
-        probe = protocol.Job(2**53, 10**6, name, job.args, job.payload, timeout, priority)
-        try:
-            protocol.encode(probe, self.cfg.mqueue.max_message_size)
-        except protocol.TooLarge as e:
-            raise control.RequestError("too_large", f"job {name!r} is too large: {e}") from None
+        size = protocol.job_size(name, job.args, job.payload)
+        limit = self.cfg.mqueue.max_message_size
+        if size > limit:
+            raise control.RequestError("too_large", f"job {name!r} is too large: its message is {size} bytes; "
+                                                    f"mqueue.max_message_size is {limit} bytes")
         return job
 
     def _lookup(self, req: dict[str, Any]) -> JobRecord:
@@ -877,6 +908,11 @@ class Host:
         self.events.configure(new.log.job_events, new.log.job_events_per_second)
         self.logger.info("configuration reloaded from %s", ", ".join(new.files))
         self.notifier.ready(self._status_text())
+
+
+def _job_fields(job: JobRecord) -> list[Any]:
+    """A job as the item of a Jobs message (protocol.Job's fields, in order)."""
+    return [job.id, job.attempts, job.task, job.args, job.payload, job.timeout, job.priority]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,9 @@ message's fields in declaration order (no field names: smaller, faster).
 Decoding checks every field's type, so a malformed message is one
 ProtocolError, never a crash further in.
 
-Host -> worker inbox (`<prefix>.w.<instance>`): Job, Sync.
-Worker -> host queue (`<prefix>.host`): Hello, Heartbeat, Result, Release, Bye, Synced.
+Host -> worker inbox (`<prefix>.w.<instance>`): Jobs (a batch of Job), Sync.
+Worker -> host queue (`<prefix>.host`): Hello, Heartbeat, Results (a batch of Result), Release, Bye, Synced.
+Batches keep the syscalls and decodes per job down; each batch fits max_message_size.
 
 Sync is the fence that makes redelivery exact: the host stops dispatching to a
 worker, sends Sync at the lowest message priority, and the worker answers
@@ -19,11 +20,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 VERSION = 1
 SYNC_PRIORITY = 0
 PRIORITY_OFFSET = 1001  # job priority -1000..1000 -> message priority 1..2001, above Sync
+
+
+M = TypeVar("M", bound="Message")
 
 
 class ProtocolError(ValueError):
@@ -49,6 +53,14 @@ class Job(Message):
     payload: Any
     timeout: float
     priority: int
+
+
+@dataclass(frozen=True)
+class Jobs(Message):
+    """Several jobs for one worker in one message: each item is a Job's fields, in order."""
+
+    KIND: ClassVar[bytes] = b"K"
+    jobs: list[Any]
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,15 @@ class Result(Message):
 
 
 @dataclass(frozen=True)
+class Results(Message):
+    """Several results from one worker in one message: each item is a Result's fields after `instance`."""
+
+    KIND: ClassVar[bytes] = b"M"
+    instance: str
+    results: list[Any]
+
+
+@dataclass(frozen=True)
 class Release(Message):
     """A job handed back unrun (or interrupted by a stop): requeue it without counting a failure."""
 
@@ -112,8 +133,8 @@ class Synced(Message):
     token: int
 
 
-KINDS: dict[bytes, type[Message]] = {cls.KIND: cls for cls in (Job, Sync, Hello, Heartbeat, Result, Release,
-                                                                 Bye, Synced)}
+KINDS: dict[bytes, type[Message]] = {cls.KIND: cls for cls in (Job, Jobs, Sync, Hello, Heartbeat, Result, Results,
+                                                                 Release, Bye, Synced)}
 _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "str": (str,), "float": (float, int), "bool": (bool,), "list[Any]": (list,),
     "list[str]": (list,), "Any": (object,),
@@ -128,8 +149,7 @@ _FIELDS: dict[type[Message], tuple[tuple[str, tuple[type, ...], bool], ...]] = {
 
 def encode(msg: Message, limit: int | None = None) -> bytes:
     """Bytes for the queue; raises TooLarge naming the limit when over it."""
-    body = json.dumps([getattr(msg, name) for name, _, _ in _FIELDS[type(msg)]], separators=(",", ":"),
-                      ensure_ascii=False).encode()
+    body = json.dumps(fields_of(msg), separators=(",", ":"), ensure_ascii=False).encode()
     data = bytes([VERSION]) + msg.KIND + body
     if limit is not None and len(data) > limit:
         raise TooLarge(f"message is {len(data)} bytes; mqueue.max_message_size is {limit} bytes")
@@ -147,6 +167,10 @@ def decode(data: bytes) -> Message:
         body = json.loads(data[2:])
     except (ValueError, RecursionError) as e:
         raise ProtocolError(f"{cls.__name__}: body is not JSON: {e}") from None
+    return _build(cls, body)
+
+
+def _build(cls: type[M], body: Any) -> M:
     spec = _FIELDS[cls]
     if not isinstance(body, list) or len(body) != len(spec):
         raise ProtocolError(f"{cls.__name__}: body is not an array of {len(spec)} fields")
@@ -156,6 +180,44 @@ def decode(data: bytes) -> Message:
         if strings and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise ProtocolError(f"{cls.__name__}: field {name!r} must be a list of strings")
     return cls(*body)
+
+
+def fields_of(msg: Message) -> list[Any]:
+    """A message's fields in order: an item of a Jobs or Results batch."""
+    return [getattr(msg, name) for name, _, _ in _FIELDS[type(msg)]]
+
+
+def pack_item(fields: list[Any]) -> bytes:
+    """One item of a batch, encoded once (the host sizes batches by adding items up)."""
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def batch_size(items: list[bytes]) -> int:
+    """The size of a Jobs message holding these items: version, kind, `[[`, items and commas, `]]`."""
+    return 6 + sum(len(i) for i in items) + max(len(items) - 1, 0)
+
+
+def jobs_message(items: list[bytes]) -> bytes:
+    """A Jobs message from packed items: the same bytes as encode(Jobs([...]))."""
+    return bytes([VERSION]) + Jobs.KIND + b"[[" + b",".join(items) + b"]]"
+
+
+def unpack_jobs(batch: Jobs) -> list[Job]:
+    """The jobs of a batch; raises ProtocolError if any item is malformed."""
+    return [_build(Job, item) for item in batch.jobs]
+
+
+def unpack_results(batch: Results) -> list[Result]:
+    """The results of a batch; raises ProtocolError if any item is malformed."""
+    if not all(isinstance(item, list) for item in batch.results):
+        raise ProtocolError("Results: every item must be an array")
+    return [_build(Result, [batch.instance, *item]) for item in batch.results]
+
+
+def job_size(task: str, args: list[Any], payload: Any) -> int:
+    """An upper bound of the size of a Job message for these contents (any id, attempt, timeout, priority)."""
+    text = json.dumps([task, args, payload], separators=(",", ":"), ensure_ascii=False)
+    return 2 + len(text.encode()) + 80  # + version and kind bytes, and four numbers with their commas
 
 
 def mq_priority(job_priority: int) -> int:

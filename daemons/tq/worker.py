@@ -44,7 +44,10 @@ class Worker:
         self.malformed = log.Burst(self.logger)
         self.notifier = Notifier()
         self.sel = selectors.DefaultSelector()
-        self.pending: collections.deque[bytes] = collections.deque()
+        self.pending: collections.deque[bytes] = collections.deque()  # to the host queue, in order
+        self.local: collections.deque[protocol.Job] = collections.deque()  # jobs of a Jobs batch, not yet run
+        self.results: list[list[object]] = []  # results not yet sent, packed into one Results message
+        self.results_size = 0
         self.current: Attempt | None = None
         self.watched: set[tuple[int, int]] = set()
         self.stop_requested = self.reload_requested = False
@@ -148,15 +151,19 @@ class Worker:
         self._flush_pending()
         if self.current is None and not self.pending and not self.reexec:
             for _ in range(BATCH):
-                assert self.inbox is not None
-                data = self.inbox.receive()
-                if data is None:
-                    break
+                if self.local:
+                    self._on_job(self.local.popleft())
+                else:
+                    assert self.inbox is not None
+                    data = self.inbox.receive()
+                    if data is None:
+                        break
+                    self._on_message(data)
                 progressed = True
-                self._on_message(data)
-                self._flush_pending()
                 if self.current is not None or self.pending or self.exit_now:
                     break
+        self._send_results()
+        self._flush_pending()
         if self.reexec and not self.pending:
             self.exit_now = True
         now = time.monotonic()
@@ -212,7 +219,12 @@ class Worker:
         except protocol.ProtocolError as e:
             self.malformed(f"dropped a malformed message on {self.cfg.inbox(self.instance)}: {e}")
             return
-        if isinstance(msg, protocol.Job):
+        if isinstance(msg, protocol.Jobs):
+            try:
+                self.local.extend(protocol.unpack_jobs(msg))
+            except protocol.ProtocolError as e:
+                self.malformed(f"dropped a malformed message on {self.cfg.inbox(self.instance)}: {e}")
+        elif isinstance(msg, protocol.Job):
             self._on_job(msg)
         elif isinstance(msg, protocol.Sync):
             self._on_sync(msg)
@@ -279,7 +291,7 @@ class Worker:
         if outcome is None:
             return False
         self._end_attempt()
-        self._queue_message(self._result(a, outcome, time.monotonic() - a.started))
+        self._queue_result(self._result(a, outcome, time.monotonic() - a.started))
         event = "done" if outcome.ok else "failed"
         self.events.event(event, a.job.id, a.job.task, a.queue, a.job.attempt, self.instance,
                           outcome.error if not outcome.ok else "")
@@ -311,7 +323,22 @@ class Worker:
     # ---- messages to the host -------------------------------------------
 
     def _queue_message(self, msg: protocol.Message) -> None:
+        self._send_results()  # results first: nothing may overtake them (the Sync fence relies on it)
         self.pending.append(protocol.encode(msg))
+
+    def _queue_result(self, result: protocol.Result) -> None:
+        """Collect results into one Results message while jobs flow; sent at the end of the step or when full."""
+        item = protocol.fields_of(result)[1:]  # without the instance, which the batch carries once
+        size = len(protocol.pack_item(item))
+        if self.results and self.results_size + size + 64 > self.cfg.mqueue.max_message_size:
+            self._send_results()
+        self.results.append(item)
+        self.results_size += size + 1
+
+    def _send_results(self) -> None:
+        if self.results:
+            self.pending.append(protocol.encode(protocol.Results(self.instance, self.results)))
+            self.results, self.results_size = [], 0
 
     def _flush_pending(self) -> None:
         assert self.host_q is not None

@@ -16,6 +16,7 @@ def test_every_message_kind_round_trips() -> None:
         protocol.Sync(7), protocol.Hello("1", 42, ["default"], 2), protocol.Heartbeat("1", 42, ["q"], 2, 0),
         protocol.Result("1", 1, 1, True, "out", "", 0.001), protocol.Release("1", 1, 1),
         protocol.Bye("1", 42), protocol.Synced("1", 7),
+        protocol.Jobs([[1, 1, "t", [], None, 1.0, 0]]), protocol.Results("1", [[1, 1, True, "out", "", 0.5]]),
     ]
     for msg in msgs:
         assert protocol.decode(protocol.encode(msg)) == msg
@@ -106,3 +107,22 @@ def test_existing_queue_with_other_dimensions_is_drained_and_recreated() -> None
         new.close()
     finally:
         transport.unlink_queue(name)
+
+
+def test_batches_unpack_to_their_items_and_reject_malformed_ones() -> None:
+    jobs = protocol.Jobs([[1, 1, "t", ["a"], None, 30.0, 0], [2, 3, "u", [], {"p": 1}, 5.0, 9]])
+    assert [j.id for j in protocol.unpack_jobs(jobs)] == [1, 2]
+    results = protocol.Results("4", [[1, 1, True, "ok", "", 0.1]])
+    assert protocol.unpack_results(results) == [protocol.Result("4", 1, 1, True, "ok", "", 0.1)]
+    with pytest.raises(protocol.ProtocolError):
+        protocol.unpack_jobs(protocol.Jobs([[1, "one", "t", [], None, 30.0, 0]]))
+    with pytest.raises(protocol.ProtocolError):
+        protocol.unpack_results(protocol.Results("4", ["not an array"]))
+
+
+def test_a_packed_jobs_message_is_what_encode_makes() -> None:
+    items = [[1, 1, "t", ["a"], None, 30.0, 0], [2, 1, "t", [], {"x": 1}, 30.0, 5]]
+    packed = [protocol.pack_item(i) for i in items]
+    data = protocol.jobs_message(packed)
+    assert data == protocol.encode(protocol.Jobs(items))
+    assert len(data) == protocol.batch_size(packed)
