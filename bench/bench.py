@@ -266,6 +266,7 @@ def main() -> int:
         host = suite.host()
         workers = [suite.worker(str(i)) for i in range(1, WORKERS + 1)]
         suite.wait_live(WORKERS)
+        results["idle_fresh"] = idle([host, workers[0]], args.idle_seconds)
         results["drain"] = drain(suite, args.jobs, 4)
         results["submit_1_client_per_s"] = submit_rate(suite, 1, 2000)
         results["submit_8_clients_per_s"] = submit_rate(suite, 8, 500)
@@ -273,7 +274,7 @@ def main() -> int:
         results["latency"] = latency(suite, 1000)
         results["tqctl_submit_ms_median"] = tqctl_wall(suite, 20)
         suite.client().wait(suite.client().submit("task-1"), timeout=60)  # the backlog is drained
-        results["idle"] = idle([host, workers[0]], args.idle_seconds)
+        results["idle_after_load"] = idle([host, workers[0]], args.idle_seconds)
     finally:
         suite.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -304,8 +305,10 @@ def print_table(r: dict[str, Any]) -> None:
         ("submit->result latency p50 / p99", f"{r['latency']['p50_ms']} / {r['latency']['p99_ms']} ms"),
         ("tqctl submit (whole process), median", f"{r['tqctl_submit_ms_median']} ms"),
     ]
-    for name, v in r["idle"].items():
-        rows.append((f"idle {name}: CPU, RSS", f"{v['cpu_percent']} %, {v['rss_mb']} MB"))
+    for when in ("fresh", "after_load"):
+        for name, v in r[f"idle_{when}"].items():
+            rows.append((f"idle {name} ({when.replace('_', ' ')}): CPU, RSS",
+                         f"{v['cpu_percent']} %, {v['rss_mb']} MB"))
     raw = r["raw_posix_ipc"]
     rows += [("raw posix_ipc one-way, 2 processes", f"{raw['one_way_msgs_per_s']} msgs/s"),
              ("raw posix_ipc round trips", f"{raw['round_trips_per_s']} /s"),

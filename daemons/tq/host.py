@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
 import fcntl
+import gc
 import heapq
 import logging
 import os
@@ -32,6 +34,10 @@ from .notify import Notifier
 from .store import FINAL_STATES, JobRecord, Store, StoreError, restrict
 from .transport import PosixQueue
 
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")  # malloc_trim: glibc only
+except OSError:
+    _libc = None
 MAX_MESSAGES_PER_STEP = 4096
 MUTATING_OPS = {"submit", "cancel", "retry"}
 LONG_JOB = 0.1  # seconds; a worker holding a job this long gets no prefetched jobs until it reports
@@ -97,6 +103,7 @@ class Host:
         self.outbox: list[tuple[WorkerState, JobRecord]] = []  # dispatched this step, sent after the commit
         self.tokens = 0
         self.next_prune = 0.0
+        self.last_trim = 0.0
         self.stop_requested = self.reload_requested = False
         self.started = time.time()
         self.store: Store | None = None
@@ -261,8 +268,11 @@ class Host:
         if max_wait is not None:
             wait = min(wait, max_wait)
         try:
-            for key, mask in self.sel.select(wait):
+            events = self.sel.select(wait)
+            for key, mask in events:
                 key.data(mask)
+            if not events and wait >= 1.0:
+                self._trim_memory()
             now = time.monotonic()
             self._on_queue(0)
             if self.reload_requested:
@@ -279,6 +289,16 @@ class Host:
         self._flush()
         self.notifier.tick(now)
         self.notifier.status(self._status_text(), now)
+
+    def _trim_memory(self) -> None:
+        """After a burst, give freed memory back to the system once the host is idle (at most every 30 s)."""
+        now = time.monotonic()
+        if now - self.last_trim < 30.0:
+            return
+        self.last_trim = now
+        gc.collect()
+        if _libc is not None:
+            _libc.malloc_trim(0)
 
     def _wait_time(self, now: float) -> float:
         wait = 1.0
