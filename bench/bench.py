@@ -256,7 +256,10 @@ def main() -> int:
     p.add_argument("--idle-seconds", type=float, default=10.0)
     args = p.parse_args()
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}}
-    if int(Path("/proc/sys/fs/mqueue/msg_max").read_text()) < 32 and os.geteuid() == 0:
+    if int(Path("/proc/sys/fs/mqueue/msg_max").read_text()) < 32:  # the shipped config's host queue depth
+        if os.geteuid() != 0:
+            sys.exit("bench: fs.mqueue.msg_max is below the shipped config's 32: run as root (it applies "
+                     "packaging/sysctl.d/60-tq.conf, as the package does) or raise it with sysctl")
         print("raising the kernel queue limits as the package does: sysctl -p packaging/sysctl.d/60-tq.conf")
         subprocess.run(["sysctl", "-q", "-p", str(REPO / "packaging/sysctl.d/60-tq.conf")], check=True)
     tmp = Path(tempfile.mkdtemp(prefix="tq-bench-"))
