@@ -606,8 +606,9 @@ class Host:
 
     def _busy_with_long_job(self, w: WorkerState) -> bool:
         """Prefetch is for fast-flowing jobs: a worker that has held a job for a while gets no more for now."""
-        oldest = min(self.jobs[i].started_at or 0.0 for i in w.assigned if i in self.jobs) if w.assigned else 0.0
-        return time.time() - oldest > LONG_JOB
+        now = time.time()
+        oldest = min((self.jobs[i].started_at or now for i in w.assigned if i in self.jobs), default=now)
+        return now - oldest > LONG_JOB
 
     def _pop_ready(self, queues: list[str]) -> JobRecord | None:
         best: tuple[int, int] | None = None
