@@ -362,8 +362,6 @@ class Host:
                 return
             for result in results:
                 self._on_result(result, now)
-        elif isinstance(msg, protocol.Result):
-            self._on_result(msg, now)
         elif isinstance(msg, protocol.Heartbeat):
             self._on_heartbeat(msg, now)
         elif isinstance(msg, protocol.Hello):

@@ -133,8 +133,9 @@ class Synced(Message):
     token: int
 
 
-KINDS: dict[bytes, type[Message]] = {cls.KIND: cls for cls in (Job, Jobs, Sync, Hello, Heartbeat, Result, Results,
-                                                                 Release, Bye, Synced)}
+# What travels on the queues. Job and Result are the items of the Jobs and Results batches, not messages.
+KINDS: dict[bytes, type[Message]] = {cls.KIND: cls for cls in (Jobs, Sync, Hello, Heartbeat, Results, Release, Bye,
+                                                                 Synced)}
 _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "str": (str,), "float": (float, int), "bool": (bool,), "list[Any]": (list,),
     "list[str]": (list,), "Any": (object,),
@@ -143,7 +144,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
 
 _FIELDS: dict[type[Message], tuple[tuple[str, tuple[type, ...], bool], ...]] = {
     cls: tuple((f.name, _TYPES[str(f.type)], str(f.type) == "list[str]") for f in fields(cls))
-    for cls in KINDS.values()
+    for cls in (*KINDS.values(), Job, Result)
 }
 
 

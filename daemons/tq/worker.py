@@ -224,8 +224,6 @@ class Worker:
                 self.local.extend(protocol.unpack_jobs(msg))
             except protocol.ProtocolError as e:
                 self.malformed(f"dropped a malformed message on {self.cfg.inbox(self.instance)}: {e}")
-        elif isinstance(msg, protocol.Job):
-            self._on_job(msg)
         elif isinstance(msg, protocol.Sync):
             self._on_sync(msg)
         else:

@@ -12,9 +12,8 @@ from tq import protocol, transport
 
 def test_every_message_kind_round_trips() -> None:
     msgs: list[protocol.Message] = [
-        protocol.Job(1, 1, "task-1", ["a", 2, None], {"k": [1]}, 30.0, 5),
         protocol.Sync(7), protocol.Hello("1", 42, ["default"], 2), protocol.Heartbeat("1", 42, ["q"], 2, 0),
-        protocol.Result("1", 1, 1, True, "out", "", 0.001), protocol.Release("1", 1, 1),
+        protocol.Release("1", 1, 1),
         protocol.Bye("1", 42), protocol.Synced("1", 7),
         protocol.Jobs([[1, 1, "t", [], None, 1.0, 0]]), protocol.Results("1", [[1, 1, True, "out", "", 0.5]]),
     ]
@@ -23,12 +22,12 @@ def test_every_message_kind_round_trips() -> None:
 
 
 def test_too_large_names_the_limit() -> None:
-    msg = protocol.Job(1, 1, "t", ["x" * 10000], None, 1.0, 0)
+    msg = protocol.Jobs([[1, 1, "t", ["x" * 10000], None, 1.0, 0]])
     with pytest.raises(protocol.TooLarge, match="max_message_size is 8192 bytes"):
         protocol.encode(msg, 8192)
 
 
-@pytest.mark.parametrize("data", [b"", b"\x01", b"\x02J{}", b"\x01Z{}", b"\x01J[1]", b"\x01Jnot json",
+@pytest.mark.parametrize("data", [b"", b"\x01", b"\x02K[]", b"\x01Z{}", b"\x01J[1]", b"\x01K[1]", b"\x01Knot json",
                                   b'\x01S{"token":"7"}', b'\x01S{"token":true}', b'\x01H{"instance":"1"}',
                                   b'\x01H{"instance":"1","pid":1,"queues":[1],"prefetch":1}'])
 def test_malformed_messages_raise_protocol_error(data: bytes) -> None:
