@@ -25,14 +25,13 @@ import sqlite3
 import struct
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__, config, control, log, protocol, transport
 from .notify import Notifier
-from .store import FINAL_STATES, JobRecord, Store, StoreError, restrict
-from .transport import PosixQueue
+from .store import FINAL_STATES, JobRecord, Store, StoreError
+from .transport import PosixQueue, restrict
 
 try:
     _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")  # malloc_trim: glibc only
@@ -44,7 +43,6 @@ LONG_JOB = 0.1  # seconds; a worker holding a job this long gets no prefetched j
 BLOCKED_BACKOFF = 0.2  # seconds a worker whose inbox was full gets no new jobs
 PRUNE_BATCH = 1000  # finished jobs deleted per loop step while the store is over its retention policy
 PRUNE_INTERVAL = 60.0  # seconds between retention checks once caught up
-Handler = Callable[[int], None]
 
 
 @dataclass
@@ -342,12 +340,9 @@ class Host:
 
     def _on_message(self, data: bytes, now: float) -> None:
         try:
-            msg = protocol.decode(data)
-        except protocol.ProtocolError as e:
+            self._dispatch_message(protocol.decode(data), now)
+        except protocol.ProtocolError as e:  # raised before any part of the message is acted on
             self.malformed(f"dropped a malformed message on {self.cfg.host_queue}: {e}")
-            return
-        try:
-            self._dispatch_message(msg, now)
         except sqlite3.Error:
             raise
         except Exception:  # a bug must cost one message, never the daemon
@@ -355,12 +350,7 @@ class Host:
 
     def _dispatch_message(self, msg: protocol.Message, now: float) -> None:
         if isinstance(msg, protocol.Results):
-            try:
-                results = protocol.unpack_results(msg)
-            except protocol.ProtocolError as e:
-                self.malformed(f"dropped a malformed message on {self.cfg.host_queue}: {e}")
-                return
-            for result in results:
+            for result in protocol.unpack_results(msg):  # checks every item before the first is handled
                 self._on_result(result, now)
         elif isinstance(msg, protocol.Heartbeat):
             self._on_heartbeat(msg, now)

@@ -7,12 +7,13 @@ reply is sent only after the commit that made it true.
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
+
+from .transport import restrict
 
 SCHEMA_VERSION = 1
 STATES = ("queued", "delayed", "running", "done", "failed", "dead", "cancelled")
@@ -94,15 +95,6 @@ class JobRecord:
             "submitter": self.submitter, "run_at": self.run_at, "created_at": self.created_at,
             "started_at": self.started_at, "finished_at": self.finished_at,
         }
-
-
-def restrict(path: str, mode: int) -> None:
-    """Give a file `mode` and, where group tq exists, that group: root and group tq only."""
-    try:
-        os.chmod(path, mode)
-        os.chown(path, -1, grp.getgrnam("tq").gr_gid)
-    except (OSError, KeyError):
-        pass  # no such file yet, no group tq, or not ours to change
 
 
 class StoreError(Exception):

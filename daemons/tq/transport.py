@@ -150,18 +150,16 @@ def check_limits(max_messages: int, max_message_size: int) -> None:
         raise QueueError("; ".join(problems) + "; the tq package raises these in /usr/lib/sysctl.d/60-tq.conf")
 
 
-def _fix_access(mq: posix_ipc.MessageQueue) -> None:
-    """mq_open's mode is filtered by the umask: set 0660 (and group tq when it exists) explicitly."""
-    os.fchmod(mq.mqd, QUEUE_MODE)
+def restrict(target: str | int, mode: int) -> None:
+    """Give a file (path or descriptor) `mode` and, where group tq exists, that group: root and group tq only.
+
+    mq_open's and bind's modes are filtered by the umask, so the daemons set them explicitly.
+    """
     try:
-        gid = grp.getgrnam(GROUP).gr_gid
-    except KeyError:
-        return
-    if os.fstat(mq.mqd).st_gid != gid:
-        try:
-            os.fchown(mq.mqd, -1, gid)
-        except PermissionError:
-            pass  # not a member: the group stays the creator's
+        os.chmod(target, mode)
+        os.chown(target, -1, grp.getgrnam(GROUP).gr_gid)
+    except (OSError, KeyError):
+        pass  # no such file yet, no group tq, or not ours to change
 
 
 def open_queue(name: str, max_messages: int, max_message_size: int, create: bool = True,
@@ -194,10 +192,7 @@ def open_queue(name: str, max_messages: int, max_message_size: int, create: bool
         old.close()
         return open_queue(name, max_messages, max_message_size, create, drained)
     if create:
-        try:
-            _fix_access(mq)
-        except PermissionError:
-            pass  # created by someone else; its mode is theirs to set
+        restrict(mq.mqd, QUEUE_MODE)
     return PosixQueue(mq, name)
 
 

@@ -216,15 +216,13 @@ class Worker:
     def _on_message(self, data: bytes) -> None:
         try:
             msg = protocol.decode(data)
+            if isinstance(msg, protocol.Jobs):
+                self.local.extend(protocol.unpack_jobs(msg))  # all items are checked before any is kept
+                return
         except protocol.ProtocolError as e:
             self.malformed(f"dropped a malformed message on {self.cfg.inbox(self.instance)}: {e}")
             return
-        if isinstance(msg, protocol.Jobs):
-            try:
-                self.local.extend(protocol.unpack_jobs(msg))
-            except protocol.ProtocolError as e:
-                self.malformed(f"dropped a malformed message on {self.cfg.inbox(self.instance)}: {e}")
-        elif isinstance(msg, protocol.Sync):
+        if isinstance(msg, protocol.Sync):
             self._on_sync(msg)
         else:
             self.malformed(f"dropped a {type(msg).__name__} message, which tq-host does not send")
