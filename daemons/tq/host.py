@@ -285,6 +285,7 @@ class Host:
         except sqlite3.Error as e:  # disk full, I/O error: this step is undone, the host carries on
             self._store_failed(e)
         self._flush()
+        self.events.tick()
         self.notifier.tick(now)
         self.notifier.status(self._status_text(), now)
 

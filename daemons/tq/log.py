@@ -94,14 +94,22 @@ class JobEvents:
         level = logging.WARNING if always else logging.INFO
         self.logger.log(level, "job %d %s%s", job_id, event, f": {detail}" if detail else "", extra=extra)
 
+    def tick(self) -> None:
+        """Summarise the last second's suppressed events once it is over, even when no more events come."""
+        if self.suppressed and int(time.monotonic()) != self._window:
+            self._roll(int(time.monotonic()))
+
+    def _roll(self, window: int) -> None:
+        if self.suppressed:
+            self.logger.info("%d routine job events not logged in the last second(s) "
+                             "(log.job_events_per_second = %d)", self.suppressed, self.per_second)
+            self.suppressed = 0
+        self._window, self._used = window, 0
+
     def _allow(self) -> bool:
         window = int(time.monotonic())
         if window != self._window:
-            if self.suppressed:
-                self.logger.info("%d routine job events not logged in the last second(s) "
-                                 "(log.job_events_per_second = %d)", self.suppressed, self.per_second)
-                self.suppressed = 0
-            self._window, self._used = window, 0
+            self._roll(window)
         if self._used < self.per_second:
             self._used += 1
             return True

@@ -170,6 +170,7 @@ class Worker:
         if now >= self.next_heartbeat:
             self._heartbeat(now)
         wait = self.notifier.tick(now)
+        self.events.tick()
         self._status(now)
         if progressed or self.exit_now:
             return

@@ -29,7 +29,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -65,3 +65,17 @@ def container() -> Iterator[Container]:
         shutil.rmtree(scratch, ignore_errors=True)
         # nspawn leaves this behind when /run is not a tmpfs
         shutil.rmtree(f"/run/systemd/nspawn/propagate/{root.name}", ignore_errors=True)
+
+
+REPORT = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """A figure for the end of the run (the drain rate under journald): printed in the terminal summary."""
+    return request.config.stash.setdefault(REPORT, []).append
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    for line in config.stash.get(REPORT, []):
+        terminalreporter.write_line(line)

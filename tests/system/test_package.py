@@ -6,8 +6,10 @@ The package comes from TQ_DEB or the newest dist/tq_*.deb (`make deb`).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -111,6 +113,88 @@ def test_journal_shows_a_job_from_host_and_worker(tq: Container) -> None:
     assert "tq-host.service" in units and any(u.startswith("tq-worker@") for u in units), units
 
 
+DRAIN_SCRIPT = """
+import json, sys, threading, time
+from tq.client import Client
+jobs, clients = int(sys.argv[1]), int(sys.argv[2])
+per = jobs // clients
+conns = [Client() for _ in range(clients)]
+base = conns[0].status()["states"]["done"]
+start = time.monotonic()
+def submit(c):
+    for i in range(0, per, 100):
+        c.submit_many([("task-1", [str(j)]) for j in range(i, min(i + 100, per))])
+threads = [threading.Thread(target=submit, args=(c,)) for c in conns]
+for t in threads: t.start()
+for t in threads: t.join()
+while conns[0].status()["states"]["done"] < base + per * clients:
+    time.sleep(0.005)
+print(json.dumps({"jobs": per * clients, "jobs_per_s": round(per * clients / (time.monotonic() - start))}))
+"""
+SUMMARY = re.compile(r"^(\d+) routine job events not logged")
+EVENT = re.compile(r"^job \d+ (\w+)")
+
+
+def cursor(box: Container) -> str:
+    out = box.run("journalctl -n 0 --show-cursor --no-pager").stdout
+    return out.strip().rsplit("-- cursor: ", 1)[1]
+
+
+def job_event_accounting(box: Container, after: str, unit: str) -> tuple[collections.Counter[str], int]:
+    """Job event lines journald stored since `after` from units named `unit`*, by event, and the events summarised.
+
+    The units are filtered here, not with -u: journalctl --after-cursor -u skips the first match when the
+    cursor's own entry is not one.
+    """
+    box.run("journalctl --sync")
+    out = box.run(["journalctl", "--after-cursor", after, "-o", "json", "--output-fields=_SYSTEMD_UNIT,MESSAGE",
+                   "--no-pager"]).stdout
+    events: collections.Counter[str] = collections.Counter()
+    summarised = 0
+    for entry in map(json.loads, out.splitlines()):
+        if not str(entry.get("_SYSTEMD_UNIT", "")).startswith(unit) or not isinstance(entry["MESSAGE"], str):
+            continue
+        if m := EVENT.match(entry["MESSAGE"]):
+            events[m.group(1)] += 1
+        elif m := SUMMARY.match(entry["MESSAGE"]):
+            summarised += int(m.group(1))
+    return events, summarised
+
+
+def drain(box: Container, jobs: int) -> tuple[int, str]:
+    """Drain `jobs` echo jobs from 4 clients inside the container; the rate and the journal cursor before."""
+    before = cursor(box)
+    out = box.run(["/usr/lib/tq/bin/python", "-c", DRAIN_SCRIPT, str(jobs), "4"], timeout=300).stdout
+    return int(json.loads(out)["jobs_per_s"]), before
+
+
+def test_drain_under_journald_with_default_logging_loses_no_log_line(
+        tq: Container, report: Callable[[str], None]) -> None:
+    """Every job event is either a line in the journal or counted in a summary line: journald dropped none.
+
+    The host logs submitted, dispatched and done (3 per job), each worker started and done (2 per job).
+    """
+    jobs = 20000
+    rate, before = drain(tq, jobs)
+    report(f"system drain: {jobs} echo jobs, 4 clients, 4 workers, journald in the path, default logging: "
+           f"{rate} jobs/s")
+
+    def accounted() -> bool:
+        host, host_summarised = job_event_accounting(tq, before, "tq-host")
+        workers, workers_summarised = job_event_accounting(tq, before, "tq-worker@")
+        return (host.total() + host_summarised, workers.total() + workers_summarised) == (3 * jobs, 2 * jobs)
+
+    try:
+        wait_until(accounted, 15, "every job event logged or summarised")
+    except AssertionError:
+        host = job_event_accounting(tq, before, "tq-host")
+        workers = job_event_accounting(tq, before, "tq-worker@")
+        raise AssertionError(f"journald lost job events: host {host}, expected {3 * jobs}; "
+                             f"workers {workers}, expected {2 * jobs}") from None
+    events, summarised = job_event_accounting(tq, before, "tq-host")
+    assert summarised > 0 and events["submitted"] > 0, (events, summarised)  # the budget was in effect
+
+
 def test_worker_killed_mid_job_is_restarted_and_the_job_completes(tq: Container) -> None:
     job_id = submit(tq, "slow", "3")
     worker = running_worker(tq, job_id)
@@ -178,6 +262,25 @@ def test_broken_dropin_is_refused_on_reload_and_names_the_file_on_restart(tq: Co
         assert host_log().count("99-broken.toml") >= 2, host_log()
     finally:
         tq.run("rm -f /etc/tq/tq.d/99-broken.toml && systemctl reset-failed tq-host && systemctl start tq-host")
+
+
+def test_without_the_budget_journald_drops_lines_which_the_accounting_catches(
+        tq: Container, report: Callable[[str], None]) -> None:
+    """The control for the drain test: with the budget lifted, journald's rate limit drops host lines.
+
+    Late in the module: journald then suppresses tq-host for the rest of its 30 s window, until the reboot.
+    """
+    tq.put_text("[log]\njob_events_per_second = 1000000\n", "/etc/tq/tq.d/60-no-budget.toml")
+    tq.run("systemctl restart tq-host 'tq-worker@*'")  # Type=notify: returns once each is ready
+    try:
+        jobs = 20000
+        rate, before = drain(tq, jobs)
+        events, summarised = job_event_accounting(tq, before, "tq-host")
+        report(f"system drain, job event budget lifted: {rate} jobs/s; journald kept {events.total()} of "
+               f"{3 * jobs} host job lines")
+        assert summarised == 0 and events.total() < 3 * jobs, (events, summarised)
+    finally:
+        tq.run("rm -f /etc/tq/tq.d/60-no-budget.toml && systemctl restart tq-host 'tq-worker@*'")
 
 
 def test_queued_jobs_and_enabled_workers_survive_a_reboot(tq: Container) -> None:

@@ -34,3 +34,19 @@ def test_plain_lines_carry_the_fields() -> None:
     record.TQ_JOB_ID = 1  # type: ignore[attr-defined]
     record.TQ_WORKER = "3"  # type: ignore[attr-defined]
     assert log._PlainFormatter().format(record) == "tq-host: info: job 1 done [job_id=1 worker=3]"
+
+
+def test_suppressed_events_are_summarised_once_the_second_is_over_without_more_events(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.2]
+    monkeypatch.setattr(log.time, "monotonic", lambda: clock[0])
+    events = log.JobEvents(logging.getLogger("t"), "all", per_second=2)
+    with caplog.at_level(logging.INFO):
+        for i in range(5):
+            events.event("done", i, "task", "q")
+        events.tick()  # the same second: nothing to say yet
+        assert len(caplog.records) == 2
+        clock[0] = 101.0
+        events.tick()
+    assert caplog.records[-1].getMessage().startswith("3 routine job events not logged")
+    assert events.suppressed == 0
