@@ -17,6 +17,7 @@ import fcntl
 import gc
 import heapq
 import logging
+import math
 import os
 import selectors
 import signal
@@ -657,7 +658,8 @@ class Host:
             chunk: list[JobRecord] = []
             items: list[bytes] = []
             for job in jobs:
-                item = protocol.pack_item(_job_fields(job))
+                item = protocol.job_item(job.id, job.attempts, job.task, job.args_json, job.payload_json, job.timeout,
+                                         job.priority)
                 if chunk and protocol.batch_size(items) + len(item) + 1 > limit:
                     batches.append((w, chunk, protocol.jobs_message(items)))
                     chunk, items = [], []
@@ -815,21 +817,23 @@ class Host:
         delay = float(control.field(spec, "delay", (int, float), 0.0))
         timeout = float(control.field(spec, "timeout", (int, float), task.timeout))
         retries = control.field(spec, "retries", int, task.retries)
-        if delay < 0 or timeout <= 0 or retries < 0:
-            raise control.RequestError("bad_request", "delay and retries must be >= 0 and timeout > 0")
-        now = time.time()
-        job = JobRecord(
-            id=0, task=name, args=control.field(spec, "args", list, []), payload=spec.get("payload"),
-            queue=queue, priority=priority, state="delayed" if delay > 0 else "queued", attempts=0,
-            retries=retries, timeout=timeout, backoff=task.backoff, backoff_max=task.backoff_max,
-            run_at=now + delay if delay > 0 else None, worker=None, result=None, error=None, submitter=uid,
-            created_at=now, started_at=None, finished_at=None)
-        size = protocol.job_size(name, job.args, job.payload)
+        if not (0 <= delay < math.inf and 0 < timeout < math.inf and retries >= 0):
+            raise control.RequestError("bad_request", "delay and retries must be >= 0 and timeout > 0, all finite")
+        args = control.field(spec, "args", list, [])
+        payload = spec.get("payload")
+        args_json, payload_json = protocol.to_json(args), None if payload is None else protocol.to_json(payload)
+        size = protocol.job_size(name, args_json, payload_json)
         limit = self.cfg.mqueue.max_message_size
         if size > limit:
             raise control.RequestError("too_large", f"job {name!r} is too large: its message is {size} bytes; "
                                                     f"mqueue.max_message_size is {limit} bytes")
-        return job
+        now = time.time()
+        return JobRecord(
+            id=0, task=name, args_json=args_json, payload_json=payload_json, queue=queue, priority=priority,
+            state="delayed" if delay > 0 else "queued", attempts=0,
+            retries=retries, timeout=timeout, backoff=task.backoff, backoff_max=task.backoff_max,
+            run_at=now + delay if delay > 0 else None, worker=None, result=None, error=None, submitter=uid,
+            created_at=now, started_at=None, finished_at=None)
 
     def _lookup(self, req: dict[str, Any]) -> JobRecord:
         job_id = control.field(req, "id", int)
@@ -918,11 +922,6 @@ class Host:
         self.events.configure(new.log.job_events, new.log.job_events_per_second)
         self.logger.info("configuration reloaded from %s", ", ".join(new.files))
         self.notifier.ready(self._status_text())
-
-
-def _job_fields(job: JobRecord) -> list[Any]:
-    """A job as the item of a Jobs message (protocol.Job's fields, in order)."""
-    return [job.id, job.attempts, job.task, job.args, job.payload, job.timeout, job.priority]
 
 
 def main(argv: list[str] | None = None) -> int:

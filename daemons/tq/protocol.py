@@ -215,10 +215,26 @@ def unpack_results(batch: Results) -> list[Result]:
     return [_build(Result, [batch.instance, *item]) for item in batch.results]
 
 
-def job_size(task: str, args: list[Any], payload: Any) -> int:
-    """An upper bound of the size of a Job message for these contents (any id, attempt, timeout, priority)."""
-    text = json.dumps([task, args, payload], separators=(",", ":"), ensure_ascii=False)
-    return 2 + len(text.encode()) + 80  # + version and kind bytes, and four numbers with their commas
+def to_json(value: Any) -> str:
+    """Compact ASCII JSON: the text the host keeps, stores and sends of a job's args and payload."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def job_item(job_id: int, attempt: int, task: str, args_json: str, payload_json: str | None, timeout: float,
+             priority: int) -> bytes:
+    """One item of a Jobs batch, spliced from the JSON text the host keeps (no re-encoding of args).
+
+    The task name is quoted as is: TASK_NAME_RE admits nothing that JSON escapes. The timeout is finite
+    (checked at submit), so repr() is its JSON.
+    """
+    return (f'[{job_id},{attempt},"{task}",{args_json},{payload_json or "null"},{timeout!r},{priority}]'
+            .encode())
+
+
+def job_size(task: str, args_json: str, payload_json: str | None) -> int:
+    """An upper bound of the size of a Jobs message holding only this job (any id, attempt, timeout, priority)."""
+    text_size = len(task) + len(args_json) + len(payload_json or "null") + 8  # quotes, brackets, commas
+    return 2 + text_size + 80  # + version and kind bytes, and four numbers with their commas
 
 
 def mq_priority(job_priority: int) -> int:

@@ -67,8 +67,8 @@ class JobRecord:
 
     id: int
     task: str
-    args: list[Any]
-    payload: Any
+    args_json: str  # the host never looks inside args and payload: it keeps the JSON it stores and sends
+    payload_json: str | None
     queue: str
     priority: int
     state: str
@@ -89,7 +89,8 @@ class JobRecord:
     def public(self) -> dict[str, Any]:
         """The job as tqctl and the client API show it."""
         return {
-            "id": self.id, "task": self.task, "args": self.args, "payload": self.payload, "queue": self.queue,
+            "id": self.id, "task": self.task, "args": json.loads(self.args_json),
+            "payload": None if self.payload_json is None else json.loads(self.payload_json), "queue": self.queue,
             "priority": self.priority, "state": self.state, "attempts": self.attempts, "retries": self.retries,
             "timeout": self.timeout, "result": self.result, "error": self.error, "worker": self.worker,
             "submitter": self.submitter, "run_at": self.run_at, "created_at": self.created_at,
@@ -162,7 +163,7 @@ class Store:
         if self._new:
             self.db.executemany(
                 f"INSERT INTO jobs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})",
-                ((j.id, j.task, json.dumps(j.args), None if j.payload is None else json.dumps(j.payload), j.queue,
+                ((j.id, j.task, j.args_json, j.payload_json, j.queue,
                   j.priority, j.state, j.attempts, j.retries, j.timeout, j.backoff, j.backoff_max, j.run_at,
                   j.worker, j.result, j.error, j.submitter, j.created_at, j.started_at, j.finished_at)
                  for j in self._new.values()))  # a generator: a big batch is not copied into a list first
@@ -249,7 +250,4 @@ class Store:
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:
-    values = dict(zip(_COLUMNS, row, strict=True))
-    values["args"] = json.loads(values["args"])
-    values["payload"] = None if values["payload"] is None else json.loads(values["payload"])
-    return JobRecord(**values)
+    return JobRecord(*row)  # _COLUMNS are the fields in order

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -125,3 +126,14 @@ def test_a_packed_jobs_message_is_what_encode_makes() -> None:
     data = protocol.jobs_message(packed)
     assert data == protocol.encode(protocol.Jobs(items))
     assert len(data) == protocol.batch_size(packed)
+
+
+@pytest.mark.parametrize(("args", "payload"), [(["a", 1, None], None), ([], {"x": [1.5, "é\n"]}), (["\u2603"], "p")])
+def test_a_spliced_job_item_decodes_to_the_job_and_fits_its_size_bound(args: list[Any], payload: Any) -> None:
+    args_json = protocol.to_json(args)
+    payload_json = None if payload is None else protocol.to_json(payload)
+    item = protocol.job_item(2**62, 7, "a.b-c:d_e", args_json, payload_json, 1e-7, -1000)
+    data = protocol.jobs_message([item])
+    (job,) = protocol.unpack_jobs(protocol.decode(data))  # type: ignore[arg-type]
+    assert job == protocol.Job(2**62, 7, "a.b-c:d_e", args, payload, 1e-7, -1000)
+    assert len(data) <= protocol.job_size("a.b-c:d_e", args_json, payload_json)
