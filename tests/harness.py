@@ -9,6 +9,7 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -191,6 +192,19 @@ stop_timeout = "5s"
         if user:
             argv = ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups", *argv]
         return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=60, input=input)
+
+    def store_rows(self, sql: str) -> list[tuple[object, ...]]:
+        """Rows from the store, read directly: tq-host holds it exclusively, so every running host is stopped
+        first (SIGTERM: a clean stop) and the test ends with no host."""
+        for d in self.daemons:
+            if d.name == "host" and d.proc.poll() is None:
+                d.signal(signal.SIGTERM)
+                d.wait()
+        db = sqlite3.connect(self.dir / "state" / "tq.sqlite3")
+        try:
+            return db.execute(sql).fetchall()
+        finally:
+            db.close()
 
     def executions(self) -> list[str]:
         """Lines written by tests/handlers.py: one per execution of a recording task."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -15,14 +14,6 @@ from harness import Suite, wait_until
 from tq.client import HostUnreachable
 
 RECORD = '\n[tasks.rec]\npython = "tq_test_handlers:record"\n'
-
-
-def store_rows(suite: Suite, sql: str) -> list[tuple[object, ...]]:
-    db = sqlite3.connect(suite.dir / "state" / "tq.sqlite3")
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
 
 
 def test_tqctl_submit_wait_prints_the_result(suite: Suite) -> None:
@@ -48,7 +39,7 @@ def test_thousand_jobs_over_four_workers_each_done_exactly_once(suite: Suite) ->
     ids = c.submit_many([("rec", [str(i)]) for i in range(1000)])
     for jid in ids:
         assert c.wait(jid, timeout=60)["state"] == "done"
-    rows = store_rows(suite, "SELECT state, attempts, result, worker FROM jobs")
+    rows = suite.store_rows("SELECT state, attempts, result, worker FROM jobs")
     assert len(rows) == 1000
     assert {(state, attempts) for state, attempts, _, _ in rows} == {("done", 1)}
     assert sorted(r[2] for r in rows) == sorted(f"recorded {i}" for i in range(1000))
@@ -101,7 +92,7 @@ def test_host_killed_and_restarted_loses_no_acknowledged_job(suite: Suite) -> No
     c = suite.client()
     for jid in acked:
         assert c.wait(jid, timeout=60)["state"] == "done"
-    done = store_rows(suite, "SELECT id FROM jobs WHERE state = 'done'")
+    done = suite.store_rows("SELECT id FROM jobs WHERE state = 'done'")
     assert set(acked) <= {r[0] for r in done}
 
 
@@ -118,7 +109,7 @@ def test_stopped_worker_loses_its_lease_and_another_worker_does_the_job(suite: S
     suite.wait_live(2)
     # the stopped worker ran what was left in its inbox: those results were late and ignored
     assert all(c.get(jid)["worker"] == "2" for jid in ids)
-    assert store_rows(suite, "SELECT count(*) FROM jobs WHERE state='done'") == [(6,)]
+    assert suite.store_rows("SELECT count(*) FROM jobs WHERE state='done'") == [(6,)]
 
 
 def test_retries_then_dead_then_retry_brings_it_back(suite: Suite) -> None:
