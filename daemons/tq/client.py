@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,6 +57,8 @@ class Client:
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buf = bytearray()
+        self._chunk = bytearray(1 << 16)  # recv_into this: a fresh large bytes per recv costs mmap and munmap
+        self._sock_timeout: float | None = None
         self._rid = 0
 
     def close(self) -> None:
@@ -83,25 +86,45 @@ class Client:
                 sock.close()
                 raise HostUnreachable(f"tq-host is not reachable at {self.socket_path}: {e.strerror} "
                                       "(is it running? systemctl status tq-host)") from None
-            self._sock = sock
+            self._sock, self._sock_timeout = sock, None
         return self._sock
+
+    def _set_timeout(self, sock: socket.socket, seconds: float | None) -> None:
+        """The kernel's send and receive timeouts (SO_SNDTIMEO, SO_RCVTIMEO), set only when they change.
+
+        The socket stays in blocking mode: a Python-level timeout would cost a poll() before every send and
+        recv, and settimeout() an ioctl per call.
+        """
+        if seconds == self._sock_timeout:
+            return
+        usec = 0 if seconds is None else max(1, round(min(seconds, 1e9) * 1e6))  # 0 would mean no timeout
+        timeval = struct.pack("ll", *divmod(usec, 1_000_000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        self._sock_timeout = seconds
 
     def call(self, op: str, wait: float | None = None, **fields: Any) -> dict[str, Any]:
         """Send one request and return the reply's body; raise a TqError for a refusal."""
         sock = self._connect()
         self._rid += 1
-        sock.settimeout(None if self.timeout is None else self.timeout + (wait or 0.0))
         try:
+            self._set_timeout(sock, None if self.timeout is None else self.timeout + (wait or 0.0))
             try:
                 sock.sendall(control.encode({"op": op, "rid": self._rid, **fields}))
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the host may have answered and closed (it refuses when out of resources): read on
-            while (end := self._buf.find(b"\n")) < 0:
-                chunk = sock.recv(1 << 20)
-                if not chunk:
+            searched = 0
+            while (end := self._buf.find(b"\n", searched)) < 0:
+                searched = len(self._buf)
+                n = sock.recv_into(self._chunk)
+                if not n:
                     raise ConnectionResetError("tq-host closed the connection")
-                self._buf += chunk
+                self._buf += memoryview(self._chunk)[:n]
             reply = control.decode(bytes(self._buf[:end]))
+        except BlockingIOError:  # the kernel's timeout (SO_RCVTIMEO or SO_SNDTIMEO) ran out
+            self.close()
+            raise HostUnreachable(f"tq-host at {self.socket_path} did not answer within the client's "
+                                  f"timeout ({self.timeout}s)") from None
         except (OSError, control.RequestError) as e:
             self.close()  # a later call reconnects
             raise HostUnreachable(f"lost tq-host at {self.socket_path}: {e}") from None

@@ -35,8 +35,12 @@ class RequestError(Exception):
         self.code = code
 
 
+# One encoder for the process: json.dumps with options builds a new JSONEncoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return _ENCODER.encode(obj).encode() + b"\n"
 
 
 def decode(line: bytes) -> dict[str, Any]:

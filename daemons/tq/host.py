@@ -89,6 +89,7 @@ class Host:
         self.refused = log.Burst(self.logger)
         self.store_errors = log.Burst(self.logger, interval=5.0)
         self._reserve_fd = os.open("/dev/null", os.O_RDONLY)  # spare descriptor to refuse clients when out
+        self._chunk = bytearray(1 << 20)  # every connection reads into this, then appends what came
         self.notifier = Notifier()
         self.sel = selectors.DefaultSelector()
         self.jobs: dict[int, JobRecord] = {}  # every job not in a final state
@@ -718,18 +719,20 @@ class Host:
         if not mask & selectors.EVENT_READ or conn.closed:
             return
         try:
-            data = conn.sock.recv(1 << 20)
+            n = conn.sock.recv_into(self._chunk)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
-        if not data:
+            n = 0
+        if not n:
             self._close(conn)
             return
-        conn.rbuf += data
-        while (end := conn.rbuf.find(b"\n")) >= 0:
+        searched = len(conn.rbuf)  # a long request comes in many chunks: look for its end in the new one only
+        conn.rbuf += memoryview(self._chunk)[:n]
+        while (end := conn.rbuf.find(b"\n", searched)) >= 0:
             line = bytes(conn.rbuf[:end])
             del conn.rbuf[:end + 1]
+            searched = 0
             self._on_request(conn, line)
         if len(conn.rbuf) > control.MAX_LINE:
             conn.wbuf += control.encode({"ok": False, "code": "bad_request", "error": "request too long"})

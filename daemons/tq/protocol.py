@@ -142,6 +142,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+# Reused encoders: json.dumps with options builds a new JSONEncoder on every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_ASCII = json.JSONEncoder(separators=(",", ":"))
+
 _FIELDS: dict[type[Message], tuple[tuple[str, tuple[type, ...], bool], ...]] = {
     cls: tuple((f.name, _TYPES[str(f.type)], str(f.type) == "list[str]") for f in fields(cls))
     for cls in (*KINDS.values(), Job, Result)
@@ -150,7 +154,7 @@ _FIELDS: dict[type[Message], tuple[tuple[str, tuple[type, ...], bool], ...]] = {
 
 def encode(msg: Message, limit: int | None = None) -> bytes:
     """Bytes for the queue; raises TooLarge naming the limit when over it."""
-    body = json.dumps(fields_of(msg), separators=(",", ":"), ensure_ascii=False).encode()
+    body = _COMPACT.encode(fields_of(msg)).encode()
     data = bytes([VERSION]) + msg.KIND + body
     if limit is not None and len(data) > limit:
         raise TooLarge(f"message is {len(data)} bytes; mqueue.max_message_size is {limit} bytes")
@@ -190,7 +194,7 @@ def fields_of(msg: Message) -> list[Any]:
 
 def pack_item(fields: list[Any]) -> bytes:
     """One item of a batch, encoded once (the host sizes batches by adding items up)."""
-    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+    return _COMPACT.encode(fields).encode()
 
 
 def batch_size(items: list[bytes]) -> int:
@@ -217,7 +221,7 @@ def unpack_results(batch: Results) -> list[Result]:
 
 def to_json(value: Any) -> str:
     """Compact ASCII JSON: the text the host keeps, stores and sends of a job's args and payload."""
-    return json.dumps(value, separators=(",", ":"))
+    return _ASCII.encode(value)
 
 
 def job_item(job_id: int, attempt: int, task: str, args_json: str, payload_json: str | None, timeout: float,

@@ -183,3 +183,17 @@ def test_a_client_reconnects_after_the_host_comes_back(suite: Suite) -> None:
         c.submit("task-1")
     suite.host()
     assert c.wait(c.submit("task-1", "again"), timeout=10)["result"] == "task-1 again processed"
+
+
+def test_a_client_times_out_on_a_stopped_host_then_carries_on(suite: Suite) -> None:
+    host = suite.host()
+    c = Client(config=str(suite.config), timeout=0.3)
+    assert c.status()["version"]
+    host.signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(HostUnreachable, match=r"did not answer within the client's timeout \(0.3s\)"):
+            c.status()
+    finally:
+        host.signal(signal.SIGCONT)
+    assert c.status()["version"]  # a new connection: the late answer on the old one is not mistaken for this
+    c.close()
