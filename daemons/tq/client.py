@@ -146,7 +146,7 @@ class Client:
 
     def submit_many(self, jobs: Iterable[tuple[str, list[Any]] | dict[str, Any]]) -> list[int]:
         """Submit many jobs in one request and one commit: (task, args) pairs or dicts of submit's fields."""
-        specs = [dict(j) if isinstance(j, dict) else _spec(j[0], list(j[1])) for j in jobs]
+        specs = [dict(j) if isinstance(j, dict) else {"task": j[0], "args": list(j[1])} for j in jobs]
         return [int(i) for i in self.call("submit", jobs=specs)["ids"]]
 
     def get(self, job_id: int) -> dict[str, Any]:

@@ -145,6 +145,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
 # Reused encoders: json.dumps with options builds a new JSONEncoder on every call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _ASCII = json.JSONEncoder(separators=(",", ":"))
+_encode_str = json.encoder.encode_basestring_ascii  # what _ASCII writes for a str
 
 _FIELDS: dict[type[Message], tuple[tuple[str, tuple[type, ...], bool], ...]] = {
     cls: tuple((f.name, _TYPES[str(f.type)], str(f.type) == "list[str]") for f in fields(cls))
@@ -221,6 +222,8 @@ def unpack_results(batch: Results) -> list[Result]:
 
 def to_json(value: Any) -> str:
     """Compact ASCII JSON: the text the host keeps, stores and sends of a job's args and payload."""
+    if type(value) is list and all(type(v) is str for v in value):  # args are mostly strings: skip the encoder
+        return "[" + ",".join(map(_encode_str, value)) + "]"
     return _ASCII.encode(value)
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from typing import Any
@@ -137,3 +138,10 @@ def test_a_spliced_job_item_decodes_to_the_job_and_fits_its_size_bound(args: lis
     (job,) = protocol.unpack_jobs(protocol.decode(data))  # type: ignore[arg-type]
     assert job == protocol.Job(2**62, 7, "a.b-c:d_e", args, payload, 1e-7, -1000)
     assert len(data) <= protocol.job_size("a.b-c:d_e", args_json, payload_json)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.text(max_size=8)) | st.recursive(st.none() | st.integers() | st.text(max_size=5),
+                                                     lambda inner: st.lists(inner, max_size=3), max_leaves=6))
+def test_to_json_writes_what_json_dumps_writes(value: Any) -> None:
+    assert protocol.to_json(value) == json.dumps(value, separators=(",", ":"))
