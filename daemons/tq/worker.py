@@ -295,9 +295,15 @@ class Worker:
         return True
 
     def _end_attempt(self) -> None:
-        """Stop watching the attempt's descriptors before they are closed (their numbers get reused)."""
-        assert self.current is not None
-        self._watch([], False)
+        """Stop watching the attempt's descriptors before they are closed (their numbers get reused).
+
+        The queues stay as they are watched: toggling the inbox after every job cost two epoll_ctl calls.
+        """
+        assert self.current is not None and self.inbox is not None and self.host_q is not None
+        queues = (self.inbox.fileno(), self.host_q.fileno())
+        for entry in [e for e in self.watched if e[0] not in queues]:
+            self.sel.unregister(entry[0])
+            self.watched.discard(entry)
         self.current.execution.close()
         self.current = None
 
