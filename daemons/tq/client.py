@@ -13,7 +13,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-from . import config, control
+from . import configfiles, control
 
 
 class TqError(Exception):
@@ -186,6 +186,6 @@ def _spec(task: str, args: list[Any], **options: Any) -> dict[str, Any]:
 
 def _config_socket(path: str | None) -> str:
     try:
-        return config.load(path).host.socket
-    except config.ConfigError as e:
+        return configfiles.socket_path(path)
+    except configfiles.ConfigError as e:
         raise Refused(str(e)) from None

@@ -6,16 +6,16 @@ errors the line, so that `tqctl config check` reads like `nginx -t`.
 
 from __future__ import annotations
 
-import glob
-import logging
-import os
 import re
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-DEFAULT_CONFIG = "/etc/tq/tq.toml"
+from .configfiles import DEFAULT_SOCKET, read_files
+from .configfiles import ConfigError as ConfigError  # re-exported: config.ConfigError is the daemons' error
+from .configfiles import parse_duration as parse_duration
+
+if TYPE_CHECKING:
+    import logging
 DURABILITY_LEVELS = ("full", "normal")
 JOB_EVENT_LEVELS = ("all", "failures", "none")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -25,19 +25,10 @@ PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 TASK_NAME_RE = re.compile(r"[A-Za-z0-9_:-]{1,100}(\.[A-Za-z0-9_:-]{1,100}){0,15}")
 
 
-class ConfigError(Exception):
-    """A configuration problem: `file: key: reason`."""
-
-    def __init__(self, file: str, key: str, reason: str) -> None:
-        self.file, self.key, self.reason = file, key, reason
-        where = f"{file}: {key}: " if key else f"{file}: "
-        super().__init__(where + reason)
-
-
 @dataclass(frozen=True)
 class HostConfig:
     state_dir: str = "/var/lib/tq"
-    socket: str = "/run/tq/tq.sock"
+    socket: str = DEFAULT_SOCKET
     durability: str = "full"
     lease: float = 10.0
     retain_age: float = 7 * 86400.0
@@ -139,52 +130,10 @@ def _match(pat: list[str], words: list[str]) -> bool:
     return (head == "*" or head == words[0]) and _match(rest, words[1:])
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from a number or a string such as "250ms", "30s", "5m", "1h", "1d"."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as \"30s\"")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
-        if not m:
-            raise ValueError(f"{value!r} is not a duration (examples: \"500ms\", \"30s\", \"5m\", \"1h\")")
-        unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
-        seconds = float(m.group(1)) * unit
-    else:
-        raise ValueError("expected a duration such as \"30s\"")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-def config_files(path: str | None = None) -> list[str]:
-    """The files to read: --config, else $TQ_CONFIG, else the default; then `<dir>/tq.d/*.toml`."""
-    main = path or os.environ.get("TQ_CONFIG") or DEFAULT_CONFIG
-    dropins = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(main)), "tq.d", "*.toml")))
-    return [main, *dropins]
-
-
 def load(path: str | None = None) -> Config:
     """Read and validate the configuration; raise ConfigError naming file, key and reason."""
-    files = config_files(path)
-    merged: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    for i, file in enumerate(files):
-        try:
-            text = Path(file).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            if i == 0 and path is None and "TQ_CONFIG" not in os.environ:
-                continue  # no /etc/tq/tq.toml: defaults apply
-            raise ConfigError(file, "", "no such file") from None
-        except OSError as e:
-            raise ConfigError(file, "", e.strerror or str(e)) from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(file, "", f"TOML syntax error: {_syntax_reason(e)}") from None
-        _merge(merged, data, origin, file, "")
-    return _build(merged, origin, tuple(files))
+    merged, origin, files = read_files(path)
+    return _build(merged, origin, files)
 
 
 def reload(path: str | None, logger: logging.Logger) -> Config | None:
@@ -194,28 +143,6 @@ def reload(path: str | None, logger: logging.Logger) -> Config | None:
     except ConfigError as e:
         logger.error("reload refused, keeping the running configuration: %s", e)
         return None
-
-
-def _syntax_reason(e: tomllib.TOMLDecodeError) -> str:
-    m = re.match(r"(.*) \(at line (\d+), column (\d+)\)$", str(e))
-    return f"line {m.group(2)}, column {m.group(3)}: {m.group(1)}" if m else str(e)
-
-
-def _merge(into: dict[str, Any], data: dict[str, Any], origin: dict[str, str], file: str, prefix: str) -> None:
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value, origin, file, dotted + ".")
-        else:
-            into[key] = value
-            _mark(origin, value, file, dotted)
-
-
-def _mark(origin: dict[str, str], value: Any, file: str, dotted: str) -> None:
-    origin[dotted] = file
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _mark(origin, v, file, f"{dotted}.{k}")
 
 
 class _Reader:

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from . import __version__, config, control
+from . import __version__, configfiles, control
 from .client import Client, JobTimeout, Refused, TqError
 
 FINAL = ("done", "dead", "cancelled")
@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _duration(text: str) -> float:
     try:
-        return config.parse_duration(text)
+        return configfiles.parse_duration(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -103,6 +103,8 @@ def _out(obj: Any) -> None:
 
 
 def _config_check(args: argparse.Namespace, as_json: bool) -> int:
+    from . import config  # the whole validation: only this command needs it
+
     try:
         cfg = config.load(args.config)
     except config.ConfigError as e:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tq import config
+from tq import config, configfiles
 
 
 def write(tmp_path: Path, text: str, name: str = "tq.toml") -> str:
@@ -97,3 +97,18 @@ def test_durations(text: object, seconds: float) -> None:
 def test_bad_duration() -> None:
     with pytest.raises(ValueError, match="not a duration"):
         config.parse_duration("soon")
+
+
+def test_the_client_reads_only_host_socket_from_the_last_file_that_sets_it(tmp_path: Path) -> None:
+    main = write(tmp_path, '[host]\nsocket = "/run/a.sock"\n[mqueue]\nmax_messages = "lots"\n')
+    (tmp_path / "tq.d").mkdir()
+    write(tmp_path, '[host]\nsocket = "/run/b.sock"\n', "tq.d/50-b.toml")
+    assert configfiles.socket_path(main) == "/run/b.sock"  # a bad key elsewhere is the daemons' business
+    with pytest.raises(config.ConfigError, match="max_messages"):
+        config.load(main)
+    write(tmp_path, "[host]\nsocket = 7\n", "tq.d/60-c.toml")
+    with pytest.raises(configfiles.ConfigError, match=r"60-c.toml: host.socket: expected a path, got 7"):
+        configfiles.socket_path(main)
+    write(tmp_path, "[host\n", "tq.d/70-d.toml")
+    with pytest.raises(configfiles.ConfigError, match=r"70-d.toml: TOML syntax error: line 1"):
+        configfiles.socket_path(main)

@@ -1,0 +1,110 @@
+"""The configuration's files: which ones, their TOML merged in order, and the socket path tqctl needs.
+
+Kept apart from config.py's validation (dataclasses, every key checked), so
+that tqctl, which needs only `host.socket`, starts fast. tq-host and the
+workers validate the whole configuration at start and on reload; `tqctl config
+check` does the same.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tomllib
+from typing import Any
+
+DEFAULT_CONFIG = "/etc/tq/tq.toml"
+DEFAULT_SOCKET = "/run/tq/tq.sock"
+
+
+class ConfigError(Exception):
+    """A configuration problem: `file: key: reason`."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        self.file, self.key, self.reason = file, key, reason
+        where = f"{file}: {key}: " if key else f"{file}: "
+        super().__init__(where + reason)
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string such as "250ms", "30s", "5m", "1h", "1d"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as \"30s\"")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
+        if not m:
+            raise ValueError(f"{value!r} is not a duration (examples: \"500ms\", \"30s\", \"5m\", \"1h\")")
+        unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
+        seconds = float(m.group(1)) * unit
+    else:
+        raise ValueError("expected a duration such as \"30s\"")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def config_files(path: str | None = None) -> list[str]:
+    """The files to read: --config, else $TQ_CONFIG, else the default; then `<dir>/tq.d/*.toml`."""
+    main = path or os.environ.get("TQ_CONFIG") or DEFAULT_CONFIG
+    dropins = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(main)), "tq.d", "*.toml")))
+    return [main, *dropins]
+
+
+def read_files(path: str | None = None) -> tuple[dict[str, Any], dict[str, str], tuple[str, ...]]:
+    """The files' tables merged in order, the file each dotted key came from, and the files read."""
+    files = config_files(path)
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for i, file in enumerate(files):
+        try:
+            with open(file, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            if i == 0 and path is None and "TQ_CONFIG" not in os.environ:
+                continue  # no /etc/tq/tq.toml: defaults apply
+            raise ConfigError(file, "", "no such file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(file, "", getattr(e, "strerror", None) or str(e)) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(file, "", f"TOML syntax error: {_syntax_reason(e)}") from None
+        _merge(merged, data, origin, file, "")
+    return merged, origin, tuple(files)
+
+
+def socket_path(path: str | None = None) -> str:
+    """`host.socket` from the configuration's files, checking only that key."""
+    merged, origin, files = read_files(path)
+    host = merged.get("host", {})
+    if not isinstance(host, dict):
+        raise ConfigError(origin.get("host", files[0]), "host", "expected a table")
+    value = host.get("socket", DEFAULT_SOCKET)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(origin.get("host.socket", files[0]), "host.socket", f"expected a path, got {value!r}")
+    return value
+
+
+def _syntax_reason(e: tomllib.TOMLDecodeError) -> str:
+    m = re.match(r"(.*) \(at line (\d+), column (\d+)\)$", str(e))
+    return f"line {m.group(2)}, column {m.group(3)}: {m.group(1)}" if m else str(e)
+
+
+def _merge(into: dict[str, Any], data: dict[str, Any], origin: dict[str, str], file: str, prefix: str) -> None:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, origin, file, dotted + ".")
+        else:
+            into[key] = value
+            _mark(origin, value, file, dotted)
+
+
+def _mark(origin: dict[str, str], value: Any, file: str, dotted: str) -> None:
+    origin[dotted] = file
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _mark(origin, v, file, f"{dotted}.{k}")
