@@ -40,10 +40,12 @@ except OSError:
     _libc = None
 MAX_MESSAGES_PER_STEP = 4096
 MUTATING_OPS = {"submit", "cancel", "retry"}
+BURST_OPS = {"submit", "list"}  # requests that may allocate much; a poller's status calls do not count
 LONG_JOB = 0.1  # seconds; a worker holding a job this long gets no prefetched jobs until it reports
 BLOCKED_BACKOFF = 0.2  # seconds a worker whose inbox was full gets no new jobs
 PRUNE_BATCH = 1000  # finished jobs deleted per loop step while the store is over its retention policy
 PRUNE_INTERVAL = 60.0  # seconds between retention checks once caught up
+IDLE_TRIM = 1.0  # seconds without requests or results before the memory of a burst is given back
 
 
 @dataclass
@@ -103,7 +105,7 @@ class Host:
         self.outbox: list[tuple[WorkerState, JobRecord]] = []  # dispatched this step, sent after the commit
         self.tokens = 0
         self.next_prune = 0.0
-        self.last_trim = 0.0
+        self.last_trim = self.last_work = 0.0  # monotonic times: memory trimmed, request or result taken in
         self.stop_requested = self.reload_requested = False
         self.started = time.time()
         self.store: Store | None = None
@@ -130,6 +132,7 @@ class Host:
         self._listen(cfg.host.socket)
         self._signals()
         self._recover()
+        self.last_work = time.monotonic()  # recovery allocates too: trim a second after start
         for data in drained:
             self._on_message(data, time.monotonic())
         self.store.commit()
@@ -271,8 +274,6 @@ class Host:
             events = self.sel.select(wait)
             for key, mask in events:
                 key.data(mask)
-            if not events and wait >= 1.0:
-                self._trim_memory()
             now = time.monotonic()
             self._on_queue(0)
             if self.reload_requested:
@@ -283,6 +284,7 @@ class Host:
             self._expire_waiters(now)
             self._dispatch(now)
             self._prune(now)
+            self._trim_memory(now)
             self.store.commit()
         except sqlite3.Error as e:  # disk full, I/O error: this step is undone, the host carries on
             self._store_failed(e)
@@ -291,12 +293,18 @@ class Host:
         self.notifier.tick(now)
         self.notifier.status(self._status_text(), now)
 
-    def _trim_memory(self) -> None:
-        """After a burst, give freed memory back to the system once the host is idle (at most every 30 s)."""
-        now = time.monotonic()
-        if now - self.last_trim < 30.0:
+    def _trim_memory(self, now: float) -> None:
+        """Give the memory of a burst back once the host has had no request or result for a second.
+
+        Dicts never shrink as entries are removed: the open-job indexes are copied to their present size.
+        Then a full collection, and glibc's malloc_trim returns the free pages.
+        """
+        if self.last_trim >= self.last_work or now - self.last_work < IDLE_TRIM:
             return
         self.last_trim = now
+        self.jobs = dict(self.jobs)
+        self.waiters = collections.defaultdict(list, self.waiters)
+        self.ready = collections.defaultdict(list, {q: h for q, h in self.ready.items() if h})
         gc.collect()
         if _libc is not None:
             _libc.malloc_trim(0)
@@ -308,6 +316,8 @@ class Host:
             wait = min(wait, ping)
         if self.delayed:
             wait = min(wait, max(0.0, self.delayed[0][0] - time.time()))
+        if self.last_trim < self.last_work:
+            wait = min(wait, max(0.0, self.last_work + IDLE_TRIM - now))
         if any(w.sync_due for w in self.workers.values()):
             wait = min(wait, 0.05)
         if self.counts["queued"]:  # jobs taken back from a full inbox: try again when the worker may take them
@@ -353,6 +363,7 @@ class Host:
 
     def _dispatch_message(self, msg: protocol.Message, now: float) -> None:
         if isinstance(msg, protocol.Results):
+            self.last_work = now
             for result in protocol.unpack_results(msg):  # checks every item before the first is handled
                 self._on_result(result, now)
         elif isinstance(msg, protocol.Heartbeat):
@@ -766,6 +777,8 @@ class Host:
             req = control.decode(line)
             rid = req.get("rid")
             op = control.field(req, "op", str)
+            if op in BURST_OPS:
+                self.last_work = time.monotonic()
             handler = getattr(self, f"_op_{op}", None)
             if handler is None:
                 raise control.RequestError("bad_request", f"unknown op {op!r}")
