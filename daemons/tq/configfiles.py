@@ -9,6 +9,7 @@ check` does the same.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 import tomllib
@@ -41,8 +42,8 @@ def parse_duration(value: object) -> float:
         seconds = float(m.group(1)) * unit
     else:
         raise ValueError("expected a duration such as \"30s\"")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
+    if not 0 <= seconds < math.inf:
+        raise ValueError("a duration cannot be negative or infinite")
     return seconds
 
 

@@ -41,6 +41,7 @@ except OSError:
 MAX_MESSAGES_PER_STEP = 4096
 MUTATING_OPS = {"submit", "cancel", "retry"}
 BURST_OPS = {"submit", "list"}  # requests that may allocate much; a poller's status calls do not count
+PLAIN_SPEC = {"task", "args", "payload"}  # a job spec with no options of its own
 LONG_JOB = 0.1  # seconds; a worker holding a job this long gets no prefetched jobs until it reports
 BLOCKED_BACKOFF = 0.2  # seconds a worker whose inbox was full gets no new jobs
 PRUNE_BATCH = 1000  # finished jobs deleted per loop step while the store is over its retention policy
@@ -823,18 +824,10 @@ class Host:
         if task is None:
             known = ", ".join(t.name for t in self.cfg.tasks) or "(none configured)"
             raise control.RequestError("unknown_task", f"unknown task {name!r}; known tasks: {known}")
-        queue = control.field(spec, "queue", str, task.queue)
-        if not config.NAME_RE.match(queue):
-            raise control.RequestError("bad_request", f"invalid queue name {queue[:60]!r}")
-        priority = control.field(spec, "priority", int, task.priority)
-        if not config.PRIORITY_MIN <= priority <= config.PRIORITY_MAX:
-            raise control.RequestError("bad_request", f"priority must be between {config.PRIORITY_MIN} and "
-                                                      f"{config.PRIORITY_MAX}")
-        delay = float(control.field(spec, "delay", (int, float), 0.0))
-        timeout = float(control.field(spec, "timeout", (int, float), task.timeout))
-        retries = control.field(spec, "retries", int, task.retries)
-        if not (0 <= delay < math.inf and 0 < timeout < math.inf and retries >= 0):
-            raise control.RequestError("bad_request", "delay and retries must be >= 0 and timeout > 0, all finite")
+        if spec.keys() <= PLAIN_SPEC:  # the usual job of a batch: the task's settings, checked with the config
+            queue, priority, delay, timeout, retries = task.queue, task.priority, 0.0, task.timeout, task.retries
+        else:
+            queue, priority, delay, timeout, retries = self._job_options(spec, task)
         args = control.field(spec, "args", list, [])
         payload = spec.get("payload")
         args_json, payload_json = protocol.to_json(args), None if payload is None else protocol.to_json(payload)
@@ -850,6 +843,23 @@ class Host:
             retries=retries, timeout=timeout, backoff=task.backoff, backoff_max=task.backoff_max,
             run_at=now + delay if delay > 0 else None, worker=None, result=None, error=None, submitter=uid,
             created_at=now, started_at=None, finished_at=None)
+
+    @staticmethod
+    def _job_options(spec: dict[str, Any], task: config.TaskConfig) -> tuple[str, int, float, float, int]:
+        """queue, priority, delay, timeout and retries of a job spec, each checked, the task's by default."""
+        queue = control.field(spec, "queue", str, task.queue)
+        if not config.NAME_RE.match(queue):
+            raise control.RequestError("bad_request", f"invalid queue name {queue[:60]!r}")
+        priority = control.field(spec, "priority", int, task.priority)
+        if not config.PRIORITY_MIN <= priority <= config.PRIORITY_MAX:
+            raise control.RequestError("bad_request", f"priority must be between {config.PRIORITY_MIN} and "
+                                                      f"{config.PRIORITY_MAX}")
+        delay = float(control.field(spec, "delay", (int, float), 0.0))
+        timeout = float(control.field(spec, "timeout", (int, float), task.timeout))
+        retries = control.field(spec, "retries", int, task.retries)
+        if not (0 <= delay < math.inf and 0 < timeout < math.inf and retries >= 0):
+            raise control.RequestError("bad_request", "delay and retries must be >= 0 and timeout > 0, all finite")
+        return queue, priority, delay, timeout, retries
 
     def _lookup(self, req: dict[str, Any]) -> JobRecord:
         job_id = control.field(req, "id", int)

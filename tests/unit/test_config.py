@@ -97,6 +97,8 @@ def test_durations(text: object, seconds: float) -> None:
 def test_bad_duration() -> None:
     with pytest.raises(ValueError, match="not a duration"):
         config.parse_duration("soon")
+    with pytest.raises(ValueError, match="infinite"):
+        config.parse_duration(float("inf"))  # TOML has inf; a task timeout must be finite
 
 
 def test_the_client_reads_only_host_socket_from_the_last_file_that_sets_it(tmp_path: Path) -> None:
