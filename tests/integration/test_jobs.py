@@ -282,3 +282,14 @@ def test_tqctl_submit_batch_from_stdin(suite: Suite) -> None:
     assert [suite.client().wait(i, timeout=10)["result"] for i in ids] == [f"task-1 {i} processed" for i in range(3)]
     r = suite.tqctl("submit", "--batch", "-", input='{"task": "task-1"}\nnot json\n')
     assert r.returncode == 2 and "-: line 2: not JSON" in r.stderr
+
+
+def test_fast_jobs_go_to_one_worker_in_a_batch_and_slow_ones_side_by_side(suite: Suite) -> None:
+    suite.write_config('\n[tasks.slow]\ncommand = ["/bin/sleep"]\n')
+    suite.start(workers=3)
+    c = suite.client()
+    c.wait(c.submit("task-1", "warm-up"), timeout=10)  # now the host knows task-1 runs in microseconds
+    fast = [c.wait(jid, timeout=10)["worker"] for jid in c.submit_many([("task-1", [str(i)]) for i in range(6)])]
+    assert len(set(fast)) == 1, fast  # one worker woken for the six
+    slow = [c.wait(jid, timeout=10)["worker"] for jid in c.submit_many([("slow", ["0.3"])] * 3)]
+    assert sorted(slow) == ["1", "2", "3"], slow  # an unknown (or slow) task is spread: no job waits behind another
