@@ -131,7 +131,8 @@ class Host:
         drained: list[bytes] = []
         self.queue = transport.open_queue(cfg.host_queue, cfg.mqueue.max_messages, cfg.mqueue.max_message_size,
                                           drained=drained)
-        self.sel.register(self.queue.fileno(), selectors.EVENT_READ, self._on_queue)
+        # The queue only wakes the selector: every step drains it once, after the sockets (one empty read).
+        self.sel.register(self.queue.fileno(), selectors.EVENT_READ, lambda _mask: None)
         self._listen(cfg.host.socket)
         self._signals()
         self._recover()
@@ -278,7 +279,7 @@ class Host:
             for key, mask in events:
                 key.data(mask)
             now = time.monotonic()
-            self._on_queue(0)
+            self._on_queue()
             if self.reload_requested:
                 self.reload_requested = False
                 self._reload()
@@ -345,7 +346,7 @@ class Host:
 
     # ---- intake: worker messages ----------------------------------------
 
-    def _on_queue(self, _mask: int) -> None:
+    def _on_queue(self) -> None:
         assert self.queue is not None
         now = time.monotonic()
         for _ in range(MAX_MESSAGES_PER_STEP):
