@@ -93,7 +93,7 @@ class Host:
         self.refused = log.Burst(self.logger)
         self.store_errors = log.Burst(self.logger, interval=5.0)
         self._reserve_fd = os.open("/dev/null", os.O_RDONLY)  # spare descriptor to refuse clients when out
-        self._chunk = bytearray(1 << 20)  # every connection reads into this, then appends what came
+        self._chunk = bytearray(1 << 16)  # every connection reads into this, then appends what came
         self.notifier = Notifier()
         self.sel = selectors.DefaultSelector()
         self.jobs: dict[int, JobRecord] = {}  # every job not in a final state
@@ -855,11 +855,11 @@ class Host:
         if size > limit:
             raise control.RequestError("too_large", f"job {name!r} is too large: its message is {size} bytes; "
                                                     f"mqueue.max_message_size is {limit} bytes")
-        now = time.time()
+        now = time.time()  # sys.intern: one string per task name, not one per job of a backlog
         return JobRecord(
-            id=0, task=name, args_json=args_json, payload_json=payload_json, queue=queue, priority=priority,
-            state="delayed" if delay > 0 else "queued", attempts=0,
-            retries=retries, timeout=timeout, backoff=task.backoff, backoff_max=task.backoff_max,
+            id=0, task=sys.intern(name), args_json=args_json, payload_json=payload_json, queue=queue,
+            priority=priority, state="delayed" if delay > 0 else "queued", attempts=0, retries=retries,
+            timeout=timeout, backoff=task.backoff, backoff_max=task.backoff_max,
             run_at=now + delay if delay > 0 else None, worker=None, result=None, error=None, submitter=uid,
             created_at=now, started_at=None, finished_at=None)
 

@@ -113,6 +113,9 @@ class Store:
             # its index in memory instead of a shared -shm file. Other readers wait until tq-host stops.
             self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self.db.execute("PRAGMA journal_mode=WAL")
+            # The hot pages are the newest leaves and the inner pages: 512 KiB holds them (the default 2 MiB
+            # measured no faster and stayed resident after a burst).
+            self.db.execute("PRAGMA cache_size=-512")
             self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
             self.db.executescript(_SCHEMA)
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
