@@ -611,7 +611,9 @@ class Host:
         while live:
             progressed = []
             for w in live:
-                while len(w.assigned) < w.prefetch and not (w.assigned and self._busy_with_long_job(w)):
+                if w.assigned and self._busy_with_long_job(w):  # the jobs given below cannot change this
+                    continue
+                while len(w.assigned) < w.prefetch:
                     job = self._pop_ready(w.queues)
                     if job is None:
                         break
@@ -689,12 +691,14 @@ class Host:
         for w, jobs in per_worker.values():
             chunk: list[JobRecord] = []
             items: list[bytes] = []
+            size = protocol.batch_size([])
             for job in jobs:
                 item = protocol.job_item(job.id, job.attempts, job.task, job.args_json, job.payload_json, job.timeout,
                                          job.priority)
-                if chunk and protocol.batch_size(items) + len(item) + 1 > limit:
+                if chunk and size + len(item) + 1 > limit:
                     batches.append((w, chunk, protocol.jobs_message(items)))
-                    chunk, items = [], []
+                    chunk, items, size = [], [], protocol.batch_size([])
+                size += len(item) + (1 if items else 0)  # and its comma
                 chunk.append(job)
                 items.append(item)
             if chunk:

@@ -293,3 +293,12 @@ def test_fast_jobs_go_to_one_worker_in_a_batch_and_slow_ones_side_by_side(suite:
     assert len(set(fast)) == 1, fast  # one worker woken for the six
     slow = [c.wait(jid, timeout=10)["worker"] for jid in c.submit_many([("slow", ["0.3"])] * 3)]
     assert sorted(slow) == ["1", "2", "3"], slow  # an unknown (or slow) task is spread: no job waits behind another
+
+
+def test_a_step_of_large_jobs_is_split_into_messages_within_the_size_limit(suite: Suite) -> None:
+    suite.start(workers=1)
+    c = suite.client()
+    c.wait(c.submit("task-1", "warm-up"), timeout=10)  # a fast task: the next ones go to the worker together
+    big = ["x" * 3000 + str(i) for i in range(8)]  # two fit in one 8192-byte message, three do not
+    ids = c.submit_many([("task-1", [arg]) for arg in big])
+    assert [c.wait(jid, timeout=10)["result"] for jid in ids] == [f"task-1 {arg} processed" for arg in big]
