@@ -227,7 +227,8 @@ class Host:
         elif job.state in ("delayed", "failed"):
             heapq.heappush(self.delayed, (job.run_at or 0.0, job.id))
 
-    def _set_state(self, job: JobRecord, state: str) -> None:
+    def _set_state(self, job: JobRecord, state: str, change: str = "any") -> None:
+        """Move a job to `state` in the indexes and stage the change (`change`: see store._UPDATES)."""
         self.counts[job.state] -= 1
         self.counts[state] += 1
         job.state = state
@@ -241,7 +242,7 @@ class Host:
             for conn, rid, _deadline in self.waiters.pop(job.id, []):
                 self.replies.append((conn, {"rid": rid, "ok": True, "job": job.public()}, True))
         assert self.store is not None
-        self.store.update(job)
+        self.store.update(job, change)
 
     def run(self) -> int:
         self.start()
@@ -497,7 +498,7 @@ class Host:
         if msg.ok:
             self.workers[msg.instance].done += 1
             job.result, job.error = msg.output, None
-            self._set_state(job, "done")
+            self._set_state(job, "done", "done")
             self.events.event("done", job.id, job.task, job.queue, job.attempts, msg.instance,
                               f"in {msg.duration:.3f}s")
             return
@@ -619,7 +620,7 @@ class Host:
                         break
                     job.attempts += 1
                     job.worker, job.started_at = w.instance, time.time()
-                    self._set_state(job, "running")
+                    self._set_state(job, "running", "dispatched")
                     w.assigned.add(job.id)
                     self.outbox.append((w, job))
                     self.events.event("dispatched", job.id, job.task, job.queue, job.attempts, w.instance)

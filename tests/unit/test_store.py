@@ -1,0 +1,54 @@
+"""The store on a real SQLite file: what is staged is what lands, whichever UPDATE writes it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tq.store import JobRecord, Store
+
+# What the host does to a job, as (change kind, mutation): the kind names the columns the mutation may touch.
+STEPS = {
+    "dispatched": ("dispatched", lambda j, n: _set(j, state="running", attempts=j.attempts + 1, worker=str(n % 4),
+                                                    started_at=float(n))),
+    "done": ("done", lambda j, n: _set(j, state="done", result=f"out {n}", error=None, finished_at=float(n))),
+    "failed": ("any", lambda j, n: _set(j, state="failed", error=f"boom {n}", run_at=float(n), finished_at=float(n))),
+    "queued": ("any", lambda j, n: _set(j, state="queued", worker=None, attempts=max(0, j.attempts - 1))),
+}
+
+
+def _set(job: JobRecord, **fields: object) -> None:
+    for name, value in fields.items():
+        setattr(job, name, value)
+
+
+def _job() -> JobRecord:
+    return JobRecord(id=0, task="t", args_json='["a"]', payload_json=None, queue="default", priority=0,
+                     state="queued", attempts=0, retries=3, timeout=30.0, backoff=1.0, backoff_max=60.0,
+                     run_at=None, worker=None, result=None, error=None, submitter=0, created_at=time.time(),
+                     started_at=None, finished_at=None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(sorted(STEPS)), st.booleans()), max_size=12))
+def test_every_staged_change_lands_whichever_update_writes_it(tmp_path_factory: object, steps: list[tuple[str, bool]],
+                                                              ) -> None:
+    state_dir = Path(tmp_path_factory.mktemp("store"))  # type: ignore[attr-defined]
+    store = Store(str(state_dir))
+    try:
+        job = _job()
+        store.insert(job)
+        store.commit()
+        for n, (step, commit) in enumerate(steps):
+            kind, mutate = STEPS[step]
+            mutate(job, n)
+            store.update(job, kind)
+            if commit:  # changes of different kinds may share a commit, or not
+                store.commit()
+        store.commit()
+        assert store.get(job.id) == job  # read back from the file: every column
+    finally:
+        store.close()
