@@ -33,15 +33,17 @@ def _job() -> JobRecord:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(sorted(STEPS)), st.booleans()), max_size=12))
-def test_every_staged_change_lands_whichever_update_writes_it(tmp_path_factory: object, steps: list[tuple[str, bool]],
-                                                              ) -> None:
+@given(st.booleans(), st.lists(st.tuples(st.sampled_from(sorted(STEPS)), st.booleans()), max_size=12))
+def test_every_staged_change_lands_whichever_statement_writes_it(tmp_path_factory: object, insert_alone: bool,
+                                                                 steps: list[tuple[str, bool]]) -> None:
+    """Inserted alone (the short INSERT) or changed in the same step (the full one), then UPDATEs of each kind."""
     state_dir = Path(tmp_path_factory.mktemp("store"))  # type: ignore[attr-defined]
     store = Store(str(state_dir))
     try:
         job = _job()
         store.insert(job)
-        store.commit()
+        if insert_alone:
+            store.commit()
         for n, (step, commit) in enumerate(steps):
             kind, mutate = STEPS[step]
             mutate(job, n)
