@@ -297,7 +297,8 @@ class Host:
         self._flush()
         self.events.tick()
         self.notifier.tick(now)
-        self.notifier.status(self._status_text(), now)
+        if self.notifier.status_due(now):
+            self.notifier.status(self._status_text(), now)
 
     def _trim_memory(self, now: float) -> None:
         """Give the memory of a burst back once the host has had no request or result for a second.

@@ -45,13 +45,19 @@ class Notifier:
         if status:
             self._status = status
 
+    def status_due(self, now: float) -> bool:
+        """Whether status(text, now) may send now: callers build the text only then (at most twice a second)."""
+        return self.enabled and now >= self._next_status
+
     def status(self, text: str, now: float | None = None) -> None:
-        """Send STATUS= when it changed, at most twice a second when `now` is given."""
-        if text == self._status or (now is not None and now < self._next_status):
-            return
-        self._status = text
-        self._next_status = (now or 0.0) + 0.5
-        self._send(f"STATUS={text}")
+        """Send STATUS= when it changed; when `now` is given, look at most twice a second."""
+        if now is not None:
+            if now < self._next_status:
+                return
+            self._next_status = now + 0.5
+        if text != self._status:
+            self._status = text
+            self._send(f"STATUS={text}")
 
     def reloading(self) -> None:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000

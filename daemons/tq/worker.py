@@ -360,6 +360,8 @@ class Worker:
         self._flush_pending()
 
     def _status(self, now: float) -> None:
+        if not self.notifier.status_due(now):
+            return
         if self.stop_requested:
             text = "stopping"
         elif self.current is not None:
