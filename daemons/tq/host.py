@@ -82,6 +82,7 @@ class Conn:
     rbuf: bytearray = field(default_factory=bytearray)
     wbuf: bytearray = field(default_factory=bytearray)
     closed: bool = False
+    writing: bool = False  # the selector watches it for EVENT_WRITE
 
 
 class Host:
@@ -788,8 +789,10 @@ class Host:
         except OSError:
             self._close(conn)
             return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.wbuf else 0)
-        self.sel.modify(conn.sock, events, self.sel.get_key(conn.sock).data)
+        if bool(conn.wbuf) != conn.writing:  # watch for room only while a reply waits for it
+            conn.writing = bool(conn.wbuf)
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.writing else 0)
+            self.sel.modify(conn.sock, events, self.sel.get_key(conn.sock).data)
 
     def _close(self, conn: Conn) -> None:
         if conn.closed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -302,3 +303,22 @@ def test_a_step_of_large_jobs_is_split_into_messages_within_the_size_limit(suite
     big = ["x" * 3000 + str(i) for i in range(8)]  # two fit in one 8192-byte message, three do not
     ids = c.submit_many([("task-1", [arg]) for arg in big])
     assert [c.wait(jid, timeout=10)["result"] for jid in ids] == [f"task-1 {arg} processed" for arg in big]
+
+
+def test_a_reply_bigger_than_the_socket_buffer_waits_for_a_slow_reader_without_stalling_others(
+        suite: Suite) -> None:
+    suite.host()
+    c = suite.client()
+    c.submit_many([("task-1", ["x" * 200]) for _ in range(3000)])  # a list reply of about 1.5 MB
+    slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    slow.settimeout(10)
+    slow.connect(str(suite.dir / "tq.sock"))
+    slow.sendall(json.dumps({"op": "list", "rid": 1, "limit": 5000}).encode() + b"\n")
+    assert c.status()["states"]["queued"] == 3000  # the host serves others while that reply waits
+    reply = bytearray()
+    while not reply.endswith(b"\n"):
+        chunk = slow.recv(65536)
+        assert chunk, "connection closed before the whole reply came"
+        reply += chunk
+    slow.close()
+    assert len(json.loads(reply)["jobs"]) == 3000
