@@ -256,8 +256,10 @@ class Worker:
             execution: handlers.Execution = handlers.Done(handlers.Outcome(
                 False, "", f"no task {job.task!r} in the configuration of worker {self.instance}"))
         else:
-            env = self.env | {"TQ_JOB_ID": str(job.id), "TQ_TASK": job.task, "TQ_ATTEMPT": str(job.attempt),
-                              "TQ_WORKER": self.instance}
+            env = self.env  # a command's environment gets the job's TQ_* (only a command has one)
+            if task.handler == "command":
+                env = env | {"TQ_JOB_ID": str(job.id), "TQ_TASK": job.task, "TQ_ATTEMPT": str(job.attempt),
+                             "TQ_WORKER": self.instance}
             execution = handlers.start(task, job, env)
         self.current = Attempt(job, execution, queue, now, now + job.timeout)
         self._poll_attempt(now)
