@@ -290,7 +290,8 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=20000)
     p.add_argument("--peers", action="store_true", help="also run beanstalkd -b through the drain")
     p.add_argument("--idle-seconds", type=float, default=10.0)
-    p.add_argument("--rounds", type=int, default=3, help="runs of each throughput and latency figure; the median is shown")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="runs of each throughput and latency figure; the median is shown")
     args = p.parse_args()
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}}
     if int(Path("/proc/sys/fs/mqueue/msg_max").read_text()) < 32:  # the shipped config's host queue depth
