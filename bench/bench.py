@@ -143,11 +143,12 @@ def batch_rates(suite: Suite, jobs: int) -> dict[str, float]:
 
 
 def latency(suite: Suite, n: int) -> dict[str, float]:
+    """Sequential submits that wait for their result (Client.submit_and_wait: one request, answered twice)."""
     c = suite.client()
     samples = []
     for i in range(n):
         start = time.perf_counter()
-        c.wait(c.submit("task-1", str(i)), timeout=10)
+        c.submit_and_wait("task-1", str(i), wait_timeout=10)
         samples.append((time.perf_counter() - start) * 1000)
     samples.sort()
     return {"p50_ms": round(statistics.median(samples), 3), "p99_ms": round(samples[int(n * 0.99) - 1], 3)}

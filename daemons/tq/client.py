@@ -104,13 +104,24 @@ class Client:
         self._sock_timeout = seconds
 
     def call(self, op: str, wait: float | None = None, **fields: Any) -> dict[str, Any]:
-        """Send one request and return the reply's body; raise a TqError for a refusal."""
-        sock = self._connect()
+        """Send one request and return the reply's body; raise a TqError for a refusal.
+
+        `wait`: seconds the host may take on top of the client's timeout (it answers when a job finishes).
+        """
+        self._connect()
         self._rid += 1
+        return self._exchange(control.encode({"op": op, "rid": self._rid, **fields}), wait)
+
+    def _exchange(self, request: bytes | None, wait: float | None) -> dict[str, Any]:
+        """Send `request` (None: nothing, a further reply is due) and read one reply line."""
+        sock = self._sock
+        if sock is None:
+            raise HostUnreachable(f"lost tq-host at {self.socket_path}: not connected")
         try:
             self._set_timeout(sock, None if self.timeout is None else self.timeout + (wait or 0.0))
             try:
-                sock.sendall(control.encode({"op": op, "rid": self._rid, **fields}))
+                if request is not None:
+                    sock.sendall(request)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the host may have answered and closed (it refuses when out of resources): read on
             searched = 0
@@ -143,6 +154,26 @@ class Client:
         spec = _spec(task, list(args), queue=queue, priority=priority, delay=delay, timeout=timeout,
                      retries=retries, payload=payload)
         return int(self.call("submit", jobs=[spec])["ids"][0])
+
+    def submit_and_wait(self, task: str, *args: Any, wait_timeout: float | None = None, queue: str | None = None,
+                        priority: int | None = None, delay: float = 0, timeout: float | None = None,
+                        retries: int | None = None, payload: Any = None) -> dict[str, Any]:
+        """Submit one job and wait for it, in one request: the job once it is done, dead or cancelled.
+
+        The host acknowledges the submit (durable) first and answers again when the job has finished; one
+        round trip fewer than submit() then wait(). Past `wait_timeout` raises JobTimeout naming the job,
+        which stays submitted.
+        """
+        spec = _spec(task, list(args), queue=queue, priority=priority, delay=delay, timeout=timeout,
+                     retries=retries, payload=payload)
+        limit = 10.0**9 if wait_timeout is None else wait_timeout
+        job_id = int(self.call("submit", jobs=[spec], wait_for=limit)["ids"][0])  # acknowledged: it is durable
+        try:
+            return dict(self._exchange(None, limit)["job"])
+        except JobTimeout:
+            raise  # its message names the job
+        except TqError as e:
+            raise type(e)(f"job {job_id} was submitted, then: {e}") from None
 
     def submit_many(self, jobs: Iterable[tuple[str, list[Any]] | dict[str, Any]]) -> list[int]:
         """Submit many jobs in one request and one commit: (task, args) pairs or dicts of submit's fields."""

@@ -342,10 +342,15 @@ class Host:
             self.store.rollback()
         except sqlite3.Error:
             pass
+        for job_id in [j for j in self.waiters if j >= self.store.next_id]:  # submitted with wait_for, undone
+            del self.waiters[job_id]
         # Nothing this step decided is true any more: every answer that depended on it becomes a refusal.
         failed = f"store write failed: {error}; nothing was changed, try again"
+        refused = {(id(c), repr(r.get("rid"))) for c, r, durable in self.replies if durable}
         self.replies = [(c, {"rid": r.get("rid"), "ok": False, "code": "unavailable", "error": failed}, False)
-                        if durable else (c, r, False) for c, r, durable in self.replies]
+                        if durable else (c, r, False) for c, r, durable in self.replies
+                        # a refused request gets that one answer (not also its wait_for's timeout)
+                        if durable or (id(c), repr(r.get("rid"))) not in refused]
         self._recover()
 
     # ---- intake: worker messages ----------------------------------------
@@ -831,7 +836,11 @@ class Host:
         return {"version": __version__}
 
     def _op_submit(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        """Store the jobs; with `wait_for` (seconds, one job) answer twice: the ids now, the job when finished."""
         specs = control.field(req, "jobs", list)
+        wait_for = control.field(req, "wait_for", (int, float), None)
+        if wait_for is not None and (len(specs) != 1 or not 0 <= wait_for < math.inf):
+            raise control.RequestError("bad_request", "wait_for takes one job and a finite number of seconds")
         jobs = [self._new_job(spec, conn.uid) for spec in specs]  # validate all before storing any
         assert self.store is not None
         ids = []
@@ -841,6 +850,9 @@ class Host:
             self._track(job)
             ids.append(job.id)
             self.events.event("submitted", job.id, job.task, job.queue, detail=detail)
+        if wait_for is not None:  # the waiter's answer follows this one (see _set_state, _expire_waiters)
+            self.waiters[ids[0]].append((conn, rid, time.monotonic() + float(wait_for)))
+            return {"ids": ids, "more": True}
         return {"ids": ids}
 
     def _new_job(self, spec: Any, uid: int) -> JobRecord:

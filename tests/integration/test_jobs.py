@@ -12,7 +12,7 @@ import posix_ipc
 import pytest
 
 from harness import Suite, wait_until
-from tq.client import HostUnreachable
+from tq.client import HostUnreachable, JobTimeout, Refused
 
 RECORD = '\n[tasks.rec]\npython = "tq_test_handlers:record"\n'
 
@@ -322,3 +322,21 @@ def test_a_reply_bigger_than_the_socket_buffer_waits_for_a_slow_reader_without_s
         reply += chunk
     slow.close()
     assert len(json.loads(reply)["jobs"]) == 3000
+
+
+def test_submit_and_wait_is_one_request_with_the_id_first_and_the_job_when_finished(suite: Suite) -> None:
+    suite.write_config('\n[tasks.fail]\ncommand = ["/bin/false"]\nretries = 0\n')
+    host = suite.host()
+    c = suite.client()
+    with pytest.raises(JobTimeout, match=r"job (\d+) did not finish in time") as e:
+        c.submit_and_wait("task-1", "early", wait_timeout=0.3)  # no worker yet
+    job_id = int(e.value.args[0].split()[1])
+    assert c.get(job_id)["state"] == "queued"  # acknowledged before the wait: it stays submitted
+    suite.worker("1")
+    job = c.submit_and_wait("task-1", "x", wait_timeout=10)
+    assert (job["state"], job["result"]) == ("done", "task-1 x processed")
+    assert c.submit_and_wait("fail", wait_timeout=10)["state"] == "dead"
+    assert c.wait(job_id, timeout=10)["result"] == "task-1 early processed"  # no reply was left over
+    with pytest.raises(Refused, match="wait_for takes one job"):
+        c.call("submit", jobs=[{"task": "task-1"}] * 2, wait_for=1)
+    assert host.proc.poll() is None

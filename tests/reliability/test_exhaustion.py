@@ -45,7 +45,9 @@ def test_full_disk_refuses_submits_clearly_and_resumes(suite: Suite) -> None:
         assert "database or disk is full" in refusal
         r = suite.tqctl("submit", "task-1")
         assert r.returncode == 3 and "disk is full" in r.stderr
-        assert c.status()["version"]  # the host is up
+        with pytest.raises(TqError, match="disk is full"):
+            c.submit_and_wait("task-1", "refused", wait_timeout=0)  # its wait would time out in the same step
+        assert c.status()["version"]  # the host is up, and this is the answer to status, not a stray timeout
         filler.unlink()
         acked.append(c.submit("task-1", "after"))
         for jid in acked:

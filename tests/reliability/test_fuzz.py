@@ -82,7 +82,8 @@ job_specs = st.fixed_dictionaries({}, optional={
     "timeout": st.floats() | json_values, "retries": st.integers(-5, 5) | json_values})
 requests = st.fixed_dictionaries({"op": ops | json_values}, optional={
     "rid": json_values, "id": st.integers(-5, 50) | json_values, "jobs": st.lists(job_specs, max_size=3) | json_values,
-    "timeout": st.floats(-1, 0) | json_values, "limit": st.integers(-5, 5) | json_values,
+    "timeout": st.floats(-1, 0) | json_values, "wait_for": st.floats(-1, 0.01) | json_values,
+    "limit": st.integers(-5, 5) | json_values,
     "state": st.sampled_from(["done", "queued"]) | json_values, "queue": json_values, "task": json_values})
 
 
