@@ -309,6 +309,7 @@ def main() -> int:
         workers = [suite.worker(str(i), env=unit_environment(REPO / "units/tq-worker@.service"))
                    for i in range(1, WORKERS + 1)]
         suite.wait_live(WORKERS)
+        time.sleep(2.0)  # past the host's one-off trim a second after start (see idle after load below)
         results["idle_fresh"] = idle([host, workers[0]], args.idle_seconds)
         n = args.rounds
         results["drain"] = median_run(runs(suite, n, lambda: drain(suite, args.jobs, 4)), "jobs_per_s")
