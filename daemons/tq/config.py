@@ -6,8 +6,10 @@ errors the line, so that `tqctl config check` reads like `nginx -t`.
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .configfiles import DEFAULT_SOCKET, read_files
@@ -85,17 +87,12 @@ class Config:
         """The worker settings of one instance: `[worker]` overridden by `[worker.N]`."""
         return self.worker_overrides.get(instance, self.worker)
 
-    _task_cache: dict[str, TaskConfig | None] = field(default_factory=dict, compare=False, repr=False)
+    task_for: Callable[[str], TaskConfig | None] = field(init=False, compare=False, repr=False)
+    """The task config for a task name: an exact name first, then the first pattern that matches (cached)."""
 
-    def task_for(self, name: str) -> TaskConfig | None:
-        """The task config for a task name: an exact name first, then the first pattern that matches."""
-        if name in self._task_cache:
-            return self._task_cache[name]
-        if len(self._task_cache) > 10_000:  # task names are operator-chosen, but never trust the count
-            self._task_cache.clear()
-        found = self._find_task(name)
-        self._task_cache[name] = found
-        return found
+    def __post_init__(self) -> None:
+        # Task names come from clients: the cache is bounded, and it goes with the configuration at reload.
+        object.__setattr__(self, "task_for", functools.lru_cache(maxsize=10_000)(self._find_task))
 
     def _find_task(self, name: str) -> TaskConfig | None:
         for task in self.tasks:
@@ -112,6 +109,22 @@ class Config:
 
     def inbox(self, instance: str) -> str:
         return f"{self.mqueue.prefix}.w.{instance}"
+
+
+def keep_for_restart(running: Config, new: Config, keys: tuple[str, ...]) -> tuple[Config, list[str]]:
+    """`new`, with the dotted `keys` (such as "mqueue.prefix") kept as `running` has them; and those that differ."""
+    pending = [key for key in keys if _value(running, key) != _value(new, key)]
+    sections: dict[str, dict[str, Any]] = {}
+    for key in pending:
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = _value(running, key)
+    kept = {section: replace(getattr(new, section), **values) for section, values in sections.items()}
+    return replace(new, **kept), pending
+
+
+def _value(cfg: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
 
 
 def topic_matches(pattern: str, name: str) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 MAX_LINE = 64 * 1024 * 1024
 
 # error codes -> tqctl exit status (SPEC §3)
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_PERMISSION, EXIT_NOT_FOUND, EXIT_TIMEOUT = range(7)
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_PERMISSION, EXIT_NOT_FOUND, EXIT_TIMEOUT = range(1, 7)
 CODE_EXIT = {
     "bad_request": EXIT_USAGE,
     "unknown_task": EXIT_USAGE,

@@ -14,8 +14,7 @@ from typing import Any
 
 from . import __version__, configfiles, control
 from .client import Client, JobTimeout, Refused, TqError
-
-FINAL = ("done", "dead", "cancelled")
+from .states import FINAL, JobState
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,26 +50,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--payload", help="payload text, given to a command on stdin ('-' reads stdin)")
     s.add_argument("--wait", action="store_true", help="wait for the job and print its result")
     s.add_argument("--wait-timeout", type=_duration, help="give up waiting after this long (exit 6)")
+    s.set_defaults(func=_cmd_submit)
 
-    sub.add_parser("status", parents=[common], help="host, job counts and workers")
+    sub.add_parser("status", parents=[common], help="host, job counts and workers").set_defaults(func=_cmd_status)
     ls = sub.add_parser("list", parents=[common], help="list jobs, newest first")
-    ls.add_argument("--state", choices=("queued", "delayed", "running", "done", "failed", "dead", "cancelled"))
+    ls.set_defaults(func=_cmd_list)
+    ls.add_argument("--state", choices=[s.value for s in JobState])
     ls.add_argument("--queue")
     ls.add_argument("--task")
     ls.add_argument("--limit", type=int, default=50)
-    for name, text in (("show", "show one job"), ("cancel", "cancel a queued or delayed job"),
-                       ("retry", "run a dead, failed or cancelled job again")):
+    for name, text, func in (("show", "show one job", _cmd_show),
+                             ("cancel", "cancel a queued or delayed job", _cmd_cancel),
+                             ("retry", "run a dead, failed or cancelled job again", _cmd_retry)):
         c = sub.add_parser(name, parents=[common], help=text)
         c.add_argument("id", type=int)
+        c.set_defaults(func=func)
     r = sub.add_parser("result", parents=[common], help="print a job's result")
+    r.set_defaults(func=_cmd_result)
     r.add_argument("id", type=int)
     r.add_argument("--wait", action="store_true", help="wait until the job has finished")
     r.add_argument("--wait-timeout", type=_duration)
-    sub.add_parser("workers", parents=[common], help="the workers the host knows")
+    sub.add_parser("workers", parents=[common], help="the workers the host knows").set_defaults(func=_cmd_workers)
     w = sub.add_parser("watch", parents=[common], help="show status every second until interrupted")
+    w.set_defaults(func=_cmd_watch)
     w.add_argument("--interval", type=_duration, default=1.0)
     cfg = sub.add_parser("config", parents=[common], help="configuration")
     cfg.add_argument("action", choices=("check",), help="check: validate the configuration (exit 0 or 2)")
+    cfg.set_defaults(func=None)  # it reads the configuration, not the host
     return p
 
 
@@ -81,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             return _config_check(args, as_json)
         with Client(config=args.config) as client:
-            result: int = globals()[f"_cmd_{args.command}"](client, args, as_json)
+            result: int = args.func(client, args, as_json)
             return result
     except TqError as e:
         _error(str(e), as_json, e.exit_code)

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 _FIELDS = ("TQ_JOB_ID", "TQ_TASK", "TQ_QUEUE", "TQ_WORKER", "TQ_ATTEMPT")
-ALWAYS = {"failed", "retrying", "dead", "lost", "duplicate", "released"}
+ALWAYS = {"failed", "retrying", "dead", "lost", "released"}
 
 
 def stderr_is_journal() -> bool:

@@ -15,12 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .states import FINAL, JobState
 from .transport import restrict
 
 SCHEMA_VERSION = 1
-STATES = ("queued", "delayed", "running", "done", "failed", "dead", "cancelled")
-FINAL_STATES = ("done", "dead", "cancelled")
+# Statements that take a store from schema version N to N + 1, run in one transaction at open: a store
+# written by an older tq is upgraded in place, and keeps every job.
+MIGRATIONS: dict[int, tuple[str, ...]] = {}
+_FINAL_SQL = ",".join(f"'{s}'" for s in sorted(FINAL))  # the SQL list of final states
 
+# No secondary indexes: each would cost every submit and every result a B-tree write. Recovery reads the
+# whole table once at start, and pruning walks it from the oldest id.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY,
@@ -44,10 +49,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL
 );
--- No secondary indexes: each would cost every submit and every result a B-tree write. Recovery reads the
--- whole table once at start; pruning walks it from the oldest id.
-DROP INDEX IF EXISTS jobs_open;
-DROP INDEX IF EXISTS jobs_finished;
 CREATE TABLE IF NOT EXISTS workers (
     instance TEXT PRIMARY KEY,
     pid INTEGER,
@@ -64,12 +65,12 @@ _COLUMNS = ("id", "task", "args", "payload", "queue", "priority", "state", "atte
 
 
 # A new job that has not run yet: attempts (0), worker, result, error, started_at and finished_at (NULL) are
-# the defaults, and binding 14 values instead of 20 makes the INSERT about a third cheaper.
+# the defaults; binding fewer values makes the INSERT cheaper (docs/performance.md).
 _FRESH = ("id", "task", "args", "payload", "queue", "priority", "state", "retries", "timeout", "backoff",
           "backoff_max", "run_at", "submitter", "created_at")
 
-# The columns each kind of UPDATE writes. A narrow UPDATE costs SQLite about 40% less than one of all eight
-# columns, and dispatches and results are most of them.
+# The columns each kind of UPDATE writes: a narrow UPDATE costs SQLite less than one of all eight columns, and
+# dispatches and results are most of them.
 _UPDATES = {
     "dispatched": ("state", "attempts", "worker", "started_at"),
     "done": ("state", "result", "error", "finished_at"),
@@ -86,7 +87,7 @@ _ROW, _FRESH_ROW = _values(_COLUMNS), _values(_FRESH)
 _UPDATE_ROWS = {change: _values((*columns, "id")) for change, columns in _UPDATES.items()}
 
 
-@dataclass(slots=True)  # no __dict__: a backlog of queued jobs costs a third less memory
+@dataclass(slots=True)  # no __dict__: a backlog of queued jobs costs less memory
 class JobRecord:
     """One job as the host keeps it in memory and in the store."""
 
@@ -96,7 +97,7 @@ class JobRecord:
     payload_json: str | None
     queue: str
     priority: int
-    state: str
+    state: JobState
     attempts: int
     retries: int
     timeout: float
@@ -134,16 +135,15 @@ class Store:
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect for a new file: pruning frees pages
-            # Only tq-host opens the store: holding its lock spares ~6 fcntl calls per commit, and WAL then keeps
-            # its index in memory instead of a shared -shm file. Other readers wait until tq-host stops.
+            # Only tq-host opens the store: holding its lock spares file locking on every commit, and WAL then
+            # keeps its index in memory instead of a shared -shm file. Other readers wait until tq-host stops.
             self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self.db.execute("PRAGMA journal_mode=WAL")
-            # The hot pages are the newest leaves and the inner pages: 512 KiB holds them (the default 2 MiB
+            # The hot pages are the newest leaves and the inner pages: 512 KiB holds them (a larger cache
             # measured no faster and stayed resident after a burst).
             self.db.execute("PRAGMA cache_size=-512")
-            self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
-            self.db.executescript(_SCHEMA)
-            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self.set_durability(durability)
+            self._upgrade()
             self.next_id = self._max_id() + 1
         except sqlite3.Error as e:
             raise StoreError(f"cannot open store {self.path}: {e}") from None
@@ -151,6 +151,27 @@ class Store:
             restrict(self.path + suffix, 0o660)
         self._new: dict[int, JobRecord] = {}  # staged inserts and updates, written by flush()
         self._dirty: dict[int, tuple[JobRecord, str]] = {}  # id -> (job, which of _UPDATES covers its changes)
+
+    def set_durability(self, durability: str) -> None:
+        """"full": each commit is fsync'd; "normal": the WAL is fsync'd at checkpoints only. Between transactions."""
+        self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+
+    def _upgrade(self) -> None:
+        """Create the tables of a new store, or bring an older schema up to SCHEMA_VERSION; refuse a newer one."""
+        with self.db:  # one transaction: a failed upgrade leaves the store as it was
+            self.db.execute("BEGIN")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else SCHEMA_VERSION
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"store {self.path} has schema version {version}, written by a newer tq; this "
+                                 f"tq reads up to version {SCHEMA_VERSION}: install the newer tq again")
+            for step in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[step]:
+                    self.db.execute(statement)
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # SQLite itself may end a transaction on an error (SQLITE_FULL): ask it, keep no flag of our own.
     def _begin(self) -> None:
@@ -224,7 +245,7 @@ class Store:
         """Every job not in a final state, for recovery at start."""
         self.flush()
         rows = self.db.execute(
-            f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE state NOT IN ('done','dead','cancelled') ORDER BY id")
+            f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE state NOT IN ({_FINAL_SQL}) ORDER BY id")
         return [_record(r) for r in rows]
 
     def query(self, state: str | None = None, queue: str | None = None, task: str | None = None,
@@ -244,7 +265,7 @@ class Store:
     def count_final(self) -> dict[str, int]:
         self.flush()
         rows = self.db.execute(
-            "SELECT state, count(*) FROM jobs WHERE state IN ('done','dead','cancelled') GROUP BY state")
+            f"SELECT state, count(*) FROM jobs WHERE state IN ({_FINAL_SQL}) GROUP BY state")
         return {state: n for state, n in rows}
 
     def prune(self, before: float, excess: int, limit: int) -> dict[str, int]:
@@ -254,7 +275,7 @@ class Store:
         newest job is never deleted, so that max(id) + 1 never hands out an id a client has seen.
         """
         self.flush()
-        final = "state IN ('done','dead','cancelled') AND id < (SELECT max(id) FROM jobs)"
+        final = f"state IN ({_FINAL_SQL}) AND id < (SELECT max(id) FROM jobs)"
         row = self.db.execute(f"SELECT finished_at FROM jobs WHERE {final} ORDER BY id LIMIT 1").fetchone()
         if excess <= 0 and (row is None or row[0] >= before):
             return {}  # nothing to do: no write transaction, no fsync
@@ -293,4 +314,6 @@ def _not_run(j: JobRecord) -> bool:
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:
-    return JobRecord(*row)  # _COLUMNS are the fields in order
+    job = JobRecord(*row)  # _COLUMNS are the fields in order
+    job.state = JobState(job.state)
+    return job

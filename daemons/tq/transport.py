@@ -26,14 +26,19 @@ class QueueError(Exception):
     """A queue cannot be opened or created; the message says why and what to do."""
 
 
-class PermissionDenied(QueueError):
-    pass
+class QueueAccessDenied(QueueError):
+    """mq_open said EACCES: the caller is not the queues' owner (or in their group)."""
 
 
 class Transport(Protocol):
     """What the daemons need from a queue."""
 
     name: str
+
+    @property
+    def max_messages(self) -> int:
+        """The queue's depth, fixed when it was created."""
+        ...
 
     def send(self, data: bytes, priority: int) -> bool:
         """Send without blocking; False when the queue is full."""
@@ -76,8 +81,8 @@ class PosixQueue:
         return int(self.mq.mqd)
 
     @property
-    def depth(self) -> int:
-        return int(self.mq.current_messages)
+    def max_messages(self) -> int:
+        return int(self.mq.max_messages)
 
     def close(self) -> None:
         try:
@@ -90,18 +95,22 @@ class MemoryQueue:
     """The in-memory twin of PosixQueue: same ordering (priority, then FIFO), same bound."""
 
     def __init__(self, name: str = "mem", max_messages: int = 10) -> None:
-        self.name, self.max_messages = name, max_messages
+        self.name, self._depth = name, max_messages
         self._heap: list[tuple[int, int, bytes]] = []
         self._seq = itertools.count()
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
 
     def send(self, data: bytes, priority: int) -> bool:
-        if len(self._heap) >= self.max_messages:
+        if len(self._heap) >= self._depth:
             return False
         heapq.heappush(self._heap, (-priority, next(self._seq), data))
         os.write(self._w, b"x")
         return True
+
+    @property
+    def max_messages(self) -> int:
+        return self._depth
 
     def receive(self) -> bytes | None:
         if not self._heap:
@@ -167,13 +176,13 @@ def open_queue(name: str, max_messages: int, max_message_size: int, create: bool
     """Open (or create) queue `name` with exactly the configured depth and message size.
 
     An existing queue with other dimensions is drained into `drained` and recreated.
-    Raises PermissionDenied or QueueError with a one-line reason.
+    Raises QueueAccessDenied or QueueError with a one-line reason.
     """
     try:
         mq = posix_ipc.MessageQueue(name, posix_ipc.O_CREAT if create else 0, mode=QUEUE_MODE,
                                     max_messages=max_messages, max_message_size=max_message_size)
     except posix_ipc.PermissionsError:
-        raise PermissionDenied(f"permission denied on queue {name}: add yourself to group {GROUP}") from None
+        raise QueueAccessDenied(f"permission denied on queue {name}: add yourself to group {GROUP}") from None
     except posix_ipc.ExistentialError:
         raise QueueError(f"queue {name} does not exist (is tq-host running?)") from None
     except (ValueError, OSError, posix_ipc.Error) as e:

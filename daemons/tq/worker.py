@@ -13,13 +13,13 @@ import argparse
 import collections
 import os
 import selectors
-import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from . import __version__, config, handlers, log, protocol, transport
-from .notify import Notifier, child_environment
+from . import __version__, config, handlers, protocol, transport
+from .daemon import Daemon, ignore
+from .notify import child_environment
 from .transport import PosixQueue
 
 BATCH = 64  # messages handled per step before looking at the selector again
@@ -35,22 +35,17 @@ class Attempt:
     deadline: float
 
 
-class Worker:
+class Worker(Daemon):
     def __init__(self, cfg: config.Config, config_path: str | None, instance: str) -> None:
-        self.cfg, self.config_path, self.instance = cfg, config_path, instance
+        super().__init__(f"tq-worker@{instance}", cfg, config_path)
+        self.instance = instance
         self.wcfg = cfg.worker_for(instance)
-        self.logger = log.setup(f"tq-worker@{instance}", cfg.log.level)
-        self.events = log.JobEvents(self.logger, cfg.log.job_events, cfg.log.job_events_per_second)
-        self.malformed = log.Burst(self.logger)
-        self.notifier = Notifier()
-        self.sel = selectors.DefaultSelector()
         self.pending: collections.deque[bytes] = collections.deque()  # to the host queue, in order
         self.local: collections.deque[protocol.Job] = collections.deque()  # jobs of a Jobs batch, not yet run
         self.results: list[list[object]] = []  # results not yet sent, packed into one Results message
         self.results_size = 0
         self.current: Attempt | None = None
         self.watched: set[tuple[int, int]] = set()
-        self.stop_requested = self.reload_requested = False
         self.stop_started = 0.0
         self.bye_sent = False
         self.exit_now = False
@@ -65,7 +60,7 @@ class Worker:
     def start(self) -> None:
         cfg = self.cfg
         transport.check_limits(max(cfg.mqueue.max_messages, self.wcfg.prefetch + 1), cfg.mqueue.max_message_size)
-        self._signals()
+        self.watch_signals()
         drained: list[bytes] = []
         # The inbox holds at most `prefetch` jobs and the host's Sync fence: a deeper one would only use up
         # the per-user queue memory (RLIMIT_MSGQUEUE).
@@ -90,7 +85,7 @@ class Worker:
             try:
                 return transport.open_queue(self.cfg.host_queue, self.cfg.mqueue.max_messages,
                                             self.cfg.mqueue.max_message_size, create=False)
-            except transport.PermissionDenied:
+            except transport.QueueAccessDenied:
                 raise
             except transport.QueueError as e:
                 if not logged:
@@ -98,24 +93,8 @@ class Worker:
                     self.notifier.status("waiting for tq-host")
                     logged = True
             self.notifier.tick(time.monotonic())
-            self.sel.select(0.2)
+            self.select(0.2)
         return None
-
-    def _signals(self) -> None:
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        signal.set_wakeup_fd(self._wake_w)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._on_signal)
-        self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        # Only set a flag: the main loop does the work.
-        if signum == signal.SIGHUP:
-            self.reload_requested = True
-        else:
-            self.stop_requested = True
 
     def _hello(self) -> protocol.Hello:
         return protocol.Hello(self.instance, os.getpid(), list(self.wcfg.queues), self.wcfg.prefetch)
@@ -133,7 +112,7 @@ class Worker:
             if self.pending:  # wait for room in the host queue
                 self.notifier.tick(time.monotonic())
                 self._watch([], False, True)
-                self.sel.select(0.1)
+                self.select(0.1)
         if self.reexec:
             self._reexec()
         self.logger.info("tq-worker %s stopped", self.instance)
@@ -144,8 +123,7 @@ class Worker:
         now = time.monotonic()
         progressed = self._poll_attempt(now)
         if self.reload_requested:
-            self.reload_requested = False
-            self._reload()
+            self.reload()
         if self.stop_requested:
             self._stopping(now)
         self._flush_pending()
@@ -186,9 +164,7 @@ class Worker:
             timeout = min(timeout, 0.05)
         idle = self.current is None and not self.pending and not self.stop_requested
         self._watch(self.current.execution.fds if self.current else [], idle, bool(self.pending))
-        for key, _mask in self.sel.select(max(timeout, 0.0)):
-            if key.data == "wake":
-                self._drain_wake()
+        self.select(max(timeout, 0.0))
 
     def _watch(self, fds: list[int], inbox: bool, host_writable: bool = False) -> None:
         """Watch the running attempt's descriptors, the inbox only when idle (else it would spin), and the
@@ -202,15 +178,8 @@ class Worker:
         for fd, _events in self.watched - wanted:
             self.sel.unregister(fd)
         for fd, events in wanted - self.watched:
-            self.sel.register(fd, events, "io")
+            self.sel.register(fd, events, ignore)  # they only wake the selector: the step looks at each
         self.watched = wanted
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 512):
-                pass
-        except BlockingIOError:
-            pass
 
     # ---- messages from the host -----------------------------------------
 
@@ -362,16 +331,16 @@ class Worker:
         self._flush_pending()
 
     def _status(self, now: float) -> None:
-        if not self.notifier.status_due(now):
-            return
+        if self.notifier.status_due(now):
+            self.notifier.status(self.status_text(), now)
+
+    def status_text(self) -> str:
         if self.stop_requested:
-            text = "stopping"
-        elif self.current is not None:
+            return "stopping"
+        if self.current is not None:
             j = self.current.job
-            text = f"running job {j.id} ({j.task}), attempt {j.attempt}"
-        else:
-            text = "idle"
-        self.notifier.status(text, now)
+            return f"running job {j.id} ({j.task}), attempt {j.attempt}"
+        return "idle"
 
     # ---- stop and reload --------------------------------------------------
 
@@ -393,23 +362,17 @@ class Worker:
                                 BYE_WAIT)
             self.exit_now = True
 
-    def _reload(self) -> None:
-        self.notifier.reloading()
-        new = config.reload(self.config_path, self.logger)
-        if new is None:
-            self.notifier.ready()
-            return
-        if new.mqueue != self.cfg.mqueue:
-            self.logger.warning("[mqueue] changed: takes effect at the next restart")
-            new = config.Config(new.files, new.host, self.cfg.mqueue, new.worker, new.worker_overrides, new.log,
-                                new.tasks)
-        old_worker = self.wcfg
-        self.cfg, self.wcfg = new, new.worker_for(self.instance)
-        self.events.configure(new.log.job_events, new.log.job_events_per_second)
-        if (self.wcfg.queues, self.wcfg.prefetch) != (old_worker.queues, old_worker.prefetch):
+    def apply(self, new: config.Config) -> None:
+        old_worker, wcfg = self.wcfg, new.worker_for(self.instance)
+        assert self.inbox is not None
+        most = self.inbox.max_messages - 1  # the inbox's depth is fixed: prefetch jobs and the host's fence
+        if wcfg.prefetch > most:
+            self.logger.warning("worker.prefetch = %d needs an inbox of %d messages; this one holds %d: takes "
+                                "effect at the next restart", wcfg.prefetch, wcfg.prefetch + 1, most + 1)
+            wcfg = replace(wcfg, prefetch=most)
+        self.wcfg = wcfg
+        if (wcfg.queues, wcfg.prefetch) != (old_worker.queues, old_worker.prefetch):
             self._queue_message(self._hello())
-        self.logger.info("configuration reloaded from %s", ", ".join(new.files))
-        self.notifier.ready()
 
     def _reexec(self) -> None:
         self.logger.warning("restarting this worker process: a Python handler outlived its timeout")

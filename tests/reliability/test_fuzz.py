@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from parts import Parts, make_parts
 from tq import config, control, protocol
-from tq.host import Conn, Host
-from tq.store import Store
+from tq.host.server import Conn
 
 SCALE = int(os.environ.get("TQ_FUZZ_SCALE", "1"))
 def fuzz(cases: int) -> settings:
@@ -57,20 +57,15 @@ def test_fuzz_message_decoding_raises_only_protocol_error(data: bytes) -> None:
 # ---- control requests: 30,000 cases --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Host, Conn]]:
-    """A host object with a real store, fed requests directly (its socket and queues are not needed)."""
-    tmp = tmp_path_factory.mktemp("fuzz-host")
-    path = tmp / "tq.toml"
-    path.write_text(f'[host]\nstate_dir = "{tmp}/state"\nsocket = "{tmp}/tq.sock"\n[tasks."#"]\nhandler = "echo"\n'
-                    '[tasks."mail.*"]\nqueue = "mail"\n')
-    h = Host(config.load(str(path)), str(path))
-    h.events.configure("none", 1)
-    h.store = Store(h.cfg.host.state_dir)
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Parts, Conn]]:
+    """tq-host's parts with a real store, fed requests directly (no socket, no POSIX queues needed)."""
+    parts = make_parts(tmp_path_factory.mktemp("fuzz-host"), '[tasks."#"]\nhandler = "echo"\n'
+                                                              '[tasks."mail.*"]\nqueue = "mail"\n')
     a, b = socket.socketpair()
-    yield h, Conn(a, uid=1000)
+    yield parts, Conn(a, uid=1000)
     a.close()
     b.close()
-    h.store.close()
+    parts.close()
 
 
 ops = st.sampled_from(["submit", "get", "wait", "list", "status", "workers", "cancel", "retry", "ping", "nope"])
@@ -93,18 +88,16 @@ def _line(req: Any, raw: bytes) -> bytes:
 
 @fuzz(30_000)
 @given(requests, st.one_of(st.just(b""), st.binary(max_size=80)))
-def test_fuzz_control_requests_always_get_a_well_formed_answer(host: tuple[Host, Conn], req: dict[str, Any],
+def test_fuzz_control_requests_always_get_a_well_formed_answer(host: tuple[Parts, Conn], req: dict[str, Any],
                                                                raw: bytes) -> None:
-    h, conn = host
-    h.replies.clear()
-    h.waiters.clear()
-    h._on_request(conn, _line(req, raw))
-    assert h.store is not None
-    h.store.rollback()  # keep the store small: nothing here is meant to last
-    h.jobs.clear()
-    h.ready.clear()
-    h.delayed.clear()
-    for _conn, reply, _durable in h.replies:
+    parts, conn = host
+    parts.requests.handle(conn, _line(req, raw))
+    replies = parts.requests.take_replies()
+    parts.requests.expire(float("inf"))  # every wait ends: nothing carries over to the next case
+    replies += parts.requests.take_replies()
+    parts.store.rollback()  # keep the store small: nothing here is meant to last
+    parts.jobs.load()
+    for _conn, reply in replies:
         assert isinstance(reply["ok"], bool)
         assert reply["ok"] or reply["code"] in control.CODE_EXIT
         if not reply["ok"]:

@@ -1,0 +1,99 @@
+"""What tq-host and tq-worker share: the selector, the signal self-pipe, the stop and reload flags,
+sd_notify, logging, and the reload scaffolding.
+
+A signal handler only sets a flag; the wake-up pipe makes the selector return,
+and the daemon's loop step does the work (and pings the watchdog).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+
+from . import config, log
+from .notify import Notifier
+
+
+def ignore(_mask: int) -> None:
+    """The callback of a descriptor that only wakes the selector (the loop step reads it)."""
+
+
+class StartError(Exception):
+    """The daemon cannot start (its state dir or socket is taken); the message says why."""
+
+
+class Daemon:
+    """The loop scaffolding of one daemon. Each registered descriptor's data is a callback taking the mask."""
+
+    RESTART_KEYS: tuple[str, ...] = ("mqueue.prefix", "mqueue.max_message_size", "mqueue.max_messages")
+    """Dotted config keys that take effect only at the next start (a reload keeps the running value)."""
+
+    def __init__(self, program: str, cfg: config.Config, config_path: str | None) -> None:
+        self.cfg, self.config_path = cfg, config_path
+        self.logger = log.setup(program, cfg.log.level)
+        self.events = log.JobEvents(self.logger, cfg.log.job_events, cfg.log.job_events_per_second)
+        self.malformed = log.Burst(self.logger)
+        self.notifier = Notifier()
+        self.sel = selectors.DefaultSelector()
+        self.stop_requested = self.reload_requested = False
+
+    def watch_signals(self) -> None:
+        """SIGTERM and SIGINT ask to stop, SIGHUP to reload; each also wakes the selector."""
+        self._wake_r, wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        # Only set a flag: the main loop does the work.
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        else:
+            self.stop_requested = True
+
+    def _drain_wakeups(self, _mask: int) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def select(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for a registered descriptor; run the callback of each that is ready."""
+        for key, mask in self.sel.select(timeout):
+            key.data(mask)
+
+    def reload(self) -> None:
+        """SIGHUP: RELOADING=1, read the configuration again, apply it, READY=1.
+
+        A configuration that does not load is logged and the running one kept. Keys in RESTART_KEYS keep their
+        running value, and the log names those that changed.
+        """
+        self.reload_requested = False
+        self.notifier.reloading()
+        try:
+            new = config.reload(self.config_path, self.logger)
+            if new is None:
+                return
+            new, pending = config.keep_for_restart(self.cfg, new, self.RESTART_KEYS)
+            if pending:
+                self.logger.warning("%s changed: takes effect at the next restart", ", ".join(pending))
+            self.apply(new)
+            self.cfg = new
+            logging.getLogger().setLevel(new.log.level.upper())
+            self.events.configure(new.log.job_events, new.log.job_events_per_second)
+            self.logger.info("configuration reloaded from %s", ", ".join(new.files))
+        finally:
+            self.notifier.ready(self.status_text())
+
+    def apply(self, new: config.Config) -> None:
+        """Put a reloaded configuration into effect (before it becomes `self.cfg`)."""
+
+    def status_text(self) -> str | None:
+        """The one-line STATUS= summary."""
+        return None

@@ -1,0 +1,259 @@
+"""tq-host: keeps the jobs, dispatches them to workers, records their outcome.
+
+One thread, one selector: the control socket, the host's POSIX queue and the
+signal wake-up pipe. `step()` is one loop iteration: take in what arrived,
+decide (promote delayed jobs, expire leases and waiters, assign jobs), commit
+once (group commit), and only then answer clients and send jobs. A job is
+assigned in the store before its message is sent, so after a crash the Sync
+fence (see fleet.py) finds every assignment that never reached its worker.
+
+Where things live: server.py (the control socket), requests.py (the
+operations and waiters), jobs.py (the job table and its transitions),
+fleet.py (the workers and the fence), dispatch.py (assigning and sending).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import gc
+import os
+import selectors
+import sqlite3
+import sys
+import time
+
+from .. import __version__, config, control, protocol, transport
+from ..daemon import Daemon, StartError, ignore
+from ..log import Burst
+from ..store import JobRecord, Store, StoreError
+from .dispatch import Dispatcher
+from .fleet import Fleet
+from .jobs import JobTable
+from .requests import Requests
+from .server import Server
+
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")  # malloc_trim: glibc only
+except OSError:
+    _libc = None
+PRUNE_BATCH = 1000  # finished jobs deleted per loop step while the store is over its retention policy
+PRUNE_INTERVAL = 60.0  # seconds between retention checks once caught up
+IDLE_TRIM = 1.0  # seconds without requests or results before the memory of a burst is given back
+
+
+class Host(Daemon):
+    RESTART_KEYS = ("host.state_dir", "host.socket", *Daemon.RESTART_KEYS)
+
+    def __init__(self, cfg: config.Config, config_path: str | None) -> None:
+        super().__init__("tq-host", cfg, config_path)
+        self.store_errors = Burst(self.logger, interval=5.0)
+        self.next_prune = 0.0
+        self.last_trim = 0.0  # monotonic time the memory was last trimmed
+        self.started_work = 0.0  # recovery allocates too: trim a second after start
+        # The parts, made by start() once the store and the queue are open:
+        self.store: Store
+        self.jobs: JobTable
+        self.fleet: Fleet
+        self.dispatcher: Dispatcher
+        self.requests: Requests
+        self.server: Server
+
+    # ---- start and stop -------------------------------------------------
+
+    def start(self) -> None:
+        """Acquire the state dir, open store, queue and socket, recover, then READY=1."""
+        cfg = self.cfg
+        transport.check_limits(cfg.mqueue.max_messages, cfg.mqueue.max_message_size)
+        os.makedirs(cfg.host.state_dir, mode=0o750, exist_ok=True)
+        self._lock = open(os.path.join(cfg.host.state_dir, "tq.lock"), "a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartError(f"another tq-host is running on {cfg.host.state_dir}") from None
+        self.store = Store(cfg.host.state_dir, cfg.host.durability)
+        self.jobs = JobTable(self.store, self.events)
+        drained: list[bytes] = []
+        mq = transport.open_queue(cfg.host_queue, cfg.mqueue.max_messages, cfg.mqueue.max_message_size,
+                                  drained=drained)
+        # The queue only wakes the selector: every step drains it once, after the sockets (one empty read).
+        self.sel.register(mq.fileno(), selectors.EVENT_READ, ignore)
+        self.fleet = Fleet(cfg, mq, self.jobs, self.store, self._open_inbox, self._on_result, self.logger,
+                           self.malformed)
+        self.dispatcher = Dispatcher(cfg, self.jobs, self.fleet)
+        self.requests = Requests(cfg, self.jobs, self.fleet, self.malformed)
+        self.server = Server(self.sel, self.requests.handle, Burst(self.logger))
+        self.server.listen(cfg.host.socket)
+        self.watch_signals()
+        self._recover()
+        self.started_work = time.monotonic()
+        for data in drained:
+            self.fleet.on_message(data, time.monotonic())
+        self.store.commit()
+        self._deliver()
+        self.logger.info("tq-host %s ready: store %s, queue %s, socket %s, %d open jobs", __version__,
+                         self.store.path, cfg.host_queue, cfg.host.socket, len(self.jobs.jobs))
+        self.notifier.ready(self.status_text())
+
+    def _open_inbox(self, instance: str) -> transport.Transport:
+        return transport.open_queue(self.cfg.inbox(instance), 1, self.cfg.mqueue.max_message_size, create=False)
+
+    def _on_result(self, job: JobRecord, result: protocol.Result) -> None:
+        self.dispatcher.timed(job.task, result.duration)
+        self.jobs.finish(job, result.instance, result.ok, result.output, result.error, result.duration)
+
+    def _recover(self) -> None:
+        """Load every open job from the store and fence every known worker with a Sync."""
+        self.jobs.load()
+        self.dispatcher.outbox.clear()
+        self.fleet.recover(time.monotonic())
+
+    def run(self) -> int:
+        self.start()
+        while not self.stop_requested:
+            self.step()
+        self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        self.logger.info("tq-host stopping; workers carry on and reconnect when it is back")
+        self.store.commit()
+        self._deliver()
+        self.server.close()
+        self.fleet.close()
+        self.store.close()
+
+    # ---- the loop step --------------------------------------------------
+
+    def step(self, max_wait: float | None = None) -> None:
+        """One loop iteration: intake, decisions, one commit, then replies and dispatch."""
+        now = time.monotonic()
+        ping = self.notifier.tick(now)
+        wait = self._time_to_next_work(now, ping)
+        if max_wait is not None:
+            wait = min(wait, max_wait)
+        try:
+            self.select(wait)  # control requests are handled here
+            now = time.monotonic()
+            self.fleet.intake(now)
+            if self.reload_requested:
+                self.reload()
+            self.jobs.promote_due()
+            self.fleet.check_leases(now)
+            self.requests.expire(now)
+            self.dispatcher.assign(now)
+            self._prune(now)
+            self._trim_memory(now)
+            self.store.commit()
+        except sqlite3.Error as e:  # disk full, I/O error: this step is undone, the host carries on
+            self._store_failed(e)
+        self._deliver()
+        self.events.tick()
+        self.notifier.tick(now)
+        if self.notifier.status_due(now):
+            self.notifier.status(self.status_text(), now)
+
+    def _time_to_next_work(self, now: float, ping: float | None) -> float:
+        """Seconds the selector may sleep: until the next watchdog ping, delayed job, timeout or trim."""
+        wait = 1.0
+        if ping is not None:
+            wait = min(wait, ping)
+        due = self.jobs.next_due()
+        if due is not None:
+            wait = min(wait, due - time.time())
+        deadline = self.requests.next_deadline()
+        if deadline is not None:
+            wait = min(wait, deadline - now)
+        if self.last_trim < self._last_work():
+            wait = min(wait, self._last_work() + IDLE_TRIM - now)
+        fleet = self.fleet.next_wakeup(now)
+        if fleet is not None:
+            wait = min(wait, fleet)
+        return max(wait, 0.0)
+
+    def _deliver(self) -> None:
+        """After the commit: send the jobs assigned this step, then the replies."""
+        if self.dispatcher.send():  # some went back to the queue: that change is committed too
+            try:
+                self.store.commit()
+            except sqlite3.Error as e:
+                self._store_failed(e)
+        for conn, reply in self.requests.take_replies():
+            self.server.send(conn, control.encode(reply))
+
+    def _store_failed(self, error: Exception) -> None:
+        """A write failed (disk full, I/O error): forget this step, reload from the store, fence workers."""
+        self.store_errors(f"store write failed: {error}; rolled back this step and recovered from {self.store.path}")
+        try:
+            self.store.rollback()
+        except sqlite3.Error:
+            pass
+        # Nothing this step decided is true any more: every answer that depended on it becomes a refusal.
+        self.requests.undo(self.store.next_id, f"store write failed: {error}; nothing was changed, try again")
+        self._recover()
+
+    # ---- upkeep ---------------------------------------------------------
+
+    def _prune(self, now: float) -> None:
+        """Apply the retention policy in small bites, so that no step stalls for long."""
+        h = self.cfg.host
+        finished = self.jobs.finished()
+        if now < self.next_prune and finished <= h.retain_count:
+            return
+        deleted = self.jobs.prune(time.time() - h.retain_age, finished - h.retain_count, PRUNE_BATCH)
+        # Checking means reading from the oldest job on: at most every 60 s (sooner for a short retain_age).
+        self.next_prune = now + (min(PRUNE_INTERVAL, h.retain_age / 10) if deleted < PRUNE_BATCH else 0.0)
+
+    def _last_work(self) -> float:
+        """Monotonic time of the last request that may allocate much, or of the last results."""
+        return max(self.started_work, self.requests.last_burst, self.fleet.last_result)
+
+    def _trim_memory(self, now: float) -> None:
+        """Give the memory of a burst back once the host has had no request or result for a second.
+
+        Dicts never shrink as entries are removed: the open-job indexes are copied to their present size.
+        Then a full collection, and glibc's malloc_trim returns the free pages.
+        """
+        last_work = self._last_work()
+        if self.last_trim >= last_work or now - last_work < IDLE_TRIM:
+            return
+        self.last_trim = now
+        self.jobs.trim()
+        self.requests.trim()
+        gc.collect()
+        if _libc is not None:
+            _libc.malloc_trim(0)
+
+    # ---- reload and status ----------------------------------------------
+
+    def apply(self, new: config.Config) -> None:
+        if new.host.durability != self.cfg.host.durability:
+            self.store.commit()  # the level applies from the next transaction
+            self.store.set_durability(new.host.durability)
+        self.fleet.cfg = self.dispatcher.cfg = new
+        self.requests.configure(new)
+
+    def status_text(self) -> str:
+        c = self.jobs.counts
+        return (f"{c['queued']} queued, {c['running']} running, {c['delayed'] + c['failed']} waiting; "
+                f"{c['done']} done, {c['dead']} dead; {self.fleet.live()} worker(s) live")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tq-host", description="The tq host daemon: keeps and dispatches jobs.")
+    parser.add_argument("--config", help="config file (default: $TQ_CONFIG or /etc/tq/tq.toml)")
+    parser.add_argument("--version", action="version", version=f"tq-host {__version__}")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as e:
+        print(f"tq-host: {e}", file=sys.stderr)
+        return 2
+    host = Host(cfg, args.config)
+    try:
+        return host.run()
+    except (StartError, StoreError, transport.QueueError, OSError) as e:
+        host.logger.error("cannot start: %s", e)
+        return 1

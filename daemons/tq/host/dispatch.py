@@ -1,0 +1,107 @@
+"""Which ready job goes to which worker, and sending the step's assignments once they are committed.
+
+Round robin, one job per worker per round, so that slow jobs run side by side.
+A job of a task known to be fast (its runs average under FAST_JOB, measured
+from results) lets the same worker take the next one too: one worker woken for
+a batch costs less than four workers woken for one job each.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .. import config, protocol
+from ..store import JobRecord
+from .fleet import Fleet, WorkerState
+from .jobs import RUNNING, JobTable
+
+LONG_JOB = 0.1  # seconds; a worker holding a job this long gets no prefetched jobs until it reports
+FAST_JOB = 0.005  # seconds; a task whose runs take less (on average) is dispatched in batches to one worker
+BLOCKED_BACKOFF = 0.2  # seconds a worker whose inbox was full gets no new jobs
+MAX_TASKS_TIMED = 10_000  # task names come from clients: never trust their count
+
+
+class Dispatcher:
+    def __init__(self, cfg: config.Config, jobs: JobTable, fleet: Fleet) -> None:
+        self.cfg, self.jobs, self.fleet = cfg, jobs, fleet
+        self.task_seconds: dict[str, float] = {}  # task name -> moving average of its run time
+        self.outbox: list[tuple[WorkerState, JobRecord]] = []  # assigned this step, sent after the commit
+
+    def timed(self, task: str, seconds: float) -> None:
+        """A run of `task` took `seconds` (from a result)."""
+        if len(self.task_seconds) > MAX_TASKS_TIMED:
+            self.task_seconds.clear()
+        average = self.task_seconds.get(task)
+        self.task_seconds[task] = seconds if average is None else 0.8 * average + 0.2 * seconds
+
+    def _fast(self, task: str) -> bool:
+        return self.task_seconds.get(task, FAST_JOB) < FAST_JOB
+
+    def assign(self, now: float) -> None:
+        """Hand ready jobs to live workers with free slots, best priority first (staged; sent by `send`)."""
+        workers = self.fleet.dispatchable(now)
+        while workers:
+            progressed = []
+            for w in workers:
+                if w.assigned and self._busy_with_long_job(w):  # the jobs given below cannot change this
+                    continue
+                while len(w.assigned) < w.prefetch:
+                    job = self.jobs.pop_ready(w.queues)
+                    if job is None:
+                        break
+                    self.jobs.start(job, w.instance)
+                    w.assigned.add(job.id)
+                    self.outbox.append((w, job))
+                    if not self._fast(job.task):
+                        progressed.append(w)
+                        break
+            workers = progressed
+
+    def _busy_with_long_job(self, w: WorkerState) -> bool:
+        """Prefetch is for fast-flowing jobs: a worker that has held a job for a while gets no more for now."""
+        now = time.time()
+        jobs = self.jobs.jobs
+        oldest = min((jobs[i].started_at or now for i in w.assigned if i in jobs), default=now)
+        return now - oldest > LONG_JOB
+
+    def send(self) -> bool:
+        """After the commit: send the step's assignments. An inbox that is full (or gone) gets its jobs taken
+        back, and its worker rests for BLOCKED_BACKOFF; True when that happened (the host commits again)."""
+        undelivered = []
+        for w, jobs, data in self._batches():
+            if w.inbox is None or not w.inbox.send(data, protocol.mq_priority(max(j.priority for j in jobs))):
+                undelivered += [(w, job) for job in jobs]
+        self.outbox.clear()
+        for w, job in undelivered:
+            w.blocked_until = time.monotonic() + BLOCKED_BACKOFF
+            if job.state == RUNNING and job.worker == w.instance:
+                w.assigned.discard(job.id)
+                self.jobs.take_back(job)
+        return bool(undelivered)
+
+    def _batches(self) -> list[tuple[WorkerState, list[JobRecord], bytes]]:
+        """The step's assignments as Jobs messages: per worker, in priority order, each within the size limit.
+
+        A batch carries the best priority of its jobs, so a batch with an urgent job overtakes older ones.
+        """
+        limit = self.cfg.mqueue.max_message_size
+        per_worker: dict[str, tuple[WorkerState, list[JobRecord]]] = {}
+        for w, job in self.outbox:
+            per_worker.setdefault(w.instance, (w, []))[1].append(job)
+        batches = []
+        for w, jobs in per_worker.values():
+            chunk: list[JobRecord] = []
+            items: list[bytes] = []
+            size = protocol.batch_size([])
+            for job in jobs:
+                item = protocol.job_item(job.id, job.attempts, job.task, job.args_json, job.payload_json, job.timeout,
+                                         job.priority)
+                if chunk and size + len(item) + 1 > limit:
+                    batches.append((w, chunk, protocol.jobs_message(items)))
+                    chunk, items, size = [], [], protocol.batch_size([])
+                size += len(item) + (1 if items else 0)  # and its comma
+                chunk.append(job)
+                items.append(item)
+            if chunk:
+                batches.append((w, chunk, protocol.jobs_message(items)))
+        return batches

@@ -1,0 +1,277 @@
+"""The workers as tq-host sees them: hello, heartbeats, leases, the Sync fence, and matching each report to
+the attempt the host expects.
+
+The fleet owns the host's POSIX queue, where every worker's messages arrive, and
+each worker's inbox. A worker that appears, comes back with a new pid, or is
+found again after a host restart is fenced before it gets work: the host sends
+Sync at the lowest message priority, and when Synced comes back every job still
+assigned to that worker was lost (its result would have come first) and is
+requeued (see protocol.py). A worker silent for `host.lease` is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import config, protocol
+from ..log import Burst
+from ..store import JobRecord, Store
+from ..transport import QueueError, Transport
+from .jobs import RUNNING, JobTable
+
+MAX_MESSAGES_PER_STEP = 4096
+
+
+@dataclass
+class WorkerState:
+    """What the host knows of one worker instance."""
+
+    instance: str
+    pid: int = 0
+    queues: list[str] = field(default_factory=list)
+    prefetch: int = 1
+    state: str = "syncing"  # syncing | live | leaving | lost | stopped
+    seen: float = 0.0  # monotonic time of the last message from it
+    inbox: Transport | None = None
+    assigned: set[int] = field(default_factory=set)
+    token: int = 0
+    sync_due: bool = False
+    running: int = 0
+    done: int = 0
+    saved: tuple[int, tuple[str, ...], bool] | None = None  # the row last written to the store
+    blocked_until: float = 0.0  # its inbox was full: no dispatch to it before this (monotonic)
+
+    def public(self, now: float) -> dict[str, Any]:
+        return {"instance": self.instance, "pid": self.pid, "state": self.state, "queues": self.queues,
+                "prefetch": self.prefetch, "assigned": sorted(self.assigned), "running": self.running or None,
+                "done": self.done, "seen_ago": round(now - self.seen, 3)}
+
+
+OpenInbox = Callable[[str], Transport]  # a worker's inbox by instance; raises QueueError when it cannot
+OnResult = Callable[[JobRecord, protocol.Result], None]
+
+
+class Fleet:
+    def __init__(self, cfg: config.Config, mq: Transport, jobs: JobTable, store: Store, open_inbox: OpenInbox,
+                 on_result: OnResult, logger: logging.Logger, malformed: Burst) -> None:
+        self.cfg, self.mq, self.jobs, self.store = cfg, mq, jobs, store
+        self.open_inbox, self.on_result = open_inbox, on_result
+        self.logger, self.malformed = logger, malformed
+        self.workers: dict[str, WorkerState] = {}
+        self.tokens = 0
+        self.last_result = 0.0  # monotonic time results last came in
+
+    def recover(self, now: float) -> None:
+        """Fence every worker the store knows of (and those whose hello a failed commit undid)."""
+        known = {w[0]: w for w in self.store.workers()}
+        for job in self.jobs.jobs.values():
+            if job.state == RUNNING and job.worker and job.worker not in known:
+                known[job.worker] = (job.worker, 0, [], "syncing", 0.0)
+        for w in self.workers.values():
+            if w.instance not in known and w.state != "stopped":
+                known[w.instance] = (w.instance, w.pid, w.queues, "syncing", 0.0)
+        for instance, pid, queues, state, _seen in known.values():
+            w = self.workers.get(instance) or WorkerState(instance, pid=pid, queues=queues)
+            self.workers[instance] = w
+            w.assigned = self.jobs.running_on(instance)
+            w.seen = now
+            if state == "stopped" and not w.assigned:
+                w.state = "stopped"
+                continue
+            self._reopen_inbox(w)
+            self._fence(w, "leaving" if state == "leaving" else "syncing")
+
+    def close(self) -> None:
+        """Close the queues this process holds open (the queues themselves stay)."""
+        for w in self.workers.values():
+            if w.inbox is not None:
+                w.inbox.close()
+                w.inbox = None
+        self.mq.close()
+
+    # ---- intake -----------------------------------------------------------
+
+    def intake(self, now: float) -> None:
+        """Handle what waits in the host's queue (a bounded number per step)."""
+        for _ in range(MAX_MESSAGES_PER_STEP):
+            data = self.mq.receive()
+            if data is None:
+                break
+            self.on_message(data, now)
+
+    def on_message(self, data: bytes, now: float) -> None:
+        """One message from a worker; a malformed one is counted and dropped, a bug costs only that message."""
+        try:
+            self._route(protocol.decode(data), now)
+        except protocol.ProtocolError as e:  # raised before any part of the message is acted on
+            self.malformed(f"dropped a malformed message on {self.cfg.host_queue}: {e}")
+        except sqlite3.Error:
+            raise  # the store failed: the host's step recovers
+        except Exception:  # a bug must cost one message, never the daemon
+            self.logger.exception("internal error on message %.200r", data)
+
+    def _route(self, msg: protocol.Message, now: float) -> None:
+        if isinstance(msg, protocol.Results):
+            self.last_result = now
+            for result in protocol.unpack_results(msg):  # checks every item before the first is handled
+                job = self._report(result.instance, result.id, result.attempt, "result", now)
+                if job is not None:
+                    if result.ok:
+                        self.workers[result.instance].done += 1
+                    self.on_result(job, result)
+        elif isinstance(msg, protocol.Heartbeat):
+            self._on_heartbeat(msg, now)
+        elif isinstance(msg, protocol.Hello):
+            self._on_hello(msg, now)
+        elif isinstance(msg, protocol.Synced):
+            self._on_synced(msg, now)
+        elif isinstance(msg, protocol.Release):
+            job = self._report(msg.instance, msg.id, msg.attempt, "release", now)
+            if job is not None:
+                self.jobs.release(job, msg.instance)
+        elif isinstance(msg, protocol.Bye):
+            self._on_bye(msg, now)
+        else:
+            self.malformed(f"dropped a {type(msg).__name__} message, which workers do not send")
+
+    def _worker(self, instance: str) -> WorkerState | None:
+        if not config.INSTANCE_RE.match(instance):
+            self.malformed(f"dropped a message from an invalid worker instance {instance[:40]!r}")
+            return None
+        return self.workers.setdefault(instance, WorkerState(instance, state="lost"))
+
+    def _on_hello(self, msg: protocol.Hello, now: float) -> None:
+        w = self._worker(msg.instance)
+        if w is None:
+            return
+        self.logger.info("worker %s (pid %d) says hello; queues %s", msg.instance, msg.pid, ",".join(msg.queues))
+        self._adopt(w, msg.pid, msg.queues, msg.prefetch, now)
+
+    def _on_heartbeat(self, msg: protocol.Heartbeat, now: float) -> None:
+        w = self._worker(msg.instance)
+        if w is None:
+            return
+        if w.state in ("lost", "stopped") or msg.pid != w.pid:
+            self.logger.info("worker %s (pid %d) is back", msg.instance, msg.pid)
+            self._adopt(w, msg.pid, msg.queues, msg.prefetch, now)
+            return
+        w.seen, w.running = now, msg.running
+
+    def _on_bye(self, msg: protocol.Bye, now: float) -> None:
+        w = self._worker(msg.instance)
+        if w is None:
+            return
+        w.seen = now
+        self.logger.info("worker %s is stopping", msg.instance)
+        self._fence(w, "leaving")
+
+    def _on_synced(self, msg: protocol.Synced, now: float) -> None:
+        w = self._worker(msg.instance)
+        if w is None:
+            return
+        w.seen = now
+        if msg.token != w.token or w.state not in ("syncing", "leaving"):
+            return  # an old fence
+        for job_id in sorted(w.assigned):
+            self.jobs.requeue(job_id, f"not reported by worker {w.instance} before its sync fence")
+        w.assigned.clear()
+        w.running = 0
+        w.state = "stopped" if w.state == "leaving" else "live"
+        self._persist(w)
+        self.logger.info("worker %s %s", w.instance, "stopped" if w.state == "stopped" else "is live")
+
+    # ---- the fence --------------------------------------------------------
+
+    def _adopt(self, w: WorkerState, pid: int, queues: list[str], prefetch: int, now: float) -> None:
+        """A worker (re)appeared: reopen its inbox and fence it before dispatching to it."""
+        w.pid, w.queues, w.seen = pid, queues, now
+        self._reopen_inbox(w)
+        depth = w.inbox.max_messages if w.inbox is not None else 2
+        w.prefetch = max(1, min(prefetch, depth - 1))  # one slot stays free for the Sync fence
+        self._fence(w, "syncing")
+        self._persist(w)
+
+    def _persist(self, w: WorkerState) -> None:
+        """Store what recovery needs of a worker (which instances to fence), only when it changed."""
+        row = (w.pid, tuple(w.queues), w.state == "stopped")
+        if row != w.saved:
+            self.store.save_worker(w.instance, w.pid, w.queues, "stopped" if row[2] else "live", time.time())
+            w.saved = row
+
+    def _reopen_inbox(self, w: WorkerState) -> None:
+        if w.inbox is not None:
+            w.inbox.close()
+            w.inbox = None
+        try:
+            w.inbox = self.open_inbox(w.instance)
+        except QueueError as e:  # not there (yet): its next hello or heartbeat tries again
+            self.logger.warning("worker %s: %s", w.instance, e)
+
+    def _fence(self, w: WorkerState, state: str) -> None:
+        self.tokens += 1
+        w.token, w.state, w.sync_due = self.tokens, state, True
+        self._send_sync(w)
+
+    def _send_sync(self, w: WorkerState) -> None:
+        if w.inbox is None:
+            return
+        if w.inbox.send(protocol.encode(protocol.Sync(w.token)), protocol.SYNC_PRIORITY):
+            w.sync_due = False
+
+    # ---- reports and leases -----------------------------------------------
+
+    def _report(self, instance: str, job_id: int, attempt: int, what: str, now: float) -> JobRecord | None:
+        """The job a worker reports on (result or release), now no longer assigned; None if the report is late."""
+        w = self.workers.get(instance)
+        job = self.jobs.jobs.get(job_id)
+        if w is None or job is None or job.state != RUNNING or job.worker != instance or job.attempts != attempt:
+            state = job.state if job else "finished or unknown"
+            self.logger.warning("ignored a late %s for job %d attempt %d from worker %s (job is %s)",
+                                what, job_id, attempt, instance, state,
+                                extra={"TQ_JOB_ID": job_id, "TQ_WORKER": instance, "TQ_ATTEMPT": attempt})
+            return None
+        w.seen = now
+        w.assigned.discard(job.id)
+        w.running = 0
+        return job
+
+    def check_leases(self, now: float) -> None:
+        """Resend fences that found a full inbox; a worker silent past `host.lease` is lost, its jobs requeued."""
+        for w in self.workers.values():
+            if w.sync_due:
+                self._send_sync(w)
+            if w.state in ("syncing", "live", "leaving") and now - w.seen > self.cfg.host.lease:
+                self.logger.warning("worker %s lost: no message for %.1fs (host.lease); requeueing %d job(s)",
+                                    w.instance, now - w.seen, len(w.assigned), extra={"TQ_WORKER": w.instance})
+                for job_id in sorted(w.assigned):
+                    self.jobs.requeue(job_id, f"worker {w.instance} lost")
+                w.assigned.clear()
+                w.state, w.running, w.sync_due = "lost", 0, False
+
+    # ---- what others ask --------------------------------------------------
+
+    def dispatchable(self, now: float) -> list[WorkerState]:
+        """Live workers with an inbox, not resting after a full one."""
+        return [w for w in self.workers.values() if w.state == "live" and w.inbox is not None
+                and w.blocked_until <= now]
+
+    def next_wakeup(self, now: float) -> float | None:
+        """Seconds until the fleet has work of its own: a fence to resend, or a rested worker for queued jobs."""
+        if any(w.sync_due for w in self.workers.values()):
+            return 0.05
+        if self.jobs.counts["queued"]:  # jobs taken back from a full inbox: try again when the worker may take them
+            rests = [w.blocked_until - now for w in self.workers.values()
+                     if w.state == "live" and w.blocked_until > now]
+            return min(rests, default=None)
+        return None
+
+    def live(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state == "live")
+
+    def public(self, now: float) -> list[dict[str, Any]]:
+        return [w.public(now) for w in sorted(self.workers.values(), key=lambda w: w.instance)]

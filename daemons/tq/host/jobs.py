@@ -1,0 +1,212 @@
+"""The job table: every open job in memory, its indexes, and every state transition in one place.
+
+The store holds every job; tq-host keeps those not yet finished here. The ready
+heaps (one per job queue) and the delayed heap are indexes with lazy deletion:
+an entry whose job has moved on is skipped when it comes up. Each transition
+stages the job's row in the store, logs its job event and keeps the counts per
+state; a job that reaches a final state is handed to `on_final` (the waiters).
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import time
+from collections.abc import Callable
+
+from ..log import JobEvents
+from ..states import FINAL, JobState
+from ..store import JobRecord, Store
+
+QUEUED, DELAYED, RUNNING, DONE = JobState.QUEUED, JobState.DELAYED, JobState.RUNNING, JobState.DONE
+FAILED, DEAD, CANCELLED = JobState.FAILED, JobState.DEAD, JobState.CANCELLED
+WAITING = (DELAYED, FAILED)  # wait for their run_at
+CANCELLABLE = (QUEUED, DELAYED, FAILED)
+RETRYABLE = (DEAD, CANCELLED, FAILED)
+
+
+class InvalidTransition(Exception):
+    """The job's state does not allow what was asked; the message says which states do."""
+
+
+class JobTable:
+    def __init__(self, store: Store, events: JobEvents) -> None:
+        self.store, self.events = store, events
+        self.jobs: dict[int, JobRecord] = {}  # every job not in a final state
+        self.ready: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)  # queue -> (-prio, id)
+        self.delayed: list[tuple[float, int]] = []  # (run_at, id) of delayed and failed jobs
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.on_final: Callable[[JobRecord], None] = lambda job: None
+
+    def load(self) -> None:
+        """Rebuild the table from the store: at start, and after a failed commit."""
+        self.jobs.clear()
+        self.ready.clear()
+        self.delayed.clear()
+        self.counts.clear()
+        self.counts.update(self.store.count_final())
+        for job in self.store.open_jobs():
+            self._index(job)
+
+    def find(self, job_id: int) -> JobRecord | None:
+        """A job, open or finished."""
+        return self.jobs.get(job_id) or self.store.get(job_id)
+
+    def query(self, state: str | None, queue: str | None, task: str | None, limit: int) -> list[JobRecord]:
+        """Jobs from the store, newest first, each as the table has it now."""
+        return [self.jobs.get(j.id) or j for j in self.store.query(state, queue, task, limit)]
+
+    def running_on(self, instance: str) -> set[int]:
+        return {j.id for j in self.jobs.values() if j.state == RUNNING and j.worker == instance}
+
+    def _index(self, job: JobRecord) -> None:
+        """Put an open job into the in-memory indexes."""
+        self.jobs[job.id] = job
+        self.counts[job.state] += 1
+        if job.state == QUEUED:
+            heapq.heappush(self.ready[job.queue], (-job.priority, job.id))
+        elif job.state in WAITING:
+            heapq.heappush(self.delayed, (job.run_at or 0.0, job.id))
+
+    def _move(self, job: JobRecord, state: JobState, change: str = "any") -> None:
+        """Move a job to `state` in the indexes and stage the change (`change`: see store._UPDATES)."""
+        self.counts[job.state] -= 1
+        self.counts[state] += 1
+        job.state = state
+        if state == QUEUED:
+            job.worker = None
+            heapq.heappush(self.ready[job.queue], (-job.priority, job.id))
+        elif state in WAITING:
+            heapq.heappush(self.delayed, (job.run_at or 0.0, job.id))
+        elif state in FINAL:
+            self.jobs.pop(job.id, None)
+            self.on_final(job)
+        self.store.update(job, change)
+
+    # ---- transitions ------------------------------------------------------
+
+    def add(self, job: JobRecord, detail: str) -> int:
+        """A submitted job (queued, or delayed with its run_at): staged in the store, given its id."""
+        self.store.insert(job)
+        self._index(job)
+        self.events.event("submitted", job.id, job.task, job.queue, detail=detail)
+        return job.id
+
+    def promote_due(self) -> None:
+        """Delayed and failed jobs whose run_at has come are queued."""
+        now = time.time()
+        while self.delayed and self.delayed[0][0] <= now:
+            _, job_id = heapq.heappop(self.delayed)
+            job = self.jobs.get(job_id)
+            if job is not None and job.state in WAITING and (job.run_at or 0.0) <= now:
+                self._move(job, QUEUED)
+
+    def next_due(self) -> float | None:
+        """The wall-clock time at which the next delayed job is due (None: none waits)."""
+        return self.delayed[0][0] if self.delayed else None
+
+    def pop_ready(self, queues: list[str]) -> JobRecord | None:
+        """The best ready job of these queues: highest priority, then oldest."""
+        best: tuple[int, int] | None = None
+        best_queue = ""
+        for q in queues:
+            heap = self.ready.get(q)
+            while heap:
+                job = self.jobs.get(heap[0][1])
+                if job is not None and job.state == QUEUED and job.queue == q:
+                    break
+                heapq.heappop(heap)  # stale entry
+            if heap and (best is None or heap[0] < best):
+                best, best_queue = heap[0], q
+        if best is None:
+            return None
+        heapq.heappop(self.ready[best_queue])
+        return self.jobs[best[1]]
+
+    def start(self, job: JobRecord, instance: str) -> None:
+        """A ready job (from pop_ready) is assigned to a worker: its next attempt."""
+        job.attempts += 1
+        job.worker, job.started_at = instance, time.time()
+        self._move(job, RUNNING, "dispatched")
+        self.events.event("dispatched", job.id, job.task, job.queue, job.attempts, instance)
+
+    def take_back(self, job: JobRecord) -> None:
+        """An assignment that never reached the worker (its inbox was full): queued again, the attempt undone."""
+        job.attempts -= 1
+        self._move(job, QUEUED)
+
+    def finish(self, job: JobRecord, instance: str, ok: bool, output: str, error: str, duration: float) -> None:
+        """A worker's result for the running attempt: done, or failed (retried after its backoff) or dead."""
+        job.finished_at = time.time()
+        if ok:
+            job.result, job.error = output, None
+            self._move(job, DONE, "done")
+            self.events.event("done", job.id, job.task, job.queue, job.attempts, instance, f"in {duration:.3f}s")
+            return
+        job.error = error
+        if job.attempts <= job.retries:
+            delay = min(job.backoff * 2 ** max(job.attempts - 1, 0), job.backoff_max)
+            job.run_at = time.time() + delay
+            self._move(job, FAILED)
+            self.events.event("retrying", job.id, job.task, job.queue, job.attempts, instance,
+                              f"{job.error}; attempt {job.attempts + 1} in {delay:.3g}s")
+        else:
+            self._move(job, DEAD)
+            self.events.event("dead", job.id, job.task, job.queue, job.attempts, instance,
+                              f"{job.error}; out of attempts ({job.attempts})")
+
+    def release(self, job: JobRecord, instance: str) -> None:
+        """A job handed back unrun by a stopping worker: queued again, the attempt not counted."""
+        job.attempts -= 1
+        self._move(job, QUEUED)
+        self.events.event("released", job.id, job.task, job.queue, job.attempts, instance,
+                          "handed back by a stopping worker")
+
+    def requeue(self, job_id: int, reason: str) -> None:
+        """A running job whose worker was lost or fenced without reporting it: queued again."""
+        job = self.jobs.get(job_id)
+        if job is None or job.state != RUNNING:
+            return
+        instance = job.worker
+        self._move(job, QUEUED)
+        self.events.event("lost", job.id, job.task, job.queue, job.attempts, instance, f"requeued: {reason}")
+
+    def cancel(self, job: JobRecord) -> None:
+        if job.state not in CANCELLABLE:
+            raise InvalidTransition(f"job {job.id} is {job.state}; only queued, delayed or failed (waiting to "
+                                    "retry) jobs can be cancelled")
+        job.finished_at = time.time()
+        self._move(job, CANCELLED)
+        self.events.event("cancelled", job.id, job.task, job.queue, job.attempts)
+
+    def retry(self, job: JobRecord) -> None:
+        """A dead, cancelled or failed job runs again, its attempts reset."""
+        if job.state not in RETRYABLE:
+            raise InvalidTransition(f"job {job.id} is {job.state}; only dead, cancelled or failed jobs can be "
+                                    "retried")
+        job.attempts, job.error, job.finished_at, job.run_at = 0, None, None, None
+        if job.id in self.jobs:  # failed, waiting to retry
+            self._move(job, QUEUED)
+        else:  # dead or cancelled: back into the indexes
+            self.counts[job.state] -= 1
+            job.state = QUEUED
+            self._index(job)
+            self.store.update(job)
+        self.events.event("retry requested", job.id, job.task, job.queue)
+
+    # ---- upkeep -----------------------------------------------------------
+
+    def finished(self) -> int:
+        return sum(self.counts[state] for state in FINAL)
+
+    def prune(self, before: float, excess: int, limit: int) -> int:
+        """Delete up to `limit` finished jobs: those finished before `before`, then `excess` more; how many went."""
+        deleted = self.store.prune(before, excess, limit)
+        for state, n in deleted.items():
+            self.counts[state] -= n
+        return sum(deleted.values())
+
+    def trim(self) -> None:
+        """Dicts never shrink as entries go: copy the indexes to their present size (after a burst)."""
+        self.jobs = dict(self.jobs)
+        self.ready = collections.defaultdict(list, {q: h for q, h in self.ready.items() if h})

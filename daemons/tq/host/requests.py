@@ -1,0 +1,290 @@
+"""The control operations: what each request does, and the waiters that answer when a job finishes.
+
+A request is one JSON line with an `op`; OPS maps each op to its handler, which
+returns the reply body, or None when it answers later (a wait). Replies are
+held until the step's commit: one that depends on the commit (a submit, cancel
+or retry) is turned into a refusal if the commit fails.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import heapq
+import itertools
+import math
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import __version__, config, control, protocol
+from ..control import RequestError
+from ..log import Burst
+from ..states import FINAL, JobState
+from ..store import JobRecord
+from .fleet import Fleet
+from .jobs import DELAYED, QUEUED, InvalidTransition, JobTable
+from .server import Conn
+
+MUTATING_OPS = {"submit", "cancel", "retry"}  # their replies are true only once the step's commit succeeds
+BURST_OPS = {"submit", "list"}  # requests that may allocate much; a poller's status calls do not count
+PLAIN_SPEC = {"task", "args", "payload"}  # a job spec with no options of its own
+MAX_TASKS_CACHED = 10_000  # task names come from clients: never trust their count
+Reply = tuple[Conn, dict[str, Any], bool]  # connection, reply, whether it depends on this step's commit
+
+
+@dataclass(slots=True)
+class Waiter:
+    conn: Conn
+    rid: Any
+    deadline: float  # monotonic
+    answered: bool = False
+
+
+class Requests:
+    def __init__(self, cfg: config.Config, jobs: JobTable, fleet: Fleet, malformed: Burst) -> None:
+        self.jobs, self.fleet, self.malformed = jobs, fleet, malformed
+        self.logger = fleet.logger
+        self.replies: list[Reply] = []
+        self.waiters: dict[int, list[Waiter]] = collections.defaultdict(list)
+        self.deadlines: list[tuple[float, int, int, Waiter]] = []  # heap: (deadline, seq, job id, waiter)
+        self._seq = itertools.count()
+        self.waiting = 0  # waiters not yet answered (the heap also holds answered ones until they come up)
+        self.started = time.time()
+        self.last_burst = 0.0  # monotonic time of the last request that may allocate much
+        self.configure(cfg)
+        jobs.on_final = self.on_final
+
+    def configure(self, cfg: config.Config) -> None:
+        """Take a (reloaded) configuration: task names are resolved afresh."""
+        self.cfg = cfg
+        self._task = functools.lru_cache(maxsize=MAX_TASKS_CACHED)(self._resolve_task)
+
+    def handle(self, conn: Conn, line: bytes) -> None:
+        """One request line: its reply is held until the step's commit (see take_replies)."""
+        rid: Any = None
+        try:
+            req = control.decode(line)
+            rid = req.get("rid")
+            op = control.field(req, "op", str)
+            if op in BURST_OPS:
+                self.last_burst = time.monotonic()
+            handler = OPS.get(op)
+            if handler is None:
+                raise RequestError("bad_request", f"unknown op {op!r}")
+            reply = handler(self, conn, rid, req)
+            if reply is not None:
+                self.replies.append((conn, {"rid": rid, "ok": True, **reply}, op in MUTATING_OPS))
+        except RequestError as e:
+            self._refuse(conn, rid, e.code, str(e))
+        except sqlite3.Error as e:  # the step recovers from store errors; this request is refused
+            self._refuse(conn, rid, "unavailable", str(e))
+            raise
+        except Exception:  # a bug must cost one request, never the daemon
+            self.logger.exception("internal error on request %.200r", line)
+            self._refuse(conn, rid, "bad_request", "internal error in tq-host (logged)")
+
+    def _refuse(self, conn: Conn, rid: Any, code: str, error: str) -> None:
+        self.replies.append((conn, {"rid": rid, "ok": False, "code": code, "error": error}, False))
+
+    def take_replies(self) -> list[tuple[Conn, dict[str, Any]]]:
+        """The replies decided since the last call, to send now that the step's commit succeeded."""
+        replies = [(conn, reply) for conn, reply, _durable in self.replies]
+        self.replies.clear()
+        return replies
+
+    def undo(self, next_id: int, error: str) -> None:
+        """The step's commit failed: waiters of the jobs it would have created go, and every reply that
+        depended on it becomes a refusal (a refused request gets that one answer, not also its wait's)."""
+        for job_id in [j for j in self.waiters if j >= next_id]:
+            for w in self.waiters.pop(job_id):
+                w.answered = True
+                self.waiting -= 1
+        refused = {(id(c), repr(r.get("rid"))) for c, r, durable in self.replies if durable}
+        self.replies = [(c, {"rid": r.get("rid"), "ok": False, "code": "unavailable", "error": error}, False)
+                        if durable else (c, r, False) for c, r, durable in self.replies
+                        if durable or (id(c), repr(r.get("rid"))) not in refused]
+
+    # ---- waiters ----------------------------------------------------------
+
+    def _wait(self, job_id: int, conn: Conn, rid: Any, timeout: float) -> None:
+        w = Waiter(conn, rid, time.monotonic() + max(0.0, timeout))
+        self.waiters[job_id].append(w)
+        self.waiting += 1
+        heapq.heappush(self.deadlines, (w.deadline, next(self._seq), job_id, w))
+
+    def on_final(self, job: JobRecord) -> None:
+        """A job reached a final state: answer everyone who waits for it."""
+        waiting = self.waiters.pop(job.id, None)
+        if not waiting:
+            return
+        public = job.public()
+        for w in waiting:
+            w.answered = True
+            self.waiting -= 1
+            self.replies.append((w.conn, {"rid": w.rid, "ok": True, "job": public}, True))
+
+    def expire(self, now: float) -> None:
+        """Answer waiters whose time is up with a timeout."""
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, _, job_id, w = heapq.heappop(self.deadlines)
+            if w.answered:
+                continue
+            w.answered = True
+            self.waiting -= 1
+            self._refuse(w.conn, w.rid, "timeout", f"job {job_id} did not finish in time")
+            rest = [x for x in self.waiters.get(job_id, ()) if x is not w]
+            if rest:
+                self.waiters[job_id] = rest
+            else:
+                self.waiters.pop(job_id, None)
+        if len(self.deadlines) > 1024 and len(self.deadlines) > 2 * self.waiting:  # mostly answered: drop those
+            self.deadlines = [entry for entry in self.deadlines if not entry[3].answered]
+            heapq.heapify(self.deadlines)
+
+    def next_deadline(self) -> float | None:
+        """The monotonic time of the next waiter's timeout (None: nobody waits)."""
+        return self.deadlines[0][0] if self.deadlines else None
+
+    def trim(self) -> None:
+        self.waiters = collections.defaultdict(list, self.waiters)
+
+    # ---- submit -----------------------------------------------------------
+
+    def _submit(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        """Store the jobs; with `wait_for` (seconds, one job) answer twice: the ids now, the job when finished."""
+        specs = control.field(req, "jobs", list)
+        wait_for = control.field(req, "wait_for", (int, float), None)
+        if wait_for is not None and (len(specs) != 1 or not 0 <= wait_for < math.inf):
+            raise RequestError("bad_request", "wait_for takes one job and a finite number of seconds")
+        jobs = [self._new_job(spec, conn.uid) for spec in specs]  # validate all before storing any
+        detail = f"by uid {conn.uid}"
+        ids = [self.jobs.add(job, detail) for job in jobs]
+        if wait_for is not None:  # the waiter's answer follows this one (see on_final, expire)
+            self._wait(ids[0], conn, rid, float(wait_for))
+            return {"ids": ids, "more": True}
+        return {"ids": ids}
+
+    def _new_job(self, spec: Any, uid: int) -> JobRecord:
+        """A job from a submit request's spec, checked; RequestError says what is wrong with it.
+
+        The hot path of a batch: a task name seen before skips its checks, a spec with no options takes
+        the task's settings as they are (the config checked them).
+        """
+        if not isinstance(spec, dict):
+            raise RequestError("bad_request", "each job is an object")
+        name = spec.get("task")
+        if type(name) is not str:
+            name = control.field(spec, "task", str)  # raises: absent, null or not a string
+        name, task = self._task(name)
+        if spec.keys() <= PLAIN_SPEC:
+            queue, priority, delay, timeout, retries = task.queue, task.priority, 0.0, task.timeout, task.retries
+        else:
+            queue, priority, delay, timeout, retries = _job_options(spec, task)
+        args = spec.get("args")
+        if type(args) is not list:
+            args = control.field(spec, "args", list, [])  # absent or null: none; anything else is refused
+        payload = spec.get("payload")
+        args_json, payload_json = protocol.to_json(args), None if payload is None else protocol.to_json(payload)
+        size = protocol.job_size(name, args_json, payload_json)
+        limit = self.cfg.mqueue.max_message_size
+        if size > limit:
+            raise RequestError("too_large", f"job {name!r} is too large: its message is {size} bytes; "
+                                            f"mqueue.max_message_size is {limit} bytes")
+        now = time.time()
+        return JobRecord(0, name, args_json, payload_json, queue, priority, DELAYED if delay > 0 else QUEUED, 0,
+                         retries, timeout, task.backoff, task.backoff_max, now + delay if delay > 0 else None, None,
+                         None, None, uid, now, None, None)  # positional: the fields in order
+
+    def _resolve_task(self, name: str) -> tuple[str, config.TaskConfig]:
+        """A task name, checked, with its task (cached: the name interned, one string for all its jobs)."""
+        if not config.TASK_NAME_RE.fullmatch(name):
+            raise RequestError("bad_request", f"invalid task name {name[:60]!r} (dot-separated words of "
+                                              "letters, digits, _ - :)")
+        task = self.cfg.task_for(name)
+        if task is None:
+            known = ", ".join(t.name for t in self.cfg.tasks) or "(none configured)"
+            raise RequestError("unknown_task", f"unknown task {name!r}; known tasks: {known}")
+        return sys.intern(name), task
+
+    # ---- the other operations ---------------------------------------------
+
+    def _lookup(self, req: dict[str, Any]) -> JobRecord:
+        job_id = control.field(req, "id", int)
+        job = self.jobs.find(job_id)
+        if job is None:
+            raise RequestError("not_found", f"no job {job_id}")
+        return job
+
+    def _ping(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        return {"version": __version__}
+
+    def _get(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        return {"job": self._lookup(req).public()}
+
+    def _wait_op(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any] | None:
+        job = self._lookup(req)
+        if job.state in FINAL:
+            return {"job": job.public()}
+        self._wait(job.id, conn, rid, float(control.field(req, "timeout", (int, float), 10**9)))
+        return None
+
+    def _list(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        limit = control.field(req, "limit", int, 50)
+        jobs = self.jobs.query(control.field(req, "state", str, None), control.field(req, "queue", str, None),
+                               control.field(req, "task", str, None), max(0, min(limit, 100000)))
+        return {"jobs": [j.public() for j in jobs]}
+
+    def _status(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        return {"version": __version__, "pid": os.getpid(), "uptime": round(time.time() - self.started, 3),
+                "states": {s.value: self.jobs.counts[s] for s in JobState}, "workers_live": self.fleet.live(),
+                "workers_known": len(self.fleet.workers), "malformed_messages": self.malformed.total,
+                "config": list(self.cfg.files)}
+
+    def _workers(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        return {"workers": self.fleet.public(time.monotonic())}
+
+    def _cancel(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        job = self._lookup(req)
+        try:
+            self.jobs.cancel(job)
+        except InvalidTransition as e:
+            raise RequestError("conflict", str(e)) from None
+        return {"job": job.public()}
+
+    def _retry(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        job = self._lookup(req)
+        try:
+            self.jobs.retry(job)
+        except InvalidTransition as e:
+            raise RequestError("conflict", str(e)) from None
+        return {"job": job.public()}
+
+
+Op = Callable[[Requests, Conn, Any, dict[str, Any]], "dict[str, Any] | None"]
+OPS: dict[str, Op] = {
+    "ping": Requests._ping, "submit": Requests._submit, "get": Requests._get, "wait": Requests._wait_op,
+    "list": Requests._list, "status": Requests._status, "workers": Requests._workers,
+    "cancel": Requests._cancel, "retry": Requests._retry,
+}
+
+
+def _job_options(spec: dict[str, Any], task: config.TaskConfig) -> tuple[str, int, float, float, int]:
+    """queue, priority, delay, timeout and retries of a job spec, each checked, the task's by default."""
+    queue = control.field(spec, "queue", str, task.queue)
+    if not config.NAME_RE.match(queue):
+        raise RequestError("bad_request", f"invalid queue name {queue[:60]!r}")
+    priority = control.field(spec, "priority", int, task.priority)
+    if not config.PRIORITY_MIN <= priority <= config.PRIORITY_MAX:
+        raise RequestError("bad_request", f"priority must be between {config.PRIORITY_MIN} and "
+                                          f"{config.PRIORITY_MAX}")
+    delay = float(control.field(spec, "delay", (int, float), 0.0))
+    timeout = float(control.field(spec, "timeout", (int, float), task.timeout))
+    retries = control.field(spec, "retries", int, task.retries)
+    if not (0 <= delay < math.inf and 0 < timeout < math.inf and retries >= 0):
+        raise RequestError("bad_request", "delay and retries must be >= 0 and timeout > 0, all finite")
+    return queue, priority, delay, timeout, retries

@@ -1,0 +1,21 @@
+"""Job states: the one list that the store, tq-host and tqctl share."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    """A job's state; each member is its own name as a string, so the store and JSON keep plain text."""
+
+    QUEUED = "queued"
+    DELAYED = "delayed"  # waits for its run_at
+    RUNNING = "running"
+    FAILED = "failed"  # an attempt failed: waits for its run_at, then runs again
+    DONE = "done"
+    DEAD = "dead"  # out of attempts, until `tqctl retry`
+    CANCELLED = "cancelled"
+
+
+FINAL = frozenset({JobState.DONE, JobState.DEAD, JobState.CANCELLED})
+"""States a job leaves only by `tqctl retry`."""

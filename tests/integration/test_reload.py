@@ -1,0 +1,196 @@
+"""SIGHUP reloads every key of the configuration: each one either takes effect or is reported as needing a
+restart. The test walks every field of the configuration's dataclasses, so that a key added later without a
+reload path fails here. tq-host runs in-process (real signal, real queue, socket and store); the worker test
+runs a real tq-host process and a worker in-process."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from harness import Suite, wait_until
+from tq import config
+from tq.host import Host
+from tq.host.server import Conn
+from tq.worker import Worker
+
+RESTART = "restart"
+SECTIONS = {"host": config.HostConfig, "mqueue": config.MqueueConfig, "worker": config.WorkerConfig,
+            "log": config.LogConfig}
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def signals() -> Iterator[None]:
+    """Give the process its signal handlers and wake-up fd back after an in-process daemon took them."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    yield
+    signal.set_wakeup_fd(-1)
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+def _reload(daemon: Host | Worker, step: Callable[[], None]) -> None:
+    os.kill(os.getpid(), signal.SIGHUP)  # a real signal: the handler sets the flag, the step reloads
+    wait_until(lambda: (step(), not daemon.reload_requested)[1], 10, "the reload")
+
+
+def _submitted(host: Host, task: str) -> Any:
+    """A job of `task` as the host builds it from its configuration (submitted through the operations)."""
+    a, b = socket.socketpair()
+    request = {"op": "submit", "rid": 1, "jobs": [{"task": task}]}
+    host.requests.handle(Conn(a, os.getuid()), json.dumps(request).encode())
+    (reply,) = [r for _, r in host.requests.take_replies()]
+    a.close()
+    b.close()
+    assert reply["ok"], reply
+    return host.jobs.find(reply["ids"][0])
+
+
+# Every key, the TOML that changes it, and how its effect shows in the running host (RESTART: the running value
+# stays and the log names the key). `{d}` is the suite's directory.
+HOST_KEYS: dict[str, tuple[str, Any]] = {
+    "host.state_dir": ('[host]\nstate_dir = "{d}/elsewhere"', RESTART),
+    "host.socket": ('[host]\nsocket = "{d}/other.sock"', RESTART),
+    "host.durability": ('[host]\ndurability = "normal"',
+                        lambda h: h.store.db.execute("PRAGMA synchronous").fetchone()[0] == 1),  # NORMAL
+    "host.lease": ('[host]\nlease = "7s"', lambda h: h.fleet.cfg.host.lease == 7),
+    "host.retain_age": ('[host]\nretain_age = "2d"', lambda h: h.cfg.host.retain_age == 2 * 86400),
+    "host.retain_count": ('[host]\nretain_count = 5', lambda h: h.cfg.host.retain_count == 5),
+    "mqueue.prefix": ('[mqueue]\nprefix = "/tqt-other"', RESTART),
+    "mqueue.max_message_size": ("[mqueue]\nmax_message_size = 4096", RESTART),
+    "mqueue.max_messages": ("[mqueue]\nmax_messages = 3", RESTART),
+    # The host does not use [worker]: it takes effect in the workers (test below).
+    "worker.queues": ('[worker]\nqueues = ["q2"]', lambda h: h.cfg.worker.queues == ("q2",)),
+    "worker.heartbeat": ('[worker]\nheartbeat = "2s"', lambda h: h.cfg.worker.heartbeat == 2),
+    "worker.prefetch": ("[worker]\nprefetch = 2", lambda h: h.cfg.worker.prefetch == 2),
+    "worker.stop_timeout": ('[worker]\nstop_timeout = "9s"', lambda h: h.cfg.worker.stop_timeout == 9),
+    "log.level": ('[log]\nlevel = "debug"', lambda h: logging.getLogger().level == logging.DEBUG),
+    "log.job_events": ('[log]\njob_events = "failures"', lambda h: h.events.mode == "failures"),
+    "log.job_events_per_second": ("[log]\njob_events_per_second = 7", lambda h: h.events.per_second == 7),
+    "tasks.name": ('[tasks.fresh]\nqueue = "q9"', lambda h: _submitted(h, "fresh").queue == "q9"),
+    "tasks.handler": ('[tasks.t]\npython = "m:f"', lambda h: h.cfg.task_for("t").handler == "python"),
+    "tasks.command": ('[tasks.t]\ncommand = ["true"]', lambda h: h.cfg.task_for("t").command == ("true",)),
+    "tasks.python": ('[tasks.t]\npython = "m:f"', lambda h: h.cfg.task_for("t").python == "m:f"),
+    "tasks.queue": ('[tasks.t]\nqueue = "q3"', lambda h: _submitted(h, "t").queue == "q3"),
+    "tasks.timeout": ('[tasks.t]\ntimeout = "3s"', lambda h: _submitted(h, "t").timeout == 3),
+    "tasks.retries": ("[tasks.t]\nretries = 9", lambda h: _submitted(h, "t").retries == 9),
+    "tasks.priority": ("[tasks.t]\npriority = 4", lambda h: _submitted(h, "t").priority == 4),
+    "tasks.backoff": ('[tasks.t]\nbackoff = "4s"', lambda h: _submitted(h, "t").backoff == 4),
+    "tasks.backoff_max": ('[tasks.t]\nbackoff_max = "1h"', lambda h: _submitted(h, "t").backoff_max == 3600),
+    "files": ("[log]\nlevel = \"info\"", lambda h: any(f.endswith("50-change.toml") for f in h.cfg.files)),
+    "worker_overrides": ('[worker.7]\nqueues = ["seven"]', lambda h: h.cfg.worker_for("7").queues == ("seven",)),
+}
+
+
+def test_every_configuration_field_has_a_reload_case() -> None:
+    fields = {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    fields |= {f"tasks.{f.name}" for f in dataclasses.fields(config.TaskConfig)}
+    fields |= {f.name for f in dataclasses.fields(config.Config) if f.init and f.name not in SECTIONS | {"tasks": 1}}
+    assert fields == set(HOST_KEYS)
+
+
+def _base(suite: Suite) -> str:
+    return (f'[host]\nstate_dir = "{suite.dir}/state"\nsocket = "{suite.dir}/tq.sock"\n'
+            f'[mqueue]\nprefix = "{suite.prefix}"\nmax_messages = 4\n[tasks.t]\nqueue = "default"\n')
+
+
+def _change(suite: Suite, toml: str) -> None:
+    """A drop-in that overrides the main file's keys, as an operator would write one."""
+    (suite.dir / "tq.d").mkdir(exist_ok=True)
+    (suite.dir / "tq.d" / "50-change.toml").write_text(toml + "\n")
+
+
+@pytest.mark.parametrize("key", sorted(HOST_KEYS))
+def test_a_reloaded_key_takes_effect_or_is_reported_as_needing_a_restart(suite: Suite, signals: None,
+                                                                         key: str) -> None:
+    base = _base(suite)
+    suite.config.write_text(base)
+    host = Host(config.load(str(suite.config)), str(suite.config))
+    records = Records()
+    host.start()
+    try:
+        logging.getLogger().addHandler(records)
+        before = host.cfg
+        change, effect = HOST_KEYS[key]
+        _change(suite, change.format(d=suite.dir))
+        _reload(host, lambda: host.step(max_wait=0.05))
+        assert any(line.startswith("configuration reloaded") for line in records.lines), records.lines
+        if effect == RESTART:
+            section, name = key.split(".")
+            assert getattr(getattr(host.cfg, section), name) == getattr(getattr(before, section), name)
+            assert any(key in line and "takes effect at the next restart" in line for line in records.lines)
+        else:
+            assert effect(host), f"{key} did not take effect on reload"
+            assert not any("next restart" in line for line in records.lines), records.lines
+    finally:
+        logging.getLogger().removeHandler(records)
+        host.shutdown()
+
+
+def _seen_by_host(worker: Worker, client: Any, key: str, value: object) -> bool:
+    """The worker's new setting reached tq-host (its hello, then the fence the worker answers)."""
+    def seen() -> bool:
+        worker.step()
+        w = client.workers()[0]
+        return bool(w[key] == value and w["state"] == "live")
+    return bool(wait_until(seen, 10, f"the host to see {key} = {value!r}"))
+
+
+WORKER_KEYS: dict[str, tuple[str, Any]] = {
+    "worker.queues": ('[worker]\nqueues = ["q2"]', lambda w, c: _seen_by_host(w, c, "queues", ["q2"])),
+    "worker.heartbeat": ('[worker]\nheartbeat = "2s"', lambda w, c: w.wcfg.heartbeat == 2),
+    "worker.prefetch": ("[worker]\nprefetch = 2", lambda w, c: _seen_by_host(w, c, "prefetch", 2)),
+    "worker.stop_timeout": ('[worker]\nstop_timeout = "9s"', lambda w, c: w.wcfg.stop_timeout == 9),
+    "worker.prefetch grows": ("[worker]\nprefetch = 20", RESTART),  # the inbox's depth is fixed at creation
+    "mqueue.max_message_size": ("[mqueue]\nmax_message_size = 4096", RESTART),
+    "log.job_events": ('[log]\njob_events = "none"', lambda w, c: w.events.mode == "none"),
+    "worker_overrides": ('[worker.1]\nheartbeat = "3s"', lambda w, c: w.wcfg.heartbeat == 3),
+}
+
+
+@pytest.mark.parametrize("key", sorted(WORKER_KEYS))
+def test_a_worker_reload_takes_effect_or_is_reported_as_needing_a_restart(suite: Suite, signals: None,
+                                                                          key: str) -> None:
+    base = _base(suite) + "[worker]\nprefetch = 4\n"
+    suite.config.write_text(base)
+    suite.host()
+    worker = Worker(config.load(str(suite.config)), str(suite.config), "1")
+    records = Records()
+    try:
+        worker.start()
+        logging.getLogger().addHandler(records)
+        client = suite.client()
+        wait_until(lambda: (worker.step(), client.workers()[0]["state"] == "live")[1], 10, "the worker live")
+        change, effect = WORKER_KEYS[key]
+        _change(suite, change)
+        _reload(worker, worker.step)
+        assert any(line.startswith("configuration reloaded") for line in records.lines), records.lines
+        if effect == RESTART:
+            name = key.split()[0]
+            assert any(name in line and "next restart" in line for line in records.lines), records.lines
+            assert worker.wcfg.prefetch == 4 and worker.cfg.mqueue == config.load(
+                str(suite.config)).mqueue.__class__(prefix=suite.prefix, max_messages=4)
+        else:
+            assert effect(worker, client), f"{key} did not take effect on reload"
+    finally:
+        logging.getLogger().removeHandler(records)
+        for queue in (worker.inbox, worker.host_q):
+            if queue is not None:
+                queue.close()

@@ -1,0 +1,110 @@
+"""tq-host's parts wired together in-process, as tq-host wires them, for tests that drive them one call at a
+time: a real SQLite store in a temporary dir, and transport.MemoryQueue (the in-memory twin of the POSIX
+queues) for the host's queue and the workers' inboxes. The test plays the workers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tq import config, log, protocol, transport
+from tq.host.dispatch import Dispatcher
+from tq.host.fleet import Fleet
+from tq.host.jobs import JobTable
+from tq.host.requests import Requests
+from tq.store import JobRecord, Store
+
+
+class Handle:
+    """One open handle of a memory queue: closing it leaves the queue (as mq_close leaves a POSIX queue)."""
+
+    def __init__(self, queue: transport.MemoryQueue) -> None:
+        self.queue, self.name = queue, queue.name
+
+    @property
+    def max_messages(self) -> int:
+        return self.queue.max_messages
+
+    def send(self, data: bytes, priority: int) -> bool:
+        return self.queue.send(data, priority)
+
+    def receive(self) -> bytes | None:
+        return self.queue.receive()
+
+    def fileno(self) -> int:
+        return self.queue.fileno()
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Parts:
+    cfg: config.Config
+    store: Store
+    jobs: JobTable
+    fleet: Fleet
+    dispatcher: Dispatcher
+    requests: Requests
+    mq: transport.MemoryQueue
+    inboxes: dict[str, transport.MemoryQueue] = field(default_factory=dict)
+
+    def worker_says(self, msg: protocol.Message, now: float = 0.0) -> None:
+        """A worker's message, taken in as the host's step does."""
+        assert self.mq.send(protocol.encode(msg), 0)
+        self.fleet.intake(now)
+
+    def inbox_messages(self, instance: str) -> list[protocol.Message]:
+        out = []
+        while (data := self.inboxes[instance].receive()) is not None:
+            out.append(protocol.decode(data))
+        return out
+
+    def start_worker(self, instance: str, pid: int = 100, queues: tuple[str, ...] = ("default",), prefetch: int = 8,
+                     now: float = 0.0) -> None:
+        """A worker says hello and answers the fence: it is live."""
+        self.inboxes.setdefault(instance, transport.MemoryQueue(f"inbox-{instance}", prefetch + 1))
+        self.worker_says(protocol.Hello(instance, pid, list(queues), prefetch), now)
+        syncs = [m for m in self.inbox_messages(instance) if isinstance(m, protocol.Sync)]
+        self.worker_says(protocol.Synced(instance, syncs[-1].token), now)
+
+    def result(self, job: JobRecord, ok: bool = True, output: str = "out", duration: float = 0.001,
+               now: float = 0.0) -> None:
+        assert job.worker is not None
+        item = [job.id, job.attempts, ok, output, "" if ok else "boom", duration]
+        self.worker_says(protocol.Results(job.worker, [item]), now)
+
+    def close(self) -> None:
+        self.store.close()
+        self.mq.close()
+        for q in self.inboxes.values():
+            q.close()
+
+
+def make_parts(state_dir: Path, toml: str = '[tasks."#"]\nhandler = "echo"\n') -> Parts:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "tq.toml"
+    path.write_text(f'[host]\nstate_dir = "{state_dir}"\nsocket = "{state_dir}/tq.sock"\n{toml}')
+    cfg = config.load(str(path))
+    logger = logging.getLogger("tq-host.test")
+    store = Store(str(state_dir))
+    jobs = JobTable(store, log.JobEvents(logger, "none", 1))
+    mq = transport.MemoryQueue("host", 64)
+    inboxes: dict[str, transport.MemoryQueue] = {}
+
+    def open_inbox(instance: str) -> transport.Transport:
+        if instance not in inboxes:
+            raise transport.QueueError(f"queue inbox-{instance} does not exist")
+        return Handle(inboxes[instance])
+
+    fleet = Fleet(cfg, mq, jobs, store, open_inbox, lambda job, r: None, logger, log.Burst(logger))
+    dispatcher = Dispatcher(cfg, jobs, fleet)
+
+    def on_result(job: JobRecord, r: protocol.Result) -> None:  # as tq-host wires it
+        dispatcher.timed(job.task, r.duration)
+        jobs.finish(job, r.instance, r.ok, r.output, r.error, r.duration)
+
+    fleet.on_result = on_result
+    requests = Requests(cfg, jobs, fleet, fleet.malformed)
+    return Parts(cfg, store, jobs, fleet, dispatcher, requests, mq, inboxes)

@@ -1,0 +1,311 @@
+"""tq-host's parts in-process, one call at a time (huey's MemoryHuey is the model): the job table's transitions,
+the Sync fence against transport.MemoryQueue, the dispatcher's choices, the waiters, and the control socket's
+framing over a socketpair. A real SQLite store; no processes."""
+
+from __future__ import annotations
+
+import json
+import selectors
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from parts import Parts, make_parts
+from tq import control, protocol
+from tq.host.dispatch import BLOCKED_BACKOFF
+from tq.host.jobs import InvalidTransition
+from tq.host.server import Conn, Server
+from tq.log import Burst
+from tq.states import JobState
+from tq.store import JobRecord
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> Iterator[Parts]:
+    p = make_parts(tmp_path / "state", '[tasks."#"]\nhandler = "echo"\nretries = 1\nbackoff = "1s"\n'
+                                        '[tasks.slow]\ncommand = ["sleep"]\nqueue = "slowq"\n')
+    yield p
+    p.close()
+
+
+def submit(parts: Parts, *specs: dict[str, object], wait_for: float | None = None) -> list[int]:
+    a, b = socket.socketpair()
+    request: dict[str, object] = {"op": "submit", "rid": 1, "jobs": list(specs)}
+    if wait_for is not None:
+        request["wait_for"] = wait_for
+    parts.requests.handle(Conn(a, uid=1000), json.dumps(request).encode())
+    replies = parts.requests.take_replies()
+    a.close()
+    b.close()
+    assert replies and replies[0][1]["ok"], replies
+    ids: list[int] = replies[0][1]["ids"]
+    return ids
+
+
+def job(parts: Parts, job_id: int) -> JobRecord:
+    found = parts.jobs.find(job_id)
+    assert found is not None
+    return found
+
+
+# ---- the job table ----------------------------------------------------------------------------------------
+
+def test_a_failed_attempt_waits_its_backoff_then_runs_again_then_dies_out_of_attempts(parts: Parts) -> None:
+    finals: list[tuple[int, str]] = []
+    parts.jobs.on_final = lambda j: finals.append((j.id, j.state))
+    (jid,) = submit(parts, {"task": "t", "args": ["a"]})
+    j = job(parts, jid)
+    assert parts.jobs.pop_ready(["default"]) is j
+    parts.jobs.start(j, "1")
+    assert (j.state, j.attempts, j.worker) == (JobState.RUNNING, 1, "1")
+    parts.jobs.finish(j, "1", False, "", "boom", 0.01)
+    assert j.state == JobState.FAILED and j.run_at is not None and j.run_at > time.time() + 0.5  # backoff 1s
+    parts.jobs.promote_due()
+    assert j.state == JobState.FAILED  # not yet due
+    j.run_at = time.time() - 1
+    parts.jobs.delayed[0] = (j.run_at, jid)
+    parts.jobs.promote_due()
+    assert j.state == JobState.QUEUED and parts.jobs.pop_ready(["default"]) is j
+    parts.jobs.start(j, "2")
+    parts.jobs.finish(j, "2", False, "", "boom again", 0.01)
+    assert (j.state, j.attempts, j.error) == (JobState.DEAD, 2, "boom again")  # retries = 1: two attempts
+    assert finals == [(jid, JobState.DEAD)] and jid not in parts.jobs.jobs
+    parts.store.commit()
+    stored = parts.store.get(jid)
+    assert stored is not None and (stored.state, stored.attempts, stored.error) == ("dead", 2, "boom again")
+    assert parts.jobs.counts == {"dead": 1, "queued": 0, "running": 0, "failed": 0}
+
+
+def test_retry_brings_a_dead_job_back_and_cancel_refuses_a_running_one(parts: Parts) -> None:
+    a, b = submit(parts, {"task": "t"}, {"task": "t"})
+    ja, jb = job(parts, a), job(parts, b)
+    parts.jobs.start(parts.jobs.pop_ready(["default"]) or ja, "1")
+    with pytest.raises(InvalidTransition, match="only queued, delayed or failed"):
+        parts.jobs.cancel(ja)
+    parts.jobs.cancel(jb)
+    assert jb.state == JobState.CANCELLED and jb.finished_at is not None
+    assert parts.jobs.pop_ready(["default"]) is None  # the cancelled job's heap entry is skipped
+    with pytest.raises(InvalidTransition, match="only dead, cancelled or failed"):
+        parts.jobs.retry(ja)
+    parts.jobs.retry(jb)
+    assert (jb.state, jb.attempts, jb.finished_at) == (JobState.QUEUED, 0, None)
+    assert parts.jobs.pop_ready(["default"]) is jb
+    assert parts.jobs.counts["cancelled"] == 0 and parts.jobs.counts["running"] == 1
+
+
+def test_the_best_priority_goes_first_then_the_oldest_across_queues(parts: Parts) -> None:
+    low, high, other = submit(parts, {"task": "t", "priority": 1}, {"task": "t", "priority": 5},
+                              {"task": "t", "queue": "other", "priority": 5})
+    order = [parts.jobs.pop_ready(["default", "other"]) for _ in range(3)]
+    assert [j.id for j in order if j] == [high, other, low]
+
+
+def test_a_store_rebuilt_table_has_the_same_jobs_and_counts(parts: Parts) -> None:
+    ids = submit(parts, {"task": "t"}, {"task": "t", "delay": 60}, {"task": "t"})
+    parts.jobs.start(job(parts, ids[0]), "1")
+    parts.store.commit()
+    before = (dict(parts.jobs.counts), sorted(parts.jobs.jobs))
+    parts.jobs.load()
+    assert (dict(parts.jobs.counts), sorted(parts.jobs.jobs)) == before
+    assert parts.jobs.counts["delayed"] == 1 and parts.jobs.counts["running"] == 1
+
+
+# ---- the fleet and its fence --------------------------------------------------------------------------------
+
+def test_a_job_not_reported_before_the_fence_is_requeued_and_its_late_result_ignored(parts: Parts) -> None:
+    parts.start_worker("1")
+    assert parts.fleet.workers["1"].state == "live"
+    (jid,) = submit(parts, {"task": "t"})
+    parts.dispatcher.assign(0.0)
+    assert parts.dispatcher.send() is False
+    sent = parts.inbox_messages("1")
+    assert isinstance(sent[0], protocol.Jobs) and protocol.unpack_jobs(sent[0])[0].id == jid
+    parts.worker_says(protocol.Heartbeat("1", 200, ["default"], 8, 0))  # a new pid: the worker restarted
+    w = parts.fleet.workers["1"]
+    assert w.state == "syncing" and job(parts, jid).state == JobState.RUNNING
+    (sync,) = parts.inbox_messages("1")
+    assert isinstance(sync, protocol.Sync)
+    parts.worker_says(protocol.Synced("1", sync.token - 1))  # an old fence changes nothing
+    assert w.state == "syncing"
+    parts.worker_says(protocol.Synced("1", sync.token))
+    assert w.state == "live" and job(parts, jid).state == JobState.QUEUED and not w.assigned
+    parts.result(_copy(job(parts, jid), worker="1", attempts=1))
+    assert job(parts, jid).state == JobState.QUEUED  # the old attempt's result came too late
+
+
+def _copy(j: JobRecord, **changes: object) -> JobRecord:
+    fields = {name: getattr(j, name) for name in JobRecord.__dataclass_fields__}
+    return JobRecord(**{**fields, **changes})
+
+
+def test_a_result_ahead_of_the_fence_counts_and_the_job_is_done_once(parts: Parts) -> None:
+    parts.start_worker("1")
+    (jid,) = submit(parts, {"task": "t"})
+    parts.dispatcher.assign(0.0)
+    parts.dispatcher.send()
+    parts.worker_says(protocol.Bye("1", 100))  # stopping: fenced as it leaves
+    parts.result(job(parts, jid))
+    (sync,) = [m for m in parts.inbox_messages("1") if isinstance(m, protocol.Sync)]
+    parts.worker_says(protocol.Synced("1", sync.token))
+    assert job(parts, jid).state == JobState.DONE and job(parts, jid).result == "out"
+    assert parts.fleet.workers["1"].state == "stopped" and parts.fleet.workers["1"].done == 1
+
+
+def test_a_worker_silent_past_its_lease_is_lost_and_its_jobs_requeued(parts: Parts) -> None:
+    parts.start_worker("1", now=100.0)
+    (jid,) = submit(parts, {"task": "t"})
+    parts.dispatcher.assign(100.0)
+    parts.fleet.check_leases(100.0 + parts.cfg.host.lease - 0.1)
+    assert parts.fleet.workers["1"].state == "live"
+    parts.fleet.check_leases(100.0 + parts.cfg.host.lease + 0.1)
+    assert parts.fleet.workers["1"].state == "lost" and job(parts, jid).state == JobState.QUEUED
+    assert job(parts, jid).attempts == 1  # the lost attempt counted
+
+
+def test_malformed_and_unexpected_messages_are_counted_and_dropped(parts: Parts) -> None:
+    parts.mq.send(b"\x01Jnot json", 0)
+    parts.mq.send(protocol.encode(protocol.Sync(1)), 0)  # a host message on the host's queue
+    parts.mq.send(protocol.encode(protocol.Hello("../x", 1, [], 1)), 0)
+    parts.fleet.intake(0.0)
+    assert parts.fleet.malformed.total == 3 and not parts.fleet.workers
+
+
+# ---- the dispatcher ---------------------------------------------------------------------------------------
+
+def test_a_fast_task_goes_to_one_worker_in_a_batch_and_a_slow_one_round_robin(parts: Parts) -> None:
+    for instance in ("1", "2", "3"):
+        parts.start_worker(instance, queues=("default", "slowq"))
+    parts.dispatcher.timed("t", 0.0001)
+    submit(parts, *[{"task": "t"}] * 4)
+    parts.dispatcher.assign(0.0)
+    parts.dispatcher.send()
+    got = {i: [j.id for m in parts.inbox_messages(i) if isinstance(m, protocol.Jobs) for j in protocol.unpack_jobs(m)]
+           for i in ("1", "2", "3")}
+    assert sorted(len(v) for v in got.values()) == [0, 0, 4], got  # one wake-up for the four
+    for instance in ("1", "2", "3"):
+        for job_id in list(parts.fleet.workers[instance].assigned):
+            parts.result(job(parts, job_id))
+    slow = submit(parts, *[{"task": "slow"}] * 3)  # never timed: not known to be fast
+    parts.dispatcher.assign(0.0)
+    parts.dispatcher.send()
+    assert sorted(job(parts, s).worker or "" for s in slow) == ["1", "2", "3"]
+
+
+def test_a_full_inbox_gets_its_jobs_back_and_its_worker_rests(parts: Parts) -> None:
+    parts.start_worker("1", prefetch=1)
+    parts.inboxes["1"].send(b"filler", 0)
+    parts.inboxes["1"].send(b"filler", 0)  # depth 2: full
+    (jid,) = submit(parts, {"task": "t"})
+    before = time.monotonic()
+    parts.dispatcher.assign(before)
+    assert parts.dispatcher.send() is True
+    j, w = job(parts, jid), parts.fleet.workers["1"]
+    assert (j.state, j.attempts, w.assigned) == (JobState.QUEUED, 0, set())
+    assert w.blocked_until >= before + BLOCKED_BACKOFF and parts.fleet.dispatchable(before) == []
+
+
+def test_large_jobs_are_split_into_messages_within_the_size_limit(parts: Parts) -> None:
+    parts.start_worker("1")
+    parts.dispatcher.timed("t", 0.0001)
+    ids = submit(parts, *[{"task": "t", "args": ["x" * 3000]} for _ in range(5)])
+    parts.dispatcher.assign(0.0)
+    parts.dispatcher.send()
+    data = []
+    while (raw := parts.inboxes["1"].receive()) is not None:
+        data.append(raw)
+    assert all(len(d) <= parts.cfg.mqueue.max_message_size for d in data) and len(data) == 3
+    assert [j.id for d in data for j in protocol.unpack_jobs(protocol.decode(d))] == ids  # type: ignore[arg-type]
+
+
+# ---- waiters ----------------------------------------------------------------------------------------------
+
+def test_a_waiter_gets_the_finished_job_and_another_times_out(parts: Parts) -> None:
+    parts.start_worker("1")
+    a, b = socket.socketpair()
+    conn = Conn(a, 1000)
+    done_id, slow_id = submit(parts, {"task": "t"}, {"task": "t"})
+    for rid, (jid, timeout) in enumerate(((done_id, 60), (slow_id, 5))):
+        parts.requests.handle(conn, json.dumps({"op": "wait", "rid": rid, "id": jid, "timeout": timeout}).encode())
+    assert parts.requests.take_replies() == [] and parts.requests.next_deadline() is not None
+    parts.dispatcher.assign(0.0)
+    parts.result(job(parts, done_id))
+    (reply,) = [r for _, r in parts.requests.take_replies()]
+    assert reply["rid"] == 0 and reply["job"]["state"] == "done"
+    parts.requests.expire(time.monotonic() + 5.1)
+    (reply,) = [r for _, r in parts.requests.take_replies()]
+    assert (reply["rid"], reply["code"]) == (1, "timeout") and not parts.requests.waiters
+    a.close()
+    b.close()
+
+
+def test_a_failed_commit_turns_the_submit_reply_into_a_refusal_and_drops_its_waiter(parts: Parts) -> None:
+    a, b = socket.socketpair()
+    parts.requests.handle(Conn(a, 1000), json.dumps({"op": "submit", "rid": 7, "jobs": [{"task": "t"}],
+                                                     "wait_for": 10}).encode())
+    parts.store.rollback()
+    parts.requests.undo(parts.store.next_id, "store write failed: disk full")
+    (reply,) = [r for _, r in parts.requests.take_replies()]
+    assert (reply["rid"], reply["ok"], reply["code"]) == (7, False, "unavailable")
+    assert not parts.requests.waiters and parts.requests.waiting == 0
+    a.close()
+    b.close()
+
+
+# ---- the control socket -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def served() -> Iterator[tuple[Server, Conn, socket.socket, list[bytes]]]:
+    sel = selectors.DefaultSelector()
+    lines: list[bytes] = []
+    import logging
+    server = Server(sel, lambda conn, line: lines.append(line), Burst(logging.getLogger("test")))
+    a, b = socket.socketpair()
+    conn = server.adopt(a, uid=1000)
+    yield server, conn, b, lines
+    b.close()
+    sel.close()
+
+
+def _turn(server: Server, timeout: float = 0.5) -> None:
+    for key, mask in server.sel.select(timeout):
+        key.data(mask)
+
+
+def test_lines_are_cut_where_they_end_whatever_the_chunks(served: tuple[Server, Conn, socket.socket, list[bytes]]
+                                                          ) -> None:
+    server, _conn, peer, lines = served
+    peer.sendall(b'{"op":"ping"}\n{"op":')
+    _turn(server)
+    assert lines == [b'{"op":"ping"}']
+    peer.sendall(b'"status"}\n\n')
+    _turn(server)
+    assert lines == [b'{"op":"ping"}', b'{"op":"status"}', b""]
+
+
+def test_a_request_over_the_limit_is_refused_and_the_connection_closed(
+        served: tuple[Server, Conn, socket.socket, list[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    server, conn, peer, lines = served
+    monkeypatch.setattr(control, "MAX_LINE", 1000)
+    peer.sendall(b"x" * 1500)
+    _turn(server)
+    assert conn.closed and lines == []
+    peer.settimeout(2)
+    reply = json.loads(peer.recv(4096))
+    assert (reply["code"], reply["error"]) == ("bad_request", "request too long")
+
+
+def test_a_reply_larger_than_the_socket_buffer_waits_for_room(
+        served: tuple[Server, Conn, socket.socket, list[bytes]]) -> None:
+    server, conn, peer, _lines = served
+    big = control.encode({"ok": True, "text": "y" * 4_000_000})
+    server.send(conn, big)
+    assert conn.writing and conn.wbuf  # the rest waits; the selector now watches for room
+    received = bytearray()
+    peer.settimeout(2)
+    while len(received) < len(big):
+        received += peer.recv(1 << 20)
+        _turn(server, 0.1)
+    assert bytes(received) == big and not conn.wbuf and not conn.writing
