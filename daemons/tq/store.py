@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .states import FINAL, JobState
+from .states import FINAL
 from .transport import restrict
 
 SCHEMA_VERSION = 1
@@ -97,7 +97,7 @@ class JobRecord:
     payload_json: str | None
     queue: str
     priority: int
-    state: JobState
+    state: str  # a JobState's value
     attempts: int
     retries: int
     timeout: float
@@ -314,6 +314,4 @@ def _not_run(j: JobRecord) -> bool:
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:
-    job = JobRecord(*row)  # _COLUMNS are the fields in order
-    job.state = JobState(job.state)
-    return job
+    return JobRecord(*row)  # _COLUMNS are the fields in order

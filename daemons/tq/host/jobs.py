@@ -18,8 +18,10 @@ from ..log import JobEvents
 from ..states import FINAL, JobState
 from ..store import JobRecord, Store
 
-QUEUED, DELAYED, RUNNING, DONE = JobState.QUEUED, JobState.DELAYED, JobState.RUNNING, JobState.DONE
-FAILED, DEAD, CANCELLED = JobState.FAILED, JobState.DEAD, JobState.CANCELLED
+# A job's state is kept as the plain string: sqlite3 binds a str subclass (an enum member) on a slower path.
+QUEUED, DELAYED, RUNNING, DONE = (s.value for s in (JobState.QUEUED, JobState.DELAYED, JobState.RUNNING,
+                                                    JobState.DONE))
+FAILED, DEAD, CANCELLED = (s.value for s in (JobState.FAILED, JobState.DEAD, JobState.CANCELLED))
 WAITING = (DELAYED, FAILED)  # wait for their run_at
 CANCELLABLE = (QUEUED, DELAYED, FAILED)
 RETRYABLE = (DEAD, CANCELLED, FAILED)
@@ -68,7 +70,7 @@ class JobTable:
         elif job.state in WAITING:
             heapq.heappush(self.delayed, (job.run_at or 0.0, job.id))
 
-    def _move(self, job: JobRecord, state: JobState, change: str = "any") -> None:
+    def _move(self, job: JobRecord, state: str, change: str = "any") -> None:
         """Move a job to `state` in the indexes and stage the change (`change`: see store._UPDATES)."""
         self.counts[job.state] -= 1
         self.counts[state] += 1

@@ -148,6 +148,8 @@ class Requests:
 
     def next_deadline(self) -> float | None:
         """The monotonic time of the next waiter's timeout (None: nobody waits)."""
+        while self.deadlines and self.deadlines[0][3].answered:  # answered before its time: no wake-up for it
+            heapq.heappop(self.deadlines)
         return self.deadlines[0][0] if self.deadlines else None
 
     def trim(self) -> None:
