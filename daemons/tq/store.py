@@ -147,6 +147,9 @@ class Store:
             self.next_id = self._max_id() + 1
         except sqlite3.Error as e:
             raise StoreError(f"cannot open store {self.path}: {e}") from None
+        except StoreError:
+            self.db.close()
+            raise
         for suffix in ("", "-wal", "-shm"):
             restrict(self.path + suffix, 0o660)
         self._new: dict[int, JobRecord] = {}  # staged inserts and updates, written by flush()

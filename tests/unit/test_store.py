@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tq.store import JobRecord, Store
+from tq.store import JobRecord, Store, StoreError
 
 # What the host does to a job, as (change kind, mutation): the kind names the columns the mutation may touch.
 STEPS = {
@@ -54,3 +56,32 @@ def test_every_staged_change_lands_whichever_statement_writes_it(tmp_path_factor
         assert store.get(job.id) == job  # read back from the file: every column
     finally:
         store.close()
+
+
+def test_an_older_schema_is_upgraded_in_place_and_keeps_its_jobs(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(str(tmp_path))
+    job = _job()
+    store.insert(job)
+    store.commit()
+    store.close()
+    from tq import store as store_module
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(store_module, "MIGRATIONS", {1: ("ALTER TABLE jobs ADD COLUMN note TEXT",)})
+    upgraded = Store(str(tmp_path))
+    try:
+        assert upgraded.get(job.id) == job
+        assert upgraded.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+        assert "note" in [row[1] for row in upgraded.db.execute("PRAGMA table_info(jobs)")]
+    finally:
+        upgraded.close()
+
+
+def test_a_store_written_by_a_newer_tq_is_refused_with_the_reason(tmp_path: Path) -> None:
+    Store(str(tmp_path)).close()
+    db = sqlite3.connect(tmp_path / "tq.sqlite3")
+    db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="schema version 99, written by a newer tq"):
+        Store(str(tmp_path))
