@@ -72,7 +72,7 @@ class Parts:
     def result(self, job: JobRecord, ok: bool = True, output: str = "out", duration: float = 0.001,
                now: float = 0.0) -> None:
         assert job.worker is not None
-        item = [job.id, job.attempts, ok, output, "" if ok else "boom", duration]
+        item = [job.id, job.attempts, ok, output, "" if ok else "boom", duration, 0.0, {}]
         self.worker_says(protocol.Results(job.worker, [item]), now)
 
     def close(self) -> None:
@@ -103,7 +103,7 @@ def make_parts(state_dir: Path, toml: str = '[tasks."#"]\nhandler = "echo"\n') -
 
     def on_result(job: JobRecord, r: protocol.Result) -> None:  # as tq-host wires it
         dispatcher.timed(job.task, r.duration)
-        jobs.finish(job, r.instance, r.ok, r.output, r.error, r.duration)
+        jobs.finish(job, r)
 
     fleet.on_result = on_result
     requests = Requests(cfg, jobs, fleet, fleet.malformed)

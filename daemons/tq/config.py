@@ -72,6 +72,17 @@ class TaskConfig:
     backoff: float = 1.0
     backoff_max: float = 300.0
 
+    def handler_spec(self) -> dict[str, Any]:
+        """How a worker runs this task's jobs: what tq-host puts into each job at submit (handlers.start reads it).
+
+        A job runs with what the host resolved when it accepted the job, whatever the worker's own config says.
+        """
+        if self.handler == "command":
+            return {"handler": "command", "command": list(self.command)}
+        if self.handler == "python":
+            return {"handler": "python", "python": self.python}
+        return {"handler": "echo"}
+
 
 @dataclass(frozen=True)
 class Config:

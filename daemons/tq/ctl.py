@@ -14,6 +14,7 @@ from typing import Any
 
 from . import __version__, configfiles, control
 from .client import Client, JobTimeout, Refused, TqError
+from .protocol import describe_usage
 from .states import FINAL, JobState
 
 
@@ -249,12 +250,15 @@ def _cmd_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         _out(job)
         return 0
     for key in ("id", "task", "args", "payload", "queue", "priority", "state", "attempts", "retries", "timeout",
-                "worker", "submitter", "created_at", "run_at", "started_at", "finished_at", "result", "error"):
+                "handler", "worker", "submitter", "created_at", "run_at", "started_at", "finished_at", "usage",
+                "result", "error"):
         value = job.get(key)
         if key.endswith("_at") and value is not None:
             value = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(value))} ({_age(value)} ago)"
-        elif key in ("args", "payload"):
+        elif key in ("args", "payload", "handler"):
             value = json.dumps(value)
+        elif key == "usage":
+            value = describe_usage(value).removeprefix("; ") if value else None
         print(f"{key + ':':<12} {'-' if value is None else value}")
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import threading
@@ -16,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import TaskConfig
 from .protocol import Job
 
 OUTPUT_LIMIT = 1 << 20  # bytes kept of a command's stdout/stderr; the rest is counted, not kept
@@ -46,6 +46,11 @@ class Execution:
 
     def close(self) -> None:
         """Release descriptors; the worker calls this after it stopped watching `fds`."""
+
+    def usage(self) -> dict[str, Any]:
+        """What the attempt cost, once it ended: `user` and `sys` CPU seconds, `max_rss_kb`, and a command's
+        `exit` status or the `signal` that killed it (each only where known)."""
+        return {}
 
 
 class Done(Execution):
@@ -89,6 +94,7 @@ class Command(Execution):
         for fd in self.pipes:
             os.set_blocking(fd, False)
         self.pidfd = os.pidfd_open(self.proc.pid)
+        self.rusage: Any = None  # resource.struct_rusage once reaped (os.wait4)
 
     @property
     def fds(self) -> list[int]:
@@ -108,9 +114,21 @@ class Command(Execution):
                 self.pipes[fd] += kept
                 self.lost[fd] += len(chunk) - len(kept)
 
+    def _reap(self, block: bool) -> int | None:
+        """The exit code (negative: the signal) once the process ended, reaping it with its resource usage."""
+        if self.proc.returncode is None:
+            try:
+                pid, status, self.rusage = os.wait4(self.proc.pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                return self.proc.poll()
+            if pid == 0:
+                return None
+            self.proc.returncode = os.waitstatus_to_exitcode(status)
+        return self.proc.returncode
+
     def poll(self) -> Outcome | None:
         self._read()
-        rc = self.proc.poll()
+        rc = self._reap(block=False)
         if rc is None:
             return None
         self._read()  # what was written before exit; a grandchild holding the pipe does not keep us waiting
@@ -140,7 +158,17 @@ class Command(Execution):
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self.proc.wait()
+        self._reap(block=True)
+
+    def usage(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.rusage is not None:
+            out = {"user": round(self.rusage.ru_utime, 6), "sys": round(self.rusage.ru_stime, 6),
+                   "max_rss_kb": self.rusage.ru_maxrss}
+        rc = self.proc.returncode
+        if rc is not None:
+            out["exit" if rc >= 0 else "signal"] = rc if rc >= 0 else signal.Signals(-rc).name
+        return out
 
 
 class Python(Execution):
@@ -154,6 +182,7 @@ class Python(Execution):
 
     def __init__(self, func: Callable[..., Any], job: Job) -> None:
         self.outcome: Outcome | None = None
+        self._usage: dict[str, Any] = {}
         self._r, self._w = os.pipe()
         kwargs = {} if job.payload is None else {"payload": job.payload}
         self.thread = threading.Thread(target=self._run, args=(func, job.args, kwargs), daemon=True,
@@ -161,12 +190,16 @@ class Python(Execution):
         self.thread.start()
 
     def _run(self, func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> None:
+        before = resource.getrusage(resource.RUSAGE_THREAD)
         try:
             value = func(*args, **kwargs)
             text = value if isinstance(value, str) else "" if value is None else json.dumps(value, default=str)
             self.outcome = Outcome(True, text)
         except BaseException as e:
             self.outcome = Outcome(False, "", f"{type(e).__name__}: {e}")
+        after = resource.getrusage(resource.RUSAGE_THREAD)
+        self._usage = {"user": round(after.ru_utime - before.ru_utime, 6),
+                       "sys": round(after.ru_stime - before.ru_stime, 6)}
         os.write(self._w, b"x")
 
     @property
@@ -175,6 +208,9 @@ class Python(Execution):
 
     def poll(self) -> Outcome | None:
         return self.outcome
+
+    def usage(self) -> dict[str, Any]:
+        return self._usage
 
     def close(self) -> None:
         if self.outcome is None:
@@ -200,17 +236,26 @@ def resolve(spec: str) -> Callable[..., Any]:
     return _imported[spec]
 
 
-def start(task: TaskConfig, job: Job, env: dict[str, str]) -> Execution:
-    """Begin an attempt of `job` with its task's handler."""
-    if task.handler == "echo":
+def start(spec: dict[str, Any], job: Job, env: dict[str, str]) -> Execution:
+    """Begin an attempt of `job` with the handler tq-host resolved for it (config.TaskConfig.handler_spec)."""
+    kind = spec.get("handler")
+    if kind == "echo":
         return Done(Outcome(True, echo(job.task, job.args)))
-    if task.handler == "command":
-        argv = [*task.command, *(a if isinstance(a, str) else json.dumps(a) for a in job.args)]
+    if kind == "command":
+        command = spec.get("command")
+        if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+            return Done(Outcome(False, "", f"malformed command in the job's handler: {command!r}"))
+        argv = [*command, *(a if isinstance(a, str) else json.dumps(a) for a in job.args)]
         try:
             return Command(argv, job, env)
         except OSError as e:
             return Done(Outcome(False, "", f"cannot run {argv[0]}: {e.strerror or e}"))
-    try:
-        return Python(resolve(task.python), job)
-    except Exception as e:
-        return Done(Outcome(False, "", f"cannot load {task.python}: {type(e).__name__}: {e}"))
+    if kind == "python" and isinstance(spec.get("python"), str):
+        target: str = spec["python"]
+        try:
+            return Python(resolve(target), job)
+        except Exception as e:
+            return Done(Outcome(False, "", f"cannot load {target}: {type(e).__name__}: {e}"))
+    if kind == "missing":
+        return Done(Outcome(False, "", f"task {job.task!r} is not in tq-host's configuration any more"))
+    return Done(Outcome(False, "", f"unknown handler in the job: {spec!r}"))

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
-VERSION = 1
+VERSION = 2  # 2: a Job carries its queue and how to run it; a Result when the attempt started and its cost
 SYNC_PRIORITY = 0
 PRIORITY_OFFSET = 1001  # job priority -1000..1000 -> message priority 1..2001, above Sync
 
@@ -53,6 +53,8 @@ class Job(Message):
     payload: Any
     timeout: float
     priority: int
+    queue: str
+    handler: dict[str, Any]  # how to run it, as tq-host resolved it at submit (config.TaskConfig.handler_spec)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ class Result(Message):
     output: str
     error: str
     duration: float
+    started: float  # wall-clock time the handler started on the worker
+    usage: dict[str, Any]  # what the attempt cost: see handlers.Execution.usage
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ KINDS: dict[bytes, type[Message]] = {cls.KIND: cls for cls in (Jobs, Sync, Hello
                                                                  Synced)}
 _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "str": (str,), "float": (float, int), "bool": (bool,), "list[Any]": (list,),
-    "list[str]": (list,), "Any": (object,),
+    "list[str]": (list,), "Any": (object,), "dict[str, Any]": (dict,),
 }
 
 
@@ -228,22 +232,38 @@ def to_json(value: Any) -> str:
 
 
 def job_item(job_id: int, attempt: int, task: str, args_json: str, payload_json: str | None, timeout: float,
-             priority: int) -> bytes:
+             priority: int, queue: str, handler_json: str) -> bytes:
     """One item of a Jobs batch, spliced from the JSON text the host keeps (no re-encoding of args).
 
-    The task name is quoted as is: TASK_NAME_RE admits nothing that JSON escapes. The timeout is finite
-    (checked at submit), so repr() is its JSON.
+    The task and queue names are quoted as they are: TASK_NAME_RE and NAME_RE admit nothing that JSON
+    escapes. The timeout is finite (checked at submit), so repr() is its JSON.
     """
-    return (f'[{job_id},{attempt},"{task}",{args_json},{payload_json or "null"},{timeout!r},{priority}]'
-            .encode())
+    return (f'[{job_id},{attempt},"{task}",{args_json},{payload_json or "null"},{timeout!r},{priority},"{queue}",'
+            f'{handler_json}]').encode()
 
 
-def job_size(task: str, args_json: str, payload_json: str | None) -> int:
+def job_size(task: str, queue: str, args_json: str, payload_json: str | None, handler_json: str) -> int:
     """An upper bound of the size of a Jobs message holding only this job (any id, attempt, timeout, priority)."""
-    text_size = len(task) + len(args_json) + len(payload_json or "null") + 8  # quotes, brackets, commas
+    text_size = len(task) + len(queue) + len(args_json) + len(payload_json or "null") + len(handler_json) + 12
     return 2 + text_size + 80  # + version and kind bytes, and four numbers with their commas
 
 
 def mq_priority(job_priority: int) -> int:
     """POSIX message priority for a job priority (higher is delivered first)."""
     return job_priority + PRIORITY_OFFSET
+
+
+def describe_usage(usage: dict[str, Any]) -> str:
+    """What an attempt cost, for its journal line and its error: `; cpu 0.12s user 0.01s sys, max rss 12.3 MB`."""
+    if not usage:
+        return ""
+    parts = []
+    if "user" in usage or "sys" in usage:
+        parts.append(f"cpu {usage.get('user', 0):.3g}s user {usage.get('sys', 0):.3g}s sys")
+    if usage.get("max_rss_kb"):
+        parts.append(f"max rss {usage['max_rss_kb'] / 1024:.1f} MB")
+    if usage.get("signal"):
+        parts.append(f"killed by {usage['signal']}")
+    elif usage.get("exit") is not None:
+        parts.append(f"exit {usage['exit']}")
+    return "; " + ", ".join(parts) if parts else ""

@@ -18,10 +18,12 @@ from typing import Any
 from .states import FINAL
 from .transport import restrict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Statements that take a store from schema version N to N + 1, run in one transaction at open: a store
 # written by an older tq is upgraded in place, and keeps every job.
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE jobs ADD COLUMN handler TEXT", "ALTER TABLE jobs ADD COLUMN usage TEXT"),
+}
 _FINAL_SQL = ",".join(f"'{s}'" for s in sorted(FINAL))  # the SQL list of final states
 
 # No secondary indexes: each would cost every submit and every result a B-tree write. Recovery reads the
@@ -47,7 +49,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitter INTEGER,
     created_at REAL NOT NULL,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    handler TEXT,
+    usage TEXT
 );
 CREATE TABLE IF NOT EXISTS workers (
     instance TEXT PRIMARY KEY,
@@ -61,26 +65,29 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 _COLUMNS = ("id", "task", "args", "payload", "queue", "priority", "state", "attempts", "retries", "timeout",
             "backoff", "backoff_max", "run_at", "worker", "result", "error", "submitter", "created_at",
-            "started_at", "finished_at")
+            "started_at", "finished_at", "handler", "usage")
 
 
 # A new job that has not run yet: attempts (0), worker, result, error, started_at and finished_at (NULL) are
 # the defaults; binding fewer values makes the INSERT cheaper (docs/performance.md).
 _FRESH = ("id", "task", "args", "payload", "queue", "priority", "state", "retries", "timeout", "backoff",
-          "backoff_max", "run_at", "submitter", "created_at")
+          "backoff_max", "run_at", "submitter", "created_at", "handler")
 
 # The columns each kind of UPDATE writes: a narrow UPDATE costs SQLite less than one of all eight columns, and
 # dispatches and results are most of them.
 _UPDATES = {
     "dispatched": ("state", "attempts", "worker", "started_at"),
-    "done": ("state", "result", "error", "finished_at"),
-    "any": ("state", "attempts", "run_at", "worker", "result", "error", "started_at", "finished_at"),
+    "done": ("state", "result", "error", "started_at", "finished_at", "usage"),
+    "any": ("state", "attempts", "run_at", "worker", "result", "error", "started_at", "finished_at", "usage"),
 }
+
+
+_JSON_COLUMNS = ("args", "payload", "handler", "usage")  # kept as JSON text: JobRecord.<column>_json
 
 
 def _values(columns: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
     """A job's values for these columns, in order (args and payload are kept as JSON: args_json, payload_json)."""
-    return operator.attrgetter(*(f"{c}_json" if c in ("args", "payload") else c for c in columns))
+    return operator.attrgetter(*(f"{c}_json" if c in _JSON_COLUMNS else c for c in columns))
 
 
 _ROW, _FRESH_ROW = _values(_COLUMNS), _values(_FRESH)
@@ -109,8 +116,10 @@ class JobRecord:
     error: str | None
     submitter: int | None
     created_at: float
-    started_at: float | None
+    started_at: float | None  # when the handler started on the worker (the dispatch time until it reports)
     finished_at: float | None
+    handler_json: str | None  # how to run it, resolved at submit (None: a job stored before there was one)
+    usage_json: str | None  # what the last attempt cost (CPU, memory, exit status)
 
     def public(self) -> dict[str, Any]:
         """The job as tqctl and the client API show it."""
@@ -121,6 +130,8 @@ class JobRecord:
             "timeout": self.timeout, "result": self.result, "error": self.error, "worker": self.worker,
             "submitter": self.submitter, "run_at": self.run_at, "created_at": self.created_at,
             "started_at": self.started_at, "finished_at": self.finished_at,
+            "handler": None if self.handler_json is None else json.loads(self.handler_json),
+            "usage": None if self.usage_json is None else json.loads(self.usage_json),
         }
 
 
@@ -313,7 +324,7 @@ class Store:
 def _not_run(j: JobRecord) -> bool:
     """True while the columns _FRESH leaves out still hold their defaults."""
     return (j.attempts == 0 and j.worker is None and j.result is None and j.error is None and j.started_at is None
-            and j.finished_at is None)
+            and j.finished_at is None and j.usage_json is None)
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:

@@ -30,9 +30,9 @@ BYE_WAIT = 5.0  # seconds a stopping worker waits for the host's fence before it
 class Attempt:
     job: protocol.Job
     execution: handlers.Execution
-    queue: str
-    started: float
-    deadline: float
+    started: float  # monotonic
+    deadline: float  # monotonic
+    started_at: float  # wall clock, reported in the result
 
 
 class Worker(Daemon):
@@ -214,23 +214,18 @@ class Worker(Daemon):
             self.exit_now = True
 
     def _on_job(self, job: protocol.Job) -> None:
+        """Start an attempt, with the handler tq-host resolved for the job (never this worker's own config)."""
         if self.stop_requested:
             self._queue_message(protocol.Release(self.instance, job.id, job.attempt))
             return
-        task = self.cfg.task_for(job.task)
         now = time.monotonic()
-        queue = task.queue if task else "?"
-        self.events.event("started", job.id, job.task, queue, job.attempt, self.instance)
-        if task is None:
-            execution: handlers.Execution = handlers.Done(handlers.Outcome(
-                False, "", f"no task {job.task!r} in the configuration of worker {self.instance}"))
-        else:
-            env = self.env  # a command's environment gets the job's TQ_* (only a command has one)
-            if task.handler == "command":
-                env = env | {"TQ_JOB_ID": str(job.id), "TQ_TASK": job.task, "TQ_ATTEMPT": str(job.attempt),
-                             "TQ_WORKER": self.instance}
-            execution = handlers.start(task, job, env)
-        self.current = Attempt(job, execution, queue, now, now + job.timeout)
+        self.events.event("started", job.id, job.task, job.queue, job.attempt, self.instance)
+        env = self.env  # a command's environment gets the job's TQ_* (only a command has one)
+        if job.handler.get("handler") == "command":
+            env = env | {"TQ_JOB_ID": str(job.id), "TQ_TASK": job.task, "TQ_ATTEMPT": str(job.attempt),
+                         "TQ_WORKER": self.instance}
+        execution = handlers.start(job.handler, job, env)
+        self.current = Attempt(job, execution, now, now + job.timeout, time.time())
         self._poll_attempt(now)
 
     # ---- the running attempt --------------------------------------------
@@ -253,7 +248,7 @@ class Worker(Daemon):
                 self.reexec = True
             self._end_attempt()
             self._queue_message(protocol.Release(self.instance, a.job.id, a.job.attempt))
-            self.events.event("released", a.job.id, a.job.task, a.queue, a.job.attempt, self.instance,
+            self.events.event("released", a.job.id, a.job.task, a.job.queue, a.job.attempt, self.instance,
                               f"interrupted by stop after worker.stop_timeout = {self.wcfg.stop_timeout:g}s")
             return True
         if outcome is None:
@@ -261,7 +256,7 @@ class Worker(Daemon):
         self._end_attempt()
         self._queue_result(self._result(a, outcome, time.monotonic() - a.started))
         event = "done" if outcome.ok else "failed"
-        self.events.event(event, a.job.id, a.job.task, a.queue, a.job.attempt, self.instance,
+        self.events.event(event, a.job.id, a.job.task, a.job.queue, a.job.attempt, self.instance,
                           outcome.error if not outcome.ok else "")
         return True
 
@@ -283,7 +278,7 @@ class Worker(Daemon):
         output, error = outcome.output, outcome.error
         while True:
             msg = protocol.Result(self.instance, a.job.id, a.job.attempt, outcome.ok, output, error,
-                                  round(duration, 6))
+                                  round(duration, 6), a.started_at, a.execution.usage())
             try:
                 protocol.encode(msg, self.cfg.mqueue.max_message_size)
                 return msg

@@ -155,20 +155,20 @@ def test_a_second_host_on_the_same_state_dir_refuses(suite: Suite) -> None:
 
 
 def test_host_restart_requeues_jobs_of_a_worker_that_never_came_back(suite: Suite) -> None:
-    suite.write_config('\n[tasks.slow]\ncommand = ["sleep", "30"]\n[tasks.quick]\nhandler = "echo"\n',
-                       lease="1s", heartbeat="100ms")
+    # The first attempt hangs; the second finishes. A lost attempt counts: one retry is what it needs.
+    suite.write_config('\n[tasks.slow]\ncommand = ["sh", "-c", "[ \\"$TQ_ATTEMPT\\" = 1 ] && exec sleep 30; echo ok"]\n'
+                       'retries = 1\nbackoff = "0s"\n', lease="1s", heartbeat="100ms")
     host, (w1,) = suite.start(workers=1)
     c = suite.client()
-    jid = c.submit("slow", retries=0)
+    jid = c.submit("slow")
     w1.notify.wait_for(lambda m: m.startswith(f"STATUS=running job {jid}"))
     for d in (host, w1):
         d.signal(signal.SIGKILL)
         d.wait()
-    suite.write_config('\n[tasks.slow]\nhandler = "echo"\n', lease="1s", heartbeat="100ms")
     suite.host()
     suite.worker("2")
     job = suite.client().wait(jid, timeout=20)
-    assert (job["state"], job["worker"], job["attempts"]) == ("done", "2", 2)
+    assert (job["state"], job["worker"], job["attempts"], job["result"]) == ("done", "2", 2, "ok")
 
 
 def test_a_client_reconnects_after_the_host_comes_back(suite: Suite) -> None:

@@ -27,7 +27,10 @@ from harness import Daemon, Suite, temporary_suite, wait_until
 from tq.client import Client, TqError
 
 WORKERS = 4
-TASK = '\n[tasks.rec]\npython = "tq_test_handlers:record"\n[log]\njob_events = "failures"\n'
+# Chaos kills workers under jobs over and over: a lost attempt counts (a poison job ends dead), so the
+# chaos task has attempts to spare, and a short backoff.
+TASK = ('\n[tasks.rec]\npython = "tq_test_handlers:record"\nretries = 1000\nbackoff = "10ms"\n'
+        '[log]\njob_events = "failures"\n')
 TRIGGER = """
 CREATE TABLE IF NOT EXISTS chaos_done (id INTEGER NOT NULL);
 CREATE TRIGGER IF NOT EXISTS chaos_count_done AFTER UPDATE OF state ON jobs WHEN NEW.state = 'done'

@@ -39,7 +39,7 @@ def _message_bytes() -> st.SearchStrategy[bytes]:
     field_names = sorted({f for cls in protocol.KINDS.values() for f in cls.__dataclass_fields__})
     bodies = st.dictionaries(st.sampled_from(field_names) | st.text(max_size=6), json_values, max_size=9)
     framed = st.builds(lambda v, k, b: bytes([v]) + k + json.dumps(b).encode(),
-                       st.sampled_from([protocol.VERSION, 0, 2, 255]), st.sampled_from(sorted(protocol.KINDS)),
+                       st.sampled_from([protocol.VERSION, 0, 1, 255]), st.sampled_from(sorted(protocol.KINDS)),
                        bodies)
     return framed | st.binary(max_size=200)
 

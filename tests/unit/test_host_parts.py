@@ -61,7 +61,7 @@ def test_a_failed_attempt_waits_its_backoff_then_runs_again_then_dies_out_of_att
     assert parts.jobs.pop_ready(["default"]) is j
     parts.jobs.start(j, "1")
     assert (j.state, j.attempts, j.worker) == (JobState.RUNNING, 1, "1")
-    parts.jobs.finish(j, "1", False, "", "boom", 0.01)
+    parts.jobs.finish(j, _result(j, False, "boom"))
     assert j.state == JobState.FAILED and j.run_at is not None and j.run_at > time.time() + 0.5  # backoff 1s
     parts.jobs.promote_due()
     assert j.state == JobState.FAILED  # not yet due
@@ -70,7 +70,7 @@ def test_a_failed_attempt_waits_its_backoff_then_runs_again_then_dies_out_of_att
     parts.jobs.promote_due()
     assert j.state == JobState.QUEUED and parts.jobs.pop_ready(["default"]) is j
     parts.jobs.start(j, "2")
-    parts.jobs.finish(j, "2", False, "", "boom again", 0.01)
+    parts.jobs.finish(j, _result(j, False, "boom again"))
     assert (j.state, j.attempts, j.error) == (JobState.DEAD, 2, "boom again")  # retries = 1: two attempts
     assert finals == [(jid, JobState.DEAD)] and jid not in parts.jobs.jobs
     parts.store.commit()
@@ -115,7 +115,7 @@ def test_a_store_rebuilt_table_has_the_same_jobs_and_counts(parts: Parts) -> Non
 
 # ---- the fleet and its fence --------------------------------------------------------------------------------
 
-def test_a_job_not_reported_before_the_fence_is_requeued_and_its_late_result_ignored(parts: Parts) -> None:
+def test_a_job_not_reported_before_the_fence_is_lost_and_its_late_result_ignored(parts: Parts) -> None:
     parts.start_worker("1")
     assert parts.fleet.workers["1"].state == "live"
     (jid,) = submit(parts, {"task": "t"})
@@ -131,9 +131,16 @@ def test_a_job_not_reported_before_the_fence_is_requeued_and_its_late_result_ign
     parts.worker_says(protocol.Synced("1", sync.token - 1))  # an old fence changes nothing
     assert w.state == "syncing"
     parts.worker_says(protocol.Synced("1", sync.token))
-    assert w.state == "live" and job(parts, jid).state == JobState.QUEUED and not w.assigned
-    parts.result(_copy(job(parts, jid), worker="1", attempts=1))
-    assert job(parts, jid).state == JobState.QUEUED  # the old attempt's result came too late
+    j = job(parts, jid)
+    assert w.state == "live" and j.state == JobState.FAILED and not w.assigned  # waits for its backoff
+    assert j.error == ("worker 1 lost while running attempt 1 of 2 (the worker restarted: pid 100 is gone, "
+                       "pid 200 took its place)")
+    parts.result(_copy(j, worker="1", attempts=1))
+    assert job(parts, jid).state == JobState.FAILED  # the old attempt's result came too late
+
+
+def _result(j: JobRecord, ok: bool, error: str = "") -> protocol.Result:
+    return protocol.Result(j.worker or "", j.id, j.attempts, ok, "out" if ok else "", error, 0.01, 0.0, {})
 
 
 def _copy(j: JobRecord, **changes: object) -> JobRecord:
@@ -154,15 +161,38 @@ def test_a_result_ahead_of_the_fence_counts_and_the_job_is_done_once(parts: Part
     assert parts.fleet.workers["1"].state == "stopped" and parts.fleet.workers["1"].done == 1
 
 
-def test_a_worker_silent_past_its_lease_is_lost_and_its_jobs_requeued(parts: Parts) -> None:
+def test_a_worker_silent_past_its_lease_is_lost_and_so_is_the_attempt_of_its_job(parts: Parts) -> None:
     parts.start_worker("1", now=100.0)
     (jid,) = submit(parts, {"task": "t"})
     parts.dispatcher.assign(100.0)
     parts.fleet.check_leases(100.0 + parts.cfg.host.lease - 0.1)
     assert parts.fleet.workers["1"].state == "live"
     parts.fleet.check_leases(100.0 + parts.cfg.host.lease + 0.1)
-    assert parts.fleet.workers["1"].state == "lost" and job(parts, jid).state == JobState.QUEUED
-    assert job(parts, jid).attempts == 1  # the lost attempt counted
+    j = job(parts, jid)
+    assert parts.fleet.workers["1"].state == "lost" and j.state == JobState.FAILED
+    assert j.attempts == 1 and j.error is not None and "silent past the lease of 10s" in j.error
+
+
+def test_a_job_that_kills_its_worker_every_time_ends_dead(parts: Parts) -> None:
+    finals: list[int] = []
+    parts.jobs.on_final = lambda j: finals.append(j.id)
+    (jid,) = submit(parts, {"task": "t"})
+    for attempt, pid in ((1, 101), (2, 102)):  # retries = 1: two attempts
+        parts.start_worker("1", pid=pid)
+        j = job(parts, jid)
+        j.run_at = 0.0
+        parts.jobs.delayed[:] = [(0.0, jid)] if j.state == JobState.FAILED else []
+        parts.jobs.promote_due()
+        parts.dispatcher.assign(0.0)
+        assert j.state == JobState.RUNNING and j.attempts == attempt
+        parts.inbox_messages("1")
+        parts.worker_says(protocol.Hello("1", pid + 100, ["default"], 8))  # the job killed it: a new worker
+        (sync,) = [m for m in parts.inbox_messages("1") if isinstance(m, protocol.Sync)]
+        parts.worker_says(protocol.Synced("1", sync.token))
+    j = job(parts, jid)
+    assert (j.state, j.attempts) == (JobState.DEAD, 2) and finals == [jid]
+    assert j.error is not None and j.error.startswith("worker 1 lost while running attempt 2 of 2 (the worker "
+                                                      "restarted")
 
 
 def test_malformed_and_unexpected_messages_are_counted_and_dropped(parts: Parts) -> None:

@@ -17,21 +17,22 @@ def test_every_message_kind_round_trips() -> None:
         protocol.Sync(7), protocol.Hello("1", 42, ["default"], 2), protocol.Heartbeat("1", 42, ["q"], 2, 0),
         protocol.Release("1", 1, 1),
         protocol.Bye("1", 42), protocol.Synced("1", 7),
-        protocol.Jobs([[1, 1, "t", [], None, 1.0, 0]]), protocol.Results("1", [[1, 1, True, "out", "", 0.5]]),
+        protocol.Jobs([[1, 1, "t", [], None, 1.0, 0, "q", {"handler": "echo"}]]),
+        protocol.Results("1", [[1, 1, True, "out", "", 0.5, 1.7e9, {"user": 0.1}]]),
     ]
     for msg in msgs:
         assert protocol.decode(protocol.encode(msg)) == msg
 
 
 def test_too_large_names_the_limit() -> None:
-    msg = protocol.Jobs([[1, 1, "t", ["x" * 10000], None, 1.0, 0]])
+    msg = protocol.Jobs([[1, 1, "t", ["x" * 10000], None, 1.0, 0, "q", {}]])
     with pytest.raises(protocol.TooLarge, match="max_message_size is 8192 bytes"):
         protocol.encode(msg, 8192)
 
 
-@pytest.mark.parametrize("data", [b"", b"\x01", b"\x02K[]", b"\x01Z{}", b"\x01J[1]", b"\x01K[1]", b"\x01Knot json",
-                                  b'\x01S{"token":"7"}', b'\x01S{"token":true}', b'\x01H{"instance":"1"}',
-                                  b'\x01H{"instance":"1","pid":1,"queues":[1],"prefetch":1}'])
+@pytest.mark.parametrize("data", [b"", b"\x02", b"\x01K[[]]", b"\x02Z{}", b"\x02J[1]", b"\x02K[1]", b"\x02Knot json",
+                                  b'\x02S{"token":"7"}', b'\x02S{"token":true}', b'\x02H{"instance":"1"}',
+                                  b'\x02H{"instance":"1","pid":1,"queues":[1],"prefetch":1}', b"\x01S[7]"])
 def test_malformed_messages_raise_protocol_error(data: bytes) -> None:
     with pytest.raises(protocol.ProtocolError):
         protocol.decode(data)
@@ -111,18 +112,20 @@ def test_existing_queue_with_other_dimensions_is_drained_and_recreated() -> None
 
 
 def test_batches_unpack_to_their_items_and_reject_malformed_ones() -> None:
-    jobs = protocol.Jobs([[1, 1, "t", ["a"], None, 30.0, 0], [2, 3, "u", [], {"p": 1}, 5.0, 9]])
+    jobs = protocol.Jobs([[1, 1, "t", ["a"], None, 30.0, 0, "q", {}], [2, 3, "u", [], {"p": 1}, 5.0, 9, "q", {}]])
     assert [j.id for j in protocol.unpack_jobs(jobs)] == [1, 2]
-    results = protocol.Results("4", [[1, 1, True, "ok", "", 0.1]])
-    assert protocol.unpack_results(results) == [protocol.Result("4", 1, 1, True, "ok", "", 0.1)]
+    results = protocol.Results("4", [[1, 1, True, "ok", "", 0.1, 5.0, {}]])
+    assert protocol.unpack_results(results) == [protocol.Result("4", 1, 1, True, "ok", "", 0.1, 5.0, {})]
     with pytest.raises(protocol.ProtocolError):
-        protocol.unpack_jobs(protocol.Jobs([[1, "one", "t", [], None, 30.0, 0]]))
+        protocol.unpack_jobs(protocol.Jobs([[1, "one", "t", [], None, 30.0, 0, "q", {}]]))
+    with pytest.raises(protocol.ProtocolError):  # a handler that is not an object
+        protocol.unpack_jobs(protocol.Jobs([[1, 1, "t", [], None, 30.0, 0, "q", ["echo"]]]))
     with pytest.raises(protocol.ProtocolError):
         protocol.unpack_results(protocol.Results("4", ["not an array"]))
 
 
 def test_a_packed_jobs_message_is_what_encode_makes() -> None:
-    items = [[1, 1, "t", ["a"], None, 30.0, 0], [2, 1, "t", [], {"x": 1}, 30.0, 5]]
+    items = [[1, 1, "t", ["a"], None, 30.0, 0, "q", {}], [2, 1, "t", [], {"x": 1}, 30.0, 5, "q", {"handler": "echo"}]]
     packed = [protocol.pack_item(i) for i in items]
     data = protocol.jobs_message(packed)
     assert data == protocol.encode(protocol.Jobs(items))
@@ -133,11 +136,13 @@ def test_a_packed_jobs_message_is_what_encode_makes() -> None:
 def test_a_spliced_job_item_decodes_to_the_job_and_fits_its_size_bound(args: list[Any], payload: Any) -> None:
     args_json = protocol.to_json(args)
     payload_json = None if payload is None else protocol.to_json(payload)
-    item = protocol.job_item(2**62, 7, "a.b-c:d_e", args_json, payload_json, 1e-7, -1000)
+    handler = {"handler": "command", "command": ["/bin/echo", "\u00e9"], "memory_max": 1 << 30}
+    handler_json = protocol.to_json(handler)
+    item = protocol.job_item(2**62, 7, "a.b-c:d_e", args_json, payload_json, 1e-7, -1000, "q.1-x_y", handler_json)
     data = protocol.jobs_message([item])
     (job,) = protocol.unpack_jobs(protocol.decode(data))  # type: ignore[arg-type]
-    assert job == protocol.Job(2**62, 7, "a.b-c:d_e", args, payload, 1e-7, -1000)
-    assert len(data) <= protocol.job_size("a.b-c:d_e", args_json, payload_json)
+    assert job == protocol.Job(2**62, 7, "a.b-c:d_e", args, payload, 1e-7, -1000, "q.1-x_y", handler)
+    assert len(data) <= protocol.job_size("a.b-c:d_e", "q.1-x_y", args_json, payload_json, handler_json)
 
 
 @settings(max_examples=500, deadline=None)

@@ -16,7 +16,8 @@ from tq.store import JobRecord, Store, StoreError
 STEPS = {
     "dispatched": ("dispatched", lambda j, n: _set(j, state="running", attempts=j.attempts + 1, worker=str(n % 4),
                                                     started_at=float(n))),
-    "done": ("done", lambda j, n: _set(j, state="done", result=f"out {n}", error=None, finished_at=float(n))),
+    "done": ("done", lambda j, n: _set(j, state="done", result=f"out {n}", error=None, finished_at=float(n),
+                                       started_at=float(n) - 0.5, usage_json=f'{{"user":{n}}}')),
     "failed": ("any", lambda j, n: _set(j, state="failed", error=f"boom {n}", run_at=float(n), finished_at=float(n))),
     "queued": ("any", lambda j, n: _set(j, state="queued", worker=None, attempts=max(0, j.attempts - 1))),
 }
@@ -31,7 +32,7 @@ def _job() -> JobRecord:
     return JobRecord(id=0, task="t", args_json='["a"]', payload_json=None, queue="default", priority=0,
                      state="queued", attempts=0, retries=3, timeout=30.0, backoff=1.0, backoff_max=60.0,
                      run_at=None, worker=None, result=None, error=None, submitter=0, created_at=time.time(),
-                     started_at=None, finished_at=None)
+                     started_at=None, finished_at=None, handler_json='{"handler":"echo"}', usage_json=None)
 
 
 @settings(max_examples=200, deadline=None)
@@ -58,23 +59,49 @@ def test_every_staged_change_lands_whichever_statement_writes_it(tmp_path_factor
         store.close()
 
 
-def test_an_older_schema_is_upgraded_in_place_and_keeps_its_jobs(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+# The schema of version 1, as tq 0.1.0 (before jobs carried their handler) wrote it.
+SCHEMA_V1 = """
+CREATE TABLE jobs (id INTEGER PRIMARY KEY, task TEXT NOT NULL, args TEXT NOT NULL, payload TEXT,
+    queue TEXT NOT NULL, priority INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL, timeout REAL NOT NULL, backoff REAL NOT NULL, backoff_max REAL NOT NULL, run_at REAL,
+    worker TEXT, result TEXT, error TEXT, submitter INTEGER, created_at REAL NOT NULL, started_at REAL,
+    finished_at REAL);
+CREATE TABLE workers (instance TEXT PRIMARY KEY, pid INTEGER, queues TEXT NOT NULL, state TEXT NOT NULL,
+    seen_at REAL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO jobs (id, task, args, queue, priority, state, retries, timeout, backoff, backoff_max, created_at)
+    VALUES (7, 'report', '["a"]', 'default', 0, 'queued', 3, 30.0, 1.0, 300.0, 1700000000.0);
+INSERT INTO jobs (id, task, args, queue, priority, state, attempts, retries, timeout, backoff, backoff_max, worker,
+    result, created_at, started_at, finished_at)
+    VALUES (8, 'report', '[]', 'default', 0, 'done', 1, 3, 30.0, 1.0, 300.0, '1', 'ok', 1700000000.0, 1700000001.0,
+            1700000002.0);
+"""
+
+
+def test_a_store_of_schema_1_is_upgraded_in_place_and_keeps_its_jobs(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "tq.sqlite3")
+    db.executescript(SCHEMA_V1)
+    db.close()
     store = Store(str(tmp_path))
-    job = _job()
-    store.insert(job)
-    store.commit()
-    store.close()
-    from tq import store as store_module
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(store_module, "MIGRATIONS", {1: ("ALTER TABLE jobs ADD COLUMN note TEXT",)})
-    upgraded = Store(str(tmp_path))
     try:
-        assert upgraded.get(job.id) == job
-        assert upgraded.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
-        assert "note" in [row[1] for row in upgraded.db.execute("PRAGMA table_info(jobs)")]
+        queued, done = store.get(7), store.get(8)
+        assert queued is not None and (queued.task, queued.args_json, queued.state) == ("report", '["a"]', "queued")
+        assert queued.handler_json is None  # resolved at dispatch from the configuration
+        assert done is not None and (done.state, done.result, done.usage_json) == ("done", "ok", None)
+        assert [j.id for j in store.open_jobs()] == [7]
+        assert store.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+        store.update(queued)  # the new columns are written like the others
+        queued.usage_json = '{"user":0.5}'
+        store.commit()
     finally:
-        upgraded.close()
+        store.close()
+    again = Store(str(tmp_path))
+    try:
+        job = again.get(7)
+        assert job is not None and job.usage_json == '{"user":0.5}'
+    finally:
+        again.close()
 
 
 def test_a_store_written_by_a_newer_tq_is_refused_with_the_reason(tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ class Host(Daemon):
 
     def _on_result(self, job: JobRecord, result: protocol.Result) -> None:
         self.dispatcher.timed(job.task, result.duration)
-        self.jobs.finish(job, result.instance, result.ok, result.output, result.error, result.duration)
+        self.jobs.finish(job, result)
 
     def _recover(self) -> None:
         """Load every open job from the store and fence every known worker with a Sync."""

@@ -64,6 +64,12 @@ class Dispatcher:
         oldest = min((jobs[i].started_at or now for i in w.assigned if i in jobs), default=now)
         return now - oldest > LONG_JOB
 
+    def _handler_now(self, task: str) -> str:
+        """How to run a job stored before jobs carried their handler: as the configuration says now."""
+        found = self.cfg.task_for(task)
+        spec = found.handler_spec() if found is not None else {"handler": "missing", "task": task}
+        return protocol.to_json(spec)
+
     def send(self) -> bool:
         """After the commit: send the step's assignments. An inbox that is full (or gone) gets its jobs taken
         back, and its worker rests for BLOCKED_BACKOFF; True when that happened (the host commits again)."""
@@ -95,7 +101,7 @@ class Dispatcher:
             size = protocol.batch_size([])
             for job in jobs:
                 item = protocol.job_item(job.id, job.attempts, job.task, job.args_json, job.payload_json, job.timeout,
-                                         job.priority)
+                                         job.priority, job.queue, job.handler_json or self._handler_now(job.task))
                 if chunk and size + len(item) + 1 > limit:
                     batches.append((w, chunk, protocol.jobs_message(items)))
                     chunk, items, size = [], [], protocol.batch_size([])

@@ -6,7 +6,8 @@ each worker's inbox. A worker that appears, comes back with a new pid, or is
 found again after a host restart is fenced before it gets work: the host sends
 Sync at the lowest message priority, and when Synced comes back every job still
 assigned to that worker was lost (its result would have come first) and is
-requeued (see protocol.py). A worker silent for `host.lease` is lost.
+lost with it (see protocol.py). A worker silent for `host.lease` is lost. A lost job's attempt counts
+(JobTable.lose): a job that kills its worker every time ends dead.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class WorkerState:
     assigned: set[int] = field(default_factory=set)
     token: int = 0
     sync_due: bool = False
+    fence_cause: str = ""  # why it was fenced: the cause given to the jobs the fence finds lost
     running: int = 0
     done: int = 0
     saved: tuple[int, tuple[str, ...], bool] | None = None  # the row last written to the store
@@ -84,7 +86,7 @@ class Fleet:
                 w.state = "stopped"
                 continue
             self._reopen_inbox(w)
-            self._fence(w, "leaving" if state == "leaving" else "syncing")
+            self._fence(w, "leaving" if state == "leaving" else "syncing", "not reported after tq-host restarted")
 
     def close(self) -> None:
         """Close the queues this process holds open (the queues themselves stay)."""
@@ -150,7 +152,7 @@ class Fleet:
         if w is None:
             return
         self.logger.info("worker %s (pid %d) says hello; queues %s", msg.instance, msg.pid, ",".join(msg.queues))
-        self._adopt(w, msg.pid, msg.queues, msg.prefetch, now)
+        self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, _restart_cause(w, msg.pid))
 
     def _on_heartbeat(self, msg: protocol.Heartbeat, now: float) -> None:
         w = self._worker(msg.instance)
@@ -158,7 +160,7 @@ class Fleet:
             return
         if w.state in ("lost", "stopped") or msg.pid != w.pid:
             self.logger.info("worker %s (pid %d) is back", msg.instance, msg.pid)
-            self._adopt(w, msg.pid, msg.queues, msg.prefetch, now)
+            self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, _restart_cause(w, msg.pid))
             return
         w.seen, w.running = now, msg.running
 
@@ -168,7 +170,7 @@ class Fleet:
             return
         w.seen = now
         self.logger.info("worker %s is stopping", msg.instance)
-        self._fence(w, "leaving")
+        self._fence(w, "leaving", "it stopped without reporting the job")
 
     def _on_synced(self, msg: protocol.Synced, now: float) -> None:
         w = self._worker(msg.instance)
@@ -178,7 +180,7 @@ class Fleet:
         if msg.token != w.token or w.state not in ("syncing", "leaving"):
             return  # an old fence
         for job_id in sorted(w.assigned):
-            self.jobs.requeue(job_id, f"not reported by worker {w.instance} before its sync fence")
+            self.jobs.lose(job_id, w.fence_cause)
         w.assigned.clear()
         w.running = 0
         w.state = "stopped" if w.state == "leaving" else "live"
@@ -187,13 +189,13 @@ class Fleet:
 
     # ---- the fence --------------------------------------------------------
 
-    def _adopt(self, w: WorkerState, pid: int, queues: list[str], prefetch: int, now: float) -> None:
+    def _adopt(self, w: WorkerState, pid: int, queues: list[str], prefetch: int, now: float, cause: str) -> None:
         """A worker (re)appeared: reopen its inbox and fence it before dispatching to it."""
         w.pid, w.queues, w.seen = pid, queues, now
         self._reopen_inbox(w)
         depth = w.inbox.max_messages if w.inbox is not None else 2
         w.prefetch = max(1, min(prefetch, depth - 1))  # one slot stays free for the Sync fence
-        self._fence(w, "syncing")
+        self._fence(w, "syncing", cause)
         self._persist(w)
 
     def _persist(self, w: WorkerState) -> None:
@@ -212,9 +214,9 @@ class Fleet:
         except QueueError as e:  # not there (yet): its next hello or heartbeat tries again
             self.logger.warning("worker %s: %s", w.instance, e)
 
-    def _fence(self, w: WorkerState, state: str) -> None:
+    def _fence(self, w: WorkerState, state: str, cause: str) -> None:
         self.tokens += 1
-        w.token, w.state, w.sync_due = self.tokens, state, True
+        w.token, w.state, w.sync_due, w.fence_cause = self.tokens, state, True, cause
         self._send_sync(w)
 
     def _send_sync(self, w: WorkerState) -> None:
@@ -246,10 +248,10 @@ class Fleet:
             if w.sync_due:
                 self._send_sync(w)
             if w.state in ("syncing", "live", "leaving") and now - w.seen > self.cfg.host.lease:
-                self.logger.warning("worker %s lost: no message for %.1fs (host.lease); requeueing %d job(s)",
+                self.logger.warning("worker %s lost: no message for %.1fs (host.lease); %d job(s) lost with it",
                                     w.instance, now - w.seen, len(w.assigned), extra={"TQ_WORKER": w.instance})
                 for job_id in sorted(w.assigned):
-                    self.jobs.requeue(job_id, f"worker {w.instance} lost")
+                    self.jobs.lose(job_id, f"silent past the lease of {self.cfg.host.lease:g}s")
                 w.assigned.clear()
                 w.state, w.running, w.sync_due = "lost", 0, False
 
@@ -275,3 +277,12 @@ class Fleet:
 
     def public(self, now: float) -> list[dict[str, Any]]:
         return [w.public(now) for w in sorted(self.workers.values(), key=lambda w: w.instance)]
+
+
+def _restart_cause(w: WorkerState, pid: int) -> str:
+    """Why a worker's hello or heartbeat fences it: what its unreported jobs were lost to."""
+    if w.pid and pid != w.pid:
+        return f"the worker restarted: pid {w.pid} is gone, pid {pid} took its place"
+    if w.state == "lost":
+        return "the worker came back after being lost"
+    return "not reported by the worker before its fence"

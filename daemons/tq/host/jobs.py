@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from ..log import JobEvents
+from ..protocol import Result, describe_usage, to_json
 from ..states import FINAL, JobState
 from ..store import JobRecord, Store
 
@@ -137,25 +138,34 @@ class JobTable:
         job.attempts -= 1
         self._move(job, QUEUED)
 
-    def finish(self, job: JobRecord, instance: str, ok: bool, output: str, error: str, duration: float) -> None:
+    def finish(self, job: JobRecord, result: Result) -> None:
         """A worker's result for the running attempt: done, or failed (retried after its backoff) or dead."""
         job.finished_at = time.time()
-        if ok:
-            job.result, job.error = output, None
+        if result.started > 0:
+            job.started_at = result.started
+        job.usage_json = to_json(result.usage) if result.usage else None
+        cost = f"in {result.duration:.3f}s{describe_usage(result.usage)}"
+        if result.ok:
+            job.result, job.error = result.output, None
             self._move(job, DONE, "done")
-            self.events.event("done", job.id, job.task, job.queue, job.attempts, instance, f"in {duration:.3f}s")
+            self.events.event("done", job.id, job.task, job.queue, job.attempts, result.instance, cost)
             return
+        self._fail(job, result.instance, result.error, "retrying", f" ({cost})")
+
+    def _fail(self, job: JobRecord, instance: str | None, error: str, event: str, cost: str = "") -> None:
+        """The attempt failed: run again after the backoff, or dead once out of attempts."""
         job.error = error
         if job.attempts <= job.retries:
             delay = min(job.backoff * 2 ** max(job.attempts - 1, 0), job.backoff_max)
             job.run_at = time.time() + delay
             self._move(job, FAILED)
-            self.events.event("retrying", job.id, job.task, job.queue, job.attempts, instance,
-                              f"{job.error}; attempt {job.attempts + 1} in {delay:.3g}s")
+            self.events.event(event, job.id, job.task, job.queue, job.attempts, instance,
+                              f"{job.error}{cost}; attempt {job.attempts + 1} in {delay:.3g}s")
         else:
+            job.finished_at = time.time()
             self._move(job, DEAD)
             self.events.event("dead", job.id, job.task, job.queue, job.attempts, instance,
-                              f"{job.error}; out of attempts ({job.attempts})")
+                              f"{job.error}{cost}; out of attempts ({job.attempts})")
 
     def release(self, job: JobRecord, instance: str) -> None:
         """A job handed back unrun by a stopping worker: queued again, the attempt not counted."""
@@ -164,14 +174,14 @@ class JobTable:
         self.events.event("released", job.id, job.task, job.queue, job.attempts, instance,
                           "handed back by a stopping worker")
 
-    def requeue(self, job_id: int, reason: str) -> None:
-        """A running job whose worker was lost or fenced without reporting it: queued again."""
+    def lose(self, job_id: int, cause: str) -> None:
+        """A running job whose worker was lost (killed, crashed, restarted, silent): the attempt counts, so a job
+        that kills its worker every time ends dead, and its next attempt waits for the backoff."""
         job = self.jobs.get(job_id)
         if job is None or job.state != RUNNING:
             return
-        instance = job.worker
-        self._move(job, QUEUED)
-        self.events.event("lost", job.id, job.task, job.queue, job.attempts, instance, f"requeued: {reason}")
+        error = f"worker {job.worker} lost while running attempt {job.attempts} of {job.retries + 1} ({cause})"
+        self._fail(job, job.worker, error, "lost")
 
     def cancel(self, job: JobRecord) -> None:
         if job.state not in CANCELLABLE:

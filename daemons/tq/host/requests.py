@@ -182,7 +182,7 @@ class Requests:
         name = spec.get("task")
         if type(name) is not str:
             name = control.field(spec, "task", str)  # raises: absent, null or not a string
-        name, task = self._task(name)
+        name, task, handler_json = self._task(name)
         if spec.keys() <= PLAIN_SPEC:
             queue, priority, delay, timeout, retries = task.queue, task.priority, 0.0, task.timeout, task.retries
         else:
@@ -192,7 +192,7 @@ class Requests:
             args = control.field(spec, "args", list, [])  # absent or null: none; anything else is refused
         payload = spec.get("payload")
         args_json, payload_json = protocol.to_json(args), None if payload is None else protocol.to_json(payload)
-        size = protocol.job_size(name, args_json, payload_json)
+        size = protocol.job_size(name, queue, args_json, payload_json, handler_json)
         limit = self.cfg.mqueue.max_message_size
         if size > limit:
             raise RequestError("too_large", f"job {name!r} is too large: its message is {size} bytes; "
@@ -200,10 +200,11 @@ class Requests:
         now = time.time()
         return JobRecord(0, name, args_json, payload_json, queue, priority, DELAYED if delay > 0 else QUEUED, 0,
                          retries, timeout, task.backoff, task.backoff_max, now + delay if delay > 0 else None, None,
-                         None, None, uid, now, None, None)  # positional: the fields in order
+                         None, None, uid, now, None, None, handler_json, None)  # positional: the fields in order
 
-    def _resolve_task(self, name: str) -> tuple[str, config.TaskConfig]:
-        """A task name, checked, with its task (cached: the name interned, one string for all its jobs)."""
+    def _resolve_task(self, name: str) -> tuple[str, config.TaskConfig, str]:
+        """A task name, checked, with its task and how to run it (cached: the name interned, one string for all
+        its jobs)."""
         if not config.TASK_NAME_RE.fullmatch(name):
             raise RequestError("bad_request", f"invalid task name {name[:60]!r} (dot-separated words of "
                                               "letters, digits, _ - :)")
@@ -211,7 +212,7 @@ class Requests:
         if task is None:
             known = ", ".join(t.name for t in self.cfg.tasks) or "(none configured)"
             raise RequestError("unknown_task", f"unknown task {name!r}; known tasks: {known}")
-        return sys.intern(name), task
+        return sys.intern(name), task, protocol.to_json(task.handler_spec())
 
     # ---- the other operations ---------------------------------------------
 
