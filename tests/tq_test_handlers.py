@@ -28,3 +28,15 @@ def fail(message: str) -> None:
 def hang(seconds: str) -> str:
     time.sleep(float(seconds))
     return "woke"
+
+
+def patient(seconds: str) -> str:
+    """Work until asked to stop (tqctl cancel or the timeout), then clean up and return."""
+    from tq import job
+
+    deadline = time.monotonic() + float(seconds)
+    while time.monotonic() < deadline:
+        if job.current().sleep(0.05):
+            _log(f"stopped {job.current().id}")
+            return "stopped early"
+    return "finished"

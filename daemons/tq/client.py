@@ -196,10 +196,22 @@ class Client:
         return [dict(j) for j in reply["jobs"]]
 
     def cancel(self, job_id: int) -> dict[str, Any]:
-        return dict(self.call("cancel", id=job_id)["job"])
+        """Cancel a job; a running one is stopped on its worker first (the reply's `stopping` is then true)."""
+        reply = self.call("cancel", id=job_id)
+        return dict(reply["job"]) | {"stopping": bool(reply.get("stopping"))}
 
     def retry(self, job_id: int) -> dict[str, Any]:
         return dict(self.call("retry", id=job_id)["job"])
+
+    def cancel_matching(self, state: str | None = None, task: str | None = None, queue: str | None = None,
+                        older_than: float | None = None) -> list[int]:
+        """Cancel every job that matches all the filters given (at least one); the ids it cancelled."""
+        return list(self.call("cancel", state=state, task=task, queue=queue, older_than=older_than)["ids"])
+
+    def retry_matching(self, state: str | None = None, task: str | None = None, queue: str | None = None,
+                       older_than: float | None = None) -> list[int]:
+        """Run again every dead, cancelled or failed job that matches all the filters given; the ids."""
+        return list(self.call("retry", state=state, task=task, queue=queue, older_than=older_than)["ids"])
 
     def status(self) -> dict[str, Any]:
         reply = self.call("status")

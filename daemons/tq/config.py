@@ -7,12 +7,13 @@ errors the line, so that `tqctl config check` reads like `nginx -t`.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .configfiles import DEFAULT_SOCKET, read_files
+from .configfiles import DEFAULT_SOCKET, parse_size, read_files
 from .configfiles import ConfigError as ConfigError  # re-exported: config.ConfigError is the daemons' error
 from .configfiles import parse_duration as parse_duration
 
@@ -71,17 +72,26 @@ class TaskConfig:
     priority: int = 0
     backoff: float = 1.0
     backoff_max: float = 300.0
+    kill_grace: float = 5.0  # a stopped attempt (timeout, cancel) may clean up this long before SIGKILL
+    memory_max: int | None = None  # bytes of address space (RLIMIT_AS) of a command job
+    cpu_max: int | None = None  # seconds of CPU (RLIMIT_CPU) of a command job
+    open_files_max: int | None = None  # descriptors (RLIMIT_NOFILE) of a command job
 
     def handler_spec(self) -> dict[str, Any]:
         """How a worker runs this task's jobs: what tq-host puts into each job at submit (handlers.start reads it).
 
         A job runs with what the host resolved when it accepted the job, whatever the worker's own config says.
         """
+        spec: dict[str, Any] = {"handler": self.handler}
         if self.handler == "command":
-            return {"handler": "command", "command": list(self.command)}
-        if self.handler == "python":
-            return {"handler": "python", "python": self.python}
-        return {"handler": "echo"}
+            spec["command"] = list(self.command)
+            limits = {"memory_max": self.memory_max, "cpu_max": self.cpu_max, "open_files_max": self.open_files_max}
+            spec.update({k: v for k, v in limits.items() if v is not None})
+        elif self.handler == "python":
+            spec["python"] = self.python
+        if self.kill_grace != TaskConfig.kill_grace:
+            spec["kill_grace"] = self.kill_grace
+        return spec
 
 
 @dataclass(frozen=True)
@@ -222,6 +232,14 @@ class _Reader:
             raise self.error(key, f"must be at least {minimum:g}s")
         return seconds
 
+    def size(self, key: str) -> int | None:
+        if key not in self.table:
+            return None
+        try:
+            return parse_size(self.table[key])
+        except ValueError as e:
+            raise self.error(key, str(e)) from None
+
     def names(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = self.get(key, list, None)
         if value is None:
@@ -310,7 +328,7 @@ def _log(r: _Reader) -> LogConfig:
 
 def _task(r: _Reader, name: str) -> TaskConfig:
     r.check_keys({"handler", "command", "python", "queue", "timeout", "retries", "priority", "backoff",
-                  "backoff_max"})
+                  "backoff_max", "kill_grace", "memory_max", "cpu_max", "open_files_max"})
     if not re.fullmatch(r"[A-Za-z0-9_*#:-]+(\.[A-Za-z0-9_*#:-]+)*", name):
         raise r.error("", "task names are dot-separated words of letters, digits, _ - : (or * and #)")
     given = [k for k in ("handler", "command", "python") if k in r.table]
@@ -340,4 +358,8 @@ def _task(r: _Reader, name: str) -> TaskConfig:
         priority=r.integer("priority", d.priority, PRIORITY_MIN, PRIORITY_MAX),
         backoff=r.duration("backoff", d.backoff),
         backoff_max=r.duration("backoff_max", d.backoff_max),
+        kill_grace=r.duration("kill_grace", d.kill_grace),
+        memory_max=r.size("memory_max"),
+        cpu_max=None if "cpu_max" not in r.table else max(1, math.ceil(r.duration("cpu_max", 0.0, minimum=1.0))),
+        open_files_max=None if "open_files_max" not in r.table else r.integer("open_files_max", 0, 3, 1 << 20),
     )

@@ -47,6 +47,24 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+def parse_size(value: object) -> int:
+    """Bytes from a whole number or a string such as "512M", "2G", "64K" (powers of 1024)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as \"512M\"")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", value, re.IGNORECASE)
+        if not m:
+            raise ValueError(f"{value!r} is not a size (examples: \"64M\", \"2G\", 1048576)")
+        size = int(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " ")
+    else:
+        raise ValueError("expected a size such as \"512M\"")
+    if size <= 0:
+        raise ValueError("a size must be above 0")
+    return size
+
+
 def config_files(path: str | None = None) -> list[str]:
     """The files to read: --config, else $TQ_CONFIG, else the default; then `<dir>/tq.d/*.toml`."""
     main = path or os.environ.get("TQ_CONFIG") or DEFAULT_CONFIG

@@ -60,11 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--queue")
     ls.add_argument("--task")
     ls.add_argument("--limit", type=int, default=50)
-    for name, text, func in (("show", "show one job", _cmd_show),
-                             ("cancel", "cancel a queued or delayed job", _cmd_cancel),
-                             ("retry", "run a dead, failed or cancelled job again", _cmd_retry)):
+    c = sub.add_parser("show", parents=[common], help="show one job")
+    c.add_argument("id", type=int)
+    c.set_defaults(func=_cmd_show)
+    for name, text, func in (("cancel", "cancel a job (a running one is stopped first), or all that match",
+                              _cmd_cancel),
+                             ("retry", "run a dead, failed or cancelled job again, or all that match", _cmd_retry)):
         c = sub.add_parser(name, parents=[common], help=text)
-        c.add_argument("id", type=int)
+        c.add_argument("id", type=int, nargs="?")
+        c.add_argument("--state", choices=[s.value for s in JobState])
+        c.add_argument("--task")
+        c.add_argument("--queue")
+        c.add_argument("--older-than", type=_duration, metavar="AGE", help="submitted at least this long ago")
         c.set_defaults(func=func)
     r = sub.add_parser("result", parents=[common], help="print a job's result")
     r.set_defaults(func=_cmd_result)
@@ -263,13 +270,35 @@ def _cmd_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return 0
 
 
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The bulk filters given; a usage error with an id beside them, or with neither."""
+    filters = {"state": args.state, "task": args.task, "queue": args.queue, "older_than": args.older_than}
+    given = {k: v for k, v in filters.items() if v is not None}
+    if (args.id is None) == (not given):
+        raise Refused(f"{args.command} takes a job ID, or filters (--state --task --queue --older-than), not both")
+    return given
+
+
 def _cmd_cancel(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    if filters := _filters(args):
+        ids = client.cancel_matching(**filters)
+        _out({"count": len(ids), "ids": ids}) if as_json else print(f"cancelled {len(ids)} job(s)")
+        return 0
     job = client.cancel(args.id)
-    _out(job) if as_json else print(f"job {args.id} cancelled")
+    if as_json:
+        _out(job)
+    elif job["stopping"]:
+        print(f"job {args.id} is running on worker {job['worker']}: stopping it; it ends cancelled")
+    else:
+        print(f"job {args.id} cancelled")
     return 0
 
 
 def _cmd_retry(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    if filters := _filters(args):
+        ids = client.retry_matching(**filters)
+        _out({"count": len(ids), "ids": ids}) if as_json else print(f"queued {len(ids)} job(s) again")
+        return 0
     job = client.retry(args.id)
     _out(job) if as_json else print(f"job {args.id} queued again")
     return 0

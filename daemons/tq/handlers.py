@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import job as tqjob
 from .protocol import Job
 
 OUTPUT_LIMIT = 1 << 20  # bytes kept of a command's stdout/stderr; the rest is counted, not kept
@@ -40,6 +41,9 @@ class Execution:
 
     def poll(self) -> Outcome | None:
         raise NotImplementedError
+
+    def terminate(self) -> None:
+        """Ask the attempt to stop: SIGTERM to a command's process group, the cancelled flag of a Python job."""
 
     def kill(self) -> None:
         """Stop the attempt now (its process group for a command)."""
@@ -74,10 +78,20 @@ def payload_text(payload: Any) -> str | None:
     return payload if isinstance(payload, str) else json.dumps(payload)
 
 
+# RLIMIT_* set by util-linux's prlimit, which execs the command: no code runs in the forked child (a
+# preexec_fn is unsafe while a Python handler's thread may hold a lock).
+LIMITS = {"memory_max": "--as", "cpu_max": "--cpu", "open_files_max": "--nofile"}
+LIMIT_SIGNALS = {"cpu_max": ("SIGXCPU", "SIGKILL")}  # what the kernel sends past RLIMIT_CPU (soft, then hard)
+OUT_OF_MEMORY = ("MemoryError", "Cannot allocate memory", "out of memory", "std::bad_alloc")
+
+
 class Command(Execution):
     """argv + job args; payload on stdin; stdout is the result; the exit status is the outcome."""
 
-    def __init__(self, argv: list[str], job: Job, env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], job: Job, env: dict[str, str], limits: dict[str, int]) -> None:
+        self.limits = limits
+        if limits:
+            argv = ["prlimit", *(f"{LIMITS[k]}={v}" for k, v in limits.items()), "--", *argv]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      start_new_session=True, env=env)
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
@@ -135,9 +149,20 @@ class Command(Execution):
         out, err = (self._text(fd) for fd in self.pipes)
         if rc == 0:
             return Outcome(True, out.removesuffix("\n"))
-        why = f"exit status {rc}" if rc > 0 else f"killed by signal {signal.Signals(-rc).name}"
+        why = self._limit_hit(rc, err) or (f"exit status {rc}" if rc > 0 else
+                                           f"killed by signal {signal.Signals(-rc).name}")
         tail = err.strip()[-2000:]
         return Outcome(False, out, f"{why}: {tail}" if tail else why)
+
+    def _limit_hit(self, rc: int, err: str) -> str | None:
+        """`killed: cpu_max 2s exceeded` where the way the command ended shows it ran into a limit."""
+        if "cpu_max" in self.limits and rc < 0 and signal.Signals(-rc).name in LIMIT_SIGNALS["cpu_max"]:
+            return f"killed: cpu_max {self.limits['cpu_max']}s exceeded"
+        if "memory_max" in self.limits and (any(s in err for s in OUT_OF_MEMORY) or rc in (-6, -9, -11)):
+            return f"killed: memory_max {_size(self.limits['memory_max'])} exceeded"
+        if "open_files_max" in self.limits and "Too many open files" in err:
+            return f"failed: open_files_max {self.limits['open_files_max']} reached"
+        return None
 
     def _text(self, fd: int) -> str:
         text = self.pipes[fd].decode(errors="replace")
@@ -152,6 +177,12 @@ class Command(Execution):
         except OSError:
             pass
         self.open.clear()
+
+    def terminate(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
     def kill(self) -> None:
         try:
@@ -184,6 +215,7 @@ class Python(Execution):
         self.outcome: Outcome | None = None
         self._usage: dict[str, Any] = {}
         self._r, self._w = os.pipe()
+        self.context = tqjob.JobContext(job.id, job.task, job.attempt)
         kwargs = {} if job.payload is None else {"payload": job.payload}
         self.thread = threading.Thread(target=self._run, args=(func, job.args, kwargs), daemon=True,
                                        name=f"job-{job.id}")
@@ -191,6 +223,7 @@ class Python(Execution):
 
     def _run(self, func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> None:
         before = resource.getrusage(resource.RUSAGE_THREAD)
+        tqjob._enter(self.context)
         try:
             value = func(*args, **kwargs)
             text = value if isinstance(value, str) else "" if value is None else json.dumps(value, default=str)
@@ -211,6 +244,9 @@ class Python(Execution):
 
     def usage(self) -> dict[str, Any]:
         return self._usage
+
+    def terminate(self) -> None:
+        self.context._stop.set()
 
     def close(self) -> None:
         if self.outcome is None:
@@ -246,8 +282,9 @@ def start(spec: dict[str, Any], job: Job, env: dict[str, str]) -> Execution:
         if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
             return Done(Outcome(False, "", f"malformed command in the job's handler: {command!r}"))
         argv = [*command, *(a if isinstance(a, str) else json.dumps(a) for a in job.args)]
+        limits = {k: v for k, v in spec.items() if k in LIMITS and isinstance(v, int) and not isinstance(v, bool)}
         try:
-            return Command(argv, job, env)
+            return Command(argv, job, env, limits)
         except OSError as e:
             return Done(Outcome(False, "", f"cannot run {argv[0]}: {e.strerror or e}"))
     if kind == "python" and isinstance(spec.get("python"), str):
@@ -259,3 +296,10 @@ def start(spec: dict[str, Any], job: Job, env: dict[str, str]) -> Execution:
     if kind == "missing":
         return Done(Outcome(False, "", f"task {job.task!r} is not in tq-host's configuration any more"))
     return Done(Outcome(False, "", f"unknown handler in the job: {spec!r}"))
+
+
+def _size(n: int) -> str:
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n}B"

@@ -5,7 +5,7 @@ message's fields in declaration order (no field names: smaller, faster).
 Decoding checks every field's type, so a malformed message is one
 ProtocolError, never a crash further in.
 
-Host -> worker inbox (`<prefix>.w.<instance>`): Jobs (a batch of Job), Sync.
+Host -> worker inbox (`<prefix>.w.<instance>`): Jobs (a batch of Job), Sync, Cancel.
 Worker -> host queue (`<prefix>.host`): Hello, Heartbeat, Results (a batch of Result), Release, Bye, Synced.
 Batches keep the syscalls and decodes per job down; each batch fits max_message_size.
 
@@ -25,6 +25,7 @@ from typing import Any, ClassVar, TypeVar
 VERSION = 2  # 2: a Job carries its queue and how to run it; a Result when the attempt started and its cost
 SYNC_PRIORITY = 0
 PRIORITY_OFFSET = 1001  # job priority -1000..1000 -> message priority 1..2001, above Sync
+CANCEL_PRIORITY = 3000  # ahead of every job
 
 
 M = TypeVar("M", bound="Message")
@@ -69,6 +70,15 @@ class Jobs(Message):
 class Sync(Message):
     KIND: ClassVar[bytes] = b"S"
     token: int
+
+
+@dataclass(frozen=True)
+class Cancel(Message):
+    """Stop a job's attempt (`tqctl cancel` of a running job): the worker ends it and reports it failed."""
+
+    KIND: ClassVar[bytes] = b"C"
+    id: int
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -138,8 +148,8 @@ class Synced(Message):
 
 
 # What travels on the queues. Job and Result are the items of the Jobs and Results batches, not messages.
-KINDS: dict[bytes, type[Message]] = {cls.KIND: cls for cls in (Jobs, Sync, Hello, Heartbeat, Results, Release, Bye,
-                                                                 Synced)}
+KINDS: dict[bytes, type[Message]] = {cls.KIND: cls for cls in (Jobs, Sync, Cancel, Hello, Heartbeat, Results, Release,
+                                                                 Bye, Synced)}
 _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "str": (str,), "float": (float, int), "bool": (bool,), "list[Any]": (list,),
     "list[str]": (list,), "Any": (object,), "dict[str, Any]": (dict,),

@@ -120,6 +120,7 @@ class JobRecord:
     finished_at: float | None
     handler_json: str | None  # how to run it, resolved at submit (None: a job stored before there was one)
     usage_json: str | None  # what the last attempt cost (CPU, memory, exit status)
+    cancel_requested: bool = False  # `tqctl cancel` of the running attempt (not stored: it lasts one attempt)
 
     def public(self) -> dict[str, Any]:
         """The job as tqctl and the client API show it."""

@@ -15,9 +15,10 @@ import os
 import selectors
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from . import __version__, config, handlers, protocol, transport
+from .attempt import Attempt
 from .daemon import Daemon, ignore
 from .notify import child_environment
 from .transport import PosixQueue
@@ -26,22 +27,14 @@ BATCH = 64  # messages handled per step before looking at the selector again
 BYE_WAIT = 5.0  # seconds a stopping worker waits for the host's fence before it exits anyway
 
 
-@dataclass
-class Attempt:
-    job: protocol.Job
-    execution: handlers.Execution
-    started: float  # monotonic
-    deadline: float  # monotonic
-    started_at: float  # wall clock, reported in the result
-
-
 class Worker(Daemon):
     def __init__(self, cfg: config.Config, config_path: str | None, instance: str) -> None:
         super().__init__(f"tq-worker@{instance}", cfg, config_path)
         self.instance = instance
         self.wcfg = cfg.worker_for(instance)
         self.pending: collections.deque[bytes] = collections.deque()  # to the host queue, in order
-        self.local: collections.deque[protocol.Job] = collections.deque()  # jobs of a Jobs batch, not yet run
+        # Jobs of a batch not yet run, and a fence that came behind them (answered once they have run).
+        self.local: collections.deque[protocol.Job | protocol.Sync] = collections.deque()
         self.results: list[list[object]] = []  # results not yet sent, packed into one Results message
         self.results_size = 0
         self.current: Attempt | None = None
@@ -130,7 +123,8 @@ class Worker(Daemon):
         if self.current is None and not self.pending and not self.reexec:
             for _ in range(BATCH):
                 if self.local:
-                    self._on_job(self.local.popleft())
+                    item = self.local.popleft()
+                    self._on_sync(item) if isinstance(item, protocol.Sync) else self._on_job(item)
                 else:
                     assert self.inbox is not None
                     data = self.inbox.receive()
@@ -140,6 +134,10 @@ class Worker(Daemon):
                 progressed = True
                 if self.current is not None or self.pending or self.exit_now:
                     break
+        elif self.current is not None:  # a running job: take in what came, to see a Cancel at once
+            assert self.inbox is not None
+            while (data := self.inbox.receive()) is not None:
+                self._on_message(data)
         self._send_results()
         self._flush_pending()
         if self.reexec and not self.pending:
@@ -159,11 +157,11 @@ class Worker(Daemon):
         if ping is not None:
             timeout = min(timeout, ping)
         if self.current is not None:
-            timeout = min(timeout, self.current.deadline - now)
+            timeout = min(timeout, self.current.next_event() - now)
         if self.stop_requested:
             timeout = min(timeout, 0.05)
-        idle = self.current is None and not self.pending and not self.stop_requested
-        self._watch(self.current.execution.fds if self.current else [], idle, bool(self.pending))
+        inbox = (self.current is not None or not self.pending) and not self.stop_requested
+        self._watch(self.current.execution.fds if self.current else [], inbox, bool(self.pending))
         self.select(max(timeout, 0.0))
 
     def _watch(self, fds: list[int], inbox: bool, host_writable: bool = False) -> None:
@@ -193,7 +191,12 @@ class Worker(Daemon):
             self.malformed(f"dropped a malformed message on {self.cfg.inbox(self.instance)}: {e}")
             return
         if isinstance(msg, protocol.Sync):
-            self._on_sync(msg)
+            if self.current is None and not self.local:
+                self._on_sync(msg)
+            else:
+                self.local.append(msg)  # answered after everything that came before it
+        elif isinstance(msg, protocol.Cancel):
+            self._on_cancel(msg)
         else:
             self.malformed(f"dropped a {type(msg).__name__} message, which tq-host does not send")
 
@@ -213,6 +216,20 @@ class Worker(Daemon):
         if self.bye_sent:
             self.exit_now = True
 
+    def _on_cancel(self, msg: protocol.Cancel) -> None:
+        """Stop the running attempt, or drop a job not started yet (reported as cancelled); late: ignored."""
+        a = self.current
+        if a is not None and (a.job.id, a.job.attempt) == (msg.id, msg.attempt):
+            self.logger.info("job %d: cancel asked; stopping its attempt %d", msg.id, msg.attempt,
+                             extra={"TQ_JOB_ID": msg.id, "TQ_ATTEMPT": msg.attempt})
+            a.stop("cancelled", time.monotonic())
+            return
+        for item in list(self.local):
+            if isinstance(item, protocol.Job) and (item.id, item.attempt) == (msg.id, msg.attempt):
+                self.local.remove(item)
+                self._queue_result(protocol.Result(self.instance, item.id, item.attempt, False, "", "cancelled",
+                                                   0.0, time.time(), {}))
+
     def _on_job(self, job: protocol.Job) -> None:
         """Start an attempt, with the handler tq-host resolved for the job (never this worker's own config)."""
         if self.stop_requested:
@@ -224,8 +241,7 @@ class Worker(Daemon):
         if job.handler.get("handler") == "command":
             env = env | {"TQ_JOB_ID": str(job.id), "TQ_TASK": job.task, "TQ_ATTEMPT": str(job.attempt),
                          "TQ_WORKER": self.instance}
-        execution = handlers.start(job.handler, job, env)
-        self.current = Attempt(job, execution, now, now + job.timeout, time.time())
+        self.current = Attempt.begin(job, env, now)
         self._poll_attempt(now)
 
     # ---- the running attempt --------------------------------------------
@@ -235,13 +251,9 @@ class Worker(Daemon):
         a = self.current
         if a is None:
             return False
-        outcome = a.execution.poll()
-        if outcome is None and now >= a.deadline:
-            if a.execution.killable:
-                a.execution.kill()
-            else:
-                self.reexec = True  # a Python thread cannot be killed: report, then start afresh
-            outcome = handlers.Outcome(False, "", f"timed out after {a.job.timeout:g}s")
+        outcome = a.poll(now)
+        if a.forced:
+            self.reexec = True  # a Python thread cannot be killed: report, then start afresh
         if outcome is None and self.stop_started and now - self.stop_started > self.wcfg.stop_timeout:
             a.execution.kill()
             if not a.execution.killable:
@@ -370,7 +382,7 @@ class Worker(Daemon):
             self._queue_message(self._hello())
 
     def _reexec(self) -> None:
-        self.logger.warning("restarting this worker process: a Python handler outlived its timeout")
+        self.logger.warning("restarting this worker process: a Python handler outlived its timeout or cancel")
         os.execv(sys.executable, [sys.executable, "-m", "tq.worker", *self.argv])
 
     argv: list[str] = []

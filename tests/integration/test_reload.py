@@ -94,6 +94,14 @@ HOST_KEYS: dict[str, tuple[str, Any]] = {
     "tasks.priority": ("[tasks.t]\npriority = 4", lambda h: _submitted(h, "t").priority == 4),
     "tasks.backoff": ('[tasks.t]\nbackoff = "4s"', lambda h: _submitted(h, "t").backoff == 4),
     "tasks.backoff_max": ('[tasks.t]\nbackoff_max = "1h"', lambda h: _submitted(h, "t").backoff_max == 3600),
+    "tasks.kill_grace": ('[tasks.t]\nkill_grace = "2s"', lambda h: _submitted(h, "t").handler_json == (
+        '{"handler":"echo","kill_grace":2.0}')),
+    "tasks.memory_max": ('[tasks.t]\ncommand = ["true"]\nmemory_max = "64M"',
+                         lambda h: '"memory_max":67108864' in _submitted(h, "t").handler_json),
+    "tasks.cpu_max": ('[tasks.t]\ncommand = ["true"]\ncpu_max = "2s"',
+                      lambda h: '"cpu_max":2' in _submitted(h, "t").handler_json),
+    "tasks.open_files_max": ('[tasks.t]\ncommand = ["true"]\nopen_files_max = 32',
+                             lambda h: '"open_files_max":32' in _submitted(h, "t").handler_json),
     "files": ("[log]\nlevel = \"info\"", lambda h: any(f.endswith("50-change.toml") for f in h.cfg.files)),
     "worker_overrides": ('[worker.7]\nqueues = ["seven"]', lambda h: h.cfg.worker_for("7").queues == ("seven",)),
 }

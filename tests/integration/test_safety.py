@@ -96,3 +96,91 @@ def test_every_attempt_records_its_cost_in_show_and_the_journal_line(suite: Suit
     line = next(x for x in host.text().splitlines() if f"job {burn['id']} done" in x)
     assert "cpu " in line and "max rss" in line
     assert json.loads(suite.tqctl("show", str(bad["id"]), "--json").stdout)["usage"]["exit"] == 3
+
+
+def _running(worker: object, jid: int) -> None:
+    worker.notify.wait_for(lambda m: m.startswith(f"STATUS=running job {jid}"))  # type: ignore[attr-defined]
+
+
+def test_cancel_of_a_running_command_asks_it_to_stop_then_the_worker_takes_new_work(suite: Suite) -> None:
+    cleaned = suite.dir / "cleaned"
+    suite.write_config(f'\n[tasks.tidy]\ncommand = ["sh", "-c", "trap \\"echo tidy > {cleaned}; exit 0\\" TERM; '
+                       'sleep 30 & wait"]\n[tasks.stubborn]\ncommand = ["sh", "-c", "trap \\"\\" TERM; sleep 30"]\n'
+                       'kill_grace = "300ms"\n')
+    _host, (w1,) = suite.start(workers=1)
+    c = suite.client()
+    jid = c.submit("tidy")
+    _running(w1, jid)
+    r = suite.tqctl("cancel", str(jid))
+    assert r.returncode == 0 and "stopping it" in r.stdout
+    job = c.wait(jid, timeout=10)
+    assert job["state"] == "cancelled" and job["error"].startswith("cancelled: stopped on its worker")
+    assert cleaned.read_text() == "tidy\n"  # SIGTERM first: it had the chance to clean up
+    stubborn = c.submit("stubborn")
+    _running(w1, stubborn)
+    started = time.monotonic()
+    c.cancel(stubborn)
+    assert c.wait(stubborn, timeout=10)["state"] == "cancelled"
+    assert time.monotonic() - started < 5  # SIGKILL after its kill_grace of 300 ms
+    assert c.wait(c.submit("task-1"), timeout=10)["result"] == "task-1 processed"
+    assert w1.proc.poll() is None
+
+
+def test_a_timeout_sends_sigterm_first_and_says_timed_out(suite: Suite) -> None:
+    cleaned = suite.dir / "cleaned"
+    suite.write_config(f'\n[tasks.slow]\ncommand = ["sh", "-c", "trap \\"echo bye > {cleaned}; exit 0\\" TERM; '
+                       'sleep 30 & wait"]\ntimeout = "300ms"\nretries = 0\n')
+    suite.start(workers=1)
+    c = suite.client()
+    job = c.wait(c.submit("slow"), timeout=10)
+    assert (job["state"], job["error"]) == ("dead", "timed out after 0.3s")
+    assert cleaned.read_text() == "bye\n"
+
+
+def test_a_python_handler_sees_it_was_cancelled_and_returns_without_a_worker_restart(suite: Suite) -> None:
+    suite.write_config('\n[tasks.patient]\npython = "tq_test_handlers:patient"\n')
+    _host, (w1,) = suite.start(workers=1)
+    c = suite.client()
+    jid = c.submit("patient", "30")
+    _running(w1, jid)
+    c.cancel(jid)
+    assert c.wait(jid, timeout=10)["state"] == "cancelled"
+    assert suite.executions() == [f"stopped {jid}"]
+    assert c.wait(c.submit("task-1"), timeout=10)["state"] == "done"
+    assert "restarting this worker process" not in w1.text()
+
+
+def test_bulk_cancel_and_retry_by_filters_print_how_many(suite: Suite) -> None:
+    suite.start(workers=1)
+    c = suite.client()
+    ids = c.submit_many([("resize", ["a"]), ("resize", ["b"]), ("mail", ["c"])])
+    for jid in ids:
+        c.wait(jid, timeout=10)
+    delayed = [c.submit("resize", str(i), delay=600) for i in range(3)]
+    r = suite.tqctl("cancel", "--state", "delayed", "--task", "resize")
+    assert (r.returncode, r.stdout) == (0, "cancelled 3 job(s)\n")
+    r = suite.tqctl("retry", "--state", "cancelled", "--older-than", "1h")
+    assert (r.returncode, r.stdout) == (0, "queued 0 job(s) again\n")  # none is that old
+    r = suite.tqctl("retry", "--state", "cancelled", "--json")
+    assert sorted(json.loads(r.stdout)["ids"]) == sorted(delayed)
+    r = suite.tqctl("cancel", "7", "--state", "queued")
+    assert r.returncode == 2 and "not both" in r.stderr
+
+
+def test_a_command_past_its_limits_fails_naming_the_limit_and_the_worker_lives_on(suite: Suite) -> None:
+    py = 'command = ["python3", "-c", "{}"]\nretries = 0\n'
+    suite.write_config(
+        '\n[tasks.hog]\n' + py.format("x = bytearray(1 << 30)") + 'memory_max = "256M"\n'
+        '[tasks.spin]\n' + py.format("while True: pass") + 'cpu_max = "1s"\n'
+        '[tasks.leak]\n' + py.format("import os; [os.open('/dev/null', 0) for _ in range(64)]") +
+        'open_files_max = 16\n'
+        '[tasks.fits]\n' + py.format("x = bytearray(8 << 20); print(len(x))") + 'memory_max = "256M"\n')
+    _host, (w1,) = suite.start(workers=1)
+    c = suite.client()
+    hog, spin, leak, fits = (c.wait(c.submit(t), timeout=30) for t in ("hog", "spin", "leak", "fits"))
+    assert hog["state"] == "dead" and hog["error"].startswith("killed: memory_max 256M exceeded")
+    assert spin["state"] == "dead" and spin["error"].startswith("killed: cpu_max 1s exceeded")
+    assert spin["usage"]["user"] + spin["usage"]["sys"] >= 0.9
+    assert leak["state"] == "dead" and leak["error"].startswith("failed: open_files_max 16 reached")
+    assert (fits["state"], fits["result"]) == ("done", str(8 << 20))
+    assert w1.proc.poll() is None

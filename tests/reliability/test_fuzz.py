@@ -113,9 +113,9 @@ KEYS = {"host": ["state_dir", "socket", "durability", "lease", "retain_age", "re
         "log": ["level", "job_events", "job_events_per_second"],
         "tasks": ["echo", "a.*", "#", "bad name"], "bogus": ["x"]}
 TASK_KEYS = ["handler", "command", "python", "queue", "timeout", "retries", "priority", "backoff", "backoff_max",
-             "oops"]
+             "kill_grace", "memory_max", "cpu_max", "open_files_max", "oops"]
 scalars = (st.none() | st.booleans() | st.integers(-10, 100_000) | st.floats(allow_nan=False)
-           | st.sampled_from(["30s", "1h", "soon", "echo", "full", "all", "/tq", "m:f", "", "default"]))
+           | st.sampled_from(["30s", "1h", "soon", "echo", "full", "all", "/tq", "m:f", "", "default", "64M", "2x"]))
 values = scalars | st.lists(scalars | st.text(max_size=5), max_size=3)
 
 

@@ -114,3 +114,18 @@ def test_the_client_reads_only_host_socket_from_the_last_file_that_sets_it(tmp_p
     write(tmp_path, "[host\n", "tq.d/70-d.toml")
     with pytest.raises(configfiles.ConfigError, match=r"70-d.toml: TOML syntax error: line 1"):
         configfiles.socket_path(main)
+
+
+def test_task_limits_and_kill_grace_are_read_and_carried_in_the_handler_spec(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, '[tasks.x]\ncommand = ["true"]\nmemory_max = "512M"\ncpu_max = "90s"\n'
+                                      'open_files_max = 64\nkill_grace = "2s"\n'))
+    assert cfg.task_for("x").handler_spec() == {  # type: ignore[union-attr]
+        "handler": "command", "command": ["true"], "memory_max": 512 << 20, "cpu_max": 90, "open_files_max": 64,
+        "kill_grace": 2.0}
+
+
+@pytest.mark.parametrize(("text", "error"), [('memory_max = "lots"', "is not a size"), ("memory_max = 0", "above 0"),
+                                             ('cpu_max = "0s"', "at least 1s"), ("open_files_max = 1", "between 3")])
+def test_bad_task_limits_name_the_key(tmp_path: Path, text: str, error: str) -> None:
+    with pytest.raises(config.ConfigError, match=f"tasks.x.{text.split()[0]}: .*{error}"):
+        config.load(write(tmp_path, f'[tasks.x]\ncommand = ["true"]\n{text}\n'))

@@ -79,13 +79,14 @@ def test_a_failed_attempt_waits_its_backoff_then_runs_again_then_dies_out_of_att
     assert parts.jobs.counts == {"dead": 1, "queued": 0, "running": 0, "failed": 0}
 
 
-def test_retry_brings_a_dead_job_back_and_cancel_refuses_a_running_one(parts: Parts) -> None:
+def test_retry_brings_a_cancelled_job_back_and_a_done_one_cannot_be_cancelled(parts: Parts) -> None:
     a, b = submit(parts, {"task": "t"}, {"task": "t"})
     ja, jb = job(parts, a), job(parts, b)
     parts.jobs.start(parts.jobs.pop_ready(["default"]) or ja, "1")
-    with pytest.raises(InvalidTransition, match="only queued, delayed or failed"):
+    parts.jobs.finish(ja, _result(ja, True))
+    with pytest.raises(InvalidTransition, match="only queued, delayed, failed"):
         parts.jobs.cancel(ja)
-    parts.jobs.cancel(jb)
+    assert parts.jobs.cancel(jb) is False  # queued: cancelled at once
     assert jb.state == JobState.CANCELLED and jb.finished_at is not None
     assert parts.jobs.pop_ready(["default"]) is None  # the cancelled job's heap entry is skipped
     with pytest.raises(InvalidTransition, match="only dead, cancelled or failed"):
@@ -93,7 +94,49 @@ def test_retry_brings_a_dead_job_back_and_cancel_refuses_a_running_one(parts: Pa
     parts.jobs.retry(jb)
     assert (jb.state, jb.attempts, jb.finished_at) == (JobState.QUEUED, 0, None)
     assert parts.jobs.pop_ready(["default"]) is jb
-    assert parts.jobs.counts["cancelled"] == 0 and parts.jobs.counts["running"] == 1
+    assert parts.jobs.counts["cancelled"] == 0 and parts.jobs.counts["done"] == 1
+
+
+def test_a_running_job_is_cancelled_on_its_worker_then_ends_cancelled(parts: Parts) -> None:
+    parts.start_worker("1")
+    stopped, lost = submit(parts, {"task": "t"}, {"task": "t"})
+    parts.dispatcher.assign(0.0)
+    parts.dispatcher.send()
+    parts.inbox_messages("1")
+    a = socket.socketpair()
+    for jid in (stopped, lost):
+        parts.requests.handle(Conn(a[0], 0), json.dumps({"op": "cancel", "rid": jid, "id": jid}).encode())
+    replies = [r for _, r in parts.requests.take_replies()]
+    assert [(r["ok"], r["stopping"]) for r in replies] == [(True, True), (True, True)]
+    cancels = [m for m in parts.inbox_messages("1") if isinstance(m, protocol.Cancel)]
+    assert [(m.id, m.attempt) for m in cancels] == [(stopped, 1), (lost, 1)]
+    assert job(parts, stopped).state == JobState.RUNNING  # until the worker reports
+    parts.result(job(parts, stopped), ok=False)
+    assert job(parts, stopped).state == JobState.CANCELLED
+    parts.worker_says(protocol.Hello("1", 999, ["default"], 8))  # the worker died before it reported the other
+    (sync,) = [m for m in parts.inbox_messages("1") if isinstance(m, protocol.Sync)]
+    parts.worker_says(protocol.Synced("1", sync.token))
+    assert job(parts, lost).state == JobState.CANCELLED  # not retried: it was being cancelled
+    for end in a:
+        end.close()
+
+
+def test_bulk_cancel_and_retry_take_the_jobs_that_match_every_filter(parts: Parts) -> None:
+    mail = submit(parts, *[{"task": "mail.send", "queue": "mail"}] * 3)
+    other = submit(parts, {"task": "resize"}, {"task": "mail.send"})
+    a, b = socket.socketpair()
+    conn = Conn(a, 0)
+    parts.requests.handle(conn, json.dumps({"op": "cancel", "rid": 1, "queue": "mail", "task": "mail.send"}).encode())
+    parts.requests.handle(conn, json.dumps({"op": "cancel", "rid": 2, "queue": "mail", "older_than": 3600}).encode())
+    parts.requests.handle(conn, json.dumps({"op": "cancel", "rid": 3}).encode())
+    parts.requests.handle(conn, json.dumps({"op": "retry", "rid": 4, "state": "cancelled"}).encode())
+    first, too_new, no_filter, retried = [r for _, r in parts.requests.take_replies()]
+    assert sorted(first["ids"]) == mail and first["count"] == 3
+    assert too_new["count"] == 0  # submitted just now
+    assert (no_filter["ok"], no_filter["code"]) == (False, "bad_request")
+    assert sorted(retried["ids"]) == mail and all(job(parts, i).state == JobState.QUEUED for i in mail + other)
+    a.close()
+    b.close()
 
 
 def test_the_best_priority_goes_first_then_the_oldest_across_queues(parts: Parts) -> None:

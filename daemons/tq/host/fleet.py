@@ -43,6 +43,7 @@ class WorkerState:
     token: int = 0
     sync_due: bool = False
     fence_cause: str = ""  # why it was fenced: the cause given to the jobs the fence finds lost
+    cancels_due: set[tuple[int, int]] = field(default_factory=set)  # (job, attempt) to cancel; the inbox was full
     running: int = 0
     done: int = 0
     saved: tuple[int, tuple[str, ...], bool] | None = None  # the row last written to the store
@@ -225,6 +226,22 @@ class Fleet:
         if w.inbox.send(protocol.encode(protocol.Sync(w.token)), protocol.SYNC_PRIORITY):
             w.sync_due = False
 
+    def cancel(self, job: JobRecord) -> None:
+        """Ask the worker running `job` to stop its attempt (again at each step while its inbox is full)."""
+        w = self.workers.get(job.worker or "")
+        if w is not None:
+            w.cancels_due.add((job.id, job.attempts))
+            self._send_cancels(w)
+
+    def _send_cancels(self, w: WorkerState) -> None:
+        for job_id, attempt in sorted(w.cancels_due):
+            job = self.jobs.jobs.get(job_id)
+            if job is None or job.state != RUNNING or job.worker != w.instance or job.attempts != attempt:
+                w.cancels_due.discard((job_id, attempt))  # it ended meanwhile
+            elif w.inbox is not None and w.inbox.send(protocol.encode(protocol.Cancel(job_id, attempt)),
+                                                      protocol.CANCEL_PRIORITY):
+                w.cancels_due.discard((job_id, attempt))
+
     # ---- reports and leases -----------------------------------------------
 
     def _report(self, instance: str, job_id: int, attempt: int, what: str, now: float) -> JobRecord | None:
@@ -247,6 +264,8 @@ class Fleet:
         for w in self.workers.values():
             if w.sync_due:
                 self._send_sync(w)
+            if w.cancels_due:
+                self._send_cancels(w)
             if w.state in ("syncing", "live", "leaving") and now - w.seen > self.cfg.host.lease:
                 self.logger.warning("worker %s lost: no message for %.1fs (host.lease); %d job(s) lost with it",
                                     w.instance, now - w.seen, len(w.assigned), extra={"TQ_WORKER": w.instance})
@@ -264,7 +283,7 @@ class Fleet:
 
     def next_wakeup(self, now: float) -> float | None:
         """Seconds until the fleet has work of its own: a fence to resend, or a rested worker for queued jobs."""
-        if any(w.sync_due for w in self.workers.values()):
+        if any(w.sync_due or w.cancels_due for w in self.workers.values()):
             return 0.05
         if self.jobs.counts["queued"]:  # jobs taken back from a full inbox: try again when the worker may take them
             rests = [w.blocked_until - now for w in self.workers.values()

@@ -24,7 +24,7 @@ QUEUED, DELAYED, RUNNING, DONE = (s.value for s in (JobState.QUEUED, JobState.DE
                                                     JobState.DONE))
 FAILED, DEAD, CANCELLED = (s.value for s in (JobState.FAILED, JobState.DEAD, JobState.CANCELLED))
 WAITING = (DELAYED, FAILED)  # wait for their run_at
-CANCELLABLE = (QUEUED, DELAYED, FAILED)
+CANCELLABLE = (QUEUED, DELAYED, FAILED, RUNNING)
 RETRYABLE = (DEAD, CANCELLED, FAILED)
 
 
@@ -145,6 +145,9 @@ class JobTable:
             job.started_at = result.started
         job.usage_json = to_json(result.usage) if result.usage else None
         cost = f"in {result.duration:.3f}s{describe_usage(result.usage)}"
+        if job.cancel_requested and not result.ok:
+            self._cancelled(job, result.instance, f"stopped on its worker ({result.error}; {cost})")
+            return
         if result.ok:
             job.result, job.error = result.output, None
             self._move(job, DONE, "done")
@@ -181,15 +184,30 @@ class JobTable:
         if job is None or job.state != RUNNING:
             return
         error = f"worker {job.worker} lost while running attempt {job.attempts} of {job.retries + 1} ({cause})"
+        if job.cancel_requested:
+            job.finished_at = time.time()
+            self._cancelled(job, job.worker, error)
+            return
         self._fail(job, job.worker, error, "lost")
 
-    def cancel(self, job: JobRecord) -> None:
+    def cancel(self, job: JobRecord) -> bool:
+        """Cancel a job; True when it is running and must first be stopped on its worker (it is cancelled when
+        the worker reports, or is lost)."""
         if job.state not in CANCELLABLE:
-            raise InvalidTransition(f"job {job.id} is {job.state}; only queued, delayed or failed (waiting to "
-                                    "retry) jobs can be cancelled")
+            raise InvalidTransition(f"job {job.id} is {job.state}; only queued, delayed, failed (waiting to "
+                                    "retry) or running jobs can be cancelled")
+        if job.state == RUNNING:
+            job.cancel_requested = True
+            return True
         job.finished_at = time.time()
+        self._cancelled(job, None, "")
+        return False
+
+    def _cancelled(self, job: JobRecord, instance: str | None, detail: str) -> None:
+        if detail:
+            job.error = f"cancelled: {detail}"
         self._move(job, CANCELLED)
-        self.events.event("cancelled", job.id, job.task, job.queue, job.attempts)
+        self.events.event("cancelled", job.id, job.task, job.queue, job.attempts, instance, detail)
 
     def retry(self, job: JobRecord) -> None:
         """A dead, cancelled or failed job runs again, its attempts reset."""
@@ -197,6 +215,7 @@ class JobTable:
             raise InvalidTransition(f"job {job.id} is {job.state}; only dead, cancelled or failed jobs can be "
                                     "retried")
         job.attempts, job.error, job.finished_at, job.run_at = 0, None, None, None
+        job.cancel_requested = False
         if job.id in self.jobs:  # failed, waiting to retry
             self._move(job, QUEUED)
         else:  # dead or cancelled: back into the indexes

@@ -34,6 +34,7 @@ MUTATING_OPS = {"submit", "cancel", "retry"}  # their replies are true only once
 BURST_OPS = {"submit", "list"}  # requests that may allocate much; a poller's status calls do not count
 PLAIN_SPEC = {"task", "args", "payload"}  # a job spec with no options of its own
 MAX_TASKS_CACHED = 10_000  # task names come from clients: never trust their count
+MAX_BULK = 100_000  # jobs one bulk cancel or retry looks at
 Reply = tuple[Conn, dict[str, Any], bool]  # connection, reply, whether it depends on this step's commit
 
 
@@ -252,20 +253,42 @@ class Requests:
         return {"workers": self.fleet.public(time.monotonic())}
 
     def _cancel(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
-        job = self._lookup(req)
-        try:
-            self.jobs.cancel(job)
-        except InvalidTransition as e:
-            raise RequestError("conflict", str(e)) from None
-        return {"job": job.public()}
+        """One job by `id`, or every job matching the filters; a running job is stopped on its worker first."""
+        def cancel(job: JobRecord) -> bool:
+            stopping = self.jobs.cancel(job)
+            if stopping:
+                self.fleet.cancel(job)
+            return stopping
+
+        if req.get("id") is not None:
+            job = self._lookup(req)
+            return {"job": job.public(), "stopping": _transition(cancel, job)}
+        return self._bulk(req, cancel)
 
     def _retry(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
-        job = self._lookup(req)
-        try:
-            self.jobs.retry(job)
-        except InvalidTransition as e:
-            raise RequestError("conflict", str(e)) from None
-        return {"job": job.public()}
+        if req.get("id") is not None:
+            job = self._lookup(req)
+            _transition(self.jobs.retry, job)
+            return {"job": job.public()}
+        return self._bulk(req, self.jobs.retry)
+
+    def _bulk(self, req: dict[str, Any], action: Callable[[JobRecord], object]) -> dict[str, Any]:
+        """Apply `action` to every job that matches the request's filters (jobs it does not apply to are left)."""
+        filters = {name: control.field(req, name, str, None) for name in ("state", "task", "queue")}
+        older_than = control.field(req, "older_than", (int, float), None)
+        if not any(filters.values()) and older_than is None:
+            raise RequestError("bad_request", "give a job id, or at least one filter: state, task, queue, "
+                                              "older_than")
+        newest = time.time() - float(older_than or 0.0)
+        ids = []
+        for job in self.jobs.query(filters["state"], filters["queue"], filters["task"], MAX_BULK):
+            if job.created_at <= newest:
+                try:
+                    action(job)
+                except InvalidTransition:
+                    continue
+                ids.append(job.id)
+        return {"count": len(ids), "ids": ids}
 
 
 Op = Callable[[Requests, Conn, Any, dict[str, Any]], "dict[str, Any] | None"]
@@ -291,3 +314,10 @@ def _job_options(spec: dict[str, Any], task: config.TaskConfig) -> tuple[str, in
     if not (0 <= delay < math.inf and 0 < timeout < math.inf and retries >= 0):
         raise RequestError("bad_request", "delay and retries must be >= 0 and timeout > 0, all finite")
     return queue, priority, delay, timeout, retries
+
+
+def _transition(action: Callable[[JobRecord], Any], job: JobRecord) -> Any:
+    try:
+        return action(job)
+    except InvalidTransition as e:
+        raise RequestError("conflict", str(e)) from None

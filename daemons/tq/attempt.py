@@ -1,0 +1,64 @@
+"""One attempt running on a worker: its handler's execution, its deadline, and how it is stopped.
+
+A stop (the job's timeout, or `tqctl cancel`) asks first: SIGTERM to a command's
+process group, or the cancelled flag of a Python handler (`tq.job.current()`).
+Past the job's `kill_grace` it forces: SIGKILL to the process group, or, since
+a thread cannot be killed, the worker re-executes itself once it has reported.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from . import handlers, protocol
+
+DEFAULT_KILL_GRACE = 5.0
+
+
+@dataclass
+class Attempt:
+    job: protocol.Job
+    execution: handlers.Execution
+    started: float  # monotonic
+    deadline: float  # monotonic: past it the attempt is stopped as timed out
+    started_at: float  # wall clock, reported in the result
+    stop_reason: str = ""  # set once a stop was asked: the error it ends with
+    kill_at: float = math.inf  # monotonic: past it a stop is forced
+    forced: bool = False  # a Python handler outlived its grace: the worker must re-execute itself
+
+    @classmethod
+    def begin(cls, job: protocol.Job, env: dict[str, str], now: float) -> Attempt:
+        execution = handlers.start(job.handler, job, env)
+        return cls(job, execution, now, now + job.timeout, time.time())
+
+    @property
+    def grace(self) -> float:
+        value = self.job.handler.get("kill_grace", DEFAULT_KILL_GRACE)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else DEFAULT_KILL_GRACE
+
+    def stop(self, reason: str, now: float) -> None:
+        """Ask the attempt to stop; it ends failed with `reason` (at the latest after its kill_grace)."""
+        if self.stop_reason:
+            return
+        self.stop_reason, self.kill_at = reason, now + self.grace
+        self.execution.terminate()
+
+    def poll(self, now: float) -> handlers.Outcome | None:
+        """The outcome once the attempt ended (stopping it when its time is up), else None."""
+        outcome = self.execution.poll()
+        if outcome is None and not self.stop_reason and now >= self.deadline:
+            self.stop(f"timed out after {self.job.timeout:g}s", now)
+            outcome = self.execution.poll()
+        if outcome is None and self.stop_reason and now >= self.kill_at:
+            self.forced = not self.execution.killable
+            self.execution.kill()
+            return handlers.Outcome(False, "", self.stop_reason)
+        if outcome is not None and self.stop_reason:  # it ended because it was stopped, whatever it returned
+            return handlers.Outcome(False, outcome.output, self.stop_reason)
+        return outcome
+
+    def next_event(self) -> float:
+        """The monotonic time at which poll() has something to do even if nothing is heard from the handler."""
+        return self.kill_at if self.stop_reason else self.deadline
