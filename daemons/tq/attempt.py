@@ -59,6 +59,22 @@ class Attempt:
             return handlers.Outcome(False, outcome.output, self.stop_reason)
         return outcome
 
+    def report(self, instance: str, outcome: handlers.Outcome, limit: int) -> protocol.Result:
+        """The Result of this attempt, within the queues' message size: long output is cut, with a note."""
+        output, error = outcome.output, outcome.error
+        duration = round(time.monotonic() - self.started, 6)
+        while True:
+            msg = protocol.Result(instance, self.job.id, self.job.attempt, outcome.ok, output, error, duration,
+                                  self.started_at, self.execution.usage())
+            try:
+                protocol.encode(msg, limit)
+                return msg
+            except protocol.TooLarge:
+                if len(error) > 200:
+                    error = error[: len(error) // 2] + " [cut]"
+                else:
+                    output = output[: len(output) // 2] + f" [cut to fit mqueue.max_message_size = {limit}]"
+
     def next_event(self) -> float:
         """The monotonic time at which poll() has something to do even if nothing is heard from the handler."""
         return self.kill_at if self.stop_reason else self.deadline

@@ -204,14 +204,17 @@ class Client:
         return dict(self.call("retry", id=job_id)["job"])
 
     def cancel_matching(self, state: str | None = None, task: str | None = None, queue: str | None = None,
-                        older_than: float | None = None) -> list[int]:
-        """Cancel every job that matches all the filters given (at least one); the ids it cancelled."""
-        return list(self.call("cancel", state=state, task=task, queue=queue, older_than=older_than)["ids"])
+                        older_than: float | None = None) -> dict[str, Any]:
+        """Cancel every job that matches all the filters given (at least one): `ids` cancelled, and how many
+        matched but were `refused` (not the caller's to change)."""
+        reply = self.call("cancel", state=state, task=task, queue=queue, older_than=older_than)
+        return {"ids": list(reply["ids"]), "refused": int(reply.get("refused", 0))}
 
     def retry_matching(self, state: str | None = None, task: str | None = None, queue: str | None = None,
-                       older_than: float | None = None) -> list[int]:
-        """Run again every dead, cancelled or failed job that matches all the filters given; the ids."""
-        return list(self.call("retry", state=state, task=task, queue=queue, older_than=older_than)["ids"])
+                       older_than: float | None = None) -> dict[str, Any]:
+        """Run again every dead, cancelled or failed job that matches all the filters given (see cancel_matching)."""
+        reply = self.call("retry", state=state, task=task, queue=queue, older_than=older_than)
+        return {"ids": list(reply["ids"]), "refused": int(reply.get("refused", 0))}
 
     def status(self) -> dict[str, Any]:
         reply = self.call("status")

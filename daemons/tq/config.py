@@ -61,6 +61,17 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class AccessConfig:
+    admins: tuple[str, ...] = ("tq-admin",)  # groups whose members may cancel and retry anyone's jobs
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    name: str
+    submit: tuple[str, ...] | None = None  # users and @groups who may submit to it (None: every member of tq)
+
+
+@dataclass(frozen=True)
 class TaskConfig:
     name: str
     handler: str = "echo"  # "echo", "command" or "python"
@@ -103,6 +114,8 @@ class Config:
     worker_overrides: dict[str, WorkerConfig] = field(default_factory=dict)
     log: LogConfig = field(default_factory=LogConfig)
     tasks: tuple[TaskConfig, ...] = ()
+    access: AccessConfig = field(default_factory=AccessConfig)
+    queues: dict[str, QueueConfig] = field(default_factory=dict)
 
     def worker_for(self, instance: str) -> WorkerConfig:
         """The worker settings of one instance: `[worker]` overridden by `[worker.N]`."""
@@ -240,6 +253,19 @@ class _Reader:
         except ValueError as e:
             raise self.error(key, str(e)) from None
 
+    def principals(self, key: str, default: tuple[str, ...] | None,
+                   groups_only: bool = False) -> tuple[str, ...] | None:
+        """A list of user names and @group names (group names alone where `groups_only`)."""
+        value = self.get(key, list, None)
+        if value is None:
+            return default
+        word = r"[a-z_][a-z0-9_.-]{0,31}\$?"
+        pattern = re.compile(word if groups_only else f"@?{word}", re.IGNORECASE)
+        if not all(isinstance(v, str) and pattern.fullmatch(v) for v in value):
+            what = "group names" if groups_only else "user names and @group names"
+            raise self.error(key, f"expected a list of {what}, got {value!r}")
+        return tuple(value)
+
     def names(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = self.get(key, list, None)
         if value is None:
@@ -259,7 +285,7 @@ def _type_name(kind: type) -> str:
 
 def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...]) -> Config:
     root = _Reader(data, "", origin, files)
-    root.check_keys({"host", "mqueue", "worker", "log", "tasks"})
+    root.check_keys({"host", "mqueue", "worker", "log", "tasks", "access", "queues"})
     host = _host(root.sub("host"))
     mq = _mqueue(root.sub("mqueue"))
     worker_r = root.sub("worker")
@@ -273,7 +299,19 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
     log = _log(root.sub("log"))
     tasks_r = root.sub("tasks")
     tasks = tuple(_task(tasks_r.sub(name), name) for name in tasks_r.table)
-    return Config(files, host, mq, worker, overrides, log, tasks)
+    access_r = root.sub("access")
+    access_r.check_keys({"admins"})
+    access = AccessConfig(admins=access_r.principals("admins", AccessConfig.admins, groups_only=True) or ())
+    queues_r = root.sub("queues")
+    queues = {name: _queue(queues_r.sub(name), name) for name in queues_r.table}
+    return Config(files, host, mq, worker, overrides, log, tasks, access, queues)
+
+
+def _queue(r: _Reader, name: str) -> QueueConfig:
+    r.check_keys({"submit"})
+    if not NAME_RE.match(name):
+        raise r.error("", "queue names are letters, digits, _ . - (at most 64)")
+    return QueueConfig(name=name, submit=r.principals("submit", None))
 
 
 def _host(r: _Reader) -> HostConfig:

@@ -279,11 +279,18 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
+def _bulk_done(reply: dict[str, Any], text: str, as_json: bool) -> int:
+    if as_json:
+        _out({"count": len(reply["ids"]), **reply})
+    else:
+        refused = f"; {reply['refused']} matching job(s) are not yours to change" if reply["refused"] else ""
+        print(text.format(len(reply["ids"])) + refused)
+    return 0
+
+
 def _cmd_cancel(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     if filters := _filters(args):
-        ids = client.cancel_matching(**filters)
-        _out({"count": len(ids), "ids": ids}) if as_json else print(f"cancelled {len(ids)} job(s)")
-        return 0
+        return _bulk_done(client.cancel_matching(**filters), "cancelled {} job(s)", as_json)
     job = client.cancel(args.id)
     if as_json:
         _out(job)
@@ -296,9 +303,7 @@ def _cmd_cancel(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 
 def _cmd_retry(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     if filters := _filters(args):
-        ids = client.retry_matching(**filters)
-        _out({"count": len(ids), "ids": ids}) if as_json else print(f"queued {len(ids)} job(s) again")
-        return 0
+        return _bulk_done(client.retry_matching(**filters), "queued {} job(s) again", as_json)
     job = client.retry(args.id)
     _out(job) if as_json else print(f"job {args.id} queued again")
     return 0
@@ -314,6 +319,8 @@ def _cmd_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     print("jobs:    " + "  ".join(f"{k} {v}" for k, v in states.items()))
     print(f"workers: {st['workers_live']} live of {st['workers_known']} known")
     print(f"malformed messages dropped: {st['malformed_messages']}")
+    for note in st.get("mqueue", {}).get("limited", []):
+        print(f"queue limits: {note}")
     return 0
 
 

@@ -11,8 +11,9 @@ import logging
 import os
 import selectors
 import signal
+from dataclasses import replace
 
-from . import config, log
+from . import config, limits, log
 from .notify import Notifier
 
 
@@ -38,6 +39,7 @@ class Daemon:
         self.notifier = Notifier()
         self.sel = selectors.DefaultSelector()
         self.stop_requested = self.reload_requested = False
+        self.granted: limits.Granted | None = None  # what the kernel grants of [mqueue] (grant_queues)
 
     def watch_signals(self) -> None:
         """SIGTERM and SIGINT ask to stop, SIGHUP to reload; each also wakes the selector."""
@@ -80,7 +82,7 @@ class Daemon:
             new = config.reload(self.config_path, self.logger)
             if new is None:
                 return
-            new, pending = config.keep_for_restart(self.cfg, new, self.RESTART_KEYS)
+            new, pending = config.keep_for_restart(self.cfg, self.grant_queues(new), self.RESTART_KEYS)
             if pending:
                 self.logger.warning("%s changed: takes effect at the next restart", ", ".join(pending))
             self.apply(new)
@@ -90,6 +92,17 @@ class Daemon:
             self.logger.info("configuration reloaded from %s", ", ".join(new.files))
         finally:
             self.notifier.ready(self.status_text())
+
+    def grant_queues(self, cfg: config.Config) -> config.Config:
+        """`cfg` with the queue depth and message size the kernel grants; each limit below the configuration is
+        logged once (and shown by `tqctl status`)."""
+        granted = limits.grant(cfg.mqueue.max_messages, cfg.mqueue.max_message_size)
+        for note in granted.notes:
+            if self.granted is None or note not in self.granted.notes:
+                self.logger.warning("%s", note)
+        self.granted = granted
+        return replace(cfg, mqueue=replace(cfg.mqueue, max_messages=granted.max_messages,
+                                           max_message_size=granted.max_message_size))
 
     def apply(self, new: config.Config) -> None:
         """Put a reloaded configuration into effect (before it becomes `self.cfg`)."""

@@ -121,6 +121,7 @@ class JobRecord:
     handler_json: str | None  # how to run it, resolved at submit (None: a job stored before there was one)
     usage_json: str | None  # what the last attempt cost (CPU, memory, exit status)
     cancel_requested: bool = False  # `tqctl cancel` of the running attempt (not stored: it lasts one attempt)
+    lost_on: str | None = None  # the worker its last attempt was lost with: another one takes it if it can
 
     def public(self) -> dict[str, Any]:
         """The job as tqctl and the client API show it."""

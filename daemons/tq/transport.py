@@ -11,19 +11,22 @@ import grp
 import heapq
 import itertools
 import os
-import resource
-from pathlib import Path
 from typing import Protocol
 
 import posix_ipc
 
-QUEUE_MODE = 0o660
+from . import limits
+
+QUEUE_MODE = 0o600  # the daemons' user alone: nobody else can forge a message (members use the socket)
 GROUP = "tq"
-MQ_PROC = Path("/proc/sys/fs/mqueue")
 
 
 class QueueError(Exception):
     """A queue cannot be opened or created; the message says why and what to do."""
+
+
+class OutOfBudget(QueueError):
+    """The owner's RLIMIT_MSGQUEUE has no room for a queue this large."""
 
 
 class QueueAccessDenied(QueueError):
@@ -129,36 +132,6 @@ class MemoryQueue:
                 pass
 
 
-def kernel_limits() -> dict[str, int]:
-    """The kernel's POSIX queue limits from /proc/sys/fs/mqueue (empty where unreadable)."""
-    limits = {}
-    for name in ("msg_max", "msgsize_max", "queues_max"):
-        try:
-            limits[name] = int((MQ_PROC / name).read_text())
-        except (OSError, ValueError):
-            pass
-    return limits
-
-
-def _msgqueue_limit() -> str:
-    soft, _hard = resource.getrlimit(resource.RLIMIT_MSGQUEUE)
-    return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
-
-
-def check_limits(max_messages: int, max_message_size: int) -> None:
-    """Refuse a configuration the kernel would refuse, with the sysctl that fixes it."""
-    limits = kernel_limits()
-    problems = []
-    if max_messages > limits.get("msg_max", max_messages):
-        problems.append(f"mqueue.max_messages = {max_messages} exceeds fs.mqueue.msg_max = {limits['msg_max']}"
-                        f" (sysctl -w fs.mqueue.msg_max={max_messages})")
-    if max_message_size > limits.get("msgsize_max", max_message_size):
-        problems.append(f"mqueue.max_message_size = {max_message_size} exceeds fs.mqueue.msgsize_max = "
-                        f"{limits['msgsize_max']} (sysctl -w fs.mqueue.msgsize_max={max_message_size})")
-    if problems:
-        raise QueueError("; ".join(problems) + "; the tq package raises these in /usr/lib/sysctl.d/60-tq.conf")
-
-
 def restrict(target: str | int, mode: int) -> None:
     """Give a file (path or descriptor) `mode` and, where group tq exists, that group: root and group tq only.
 
@@ -186,12 +159,13 @@ def open_queue(name: str, max_messages: int, max_message_size: int, create: bool
     except posix_ipc.ExistentialError:
         raise QueueError(f"queue {name} does not exist (is tq-host running?)") from None
     except (ValueError, OSError, posix_ipc.Error) as e:
-        hint = ""
         if "maximum number of files" in str(e):  # EMFILE: mq_open's answer when RLIMIT_MSGQUEUE is used up
-            hint = (f"; the per-user queue memory limit RLIMIT_MSGQUEUE ({_msgqueue_limit()}) is used up: "
-                    "raise it (LimitMSGQUEUE= in the unit, ulimit -q) or remove stale queues")
+            raise OutOfBudget(f"cannot open queue {name} (depth {max_messages}, message size {max_message_size}, "
+                              f"{limits.queue_bytes(max_messages, max_message_size)} bytes): the per-user queue "
+                              f"memory limit RLIMIT_MSGQUEUE ({limits.budget()}) is used up: raise it "
+                              "(LimitMSGQUEUE= in the unit, ulimit -q) or remove stale queues") from None
         raise QueueError(f"cannot open queue {name} (depth {max_messages}, message size {max_message_size}): "
-                         f"{e}{hint}; kernel limits {kernel_limits()}") from None
+                         f"{e}; kernel limits {limits.kernel_limits()}") from None
     if create and (mq.max_messages != max_messages or mq.max_message_size != max_message_size):
         old = PosixQueue(mq, name)
         while (data := old.receive()) is not None:
@@ -210,3 +184,16 @@ def unlink_queue(name: str) -> None:
         posix_ipc.unlink_message_queue(name)
     except posix_ipc.ExistentialError:
         pass
+
+
+def open_within_budget(name: str, max_messages: int, max_message_size: int, least: int,
+                       drained: list[bytes] | None = None) -> PosixQueue:
+    """open_queue, halving the depth (down to `least`) while the owner's queue memory budget has no room."""
+    depth = max_messages
+    while True:
+        try:
+            return open_queue(name, depth, max_message_size, drained=drained)
+        except OutOfBudget:
+            if depth <= least:
+                raise
+            depth = max(least, depth // 2)

@@ -2,7 +2,7 @@
 
 The main loop is `step()`: finish or time out the running attempt, take the
 next message when idle, send results, heartbeats and watchdog pings. Messages
-to the host go through one FIFO (`pending`) so that a result is never
+to the host go through one FIFO (outbox.py) so that a result is never
 overtaken by the Synced that fences it, and survive a full or absent host
 queue: a host restart does not disturb a worker.
 """
@@ -17,13 +17,15 @@ import sys
 import time
 from dataclasses import replace
 
-from . import __version__, config, handlers, protocol, transport
+from . import __version__, config, limits, protocol, transport
 from .attempt import Attempt
 from .daemon import Daemon, ignore
 from .notify import child_environment
+from .outbox import Outbox
 from .transport import PosixQueue
 
 BATCH = 64  # messages handled per step before looking at the selector again
+MAX_CANCELLED = 10_000  # remembered cancels of jobs not started yet (a bound: the host resends nothing)
 BYE_WAIT = 5.0  # seconds a stopping worker waits for the host's fence before it exits anyway
 
 
@@ -32,12 +34,11 @@ class Worker(Daemon):
         super().__init__(f"tq-worker@{instance}", cfg, config_path)
         self.instance = instance
         self.wcfg = cfg.worker_for(instance)
-        self.pending: collections.deque[bytes] = collections.deque()  # to the host queue, in order
+        self.outbox = Outbox(instance, cfg.mqueue.max_message_size)  # to the host queue, in order
         # Jobs of a batch not yet run, and a fence that came behind them (answered once they have run).
         self.local: collections.deque[protocol.Job | protocol.Sync] = collections.deque()
-        self.results: list[list[object]] = []  # results not yet sent, packed into one Results message
-        self.results_size = 0
         self.current: Attempt | None = None
+        self.cancelled: set[tuple[int, int]] = set()  # (job, attempt) cancelled before it started
         self.watched: set[tuple[int, int]] = set()
         self.stop_started = 0.0
         self.bye_sent = False
@@ -51,22 +52,30 @@ class Worker(Daemon):
     # ---- start ----------------------------------------------------------
 
     def start(self) -> None:
-        cfg = self.cfg
-        transport.check_limits(max(cfg.mqueue.max_messages, self.wcfg.prefetch + 1), cfg.mqueue.max_message_size)
+        cfg = self.cfg = self.grant_queues(self.cfg)
+        assert self.granted is not None
+        self.outbox.limit = cfg.mqueue.max_message_size
         self.watch_signals()
         drained: list[bytes] = []
         # The inbox holds at most `prefetch` jobs and the host's Sync fence: a deeper one would only use up
-        # the per-user queue memory (RLIMIT_MSGQUEUE).
-        self.inbox = transport.open_queue(cfg.inbox(self.instance), self.wcfg.prefetch + 1,
-                                          cfg.mqueue.max_message_size, drained=drained)
+        # the per-user queue memory (RLIMIT_MSGQUEUE). Where the kernel or that budget grants less, less.
+        depth = min(self.wcfg.prefetch + 1, self.granted.msg_max)
+        self.inbox = transport.open_within_budget(cfg.inbox(self.instance), depth, cfg.mqueue.max_message_size,
+                                                  least=2, drained=drained)
+        if self.inbox.max_messages < self.wcfg.prefetch + 1:
+            self.logger.warning("inbox %s holds %d messages, not worker.prefetch + 1 = %d (fs.mqueue.msg_max %d, "
+                                "queue memory budget RLIMIT_MSGQUEUE %s): prefetch %d", self.inbox.name,
+                                self.inbox.max_messages, self.wcfg.prefetch + 1, self.granted.msg_max,
+                                limits.budget(), self.inbox.max_messages - 1)
+            self.wcfg = replace(self.wcfg, prefetch=self.inbox.max_messages - 1)
         if drained:
             self.logger.warning("recreated inbox %s with the configured size; dropped %d message(s), which "
                                 "tq-host requeues", self.inbox.name, len(drained))
         self.host_q = self._wait_for_host()
         if self.host_q is None:
             return
-        self._queue_message(self._hello())
-        self._flush_pending()
+        self.outbox.message(self._hello())
+        self._flush()
         self.logger.info("tq-worker %s instance %s ready: queues %s, inbox %s", __version__, self.instance,
                          ",".join(self.wcfg.queues), self.inbox.name)
         self.notifier.ready("idle")
@@ -100,9 +109,9 @@ class Worker(Daemon):
             self.step()
         self.notifier.stopping()
         deadline = time.monotonic() + BYE_WAIT
-        while self.pending and self.host_q is not None and time.monotonic() < deadline:
-            self._flush_pending()
-            if self.pending:  # wait for room in the host queue
+        while self.outbox and self.host_q is not None and time.monotonic() < deadline:
+            self._flush()
+            if self.outbox:  # wait for room in the host queue
                 self.notifier.tick(time.monotonic())
                 self._watch([], False, True)
                 self.select(0.1)
@@ -119,8 +128,8 @@ class Worker(Daemon):
             self.reload()
         if self.stop_requested:
             self._stopping(now)
-        self._flush_pending()
-        if self.current is None and not self.pending and not self.reexec:
+        self._flush()
+        if self.current is None and not self.outbox and not self.reexec:
             for _ in range(BATCH):
                 if self.local:
                     item = self.local.popleft()
@@ -132,15 +141,15 @@ class Worker(Daemon):
                         break
                     self._on_message(data)
                 progressed = True
-                if self.current is not None or self.pending or self.exit_now:
+                if self.current is not None or self.outbox or self.exit_now:
                     break
         elif self.current is not None:  # a running job: take in what came, to see a Cancel at once
             assert self.inbox is not None
             while (data := self.inbox.receive()) is not None:
                 self._on_message(data)
-        self._send_results()
-        self._flush_pending()
-        if self.reexec and not self.pending:
+        self.outbox.pack_results()
+        self._flush()
+        if self.reexec and not self.outbox:
             self.exit_now = True
         now = time.monotonic()
         if now >= self.next_heartbeat:
@@ -160,8 +169,8 @@ class Worker(Daemon):
             timeout = min(timeout, self.current.next_event() - now)
         if self.stop_requested:
             timeout = min(timeout, 0.05)
-        inbox = (self.current is not None or not self.pending) and not self.stop_requested
-        self._watch(self.current.execution.fds if self.current else [], inbox, bool(self.pending))
+        inbox = (self.current is not None or not self.outbox) and not self.stop_requested
+        self._watch(self.current.execution.fds if self.current else [], inbox, bool(self.outbox))
         self.select(max(timeout, 0.0))
 
     def _watch(self, fds: list[int], inbox: bool, host_writable: bool = False) -> None:
@@ -212,7 +221,7 @@ class Worker(Daemon):
             self._watch(self.current.execution.fds if self.current else [], False)  # forget the old descriptor
             self.host_q.close()
             self.host_q = reopened
-        self._queue_message(protocol.Synced(self.instance, msg.token))
+        self.outbox.message(protocol.Synced(self.instance, msg.token))
         if self.bye_sent:
             self.exit_now = True
 
@@ -224,16 +233,19 @@ class Worker(Daemon):
                              extra={"TQ_JOB_ID": msg.id, "TQ_ATTEMPT": msg.attempt})
             a.stop("cancelled", time.monotonic())
             return
-        for item in list(self.local):
-            if isinstance(item, protocol.Job) and (item.id, item.attempt) == (msg.id, msg.attempt):
-                self.local.remove(item)
-                self._queue_result(protocol.Result(self.instance, item.id, item.attempt, False, "", "cancelled",
-                                                   0.0, time.time(), {}))
+        # Not started: it is in `local`, or still in the inbox behind the Cancel (which overtakes jobs).
+        if len(self.cancelled) < MAX_CANCELLED:
+            self.cancelled.add((msg.id, msg.attempt))
 
     def _on_job(self, job: protocol.Job) -> None:
         """Start an attempt, with the handler tq-host resolved for the job (never this worker's own config)."""
         if self.stop_requested:
-            self._queue_message(protocol.Release(self.instance, job.id, job.attempt))
+            self.outbox.message(protocol.Release(self.instance, job.id, job.attempt))
+            return
+        if (job.id, job.attempt) in self.cancelled:
+            self.cancelled.discard((job.id, job.attempt))
+            self.outbox.result(protocol.Result(self.instance, job.id, job.attempt, False, "", "cancelled", 0.0,
+                                               time.time(), {}))
             return
         now = time.monotonic()
         self.events.event("started", job.id, job.task, job.queue, job.attempt, self.instance)
@@ -259,14 +271,14 @@ class Worker(Daemon):
             if not a.execution.killable:
                 self.reexec = True
             self._end_attempt()
-            self._queue_message(protocol.Release(self.instance, a.job.id, a.job.attempt))
+            self.outbox.message(protocol.Release(self.instance, a.job.id, a.job.attempt))
             self.events.event("released", a.job.id, a.job.task, a.job.queue, a.job.attempt, self.instance,
                               f"interrupted by stop after worker.stop_timeout = {self.wcfg.stop_timeout:g}s")
             return True
         if outcome is None:
             return False
         self._end_attempt()
-        self._queue_result(self._result(a, outcome, time.monotonic() - a.started))
+        self.outbox.result(a.report(self.instance, outcome, self.cfg.mqueue.max_message_size))
         event = "done" if outcome.ok else "failed"
         self.events.event(event, a.job.id, a.job.task, a.job.queue, a.job.attempt, self.instance,
                           outcome.error if not outcome.ok else "")
@@ -285,57 +297,18 @@ class Worker(Daemon):
         self.current.execution.close()
         self.current = None
 
-    def _result(self, a: Attempt, outcome: handlers.Outcome, duration: float) -> protocol.Result:
-        """A Result that fits the queue's message size: long output is cut, with a note."""
-        output, error = outcome.output, outcome.error
-        while True:
-            msg = protocol.Result(self.instance, a.job.id, a.job.attempt, outcome.ok, output, error,
-                                  round(duration, 6), a.started_at, a.execution.usage())
-            try:
-                protocol.encode(msg, self.cfg.mqueue.max_message_size)
-                return msg
-            except protocol.TooLarge:
-                if len(error) > 200:
-                    error = error[: len(error) // 2] + " [cut]"
-                else:
-                    output = output[: len(output) // 2] + f" [cut to fit mqueue.max_message_size = " \
-                                                          f"{self.cfg.mqueue.max_message_size}]"
-
-    # ---- messages to the host -------------------------------------------
-
-    def _queue_message(self, msg: protocol.Message) -> None:
-        self._send_results()  # results first: nothing may overtake them (the Sync fence relies on it)
-        self.pending.append(protocol.encode(msg))
-
-    def _queue_result(self, result: protocol.Result) -> None:
-        """Collect results into one Results message while jobs flow; sent at the end of the step or when full."""
-        item = protocol.fields_of(result)[1:]  # without the instance, which the batch carries once
-        size = len(protocol.pack_item(item))
-        if self.results and self.results_size + size + 64 > self.cfg.mqueue.max_message_size:
-            self._send_results()
-        self.results.append(item)
-        self.results_size += size + 1
-
-    def _send_results(self) -> None:
-        if self.results:
-            self.pending.append(protocol.encode(protocol.Results(self.instance, self.results)))
-            self.results, self.results_size = [], 0
-
-    def _flush_pending(self) -> None:
+    def _flush(self) -> None:
         assert self.host_q is not None
-        while self.pending:
-            if not self.host_q.send(self.pending[0], 0):
-                return
-            self.pending.popleft()
+        self.outbox.flush(self.host_q)
 
     def _heartbeat(self, now: float) -> None:
         self.next_heartbeat = now + self.wcfg.heartbeat
-        if self.pending or self.bye_sent:
+        if self.outbox or self.bye_sent:
             return  # the host is behind; results first
         running = self.current.job.id if self.current else 0
-        self._queue_message(protocol.Heartbeat(self.instance, os.getpid(), list(self.wcfg.queues),
+        self.outbox.message(protocol.Heartbeat(self.instance, os.getpid(), list(self.wcfg.queues),
                                                self.wcfg.prefetch, running))
-        self._flush_pending()
+        self._flush()
 
     def _status(self, now: float) -> None:
         if self.notifier.status_due(now):
@@ -363,7 +336,7 @@ class Worker(Daemon):
         if not self.bye_sent:
             self.bye_sent = True
             self.bye_at = now
-            self._queue_message(protocol.Bye(self.instance, os.getpid()))
+            self.outbox.message(protocol.Bye(self.instance, os.getpid()))
         elif now - self.bye_at > BYE_WAIT:
             self.logger.warning("tq-host did not answer within %gs; exiting (it requeues what this worker held)",
                                 BYE_WAIT)
@@ -379,7 +352,7 @@ class Worker(Daemon):
             wcfg = replace(wcfg, prefetch=most)
         self.wcfg = wcfg
         if (wcfg.queues, wcfg.prefetch) != (old_worker.queues, old_worker.prefetch):
-            self._queue_message(self._hello())
+            self.outbox.message(self._hello())
 
     def _reexec(self) -> None:
         self.logger.warning("restarting this worker process: a Python handler outlived its timeout or cancel")

@@ -24,7 +24,7 @@ from tq.worker import Worker
 
 RESTART = "restart"
 SECTIONS = {"host": config.HostConfig, "mqueue": config.MqueueConfig, "worker": config.WorkerConfig,
-            "log": config.LogConfig}
+            "log": config.LogConfig, "access": config.AccessConfig}
 
 
 class Records(logging.Handler):
@@ -102,6 +102,9 @@ HOST_KEYS: dict[str, tuple[str, Any]] = {
                       lambda h: '"cpu_max":2' in _submitted(h, "t").handler_json),
     "tasks.open_files_max": ('[tasks.t]\ncommand = ["true"]\nopen_files_max = 32',
                              lambda h: '"open_files_max":32' in _submitted(h, "t").handler_json),
+    "access.admins": ('[access]\nadmins = ["wheel"]', lambda h: h.requests.access.cfg.access.admins == ("wheel",)),
+    "queues": ('[queues.mail]\nsubmit = ["alice"]',
+               lambda h: h.requests.access.cfg.queues["mail"].submit == ("alice",)),
     "files": ("[log]\nlevel = \"info\"", lambda h: any(f.endswith("50-change.toml") for f in h.cfg.files)),
     "worker_overrides": ('[worker.7]\nqueues = ["seven"]', lambda h: h.cfg.worker_for("7").queues == ("seven",)),
 }

@@ -4,10 +4,15 @@ resolved when it accepted it, started_at is when the handler started, and every 
 from __future__ import annotations
 
 import json
+import resource
 import signal
 import time
+import uuid
 
-from harness import Suite, wait_until
+import posix_ipc
+
+from harness import Daemon, Suite, wait_until
+from tq import limits
 
 # A command that kills the worker running it (its parent's parent: sh is the command, the worker runs sh).
 POISON = '\n[tasks.poison]\ncommand = ["sh", "-c", "kill -9 $PPID; sleep 5"]\nretries = 2\nbackoff = "50ms"\n'
@@ -184,3 +189,41 @@ def test_a_command_past_its_limits_fails_naming_the_limit_and_the_worker_lives_o
     assert leak["state"] == "dead" and leak["error"].startswith("failed: open_files_max 16 reached")
     assert (fits["state"], fits["result"]) == ("done", str(8 << 20))
     assert w1.proc.poll() is None
+
+
+def _free_queue_bytes() -> int:
+    """How much of this user's RLIMIT_MSGQUEUE is free now: fill it with queues, largest first, then remove them."""
+    made: list[posix_ipc.MessageQueue] = []
+    free = 0
+    msg_max = limits.kernel_limits()["msg_max"]
+    try:
+        for depth, size in ((msg_max, 8192), (1, 8192), (1, 1024), (1, 128)):
+            while True:
+                try:
+                    made.append(posix_ipc.MessageQueue(f"/tqt-fill-{uuid.uuid4().hex[:8]}", posix_ipc.O_CREX,
+                                                       max_messages=depth, max_message_size=size))
+                except OSError:
+                    break
+                free += limits.queue_bytes(depth, size)
+    finally:
+        for q in made:
+            q.unlink()
+            q.close()
+    return free
+
+
+def test_a_worker_whose_inbox_does_not_fit_the_budget_starts_with_a_smaller_one(suite: Suite) -> None:
+    suite.host()
+    soft, _hard = resource.getrlimit(resource.RLIMIT_MSGQUEUE)
+    used = soft - _free_queue_bytes()
+    room = limits.queue_bytes(5, 8192) + 1000  # an inbox of 5 fits, one of prefetch 8 + 1 = 9 does not
+    argv = ["prlimit", f"--msgqueue={used + room}", "--", *suite._python("tq.worker", "1")]
+    worker = Daemon("worker1", argv, suite.env, suite.dir)
+    suite.daemons.append(worker)
+    worker.ready()
+    text = worker.text()
+    assert "holds 4 messages, not worker.prefetch + 1 = 9" in text and "prefetch 3" in text, text
+    suite.wait_live(1)
+    c = suite.client()
+    assert c.workers()[0]["prefetch"] == 3
+    assert all(c.wait(j, timeout=10)["state"] == "done" for j in c.submit_many([("task-1", [])] * 20))

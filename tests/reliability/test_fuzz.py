@@ -111,7 +111,8 @@ KEYS = {"host": ["state_dir", "socket", "durability", "lease", "retain_age", "re
         "mqueue": ["prefix", "max_message_size", "max_messages"],
         "worker": ["queues", "heartbeat", "prefetch", "stop_timeout", "2"],
         "log": ["level", "job_events", "job_events_per_second"],
-        "tasks": ["echo", "a.*", "#", "bad name"], "bogus": ["x"]}
+        "tasks": ["echo", "a.*", "#", "bad name"], "access": ["admins", "nope"], "queues": ["mail", "bad name"],
+        "bogus": ["x"]}
 TASK_KEYS = ["handler", "command", "python", "queue", "timeout", "retries", "priority", "backoff", "backoff_max",
              "kill_grace", "memory_max", "cpu_max", "open_files_max", "oops"]
 scalars = (st.none() | st.booleans() | st.integers(-10, 100_000) | st.floats(allow_nan=False)
@@ -125,8 +126,8 @@ def config_data(draw: st.DrawFn) -> dict[str, Any]:
     for section in draw(st.lists(st.sampled_from(sorted(KEYS)), max_size=5, unique=True)):
         table: dict[str, Any] = {}
         for key in draw(st.lists(st.sampled_from(KEYS[section]), max_size=4, unique=True)):
-            if section == "tasks" or key == "2":
-                names = TASK_KEYS if section == "tasks" else ["queues", "prefetch", "nope"]
+            if section in ("tasks", "queues") or key == "2":
+                names = {"tasks": TASK_KEYS, "queues": ["submit", "nope"]}.get(section, ["queues", "prefetch", "nope"])
                 table[key] = {k: draw(values) for k in draw(st.lists(st.sampled_from(names), max_size=4, unique=True))}
             else:
                 table[key] = draw(values)

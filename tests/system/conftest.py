@@ -46,6 +46,16 @@ def skip_or_fail(reason: str) -> None:
 
 @pytest.fixture(scope="module")
 def container() -> Iterator[Container]:
+    yield from booted(writable_sysctl=True)
+
+
+@pytest.fixture(scope="module")
+def readonly_container() -> Iterator[Container]:
+    """A container whose /proc/sys is read-only, as LXC and most container hosts give it."""
+    yield from booted(writable_sysctl=False)
+
+
+def booted(writable_sysctl: bool) -> Iterator[Container]:
     reason = cannot_run_reason()
     if reason:
         skip_or_fail(reason)
@@ -56,7 +66,7 @@ def container() -> Iterator[Container]:
     scratch = Path(tempfile.mkdtemp(prefix="tq-system-", dir="/var/tmp"))
     root = scratch / f"tq-test-{os.getpid()}"  # also the machine name nspawn uses
     subprocess.run(["cp", "-a", "--reflink=auto", rootfs, str(root)], check=True)
-    box = Container(root, scratch / "console.log")
+    box = Container(root, scratch / "console.log", writable_sysctl)
     try:
         box.boot()
         yield box

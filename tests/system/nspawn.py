@@ -32,16 +32,20 @@ def cannot_run_reason() -> str | None:
 class Container:
     """A booted bookworm container; run() executes a command inside it."""
 
-    def __init__(self, root: Path, log: Path) -> None:
+    def __init__(self, root: Path, log: Path, writable_sysctl: bool = True) -> None:
         self.root = root
         self.log = log
+        self.writable_sysctl = writable_sysctl  # else /proc/sys is read-only, as LXC and most container hosts give it
         self.nspawn: subprocess.Popen[bytes] | None = None
         self.pid = 0  # the container's PID 1, as seen from the host
 
     def boot(self) -> float:
         """Start systemd in the container and wait until it is up; return seconds taken."""
         started = time.monotonic()
-        env = dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="1")
+        env = dict(os.environ)
+        env.pop("SYSTEMD_NSPAWN_API_VFS_WRITABLE", None)
+        if self.writable_sysctl:
+            env["SYSTEMD_NSPAWN_API_VFS_WRITABLE"] = "1"
         command = ["systemd-nspawn", "--private-network", "--quiet", "-D", str(self.root), "-b"]
         if not Path("/run/systemd/system").exists():
             # No systemd on the host (CI here): no machined to register with, no scope to make.

@@ -243,6 +243,76 @@ def test_member_of_group_tq_can_submit(tq: Container) -> None:
     assert tq.run(["tqctl", "submit", "--wait", "task-1"], user="insider").stdout == "task-1 processed\n"
 
 
+def reload_and_wait(box: Container, units: str) -> None:
+    box.run(f"systemctl reload {units}")  # returns once READY=1 follows RELOADING=1
+
+
+def test_a_job_that_kills_its_worker_every_time_ends_dead_and_no_worker_unit_fails(tq: Container) -> None:
+    tq.put_text('[tasks.poison]\ncommand = ["sh", "-c", "kill -9 $PPID; sleep 5"]\nretries = 3\n',
+                "/etc/tq/tq.d/70-poison.toml")
+    try:
+        reload_and_wait(tq, "tq-host")
+        poison = submit(tq, "poison")
+        others = [submit(tq, "task-1", str(n)) for n in range(20)]
+
+        def dead() -> dict[str, Any] | None:
+            found = job(tq, poison)
+            return found if found["state"] == "dead" else None
+
+        found = wait_until(dead, 120, "the poison job dead")
+        assert found["attempts"] == 4 and "lost while running attempt 4 of 4" in found["error"], found
+        for job_id in others:
+            wait_done(tq, job_id)
+        try:
+            wait_until(lambda: tq.run(["systemctl", "is-active", *WORKERS], check=False).stdout.split()
+                       == ["active"] * 4, 30, "every worker active again")
+        except AssertionError:
+            status = tq.run(["systemctl", "status", "--no-pager", "-n", "30", *WORKERS], check=False).stdout
+            raise AssertionError(status) from None
+    finally:
+        tq.run("rm -f /etc/tq/tq.d/70-poison.toml && systemctl reload tq-host")
+
+
+def test_cancel_stops_a_running_job_and_the_worker_carries_on(tq: Container) -> None:
+    job_id = submit(tq, "slow", "60")
+    worker = running_worker(tq, job_id)
+    pid = unit_property(tq, worker, "MainPID")
+    out = tq.run(["tqctl", "cancel", str(job_id)]).stdout
+    assert "stopping it" in out, out
+    wait_until(lambda: job(tq, job_id)["state"] == "cancelled", 30, f"job {job_id} cancelled")
+    assert unit_property(tq, worker, "MainPID") == pid  # the same worker process takes new work
+    assert tq.run("tqctl submit --wait task-1").stdout == "task-1 processed\n"
+
+
+def test_queues_are_user_tq_alone_and_only_a_jobs_submitter_may_cancel_it(tq: Container) -> None:
+    tq.run("id insider || useradd --no-create-home --groups tq insider")
+    tq.run("id neighbour || useradd --no-create-home --groups tq neighbour")
+    tq.run("mountpoint -q /dev/mqueue || mount -t mqueue mqueue /dev/mqueue")
+    assert tq.run("stat -c '%a %U' /dev/mqueue/tq.host").stdout.split() == ["600", "tq"]
+    job_id = int(tq.run(["tqctl", "submit", "--delay", "1h", "task-1"], user="insider").stdout)
+    assert job(tq, job_id)["submitter"] == int(tq.run("id -u insider").stdout)
+    refused = tq.run(["tqctl", "cancel", str(job_id)], user="neighbour", check=False)
+    assert refused.returncode == 4 and "only its submitter" in refused.stderr, refused
+    tq.run("getent group tq-admin")  # the package makes the admin group
+    assert tq.run(["tqctl", "cancel", str(job_id)], user="insider").returncode == 0
+
+
+def test_a_job_runs_as_the_host_resolved_it_whichever_daemon_was_reloaded(tq: Container) -> None:
+    dropin = "/etc/tq/tq.d/80-greet.toml"
+    try:
+        tq.put_text('[tasks.greet]\ncommand = ["echo", "one"]\n', dropin)
+        reload_and_wait(tq, "tq-host 'tq-worker@*'")
+        assert tq.run("tqctl submit --wait greet").stdout == "one\n"
+        tq.put_text('[tasks.greet]\ncommand = ["echo", "two"]\n', dropin)
+        reload_and_wait(tq, "tq-host")  # the workers still have "one"
+        assert tq.run("tqctl submit --wait greet").stdout == "two\n"
+        tq.put_text('[tasks.greet]\ncommand = ["echo", "three"]\n', dropin)
+        reload_and_wait(tq, "'tq-worker@*'")  # the host still has "two"
+        assert tq.run("tqctl submit --wait greet").stdout == "two\n"
+    finally:
+        tq.run(f"rm -f {dropin} && systemctl reload tq-host 'tq-worker@*'")
+
+
 def test_broken_dropin_is_refused_on_reload_and_names_the_file_on_restart(tq: Container) -> None:
     tq.put_text("[mqueue]\nmax_messages = \"lots\"\n", "/etc/tq/tq.d/99-broken.toml")
     since = tq.run("date '+%Y-%m-%d %H:%M:%S'").stdout.strip()

@@ -382,3 +382,21 @@ def test_a_reply_larger_than_the_socket_buffer_waits_for_room(
         received += peer.recv(1 << 20)
         _turn(server, 0.1)
     assert bytes(received) == big and not conn.wbuf and not conn.writing
+
+
+def test_a_job_lost_with_a_worker_goes_to_another_one_next_if_there_is_one(parts: Parts) -> None:
+    parts.start_worker("1")
+    parts.start_worker("2")
+    (jid,) = submit(parts, {"task": "t"})
+    parts.dispatcher.assign(0.0)
+    assert job(parts, jid).worker == "1"  # the first worker in order
+    parts.inbox_messages("1")
+    parts.worker_says(protocol.Hello("1", 555, ["default"], 8))  # it died with the job
+    (sync,) = [m for m in parts.inbox_messages("1") if isinstance(m, protocol.Sync)]
+    parts.worker_says(protocol.Synced("1", sync.token))
+    j = job(parts, jid)
+    j.run_at = 0.0
+    parts.jobs.delayed[:] = [(0.0, jid)]
+    parts.jobs.promote_due()
+    parts.dispatcher.assign(0.0)
+    assert (j.state, j.worker, j.attempts) == (JobState.RUNNING, "2", 2)  # not back to the worker it killed

@@ -84,12 +84,16 @@ def test_full_queue_refuses_without_blocking() -> None:
     assert not q.send(b"3", 0)
 
 
-def test_queue_mode_is_0660_even_under_umask_077() -> None:
+def test_a_queue_is_the_owners_alone_whatever_the_umask_and_whoever_made_it_wider() -> None:
     name = f"/tqt-unit-{uuid.uuid4().hex[:8]}"
-    old = os.umask(0o077)
+    old = os.umask(0)
     try:
         q = transport.open_queue(name, 10, 1024)
-        assert os.fstat(q.fileno()).st_mode & 0o777 == 0o660
+        assert os.fstat(q.fileno()).st_mode & 0o777 == 0o600
+        os.fchmod(q.fileno(), 0o666)  # as an older tq (0660) or a careless hand left it
+        q.close()
+        q = transport.open_queue(name, 10, 1024)
+        assert os.fstat(q.fileno()).st_mode & 0o777 == 0o600
         q.close()
     finally:
         os.umask(old)

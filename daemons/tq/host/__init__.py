@@ -24,7 +24,7 @@ import sqlite3
 import sys
 import time
 
-from .. import __version__, config, control, protocol, transport
+from .. import __version__, config, control, limits, protocol, transport
 from ..daemon import Daemon, StartError, ignore
 from ..log import Burst
 from ..store import JobRecord, Store, StoreError
@@ -64,8 +64,7 @@ class Host(Daemon):
 
     def start(self) -> None:
         """Acquire the state dir, open store, queue and socket, recover, then READY=1."""
-        cfg = self.cfg
-        transport.check_limits(cfg.mqueue.max_messages, cfg.mqueue.max_message_size)
+        cfg = self.cfg = self.grant_queues(self.cfg)
         os.makedirs(cfg.host.state_dir, mode=0o750, exist_ok=True)
         self._lock = open(os.path.join(cfg.host.state_dir, "tq.lock"), "a")
         try:
@@ -75,14 +74,22 @@ class Host(Daemon):
         self.store = Store(cfg.host.state_dir, cfg.host.durability)
         self.jobs = JobTable(self.store, self.events)
         drained: list[bytes] = []
-        mq = transport.open_queue(cfg.host_queue, cfg.mqueue.max_messages, cfg.mqueue.max_message_size,
-                                  drained=drained)
+        mq = transport.open_within_budget(cfg.host_queue, cfg.mqueue.max_messages, cfg.mqueue.max_message_size,
+                                          least=2, drained=drained)
+        if mq.max_messages < cfg.mqueue.max_messages:
+            self.logger.warning("the host queue holds %d messages, not mqueue.max_messages = %d: the queue memory "
+                                "budget RLIMIT_MSGQUEUE (%s) has no room for more", mq.max_messages,
+                                cfg.mqueue.max_messages, limits.budget())
         # The queue only wakes the selector: every step drains it once, after the sockets (one empty read).
         self.sel.register(mq.fileno(), selectors.EVENT_READ, ignore)
         self.fleet = Fleet(cfg, mq, self.jobs, self.store, self._open_inbox, self._on_result, self.logger,
                            self.malformed)
         self.dispatcher = Dispatcher(cfg, self.jobs, self.fleet)
         self.requests = Requests(cfg, self.jobs, self.fleet, self.malformed)
+        self.requests.queue_notes = list(self.granted.notes if self.granted else ())
+        if mq.max_messages < cfg.mqueue.max_messages:
+            self.requests.queue_notes.append(f"the host queue holds {mq.max_messages} messages (the queue memory "
+                                             f"budget RLIMIT_MSGQUEUE, {limits.budget()}, has no room for more)")
         self.server = Server(self.sel, self.requests.handle, Burst(self.logger))
         self.server.listen(cfg.host.socket)
         self.watch_signals()

@@ -39,7 +39,7 @@ class Dispatcher:
 
     def assign(self, now: float) -> None:
         """Hand ready jobs to live workers with free slots, best priority first (staged; sent by `send`)."""
-        workers = self.fleet.dispatchable(now)
+        workers = everyone = self.fleet.dispatchable(now)
         while workers:
             progressed = []
             for w in workers:
@@ -48,6 +48,9 @@ class Dispatcher:
                 while len(w.assigned) < w.prefetch:
                     job = self.jobs.pop_ready(w.queues)
                     if job is None:
+                        break
+                    if job.lost_on == w.instance and any(o is not w and job.queue in o.queues for o in everyone):
+                        self.jobs.put_back(job)  # lost with this worker last time (it may kill it): another one
                         break
                     self.jobs.start(job, w.instance)
                     w.assigned.add(job.id)

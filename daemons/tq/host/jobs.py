@@ -126,6 +126,10 @@ class JobTable:
         heapq.heappop(self.ready[best_queue])
         return self.jobs[best[1]]
 
+    def put_back(self, job: JobRecord) -> None:
+        """A ready job from pop_ready that this worker does not take after all: ready again, unchanged."""
+        heapq.heappush(self.ready[job.queue], (-job.priority, job.id))
+
     def start(self, job: JobRecord, instance: str) -> None:
         """A ready job (from pop_ready) is assigned to a worker: its next attempt."""
         job.attempts += 1
@@ -184,6 +188,7 @@ class JobTable:
         if job is None or job.state != RUNNING:
             return
         error = f"worker {job.worker} lost while running attempt {job.attempts} of {job.retries + 1} ({cause})"
+        job.lost_on = job.worker
         if job.cancel_requested:
             job.finished_at = time.time()
             self._cancelled(job, job.worker, error)

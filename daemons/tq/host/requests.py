@@ -26,6 +26,7 @@ from ..control import RequestError
 from ..log import Burst
 from ..states import FINAL, JobState
 from ..store import JobRecord
+from .access import Access
 from .fleet import Fleet
 from .jobs import DELAYED, QUEUED, InvalidTransition, JobTable
 from .server import Conn
@@ -57,12 +58,14 @@ class Requests:
         self.waiting = 0  # waiters not yet answered (the heap also holds answered ones until they come up)
         self.started = time.time()
         self.last_burst = 0.0  # monotonic time of the last request that may allocate much
+        self.queue_notes: list[str] = []  # where the kernel grants less than [mqueue] asks (limits.grant)
         self.configure(cfg)
         jobs.on_final = self.on_final
 
     def configure(self, cfg: config.Config) -> None:
         """Take a (reloaded) configuration: task names are resolved afresh."""
         self.cfg = cfg
+        self.access = Access(cfg)
         self._task = functools.lru_cache(maxsize=MAX_TASKS_CACHED)(self._resolve_task)
 
     def handle(self, conn: Conn, line: bytes) -> None:
@@ -165,6 +168,11 @@ class Requests:
         if wait_for is not None and (len(specs) != 1 or not 0 <= wait_for < math.inf):
             raise RequestError("bad_request", "wait_for takes one job and a finite number of seconds")
         jobs = [self._new_job(spec, conn.uid) for spec in specs]  # validate all before storing any
+        if self.cfg.queues:
+            for queue in {job.queue for job in jobs}:
+                refusal = self.access.may_submit(conn.uid, conn.gid, queue)
+                if refusal is not None:
+                    raise RequestError("permission", refusal)
         detail = f"by uid {conn.uid}"
         ids = [self.jobs.add(job, detail) for job in jobs]
         if wait_for is not None:  # the waiter's answer follows this one (see on_final, expire)
@@ -247,7 +255,9 @@ class Requests:
         return {"version": __version__, "pid": os.getpid(), "uptime": round(time.time() - self.started, 3),
                 "states": {s.value: self.jobs.counts[s] for s in JobState}, "workers_live": self.fleet.live(),
                 "workers_known": len(self.fleet.workers), "malformed_messages": self.malformed.total,
-                "config": list(self.cfg.files)}
+                "config": list(self.cfg.files), "mqueue": {"max_messages": self.fleet.mq.max_messages,
+                                                           "max_message_size": self.cfg.mqueue.max_message_size,
+                                                           "limited": self.queue_notes}}
 
     def _workers(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         return {"workers": self.fleet.public(time.monotonic())}
@@ -262,33 +272,46 @@ class Requests:
 
         if req.get("id") is not None:
             job = self._lookup(req)
+            self._check_change(conn, job, "cancel")
             return {"job": job.public(), "stopping": _transition(cancel, job)}
-        return self._bulk(req, cancel)
+        return self._bulk(conn, req, cancel, "cancel")
 
     def _retry(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         if req.get("id") is not None:
             job = self._lookup(req)
+            self._check_change(conn, job, "retry")
             _transition(self.jobs.retry, job)
             return {"job": job.public()}
-        return self._bulk(req, self.jobs.retry)
+        return self._bulk(conn, req, self.jobs.retry, "retry")
 
-    def _bulk(self, req: dict[str, Any], action: Callable[[JobRecord], object]) -> dict[str, Any]:
-        """Apply `action` to every job that matches the request's filters (jobs it does not apply to are left)."""
+    def _check_change(self, conn: Conn, job: JobRecord, what: str) -> None:
+        refusal = self.access.may_change(conn.uid, conn.gid, job.submitter, what, job.id)
+        if refusal is not None:
+            raise RequestError("permission", refusal)
+
+    def _bulk(self, conn: Conn, req: dict[str, Any], action: Callable[[JobRecord], object],
+              what: str) -> dict[str, Any]:
+        """Apply `action` to every job that matches the request's filters and that the caller may change (the
+        others are left, and counted as refused)."""
         filters = {name: control.field(req, name, str, None) for name in ("state", "task", "queue")}
         older_than = control.field(req, "older_than", (int, float), None)
         if not any(filters.values()) and older_than is None:
             raise RequestError("bad_request", "give a job id, or at least one filter: state, task, queue, "
                                               "older_than")
         newest = time.time() - float(older_than or 0.0)
-        ids = []
+        ids, refused = [], 0
         for job in self.jobs.query(filters["state"], filters["queue"], filters["task"], MAX_BULK):
-            if job.created_at <= newest:
-                try:
-                    action(job)
-                except InvalidTransition:
-                    continue
-                ids.append(job.id)
-        return {"count": len(ids), "ids": ids}
+            if job.created_at > newest:
+                continue
+            if self.access.may_change(conn.uid, conn.gid, job.submitter, what, job.id) is not None:
+                refused += 1
+                continue
+            try:
+                action(job)
+            except InvalidTransition:
+                continue
+            ids.append(job.id)
+        return {"count": len(ids), "ids": ids, "refused": refused}
 
 
 Op = Callable[[Requests, Conn, Any, dict[str, Any]], "dict[str, Any] | None"]

@@ -29,6 +29,7 @@ class Conn:
 
     sock: socket.socket
     uid: int
+    gid: int = -1
     rbuf: bytearray = field(default_factory=bytearray)
     wbuf: bytearray = field(default_factory=bytearray)
     closed: bool = False
@@ -76,10 +77,10 @@ class Server:
         self.listener.close()
         self.listener = None
 
-    def adopt(self, sock: socket.socket, uid: int) -> Conn:
-        """Serve a connected socket whose peer has this uid."""
+    def adopt(self, sock: socket.socket, uid: int, gid: int = -1) -> Conn:
+        """Serve a connected socket whose peer has this uid and gid."""
         sock.setblocking(False)
-        conn = Conn(sock, uid)
+        conn = Conn(sock, uid, gid)
         self.sel.register(sock, selectors.EVENT_READ, lambda mask: self._on_conn(conn, mask))
         return conn
 
@@ -100,8 +101,8 @@ class Server:
                 self._refuse_connection(e)
                 return
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            _pid, uid, _gid = struct.unpack("3i", creds)
-            self.adopt(sock, uid)
+            _pid, uid, gid = struct.unpack("3i", creds)
+            self.adopt(sock, uid, gid)
 
     def _refuse_connection(self, error: OSError) -> None:
         """Out of descriptors: free the reserve one, accept, answer with the reason, close, re-reserve."""

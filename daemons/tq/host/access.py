@@ -1,0 +1,66 @@
+"""Who may do what, by the caller's uid and gid from SO_PEERCRED (the kernel's word, not the client's).
+
+Trusted: root and the daemons' own user. A job can be cancelled or retried by
+the user who submitted it and by members of the `[access] admins` groups;
+`[queues.NAME] submit` names the users and @groups who may submit to a queue
+(without it, every member of group tq, who alone reach the socket). Each
+refusal says which rule refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import grp
+import os
+import pwd
+
+from .. import config
+
+MAX_CALLERS_CACHED = 4096
+
+
+class Access:
+    def __init__(self, cfg: config.Config) -> None:
+        self.cfg = cfg
+        self.trusted = {0, os.geteuid()}
+        # A uid's name and groups, looked up once per configuration (a changed group wants a new login anyway).
+        self._groups = functools.lru_cache(maxsize=MAX_CALLERS_CACHED)(_groups_of)
+
+    def may_submit(self, uid: int, gid: int, queue: str) -> str | None:
+        """None if the caller may submit to `queue`, else why not."""
+        rule = self.cfg.queues.get(queue)
+        if rule is None or rule.submit is None or uid in self.trusted or self._is_admin(uid, gid):
+            return None
+        name, groups = self._groups(uid, gid)
+        if name in rule.submit or any(f"@{g}" in rule.submit for g in groups):
+            return None
+        return (f"permission denied: queue {queue} takes submits only from {', '.join(rule.submit)} "
+                f"([queues.{queue}] submit); you are {name or f'uid {uid}'}")
+
+    def may_change(self, uid: int, gid: int, submitter: int | None, what: str, job_id: int) -> str | None:
+        """None if the caller may cancel or retry a job of `submitter`, else why not."""
+        if uid in self.trusted or uid == submitter or self._is_admin(uid, gid):
+            return None
+        admins = ", ".join(self.cfg.access.admins) or "none"
+        return (f"permission denied: only its submitter (uid {submitter}), root and members of the admin groups "
+                f"({admins}; [access] admins) may {what} job {job_id}")
+
+    def _is_admin(self, uid: int, gid: int) -> bool:
+        _name, groups = self._groups(uid, gid)
+        return any(g in groups for g in self.cfg.access.admins)
+
+
+def _groups_of(uid: int, gid: int) -> tuple[str | None, frozenset[str]]:
+    """The user name of `uid` and the names of its groups (primary and supplementary) from the system's database."""
+    try:
+        name: str | None = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = None
+    gids = set(os.getgrouplist(name, gid)) if name is not None else {gid}
+    names = set()
+    for g in gids:
+        try:
+            names.add(grp.getgrgid(g).gr_name)
+        except KeyError:
+            pass
+    return name, frozenset(names)
