@@ -63,9 +63,12 @@ class Attempt:
         """The Result of this attempt, within the queues' message size: long output is cut, with a note."""
         output, error = outcome.output, outcome.error
         duration = round(time.monotonic() - self.started, 6)
+        usage = self.execution.usage()
         while True:
             msg = protocol.Result(instance, self.job.id, self.job.attempt, outcome.ok, output, error, duration,
-                                  self.started_at, self.execution.usage())
+                                  self.started_at, usage)
+            if 6 * (len(output) + len(error)) + 1024 < limit:  # fits whatever JSON escapes: no need to encode it
+                return msg
             try:
                 protocol.encode(msg, limit)
                 return msg

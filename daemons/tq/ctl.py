@@ -14,8 +14,8 @@ from typing import Any
 
 from . import __version__, configfiles, control
 from .client import Client, JobTimeout, Refused, TqError
-from .protocol import describe_usage
 from .states import FINAL, JobState
+from .usage import describe as describe_usage
 
 
 class _Parser(argparse.ArgumentParser):

@@ -77,7 +77,8 @@ _FRESH = ("id", "task", "args", "payload", "queue", "priority", "state", "retrie
 # dispatches and results are most of them.
 _UPDATES = {
     "dispatched": ("state", "attempts", "worker", "started_at"),
-    "done": ("state", "result", "error", "started_at", "finished_at", "usage"),
+    "done": ("state", "result", "error", "started_at", "finished_at"),  # no cost recorded (echo), first attempt
+    "done_usage": ("state", "result", "error", "started_at", "finished_at", "usage"),
     "any": ("state", "attempts", "run_at", "worker", "result", "error", "started_at", "finished_at", "usage"),
 }
 

@@ -242,7 +242,7 @@ class Worker(Daemon):
         if self.stop_requested:
             self.outbox.message(protocol.Release(self.instance, job.id, job.attempt))
             return
-        if (job.id, job.attempt) in self.cancelled:
+        if self.cancelled and (job.id, job.attempt) in self.cancelled:
             self.cancelled.discard((job.id, job.attempt))
             self.outbox.result(protocol.Result(self.instance, job.id, job.attempt, False, "", "cancelled", 0.0,
                                                time.time(), {}))

@@ -17,7 +17,9 @@ STEPS = {
     "dispatched": ("dispatched", lambda j, n: _set(j, state="running", attempts=j.attempts + 1, worker=str(n % 4),
                                                     started_at=float(n))),
     "done": ("done", lambda j, n: _set(j, state="done", result=f"out {n}", error=None, finished_at=float(n),
-                                       started_at=float(n) - 0.5, usage_json=f'{{"user":{n}}}')),
+                                       started_at=float(n) - 0.5)),
+    "done_usage": ("done_usage", lambda j, n: _set(j, state="done", result=f"out {n}", error=None,
+                                                   finished_at=float(n), usage_json=f'{{"sys":{n}}}')),
     "failed": ("any", lambda j, n: _set(j, state="failed", error=f"boom {n}", run_at=float(n), finished_at=float(n))),
     "queued": ("any", lambda j, n: _set(j, state="queued", worker=None, attempts=max(0, j.attempts - 1))),
 }

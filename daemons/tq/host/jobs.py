@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 
 from ..log import JobEvents
-from ..protocol import Result, describe_usage, to_json
+from ..protocol import Result, to_json
 from ..states import FINAL, JobState
 from ..store import JobRecord, Store
+from ..usage import describe as describe_usage
 
 # A job's state is kept as the plain string: sqlite3 binds a str subclass (an enum member) on a slower path.
 QUEUED, DELAYED, RUNNING, DONE = (s.value for s in (JobState.QUEUED, JobState.DELAYED, JobState.RUNNING,
@@ -154,7 +155,8 @@ class JobTable:
             return
         if result.ok:
             job.result, job.error = result.output, None
-            self._move(job, DONE, "done")
+            # The narrower UPDATE where no usage was ever stored for the job (nothing to overwrite).
+            self._move(job, DONE, "done" if job.usage_json is None and job.attempts == 1 else "done_usage")
             self.events.event("done", job.id, job.task, job.queue, job.attempts, result.instance, cost)
             return
         self._fail(job, result.instance, result.error, "retrying", f" ({cost})")
