@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from . import handlers, protocol
 
@@ -27,11 +28,6 @@ class Attempt:
     stop_reason: str = ""  # set once a stop was asked: the error it ends with
     kill_at: float = math.inf  # monotonic: past it a stop is forced
     forced: bool = False  # a Python handler outlived its grace: the worker must re-execute itself
-
-    @classmethod
-    def begin(cls, job: protocol.Job, env: dict[str, str], now: float) -> Attempt:
-        execution = handlers.start(job.handler, job, env)
-        return cls(job, execution, now, now + job.timeout, time.time())
 
     @property
     def grace(self) -> float:
@@ -60,24 +56,28 @@ class Attempt:
         return outcome
 
     def report(self, instance: str, outcome: handlers.Outcome, limit: int) -> protocol.Result:
-        """The Result of this attempt, within the queues' message size: long output is cut, with a note."""
-        output, error = outcome.output, outcome.error
-        duration = round(time.monotonic() - self.started, 6)
-        usage = self.execution.usage()
-        while True:
-            msg = protocol.Result(instance, self.job.id, self.job.attempt, outcome.ok, output, error, duration,
-                                  self.started_at, usage)
-            if 6 * (len(output) + len(error)) + 1024 < limit:  # fits whatever JSON escapes: no need to encode it
-                return msg
-            try:
-                protocol.encode(msg, limit)
-                return msg
-            except protocol.TooLarge:
-                if len(error) > 200:
-                    error = error[: len(error) // 2] + " [cut]"
-                else:
-                    output = output[: len(output) // 2] + f" [cut to fit mqueue.max_message_size = {limit}]"
+        """The Result of this attempt, within the queues' message size."""
+        return result(instance, self.job, outcome, round(time.monotonic() - self.started, 6), self.started_at,
+                      self.execution.usage(), limit)
 
     def next_event(self) -> float:
         """The monotonic time at which poll() has something to do even if nothing is heard from the handler."""
         return self.kill_at if self.stop_reason else self.deadline
+
+
+def result(instance: str, job: protocol.Job, outcome: handlers.Outcome, duration: float, started_at: float,
+           usage: dict[str, Any], limit: int) -> protocol.Result:
+    """A job's Result within the queues' message size: long output is cut, with a note."""
+    output, error = outcome.output, outcome.error
+    while True:
+        msg = protocol.Result(instance, job.id, job.attempt, outcome.ok, output, error, duration, started_at, usage)
+        if 6 * (len(output) + len(error)) + 1024 < limit:  # fits whatever JSON escapes: no need to encode it
+            return msg
+        try:
+            protocol.encode(msg, limit)
+            return msg
+        except protocol.TooLarge:
+            if len(error) > 200:
+                error = error[: len(error) // 2] + " [cut]"
+            else:
+                output = output[: len(output) // 2] + f" [cut to fit mqueue.max_message_size = {limit}]"

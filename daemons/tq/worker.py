@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import replace
 
-from . import __version__, config, limits, protocol, transport
+from . import __version__, attempt, config, handlers, limits, protocol, transport
 from .attempt import Attempt
 from .daemon import Daemon, ignore
 from .notify import child_environment
@@ -253,7 +253,15 @@ class Worker(Daemon):
         if job.handler.get("handler") == "command":
             env = env | {"TQ_JOB_ID": str(job.id), "TQ_TASK": job.task, "TQ_ATTEMPT": str(job.attempt),
                          "TQ_WORKER": self.instance}
-        self.current = Attempt.begin(job, env, now)
+        execution = handlers.start(job.handler, job, env)
+        if isinstance(execution, handlers.Done):  # ended as it began (echo, a failure to start): nothing to watch
+            outcome = execution.outcome
+            self.outbox.result(attempt.result(self.instance, job, outcome, 0.0, time.time(), {},
+                                              self.cfg.mqueue.max_message_size))
+            self.events.event("done" if outcome.ok else "failed", job.id, job.task, job.queue, job.attempt,
+                              self.instance, outcome.error)
+            return
+        self.current = Attempt(job, execution, now, now + job.timeout, time.time())
         self._poll_attempt(now)
 
     # ---- the running attempt --------------------------------------------

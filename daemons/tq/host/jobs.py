@@ -148,8 +148,11 @@ class JobTable:
         job.finished_at = time.time()
         if result.started > 0:
             job.started_at = result.started
-        job.usage_json = to_json(result.usage) if result.usage else None
-        cost = f"in {result.duration:.3f}s{describe_usage(result.usage)}"
+        if result.usage:
+            job.usage_json = to_json(result.usage)
+            cost = f"in {result.duration:.3f}s{describe_usage(result.usage)}"
+        else:
+            job.usage_json, cost = None, f"in {result.duration:.3f}s"
         if job.cancel_requested and not result.ok:
             self._cancelled(job, result.instance, f"stopped on its worker ({result.error}; {cost})")
             return
