@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import re
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from nspawn import REPO, Container
+from nspawn import Container, install_package
 
 pytestmark = pytest.mark.system
 TEST_CONFIG = """\
@@ -69,13 +67,10 @@ def running_worker(box: Container, job_id: int) -> str:
 
 @pytest.fixture(scope="module")
 def tq(container: Container) -> Container:
-    found = [Path(os.environ["TQ_DEB"])] if os.environ.get("TQ_DEB") else sorted(
-        (REPO / "dist").glob("tq_*.deb"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        pytest.fail("no package: run `make deb` (or set TQ_DEB)", pytrace=False)
-    deb = container.put(found[-1], f"/root/{found[-1].name}")
-    container.run(["apt-get", "install", "-y", deb], timeout=300)
-    return container
+    try:
+        return install_package(container)
+    except FileNotFoundError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 def test_install_creates_user_applies_sysctl_and_starts_host_and_worker_1(tq: Container) -> None:

@@ -4,11 +4,9 @@ CAP_SYS_RESOURCE, so LimitMSGQUEUE= cannot lift RLIMIT_MSGQUEUE): tq runs with w
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
-from nspawn import REPO, Container
+from nspawn import Container, install_package
 
 pytestmark = pytest.mark.system
 WORKERS = ("tq-worker@1", "tq-worker@2", "tq-worker@3", "tq-worker@4")
@@ -16,14 +14,10 @@ WORKERS = ("tq-worker@1", "tq-worker@2", "tq-worker@3", "tq-worker@4")
 
 @pytest.fixture(scope="module")
 def tq(readonly_container: Container) -> Container:
-    found = [Path(os.environ["TQ_DEB"])] if os.environ.get("TQ_DEB") else sorted(
-        (REPO / "dist").glob("tq_*.deb"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        pytest.fail("no package: run `make deb` (or set TQ_DEB)", pytrace=False)
-    box = readonly_container
-    deb = box.put(found[-1], f"/root/{found[-1].name}")
-    box.run(["apt-get", "install", "-y", deb], timeout=300)
-    return box
+    try:
+        return install_package(readonly_container)
+    except FileNotFoundError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 def test_the_host_and_four_workers_start_with_what_the_kernel_grants_and_say_so(tq: Container) -> None:
