@@ -336,11 +336,13 @@ def test_without_the_budget_journald_drops_lines_which_the_accounting_catches(
     """The control for the drain test: with the budget lifted, journald's rate limit drops host lines.
 
     Late in the module: journald then suppresses tq-host for the rest of its 30 s window, until the reboot.
+    journald lets a unit log 10,000 lines per 30 s, times at most 4 for free disk space, so 40,000 in a window; a
+    drain can straddle two windows, so it must log more than 80,000 lines for a drop to be certain.
     """
     tq.put_text("[log]\njob_events_per_second = 1000000\n", "/etc/tq/tq.d/60-no-budget.toml")
     tq.run("systemctl restart tq-host 'tq-worker@*'")  # Type=notify: returns once each is ready
     try:
-        jobs = 20000
+        jobs = 30000  # 90,000 host lines
         rate, before = drain(tq, jobs)
         events, summarised = job_event_accounting(tq, before, "tq-host")
         report(f"system drain, job event budget lifted: {rate} jobs/s; journald kept {events.total()} of "
