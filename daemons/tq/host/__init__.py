@@ -76,20 +76,19 @@ class Host(Daemon):
         drained: list[bytes] = []
         mq = transport.open_within_budget(cfg.host_queue, cfg.mqueue.max_messages, cfg.mqueue.max_message_size,
                                           least=2, drained=drained)
+        notes = list(self.granted.notes if self.granted else ())
         if mq.max_messages < cfg.mqueue.max_messages:
-            self.logger.warning("the host queue holds %d messages, not mqueue.max_messages = %d: the queue memory "
-                                "budget RLIMIT_MSGQUEUE (%s) has no room for more", mq.max_messages,
-                                cfg.mqueue.max_messages, limits.budget())
+            notes.append(f"the host queue holds {mq.max_messages} messages, not mqueue.max_messages = "
+                         f"{cfg.mqueue.max_messages}: the queue memory budget RLIMIT_MSGQUEUE ({limits.budget()}) "
+                         "has no room for more")
+            self.logger.warning("%s", notes[-1])
         # The queue only wakes the selector: every step drains it once, after the sockets (one empty read).
         self.sel.register(mq.fileno(), selectors.EVENT_READ, ignore)
         self.fleet = Fleet(cfg, mq, self.jobs, self.store, self._open_inbox, self._on_result, self.logger,
                            self.malformed)
         self.dispatcher = Dispatcher(cfg, self.jobs, self.fleet)
         self.requests = Requests(cfg, self.jobs, self.fleet, self.malformed)
-        self.requests.queue_notes = list(self.granted.notes if self.granted else ())
-        if mq.max_messages < cfg.mqueue.max_messages:
-            self.requests.queue_notes.append(f"the host queue holds {mq.max_messages} messages (the queue memory "
-                                             f"budget RLIMIT_MSGQUEUE, {limits.budget()}, has no room for more)")
+        self.requests.queue_notes = notes
         self.server = Server(self.sel, self.requests.handle, Burst(self.logger))
         self.server.listen(cfg.host.socket)
         self.watch_signals()

@@ -5,9 +5,9 @@ The fleet owns the host's POSIX queue, where every worker's messages arrive, and
 each worker's inbox. A worker that appears, comes back with a new pid, or is
 found again after a host restart is fenced before it gets work: the host sends
 Sync at the lowest message priority, and when Synced comes back every job still
-assigned to that worker was lost (its result would have come first) and is
-lost with it (see protocol.py). A worker silent for `host.lease` is lost. A lost job's attempt counts
-(JobTable.lose): a job that kills its worker every time ends dead.
+assigned to that worker was lost with it: its result would have come first (see
+protocol.py). A worker silent for `host.lease` is lost. A lost job's attempt
+counts (JobTable.lose): a job that kills its worker every time ends dead.
 """
 
 from __future__ import annotations
