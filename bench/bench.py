@@ -9,10 +9,13 @@ and latency figure is the median of --rounds runs (3); the JSON keeps every run.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -53,9 +56,11 @@ def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     return {**ordered[len(ordered) // 2], f"runs_{key}": [r[key] for r in runs]}
 
 
-def shipped_config(suite: Suite) -> None:
-    """The shipped /etc/tq/tq.toml, with only its paths and queue prefix pointed at the temporary suite."""
+def shipped_config(suite: Suite, durability: str = "full") -> None:
+    """The shipped /etc/tq/tq.toml, with only its paths and queue prefix pointed at the temporary suite (and
+    the durability level given)."""
     text = (REPO / "etc/tq/tq.toml").read_text()
+    text = text.replace('durability = "full"', f'durability = "{durability}"')
     text = text.replace('"/var/lib/tq"', f'"{suite.dir}/state"').replace('"/run/tq/tq.sock"', f'"{suite.dir}/tq.sock"')
     text = text.replace('prefix = "/tq"', f'prefix = "{suite.prefix}"')
     suite.config.write_text(text)
@@ -286,23 +291,206 @@ def _beanstalk_worker(port: int, done: Any) -> None:
                 done.value += 1
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--jobs", type=int, default=20000)
-    p.add_argument("--peers", action="store_true", help="also run beanstalkd -b through the drain")
-    p.add_argument("--idle-seconds", type=float, default=10.0)
-    p.add_argument("--rounds", type=int, default=3,
-                   help="runs of each throughput and latency figure; the median is shown")
-    args = p.parse_args()
-    results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}}
-    if int(Path("/proc/sys/fs/mqueue/msg_max").read_text()) < 32:  # the shipped config's host queue depth
-        if os.geteuid() != 0:
-            sys.exit("bench: fs.mqueue.msg_max is below the shipped config's 32: run as root (it applies "
-                     "packaging/sysctl.d/60-tq.conf, as the package does) or raise it with sysctl")
-        print("raising the kernel queue limits as the package does: sysctl -p packaging/sysctl.d/60-tq.conf")
-        subprocess.run(["sysctl", "-q", "-p", str(REPO / "packaging/sysctl.d/60-tq.conf")], check=True)
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50 and p99 of round trips, in microseconds."""
+    ordered = sorted(seconds)
+    return {"p50_us": round(ordered[len(ordered) // 2] * 1e6, 1),
+            "p99_us": round(ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1e6, 1)}
+
+
+def one_producer(suite: Suite, jobs: int) -> dict[str, float]:
+    """One client submits `jobs` echo jobs one at a time while the workers drain them: first submit to last
+    completion, and each submit's round trip."""
+    c = suite.client()
+    base = c.status()["states"]["done"]
+    trips = []
+    clock = time.perf_counter
+    start = clock()
+    for i in range(jobs):
+        t = clock()
+        c.submit("task-1", str(i))
+        trips.append(clock() - t)
+    while c.status()["states"]["done"] < base + jobs:
+        time.sleep(0.002)  # polling the host's counters once the producer is done, as beanstalkd's below
+    elapsed = clock() - start
+    return {"jobs_per_s": round(jobs / elapsed), **_percentiles(trips)}
+
+
+def idle_round_trips(suite: Suite, n: int) -> dict[str, float]:
+    """Submits to a queue no worker serves: the round trip of one client on a host with nothing else to do."""
+    c = suite.client()
+    trips = []
+    for i in range(n):
+        t = time.perf_counter()
+        c.submit("task-1", str(i), queue="bench-idle")
+        trips.append(time.perf_counter() - t)
+    c.cancel_matching(queue="bench-idle")
+    return _percentiles(trips)
+
+
+def fdatasyncs(pid: int, measure: Callable[[], T]) -> tuple[T, int]:
+    """`measure()`, and how many fdatasync and fsync calls process `pid` made meanwhile (-1: not counted).
+
+    Counted by `perf stat` on the syscall tracepoints, which costs the traced process nothing measurable
+    (strace would stop it at every system call). Needs tracefs, mounted here if it is not.
+    """
+    tracing = Path("/sys/kernel/tracing")
+    if shutil.which("perf") is None or os.geteuid() != 0:
+        return measure(), -1
+    if not (tracing / "events").exists():
+        subprocess.run(["mount", "-t", "tracefs", "nodev", str(tracing)], capture_output=True)
+    out = tempfile.NamedTemporaryFile(prefix="tq-bench-perf-", delete=False)
+    counter = subprocess.Popen(["perf", "stat", "-x", ",", "-o", out.name, "-p", str(pid), "-e",
+                                "syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # perf has no readiness signal; it attaches well within this
+    try:
+        value = measure()
+    finally:
+        counter.send_signal(signal.SIGINT)
+        counter.wait()
+    calls = -1
+    for line in Path(out.name).read_text().splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2].startswith("syscalls:") and fields[0].isdigit():
+            calls = max(calls, 0) + int(fields[0])
+    os.unlink(out.name)
+    return value, calls
+
+
+def _beanstalk_put_loop(port: int, jobs: int) -> list[float]:
+    import greenstalk
+
+    trips = []
+    clock = time.perf_counter
+    with greenstalk.Client(("127.0.0.1", port)) as c:
+        for i in range(jobs):
+            t = clock()
+            c.put(f"task-1 {i}")
+            trips.append(clock() - t)
+    return trips
+
+
+class Beanstalkd:
+    """beanstalkd with a binlog and `workers` greenstalk workers, for as long as the `with` lasts."""
+
+    def __init__(self, flags: list[str], workers: int) -> None:
+        self.flags, self.nworkers = flags, workers
+
+    def __enter__(self) -> Beanstalkd:
+        import greenstalk
+
+        binary = shutil.which("beanstalkd")
+        if binary is None:
+            raise RuntimeError("beanstalkd is not installed (apt-get install beanstalkd)")
+        self.binlog = tempfile.mkdtemp(prefix="tq-bench-beanstalkd-")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = subprocess.Popen([binary, "-l", "127.0.0.1", "-p", str(self.port), "-b", self.binlog,
+                                        *self.flags])
+        for _ in range(200):
+            try:
+                greenstalk.Client(("127.0.0.1", self.port)).close()
+                break
+            except OSError:
+                time.sleep(0.01)  # waiting for the server to listen
+        self.done = multiprocessing.Value("i", 0)
+        self.workers = [multiprocessing.Process(target=_beanstalk_worker, args=(self.port, self.done))
+                        for _ in range(self.nworkers)]
+        for w in self.workers:
+            w.start()
+        return self
+
+    def one_producer(self, jobs: int) -> dict[str, float]:
+        base = self.done.value
+        start = time.perf_counter()
+        trips = _beanstalk_put_loop(self.port, jobs)
+        while self.done.value < base + jobs:
+            time.sleep(0.002)
+        return {"jobs_per_s": round(jobs / (time.perf_counter() - start)), **_percentiles(trips)}
+
+    def __exit__(self, *exc: object) -> None:
+        for w in self.workers:
+            w.terminate()
+            w.join()
+        self.server.terminate()
+        self.server.wait()
+        shutil.rmtree(self.binlog, ignore_errors=True)
+
+
+# tq's durability level and the beanstalkd flags that promise as much: `normal` survives a crash of the server
+# process, as beanstalkd's binlog does (-b, fsync at most every 50 ms); `full` fsyncs every acknowledged job
+# before the acknowledgement, as -b -f0 does.
+PEER_OF = {"normal": [], "full": ["-f0"]}
+
+
+def one_producer_shape(jobs: int, rounds: int, peers: bool) -> dict[str, Any]:
+    """One producer, one job at a time, 2 and 4 workers, both durability levels (beside beanstalkd: --peers)."""
+    out: dict[str, Any] = {}
+    for level in ("normal", "full"):
+        for workers in (2, 4):
+            tmp = Path(tempfile.mkdtemp(prefix="tq-bench-"))
+            suite = Suite(tmp)
+            try:
+                shipped_config(suite, durability=level)
+                host = suite.host(env=unit_environment(REPO / "units/tq-host.service"))
+                for i in range(1, workers + 1):
+                    suite.worker(str(i), env=unit_environment(REPO / "units/tq-worker@.service"))
+                suite.wait_live(workers)
+                entry: dict[str, Any] = {"tq": [], "beanstalkd": [], "ratio": []}
+                with Beanstalkd(PEER_OF[level], workers) if peers else contextlib.nullcontext() as bean:
+                    quiet(suite)
+                    _run, syncs = fdatasyncs(host.pid, functools.partial(one_producer, suite, jobs // 5))
+                    entry["fdatasync_per_submit"] = round(syncs / (jobs // 5), 3) if syncs >= 0 else None
+                    for _ in range(rounds):
+                        quiet(suite)
+                        run = one_producer(suite, jobs)
+                        entry["tq"].append(run)
+                        if bean is not None:
+                            entry["beanstalkd"].append(bean.one_producer(jobs))
+                            entry["ratio"].append(round(run["jobs_per_s"] / entry["beanstalkd"][-1]["jobs_per_s"], 2))
+                if workers == 2:
+                    quiet(suite)
+                    idle_runs = []
+                    for _ in range(rounds):
+                        run, syncs = fdatasyncs(host.pid, functools.partial(idle_round_trips, suite, 2000))
+                        idle_runs.append(run | {"fdatasync_per_submit": round(syncs / 2000, 3)})
+                    out[f"idle_submit_{level}"] = median_run(idle_runs, "p50_us")
+                    quiet(suite)
+                    if hasattr(Client, "wait_many"):  # (a bench of an older tq has no wait_many)
+                        out[f"batch_wait_many_{level}"] = median_run(
+                            [batch_then_wait(suite, jobs) for _ in range(rounds)], "jobs_per_s")
+            finally:
+                suite.close()
+                shutil.rmtree(tmp, ignore_errors=True)
+            entry["median"] = median_run(entry["tq"], "jobs_per_s")
+            if entry["beanstalkd"]:
+                entry["beanstalkd_median"] = median_run(entry["beanstalkd"], "jobs_per_s")
+                entry["median_ratio"] = sorted(entry["ratio"])[len(entry["ratio"]) // 2]
+            out[f"{level}_{workers}_workers"] = entry
+    return out
+
+
+def batch_then_wait(suite: Suite, jobs: int) -> dict[str, float]:
+    """Batches of 100 with submit_many, then one wait_many for every id: first submit to every result known."""
+    c = suite.client()
+    start = time.perf_counter()
+    ids: list[int] = []
+    for i in range(0, jobs, 100):
+        ids += c.submit_many([("task-1", [str(j)]) for j in range(i, min(i + 100, jobs))])
+    finished = c.wait_many(ids, timeout=120)
+    elapsed = time.perf_counter() - start
+    assert len(finished) == jobs and all(j["state"] == "done" for j in finished.values())
+    return {"jobs_per_s": round(jobs / elapsed)}
+
+
+def clients_shape(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """The 4-client drain (beside beanstalkd -b, run for run), submit rates, batches, latency, footprint."""
     tmp = Path(tempfile.mkdtemp(prefix="tq-bench-"))
     suite = Suite(tmp)
+    n = args.rounds
+    peer: list[dict[str, Any]] = []
     try:
         shipped_config(suite)
         host = suite.host(env=unit_environment(REPO / "units/tq-host.service"))
@@ -311,8 +499,14 @@ def main() -> int:
         suite.wait_live(WORKERS)
         time.sleep(2.0)  # past the host's one-off trim a second after start (see idle after load below)
         results["idle_fresh"] = idle([host, workers[0]], args.idle_seconds)
-        n = args.rounds
-        results["drain"] = median_run(runs(suite, n, lambda: drain(suite, args.jobs, 4)), "jobs_per_s")
+
+        def drain_and_peer() -> dict[str, Any]:
+            run = drain(suite, args.jobs, 4)
+            if args.peers:  # beanstalkd right after, while tq idles: each pair of runs shares the machine's mood
+                peer.append(beanstalkd_drain(args.jobs, 4))
+            return run
+
+        results["drain"] = median_run(runs(suite, n, drain_and_peer), "jobs_per_s")
         results["submit_1_client"] = median_run(runs(suite, n, lambda: {"per_s": submit_rate(suite, 1, 2000)}),
                                                 "per_s")
         results["submit_8_clients"] = median_run(runs(suite, n, lambda: {"per_s": submit_rate(suite, 8, 500)}),
@@ -334,12 +528,37 @@ def main() -> int:
     results["raw_posix_ipc"] = raw_posix_ipc(100_000)
     results["drain_vs_raw_one_way"] = round(results["drain"]["jobs_per_s"] / results["raw_posix_ipc"]
                                             ["one_way_msgs_per_s"], 3)
-    if args.peers:
-        peer = [beanstalkd_drain(args.jobs, 4) for _ in range(args.rounds)]
+    if peer:
         results["beanstalkd_b"] = median_run(peer, "jobs_per_s") if "jobs_per_s" in peer[0] else peer[0]
         if "jobs_per_s" in results["beanstalkd_b"]:
             results["drain_vs_beanstalkd"] = round(results["drain"]["jobs_per_s"]
                                                    / results["beanstalkd_b"]["jobs_per_s"], 2)
+            results["drain_vs_beanstalkd_runs"] = [round(t / b["jobs_per_s"], 2) for t, b in
+                                                   zip(results["drain"]["runs_jobs_per_s"], peer, strict=True)]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=int, default=20000)
+    p.add_argument("--peers", action="store_true", help="also run beanstalkd -b through the drain")
+    p.add_argument("--idle-seconds", type=float, default=10.0)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="runs of each throughput and latency figure; the median is shown")
+    p.add_argument("--one-producer-jobs", type=int, default=10000)
+    p.add_argument("--shape", choices=("all", "clients", "one-producer"), default="all",
+                   help="clients: the 4-client drain and the other figures; one-producer: one job at a time")
+    args = p.parse_args()
+    results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}}
+    if int(Path("/proc/sys/fs/mqueue/msg_max").read_text()) < 32:  # the shipped config's host queue depth
+        if os.geteuid() != 0:
+            sys.exit("bench: fs.mqueue.msg_max is below the shipped config's 32: run as root (it applies "
+                     "packaging/sysctl.d/60-tq.conf, as the package does) or raise it with sysctl")
+        print("raising the kernel queue limits as the package does: sysctl -p packaging/sysctl.d/60-tq.conf")
+        subprocess.run(["sysctl", "-q", "-p", str(REPO / "packaging/sysctl.d/60-tq.conf")], check=True)
+    if args.shape in ("all", "clients"):
+        clients_shape(args, results)
+    if args.shape in ("all", "one-producer"):
+        results["one_producer"] = one_producer_shape(args.one_producer_jobs, args.rounds, args.peers)
     print_table(results)
     out = REPO / ".bench"
     out.mkdir(exist_ok=True)
@@ -350,6 +569,21 @@ def main() -> int:
 
 
 def print_table(r: dict[str, Any]) -> None:
+    if "drain" in r:
+        print_clients(r)
+    if "one_producer" in r:
+        if "drain" in r:
+            print()
+        print_one_producer(r["one_producer"])
+
+
+def _print_rows(rows: list[tuple[str, str]]) -> None:
+    width = max(len(n) for n, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+def print_clients(r: dict[str, Any]) -> None:
     rows = [
         ("drain, 20k echo jobs, 4 clients, 4 workers", f"{r['drain']['jobs_per_s']} jobs/s"),
         ("durable submit, 1 client", f"{r['submit_1_client']['per_s']} /s"),
@@ -371,11 +605,36 @@ def print_table(r: dict[str, Any]) -> None:
         b = r["beanstalkd_b"]
         rows.append(("beanstalkd -b drain, same workload", f"{b.get('jobs_per_s', b.get('error'))} jobs/s"))
         if "drain_vs_beanstalkd" in r:
-            rows.append(("tq drain / beanstalkd -b", f"{r['drain_vs_beanstalkd']}"))
-    width = max(len(n) for n, _ in rows)
-    print(f"(throughput and latency: the median of {len(r['drain']['runs_jobs_per_s'])} runs each)")
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+            rows.append(("tq drain / beanstalkd -b (median; each run)",
+                         f"{r['drain_vs_beanstalkd']}; {' '.join(map(str, r['drain_vs_beanstalkd_runs']))}"))
+    print(f"4 clients (throughput and latency: the median of {len(r['drain']['runs_jobs_per_s'])} runs each)")
+    _print_rows(rows)
+
+
+def print_one_producer(r: dict[str, Any]) -> None:
+    """One row per durability level and worker count: tq, beanstalkd beside it, and their ratio per run."""
+    print("one producer, one job at a time (the median of the runs; ratios: tq / beanstalkd, each run)")
+    rows = []
+    for level in ("normal", "full"):
+        peer = "beanstalkd -b" + (" -f0" if PEER_OF[level] else "")
+        for workers in (2, 4):
+            e = r[f"{level}_{workers}_workers"]
+            m = e["median"]
+            value = (f"{m['jobs_per_s']} jobs/s, submit p50/p99 {m['p50_us']}/{m['p99_us']} us, "
+                     f"{e.get('fdatasync_per_submit')} fdatasync/submit")
+            if e["beanstalkd"]:
+                b = e["beanstalkd_median"]
+                value += (f" | {peer}: {b['jobs_per_s']} jobs/s, put p50 {b['p50_us']} us"
+                          f" | ratio {e['median_ratio']} ({' '.join(map(str, e['ratio']))})")
+            rows.append((f"tq {level}, {workers} workers", value))
+        idle_run = r[f"idle_submit_{level}"]
+        rows.append((f"tq {level}, submit round trip, idle host",
+                     f"p50 {idle_run['p50_us']} us, p99 {idle_run['p99_us']} us, "
+                     f"{idle_run['fdatasync_per_submit']} fdatasync/submit"))
+        if f"batch_wait_many_{level}" in r:
+            rows.append((f"tq {level}, batches of 100 then wait_many, 2 workers",
+                         f"{r[f'batch_wait_many_{level}']['jobs_per_s']} jobs/s"))
+    _print_rows(rows)
 
 
 if __name__ == "__main__":
