@@ -41,7 +41,16 @@ class NotFound(TqError):
 
 
 class JobTimeout(TqError, TimeoutError):
+    """A wait ran out of time. From wait_many: `finished` holds the jobs that did finish, by id, and
+    `pending` the ids that did not."""
+
     exit_code = control.EXIT_TIMEOUT
+
+    def __init__(self, message: str, finished: dict[int, dict[str, Any]] | None = None,
+                 pending: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.finished = finished or {}
+        self.pending = pending or []
 
 
 _ERRORS: dict[str, type[TqError]] = {"not_found": NotFound, "timeout": JobTimeout, "unavailable": HostUnreachable,
@@ -189,6 +198,25 @@ class Client:
         if timeout is not None:
             fields["timeout"] = timeout
         return dict(self.call("wait", wait=timeout, **fields)["job"])
+
+    def wait_many(self, job_ids: Iterable[int], timeout: float | None = None) -> dict[int, dict[str, Any]]:
+        """Wait until every job is done, dead or cancelled, in one request; their jobs by id, in the order given.
+
+        Past `timeout` raises JobTimeout, whose `finished` and `pending` say which did and which did not;
+        `timeout=0` answers at once with those finished already (no JobTimeout).
+        """
+        ids = list(job_ids)
+        fields: dict[str, Any] = {"ids": ids}
+        if timeout is not None:
+            fields["timeout"] = timeout
+        reply = self.call("wait", wait=timeout, **fields)
+        jobs = {int(j["id"]): dict(j) for j in reply["jobs"]}
+        finished = {i: jobs[i] for i in dict.fromkeys(ids) if i in jobs}
+        pending = [int(i) for i in reply.get("pending", [])]
+        if pending and timeout != 0:
+            raise JobTimeout(f"{len(pending)} of {len(finished) + len(pending)} jobs did not finish in time "
+                             f"(job {pending[0]}{' and others' if len(pending) > 1 else ''})", finished, pending)
+        return finished
 
     def list_jobs(self, state: str | None = None, queue: str | None = None, task: str | None = None,
              limit: int = 50) -> list[dict[str, Any]]:

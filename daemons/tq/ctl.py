@@ -73,10 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--queue")
         c.add_argument("--older-than", type=_duration, metavar="AGE", help="submitted at least this long ago")
         c.set_defaults(func=func)
-    r = sub.add_parser("result", parents=[common], help="print a job's result")
+    r = sub.add_parser("result", parents=[common], help="print a job's result (several: one line each, ID: result)")
     r.set_defaults(func=_cmd_result)
-    r.add_argument("id", type=int)
-    r.add_argument("--wait", action="store_true", help="wait until the job has finished")
+    r.add_argument("ids", type=int, nargs="+", metavar="ID")
+    r.add_argument("--wait", action="store_true", help="wait until the job (every job, in one request) has finished")
     r.add_argument("--wait-timeout", type=_duration)
     sub.add_parser("workers", parents=[common], help="the workers the host knows").set_defaults(func=_cmd_workers)
     w = sub.add_parser("watch", parents=[common], help="show status every second until interrupted")
@@ -210,12 +210,42 @@ def _finish(job: dict[str, Any], as_json: bool) -> int:
 
 
 def _cmd_result(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    job = _wait(client, args.id, args.wait_timeout) if args.wait else client.get(args.id)
+    if len(args.ids) > 1:
+        return _results(client, args, as_json)
+    jid = args.ids[0]
+    job = _wait(client, jid, args.wait_timeout) if args.wait else client.get(jid)
     if job["state"] not in FINAL:
-        message = f"job {args.id} has not finished (it is {job['state']}); use --wait"
+        message = f"job {jid} has not finished (it is {job['state']}); use --wait"
         _error(message, as_json, control.EXIT_TIMEOUT)
         return control.EXIT_TIMEOUT
     return _finish(job, as_json)
+
+
+def _results(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    """Several jobs: `ID: result` per line in the order given (failures on stderr); the exit status is the
+    worst: 6 if one has not finished, else 1 if one is not done, else 0."""
+    ids = list(dict.fromkeys(args.ids))
+    if args.wait:
+        try:
+            jobs = client.wait_many(ids, timeout=args.wait_timeout)
+        except JobTimeout as e:
+            jobs = e.finished | {i: client.get(i) for i in e.pending}
+    else:
+        jobs = {i: client.get(i) for i in ids}
+    if as_json:
+        _out([jobs[i] for i in ids])
+    for job in ([] if as_json else [jobs[i] for i in ids]):
+        i = job["id"]
+        if job["state"] == "done":
+            print(f"{i}: {job['result']}")
+        elif job["state"] in FINAL:
+            print(f"tqctl: job {i} {job['state']}: {job.get('error') or ''}".rstrip(": "), file=sys.stderr)
+        else:
+            print(f"tqctl: job {i} has not finished (it is {job['state']})", file=sys.stderr)
+    states = [jobs[i]["state"] for i in ids]
+    if any(state not in FINAL for state in states):
+        return control.EXIT_TIMEOUT
+    return 0 if all(state == "done" for state in states) else control.EXIT_FAILED
 
 
 def _age(ts: float | None) -> str:

@@ -3,6 +3,12 @@
 Writes open a transaction lazily; the host commits once per loop step, so every
 submit, dispatch and result of that step shares one fsync (group commit). A
 reply is sent only after the commit that made it true.
+
+With durability = "full", only a commit that acknowledges something (a submit,
+a cancel, an answered wait) is fsync'd: an assignment or a result that no one
+was told of rides on the next fsync. WAL frames are appended in order, so that
+fsync covers every commit before it; until then a power loss (not a crash of
+tq-host) can undo them, and the job runs again.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import json
 import operator
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -156,7 +163,10 @@ class Store:
             # The hot pages are the newest leaves and the inner pages: 512 KiB holds them (a larger cache
             # measured no faster and stayed resident after a burst).
             self.db.execute("PRAGMA cache_size=-512")
-            self.set_durability(durability)
+            self.durability = durability
+            self._synchronous = ""  # the PRAGMA synchronous in force
+            self._unsynced = False  # a commit since the last fsync was not fsync'd
+            self._set_synchronous(durability == "full")
             self._upgrade()
             self.next_id = self._max_id() + 1
         except sqlite3.Error as e:
@@ -170,8 +180,18 @@ class Store:
         self._dirty: dict[int, tuple[JobRecord, str]] = {}  # id -> (job, which of _UPDATES covers its changes)
 
     def set_durability(self, durability: str) -> None:
-        """"full": each commit is fsync'd; "normal": the WAL is fsync'd at checkpoints only. Between transactions."""
-        self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+        """"full": each acknowledging commit is fsync'd; "normal": the WAL is fsync'd at checkpoints only."""
+        self._unsynced = self._unsynced or durability != self.durability  # normal's commits were not fsync'd
+        self.durability = durability
+        if not self.db.in_transaction:
+            self._set_synchronous(durability == "full")
+
+    def _set_synchronous(self, fsync: bool) -> None:
+        """Whether the next transaction's commit is fsync'd. SQLite takes the level only between transactions."""
+        level = "FULL" if fsync else "NORMAL"
+        if level != self._synchronous:
+            self.db.execute(f"PRAGMA synchronous={level}")
+            self._synchronous = level
 
     def _upgrade(self) -> None:
         """Create the tables of a new store, or bring an older schema up to SCHEMA_VERSION; refuse a newer one."""
@@ -191,15 +211,25 @@ class Store:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # SQLite itself may end a transaction on an error (SQLITE_FULL): ask it, keep no flag of our own.
-    def _begin(self) -> None:
+    def _begin(self, acknowledged: bool = True) -> None:
+        """Open the transaction if none is; one begun before the step knows its replies (a prune, a query) is
+        fsync'd as if it acknowledged something."""
         if not self.db.in_transaction:
+            self._set_synchronous(acknowledged and self.durability == "full")
             self.db.execute("BEGIN")  # tq-host is the only writer: no need to take the lock up front
 
-    def commit(self) -> None:
-        """Write what was staged and make it durable: one transaction, one fsync with durability=full."""
-        self.flush()
+    def commit(self, acknowledged: bool = True) -> None:
+        """Write what was staged: one transaction, fsync'd with durability=full when it `acknowledged` something
+        (a reply waits for it), else left for the next fsync (see the module's docstring)."""
+        self.flush(acknowledged)
         if self.db.in_transaction:
             self.db.execute("COMMIT")
+            self._unsynced = self._synchronous == "NORMAL" and self.durability == "full"
+        elif acknowledged and self._unsynced:  # nothing new, but a reply tells of a change not yet fsync'd
+            self._begin()
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('synced_at', ?)", (str(time.time()),))
+            self.db.execute("COMMIT")
+            self._unsynced = False
 
     def rollback(self) -> None:
         self._new.clear()
@@ -229,11 +259,11 @@ class Store:
         staged = self._dirty.get(job.id)
         self._dirty[job.id] = (job, change if staged is None or staged[1] == change else "any")
 
-    def flush(self) -> None:
+    def flush(self, acknowledged: bool = True) -> None:
         """Write the staged jobs with one statement per kind (executemany), inside the open transaction."""
         if not self._new and not self._dirty:
             return
-        self._begin()
+        self._begin(acknowledged)
         if self._new:
             fresh = [j for j in self._new.values() if _not_run(j)]
             if fresh:  # not yet run: the columns that would be 0 or NULL are left to their defaults

@@ -12,7 +12,7 @@ import posix_ipc
 import pytest
 
 from harness import Suite, wait_until
-from tq.client import HostUnreachable, JobTimeout, Refused
+from tq.client import HostUnreachable, JobTimeout, NotFound, Refused
 
 RECORD = '\n[tasks.rec]\npython = "tq_test_handlers:record"\n'
 
@@ -340,3 +340,50 @@ def test_submit_and_wait_is_one_request_with_the_id_first_and_the_job_when_finis
     with pytest.raises(Refused, match="wait_for takes one job"):
         c.call("submit", jobs=[{"task": "task-1"}] * 2, wait_for=1)
     assert host.proc.poll() is None
+
+
+def test_wait_many_is_one_request_for_many_jobs_and_tells_which_did_not_finish_in_time(suite: Suite) -> None:
+    suite.write_config('\n[tasks.fail]\ncommand = ["/bin/false"]\nretries = 0\n')
+    host = suite.host()
+    c = suite.client()
+    ids = [*c.submit_many([("task-1", [str(i)]) for i in range(300)]), c.submit("fail")]
+    with pytest.raises(JobTimeout, match=r"301 of 301 jobs did not finish in time") as e:
+        c.wait_many(ids, timeout=0.2)  # no worker yet
+    assert e.value.finished == {} and e.value.pending == sorted(ids)
+    assert c.wait_many(ids, timeout=0) == {}  # at once: none has finished
+    requests = []
+    waiting = threading.Thread(target=lambda: requests.append(c.wait_many(ids, timeout=30)))
+    waiting.start()
+    suite.worker("1")
+    waiting.join(40)
+    (jobs,) = requests
+    assert list(jobs) == ids  # in the order given
+    assert [j["result"] for j in list(jobs.values())[:3]] == ["task-1 0 processed", "task-1 1 processed",
+                                                               "task-1 2 processed"]
+    assert sum(j["state"] == "done" for j in jobs.values()) == 300 and jobs[ids[-1]]["state"] == "dead"
+    assert c.wait_many([ids[5], ids[5]], timeout=1) == {ids[5]: jobs[ids[5]]}  # finished ones: answered at once
+    with pytest.raises(NotFound, match=r"no job 999999"):
+        c.wait_many([ids[0], 999999])
+    for bad in ([], ["1"], [1.5]):
+        with pytest.raises(Refused, match="ids takes from 1 to"):
+            c.call("wait", ids=bad)
+    assert host.proc.poll() is None
+
+
+def test_tqctl_result_with_several_ids_prints_each_and_exits_with_the_worst(suite: Suite) -> None:
+    suite.write_config('\n[tasks.fail]\ncommand = ["/bin/false"]\nretries = 0\n')
+    suite.host()
+    c = suite.client()
+    a, b = c.submit("task-1", "a"), c.submit("task-1", "b")
+    r = suite.tqctl("result", str(a), str(b))
+    assert r.returncode == 6 and f"job {a} has not finished (it is queued)" in r.stderr
+    r = suite.tqctl("result", "--wait", "--wait-timeout", "0.2", str(a), str(b))
+    assert r.returncode == 6 and r.stdout == ""
+    suite.worker("1")
+    r = suite.tqctl("result", "--wait", str(a), str(b))
+    assert (r.returncode, r.stdout) == (0, f"{a}: task-1 a processed\n{b}: task-1 b processed\n")
+    failed = c.submit("fail")
+    r = suite.tqctl("result", "--wait", str(b), str(failed))
+    assert r.returncode == 1 and r.stdout == f"{b}: task-1 b processed\n" and f"job {failed} dead" in r.stderr
+    r = suite.tqctl("result", "--json", str(a), str(failed))
+    assert [j["id"] for j in json.loads(r.stdout)] == [a, failed] and r.returncode == 1

@@ -149,3 +149,43 @@ def test_submit_is_fsynced_before_it_is_acknowledged(suite: Suite, tmp_path: Pat
     reply = next(i for i, line in enumerate(lines) if f'"ids":[{jid}]' in line)
     request = max(i for i, line in enumerate(lines[:reply]) if '"op":"submit"' in line)
     assert any("fsync(" in line or "fdatasync(" in line for line in lines[request:reply])
+
+
+def test_only_commits_that_acknowledge_something_are_fsynced(suite: Suite, tmp_path: Path) -> None:
+    """durability = full: a submit's reply and a wait's answer follow an fsync; the dispatch and the result of
+    a job that no one waits for are committed without one (they ride on the next fsync)."""
+    suite.write_config("", host='durability = "full"')
+    host = suite.host()
+    suite.worker("1")
+    suite.wait_live(1)
+    c = suite.client()
+    trace = tmp_path / "trace"
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-s", "256", "-e",
+                               "trace=fsync,fdatasync,sendto,recvfrom", "-o", str(trace), "-p", str(host.pid)])
+    try:
+        wait_until(trace.exists, what="strace to start")
+        for _ in range(50):  # strace attaches asynchronously: submit until the trace shows a reply
+            jid = c.submit("task-1", "warm-up")
+            if f'"ids":[{jid}]' in trace.read_text().replace("\\", ""):
+                break
+        ids = [c.submit("task-1", str(i), delay=0.3) for i in range(20)]  # they run once all are submitted
+        wait_until(lambda: all(c.get(i)["state"] == "done" for i in ids), what="the delayed jobs to run")
+        c.wait(ids[-1], timeout=10)
+    finally:
+        tracer.terminate()
+        tracer.wait()
+    lines = trace.read_text().replace("\\", "").splitlines()
+
+    def at(text: str, after: int = 0) -> int:
+        return next(i for i in range(after, len(lines)) if text in lines[i])
+
+    def fsyncs(start: int, end: int) -> int:
+        return sum("fsync(" in line or "fdatasync(" in line for line in lines[start:end])
+
+    first_submit = at('"args":["0"]')
+    last_reply = at(f'"ids":[{ids[-1]}]')
+    wait_request = at('"op":"wait"', last_reply)
+    wait_reply = at(f'"job":{{"id":{ids[-1]}', wait_request)
+    assert fsyncs(first_submit, last_reply) == 20  # one per acknowledged submit
+    assert fsyncs(last_reply, wait_request) == 0  # 20 dispatches and 20 results: none acknowledged
+    assert fsyncs(wait_request, wait_reply) == 1  # the answer tells of a result: it is made durable first

@@ -314,6 +314,30 @@ def test_a_waiter_gets_the_finished_job_and_another_times_out(parts: Parts) -> N
     b.close()
 
 
+def test_a_wait_for_many_answers_once_all_finished_or_at_its_timeout_with_those_pending(parts: Parts) -> None:
+    parts.start_worker("1")
+    a, b = socket.socketpair()
+    conn = Conn(a, 1000)
+    ids = submit(parts, *[{"task": "t"} for _ in range(3)])
+    for rid, timeout in ((0, 60), (1, 5)):
+        parts.requests.handle(conn, json.dumps({"op": "wait", "rid": rid, "ids": ids, "timeout": timeout}).encode())
+    assert parts.requests.take_replies() == []
+    parts.dispatcher.assign(0.0)
+    parts.result(job(parts, ids[0]))
+    parts.result(job(parts, ids[1]))
+    assert parts.requests.take_replies() == []  # one answer per request, when all have finished
+    parts.requests.expire(time.monotonic() + 5.1)
+    (reply,) = [r for _, r in parts.requests.take_replies()]
+    assert reply["rid"] == 1 and [j["id"] for j in reply["jobs"]] == ids[:2] and reply["pending"] == [ids[2]]
+    assert not parts.requests.acknowledging()  # taken: nothing left to make durable
+    parts.result(job(parts, ids[2]))
+    (reply,) = [r for _, r in parts.requests.take_replies()]
+    assert reply["rid"] == 0 and [j["id"] for j in reply["jobs"]] == ids and reply["pending"] == []
+    assert not parts.requests.waiters and parts.requests.waiting == 0  # the timed-out one left no entry behind
+    a.close()
+    b.close()
+
+
 def test_a_failed_commit_turns_the_submit_reply_into_a_refusal_and_drops_its_waiter(parts: Parts) -> None:
     a, b = socket.socketpair()
     parts.requests.handle(Conn(a, 1000), json.dumps({"op": "submit", "rid": 7, "jobs": [{"task": "t"}],

@@ -152,7 +152,7 @@ class Host(Daemon):
             self.dispatcher.assign(now)
             self._prune(now)
             self._trim_memory(now)
-            self.store.commit()
+            self.store.commit(self.requests.acknowledging())
         except sqlite3.Error as e:  # disk full, I/O error: this step is undone, the host carries on
             self._store_failed(e)
         self._deliver()
@@ -180,14 +180,14 @@ class Host(Daemon):
         return max(wait, 0.0)
 
     def _deliver(self) -> None:
-        """After the commit: send the jobs assigned this step, then the replies."""
-        if self.dispatcher.send():  # some went back to the queue: that change is committed too
-            try:
-                self.store.commit()
-            except sqlite3.Error as e:
-                self._store_failed(e)
+        """After the commit: answer the clients (first: they wait), then send the jobs assigned this step."""
         for conn, reply in self.requests.take_replies():
             self.server.send(conn, control.encode(reply))
+        if self.dispatcher.send():  # some went back to the queue: that change is committed too
+            try:
+                self.store.commit(acknowledged=False)
+            except sqlite3.Error as e:
+                self._store_failed(e)
 
     def _store_failed(self, error: Exception) -> None:
         """A write failed (disk full, I/O error): forget this step, reload from the store, fence workers."""

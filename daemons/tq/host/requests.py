@@ -31,7 +31,9 @@ from .fleet import Fleet
 from .jobs import DELAYED, QUEUED, InvalidTransition, JobTable
 from .server import Conn
 
-MUTATING_OPS = {"submit", "cancel", "retry"}  # their replies are true only once the step's commit succeeds
+# Replies that acknowledge a change (a finished job's result too): sent only once the step's commit succeeded,
+# and with durability = "full" once it is fsync'd (Store.commit).
+ACKNOWLEDGING_OPS = {"submit", "cancel", "retry", "wait"}
 BURST_OPS = {"submit", "list"}  # requests that may allocate much; a poller's status calls do not count
 PLAIN_SPEC = {"task", "args", "payload"}  # a job spec with no options of its own
 MAX_TASKS_CACHED = 10_000  # task names come from clients: never trust their count
@@ -45,6 +47,8 @@ class Waiter:
     rid: Any
     deadline: float  # monotonic
     answered: bool = False
+    finished: list[dict[str, Any]] | None = None  # a wait for many jobs: those finished so far ...
+    pending: set[int] | None = None  # ... and those it still waits for
 
 
 class Requests:
@@ -82,7 +86,7 @@ class Requests:
                 raise RequestError("bad_request", f"unknown op {op!r}")
             reply = handler(self, conn, rid, req)
             if reply is not None:
-                self.replies.append((conn, {"rid": rid, "ok": True, **reply}, op in MUTATING_OPS))
+                self.replies.append((conn, {"rid": rid, "ok": True, **reply}, op in ACKNOWLEDGING_OPS))
         except RequestError as e:
             self._refuse(conn, rid, e.code, str(e))
         except sqlite3.Error as e:  # the step recovers from store errors; this request is refused
@@ -95,6 +99,11 @@ class Requests:
     def _refuse(self, conn: Conn, rid: Any, code: str, error: str) -> None:
         self.replies.append((conn, {"rid": rid, "ok": False, "code": code, "error": error}, False))
 
+    def acknowledging(self) -> bool:
+        """Whether a reply decided this step acknowledges a change (a submit, a cancel, a finished wait): the
+        step's commit must then be durable before it is sent."""
+        return any(durable for _conn, _reply, durable in self.replies)
+
     def take_replies(self) -> list[tuple[Conn, dict[str, Any]]]:
         """The replies decided since the last call, to send now that the step's commit succeeded."""
         replies = [(conn, reply) for conn, reply, _durable in self.replies]
@@ -105,9 +114,14 @@ class Requests:
         """The step's commit failed: waiters of the jobs it would have created go, and every reply that
         depended on it becomes a refusal (a refused request gets that one answer, not also its wait's)."""
         for job_id in [j for j in self.waiters if j >= next_id]:
-            for w in self.waiters.pop(job_id):
+            for w in self.waiters.pop(job_id, ()):
+                if w.answered:
+                    continue
                 w.answered = True
                 self.waiting -= 1
+                if w.pending is not None:  # a wait for many that named a job of this step: refused too
+                    self._forget(w)
+                    self._refuse(w.conn, w.rid, "unavailable", error)
         refused = {(id(c), repr(r.get("rid"))) for c, r, durable in self.replies if durable}
         self.replies = [(c, {"rid": r.get("rid"), "ok": False, "code": "unavailable", "error": error}, False)
                         if durable else (c, r, False) for c, r, durable in self.replies
@@ -115,9 +129,15 @@ class Requests:
 
     # ---- waiters ----------------------------------------------------------
 
-    def _wait(self, job_id: int, conn: Conn, rid: Any, timeout: float) -> None:
+    def _wait(self, job_id: int, conn: Conn, rid: Any, timeout: float, many: list[dict[str, Any]] | None = None,
+              pending: list[int] | None = None) -> None:
+        """Answer `rid` when job `job_id` finishes, or (`many`, the jobs finished already) when all of `pending`
+        have."""
         w = Waiter(conn, rid, time.monotonic() + max(0.0, timeout))
-        self.waiters[job_id].append(w)
+        if pending is not None:
+            w.finished, w.pending = many or [], set(pending)
+        for waited in pending or (job_id,):
+            self.waiters[waited].append(w)
         self.waiting += 1
         heapq.heappush(self.deadlines, (w.deadline, next(self._seq), job_id, w))
 
@@ -128,9 +148,19 @@ class Requests:
             return
         public = job.public()
         for w in waiting:
+            if w.answered:
+                continue
+            if w.pending is not None and w.finished is not None:  # a wait for many: answered once all are
+                w.finished.append(public)
+                w.pending.discard(job.id)
+                if w.pending:
+                    continue
+                reply = {"rid": w.rid, "ok": True, "jobs": w.finished, "pending": []}
+            else:
+                reply = {"rid": w.rid, "ok": True, "job": public}
             w.answered = True
             self.waiting -= 1
-            self.replies.append((w.conn, {"rid": w.rid, "ok": True, "job": public}, True))
+            self.replies.append((w.conn, reply, True))
 
     def expire(self, now: float) -> None:
         """Answer waiters whose time is up with a timeout."""
@@ -140,15 +170,24 @@ class Requests:
                 continue
             w.answered = True
             self.waiting -= 1
-            self._refuse(w.conn, w.rid, "timeout", f"job {job_id} did not finish in time")
-            rest = [x for x in self.waiters.get(job_id, ()) if x is not w]
-            if rest:
-                self.waiters[job_id] = rest
+            if w.pending is not None:  # a wait for many: what finished, and what did not
+                self.replies.append((w.conn, {"rid": w.rid, "ok": True, "jobs": w.finished,
+                                              "pending": sorted(w.pending)}, True))
             else:
-                self.waiters.pop(job_id, None)
+                self._refuse(w.conn, w.rid, "timeout", f"job {job_id} did not finish in time")
+            self._forget(w, job_id)
         if len(self.deadlines) > 1024 and len(self.deadlines) > 2 * self.waiting:  # mostly answered: drop those
             self.deadlines = [entry for entry in self.deadlines if not entry[3].answered]
             heapq.heapify(self.deadlines)
+
+    def _forget(self, w: Waiter, job_id: int = 0) -> None:
+        """Take an answered waiter off the lists of the jobs it waited for."""
+        for waited in w.pending or (job_id,):
+            rest = [x for x in self.waiters.get(waited, ()) if x is not w]
+            if rest:
+                self.waiters[waited] = rest
+            else:
+                self.waiters.pop(waited, None)
 
     def next_deadline(self) -> float | None:
         """The monotonic time of the next waiter's timeout (None: nobody waits)."""
@@ -239,10 +278,35 @@ class Requests:
         return {"job": self._lookup(req).public()}
 
     def _wait_op(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any] | None:
+        """Answer when the job `id` has finished, or when every job of `ids` has (or at the timeout, with
+        those that have and the ids `pending`): one request, however many jobs."""
+        timeout = float(control.field(req, "timeout", (int, float), 10**9))
+        if not timeout >= 0:
+            raise RequestError("bad_request", "timeout must be a number of seconds >= 0")
+        if req.get("ids") is not None:
+            return self._wait_many(conn, rid, req, timeout)
         job = self._lookup(req)
         if job.state in FINAL:
             return {"job": job.public()}
-        self._wait(job.id, conn, rid, float(control.field(req, "timeout", (int, float), 10**9)))
+        self._wait(job.id, conn, rid, timeout)
+        return None
+
+    def _wait_many(self, conn: Conn, rid: Any, req: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        ids = control.field(req, "ids", list)
+        if not 0 < len(ids) <= MAX_BULK or any(type(i) is not int for i in ids):
+            raise RequestError("bad_request", f"ids takes from 1 to {MAX_BULK} job ids (integers)")
+        finished, pending = [], []
+        for job_id in dict.fromkeys(ids):  # each once, in the order given
+            job = self.jobs.find(job_id)
+            if job is None:
+                raise RequestError("not_found", f"no job {job_id}")
+            if job.state in FINAL:
+                finished.append(job.public())
+            else:
+                pending.append(job_id)
+        if not pending or timeout == 0:
+            return {"jobs": finished, "pending": pending}
+        self._wait(pending[0], conn, rid, timeout, finished, pending)
         return None
 
     def _list(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
