@@ -25,7 +25,7 @@ import sys
 import time
 
 from .. import __version__, config, control, limits, protocol, transport
-from ..daemon import Daemon, StartError, ignore
+from ..daemon import Daemon, StartError
 from ..log import Burst
 from ..store import JobRecord, Store, StoreError
 from .dispatch import Dispatcher
@@ -52,6 +52,7 @@ class Host(Daemon):
         self.next_prune = 0.0
         self.last_trim = 0.0  # monotonic time the memory was last trimmed
         self.started_work = 0.0  # recovery allocates too: trim a second after start
+        self.queue_readable = True  # the host queue may hold messages: the next step reads it
         # The parts, made by start() once the store and the queue are open:
         self.store: Store
         self.jobs: JobTable
@@ -82,8 +83,8 @@ class Host(Daemon):
                          f"{cfg.mqueue.max_messages}: the queue memory budget RLIMIT_MSGQUEUE ({limits.budget()}) "
                          "has no room for more")
             self.logger.warning("%s", notes[-1])
-        # The queue only wakes the selector: every step drains it once, after the sockets (one empty read).
-        self.sel.register(mq.fileno(), selectors.EVENT_READ, ignore)
+        # The queue wakes the selector and marks itself readable: the step drains it after the sockets.
+        self.sel.register(mq.fileno(), selectors.EVENT_READ, self._on_queue)
         self.fleet = Fleet(cfg, mq, self.jobs, self.store, self._open_inbox, self._on_result, self.logger,
                            self.malformed)
         self.dispatcher = Dispatcher(cfg, self.jobs, self.fleet)
@@ -101,6 +102,9 @@ class Host(Daemon):
         self.logger.info("tq-host %s ready: store %s, queue %s, socket %s, %d open jobs", __version__,
                          self.store.path, cfg.host_queue, cfg.host.socket, len(self.jobs.jobs))
         self.notifier.ready(self.status_text())
+
+    def _on_queue(self, _mask: int) -> None:
+        self.queue_readable = True
 
     def _open_inbox(self, instance: str) -> transport.Transport:
         return transport.open_queue(self.cfg.inbox(instance), 1, self.cfg.mqueue.max_message_size, create=False)
@@ -142,8 +146,14 @@ class Host(Daemon):
             wait = min(wait, max_wait)
         try:
             self.select(wait)  # control requests are handled here
+            if self.store.durability == "full" and self.requests.acknowledging():
+                # The fsync is most of a submit's round trip: answer before the step's other work, whose
+                # commit below is not fsync'd when nothing in it is acknowledged to anyone.
+                self.store.commit(True)
+                self._answer()
             now = time.monotonic()
-            self.fleet.intake(now)
+            if self.queue_readable:  # (an empty read costs a system call per step: only when it has some)
+                self.queue_readable = self.fleet.intake(now)
             if self.reload_requested:
                 self.reload()
             self.jobs.promote_due()
@@ -179,10 +189,13 @@ class Host(Daemon):
             wait = min(wait, fleet)
         return max(wait, 0.0)
 
-    def _deliver(self) -> None:
-        """After the commit: answer the clients (first: they wait), then send the jobs assigned this step."""
+    def _answer(self) -> None:
         for conn, reply in self.requests.take_replies():
             self.server.send(conn, control.encode(reply))
+
+    def _deliver(self) -> None:
+        """After the commit: answer the clients (first: they wait), then send the jobs assigned this step."""
+        self._answer()
         if self.dispatcher.send():  # some went back to the queue: that change is committed too
             try:
                 self.store.commit(acknowledged=False)

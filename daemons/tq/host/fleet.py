@@ -26,6 +26,7 @@ from ..transport import QueueError, Transport
 from .jobs import RUNNING, JobTable
 
 MAX_MESSAGES_PER_STEP = 4096
+LEASE_CHECK = 0.02  # seconds between looks at every worker's lease and pending fence or cancel
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Fleet:
         self.workers: dict[str, WorkerState] = {}
         self.tokens = 0
         self.last_result = 0.0  # monotonic time results last came in
+        self.next_check = 0.0  # monotonic time of the next check_leases
 
     def recover(self, now: float) -> None:
         """Fence every worker the store knows of (and those whose hello a failed commit undid)."""
@@ -99,13 +101,14 @@ class Fleet:
 
     # ---- intake -----------------------------------------------------------
 
-    def intake(self, now: float) -> None:
-        """Handle what waits in the host's queue (a bounded number per step)."""
+    def intake(self, now: float) -> bool:
+        """Handle what waits in the host's queue (a bounded number per step); True if more may wait."""
         for _ in range(MAX_MESSAGES_PER_STEP):
             data = self.mq.receive()
             if data is None:
-                break
+                return False
             self.on_message(data, now)
+        return True
 
     def on_message(self, data: bytes, now: float) -> None:
         """One message from a worker; a malformed one is counted and dropped, a bug costs only that message."""
@@ -260,7 +263,13 @@ class Fleet:
         return job
 
     def check_leases(self, now: float) -> None:
-        """Resend fences that found a full inbox; a worker silent past `host.lease` is lost, its jobs requeued."""
+        """Resend fences that found a full inbox; a worker silent past `host.lease` is lost, its jobs requeued.
+
+        At most every LEASE_CHECK seconds: a step per job under load need not walk every worker each time.
+        """
+        if now < self.next_check:
+            return
+        self.next_check = now + LEASE_CHECK
         for w in self.workers.values():
             if w.sync_due:
                 self._send_sync(w)
