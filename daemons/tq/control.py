@@ -37,6 +37,7 @@ class RequestError(Exception):
 
 # One encoder for the process: json.dumps with options builds a new JSONEncoder on every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_DECODER = json.JSONDecoder()
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -45,7 +46,7 @@ def encode(obj: dict[str, Any]) -> bytes:
 
 def decode(line: bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(line)
+        obj = _DECODER.decode(line.decode())  # (json.loads would first guess the encoding: it is UTF-8)
     except (ValueError, RecursionError) as e:
         raise RequestError("bad_request", f"not JSON: {e}") from None
     if not isinstance(obj, dict):

@@ -158,6 +158,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
 
 # Reused encoders: json.dumps with options builds a new JSONEncoder on every call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_DECODER = json.JSONDecoder()
 _ASCII = json.JSONEncoder(separators=(",", ":"))
 _encode_str = json.encoder.encode_basestring_ascii  # what _ASCII writes for a str
 
@@ -184,7 +185,7 @@ def decode(data: bytes) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown message kind {data[1:2]!r}")
     try:
-        body = json.loads(data[2:])
+        body = _DECODER.decode(data[2:].decode())  # (json.loads would first guess the encoding: it is UTF-8)
     except (ValueError, RecursionError) as e:
         raise ProtocolError(f"{cls.__name__}: body is not JSON: {e}") from None
     return _build(cls, body)

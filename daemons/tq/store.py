@@ -100,6 +100,9 @@ def _values(columns: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
 
 _ROW, _FRESH_ROW = _values(_COLUMNS), _values(_FRESH)
 _UPDATE_ROWS = {change: _values((*columns, "id")) for change, columns in _UPDATES.items()}
+_INSERT_FRESH = f"INSERT INTO jobs ({','.join(_FRESH)}) VALUES ({','.join('?' * len(_FRESH))})"
+_INSERT = f"INSERT INTO jobs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
+_UPDATE_SQL = {change: f"UPDATE jobs SET {'=?, '.join(columns)}=? WHERE id=?" for change, columns in _UPDATES.items()}
 
 
 @dataclass(slots=True)  # no __dict__: a backlog of queued jobs costs less memory
@@ -267,19 +270,17 @@ class Store:
         if self._new:
             fresh = [j for j in self._new.values() if _not_run(j)]
             if fresh:  # not yet run: the columns that would be 0 or NULL are left to their defaults
-                self.db.executemany(
-                    f"INSERT INTO jobs ({','.join(_FRESH)}) VALUES ({','.join('?' * len(_FRESH))})",
-                    map(_FRESH_ROW, fresh))
+                self.db.executemany(_INSERT_FRESH, map(_FRESH_ROW, fresh))
             if len(fresh) < len(self._new):  # dispatched (or more) in the step that submitted them
-                self.db.executemany(
-                    f"INSERT INTO jobs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})",
-                    (_ROW(j) for j in self._new.values() if not _not_run(j)))
+                self.db.executemany(_INSERT, (_ROW(j) for j in self._new.values() if not _not_run(j)))
             self._new.clear()
-        for change, columns in _UPDATES.items():
-            rows = [_UPDATE_ROWS[change](job) for job, kind in self._dirty.values() if kind == change]
-            if rows:
-                self.db.executemany(f"UPDATE jobs SET {'=?, '.join(columns)}=? WHERE id=?", rows)
-        self._dirty.clear()
+        if self._dirty:
+            kinds: dict[str, list[JobRecord]] = {}
+            for job, kind in self._dirty.values():
+                kinds.setdefault(kind, []).append(job)
+            for kind, jobs in kinds.items():
+                self.db.executemany(_UPDATE_SQL[kind], map(_UPDATE_ROWS[kind], jobs))
+            self._dirty.clear()
 
     def get(self, job_id: int) -> JobRecord | None:
         staged = self._new.get(job_id) or self._dirty.get(job_id, (None, ""))[0]
