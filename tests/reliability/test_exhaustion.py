@@ -169,8 +169,11 @@ def test_only_commits_that_acknowledge_something_are_fsynced(suite: Suite, tmp_p
             if f'"ids":[{jid}]' in trace.read_text().replace("\\", ""):
                 break
         ids = [c.submit("task-1", str(i), delay=0.3) for i in range(20)]  # they run once all are submitted
-        wait_until(lambda: all(c.get(i)["state"] == "done" for i in ids), what="the delayed jobs to run")
+        # status tells no job's outcome (a get would: it is an acknowledgement, fsync'd first)
+        wait_until(lambda: not any(c.status()["states"][state] for state in ("queued", "delayed", "running")),
+                   what="the delayed jobs to run")
         c.wait(ids[-1], timeout=10)
+        c.get(ids[0])
     finally:
         tracer.terminate()
         tracer.wait()
@@ -189,3 +192,5 @@ def test_only_commits_that_acknowledge_something_are_fsynced(suite: Suite, tmp_p
     assert fsyncs(first_submit, last_reply) == 20  # one per acknowledged submit
     assert fsyncs(last_reply, wait_request) == 0  # 20 dispatches and 20 results: none acknowledged
     assert fsyncs(wait_request, wait_reply) == 1  # the answer tells of a result: it is made durable first
+    get_reply = at(f'"job":{{"id":{ids[0]}', at('"op":"get"', wait_reply))
+    assert fsyncs(wait_reply, get_reply) == 0  # a get shows the same results: they are durable already

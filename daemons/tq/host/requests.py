@@ -31,9 +31,9 @@ from .fleet import Fleet
 from .jobs import DELAYED, QUEUED, InvalidTransition, JobTable
 from .server import Conn
 
-# Replies that acknowledge a change (a finished job's result too): sent only once the step's commit succeeded,
-# and with durability = "full" once it is fsync'd (Store.commit).
-ACKNOWLEDGING_OPS = {"submit", "cancel", "retry", "wait"}
+# Replies that acknowledge a change or tell a job's outcome: sent only once the step's commit succeeded, and with
+# durability = "full" once every change they may show is fsync'd (Store.commit).
+ACKNOWLEDGING_OPS = {"submit", "cancel", "retry", "wait", "get", "list"}
 BURST_OPS = {"submit", "list"}  # requests that may allocate much; a poller's status calls do not count
 PLAIN_SPEC = {"task", "args", "payload"}  # a job spec with no options of its own
 MAX_TASKS_CACHED = 10_000  # task names come from clients: never trust their count
