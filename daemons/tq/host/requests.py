@@ -62,6 +62,7 @@ class Requests:
         self.waiting = 0  # waiters not yet answered (the heap also holds answered ones until they come up)
         self.started = time.time()
         self.last_burst = 0.0  # monotonic time of the last request that may allocate much
+        self.result_awaited = False  # a submit of this step waits for its job's result (submit_and_wait)
         self.queue_notes: list[str] = []  # where the kernel grants less than [mqueue] asks (limits.grant)
         self.configure(cfg)
         jobs.on_final = self.on_final
@@ -108,6 +109,7 @@ class Requests:
         """The replies decided since the last call, to send now that the step's commit succeeded."""
         replies = [(conn, reply) for conn, reply, _durable in self.replies]
         self.replies.clear()
+        self.result_awaited = False
         return replies
 
     def undo(self, next_id: int, error: str) -> None:
@@ -216,6 +218,7 @@ class Requests:
         ids = [self.jobs.add(job, detail) for job in jobs]
         if wait_for is not None:  # the waiter's answer follows this one (see on_final, expire)
             self._wait(ids[0], conn, rid, float(wait_for))
+            self.result_awaited = True
             return {"ids": ids, "more": True}
         return {"ids": ids}
 
