@@ -1,9 +1,11 @@
 """make bench: tq-host + 4 workers with the shipped default config (and the units' Environment=) on a
 temporary state dir.
 
-Prints a table and writes JSON to .bench/bench-<time>.json. With --peers, also runs beanstalkd with its
-binlog (-b, loopback only) through the same drain workload with the greenstalk client. Each throughput
-and latency figure is the median of --rounds runs (3); the JSON keeps every run.
+Prints two tables and writes JSON to .bench/bench-<time>.json: 4 clients (the drain and the other figures),
+and one producer submitting one job at a time (2 and 4 workers, durability normal and full). With --peers,
+beanstalkd runs the same workloads with the greenstalk client, run for run (-b beside normal, -b -f0 beside
+full). Each throughput and latency figure is the median of --rounds runs (3); the JSON keeps every run. The
+fdatasync count per submit needs root and `perf` (Debian: linux-perf); without them it reads "not counted".
 """
 
 from __future__ import annotations
@@ -455,7 +457,7 @@ def one_producer_shape(jobs: int, rounds: int, peers: bool) -> dict[str, Any]:
                     idle_runs = []
                     for _ in range(rounds):
                         run, syncs = fdatasyncs(host.pid, functools.partial(idle_round_trips, suite, 2000))
-                        idle_runs.append(run | {"fdatasync_per_submit": round(syncs / 2000, 3)})
+                        idle_runs.append(run | {"fdatasync_per_submit": round(syncs / 2000, 3) if syncs >= 0 else None})
                     out[f"idle_submit_{level}"] = median_run(idle_runs, "p50_us")
                     quiet(suite)
                     if hasattr(Client, "wait_many"):  # (a bench of an older tq has no wait_many)
@@ -648,17 +650,19 @@ def print_one_producer(r: dict[str, Any]) -> None:
         for workers in (2, 4):
             e = r[f"{level}_{workers}_workers"]
             m = e["median"]
+            syncs = e.get("fdatasync_per_submit")
             value = (f"{m['jobs_per_s']} jobs/s, submit p50/p99 {m['p50_us']}/{m['p99_us']} us, "
-                     f"{e.get('fdatasync_per_submit')} fdatasync/submit")
+                     f"{'not counted' if syncs is None else syncs} fdatasync/submit")
             if e["beanstalkd"]:
                 b = e["beanstalkd_median"]
                 value += (f" | {peer}: {b['jobs_per_s']} jobs/s, put p50 {b['p50_us']} us"
                           f" | ratio {e['median_ratio']} ({' '.join(map(str, e['ratio']))})")
             rows.append((f"tq {level}, {workers} workers", value))
         idle_run = r[f"idle_submit_{level}"]
+        syncs = idle_run["fdatasync_per_submit"]
         rows.append((f"tq {level}, submit round trip, idle host",
                      f"p50 {idle_run['p50_us']} us, p99 {idle_run['p99_us']} us, "
-                     f"{idle_run['fdatasync_per_submit']} fdatasync/submit"))
+                     f"{'not counted' if syncs is None else syncs} fdatasync/submit"))
         waits = [f"{r[f'batch_wait_{how}_{level}']['jobs_per_s']} jobs/s {text}" for how, text in
                  (("many", "with one wait_many"), ("each", "with a wait per id")) if f"batch_wait_{how}_{level}" in r]
         rows.append((f"tq {level}, batches of 100 then the results, 2 workers", ", ".join(waits)))
