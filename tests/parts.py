@@ -12,6 +12,7 @@ from tq import config, log, protocol, transport
 from tq.host.dispatch import Dispatcher
 from tq.host.fleet import Fleet
 from tq.host.jobs import JobTable
+from tq.host.queues import Queues
 from tq.host.requests import Requests
 from tq.store import JobRecord, Store
 
@@ -48,6 +49,7 @@ class Parts:
     dispatcher: Dispatcher
     requests: Requests
     mq: transport.MemoryQueue
+    queues: Queues
     inboxes: dict[str, transport.MemoryQueue] = field(default_factory=dict)
 
     def worker_says(self, msg: protocol.Message, now: float = 0.0) -> None:
@@ -99,12 +101,13 @@ def make_parts(state_dir: Path, toml: str = '[tasks."#"]\nhandler = "echo"\n') -
         return Handle(inboxes[instance])
 
     fleet = Fleet(cfg, mq, jobs, store, open_inbox, lambda job, r: None, logger, log.Burst(logger))
-    dispatcher = Dispatcher(cfg, jobs, fleet)
+    queues = Queues(cfg, store, jobs, fleet, logger)
+    dispatcher = Dispatcher(cfg, jobs, fleet, queues)
 
     def on_result(job: JobRecord, r: protocol.Result) -> None:  # as tq-host wires it
         dispatcher.timed(job.task, r.duration)
         jobs.finish(job, r)
 
     fleet.on_result = on_result
-    requests = Requests(cfg, jobs, fleet, fleet.malformed)
-    return Parts(cfg, store, jobs, fleet, dispatcher, requests, mq, inboxes)
+    requests = Requests(cfg, jobs, fleet, queues, fleet.malformed)
+    return Parts(cfg, store, jobs, fleet, dispatcher, requests, mq, queues, inboxes)

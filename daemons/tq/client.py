@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import datetime
 import socket
 import struct
 from collections.abc import Iterable
@@ -158,10 +159,15 @@ class Client:
 
     def submit(self, task: str, *args: Any, queue: str | None = None, priority: int | None = None,
                delay: float = 0, timeout: float | None = None, retries: int | None = None,
-               payload: Any = None) -> int:
-        """Submit one job; returns its id once the job is durable."""
+               payload: Any = None, at: float | datetime.datetime | None = None, unique: str | None = None) -> int:
+        """Submit one job; returns its id once the job is durable.
+
+        `at`: when to run it (a datetime, or seconds since the epoch), instead of a `delay`. `unique`: a key; while
+        a job submitted with it is open (queued, delayed, running or waiting to retry), its id is returned and
+        nothing is created.
+        """
         spec = _spec(task, list(args), queue=queue, priority=priority, delay=delay, timeout=timeout,
-                     retries=retries, payload=payload)
+                     retries=retries, payload=payload, at=_epoch(at), unique=unique)
         return int(self.call("submit", jobs=[spec])["ids"][0])
 
     def submit_and_wait(self, task: str, *args: Any, wait_timeout: float | None = None, queue: str | None = None,
@@ -244,12 +250,30 @@ class Client:
         reply = self.call("retry", state=state, task=task, queue=queue, older_than=older_than)
         return {"ids": list(reply["ids"]), "refused": int(reply.get("refused", 0))}
 
+    def pause(self, queue: str) -> dict[str, Any]:
+        """Dispatch nothing more from `queue` (it still takes submits; running jobs finish). Root and admins."""
+        reply = self.call("pause", queue=queue)
+        return {k: reply[k] for k in ("queue", "paused", "changed")}
+
+    def resume(self, queue: str) -> dict[str, Any]:
+        reply = self.call("resume", queue=queue)
+        return {k: reply[k] for k in ("queue", "paused", "changed")}
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Every queue: `states` (its open jobs by state), `oldest_queued_age` (seconds), `paused`, `workers`
+        (the instances that serve it) and `unserved` (it has jobs and no live worker serves it)."""
+        return [dict(q) for q in self.call("queues")["queues"]]
+
     def status(self) -> dict[str, Any]:
         reply = self.call("status")
         return {k: v for k, v in reply.items() if k not in ("ok", "rid")}
 
     def workers(self) -> list[dict[str, Any]]:
         return [dict(w) for w in self.call("workers")["workers"]]
+
+
+def _epoch(at: float | datetime.datetime | None) -> float | None:
+    return at.timestamp() if isinstance(at, datetime.datetime) else at
 
 
 def _spec(task: str, args: list[Any], **options: Any) -> dict[str, Any]:

@@ -87,6 +87,7 @@ class TaskConfig:
     memory_max: int | None = None  # bytes of address space (RLIMIT_AS) of a command job
     cpu_max: int | None = None  # seconds of CPU (RLIMIT_CPU) of a command job
     open_files_max: int | None = None  # descriptors (RLIMIT_NOFILE) of a command job
+    unique: bool = False  # a submit while a job of this task with the same args is open returns that job
 
     def handler_spec(self) -> dict[str, Any]:
         """How a worker runs this task's jobs: what tq-host puts into each job at submit (handlers.start reads it).
@@ -366,7 +367,7 @@ def _log(r: _Reader) -> LogConfig:
 
 def _task(r: _Reader, name: str) -> TaskConfig:
     r.check_keys({"handler", "command", "python", "queue", "timeout", "retries", "priority", "backoff",
-                  "backoff_max", "kill_grace", "memory_max", "cpu_max", "open_files_max"})
+                  "backoff_max", "kill_grace", "memory_max", "cpu_max", "open_files_max", "unique"})
     if not re.fullmatch(r"[A-Za-z0-9_*#:-]+(\.[A-Za-z0-9_*#:-]+)*", name):
         raise r.error("", "task names are dot-separated words of letters, digits, _ - : (or * and #)")
     given = [k for k in ("handler", "command", "python") if k in r.table]
@@ -400,4 +401,5 @@ def _task(r: _Reader, name: str) -> TaskConfig:
         memory_max=r.size("memory_max"),
         cpu_max=None if "cpu_max" not in r.table else max(1, math.ceil(r.duration("cpu_max", 0.0, minimum=1.0))),
         open_files_max=None if "open_files_max" not in r.table else r.integer("open_files_max", 0, 3, 1 << 20),
+        unique=r.get("unique", bool, d.unique),
     )

@@ -7,6 +7,7 @@ Exit status: 0 ok, 1 job failed, 2 usage or refused, 3 host not reachable,
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import time
@@ -30,6 +31,15 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _time(text: str) -> float:
+    """An ISO 8601 time (`2026-12-01T09:00:00+01:00`; without an offset, local time): seconds since the epoch."""
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r} (e.g. 2026-12-01T09:00:00+01:00, or "
+                                         "2026-12-01 09:00 in local time)") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
@@ -46,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--queue")
     s.add_argument("--priority", type=int)
     s.add_argument("--delay", type=_duration, default=0.0, help="run after this long (e.g. 30s, 5m)")
+    s.add_argument("--at", type=_time, metavar="TIME", help="run at this time (ISO 8601; local time without an "
+                   "offset); a time past runs at once")
+    s.add_argument("--unique", metavar="KEY", help="while a job submitted with KEY is open, print its id and "
+                   "create nothing")
     s.add_argument("--timeout", type=_duration, help="kill an attempt running longer than this")
     s.add_argument("--retries", type=int, help="attempts after the first")
     s.add_argument("--payload", help="payload text, given to a command on stdin ('-' reads stdin)")
@@ -79,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--wait", action="store_true", help="wait until the job (every job, in one request) has finished")
     r.add_argument("--wait-timeout", type=_duration)
     sub.add_parser("workers", parents=[common], help="the workers the host knows").set_defaults(func=_cmd_workers)
+    for name, text in (("pause", "dispatch nothing more from QUEUE (submits are taken; running jobs finish)"),
+                       ("resume", "dispatch from a paused QUEUE again")):
+        q = sub.add_parser(name, parents=[common], help=text)
+        q.add_argument("queue", metavar="QUEUE")
+        q.set_defaults(func=_cmd_pause)
+    sub.add_parser("queues", parents=[common], help="every queue: its jobs by state, oldest queued, paused, "
+                   "which workers serve it").set_defaults(func=_cmd_queues)
     w = sub.add_parser("watch", parents=[common], help="show status every second until interrupted")
     w.set_defaults(func=_cmd_watch)
     w.add_argument("--interval", type=_duration, default=1.0)
@@ -140,8 +161,10 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     if args.task is None:
         raise Refused("submit needs TASK (or --batch FILE)")
     payload = sys.stdin.read() if args.payload == "-" else args.payload
+    if args.at is not None and args.delay:
+        raise Refused("give --delay or --at, not both")
     jid = client.submit(args.task, *args.args, queue=args.queue, priority=args.priority, delay=args.delay,
-                        timeout=args.timeout, retries=args.retries, payload=payload)
+                        timeout=args.timeout, retries=args.retries, payload=payload, at=args.at, unique=args.unique)
     if not args.wait:
         _out({"id": jid}) if as_json else print(jid)
         return 0
@@ -287,11 +310,12 @@ def _cmd_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         _out(job)
         return 0
     for key in ("id", "task", "args", "payload", "queue", "priority", "state", "attempts", "retries", "timeout",
-                "handler", "worker", "submitter", "created_at", "run_at", "started_at", "finished_at", "usage",
-                "result", "error"):
+                "handler", "unique", "worker", "submitter", "created_at", "run_at", "started_at", "finished_at",
+                "usage", "result", "error"):
         value = job.get(key)
         if key.endswith("_at") and value is not None:
-            value = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(value))} ({_age(value)} ago)"
+            when = f"{_age(value)} ago" if value <= time.time() else f"in {_age(2 * time.time() - value)}"
+            value = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(value))} ({when})"
         elif key in ("args", "payload", "handler"):
             value = json.dumps(value)
         elif key == "usage":
@@ -366,6 +390,32 @@ def _cmd_workers(client: Client, args: argparse.Namespace, as_json: bool) -> int
     for w in workers:
         rows.append([w["instance"], w["state"], str(w["pid"]), ",".join(w["queues"]), str(w["running"] or "-"),
                      str(w["done"]), f"{w['seen_ago']:.1f}s ago"])
+    _table(rows)
+    return 0
+
+
+def _cmd_pause(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    reply = client.pause(args.queue) if args.command == "pause" else client.resume(args.queue)
+    if as_json:
+        _out(reply)
+    else:
+        state = "paused" if reply["paused"] else "resumed"
+        print(f"queue {args.queue} {state}" + ("" if reply["changed"] else f" (it already was {state})"))
+    return 0
+
+
+def _cmd_queues(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    queues = client.queues()
+    if as_json:
+        _out(queues)
+        return 0
+    rows = [["QUEUE", "QUEUED", "RUNNING", "WAITING", "OLDEST", "PAUSED", "WORKERS"]]
+    for q in queues:
+        n = q["states"]
+        oldest = "-" if q["oldest_queued_age"] is None else _age(time.time() - q["oldest_queued_age"])
+        workers = ",".join(q["workers"]) or ("none: no live worker serves it" if q["unserved"] else "-")
+        rows.append([q["queue"], str(n.get("queued", 0)), str(n.get("running", 0)),
+                     str(n.get("delayed", 0) + n.get("failed", 0)), oldest, "yes" if q["paused"] else "no", workers])
     _table(rows)
     return 0
 

@@ -25,11 +25,12 @@ from typing import Any
 from .states import FINAL
 from .transport import restrict
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Statements that take a store from schema version N to N + 1, run in one transaction at open: a store
-# written by an older tq is upgraded in place, and keeps every job.
+# written by an older tq is upgraded in place, and keeps every job. (New tables come from _SCHEMA.)
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE jobs ADD COLUMN handler TEXT", "ALTER TABLE jobs ADD COLUMN usage TEXT"),
+    2: ("ALTER TABLE jobs ADD COLUMN unique_key TEXT",),
 }
 _FINAL_SQL = ",".join(f"'{s}'" for s in sorted(FINAL))  # the SQL list of final states
 
@@ -58,7 +59,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     handler TEXT,
-    usage TEXT
+    usage TEXT,
+    unique_key TEXT
 );
 CREATE TABLE IF NOT EXISTS workers (
     instance TEXT PRIMARY KEY,
@@ -68,11 +70,12 @@ CREATE TABLE IF NOT EXISTS workers (
     seen_at REAL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0);
 """
 
 _COLUMNS = ("id", "task", "args", "payload", "queue", "priority", "state", "attempts", "retries", "timeout",
             "backoff", "backoff_max", "run_at", "worker", "result", "error", "submitter", "created_at",
-            "started_at", "finished_at", "handler", "usage")
+            "started_at", "finished_at", "handler", "usage", "unique_key")
 
 
 # A new job that has not run yet: attempts (0), worker, result, error, started_at and finished_at (NULL) are
@@ -131,6 +134,7 @@ class JobRecord:
     finished_at: float | None
     handler_json: str | None  # how to run it, resolved at submit (None: a job stored before there was one)
     usage_json: str | None  # what the last attempt cost (CPU, memory, exit status)
+    unique_key: str | None = None  # while the job is open, a submit with this key returns it (submit --unique)
     cancel_requested: bool = False  # `tqctl cancel` of the running attempt (not stored: it lasts one attempt)
     lost_on: str | None = None  # the worker its last attempt was lost with: another one takes it if it can
 
@@ -144,7 +148,7 @@ class JobRecord:
             "submitter": self.submitter, "run_at": self.run_at, "created_at": self.created_at,
             "started_at": self.started_at, "finished_at": self.finished_at,
             "handler": None if self.handler_json is None else json.loads(self.handler_json),
-            "usage": None if self.usage_json is None else json.loads(self.usage_json),
+            "usage": None if self.usage_json is None else json.loads(self.usage_json), "unique": self.unique_key,
         }
 
 
@@ -346,6 +350,13 @@ class Store:
         self.db.execute("INSERT OR REPLACE INTO workers VALUES (?,?,?,?,?)",
                         (instance, pid, json.dumps(queues), state, seen_at))
 
+    def paused_queues(self) -> set[str]:
+        return {name for (name,) in self.db.execute("SELECT name FROM queues WHERE paused")}
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        self._begin()
+        self.db.execute("INSERT OR REPLACE INTO queues VALUES (?, ?)", (queue, int(paused)))
+
     def workers(self) -> list[tuple[str, int, list[str], str, float]]:
         rows = self.db.execute("SELECT instance, pid, queues, state, seen_at FROM workers ORDER BY instance")
         return [(i, p, json.loads(q), s, t) for i, p, q, s, t in rows]
@@ -358,7 +369,7 @@ class Store:
 def _not_run(j: JobRecord) -> bool:
     """True while the columns _FRESH leaves out still hold their defaults."""
     return (j.attempts == 0 and j.worker is None and j.result is None and j.error is None and j.started_at is None
-            and j.finished_at is None and j.usage_json is None)
+            and j.finished_at is None and j.usage_json is None and j.unique_key is None)
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:

@@ -102,6 +102,7 @@ HOST_KEYS: dict[str, tuple[str, Any]] = {
                       lambda h: '"cpu_max":2' in _submitted(h, "t").handler_json),
     "tasks.open_files_max": ('[tasks.t]\ncommand = ["true"]\nopen_files_max = 32',
                              lambda h: '"open_files_max":32' in _submitted(h, "t").handler_json),
+    "tasks.unique": ("[tasks.t]\nunique = true", lambda h: _submitted(h, "t").unique_key == "t []"),
     "access.admins": ('[access]\nadmins = ["wheel"]', lambda h: h.requests.access.cfg.access.admins == ("wheel",)),
     "queues": ('[queues.mail]\nsubmit = ["alice"]',
                lambda h: h.requests.access.cfg.queues["mail"].submit == ("alice",)),

@@ -137,3 +137,17 @@ def test_a_queue_takes_submits_only_from_the_users_and_groups_it_names(suite: Su
     assert f"queue mail takes submits only from {MEMBER}, @{DEPLOY} ([queues.mail] submit)" in r.stderr
     assert as_user(OTHER, *tqctl, "submit", "task-1", env=suite.env).returncode == 0  # other queues: every member
     assert suite.tqctl("submit", "--queue", "mail", "task-1").returncode == 0  # root
+
+
+def test_only_root_and_admins_may_pause_or_resume_a_queue_and_every_member_may_list_them(suite: Suite,
+                                                                                          people: None) -> None:
+    suite.write_config(f'\n[access]\nadmins = ["{ADMINS}"]\n')
+    suite.start(workers=1)
+    tqctl = [sys.executable, "-m", "tq.ctl", "--config", str(suite.config)]
+    r = as_user(MEMBER, *tqctl, "pause", "default", env=suite.env)
+    assert r.returncode == 4 and "only root and members of the admin groups" in r.stderr and ADMINS in r.stderr
+    assert as_user(ADMIN, *tqctl, "pause", "default", env=suite.env).stdout == "queue default paused\n"
+    listed = json.loads(as_user(MEMBER, *tqctl, "queues", "--json", env=suite.env).stdout)
+    assert [q["paused"] for q in listed if q["queue"] == "default"] == [True]
+    assert as_user(MEMBER, *tqctl, "resume", "default", env=suite.env).returncode == 4
+    assert suite.tqctl("resume", "default").stdout == "queue default resumed\n"  # root

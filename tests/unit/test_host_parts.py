@@ -424,3 +424,69 @@ def test_a_job_lost_with_a_worker_goes_to_another_one_next_if_there_is_one(parts
     parts.jobs.promote_due()
     parts.dispatcher.assign(0.0)
     assert (j.state, j.worker, j.attempts) == (JobState.RUNNING, "2", 2)  # not back to the worker it killed
+
+
+# ---- queues: pause and resume; unique jobs --------------------------------------------------------------------
+
+def test_a_paused_queue_takes_submits_dispatches_nothing_and_stays_paused_in_the_store(parts: Parts,
+                                                                                       tmp_path: Path) -> None:
+    parts.start_worker("1", queues=("default", "other"))
+    assert parts.queues.pause("default", True) and not parts.queues.pause("default", True)
+    paused_id, other_id = submit(parts, {"task": "t"}, {"task": "t", "queue": "other"})
+    parts.dispatcher.assign(0.0)
+    assert job(parts, paused_id).state == JobState.QUEUED and job(parts, other_id).state == JobState.RUNNING
+    parts.store.commit()
+    listing = {q["queue"]: q for q in parts.queues.listing()}
+    assert listing["default"]["paused"] and listing["default"]["states"] == {"queued": 1}
+    assert listing["default"]["workers"] == ["1"] and listing["other"]["states"] == {"running": 1}
+    parts.queues.load()  # as after a restart: from the store
+    assert parts.queues.paused == {"default"}
+    assert parts.queues.pause("default", False)
+    parts.dispatcher.assign(0.0)
+    assert job(parts, paused_id).state == JobState.RUNNING
+
+
+def test_a_queue_no_live_worker_serves_is_warned_of_once_and_listed_as_unserved(
+        parts: Parts, caplog: pytest.LogCaptureFixture) -> None:
+    parts.start_worker("1")
+    submit(parts, {"task": "t", "queue": "defualt"})
+    submit(parts, {"task": "t", "queue": "defualt"})
+    warnings = [r.getMessage() for r in caplog.records if "no live worker serves it" in r.getMessage()]
+    assert warnings == [warnings[0]] and warnings[0].startswith("queue defualt:")
+    listing = {q["queue"]: q for q in parts.queues.listing()}
+    assert listing["defualt"]["unserved"] and listing["defualt"]["workers"] == []
+    assert not listing["default"]["unserved"]
+
+
+def test_a_unique_key_returns_the_open_job_and_is_free_again_once_it_finished(parts: Parts) -> None:
+    parts.start_worker("1")
+    a, b = socket.socketpair()
+    conn = Conn(a, 1000)
+    for rid in (1, 2):  # the second submit coalesces: both wait for the one job
+        parts.requests.handle(conn, json.dumps({"op": "submit", "rid": rid, "wait_for": 60,
+                                                "jobs": [{"task": "t", "unique": "k"}]}).encode())
+    first, second = [r for _, r in parts.requests.take_replies()]
+    assert first["ids"] == second["ids"] and second["existing"] == first["ids"] and "existing" not in first
+    (jid,) = first["ids"]
+    assert parts.jobs.counts["queued"] == 1
+    parts.dispatcher.assign(0.0)
+    parts.result(job(parts, jid))
+    answers = [r for _, r in parts.requests.take_replies()]
+    assert [(r["rid"], r["job"]["id"]) for r in answers] == [(1, jid), (2, jid)]  # the same result for both
+    (again,) = submit(parts, {"task": "t", "unique": "k"})
+    assert again != jid and job(parts, again).unique_key == "k"
+    parts.store.commit()
+    parts.jobs.load()  # as after a restart: the key is held by the open job in the store
+    assert parts.jobs.holder("k") is not None and submit(parts, {"task": "t", "unique": "k"}) == [again]
+    a.close()
+    b.close()
+
+
+def test_a_task_with_unique_true_coalesces_on_its_name_and_args(tmp_path: Path) -> None:
+    parts = make_parts(tmp_path / "state", '[tasks.report]\nhandler = "echo"\nunique = true\n')
+    try:
+        first = submit(parts, {"task": "report", "args": ["daily"]}, {"task": "report", "args": ["daily"]},
+                       {"task": "report", "args": ["weekly"]})
+        assert first[0] == first[1] != first[2] and parts.jobs.counts["queued"] == 2
+    finally:
+        parts.close()

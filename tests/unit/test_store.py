@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tq.store import JobRecord, Store, StoreError
+from tq.store import _COLUMNS, SCHEMA_VERSION, JobRecord, Store, StoreError
 
 # What the host does to a job, as (change kind, mutation): the kind names the columns the mutation may touch.
 STEPS = {
@@ -92,7 +92,8 @@ def test_a_store_of_schema_1_is_upgraded_in_place_and_keeps_its_jobs(tmp_path: P
         assert queued.handler_json is None  # resolved at dispatch from the configuration
         assert done is not None and (done.state, done.result, done.usage_json) == ("done", "ok", None)
         assert [j.id for j in store.open_jobs()] == [7]
-        assert store.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+        assert store.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),)
         store.update(queued)  # the new columns are written like the others
         queued.usage_json = '{"user":0.5}'
         store.commit()
@@ -102,6 +103,66 @@ def test_a_store_of_schema_1_is_upgraded_in_place_and_keeps_its_jobs(tmp_path: P
     try:
         job = again.get(7)
         assert job is not None and job.usage_json == '{"user":0.5}'
+    finally:
+        again.close()
+
+
+# The schema of version 2, as tq wrote it from issue 10 on (jobs carry their handler and usage), with jobs in
+# every state it knew, a worker, and a WAL left by a host killed with kill -9 (the file is copied as is).
+SCHEMA_V2 = """
+PRAGMA journal_mode=WAL;
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY, task TEXT NOT NULL, args TEXT NOT NULL, payload TEXT, queue TEXT NOT NULL,
+    priority INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL,
+    timeout REAL NOT NULL, backoff REAL NOT NULL, backoff_max REAL NOT NULL, run_at REAL, worker TEXT,
+    result TEXT, error TEXT, submitter INTEGER, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+    handler TEXT, usage TEXT);
+CREATE TABLE workers (instance TEXT PRIMARY KEY, pid INTEGER, queues TEXT NOT NULL, state TEXT NOT NULL,
+    seen_at REAL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '2');
+INSERT INTO workers VALUES ('1', 812, '["default"]', 'live', 1700000000.0);
+INSERT INTO jobs (id, task, args, payload, queue, priority, state, attempts, retries, timeout, backoff, backoff_max,
+    run_at, worker, result, error, submitter, created_at, started_at, finished_at, handler, usage) VALUES
+    (1, 'a', '["x"]', NULL, 'default', 0, 'queued', 0, 3, 30.0, 1.0, 300.0, NULL, NULL, NULL, NULL, 1000,
+     1700000000.0, NULL, NULL, '{"handler":"echo"}', NULL),
+    (2, 'a', '[]', '"p"', 'mail', 5, 'running', 1, 3, 30.0, 1.0, 300.0, NULL, '1', NULL, NULL, 1000, 1700000000.0,
+     1700000001.0, NULL, '{"handler":"command","command":["true"]}', NULL),
+    (3, 'a', '[]', NULL, 'default', 0, 'delayed', 0, 3, 30.0, 1.0, 300.0, 1800000000.0, NULL, NULL, NULL, 0,
+     1700000000.0, NULL, NULL, '{"handler":"echo"}', NULL),
+    (4, 'a', '[]', NULL, 'default', 0, 'failed', 1, 3, 30.0, 1.0, 300.0, 1700000100.0, '1', NULL, 'boom', 0,
+     1700000000.0, 1700000001.0, NULL, '{"handler":"echo"}', '{"exit":1}'),
+    (5, 'a', '[]', NULL, 'default', 0, 'done', 1, 3, 30.0, 1.0, 300.0, NULL, '1', 'a processed', NULL, 0,
+     1700000000.0, 1700000001.0, 1700000002.0, '{"handler":"echo"}', NULL),
+    (6, 'a', '[]', NULL, 'default', 0, 'dead', 4, 3, 30.0, 1.0, 300.0, NULL, '1', NULL, 'boom', 0, 1700000000.0,
+     1700000001.0, 1700000002.0, '{"handler":"echo"}', '{"exit":1}'),
+    (7, 'a', '[]', NULL, 'default', 0, 'cancelled', 0, 3, 30.0, 1.0, 300.0, NULL, NULL, NULL, NULL, 0,
+     1700000000.0, NULL, 1700000002.0, '{"handler":"echo"}', NULL);
+"""
+
+
+def test_a_store_of_schema_2_is_upgraded_in_place_and_keeps_every_job(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "tq.sqlite3")
+    db.executescript(SCHEMA_V2)
+    before = db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+    db.close()
+    store = Store(str(tmp_path))
+    try:
+        assert store.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),)
+        after = store.db.execute(f"SELECT {', '.join(c for c in _COLUMNS if c != 'unique_key')} FROM jobs "
+                                 "ORDER BY id").fetchall()
+        assert after == before  # every job, every column, as it was
+        assert [j.id for j in store.open_jobs()] == [1, 2, 3, 4] and store.get(2).unique_key is None  # type: ignore
+        assert store.workers() == [("1", 812, ["default"], "live", 1700000000.0)]
+        assert store.paused_queues() == set()
+        store.set_paused("mail", True)  # the new table is written like the others
+        store.commit()
+    finally:
+        store.close()
+    again = Store(str(tmp_path))
+    try:
+        assert again.paused_queues() == {"mail"} and again.next_id == 8
     finally:
         again.close()
 

@@ -31,6 +31,7 @@ from ..store import JobRecord, Store, StoreError
 from .dispatch import Dispatcher
 from .fleet import Fleet
 from .jobs import JobTable
+from .queues import Queues
 from .requests import Requests
 from .server import Server
 
@@ -58,6 +59,7 @@ class Host(Daemon):
         self.jobs: JobTable
         self.fleet: Fleet
         self.dispatcher: Dispatcher
+        self.queues: Queues
         self.requests: Requests
         self.server: Server
 
@@ -87,8 +89,9 @@ class Host(Daemon):
         self.sel.register(mq.fileno(), selectors.EVENT_READ, self._on_queue)
         self.fleet = Fleet(cfg, mq, self.jobs, self.store, self._open_inbox, self._on_result, self.logger,
                            self.malformed)
-        self.dispatcher = Dispatcher(cfg, self.jobs, self.fleet)
-        self.requests = Requests(cfg, self.jobs, self.fleet, self.malformed)
+        self.queues = Queues(cfg, self.store, self.jobs, self.fleet, self.logger)
+        self.dispatcher = Dispatcher(cfg, self.jobs, self.fleet, self.queues)
+        self.requests = Requests(cfg, self.jobs, self.fleet, self.queues, self.malformed)
         self.requests.queue_notes = notes
         self.server = Server(self.sel, self.requests.handle, Burst(self.logger))
         self.server.listen(cfg.host.socket)
@@ -116,6 +119,7 @@ class Host(Daemon):
     def _recover(self) -> None:
         """Load every open job from the store and fence every known worker with a Sync."""
         self.jobs.load()
+        self.queues.load()
         self.dispatcher.outbox.clear()
         self.fleet.recover(time.monotonic())
 
@@ -258,7 +262,7 @@ class Host(Daemon):
         if new.host.durability != self.cfg.host.durability:
             self.store.commit()  # the level applies from the next transaction
             self.store.set_durability(new.host.durability)
-        self.fleet.cfg = self.dispatcher.cfg = new
+        self.fleet.cfg = self.dispatcher.cfg = self.queues.cfg = new
         self.requests.configure(new)
 
     def status_text(self) -> str:

@@ -45,6 +45,13 @@ class Access:
         return (f"permission denied: only its submitter (uid {submitter}), root and members of the admin groups "
                 f"({admins}; [access] admins) may {what} job {job_id}")
 
+    def may_steer(self, uid: int, gid: int, what: str) -> str | None:
+        """None if the caller may steer the queues (pause, resume), else why not: root and the admin groups."""
+        if uid in self.trusted or self._is_admin(uid, gid):
+            return None
+        admins = ", ".join(self.cfg.access.admins) or "none"
+        return f"permission denied: only root and members of the admin groups ({admins}; [access] admins) may {what}"
+
     def _is_admin(self, uid: int, gid: int) -> bool:
         _name, groups = self._groups(uid, gid)
         return any(g in groups for g in self.cfg.access.admins)

@@ -14,6 +14,7 @@ from .. import config, protocol
 from ..store import JobRecord
 from .fleet import Fleet, WorkerState
 from .jobs import RUNNING, JobTable
+from .queues import Queues
 
 LONG_JOB = 0.1  # seconds; a worker holding a job this long gets no prefetched jobs until it reports
 FAST_JOB = 0.005  # seconds; a task whose runs take less (on average) is dispatched in batches to one worker
@@ -22,8 +23,8 @@ MAX_TASKS_TIMED = 10_000  # task names come from clients: never trust their coun
 
 
 class Dispatcher:
-    def __init__(self, cfg: config.Config, jobs: JobTable, fleet: Fleet) -> None:
-        self.cfg, self.jobs, self.fleet = cfg, jobs, fleet
+    def __init__(self, cfg: config.Config, jobs: JobTable, fleet: Fleet, queues: Queues) -> None:
+        self.cfg, self.jobs, self.fleet, self.queues = cfg, jobs, fleet, queues
         self.task_seconds: dict[str, float] = {}  # task name -> moving average of its run time
         self.outbox: list[tuple[WorkerState, JobRecord]] = []  # assigned this step, sent after the commit
 
@@ -45,8 +46,9 @@ class Dispatcher:
             for w in workers:
                 if w.assigned and self._busy_with_long_job(w):  # the jobs given below cannot change this
                     continue
+                open_queues = self.queues.open_of(w.queues)  # not paused
                 while len(w.assigned) < w.prefetch:
-                    job = self.jobs.pop_ready(w.queues)
+                    job = self.jobs.pop_ready(open_queues)
                     if job is None:
                         break
                     if job.lost_on == w.instance and any(o is not w and job.queue in o.queues for o in everyone):

@@ -40,6 +40,7 @@ class JobTable:
         self.ready: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)  # queue -> (-prio, id)
         self.delayed: list[tuple[float, int]] = []  # (run_at, id) of delayed and failed jobs
         self.counts: collections.Counter[str] = collections.Counter()
+        self.unique: dict[str, int] = {}  # unique key -> the open job that holds it (submit --unique)
         self.on_final: Callable[[JobRecord], None] = lambda job: None
 
     def load(self) -> None:
@@ -48,6 +49,7 @@ class JobTable:
         self.ready.clear()
         self.delayed.clear()
         self.counts.clear()
+        self.unique.clear()
         self.counts.update(self.store.count_final())
         for job in self.store.open_jobs():
             self._index(job)
@@ -55,6 +57,11 @@ class JobTable:
     def find(self, job_id: int) -> JobRecord | None:
         """A job, open or finished."""
         return self.jobs.get(job_id) or self.store.get(job_id)
+
+    def holder(self, unique_key: str) -> JobRecord | None:
+        """The open job that holds this unique key (queued, delayed, running or waiting to retry), if any."""
+        job_id = self.unique.get(unique_key)
+        return None if job_id is None else self.jobs.get(job_id)
 
     def query(self, state: str | None, queue: str | None, task: str | None, limit: int) -> list[JobRecord]:
         """Jobs from the store, newest first, each as the table has it now."""
@@ -67,6 +74,8 @@ class JobTable:
         """Put an open job into the in-memory indexes."""
         self.jobs[job.id] = job
         self.counts[job.state] += 1
+        if job.unique_key is not None:
+            self.unique.setdefault(job.unique_key, job.id)  # a retried job whose key was taken meanwhile: not it
         if job.state == QUEUED:
             heapq.heappush(self.ready[job.queue], (-job.priority, job.id))
         elif job.state in WAITING:
@@ -84,6 +93,8 @@ class JobTable:
             heapq.heappush(self.delayed, (job.run_at or 0.0, job.id))
         elif state in FINAL:
             self.jobs.pop(job.id, None)
+            if job.unique_key is not None and self.unique.get(job.unique_key) == job.id:
+                del self.unique[job.unique_key]  # the key is free again
             self.on_final(job)
         self.store.update(job, change)
 
@@ -237,6 +248,17 @@ class JobTable:
 
     # ---- upkeep -----------------------------------------------------------
 
+    def by_queue(self) -> dict[str, tuple[collections.Counter[str], float | None]]:
+        """Per queue: its open jobs by state, and when its oldest queued job was submitted (tqctl queues)."""
+        out: dict[str, tuple[collections.Counter[str], float | None]] = {}
+        for job in self.jobs.values():
+            counts, oldest = out.get(job.queue) or (collections.Counter(), None)
+            counts[job.state] += 1
+            if job.state == QUEUED and (oldest is None or job.created_at < oldest):
+                oldest = job.created_at
+            out[job.queue] = (counts, oldest)
+        return out
+
     def finished(self) -> int:
         return sum(self.counts[state] for state in FINAL)
 
@@ -250,4 +272,5 @@ class JobTable:
     def trim(self) -> None:
         """Dicts never shrink as entries go: copy the indexes to their present size (after a burst)."""
         self.jobs = dict(self.jobs)
+        self.unique = dict(self.unique)
         self.ready = collections.defaultdict(list, {q: h for q, h in self.ready.items() if h})

@@ -29,13 +29,15 @@ from ..store import JobRecord
 from .access import Access
 from .fleet import Fleet
 from .jobs import DELAYED, QUEUED, InvalidTransition, JobTable
+from .queues import Queues
 from .server import Conn
 
 # Replies that acknowledge a change or tell a job's outcome: sent only once the step's commit succeeded, and with
 # durability = "full" once every change they may show is fsync'd (Store.commit).
-ACKNOWLEDGING_OPS = {"submit", "cancel", "retry", "wait", "get", "list"}
+ACKNOWLEDGING_OPS = {"submit", "cancel", "retry", "wait", "get", "list", "pause", "resume"}
 BURST_OPS = {"submit", "list"}  # requests that may allocate much; a poller's status calls do not count
 PLAIN_SPEC = {"task", "args", "payload"}  # a job spec with no options of its own
+MAX_UNIQUE_KEY = 256  # characters of a unique key
 MAX_TASKS_CACHED = 10_000  # task names come from clients: never trust their count
 MAX_BULK = 100_000  # jobs one bulk cancel or retry looks at
 Reply = tuple[Conn, dict[str, Any], bool]  # connection, reply, whether it depends on this step's commit
@@ -52,8 +54,8 @@ class Waiter:
 
 
 class Requests:
-    def __init__(self, cfg: config.Config, jobs: JobTable, fleet: Fleet, malformed: Burst) -> None:
-        self.jobs, self.fleet, self.malformed = jobs, fleet, malformed
+    def __init__(self, cfg: config.Config, jobs: JobTable, fleet: Fleet, queues: Queues, malformed: Burst) -> None:
+        self.jobs, self.fleet, self.queues, self.malformed = jobs, fleet, queues, malformed
         self.logger = fleet.logger
         self.replies: list[Reply] = []
         self.waiters: dict[int, list[Waiter]] = collections.defaultdict(list)
@@ -113,18 +115,18 @@ class Requests:
         return replies
 
     def undo(self, next_id: int, error: str) -> None:
-        """The step's commit failed: waiters of the jobs it would have created go, and every reply that
-        depended on it becomes a refusal (a refused request gets that one answer, not also its wait's)."""
-        for job_id in [j for j in self.waiters if j >= next_id]:
-            for w in self.waiters.pop(job_id, ()):
-                if w.answered:
+        """The step's commit failed: every reply that depended on it becomes a refusal, and the waits of those
+        requests go (a refused request gets that one answer), as do those of the jobs it would have created."""
+        refused = {(id(c), repr(r.get("rid"))) for c, r, durable in self.replies if durable}
+        for job_id in list(self.waiters):
+            for w in list(self.waiters.get(job_id, ())):
+                if w.answered or (job_id < next_id and (id(w.conn), repr(w.rid)) not in refused):
                     continue
                 w.answered = True
                 self.waiting -= 1
-                if w.pending is not None:  # a wait for many that named a job of this step: refused too
-                    self._forget(w)
+                self._forget(w, job_id)
+                if (id(w.conn), repr(w.rid)) not in refused:  # a wait for many that named a job of this step
                     self._refuse(w.conn, w.rid, "unavailable", error)
-        refused = {(id(c), repr(r.get("rid"))) for c, r, durable in self.replies if durable}
         self.replies = [(c, {"rid": r.get("rid"), "ok": False, "code": "unavailable", "error": error}, False)
                         if durable else (c, r, False) for c, r, durable in self.replies
                         if durable or (id(c), repr(r.get("rid"))) not in refused]
@@ -215,12 +217,21 @@ class Requests:
                 if refusal is not None:
                     raise RequestError("permission", refusal)
         detail = f"by uid {conn.uid}"
-        ids = [self.jobs.add(job, detail) for job in jobs]
+        ids, existing = [], []
+        for job in jobs:
+            held = None if job.unique_key is None else self.jobs.holder(job.unique_key)
+            if held is not None:  # coalesced: the open job with this key answers for it, nothing is created
+                ids.append(held.id)
+                existing.append(held.id)
+            else:
+                ids.append(self.jobs.add(job, detail))
+        self.queues.submitted((jobs[0].queue,) if len(jobs) == 1 else {job.queue for job in jobs})
+        reply: dict[str, Any] = {"ids": ids, "existing": existing} if existing else {"ids": ids}
         if wait_for is not None:  # the waiter's answer follows this one (see on_final, expire)
             self._wait(ids[0], conn, rid, float(wait_for))
             self.result_awaited = True
-            return {"ids": ids, "more": True}
-        return {"ids": ids}
+            reply["more"] = True
+        return reply
 
     def _new_job(self, spec: Any, uid: int) -> JobRecord:
         """A job from a submit request's spec, checked; RequestError says what is wrong with it.
@@ -234,15 +245,21 @@ class Requests:
         if type(name) is not str:
             name = control.field(spec, "task", str)  # raises: absent, null or not a string
         name, task, handler_json = self._task(name)
+        unique_key = None
         if spec.keys() <= PLAIN_SPEC:
             queue, priority, delay, timeout, retries = task.queue, task.priority, 0.0, task.timeout, task.retries
         else:
             queue, priority, delay, timeout, retries = _job_options(spec, task)
+            unique_key = control.field(spec, "unique", str, None)
+            if unique_key is not None and not 0 < len(unique_key) <= MAX_UNIQUE_KEY:
+                raise RequestError("bad_request", f"a unique key has 1 to {MAX_UNIQUE_KEY} characters")
         args = spec.get("args")
         if type(args) is not list:
             args = control.field(spec, "args", list, [])  # absent or null: none; anything else is refused
         payload = spec.get("payload")
         args_json, payload_json = protocol.to_json(args), None if payload is None else protocol.to_json(payload)
+        if unique_key is None and task.unique:
+            unique_key = f"{name} {args_json}"  # the task and its args
         size = protocol.job_size(name, queue, args_json, payload_json, handler_json)
         limit = self.cfg.mqueue.max_message_size
         if size > limit:
@@ -251,7 +268,8 @@ class Requests:
         now = time.time()
         return JobRecord(0, name, args_json, payload_json, queue, priority, DELAYED if delay > 0 else QUEUED, 0,
                          retries, timeout, task.backoff, task.backoff_max, now + delay if delay > 0 else None, None,
-                         None, None, uid, now, None, None, handler_json, None)  # positional: the fields in order
+                         None, None, uid, now, None, None, handler_json, None,
+                         unique_key)  # positional: the fields in order
 
     def _resolve_task(self, name: str) -> tuple[str, config.TaskConfig, str]:
         """A task name, checked, with its task and how to run it (cached: the name interned, one string for all
@@ -381,11 +399,30 @@ class Requests:
         return {"count": len(ids), "ids": ids, "refused": refused}
 
 
+    def _pause(self, conn: Conn, rid: Any, req: dict[str, Any], paused: bool = True) -> dict[str, Any]:
+        """Pause (or resume) a queue: submits are taken, nothing is dispatched; running jobs finish."""
+        queue = control.field(req, "queue", str)
+        if not config.NAME_RE.match(queue):
+            raise RequestError("bad_request", f"invalid queue name {queue[:60]!r}")
+        refusal = self.access.may_steer(conn.uid, conn.gid, f"{'pause' if paused else 'resume'} a queue")
+        if refusal is not None:
+            raise RequestError("permission", refusal)
+        changed = self.queues.pause(queue, paused)
+        return {"queue": queue, "paused": paused, "changed": changed}
+
+    def _resume(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        return self._pause(conn, rid, req, paused=False)
+
+    def _queues(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        return {"queues": self.queues.listing()}
+
+
 Op = Callable[[Requests, Conn, Any, dict[str, Any]], "dict[str, Any] | None"]
 OPS: dict[str, Op] = {
     "ping": Requests._ping, "submit": Requests._submit, "get": Requests._get, "wait": Requests._wait_op,
     "list": Requests._list, "status": Requests._status, "workers": Requests._workers,
-    "cancel": Requests._cancel, "retry": Requests._retry,
+    "cancel": Requests._cancel, "retry": Requests._retry, "pause": Requests._pause, "resume": Requests._resume,
+    "queues": Requests._queues,
 }
 
 
@@ -399,6 +436,13 @@ def _job_options(spec: dict[str, Any], task: config.TaskConfig) -> tuple[str, in
         raise RequestError("bad_request", f"priority must be between {config.PRIORITY_MIN} and "
                                           f"{config.PRIORITY_MAX}")
     delay = float(control.field(spec, "delay", (int, float), 0.0))
+    at = control.field(spec, "at", (int, float), None)  # seconds since the epoch; one in the past runs now
+    if at is not None:
+        if delay:
+            raise RequestError("bad_request", "give delay or at, not both")
+        if not 0 <= at < math.inf:
+            raise RequestError("bad_request", "at must be a time in seconds since the epoch")
+        delay = max(0.0, float(at) - time.time())
     timeout = float(control.field(spec, "timeout", (int, float), task.timeout))
     retries = control.field(spec, "retries", int, task.retries)
     if not (0 <= delay < math.inf and 0 < timeout < math.inf and retries >= 0):

@@ -1,0 +1,92 @@
+"""Steering work, end to end on real processes: pause and resume a queue, `tqctl queues`, unique jobs, a run
+time (`--at`); the state of each survives `kill -9` of tq-host."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import signal
+import time
+
+import pytest
+
+from harness import Suite, wait_until
+from tq.client import JobTimeout
+
+RECORD = '\n[tasks.rec]\npython = "tq_test_handlers:record"\n'
+
+
+def test_a_paused_queue_takes_submits_runs_nothing_and_stays_paused_through_kill_9(suite: Suite) -> None:
+    suite.write_config('queues = ["default", "mail"]\n' + RECORD)
+    host, _workers = suite.start(workers=1)
+    c = suite.client()
+    r = suite.tqctl("pause", "default")
+    assert (r.returncode, r.stdout) == (0, "queue default paused\n")
+    held = c.submit("rec", "held")
+    other = c.submit("rec", "other", queue="mail")
+    assert c.wait(other, timeout=10)["state"] == "done"  # other queues go on
+    host.signal(signal.SIGKILL)
+    host.wait()
+    suite.host()
+    c = suite.client()  # (the old connection went with the old host)
+    with pytest.raises(JobTimeout):
+        c.wait(held, timeout=0.5)  # still paused after the restart
+    queues = {q["queue"]: q for q in json.loads(suite.tqctl("queues", "--json").stdout)}
+    assert queues["default"]["paused"] and queues["default"]["states"] == {"queued": 1}
+    assert queues["default"]["oldest_queued_age"] > 0 and not queues["mail"]["paused"]
+    table = suite.tqctl("queues").stdout.splitlines()
+    assert table[0].split() == ["QUEUE", "QUEUED", "RUNNING", "WAITING", "OLDEST", "PAUSED", "WORKERS"]
+    assert table[1].split()[:2] == ["default", "1"] and table[1].split()[5] == "yes"
+    assert suite.tqctl("resume", "default").stdout == "queue default resumed\n"
+    assert c.wait(held, timeout=10)["state"] == "done"
+    assert sorted(suite.executions()) == ["held", "other"]
+    r = suite.tqctl("pause", "bad name!")
+    assert r.returncode == 2 and "invalid queue name" in r.stderr
+
+
+def test_a_job_for_a_queue_no_worker_serves_is_taken_warned_of_once_and_listed(suite: Suite) -> None:
+    host, _workers = suite.start(workers=1)
+    c = suite.client()
+    ids = [c.submit("task-1", queue="defualt") for _ in range(3)]
+    assert all(c.get(i)["state"] == "queued" for i in ids)
+    wait_until(lambda: "queue defualt: no live worker serves it" in host.text(), what="the warning")
+    assert host.text().count("no live worker serves it") == 1
+    row = next(line for line in suite.tqctl("queues").stdout.splitlines() if line.startswith("defualt"))
+    assert "none: no live worker serves it" in row and row.split()[1] == "3"
+
+
+def test_a_unique_key_returns_the_open_job_through_kill_9_and_is_free_once_it_finished(suite: Suite) -> None:
+    suite.write_config(RECORD)
+    host = suite.host()
+    c = suite.client()
+    first = suite.tqctl("submit", "--unique", "nightly", "rec", "once")
+    assert first.returncode == 0
+    jid = int(first.stdout)
+    assert int(suite.tqctl("submit", "--unique", "nightly", "rec", "again").stdout) == jid
+    host.signal(signal.SIGKILL)
+    host.wait()
+    suite.host()
+    c = suite.client()
+    assert c.submit("rec", "after restart", unique="nightly") == jid  # nothing created
+    suite.worker("1")
+    assert c.wait(jid, timeout=10)["state"] == "done"
+    assert suite.executions() == ["once"]
+    assert c.submit("rec", "next", unique="nightly") != jid  # finished: the key is free again
+
+
+def test_at_runs_a_job_at_a_time_and_a_past_time_at_once(suite: Suite) -> None:
+    suite.start(workers=1)
+    c = suite.client()
+    soon = datetime.datetime.now().astimezone() + datetime.timedelta(seconds=1.5)
+    r = suite.tqctl("submit", "--at", soon.isoformat(), "task-1", "later")
+    jid = int(r.stdout)
+    job = c.get(jid)
+    assert job["state"] == "delayed" and abs(job["run_at"] - soon.timestamp()) < 0.01
+    assert c.wait(jid, timeout=10)["finished_at"] >= soon.timestamp()
+    past = c.submit("task-1", at=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+    assert c.wait(past, timeout=10)["state"] == "done"
+    start = time.time()
+    r = suite.tqctl("submit", "--at", "tomorrow", "task-1")
+    assert r.returncode == 2 and "not an ISO 8601 time: 'tomorrow'" in r.stderr and time.time() - start < 10
+    r = suite.tqctl("submit", "--at", soon.isoformat(), "--delay", "5s", "task-1")
+    assert r.returncode == 2 and "give --delay or --at, not both" in r.stderr
