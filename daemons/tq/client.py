@@ -170,6 +170,12 @@ class Client:
                      retries=retries, payload=payload, at=_epoch(at), unique=unique)
         return int(self.call("submit", jobs=[spec])["ids"][0])
 
+    def publish(self, exchange: str, key: str, task: str, *args: Any, **options: Any) -> list[int]:
+        """Submit through an exchange: one job for each bound queue that `key` matches, in one commit; their ids.
+        A key that matches no binding is refused (nothing is submitted). `options` as submit's, but no queue."""
+        spec = _spec(task, list(args), **(options | {"at": _epoch(options.get("at"))}))
+        return [int(i) for i in self.call("submit", exchange=exchange, key=key, jobs=[spec])["ids"]]
+
     def submit_and_wait(self, task: str, *args: Any, wait_timeout: float | None = None, queue: str | None = None,
                         priority: int | None = None, delay: float = 0, timeout: float | None = None,
                         retries: int | None = None, payload: Any = None) -> dict[str, Any]:

@@ -69,6 +69,8 @@ class AccessConfig:
 class QueueConfig:
     name: str
     submit: tuple[str, ...] | None = None  # users and @groups who may submit to it (None: every member of tq)
+    concurrency: int | None = None  # at most this many of its jobs run at once, across all workers
+    rate: float | None = None  # at most this many of its jobs are dispatched per second (evenly spaced)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,31 @@ class TaskConfig:
         return spec
 
 
+EXCHANGE_TYPES = ("fanout", "direct", "topic")
+
+
+@dataclass(frozen=True)
+class Binding:
+    queue: str
+    key: str = ""  # direct: the routing key itself; topic: a pattern with * and #; fanout: none
+
+
+@dataclass(frozen=True)
+class ExchangeConfig:
+    """One submit, one job per bound queue that the routing key matches (RabbitMQ's exchange types)."""
+
+    name: str
+    type: str = "fanout"
+    bindings: tuple[Binding, ...] = ()
+
+    def route(self, key: str) -> list[str]:
+        """The queues a routing key goes to, each once, in the order of the bindings."""
+        matched = [b.queue for b in self.bindings
+                   if self.type == "fanout" or (self.type == "direct" and b.key == key)
+                   or (self.type == "topic" and topic_matches(b.key, key))]
+        return list(dict.fromkeys(matched))
+
+
 @dataclass(frozen=True)
 class Config:
     files: tuple[str, ...] = ()
@@ -117,6 +144,7 @@ class Config:
     tasks: tuple[TaskConfig, ...] = ()
     access: AccessConfig = field(default_factory=AccessConfig)
     queues: dict[str, QueueConfig] = field(default_factory=dict)
+    exchanges: dict[str, ExchangeConfig] = field(default_factory=dict)
 
     def worker_for(self, instance: str) -> WorkerConfig:
         """The worker settings of one instance: `[worker]` overridden by `[worker.N]`."""
@@ -286,7 +314,7 @@ def _type_name(kind: type) -> str:
 
 def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...]) -> Config:
     root = _Reader(data, "", origin, files)
-    root.check_keys({"host", "mqueue", "worker", "log", "tasks", "access", "queues"})
+    root.check_keys({"host", "mqueue", "worker", "log", "tasks", "access", "queues", "exchanges"})
     host = _host(root.sub("host"))
     mq = _mqueue(root.sub("mqueue"))
     worker_r = root.sub("worker")
@@ -305,14 +333,61 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
     access = AccessConfig(admins=access_r.principals("admins", AccessConfig.admins, groups_only=True) or ())
     queues_r = root.sub("queues")
     queues = {name: _queue(queues_r.sub(name), name) for name in queues_r.table}
-    return Config(files, host, mq, worker, overrides, log, tasks, access, queues)
+    exchanges_r = root.sub("exchanges")
+    exchanges = {name: _exchange(exchanges_r.sub(name), name) for name in exchanges_r.table}
+    return Config(files, host, mq, worker, overrides, log, tasks, access, queues, exchanges)
+
+
+def _exchange(r: _Reader, name: str) -> ExchangeConfig:
+    r.check_keys({"type", "bindings"})
+    if not NAME_RE.match(name):
+        raise r.error("", "exchange names are letters, digits, _ . - (at most 64)")
+    kind = r.choice("type", EXCHANGE_TYPES, "fanout")
+    raw = r.get("bindings", list, [])
+    if not raw:
+        raise r.error("bindings", 'expected at least one binding, such as [{ queue = "audit", key = "orders.*" }]')
+    bindings = []
+    for i, b in enumerate(raw):
+        if not isinstance(b, dict) or not isinstance(b.get("queue"), str) or set(b) - {"queue", "key"}:
+            raise r.error("bindings", f"binding {i + 1}: expected {{ queue = \"NAME\", key = \"KEY\" }}, got {b!r}")
+        if not NAME_RE.match(b["queue"]):
+            raise r.error("bindings", f"binding {i + 1}: invalid queue name {b['queue']!r}")
+        key = b.get("key", "")
+        if kind == "fanout" and key:
+            raise r.error("bindings", f"binding {i + 1}: a fanout exchange sends to every queue; it takes no key")
+        word = r"[A-Za-z0-9_*#:-]+" if kind == "topic" else r"[A-Za-z0-9_:-]+"
+        words = rf"{word}(\.{word})*"
+        if kind != "fanout" and not (isinstance(key, str) and re.fullmatch(words, key)):
+            raise r.error("bindings", f"binding {i + 1}: a {kind} exchange needs a key of dot-separated words"
+                                      f"{' (* and # match words)' if kind == 'topic' else ''}, got {key!r}")
+        bindings.append(Binding(b["queue"], key))
+    return ExchangeConfig(name, kind, tuple(bindings))
 
 
 def _queue(r: _Reader, name: str) -> QueueConfig:
-    r.check_keys({"submit"})
+    r.check_keys({"submit", "concurrency", "rate"})
     if not NAME_RE.match(name):
         raise r.error("", "queue names are letters, digits, _ . - (at most 64)")
-    return QueueConfig(name=name, submit=r.principals("submit", None))
+    concurrency = None if "concurrency" not in r.table else r.integer("concurrency", 1, 1, 10**6)
+    return QueueConfig(name=name, submit=r.principals("submit", None), concurrency=concurrency,
+                       rate=_rate(r, "rate"))
+
+
+def _rate(r: _Reader, key: str) -> float | None:
+    """`rate = "10/s"` (or per m, h, or a number: per second): jobs per second."""
+    if key not in r.table:
+        return None
+    value = r.table[key]
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*", value) if isinstance(value, str) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        rate = float(value)
+    elif match:
+        rate = float(match.group(1)) / {"s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
+    else:
+        raise r.error(key, f'expected jobs per second, minute or hour, such as "10/s" or "100/m"; got {value!r}')
+    if not 0 < rate <= 10**6:
+        raise r.error(key, f"must be more than 0 and at most 1000000/s, got {value!r}")
+    return rate
 
 
 def _host(r: _Reader) -> HostConfig:

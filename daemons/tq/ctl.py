@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "offset); a time past runs at once")
     s.add_argument("--unique", metavar="KEY", help="while a job submitted with KEY is open, print its id and "
                    "create nothing")
+    s.add_argument("--exchange", metavar="NAME", help="submit through [exchanges.NAME]: one job per bound queue "
+                   "that --key matches; prints every id")
+    s.add_argument("--key", default="", help="the routing key for --exchange (e.g. orders.created)")
     s.add_argument("--timeout", type=_duration, help="kill an attempt running longer than this")
     s.add_argument("--retries", type=int, help="attempts after the first")
     s.add_argument("--payload", help="payload text, given to a command on stdin ('-' reads stdin)")
@@ -163,6 +166,13 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     payload = sys.stdin.read() if args.payload == "-" else args.payload
     if args.at is not None and args.delay:
         raise Refused("give --delay or --at, not both")
+    if args.exchange is not None:
+        if args.queue is not None or args.wait or args.unique is not None:
+            raise Refused("--exchange chooses the queues: it takes no --queue, --wait or --unique")
+        ids = client.publish(args.exchange, args.key, args.task, *args.args, priority=args.priority,
+                             delay=args.delay, timeout=args.timeout, retries=args.retries, payload=payload, at=args.at)
+        _out({"ids": ids}) if as_json else print("\n".join(map(str, ids)))
+        return 0
     jid = client.submit(args.task, *args.args, queue=args.queue, priority=args.priority, delay=args.delay,
                         timeout=args.timeout, retries=args.retries, payload=payload, at=args.at, unique=args.unique)
     if not args.wait:
@@ -409,13 +419,16 @@ def _cmd_queues(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     if as_json:
         _out(queues)
         return 0
-    rows = [["QUEUE", "QUEUED", "RUNNING", "WAITING", "OLDEST", "PAUSED", "WORKERS"]]
+    rows = [["QUEUE", "QUEUED", "RUNNING", "WAITING", "OLDEST", "PAUSED", "LIMITS", "WORKERS"]]
     for q in queues:
         n = q["states"]
         oldest = "-" if q["oldest_queued_age"] is None else _age(time.time() - q["oldest_queued_age"])
         workers = ",".join(q["workers"]) or ("none: no live worker serves it" if q["unserved"] else "-")
+        limits = ", ".join(([f"{q['concurrency']} at once"] if q["concurrency"] else [])
+                           + ([f"{q['rate']:g}/s"] if q["rate"] else [])) or "-"
         rows.append([q["queue"], str(n.get("queued", 0)), str(n.get("running", 0)),
-                     str(n.get("delayed", 0) + n.get("failed", 0)), oldest, "yes" if q["paused"] else "no", workers])
+                     str(n.get("delayed", 0) + n.get("failed", 0)), oldest, "yes" if q["paused"] else "no",
+                     limits, workers])
     _table(rows)
     return 0
 

@@ -106,6 +106,10 @@ HOST_KEYS: dict[str, tuple[str, Any]] = {
     "access.admins": ('[access]\nadmins = ["wheel"]', lambda h: h.requests.access.cfg.access.admins == ("wheel",)),
     "queues": ('[queues.mail]\nsubmit = ["alice"]',
                lambda h: h.requests.access.cfg.queues["mail"].submit == ("alice",)),
+    "queues.concurrency": ("[queues.mail]\nconcurrency = 2", lambda h: h.queues.limited["mail"].concurrency == 2),
+    "queues.rate": ('[queues.mail]\nrate = "30/m"', lambda h: h.queues.limited["mail"].rate == 0.5),
+    "exchanges": ('[exchanges.orders]\ntype = "topic"\nbindings = [{{ queue = "audit", key = "orders.#" }}]',
+                  lambda h: h.cfg.exchanges["orders"].route("orders.created") == ["audit"]),
     "files": ("[log]\nlevel = \"info\"", lambda h: any(f.endswith("50-change.toml") for f in h.cfg.files)),
     "worker_overrides": ('[worker.7]\nqueues = ["seven"]', lambda h: h.cfg.worker_for("7").queues == ("seven",)),
 }
@@ -115,6 +119,7 @@ def test_every_configuration_field_has_a_reload_case() -> None:
     fields = {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
     fields |= {f"tasks.{f.name}" for f in dataclasses.fields(config.TaskConfig)}
     fields |= {f.name for f in dataclasses.fields(config.Config) if f.init and f.name not in SECTIONS | {"tasks": 1}}
+    fields |= {f"queues.{f.name}" for f in dataclasses.fields(config.QueueConfig) if f.name not in ("name", "submit")}
     assert fields == set(HOST_KEYS)
 
 

@@ -4,6 +4,7 @@ time (`--at`); the state of each survives `kill -9` of tq-host."""
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import signal
 import time
@@ -35,7 +36,7 @@ def test_a_paused_queue_takes_submits_runs_nothing_and_stays_paused_through_kill
     assert queues["default"]["paused"] and queues["default"]["states"] == {"queued": 1}
     assert queues["default"]["oldest_queued_age"] > 0 and not queues["mail"]["paused"]
     table = suite.tqctl("queues").stdout.splitlines()
-    assert table[0].split() == ["QUEUE", "QUEUED", "RUNNING", "WAITING", "OLDEST", "PAUSED", "WORKERS"]
+    assert table[0].split() == ["QUEUE", "QUEUED", "RUNNING", "WAITING", "OLDEST", "PAUSED", "LIMITS", "WORKERS"]
     assert table[1].split()[:2] == ["default", "1"] and table[1].split()[5] == "yes"
     assert suite.tqctl("resume", "default").stdout == "queue default resumed\n"
     assert c.wait(held, timeout=10)["state"] == "done"
@@ -90,3 +91,66 @@ def test_at_runs_a_job_at_a_time_and_a_past_time_at_once(suite: Suite) -> None:
     assert r.returncode == 2 and "not an ISO 8601 time: 'tomorrow'" in r.stderr and time.time() - start < 10
     r = suite.tqctl("submit", "--at", soon.isoformat(), "--delay", "5s", "task-1")
     assert r.returncode == 2 and "give --delay or --at, not both" in r.stderr
+
+
+def test_a_queue_s_concurrency_caps_its_running_jobs_across_all_workers(suite: Suite) -> None:
+    suite.write_config('\n[tasks.hang]\npython = "tq_test_handlers:hang"\n[queues.default]\nconcurrency = 1\n')
+    suite.start(workers=2)
+    c = suite.client()
+    ids = c.submit_many([("hang", ["0.3"]) for _ in range(3)])
+    jobs = sorted(c.wait_many(ids, timeout=30).values(), key=lambda j: j["started_at"])
+    assert all(j["state"] == "done" for j in jobs) and len({j["worker"] for j in jobs}) >= 1
+    for before, after in itertools.pairwise(jobs):
+        assert after["started_at"] >= before["finished_at"], (before, after)  # never two at once
+    row = next(q for q in c.queues() if q["queue"] == "default")
+    assert row["concurrency"] == 1 and row["rate"] is None
+
+
+def test_a_queue_s_rate_spaces_its_dispatches(suite: Suite) -> None:
+    suite.write_config('\n[queues.default]\nrate = "5/s"\n')
+    suite.start(workers=2)
+    c = suite.client()
+    ids = c.submit_many([("task-1", [str(i)]) for i in range(4)])
+    starts = sorted(j["started_at"] for j in c.wait_many(ids, timeout=30).values())
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.15 and starts[-1] - starts[0] >= 0.55, gaps  # one every 200 ms
+    assert "1 at once" not in suite.tqctl("queues").stdout and "5/s" in suite.tqctl("queues").stdout
+
+
+EXCHANGES = '''
+[exchanges.orders]
+type = "topic"
+bindings = [{ queue = "audit", key = "orders.#" }, { queue = "mail", key = "orders.created" },
+            { queue = "audit", key = "*.created" }]
+[exchanges.all]
+type = "fanout"
+bindings = [{ queue = "audit" }, { queue = "mail" }]
+[exchanges.exact]
+type = "direct"
+bindings = [{ queue = "mail", key = "signup" }]
+'''
+
+
+def test_an_exchange_puts_one_job_on_each_bound_queue_the_key_matches_or_refuses_the_key(suite: Suite) -> None:
+    suite.write_config('queues = ["audit", "mail"]\n' + EXCHANGES)
+    suite.start(workers=1)
+    c = suite.client()
+    r = suite.tqctl("submit", "--exchange", "orders", "--key", "orders.created", "task-1", "o-1")
+    assert r.returncode == 0, r.stderr
+    ids = [int(i) for i in r.stdout.split()]
+    jobs = c.wait_many(ids, timeout=10)
+    assert [jobs[i]["queue"] for i in ids] == ["audit", "mail"]  # audit once, though two bindings match
+    assert all(j["result"] == "task-1 o-1 processed" for j in jobs.values())
+    paid = c.publish("orders", "orders.paid", "task-1")
+    assert [c.get(i)["queue"] for i in paid] == ["audit"]
+    fanned, signup = c.publish("all", "", "task-1"), c.publish("exact", "signup", "task-1")
+    assert len(fanned) == 2 and len(signup) == 1
+    c.wait_many(paid + fanned + signup, timeout=10)
+    before = c.status()["states"]
+    r = suite.tqctl("submit", "--exchange", "orders", "--key", "invoices.sent", "task-1")
+    assert r.returncode == 2 and "routing key 'invoices.sent' matches no binding; nothing was submitted" in r.stderr
+    r = suite.tqctl("submit", "--exchange", "nope", "task-1")
+    assert r.returncode == 2 and "unknown exchange 'nope' (exchanges: all, exact, orders)" in r.stderr
+    r = suite.tqctl("submit", "--exchange", "all", "--queue", "mail", "task-1")
+    assert r.returncode == 2 and "takes no --queue" in r.stderr
+    assert c.status()["states"] == before  # nothing was created by the refused ones

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,31 @@ def test_task_limits_and_kill_grace_are_read_and_carried_in_the_handler_spec(tmp
 def test_bad_task_limits_name_the_key(tmp_path: Path, text: str, error: str) -> None:
     with pytest.raises(config.ConfigError, match=f"tasks.x.{text.split()[0]}: .*{error}"):
         config.load(write(tmp_path, f'[tasks.x]\ncommand = ["true"]\n{text}\n'))
+
+
+@pytest.mark.parametrize(("toml", "reason"), [
+    ('[exchanges.x]\ntype = "topicc"\nbindings = [{ queue = "a", key = "b" }]', "type: must be one of fanout"),
+    ('[exchanges.x]\ntype = "topic"', "bindings: expected at least one binding"),
+    ('[exchanges.x]\ntype = "direct"\nbindings = [{ queue = "a" }]', "a direct exchange needs a key"),
+    ('[exchanges.x]\nbindings = [{ queue = "a", key = "b" }]', "a fanout exchange sends to every queue"),
+    ('[exchanges.x]\ntype = "topic"\nbindings = [{ queue = "a b", key = "c" }]', "invalid queue name 'a b'"),
+    ('[exchanges.x]\ntype = "topic"\nbindings = [{ queue = "a", key = "c", q = 1 }]', "binding 1: expected"),
+    ('[queues.a]\nrate = "ten/s"', 'rate: expected jobs per second, minute or hour, such as "10/s"'),
+    ('[queues.a]\nrate = 0', "rate: must be more than 0"),
+    ('[queues.a]\nconcurrency = 0', "concurrency: must be between 1 and"),
+    ('[tasks.t]\nunique = "yes"', "unique: expected true or false"),
+])
+def test_workflow_keys_are_checked_with_the_file_the_key_and_the_reason(tmp_path: Path, toml: str,
+                                                                        reason: str) -> None:
+    path = tmp_path / "tq.toml"
+    path.write_text(toml)
+    with pytest.raises(config.ConfigError, match=re.escape(reason)) as e:
+        config.load(str(path))
+    assert str(e.value).startswith(str(path))
+
+
+def test_rates_read_per_second_minute_or_hour(tmp_path: Path) -> None:
+    path = tmp_path / "tq.toml"
+    path.write_text('[queues.a]\nrate = "30/m"\n[queues.b]\nrate = 4\n[queues.c]\nrate = "7200/h"\n')
+    cfg = config.load(str(path))
+    assert [cfg.queues[q].rate for q in "abc"] == [0.5, 4.0, 2.0]

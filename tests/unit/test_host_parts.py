@@ -490,3 +490,26 @@ def test_a_task_with_unique_true_coalesces_on_its_name_and_args(tmp_path: Path) 
         assert first[0] == first[1] != first[2] and parts.jobs.counts["queued"] == 2
     finally:
         parts.close()
+
+
+def test_a_queue_s_limits_hold_its_dispatch_back_until_a_job_ends_or_its_rate_allows(tmp_path: Path) -> None:
+    parts = make_parts(tmp_path / "state", '[tasks."#"]\nhandler = "echo"\n[queues.default]\nconcurrency = 2\n'
+                                           '[queues.slow]\nrate = "2/s"\n')
+    try:
+        parts.start_worker("1", queues=("default", "slow"))
+        parts.start_worker("2", queues=("default", "slow"))
+        ids = submit(parts, *[{"task": "t"} for _ in range(4)])
+        slow = submit(parts, *[{"task": "t", "queue": "slow"} for _ in range(3)])
+        parts.dispatcher.assign(10.0)
+        running = [i for i in ids if job(parts, i).state == JobState.RUNNING]
+        assert len(running) == 2 and [job(parts, i).state for i in slow].count(JobState.RUNNING) == 1
+        parts.dispatcher.assign(10.2)  # neither limit allows more yet
+        assert parts.jobs.counts["running"] == 3 and parts.queues.next_wakeup(10.2) == pytest.approx(0.3)
+        parts.result(job(parts, running[0]))
+        parts.dispatcher.assign(10.5)  # a slot and a token
+        assert parts.jobs.running_in["default"] == 2 and parts.jobs.running_in["slow"] == 2
+        parts.store.commit()
+        parts.jobs.load()  # rebuilt from the store, the running counts too
+        assert parts.jobs.running_in == {"default": 2, "slow": 2}
+    finally:
+        parts.close()

@@ -194,6 +194,9 @@ class Host(Daemon):
         fleet = self.fleet.next_wakeup(now)
         if fleet is not None:
             wait = min(wait, fleet)
+        rated = self.queues.next_wakeup(now) if self.queues.next_token else None
+        if rated is not None:
+            wait = min(wait, rated)
         return max(wait, 0.0)
 
     def _answer(self) -> None:
@@ -262,7 +265,8 @@ class Host(Daemon):
         if new.host.durability != self.cfg.host.durability:
             self.store.commit()  # the level applies from the next transaction
             self.store.set_durability(new.host.durability)
-        self.fleet.cfg = self.dispatcher.cfg = self.queues.cfg = new
+        self.fleet.cfg = self.dispatcher.cfg = new
+        self.queues.configure(new)
         self.requests.configure(new)
 
     def status_text(self) -> str:

@@ -46,7 +46,7 @@ class Dispatcher:
             for w in workers:
                 if w.assigned and self._busy_with_long_job(w):  # the jobs given below cannot change this
                     continue
-                open_queues = self.queues.open_of(w.queues)  # not paused
+                open_queues = self.queues.open_of(w.queues, now)  # not paused, within their limits
                 while len(w.assigned) < w.prefetch:
                     job = self.jobs.pop_ready(open_queues)
                     if job is None:
@@ -57,6 +57,8 @@ class Dispatcher:
                     self.jobs.start(job, w.instance)
                     w.assigned.add(job.id)
                     self.outbox.append((w, job))
+                    if self.queues.dispatched(job.queue, now):  # a limited queue may have reached its limit
+                        open_queues = self.queues.open_of(w.queues, now)
                     if not self._fast(job.task):
                         progressed.append(w)
                         break

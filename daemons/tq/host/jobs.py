@@ -41,6 +41,7 @@ class JobTable:
         self.delayed: list[tuple[float, int]] = []  # (run_at, id) of delayed and failed jobs
         self.counts: collections.Counter[str] = collections.Counter()
         self.unique: dict[str, int] = {}  # unique key -> the open job that holds it (submit --unique)
+        self.running_in: collections.Counter[str] = collections.Counter()  # queue -> its running jobs
         self.on_final: Callable[[JobRecord], None] = lambda job: None
 
     def load(self) -> None:
@@ -50,6 +51,7 @@ class JobTable:
         self.delayed.clear()
         self.counts.clear()
         self.unique.clear()
+        self.running_in.clear()
         self.counts.update(self.store.count_final())
         for job in self.store.open_jobs():
             self._index(job)
@@ -74,6 +76,8 @@ class JobTable:
         """Put an open job into the in-memory indexes."""
         self.jobs[job.id] = job
         self.counts[job.state] += 1
+        if job.state == RUNNING:
+            self.running_in[job.queue] += 1
         if job.unique_key is not None:
             self.unique.setdefault(job.unique_key, job.id)  # a retried job whose key was taken meanwhile: not it
         if job.state == QUEUED:
@@ -85,6 +89,10 @@ class JobTable:
         """Move a job to `state` in the indexes and stage the change (`change`: see store._UPDATES)."""
         self.counts[job.state] -= 1
         self.counts[state] += 1
+        if job.state == RUNNING:
+            self.running_in[job.queue] -= 1
+        elif state == RUNNING:
+            self.running_in[job.queue] += 1
         job.state = state
         if state == QUEUED:
             job.worker = None

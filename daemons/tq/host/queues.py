@@ -1,8 +1,11 @@
-"""The job queues as an operator steers them: paused or not (kept in the store, so it outlives a restart), which
-workers serve each, a warning for a queue that no live worker serves, and the listing of `tqctl queues`.
+"""The job queues as an operator steers them: paused or not (kept in the store, so it outlives a restart), the
+limits of [queues.NAME] (concurrency, rate), which workers serve each, a warning for a queue that no live worker
+serves, and the listing of `tqctl queues`.
 
-A paused queue takes submits and dispatches nothing; its running jobs finish. A queue is known once a task,
-a [queues.NAME] table, a worker, a job or a pause names it.
+A paused queue takes submits and dispatches nothing; its running jobs finish. `concurrency` caps its jobs
+running at once across all workers; `rate` spaces its dispatches evenly (a token bucket of one: 10/s is one
+job every 100 ms, never a burst of ten). A queue is known once a task, a [queues.NAME] table, a worker, a job or
+a pause names it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ class Queues:
         self.unserved: set[str] = set()  # queues warned of: jobs were submitted and no live worker serves them
         self._served: set[str] = set()  # queues served by a live worker, looked up at most every SERVED_TTL
         self._served_at = -SERVED_TTL
+        self.next_token: dict[str, float] = {}  # rate-limited queue -> monotonic time it may dispatch again
+        self.configure(cfg)
+
+    def configure(self, cfg: config.Config) -> None:
+        """Take a (reloaded) configuration: its limits apply from the next dispatch."""
+        self.cfg = cfg
+        self.limited = {name: q for name, q in cfg.queues.items() if q.concurrency is not None or q.rate is not None}
+        self.next_token = {name: t for name, t in self.next_token.items() if name in self.limited}
 
     def load(self) -> None:
         """The paused queues, from the store (at start, and after a failed commit)."""
@@ -43,9 +54,31 @@ class Queues:
         self.logger.info("queue %s %s", queue, "paused: its jobs wait until tqctl resume" if paused else "resumed")
         return True
 
-    def open_of(self, queues: list[str]) -> list[str]:
-        """Of a worker's queues, those not paused (the dispatcher takes jobs from these only)."""
-        return [q for q in queues if q not in self.paused] if self.paused else queues
+    def open_of(self, queues: list[str], now: float) -> list[str]:
+        """Of a worker's queues, those that may dispatch now: not paused, and within their limits."""
+        if not self.paused and not self.limited:
+            return queues
+        return [q for q in queues if q not in self.paused and (q not in self.limited or self._within(q, now))]
+
+    def _within(self, queue: str, now: float) -> bool:
+        limit = self.limited[queue]
+        if limit.concurrency is not None and self.jobs.running_in[queue] >= limit.concurrency:
+            return False
+        return limit.rate is None or now >= self.next_token.get(queue, 0.0)
+
+    def dispatched(self, queue: str, now: float) -> bool:
+        """A job of `queue` was dispatched: True if the queue is limited (its worker's open queues change)."""
+        limit = self.limited.get(queue)
+        if limit is None:
+            return False
+        if limit.rate is not None:
+            self.next_token[queue] = max(now, self.next_token.get(queue, 0.0)) + 1.0 / limit.rate
+        return True
+
+    def next_wakeup(self, now: float) -> float | None:
+        """Seconds until a rate-limited queue with ready jobs may dispatch again (None: none waits for that)."""
+        due = [t for q, t in self.next_token.items() if t > now and self.jobs.ready.get(q)]
+        return min(due) - now if due else None
 
     def served_by(self, queue: str) -> list[str]:
         return sorted(w.instance for w in self.fleet.workers.values() if w.state in SERVING and queue in w.queues)
@@ -79,7 +112,9 @@ class Queues:
         for name in sorted(names):
             counts, oldest = open_jobs.get(name) or ({}, None)
             served_by = self.served_by(name)
+            limit = self.limited.get(name)
             out.append({"queue": name, "paused": name in self.paused, "states": dict(counts),
+                        "concurrency": limit.concurrency if limit else None, "rate": limit.rate if limit else None,
                         "oldest_queued_age": None if oldest is None else round(now - oldest, 3),
                         "workers": served_by, "unserved": not served_by and bool(counts)})
         return out

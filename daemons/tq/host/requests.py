@@ -208,6 +208,8 @@ class Requests:
         """Store the jobs; with `wait_for` (seconds, one job) answer twice: the ids now, the job when finished."""
         specs = control.field(req, "jobs", list)
         wait_for = control.field(req, "wait_for", (int, float), None)
+        if req.get("exchange") is not None:
+            specs = self._route(req, specs, wait_for)
         if wait_for is not None and (len(specs) != 1 or not 0 <= wait_for < math.inf):
             raise RequestError("bad_request", "wait_for takes one job and a finite number of seconds")
         jobs = [self._new_job(spec, conn.uid) for spec in specs]  # validate all before storing any
@@ -232,6 +234,23 @@ class Requests:
             self.result_awaited = True
             reply["more"] = True
         return reply
+
+    def _route(self, req: dict[str, Any], specs: list[Any], wait_for: Any) -> list[Any]:
+        """A submit through an exchange: its one job, once for each bound queue that the routing key matches."""
+        name = control.field(req, "exchange", str)
+        key = control.field(req, "key", str, "")
+        exchange = self.cfg.exchanges.get(name)
+        if exchange is None:
+            known = ", ".join(sorted(self.cfg.exchanges)) or "none configured"
+            raise RequestError("bad_request", f"unknown exchange {name[:60]!r} (exchanges: {known})")
+        if len(specs) != 1 or not isinstance(specs[0], dict) or "queue" in specs[0] or wait_for is not None:
+            raise RequestError("bad_request", "a submit through an exchange takes one job, without a queue (the "
+                                              "bindings choose) and without wait_for (wait for its ids instead)")
+        queues = exchange.route(key)
+        if not queues:
+            raise RequestError("bad_request", f"exchange {name}: routing key {key[:100]!r} matches no binding; "
+                                              "nothing was submitted")
+        return [{**specs[0], "queue": queue} for queue in queues]
 
     def _new_job(self, spec: Any, uid: int) -> JobRecord:
         """A job from a submit request's spec, checked; RequestError says what is wrong with it.
