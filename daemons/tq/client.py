@@ -270,6 +270,10 @@ class Client:
         (the instances that serve it) and `unserved` (it has jobs and no live worker serves it)."""
         return [dict(q) for q in self.call("queues")["queues"]]
 
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule: `next_run`, `last_run` (seconds since the epoch), `last_job` and its `last_state`."""
+        return [dict(x) for x in self.call("schedules")["schedules"]]
+
     def status(self) -> dict[str, Any]:
         reply = self.call("status")
         return {k: v for k, v in reply.items() if k not in ("ok", "rid")}

@@ -109,6 +109,23 @@ class TaskConfig:
 
 
 EXCHANGE_TYPES = ("fanout", "direct", "topic")
+CATCH_UP = ("none", "last", "all")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """A job submitted on a schedule: a cron expression in a time zone, or a fixed interval."""
+
+    name: str
+    task: str
+    cron: str | None = None  # five fields, or @hourly, @daily ...
+    every: float | None = None  # seconds
+    args: tuple[Any, ...] = ()
+    queue: str | None = None  # the task's by default
+    priority: int | None = None
+    timezone: str | None = None  # an IANA name; None: the machine's
+    catch_up: str = "last"  # runs missed while tq-host was down: "none", "last" or "all"
+    overlap: bool = False  # False: a run is skipped while the previous one is queued or running
 
 
 @dataclass(frozen=True)
@@ -145,6 +162,7 @@ class Config:
     access: AccessConfig = field(default_factory=AccessConfig)
     queues: dict[str, QueueConfig] = field(default_factory=dict)
     exchanges: dict[str, ExchangeConfig] = field(default_factory=dict)
+    schedules: dict[str, ScheduleConfig] = field(default_factory=dict)
 
     def worker_for(self, instance: str) -> WorkerConfig:
         """The worker settings of one instance: `[worker]` overridden by `[worker.N]`."""
@@ -314,7 +332,7 @@ def _type_name(kind: type) -> str:
 
 def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...]) -> Config:
     root = _Reader(data, "", origin, files)
-    root.check_keys({"host", "mqueue", "worker", "log", "tasks", "access", "queues", "exchanges"})
+    root.check_keys({"host", "mqueue", "worker", "log", "tasks", "access", "queues", "exchanges", "schedules"})
     host = _host(root.sub("host"))
     mq = _mqueue(root.sub("mqueue"))
     worker_r = root.sub("worker")
@@ -335,7 +353,42 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
     queues = {name: _queue(queues_r.sub(name), name) for name in queues_r.table}
     exchanges_r = root.sub("exchanges")
     exchanges = {name: _exchange(exchanges_r.sub(name), name) for name in exchanges_r.table}
-    return Config(files, host, mq, worker, overrides, log, tasks, access, queues, exchanges)
+    schedules_r = root.sub("schedules")
+    schedules = {name: _schedule(schedules_r.sub(name), name) for name in schedules_r.table}
+    return Config(files, host, mq, worker, overrides, log, tasks, access, queues, exchanges, schedules)
+
+
+def _schedule(r: _Reader, name: str) -> ScheduleConfig:
+    r.check_keys({"cron", "every", "task", "args", "queue", "priority", "timezone", "catch_up", "overlap"})
+    if not NAME_RE.match(name):
+        raise r.error("", "schedule names are letters, digits, _ . - (at most 64)")
+    if ("cron" in r.table) == ("every" in r.table):
+        raise r.error("", "give one of cron (such as \"*/5 * * * *\" or \"@daily\") or every (such as \"30s\")")
+    cron = r.get("cron", str, None)
+    if cron is not None:
+        from . import cron as cron_  # croniter: only a configuration with schedules needs it
+
+        problem = cron_.check_cron(cron)
+        if problem:
+            raise r.error("cron", problem)
+    task: str = r.get("task", str, "")
+    if not TASK_NAME_RE.fullmatch(task):
+        raise r.error("task", f"expected a task name, got {task!r}")
+    queue = r.get("queue", str, None)
+    if queue is not None and not NAME_RE.match(queue):
+        raise r.error("queue", "queue names are letters, digits, _ . - (at most 64)")
+    timezone = r.get("timezone", str, None)
+    if timezone is not None:
+        from . import cron as cron_
+
+        problem = cron_.check_timezone(timezone)
+        if problem:
+            raise r.error("timezone", problem)
+    return ScheduleConfig(
+        name=name, task=task, cron=cron, every=r.duration("every", 0.0, minimum=1.0) if "every" in r.table else None,
+        args=tuple(r.get("args", list, [])), queue=queue,
+        priority=r.integer("priority", 0, PRIORITY_MIN, PRIORITY_MAX) if "priority" in r.table else None,
+        timezone=timezone, catch_up=r.choice("catch_up", CATCH_UP, "last"), overlap=r.get("overlap", bool, False))
 
 
 def _exchange(r: _Reader, name: str) -> ExchangeConfig:

@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(func=_cmd_pause)
     sub.add_parser("queues", parents=[common], help="every queue: its jobs by state, oldest queued, paused, "
                    "which workers serve it").set_defaults(func=_cmd_queues)
+    sub.add_parser("schedules", parents=[common], help="every schedule: next run, last run and its job"
+                   ).set_defaults(func=_cmd_schedules)
     w = sub.add_parser("watch", parents=[common], help="show status every second until interrupted")
     w.set_defaults(func=_cmd_watch)
     w.add_argument("--interval", type=_duration, default=1.0)
@@ -429,6 +431,29 @@ def _cmd_queues(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         rows.append([q["queue"], str(n.get("queued", 0)), str(n.get("running", 0)),
                      str(n.get("delayed", 0) + n.get("failed", 0)), oldest, "yes" if q["paused"] else "no",
                      limits, workers])
+    _table(rows)
+    return 0
+
+
+def _cmd_schedules(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    schedules = client.schedules()
+    if as_json:
+        _out(schedules)
+        return 0
+    if not schedules:
+        print("no schedules ([schedules.NAME] in the configuration)")
+        return 0
+
+    def local(ts: float | None) -> str:
+        return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+    rows = [["SCHEDULE", "WHEN", "TASK", "NEXT RUN", "LAST RUN", "LAST JOB"]]
+    for sc in schedules:
+        when = sc["cron"] or f"every {sc['every']:g}s"
+        if sc["timezone"]:
+            when += f" ({sc['timezone']})"
+        last = "-" if sc["last_job"] is None else f"{sc['last_job']} ({sc['last_state']})"
+        rows.append([sc["name"], when, sc["task"], local(sc["next_run"]), local(sc["last_run"]), last])
     _table(rows)
     return 0
 

@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, last_run REAL NOT NULL, last_job INTEGER);
 """
 
 _COLUMNS = ("id", "task", "args", "payload", "queue", "priority", "state", "attempts", "retries", "timeout",
@@ -356,6 +357,14 @@ class Store:
     def set_paused(self, queue: str, paused: bool) -> None:
         self._begin()
         self.db.execute("INSERT OR REPLACE INTO queues VALUES (?, ?)", (queue, int(paused)))
+
+    def schedules(self) -> dict[str, tuple[float, int | None]]:
+        """Each schedule's last run time and the job of that run."""
+        return {name: (last, job) for name, last, job in self.db.execute("SELECT * FROM schedules")}
+
+    def save_schedule(self, name: str, last_run: float, last_job: int | None) -> None:
+        self._begin()
+        self.db.execute("INSERT OR REPLACE INTO schedules VALUES (?, ?, ?)", (name, last_run, last_job))
 
     def workers(self) -> list[tuple[str, int, list[str], str, float]]:
         rows = self.db.execute("SELECT instance, pid, queues, state, seen_at FROM workers ORDER BY instance")

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -110,6 +111,8 @@ HOST_KEYS: dict[str, tuple[str, Any]] = {
     "queues.rate": ('[queues.mail]\nrate = "30/m"', lambda h: h.queues.limited["mail"].rate == 0.5),
     "exchanges": ('[exchanges.orders]\ntype = "topic"\nbindings = [{{ queue = "audit", key = "orders.#" }}]',
                   lambda h: h.cfg.exchanges["orders"].route("orders.created") == ["audit"]),
+    "schedules": ('[schedules.nightly]\ncron = "@daily"\ntask = "t"',
+                  lambda h: h.scheduler.next["nightly"] > time.time()),
     "files": ("[log]\nlevel = \"info\"", lambda h: any(f.endswith("50-change.toml") for f in h.cfg.files)),
     "worker_overrides": ('[worker.7]\nqueues = ["seven"]', lambda h: h.cfg.worker_for("7").queues == ("seven",)),
 }

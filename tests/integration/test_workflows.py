@@ -154,3 +154,25 @@ def test_an_exchange_puts_one_job_on_each_bound_queue_the_key_matches_or_refuses
     r = suite.tqctl("submit", "--exchange", "all", "--queue", "mail", "task-1")
     assert r.returncode == 2 and "takes no --queue" in r.stderr
     assert c.status()["states"] == before  # nothing was created by the refused ones
+
+
+def test_a_schedule_runs_each_time_once_through_kill_9_and_catches_up_what_it_missed(suite: Suite) -> None:
+    suite.write_config('\n[schedules.tick]\nevery = "1s"\ntask = "task-1"\nargs = ["tick"]\ncatch_up = "all"\n'
+                       'overlap = true\n')
+    host, _workers = suite.start(workers=1)
+    c = suite.client()
+    wait_until(lambda: len(c.list_jobs(task="task-1")) >= 3, timeout=15, what="three runs")
+    host.signal(signal.SIGKILL)
+    host.wait()
+    time.sleep(2.5)  # tq-host is down through two or three runs (the test's subject: time passing)
+    suite.host()
+    c = suite.client()
+    wait_until(lambda: len(c.list_jobs(task="task-1")) >= 8, timeout=15, what="runs after the restart")
+    times = sorted(j["payload"]["at"] for j in c.list_jobs(task="task-1", limit=1000))
+    steps = [round(b - a, 6) for a, b in itertools.pairwise(times)]
+    assert steps == [1.0] * len(steps), times  # none lost, none doubled
+    assert all(j["payload"]["schedule"] == "tick" for j in c.list_jobs(task="task-1"))
+    (listed,) = json.loads(suite.tqctl("schedules", "--json").stdout)
+    assert listed["name"] == "tick" and listed["every"] == 1.0 and listed["next_run"] > listed["last_run"]
+    table = suite.tqctl("schedules").stdout.splitlines()
+    assert table[0].split()[:3] == ["SCHEDULE", "WHEN", "TASK"] and table[1].startswith("tick")

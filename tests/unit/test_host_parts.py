@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from parts import Parts, make_parts
-from tq import control, protocol
+from tq import config, control, protocol
 from tq.host.dispatch import BLOCKED_BACKOFF
 from tq.host.jobs import InvalidTransition
+from tq.host.schedules import Scheduler
 from tq.host.server import Conn, Server
 from tq.log import Burst
 from tq.states import JobState
@@ -513,3 +514,47 @@ def test_a_queue_s_limits_hold_its_dispatch_back_until_a_job_ends_or_its_rate_al
         assert parts.jobs.running_in == {"default": 2, "slow": 2}
     finally:
         parts.close()
+
+
+# ---- schedules ----------------------------------------------------------------------------------------------
+
+def _scheduler(parts: Parts, toml: str, now: float) -> Scheduler:
+    cfg = config.load(str(_write(parts, toml)))
+    scheduler = Scheduler(cfg, parts.store, parts.jobs, parts.requests.submit_internal, parts.fleet.logger)
+    scheduler.load(now)
+    return scheduler
+
+
+def _write(parts: Parts, toml: str) -> Path:
+    path = Path(parts.store.path).parent / "schedules.toml"
+    path.write_text(f'[host]\nstate_dir = "{Path(parts.store.path).parent}"\n[tasks."#"]\nhandler = "echo"\n{toml}')
+    return path
+
+
+def _runs_of(parts: Parts, name: str) -> list[float]:
+    jobs = parts.jobs.query(None, None, "report", 1000)
+    return sorted(json.loads(j.payload_json or "{}")["at"] for j in jobs if name in (j.payload_json or ""))
+
+
+@pytest.mark.parametrize(("catch_up", "fired"), [("none", []), ("last", [1030.0]), ("all", [1010.0, 1020.0, 1030.0])])
+def test_runs_missed_while_the_host_was_down_follow_catch_up(parts: Parts, catch_up: str, fired: list[float]) -> None:
+    toml = f'[schedules.s]\nevery = "10s"\ntask = "report"\ncatch_up = "{catch_up}"\noverlap = true\n'
+    _scheduler(parts, toml, 1000.0)  # first seen at 1000: first run due at 1010
+    parts.store.commit()
+    later = _scheduler(parts, toml, 1035.0)  # "restarted" at 1035: 1010, 1020, 1030 were missed
+    later.fire_due(1035.0)
+    assert _runs_of(parts, "s") == fired
+    later.fire_due(1040.0)  # from now on, every run
+    assert _runs_of(parts, "s") == [*fired, 1040.0] and later.next["s"] == 1050.0
+    parts.store.commit()
+    assert parts.store.schedules()["s"][0] == 1040.0
+
+
+def test_without_overlap_a_run_is_skipped_while_the_last_one_is_open(parts: Parts,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    scheduler = _scheduler(parts, '[schedules.s]\nevery = "10s"\ntask = "report"\n', 1000.0)
+    scheduler.fire_due(1010.0)
+    scheduler.fire_due(1020.0)  # the job of 1010 is still queued
+    assert _runs_of(parts, "s") == [1010.0] and "is skipped: job" in caplog.text and "overlap = false" in caplog.text
+    (listed,) = scheduler.public()
+    assert listed["last_run"] == 1020.0 and listed["next_run"] == 1030.0 and listed["last_state"] == "queued"

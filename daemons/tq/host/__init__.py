@@ -33,6 +33,7 @@ from .fleet import Fleet
 from .jobs import JobTable
 from .queues import Queues
 from .requests import Requests
+from .schedules import Scheduler
 from .server import Server
 
 try:
@@ -60,6 +61,7 @@ class Host(Daemon):
         self.fleet: Fleet
         self.dispatcher: Dispatcher
         self.queues: Queues
+        self.scheduler: Scheduler
         self.requests: Requests
         self.server: Server
 
@@ -92,6 +94,8 @@ class Host(Daemon):
         self.queues = Queues(cfg, self.store, self.jobs, self.fleet, self.logger)
         self.dispatcher = Dispatcher(cfg, self.jobs, self.fleet, self.queues)
         self.requests = Requests(cfg, self.jobs, self.fleet, self.queues, self.malformed)
+        self.scheduler = Scheduler(cfg, self.store, self.jobs, self.requests.submit_internal, self.logger)
+        self.requests.schedules = self.scheduler.public
         self.requests.queue_notes = notes
         self.server = Server(self.sel, self.requests.handle, Burst(self.logger))
         self.server.listen(cfg.host.socket)
@@ -120,6 +124,7 @@ class Host(Daemon):
         """Load every open job from the store and fence every known worker with a Sync."""
         self.jobs.load()
         self.queues.load()
+        self.scheduler.load(time.time())
         self.dispatcher.outbox.clear()
         self.fleet.recover(time.monotonic())
 
@@ -164,6 +169,8 @@ class Host(Daemon):
             if self.reload_requested:
                 self.reload()
             self.jobs.promote_due()
+            if self.scheduler.next:
+                self.scheduler.fire_due(time.time())
             self.fleet.check_leases(now)
             self.requests.expire(now)
             self.dispatcher.assign(now)
@@ -186,6 +193,9 @@ class Host(Daemon):
         due = self.jobs.next_due()
         if due is not None:
             wait = min(wait, due - time.time())
+        run = self.scheduler.next_due() if self.scheduler.next else None
+        if run is not None:
+            wait = min(wait, run - time.time())
         deadline = self.requests.next_deadline()
         if deadline is not None:
             wait = min(wait, deadline - now)
@@ -267,6 +277,7 @@ class Host(Daemon):
             self.store.set_durability(new.host.durability)
         self.fleet.cfg = self.dispatcher.cfg = new
         self.queues.configure(new)
+        self.scheduler.configure(new)
         self.requests.configure(new)
 
     def status_text(self) -> str:

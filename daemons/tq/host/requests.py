@@ -66,6 +66,7 @@ class Requests:
         self.last_burst = 0.0  # monotonic time of the last request that may allocate much
         self.result_awaited = False  # a submit of this step waits for its job's result (submit_and_wait)
         self.queue_notes: list[str] = []  # where the kernel grants less than [mqueue] asks (limits.grant)
+        self.schedules: Callable[[], list[dict[str, Any]]] = list  # the schedules for tqctl (set by tq-host)
         self.configure(cfg)
         jobs.on_final = self.on_final
 
@@ -252,6 +253,14 @@ class Requests:
                                               "nothing was submitted")
         return [{**specs[0], "queue": queue} for queue in queues]
 
+    def submit_internal(self, spec: dict[str, Any], detail: str) -> JobRecord:
+        """A job that tq-host submits itself (a schedule's run), checked as a submit of root's; RequestError if
+        refused."""
+        job = self._new_job(spec, 0)
+        self.jobs.add(job, detail)
+        self.queues.submitted((job.queue,))
+        return job
+
     def _new_job(self, spec: Any, uid: int) -> JobRecord:
         """A job from a submit request's spec, checked; RequestError says what is wrong with it.
 
@@ -435,13 +444,16 @@ class Requests:
     def _queues(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         return {"queues": self.queues.listing()}
 
+    def _schedules(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        return {"schedules": self.schedules()}
+
 
 Op = Callable[[Requests, Conn, Any, dict[str, Any]], "dict[str, Any] | None"]
 OPS: dict[str, Op] = {
     "ping": Requests._ping, "submit": Requests._submit, "get": Requests._get, "wait": Requests._wait_op,
     "list": Requests._list, "status": Requests._status, "workers": Requests._workers,
     "cancel": Requests._cancel, "retry": Requests._retry, "pause": Requests._pause, "resume": Requests._resume,
-    "queues": Requests._queues,
+    "queues": Requests._queues, "schedules": Requests._schedules,
 }
 
 

@@ -1,0 +1,114 @@
+"""Jobs submitted on a schedule ([schedules.NAME]): each run is a job, and the store keeps each schedule's last
+run time and job in the same commit as the job, so a restart (or `kill -9`) neither repeats nor loses a run.
+
+Runs missed while tq-host was down follow `catch_up` (systemd timers' Persistent= is the model): "none" skips
+them, "last" fires the latest once, "all" fires each (at most cron.MAX_CATCH_UP). With `overlap = false` a run
+is skipped, and logged, while the schedule's previous job is still queued, delayed, running or waiting to retry.
+A new schedule fires first at its first time after tq-host first sees it. Each job's payload says which run it
+is: {"schedule": NAME, "at": seconds since the epoch}.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import config, cron
+from ..control import RequestError
+from ..states import FINAL
+from ..store import JobRecord, Store
+from .jobs import JobTable
+
+Submit = Callable[[dict[str, Any], str], JobRecord]  # a job spec and the detail of its "submitted" event
+
+
+class Scheduler:
+    def __init__(self, cfg: config.Config, store: Store, jobs: JobTable, submit: Submit,
+                 logger: logging.Logger) -> None:
+        self.store, self.jobs, self.submit, self.logger = store, jobs, submit, logger
+        self.state: dict[str, tuple[float, int | None]] = {}  # name -> (last run time, its job)
+        self.next: dict[str, float] = {}  # name -> its next run time
+        self.started = time.time()  # runs due before this were missed while tq-host was down
+        self.cfg = cfg
+
+    def load(self, now: float) -> None:
+        """From the store (at start, and after a failed commit): runs due before `now` were missed meanwhile."""
+        self.started = now
+        self.state = self.store.schedules()
+        self.configure(self.cfg, now)
+
+    def configure(self, cfg: config.Config, now: float | None = None) -> None:
+        """Take a (reloaded) configuration: a new schedule counts from now, a changed one from its last run."""
+        self.cfg = cfg
+        now = time.time() if now is None else now
+        self.next = {}
+        for name, schedule in cfg.schedules.items():
+            if name not in self.state:  # never run: its first run is the first time after now
+                self.state[name] = (now, None)
+                self.store.save_schedule(name, now, None)
+            self.next[name] = cron.next_after(schedule, self.state[name][0])
+
+    def next_due(self) -> float | None:
+        """The wall-clock time of the next run (None: no schedule)."""
+        return min(self.next.values(), default=None)
+
+    def fire_due(self, now: float) -> None:
+        """Submit the runs that are due, and stage each schedule's new state in the same transaction."""
+        for name, at in list(self.next.items()):
+            if at > now:
+                continue
+            schedule = self.cfg.schedules[name]
+            last, last_job = self.state[name]
+            runs = cron.due(schedule, last, now)
+            missed = [run for run in runs if run < self.started]  # while tq-host was down
+            fired = {"none": [], "last": missed[-1:], "all": missed}[schedule.catch_up] + runs[len(missed):]
+            if len(fired) < len(runs):
+                self.logger.info("schedule %s: %d run(s) missed while tq-host was down, %d submitted now "
+                                 "(catch_up = \"%s\")", name, len(missed), len(missed) - len(runs) + len(fired),
+                                 schedule.catch_up)
+            for run in fired:
+                last_job = self._run(schedule, run, last_job)
+            if runs:
+                self.state[name] = (runs[-1], last_job)
+                self.store.save_schedule(name, runs[-1], last_job)
+            self.next[name] = cron.next_after(schedule, self.state[name][0])
+
+    def _run(self, schedule: config.ScheduleConfig, at: float, last_job: int | None) -> int | None:
+        """Submit one run; the id of the schedule's job from now on (the old one if this run was skipped)."""
+        if not schedule.overlap and last_job is not None:
+            previous = self.jobs.jobs.get(last_job)
+            if previous is not None and previous.state not in FINAL:
+                self.logger.warning("schedule %s: the run of %s is skipped: job %d of the run before is still %s "
+                                    "(overlap = false)", schedule.name, _when(at), last_job, previous.state)
+                return last_job
+        spec: dict[str, Any] = {"task": schedule.task, "args": list(schedule.args),
+                                "payload": {"schedule": schedule.name, "at": at}}
+        if schedule.queue is not None:
+            spec["queue"] = schedule.queue
+        if schedule.priority is not None:
+            spec["priority"] = schedule.priority
+        try:
+            job = self.submit(spec, f"by schedule {schedule.name} (the run of {_when(at)})")
+        except RequestError as e:  # its task is refused now (a reload removed it): this run is lost, and says so
+            self.logger.error("schedule %s: the run of %s was not submitted: %s", schedule.name, _when(at), e)
+            return last_job
+        return job.id
+
+    def public(self) -> list[dict[str, Any]]:
+        """Every schedule with its next run, its last run and that run's job (tqctl schedules)."""
+        out = []
+        for name, schedule in sorted(self.cfg.schedules.items()):
+            last, last_job = self.state.get(name, (None, None))
+            job = None if last_job is None else self.jobs.find(last_job)
+            out.append({"name": name, "cron": schedule.cron, "every": schedule.every, "task": schedule.task,
+                        "timezone": schedule.timezone, "catch_up": schedule.catch_up, "overlap": schedule.overlap,
+                        "next_run": self.next.get(name), "last_run": last if last_job is not None else None,
+                        "last_job": last_job, "last_state": None if job is None else job.state})
+        return out
+
+
+def _when(at: float) -> str:
+    return datetime.datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds")
