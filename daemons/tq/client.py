@@ -159,16 +159,24 @@ class Client:
 
     def submit(self, task: str, *args: Any, queue: str | None = None, priority: int | None = None,
                delay: float = 0, timeout: float | None = None, retries: int | None = None,
-               payload: Any = None, at: float | datetime.datetime | None = None, unique: str | None = None) -> int:
+               payload: Any = None, at: float | datetime.datetime | None = None, unique: str | None = None,
+               after: int | None = None) -> int:
         """Submit one job; returns its id once the job is durable.
 
         `at`: when to run it (a datetime, or seconds since the epoch), instead of a `delay`. `unique`: a key; while
         a job submitted with it is open (queued, delayed, running or waiting to retry), its id is returned and
-        nothing is created.
+        nothing is created. `after`: a job id; this one waits until that one is done (and is cancelled if it
+        ends dead or cancelled).
         """
         spec = _spec(task, list(args), queue=queue, priority=priority, delay=delay, timeout=timeout,
-                     retries=retries, payload=payload, at=_epoch(at), unique=unique)
+                     retries=retries, payload=payload, at=_epoch(at), unique=unique, after=after)
         return int(self.call("submit", jobs=[spec])["ids"][0])
+
+    def chain(self, *steps: tuple[str, list[Any]] | dict[str, Any]) -> list[int]:
+        """Submit a chain in one commit: each step starts when the one before is done, with its result as payload;
+        a step that ends dead or cancelled cancels the rest. Steps as submit_many's; their ids, in order."""
+        specs = [dict(j) if isinstance(j, dict) else {"task": j[0], "args": list(j[1])} for j in steps]
+        return [int(i) for i in self.call("submit", jobs=specs, chain=True)["ids"]]
 
     def publish(self, exchange: str, key: str, task: str, *args: Any, **options: Any) -> list[int]:
         """Submit through an exchange: one job for each bound queue that `key` matches, in one commit; their ids.

@@ -90,6 +90,8 @@ class TaskConfig:
     cpu_max: int | None = None  # seconds of CPU (RLIMIT_CPU) of a command job
     open_files_max: int | None = None  # descriptors (RLIMIT_NOFILE) of a command job
     unique: bool = False  # a submit while a job of this task with the same args is open returns that job
+    on_success: str | None = None  # a task submitted when a job of this one is done (payload: id, state, result)
+    on_failure: str | None = None  # ... when one is dead (out of attempts)
 
     def handler_spec(self) -> dict[str, Any]:
         """How a worker runs this task's jobs: what tq-host puts into each job at submit (handlers.start reads it).
@@ -495,7 +497,8 @@ def _log(r: _Reader) -> LogConfig:
 
 def _task(r: _Reader, name: str) -> TaskConfig:
     r.check_keys({"handler", "command", "python", "queue", "timeout", "retries", "priority", "backoff",
-                  "backoff_max", "kill_grace", "memory_max", "cpu_max", "open_files_max", "unique"})
+                  "backoff_max", "kill_grace", "memory_max", "cpu_max", "open_files_max", "unique", "on_success",
+                  "on_failure"})
     if not re.fullmatch(r"[A-Za-z0-9_*#:-]+(\.[A-Za-z0-9_*#:-]+)*", name):
         raise r.error("", "task names are dot-separated words of letters, digits, _ - : (or * and #)")
     given = [k for k in ("handler", "command", "python") if k in r.table]
@@ -530,4 +533,13 @@ def _task(r: _Reader, name: str) -> TaskConfig:
         cpu_max=None if "cpu_max" not in r.table else max(1, math.ceil(r.duration("cpu_max", 0.0, minimum=1.0))),
         open_files_max=None if "open_files_max" not in r.table else r.integer("open_files_max", 0, 3, 1 << 20),
         unique=r.get("unique", bool, d.unique),
+        on_success=_follow_up(r, "on_success"),
+        on_failure=_follow_up(r, "on_failure"),
     )
+
+
+def _follow_up(r: _Reader, key: str) -> str | None:
+    task: str | None = r.get(key, str, None)
+    if task is not None and not TASK_NAME_RE.fullmatch(task):
+        raise r.error(key, f"expected a task name, got {task!r}")
+    return task

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import sys
 import time
 from typing import Any
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "offset); a time past runs at once")
     s.add_argument("--unique", metavar="KEY", help="while a job submitted with KEY is open, print its id and "
                    "create nothing")
+    s.add_argument("--then", action="append", metavar="'TASK [ARG...]'", help="a next step: it runs when the one "
+                   "before is done, with its result as payload (repeat for more); a step that fails cancels the rest")
+    s.add_argument("--after", type=int, metavar="ID", help="wait until job ID is done (cancelled if it is not)")
     s.add_argument("--exchange", metavar="NAME", help="submit through [exchanges.NAME]: one job per bound queue "
                    "that --key matches; prints every id")
     s.add_argument("--key", default="", help="the routing key for --exchange (e.g. orders.created)")
@@ -168,6 +172,14 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     payload = sys.stdin.read() if args.payload == "-" else args.payload
     if args.at is not None and args.delay:
         raise Refused("give --delay or --at, not both")
+    if args.then:
+        if args.wait or args.exchange is not None:
+            raise Refused("--then takes no --wait or --exchange (tqctl result --wait LAST_ID waits for the chain)")
+        first = _spec_of(args, payload)
+        steps = [first] + [_then(text) for text in args.then]
+        ids = client.chain(*steps)
+        _out({"ids": ids}) if as_json else print("\n".join(map(str, ids)))
+        return 0
     if args.exchange is not None:
         if args.queue is not None or args.wait or args.unique is not None:
             raise Refused("--exchange chooses the queues: it takes no --queue, --wait or --unique")
@@ -176,11 +188,26 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         _out({"ids": ids}) if as_json else print("\n".join(map(str, ids)))
         return 0
     jid = client.submit(args.task, *args.args, queue=args.queue, priority=args.priority, delay=args.delay,
-                        timeout=args.timeout, retries=args.retries, payload=payload, at=args.at, unique=args.unique)
+                        timeout=args.timeout, retries=args.retries, payload=payload, at=args.at, unique=args.unique,
+                        after=args.after)
     if not args.wait:
         _out({"id": jid}) if as_json else print(jid)
         return 0
     return _finish(_wait(client, jid, args.wait_timeout), as_json)
+
+
+def _spec_of(args: argparse.Namespace, payload: str | None) -> dict[str, Any]:
+    """The job of `tqctl submit TASK ARG...` with its options, as a job spec."""
+    options = {"queue": args.queue, "priority": args.priority, "delay": args.delay or None, "timeout": args.timeout,
+               "retries": args.retries, "payload": payload, "at": args.at, "unique": args.unique, "after": args.after}
+    return {"task": args.task, "args": list(args.args)} | {k: v for k, v in options.items() if v is not None}
+
+
+def _then(text: str) -> dict[str, Any]:
+    words = shlex.split(text)
+    if not words:
+        raise Refused("--then needs a task name")
+    return {"task": words[0], "args": words[1:]}
 
 
 def _submit_batch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
@@ -322,8 +349,8 @@ def _cmd_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         _out(job)
         return 0
     for key in ("id", "task", "args", "payload", "queue", "priority", "state", "attempts", "retries", "timeout",
-                "handler", "unique", "worker", "submitter", "created_at", "run_at", "started_at", "finished_at",
-                "usage", "result", "error"):
+                "handler", "unique", "parent", "children", "worker", "submitter", "created_at", "run_at",
+                "started_at", "finished_at", "usage", "result", "error"):
         value = job.get(key)
         if key.endswith("_at") and value is not None:
             when = f"{_age(value)} ago" if value <= time.time() else f"in {_age(2 * time.time() - value)}"
@@ -332,6 +359,8 @@ def _cmd_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
             value = json.dumps(value)
         elif key == "usage":
             value = describe_usage(value).removeprefix("; ") if value else None
+        elif key == "children":
+            value = " ".join(map(str, value)) if value else None
         print(f"{key + ':':<12} {'-' if value is None else value}")
     return 0
 

@@ -25,13 +25,19 @@ from typing import Any
 from .states import FINAL
 from .transport import restrict
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Statements that take a store from schema version N to N + 1, run in one transaction at open: a store
 # written by an older tq is upgraded in place, and keeps every job. (New tables come from _SCHEMA.)
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE jobs ADD COLUMN handler TEXT", "ALTER TABLE jobs ADD COLUMN usage TEXT"),
     2: ("ALTER TABLE jobs ADD COLUMN unique_key TEXT",),
+    3: ("ALTER TABLE jobs ADD COLUMN parent INTEGER", "ALTER TABLE jobs ADD COLUMN link INTEGER"),
 }
+# After the migrations: a job's children are looked up by `tqctl show` (jobs without a parent cost it nothing).
+_INDEXES = ("CREATE INDEX IF NOT EXISTS jobs_parent ON jobs(parent) WHERE parent IS NOT NULL",)
+# How a job is linked to its parent (column link): it waits for it (--after), it is the next step of a chain and
+# takes its result as payload (--then), or it was submitted when the parent finished (on_success, on_failure).
+AFTER, CHAIN, FOLLOW_UP = 0, 1, 2
 _FINAL_SQL = ",".join(f"'{s}'" for s in sorted(FINAL))  # the SQL list of final states
 
 # No secondary indexes: each would cost every submit and every result a B-tree write. Recovery reads the
@@ -60,7 +66,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     handler TEXT,
     usage TEXT,
-    unique_key TEXT
+    unique_key TEXT,
+    parent INTEGER,
+    link INTEGER
 );
 CREATE TABLE IF NOT EXISTS workers (
     instance TEXT PRIMARY KEY,
@@ -76,7 +84,7 @@ CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, last_run REAL NOT N
 
 _COLUMNS = ("id", "task", "args", "payload", "queue", "priority", "state", "attempts", "retries", "timeout",
             "backoff", "backoff_max", "run_at", "worker", "result", "error", "submitter", "created_at",
-            "started_at", "finished_at", "handler", "usage", "unique_key")
+            "started_at", "finished_at", "handler", "usage", "unique_key", "parent", "link")
 
 
 # A new job that has not run yet: attempts (0), worker, result, error, started_at and finished_at (NULL) are
@@ -90,7 +98,9 @@ _UPDATES = {
     "dispatched": ("state", "attempts", "worker", "started_at"),
     "done": ("state", "result", "error", "started_at", "finished_at"),  # no cost recorded (echo), first attempt
     "done_usage": ("state", "result", "error", "started_at", "finished_at", "usage"),
-    "any": ("state", "attempts", "run_at", "worker", "result", "error", "started_at", "finished_at", "usage"),
+    "any": ("state", "attempts", "run_at", "worker", "result", "error", "started_at", "finished_at", "usage",
+            "payload"),
+    "released": ("state", "payload"),  # a chain's next step: queued, with the result before it as payload
 }
 
 
@@ -136,6 +146,8 @@ class JobRecord:
     handler_json: str | None  # how to run it, resolved at submit (None: a job stored before there was one)
     usage_json: str | None  # what the last attempt cost (CPU, memory, exit status)
     unique_key: str | None = None  # while the job is open, a submit with this key returns it (submit --unique)
+    parent: int | None = None  # the job it waits for, or follows (see link)
+    link: int | None = None  # AFTER, CHAIN or FOLLOW_UP
     cancel_requested: bool = False  # `tqctl cancel` of the running attempt (not stored: it lasts one attempt)
     lost_on: str | None = None  # the worker its last attempt was lost with: another one takes it if it can
 
@@ -150,6 +162,7 @@ class JobRecord:
             "started_at": self.started_at, "finished_at": self.finished_at,
             "handler": None if self.handler_json is None else json.loads(self.handler_json),
             "usage": None if self.usage_json is None else json.loads(self.usage_json), "unique": self.unique_key,
+            "parent": self.parent,
         }
 
 
@@ -216,6 +229,8 @@ class Store:
             for step in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[step]:
                     self.db.execute(statement)
+            for statement in _INDEXES:
+                self.db.execute(statement)
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # SQLite itself may end a transaction on an error (SQLITE_FULL): ask it, keep no flag of our own.
@@ -366,6 +381,11 @@ class Store:
         self._begin()
         self.db.execute("INSERT OR REPLACE INTO schedules VALUES (?, ?, ?)", (name, last_run, last_job))
 
+    def children(self, job_id: int) -> list[int]:
+        """The jobs that wait for or follow this one."""
+        self.flush()
+        return [i for (i,) in self.db.execute("SELECT id FROM jobs WHERE parent=? ORDER BY id", (job_id,))]
+
     def workers(self) -> list[tuple[str, int, list[str], str, float]]:
         rows = self.db.execute("SELECT instance, pid, queues, state, seen_at FROM workers ORDER BY instance")
         return [(i, p, json.loads(q), s, t) for i, p, q, s, t in rows]
@@ -378,7 +398,7 @@ class Store:
 def _not_run(j: JobRecord) -> bool:
     """True while the columns _FRESH leaves out still hold their defaults."""
     return (j.attempts == 0 and j.worker is None and j.result is None and j.error is None and j.started_at is None
-            and j.finished_at is None and j.usage_json is None and j.unique_key is None)
+            and j.finished_at is None and j.usage_json is None and j.unique_key is None and j.parent is None)
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:

@@ -103,6 +103,9 @@ HOST_KEYS: dict[str, tuple[str, Any]] = {
                       lambda h: '"cpu_max":2' in _submitted(h, "t").handler_json),
     "tasks.open_files_max": ('[tasks.t]\ncommand = ["true"]\nopen_files_max = 32',
                              lambda h: '"open_files_max":32' in _submitted(h, "t").handler_json),
+    "tasks.on_success": ('[tasks.t]\non_success = "notify"', lambda h: h.cfg.task_for("t").on_success == "notify"
+                         and h.requests.follow_ups),
+    "tasks.on_failure": ('[tasks.t]\non_failure = "alert"', lambda h: h.cfg.task_for("t").on_failure == "alert"),
     "tasks.unique": ("[tasks.t]\nunique = true", lambda h: _submitted(h, "t").unique_key == "t []"),
     "access.admins": ('[access]\nadmins = ["wheel"]', lambda h: h.requests.access.cfg.access.admins == ("wheel",)),
     "queues": ('[queues.mail]\nsubmit = ["alice"]',

@@ -176,3 +176,45 @@ def test_a_schedule_runs_each_time_once_through_kill_9_and_catches_up_what_it_mi
     assert listed["name"] == "tick" and listed["every"] == 1.0 and listed["next_run"] > listed["last_run"]
     table = suite.tqctl("schedules").stdout.splitlines()
     assert table[0].split()[:3] == ["SCHEDULE", "WHEN", "TASK"] and table[1].startswith("tick")
+
+
+def test_a_chain_runs_each_step_once_in_order_through_kill_9_with_the_result_before_it(suite: Suite) -> None:
+    # The second step's queue has no worker until after the restart: tq-host dies with the chain half done.
+    suite.write_config(RECORD + '[tasks.late]\npython = "tq_test_handlers:record"\nqueue = "later"\n'
+                       '[worker.2]\nqueues = ["later"]\n')
+    host = suite.host()
+    suite.worker("1")
+    c = suite.client()
+    r = suite.tqctl("submit", "rec", "one", "--then", "late two", "--then", "rec three")
+    assert r.returncode == 0, r.stderr
+    first, second, third = map(int, r.stdout.split())
+    assert c.wait(first, timeout=10)["state"] == "done"
+    assert (c.get(second)["state"], c.get(third)["state"]) == ("queued", "deferred")
+    host.signal(signal.SIGKILL)
+    host.wait()
+    suite.host()
+    suite.worker("2")
+    c = suite.client()
+    jobs = c.wait_many([first, second, third], timeout=20)
+    assert [jobs[i]["state"] for i in (first, second, third)] == ["done"] * 3
+    assert jobs[second]["payload"] == "recorded one" and jobs[third]["payload"] == "recorded two"
+    assert suite.executions() == ["one", "two", "three"]  # each once, in order
+    shown = suite.tqctl("show", str(second)).stdout
+    assert f"parent:      {first}" in shown and f"children:    {third}" in shown
+
+
+def test_after_waits_for_a_job_and_a_failed_step_cancels_the_rest_of_the_chain(suite: Suite) -> None:
+    suite.write_config(RECORD + '[tasks.fail]\npython = "tq_test_handlers:fail"\nretries = 0\n')
+    suite.start(workers=1)
+    c = suite.client()
+    gate = c.submit("rec", "gate", delay=0.5)
+    later = int(suite.tqctl("submit", "--after", str(gate), "rec", "later").stdout)
+    assert c.get(later)["state"] == "deferred"
+    assert c.wait(later, timeout=10)["state"] == "done" and suite.executions() == ["gate", "later"]
+    ids = c.chain(("rec", ["a"]), ("fail", ["boom"]), ("rec", ["never"]))
+    jobs = c.wait_many(ids, timeout=10)
+    assert [jobs[i]["state"] for i in ids] == ["done", "dead", "cancelled"]
+    assert jobs[ids[2]]["error"] == f"cancelled: job {ids[1]} before it in the chain is dead"
+    assert "never" not in suite.executions()
+    r = suite.tqctl("submit", "--after", "99999", "rec")
+    assert r.returncode == 5 and "no job 99999" in r.stderr

@@ -558,3 +558,74 @@ def test_without_overlap_a_run_is_skipped_while_the_last_one_is_open(parts: Part
     assert _runs_of(parts, "s") == [1010.0] and "is skipped: job" in caplog.text and "overlap = false" in caplog.text
     (listed,) = scheduler.public()
     assert listed["last_run"] == 1020.0 and listed["next_run"] == 1030.0 and listed["last_state"] == "queued"
+
+
+# ---- chains, after, follow-ups ------------------------------------------------------------------------------
+
+def _chain(parts: Parts, *specs: dict[str, object]) -> list[int]:
+    a, b = socket.socketpair()
+    parts.requests.handle(Conn(a, uid=1000), json.dumps({"op": "submit", "rid": 1, "jobs": list(specs),
+                                                         "chain": True}).encode())
+    ((_, reply),) = parts.requests.take_replies()
+    a.close()
+    b.close()
+    assert reply["ok"], reply
+    ids: list[int] = reply["ids"]
+    return ids
+
+
+def test_a_chain_step_starts_with_the_result_before_it_and_a_dead_step_cancels_the_rest(parts: Parts) -> None:
+    parts.start_worker("1")
+    a, b, c = _chain(parts, {"task": "t", "args": ["x"]}, {"task": "t", "retries": 0}, {"task": "t"})
+    assert [job(parts, i).state for i in (a, b, c)] == ["queued", "deferred", "deferred"]
+    assert (job(parts, b).parent, job(parts, c).parent) == (a, b)
+    parts.dispatcher.assign(0.0)
+    parts.result(job(parts, a), output="first result")
+    assert job(parts, b).state == JobState.QUEUED and json.loads(job(parts, b).payload_json or "") == "first result"
+    parts.store.commit()
+    parts.jobs.load()  # as after a restart: c still waits for b
+    assert job(parts, c).state == JobState.DEFERRED and parts.jobs.deferred[b] == [c]
+    parts.dispatcher.assign(0.0)
+    parts.result(job(parts, b), ok=False)  # retries = 0: dead
+    assert job(parts, b).state == JobState.DEAD
+    assert job(parts, c).state == JobState.CANCELLED
+    assert job(parts, c).error == f"cancelled: job {b} before it in the chain is dead"
+    parts.store.commit()
+    assert parts.store.children(a) == [b] and parts.store.children(b) == [c]
+
+
+def test_a_job_after_another_waits_for_it_and_is_refused_after_a_dead_one(parts: Parts) -> None:
+    (first,) = submit(parts, {"task": "t"})
+    (second,) = submit(parts, {"task": "t", "after": first, "args": ["mine"]})
+    assert job(parts, second).state == JobState.DEFERRED
+    parts.jobs.cancel(job(parts, first))
+    assert job(parts, second).state == JobState.CANCELLED and f"job {first} it waited for is cancelled" in (
+        job(parts, second).error or "")
+    a, b = socket.socketpair()
+    parts.requests.handle(Conn(a, 1000), json.dumps({"op": "submit", "rid": 2,
+                                                     "jobs": [{"task": "t", "after": first}]}).encode())
+    ((_, reply),) = parts.requests.take_replies()
+    assert reply["code"] == "conflict" and "a job after it would never run" in reply["error"]
+    a.close()
+    b.close()
+
+
+def test_on_success_and_on_failure_submit_a_follow_up_with_the_outcome(tmp_path: Path) -> None:
+    parts = make_parts(tmp_path / "state", '[tasks."#"]\nhandler = "echo"\n[tasks.work]\nhandler = "echo"\n'
+                                           'retries = 0\non_success = "notify"\non_failure = "alert"\n'
+                                           '[tasks.notify]\nhandler = "echo"\non_success = "notify"\n')
+    try:
+        parts.start_worker("1")
+        ok, bad = submit(parts, {"task": "work"}, {"task": "work"})
+        parts.dispatcher.assign(0.0)
+        parts.result(job(parts, ok), output="fine")
+        parts.result(job(parts, bad), ok=False)
+        follow = {j.task: j for j in parts.jobs.jobs.values() if j.task in ("notify", "alert")}
+        assert json.loads(follow["notify"].payload_json or "") == {"id": ok, "task": "work", "state": "done",
+                                                                  "result": "fine", "error": None}
+        assert json.loads(follow["alert"].payload_json or "")["state"] == "dead" and follow["alert"].parent == bad
+        parts.dispatcher.assign(0.0)
+        parts.result(job(parts, follow["notify"].id))  # notify's own on_success: not for a follow-up (no loop)
+        assert not [j for j in parts.jobs.jobs.values() if j.task == "notify"]
+    finally:
+        parts.close()

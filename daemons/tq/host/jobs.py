@@ -17,15 +17,16 @@ from collections.abc import Callable
 from ..log import JobEvents
 from ..protocol import Result, to_json
 from ..states import FINAL, JobState
-from ..store import JobRecord, Store
+from ..store import CHAIN, JobRecord, Store
 from ..usage import describe as describe_usage
 
 # A job's state is kept as the plain string: sqlite3 binds a str subclass (an enum member) on a slower path.
 QUEUED, DELAYED, RUNNING, DONE = (s.value for s in (JobState.QUEUED, JobState.DELAYED, JobState.RUNNING,
                                                     JobState.DONE))
 FAILED, DEAD, CANCELLED = (s.value for s in (JobState.FAILED, JobState.DEAD, JobState.CANCELLED))
+DEFERRED = JobState.DEFERRED.value
 WAITING = (DELAYED, FAILED)  # wait for their run_at
-CANCELLABLE = (QUEUED, DELAYED, FAILED, RUNNING)
+CANCELLABLE = (QUEUED, DELAYED, FAILED, RUNNING, DEFERRED)
 RETRYABLE = (DEAD, CANCELLED, FAILED)
 
 
@@ -42,6 +43,7 @@ class JobTable:
         self.counts: collections.Counter[str] = collections.Counter()
         self.unique: dict[str, int] = {}  # unique key -> the open job that holds it (submit --unique)
         self.running_in: collections.Counter[str] = collections.Counter()  # queue -> its running jobs
+        self.deferred: dict[int, list[int]] = collections.defaultdict(list)  # job -> the deferred jobs after it
         self.on_final: Callable[[JobRecord], None] = lambda job: None
 
     def load(self) -> None:
@@ -52,9 +54,17 @@ class JobTable:
         self.counts.clear()
         self.unique.clear()
         self.running_in.clear()
+        self.deferred.clear()
         self.counts.update(self.store.count_final())
         for job in self.store.open_jobs():
             self._index(job)
+        for parent_id in [p for p in self.deferred if p not in self.jobs]:  # finished, its followers not moved on
+            parent = self.store.get(parent_id)
+            if parent is not None:
+                self._release_after(parent)
+            else:  # pruned: nothing to wait for any more
+                for job_id in self.deferred.pop(parent_id):
+                    self._cancel_deferred(self.jobs[job_id], f"cancelled: job {parent_id} it waited for is gone")
 
     def find(self, job_id: int) -> JobRecord | None:
         """A job, open or finished."""
@@ -78,6 +88,8 @@ class JobTable:
         self.counts[job.state] += 1
         if job.state == RUNNING:
             self.running_in[job.queue] += 1
+        elif job.state == DEFERRED and job.parent is not None:
+            self.deferred[job.parent].append(job.id)
         if job.unique_key is not None:
             self.unique.setdefault(job.unique_key, job.id)  # a retried job whose key was taken meanwhile: not it
         if job.state == QUEUED:
@@ -103,7 +115,11 @@ class JobTable:
             self.jobs.pop(job.id, None)
             if job.unique_key is not None and self.unique.get(job.unique_key) == job.id:
                 del self.unique[job.unique_key]  # the key is free again
+            self.store.update(job, change)
             self.on_final(job)
+            if job.id in self.deferred:
+                self._release_after(job)
+            return
         self.store.update(job, change)
 
     # ---- transitions ------------------------------------------------------
@@ -218,6 +234,27 @@ class JobTable:
             self._cancelled(job, job.worker, error)
             return
         self._fail(job, job.worker, error, "lost")
+
+    def _release_after(self, parent: JobRecord) -> None:
+        """A job finished: the jobs deferred after it are queued if it is done (a chain's next step takes its
+        result as payload), else cancelled, and so the rest of a chain with them."""
+        for job_id in self.deferred.pop(parent.id, []):
+            job = self.jobs.get(job_id)
+            if job is None or job.state != DEFERRED:
+                continue
+            if parent.state != DONE:
+                what = "before it in the chain" if job.link == CHAIN else "it waited for"
+                self._cancel_deferred(job, f"cancelled: job {parent.id} {what} is {parent.state}")
+                continue
+            if job.link == CHAIN:
+                job.payload_json = to_json(parent.result)
+            self._move(job, QUEUED, "released")
+            self.events.event("ready", job.id, job.task, job.queue, detail=f"job {parent.id} is done")
+
+    def _cancel_deferred(self, job: JobRecord, error: str) -> None:
+        job.error, job.finished_at = error, time.time()
+        self._move(job, CANCELLED)
+        self.events.event("cancelled", job.id, job.task, job.queue, detail=error)
 
     def cancel(self, job: JobRecord) -> bool:
         """Cancel a job; True when it is running and must first be stopped on its worker (it is cancelled when

@@ -25,10 +25,10 @@ from .. import __version__, config, control, protocol
 from ..control import RequestError
 from ..log import Burst
 from ..states import FINAL, JobState
-from ..store import JobRecord
+from ..store import AFTER, CHAIN, FOLLOW_UP, JobRecord
 from .access import Access
 from .fleet import Fleet
-from .jobs import DELAYED, QUEUED, InvalidTransition, JobTable
+from .jobs import CANCELLED, DEAD, DEFERRED, DELAYED, DONE, QUEUED, InvalidTransition, JobTable
 from .queues import Queues
 from .server import Conn
 
@@ -74,6 +74,7 @@ class Requests:
         """Take a (reloaded) configuration: task names are resolved afresh."""
         self.cfg = cfg
         self.access = Access(cfg)
+        self.follow_ups = any(t.on_success or t.on_failure for t in cfg.tasks)
         self._task = functools.lru_cache(maxsize=MAX_TASKS_CACHED)(self._resolve_task)
 
     def handle(self, conn: Conn, line: bytes) -> None:
@@ -147,7 +148,8 @@ class Requests:
         heapq.heappush(self.deadlines, (w.deadline, next(self._seq), job_id, w))
 
     def on_final(self, job: JobRecord) -> None:
-        """A job reached a final state: answer everyone who waits for it."""
+        """A job reached a final state: submit its task's follow-up, answer everyone who waits for it."""
+        self.follow_up(job)
         waiting = self.waiters.pop(job.id, None)
         if not waiting:
             return
@@ -211,6 +213,9 @@ class Requests:
         wait_for = control.field(req, "wait_for", (int, float), None)
         if req.get("exchange") is not None:
             specs = self._route(req, specs, wait_for)
+        chain = control.field(req, "chain", bool, False)
+        if chain and (len(specs) < 2 or wait_for is not None):
+            raise RequestError("bad_request", "a chain takes two jobs or more, and no wait_for (wait for its last id)")
         if wait_for is not None and (len(specs) != 1 or not 0 <= wait_for < math.inf):
             raise RequestError("bad_request", "wait_for takes one job and a finite number of seconds")
         jobs = [self._new_job(spec, conn.uid) for spec in specs]  # validate all before storing any
@@ -220,8 +225,18 @@ class Requests:
                 if refusal is not None:
                     raise RequestError("permission", refusal)
         detail = f"by uid {conn.uid}"
-        ids, existing = [], []
+        for i, job in enumerate(jobs):  # every check before the first job is added
+            if chain and i:  # the next step of the chain: after the one before, with its result as payload
+                if job.unique_key is not None or job.parent is not None:
+                    raise RequestError("bad_request", "a chain's later steps take no unique key and no after")
+                job.link, job.state, job.run_at = CHAIN, DEFERRED, None
+            elif job.parent is not None:
+                self._after(job)
+        ids: list[int] = []
+        existing: list[int] = []
         for job in jobs:
+            if job.link == CHAIN:
+                job.parent = ids[-1]
             held = None if job.unique_key is None else self.jobs.holder(job.unique_key)
             if held is not None:  # coalesced: the open job with this key answers for it, nothing is created
                 ids.append(held.id)
@@ -252,6 +267,16 @@ class Requests:
             raise RequestError("bad_request", f"exchange {name}: routing key {key[:100]!r} matches no binding; "
                                               "nothing was submitted")
         return [{**specs[0], "queue": queue} for queue in queues]
+
+    def _after(self, job: JobRecord) -> None:
+        """A job submitted --after another: deferred while that one is open, queued if it is done."""
+        parent = self.jobs.find(job.parent or 0)
+        if parent is None:
+            raise RequestError("not_found", f"no job {job.parent} (after)")
+        if parent.state in (DEAD, CANCELLED):
+            raise RequestError("conflict", f"job {parent.id} is {parent.state}: a job after it would never run")
+        if parent.state != DONE:
+            job.state, job.run_at = DEFERRED, None  # (a delay or time counts from its submit, not its parent)
 
     def submit_internal(self, spec: dict[str, Any], detail: str) -> JobRecord:
         """A job that tq-host submits itself (a schedule's run), checked as a submit of root's; RequestError if
@@ -288,6 +313,7 @@ class Requests:
         args_json, payload_json = protocol.to_json(args), None if payload is None else protocol.to_json(payload)
         if unique_key is None and task.unique:
             unique_key = f"{name} {args_json}"  # the task and its args
+        after = None if spec.keys() <= PLAIN_SPEC else control.field(spec, "after", int, None)
         size = protocol.job_size(name, queue, args_json, payload_json, handler_json)
         limit = self.cfg.mqueue.max_message_size
         if size > limit:
@@ -297,7 +323,7 @@ class Requests:
         return JobRecord(0, name, args_json, payload_json, queue, priority, DELAYED if delay > 0 else QUEUED, 0,
                          retries, timeout, task.backoff, task.backoff_max, now + delay if delay > 0 else None, None,
                          None, None, uid, now, None, None, handler_json, None,
-                         unique_key)  # positional: the fields in order
+                         unique_key, after, None if after is None else AFTER)  # positional: the fields in order
 
     def _resolve_task(self, name: str) -> tuple[str, config.TaskConfig, str]:
         """A task name, checked, with its task and how to run it (cached: the name interned, one string for all
@@ -324,7 +350,28 @@ class Requests:
         return {"version": __version__}
 
     def _get(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
-        return {"job": self._lookup(req).public()}
+        job = self._lookup(req)
+        return {"job": job.public() | {"children": self.jobs.store.children(job.id)}}
+
+    def follow_up(self, job: JobRecord) -> None:
+        """A job finished: submit its task's on_success (done) or on_failure (dead) job, with the job's id, state,
+        result and error as payload. A follow-up job has none of its own (no loop of follow-ups)."""
+        if not self.follow_ups or job.link == FOLLOW_UP or job.state not in (DONE, DEAD):
+            return
+        task = self.cfg.task_for(job.task)
+        follow = task and (task.on_success if job.state == DONE else task.on_failure)
+        if not follow:
+            return
+        spec = {"task": follow, "payload": {"id": job.id, "task": job.task, "state": job.state,
+                                            "result": job.result, "error": job.error}}
+        try:
+            new = self._new_job(spec, 0)
+        except RequestError as e:
+            self.logger.error("job %d: its %s task %s was not submitted: %s", job.id,
+                              "on_success" if job.state == DONE else "on_failure", follow, e)
+            return
+        new.parent, new.link = job.id, FOLLOW_UP
+        self.jobs.add(new, f"as {'on_success' if job.state == DONE else 'on_failure'} of job {job.id}")
 
     def _wait_op(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any] | None:
         """Answer when the job `id` has finished, or when every job of `ids` has (or at the timeout, with
