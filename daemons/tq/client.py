@@ -168,8 +168,12 @@ class Client:
         nothing is created. `after`: a job id; this one waits until that one is done (and is cancelled if it
         ends dead or cancelled).
         """
-        spec = _spec(task, list(args), queue=queue, priority=priority, delay=delay, timeout=timeout,
-                     retries=retries, payload=payload, at=_epoch(at), unique=unique, after=after)
+        if queue is None and priority is None and not delay and timeout is None and retries is None and (
+                payload is None and at is None and unique is None and after is None):
+            spec: dict[str, Any] = {"task": task, "args": list(args)}  # the common case, without the options' walk
+        else:
+            spec = _spec(task, list(args), queue=queue, priority=priority, delay=delay, timeout=timeout,
+                         retries=retries, payload=payload, at=_epoch(at), unique=unique, after=after)
         return int(self.call("submit", jobs=[spec])["ids"][0])
 
     def chain(self, *steps: tuple[str, list[Any]] | dict[str, Any]) -> list[int]:

@@ -10,24 +10,31 @@ from __future__ import annotations
 
 import datetime
 import os
-import zoneinfo
-
-from croniter import croniter  # type: ignore[import-untyped]
+from typing import Any
 
 from .config import ScheduleConfig
 
 MAX_CATCH_UP = 1000  # runs fired at once for catch_up = "all" after a long downtime
 
 
+def _croniter() -> Any:
+    """croniter, imported when a cron schedule needs it (with its dependencies, over 1 MB of tq-host's memory)."""
+    from croniter import croniter  # type: ignore[import-untyped]
+
+    return croniter
+
+
 def check_cron(expression: str) -> str | None:
     """Why a cron expression is not valid (None: it is)."""
-    if len(expression.split()) not in (1, 5) or not croniter.is_valid(expression):
+    if len(expression.split()) not in (1, 5) or not _croniter().is_valid(expression):
         return (f"not a cron expression: {expression!r} (five fields: minute hour day-of-month month day-of-week, "
                 "such as \"*/5 * * * *\", or @hourly, @daily, @weekly, @monthly, @yearly)")
     return None
 
 
 def check_timezone(name: str) -> str | None:
+    import zoneinfo  # (it imports sysconfig and subprocess: only a configuration with schedules needs it)
+
     try:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -37,6 +44,8 @@ def check_timezone(name: str) -> str | None:
 
 def zone(name: str | None) -> datetime.tzinfo:
     """The schedule's zone: the named one, else the machine's (TZ, then /etc/localtime), else UTC."""
+    import zoneinfo
+
     if name:
         return zoneinfo.ZoneInfo(name)
     tz = os.environ.get("TZ", "").lstrip(":")
@@ -56,7 +65,7 @@ def next_after(schedule: ScheduleConfig, after: float) -> float:
     assert schedule.cron is not None
     tz = zone(schedule.timezone)
     wall = datetime.datetime.fromtimestamp(after, tz).replace(tzinfo=None)
-    times = croniter(schedule.cron, wall)
+    times = _croniter()(schedule.cron, wall)
     while True:
         candidate: datetime.datetime = times.get_next(datetime.datetime)
         at = candidate.replace(tzinfo=tz).timestamp()  # fold 0: a skipped time maps forward, a doubled one first

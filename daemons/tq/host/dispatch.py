@@ -46,7 +46,8 @@ class Dispatcher:
             for w in workers:
                 if w.assigned and self._busy_with_long_job(w):  # the jobs given below cannot change this
                     continue
-                open_queues = self.queues.open_of(w.queues, now)  # not paused, within their limits
+                steered = self.queues.paused or self.queues.limited  # (not a call per worker per step otherwise)
+                open_queues = self.queues.open_of(w.queues, now) if steered else w.queues
                 while len(w.assigned) < w.prefetch:
                     job = self.jobs.pop_ready(open_queues)
                     if job is None:
@@ -57,7 +58,7 @@ class Dispatcher:
                     self.jobs.start(job, w.instance)
                     w.assigned.add(job.id)
                     self.outbox.append((w, job))
-                    if self.queues.dispatched(job.queue, now):  # a limited queue may have reached its limit
+                    if steered and self.queues.dispatched(job.queue, now):  # a limited queue may be at its limit
                         open_queues = self.queues.open_of(w.queues, now)
                     if not self._fast(job.task):
                         progressed.append(w)

@@ -42,7 +42,9 @@ class JobTable:
         self.delayed: list[tuple[float, int]] = []  # (run_at, id) of delayed and failed jobs
         self.counts: collections.Counter[str] = collections.Counter()
         self.unique: dict[str, int] = {}  # unique key -> the open job that holds it (submit --unique)
-        self.running_in: collections.Counter[str] = collections.Counter()  # queue -> its running jobs
+        # queue -> its running jobs, kept only while a queue has a concurrency limit (count_running)
+        self.running_in: collections.Counter[str] = collections.Counter()
+        self.count_running = False
         self.deferred: dict[int, list[int]] = collections.defaultdict(list)  # job -> the deferred jobs after it
         self.on_final: Callable[[JobRecord], None] = lambda job: None
 
@@ -87,7 +89,8 @@ class JobTable:
         self.jobs[job.id] = job
         self.counts[job.state] += 1
         if job.state == RUNNING:
-            self.running_in[job.queue] += 1
+            if self.count_running:
+                self.running_in[job.queue] += 1
         elif job.state == DEFERRED and job.parent is not None:
             self.deferred[job.parent].append(job.id)
         if job.unique_key is not None:
@@ -101,10 +104,11 @@ class JobTable:
         """Move a job to `state` in the indexes and stage the change (`change`: see store._UPDATES)."""
         self.counts[job.state] -= 1
         self.counts[state] += 1
-        if job.state == RUNNING:
-            self.running_in[job.queue] -= 1
-        elif state == RUNNING:
-            self.running_in[job.queue] += 1
+        if self.count_running:
+            if job.state == RUNNING:
+                self.running_in[job.queue] -= 1
+            elif state == RUNNING:
+                self.running_in[job.queue] += 1
         job.state = state
         if state == QUEUED:
             job.worker = None
@@ -292,6 +296,12 @@ class JobTable:
         self.events.event("retry requested", job.id, job.task, job.queue)
 
     # ---- upkeep -----------------------------------------------------------
+
+    def counting_running(self, on: bool) -> None:
+        """Keep the running jobs per queue (a queue has a concurrency limit), counted afresh when it starts."""
+        if on and not self.count_running:
+            self.running_in = collections.Counter(j.queue for j in self.jobs.values() if j.state == RUNNING)
+        self.count_running = on
 
     def by_queue(self) -> dict[str, tuple[collections.Counter[str], float | None]]:
         """Per queue: its open jobs by state, and when its oldest queued job was submitted (tqctl queues)."""

@@ -39,6 +39,7 @@ class Queues:
         """Take a (reloaded) configuration: its limits apply from the next dispatch."""
         self.cfg = cfg
         self.limited = {name: q for name, q in cfg.queues.items() if q.concurrency is not None or q.rate is not None}
+        self.jobs.counting_running(any(q.concurrency is not None for q in self.limited.values()))
         self.next_token = {name: t for name, t in self.next_token.items() if name in self.limited}
 
     def load(self) -> None:

@@ -213,7 +213,7 @@ class Requests:
         wait_for = control.field(req, "wait_for", (int, float), None)
         if req.get("exchange") is not None:
             specs = self._route(req, specs, wait_for)
-        chain = control.field(req, "chain", bool, False)
+        chain = req.get("chain") is not None and control.field(req, "chain", bool)
         if chain and (len(specs) < 2 or wait_for is not None):
             raise RequestError("bad_request", "a chain takes two jobs or more, and no wait_for (wait for its last id)")
         if wait_for is not None and (len(specs) != 1 or not 0 <= wait_for < math.inf):
@@ -225,6 +225,23 @@ class Requests:
                 if refusal is not None:
                     raise RequestError("permission", refusal)
         detail = f"by uid {conn.uid}"
+        existing: list[int] = []
+        if chain or (jobs[0].parent is not None or jobs[0].unique_key is not None if len(jobs) == 1 else
+                     any(job.parent is not None or job.unique_key is not None for job in jobs)):
+            ids = self._add_linked(jobs, chain, detail, existing)
+        else:  # the common case, kept lean: a submit per job from a single producer goes through here
+            ids = [self.jobs.add(job, detail) for job in jobs]
+        self.queues.submitted((jobs[0].queue,) if len(jobs) == 1 else {job.queue for job in jobs})
+        reply: dict[str, Any] = {"ids": ids, "existing": existing} if existing else {"ids": ids}
+        if wait_for is not None:  # the waiter's answer follows this one (see on_final, expire)
+            self._wait(ids[0], conn, rid, float(wait_for))
+            self.result_awaited = True
+            reply["more"] = True
+        return reply
+
+    def _add_linked(self, jobs: list[JobRecord], chain: bool, detail: str, existing: list[int]) -> list[int]:
+        """Add jobs of which some wait for another (a chain, after) or have a unique key; `existing` gets the ids
+        of open jobs that answered for a unique key."""
         for i, job in enumerate(jobs):  # every check before the first job is added
             if chain and i:  # the next step of the chain: after the one before, with its result as payload
                 if job.unique_key is not None or job.parent is not None:
@@ -233,7 +250,6 @@ class Requests:
             elif job.parent is not None:
                 self._after(job)
         ids: list[int] = []
-        existing: list[int] = []
         for job in jobs:
             if job.link == CHAIN:
                 job.parent = ids[-1]
@@ -243,13 +259,7 @@ class Requests:
                 existing.append(held.id)
             else:
                 ids.append(self.jobs.add(job, detail))
-        self.queues.submitted((jobs[0].queue,) if len(jobs) == 1 else {job.queue for job in jobs})
-        reply: dict[str, Any] = {"ids": ids, "existing": existing} if existing else {"ids": ids}
-        if wait_for is not None:  # the waiter's answer follows this one (see on_final, expire)
-            self._wait(ids[0], conn, rid, float(wait_for))
-            self.result_awaited = True
-            reply["more"] = True
-        return reply
+        return ids
 
     def _route(self, req: dict[str, Any], specs: list[Any], wait_for: Any) -> list[Any]:
         """A submit through an exchange: its one job, once for each bound queue that the routing key matches."""
@@ -299,7 +309,8 @@ class Requests:
             name = control.field(spec, "task", str)  # raises: absent, null or not a string
         name, task, handler_json = self._task(name)
         unique_key = None
-        if spec.keys() <= PLAIN_SPEC:
+        plain = spec.keys() <= PLAIN_SPEC
+        if plain:
             queue, priority, delay, timeout, retries = task.queue, task.priority, 0.0, task.timeout, task.retries
         else:
             queue, priority, delay, timeout, retries = _job_options(spec, task)
@@ -313,7 +324,7 @@ class Requests:
         args_json, payload_json = protocol.to_json(args), None if payload is None else protocol.to_json(payload)
         if unique_key is None and task.unique:
             unique_key = f"{name} {args_json}"  # the task and its args
-        after = None if spec.keys() <= PLAIN_SPEC else control.field(spec, "after", int, None)
+        after = None if plain else control.field(spec, "after", int, None)
         size = protocol.job_size(name, queue, args_json, payload_json, handler_json)
         limit = self.cfg.mqueue.max_message_size
         if size > limit:
