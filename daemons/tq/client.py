@@ -8,13 +8,15 @@
 
 from __future__ import annotations
 
-import datetime
 import socket
 import struct
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import configfiles, control
+
+if TYPE_CHECKING:
+    import datetime
 
 
 class TqError(Exception):
@@ -295,7 +297,7 @@ class Client:
 
 
 def _epoch(at: float | datetime.datetime | None) -> float | None:
-    return at.timestamp() if isinstance(at, datetime.datetime) else at
+    return at if at is None or isinstance(at, (int, float)) else at.timestamp()
 
 
 def _spec(task: str, args: list[Any], **options: Any) -> dict[str, Any]:

@@ -7,9 +7,7 @@ Exit status: 0 ok, 1 job failed, 2 usage or refused, 3 host not reachable,
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import shlex
 import sys
 import time
 from typing import Any
@@ -34,6 +32,8 @@ def _duration(text: str) -> float:
 
 def _time(text: str) -> float:
     """An ISO 8601 time (`2026-12-01T09:00:00+01:00`; without an offset, local time): seconds since the epoch."""
+    import datetime  # (only --at needs it: tqctl starts faster without)
+
     try:
         return datetime.datetime.fromisoformat(text).timestamp()
     except ValueError:
@@ -204,6 +204,8 @@ def _spec_of(args: argparse.Namespace, payload: str | None) -> dict[str, Any]:
 
 
 def _then(text: str) -> dict[str, Any]:
+    import shlex
+
     words = shlex.split(text)
     if not words:
         raise Refused("--then needs a task name")
@@ -495,7 +497,7 @@ def _cmd_watch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         else:
             s = st["states"]
             print(f"{time.strftime('%H:%M:%S')}  queued {s['queued']}  running {s['running']}  "
-                  f"waiting {s['delayed'] + s['failed']}  done {s['done']}  dead {s['dead']}  "
+                  f"waiting {s['delayed'] + s['failed'] + s.get('deferred', 0)}  done {s['done']}  dead {s['dead']}  "
                   f"workers {st['workers_live']}", flush=True)
         time.sleep(args.interval)
 
