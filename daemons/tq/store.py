@@ -112,9 +112,13 @@ def _values(columns: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
     return operator.attrgetter(*(f"{c}_json" if c in _JSON_COLUMNS else c for c in columns))
 
 
-_ROW, _FRESH_ROW = _values(_COLUMNS), _values(_FRESH)
+# A new job dispatched in the step that submitted it (the common case of a producer and idle workers): the fresh
+# columns and the dispatch's own.
+_SENT = (*_FRESH, "attempts", "worker", "started_at")
+_ROW, _FRESH_ROW, _SENT_ROW = _values(_COLUMNS), _values(_FRESH), _values(_SENT)
 _UPDATE_ROWS = {change: _values((*columns, "id")) for change, columns in _UPDATES.items()}
 _INSERT_FRESH = f"INSERT INTO jobs ({','.join(_FRESH)}) VALUES ({','.join('?' * len(_FRESH))})"
+_INSERT_SENT = f"INSERT INTO jobs ({','.join(_SENT)}) VALUES ({','.join('?' * len(_SENT))})"
 _INSERT = f"INSERT INTO jobs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
 _UPDATE_SQL = {change: f"UPDATE jobs SET {'=?, '.join(columns)}=? WHERE id=?" for change, columns in _UPDATES.items()}
 
@@ -292,7 +296,12 @@ class Store:
             if fresh:  # not yet run: the columns that would be 0 or NULL are left to their defaults
                 self.db.executemany(_INSERT_FRESH, map(_FRESH_ROW, fresh))
             if len(fresh) < len(self._new):  # dispatched (or more) in the step that submitted them
-                self.db.executemany(_INSERT, (_ROW(j) for j in self._new.values() if not _not_run(j)))
+                sent = [j for j in self._new.values() if _only_sent(j)]
+                if sent:
+                    self.db.executemany(_INSERT_SENT, map(_SENT_ROW, sent))
+                if len(fresh) + len(sent) < len(self._new):
+                    self.db.executemany(_INSERT, (_ROW(j) for j in self._new.values()
+                                                  if not _not_run(j) and not _only_sent(j)))
             self._new.clear()
         if self._dirty:
             kinds: dict[str, list[JobRecord]] = {}
@@ -393,6 +402,12 @@ class Store:
     def close(self) -> None:
         self.rollback()
         self.db.close()
+
+
+def _only_sent(j: JobRecord) -> bool:
+    """True for a job dispatched and nothing more: the columns _SENT leaves out still hold their defaults."""
+    return (j.attempts > 0 and j.result is None and j.error is None and j.finished_at is None and j.usage_json is None
+            and j.unique_key is None and j.parent is None)
 
 
 def _not_run(j: JobRecord) -> bool:

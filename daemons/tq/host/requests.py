@@ -211,9 +211,11 @@ class Requests:
         """Store the jobs; with `wait_for` (seconds, one job) answer twice: the ids now, the job when finished."""
         specs = control.field(req, "jobs", list)
         wait_for = control.field(req, "wait_for", (int, float), None)
-        if req.get("exchange") is not None:
-            specs = self._route(req, specs, wait_for)
-        chain = req.get("chain") is not None and control.field(req, "chain", bool)
+        chain = False
+        if "exchange" in req or "chain" in req:  # (a plain submit has neither: no lookups on its way)
+            if req.get("exchange") is not None:
+                specs = self._route(req, specs, wait_for)
+            chain = control.field(req, "chain", bool, False)
         if chain and (len(specs) < 2 or wait_for is not None):
             raise RequestError("bad_request", "a chain takes two jobs or more, and no wait_for (wait for its last id)")
         if wait_for is not None and (len(specs) != 1 or not 0 <= wait_for < math.inf):
