@@ -366,31 +366,32 @@ def _schedule(r: _Reader, name: str) -> ScheduleConfig:
         raise r.error("", "schedule names are letters, digits, _ . - (at most 64)")
     if ("cron" in r.table) == ("every" in r.table):
         raise r.error("", "give one of cron (such as \"*/5 * * * *\" or \"@daily\") or every (such as \"30s\")")
-    cron = r.get("cron", str, None)
-    if cron is not None:
-        from . import cron as cron_  # croniter: only a configuration with schedules needs it
-
-        problem = cron_.check_cron(cron)
-        if problem:
-            raise r.error("cron", problem)
+    cron = _cron_checked(r, "cron")
     task: str = r.get("task", str, "")
     if not TASK_NAME_RE.fullmatch(task):
         raise r.error("task", f"expected a task name, got {task!r}")
     queue = r.get("queue", str, None)
     if queue is not None and not NAME_RE.match(queue):
         raise r.error("queue", "queue names are letters, digits, _ . - (at most 64)")
-    timezone = r.get("timezone", str, None)
-    if timezone is not None:
-        from . import cron as cron_
-
-        problem = cron_.check_timezone(timezone)
-        if problem:
-            raise r.error("timezone", problem)
+    timezone = _cron_checked(r, "timezone")
     return ScheduleConfig(
         name=name, task=task, cron=cron, every=r.duration("every", 0.0, minimum=1.0) if "every" in r.table else None,
         args=tuple(r.get("args", list, [])), queue=queue,
         priority=r.integer("priority", 0, PRIORITY_MIN, PRIORITY_MAX) if "priority" in r.table else None,
         timezone=timezone, catch_up=r.choice("catch_up", CATCH_UP, "last"), overlap=r.get("overlap", bool, False))
+
+
+def _cron_checked(r: _Reader, key: str) -> str | None:
+    """A schedule's cron expression or time zone, checked by cron.py (which imports croniter and zoneinfo: only a
+    configuration with schedules needs them)."""
+    value: str | None = r.get(key, str, None)
+    if value is not None:
+        from . import cron
+
+        problem = cron.check_cron(value) if key == "cron" else cron.check_timezone(value)
+        if problem:
+            raise r.error(key, problem)
+    return value
 
 
 def _exchange(r: _Reader, name: str) -> ExchangeConfig:
