@@ -66,7 +66,7 @@ class JobTable:
                 self._release_after(parent)
             else:  # pruned: nothing to wait for any more
                 for job_id in self.deferred.pop(parent_id):
-                    self._cancel_deferred(self.jobs[job_id], f"cancelled: job {parent_id} it waited for is gone")
+                    self._cancel_deferred(self.jobs[job_id], f"job {parent_id} it waited for is gone")
 
     def find(self, job_id: int) -> JobRecord | None:
         """A job, open or finished."""
@@ -119,11 +119,9 @@ class JobTable:
             self.jobs.pop(job.id, None)
             if job.unique_key is not None and self.unique.get(job.unique_key) == job.id:
                 del self.unique[job.unique_key]  # the key is free again
-            self.store.update(job, change)
             self.on_final(job)
             if job.id in self.deferred:
                 self._release_after(job)
-            return
         self.store.update(job, change)
 
     # ---- transitions ------------------------------------------------------
@@ -248,17 +246,16 @@ class JobTable:
                 continue
             if parent.state != DONE:
                 what = "before it in the chain" if job.link == CHAIN else "it waited for"
-                self._cancel_deferred(job, f"cancelled: job {parent.id} {what} is {parent.state}")
+                self._cancel_deferred(job, f"job {parent.id} {what} is {parent.state}")
                 continue
             if job.link == CHAIN:
                 job.payload_json = to_json(parent.result)
             self._move(job, QUEUED, "released")
             self.events.event("ready", job.id, job.task, job.queue, detail=f"job {parent.id} is done")
 
-    def _cancel_deferred(self, job: JobRecord, error: str) -> None:
-        job.error, job.finished_at = error, time.time()
-        self._move(job, CANCELLED)
-        self.events.event("cancelled", job.id, job.task, job.queue, detail=error)
+    def _cancel_deferred(self, job: JobRecord, why: str) -> None:
+        job.finished_at = time.time()
+        self._cancelled(job, None, why)
 
     def cancel(self, job: JobRecord) -> bool:
         """Cancel a job; True when it is running and must first be stopped on its worker (it is cancelled when

@@ -290,10 +290,12 @@ class Requests:
         if parent.state != DONE:
             job.state, job.run_at = DEFERRED, None  # (a delay or time counts from its submit, not its parent)
 
-    def submit_internal(self, spec: dict[str, Any], detail: str) -> JobRecord:
-        """A job that tq-host submits itself (a schedule's run), checked as a submit of root's; RequestError if
-        refused."""
+    def submit_internal(self, spec: dict[str, Any], detail: str, parent: int | None = None,
+                        link: int | None = None) -> JobRecord:
+        """A job that tq-host submits itself (a schedule's run, a follow-up of `parent`), checked as a submit of
+        root's; RequestError if refused."""
         job = self._new_job(spec, 0)
+        job.parent, job.link = parent, link
         self.jobs.add(job, detail)
         self.queues.submitted((job.queue,))
         return job
@@ -377,14 +379,11 @@ class Requests:
             return
         spec = {"task": follow, "payload": {"id": job.id, "task": job.task, "state": job.state,
                                             "result": job.result, "error": job.error}}
+        what = "on_success" if job.state == DONE else "on_failure"
         try:
-            new = self._new_job(spec, 0)
+            self.submit_internal(spec, f"as {what} of job {job.id}", job.id, FOLLOW_UP)
         except RequestError as e:
-            self.logger.error("job %d: its %s task %s was not submitted: %s", job.id,
-                              "on_success" if job.state == DONE else "on_failure", follow, e)
-            return
-        new.parent, new.link = job.id, FOLLOW_UP
-        self.jobs.add(new, f"as {'on_success' if job.state == DONE else 'on_failure'} of job {job.id}")
+            self.logger.error("job %d: its %s task %s was not submitted: %s", job.id, what, follow, e)
 
     def _wait_op(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any] | None:
         """Answer when the job `id` has finished, or when every job of `ids` has (or at the timeout, with

@@ -64,12 +64,11 @@ class Scheduler:
             last, last_job = self.state[name]
             runs = cron.due(schedule, last, now)
             missed = [run for run in runs if run < self.started]  # while tq-host was down
-            fired = {"none": [], "last": missed[-1:], "all": missed}[schedule.catch_up] + runs[len(missed):]
-            if len(fired) < len(runs):
+            caught = {"none": [], "last": missed[-1:], "all": missed}[schedule.catch_up]
+            if len(caught) < len(missed):
                 self.logger.info("schedule %s: %d run(s) missed while tq-host was down, %d submitted now "
-                                 "(catch_up = \"%s\")", name, len(missed), len(missed) - len(runs) + len(fired),
-                                 schedule.catch_up)
-            for run in fired:
+                                 "(catch_up = \"%s\")", name, len(missed), len(caught), schedule.catch_up)
+            for run in caught + runs[len(missed):]:
                 last_job = self._run(schedule, run, last_job)
             if runs:
                 self.state[name] = (runs[-1], last_job)
