@@ -19,7 +19,7 @@ result would have arrived first) and is requeued.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 VERSION = 2  # 2: a Job carries its queue and how to run it; a Result when the attempt started and its cost
@@ -98,6 +98,9 @@ class Heartbeat(Message):
     queues: list[str]
     prefetch: int
     running: int  # job id, 0 when idle
+    # The worker's own figures (monitor.Sampler.sample): RSS, CPU, descriptors, uptime, jobs done and failed,
+    # the running job. A trailing field with a default: a heartbeat of a worker from before it still decodes.
+    monitor: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,11 @@ _FIELDS: dict[type[Message], tuple[tuple[str, tuple[type, ...], bool], ...]] = {
     cls: tuple((f.name, _TYPES[str(f.type)], str(f.type) == "list[str]") for f in fields(cls))
     for cls in (*KINDS.values(), Job, Result)
 }
+# How many leading fields a body must have: the trailing fields that have a default may be missing (a message
+# from a daemon of the previous release of the same VERSION, from before they were added).
+_REQUIRED: dict[type[Message], int] = {
+    cls: sum(1 for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING) for cls in _FIELDS
+}
 
 
 def encode(msg: Message, limit: int | None = None) -> bytes:
@@ -194,7 +202,11 @@ def decode(data: bytes) -> Message:
 def _build(cls: type[M], body: Any) -> M:
     spec = _FIELDS[cls]
     if not isinstance(body, list) or len(body) != len(spec):
-        raise ProtocolError(f"{cls.__name__}: body is not an array of {len(spec)} fields")
+        least = _REQUIRED[cls]
+        if not isinstance(body, list) or not least <= len(body) < len(spec):
+            count = f"{len(spec)}" if least == len(spec) else f"{least} to {len(spec)}"
+            raise ProtocolError(f"{cls.__name__}: body is not an array of {count} fields")
+        spec = spec[:len(body)]  # the missing trailing fields take their defaults
     for value, (name, kinds, strings) in zip(body, spec, strict=True):
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds and object not in kinds):
             raise ProtocolError(f"{cls.__name__}: field {name!r} has the wrong type")

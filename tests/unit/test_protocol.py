@@ -24,6 +24,31 @@ def test_every_message_kind_round_trips() -> None:
         assert protocol.decode(protocol.encode(msg)) == msg
 
 
+def test_a_heartbeat_carries_the_monitor_and_one_without_it_still_decodes() -> None:
+    """A worker of the previous release (same VERSION) sends five fields: the host keeps its lease."""
+    figures = {"rss_bytes": 1 << 24, "cpu_seconds": 1.5, "fds": 9, "job": {"id": 4, "tree": {"processes": 3}}}
+    new = protocol.Heartbeat("1", 42, ["q"], 2, 4, figures)
+    data = protocol.encode(new)
+    assert data.startswith(b'\x02B["1",42,["q"],2,4,{"rss_bytes"')
+    assert protocol.decode(data) == new
+    old = protocol.decode(b'\x02B["1",42,["q"],2,0]')
+    assert old == protocol.Heartbeat("1", 42, ["q"], 2, 0) and old.monitor == {}
+
+
+@pytest.mark.parametrize("body", [b'["1",42,["q"],2]', b'["1",42,["q"],2,0,{},1]', b'["1",42,["q"],2,0,[]]',
+                                  b'["1",42,["q"],2,0,null]'])
+def test_a_heartbeat_with_fields_missing_extra_or_a_monitor_not_an_object_is_malformed(body: bytes) -> None:
+    with pytest.raises(protocol.ProtocolError, match="Heartbeat"):
+        protocol.decode(b"\x02B" + body)
+
+
+def test_only_trailing_fields_with_a_default_may_be_missing() -> None:
+    with pytest.raises(protocol.ProtocolError, match="array of 4 fields"):
+        protocol.decode(b'\x02H["1",42,["q"]]')
+    with pytest.raises(protocol.ProtocolError, match="array of 5 to 6 fields"):
+        protocol.decode(b'\x02B["1",42,["q"],2]')
+
+
 def test_too_large_names_the_limit() -> None:
     msg = protocol.Jobs([[1, 1, "t", ["x" * 10000], None, 1.0, 0, "q", {}]])
     with pytest.raises(protocol.TooLarge, match="max_message_size is 8192 bytes"):
