@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import replace
 
-from . import __version__, attempt, config, handlers, limits, protocol, transport
+from . import __version__, attempt, config, handlers, limits, monitor, protocol, transport
 from .attempt import Attempt
 from .daemon import Daemon, ignore
 from .notify import child_environment
@@ -45,6 +45,9 @@ class Worker(Daemon):
         self.exit_now = False
         self.reexec = False
         self.next_heartbeat = 0.0
+        self.sampler = monitor.Sampler(time.monotonic())  # the figures each heartbeat carries
+        self.jobs_done = 0  # attempts run here that ended ok / failed, since this program started
+        self.jobs_failed = 0
         self.env = child_environment()
         self.inbox: PosixQueue | None = None
         self.host_q: PosixQueue | None = None
@@ -256,6 +259,10 @@ class Worker(Daemon):
         execution = handlers.start(job.handler, job, env)
         if isinstance(execution, handlers.Done):  # ended as it began (echo, a failure to start): nothing to watch
             outcome = execution.outcome
+            if outcome.ok:
+                self.jobs_done += 1
+            else:
+                self.jobs_failed += 1
             self.outbox.result(attempt.result(self.instance, job, outcome, 0.0, time.time(), {},
                                               self.cfg.mqueue.max_message_size))
             self.events.event("done" if outcome.ok else "failed", job.id, job.task, job.queue, job.attempt,
@@ -286,6 +293,10 @@ class Worker(Daemon):
         if outcome is None:
             return False
         self._end_attempt()
+        if outcome.ok:
+            self.jobs_done += 1
+        else:
+            self.jobs_failed += 1
         self.outbox.result(a.report(self.instance, outcome, self.cfg.mqueue.max_message_size))
         event = "done" if outcome.ok else "failed"
         self.events.event(event, a.job.id, a.job.task, a.job.queue, a.job.attempt, self.instance,
@@ -314,9 +325,22 @@ class Worker(Daemon):
         if self.outbox or self.bye_sent:
             return  # the host is behind; results first
         running = self.current.job.id if self.current else 0
-        self.outbox.message(protocol.Heartbeat(self.instance, os.getpid(), list(self.wcfg.queues),
-                                               self.wcfg.prefetch, running))
+        msg = protocol.Heartbeat(self.instance, os.getpid(), list(self.wcfg.queues), self.wcfg.prefetch, running,
+                                 self._monitor(now))
+        if len(protocol.encode(msg)) > self.cfg.mqueue.max_message_size:  # a tiny max_message_size, long names
+            msg = replace(msg, monitor={})
+        self.outbox.message(msg)
         self._flush()
+
+    def _monitor(self, now: float) -> dict[str, object]:
+        """This worker's figures for the heartbeat (see monitor.py), with the running attempt's."""
+        a = self.current
+        if a is None:
+            return self.sampler.sample(now, self.jobs_done, self.jobs_failed)
+        job = {"id": a.job.id, "task": a.job.task, "attempt": a.job.attempt,
+               "elapsed_seconds": round(now - a.started, 2)}
+        session = a.execution.proc.pid if isinstance(a.execution, handlers.Command) else None
+        return self.sampler.sample(now, self.jobs_done, self.jobs_failed, job, session)
 
     def _status(self, now: float) -> None:
         if self.notifier.status_due(now):
