@@ -429,12 +429,50 @@ def _cmd_workers(client: Client, args: argparse.Namespace, as_json: bool) -> int
     if not workers:
         print("no workers have said hello")
         return 0
-    rows = [["WORKER", "STATE", "PID", "QUEUES", "RUNNING", "DONE", "SEEN"]]
+    rows = [["WORKER", "STATE", "PID", "QUEUES", "UP", "RSS", "CPU", "FDS", "DONE", "FAILED", "JOB", "SEEN"]]
     for w in workers:
-        rows.append([w["instance"], w["state"], str(w["pid"]), ",".join(w["queues"]), str(w["running"] or "-"),
-                     str(w["done"]), f"{w['seen_ago']:.1f}s ago"])
+        m = w.get("monitor") or {}  # none from a worker of the previous release: what the host itself knows
+        job = m.get("job")
+        if job:
+            text = f"{job['id']} {job['task']}" + (f" (try {job['attempt']})" if job.get("attempt", 1) > 1 else "")
+            text += f" {_span(job.get('elapsed_seconds'))}"
+            tree = job.get("tree")
+            if tree:
+                text += f", {tree['processes']} procs {_bytes(tree['rss_bytes'])} cpu {tree['cpu_seconds']:.1f}s"
+        else:
+            text = str(w["running"] or "-")
+        cpu = "-" if m.get("cpu_seconds") is None else f"{m['cpu_seconds']:.1f}s"
+        if m.get("cpu_percent") is not None:
+            cpu += f" {m['cpu_percent']:.0f}%"
+        rows.append([w["instance"], w["state"], str(w["pid"]), ",".join(w["queues"]), _span(m.get("uptime_seconds")),
+                     _bytes(m.get("rss_bytes")), cpu, "-" if m.get("fds") is None else str(m["fds"]),
+                     str(m.get("jobs_done", w["done"])), str(m.get("jobs_failed", "-")), text,
+                     f"{w['seen_ago']:.1f}s ago"])
     _table(rows)
     return 0
+
+
+def _span(seconds: float | None) -> str:
+    """A duration, short: 45s, 2m05s, 3h12m, 2d04h (`-` when unknown)."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+    s = int(seconds)
+    for big, small, unit, sub in ((86400, 3600, "d", "h"), (3600, 60, "h", "m"), (60, 1, "m", "s")):
+        if s >= big:
+            return f"{s // big}{unit}{(s % big) // small:02d}{sub}"
+    return f"{s}s"
+
+
+def _bytes(n: int | None) -> str:
+    """A size in binary units, short: 812K, 24.1M, 1.2G (`-` when unknown)."""
+    if n is None:
+        return "-"
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}" if n < 100 * size else f"{n // size}{unit}"
+    return f"{n}B"
 
 
 def _cmd_pause(client: Client, args: argparse.Namespace, as_json: bool) -> int:

@@ -49,11 +49,39 @@ class WorkerState:
     done: int = 0
     saved: tuple[int, tuple[str, ...], bool] | None = None  # the row last written to the store
     blocked_until: float = 0.0  # its inbox was full: no dispatch to it before this (monotonic)
+    monitor: dict[str, Any] = field(default_factory=dict)  # its figures in its last heartbeat (monitor.py)
+    monitor_at: float = 0.0  # monotonic time that heartbeat came
 
     def public(self, now: float) -> dict[str, Any]:
         return {"instance": self.instance, "pid": self.pid, "state": self.state, "queues": self.queues,
                 "prefetch": self.prefetch, "assigned": sorted(self.assigned), "running": self.running or None,
-                "done": self.done, "seen_ago": round(now - self.seen, 3)}
+                "done": self.done, "seen_ago": round(now - self.seen, 3), "monitor": self.monitor_view(now)}
+
+    def monitor_view(self, now: float) -> dict[str, Any] | None:
+        """The figures of the last heartbeat (None: a worker from before they were sent), `sampled_ago` seconds
+        old. Of a worker still there, uptime and the running job's elapsed time are brought forward to now (as
+        of the heartbeat plus the time since); RSS, CPU and descriptors stay as sampled. The job is shown only
+        while the host still has it running there (its result may have come after the heartbeat)."""
+        if not self.monitor:
+            return None
+        age = max(now - self.monitor_at, 0.0)
+        view = dict(self.monitor, sampled_ago=round(age, 3))
+        present = self.state in ("syncing", "live", "leaving")
+        if present:
+            view["uptime_seconds"] = _forward(view.get("uptime_seconds"), age)
+        job = view.get("job")
+        if not isinstance(job, dict) or not present or job.get("id") != self.running:
+            view["job"] = None
+        else:
+            view["job"] = dict(job, elapsed_seconds=_forward(job.get("elapsed_seconds"), age))
+        return view
+
+
+def _forward(value: Any, age: float) -> Any:
+    """A duration reported `age` seconds ago, as of now (a value that is not a number stays as it came)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return round(value + age, 1)
+    return value
 
 
 OpenInbox = Callable[[str], Transport]  # a worker's inbox by instance; raises QueueError when it cannot
@@ -156,12 +184,15 @@ class Fleet:
         if w is None:
             return
         self.logger.info("worker %s (pid %d) says hello; queues %s", msg.instance, msg.pid, ",".join(msg.queues))
+        if msg.pid != w.pid:
+            w.monitor = {}  # the figures of the process before: its heartbeats bring the new one's
         self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, _restart_cause(w, msg.pid))
 
     def _on_heartbeat(self, msg: protocol.Heartbeat, now: float) -> None:
         w = self._worker(msg.instance)
         if w is None:
             return
+        w.monitor, w.monitor_at = msg.monitor, now  # (empty from a worker of the previous release)
         if w.state in ("lost", "stopped") or msg.pid != w.pid:
             self.logger.info("worker %s (pid %d) is back", msg.instance, msg.pid)
             self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, _restart_cause(w, msg.pid))
