@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import configfiles, control
@@ -84,6 +84,10 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def fileno(self) -> int:
+        """The connection's descriptor (to wait for a subscription's events in a selector), -1 if none."""
+        return -1 if self._sock is None else self._sock.fileno()
 
     def _connect(self) -> socket.socket:
         if self._sock is None:
@@ -294,6 +298,48 @@ class Client:
 
     def workers(self) -> list[dict[str, Any]]:
         return [dict(w) for w in self.call("workers")["workers"]]
+
+    def metrics(self) -> dict[str, Any]:
+        """The host's counters and gauges (tq.metrics.render writes them as Prometheus text)."""
+        return dict(self.call("metrics")["metrics"])
+
+    def events(self, job: int | None = None, task: str | None = None, queue: str | None = None,
+               limit: int = 1000) -> list[dict[str, Any]]:
+        """The last `limit` events (the host keeps the last 1000) that match the filters, oldest first."""
+        return [dict(e) for e in self.call("events", job=job, task=task, queue=queue, limit=limit)["events"]]
+
+    def subscribe(self, job: int | None = None, task: str | None = None, queue: str | None = None,
+                  recent: int = 0) -> Iterator[bytes]:
+        """Follow the events that match the filters: chunks of whole JSON lines, first up to `recent` of the last
+        events, then each new one as it happens (the host sends every 0.1 s). A line `{"missed": N}` says N
+        events were not sent because this reader fell behind. Blocks until the host goes (HostUnreachable);
+        the connection carries nothing else from then on: close the client to stop. The subscription is made
+        before this returns (a host that is not there raises here)."""
+        reply = self.call("subscribe", job=job, task=task, queue=queue, recent=recent)
+        return self._stream(reply["events"])
+
+    def _stream(self, recent: list[dict[str, Any]]) -> Iterator[bytes]:
+        if recent:
+            yield b"".join(control.encode(e) for e in recent)
+        sock = self._sock
+        assert sock is not None
+        self._set_timeout(sock, None)
+        while True:
+            end = self._buf.rfind(b"\n")
+            if end >= 0:
+                chunk = bytes(self._buf[:end + 1])
+                del self._buf[:end + 1]
+                yield chunk
+            try:
+                n = sock.recv_into(self._chunk)
+            except OSError as e:
+                n, error = 0, str(e)
+            else:
+                error = "it closed the connection"
+            if not n:
+                self.close()
+                raise HostUnreachable(f"lost tq-host at {self.socket_path}: {error}")
+            self._buf += memoryview(self._chunk)[:n]
 
 
 def _epoch(at: float | datetime.datetime | None) -> float | None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import select
 import sys
 import time
 from typing import Any
 
 from . import __version__, configfiles, control
-from .client import Client, JobTimeout, Refused, TqError
+from .client import Client, HostUnreachable, JobTimeout, Refused, TqError
 from .states import FINAL, JobState
 from .usage import describe as describe_usage
 
@@ -109,9 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "which workers serve it").set_defaults(func=_cmd_queues)
     sub.add_parser("schedules", parents=[common], help="every schedule: next run, last run and its job"
                    ).set_defaults(func=_cmd_schedules)
-    w = sub.add_parser("watch", parents=[common], help="show status every second until interrupted")
+    ev = sub.add_parser("events", parents=[common], help="job and worker events: the last ones, or as they happen "
+                        "with --follow")
+    ev.set_defaults(func=_cmd_events)
+    ev.add_argument("--follow", "-f", action="store_true", help="print events as they happen, until interrupted")
+    ev.add_argument("--job", type=int, metavar="ID", help="only this job's events")
+    ev.add_argument("--task", help="only this task's events")
+    ev.add_argument("--queue", help="only this queue's events (and its workers')")
+    ev.add_argument("--limit", "-n", type=int, metavar="N", help="how many of the last events first (default: "
+                    "100, or 10 with --follow; the host keeps the last 1000)")
+    m = sub.add_parser("metrics", help="the host's metrics in the Prometheus text format")
+    m.set_defaults(func=_cmd_metrics)
+    m.add_argument("--output", "-o", metavar="FILE", help="write them to FILE atomically (for node_exporter's "
+                   "textfile collector) instead of printing them")
+    w = sub.add_parser("watch", parents=[common], help="show the status line, again whenever events change it")
     w.set_defaults(func=_cmd_watch)
-    w.add_argument("--interval", type=_duration, default=1.0)
+    w.add_argument("--interval", type=_duration, default=1.0, help="at most one line per INTERVAL (default 1s)")
     cfg = sub.add_parser("config", parents=[common], help="configuration")
     cfg.add_argument("action", choices=("check",), help="check: validate the configuration (exit 0 or 2)")
     cfg.set_defaults(func=None)  # it reads the configuration, not the host
@@ -527,17 +541,90 @@ def _cmd_schedules(client: Client, args: argparse.Namespace, as_json: bool) -> i
     return 0
 
 
-def _cmd_watch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+def _cmd_events(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    filters: dict[str, Any] = {"job": args.job, "task": args.task, "queue": args.queue}
+    limit = max(0, args.limit if args.limit is not None else (10 if args.follow else 100))
+    if not args.follow:
+        for e in client.events(**filters, limit=limit):
+            print(json.dumps(e) if as_json else _event_text(e))
+        return 0
+    out = sys.stdout.buffer
+    stream = client.subscribe(**filters, recent=limit)  # a host that is not there: exit 3 now
     while True:
-        st = client.status()
-        if as_json:
-            print(json.dumps(st), flush=True)
-        else:
-            s = st["states"]
-            print(f"{time.strftime('%H:%M:%S')}  queued {s['queued']}  running {s['running']}  "
-                  f"waiting {s['delayed'] + s['failed'] + s.get('deferred', 0)}  done {s['done']}  dead {s['dead']}  "
-                  f"workers {st['workers_live']}", flush=True)
-        time.sleep(args.interval)
+        try:
+            for chunk in stream:
+                # --json: the host's lines as they are (no parsing: a reader that keeps up misses less)
+                out.write(chunk if as_json else
+                          "".join(_event_text(json.loads(line)) + "\n" for line in chunk.splitlines()).encode())
+                out.flush()
+        except HostUnreachable as e:
+            print(f"tqctl: {e}; following again once it is back", file=sys.stderr, flush=True)
+        while True:  # until the host is back (a restart, an upgrade): its events meanwhile are not known
+            time.sleep(1.0)
+            try:
+                stream = client.subscribe(**filters)
+                break
+            except HostUnreachable:
+                continue
+
+
+def _event_text(e: dict[str, Any]) -> str:
+    """One event as a line: local time with milliseconds, what happened, where."""
+    ts = e.get("ts")
+    when = "-" if ts is None else time.strftime("%b %d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+    if "missed" in e:
+        return f"{when}  ... {e['missed']} event(s) missed: this reader fell behind"
+    detail = f": {e['detail']}" if e.get("detail") else ""
+    if "job" in e:
+        where = f"task={e['task']} queue={e['queue']}" + (f" attempt={e['attempt']}" if "attempt" in e else "")
+        where += f" worker={e['worker']}" if e.get("worker") else ""
+        return f"{when}  job {e['job']} {e['event']}  {where}{detail}"
+    return f"{when}  worker {e.get('worker')} {e['event']}  queues={','.join(e.get('queues', []))}{detail}"
+
+
+def _cmd_metrics(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    from . import metrics  # the Prometheus client library: only this command loads it
+
+    try:
+        snapshot: dict[str, Any] | None = client.metrics()
+    except HostUnreachable as e:  # still a file that says so (tq_up 0): an alert needs no stale-file rule
+        print(f"tqctl: {e}", file=sys.stderr)
+        snapshot = None
+    text = metrics.render(snapshot)
+    if args.output:
+        try:
+            metrics.write_atomically(args.output, text)
+        except OSError as e:
+            raise Refused(f"cannot write {args.output}: {e.strerror or e}") from None
+    else:
+        sys.stdout.buffer.write(text)
+    return 0 if snapshot is not None else HostUnreachable.exit_code
+
+
+def _cmd_watch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    """The status line now, and again after events, at most once per --interval: no polling while idle."""
+    with Client(socket_path=client.socket_path) as feed:
+        stream = feed.subscribe()
+        changed, last = True, 0.0
+        while True:
+            now = time.monotonic()
+            if changed and now - last >= args.interval:
+                _status_line(client.status(), as_json)
+                changed, last = False, now
+            timeout = max(0.0, last + args.interval - now) if changed else None
+            if select.select([feed.fileno()], [], [], timeout)[0]:
+                next(stream)  # the socket has data: this reads it (and blocks only for the rest of a line)
+                changed = True
+
+
+def _status_line(st: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(st), flush=True)
+        return
+    s = st["states"]
+    print(f"{time.strftime('%H:%M:%S')}  queued {s['queued']}  running {s['running']}  "
+          f"waiting {s['delayed'] + s['failed'] + s.get('deferred', 0)}  done {s['done']}  dead {s['dead']}  "
+          f"workers {st['workers_live']}", flush=True)
 
 
 if __name__ == "__main__":

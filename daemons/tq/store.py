@@ -245,18 +245,22 @@ class Store:
             self._set_synchronous(acknowledged and self.durability == "full")
             self.db.execute("BEGIN")  # tq-host is the only writer: no need to take the lock up front
 
-    def commit(self, acknowledged: bool = True) -> None:
+    def commit(self, acknowledged: bool = True) -> bool:
         """Write what was staged: one transaction, fsync'd with durability=full when it `acknowledged` something
-        (a reply waits for it), else left for the next fsync (see the module's docstring)."""
+        (a reply waits for it), else left for the next fsync (see the module's docstring). False: nothing to
+        write."""
         self.flush(acknowledged)
         if self.db.in_transaction:
             self.db.execute("COMMIT")
             self._unsynced = self._synchronous == "NORMAL" and self.durability == "full"
-        elif acknowledged and self._unsynced:  # nothing new, but a reply tells of a change not yet fsync'd
+            return True
+        if acknowledged and self._unsynced:  # nothing new, but a reply tells of a change not yet fsync'd
             self._begin()
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('synced_at', ?)", (str(time.time()),))
             self.db.execute("COMMIT")
             self._unsynced = False
+            return True
+        return False
 
     def rollback(self) -> None:
         self._new.clear()

@@ -23,8 +23,9 @@ import selectors
 import sqlite3
 import sys
 import time
+from typing import Any
 
-from .. import __version__, config, control, limits, protocol, transport
+from .. import __version__, config, control, limits, monitor, protocol, transport
 from ..daemon import Daemon, StartError
 from ..log import Burst
 from ..store import JobRecord, Store, StoreError
@@ -35,6 +36,8 @@ from .queues import Queues
 from .requests import Requests
 from .schedules import Scheduler
 from .server import Server
+from .stats import Stats
+from .stream import EventStream
 
 try:
     _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")  # malloc_trim: glibc only
@@ -64,6 +67,8 @@ class Host(Daemon):
         self.scheduler: Scheduler
         self.requests: Requests
         self.server: Server
+        self.stream: EventStream
+        self.stats = Stats()
 
     # ---- start and stop -------------------------------------------------
 
@@ -98,13 +103,18 @@ class Host(Daemon):
         self.requests.schedules = self.scheduler.public
         self.requests.queue_notes = notes
         self.server = Server(self.sel, self.requests.handle, Burst(self.logger))
+        self.stream = EventStream(self.server.close_conn)
+        self.events.sink = self.stream.job_event
+        self.fleet.on_event = self.stream.worker_event
+        self.requests.stream, self.requests.stats = self.stream, self.stats
+        self.requests.metrics = self.metrics
         self.server.listen(cfg.host.socket)
         self.watch_signals()
         self._recover()
         self.started_work = time.monotonic()
         for data in drained:
             self.fleet.on_message(data, time.monotonic())
-        self.store.commit()
+        self._commit()
         self._deliver()
         self.logger.info("tq-host %s ready: store %s, queue %s, socket %s, %d open jobs", __version__,
                          self.store.path, cfg.host_queue, cfg.host.socket, len(self.jobs.jobs))
@@ -118,6 +128,7 @@ class Host(Daemon):
 
     def _on_result(self, job: JobRecord, result: protocol.Result) -> None:
         self.dispatcher.timed(job.task, result.duration)
+        self.stats.duration(job.task, result.duration)
         self.jobs.finish(job, result)
 
     def _recover(self) -> None:
@@ -138,7 +149,7 @@ class Host(Daemon):
     def shutdown(self) -> None:
         self.notifier.stopping()
         self.logger.info("tq-host stopping; workers carry on and reconnect when it is back")
-        self.store.commit()
+        self._commit()
         self._deliver()
         self.server.close()
         self.fleet.close()
@@ -162,7 +173,7 @@ class Host(Daemon):
                 # assigned first: it then goes out with this fsync, not after the next commit.
                 if self.requests.result_awaited:
                     self.dispatcher.assign(now)
-                self.store.commit(True)
+                self._commit(True)
                 self._deliver()
             if self.queue_readable:  # (an empty read costs a system call per step: only when it has some)
                 self.queue_readable = self.fleet.intake(now)
@@ -176,10 +187,12 @@ class Host(Daemon):
             self.dispatcher.assign(now)
             self._prune(now)
             self._trim_memory(now)
-            self.store.commit(self.requests.acknowledging())
+            self._commit(self.requests.acknowledging())
         except sqlite3.Error as e:  # disk full, I/O error: this step is undone, the host carries on
             self._store_failed(e)
         self._deliver()
+        if self.stream.subscribers:
+            self.stream.flush(time.monotonic())
         self.events.tick()
         self.notifier.tick(now)
         if self.notifier.status_due(now):
@@ -207,6 +220,9 @@ class Host(Daemon):
         rated = self.queues.next_wakeup(now) if self.queues.next_token else None
         if rated is not None:
             wait = min(wait, rated)
+        events = self.stream.next_wakeup(now) if self.stream.subscribers else None
+        if events is not None:
+            wait = min(wait, events)
         return max(wait, 0.0)
 
     def _answer(self) -> None:
@@ -221,13 +237,24 @@ class Host(Daemon):
             self._answer()
         if self.dispatcher.send():  # some went back to the queue: that change is committed too
             try:
-                self.store.commit(acknowledged=False)
+                self._commit(acknowledged=False)
             except sqlite3.Error as e:
                 self._store_failed(e)
         self._answer()
 
+    def _commit(self, acknowledged: bool = True) -> None:
+        """The step's one commit (Store.commit), timed for the metrics; then its events are published."""
+        began = time.perf_counter()
+        if self.store.commit(acknowledged):
+            self.stats.commits.observe(time.perf_counter() - began)
+        if self.stream.staged:
+            self.stats.count(self.stream.staged)
+            self.stream.committed()
+
     def _store_failed(self, error: Exception) -> None:
         """A write failed (disk full, I/O error): forget this step, reload from the store, fence workers."""
+        self.stats.commit_errors += 1
+        self.stream.undo()
         self.store_errors(f"store write failed: {error}; rolled back this step and recovered from {self.store.path}")
         try:
             self.store.rollback()
@@ -279,6 +306,26 @@ class Host(Daemon):
         self.queues.configure(new)
         self.scheduler.configure(new)
         self.requests.configure(new)
+
+    def metrics(self) -> dict[str, Any]:
+        """What `tqctl metrics` writes as Prometheus text (tq/metrics.py): the counters, and gauges read now."""
+        now = time.monotonic()
+        store_bytes = 0
+        for suffix in ("", "-wal"):
+            try:
+                store_bytes += os.stat(self.store.path + suffix).st_size
+            except OSError:
+                pass
+        cpu = os.times()
+        return {"host": {"pid": os.getpid(), "start_time": self.requests.started, "rss_bytes": monitor.rss_bytes(),
+                         "cpu_seconds": cpu.user + cpu.system},
+                "states": {state: n for state, n in self.jobs.counts.items()},
+                "queues": self.queues.listing(),
+                "workers": self.fleet.public(now),
+                "store_bytes": store_bytes,
+                "events": self.stream.public(),
+                "malformed_messages": self.malformed.total,
+                **self.stats.public()}
 
     def status_text(self) -> str:
         c = self.jobs.counts

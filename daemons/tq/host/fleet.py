@@ -86,6 +86,11 @@ def _forward(value: Any, age: float) -> Any:
 
 OpenInbox = Callable[[str], Transport]  # a worker's inbox by instance; raises QueueError when it cannot
 OnResult = Callable[[JobRecord, protocol.Result], None]
+OnEvent = Callable[[str, str, list[str], str], None]  # a worker event: (event, instance, queues, detail)
+
+
+def no_event(_event: str, _instance: str, _queues: list[str], _detail: str) -> None:
+    """The default OnEvent (tq-host sets the event stream's)."""
 
 
 class Fleet:
@@ -98,6 +103,7 @@ class Fleet:
         self.tokens = 0
         self.last_result = 0.0  # monotonic time results last came in
         self.next_check = 0.0  # monotonic time of the next check_leases
+        self.on_event: OnEvent = no_event  # up, fenced, lost, stopped
 
     def recover(self, now: float) -> None:
         """Fence every worker the store knows of (and those whose hello a failed commit undid)."""
@@ -220,6 +226,7 @@ class Fleet:
         w.running = 0
         w.state = "stopped" if w.state == "leaving" else "live"
         self._persist(w)
+        self.on_event("stopped" if w.state == "stopped" else "up", w.instance, w.queues, f"pid {w.pid}")
         self.logger.info("worker %s %s", w.instance, "stopped" if w.state == "stopped" else "is live")
 
     # ---- the fence --------------------------------------------------------
@@ -252,6 +259,7 @@ class Fleet:
     def _fence(self, w: WorkerState, state: str, cause: str) -> None:
         self.tokens += 1
         w.token, w.state, w.sync_due, w.fence_cause = self.tokens, state, True, cause
+        self.on_event("fenced", w.instance, w.queues, cause)
         self._send_sync(w)
 
     def _send_sync(self, w: WorkerState) -> None:
@@ -313,6 +321,7 @@ class Fleet:
                     self.jobs.lose(job_id, f"silent past the lease of {self.cfg.host.lease:g}s")
                 w.assigned.clear()
                 w.state, w.running, w.sync_due = "lost", 0, False
+                self.on_event("lost", w.instance, w.queues, f"no message for {now - w.seen:.1f}s (host.lease)")
 
     # ---- what others ask --------------------------------------------------
 

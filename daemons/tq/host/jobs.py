@@ -140,6 +140,8 @@ class JobTable:
             _, job_id = heapq.heappop(self.delayed)
             job = self.jobs.get(job_id)
             if job is not None and job.state in WAITING and (job.run_at or 0.0) <= now:
+                if job.state == FAILED:
+                    self.events.notify("next attempt", job.id, job.task, job.queue, job.attempts + 1)
                 self._move(job, QUEUED)
 
     def next_due(self) -> float | None:

@@ -31,6 +31,8 @@ from .fleet import Fleet
 from .jobs import CANCELLED, DEAD, DEFERRED, DELAYED, DONE, QUEUED, InvalidTransition, JobTable
 from .queues import Queues
 from .server import Conn
+from .stats import Stats
+from .stream import RECENT, EventStream, Filter
 
 # Replies that acknowledge a change or tell a job's outcome: sent only once the step's commit succeeded, and with
 # durability = "full" once every change they may show is fsync'd (Store.commit).
@@ -67,6 +69,9 @@ class Requests:
         self.result_awaited = False  # a submit of this step waits for its job's result (submit_and_wait)
         self.queue_notes: list[str] = []  # where the kernel grants less than [mqueue] asks (limits.grant)
         self.schedules: Callable[[], list[dict[str, Any]]] = list  # the schedules for tqctl (set by tq-host)
+        self.metrics: Callable[[], dict[str, Any]] = dict  # the metrics' snapshot (set by tq-host)
+        self.stream: EventStream
+        self.stats: Stats
         self.configure(cfg)
         jobs.on_final = self.on_final
 
@@ -506,14 +511,45 @@ class Requests:
     def _schedules(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         return {"schedules": self.schedules()}
 
+    def _subscribe(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        """From now on this connection is sent the events that match the filters, one JSON line each (after this
+        reply, which holds up to `recent` of the last events)."""
+        f = _event_filter(req)
+        recent = control.field(req, "recent", int, 0)
+        self.stream.subscribe(conn, f)
+        return {"subscribed": True, "events": self.stream.recent_events(f, max(0, min(recent, RECENT)))}
+
+    def _events(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        """The last `limit` events (of the last 1000) that match the filters, oldest first."""
+        limit = control.field(req, "limit", int, RECENT)
+        return {"events": self.stream.recent_events(_event_filter(req), max(0, min(limit, RECENT)))}
+
+    def _metrics(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        return {"metrics": self.metrics()}
+
 
 Op = Callable[[Requests, Conn, Any, dict[str, Any]], "dict[str, Any] | None"]
 OPS: dict[str, Op] = {
     "ping": Requests._ping, "submit": Requests._submit, "get": Requests._get, "wait": Requests._wait_op,
     "list": Requests._list, "status": Requests._status, "workers": Requests._workers,
     "cancel": Requests._cancel, "retry": Requests._retry, "pause": Requests._pause, "resume": Requests._resume,
-    "queues": Requests._queues, "schedules": Requests._schedules,
+    "queues": Requests._queues, "schedules": Requests._schedules, "subscribe": Requests._subscribe,
+    "events": Requests._events, "metrics": Requests._metrics,
 }
+
+
+def _event_filter(req: dict[str, Any]) -> Filter:
+    """The filters of a subscribe or events request: job (an id), task, queue."""
+    job = control.field(req, "job", int, None)
+    task = control.field(req, "task", str, None)
+    queue = control.field(req, "queue", str, None)
+    if job is not None and job < 1:
+        raise RequestError("bad_request", "job must be a job id (1 or more)")
+    if task is not None and not config.TASK_NAME_RE.fullmatch(task):
+        raise RequestError("bad_request", f"invalid task name {task[:60]!r}")
+    if queue is not None and not config.NAME_RE.match(queue):
+        raise RequestError("bad_request", f"invalid queue name {queue[:60]!r}")
+    return Filter(job, task, queue)
 
 
 def _job_options(spec: dict[str, Any], task: config.TaskConfig) -> tuple[str, int, float, float, int]:

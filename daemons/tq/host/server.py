@@ -164,6 +164,10 @@ class Server:
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.writing else 0)
             self.sel.modify(conn.sock, events, self.sel.get_key(conn.sock).data)
 
+    def close_conn(self, conn: Conn) -> None:
+        """Close a connection (its socket failed elsewhere: the event stream's sends)."""
+        self._close(conn)
+
     def _close(self, conn: Conn) -> None:
         if conn.closed:
             return

@@ -1,0 +1,190 @@
+"""The event stream and the metrics, on a real tq-host and workers (issue 13)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness import Suite, wait_until
+from tq.client import Client
+
+FAILING = '\n[tasks.boom]\ncommand = ["sh", "-c", "exit 3"]\nretries = 1\nbackoff = "10ms"\n'
+
+
+def read_events(feed: Client, stream: Any, until: Any, timeout: float = 15.0) -> list[dict[str, Any]]:
+    """Events from a subscription until `until(events)` holds (the socket is awaited, never slept on)."""
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while not until(events):
+        left = deadline - time.monotonic()
+        assert left > 0 and select.select([feed.fileno()], [], [], left)[0], f"timed out; got {events[-20:]}"
+        events += [json.loads(line) for line in next(stream).splitlines()]
+    return events
+
+
+def test_a_subscriber_sees_each_jobs_events_in_order_and_only_those_its_filters_match(suite: Suite) -> None:
+    suite.write_config(FAILING)
+    suite.start(workers=1)
+    c = suite.client()
+    with Client(socket_path=c.socket_path) as everything, Client(socket_path=c.socket_path) as booms:
+        all_events = everything.subscribe()
+        boom_events = booms.subscribe(task="boom")
+        ok = c.submit("task-1", "x")
+        bad = c.submit("boom")
+        c.wait(ok, timeout=15)
+        c.wait(bad, timeout=15)
+        got = read_events(everything, all_events, lambda ev: any(e.get("event") == "dead" for e in ev))
+        boom = read_events(booms, boom_events, lambda ev: any(e.get("event") == "dead" for e in ev))
+    mine = [(e["job"], e["event"]) for e in got if e.get("job") in (ok, bad)]
+    assert [x for x in mine if x[0] == ok] == [(ok, "submitted"), (ok, "started"), (ok, "done")]
+    assert [x for x in mine if x[0] == bad] == [(bad, "submitted"), (bad, "started"), (bad, "failed"),
+                                                (bad, "retrying"), (bad, "started"), (bad, "dead")]
+    done = next(e for e in got if e.get("job") == ok and e["event"] == "done")
+    assert done["task"] == "task-1" and done["queue"] == "default" and done["worker"] == "1" and done["attempt"] == 1
+    assert {e["job"] for e in boom} == {bad} and [e["event"] for e in boom][-1] == "dead"
+    # Without --follow: the same events, from the host's recent ones.
+    r = suite.tqctl("events", "--job", str(bad), "--json")
+    assert [json.loads(line)["event"] for line in r.stdout.splitlines()] == [e for _, e in mine if _ == bad]
+    r = suite.tqctl("events", "--job", str(ok))
+    assert r.returncode == 0 and f"job {ok} done  task=task-1 queue=default attempt=1 worker=1" in r.stdout
+
+
+def test_worker_events_up_fenced_lost(suite: Suite) -> None:
+    suite.write_config("", lease="1s")
+    _host, (w1,) = suite.start(workers=1)
+    c = suite.client()
+    with Client(socket_path=c.socket_path) as feed:
+        stream = feed.subscribe(queue="default")
+        w1.signal(signal.SIGSTOP)  # silent past the lease
+        try:
+            got = read_events(feed, stream, lambda ev: any(e["event"] == "lost" for e in ev))
+        finally:
+            w1.signal(signal.SIGCONT)
+        got += read_events(feed, stream, lambda ev: any(e["event"] == "up" for e in ev))
+    lost = next(e for e in got if e["event"] == "lost")
+    assert lost["worker"] == "1" and lost["queues"] == ["default"] and "host.lease" in lost["detail"]
+    names = [e["event"] for e in got]
+    assert names.index("lost") < names.index("fenced") < names.index("up")  # back: fenced, then live again
+
+
+def test_a_slow_subscriber_gets_a_counted_gap_and_the_host_goes_on(suite: Suite) -> None:
+    """A subscriber that reads nothing: the host keeps at most a socket's worth and one batch for it, counts the
+    rest, and tells the count when it reads again; meanwhile one that follows a task of its own misses nothing."""
+    suite.start(workers=2)
+    c = suite.client()
+    slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(c.socket_path)
+    slow.sendall(b'{"op":"subscribe","rid":1}\n')
+    with Client(socket_path=c.socket_path) as fast:
+        stream = fast.subscribe(task="watched")
+        ids, watched = [], []
+        for i in range(20):  # bursts of 300 jobs, a watched job in each
+            ids += c.submit_many([("task-1", [str(i)]) for i in range(300)])
+            watched.append(c.submit("watched", str(i)))
+        assert len(c.wait_many(ids + watched, timeout=120)) == 6020  # the host did not wait for the slow reader
+        got = read_events(fast, stream, lambda ev: sum(e.get("event") == "done" for e in ev) >= 20)
+    assert not any("missed" in e for e in got)
+    assert [e["job"] for e in got if e["event"] == "done"] == watched
+    each = ("submitted", "started", "done")
+    assert sorted((e["job"], e["event"]) for e in got) == sorted((j, x) for j in watched for x in each)
+    data = b""
+    while not re.search(rb'\{"missed":\d+\}\n', data):  # now read: events, then where the gap is, the count
+        assert select.select([slow], [], [], 10)[0], f"no gap told; read {data[-300:]!r}"
+        chunk = slow.recv(1 << 20)
+        assert chunk
+        data += chunk
+    slow.close()
+    lines = [json.loads(line) for line in data.split(b"\n")[1:-1]]  # after the subscribe reply, whole lines
+    missed = next(e["missed"] for e in lines if "missed" in e)
+    received = sum("event" in e for e in lines)
+    assert missed > 0 and received + missed <= 3 * 6000 + 100
+
+
+def test_bad_filters_are_refused_with_exit_2_and_a_host_that_is_not_there_with_3(suite: Suite) -> None:
+    suite.start(workers=0)
+    r = suite.tqctl("events", "--queue", "no such queue")
+    assert r.returncode == 2 and "invalid queue name" in r.stderr and len(r.stderr.splitlines()) == 1
+    suite.close()
+    r = suite.tqctl("events", "--follow")
+    assert r.returncode == 3 and "not reachable" in r.stderr
+
+
+def test_tqctl_events_follow_prints_events_as_they_happen(suite: Suite) -> None:
+    suite.start(workers=1)
+    c = suite.client()
+    argv = [sys.executable, "-m", "tq.ctl", "--config", str(suite.config), "events", "--follow", "--task", "task-1"]
+    follower = subprocess.Popen(argv, stdout=subprocess.PIPE, env=suite.env)
+    try:
+        wait_until(lambda: c.metrics()["events"]["subscribers"] == 1, what="tqctl subscribed")
+        jid = c.submit("task-1", "follow-me")
+        assert follower.stdout is not None
+        out = b""
+        while f"job {jid} done".encode() not in out:
+            assert select.select([follower.stdout], [], [], 15)[0], out
+            out += os.read(follower.stdout.fileno(), 65536)
+        lines = out.decode().splitlines()
+        assert [line.split("  ")[1] for line in lines[-3:]] == [f"job {jid} submitted", f"job {jid} started",
+                                                                 f"job {jid} done"]
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.wait(10)
+    assert follower.returncode == 130
+
+
+def test_metrics_parse_and_count_what_happened(suite: Suite) -> None:
+    suite.write_config(FAILING)
+    suite.start(workers=1)
+    c = suite.client()
+    ids = [c.submit("task-1", str(i)) for i in range(5)] + [c.submit("boom")]
+    c.wait_many(ids, timeout=30)
+    r = suite.tqctl("metrics")
+    assert r.returncode == 0, r.stderr
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(r.stdout) for s in family.samples}
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("tq_up") == 1
+    assert value("tq_jobs_finished_total", queue="default", task="task-1", state="done") == 5
+    assert value("tq_jobs_finished_total", queue="default", task="boom", state="dead") == 1
+    assert value("tq_job_attempts_failed_total", queue="default", task="boom") == 2
+    assert value("tq_job_retries_total", queue="default", task="boom") == 1
+    assert value("tq_jobs_submitted_total", queue="default", task="task-1") == 5
+    assert value("tq_jobs", state="dead") == 1
+    assert value("tq_job_duration_seconds_count", task="task-1") == 5
+    assert value("tq_job_duration_seconds_bucket", task="boom", le="+Inf") == 2
+    assert value("tq_workers", state="live") == 1
+    assert value("tq_queue_jobs", queue="default", state="queued") == 0
+    assert value("tq_store_size_bytes") > 0
+    assert value("tq_store_commit_duration_seconds_count") > 0
+    assert value("tq_worker_open_fds", worker="1") > 0
+
+
+def test_metrics_output_is_replaced_atomically_and_says_down_when_the_host_is(suite: Suite) -> None:
+    suite.start(workers=0)
+    path = suite.dir / "textfile" / "tq.prom"
+    path.parent.mkdir()
+    r = suite.tqctl("metrics", "--output", str(path))
+    assert r.returncode == 0 and r.stdout == ""
+    assert os.stat(path).st_mode & 0o777 == 0o644 and os.listdir(path.parent) == ["tq.prom"]
+    first = os.stat(path).st_ino
+    assert any(f.name == "tq_up" for f in text_string_to_metric_families(path.read_text()))
+    suite.close()
+    r = suite.tqctl("metrics", "--output", str(path))
+    assert r.returncode == 3 and "not reachable" in r.stderr
+    assert os.stat(path).st_ino != first  # replaced, not rewritten in place
+    assert "tq_up 0.0" in path.read_text() and os.listdir(path.parent) == ["tq.prom"]
+    r = suite.tqctl("metrics", "--output", "/nonexistent/dir/tq.prom")
+    assert r.returncode == 2 and r.stderr.splitlines()[-1].startswith("tqctl: cannot write /nonexistent/dir/tq.prom")

@@ -1,0 +1,126 @@
+"""The event stream's rules, on real socket pairs: published after the commit, filtered, bounded, gaps counted."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tq.host import stream as stream_module
+from tq.host.server import Conn
+from tq.host.stream import EventStream, Filter
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Conn, socket.socket]]:
+    host_end, reader = socket.socketpair()
+    host_end.setblocking(False)
+    yield Conn(host_end, 0), reader
+    host_end.close()
+    reader.close()
+
+
+def received(reader: socket.socket) -> list[dict[str, Any]]:
+    reader.setblocking(False)
+    data = b""
+    try:
+        while chunk := reader.recv(1 << 20):
+            data += chunk
+    except BlockingIOError:
+        pass
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def flush(s: EventStream) -> None:
+    s.next_flush = 0.0
+    s.flush(1.0)
+
+
+def test_events_are_sent_only_once_their_step_is_committed_and_an_undone_step_never(
+        pair: tuple[Conn, socket.socket]) -> None:
+    conn, reader = pair
+    s = EventStream(lambda c: None)
+    s.subscribe(conn, Filter())
+    s.job_event("submitted", 1, "t", "q")
+    flush(s)
+    assert received(reader) == []
+    s.undo()
+    s.job_event("submitted", 2, "t", "q")
+    s.job_event("dispatched", 2, "t", "q", 1, "w1")
+    s.committed()
+    flush(s)
+    got = received(reader)
+    assert [(e["job"], e["event"]) for e in got] == [(2, "submitted"), (2, "started")]
+    assert got[1]["worker"] == "w1" and got[1]["attempt"] == 1
+    assert [e["job"] for e in s.recent_events(Filter(), 10)] == [2, 2]
+
+
+def test_filters_by_job_task_and_queue_and_worker_events_by_queue(pair: tuple[Conn, socket.socket]) -> None:
+    conn, reader = pair
+    s = EventStream(lambda c: None)
+    s.subscribe(conn, Filter(queue="b"))
+    s.job_event("submitted", 1, "t", "a")
+    s.job_event("submitted", 2, "t", "b")
+    s.worker_event("up", "w1", ["a", "b"])
+    s.worker_event("up", "w2", ["a"])
+    s.committed()
+    flush(s)
+    got = received(reader)
+    assert [(e.get("job"), e.get("worker")) for e in got] == [(2, None), (None, "w1")]
+    assert [e["job"] for e in s.recent_events(Filter(task="t", queue="a"), 10)] == [1]
+    assert s.recent_events(Filter(job=2), 10)[0]["queue"] == "b"
+    assert s.recent_events(Filter(task="t"), 1)[0]["job"] == 2  # the last one
+
+
+def test_a_burst_past_the_batch_bound_and_a_reader_that_does_not_read_get_counted_gaps(
+        pair: tuple[Conn, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
+    conn, reader = pair
+    monkeypatch.setattr(stream_module, "MAX_BATCH", 10)
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    s = EventStream(lambda c: None)
+    s.subscribe(conn, Filter())
+    for i in range(25):
+        s.job_event("submitted", i + 1, "t", "q")
+    s.committed()
+    flush(s)
+    s.job_event("submitted", 100, "t", "q")
+    s.committed()
+    flush(s)
+    got = received(reader)
+    assert [e.get("job") for e in got[:10]] == list(range(1, 11))
+    assert got[10] == {"missed": 15} and got[11]["job"] == 100
+    # Now the reader stops reading: the socket fills, then each flush's events are counted, not kept.
+    sent = 0
+    while s.subscribers[0].pending is None:
+        for _ in range(10):
+            sent += 1
+            s.job_event("done", 1000 + sent, "t" * 200, "q")
+        s.committed()
+        flush(s)
+    for _ in range(3):
+        s.job_event("done", 5000, "t", "q")
+        s.committed()
+        flush(s)
+    assert s.subscribers[0].missed == 3
+    got = received(reader)
+    flush(s)  # room again: the rest of the pending batch, then the count
+    got += received(reader)
+    assert {"missed": 3} in got and sum(1 for e in got if e.get("event") == "done") == sent
+
+
+def test_a_closed_subscriber_is_dropped_and_a_failed_send_closes_it(pair: tuple[Conn, socket.socket]) -> None:
+    conn, reader = pair
+    closed: list[Conn] = []
+    s = EventStream(closed.append)
+    s.subscribe(conn, Filter())
+    reader.close()
+    s.job_event("submitted", 1, "t", "q")
+    s.committed()
+    flush(s)
+    assert closed == [conn]
+    conn.closed = True
+    flush(s)
+    assert s.subscribers == []
