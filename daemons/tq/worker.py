@@ -393,12 +393,17 @@ class Worker(Daemon):
     argv: list[str] = []
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """tq-worker's command line (also the source of its man page, tq-worker(8))."""
     parser = argparse.ArgumentParser(prog="tq-worker", description="A tq worker: runs the jobs tq-host hands it.")
     parser.add_argument("--config", help="config file (default: $TQ_CONFIG or /etc/tq/tq.toml)")
     parser.add_argument("--version", action="version", version=f"tq-worker {__version__}")
     parser.add_argument("instance", help="worker instance name, e.g. 1 (systemd's %%i)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if not config.INSTANCE_RE.match(args.instance):
         print(f"tq-worker: invalid instance {args.instance!r}: letters, digits, _ and - (at most 32)",
               file=sys.stderr)

@@ -333,11 +333,16 @@ class Host(Daemon):
                 f"{c['done']} done, {c['dead']} dead; {self.fleet.live()} worker(s) live")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """tq-host's command line (also the source of its man page, tq-host(8))."""
     parser = argparse.ArgumentParser(prog="tq-host", description="The tq host daemon: keeps and dispatches jobs.")
     parser.add_argument("--config", help="config file (default: $TQ_CONFIG or /etc/tq/tq.toml)")
     parser.add_argument("--version", action="version", version=f"tq-host {__version__}")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         cfg = config.load(args.config)
     except config.ConfigError as e:
