@@ -19,7 +19,7 @@ run: $(BIN)/tq-host
 	BIN=$(BIN) scripts/run.sh $(RUN_DIR)
 
 lint: $(BIN)/tq-host
-	$(BIN)/ruff check daemons tests bench
+	$(BIN)/ruff check daemons tests bench packaging
 	$(BIN)/mypy
 
 unit: $(BIN)/tq-host
