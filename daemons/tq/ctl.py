@@ -129,12 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", parents=[common], help="configuration")
     cfg.add_argument("action", choices=("check",), help="check: validate the configuration (exit 0 or 2)")
     cfg.set_defaults(func=None)  # it reads the configuration, not the host
+    sub.add_parser("_complete").add_argument("line")  # for the bash completion; no help=: --help leaves it out
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     as_json = getattr(args, "json", False)
+    if args.command == "_complete":
+        return _complete(args.line)
     try:
         if args.command == "config":
             return _config_check(args, as_json)
@@ -625,6 +628,23 @@ def _status_line(st: dict[str, Any], as_json: bool) -> None:
     print(f"{time.strftime('%H:%M:%S')}  queued {s['queued']}  running {s['running']}  "
           f"waiting {s['delayed'] + s['failed'] + s.get('deferred', 0)}  done {s['done']}  dead {s['dead']}  "
           f"workers {st['workers_live']}", flush=True)
+
+
+def _complete(line: str) -> int:
+    """`tqctl _complete -- LINE`, for the bash completion: the words that may follow LINE, one a line (see
+    complete.py); exit status complete.FILES asks for file names. Silent whatever happens: an error message
+    would land in the middle of the command being typed."""
+    from . import complete
+
+    try:
+        words = complete.candidates(build_parser(), line)
+    except Exception:
+        return 0
+    if words is None:
+        return complete.FILES
+    if words:
+        print("\n".join(words))
+    return 0
 
 
 if __name__ == "__main__":

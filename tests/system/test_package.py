@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import json
 import re
+import shlex
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -82,8 +83,41 @@ def test_install_creates_user_applies_sysctl_and_starts_host_and_worker_1(tq: Co
 
 
 def test_installed_units_verify_clean(tq: Container) -> None:
-    result = tq.run("systemd-analyze verify tq-host.service tq-worker@1.service tq.target")
+    # --man=no: the rootfs has no man-db for verify to run; the next test finds the pages instead
+    result = tq.run("systemd-analyze verify --man=no tq-host.service tq-worker@1.service tq.target")
     assert result.stdout == "" and result.stderr == ""
+
+
+def test_the_units_documentation_is_man_pages_the_package_installs(tq: Container) -> None:
+    for unit in ("tq-host.service", "tq-worker@1.service", "tq.target"):
+        pages = [re.fullmatch(r"man:([a-z.-]+)\(([1-8])\)", uri) for uri in  # systemctl quotes each URI
+                 shlex.split(unit_property(tq, unit, "Documentation"))]
+        assert pages and all(pages), unit
+        for name, section in (page.groups() for page in pages if page):
+            tq.run(["test", "-s", f"/usr/share/man/man{section}/{name}.{section}.gz"])
+
+
+def bash_completion(box: Container, line: str) -> list[str]:
+    """What the installed completion offers after `line`, its function called as bash's completion calls it."""
+    script = ("source /usr/share/bash-completion/completions/tqctl\n"
+              f"COMP_LINE={shlex.quote(line)}; COMP_POINT=${{#COMP_LINE}}\n"
+              'read -ra COMP_WORDS <<<"$COMP_LINE"; [[ $COMP_LINE == *" " ]] && COMP_WORDS+=("")\n'
+              "COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))\n"
+              '_tqctl tqctl "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"\n'
+              "printf '%s\\n' \"${COMPREPLY[@]}\"\n")
+    result = box.run(["bash", "--norc", "-c", script])
+    assert result.stderr == ""
+    return [word for word in result.stdout.split("\n") if word]
+
+
+def test_bash_completion_offers_commands_options_and_a_queue_of_the_running_host(tq: Container) -> None:
+    job_id = submit(tq, "--queue", "completion-test", "--delay", "1h", "task-1")  # a queue only the host knows
+    try:
+        assert {"submit", "status", "queues", "workers"} <= set(bash_completion(tq, "tqctl "))
+        assert bash_completion(tq, "tqctl submit --wai") == ["--wait", "--wait-timeout"]
+        assert bash_completion(tq, "tqctl submit --queue comp") == ["completion-test"]
+    finally:
+        tq.run(["tqctl", "cancel", str(job_id)])
 
 
 def test_submit_prints_the_id_and_wait_prints_the_result(tq: Container) -> None:
