@@ -2,7 +2,8 @@
 # `make deb`: build dist/tq_<version>_<arch>.deb with dpkg-buildpackage -us -uc -b.
 # Builds in a scratch copy of the work tree (so debian/ build products and the
 # parent directory stay clean), installs missing build dependencies with apt
-# when run as root, and prints lintian's findings (they do not fail the build).
+# when run as root, and prints lintian's findings (they do not fail the build; tests/system/test_lintian.py
+# fails on any error or warning that debian/tq.lintian-overrides does not override with a reason).
 set -eu
 
 repo=$(cd "$(dirname "$0")/.." && pwd)

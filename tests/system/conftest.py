@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from nspawn import HERE, Container, cannot_run_reason
+from nspawn import HERE, Container, built_package, cannot_run_reason
 
 
 def skip_or_fail(reason: str) -> None:
@@ -53,6 +53,18 @@ def container() -> Iterator[Container]:
 def readonly_container() -> Iterator[Container]:
     """A container whose /proc/sys is read-only, as LXC and most container hosts give it."""
     yield from booted(writable_sysctl=False)
+
+
+@pytest.fixture(scope="session")
+def deb() -> Path:
+    """The package file itself (TQ_DEB, or the newest dist/tq_*.deb), for a test that needs no container. As
+    root only, like the others: only as root does `make test` build the .deb, and a stale one is no test."""
+    if os.geteuid() != 0:
+        skip_or_fail("system tests need root (`make test` builds the .deb only as root)")
+    try:
+        return built_package()
+    except FileNotFoundError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 def booted(writable_sysctl: bool) -> Iterator[Container]:

@@ -121,12 +121,18 @@ class Container:
             self.nspawn.wait(timeout=30)
 
 
-def install_package(box: Container) -> Container:
-    """Install TQ_DEB, or the newest dist/tq_*.deb (`make deb`), with apt in the container."""
+def built_package() -> Path:
+    """TQ_DEB, or the newest dist/tq_*.deb (`make deb`)."""
     found = [Path(os.environ["TQ_DEB"])] if os.environ.get("TQ_DEB") else sorted(
         (REPO / "dist").glob("tq_*.deb"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise FileNotFoundError("no package: run `make deb` (or set TQ_DEB)")
-    deb = box.put(found[-1], f"/root/{found[-1].name}")
+    return found[-1]
+
+
+def install_package(box: Container) -> Container:
+    """Install TQ_DEB, or the newest dist/tq_*.deb (`make deb`), with apt in the container."""
+    package = built_package()
+    deb = box.put(package, f"/root/{package.name}")
     box.run(["apt-get", "install", "-y", deb], timeout=300)
     return box
