@@ -104,6 +104,7 @@ class Host(Daemon):
         self.requests.queue_notes = notes
         self.server = Server(self.sel, self.requests.handle, Burst(self.logger))
         self.stream = EventStream(self.server.close_conn)
+        self.server.on_close = self.stream.forget_closed
         self.events.sink = self.stream.job_event
         self.fleet.on_event = self.stream.worker_event
         self.requests.stream, self.requests.stats = self.stream, self.stats

@@ -34,6 +34,7 @@ class Conn:
     wbuf: bytearray = field(default_factory=bytearray)
     closed: bool = False
     writing: bool = False  # the selector watches it for EVENT_WRITE
+    subscribed: bool = False  # it follows the event stream (stream.py): its closing is told to on_close
 
 
 OnLine = Callable[[Conn, bytes], None]
@@ -46,6 +47,7 @@ class Server:
         self.path = ""
         self._reserve_fd = os.open("/dev/null", os.O_RDONLY)  # spare descriptor to refuse clients when out
         self._chunk = bytearray(1 << 16)  # every connection reads into this, then appends what came
+        self.on_close: Callable[[Conn], None] = lambda conn: None  # a subscribed connection closed
 
     def listen(self, path: str) -> None:
         """Bind `path` (mode 0660, group tq); a stale socket file is replaced, a live one is refused."""
@@ -174,3 +176,5 @@ class Server:
         conn.closed = True
         self.sel.unregister(conn.sock)
         conn.sock.close()
+        if conn.subscribed:
+            self.on_close(conn)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import operator
 from typing import Any
 
 # Job run times (seconds): the client library's defaults, then minutes to an hour (jobs may run that long).
@@ -17,6 +18,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 # A commit's time (seconds): from a WAL append to an fsync on a slow disk.
 COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 MAX_SERIES = 1000  # (queue, task) pairs or tasks with series of their own; more are counted under task "_other"
+MAX_KEYS = 20 * MAX_SERIES  # (event, queue, task) counted before the pairs past MAX_SERIES are folded
+_KEY = operator.itemgetter(1, 4, 3)  # of a stream.Event: (event, queue, task)
 OTHER = "_other"
 FINAL = {"done", "dead", "cancelled"}
 
@@ -39,39 +42,30 @@ class Histogram:
 
 class Stats:
     def __init__(self) -> None:
-        self.submitted: collections.Counter[tuple[str, str]] = collections.Counter()  # (queue, task)
-        self.finished: collections.Counter[tuple[str, str, str]] = collections.Counter()  # (queue, task, state)
-        self.failed: collections.Counter[tuple[str, str]] = collections.Counter()  # attempts that failed
-        self.retried: collections.Counter[tuple[str, str]] = collections.Counter()  # ... and ran again
-        self.workers_lost = 0
+        # Committed events by (event, queue, task), counted in C (Counter.update over itemgetter); a worker event
+        # has its queues joined and task "". Summed up by kind only when asked (public).
+        self.events: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.durations: dict[str, Histogram] = {}
         self.commits = Histogram(COMMIT_BUCKETS)
         self.commit_errors = 0
 
     def count(self, events: list[Any]) -> None:
         """Count the committed events of a step (stream.Event tuples)."""
-        for _ts, name, job_id, task, queue, *_rest in events:
-            if not job_id:
-                if name == "lost":
-                    self.workers_lost += 1
-                continue
-            if name == "submitted":
-                self.submitted[self._series(self.submitted, queue, task)] += 1
-            elif name in FINAL:
-                q, t = self._series(self.submitted, queue, task)
-                self.finished[q, t, name] += 1
-                if name == "dead":  # its last attempt failed
-                    self.failed[self._series(self.failed, queue, task)] += 1
-            elif name == "failed":
-                self.failed[self._series(self.failed, queue, task)] += 1
-            elif name == "retrying":
-                self.retried[self._series(self.retried, queue, task)] += 1
+        self.events.update(map(_KEY, events))
+        if len(self.events) > MAX_KEYS:
+            self._fold()
 
-    @staticmethod
-    def _series(known: collections.Counter[tuple[str, str]], queue: str, task: str) -> tuple[str, str]:
-        """The labels of a series: (queue, task), or (queue, "_other") once MAX_SERIES are known."""
-        key = (queue, task)
-        return key if key in known or len(known) < MAX_SERIES else (queue, OTHER)
+    def _fold(self) -> None:
+        """Past MAX_SERIES (queue, task) pairs, the others are counted under task "_other"."""
+        kept: set[tuple[str, str]] = set()
+        folded: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        for (event, queue, task), n in self.events.items():
+            if (queue, task) in kept or len(kept) < MAX_SERIES:
+                kept.add((queue, task))
+                folded[event, queue, task] += n
+            else:
+                folded[event, queue, OTHER] += n
+        self.events = folded
 
     def duration(self, task: str, seconds: float) -> None:
         h = self.durations.get(task)
@@ -82,12 +76,30 @@ class Stats:
         h.observe(seconds)
 
     def public(self) -> dict[str, Any]:
+        submitted: collections.Counter[tuple[str, str]] = collections.Counter()
+        finished: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        failed: collections.Counter[tuple[str, str]] = collections.Counter()  # attempts that failed ...
+        retried: collections.Counter[tuple[str, str]] = collections.Counter()  # ... and ran again
+        workers_lost = 0
+        for (event, queue, task), n in self.events.items():
+            if not task:  # a worker event
+                workers_lost += n if event == "lost" else 0
+            elif event == "submitted":
+                submitted[queue, task] += n
+            elif event in FINAL:
+                finished[queue, task, event] += n
+                if event == "dead":  # its last attempt failed
+                    failed[queue, task] += n
+            elif event == "failed":
+                failed[queue, task] += n
+            elif event == "retrying":
+                retried[queue, task] += n
         return {
-            "submitted": [[q, t, n] for (q, t), n in sorted(self.submitted.items())],
-            "finished": [[q, t, s, n] for (q, t, s), n in sorted(self.finished.items())],
-            "failed": [[q, t, n] for (q, t), n in sorted(self.failed.items())],
-            "retried": [[q, t, n] for (q, t), n in sorted(self.retried.items())],
-            "workers_lost": self.workers_lost,
+            "submitted": [[q, t, n] for (q, t), n in sorted(submitted.items())],
+            "finished": [[q, t, s, n] for (q, t, s), n in sorted(finished.items())],
+            "failed": [[q, t, n] for (q, t), n in sorted(failed.items())],
+            "retried": [[q, t, n] for (q, t), n in sorted(retried.items())],
+            "workers_lost": workers_lost,
             "durations": {"buckets": DURATION_BUCKETS,
                           "tasks": {task: h.public() for task, h in sorted(self.durations.items())}},
             "commits": {"buckets": COMMIT_BUCKETS, **self.commits.public(), "errors": self.commit_errors},

@@ -5,14 +5,23 @@ subscriber is sent it. Events are published only once the step that made them
 is committed (a submit undone by a failed commit was never an event), and the
 last RECENT of them are kept for `tqctl events` without --follow.
 
-A subscriber never slows the host. Events go out every FLUSH_INTERVAL, as one
-send per subscriber, with a non-blocking send that the kernel takes or not; the
-host never waits for a reader. What does not fit the socket waits (one batch,
-at most MAX_BATCH events); while it waits, further events for that subscriber
-are counted, not kept, and it is sent `{"missed": N}` where the gap is, before
-the events that follow it. Subscribers with the same filters share one batch:
-the host's work per flush is one selection per distinct filter and one send per
-subscriber, whatever the rate of events.
+A subscriber never slows the host. Events go out every FLUSH_INTERVAL (longer
+with many subscribers: at most SENDS_PER_SECOND in all), as one send per
+subscriber, with a non-blocking send that the kernel takes or not; the
+host never waits for a reader. What does not fit the socket waits (one batch);
+while it waits, further events for that subscriber are counted, not kept, and
+it is sent `{"missed": N}` where the gap is, before the events that follow it.
+Subscribers with the same filters share one batch: the host's work per flush is
+one selection per distinct filter and one send per subscriber.
+
+The stream carries at most EVENTS_PER_SECOND in all, shared equally by the
+subscribers (MAX_BATCH a flush at most to one): past that, a burst is counted,
+not sent. Both bounds are on what the followers cost the machine, theirs as
+well as the host's (a reader wakes for each send and parses each line), so
+that any number of them leave the host its pace: 200 followers of the whole
+stream are sent 50 events a second each, every 0.4 s, while the host drains
+tens of thousands of jobs a second. A follower of one job, a task or a quiet
+queue is sent everything it asked for.
 """
 
 from __future__ import annotations
@@ -20,16 +29,19 @@ from __future__ import annotations
 import collections
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .server import Conn
 
-FLUSH_INTERVAL = 0.1  # seconds between sends to the subscribers while events come
+FLUSH_INTERVAL = 0.1  # seconds between sends to the subscribers while events come (the least) ...
+MAX_INTERVAL = 1.0  # ... and the most
+SENDS_PER_SECOND = 200  # sends to all the subscribers together: the interval grows with their number
+EVENTS_PER_SECOND = 5_000  # events sent to all the subscribers together, each given an equal share
 MAX_BATCH = 1000  # events a subscriber is sent per flush; the rest of a burst is counted as missed
+MIN_SHARE = 10  # ... and never fewer than this
 RECENT = 1000  # events kept for `tqctl events` (without --follow)
-MAX_UNSENT = 200_000  # events kept between two flushes (a bound on memory if a flush is late)
 # What the host's journal names an event (log.JobEvents), as the stream names it.
 STREAM_NAMES = {"dispatched": "started", "retrying": "failed", "lost": "failed", "retry requested": "retried",
                 "next attempt": "retrying"}
@@ -85,46 +97,31 @@ class Subscriber:
     missed: int = 0  # events not sent since the last one that was (told as {"missed": N})
 
 
-class _Selection:
-    """The events of one flush, indexed lazily by the field a filter names first."""
+@dataclass(slots=True)
+class _Group:
+    """The subscribers with one filter, and the events kept for them until the next flush: at most `share`
+    (what one subscriber may be sent per flush), the rest only counted."""
 
-    def __init__(self, events: list[Event]) -> None:
-        self.events = events
-        self._indexes: dict[int, dict[Any, list[Event]]] = {}
-
-    def of(self, f: Filter) -> Sequence[Event]:
-        if f.job is not None:
-            found = self._index(2).get(f.job, [])
-        elif f.task is not None:
-            found = self._index(3).get(f.task, [])
-        elif f.queue is not None:
-            found = self._index(4).get(f.queue, [])
-        else:
-            return self.events
-        return [e for e in found if f.matches(e)]
-
-    def _index(self, column: int) -> dict[Any, list[Event]]:
-        index = self._indexes.get(column)
-        if index is None:
-            index = self._indexes[column] = collections.defaultdict(list)
-            for e in self.events:
-                if column == 4 and not e[2]:  # a worker event: under each of its queues
-                    for queue in e[4].split(","):
-                        index[queue].append(e)
-                else:
-                    index[e[column]].append(e)
-        return index
+    filter: Filter
+    subscribers: list[Subscriber]
+    events: list[Event]
+    over: int = 0
 
 
 class EventStream:
     def __init__(self, close: Callable[[Conn], None]) -> None:
         self.close = close  # closes a connection whose socket failed (Server.close_conn)
         self.staged: list[Event] = []  # this step's events, published by committed()
-        self.unsent: list[Event] = []  # published since the last flush (kept only while anyone subscribes)
         self.recent: collections.deque[Event] = collections.deque(maxlen=RECENT)
         self.subscribers: list[Subscriber] = []
+        self.groups: dict[Filter, _Group] = {}
+        # Where an event looks for the groups that want it: by the field a group's filter names first.
+        self._everything: _Group | None = None
+        self._by: tuple[dict[Any, list[_Group]], ...] = ({}, {}, {})  # job, task, queue
+        self.interval = FLUSH_INTERVAL
+        self.share = MAX_BATCH
         self.next_flush = 0.0  # monotonic
-        self.dropped = 0  # events never sent to anyone: more than MAX_UNSENT came between two flushes
+        self.due = False  # a flush has something to do: events kept, or a subscriber behind
 
     # ---- events -----------------------------------------------------------
 
@@ -138,18 +135,41 @@ class EventStream:
         self.staged.append((time.time(), event, 0, "", ",".join(queues), None, instance, detail))
 
     def committed(self) -> None:
-        """The step's commit succeeded: its events happened."""
+        """The step's commit succeeded: its events happened. Each group keeps those it wants, up to its share."""
         if not self.staged:
             return
         self.recent.extend(self.staged)
-        if self.subscribers:
-            if len(self.unsent) + len(self.staged) > MAX_UNSENT:
-                self.dropped += len(self.staged)
-                for sub in self.subscribers:
-                    sub.missed += len(self.staged)
-            else:
-                self.unsent += self.staged
+        everything = self._everything
+        if everything is not None:  # (by the step, not by the event: it sees most of them)
+            self.due = True
+            room = self.share - len(everything.events)
+            if room > 0:
+                everything.events += self.staged[:room]
+            everything.over += max(0, len(self.staged) - max(room, 0))
+        by_job, by_task, by_queue = self._by
+        if by_job or by_task or by_queue:
+            for e in self.staged:
+                if by_job and e[2] in by_job:
+                    self._offer(by_job[e[2]], e)
+                if by_task and e[3] in by_task:
+                    self._offer(by_task[e[3]], e)
+                if by_queue:
+                    for queue in (e[4],) if e[2] else e[4].split(","):  # a worker event: each of its queues
+                        if queue in by_queue:
+                            self._offer(by_queue[queue], e)
         self.staged.clear()
+
+    def _offer(self, groups: list[_Group], e: Event) -> None:
+        for group in groups:
+            if group.filter.matches(e):
+                self._keep(group, e)
+
+    def _keep(self, group: _Group, e: Event) -> None:
+        self.due = True
+        if len(group.events) < self.share:
+            group.events.append(e)
+        else:
+            group.over += 1
 
     def undo(self) -> None:
         """The step's commit failed: nothing it did happened."""
@@ -169,39 +189,65 @@ class EventStream:
 
     def subscribe(self, conn: Conn, f: Filter) -> None:
         """From the next flush, `conn` is sent the events that match `f`."""
-        self.subscribers.append(Subscriber(conn, f))
+        conn.subscribed = True
+        sub = Subscriber(conn, f)
+        self.subscribers.append(sub)
+        group = self.groups.get(f)
+        if group is None:
+            group = self.groups[f] = _Group(f, [], [])
+            self._index()
+        group.subscribers.append(sub)
         if len(self.subscribers) == 1:
             self.next_flush = time.monotonic() + FLUSH_INTERVAL
+        self._pace()
+
+    def _index(self) -> None:
+        self._everything = self.groups.get(Filter())
+        self._by = ({}, {}, {})
+        for f, group in self.groups.items():
+            key, index = ((f.job, self._by[0]) if f.job is not None else (f.task, self._by[1]) if f.task is not None
+                          else (f.queue, self._by[2]) if f.queue is not None else (None, None))
+            if index is not None:
+                index.setdefault(key, []).append(group)
+
+    def _pace(self) -> None:
+        """The flush interval and each subscriber's share, from their number (see the module's docstring)."""
+        n = max(len(self.subscribers), 1)
+        self.interval = min(MAX_INTERVAL, max(FLUSH_INTERVAL, n / SENDS_PER_SECOND))
+        self.share = min(MAX_BATCH, max(MIN_SHARE, int(EVENTS_PER_SECOND * self.interval) // n))
 
     def next_wakeup(self, now: float) -> float | None:
         """Seconds until events wait to be sent (None: none wait)."""
-        if not self.subscribers or not (self.unsent or any(s.pending is not None or s.missed
-                                                            for s in self.subscribers)):
-            return None
-        return max(self.next_flush - now, 0.0)
+        return max(self.next_flush - now, 0.0) if self.due else None
 
     def flush(self, now: float) -> None:
-        """Send each subscriber the events that match its filter (called every step; works every interval)."""
-        if not self.subscribers or now < self.next_flush:
+        """Send each subscriber the events kept for its group (called every step; works every interval)."""
+        if not self.due or now < self.next_flush:
             return
-        self.next_flush = now + FLUSH_INTERVAL
-        events, self.unsent = self.unsent, []
-        selection = _Selection(events)
-        batches: dict[Filter, tuple[bytes, int, int]] = {}
-        lines: dict[int, bytes] = {}  # each event's line, made once for everyone (by the event's identity)
-        live = []
-        for sub in self.subscribers:
-            if sub.conn.closed:
-                continue
-            live.append(sub)
-            batch = batches.get(sub.filter)
-            if batch is None:
-                chosen = selection.of(sub.filter)
-                sent = chosen[:MAX_BATCH]
-                data = b"".join([lines.get(id(e)) or lines.setdefault(id(e), _line(e)) for e in sent])
-                batch = batches[sub.filter] = (data, len(sent), len(chosen) - len(sent))
-            self._send(sub, *batch)
-        self.subscribers = live
+        self.next_flush = now + self.interval
+        self.due = gone = False
+        for group in list(self.groups.values()):  # (a failed send closes its connection, which drops it)
+            events, over = group.events, group.over
+            group.events, group.over = [], 0
+            data = b"".join(map(_line, events))
+            for sub in group.subscribers:
+                if sub.conn.closed:
+                    gone = True
+                else:
+                    self._send(sub, data, len(events), over)
+                    self.due = self.due or sub.pending is not None or sub.missed > 0
+        if gone:
+            self.forget_closed()
+
+    def forget_closed(self, _conn: Conn | None = None) -> None:
+        """Drop the subscribers whose connection closed (Server.on_close calls this with the connection)."""
+        self.subscribers = [s for s in self.subscribers if not s.conn.closed]
+        for f, group in list(self.groups.items()):
+            group.subscribers = [s for s in group.subscribers if not s.conn.closed]
+            if not group.subscribers:
+                del self.groups[f]
+        self._index()
+        self._pace()
 
     def _send(self, sub: Subscriber, data: bytes, count: int, over: int) -> None:
         if sub.pending is not None:
@@ -222,8 +268,6 @@ class EventStream:
     def _write(self, sub: Subscriber, parts: list[bytes | memoryview]) -> None:
         """Send what the socket takes now; keep the rest as the subscriber's pending bytes."""
         sub.pending = None
-        if not parts:
-            return
         try:
             n = sub.conn.sock.sendmsg(parts)
         except (BlockingIOError, InterruptedError):
@@ -231,11 +275,9 @@ class EventStream:
         except OSError:
             self.close(sub.conn)
             return
-        total = sum(len(p) for p in parts)
-        if n < total:
-            rest = memoryview(b"".join(parts))[n:]
-            sub.pending = rest
+        if n < sum(len(p) for p in parts):
+            sub.pending = memoryview(b"".join(parts))[n:]
 
     def public(self) -> dict[str, Any]:
         return {"subscribers": len(self.subscribers), "behind": sum(s.pending is not None for s in self.subscribers),
-                "dropped": self.dropped}
+                "interval": self.interval, "share": self.share}
