@@ -567,6 +567,72 @@ def clients_shape(args: argparse.Namespace, results: dict[str, Any]) -> None:
                                                    zip(results["drain"]["runs_jobs_per_s"], peer, strict=True)]
 
 
+class Observers:
+    """`n` real `tqctl events --follow` processes and a `tqctl metrics` every second, while a drain runs."""
+
+    def __init__(self, suite: Suite, n: int, follow_args: list[str]) -> None:
+        self.suite, self.n, self.follow_args = suite, n, follow_args
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.stop = threading.Event()
+        self.scrapes = 0
+        self.thread = threading.Thread(target=self._scrape, daemon=True)
+
+    def __enter__(self) -> Observers:
+        argv = [str(REPO / ".venv/bin/tqctl"), "--config", str(self.suite.config), "events", "--follow",
+                "--limit", "0", *self.follow_args]
+        self.procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=self.suite.env) for _ in range(self.n)]
+        c = self.suite.client()
+        while c.metrics()["events"]["subscribers"] < self.n:
+            time.sleep(0.05)  # polling the host's count of subscribers until every process has subscribed
+        self.thread.start()
+        return self
+
+    def _scrape(self) -> None:
+        argv = [str(REPO / ".venv/bin/tqctl"), "--config", str(self.suite.config), "metrics"]
+        while not self.stop.wait(1.0):
+            subprocess.run(argv, stdout=subprocess.DEVNULL, check=True, env=self.suite.env)
+            self.scrapes += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            proc.wait(30)
+        c = self.suite.client()
+        while c.metrics()["events"]["subscribers"]:
+            time.sleep(0.05)  # until the host has seen every subscriber go
+
+
+def observed_shape(args: argparse.Namespace) -> dict[str, Any]:
+    """The 4-client drain without and with observers (--subscribers followers and a scrape a second), run for
+    run: each pair shares the machine's mood."""
+    tmp = Path(tempfile.mkdtemp(prefix="tq-bench-"))
+    suite = Suite(tmp)
+    follow_args = ["--json"] if args.subscriber_output == "json" else []
+    plain: list[dict[str, Any]] = []
+    observed: list[dict[str, Any]] = []
+    try:
+        shipped_config(suite)
+        suite.host(env=unit_environment(REPO / "units/tq-host.service"))
+        for i in range(1, WORKERS + 1):
+            suite.worker(str(i), env=unit_environment(REPO / "units/tq-worker@.service"))
+        suite.wait_live(WORKERS)
+        for _ in range(args.rounds):
+            quiet(suite)
+            plain.append(drain(suite, args.jobs, 4))
+            quiet(suite)
+            with Observers(suite, args.subscribers, follow_args) as obs:
+                observed.append(drain(suite, args.jobs, 4) | {"scrapes": obs.scrapes})
+    finally:
+        suite.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    ratios = [round(o["jobs_per_s"] / p["jobs_per_s"], 3) for p, o in zip(plain, observed, strict=True)]
+    return {"subscribers": args.subscribers, "output": args.subscriber_output, "plain": plain,
+            "observed": observed, "ratios": ratios, "median_ratio": statistics.median(ratios)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, default=20000)
@@ -575,8 +641,12 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3,
                    help="runs of each throughput and latency figure; the median is shown")
     p.add_argument("--one-producer-jobs", type=int, default=10000)
-    p.add_argument("--shape", choices=("all", "clients", "one-producer"), default="all",
-                   help="clients: the 4-client drain and the other figures; one-producer: one job at a time")
+    p.add_argument("--shape", choices=("all", "clients", "one-producer", "observed"), default="all",
+                   help="clients: the 4-client drain and the other figures; one-producer: one job at a time; "
+                        "observed: the drain without and with event followers and a metrics scrape a second")
+    p.add_argument("--subscribers", type=int, default=200, help="event followers in the observed drain")
+    p.add_argument("--subscriber-output", choices=("text", "json"), default="text",
+                   help="the followers' tqctl events --follow output (json: the host's lines as they come)")
     args = p.parse_args()
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}}
     if int(Path("/proc/sys/fs/mqueue/msg_max").read_text()) < 32:  # the shipped config's host queue depth
@@ -589,6 +659,8 @@ def main() -> int:
         clients_shape(args, results)
     if args.shape in ("all", "one-producer"):
         results["one_producer"] = one_producer_shape(args.one_producer_jobs, args.rounds, args.peers)
+    if args.shape in ("all", "observed"):
+        results["observed"] = observed_shape(args)
     print_table(results)
     out = REPO / ".bench"
     out.mkdir(exist_ok=True)
@@ -605,6 +677,9 @@ def print_table(r: dict[str, Any]) -> None:
         if "drain" in r:
             print()
         print_one_producer(r["one_producer"])
+    if "observed" in r:
+        print()
+        print_observed(r["observed"])
 
 
 def _print_rows(rows: list[tuple[str, str]]) -> None:
@@ -669,6 +744,16 @@ def print_one_producer(r: dict[str, Any]) -> None:
     if "fdatasync_p50_us" in r:
         rows.append(("one WAL frame written + fdatasync in the state dir, p50", f"{r['fdatasync_p50_us']} us"))
     _print_rows(rows)
+
+
+def print_observed(r: dict[str, Any]) -> None:
+    print(f"observed: the 4-client drain without and with {r['subscribers']} `tqctl events --follow` ({r['output']}) "
+          "and a `tqctl metrics` every second, run for run")
+    _print_rows([
+        ("drain without (each run)", " ".join(f"{x['jobs_per_s']}" for x in r["plain"]) + " jobs/s"),
+        ("drain with (each run)", " ".join(f"{x['jobs_per_s']}" for x in r["observed"]) + " jobs/s"),
+        ("with / without (median; each run)", f"{r['median_ratio']}; {' '.join(map(str, r['ratios']))}"),
+    ])
 
 
 if __name__ == "__main__":
