@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 from nspawn import Container, install_package
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.system
 TEST_CONFIG = """\
@@ -118,6 +119,26 @@ def test_bash_completion_offers_commands_options_and_a_queue_of_the_running_host
         assert bash_completion(tq, "tqctl submit --queue comp") == ["completion-test"]
     finally:
         tq.run(["tqctl", "cancel", str(job_id)])
+
+
+def test_metrics_timer_is_off_until_enabled_then_writes_the_textfile_every_15s(tq: Container) -> None:
+    path = "/var/lib/prometheus/node-exporter/tq.prom"
+    assert tq.run("systemctl is-enabled tq-metrics.timer", check=False).stdout.strip() == "disabled"
+    tq.run("install -d -m 0755 /var/lib/prometheus/node-exporter")  # as Debian's prometheus-node-exporter has it
+    tq.run("systemctl enable --now tq-metrics.timer")
+    try:
+        first = wait_until(lambda: tq.run(["stat", "-c", "%i %U %a", path], check=False).stdout.split(), 30,
+                           "the metrics textfile")
+        assert first[1:] == ["root", "644"]
+        families = {f.name: f for f in text_string_to_metric_families(tq.run(["cat", path]).stdout)}
+        assert families["tq_up"].samples[0].value == 1
+        assert {"tq_jobs", "tq_jobs_finished", "tq_job_duration_seconds", "tq_workers"} <= set(families)
+        assert unit_property(tq, "tq-metrics.service", "Result") == "success"
+        # 15 s later the timer writes it again: a new file renamed over the old one, nothing else left there
+        wait_until(lambda: tq.run(["stat", "-c", "%i", path]).stdout.strip() != first[0], 40, "the next write")
+        assert tq.run("ls -A /var/lib/prometheus/node-exporter").stdout.split() == ["tq.prom"]
+    finally:
+        tq.run("systemctl disable --now tq-metrics.timer")
 
 
 def test_submit_prints_the_id_and_wait_prints_the_result(tq: Container) -> None:

@@ -14,7 +14,7 @@ import pytest
 from nspawn import REPO, Container
 
 pytestmark = pytest.mark.system
-UNITS = ("tq-host.service", "tq-worker@.service", "tq.target")
+UNITS = ("tq-host.service", "tq-worker@.service", "tq.target", "tq-metrics.service", "tq-metrics.timer")
 EXPOSURE_LIMIT = 1.5
 
 
@@ -42,7 +42,7 @@ def test_units_verify_clean(units: Container) -> None:
     assert result.stderr == "" and result.stdout == ""
 
 
-@pytest.mark.parametrize("unit", ["tq-host.service", "tq-worker@1.service"])
+@pytest.mark.parametrize("unit", ["tq-host.service", "tq-worker@1.service", "tq-metrics.service"])
 def test_unit_security_exposure_is_at_most_1_5(units: Container, unit: str) -> None:
     report = units.run(["systemd-analyze", "security", "--no-pager", unit]).stdout
     found = re.search(r"Overall exposure level for \S+: ([\d.]+)", report)
