@@ -28,6 +28,7 @@ from typing import Any
 from .. import __version__, config, control, limits, monitor, protocol, transport
 from ..daemon import Daemon, StartError
 from ..log import Burst
+from ..states import JobState
 from ..store import JobRecord, Store, StoreError
 from .dispatch import Dispatcher
 from .fleet import Fleet
@@ -320,7 +321,7 @@ class Host(Daemon):
         cpu = os.times()
         return {"host": {"pid": os.getpid(), "start_time": self.requests.started, "rss_bytes": monitor.rss_bytes(),
                          "cpu_seconds": cpu.user + cpu.system},
-                "states": {state: n for state, n in self.jobs.counts.items()},
+                "states": {s.value: self.jobs.counts[s] for s in JobState},
                 "queues": self.queues.listing(),
                 "workers": self.fleet.public(now),
                 "store_bytes": store_bytes,

@@ -351,6 +351,8 @@ def _restart_cause(w: WorkerState, pid: int) -> str:
     """Why a worker's hello or heartbeat fences it: what its unreported jobs were lost to."""
     if w.pid and pid != w.pid:
         return f"the worker restarted: pid {w.pid} is gone, pid {pid} took its place"
+    if not w.pid:  # (its first hello: the fence finds nothing, but checks that)
+        return "a worker tq-host has not seen before"
     if w.state == "lost":
         return "the worker came back after being lost"
     return "not reported by the worker before its fence"
