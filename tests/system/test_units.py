@@ -24,6 +24,7 @@ def units(container: Container) -> Container:
         container.put(REPO / "units" / unit, f"/etc/systemd/system/{unit}")
     for program in ("tq-host", "tq-worker"):
         container.put(REPO / "tests/system/probe_daemon.py", f"/usr/bin/{program}", mode=0o755)
+    container.run("printf '#!/bin/sh\\n' > /usr/bin/tqctl && chmod 755 /usr/bin/tqctl")  # tq-metrics' program
     container.put(REPO / "packaging/sysusers.d/tq.conf", "/usr/lib/sysusers.d/tq.conf")
     container.put(REPO / "packaging/tmpfiles.d/tq.conf", "/usr/lib/tmpfiles.d/tq.conf")
     container.put(REPO / "packaging/sysctl.d/60-tq.conf", "/usr/lib/sysctl.d/60-tq.conf")
