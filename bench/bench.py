@@ -582,10 +582,21 @@ class Observers:
                 "--limit", "0", *self.follow_args]
         self.procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=self.suite.env) for _ in range(self.n)]
         c = self.suite.client()
+        deadline = time.monotonic() + 120
         while c.metrics()["events"]["subscribers"] < self.n:
+            if time.monotonic() > deadline:
+                self._end()
+                raise RuntimeError(f"bench: {self.n} tqctl events --follow did not all subscribe within 120 s")
             time.sleep(0.05)  # polling the host's count of subscribers until every process has subscribed
         self.thread.start()
         return self
+
+    def _end(self) -> None:
+        """SIGTERM, not SIGINT: a background shell starts its commands with SIGINT ignored."""
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(30)
 
     def _scrape(self) -> None:
         argv = [str(REPO / ".venv/bin/tqctl"), "--config", str(self.suite.config), "metrics"]
@@ -596,10 +607,7 @@ class Observers:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join()
-        for proc in self.procs:
-            proc.send_signal(signal.SIGINT)
-        for proc in self.procs:
-            proc.wait(30)
+        self._end()
         c = self.suite.client()
         while c.metrics()["events"]["subscribers"]:
             time.sleep(0.05)  # until the host has seen every subscriber go

@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--queue", help="only this queue's events (and its workers')")
     ev.add_argument("--limit", "-n", type=int, metavar="N", help="how many of the last events first (default: "
                     "100, or 10 with --follow; the host keeps the last 1000)")
-    m = sub.add_parser("metrics", help="the host's metrics in the Prometheus text format")
+    m = sub.add_parser("metrics", parents=[common], help="the host's metrics in the Prometheus text format (--json: "
+                       "the host's snapshot they are made from)")
     m.set_defaults(func=_cmd_metrics)
     m.add_argument("--output", "-o", metavar="FILE", help="write them to FILE atomically (for node_exporter's "
                    "textfile collector) instead of printing them")
@@ -588,6 +589,9 @@ def _event_text(e: dict[str, Any]) -> str:
 def _cmd_metrics(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     from . import metrics  # the Prometheus client library: only this command loads it
 
+    if as_json and not args.output:
+        _out(client.metrics())
+        return 0
     try:
         snapshot: dict[str, Any] | None = client.metrics()
     except HostUnreachable as e:  # still a file that says so (tq_up 0): an alert needs no stale-file rule

@@ -188,3 +188,36 @@ def test_metrics_output_is_replaced_atomically_and_says_down_when_the_host_is(su
     assert "tq_up 0.0" in path.read_text() and os.listdir(path.parent) == ["tq.prom"]
     r = suite.tqctl("metrics", "--output", "/nonexistent/dir/tq.prom")
     assert r.returncode == 2 and r.stderr.splitlines()[-1].startswith("tqctl: cannot write /nonexistent/dir/tq.prom")
+
+
+def test_tqctl_watch_prints_a_line_when_events_come_and_none_while_idle(suite: Suite) -> None:
+    suite.start(workers=1)
+    c = suite.client()
+    argv = [sys.executable, "-m", "tq.ctl", "--config", str(suite.config), "watch", "--interval", "0.2s"]
+    watcher = subprocess.Popen(argv, stdout=subprocess.PIPE, env=suite.env)
+    assert watcher.stdout is not None
+    fd = watcher.stdout.fileno()
+
+    def lines_within(seconds: float, until: str | None = None) -> list[str]:
+        """What watch prints within `seconds`, or until a line holds `until`."""
+        out = b""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            out += chunk
+            if until is not None and until in out.decode():
+                break
+        return out.decode().splitlines()
+
+    try:
+        first = lines_within(10, until="\n")
+        assert len(first) == 1 and "done 0" in first[0] and "workers 1" in first[0]
+        wait_until(lambda: c.metrics()["events"]["subscribers"] == 1, what="watch subscribed")
+        c.wait(c.submit("task-1"), timeout=15)
+        assert "done 1" in lines_within(10, until="done 1")[-1]
+        assert lines_within(1.5) == []  # nothing happens, nothing printed: it waits for events
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        watcher.wait(10)
