@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 _FIELDS = ("TQ_JOB_ID", "TQ_TASK", "TQ_QUEUE", "TQ_WORKER", "TQ_ATTEMPT")
@@ -73,7 +72,8 @@ class JobEvents:
 
     def __init__(self, logger: logging.Logger, mode: str = "all", per_second: int = 200) -> None:
         self.logger, self.mode, self.per_second = logger, mode, per_second
-        self.sink: Callable[..., None] | None = None  # tq-host's event stream: told every event, logged or not
+        # tq-host's event stream (stream.EventStream.events): every event is appended, logged or not.
+        self.capture: list[tuple[Any, ...]] | None = None
         self._window = 0
         self._used = 0
         self.suppressed = 0
@@ -83,8 +83,8 @@ class JobEvents:
 
     def event(self, event: str, job_id: int, task: str, queue: str, attempt: int | None = None,
               worker: str | None = None, detail: str = "") -> None:
-        if self.sink is not None:
-            self.sink(event, job_id, task, queue, attempt, worker, detail)
+        if self.capture is not None:
+            self.capture.append((time.time(), event, job_id, task, queue, attempt, worker, detail))
         always = event in ALWAYS
         if self.mode == "none" or (self.mode == "failures" and not always):
             return
@@ -100,8 +100,8 @@ class JobEvents:
 
     def notify(self, event: str, job_id: int, task: str, queue: str, attempt: int | None = None) -> None:
         """An event for the stream alone (the journal has said it already in other words)."""
-        if self.sink is not None:
-            self.sink(event, job_id, task, queue, attempt, None, "")
+        if self.capture is not None:
+            self.capture.append((time.time(), event, job_id, task, queue, attempt, None, ""))
 
     def tick(self) -> None:
         """Summarise the last second's suppressed events once it is over, even when no more events come."""

@@ -26,6 +26,7 @@ from .states import FINAL
 from .transport import restrict
 
 SCHEMA_VERSION = 4
+COMMIT_TIMES_KEPT = 1024  # commit times kept (commit_seconds) before they are handed to on_commit_seconds
 # Statements that take a store from schema version N to N + 1, run in one transaction at open: a store
 # written by an older tq is upgraded in place, and keeps every job. (New tables come from _SCHEMA.)
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -178,6 +179,10 @@ class Store:
     def __init__(self, state_dir: str, durability: str = "full") -> None:
         os.makedirs(state_dir, mode=0o750, exist_ok=True)
         self.path = os.path.join(state_dir, "tq.sqlite3")
+        # Each COMMIT's time (seconds, with its fsync when one is due), for the metrics: a list append per
+        # commit; every COMMIT_TIMES_KEPT of them go to on_commit_seconds (tq-host: the metrics' histogram).
+        self.commit_seconds: list[float] = []
+        self.on_commit_seconds: Callable[[list[float]], None] = lambda times: None
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect for a new file: pruning frees pages
@@ -251,16 +256,23 @@ class Store:
         write."""
         self.flush(acknowledged)
         if self.db.in_transaction:
+            began = time.perf_counter()
             self.db.execute("COMMIT")
+            self.commit_seconds.append(time.perf_counter() - began)
             self._unsynced = self._synchronous == "NORMAL" and self.durability == "full"
-            return True
-        if acknowledged and self._unsynced:  # nothing new, but a reply tells of a change not yet fsync'd
+        elif acknowledged and self._unsynced:  # nothing new, but a reply tells of a change not yet fsync'd
             self._begin()
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('synced_at', ?)", (str(time.time()),))
+            began = time.perf_counter()
             self.db.execute("COMMIT")
+            self.commit_seconds.append(time.perf_counter() - began)
             self._unsynced = False
-            return True
-        return False
+        else:
+            return False
+        if len(self.commit_seconds) >= COMMIT_TIMES_KEPT:
+            self.on_commit_seconds(self.commit_seconds)
+            self.commit_seconds.clear()
+        return True
 
     def rollback(self) -> None:
         self._new.clear()

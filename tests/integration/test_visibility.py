@@ -120,22 +120,35 @@ def test_bad_filters_are_refused_with_exit_2_and_a_host_that_is_not_there_with_3
     assert r.returncode == 3 and "not reachable" in r.stderr
 
 
-def test_tqctl_events_follow_prints_events_as_they_happen(suite: Suite) -> None:
-    suite.start(workers=1)
+def test_tqctl_events_follow_prints_events_as_they_happen_and_follows_again_after_a_host_restart(
+        suite: Suite) -> None:
+    host, _workers = suite.start(workers=1)
     c = suite.client()
     argv = [sys.executable, "-m", "tq.ctl", "--config", str(suite.config), "events", "--follow", "--task", "task-1"]
-    follower = subprocess.Popen(argv, stdout=subprocess.PIPE, env=suite.env)
+    follower = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=suite.env)
+    assert follower.stdout is not None and follower.stderr is not None
+
+    def follow_until(text: str, stream: Any) -> str:
+        out = b""
+        while text.encode() not in out:
+            assert select.select([stream], [], [], 15)[0], out
+            out += os.read(stream.fileno(), 65536)
+        return out.decode()
+
     try:
         wait_until(lambda: c.metrics()["events"]["subscribers"] == 1, what="tqctl subscribed")
         jid = c.submit("task-1", "follow-me")
-        assert follower.stdout is not None
-        out = b""
-        while f"job {jid} done".encode() not in out:
-            assert select.select([follower.stdout], [], [], 15)[0], out
-            out += os.read(follower.stdout.fileno(), 65536)
-        lines = out.decode().splitlines()
+        lines = follow_until(f"job {jid} done", follower.stdout).splitlines()
         assert [line.split("  ")[1] for line in lines[-3:]] == [f"job {jid} submitted", f"job {jid} started",
                                                                  f"job {jid} done"]
+        host.signal(signal.SIGTERM)
+        host.wait()
+        assert "following again once it is back" in follow_until("once it is back", follower.stderr)
+        suite.host()
+        c = suite.client()
+        wait_until(lambda: c.metrics()["events"]["subscribers"] == 1, timeout=15, what="tqctl subscribed again")
+        jid = c.submit("task-1", "after-restart")
+        assert f"job {jid} submitted" in follow_until(f"job {jid} submitted", follower.stdout)
     finally:
         follower.send_signal(signal.SIGINT)
         follower.wait(10)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tq.host import stats as stats_module
@@ -10,10 +12,12 @@ from tq.host.stream import EventStream
 
 
 def committed(stats: Stats, *events: tuple[str, int, str, str]) -> None:
-    s = EventStream(lambda c: None)
+    """The events as the stream hands them on after their commit."""
+    s = EventStream(lambda c: None, stats.count)
     for name, job, task, queue in events:
-        s.job_event(name, job, task, queue)
-    stats.count(s.staged)
+        s.events.append((time.time(), name, job, task, queue, None, None, ""))
+    s.committed()
+    s.digest()
 
 
 def test_outcomes_failures_and_retries_are_counted_by_queue_and_task() -> None:
@@ -21,9 +25,10 @@ def test_outcomes_failures_and_retries_are_counted_by_queue_and_task() -> None:
     committed(st, ("submitted", 1, "t", "q"), ("dispatched", 1, "t", "q"), ("retrying", 1, "t", "q"),
               ("next attempt", 1, "t", "q"), ("lost", 1, "t", "q"), ("dead", 1, "t", "q"),
               ("submitted", 2, "u", "q"), ("done", 2, "u", "q"), ("cancelled", 3, "u", "r"))
-    s = EventStream(lambda c: None)
+    s = EventStream(lambda c: None, st.count)
     s.worker_event("lost", "w1", ["q"])
-    st.count(s.staged)
+    s.committed()
+    s.digest()
     p = st.public()
     assert p["submitted"] == [["q", "t", 1], ["q", "u", 1]]
     assert p["finished"] == [["q", "t", "dead", 1], ["q", "u", "done", 1], ["r", "u", "cancelled", 1]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +35,16 @@ def received(reader: socket.socket) -> list[dict[str, Any]]:
     return [json.loads(line) for line in data.splitlines()]
 
 
+def event(s: EventStream, name: str, job: int, task: str, queue: str, attempt: int | None = None,
+          worker: str | None = None) -> None:
+    """An event as log.JobEvents appends it to the stream."""
+    s.events.append((time.time(), name, job, task, queue, attempt, worker, ""))
+
+
+def stream(close: Any = None) -> EventStream:
+    return EventStream(close or (lambda c: None), lambda events: None)
+
+
 def flush(s: EventStream) -> None:
     s.next_flush = 0.0
     s.flush(1.0)
@@ -42,14 +53,15 @@ def flush(s: EventStream) -> None:
 def test_events_are_sent_only_once_their_step_is_committed_and_an_undone_step_never(
         pair: tuple[Conn, socket.socket]) -> None:
     conn, reader = pair
-    s = EventStream(lambda c: None)
+    s = stream()
     s.subscribe(conn, Filter())
-    s.job_event("submitted", 1, "t", "q")
+    event(s, "submitted", 1, "t", "q")
     flush(s)
     assert received(reader) == []
     s.undo()
-    s.job_event("submitted", 2, "t", "q")
-    s.job_event("dispatched", 2, "t", "q", 1, "w1")
+    assert s.events == []
+    event(s, "submitted", 2, "t", "q")
+    event(s, "dispatched", 2, "t", "q", 1, "w1")
     s.committed()
     flush(s)
     got = received(reader)
@@ -60,10 +72,10 @@ def test_events_are_sent_only_once_their_step_is_committed_and_an_undone_step_ne
 
 def test_filters_by_job_task_and_queue_and_worker_events_by_queue(pair: tuple[Conn, socket.socket]) -> None:
     conn, reader = pair
-    s = EventStream(lambda c: None)
+    s = stream()
     s.subscribe(conn, Filter(queue="b"))
-    s.job_event("submitted", 1, "t", "a")
-    s.job_event("submitted", 2, "t", "b")
+    event(s, "submitted", 1, "t", "a")
+    event(s, "submitted", 2, "t", "b")
     s.worker_event("up", "w1", ["a", "b"])
     s.worker_event("up", "w2", ["a"])
     s.committed()
@@ -80,13 +92,13 @@ def test_a_burst_past_the_batch_bound_and_a_reader_that_does_not_read_get_counte
     conn, reader = pair
     monkeypatch.setattr(stream_module, "MAX_BATCH", 10)
     conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    s = EventStream(lambda c: None)
+    s = stream()
     s.subscribe(conn, Filter())
     for i in range(25):
-        s.job_event("submitted", i + 1, "t", "q")
+        event(s, "submitted", i + 1, "t", "q")
     s.committed()
     flush(s)
-    s.job_event("submitted", 100, "t", "q")
+    event(s, "submitted", 100, "t", "q")
     s.committed()
     flush(s)
     got = received(reader)
@@ -97,11 +109,11 @@ def test_a_burst_past_the_batch_bound_and_a_reader_that_does_not_read_get_counte
     while s.subscribers[0].pending is None:
         for _ in range(10):
             sent += 1
-            s.job_event("done", 1000 + sent, "t" * 200, "q")
+            event(s, "done", 1000 + sent, "t" * 200, "q")
         s.committed()
         flush(s)
     for _ in range(3):
-        s.job_event("done", 5000, "t", "q")
+        event(s, "done", 5000, "t", "q")
         s.committed()
         flush(s)
     assert s.subscribers[0].missed == 3
@@ -114,10 +126,10 @@ def test_a_burst_past_the_batch_bound_and_a_reader_that_does_not_read_get_counte
 def test_a_closed_subscriber_is_dropped_and_a_failed_send_closes_it(pair: tuple[Conn, socket.socket]) -> None:
     conn, reader = pair
     closed: list[Conn] = []
-    s = EventStream(closed.append)
+    s = stream(closed.append)
     s.subscribe(conn, Filter())
     reader.close()
-    s.job_event("submitted", 1, "t", "q")
+    event(s, "submitted", 1, "t", "q")
     s.committed()
     flush(s)
     assert closed == [conn]

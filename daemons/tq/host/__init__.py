@@ -104,9 +104,10 @@ class Host(Daemon):
         self.requests.schedules = self.scheduler.public
         self.requests.queue_notes = notes
         self.server = Server(self.sel, self.requests.handle, Burst(self.logger))
-        self.stream = EventStream(self.server.close_conn)
+        self.stream = EventStream(self.server.close_conn, self.stats.count)
         self.server.on_close = self.stream.forget_closed
-        self.events.sink = self.stream.job_event
+        self.events.capture = self.stream.events
+        self.store.on_commit_seconds = self.stats.commits.observe_all
         self.fleet.on_event = self.stream.worker_event
         self.requests.stream, self.requests.stats = self.stream, self.stats
         self.requests.metrics = self.metrics
@@ -245,13 +246,9 @@ class Host(Daemon):
         self._answer()
 
     def _commit(self, acknowledged: bool = True) -> None:
-        """The step's one commit (Store.commit), timed for the metrics; then its events are published."""
-        began = time.perf_counter()
-        if self.store.commit(acknowledged):
-            self.stats.commits.observe(time.perf_counter() - began)
-        if self.stream.staged:
-            self.stats.count(self.stream.staged)
-            self.stream.committed()
+        """The step's one commit (Store.commit); then its events have happened."""
+        self.store.commit(acknowledged)
+        self.stream.committed()
 
     def _store_failed(self, error: Exception) -> None:
         """A write failed (disk full, I/O error): forget this step, reload from the store, fence workers."""
@@ -312,6 +309,9 @@ class Host(Daemon):
     def metrics(self) -> dict[str, Any]:
         """What `tqctl metrics` writes as Prometheus text (tq/metrics.py): the counters, and gauges read now."""
         now = time.monotonic()
+        self.stream.digest()  # the events and commit times not yet counted
+        self.stats.commits.observe_all(self.store.commit_seconds)
+        self.store.commit_seconds.clear()
         store_bytes = 0
         for suffix in ("", "-wal"):
             try:

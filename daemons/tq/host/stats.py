@@ -22,6 +22,8 @@ MAX_KEYS = 20 * MAX_SERIES  # (event, queue, task) counted before the pairs past
 _KEY = operator.itemgetter(1, 4, 3)  # of a stream.Event: (event, queue, task)
 OTHER = "_other"
 FINAL = {"done", "dead", "cancelled"}
+FAILED_ATTEMPT = {"retrying", "lost", "dead"}  # (as the journal names them) an attempt that failed
+FOLD_AT = 1024  # durations kept before they are put in their buckets
 
 
 class Histogram:
@@ -36,6 +38,10 @@ class Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def observe_all(self, values: list[float]) -> None:
+        for value in values:
+            self.observe(value)
+
     def public(self) -> dict[str, Any]:
         return {"counts": self.counts, "sum": self.sum}
 
@@ -46,6 +52,7 @@ class Stats:
         # has its queues joined and task "". Summed up by kind only when asked (public).
         self.events: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.durations: dict[str, Histogram] = {}
+        self.unsorted: list[tuple[str, float]] = []  # durations not yet in their buckets (a list append per result)
         self.commits = Histogram(COMMIT_BUCKETS)
         self.commit_errors = 0
 
@@ -68,6 +75,16 @@ class Stats:
         self.events = folded
 
     def duration(self, task: str, seconds: float) -> None:
+        self.unsorted.append((task, seconds))
+        if len(self.unsorted) >= FOLD_AT:
+            self._sort_durations()
+
+    def _sort_durations(self) -> None:
+        for task, seconds in self.unsorted:
+            self._observe(task, seconds)
+        self.unsorted.clear()
+
+    def _observe(self, task: str, seconds: float) -> None:
         h = self.durations.get(task)
         if h is None:
             if len(self.durations) >= MAX_SERIES:
@@ -76,6 +93,7 @@ class Stats:
         h.observe(seconds)
 
     def public(self) -> dict[str, Any]:
+        self._sort_durations()
         submitted: collections.Counter[tuple[str, str]] = collections.Counter()
         finished: collections.Counter[tuple[str, str, str]] = collections.Counter()
         failed: collections.Counter[tuple[str, str]] = collections.Counter()  # attempts that failed ...
@@ -88,11 +106,9 @@ class Stats:
                 submitted[queue, task] += n
             elif event in FINAL:
                 finished[queue, task, event] += n
-                if event == "dead":  # its last attempt failed
-                    failed[queue, task] += n
-            elif event == "failed":
+            if event in FAILED_ATTEMPT and task:  # (a dead job's last attempt failed too)
                 failed[queue, task] += n
-            elif event == "retrying":
+            elif event == "next attempt":
                 retried[queue, task] += n
         return {
             "submitted": [[q, t, n] for (q, t), n in sorted(submitted.items())],

@@ -1,9 +1,12 @@
 """The event stream: job and worker events, pushed to the control connections that asked to `subscribe`.
 
 An event is a tuple while the host keeps it; it becomes a JSON line only when a
-subscriber is sent it. Events are published only once the step that made them
-is committed (a submit undone by a failed commit was never an event), and the
-last RECENT of them are kept for `tqctl events` without --follow.
+subscriber is sent it. Events count only once the step that made them is
+committed (a submit undone by a failed commit was never an event). A commit
+only marks how far the events are committed: they are handed on (to the
+metrics' counts, the last RECENT kept for `tqctl events`, the subscribers'
+groups) in batches, by digest(), when DIGEST_AT have come or somebody asks.
+The host's cost per event is a tuple appended to a list.
 
 A subscriber never slows the host. Events go out every FLUSH_INTERVAL (longer
 with many subscribers: at most SENDS_PER_SECOND in all), as one send per
@@ -42,12 +45,13 @@ EVENTS_PER_SECOND = 5_000  # events sent to all the subscribers together, each g
 MAX_BATCH = 1000  # events a subscriber is sent per flush; the rest of a burst is counted as missed
 MIN_SHARE = 10  # ... and never fewer than this
 RECENT = 1000  # events kept for `tqctl events` (without --follow)
+DIGEST_AT = 1024  # committed events handed on at once (a bound on the memory they take meanwhile)
 # What the host's journal names an event (log.JobEvents), as the stream names it.
 STREAM_NAMES = {"dispatched": "started", "retrying": "failed", "lost": "failed", "retry requested": "retried",
                 "next attempt": "retrying"}
 
-# (time, event, job id, task, queue, attempt, worker, detail); a worker event has job id 0, task "" and its
-# queues joined by commas in place of the queue.
+# (time, event, job id, task, queue, attempt, worker, detail), the event named as the journal names it (the
+# stream's name is STREAM_NAMES'); a worker event has job id 0, task "" and its queues joined by commas.
 Event = tuple[float, str, int, str, str, "int | None", "str | None", str]
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
@@ -55,7 +59,7 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 def as_dict(e: Event) -> dict[str, Any]:
     """An event as the stream shows it."""
     ts, name, job_id, task, queue, attempt, worker, detail = e
-    out: dict[str, Any] = {"event": name, "ts": round(ts, 6)}
+    out: dict[str, Any] = {"event": STREAM_NAMES.get(name, name) if job_id else name, "ts": round(ts, 6)}
     if job_id:
         out.update(job=job_id, task=task, queue=queue)
         if attempt is not None:
@@ -109,9 +113,12 @@ class _Group:
 
 
 class EventStream:
-    def __init__(self, close: Callable[[Conn], None]) -> None:
+    def __init__(self, close: Callable[[Conn], None], count: Callable[[list[Event]], None]) -> None:
         self.close = close  # closes a connection whose socket failed (Server.close_conn)
-        self.staged: list[Event] = []  # this step's events, published by committed()
+        self.count = count  # the metrics' counting of committed events (Stats.count)
+        # Events as they come (log.JobEvents appends to this very list): the first `upto` are committed.
+        self.events: list[Event] = []
+        self.upto = 0
         self.recent: collections.deque[Event] = collections.deque(maxlen=RECENT)
         self.subscribers: list[Subscriber] = []
         self.groups: dict[Filter, _Group] = {}
@@ -125,30 +132,41 @@ class EventStream:
 
     # ---- events -----------------------------------------------------------
 
-    def job_event(self, event: str, job_id: int, task: str, queue: str, attempt: int | None = None,
-                  worker: str | None = None, detail: str = "") -> None:
-        """A job event as log.JobEvents is told it (its sink): staged until the step's commit."""
-        self.staged.append((time.time(), STREAM_NAMES.get(event, event), job_id, task, queue, attempt, worker,
-                            detail))
-
     def worker_event(self, event: str, instance: str, queues: list[str], detail: str = "") -> None:
-        self.staged.append((time.time(), event, 0, "", ",".join(queues), None, instance, detail))
+        self.events.append((time.time(), event, 0, "", ",".join(queues), None, instance, detail))
 
     def committed(self) -> None:
-        """The step's commit succeeded: its events happened. Each group keeps those it wants, up to its share."""
-        if not self.staged:
+        """The step's commit succeeded: its events happened."""
+        self.upto = n = len(self.events)
+        if n >= DIGEST_AT:
+            self.digest()
+        elif n and self.subscribers:
+            self.due = True
+
+    def undo(self) -> None:
+        """The step's commit failed: nothing it did happened."""
+        del self.events[self.upto:]
+
+    def digest(self) -> None:
+        """Hand the committed events on: counted, kept among the recent ones, offered to the subscribers'
+        groups (each keeps at most its share until the next flush)."""
+        if not self.upto:
             return
-        self.recent.extend(self.staged)
+        events = self.events[:self.upto]
+        del self.events[:self.upto]
+        self.upto = 0
+        self.count(events)
+        self.recent.extend(events)
         everything = self._everything
-        if everything is not None:  # (by the step, not by the event: it sees most of them)
+        if everything is not None:
             self.due = True
             room = self.share - len(everything.events)
             if room > 0:
-                everything.events += self.staged[:room]
-            everything.over += max(0, len(self.staged) - max(room, 0))
+                everything.events += events[:room]
+            everything.over += max(0, len(events) - max(room, 0))
         by_job, by_task, by_queue = self._by
         if by_job or by_task or by_queue:
-            for e in self.staged:
+            for e in events:
                 if by_job and e[2] in by_job:
                     self._offer(by_job[e[2]], e)
                 if by_task and e[3] in by_task:
@@ -157,7 +175,6 @@ class EventStream:
                     for queue in (e[4],) if e[2] else e[4].split(","):  # a worker event: each of its queues
                         if queue in by_queue:
                             self._offer(by_queue[queue], e)
-        self.staged.clear()
 
     def _offer(self, groups: list[_Group], e: Event) -> None:
         for group in groups:
@@ -171,12 +188,9 @@ class EventStream:
         else:
             group.over += 1
 
-    def undo(self) -> None:
-        """The step's commit failed: nothing it did happened."""
-        self.staged.clear()
-
     def recent_events(self, f: Filter, limit: int) -> list[dict[str, Any]]:
         """The last `limit` of the recent events that match `f`, oldest first."""
+        self.digest()
         found: list[Event] = []
         for e in reversed(self.recent):
             if len(found) >= limit:
@@ -188,7 +202,8 @@ class EventStream:
     # ---- subscribers ------------------------------------------------------
 
     def subscribe(self, conn: Conn, f: Filter) -> None:
-        """From the next flush, `conn` is sent the events that match `f`."""
+        """From the next flush, `conn` is sent the events that match `f` (those committed from now on)."""
+        self.digest()  # the events before: handed on to the groups there are
         conn.subscribed = True
         sub = Subscriber(conn, f)
         self.subscribers.append(sub)
@@ -224,6 +239,7 @@ class EventStream:
         """Send each subscriber the events kept for its group (called every step; works every interval)."""
         if not self.due or now < self.next_flush:
             return
+        self.digest()
         self.next_flush = now + self.interval
         self.due = gone = False
         for group in list(self.groups.values()):  # (a failed send closes its connection, which drops it)
