@@ -15,7 +15,7 @@ def committed(stats: Stats, *events: tuple[str, int, str, str]) -> None:
     """The events as the stream hands them on after their commit."""
     s = EventStream(lambda c: None, stats.count)
     for name, job, task, queue in events:
-        s.events.append((time.time(), name, job, task, queue, None, None, ""))
+        s.events.extend((time.time(), name, job, task, queue, None, None, ""))
     s.committed()
     s.digest()
 

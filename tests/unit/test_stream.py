@@ -38,7 +38,7 @@ def received(reader: socket.socket) -> list[dict[str, Any]]:
 def event(s: EventStream, name: str, job: int, task: str, queue: str, attempt: int | None = None,
           worker: str | None = None) -> None:
     """An event as log.JobEvents appends it to the stream."""
-    s.events.append((time.time(), name, job, task, queue, attempt, worker, ""))
+    s.events.extend((time.time(), name, job, task, queue, attempt, worker, ""))
 
 
 def stream(close: Any = None) -> EventStream:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import operator
 from typing import Any
 
 # Job run times (seconds): the client library's defaults, then minutes to an hour (jobs may run that long).
@@ -19,7 +18,6 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 MAX_SERIES = 1000  # (queue, task) pairs or tasks with series of their own; more are counted under task "_other"
 MAX_KEYS = 20 * MAX_SERIES  # (event, queue, task) counted before the pairs past MAX_SERIES are folded
-_KEY = operator.itemgetter(1, 4, 3)  # of a stream.Event: (event, queue, task)
 OTHER = "_other"
 FINAL = {"done", "dead", "cancelled"}
 FAILED_ATTEMPT = {"retrying", "lost", "dead"}  # (as the journal names them) an attempt that failed
@@ -52,13 +50,15 @@ class Stats:
         # has its queues joined and task "". Summed up by kind only when asked (public).
         self.events: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.durations: dict[str, Histogram] = {}
-        self.unsorted: list[tuple[str, float]] = []  # durations not yet in their buckets (a list append per result)
+        # Durations not yet in their buckets: two appends per result (no tuple the garbage collector would track).
+        self.unsorted_tasks: list[str] = []
+        self.unsorted: list[float] = []
         self.commits = Histogram(COMMIT_BUCKETS)
         self.commit_errors = 0
 
-    def count(self, events: list[Any]) -> None:
-        """Count the committed events of a step (stream.Event tuples)."""
-        self.events.update(map(_KEY, events))
+    def count(self, flat: list[Any]) -> None:
+        """Count committed events (stream.EventStream.events: their fields, 8 an event)."""
+        self.events.update(zip(flat[1::8], flat[4::8], flat[3::8], strict=True))
         if len(self.events) > MAX_KEYS:
             self._fold()
 
@@ -75,13 +75,15 @@ class Stats:
         self.events = folded
 
     def duration(self, task: str, seconds: float) -> None:
-        self.unsorted.append((task, seconds))
+        self.unsorted_tasks.append(task)
+        self.unsorted.append(seconds)
         if len(self.unsorted) >= FOLD_AT:
             self._sort_durations()
 
     def _sort_durations(self) -> None:
-        for task, seconds in self.unsorted:
+        for task, seconds in zip(self.unsorted_tasks, self.unsorted, strict=True):
             self._observe(task, seconds)
+        self.unsorted_tasks.clear()
         self.unsorted.clear()
 
     def _observe(self, task: str, seconds: float) -> None:

@@ -6,7 +6,10 @@ committed (a submit undone by a failed commit was never an event). A commit
 only marks how far the events are committed: they are handed on (to the
 metrics' counts, the last RECENT kept for `tqctl events`, the subscribers'
 groups) in batches, by digest(), when DIGEST_AT have come or somebody asks.
-The host's cost per event is a tuple appended to a list.
+The host's cost per event is its fields appended to a flat list: no object
+that the garbage collector tracks outlives the step (a tuple per event did, and
+made the collector's full passes over the open jobs come more often: a batch
+of 20,000 submits was 14% slower).
 
 A subscriber never slows the host. Events go out every FLUSH_INTERVAL (longer
 with many subscribers: at most SENDS_PER_SECOND in all), as one send per
@@ -32,7 +35,7 @@ from __future__ import annotations
 import collections
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +49,7 @@ MAX_BATCH = 1000  # events a subscriber is sent per flush; the rest of a burst i
 MIN_SHARE = 10  # ... and never fewer than this
 RECENT = 1000  # events kept for `tqctl events` (without --follow)
 DIGEST_AT = 1024  # committed events handed on at once (a bound on the memory they take meanwhile)
+FIELDS = 8  # an event's fields in EventStream.events (the fields of Event, in order)
 # What the host's journal names an event (log.JobEvents), as the stream names it.
 STREAM_NAMES = {"dispatched": "started", "retrying": "failed", "lost": "failed", "retry requested": "retried",
                 "next attempt": "retrying"}
@@ -71,6 +75,11 @@ def as_dict(e: Event) -> dict[str, Any]:
     if detail:
         out["detail"] = detail
     return out
+
+
+def _events(flat: list[Any]) -> Iterator[Event]:
+    """The events (tuples) of a flat list of their fields."""
+    return zip(*[iter(flat)] * FIELDS, strict=True)
 
 
 def _line(e: Event) -> bytes:
@@ -113,11 +122,12 @@ class _Group:
 
 
 class EventStream:
-    def __init__(self, close: Callable[[Conn], None], count: Callable[[list[Event]], None]) -> None:
+    def __init__(self, close: Callable[[Conn], None], count: Callable[[list[Any]], None]) -> None:
         self.close = close  # closes a connection whose socket failed (Server.close_conn)
         self.count = count  # the metrics' counting of committed events (Stats.count)
-        # Events as they come (log.JobEvents appends to this very list): the first `upto` are committed.
-        self.events: list[Event] = []
+        # The fields of the events as they come (log.JobEvents extends this very list), FIELDS an event: the first
+        # `upto` are committed.
+        self.events: list[Any] = []
         self.upto = 0
         self.recent: collections.deque[Event] = collections.deque(maxlen=RECENT)
         self.subscribers: list[Subscriber] = []
@@ -133,12 +143,12 @@ class EventStream:
     # ---- events -----------------------------------------------------------
 
     def worker_event(self, event: str, instance: str, queues: list[str], detail: str = "") -> None:
-        self.events.append((time.time(), event, 0, "", ",".join(queues), None, instance, detail))
+        self.events.extend((time.time(), event, 0, "", ",".join(queues), None, instance, detail))
 
     def committed(self) -> None:
         """The step's commit succeeded: its events happened."""
         self.upto = n = len(self.events)
-        if n >= DIGEST_AT:
+        if n >= DIGEST_AT * FIELDS:
             self.digest()
         elif n and self.subscribers:
             self.due = True
@@ -152,21 +162,21 @@ class EventStream:
         groups (each keeps at most its share until the next flush)."""
         if not self.upto:
             return
-        events = self.events[:self.upto]
+        flat = self.events[:self.upto]
         del self.events[:self.upto]
         self.upto = 0
-        self.count(events)
-        self.recent.extend(events)
+        self.count(flat)
+        self.recent.extend(_events(flat[-RECENT * FIELDS:]))
         everything = self._everything
         if everything is not None:
             self.due = True
-            room = self.share - len(everything.events)
-            if room > 0:
-                everything.events += events[:room]
-            everything.over += max(0, len(events) - max(room, 0))
+            n = len(flat) // FIELDS
+            room = max(self.share - len(everything.events), 0)
+            everything.events += _events(flat[:room * FIELDS])
+            everything.over += max(0, n - room)
         by_job, by_task, by_queue = self._by
         if by_job or by_task or by_queue:
-            for e in events:
+            for e in _events(flat):
                 if by_job and e[2] in by_job:
                     self._offer(by_job[e[2]], e)
                 if by_task and e[3] in by_task:
