@@ -26,7 +26,7 @@ from .states import FINAL
 from .transport import restrict
 
 SCHEMA_VERSION = 4
-COMMIT_TIMES_KEPT = 1024  # commit times kept (commit_seconds) before they are handed to on_commit_seconds
+COMMIT_TIMES_KEPT = 512  # commit times kept (commit_seconds) before they are handed to on_commit_seconds
 # Statements that take a store from schema version N to N + 1, run in one transaction at open: a store
 # written by an older tq is upgraded in place, and keeps every job. (New tables come from _SCHEMA.)
 MIGRATIONS: dict[int, tuple[str, ...]] = {

@@ -25,14 +25,13 @@ subscribers (MAX_BATCH a flush at most to one): past that, a burst is counted,
 not sent. Both bounds are on what the followers cost the machine, theirs as
 well as the host's (a reader wakes for each send and parses each line), so
 that any number of them leave the host its pace: 200 followers of the whole
-stream are sent 50 events a second each, every 0.4 s, while the host drains
+stream are sent 25 events a second each, every 2 s, while the host drains
 tens of thousands of jobs a second. A follower of one job, a task or a quiet
 queue is sent everything it asked for.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -42,13 +41,13 @@ from typing import Any
 from .server import Conn
 
 FLUSH_INTERVAL = 0.1  # seconds between sends to the subscribers while events come (the least) ...
-MAX_INTERVAL = 1.0  # ... and the most
-SENDS_PER_SECOND = 200  # sends to all the subscribers together: the interval grows with their number
+MAX_INTERVAL = 2.0  # ... and the most
+SENDS_PER_SECOND = 100  # sends to all the subscribers together: the interval grows with their number
 EVENTS_PER_SECOND = 5_000  # events sent to all the subscribers together, each given an equal share
 MAX_BATCH = 1000  # events a subscriber is sent per flush; the rest of a burst is counted as missed
 MIN_SHARE = 10  # ... and never fewer than this
 RECENT = 1000  # events kept for `tqctl events` (without --follow)
-DIGEST_AT = 1024  # committed events handed on at once (a bound on the memory they take meanwhile)
+DIGEST_AT = 512  # committed events handed on at once: a bound on the memory they take, and on a step's delay
 FIELDS = 8  # an event's fields in EventStream.events (the fields of Event, in order)
 # What the host's journal names an event (log.JobEvents), as the stream names it.
 STREAM_NAMES = {"dispatched": "started", "retrying": "failed", "lost": "failed", "retry requested": "retried",
@@ -129,7 +128,7 @@ class EventStream:
         # `upto` are committed.
         self.events: list[Any] = []
         self.upto = 0
-        self.recent: collections.deque[Event] = collections.deque(maxlen=RECENT)
+        self.recent: list[Any] = []  # the fields of the last RECENT events (tuples only when asked for)
         self.subscribers: list[Subscriber] = []
         self.groups: dict[Filter, _Group] = {}
         # Where an event looks for the groups that want it: by the field a group's filter names first.
@@ -166,7 +165,8 @@ class EventStream:
         del self.events[:self.upto]
         self.upto = 0
         self.count(flat)
-        self.recent.extend(_events(flat[-RECENT * FIELDS:]))
+        self.recent += flat[-RECENT * FIELDS:]
+        del self.recent[:-RECENT * FIELDS]
         everything = self._everything
         if everything is not None:
             self.due = True
@@ -202,7 +202,7 @@ class EventStream:
         """The last `limit` of the recent events that match `f`, oldest first."""
         self.digest()
         found: list[Event] = []
-        for e in reversed(self.recent):
+        for e in reversed(list(_events(self.recent))):
             if len(found) >= limit:
                 break
             if f.matches(e):
