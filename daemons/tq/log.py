@@ -74,6 +74,7 @@ class JobEvents:
         self.logger, self.mode, self.per_second = logger, mode, per_second
         # tq-host's event stream (stream.EventStream.events): every event's fields are appended, logged or not.
         self.capture: list[Any] | None = None
+        self.now = 0.0  # the time the captured events carry: tq-host sets it once a step (time.time())
         self._window = 0
         self._used = 0
         self.suppressed = 0
@@ -84,7 +85,7 @@ class JobEvents:
     def event(self, event: str, job_id: int, task: str, queue: str, attempt: int | None = None,
               worker: str | None = None, detail: str = "") -> None:
         if self.capture is not None:
-            self.capture.extend((time.time(), event, job_id, task, queue, attempt, worker, detail))
+            self.capture.extend((self.now, event, job_id, task, queue, attempt, worker, detail))
         always = event in ALWAYS
         if self.mode == "none" or (self.mode == "failures" and not always):
             return
@@ -101,7 +102,7 @@ class JobEvents:
     def notify(self, event: str, job_id: int, task: str, queue: str, attempt: int | None = None) -> None:
         """An event for the stream alone (the journal has said it already in other words)."""
         if self.capture is not None:
-            self.capture.extend((time.time(), event, job_id, task, queue, attempt, None, ""))
+            self.capture.extend((self.now, event, job_id, task, queue, attempt, None, ""))
 
     def tick(self) -> None:
         """Summarise the last second's suppressed events once it is over, even when no more events come."""

@@ -85,9 +85,9 @@ class Stats:
         self.unsorted_tasks.append(task)
         self.unsorted.append(seconds)
         if len(self.unsorted) >= FOLD_AT:
-            self._sort_durations()
+            self.sort_durations()
 
-    def _sort_durations(self) -> None:
+    def sort_durations(self) -> None:
         by_task: dict[str, list[float]] = {}
         for task, seconds in zip(self.unsorted_tasks, self.unsorted, strict=True):
             values = by_task.get(task)
@@ -104,7 +104,7 @@ class Stats:
         self.unsorted.clear()
 
     def public(self) -> dict[str, Any]:
-        self._sort_durations()
+        self.sort_durations()
         submitted: collections.Counter[tuple[str, str]] = collections.Counter()
         finished: collections.Counter[tuple[str, str, str]] = collections.Counter()
         failed: collections.Counter[tuple[str, str]] = collections.Counter()  # attempts that failed ...

@@ -142,7 +142,7 @@ class EventStream:
     # ---- events -----------------------------------------------------------
 
     def worker_event(self, event: str, instance: str, queues: list[str], detail: str = "") -> None:
-        self.events.extend((time.time(), event, 0, "", ",".join(queues), None, instance, detail))
+        self.events.extend((time.time(), event, 0, "", ",".join(queues), None, instance, detail))  # (rare)
 
     def committed(self) -> None:
         """The step's commit succeeded: its events happened."""
