@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 OPEN_STATES = ("queued", "running", "delayed", "failed", "deferred")
 
@@ -129,7 +130,7 @@ def _buckets(bounds: list[float], counts: list[int]) -> list[tuple[str, float]]:
     return out
 
 
-class _Snapshot:
+class _Snapshot(Collector):
     def __init__(self, snap: dict[str, Any] | None) -> None:
         self.snap = snap
 
@@ -145,7 +146,7 @@ class _Snapshot:
 def render(snap: dict[str, Any] | None) -> bytes:
     """The Prometheus text (format 0.0.4) of a snapshot; None: tq-host was not reachable (tq_up 0 alone)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(snap))  # type: ignore[arg-type]
+    registry.register(_Snapshot(snap))
     return generate_latest(registry)
 
 

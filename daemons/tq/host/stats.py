@@ -32,10 +32,6 @@ class Histogram:
         self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
     def observe_all(self, values: list[float]) -> None:
         """Many values at once: sorted, then cut at each bound (a step's delay stays short)."""
         ordered = sorted(values)
