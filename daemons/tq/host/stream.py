@@ -175,7 +175,11 @@ class EventStream:
             everything.events += _events(flat[:room * FIELDS])
             everything.over += max(0, n - room)
         by_job, by_task, by_queue = self._by
-        if by_job or by_task or by_queue:
+        if (by_job and not by_job.keys().isdisjoint(flat[2::FIELDS])) or (
+                by_task and not by_task.keys().isdisjoint(flat[3::FIELDS])) or (
+                by_queue and not by_queue.keys().isdisjoint(flat[4::FIELDS])) or (
+                by_queue and 0 in flat[2::FIELDS]):  # (a worker event: its queues are joined by commas)
+            # Some event is for a filter: only then a look at each (set lookups in C decide that first).
             for e in _events(flat):
                 if by_job and e[2] in by_job:
                     self._offer(by_job[e[2]], e)
