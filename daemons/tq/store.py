@@ -255,24 +255,23 @@ class Store:
         (a reply waits for it), else left for the next fsync (see the module's docstring). False: nothing to
         write."""
         self.flush(acknowledged)
-        if self.db.in_transaction:
-            began = time.perf_counter()
-            self.db.execute("COMMIT")
-            self.commit_seconds.append(time.perf_counter() - began)
-            self._unsynced = self._synchronous == "NORMAL" and self.durability == "full"
-        elif acknowledged and self._unsynced:  # nothing new, but a reply tells of a change not yet fsync'd
-            self._begin()
+        if not self.db.in_transaction:
+            if not (acknowledged and self._unsynced):
+                return False
+            self._begin()  # nothing new, but a reply tells of a change not yet fsync'd: a row, so that one is
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('synced_at', ?)", (str(time.time()),))
-            began = time.perf_counter()
-            self.db.execute("COMMIT")
-            self.commit_seconds.append(time.perf_counter() - began)
-            self._unsynced = False
-        else:
-            return False
+        began = time.perf_counter()
+        self.db.execute("COMMIT")
+        self.commit_seconds.append(time.perf_counter() - began)
+        self._unsynced = self._synchronous == "NORMAL" and self.durability == "full"
         if len(self.commit_seconds) >= COMMIT_TIMES_KEPT:
-            self.on_commit_seconds(self.commit_seconds)
-            self.commit_seconds.clear()
+            self.hand_over_commit_seconds()
         return True
+
+    def hand_over_commit_seconds(self) -> None:
+        """The commit times kept so far go to on_commit_seconds (the metrics' histogram)."""
+        self.on_commit_seconds(self.commit_seconds)
+        self.commit_seconds.clear()
 
     def rollback(self) -> None:
         self._new.clear()

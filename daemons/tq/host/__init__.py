@@ -37,7 +37,7 @@ from .queues import Queues
 from .requests import Requests
 from .schedules import Scheduler
 from .server import Server
-from .stats import FOLD_AT, Stats
+from .stats import Stats
 from .stream import EventStream
 
 try:
@@ -132,11 +132,7 @@ class Host(Daemon):
 
     def _on_result(self, job: JobRecord, result: protocol.Result) -> None:
         self.dispatcher.timed(job.task, result.duration)
-        stats = self.stats  # (Stats.duration, inline: a call per result costs the drain)
-        stats.unsorted_tasks.append(job.task)
-        stats.unsorted.append(result.duration)
-        if len(stats.unsorted) >= FOLD_AT:
-            stats.sort_durations()
+        self.stats.duration(job.task, result.duration)
         self.jobs.finish(job, result)
 
     def select(self, timeout: float) -> None:
@@ -322,8 +318,7 @@ class Host(Daemon):
         """What `tqctl metrics` writes as Prometheus text (tq/metrics.py): the counters, and gauges read now."""
         now = time.monotonic()
         self.stream.digest()  # the events and commit times not yet counted
-        self.stats.commits.observe_all(self.store.commit_seconds)
-        self.store.commit_seconds.clear()
+        self.store.hand_over_commit_seconds()
         store_bytes = 0
         for suffix in ("", "-wal"):
             try:
