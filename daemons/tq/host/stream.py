@@ -25,9 +25,15 @@ subscribers (MAX_BATCH a flush at most to one): past that, a burst is counted,
 not sent. Both bounds are on what the followers cost the machine, theirs as
 well as the host's (a reader wakes for each send and parses each line), so
 that any number of them leave the host its pace: 200 followers of the whole
-stream are sent 25 events a second each, every 2 s, while the host drains
+stream are sent 5 events a second each, every 2 s, while the host drains
 tens of thousands of jobs a second. A follower of one job, a task or a quiet
 queue is sent everything it asked for.
+
+The budget is what a reader pays per event: `tqctl events --follow` takes
+about 30 us of CPU to parse and print one on a slow machine (its memory gone
+cold since the last send), so 1,000 a second cost the followers 3 % of one
+core together. At 5,000 a second, 200 followers took 15 % of a core away from
+a drain on two cores (paired runs in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from .server import Conn
 FLUSH_INTERVAL = 0.1  # seconds between sends to the subscribers while events come (the least) ...
 MAX_INTERVAL = 2.0  # ... and the most
 SENDS_PER_SECOND = 100  # sends to all the subscribers together: the interval grows with their number
-EVENTS_PER_SECOND = 5_000  # events sent to all the subscribers together, each given an equal share
+EVENTS_PER_SECOND = 1_000  # events sent to all the subscribers together, each given an equal share
 MAX_BATCH = 1000  # events a subscriber is sent per flush; the rest of a burst is counted as missed
 MIN_SHARE = 10  # ... and never fewer than this
 RECENT = 1000  # events kept for `tqctl events` (without --follow)
