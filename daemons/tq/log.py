@@ -75,7 +75,7 @@ class JobEvents:
         # tq-host's event stream (stream.EventStream.events): every event's fields are appended, logged or not.
         self.capture: list[Any] | None = None
         self.now = 0.0  # the time the captured events carry: tq-host sets it once a step (time.time())
-        self._window = 0
+        self._window = int(time.monotonic())  # the second whose budget is being used (tick)
         self._used = 0
         self.suppressed = 0
 
@@ -87,9 +87,10 @@ class JobEvents:
         if self.capture is not None:
             self.capture.extend((self.now, event, job_id, task, queue, attempt, worker, detail))
         always = event in ALWAYS
-        if self.mode == "none" or (self.mode == "failures" and not always):
-            return
-        if not always and not self._allow():
+        if always:
+            if self.mode == "none":
+                return
+        elif self.mode != "all" or not self._allow():
             return
         extra: dict[str, Any] = {"TQ_JOB_ID": job_id, "TQ_TASK": task, "TQ_QUEUE": queue}
         if attempt is not None:
@@ -105,9 +106,12 @@ class JobEvents:
             self.capture.extend((self.now, event, job_id, task, queue, attempt, None, ""))
 
     def tick(self) -> None:
-        """Summarise the last second's suppressed events once it is over, even when no more events come."""
-        if self.suppressed and int(time.monotonic()) != self._window:
-            self._roll(int(time.monotonic()))
+        """Once a loop step, before its events: a new second gives a new budget, and the last one's suppressed
+        events are summarised (also when no more events come). The clock is read here, once a step, not once
+        an event: a step's events count against the second it began in."""
+        window = int(time.monotonic())
+        if window != self._window:
+            self._roll(window)
 
     def _roll(self, window: int) -> None:
         if self.suppressed:
@@ -117,9 +121,6 @@ class JobEvents:
         self._window, self._used = window, 0
 
     def _allow(self) -> bool:
-        window = int(time.monotonic())
-        if window != self._window:
-            self._roll(window)
         if self._used < self.per_second:
             self._used += 1
             return True

@@ -126,6 +126,7 @@ class Worker(Daemon):
     def step(self) -> None:
         """One loop iteration; blocks in the selector only when there is nothing to do."""
         now = time.monotonic()
+        self.events.tick()
         progressed = self._poll_attempt(now)
         if self.reload_requested:
             self.reload()
@@ -158,7 +159,6 @@ class Worker(Daemon):
         if now >= self.next_heartbeat:
             self._heartbeat(now)
         wait = self.notifier.tick(now)
-        self.events.tick()
         self._status(now)
         if progressed or self.exit_now:
             return

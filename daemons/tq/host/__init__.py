@@ -136,9 +136,11 @@ class Host(Daemon):
         self.jobs.finish(job, result)
 
     def select(self, timeout: float) -> None:
-        """Daemon.select, and the time of this step's events (one clock read a step, not one an event)."""
+        """Daemon.select, then the time of this step's events and their log budget's second (one clock read
+        each a step, not one an event)."""
         ready = self.sel.select(timeout)
         self.events.now = time.time()
+        self.events.tick()
         for key, mask in ready:
             key.data(mask)
 
@@ -204,7 +206,6 @@ class Host(Daemon):
         self._deliver()
         if self.stream.subscribers:
             self.stream.flush(time.monotonic())
-        self.events.tick()
         self.notifier.tick(now)
         if self.notifier.status_due(now):
             self.notifier.status(self.status_text(), now)
