@@ -78,6 +78,15 @@ def tq(container: Container) -> Container:
 def test_install_creates_user_applies_sysctl_and_starts_host_and_worker_1(tq: Container) -> None:
     assert tq.run("getent group tq").stdout.startswith("tq:")
     assert tq.run("cat /proc/sys/fs/mqueue/msg_max").stdout.strip() == "256"
+
+
+def test_the_private_venv_is_byte_compiled_at_install(tq: Container) -> None:
+    """The daemons' user cannot write __pycache__: without postinst's py3compile, tq-host and every tqctl would
+    compile tq from source each time they start."""
+    site = tq.run("ls -d /usr/lib/tq/lib/python3*/site-packages").stdout.strip()
+    for module in ("ctl", "client", "host/__init__"):
+        directory, _, name = f"tq/{module}".rpartition("/")
+        assert tq.run(f"ls {site}/{directory}/__pycache__/{name}.cpython-3*.pyc", check=False).returncode == 0, module
     assert tq.run("systemctl is-active tq.target tq-host tq-worker@1").stdout.split() == ["active"] * 3
     assert tq.run("systemctl is-enabled tq.target tq-host tq-worker@1").stdout.split() == ["enabled"] * 3
     assert tq.run("dpkg-query -W -f '${Conffiles}' tq").stdout.split()[0] == "/etc/tq/tq.toml"
@@ -434,6 +443,7 @@ def test_remove_keeps_state_and_purge_removes_it(tq: Container) -> None:
     tq.run("apt-get remove -y tq", timeout=300)
     assert tq.run("systemctl is-active tq-host tq-worker@1", check=False).stdout.split() == ["inactive"] * 2
     assert tq.run("ls /var/lib/tq/tq.sqlite3", check=False).returncode == 0
+    assert tq.run("ls /usr/lib/tq", check=False).returncode != 0  # byte-code included: nothing of it is left
     tq.run("apt-get purge -y tq", timeout=300)
     assert tq.run("ls /var/lib/tq /etc/tq/tq.toml /lib/systemd/system/tq-host.service", check=False).returncode != 0
     assert tq.run("ls /etc/systemd/system/tq.target.wants", check=False).returncode != 0
