@@ -11,6 +11,7 @@ fdatasync count per submit needs root and `perf` (Debian: linux-perf); without t
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import functools
 import json
@@ -659,6 +660,9 @@ def main() -> int:
     p.add_argument("--subscriber-output", choices=("text", "json"), default="text",
                    help="the followers' tqctl events --follow output (json: the host's lines as they come)")
     args = p.parse_args()
+    # tq byte-compiled, as the package installs it (postinst runs py3compile): where PYTHONDONTWRITEBYTECODE is
+    # set or the tree is read-only, every tqctl and daemon started here would compile tq from source first.
+    compileall.compile_dir(str(REPO / "daemons"), quiet=1)
     results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}}
     if int(Path("/proc/sys/fs/mqueue/msg_max").read_text()) < 32:  # the shipped config's host queue depth
         if os.geteuid() != 0:
