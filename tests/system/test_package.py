@@ -78,6 +78,9 @@ def tq(container: Container) -> Container:
 def test_install_creates_user_applies_sysctl_and_starts_host_and_worker_1(tq: Container) -> None:
     assert tq.run("getent group tq").stdout.startswith("tq:")
     assert tq.run("cat /proc/sys/fs/mqueue/msg_max").stdout.strip() == "256"
+    assert tq.run("systemctl is-active tq.target tq-host tq-worker@1").stdout.split() == ["active"] * 3
+    assert tq.run("systemctl is-enabled tq.target tq-host tq-worker@1").stdout.split() == ["enabled"] * 3
+    assert tq.run("dpkg-query -W -f '${Conffiles}' tq").stdout.split()[0] == "/etc/tq/tq.toml"
 
 
 def test_the_private_venv_is_byte_compiled_at_install(tq: Container) -> None:
@@ -87,9 +90,6 @@ def test_the_private_venv_is_byte_compiled_at_install(tq: Container) -> None:
     for module in ("ctl", "client", "host/__init__"):
         directory, _, name = f"tq/{module}".rpartition("/")
         assert tq.run(f"ls {site}/{directory}/__pycache__/{name}.cpython-3*.pyc", check=False).returncode == 0, module
-    assert tq.run("systemctl is-active tq.target tq-host tq-worker@1").stdout.split() == ["active"] * 3
-    assert tq.run("systemctl is-enabled tq.target tq-host tq-worker@1").stdout.split() == ["enabled"] * 3
-    assert tq.run("dpkg-query -W -f '${Conffiles}' tq").stdout.split()[0] == "/etc/tq/tq.toml"
 
 
 def test_installed_units_verify_clean(tq: Container) -> None:
