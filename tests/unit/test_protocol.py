@@ -179,3 +179,54 @@ def test_a_spliced_job_item_decodes_to_the_job_and_fits_its_size_bound(args: lis
                                                      lambda inner: st.lists(inner, max_size=3), max_leaves=6))
 def test_to_json_writes_what_json_dumps_writes(value: Any) -> None:
     assert protocol.to_json(value) == json.dumps(value, separators=(",", ":"))
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+                     lambda c: st.lists(c, max_size=2) | st.dictionaries(st.text(max_size=3), c, max_size=2),
+                     max_leaves=4)
+_OF_KIND: dict[type, st.SearchStrategy[Any]] = {
+    int: st.integers(), str: st.text(max_size=5), float: st.floats(allow_nan=False), bool: st.booleans(),
+    list: st.lists(_JSON, max_size=2) | st.lists(st.text(max_size=3), max_size=2),
+    dict: st.dictionaries(st.text(max_size=3), _JSON, max_size=2), object: _JSON,
+}
+
+
+@st.composite
+def _class_and_body(draw: st.DrawFn) -> tuple[type[protocol.Message], list[Any]]:
+    """A message class (or Job, Result) and a body that is mostly, or wholly, of the right types."""
+    cls = draw(st.sampled_from(sorted(protocol._FIELDS, key=lambda c: c.__name__)))
+    spec = protocol._FIELDS[cls]
+    body = [draw(st.one_of(*(_OF_KIND[k] for k in kinds)) | _JSON if draw(st.integers(0, 9)) == 0
+                 else st.one_of(*(_OF_KIND[k] for k in kinds))) for _, kinds, _ in spec]
+    cut = draw(st.integers(-1, 1))  # a field missing, or one too many
+    return cls, body[:cut] if cut < 0 else body + [0] * cut
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_class_and_body())
+def test_the_fast_type_check_gives_the_field_by_field_verdict(case: tuple[type[protocol.Message], list[Any]]) -> None:
+    """_build's one-lookup check (tuple of the fields' types in a set) accepts exactly what _checked accepts."""
+    cls, body = case
+    body = json.loads(json.dumps(body))  # the types as they come off the wire
+    try:
+        expected: protocol.Message | None = protocol._checked(cls, body)
+    except protocol.ProtocolError:
+        expected = None
+    if expected is None:
+        with pytest.raises(protocol.ProtocolError):
+            protocol._build(cls, body)
+    else:
+        assert protocol._build(cls, body) == expected
+
+
+def test_a_well_typed_result_and_job_take_the_fast_way_and_a_bool_for_an_int_does_not() -> None:
+    result = ["w1", 7, 1, True, "", "", 0, 1.5, {}]  # an int where a float may be: a float field takes both
+    job = [7, 1, "task-1", ["a"], {"any": [1]}, 300, 0, "default", {"kind": "echo"}]
+    assert tuple(map(type, result)) in protocol._SIGNATURES[protocol.Result]
+    assert tuple(map(type, job)) in protocol._SIGNATURES[protocol.Job]
+    assert protocol._build(protocol.Result, result).duration == 0
+    bad = [*result[:1], True, *result[2:]]  # a boolean as the job id
+    assert tuple(map(type, bad)) not in protocol._SIGNATURES[protocol.Result]
+    with pytest.raises(protocol.ProtocolError, match="field 'id' has the wrong type"):
+        protocol._build(protocol.Result, bad)
+    assert protocol.Heartbeat not in protocol._SIGNATURES  # a list[str] field: checked item by item
