@@ -136,3 +136,19 @@ def test_a_closed_subscriber_is_dropped_and_a_failed_send_closes_it(pair: tuple[
     conn.closed = True  # as Server.close_conn does, and then tells the stream
     s.forget_closed(conn)
     assert s.subscribers == [] and s.groups == {}
+
+
+@pytest.mark.parametrize("per_step", [1, 7, 600, 2500])
+def test_the_recent_events_are_the_last_thousand_whatever_the_steps_and_no_more_are_kept(per_step: int) -> None:
+    s = stream()
+    job = 0
+    for _ in range(5000 // per_step + 1):
+        for _ in range(per_step):
+            job += 1
+            event(s, "submitted", job, "t", "q")
+        s.committed()
+        s.digest()
+    got = s.recent_events(Filter(), stream_module.RECENT)
+    assert [e["job"] for e in got] == list(range(job - stream_module.RECENT + 1, job + 1))
+    assert len(s.recent) == stream_module.RECENT * stream_module.FIELDS  # no more are kept
+    assert [e["job"] for e in s.recent_events(Filter(job=job - 3), 10)] == [job - 3]
