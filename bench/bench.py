@@ -600,10 +600,13 @@ class Observers:
             proc.wait(30)
 
     def _scrape(self) -> None:
+        """A scrape at once, then one a second (from the start of the one before), until stopped."""
         argv = [str(REPO / ".venv/bin/tqctl"), "--config", str(self.suite.config), "metrics"]
-        while not self.stop.wait(1.0):
+        due = time.monotonic()
+        while not self.stop.wait(max(due - time.monotonic(), 0.0)):
+            due += 1.0
+            self.scrapes += 1  # (counted as it starts: one still running when the drain ends fell in it)
             subprocess.run(argv, stdout=subprocess.DEVNULL, check=True, env=self.suite.env)
-            self.scrapes += 1
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
@@ -630,10 +633,10 @@ def observed_shape(args: argparse.Namespace) -> dict[str, Any]:
         suite.wait_live(WORKERS)
         for _ in range(args.observed_rounds):
             quiet(suite)
-            plain.append(drain(suite, args.jobs, 4))
+            plain.append(drain(suite, args.observed_jobs, 4))
             quiet(suite)
             with Observers(suite, args.subscribers, follow_args) as obs:
-                observed.append(drain(suite, args.jobs, 4) | {"scrapes": obs.scrapes})
+                observed.append(drain(suite, args.observed_jobs, 4) | {"scrapes": obs.scrapes})
     finally:
         suite.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -657,6 +660,10 @@ def main() -> int:
     p.add_argument("--observed-rounds", type=int, default=5,
                    help="pairs of drains, without and with the observers (a pair's ratio varies by 10%% on a noisy "
                         "machine even with no observers: the median of 5 is quoted)")
+    p.add_argument("--observed-jobs", type=int, default=60000,
+                   help="jobs of each drain in the observed shape: seconds long, so that each holds several "
+                        "scrapes and sends to the followers (20,000 drain in about 1 s on a fast day, and 0 or 1 "
+                        "of each fell in it by chance)")
     p.add_argument("--subscriber-output", choices=("text", "json"), default="text",
                    help="the followers' tqctl events --follow output (json: the host's lines as they come)")
     args = p.parse_args()
@@ -768,6 +775,7 @@ def print_observed(r: dict[str, Any]) -> None:
         ("drain without (each run)", " ".join(f"{x['jobs_per_s']}" for x in r["plain"]) + " jobs/s"),
         ("drain with (each run)", " ".join(f"{x['jobs_per_s']}" for x in r["observed"]) + " jobs/s"),
         ("with / without (median; each run)", f"{r['median_ratio']}; {' '.join(map(str, r['ratios']))}"),
+        ("scrapes during each drain with", " ".join(str(x.get("scrapes", "?")) for x in r["observed"])),
     ])
 
 

@@ -303,6 +303,10 @@ class Client:
         """The host's counters and gauges (tq.metrics.render writes them as Prometheus text)."""
         return dict(self.call("metrics")["metrics"])
 
+    def metrics_text(self) -> str:
+        """The same, as Prometheus text (format 0.0.4), written by the host with the Prometheus client library."""
+        return str(self.call("metrics", format="text")["text"])
+
     def events(self, job: int | None = None, task: str | None = None, queue: str | None = None,
                limit: int = 1000) -> list[dict[str, Any]]:
         """The last `limit` events (the host keeps the last 1000) that match the filters, oldest first."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import select
 import sys
 import time
@@ -587,25 +588,45 @@ def _event_text(e: dict[str, Any]) -> str:
 
 
 def _cmd_metrics(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    from . import metrics  # the Prometheus client library: only this command loads it
-
     if as_json and not args.output:
         _out(client.metrics())
         return 0
     try:
-        snapshot: dict[str, Any] | None = client.metrics()
+        text = client.metrics_text().encode()  # written by tq-host: this process need not load the client library
+        up = True
     except HostUnreachable as e:  # still a file that says so (tq_up 0): an alert needs no stale-file rule
         print(f"tqctl: {e}", file=sys.stderr)
-        snapshot = None
-    text = metrics.render(snapshot)
+        from . import metrics  # the Prometheus client library, only to say tq_up 0
+
+        text, up = metrics.render(None), False
     if args.output:
         try:
-            metrics.write_atomically(args.output, text)
+            _write_atomically(args.output, text)
         except OSError as e:
             raise Refused(f"cannot write {args.output}: {e.strerror or e}") from None
     else:
         sys.stdout.buffer.write(text)
-    return 0 if snapshot is not None else HostUnreachable.exit_code
+    return 0 if up else HostUnreachable.exit_code
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Replace `path` with `data` at once (a temporary file beside it, renamed): node_exporter never reads half a
+    file. The temporary name does not end in .prom, so the textfile collector skips it."""
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), 0o644)  # node_exporter runs as its own user
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _cmd_watch(client: Client, args: argparse.Namespace, as_json: bool) -> int:

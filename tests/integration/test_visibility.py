@@ -13,10 +13,12 @@ import sys
 import time
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import Suite, wait_until
-from tq.client import Client
+from tq import metrics
+from tq.client import Client, Refused
 
 FAILING = '\n[tasks.boom]\ncommand = ["sh", "-c", "exit 3"]\nretries = 1\nbackoff = "10ms"\n'
 
@@ -183,6 +185,25 @@ def test_metrics_parse_and_count_what_happened(suite: Suite) -> None:
     assert value("tq_store_size_bytes") > 0
     assert value("tq_store_commit_duration_seconds_count") > 0
     assert value("tq_worker_open_fds", worker="1") > 0
+
+
+def test_the_host_writes_the_metrics_text_and_tqctl_metrics_does_not_load_the_client_library(suite: Suite) -> None:
+    suite.start(workers=1)
+    c = suite.client()
+    c.wait(c.submit("task-1"), timeout=30)
+    # tqctl in a process where the Prometheus client library cannot be imported: the text still comes, whole.
+    code = ("import sys; sys.modules['prometheus_client'] = None; from tq.ctl import main; "
+            f"sys.exit(main(['--config', {str(suite.config)!r}, 'metrics']))")
+    r = subprocess.run([sys.executable, "-c", code], env=suite.env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    families = {f.name: f for f in text_string_to_metric_families(r.stdout)}
+    assert families["tq_up"].samples[0].value == 1
+    done = [x for x in families["tq_jobs_finished"].samples if x.labels.get("state") == "done"]  # (name sans _total)
+    assert [x.value for x in done] == [1]
+    # The same families as tqctl wrote from the snapshot until now (tq.metrics.render, here in the test).
+    assert set(families) == {f.name for f in text_string_to_metric_families(metrics.render(c.metrics()).decode())}
+    with pytest.raises(Refused, match="format must be json or text"):
+        c.call("metrics", format="xml")
 
 
 def test_metrics_output_is_replaced_atomically_and_says_down_when_the_host_is(suite: Suite) -> None:

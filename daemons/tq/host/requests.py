@@ -69,7 +69,8 @@ class Requests:
         self.result_awaited = False  # a submit of this step waits for its job's result (submit_and_wait)
         self.queue_notes: list[str] = []  # where the kernel grants less than [mqueue] asks (limits.grant)
         self.schedules: Callable[[], list[dict[str, Any]]] = list  # the schedules for tqctl (set by tq-host)
-        self.metrics: Callable[[], dict[str, Any]] = dict  # the metrics' snapshot (set by tq-host)
+        self.metrics: Callable[[], dict[str, Any]] = dict  # the metrics' snapshot (set by tq-host) ...
+        self.metrics_text: Callable[[], str] = str  # ... and it as Prometheus text (set by tq-host)
         self.stream: EventStream
         self.stats: Stats
         self.configure(cfg)
@@ -525,6 +526,12 @@ class Requests:
         return {"events": self.stream.recent_events(_event_filter(req), max(0, min(limit, RECENT)))}
 
     def _metrics(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        """The snapshot (format "json"), or the Prometheus text written from it here (format "text")."""
+        fmt = control.field(req, "format", str, "json")
+        if fmt == "text":
+            return {"text": self.metrics_text()}
+        if fmt != "json":
+            raise RequestError("bad_request", f"format must be json or text, not {fmt[:20]!r}")
         return {"metrics": self.metrics()}
 
 
