@@ -179,8 +179,8 @@ _REQUIRED: dict[type[Message], int] = {
 
 # The exact types (as json decodes them) that a well-formed body's fields may have, as one set of tuples per
 # class: a body is checked with one tuple(map(type, body)) and one set lookup, in C. A list[str] field needs its
-# items looked at, so those classes (Hello, Heartbeat: rare) are checked field by field (_build) only; so is any
-# body that misses the fast way, which then gets _build's exact error.
+# items looked at, so those classes (Hello, Heartbeat: rare) are checked field by field (_checked) only; so is
+# any body that misses the fast way, which then gets the exact error.
 _JSON_TYPES = (dict, list, str, int, float, bool, type(None))
 _SIGNATURES: dict[type[Message], frozenset[tuple[type, ...]]] = {
     cls: frozenset(itertools.product(*(_JSON_TYPES if object in kinds else kinds for _, kinds, _ in spec)))

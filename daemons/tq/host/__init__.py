@@ -340,7 +340,7 @@ class Host(Daemon):
 
     def metrics_text(self) -> str:
         """The metrics as Prometheus text, written here (tq/metrics.py) so that a scrape is one request and no
-        more: the client library is imported at the first, once (about 9 MB, and 60 ms then), not by every
+        more: the client library is imported at the first, once (about 8 MB, and 40-50 ms then), not by every
         `tqctl metrics` process (60 ms of CPU each, half of what a scrape cost)."""
         try:
             from .. import metrics as exposition
