@@ -775,7 +775,7 @@ def print_observed(r: dict[str, Any]) -> None:
         ("drain without (each run)", " ".join(f"{x['jobs_per_s']}" for x in r["plain"]) + " jobs/s"),
         ("drain with (each run)", " ".join(f"{x['jobs_per_s']}" for x in r["observed"]) + " jobs/s"),
         ("with / without (median; each run)", f"{r['median_ratio']}; {' '.join(map(str, r['ratios']))}"),
-        ("scrapes during each drain with", " ".join(str(x.get("scrapes", "?")) for x in r["observed"])),
+        ("scrapes during each drain with", " ".join(str(x["scrapes"]) for x in r["observed"])),
     ])
 
 

@@ -26,7 +26,6 @@ import time
 from typing import Any
 
 from .. import __version__, config, control, limits, monitor, protocol, transport
-from ..control import RequestError
 from ..daemon import Daemon, StartError
 from ..log import Burst
 from ..states import JobState
@@ -111,7 +110,7 @@ class Host(Daemon):
         self.store.on_commit_seconds = self.stats.commits.observe_all
         self.fleet.on_event = self.stream.worker_event
         self.requests.stream, self.requests.stats = self.stream, self.stats
-        self.requests.metrics, self.requests.metrics_text = self.metrics, self.metrics_text
+        self.requests.metrics = self.metrics
         self.server.listen(cfg.host.socket)
         self.watch_signals()
         self.events.now = time.time()
@@ -337,17 +336,6 @@ class Host(Daemon):
                 "events": self.stream.public(),
                 "malformed_messages": self.malformed.total,
                 **self.stats.public()}
-
-    def metrics_text(self) -> str:
-        """The metrics as Prometheus text, written here (tq/metrics.py) so that a scrape is one request and no
-        more: the client library is imported at the first, once (about 8 MB, and 40-50 ms then), not by every
-        `tqctl metrics` process (60 ms of CPU each, half of what a scrape cost)."""
-        try:
-            from .. import metrics as exposition
-        except ImportError as e:  # (the package depends on it; a hand-made venv may lack it)
-            raise RequestError("bad_request", f"tq-host cannot write metrics: the Prometheus client library is "
-                               f"not installed ({e})") from None
-        return exposition.render(self.metrics()).decode()
 
     def status_text(self) -> str:
         c = self.jobs.counts
