@@ -233,7 +233,8 @@ def test_tqctl_watch_prints_a_line_when_events_come_and_none_while_idle(suite: S
     fd = watcher.stdout.fileno()
 
     def lines_within(seconds: float, until: str | None = None) -> list[str]:
-        """What watch prints within `seconds`, or until a line holds `until`."""
+        """What watch prints within `seconds`, or until a whole line holds `until` (with PYTHONUNBUFFERED set,
+        print writes a line and its newline in two writes: a read may end between them)."""
         out = b""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0 and select.select([fd], [], [], left)[0]:
@@ -241,7 +242,7 @@ def test_tqctl_watch_prints_a_line_when_events_come_and_none_while_idle(suite: S
             if not chunk:
                 break
             out += chunk
-            if until is not None and until in out.decode():
+            if until is not None and until in out.decode() and out.endswith(b"\n"):
                 break
         return out.decode().splitlines()
 
