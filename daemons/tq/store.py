@@ -365,21 +365,28 @@ class Store:
 
         Returns how many were deleted per state. Frees their pages for reuse (incremental vacuum). The
         newest job is never deleted, so that max(id) + 1 never hands out an id a client has seen.
+
+        Only the `limit` oldest finished jobs (by id) are looked at: a call reads that many rows, whatever the
+        store holds. (A DELETE that looked for jobs finished before `before` in the whole table read every row
+        when none was: 240 ms per call with 1,000,000 kept, and once over retain_count the host calls this
+        every step, so a drain fell from 12,000 jobs a second to 250.) A job finished long ago behind more than
+        `limit` younger ones of smaller ids waits until they go; ids follow submission, so those are rare.
         """
         self.flush()
         final = f"state IN ({_FINAL_SQL}) AND id < (SELECT max(id) FROM jobs)"
-        row = self.db.execute(f"SELECT finished_at FROM jobs WHERE {final} ORDER BY id LIMIT 1").fetchone()
-        if excess <= 0 and (row is None or row[0] >= before):
+        oldest = self.db.execute(f"SELECT id, finished_at FROM jobs WHERE {final} ORDER BY id LIMIT ?",
+                                 (limit,)).fetchall()
+        aged = [job_id for job_id, finished_at in oldest if finished_at is not None and finished_at < before]
+        more = min(excess - len(aged), limit - len(aged))
+        if more > 0:
+            taken = set(aged)
+            aged += [job_id for job_id, _ in oldest if job_id not in taken][:more]
+        if not aged:
             return {}  # nothing to do: no write transaction, no fsync
         self._begin()
-        delete = (f"DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {final} AND finished_at < ?"
-                  " ORDER BY id LIMIT ?) RETURNING state")
-        rows = self.db.execute(delete, (before, limit)).fetchall()
-        more = min(excess - len(rows), limit - len(rows))
-        if more > 0:
-            rows += self.db.execute(delete, (float("inf"), more)).fetchall()
-        if rows:
-            self.db.execute(f"PRAGMA incremental_vacuum({len(rows)})")
+        rows = self.db.execute("DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) RETURNING state",
+                               (json.dumps(aged),)).fetchall()
+        self.db.execute(f"PRAGMA incremental_vacuum({len(rows)})")
         deleted: dict[str, int] = {}
         for (state,) in rows:
             deleted[state] = deleted.get(state, 0) + 1

@@ -176,3 +176,66 @@ def test_a_store_written_by_a_newer_tq_is_refused_with_the_reason(tmp_path: Path
     db.close()
     with pytest.raises(StoreError, match="schema version 99, written by a newer tq"):
         Store(str(tmp_path))
+
+
+def test_prune_deletes_the_aged_then_the_excess_oldest_first_and_never_an_open_or_the_newest_job(
+        tmp_path: Path) -> None:
+    """Among the oldest finished jobs (by id): those finished before the cut-off, then `excess` more, at most
+    `limit` a call; open jobs and the newest job stay."""
+    store = Store(str(tmp_path))
+    try:
+        # (state, finished_at): the cut-off below is 1000
+        plan = [("queued", None), ("done", 100.0), ("done", 5000.0), ("dead", 50.0), ("cancelled", 6000.0),
+                ("failed", 10.0), ("done", 7000.0), ("done", 8000.0), ("done", 1.0)]
+        ids = []
+        for state, finished_at in plan:
+            job = _job()
+            _set(job, state=state, finished_at=finished_at)
+            ids.append(store.insert(job))
+        store.commit()
+        assert store.prune(1000.0, 0, 10) == {"done": 1, "dead": 1}  # aged: ids[1] and ids[3]
+        store.commit()
+        assert store.prune(1000.0, 2, 10) == {"done": 1, "cancelled": 1}  # the two oldest left: ids[2], ids[4]
+        store.commit()
+        assert store.prune(1000.0, 5, 1) == {"done": 1}  # at most `limit`: ids[6]
+        store.commit()
+        assert store.prune(float("inf"), 5, 10) == {"done": 1}  # ids[7]; never ids[8], the newest
+        store.commit()
+        assert store.prune(float("inf"), 5, 10) == {}
+        left = [(j.id, j.state) for j in map(store.get, ids) if j is not None]
+        assert left == [(ids[0], "queued"), (ids[5], "failed"), (ids[8], "done")]
+    finally:
+        store.close()
+
+
+def _steps_of_a_prune(state_dir: Path, finished: int) -> int:
+    """SQLite's virtual-machine steps (counted by its progress handler) of one prune over `finished` young
+    finished jobs: over retain_count, so the host would call it every step."""
+    store = Store(str(state_dir))
+    try:
+        store.db.execute("BEGIN")
+        store.db.executemany(
+            "INSERT INTO jobs (task, args, queue, priority, state, retries, timeout, backoff, backoff_max, created_at,"
+            " finished_at) VALUES ('t', '[]', 'default', 0, 'done', 3, 30.0, 1.0, 300.0, ?, ?)",
+            ((float(i), float(i)) for i in range(finished)))
+        store.db.execute("COMMIT")
+        steps = [0]
+
+        def count() -> int:
+            steps[0] += 1
+            return 0
+
+        store.db.set_progress_handler(count, 100)
+        assert store.prune(-1.0, 10, 100) == {"done": 10}
+        store.db.set_progress_handler(None, 0)
+        return steps[0]
+    finally:
+        store.close()
+
+
+def test_a_prune_reads_as_many_rows_whatever_the_store_holds(tmp_path: Path) -> None:
+    """The work of one call is bounded by its limit, not by the jobs kept (it read them all: 240 ms a call with
+    1,000,000 kept, every step of the host once over retain_count)."""
+    small = _steps_of_a_prune(tmp_path / "small", 2_000)
+    large = _steps_of_a_prune(tmp_path / "large", 40_000)
+    assert large < small * 1.5, (small, large)
