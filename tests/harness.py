@@ -122,6 +122,13 @@ class Daemon:
         self.notify.close()
 
 
+def as_from_a_terminal() -> None:
+    """preexec_fn for a command that a test stops with Ctrl-C (SIGINT): SIGINT at its default, as a terminal's
+    shell starts a command. A command started in the background by a non-interactive shell (CI's may be one)
+    inherits SIGINT ignored, and then Ctrl-C rightly does nothing to it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Suite:
     """One isolated tq installation: its own config, state dir, socket and queue prefix."""
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import Suite, wait_until
+from harness import Suite, as_from_a_terminal, wait_until
 from tq import metrics
 from tq.client import Client, Refused
 
@@ -127,7 +127,8 @@ def test_tqctl_events_follow_prints_events_as_they_happen_and_follows_again_afte
     host, _workers = suite.start(workers=1)
     c = suite.client()
     argv = [sys.executable, "-m", "tq.ctl", "--config", str(suite.config), "events", "--follow", "--task", "task-1"]
-    follower = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=suite.env)
+    follower = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=suite.env,
+                                preexec_fn=as_from_a_terminal)
     assert follower.stdout is not None and follower.stderr is not None
 
     def follow_until(text: str, stream: Any) -> str:
@@ -228,7 +229,7 @@ def test_tqctl_watch_prints_a_line_when_events_come_and_none_while_idle(suite: S
     suite.start(workers=1)
     c = suite.client()
     argv = [sys.executable, "-m", "tq.ctl", "--config", str(suite.config), "watch", "--interval", "0.2s"]
-    watcher = subprocess.Popen(argv, stdout=subprocess.PIPE, env=suite.env)
+    watcher = subprocess.Popen(argv, stdout=subprocess.PIPE, env=suite.env, preexec_fn=as_from_a_terminal)
     assert watcher.stdout is not None
     fd = watcher.stdout.fileno()
 
@@ -256,3 +257,4 @@ def test_tqctl_watch_prints_a_line_when_events_come_and_none_while_idle(suite: S
     finally:
         watcher.send_signal(signal.SIGINT)
         watcher.wait(10)
+    assert watcher.returncode == 130  # interrupted, as documented
