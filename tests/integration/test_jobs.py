@@ -261,6 +261,23 @@ def test_finished_jobs_past_the_retention_count_are_pruned_oldest_first(suite: S
     assert c.get(pending)["state"] == "delayed"  # open jobs are never pruned
 
 
+def test_a_full_store_is_pruned_in_batches_of_a_thousandth_of_the_retention_count(suite: Suite) -> None:
+    """Between the minute's checks, the excess goes once it reaches 0.1 % of retain_count (3 here): deleting
+    the few jobs each step finished, every step, cost a full store a third of its drain rate."""
+    suite.write_config("", host="retain_count = 3000")
+    suite.start(workers=1)
+    c = suite.client()
+    ids = c.submit_many([("task-1", [str(i)]) for i in range(3002)])
+    c.wait(ids[-1], timeout=30)  # one worker: the last id finishes last
+    assert c.status()["states"]["done"] == 3002  # 2 over: not yet a batch
+    c.wait(c.submit("task-1", "the third"), timeout=10)
+    wait_until(lambda: c.status()["states"]["done"] == 3000, what="a batch of 3 pruned")
+    for gone in ids[:3]:  # the oldest three
+        with pytest.raises(NotFound):
+            c.get(gone)
+    assert c.get(ids[3])["state"] == "done"
+
+
 def test_finished_jobs_past_the_retention_age_are_pruned(suite: Suite) -> None:
     suite.write_config("", host='retain_age = "1s"')
     suite.start(workers=1)
