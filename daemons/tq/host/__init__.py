@@ -283,7 +283,7 @@ class Host(Daemon):
             # Checking ages means reading PRUNE_BATCH jobs from the oldest on: at most every 60 s once caught up
             # (sooner for a short retain_age).
             self.next_prune = now + (min(PRUNE_INTERVAL, h.retain_age / 10) if deleted < PRUNE_BATCH else 0.0)
-        elif excess >= min(PRUNE_BATCH, max(1, h.retain_count // 1000)):
+        elif excess > 0 and excess >= min(PRUNE_BATCH, max(1, h.retain_count // 1000)):
             # Over retain_count between the checks: once the store is full, each finished job is one too many.
             # They go in batches of 0.1 % of retain_count (at most PRUNE_BATCH), and only the excess is read:
             # with 1,000,000 kept, reading PRUNE_BATCH jobs every step to delete the few that finished in it
