@@ -1,4 +1,6 @@
-"""Does a big store slow submits? Durable submit rate with an empty store and with N finished jobs.
+"""Does a big store slow tq? Durable submits from one client, and a 4-client drain through 4 workers, with an
+empty store and with N finished jobs (none aged). With N at retain_count (1,000,000), every job the drain
+finishes is one too many: the drain measures pruning a full store as well (it once fell to 150 jobs/s).
 
     python bench/store_size.py --finished 1000000
 """
@@ -14,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from bench import drain, quiet
 from harness import temporary_suite
 from tq.store import JobRecord, Store
 
@@ -50,16 +53,33 @@ def submit_rate(finished: int, submits: int, rounds: int) -> dict[str, float]:
                 "min": round(min(rates)), "max": round(max(rates))}
 
 
+def drain_rate(finished: int, jobs: int, rounds: int) -> dict[str, float]:
+    with temporary_suite() as suite:
+        suite.write_config("")
+        if finished:
+            fill(suite.dir / "state", finished)
+        suite.start(workers=4)
+        rates = []
+        for _ in range(rounds):
+            quiet(suite)
+            rates.append(drain(suite, jobs, 4)["jobs_per_s"])
+        return {"finished_jobs": finished, "jobs_per_s_median": round(statistics.median(rates)),
+                "min": round(min(rates)), "max": round(max(rates))}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--finished", type=int, default=1_000_000)
     p.add_argument("--submits", type=int, default=2000)
+    p.add_argument("--drain-jobs", type=int, default=20000)
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
-    empty = submit_rate(0, args.submits, args.rounds)
-    full = submit_rate(args.finished, args.submits, args.rounds)
-    ratio = full["submits_per_s_median"] / empty["submits_per_s_median"]
-    print(json.dumps({"empty": empty, "full": full, "ratio": round(ratio, 3)}, indent=2))
+    out: dict[str, dict[str, object]] = {}
+    for name, measure, key in (("submit", lambda n: submit_rate(n, args.submits, args.rounds), "submits_per_s_median"),
+                               ("drain", lambda n: drain_rate(n, args.drain_jobs, args.rounds), "jobs_per_s_median")):
+        empty, full = measure(0), measure(args.finished)
+        out[name] = {"empty": empty, "full": full, "ratio": round(full[key] / empty[key], 3)}
+    print(json.dumps(out, indent=2))
     return 0
 
 
