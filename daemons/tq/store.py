@@ -368,7 +368,7 @@ class Store:
 
         Only the `limit` oldest finished jobs (by id) are looked at: a call reads that many rows, whatever the
         store holds. (A DELETE that looked for jobs finished before `before` in the whole table read every row
-        when none was: 240 ms per call with 1,000,000 kept, and once over retain_count the host calls this
+        when none was: 240 ms per call with 1,000,000 kept, and once over retain_count the host called this
         every step, so a drain fell from 12,000 jobs a second to 250.) A job finished long ago behind more than
         `limit` younger ones of smaller ids waits until they go; ids follow submission, so those are rare.
         """
