@@ -187,6 +187,15 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def _run_s(pid: int) -> float:
+    """The CPU time a process has run, in seconds: /proc/PID/schedstat counts nanoseconds (stat's clock ticks
+    round a follower's few milliseconds a drain to 0 or 10)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -586,6 +595,7 @@ class Observers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.stop = threading.Event()
         self.scrapes = 0
+        self.scrapes_cpu_s = 0.0  # the scrapes' own CPU time (user + system), summed as each ends
         self.thread = threading.Thread(target=self._scrape, daemon=True)
 
     def __enter__(self) -> Observers:
@@ -617,7 +627,15 @@ class Observers:
         while not self.stop.wait(max(due - time.monotonic(), 0.0)):
             due += 1.0
             self.scrapes += 1  # (counted as it starts: one still running when the drain ends fell in it)
-            subprocess.run(argv, stdout=subprocess.DEVNULL, check=True, env=self.suite.env)
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=self.suite.env)
+            _, status, usage = os.wait4(proc.pid, 0)  # (its rusage: subprocess.run would not give it)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            self.scrapes_cpu_s += usage.ru_utime + usage.ru_stime
+            if proc.returncode:
+                raise subprocess.CalledProcessError(proc.returncode, argv)
+
+    def followers_cpu_s(self) -> float:
+        return sum(_run_s(p.pid) for p in self.procs)
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
@@ -638,19 +656,28 @@ def observed_shape(args: argparse.Namespace) -> dict[str, Any]:
     observed: list[dict[str, Any]] = []
     try:
         shipped_config(suite)
-        suite.host(env=unit_environment(REPO / "units/tq-host.service"))
+        host = suite.host(env=unit_environment(REPO / "units/tq-host.service"))
         for i in range(1, WORKERS + 1):
             suite.worker(str(i), env=unit_environment(REPO / "units/tq-worker@.service"))
         suite.wait_live(WORKERS)
 
+        def host_cpu_s(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+            before = _run_s(host.pid)
+            return run() | {"host_cpu_s": round(_run_s(host.pid) - before, 3)}
+
         def plain_drain() -> None:
             settle(suite)
-            plain.append(drain(suite, args.observed_jobs, 4))
+            plain.append(host_cpu_s(lambda: drain(suite, args.observed_jobs, 4)))
 
         def observed_drain() -> None:
             quiet(suite)
             with Observers(suite, args.subscribers, follow_args, before=lambda: settle(suite)) as obs:
-                observed.append(drain(suite, args.observed_jobs, 4) | {"scrapes": obs.scrapes})
+                followers = obs.followers_cpu_s()
+                got = host_cpu_s(lambda: drain(suite, args.observed_jobs, 4))
+                got["followers_cpu_s"] = round(obs.followers_cpu_s() - followers, 3)
+                obs.stop.set()
+                obs.thread.join()  # (the scrape running as the drain ended: counted, and its CPU with it)
+                observed.append(got | {"scrapes": obs.scrapes, "scrapes_cpu_s": round(obs.scrapes_cpu_s, 3)})
 
         for i in range(args.observed_rounds):  # the order alternates: neither drain always comes first
             for measure in (plain_drain, observed_drain) if i % 2 == 0 else (observed_drain, plain_drain):
@@ -795,6 +822,10 @@ def print_observed(r: dict[str, Any]) -> None:
         ("drain with (each run)", " ".join(f"{x['jobs_per_s']}" for x in r["observed"]) + " jobs/s"),
         ("with / without (median; each run)", f"{r['median_ratio']}; {' '.join(map(str, r['ratios']))}"),
         ("scrapes during each drain with", " ".join(str(x["scrapes"]) for x in r["observed"])),
+        ("CPU of the scrapes (each drain)", " ".join(f"{x['scrapes_cpu_s']:.2f}" for x in r["observed"]) + " s"),
+        ("CPU of the followers (each drain)", " ".join(f"{x['followers_cpu_s']:.2f}" for x in r["observed"]) + " s"),
+        ("tq-host's CPU without (each)", " ".join(f"{x['host_cpu_s']:.2f}" for x in r["plain"]) + " s"),
+        ("tq-host's CPU with (each)", " ".join(f"{x['host_cpu_s']:.2f}" for x in r["observed"]) + " s"),
     ])
 
 
