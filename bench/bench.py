@@ -589,8 +589,9 @@ def clients_shape(args: argparse.Namespace, results: dict[str, Any]) -> None:
 class Observers:
     """`n` real `tqctl events --follow` processes and a `tqctl metrics` every second, while a drain runs."""
 
-    def __init__(self, suite: Suite, n: int, follow_args: list[str], before: Callable[[], None]) -> None:
-        self.suite, self.n, self.follow_args = suite, n, follow_args
+    def __init__(self, suite: Suite, n: int, follow_args: list[str], before: Callable[[], None],
+                 scrape: bool = True) -> None:
+        self.suite, self.n, self.follow_args, self.scrape = suite, n, follow_args, scrape
         self.before = before  # once every follower has subscribed, before the first scrape
         self.procs: list[subprocess.Popen[bytes]] = []
         self.stop = threading.Event()
@@ -610,7 +611,8 @@ class Observers:
                 raise RuntimeError(f"bench: {self.n} tqctl events --follow did not all subscribe within 120 s")
             time.sleep(0.05)  # polling the host's count of subscribers until every process has subscribed
         self.before()
-        self.thread.start()
+        if self.scrape:
+            self.thread.start()
         return self
 
     def _end(self) -> None:
@@ -639,7 +641,8 @@ class Observers:
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        self.thread.join()
+        if self.scrape:
+            self.thread.join()
         self._end()
         c = self.suite.client()
         while c.metrics()["events"]["subscribers"]:

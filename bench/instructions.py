@@ -2,6 +2,8 @@
 
     python bench/instructions.py                       # this checkout: host per drained job, per durable
                                                        # submit, and a worker per job
+    python bench/instructions.py --shape drain --shape followed  # tq-host per job without and with 200
+                                                       # event followers connected (the stream's own cost)
     python bench/instructions.py --tree ../old --tree .  # two checkouts, run for run (their daemons/)
 
 On a shared, noisy machine a throughput figure moves 10-20 % between runs of the same code; an instruction
@@ -20,6 +22,7 @@ Needs valgrind (Debian: valgrind). A drain of 10,000 jobs takes 15-25 s under ca
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -34,10 +37,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import REPO, WORKERS, drain, quiet, shipped_config, submit_rate, unit_environment
+from bench import REPO, WORKERS, Observers, drain, quiet, shipped_config, submit_rate, unit_environment
 from harness import Daemon, Suite
 
-SHAPES = ("drain", "submit", "worker")
+SHAPES = ("drain", "submit", "worker", "followed")
+DEFAULT_SHAPES = SHAPES[:3]
+FOLLOWERS = 200  # `tqctl events --follow` connected through the "followed" drain (the observed shape's number)
 
 
 def counted(suite: Suite, name: str, module: str, args: list[str], env: dict[str, str]) -> tuple[Daemon, str]:
@@ -83,13 +88,17 @@ def measure(tree: Path, shape: str, jobs: int) -> dict[str, Any]:
         quiet(suite)
         drain(suite, max(jobs // 4, 4 * 100), 4)  # warm-up: caches, the store's pages, the first GC passes
         quiet(suite)
-        subprocess.run(["callgrind_control", "-z", str(daemon.pid)], check=True, capture_output=True)
-        if shape == "submit":
-            submit_rate(suite, 1, jobs)  # one client, each submit acknowledged (fsync'd) before the next
-        else:
-            drain(suite, jobs, 4)
-        quiet(suite)
-        total = instructions(daemon.pid, out)
+        followers: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if shape == "followed":  # connected before the count is zeroed: what they cost per job is counted
+            followers = Observers(suite, FOLLOWERS, [], before=lambda: None, scrape=False)
+        with followers:
+            subprocess.run(["callgrind_control", "-z", str(daemon.pid)], check=True, capture_output=True)
+            if shape == "submit":
+                submit_rate(suite, 1, jobs)  # one client, each submit acknowledged (fsync'd) before the next
+            else:
+                drain(suite, jobs, 4)
+            quiet(suite)
+            total = instructions(daemon.pid, out)
         daemon.signal(signal.SIGTERM)
         daemon.wait(120)
         return {"tree": str(tree), "shape": shape, "jobs": jobs, "instructions_per_job": round(total / jobs)}
@@ -104,7 +113,8 @@ def main() -> int:
                         help="a checkout whose daemons/ to count (repeat to compare, run for run; default: this)")
     parser.add_argument("--shape", action="append", choices=SHAPES,
                         help="drain: tq-host per job of a 4-client drain; submit: tq-host per durable submit of "
-                             "one client; worker: the only worker per job (default: all three)")
+                             "one client; worker: the only worker per job; followed: tq-host per job of the "
+                             f"drain with {FOLLOWERS} `tqctl events --follow` connected (default: the first three)")
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs counted per run (submit: a fifth)")
     parser.add_argument("--runs", type=int, default=2, help="runs of each shape and tree")
     args = parser.parse_args()
@@ -113,7 +123,7 @@ def main() -> int:
         return 2
     trees = [t.resolve() for t in args.tree or [REPO]]
     results = []
-    for shape in args.shape or SHAPES:
+    for shape in args.shape or DEFAULT_SHAPES:
         jobs = args.jobs // 5 if shape == "submit" else args.jobs // 2 if shape == "worker" else args.jobs
         for _ in range(args.runs):
             for tree in trees:
@@ -121,7 +131,7 @@ def main() -> int:
                 results.append(r)
                 print(json.dumps(r), flush=True)
     print(f"\n{'shape':8} {'tree':40} instructions per job (each run)")
-    for shape in args.shape or SHAPES:
+    for shape in args.shape or DEFAULT_SHAPES:
         for tree in trees:
             counts = [r["instructions_per_job"] for r in results if r["shape"] == shape and r["tree"] == str(tree)]
             print(f"{shape:8} {str(tree)[-40:]:40} {' '.join(f'{c:,}' for c in counts)}")
