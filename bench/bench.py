@@ -587,7 +587,8 @@ def clients_shape(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
 
 class Observers:
-    """`n` real `tqctl events --follow` processes and a `tqctl metrics` every second, while a drain runs."""
+    """`n` real `tqctl events --follow` processes and (unless `scrape` is false) a `tqctl metrics` every second,
+    while a drain runs."""
 
     def __init__(self, suite: Suite, n: int, follow_args: list[str], before: Callable[[], None],
                  scrape: bool = True) -> None:
@@ -639,10 +640,14 @@ class Observers:
     def followers_cpu_s(self) -> float:
         return sum(_run_s(p.pid) for p in self.procs)
 
-    def __exit__(self, *exc: object) -> None:
+    def end_scrapes(self) -> None:
+        """No scrape from now on; returns once the one running has ended (it is counted, its CPU with it)."""
         self.stop.set()
-        if self.scrape:
+        if self.thread.is_alive():
             self.thread.join()
+
+    def __exit__(self, *exc: object) -> None:
+        self.end_scrapes()
         self._end()
         c = self.suite.client()
         while c.metrics()["events"]["subscribers"]:
@@ -678,8 +683,7 @@ def observed_shape(args: argparse.Namespace) -> dict[str, Any]:
                 followers = obs.followers_cpu_s()
                 got = host_cpu_s(lambda: drain(suite, args.observed_jobs, 4))
                 got["followers_cpu_s"] = round(obs.followers_cpu_s() - followers, 3)
-                obs.stop.set()
-                obs.thread.join()  # (the scrape running as the drain ended: counted, and its CPU with it)
+                obs.end_scrapes()
                 observed.append(got | {"scrapes": obs.scrapes, "scrapes_cpu_s": round(obs.scrapes_cpu_s, 3)})
 
         for i in range(args.observed_rounds):  # the order alternates: neither drain always comes first
