@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench import drain, quiet
 from harness import temporary_suite
-from tq.store import JobRecord, Store
+from tq.host.store import JobRecord, Store
 
 
 def fill(state_dir: Path, finished: int) -> None:

@@ -14,7 +14,7 @@ from tq.host.fleet import Fleet
 from tq.host.jobs import JobTable
 from tq.host.queues import Queues
 from tq.host.requests import Requests
-from tq.store import JobRecord, Store
+from tq.host.store import JobRecord, Store
 
 
 class Handle:

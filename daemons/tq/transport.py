@@ -7,7 +7,6 @@ and, on a mismatch, drains it (handing the messages back) and recreates it.
 
 from __future__ import annotations
 
-import grp
 import heapq
 import itertools
 import os
@@ -16,9 +15,9 @@ from typing import Protocol
 import posix_ipc
 
 from . import limits
+from .ownership import GROUP, restrict
 
 QUEUE_MODE = 0o600  # the daemons' user alone: nobody else can forge a message (members use the socket)
-GROUP = "tq"
 
 
 class QueueError(Exception):
@@ -130,18 +129,6 @@ class MemoryQueue:
                 os.close(fd)
             except OSError:
                 pass
-
-
-def restrict(target: str | int, mode: int) -> None:
-    """Give a file (path or descriptor) `mode` and, where group tq exists, that group: root and group tq only.
-
-    mq_open's and bind's modes are filtered by the umask, so the daemons set them explicitly.
-    """
-    try:
-        os.chmod(target, mode)
-        os.chown(target, -1, grp.getgrnam(GROUP).gr_gid)
-    except (OSError, KeyError):
-        pass  # no such file yet, no group tq, or not ours to change
 
 
 def open_queue(name: str, max_messages: int, max_message_size: int, create: bool = True,

@@ -1,4 +1,4 @@
-"""tqctl's completion candidates (tq.complete) from its own parser; names from a stand-in for the host."""
+"""tqctl's completion candidates (tq.ctl.complete) from its own parser; names from a stand-in for the host."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tq import complete, ctl
+from tq import ctl
+from tq.ctl import complete
 
 ASKED: list[tuple[str, str | None]] = []
 

@@ -19,9 +19,9 @@ from tq.host.dispatch import BLOCKED_BACKOFF
 from tq.host.jobs import InvalidTransition
 from tq.host.schedules import Scheduler
 from tq.host.server import Conn, Server
+from tq.host.store import JobRecord
 from tq.log import Burst
 from tq.states import JobState
-from tq.store import JobRecord
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tq.store import _COLUMNS, SCHEMA_VERSION, JobRecord, Store, StoreError
+from tq.host.store import _COLUMNS, SCHEMA_VERSION, JobRecord, Store, StoreError
 
 # What the host does to a job, as (change kind, mutation): the kind names the columns the mutation may touch.
 STEPS = {

@@ -29,7 +29,6 @@ from .. import __version__, config, control, limits, monitor, protocol, transpor
 from ..daemon import Daemon, StartError
 from ..log import Burst
 from ..states import JobState
-from ..store import JobRecord, Store, StoreError
 from .dispatch import Dispatcher
 from .fleet import Fleet
 from .jobs import JobTable
@@ -38,6 +37,7 @@ from .requests import Requests
 from .schedules import Scheduler
 from .server import Server
 from .stats import Stats
+from .store import JobRecord, Store, StoreError
 from .stream import EventStream
 
 try:

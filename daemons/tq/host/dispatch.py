@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 
 from .. import config, protocol
-from ..store import JobRecord
 from .fleet import Fleet, WorkerState
 from .jobs import RUNNING, JobTable
 from .queues import Queues
+from .store import JobRecord
 
 LONG_JOB = 0.1  # seconds; a worker holding a job this long gets no prefetched jobs until it reports
 FAST_JOB = 0.005  # seconds; a task whose runs take less (on average) is dispatched in batches to one worker

@@ -21,9 +21,9 @@ from typing import Any
 
 from .. import config, protocol
 from ..log import Burst
-from ..store import JobRecord, Store
 from ..transport import QueueError, Transport
 from .jobs import RUNNING, JobTable
+from .store import JobRecord, Store
 
 MAX_MESSAGES_PER_STEP = 4096
 LEASE_CHECK = 0.02  # seconds between looks at every worker's lease and pending fence or cancel

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from ..log import JobEvents
 from ..protocol import Result, to_json
 from ..states import FINAL, JobState
-from ..store import CHAIN, JobRecord, Store
 from ..usage import describe as describe_usage
+from .store import CHAIN, JobRecord, Store
 
 # A job's state is kept as the plain string: sqlite3 binds a str subclass (an enum member) on a slower path.
 QUEUED, DELAYED, RUNNING, DONE = (s.value for s in (JobState.QUEUED, JobState.DELAYED, JobState.RUNNING,

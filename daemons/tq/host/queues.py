@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from .. import config
-from ..store import Store
 from .fleet import Fleet
 from .jobs import JobTable
+from .store import Store
 
 SERVING = ("live", "syncing")  # a syncing worker (after a restart of either side) is about to serve again
 SERVED_TTL = 1.0  # seconds the set of served queues is trusted (a worker lost meanwhile is noticed this late)

@@ -25,13 +25,13 @@ from .. import __version__, config, control, protocol
 from ..control import RequestError
 from ..log import Burst
 from ..states import FINAL, JobState
-from ..store import AFTER, CHAIN, FOLLOW_UP, JobRecord
 from .access import Access
 from .fleet import Fleet
 from .jobs import CANCELLED, DEAD, DEFERRED, DELAYED, DONE, QUEUED, InvalidTransition, JobTable
 from .queues import Queues
 from .server import Conn
 from .stats import Stats
+from .store import AFTER, CHAIN, FOLLOW_UP, JobRecord
 from .stream import RECENT, EventStream, Filter
 
 # Replies that acknowledge a change or tell a job's outcome: sent only once the step's commit succeeded, and with

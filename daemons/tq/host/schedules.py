@@ -19,8 +19,8 @@ from typing import Any
 from .. import config, cron
 from ..control import RequestError
 from ..states import FINAL
-from ..store import JobRecord, Store
 from .jobs import JobTable
+from .store import JobRecord, Store
 
 Submit = Callable[[dict[str, Any], str], JobRecord]  # a job spec and the detail of its "submitted" event
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from .. import control
 from ..daemon import StartError
 from ..log import Burst
-from ..transport import restrict
+from ..ownership import restrict
 
 SOCKET_MODE = 0o660  # root and group tq
 

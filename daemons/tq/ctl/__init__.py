@@ -14,10 +14,10 @@ import sys
 import time
 from typing import Any
 
-from . import __version__, configfiles, control
-from .client import Client, HostUnreachable, JobTimeout, Refused, TqError
-from .states import FINAL, JobState
-from .usage import describe as describe_usage
+from .. import __version__, configfiles, control
+from ..client import Client, HostUnreachable, JobTimeout, Refused, TqError
+from ..states import FINAL, JobState
+from ..usage import describe as describe_usage
 
 
 class _Parser(argparse.ArgumentParser):
@@ -166,7 +166,7 @@ def _out(obj: Any) -> None:
 
 
 def _config_check(args: argparse.Namespace, as_json: bool) -> int:
-    from . import config  # the whole validation: only this command needs it
+    from .. import config  # the whole validation: only this command needs it
 
     try:
         cfg = config.load(args.config)
@@ -596,7 +596,7 @@ def _cmd_metrics(client: Client, args: argparse.Namespace, as_json: bool) -> int
         up = True
     except HostUnreachable as e:  # still a file that says so (tq_up 0): an alert needs no stale-file rule
         print(f"tqctl: {e}", file=sys.stderr)
-        from . import metrics  # the Prometheus client library, only to say tq_up 0
+        from .. import metrics  # the Prometheus client library, only to say tq_up 0
 
         text, up = metrics.render(None), False
     if args.output:
@@ -671,6 +671,3 @@ def _complete(line: str) -> int:
         print("\n".join(words))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import job as tqjob
-from .protocol import Job
+from .. import job as tqjob
+from ..protocol import Job
 
 OUTPUT_LIMIT = 1 << 20  # bytes kept of a command's stdout/stderr; the rest is counted, not kept
 

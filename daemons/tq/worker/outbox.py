@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import collections
 
-from . import protocol
-from .transport import Transport
+from .. import protocol
+from ..transport import Transport
 
 
 class Outbox:

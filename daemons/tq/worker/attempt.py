@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import handlers, protocol
+from .. import protocol
+from . import handlers
 
 DEFAULT_KILL_GRACE = 5.0
 

@@ -14,8 +14,8 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
-from . import configfiles
-from .client import Client, TqError
+from .. import configfiles
+from ..client import Client, TqError
 
 FILES = 1  # `tqctl _complete` exits with this to ask the shell for file names (--config FILE, --batch FILE)
 HOST_TIMEOUT = 2.0  # seconds: a host that does not answer in time is left out, the shell must not hang

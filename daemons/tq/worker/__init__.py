@@ -17,12 +17,13 @@ import sys
 import time
 from dataclasses import replace
 
-from . import __version__, attempt, config, handlers, limits, monitor, protocol, transport
+from .. import __version__, config, limits, monitor, protocol, transport
+from ..daemon import Daemon, ignore
+from ..notify import child_environment
+from ..transport import PosixQueue
+from . import attempt, handlers
 from .attempt import Attempt
-from .daemon import Daemon, ignore
-from .notify import child_environment
 from .outbox import Outbox
-from .transport import PosixQueue
 
 BATCH = 64  # messages handled per step before looking at the selector again
 MAX_CANCELLED = 10_000  # remembered cancels of jobs not started yet (a bound: the host resends nothing)
@@ -421,6 +422,3 @@ def main(argv: list[str] | None = None) -> int:
         worker.logger.error("cannot start: %s", e)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

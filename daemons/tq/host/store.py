@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .states import FINAL
-from .transport import restrict
+from ..ownership import restrict
+from ..states import FINAL
 
 SCHEMA_VERSION = 4
 COMMIT_TIMES_KEPT = 512  # commit times kept (commit_seconds) before they are handed to on_commit_seconds

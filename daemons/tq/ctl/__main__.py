@@ -1,0 +1,7 @@
+"""`python -m tq.ctl`: tqctl."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m tq.worker`: tq-worker."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
