@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench import drain, quiet
 from harness import temporary_suite
-from tq.host.store import JobRecord, Store
+from tq.host.records import JobRecord
+from tq.host.store import Store
 
 
 def fill(state_dir: Path, finished: int) -> None:

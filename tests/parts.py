@@ -1,20 +1,19 @@
-"""tq-host's parts wired together in-process, as tq-host wires them, for tests that drive them one call at a
-time: a real SQLite store in a temporary dir, and transport.MemoryQueue (the in-memory twin of the POSIX
-queues) for the host's queue and the workers' inboxes. The test plays the workers."""
+"""tq-host's parts assembled in-process by the function tq-host uses (tq.host.assembly.assemble), for tests
+that drive them one call at a time: a real SQLite store in a temporary dir, and transport.MemoryQueue (the
+in-memory twin of the POSIX queues) for the host's mailbox and the workers' inboxes. The test plays the
+workers."""
 
 from __future__ import annotations
 
 import logging
+import selectors
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tq import config, log, protocol, transport
-from tq.host.dispatch import Dispatcher
-from tq.host.fleet import Fleet
-from tq.host.jobs import JobTable
-from tq.host.queues import Queues
-from tq.host.requests import Requests
-from tq.host.store import JobRecord, Store
+from tq.host.assembly import HostParts, assemble
+from tq.host.records import JobRecord
 
 
 class Handle:
@@ -42,15 +41,20 @@ class Handle:
 
 @dataclass
 class Parts:
+    """tq-host's parts (made by tq.host.assembly.assemble, as tq-host makes them) and the memory mailboxes."""
+
     cfg: config.Config
-    store: Store
-    jobs: JobTable
-    fleet: Fleet
-    dispatcher: Dispatcher
-    requests: Requests
+    host: HostParts
     mq: transport.MemoryQueue
-    queues: Queues
     inboxes: dict[str, transport.MemoryQueue] = field(default_factory=dict)
+    captured: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        h = self.host
+        self.store, self.jobs, self.fleet, self.dispatcher = h.store, h.jobs, h.fleet, h.dispatcher
+        self.queues = h.queues
+        self.requests, self.ledger, self.waiters, self.admission = h.requests, h.ledger, h.waiters, h.admission
+        self.scheduler, self.stream, self.server = h.scheduler, h.stream, h.server
 
     def worker_says(self, msg: protocol.Message, now: float = 0.0) -> None:
         """A worker's message, taken in as the host's step does."""
@@ -90,8 +94,7 @@ def make_parts(state_dir: Path, toml: str = '[tasks."#"]\nhandler = "echo"\n') -
     path.write_text(f'[host]\nstate_dir = "{state_dir}"\nsocket = "{state_dir}/tq.sock"\n{toml}')
     cfg = config.load(str(path))
     logger = logging.getLogger("tq-host.test")
-    store = Store(str(state_dir))
-    jobs = JobTable(store, log.JobEvents(logger, "none", 1))
+    captured: list[Any] = []
     mq = transport.MemoryQueue("host", 64)
     inboxes: dict[str, transport.MemoryQueue] = {}
 
@@ -100,14 +103,6 @@ def make_parts(state_dir: Path, toml: str = '[tasks."#"]\nhandler = "echo"\n') -
             raise transport.QueueError(f"queue inbox-{instance} does not exist")
         return Handle(inboxes[instance])
 
-    fleet = Fleet(cfg, mq, jobs, store, open_inbox, lambda job, r: None, logger, log.Burst(logger))
-    queues = Queues(cfg, store, jobs, fleet, logger)
-    dispatcher = Dispatcher(cfg, jobs, fleet, queues)
-
-    def on_result(job: JobRecord, r: protocol.Result) -> None:  # as tq-host wires it
-        dispatcher.timed(job.task, r.duration)
-        jobs.finish(job, r)
-
-    fleet.on_result = on_result
-    requests = Requests(cfg, jobs, fleet, queues, fleet.malformed)
-    return Parts(cfg, store, jobs, fleet, dispatcher, requests, mq, queues, inboxes)
+    host = assemble(cfg, mq, open_inbox, selectors.DefaultSelector(), log.JobEvents(logger, "none", 1, captured),
+                    captured, logger, log.Burst(logger), [])
+    return Parts(cfg, host, mq, inboxes, captured)

@@ -12,6 +12,7 @@ import os
 import selectors
 import signal
 from dataclasses import replace
+from typing import Any
 
 from . import config, limits, log
 from .notify import Notifier
@@ -31,14 +32,17 @@ class Daemon:
     RESTART_KEYS: tuple[str, ...] = ("mqueue.prefix", "mqueue.max_message_size", "mqueue.max_messages")
     """Dotted config keys that take effect only at the next start (a reload keeps the running value)."""
 
-    def __init__(self, program: str, cfg: config.Config, config_path: str | None) -> None:
+    def __init__(self, program: str, cfg: config.Config, config_path: str | None,
+                 captured_events: list[Any] | None = None) -> None:
+        """`captured_events`: a list that every job event's fields are appended to (tq-host's event stream)."""
         self.cfg, self.config_path = cfg, config_path
         self.logger = log.setup(program, cfg.log.level)
-        self.events = log.JobEvents(self.logger, cfg.log.job_events, cfg.log.job_events_per_second)
+        self.events = log.JobEvents(self.logger, cfg.log.job_events, cfg.log.job_events_per_second, captured_events)
         self.malformed = log.Burst(self.logger)
         self.notifier = Notifier()
         self.sel = selectors.DefaultSelector()
         self.stop_requested = self.reload_requested = False
+        self._wake_r = -1  # the signal wake-up pipe's read end (watch_signals)
         self.granted: limits.Granted | None = None  # what the kernel grants of [mqueue] (grant_queues)
 
     def watch_signals(self) -> None:

@@ -70,10 +70,11 @@ def setup(program: str, level: str = "info") -> logging.Logger:
 class JobEvents:
     """One log line per job event, within a per-second budget for the routine ones."""
 
-    def __init__(self, logger: logging.Logger, mode: str = "all", per_second: int = 200) -> None:
+    def __init__(self, logger: logging.Logger, mode: str = "all", per_second: int = 200,
+                 capture: list[Any] | None = None) -> None:
         self.logger, self.mode, self.per_second = logger, mode, per_second
         # tq-host's event stream (stream.EventStream.events): every event's fields are appended, logged or not.
-        self.capture: list[Any] | None = None
+        self.capture = capture
         self.now = 0.0  # the time the captured events carry: tq-host sets it once a step (time.time())
         self._window = int(time.monotonic())  # the second whose budget is being used (tick)
         self._used = 0

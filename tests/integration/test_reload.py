@@ -57,7 +57,7 @@ def _submitted(host: Host, task: str) -> Any:
     a, b = socket.socketpair()
     request = {"op": "submit", "rid": 1, "jobs": [{"task": task}]}
     host.requests.handle(Conn(a, os.getuid()), json.dumps(request).encode())
-    (reply,) = [r for _, r in host.requests.take_replies()]
+    (reply,) = [r for _, r in host.ledger.take()]
     a.close()
     b.close()
     assert reply["ok"], reply
@@ -104,7 +104,7 @@ HOST_KEYS: dict[str, tuple[str, Any]] = {
     "tasks.open_files_max": ('[tasks.t]\ncommand = ["true"]\nopen_files_max = 32',
                              lambda h: '"open_files_max":32' in _submitted(h, "t").handler_json),
     "tasks.on_success": ('[tasks.t]\non_success = "notify"', lambda h: h.cfg.task_for("t").on_success == "notify"
-                         and h.requests.follow_ups),
+                         and h.parts.admission.follow_ups),
     "tasks.on_failure": ('[tasks.t]\non_failure = "alert"', lambda h: h.cfg.task_for("t").on_failure == "alert"),
     "tasks.unique": ("[tasks.t]\nunique = true", lambda h: _submitted(h, "t").unique_key == "t []"),
     "access.admins": ('[access]\nadmins = ["wheel"]', lambda h: h.requests.access.cfg.access.admins == ("wheel",)),

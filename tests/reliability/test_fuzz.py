@@ -92,9 +92,9 @@ def test_fuzz_control_requests_always_get_a_well_formed_answer(host: tuple[Parts
                                                                raw: bytes) -> None:
     parts, conn = host
     parts.requests.handle(conn, _line(req, raw))
-    replies = parts.requests.take_replies()
-    parts.requests.expire(float("inf"))  # every wait ends: nothing carries over to the next case
-    replies += parts.requests.take_replies()
+    replies = parts.ledger.take()
+    parts.waiters.expire(float("inf"))  # every wait ends: nothing carries over to the next case
+    replies += parts.ledger.take()
     parts.store.rollback()  # keep the store small: nothing here is meant to last
     parts.jobs.load()
     for _conn, reply in replies:

@@ -17,9 +17,9 @@ from parts import Parts, make_parts
 from tq import config, control, protocol
 from tq.host.dispatch import BLOCKED_BACKOFF
 from tq.host.jobs import InvalidTransition
+from tq.host.records import JobRecord
 from tq.host.schedules import Scheduler
 from tq.host.server import Conn, Server
-from tq.host.store import JobRecord
 from tq.log import Burst
 from tq.states import JobState
 
@@ -38,7 +38,7 @@ def submit(parts: Parts, *specs: dict[str, object], wait_for: float | None = Non
     if wait_for is not None:
         request["wait_for"] = wait_for
     parts.requests.handle(Conn(a, uid=1000), json.dumps(request).encode())
-    replies = parts.requests.take_replies()
+    replies = parts.ledger.take()
     a.close()
     b.close()
     assert replies and replies[0][1]["ok"], replies
@@ -107,7 +107,7 @@ def test_a_running_job_is_cancelled_on_its_worker_then_ends_cancelled(parts: Par
     a = socket.socketpair()
     for jid in (stopped, lost):
         parts.requests.handle(Conn(a[0], 0), json.dumps({"op": "cancel", "rid": jid, "id": jid}).encode())
-    replies = [r for _, r in parts.requests.take_replies()]
+    replies = [r for _, r in parts.ledger.take()]
     assert [(r["ok"], r["stopping"]) for r in replies] == [(True, True), (True, True)]
     cancels = [m for m in parts.inbox_messages("1") if isinstance(m, protocol.Cancel)]
     assert [(m.id, m.attempt) for m in cancels] == [(stopped, 1), (lost, 1)]
@@ -131,7 +131,7 @@ def test_bulk_cancel_and_retry_take_the_jobs_that_match_every_filter(parts: Part
     parts.requests.handle(conn, json.dumps({"op": "cancel", "rid": 2, "queue": "mail", "older_than": 3600}).encode())
     parts.requests.handle(conn, json.dumps({"op": "cancel", "rid": 3}).encode())
     parts.requests.handle(conn, json.dumps({"op": "retry", "rid": 4, "state": "cancelled"}).encode())
-    first, too_new, no_filter, retried = [r for _, r in parts.requests.take_replies()]
+    first, too_new, no_filter, retried = [r for _, r in parts.ledger.take()]
     assert sorted(first["ids"]) == mail and first["count"] == 3
     assert too_new["count"] == 0  # submitted just now
     assert (no_filter["ok"], no_filter["code"]) == (False, "bad_request")
@@ -303,14 +303,14 @@ def test_a_waiter_gets_the_finished_job_and_another_times_out(parts: Parts) -> N
     done_id, slow_id = submit(parts, {"task": "t"}, {"task": "t"})
     for rid, (jid, timeout) in enumerate(((done_id, 60), (slow_id, 5))):
         parts.requests.handle(conn, json.dumps({"op": "wait", "rid": rid, "id": jid, "timeout": timeout}).encode())
-    assert parts.requests.take_replies() == [] and parts.requests.next_deadline() is not None
+    assert parts.ledger.take() == [] and parts.waiters.next_deadline() is not None
     parts.dispatcher.assign(0.0)
     parts.result(job(parts, done_id))
-    (reply,) = [r for _, r in parts.requests.take_replies()]
+    (reply,) = [r for _, r in parts.ledger.take()]
     assert reply["rid"] == 0 and reply["job"]["state"] == "done"
-    parts.requests.expire(time.monotonic() + 5.1)
-    (reply,) = [r for _, r in parts.requests.take_replies()]
-    assert (reply["rid"], reply["code"]) == (1, "timeout") and not parts.requests.waiters
+    parts.waiters.expire(time.monotonic() + 5.1)
+    (reply,) = [r for _, r in parts.ledger.take()]
+    assert (reply["rid"], reply["code"]) == (1, "timeout") and not parts.waiters.waiters
     a.close()
     b.close()
 
@@ -322,19 +322,19 @@ def test_a_wait_for_many_answers_once_all_finished_or_at_its_timeout_with_those_
     ids = submit(parts, *[{"task": "t"} for _ in range(3)])
     for rid, timeout in ((0, 60), (1, 5)):
         parts.requests.handle(conn, json.dumps({"op": "wait", "rid": rid, "ids": ids, "timeout": timeout}).encode())
-    assert parts.requests.take_replies() == []
+    assert parts.ledger.take() == []
     parts.dispatcher.assign(0.0)
     parts.result(job(parts, ids[0]))
     parts.result(job(parts, ids[1]))
-    assert parts.requests.take_replies() == []  # one answer per request, when all have finished
-    parts.requests.expire(time.monotonic() + 5.1)
-    (reply,) = [r for _, r in parts.requests.take_replies()]
+    assert parts.ledger.take() == []  # one answer per request, when all have finished
+    parts.waiters.expire(time.monotonic() + 5.1)
+    (reply,) = [r for _, r in parts.ledger.take()]
     assert reply["rid"] == 1 and [j["id"] for j in reply["jobs"]] == ids[:2] and reply["pending"] == [ids[2]]
-    assert not parts.requests.acknowledging()  # taken: nothing left to make durable
+    assert not parts.ledger.acknowledging()  # taken: nothing left to make durable
     parts.result(job(parts, ids[2]))
-    (reply,) = [r for _, r in parts.requests.take_replies()]
+    (reply,) = [r for _, r in parts.ledger.take()]
     assert reply["rid"] == 0 and [j["id"] for j in reply["jobs"]] == ids and reply["pending"] == []
-    assert not parts.requests.waiters and parts.requests.waiting == 0  # the timed-out one left no entry behind
+    assert not parts.waiters.waiters and parts.waiters.waiting == 0  # the timed-out one left no entry behind
     a.close()
     b.close()
 
@@ -345,9 +345,9 @@ def test_a_failed_commit_turns_the_submit_reply_into_a_refusal_and_drops_its_wai
                                                      "wait_for": 10}).encode())
     parts.store.rollback()
     parts.requests.undo(parts.store.next_id, "store write failed: disk full")
-    (reply,) = [r for _, r in parts.requests.take_replies()]
+    (reply,) = [r for _, r in parts.ledger.take()]
     assert (reply["rid"], reply["ok"], reply["code"]) == (7, False, "unavailable")
-    assert not parts.requests.waiters and parts.requests.waiting == 0
+    assert not parts.waiters.waiters and parts.waiters.waiting == 0
     a.close()
     b.close()
 
@@ -359,7 +359,7 @@ def served() -> Iterator[tuple[Server, Conn, socket.socket, list[bytes]]]:
     sel = selectors.DefaultSelector()
     lines: list[bytes] = []
     import logging
-    server = Server(sel, lambda conn, line: lines.append(line), Burst(logging.getLogger("test")))
+    server = Server(sel, lambda conn, line: lines.append(line), lambda conn: None, Burst(logging.getLogger("test")))
     a, b = socket.socketpair()
     conn = server.adopt(a, uid=1000)
     yield server, conn, b, lines
@@ -466,13 +466,13 @@ def test_a_unique_key_returns_the_open_job_and_is_free_again_once_it_finished(pa
     for rid in (1, 2):  # the second submit coalesces: both wait for the one job
         parts.requests.handle(conn, json.dumps({"op": "submit", "rid": rid, "wait_for": 60,
                                                 "jobs": [{"task": "t", "unique": "k"}]}).encode())
-    first, second = [r for _, r in parts.requests.take_replies()]
+    first, second = [r for _, r in parts.ledger.take()]
     assert first["ids"] == second["ids"] and second["existing"] == first["ids"] and "existing" not in first
     (jid,) = first["ids"]
     assert parts.jobs.counts["queued"] == 1
     parts.dispatcher.assign(0.0)
     parts.result(job(parts, jid))
-    answers = [r for _, r in parts.requests.take_replies()]
+    answers = [r for _, r in parts.ledger.take()]
     assert [(r["rid"], r["job"]["id"]) for r in answers] == [(1, jid), (2, jid)]  # the same result for both
     (again,) = submit(parts, {"task": "t", "unique": "k"})
     assert again != jid and job(parts, again).unique_key == "k"
@@ -520,7 +520,7 @@ def test_a_queue_s_limits_hold_its_dispatch_back_until_a_job_ends_or_its_rate_al
 
 def _scheduler(parts: Parts, toml: str, now: float) -> Scheduler:
     cfg = config.load(str(_write(parts, toml)))
-    scheduler = Scheduler(cfg, parts.store, parts.jobs, parts.requests.submit_internal, parts.fleet.logger)
+    scheduler = Scheduler(cfg, parts.store, parts.jobs, parts.admission.submit_internal, parts.fleet.logger)
     scheduler.load(now)
     return scheduler
 
@@ -566,7 +566,7 @@ def _chain(parts: Parts, *specs: dict[str, object]) -> list[int]:
     a, b = socket.socketpair()
     parts.requests.handle(Conn(a, uid=1000), json.dumps({"op": "submit", "rid": 1, "jobs": list(specs),
                                                          "chain": True}).encode())
-    ((_, reply),) = parts.requests.take_replies()
+    ((_, reply),) = parts.ledger.take()
     a.close()
     b.close()
     assert reply["ok"], reply
@@ -604,7 +604,7 @@ def test_a_job_after_another_waits_for_it_and_is_refused_after_a_dead_one(parts:
     a, b = socket.socketpair()
     parts.requests.handle(Conn(a, 1000), json.dumps({"op": "submit", "rid": 2,
                                                      "jobs": [{"task": "t", "after": first}]}).encode())
-    ((_, reply),) = parts.requests.take_replies()
+    ((_, reply),) = parts.ledger.take()
     assert reply["code"] == "conflict" and "a job after it would never run" in reply["error"]
     a.close()
     b.close()
@@ -629,3 +629,69 @@ def test_on_success_and_on_failure_submit_a_follow_up_with_the_outcome(tmp_path:
         assert not [j for j in parts.jobs.jobs.values() if j.task == "notify"]
     finally:
         parts.close()
+
+
+# ---- the assembly -----------------------------------------------------------------------------------------
+
+# One valid request per operation, as tqctl sends it, and a field its reply must carry.
+EVERY_OP: dict[str, tuple[dict[str, object], str]] = {
+    "ping": ({}, "version"),
+    "submit": ({"jobs": [{"task": "t", "args": ["x"]}]}, "ids"),
+    "get": ({"id": 1}, "job"),
+    "wait": ({"ids": [1], "timeout": 0}, "pending"),
+    "list": ({"limit": 5}, "jobs"),
+    "status": ({}, "states"),
+    "workers": ({}, "workers"),
+    "cancel": ({"id": 1}, "job"),
+    "retry": ({"id": 1}, "job"),
+    "pause": ({"queue": "default"}, "paused"),
+    "resume": ({"queue": "default"}, "paused"),
+    "queues": ({}, "queues"),
+    "schedules": ({}, "schedules"),
+    "events": ({"limit": 10}, "events"),
+    "subscribe": ({"recent": 10}, "events"),
+    "metrics": ({"format": "json"}, "metrics"),
+}
+
+
+def test_every_operation_answers_through_the_assembly_tq_host_uses(tmp_path: Path) -> None:
+    """tests/parts.py assembles the host with tq-host's own function: each op answers as it does in tq-host
+    (wired by hand, the parts once answered `events` with an internal error and `schedules` with nothing)."""
+    parts = make_parts(tmp_path / "state", '[tasks."#"]\nhandler = "echo"\n'
+                                           '[schedules.nightly]\nevery = "1h"\ntask = "report"\n')
+    parts.scheduler.load(time.time())
+    assert set(EVERY_OP) == set(parts.requests.ops), "a new op needs a case here"
+    a, b = socket.socketpair()
+    try:
+        conn = Conn(a, uid=0)
+        for rid, (op, (fields, key)) in enumerate(EVERY_OP.items()):
+            parts.requests.handle(conn, json.dumps({"op": op, "rid": rid, **fields}).encode())
+            parts.store.commit()
+            parts.stream.committed()
+            replies = [r for _c, r in parts.ledger.take() if r.get("rid") == rid]
+            assert replies and replies[0]["ok"], (op, replies)
+            assert key in replies[0], (op, replies[0])
+            if op == "events":
+                assert [e["event"] for e in replies[0]["events"]] == ["submitted", "cancelled", "retried"], replies[0]
+            if op == "schedules":
+                assert [s["name"] for s in replies[0]["schedules"]] == ["nightly"], replies[0]
+    finally:
+        a.close()
+        b.close()
+        parts.close()
+
+
+def test_a_fault_inside_tq_host_is_an_internal_error_not_a_bad_request(parts: Parts) -> None:
+    def broken(conn: Conn, rid: object, req: dict[str, object]) -> dict[str, object]:
+        raise KeyError("a bug")
+
+    parts.requests.ops["status"] = broken
+    a, b = socket.socketpair()
+    try:
+        parts.requests.handle(Conn(a, uid=0), b'{"op": "status", "rid": 7}')
+        (reply,) = [r for _c, r in parts.ledger.take()]
+        assert (reply["ok"], reply["code"], reply["rid"]) == (False, "internal", 7)
+        assert "internal error in tq-host" in reply["error"]
+    finally:
+        a.close()
+        b.close()

@@ -13,7 +13,7 @@ from tq.host.stream import EventStream
 
 def committed(stats: Stats, *events: tuple[str, int, str, str]) -> None:
     """The events as the stream hands them on after their commit."""
-    s = EventStream(lambda c: None, stats.count)
+    s = EventStream([], lambda c: None, stats.count)
     for name, job, task, queue in events:
         s.events.extend((time.time(), name, job, task, queue, None, None, ""))
     s.committed()
@@ -25,7 +25,7 @@ def test_outcomes_failures_and_retries_are_counted_by_queue_and_task() -> None:
     committed(st, ("submitted", 1, "t", "q"), ("dispatched", 1, "t", "q"), ("retrying", 1, "t", "q"),
               ("next attempt", 1, "t", "q"), ("lost", 1, "t", "q"), ("dead", 1, "t", "q"),
               ("submitted", 2, "u", "q"), ("done", 2, "u", "q"), ("cancelled", 3, "u", "r"))
-    s = EventStream(lambda c: None, st.count)
+    s = EventStream([], lambda c: None, st.count)
     s.worker_event("lost", "w1", ["q"])
     s.committed()
     s.digest()

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tq.host.store import _COLUMNS, SCHEMA_VERSION, JobRecord, Store, StoreError
+from tq.host.records import COLUMNS, SCHEMA_VERSION, JobRecord
+from tq.host.store import Store, StoreError
 
 # What the host does to a job, as (change kind, mutation): the kind names the columns the mutation may touch.
 STEPS = {
@@ -151,7 +152,7 @@ def test_a_store_of_schema_2_is_upgraded_in_place_and_keeps_every_job(tmp_path: 
         assert store.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
             str(SCHEMA_VERSION),)
         added = ("unique_key", "parent", "link")  # since schema 2
-        after = store.db.execute(f"SELECT {', '.join(c for c in _COLUMNS if c not in added)} FROM jobs "
+        after = store.db.execute(f"SELECT {', '.join(c for c in COLUMNS if c not in added)} FROM jobs "
                                  "ORDER BY id").fetchall()
         assert after == before  # every job, every column, as it was
         assert [j.id for j in store.open_jobs()] == [1, 2, 3, 4] and store.get(2).unique_key is None  # type: ignore

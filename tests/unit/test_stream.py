@@ -42,7 +42,7 @@ def event(s: EventStream, name: str, job: int, task: str, queue: str, attempt: i
 
 
 def stream(close: Any = None) -> EventStream:
-    return EventStream(close or (lambda c: None), lambda events: None)
+    return EventStream([], close or (lambda c: None), lambda events: None)
 
 
 def flush(s: EventStream) -> None:

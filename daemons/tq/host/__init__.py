@@ -1,15 +1,17 @@
 """tq-host: keeps the jobs, dispatches them to workers, records their outcome.
 
-One thread, one selector: the control socket, the host's POSIX queue and the
+One thread, one selector: the control socket, the host's mailbox and the
 signal wake-up pipe. `step()` is one loop iteration: take in what arrived,
 decide (promote delayed jobs, expire leases and waiters, assign jobs), commit
 once (group commit), and only then answer clients and send jobs. A job is
 assigned in the store before its message is sent, so after a crash the Sync
 fence (see fleet.py) finds every assignment that never reached its worker.
 
-Where things live: server.py (the control socket), requests.py (the
-operations and waiters), jobs.py (the job table and its transitions),
-fleet.py (the workers and the fence), dispatch.py (assigning and sending).
+Where things live: assembly.py (the parts, made in one place), server.py (the
+control socket), requests.py (the operations), submit.py (submit admission),
+waiters.py (waits and their deadlines), replies.py (replies held until the
+commit), jobs.py (the job table and its transitions), fleet.py (the workers
+and the fence), dispatch.py (assigning and sending), store.py (SQLite).
 """
 
 from __future__ import annotations
@@ -18,27 +20,19 @@ import argparse
 import ctypes
 import fcntl
 import gc
+import logging
 import os
 import selectors
 import sqlite3
 import sys
 import time
-from typing import Any
+from typing import IO, Any
 
-from .. import __version__, config, control, limits, monitor, protocol, transport
+from .. import __version__, config, control, limits, transport
 from ..daemon import Daemon, StartError
 from ..log import Burst
-from ..states import JobState
-from .dispatch import Dispatcher
-from .fleet import Fleet
-from .jobs import JobTable
-from .queues import Queues
-from .requests import Requests
-from .schedules import Scheduler
-from .server import Server
-from .stats import Stats
-from .store import JobRecord, Store, StoreError
-from .stream import EventStream
+from .assembly import assemble
+from .store import StoreError
 
 try:
     _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")  # malloc_trim: glibc only
@@ -53,40 +47,19 @@ class Host(Daemon):
     RESTART_KEYS = ("host.state_dir", "host.socket", *Daemon.RESTART_KEYS)
 
     def __init__(self, cfg: config.Config, config_path: str | None) -> None:
-        super().__init__("tq-host", cfg, config_path)
+        """Acquire the state dir, open the store and the host's mailbox, and make the parts (assembly.py)."""
+        captured: list[Any] = []  # every job event's fields, for the event stream
+        super().__init__("tq-host", cfg, config_path, captured)
         self.store_errors = Burst(self.logger, interval=5.0)
         self.next_prune = 0.0
         self.last_trim = 0.0  # monotonic time the memory was last trimmed
         self.started_work = 0.0  # recovery allocates too: trim a second after start
         self.queue_readable = True  # the host queue may hold messages: the next step reads it
-        # The parts, made by start() once the store and the queue are open:
-        self.store: Store
-        self.jobs: JobTable
-        self.fleet: Fleet
-        self.dispatcher: Dispatcher
-        self.queues: Queues
-        self.scheduler: Scheduler
-        self.requests: Requests
-        self.server: Server
-        self.stream: EventStream
-        self.stats = Stats()
-
-    # ---- start and stop -------------------------------------------------
-
-    def start(self) -> None:
-        """Acquire the state dir, open store, queue and socket, recover, then READY=1."""
         cfg = self.cfg = self.grant_queues(self.cfg)
-        os.makedirs(cfg.host.state_dir, mode=0o750, exist_ok=True)
-        self._lock = open(os.path.join(cfg.host.state_dir, "tq.lock"), "a")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StartError(f"another tq-host is running on {cfg.host.state_dir}") from None
-        self.store = Store(cfg.host.state_dir, cfg.host.durability)
-        self.jobs = JobTable(self.store, self.events)
-        drained: list[bytes] = []
+        self._lock = _lock_state_dir(cfg.host.state_dir)
+        self.drained: list[bytes] = []  # what a host queue of other dimensions held: taken in at start
         mq = transport.open_within_budget(cfg.host_queue, cfg.mqueue.max_messages, cfg.mqueue.max_message_size,
-                                          least=2, drained=drained)
+                                          least=2, drained=self.drained)
         notes = list(self.granted.notes if self.granted else ())
         if mq.max_messages < cfg.mqueue.max_messages:
             notes.append(f"the host queue holds {mq.max_messages} messages, not mqueue.max_messages = "
@@ -95,29 +68,27 @@ class Host(Daemon):
             self.logger.warning("%s", notes[-1])
         # The queue wakes the selector and marks itself readable: the step drains it after the sockets.
         self.sel.register(mq.fileno(), selectors.EVENT_READ, self._on_queue)
-        self.fleet = Fleet(cfg, mq, self.jobs, self.store, self._open_inbox, self._on_result, self.logger,
-                           self.malformed)
-        self.queues = Queues(cfg, self.store, self.jobs, self.fleet, self.logger)
-        self.dispatcher = Dispatcher(cfg, self.jobs, self.fleet, self.queues)
-        self.requests = Requests(cfg, self.jobs, self.fleet, self.queues, self.malformed)
-        self.scheduler = Scheduler(cfg, self.store, self.jobs, self.requests.submit_internal, self.logger)
-        self.requests.schedules = self.scheduler.public
-        self.requests.queue_notes = notes
-        self.server = Server(self.sel, self.requests.handle, Burst(self.logger))
-        self.stream = EventStream(self.server.close_conn, self.stats.count)
-        self.server.on_close = self.stream.forget_closed
-        self.events.capture = self.stream.events
-        self.store.on_commit_seconds = self.stats.commits.observe_all
-        self.fleet.on_event = self.stream.worker_event
-        self.requests.stream, self.requests.stats = self.stream, self.stats
-        self.requests.metrics = self.metrics
+        self.parts = assemble(cfg, mq, self._open_inbox, self.sel, self.events, captured, self.logger,
+                              self.malformed, notes)
+        # The parts the loop step reaches most, by name:
+        p = self.parts
+        self.store, self.jobs, self.fleet, self.dispatcher = p.store, p.jobs, p.fleet, p.dispatcher
+        self.queues, self.scheduler, self.requests, self.server = p.queues, p.scheduler, p.requests, p.server
+        self.ledger, self.waiters, self.stream, self.stats = p.ledger, p.waiters, p.stream, p.stats
+
+    # ---- start and stop -------------------------------------------------
+
+    def start(self) -> None:
+        """Listen on the control socket, recover the open jobs and fence the workers, then READY=1."""
+        cfg = self.cfg
         self.server.listen(cfg.host.socket)
         self.watch_signals()
         self.events.now = time.time()
         self._recover()
         self.started_work = time.monotonic()
-        for data in drained:
+        for data in self.drained:
             self.fleet.on_message(data, time.monotonic())
+        self.drained.clear()
         self._commit()
         self._deliver()
         self.logger.info("tq-host %s ready: store %s, queue %s, socket %s, %d open jobs", __version__,
@@ -129,11 +100,6 @@ class Host(Daemon):
 
     def _open_inbox(self, instance: str) -> transport.Transport:
         return transport.open_queue(self.cfg.inbox(instance), 1, self.cfg.mqueue.max_message_size, create=False)
-
-    def _on_result(self, job: JobRecord, result: protocol.Result) -> None:
-        self.dispatcher.timed(job.task, result.duration)
-        self.stats.duration(job.task, result.duration)
-        self.jobs.finish(job, result)
 
     def select(self, timeout: float) -> None:
         """Daemon.select, then the time of this step's events and their log budget's second (one clock read
@@ -180,11 +146,11 @@ class Host(Daemon):
         try:
             self.select(wait)  # control requests are handled here
             now = time.monotonic()
-            if self.store.durability == "full" and self.requests.acknowledging():
+            if self.store.durability == "full" and self.ledger.acknowledging():
                 # The fsync is most of a submit's round trip: answer before the step's other work, whose commit
                 # below is not fsync'd if it acknowledges nothing. A submit that waits for its result has its job
                 # assigned first: it then goes out with this fsync, not after the next commit.
-                if self.requests.result_awaited:
+                if self.ledger.result_awaited:
                     self.dispatcher.assign(now)
                 self._commit(True)
                 self._deliver()
@@ -196,11 +162,11 @@ class Host(Daemon):
             if self.scheduler.next:
                 self.scheduler.fire_due(time.time())
             self.fleet.check_leases(now)
-            self.requests.expire(now)
+            self.waiters.expire(now)
             self.dispatcher.assign(now)
             self._prune(now)
             self._trim_memory(now)
-            self._commit(self.requests.acknowledging())
+            self._commit(self.ledger.acknowledging())
         except sqlite3.Error as e:  # disk full, I/O error: this step is undone, the host carries on
             self._store_failed(e)
         self._deliver()
@@ -221,7 +187,7 @@ class Host(Daemon):
         run = self.scheduler.next_due() if self.scheduler.next else None
         if run is not None:
             wait = min(wait, run - time.time())
-        deadline = self.requests.next_deadline()
+        deadline = self.waiters.next_deadline()
         if deadline is not None:
             wait = min(wait, deadline - now)
         if self.last_trim < self._last_work():
@@ -238,14 +204,14 @@ class Host(Daemon):
         return max(wait, 0.0)
 
     def _answer(self) -> None:
-        for conn, reply in self.requests.take_replies():
+        for conn, reply in self.ledger.take():
             self.server.send(conn, control.encode(reply))
 
     def _deliver(self) -> None:
         """After the commit: answer the clients and send the jobs assigned this step. The answers go first (a
         producer waits for each), unless a client waits for the result of a job going out now: then the job.
         The other order measured: a producer lost a third of its rate, submit_and_wait 15% of its round trip."""
-        if not self.requests.result_awaited:
+        if not self.ledger.result_awaited:
             self._answer()
         if self.dispatcher.send():  # some went back to the queue: that change is committed too
             try:
@@ -306,7 +272,7 @@ class Host(Daemon):
             return
         self.last_trim = now
         self.jobs.trim()
-        self.requests.trim()
+        self.waiters.trim()
         gc.collect()
         if _libc is not None:
             _libc.malloc_trim(0)
@@ -317,37 +283,24 @@ class Host(Daemon):
         if new.host.durability != self.cfg.host.durability:
             self.store.commit()  # the level applies from the next transaction
             self.store.set_durability(new.host.durability)
-        self.fleet.cfg = self.dispatcher.cfg = new
-        self.queues.configure(new)
-        self.scheduler.configure(new)
-        self.requests.configure(new)
-
-    def metrics(self) -> dict[str, Any]:
-        """What `tqctl metrics` writes as Prometheus text (tq/metrics.py): the counters, and gauges read now."""
-        now = time.monotonic()
-        self.stream.digest()  # the events and commit times not yet counted
-        self.store.hand_over_commit_seconds()
-        store_bytes = 0
-        for suffix in ("", "-wal"):
-            try:
-                store_bytes += os.stat(self.store.path + suffix).st_size
-            except OSError:
-                pass
-        cpu = os.times()
-        return {"host": {"pid": os.getpid(), "start_time": self.requests.started, "rss_bytes": monitor.rss_bytes(),
-                         "cpu_seconds": cpu.user + cpu.system},
-                "states": {s.value: self.jobs.counts[s] for s in JobState},
-                "queues": self.queues.listing(),
-                "workers": self.fleet.public(now),
-                "store_bytes": store_bytes,
-                "events": self.stream.public(),
-                "malformed_messages": self.malformed.total,
-                **self.stats.public()}
+        self.parts.configure(new)
 
     def status_text(self) -> str:
         c = self.jobs.counts
         return (f"{c['queued']} queued, {c['running']} running, {c['delayed'] + c['failed'] + c['deferred']} waiting; "
                 f"{c['done']} done, {c['dead']} dead; {self.fleet.live()} worker(s) live")
+
+
+def _lock_state_dir(state_dir: str) -> IO[str]:
+    """Hold the state dir's lock file for as long as this process lives: one tq-host per store."""
+    os.makedirs(state_dir, mode=0o750, exist_ok=True)
+    lock = open(os.path.join(state_dir, "tq.lock"), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise StartError(f"another tq-host is running on {state_dir}") from None
+    return lock
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as e:
         print(f"tq-host: {e}", file=sys.stderr)
         return 2
-    host = Host(cfg, args.config)
     try:
+        host = Host(cfg, args.config)
         return host.run()
     except (StartError, StoreError, transport.QueueError, OSError) as e:
-        host.logger.error("cannot start: %s", e)
+        logging.getLogger("tq-host").error("cannot start: %s", e)
         return 1

@@ -14,7 +14,7 @@ from .. import config, protocol
 from .fleet import Fleet, WorkerState
 from .jobs import RUNNING, JobTable
 from .queues import Queues
-from .store import JobRecord
+from .records import JobRecord
 
 LONG_JOB = 0.1  # seconds; a worker holding a job this long gets no prefetched jobs until it reports
 FAST_JOB = 0.005  # seconds; a task whose runs take less (on average) is dispatched in batches to one worker
@@ -27,6 +27,10 @@ class Dispatcher:
         self.cfg, self.jobs, self.fleet, self.queues = cfg, jobs, fleet, queues
         self.task_seconds: dict[str, float] = {}  # task name -> moving average of its run time
         self.outbox: list[tuple[WorkerState, JobRecord]] = []  # assigned this step, sent after the commit
+
+    def configure(self, cfg: config.Config) -> None:
+        """Take a reloaded configuration."""
+        self.cfg = cfg
 
     def timed(self, task: str, seconds: float) -> None:
         """A run of `task` took `seconds` (from a result)."""

@@ -23,7 +23,8 @@ from .. import config, protocol
 from ..log import Burst
 from ..transport import QueueError, Transport
 from .jobs import RUNNING, JobTable
-from .store import JobRecord, Store
+from .records import JobRecord
+from .store import Store
 
 MAX_MESSAGES_PER_STEP = 4096
 LEASE_CHECK = 0.02  # seconds between looks at every worker's lease and pending fence or cancel
@@ -89,13 +90,9 @@ OnResult = Callable[[JobRecord, protocol.Result], None]
 OnEvent = Callable[[str, str, list[str], str], None]  # a worker event: (event, instance, queues, detail)
 
 
-def no_event(_event: str, _instance: str, _queues: list[str], _detail: str) -> None:
-    """The default OnEvent (tq-host sets the event stream's)."""
-
-
 class Fleet:
     def __init__(self, cfg: config.Config, mq: Transport, jobs: JobTable, store: Store, open_inbox: OpenInbox,
-                 on_result: OnResult, logger: logging.Logger, malformed: Burst) -> None:
+                 on_result: OnResult, on_event: OnEvent, logger: logging.Logger, malformed: Burst) -> None:
         self.cfg, self.mq, self.jobs, self.store = cfg, mq, jobs, store
         self.open_inbox, self.on_result = open_inbox, on_result
         self.logger, self.malformed = logger, malformed
@@ -103,7 +100,11 @@ class Fleet:
         self.tokens = 0
         self.last_result = 0.0  # monotonic time results last came in
         self.next_check = 0.0  # monotonic time of the next check_leases
-        self.on_event: OnEvent = no_event  # up, fenced, lost, stopped
+        self.on_event = on_event  # up, fenced, lost, stopped
+
+    def configure(self, cfg: config.Config) -> None:
+        """Take a reloaded configuration."""
+        self.cfg = cfg
 
     def recover(self, now: float) -> None:
         """Fence every worker the store knows of (and those whose hello a failed commit undid)."""

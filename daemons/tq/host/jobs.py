@@ -4,7 +4,7 @@ The store holds every job; tq-host keeps those not yet finished here. The ready
 heaps (one per job queue) and the delayed heap are indexes with lazy deletion:
 an entry whose job has moved on is skipped when it comes up. Each transition
 stages the job's row in the store, logs its job event and keeps the counts per
-state; a job that reaches a final state is handed to `on_final` (the waiters).
+state; a job that reaches a final state is handed to `on_final` (follow-ups and waiters: submit.Admission.on_final).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from ..log import JobEvents
 from ..protocol import Result, to_json
 from ..states import FINAL, JobState
 from ..usage import describe as describe_usage
-from .store import CHAIN, JobRecord, Store
+from .records import CHAIN, JobRecord
+from .store import Store
 
 # A job's state is kept as the plain string: sqlite3 binds a str subclass (an enum member) on a slower path.
 QUEUED, DELAYED, RUNNING, DONE = (s.value for s in (JobState.QUEUED, JobState.DELAYED, JobState.RUNNING,
@@ -35,8 +36,8 @@ class InvalidTransition(Exception):
 
 
 class JobTable:
-    def __init__(self, store: Store, events: JobEvents) -> None:
-        self.store, self.events = store, events
+    def __init__(self, store: Store, events: JobEvents, on_final: Callable[[JobRecord], None]) -> None:
+        self.store, self.events, self.on_final = store, events, on_final
         self.jobs: dict[int, JobRecord] = {}  # every job not in a final state
         self.ready: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)  # queue -> (-prio, id)
         self.delayed: list[tuple[float, int]] = []  # (run_at, id) of delayed and failed jobs
@@ -46,7 +47,6 @@ class JobTable:
         self.running_in: collections.Counter[str] = collections.Counter()
         self.count_running = False
         self.deferred: dict[int, list[int]] = collections.defaultdict(list)  # job -> the deferred jobs after it
-        self.on_final: Callable[[JobRecord], None] = lambda job: None
 
     def load(self) -> None:
         """Rebuild the table from the store: at start, and after a failed commit."""

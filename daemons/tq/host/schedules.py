@@ -20,7 +20,8 @@ from .. import config, cron
 from ..control import RequestError
 from ..states import FINAL
 from .jobs import JobTable
-from .store import JobRecord, Store
+from .records import JobRecord
+from .store import Store
 
 Submit = Callable[[dict[str, Any], str], JobRecord]  # a job spec and the detail of its "submitted" event
 

@@ -41,13 +41,14 @@ OnLine = Callable[[Conn, bytes], None]
 
 
 class Server:
-    def __init__(self, sel: selectors.BaseSelector, on_line: OnLine, refused: Burst) -> None:
+    def __init__(self, sel: selectors.BaseSelector, on_line: OnLine, on_close: Callable[[Conn], None],
+                 refused: Burst) -> None:
         self.sel, self.on_line, self.refused = sel, on_line, refused
+        self.on_close = on_close  # a subscribed connection closed (the event stream forgets it)
         self.listener: socket.socket | None = None
         self.path = ""
         self._reserve_fd = os.open("/dev/null", os.O_RDONLY)  # spare descriptor to refuse clients when out
         self._chunk = bytearray(1 << 16)  # every connection reads into this, then appends what came
-        self.on_close: Callable[[Conn], None] = lambda conn: None  # a subscribed connection closed
 
     def listen(self, path: str) -> None:
         """Bind `path` (mode 0660, group tq); a stale socket file is replaced, a live one is refused."""

@@ -14,161 +14,35 @@ tq-host) can undo them, and the job runs again.
 from __future__ import annotations
 
 import json
-import operator
 import os
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from ..ownership import restrict
 from ..states import FINAL
+from .records import (
+    COLUMNS,
+    FRESH_ROW,
+    INDEXES,
+    INSERT,
+    INSERT_FRESH,
+    INSERT_SENT,
+    MIGRATIONS,
+    ROW,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SENT_ROW,
+    UPDATE_ROWS,
+    UPDATE_SQL,
+    JobRecord,
+    not_run,
+    only_sent,
+    record,
+)
 
-SCHEMA_VERSION = 4
 COMMIT_TIMES_KEPT = 512  # commit times kept (commit_seconds) before they are handed to on_commit_seconds
-# Statements that take a store from schema version N to N + 1, run in one transaction at open: a store
-# written by an older tq is upgraded in place, and keeps every job. (New tables come from _SCHEMA.)
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: ("ALTER TABLE jobs ADD COLUMN handler TEXT", "ALTER TABLE jobs ADD COLUMN usage TEXT"),
-    2: ("ALTER TABLE jobs ADD COLUMN unique_key TEXT",),
-    3: ("ALTER TABLE jobs ADD COLUMN parent INTEGER", "ALTER TABLE jobs ADD COLUMN link INTEGER"),
-}
-# After the migrations: a job's children are looked up by `tqctl show` (jobs without a parent cost it nothing).
-_INDEXES = ("CREATE INDEX IF NOT EXISTS jobs_parent ON jobs(parent) WHERE parent IS NOT NULL",)
-# How a job is linked to its parent (column link): it waits for it (--after), it is the next step of a chain and
-# takes its result as payload (--then), or it was submitted when the parent finished (on_success, on_failure).
-AFTER, CHAIN, FOLLOW_UP = 0, 1, 2
 _FINAL_SQL = ",".join(f"'{s}'" for s in sorted(FINAL))  # the SQL list of final states
-
-# No secondary indexes: each would cost every submit and every result a B-tree write. Recovery reads the
-# whole table once at start, and pruning walks it from the oldest id.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
-    task TEXT NOT NULL,
-    args TEXT NOT NULL,
-    payload TEXT,
-    queue TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    retries INTEGER NOT NULL,
-    timeout REAL NOT NULL,
-    backoff REAL NOT NULL,
-    backoff_max REAL NOT NULL,
-    run_at REAL,
-    worker TEXT,
-    result TEXT,
-    error TEXT,
-    submitter INTEGER,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    handler TEXT,
-    usage TEXT,
-    unique_key TEXT,
-    parent INTEGER,
-    link INTEGER
-);
-CREATE TABLE IF NOT EXISTS workers (
-    instance TEXT PRIMARY KEY,
-    pid INTEGER,
-    queues TEXT NOT NULL,
-    state TEXT NOT NULL,
-    seen_at REAL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, last_run REAL NOT NULL, last_job INTEGER);
-"""
-
-_COLUMNS = ("id", "task", "args", "payload", "queue", "priority", "state", "attempts", "retries", "timeout",
-            "backoff", "backoff_max", "run_at", "worker", "result", "error", "submitter", "created_at",
-            "started_at", "finished_at", "handler", "usage", "unique_key", "parent", "link")
-
-
-# A new job that has not run yet: attempts (0), worker, result, error, started_at and finished_at (NULL) are
-# the defaults; binding fewer values makes the INSERT cheaper (docs/performance.md).
-_FRESH = ("id", "task", "args", "payload", "queue", "priority", "state", "retries", "timeout", "backoff",
-          "backoff_max", "run_at", "submitter", "created_at", "handler")
-
-# The columns each kind of UPDATE writes: a narrow UPDATE costs SQLite less than one of all eight columns, and
-# dispatches and results are most of them.
-_UPDATES = {
-    "dispatched": ("state", "attempts", "worker", "started_at"),
-    "done": ("state", "result", "error", "started_at", "finished_at"),  # no cost recorded (echo), first attempt
-    "done_usage": ("state", "result", "error", "started_at", "finished_at", "usage"),
-    "any": ("state", "attempts", "run_at", "worker", "result", "error", "started_at", "finished_at", "usage",
-            "payload"),
-    "released": ("state", "payload"),  # a chain's next step: queued, with the result before it as payload
-}
-
-
-_JSON_COLUMNS = ("args", "payload", "handler", "usage")  # kept as JSON text: JobRecord.<column>_json
-
-
-def _values(columns: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
-    """A job's values for these columns, in order (args and payload are kept as JSON: args_json, payload_json)."""
-    return operator.attrgetter(*(f"{c}_json" if c in _JSON_COLUMNS else c for c in columns))
-
-
-# A new job dispatched in the step that submitted it (the common case of a producer and idle workers): the fresh
-# columns and the dispatch's own.
-_SENT = (*_FRESH, "attempts", "worker", "started_at")
-_ROW, _FRESH_ROW, _SENT_ROW = _values(_COLUMNS), _values(_FRESH), _values(_SENT)
-_UPDATE_ROWS = {change: _values((*columns, "id")) for change, columns in _UPDATES.items()}
-_INSERT_FRESH = f"INSERT INTO jobs ({','.join(_FRESH)}) VALUES ({','.join('?' * len(_FRESH))})"
-_INSERT_SENT = f"INSERT INTO jobs ({','.join(_SENT)}) VALUES ({','.join('?' * len(_SENT))})"
-_INSERT = f"INSERT INTO jobs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
-_UPDATE_SQL = {change: f"UPDATE jobs SET {'=?, '.join(columns)}=? WHERE id=?" for change, columns in _UPDATES.items()}
-
-
-@dataclass(slots=True)  # no __dict__: a backlog of queued jobs costs less memory
-class JobRecord:
-    """One job as the host keeps it in memory and in the store."""
-
-    id: int
-    task: str
-    args_json: str  # the host never looks inside args and payload: it keeps the JSON it stores and sends
-    payload_json: str | None
-    queue: str
-    priority: int
-    state: str  # a JobState's value
-    attempts: int
-    retries: int
-    timeout: float
-    backoff: float
-    backoff_max: float
-    run_at: float | None
-    worker: str | None
-    result: str | None
-    error: str | None
-    submitter: int | None
-    created_at: float
-    started_at: float | None  # when the handler started on the worker (the dispatch time until it reports)
-    finished_at: float | None
-    handler_json: str | None  # how to run it, resolved at submit (None: a job stored before there was one)
-    usage_json: str | None  # what the last attempt cost (CPU, memory, exit status)
-    unique_key: str | None = None  # while the job is open, a submit with this key returns it (submit --unique)
-    parent: int | None = None  # the job it waits for, or follows (see link)
-    link: int | None = None  # AFTER, CHAIN or FOLLOW_UP
-    cancel_requested: bool = False  # `tqctl cancel` of the running attempt (not stored: it lasts one attempt)
-    lost_on: str | None = None  # the worker its last attempt was lost with: another one takes it if it can
-
-    def public(self) -> dict[str, Any]:
-        """The job as tqctl and the client API show it."""
-        return {
-            "id": self.id, "task": self.task, "args": json.loads(self.args_json),
-            "payload": None if self.payload_json is None else json.loads(self.payload_json), "queue": self.queue,
-            "priority": self.priority, "state": self.state, "attempts": self.attempts, "retries": self.retries,
-            "timeout": self.timeout, "result": self.result, "error": self.error, "worker": self.worker,
-            "submitter": self.submitter, "run_at": self.run_at, "created_at": self.created_at,
-            "started_at": self.started_at, "finished_at": self.finished_at,
-            "handler": None if self.handler_json is None else json.loads(self.handler_json),
-            "usage": None if self.usage_json is None else json.loads(self.usage_json), "unique": self.unique_key,
-            "parent": self.parent,
-        }
 
 
 class StoreError(Exception):
@@ -176,13 +50,14 @@ class StoreError(Exception):
 
 
 class Store:
-    def __init__(self, state_dir: str, durability: str = "full") -> None:
+    def __init__(self, state_dir: str, durability: str = "full",
+                 on_commit_seconds: Callable[[list[float]], None] = lambda times: None) -> None:
         os.makedirs(state_dir, mode=0o750, exist_ok=True)
         self.path = os.path.join(state_dir, "tq.sqlite3")
         # Each COMMIT's time (seconds, with its fsync when one is due), for the metrics: a list append per
         # commit; every COMMIT_TIMES_KEPT of them go to on_commit_seconds (tq-host: the metrics' histogram).
         self.commit_seconds: list[float] = []
-        self.on_commit_seconds: Callable[[list[float]], None] = lambda times: None
+        self.on_commit_seconds = on_commit_seconds
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect for a new file: pruning frees pages
@@ -207,7 +82,7 @@ class Store:
         for suffix in ("", "-wal", "-shm"):
             restrict(self.path + suffix, 0o660)
         self._new: dict[int, JobRecord] = {}  # staged inserts and updates, written by flush()
-        self._dirty: dict[int, tuple[JobRecord, str]] = {}  # id -> (job, which of _UPDATES covers its changes)
+        self._dirty: dict[int, tuple[JobRecord, str]] = {}  # id -> (job, which of UPDATES covers its changes)
 
     def set_durability(self, durability: str) -> None:
         """"full": each acknowledging commit is fsync'd; "normal": the WAL is fsync'd at checkpoints only."""
@@ -227,7 +102,7 @@ class Store:
         """Create the tables of a new store, or bring an older schema up to SCHEMA_VERSION; refuse a newer one."""
         with self.db:  # one transaction: a failed upgrade leaves the store as it was
             self.db.execute("BEGIN")
-            for statement in _SCHEMA.split(";"):
+            for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self.db.execute(statement)
             row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -238,7 +113,7 @@ class Store:
             for step in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[step]:
                     self.db.execute(statement)
-            for statement in _INDEXES:
+            for statement in INDEXES:
                 self.db.execute(statement)
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
@@ -294,7 +169,7 @@ class Store:
     def update(self, job: JobRecord, change: str = "any") -> None:
         """Stage a change of a job's mutable fields; the last change in a step is the one written.
 
-        `change` names the columns it touched (a key of _UPDATES): two different ones in a step write all.
+        `change` names the columns it touched (a key of UPDATES): two different ones in a step write all.
         """
         if job.id in self._new:
             return
@@ -307,38 +182,38 @@ class Store:
             return
         self._begin(acknowledged)
         if self._new:
-            fresh = [j for j in self._new.values() if _not_run(j)]
+            fresh = [j for j in self._new.values() if not_run(j)]
             if fresh:  # not yet run: the columns that would be 0 or NULL are left to their defaults
-                self.db.executemany(_INSERT_FRESH, map(_FRESH_ROW, fresh))
+                self.db.executemany(INSERT_FRESH, map(FRESH_ROW, fresh))
             if len(fresh) < len(self._new):  # dispatched (or more) in the step that submitted them
-                sent = [j for j in self._new.values() if _only_sent(j)]
+                sent = [j for j in self._new.values() if only_sent(j)]
                 if sent:
-                    self.db.executemany(_INSERT_SENT, map(_SENT_ROW, sent))
+                    self.db.executemany(INSERT_SENT, map(SENT_ROW, sent))
                 if len(fresh) + len(sent) < len(self._new):
-                    self.db.executemany(_INSERT, (_ROW(j) for j in self._new.values()
-                                                  if not _not_run(j) and not _only_sent(j)))
+                    self.db.executemany(INSERT, (ROW(j) for j in self._new.values()
+                                                  if not not_run(j) and not only_sent(j)))
             self._new.clear()
         if self._dirty:
             kinds: dict[str, list[JobRecord]] = {}
             for job, kind in self._dirty.values():
                 kinds.setdefault(kind, []).append(job)
             for kind, jobs in kinds.items():
-                self.db.executemany(_UPDATE_SQL[kind], map(_UPDATE_ROWS[kind], jobs))
+                self.db.executemany(UPDATE_SQL[kind], map(UPDATE_ROWS[kind], jobs))
             self._dirty.clear()
 
     def get(self, job_id: int) -> JobRecord | None:
         staged = self._new.get(job_id) or self._dirty.get(job_id, (None, ""))[0]
         if staged is not None:
             return staged
-        row = self.db.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return _record(row) if row else None
+        row = self.db.execute(f"SELECT {','.join(COLUMNS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return record(row) if row else None
 
     def open_jobs(self) -> list[JobRecord]:
         """Every job not in a final state, for recovery at start."""
         self.flush()
         rows = self.db.execute(
-            f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE state NOT IN ({_FINAL_SQL}) ORDER BY id")
-        return [_record(r) for r in rows]
+            f"SELECT {','.join(COLUMNS)} FROM jobs WHERE state NOT IN ({_FINAL_SQL}) ORDER BY id")
+        return [record(r) for r in rows]
 
     def query(self, state: str | None = None, queue: str | None = None, task: str | None = None,
              limit: int = 50) -> list[JobRecord]:
@@ -348,11 +223,11 @@ class Store:
             if value:
                 where.append(f"{column}=?")
                 params.append(value)
-        sql = f"SELECT {','.join(_COLUMNS)} FROM jobs"
+        sql = f"SELECT {','.join(COLUMNS)} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT ?"
-        return [_record(r) for r in self.db.execute(sql, (*params, limit))]
+        return [record(r) for r in self.db.execute(sql, (*params, limit))]
 
     def count_final(self) -> dict[str, int]:
         self.flush()
@@ -424,19 +299,3 @@ class Store:
     def close(self) -> None:
         self.rollback()
         self.db.close()
-
-
-def _only_sent(j: JobRecord) -> bool:
-    """True for a job dispatched and nothing more: the columns _SENT leaves out still hold their defaults."""
-    return (j.attempts > 0 and j.result is None and j.error is None and j.finished_at is None and j.usage_json is None
-            and j.unique_key is None and j.parent is None)
-
-
-def _not_run(j: JobRecord) -> bool:
-    """True while the columns _FRESH leaves out still hold their defaults."""
-    return (j.attempts == 0 and j.worker is None and j.result is None and j.error is None and j.started_at is None
-            and j.finished_at is None and j.usage_json is None and j.unique_key is None and j.parent is None)
-
-
-def _record(row: tuple[Any, ...]) -> JobRecord:
-    return JobRecord(*row)  # _COLUMNS are the fields in order

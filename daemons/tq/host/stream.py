@@ -127,12 +127,12 @@ class _Group:
 
 
 class EventStream:
-    def __init__(self, close: Callable[[Conn], None], count: Callable[[list[Any]], None]) -> None:
+    def __init__(self, events: list[Any], close: Callable[[Conn], None], count: Callable[[list[Any]], None]) -> None:
         self.close = close  # closes a connection whose socket failed (Server.close_conn)
         self.count = count  # the metrics' counting of committed events (Stats.count)
         # The fields of the events as they come (log.JobEvents extends this very list), FIELDS an event: the first
         # `upto` are committed.
-        self.events: list[Any] = []
+        self.events = events
         self.upto = 0
         self.recent: list[Any] = []  # the fields of the last RECENT events (tuples only when asked for)
         self.subscribers: list[Subscriber] = []
