@@ -33,6 +33,7 @@ class Queues:
         self._served: set[str] = set()  # queues served by a live worker, looked up at most every SERVED_TTL
         self._served_at = -SERVED_TTL
         self.next_token: dict[str, float] = {}  # rate-limited queue -> monotonic time it may dispatch again
+        self.limited: dict[str, config.QueueConfig] = {}  # queues with a concurrency or rate limit
         self.configure(cfg)
 
     def configure(self, cfg: config.Config) -> None:

@@ -19,6 +19,10 @@ class Ledger:
         self.replies: list[Reply] = []
         self.result_awaited = False  # a submit of this step waits for its job's result (submit_and_wait)
 
+    def await_result(self) -> None:
+        """A submit of this step waits for its job's result: the job goes out before the replies."""
+        self.result_awaited = True
+
     def answer(self, conn: Conn, reply: dict[str, Any], durable: bool) -> None:
         self.replies.append((conn, reply, durable))
 

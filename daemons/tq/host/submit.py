@@ -81,7 +81,7 @@ class Admission:
         reply: dict[str, Any] = {"ids": ids, "existing": existing} if existing else {"ids": ids}
         if wait_for is not None:  # the waiter's answer follows this one (see on_final, expire)
             self.waiters.wait(ids[0], conn, rid, float(wait_for))
-            self.ledger.result_awaited = True
+            self.ledger.await_result()
             reply["more"] = True
         return reply
 
