@@ -5,7 +5,8 @@ workers, queues, schedules, pause, resume, config check), follow.py (events, wat
 commands' options beside their handlers, render.py formats what they print, complete.py completes them in bash.
 
 Exit status: 0 ok, 1 job failed, 2 usage or refused, 3 host not reachable,
-4 permission denied, 5 not found, 6 timeout.
+4 permission denied, 5 not found, 6 timeout, 7 internal error in tq-host.
+(They come from the error codes' table, tq.control.ERRORS.)
 """
 
 from __future__ import annotations
