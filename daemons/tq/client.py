@@ -56,8 +56,17 @@ class JobTimeout(TqError, TimeoutError):
         self.pending = pending or []
 
 
-_ERRORS: dict[str, type[TqError]] = {"not_found": NotFound, "timeout": JobTimeout, "unavailable": HostUnreachable,
-                                     "permission": PermissionDenied}
+class InternalError(TqError):
+    """A fault inside tq-host (a bug; its journal says more), not in the request."""
+
+    exit_code = control.EXIT_INTERNAL
+
+
+# A refusal's code -> its exception: the one whose exit status control.ERRORS gives the code (Refused for a code
+# this client does not know).
+_BY_EXIT: dict[int, type[TqError]] = {e.exit_code: e for e in (Refused, HostUnreachable, PermissionDenied, NotFound,
+                                                               JobTimeout, InternalError)}
+_ERRORS: dict[str, type[TqError]] = {code: _BY_EXIT[e.exit_status] for code, e in control.ERRORS.items()}
 
 
 class Client:

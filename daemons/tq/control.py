@@ -3,32 +3,52 @@
 A Unix stream socket (`host.socket`, mode 0660, group tq), so the kernel checks
 access and SO_PEERCRED tells the host who submitted. Each request and reply is
 one line of JSON; a reply carries the request's `rid`. Errors carry a `code`
-that the client maps to an exception and tqctl to an exit status.
+that the client maps to an exception and tqctl to an exit status: ERRORS, the
+one table of codes, says for each its exit status, its HTTP status (for a
+gateway) and what it means.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_LINE = 64 * 1024 * 1024
 
-# error codes -> tqctl exit status (SPEC §3)
-EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_PERMISSION, EXIT_NOT_FOUND, EXIT_TIMEOUT = range(1, 7)
-CODE_EXIT = {
-    "bad_request": EXIT_USAGE,
-    "unknown_task": EXIT_USAGE,
-    "too_large": EXIT_USAGE,
-    "conflict": EXIT_USAGE,
-    "not_found": EXIT_NOT_FOUND,
-    "timeout": EXIT_TIMEOUT,
-    "unavailable": EXIT_UNREACHABLE,
-    "permission": EXIT_PERMISSION,
+# tqctl's exit statuses (SPEC §3; 0 is ok, 130 interrupted)
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_PERMISSION, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_INTERNAL = range(1, 8)
+
+
+class ErrorCode(NamedTuple):
+    """What a refusal's code means, and how each client says it. (A NamedTuple: dataclasses would cost tqctl's
+    start some milliseconds.)"""
+
+    exit_status: int  # tqctl's (the client's exception carries it as `exit_code`)
+    http_status: int  # a gateway's
+    meaning: str
+
+
+# Every code tq-host refuses a request with. HTTP: unknown_task is 422 (the request is well formed, the name
+# unknown) where bad_request is 400; timeout is 504, the answer did not come in time, and not 408, which says the
+# client was slow to send and lets HTTP clients repeat the request (a repeated submit-and-wait submits again).
+ERRORS: dict[str, ErrorCode] = {
+    "bad_request": ErrorCode(EXIT_USAGE, 400, "the request is malformed: not JSON, a field missing or mistyped, a "
+                                              "value out of range"),
+    "unknown_task": ErrorCode(EXIT_USAGE, 422, "no task of that name in the configuration"),
+    "too_large": ErrorCode(EXIT_USAGE, 413, "a job's message exceeds the queue's message size"),
+    "conflict": ErrorCode(EXIT_USAGE, 409, "the job's state does not allow it (retry a running job, submit after a "
+                                           "dead one)"),
+    "not_found": ErrorCode(EXIT_NOT_FOUND, 404, "no such job"),
+    "timeout": ErrorCode(EXIT_TIMEOUT, 504, "a wait ran out of time; the job stays submitted"),
+    "unavailable": ErrorCode(EXIT_UNREACHABLE, 503, "tq-host cannot serve it now (out of resources, or its store "
+                                                    "failed); the same request may succeed later"),
+    "permission": ErrorCode(EXIT_PERMISSION, 403, "the access rules refuse the caller"),
+    "internal": ErrorCode(EXIT_INTERNAL, 500, "a fault inside tq-host (a bug, in its journal); not the request's"),
 }
 
 
 class RequestError(Exception):
-    """A request the host refuses: `code` is one of CODE_EXIT's keys."""
+    """A request the host refuses: `code` is one of ERRORS' keys."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

@@ -1,0 +1,156 @@
+"""tqctl's commands that follow the host: events (the last ones, or --follow), watch (the status line again
+when events change it) and metrics (Prometheus text, printed or written to a file for node_exporter)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..client import Client, HostUnreachable, Refused
+from . import options, render
+
+if TYPE_CHECKING:
+    from .options import Parser, Register, Subcommands
+
+
+def _add_events(sub: Subcommands, common: Parser) -> None:
+    ev = sub.add_parser("events", parents=[common], help="job and worker events: the last ones, or as they happen "
+                        "with --follow")
+    ev.set_defaults(handler=_cmd_events)
+    ev.add_argument("--follow", "-f", action="store_true", help="print events as they happen, until interrupted")
+    ev.add_argument("--job", type=int, metavar="ID", help="only this job's events")
+    ev.add_argument("--task", help="only this task's events")
+    ev.add_argument("--queue", help="only this queue's events (and its workers')")
+    ev.add_argument("--limit", "-n", type=int, metavar="N", help="how many of the last events first (default: "
+                    "100, or 10 with --follow; the host keeps the last 1000)")
+
+
+def _cmd_events(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    filters: dict[str, Any] = {"job": args.job, "task": args.task, "queue": args.queue}
+    limit = max(0, args.limit if args.limit is not None else (10 if args.follow else 100))
+    if not args.follow:
+        for e in client.events(**filters, limit=limit):
+            print(json.dumps(e) if as_json else _event_text(e))
+        return 0
+    out = sys.stdout.buffer
+    stream = client.subscribe(**filters, recent=limit)  # a host that is not there: exit 3 now
+    while True:
+        try:
+            for chunk in stream:
+                # --json: the host's lines as they are (no parsing: a reader that keeps up misses less)
+                out.write(chunk if as_json else
+                          "".join(_event_text(json.loads(line)) + "\n" for line in chunk.splitlines()).encode())
+                out.flush()
+        except HostUnreachable as e:
+            print(f"tqctl: {e}; following again once it is back", file=sys.stderr, flush=True)
+        while True:  # until the host is back (a restart, an upgrade): its events meanwhile are not known
+            time.sleep(1.0)
+            try:
+                stream = client.subscribe(**filters)
+                break
+            except HostUnreachable:
+                continue
+
+
+def _event_text(e: dict[str, Any]) -> str:
+    """One event as a line: local time with milliseconds, what happened, where."""
+    ts = e.get("ts")
+    when = "-" if ts is None else time.strftime("%b %d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+    if "missed" in e:
+        return f"{when}  ... {e['missed']} event(s) missed: this reader fell behind"
+    detail = f": {e['detail']}" if e.get("detail") else ""
+    if "job" in e:
+        where = f"task={e['task']} queue={e['queue']}" + (f" attempt={e['attempt']}" if "attempt" in e else "")
+        where += f" worker={e['worker']}" if e.get("worker") else ""
+        return f"{when}  job {e['job']} {e['event']}  {where}{detail}"
+    return f"{when}  worker {e.get('worker')} {e['event']}  queues={','.join(e.get('queues', []))}{detail}"
+
+
+def _add_metrics(sub: Subcommands, common: Parser) -> None:
+    m = sub.add_parser("metrics", parents=[common], help="the host's metrics in the Prometheus text format (--json: "
+                       "the host's snapshot they are made from)")
+    m.set_defaults(handler=_cmd_metrics)
+    m.add_argument("--output", "-o", metavar="FILE", help="write them to FILE atomically (for node_exporter's "
+                   "textfile collector) instead of printing them")
+
+
+def _cmd_metrics(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    if as_json and not args.output:
+        render.out(client.metrics())
+        return 0
+    try:
+        text = client.metrics_text().encode()  # written by tq-host: this process need not load the client library
+        up = True
+    except HostUnreachable as e:  # still a file that says so (tq_up 0): an alert needs no stale-file rule
+        print(f"tqctl: {e}", file=sys.stderr)
+        from .. import metrics  # the Prometheus client library, only to say tq_up 0
+
+        text, up = metrics.render(None), False
+    if args.output:
+        try:
+            _write_atomically(args.output, text)
+        except OSError as e:
+            raise Refused(f"cannot write {args.output}: {e.strerror or e}") from None
+    else:
+        sys.stdout.buffer.write(text)
+    return 0 if up else HostUnreachable.exit_code
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Replace `path` with `data` at once (a temporary file beside it, renamed): node_exporter never reads half a
+    file. The temporary name does not end in .prom, so the textfile collector skips it."""
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), 0o644)  # node_exporter runs as its own user
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _add_watch(sub: Subcommands, common: Parser) -> None:
+    w = sub.add_parser("watch", parents=[common], help="show the status line, again whenever events change it")
+    w.set_defaults(handler=_cmd_watch)
+    w.add_argument("--interval", type=options.duration, default=1.0, help="at most one line per INTERVAL (default 1s)")
+
+
+def _cmd_watch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    """The status line now, and again after events, at most once per --interval: no polling while idle."""
+    with Client(socket_path=client.socket_path) as feed:
+        stream = feed.subscribe()
+        changed, last = True, 0.0
+        while True:
+            now = time.monotonic()
+            if changed and now - last >= args.interval:
+                _status_line(client.status(), as_json)
+                changed, last = False, now
+            timeout = max(0.0, last + args.interval - now) if changed else None
+            if select.select([feed.fileno()], [], [], timeout)[0]:
+                next(stream)  # the socket has data: this reads it (and blocks only for the rest of a line)
+                changed = True
+
+
+def _status_line(st: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(st), flush=True)
+        return
+    s = st["states"]
+    print(f"{time.strftime('%H:%M:%S')}  queued {s['queued']}  running {s['running']}  "
+          f"waiting {s['delayed'] + s['failed'] + s.get('deferred', 0)}  done {s['done']}  dead {s['dead']}  "
+          f"workers {st['workers_live']}", flush=True)
+
+
+COMMANDS: dict[str, Register] = {"events": _add_events, "metrics": _add_metrics, "watch": _add_watch}

@@ -1,0 +1,317 @@
+"""tqctl's commands on jobs: submit (one, --batch, --then, --exchange, --wait), result, list, show, cancel and
+retry; each command's options beside its handler."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import control
+from ..client import Client, JobTimeout, Refused
+from ..states import FINAL, JobState
+from ..usage import describe as describe_usage
+from . import options, render
+
+if TYPE_CHECKING:
+    from .options import Handler, Parser, Register, Subcommands
+
+
+BATCH_CHUNK = 5000  # jobs per request (and per commit) in submit --batch
+
+
+def _add_submit(sub: Subcommands, common: Parser) -> None:
+    s = sub.add_parser("submit", parents=[common], help="submit a job; prints its id (or its result with --wait)")
+    s.add_argument("task", nargs="?")
+    s.add_argument("args", nargs="*", metavar="ARG")
+    s.add_argument("--batch", metavar="FILE", help="submit the jobs in FILE ('-': stdin), one JSON object per line "
+                   "with task, args and the options below; prints their ids, one per line")
+    s.add_argument("--queue")
+    s.add_argument("--priority", type=int)
+    s.add_argument("--delay", type=options.duration, default=0.0, help="run after this long (e.g. 30s, 5m)")
+    s.add_argument("--at", type=options.iso_time, metavar="TIME", help="run at this time (ISO 8601; local time "
+                   "without an offset); a time past runs at once")
+    s.add_argument("--unique", metavar="KEY", help="while a job submitted with KEY is open, print its id and "
+                   "create nothing")
+    s.add_argument("--then", action="append", metavar="'TASK [ARG...]'", help="a next step: it runs when the one "
+                   "before is done, with its result as payload (repeat for more); a step that fails cancels the rest")
+    s.add_argument("--after", type=int, metavar="ID", help="wait until job ID is done (cancelled if it is not)")
+    s.add_argument("--exchange", metavar="NAME", help="submit through [exchanges.NAME]: one job per bound queue "
+                   "that --key matches; prints every id")
+    s.add_argument("--key", default="", help="the routing key for --exchange (e.g. orders.created)")
+    s.add_argument("--timeout", type=options.duration, help="kill an attempt running longer than this")
+    s.add_argument("--retries", type=int, help="attempts after the first")
+    s.add_argument("--payload", help="payload text, given to a command on stdin ('-' reads stdin)")
+    s.add_argument("--wait", action="store_true", help="wait for the job and print its result")
+    s.add_argument("--wait-timeout", type=options.duration, help="give up waiting after this long (exit 6)")
+    s.set_defaults(handler=_cmd_submit)
+
+
+def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    if args.batch is not None:
+        return _submit_batch(client, args, as_json)
+    if args.task is None:
+        raise Refused("submit needs TASK (or --batch FILE)")
+    payload = sys.stdin.read() if args.payload == "-" else args.payload
+    if args.at is not None and args.delay:
+        raise Refused("give --delay or --at, not both")
+    if args.then:
+        if args.wait or args.exchange is not None:
+            raise Refused("--then takes no --wait or --exchange (tqctl result --wait LAST_ID waits for the chain)")
+        first = _spec_of(args, payload)
+        steps = [first] + [_then(text) for text in args.then]
+        ids = client.chain(*steps)
+        render.out({"ids": ids}) if as_json else print("\n".join(map(str, ids)))
+        return 0
+    if args.exchange is not None:
+        if args.queue is not None or args.wait or args.unique is not None:
+            raise Refused("--exchange chooses the queues: it takes no --queue, --wait or --unique")
+        ids = client.publish(args.exchange, args.key, args.task, *args.args, priority=args.priority,
+                             delay=args.delay, timeout=args.timeout, retries=args.retries, payload=payload, at=args.at)
+        render.out({"ids": ids}) if as_json else print("\n".join(map(str, ids)))
+        return 0
+    jid = client.submit(args.task, *args.args, queue=args.queue, priority=args.priority, delay=args.delay,
+                        timeout=args.timeout, retries=args.retries, payload=payload, at=args.at, unique=args.unique,
+                        after=args.after)
+    if not args.wait:
+        render.out({"id": jid}) if as_json else print(jid)
+        return 0
+    return _finish(_wait(client, jid, args.wait_timeout), as_json)
+
+
+def _spec_of(args: argparse.Namespace, payload: str | None) -> dict[str, Any]:
+    """The job of `tqctl submit TASK ARG...` with its options, as a job spec."""
+    fields = {"queue": args.queue, "priority": args.priority, "delay": args.delay or None, "timeout": args.timeout,
+              "retries": args.retries, "payload": payload, "at": args.at, "unique": args.unique, "after": args.after}
+    return {"task": args.task, "args": list(args.args)} | {k: v for k, v in fields.items() if v is not None}
+
+
+def _then(text: str) -> dict[str, Any]:
+    import shlex
+
+    words = shlex.split(text)
+    if not words:
+        raise Refused("--then needs a task name")
+    return {"task": words[0], "args": words[1:]}
+
+
+def _submit_batch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    """JSON lines in, ids out; each chunk is one request and one commit."""
+    source = sys.stdin if args.batch == "-" else open(args.batch, encoding="utf-8")
+    ids: list[int] = []
+    chunk: list[dict[str, Any]] = []
+    with source:
+        for number, line in enumerate(source, 1):
+            if not line.strip():
+                continue
+            try:
+                spec = json.loads(line)
+            except ValueError as e:
+                raise Refused(f"{args.batch}: line {number}: not JSON: {e}") from None
+            if not isinstance(spec, dict) or "task" not in spec:
+                raise Refused(f"{args.batch}: line {number}: expected an object with a \"task\"")
+            chunk.append(spec)
+            if len(chunk) == BATCH_CHUNK:
+                ids += client.submit_many(chunk)
+                chunk = []
+    if chunk:
+        ids += client.submit_many(chunk)
+    if as_json:
+        render.out({"ids": ids})
+    else:
+        sys.stdout.write("".join(f"{i}\n" for i in ids))
+    return 0
+
+
+def _wait(client: Client, jid: int, timeout: float | None) -> dict[str, Any]:
+    """Wait for a job, showing its state on a terminal while it takes long."""
+    if not sys.stderr.isatty():
+        return client.wait(jid, timeout=timeout)
+    start = time.monotonic()
+    try:
+        while True:
+            left = None if timeout is None else timeout - (time.monotonic() - start)
+            step = 1.0 if left is None else max(0.0, min(1.0, left))
+            try:
+                return client.wait(jid, timeout=step)
+            except JobTimeout:
+                if left is not None and left <= step:
+                    raise
+            job = client.get(jid)
+            print(f"\rjob {jid}: {job['state']}, attempt {job['attempts']}, "
+                  f"{time.monotonic() - start:.0f}s ", end="", file=sys.stderr, flush=True)
+    finally:
+        if time.monotonic() - start >= 1.0:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def _finish(job: dict[str, Any], as_json: bool) -> int:
+    """Print a finished job's result; exit 1 unless it is done."""
+    if as_json:
+        render.out(job)
+    elif job["state"] == "done":
+        print(job["result"])
+    else:
+        print(f"tqctl: job {job['id']} {job['state']}: {job.get('error') or ''}".rstrip(": "), file=sys.stderr)
+    return 0 if job["state"] == "done" else control.EXIT_FAILED
+
+
+def _add_result(sub: Subcommands, common: Parser) -> None:
+    r = sub.add_parser("result", parents=[common], help="print a job's result (several: one line each, ID: result)")
+    r.set_defaults(handler=_cmd_result)
+    r.add_argument("ids", type=int, nargs="+", metavar="ID")
+    r.add_argument("--wait", action="store_true", help="wait until the job (every job, in one request) has finished")
+    r.add_argument("--wait-timeout", type=options.duration)
+
+
+def _cmd_result(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    if len(args.ids) > 1:
+        return _results(client, args, as_json)
+    jid = args.ids[0]
+    job = _wait(client, jid, args.wait_timeout) if args.wait else client.get(jid)
+    if job["state"] not in FINAL:
+        message = f"job {jid} has not finished (it is {job['state']}); use --wait"
+        render.error(message, as_json, control.EXIT_TIMEOUT)
+        return control.EXIT_TIMEOUT
+    return _finish(job, as_json)
+
+
+def _results(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    """Several jobs: `ID: result` per line in the order given (failures on stderr); the exit status is the
+    worst: 6 if one has not finished, else 1 if one is not done, else 0."""
+    ids = list(dict.fromkeys(args.ids))
+    if args.wait:
+        try:
+            jobs = client.wait_many(ids, timeout=args.wait_timeout)
+        except JobTimeout as e:
+            jobs = e.finished | {i: client.get(i) for i in e.pending}
+    else:
+        jobs = {i: client.get(i) for i in ids}
+    if as_json:
+        render.out([jobs[i] for i in ids])
+    for job in ([] if as_json else [jobs[i] for i in ids]):
+        i = job["id"]
+        if job["state"] == "done":
+            print(f"{i}: {job['result']}")
+        elif job["state"] in FINAL:
+            print(f"tqctl: job {i} {job['state']}: {job.get('error') or ''}".rstrip(": "), file=sys.stderr)
+        else:
+            print(f"tqctl: job {i} has not finished (it is {job['state']})", file=sys.stderr)
+    states = [jobs[i]["state"] for i in ids]
+    if any(state not in FINAL for state in states):
+        return control.EXIT_TIMEOUT
+    return 0 if all(state == "done" for state in states) else control.EXIT_FAILED
+
+
+def _add_list(sub: Subcommands, common: Parser) -> None:
+    ls = sub.add_parser("list", parents=[common], help="list jobs, newest first")
+    ls.set_defaults(handler=_cmd_list)
+    ls.add_argument("--state", choices=[s.value for s in JobState])
+    ls.add_argument("--queue")
+    ls.add_argument("--task")
+    ls.add_argument("--limit", type=int, default=50)
+
+
+def _cmd_list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    jobs = client.list_jobs(state=args.state, queue=args.queue, task=args.task, limit=args.limit)
+    if render.out_or_none(jobs, as_json, "no jobs"):
+        return 0
+    rows = [["ID", "STATE", "TASK", "QUEUE", "PRIO", "TRIES", "AGE", "WORKER", "RESULT"]]
+    for j in jobs:
+        outcome = j["result"] if j["state"] == "done" else (j["error"] or "")
+        rows.append([str(j["id"]), j["state"], j["task"], j["queue"], str(j["priority"]), str(j["attempts"]),
+                     render.age(j["created_at"]), j["worker"] or "-", (outcome or "").replace("\n", " ")[:40]])
+    render.table(rows)
+    return 0
+
+
+def _add_show(sub: Subcommands, common: Parser) -> None:
+    c = sub.add_parser("show", parents=[common], help="show one job")
+    c.add_argument("id", type=int)
+    c.set_defaults(handler=_cmd_show)
+
+
+def _cmd_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    job = client.get(args.id)
+    if as_json:
+        render.out(job)
+        return 0
+    for key in ("id", "task", "args", "payload", "queue", "priority", "state", "attempts", "retries", "timeout",
+                "handler", "unique", "parent", "children", "worker", "submitter", "created_at", "run_at",
+                "started_at", "finished_at", "usage", "result", "error"):
+        value = job.get(key)
+        if key.endswith("_at") and value is not None:
+            when = f"{render.age(value)} ago" if value <= time.time() else f"in {render.age(2 * time.time() - value)}"
+            value = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(value))} ({when})"
+        elif key in ("args", "payload", "handler"):
+            value = json.dumps(value)
+        elif key == "usage":
+            value = describe_usage(value).removeprefix("; ") if value else None
+        elif key == "children":
+            value = " ".join(map(str, value)) if value else None
+        print(f"{key + ':':<12} {'-' if value is None else value}")
+    return 0
+
+
+def _add_bulk(sub: Subcommands, common: Parser, name: str, text: str, handler: Handler) -> None:
+    """cancel and retry: one job by ID, or every job that matches the filters."""
+    c = sub.add_parser(name, parents=[common], help=text)
+    c.add_argument("id", type=int, nargs="?")
+    c.add_argument("--state", choices=[s.value for s in JobState])
+    c.add_argument("--task")
+    c.add_argument("--queue")
+    c.add_argument("--older-than", type=options.duration, metavar="AGE", help="submitted at least this long ago")
+    c.set_defaults(handler=handler)
+
+
+def _add_cancel(sub: Subcommands, common: Parser) -> None:
+    _add_bulk(sub, common, "cancel", "cancel a job (a running one is stopped first), or all that match", _cmd_cancel)
+
+
+def _add_retry(sub: Subcommands, common: Parser) -> None:
+    _add_bulk(sub, common, "retry", "run a dead, failed or cancelled job again, or all that match", _cmd_retry)
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The bulk filters given; a usage error with an id beside them, or with neither."""
+    filters = {"state": args.state, "task": args.task, "queue": args.queue, "older_than": args.older_than}
+    given = {k: v for k, v in filters.items() if v is not None}
+    if (args.id is None) == (not given):
+        raise Refused(f"{args.command} takes a job ID, or filters (--state --task --queue --older-than), not both")
+    return given
+
+
+def _bulk_done(reply: dict[str, Any], text: str, as_json: bool) -> int:
+    if as_json:
+        render.out({"count": len(reply["ids"]), **reply})
+    else:
+        refused = f"; {reply['refused']} matching job(s) are not yours to change" if reply["refused"] else ""
+        print(text.format(len(reply["ids"])) + refused)
+    return 0
+
+
+def _cmd_cancel(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    if filters := _filters(args):
+        return _bulk_done(client.cancel_matching(**filters), "cancelled {} job(s)", as_json)
+    job = client.cancel(args.id)
+    if as_json:
+        render.out(job)
+    elif job["stopping"]:
+        print(f"job {args.id} is running on worker {job['worker']}: stopping it; it ends cancelled")
+    else:
+        print(f"job {args.id} cancelled")
+    return 0
+
+
+def _cmd_retry(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    if filters := _filters(args):
+        return _bulk_done(client.retry_matching(**filters), "queued {} job(s) again", as_json)
+    job = client.retry(args.id)
+    render.out(job) if as_json else print(f"job {args.id} queued again")
+    return 0
+
+
+COMMANDS: dict[str, Register] = {"submit": _add_submit, "list": _add_list, "show": _add_show, "cancel": _add_cancel,
+                                 "retry": _add_retry, "result": _add_result}

@@ -1,0 +1,44 @@
+"""What tqctl's command modules share to declare their commands: the parser class, the argument types (durations,
+times) and the shapes of a command's registration and handler."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from .. import configfiles, control
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits 2 already; keep one line
+        self.exit(control.EXIT_USAGE, f"{self.prog}: {message}\n")
+
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..client import Client
+
+    Subcommands: TypeAlias = argparse._SubParsersAction[Parser]
+    # adds one command's parser to tqctl's subcommands; `common` is the parent that gives it --json
+    Register: TypeAlias = Callable[[Subcommands, Parser], None]
+    # a command: the exit status
+    Handler: TypeAlias = Callable[[Client, argparse.Namespace, bool], int]
+
+
+def duration(text: str) -> float:
+    try:
+        return configfiles.parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def iso_time(text: str) -> float:
+    """An ISO 8601 time (`2026-12-01T09:00:00+01:00`; without an offset, local time): seconds since the epoch."""
+    import datetime  # (only --at needs it: tqctl starts faster without)
+
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r} (e.g. 2026-12-01T09:00:00+01:00, or "
+                                         "2026-12-01 09:00 in local time)") from None

@@ -1,0 +1,164 @@
+"""tqctl's commands on the whole: status, workers, queues, schedules, pause and resume, and config check (which
+reads the configuration, not the host)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import TYPE_CHECKING
+
+from .. import control
+from ..client import Client
+from . import render
+
+if TYPE_CHECKING:
+    from .options import Parser, Register, Subcommands
+
+
+def _add_status(sub: Subcommands, common: Parser) -> None:
+    sub.add_parser("status", parents=[common], help="host, job counts and workers").set_defaults(handler=_cmd_status)
+
+
+def _cmd_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    st = client.status()
+    if as_json:
+        render.out(st)
+        return 0
+    states = st["states"]
+    print(f"tq-host {st['version']} (pid {st['pid']}), up {render.age(time.time() - st['uptime'])}")
+    print("jobs:    " + "  ".join(f"{k} {v}" for k, v in states.items()))
+    print(f"workers: {st['workers_live']} live of {st['workers_known']} known")
+    print(f"malformed messages dropped: {st['malformed_messages']}")
+    for note in st.get("mqueue", {}).get("limited", []):
+        print(f"queue limits: {note}")
+    return 0
+
+
+def _add_workers(sub: Subcommands, common: Parser) -> None:
+    sub.add_parser("workers", parents=[common], help="the workers the host knows").set_defaults(handler=_cmd_workers)
+
+
+def _cmd_workers(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    workers = client.workers()
+    if render.out_or_none(workers, as_json, "no workers have said hello"):
+        return 0
+    rows = [["WORKER", "STATE", "PID", "QUEUES", "UP", "RSS", "CPU", "FDS", "DONE", "FAILED", "JOB", "SEEN"]]
+    for w in workers:
+        m = w.get("monitor") or {}  # none from a worker of the previous release: what the host itself knows
+        job = m.get("job")
+        if job:
+            text = f"{job['id']} {job['task']}" + (f" (try {job['attempt']})" if job.get("attempt", 1) > 1 else "")
+            text += f" {render.span(job.get('elapsed_seconds'))}"
+            tree = job.get("tree")
+            if tree:
+                text += (f", {tree['processes']} procs {render.byte_size(tree['rss_bytes'])} "
+                         f"cpu {tree['cpu_seconds']:.1f}s")
+        else:
+            text = str(w["running"] or "-")
+        cpu = "-" if m.get("cpu_seconds") is None else f"{m['cpu_seconds']:.1f}s"
+        if m.get("cpu_percent") is not None:
+            cpu += f" {m['cpu_percent']:.0f}%"
+        rows.append([w["instance"], w["state"], str(w["pid"]), ",".join(w["queues"]),
+                     render.span(m.get("uptime_seconds")), render.byte_size(m.get("rss_bytes")), cpu,
+                     "-" if m.get("fds") is None else str(m["fds"]),
+                     str(m.get("jobs_done", w["done"])), str(m.get("jobs_failed", "-")), text,
+                     f"{w['seen_ago']:.1f}s ago"])
+    render.table(rows)
+    return 0
+
+
+def _add_pause(sub: Subcommands, common: Parser) -> None:
+    q = sub.add_parser("pause", parents=[common], help="dispatch nothing more from QUEUE (submits are taken; "
+                       "running jobs finish)")
+    q.add_argument("queue", metavar="QUEUE")
+    q.set_defaults(handler=_cmd_pause)
+
+
+def _add_resume(sub: Subcommands, common: Parser) -> None:
+    q = sub.add_parser("resume", parents=[common], help="dispatch from a paused QUEUE again")
+    q.add_argument("queue", metavar="QUEUE")
+    q.set_defaults(handler=_cmd_pause)
+
+
+def _cmd_pause(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    reply = client.pause(args.queue) if args.command == "pause" else client.resume(args.queue)
+    if as_json:
+        render.out(reply)
+    else:
+        state = "paused" if reply["paused"] else "resumed"
+        print(f"queue {args.queue} {state}" + ("" if reply["changed"] else f" (it already was {state})"))
+    return 0
+
+
+def _add_queues(sub: Subcommands, common: Parser) -> None:
+    sub.add_parser("queues", parents=[common], help="every queue: its jobs by state, oldest queued, paused, "
+                   "which workers serve it").set_defaults(handler=_cmd_queues)
+
+
+def _cmd_queues(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    queues = client.queues()
+    if as_json:
+        render.out(queues)
+        return 0
+    rows = [["QUEUE", "QUEUED", "RUNNING", "WAITING", "OLDEST", "PAUSED", "LIMITS", "WORKERS"]]
+    for q in queues:
+        n = q["states"]
+        oldest = "-" if q["oldest_queued_age"] is None else render.age(time.time() - q["oldest_queued_age"])
+        workers = ",".join(q["workers"]) or ("none: no live worker serves it" if q["unserved"] else "-")
+        limits = ", ".join(([f"{q['concurrency']} at once"] if q["concurrency"] else [])
+                           + ([f"{q['rate']:g}/s"] if q["rate"] else [])) or "-"
+        rows.append([q["queue"], str(n.get("queued", 0)), str(n.get("running", 0)),
+                     str(n.get("delayed", 0) + n.get("failed", 0)), oldest, "yes" if q["paused"] else "no",
+                     limits, workers])
+    render.table(rows)
+    return 0
+
+
+def _add_schedules(sub: Subcommands, common: Parser) -> None:
+    sub.add_parser("schedules", parents=[common], help="every schedule: next run, last run and its job"
+                   ).set_defaults(handler=_cmd_schedules)
+
+
+def _cmd_schedules(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    schedules = client.schedules()
+    if render.out_or_none(schedules, as_json, "no schedules ([schedules.NAME] in the configuration)"):
+        return 0
+
+    def local(ts: float | None) -> str:
+        return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+    rows = [["SCHEDULE", "WHEN", "TASK", "NEXT RUN", "LAST RUN", "LAST JOB"]]
+    for sc in schedules:
+        when = sc["cron"] or f"every {sc['every']:g}s"
+        if sc["timezone"]:
+            when += f" ({sc['timezone']})"
+        last = "-" if sc["last_job"] is None else f"{sc['last_job']} ({sc['last_state']})"
+        rows.append([sc["name"], when, sc["task"], local(sc["next_run"]), local(sc["last_run"]), last])
+    render.table(rows)
+    return 0
+
+
+def _add_config(sub: Subcommands, common: Parser) -> None:
+    cfg = sub.add_parser("config", parents=[common], help="configuration")
+    cfg.add_argument("action", choices=("check",), help="check: validate the configuration (exit 0 or 2)")
+    cfg.set_defaults(handler=None)  # it reads the configuration, not the host
+
+
+def config_check(args: argparse.Namespace, as_json: bool) -> int:
+    from .. import config  # the whole validation: only this command needs it
+
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as e:
+        render.error(str(e), as_json, control.EXIT_USAGE)
+        return control.EXIT_USAGE
+    if as_json:
+        render.out({"ok": True, "files": list(cfg.files), "tasks": [t.name for t in cfg.tasks]})
+    else:
+        print(f"configuration ok: {', '.join(cfg.files)} ({len(cfg.tasks)} task(s))")
+    return 0
+
+
+COMMANDS: dict[str, Register] = {"status": _add_status, "workers": _add_workers, "pause": _add_pause,
+                                 "resume": _add_resume, "queues": _add_queues, "schedules": _add_schedules,
+                                 "config": _add_config}
