@@ -89,8 +89,8 @@ def test_tqctl_exits_7_with_one_line_and_no_traceback_on_a_fault_inside_the_host
 
 
 def test_every_code_the_host_sends_is_in_the_table() -> None:
-    """The codes in RequestError("code", ...), _refuse(..., "code", ...) and {"code": "code"} in tq's source."""
-    patterns = (r'RequestError\(\s*"(\w+)"', r'_refuse\([^()]*?"(\w+)"', r'"code":\s*"(\w+)"')
+    """The codes in RequestError("code", ...), refuse(..., "code", ...) and {"code": "code"} in tq's source."""
+    patterns = (r'RequestError\(\s*"(\w+)"', r'refuse\([^()]*?"(\w+)"', r'"code":\s*"(\w+)"')
     sent = {code for path in SOURCE.rglob("*.py") for pattern in patterns
             for code in re.findall(pattern, path.read_text())}
     assert {"bad_request", "not_found", "unavailable", "timeout", "permission"} <= sent  # the search finds them
