@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tq import config, log, protocol, transport
+from tq import config, configload, log, protocol, transport
 from tq.host.dispatch import Dispatcher
 from tq.host.fleet import Fleet
 from tq.host.jobs import JobTable
@@ -88,7 +88,7 @@ def make_parts(state_dir: Path, toml: str = '[tasks."#"]\nhandler = "echo"\n') -
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "tq.toml"
     path.write_text(f'[host]\nstate_dir = "{state_dir}"\nsocket = "{state_dir}/tq.sock"\n{toml}')
-    cfg = config.load(str(path))
+    cfg = configload.load(str(path))
     logger = logging.getLogger("tq-host.test")
     store = Store(str(state_dir))
     jobs = JobTable(store, log.JobEvents(logger, "none", 1))

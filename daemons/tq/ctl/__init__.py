@@ -166,11 +166,11 @@ def _out(obj: Any) -> None:
 
 
 def _config_check(args: argparse.Namespace, as_json: bool) -> int:
-    from .. import config  # the whole validation: only this command needs it
+    from .. import configload  # the whole validation: only this command needs it
 
     try:
-        cfg = config.load(args.config)
-    except config.ConfigError as e:
+        cfg = configload.load(args.config)
+    except configload.ConfigError as e:
         _error(str(e), as_json, control.EXIT_USAGE)
         return control.EXIT_USAGE
     if as_json:

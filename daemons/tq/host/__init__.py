@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from .. import __version__, config, control, limits, monitor, protocol, transport
+from .. import __version__, config, configload, control, limits, monitor, protocol, transport
 from ..daemon import Daemon, StartError
 from ..log import Burst
 from ..states import JobState
@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = config.load(args.config)
+        cfg = configload.load(args.config)
     except config.ConfigError as e:
         print(f"tq-host: {e}", file=sys.stderr)
         return 2
