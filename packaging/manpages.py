@@ -4,7 +4,7 @@
 tqctl(1), tq-host(8) and tq-worker(8) come from the programs' own argparse parsers (`build_parser()` in
 tq.ctl, tq.host and tq.worker): a new subcommand or option is in the next package's man page without anyone
 editing a page. tq.toml(5) comes from README.md's "Configuration" section, the configuration reference,
-which tests/unit/test_manpages.py holds to the keys config.py accepts.
+which tests/unit/test_manpages.py holds to the keys configload.py accepts.
 
 Debian's argparse-manpage (1.2.2 in bookworm) writes every page as section 1, lists subcommands that --help
 hides, and breaks lines in the middle of sentences; argparse's own formatter and this file do better.

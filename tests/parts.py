@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tq import config, log, protocol, transport
+from tq import config, configload, log, protocol, transport
 from tq.host.assembly import HostParts, assemble
 from tq.host.records import JobRecord
 
@@ -92,7 +92,7 @@ def make_parts(state_dir: Path, toml: str = '[tasks."#"]\nhandler = "echo"\n') -
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "tq.toml"
     path.write_text(f'[host]\nstate_dir = "{state_dir}"\nsocket = "{state_dir}/tq.sock"\n{toml}')
-    cfg = config.load(str(path))
+    cfg = configload.load(str(path))
     logger = logging.getLogger("tq-host.test")
     captured: list[Any] = []
     mq = transport.MemoryQueue("host", 64)

@@ -1,9 +1,9 @@
 """The configuration's files: which ones, their TOML merged in order, and the socket path tqctl needs.
 
-Kept apart from config.py's validation (dataclasses, every key checked), so
-that tqctl, which needs only `host.socket`, starts fast. tq-host and the
-workers validate the whole configuration at start and on reload; `tqctl config
-check` does the same.
+Kept apart from the schema (config.py's dataclasses) and its validation
+(configload.py, every key checked), so that tqctl, which needs only
+`host.socket`, starts fast. tq-host and the workers validate the whole
+configuration at start and on reload; `tqctl config check` does the same.
 """
 
 from __future__ import annotations

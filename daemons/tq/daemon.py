@@ -14,7 +14,7 @@ import signal
 from dataclasses import replace
 from typing import Any
 
-from . import config, limits, log
+from . import config, configload, limits, log
 from .notify import Notifier
 
 
@@ -83,10 +83,10 @@ class Daemon:
         self.reload_requested = False
         self.notifier.reloading()
         try:
-            new = config.reload(self.config_path, self.logger)
+            new = configload.reload(self.config_path, self.logger)
             if new is None:
                 return
-            new, pending = config.keep_for_restart(self.cfg, self.grant_queues(new), self.RESTART_KEYS)
+            new, pending = configload.keep_for_restart(self.cfg, self.grant_queues(new), self.RESTART_KEYS)
             if pending:
                 self.logger.warning("%s changed: takes effect at the next restart", ", ".join(pending))
             self.apply(new)

@@ -16,8 +16,9 @@ import sys
 import time
 from typing import Any
 
+from .events import ALWAYS
+
 _FIELDS = ("TQ_JOB_ID", "TQ_TASK", "TQ_QUEUE", "TQ_WORKER", "TQ_ATTEMPT")
-ALWAYS = {"failed", "retrying", "dead", "lost", "released"}
 
 
 def stderr_is_journal() -> bool:
@@ -73,7 +74,8 @@ class JobEvents:
     def __init__(self, logger: logging.Logger, mode: str = "all", per_second: int = 200,
                  capture: list[Any] | None = None) -> None:
         self.logger, self.mode, self.per_second = logger, mode, per_second
-        # tq-host's event stream (stream.EventStream.events): every event's fields are appended, logged or not.
+        # tq-host's event stream (stream.EventStream.events): every event's fields are appended, logged or not,
+        # in events.py's order (TIME, NAME, JOB, TASK, QUEUE, ATTEMPT, WORKER, DETAIL).
         self.capture = capture
         self.now = 0.0  # the time the captured events carry: tq-host sets it once a step (time.time())
         self._window = int(time.monotonic())  # the second whose budget is being used (tick)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from harness import Suite, wait_until
-from tq import config
+from tq import config, configload
 from tq.host import Host
 from tq.host.server import Conn
 from tq.worker import Worker
@@ -145,7 +145,7 @@ def test_a_reloaded_key_takes_effect_or_is_reported_as_needing_a_restart(suite: 
                                                                          key: str) -> None:
     base = _base(suite)
     suite.config.write_text(base)
-    host = Host(config.load(str(suite.config)), str(suite.config))
+    host = Host(configload.load(str(suite.config)), str(suite.config))
     records = Records()
     host.start()
     try:
@@ -194,7 +194,7 @@ def test_a_worker_reload_takes_effect_or_is_reported_as_needing_a_restart(suite:
     base = _base(suite) + "[worker]\nprefetch = 4\n"
     suite.config.write_text(base)
     suite.host()
-    worker = Worker(config.load(str(suite.config)), str(suite.config), "1")
+    worker = Worker(configload.load(str(suite.config)), str(suite.config), "1")
     records = Records()
     try:
         worker.start()

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parts import Parts, make_parts
-from tq import config, control, protocol
+from tq import configload, control, protocol
 from tq.host.server import Conn
 
 SCALE = int(os.environ.get("TQ_FUZZ_SCALE", "1"))
@@ -150,8 +150,8 @@ def test_fuzz_config_tables_load_or_raise_config_error(data: dict[str, Any]) -> 
     data = {k: v for k, v in data.items() if v is not None}
     clean = json.loads(json.dumps(data, default=str).replace("NaN", "0"))
     try:
-        cfg = config._build(clean, {}, ("fuzz.toml",))
-    except config.ConfigError as e:
+        cfg = configload._build(clean, {}, ("fuzz.toml",))
+    except configload.ConfigError as e:
         assert str(e).startswith("fuzz.toml: ") and "\n" not in str(e)
         return
     assert cfg.mqueue.max_messages >= 2 and 1 <= cfg.worker.prefetch <= 1024
@@ -163,6 +163,6 @@ def test_fuzz_config_text_loads_or_raises_config_error(tmp_path_factory: pytest.
     path: Path = tmp_path_factory.getbasetemp() / "fuzz.toml"
     path.write_text(text)
     try:
-        config.load(str(path))
-    except config.ConfigError as e:
+        configload.load(str(path))
+    except configload.ConfigError as e:
         assert str(e).startswith(f"{path}: ")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tq import config, configfiles
+from tq import config, configfiles, configload
 
 
 def write(tmp_path: Path, text: str, name: str = "tq.toml") -> str:
@@ -15,7 +15,7 @@ def write(tmp_path: Path, text: str, name: str = "tq.toml") -> str:
 
 
 def test_defaults_apply_without_keys(tmp_path: Path) -> None:
-    cfg = config.load(write(tmp_path, ""))
+    cfg = configload.load(write(tmp_path, ""))
     assert cfg.host.durability == "full"
     assert cfg.mqueue.max_message_size == 8192
     assert cfg.worker.queues == ("default",)
@@ -23,29 +23,29 @@ def test_defaults_apply_without_keys(tmp_path: Path) -> None:
 
 
 def test_shipped_config_is_valid_and_routes_unknown_tasks_to_echo() -> None:
-    cfg = config.load(str(Path(__file__).resolve().parents[2] / "etc/tq/tq.toml"))
+    cfg = configload.load(str(Path(__file__).resolve().parents[2] / "etc/tq/tq.toml"))
     task = cfg.task_for("task-1")
     assert task is not None and task.handler == "echo"
 
 
 def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, "[host]\nstate_dir = \n")
-    with pytest.raises(config.ConfigError) as e:
-        config.load(path)
+    with pytest.raises(configload.ConfigError) as e:
+        configload.load(path)
     assert path in str(e.value) and "line 2" in str(e.value)
 
 
 def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
     path = write(tmp_path, "[host]\nsocket = \"/tmp/x.sock\"\nsokcet = 1\n")
-    with pytest.raises(config.ConfigError) as e:
-        config.load(path)
+    with pytest.raises(configload.ConfigError) as e:
+        configload.load(path)
     assert str(e.value).startswith(f"{path}: host.sokcet: unknown key")
 
 
 def test_wrong_type_names_key_and_types(tmp_path: Path) -> None:
     path = write(tmp_path, "[mqueue]\nmax_messages = \"ten\"\n")
-    with pytest.raises(config.ConfigError) as e:
-        config.load(path)
+    with pytest.raises(configload.ConfigError) as e:
+        configload.load(path)
     assert "mqueue.max_messages: expected an integer, got a string 'ten'" in str(e.value)
 
 
@@ -53,25 +53,25 @@ def test_dropin_overrides_and_errors_name_the_dropin(tmp_path: Path) -> None:
     main = write(tmp_path, "[worker]\nqueues = [\"a\"]\n[tasks.x]\nhandler = \"echo\"\n")
     (tmp_path / "tq.d").mkdir()
     write(tmp_path, "[worker]\nqueues = [\"b\"]\n[worker.3]\nqueues = [\"mail\"]\n", "tq.d/10-queues.toml")
-    cfg = config.load(main)
+    cfg = configload.load(main)
     assert cfg.worker_for("1").queues == ("b",)
     assert cfg.worker_for("3").queues == ("mail",)
     bad = write(tmp_path, "[tasks.x]\ntimeout = \"soon\"\n", "tq.d/20-bad.toml")
-    with pytest.raises(config.ConfigError) as e:
-        config.load(main)
+    with pytest.raises(configload.ConfigError) as e:
+        configload.load(main)
     assert str(e.value).startswith(f"{bad}: tasks.x.timeout:")
 
 
 def test_task_needs_exactly_one_handler(tmp_path: Path) -> None:
     path = write(tmp_path, "[tasks.x]\nhandler = \"echo\"\ncommand = [\"true\"]\n")
-    with pytest.raises(config.ConfigError, match="give one of handler, command or python"):
-        config.load(path)
+    with pytest.raises(configload.ConfigError, match="give one of handler, command or python"):
+        configload.load(path)
 
 
 def test_prefetch_is_bounded(tmp_path: Path) -> None:
     path = write(tmp_path, "[worker]\nprefetch = 0\n")
-    with pytest.raises(config.ConfigError, match=r"worker\.prefetch: must be between 1 and 1024"):
-        config.load(path)
+    with pytest.raises(configload.ConfigError, match=r"worker\.prefetch: must be between 1 and 1024"):
+        configload.load(path)
 
 
 @pytest.mark.parametrize(("pattern", "name", "expected"), [
@@ -85,21 +85,21 @@ def test_topic_patterns(pattern: str, name: str, expected: bool) -> None:
 def test_exact_task_name_wins_over_pattern(tmp_path: Path) -> None:
     path = write(tmp_path, "[tasks.\"#\"]\nhandler = \"echo\"\n[tasks.\"mail.*\"]\nqueue = \"mail\"\n"
                            "[tasks.\"mail.send\"]\nqueue = \"urgent\"\n")
-    cfg = config.load(path)
+    cfg = configload.load(path)
     assert cfg.task_for("mail.send").queue == "urgent"  # type: ignore[union-attr]
     assert cfg.task_for("mail.bounce").queue == "default"  # type: ignore[union-attr]  # "#" comes first
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("250ms", 0.25), ("5m", 300), ("1h", 3600), (2, 2)])
 def test_durations(text: object, seconds: float) -> None:
-    assert config.parse_duration(text) == seconds
+    assert configfiles.parse_duration(text) == seconds
 
 
 def test_bad_duration() -> None:
     with pytest.raises(ValueError, match="not a duration"):
-        config.parse_duration("soon")
+        configfiles.parse_duration("soon")
     with pytest.raises(ValueError, match="infinite"):
-        config.parse_duration(float("inf"))  # TOML has inf; a task timeout must be finite
+        configfiles.parse_duration(float("inf"))  # TOML has inf; a task timeout must be finite
 
 
 def test_the_client_reads_only_host_socket_from_the_last_file_that_sets_it(tmp_path: Path) -> None:
@@ -107,8 +107,8 @@ def test_the_client_reads_only_host_socket_from_the_last_file_that_sets_it(tmp_p
     (tmp_path / "tq.d").mkdir()
     write(tmp_path, '[host]\nsocket = "/run/b.sock"\n', "tq.d/50-b.toml")
     assert configfiles.socket_path(main) == "/run/b.sock"  # a bad key elsewhere is the daemons' business
-    with pytest.raises(config.ConfigError, match="max_messages"):
-        config.load(main)
+    with pytest.raises(configload.ConfigError, match="max_messages"):
+        configload.load(main)
     write(tmp_path, "[host]\nsocket = 7\n", "tq.d/60-c.toml")
     with pytest.raises(configfiles.ConfigError, match=r"60-c.toml: host.socket: expected a path, got 7"):
         configfiles.socket_path(main)
@@ -118,7 +118,7 @@ def test_the_client_reads_only_host_socket_from_the_last_file_that_sets_it(tmp_p
 
 
 def test_task_limits_and_kill_grace_are_read_and_carried_in_the_handler_spec(tmp_path: Path) -> None:
-    cfg = config.load(write(tmp_path, '[tasks.x]\ncommand = ["true"]\nmemory_max = "512M"\ncpu_max = "90s"\n'
+    cfg = configload.load(write(tmp_path, '[tasks.x]\ncommand = ["true"]\nmemory_max = "512M"\ncpu_max = "90s"\n'
                                       'open_files_max = 64\nkill_grace = "2s"\n'))
     assert cfg.task_for("x").handler_spec() == {  # type: ignore[union-attr]
         "handler": "command", "command": ["true"], "memory_max": 512 << 20, "cpu_max": 90, "open_files_max": 64,
@@ -128,8 +128,8 @@ def test_task_limits_and_kill_grace_are_read_and_carried_in_the_handler_spec(tmp
 @pytest.mark.parametrize(("text", "error"), [('memory_max = "lots"', "is not a size"), ("memory_max = 0", "above 0"),
                                              ('cpu_max = "0s"', "at least 1s"), ("open_files_max = 1", "between 3")])
 def test_bad_task_limits_name_the_key(tmp_path: Path, text: str, error: str) -> None:
-    with pytest.raises(config.ConfigError, match=f"tasks.x.{text.split()[0]}: .*{error}"):
-        config.load(write(tmp_path, f'[tasks.x]\ncommand = ["true"]\n{text}\n'))
+    with pytest.raises(configload.ConfigError, match=f"tasks.x.{text.split()[0]}: .*{error}"):
+        configload.load(write(tmp_path, f'[tasks.x]\ncommand = ["true"]\n{text}\n'))
 
 
 @pytest.mark.parametrize(("toml", "reason"), [
@@ -148,13 +148,13 @@ def test_workflow_keys_are_checked_with_the_file_the_key_and_the_reason(tmp_path
                                                                         reason: str) -> None:
     path = tmp_path / "tq.toml"
     path.write_text(toml)
-    with pytest.raises(config.ConfigError, match=re.escape(reason)) as e:
-        config.load(str(path))
+    with pytest.raises(configload.ConfigError, match=re.escape(reason)) as e:
+        configload.load(str(path))
     assert str(e.value).startswith(str(path))
 
 
 def test_rates_read_per_second_minute_or_hour(tmp_path: Path) -> None:
     path = tmp_path / "tq.toml"
     path.write_text('[queues.a]\nrate = "30/m"\n[queues.b]\nrate = 4\n[queues.c]\nrate = "7200/h"\n')
-    cfg = config.load(str(path))
+    cfg = configload.load(str(path))
     assert [cfg.queues[q].rate for q in "abc"] == [0.5, 4.0, 2.0]

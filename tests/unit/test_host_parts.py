@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from parts import Parts, make_parts
-from tq import config, control, protocol
+from tq import configload, control, protocol
 from tq.host.dispatch import BLOCKED_BACKOFF
 from tq.host.jobs import InvalidTransition
 from tq.host.records import JobRecord
@@ -519,7 +519,7 @@ def test_a_queue_s_limits_hold_its_dispatch_back_until_a_job_ends_or_its_rate_al
 # ---- schedules ----------------------------------------------------------------------------------------------
 
 def _scheduler(parts: Parts, toml: str, now: float) -> Scheduler:
-    cfg = config.load(str(_write(parts, toml)))
+    cfg = configload.load(str(_write(parts, toml)))
     scheduler = Scheduler(cfg, parts.store, parts.jobs, parts.admission.submit_internal, parts.fleet.logger)
     scheduler.load(now)
     return scheduler

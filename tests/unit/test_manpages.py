@@ -1,5 +1,5 @@
 """The man pages that debian/rules writes with packaging/manpages.py, and the configuration reference that
-tq.toml(5) is made of, held to the keys config.py accepts."""
+tq.toml(5) is made of, held to the keys configload.py accepts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 
-from tq import config, ctl
+from tq import configload, ctl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,13 +39,13 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def accepted_keys(tmp_path: Path) -> set[str]:
-    """Every key config.py accepts, as `section.key` (`tasks.*.timeout`), from the `known keys` it lists when
+    """Every key configload.py accepts, as `section.key` (`tasks.*.timeout`), from the `known keys` it lists when
     a file names an unknown one."""
     def known(toml: str) -> list[str]:
         path = tmp_path / "tq.toml"
         path.write_text(toml + "\nzz_unknown = 1\n")
-        with pytest.raises(config.ConfigError) as e:
-            config.load(str(path))
+        with pytest.raises(configload.ConfigError) as e:
+            configload.load(str(path))
         match = re.search(r"unknown key \(known keys: ([^)]*)\)", str(e.value))
         return match.group(1).split(", ") if match else []
 
@@ -53,16 +53,16 @@ def accepted_keys(tmp_path: Path) -> set[str]:
     for section in known(""):
         plain = known(f"[{section}]")
         named = plain or known(f"[{section}.x]")
-        assert named, f"config.py: [{section}] lists no known keys for an unknown one"
+        assert named, f"configload.py: [{section}] lists no known keys for an unknown one"
         keys |= {f"{section}{'' if plain else '.*'}.{key}" for key in named}
     return keys
 
 
 def test_the_configuration_reference_names_exactly_the_keys_config_accepts(tmp_path: Path) -> None:
     documented, accepted = manpages.readme_keys(README), accepted_keys(tmp_path)
-    assert not accepted - documented, "keys config.py accepts that README.md's Configuration table (and so " \
+    assert not accepted - documented, "keys configload.py accepts that README.md's Configuration table (and so " \
                                       f"tq.toml(5)) does not describe: {sorted(accepted - documented)}"
-    assert not documented - accepted, f"README.md describes keys config.py refuses: {sorted(documented - accepted)}"
+    assert not documented - accepted, f"README.md describes keys configload.py refuses: {sorted(documented - accepted)}"
 
 
 def test_every_page_is_written_with_its_section_and_a_whatis_line(pages: dict[str, str]) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tq import events
 from tq.host import stream as stream_module
 from tq.host.server import Conn
 from tq.host.stream import EventStream, Filter
@@ -150,5 +151,5 @@ def test_the_recent_events_are_the_last_thousand_whatever_the_steps_and_no_more_
         s.digest()
     got = s.recent_events(Filter(), stream_module.RECENT)
     assert [e["job"] for e in got] == list(range(job - stream_module.RECENT + 1, job + 1))
-    assert len(s.recent) == stream_module.RECENT * stream_module.FIELDS  # no more are kept
+    assert len(s.recent) == stream_module.RECENT * events.FIELDS  # no more are kept
     assert [e["job"] for e in s.recent_events(Filter(job=job - 3), 10)] == [job - 3]

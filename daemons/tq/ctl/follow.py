@@ -58,7 +58,8 @@ def _cmd_events(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 
 
 def _event_text(e: dict[str, Any]) -> str:
-    """One event as a line: local time with milliseconds, what happened, where."""
+    """One event as a line: local time with milliseconds, what happened, where. `e` is as events.as_dict shows
+    it (the stream's names; a job event has "job"), or the stream's {"missed": N}."""
     ts = e.get("ts")
     when = "-" if ts is None else time.strftime("%b %d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
     if "missed" in e:

@@ -145,11 +145,11 @@ def _add_config(sub: Subcommands, common: Parser) -> None:
 
 
 def config_check(args: argparse.Namespace, as_json: bool) -> int:
-    from .. import config  # the whole validation: only this command needs it
+    from .. import configload  # the whole validation: only this command needs it
 
     try:
-        cfg = config.load(args.config)
-    except config.ConfigError as e:
+        cfg = configload.load(args.config)
+    except configload.ConfigError as e:
         render.error(str(e), as_json, control.EXIT_USAGE)
         return control.EXIT_USAGE
     if as_json:

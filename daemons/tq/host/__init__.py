@@ -28,7 +28,7 @@ import sys
 import time
 from typing import IO, Any
 
-from .. import __version__, config, control, limits, transport
+from .. import __version__, config, configload, control, limits, transport
 from ..daemon import Daemon, StartError
 from ..log import Burst
 from .assembly import assemble
@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = config.load(args.config)
+        cfg = configload.load(args.config)
     except config.ConfigError as e:
         print(f"tq-host: {e}", file=sys.stderr)
         return 2

@@ -12,6 +12,8 @@ import bisect
 import collections
 from typing import Any
 
+from ..events import FAILED_ATTEMPT, FIELDS, FINAL, NAME, QUEUE, TASK
+
 # Job run times (seconds): the client library's defaults, then minutes to an hour (jobs may run that long).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 # A commit's time (seconds): from a WAL append to an fsync on a slow disk.
@@ -19,8 +21,6 @@ COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 MAX_SERIES = 1000  # (queue, task) pairs or tasks with series of their own; more are counted under task "_other"
 MAX_KEYS = 20 * MAX_SERIES  # (event, queue, task) counted before the pairs past MAX_SERIES are folded
 OTHER = "_other"
-FINAL = {"done", "dead", "cancelled"}
-FAILED_ATTEMPT = {"retrying", "lost", "dead"}  # (as the journal names them) an attempt that failed
 FOLD_AT = 512  # durations kept before they are put in their buckets
 
 
@@ -60,8 +60,8 @@ class Stats:
         self.commit_errors = 0
 
     def count(self, flat: list[Any]) -> None:
-        """Count committed events (stream.EventStream.events: their fields, 8 an event)."""
-        self.events.update(zip(flat[1::8], flat[4::8], flat[3::8], strict=True))
+        """Count committed events (stream.EventStream.events: their fields, FIELDS an event)."""
+        self.events.update(zip(flat[NAME::FIELDS], flat[QUEUE::FIELDS], flat[TASK::FIELDS], strict=True))
         if len(self.events) > MAX_KEYS:
             self._fold()
 

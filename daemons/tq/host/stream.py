@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..events import FIELDS, JOB, QUEUE, TASK, Event, as_dict
 from .server import Conn
 
 FLUSH_INTERVAL = 0.1  # seconds between sends to the subscribers while events come (the least) ...
@@ -54,32 +55,8 @@ MAX_BATCH = 1000  # events a subscriber is sent per flush; the rest of a burst i
 MIN_SHARE = 10  # ... and never fewer than this
 RECENT = 1000  # events kept for `tqctl events` (without --follow)
 DIGEST_AT = 512  # committed events handed on at once: a bound on the memory they take, and on a step's delay
-FIELDS = 8  # an event's fields in EventStream.events (the fields of Event, in order)
-# What the host's journal names an event (log.JobEvents), as the stream names it.
-STREAM_NAMES = {"dispatched": "started", "retrying": "failed", "lost": "failed", "retry requested": "retried",
-                "next attempt": "retrying"}
-
-# (time, event, job id, task, queue, attempt, worker, detail), the event named as the journal names it (the
-# stream's name is STREAM_NAMES'); a worker event has job id 0, task "" and its queues joined by commas.
-Event = tuple[float, str, int, str, str, "int | None", "str | None", str]
+# An event's fields, their order (FIELDS an event in EventStream.events), its names and as_dict: events.py.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-def as_dict(e: Event) -> dict[str, Any]:
-    """An event as the stream shows it."""
-    ts, name, job_id, task, queue, attempt, worker, detail = e
-    out: dict[str, Any] = {"event": STREAM_NAMES.get(name, name) if job_id else name, "ts": round(ts, 6)}
-    if job_id:
-        out.update(job=job_id, task=task, queue=queue)
-        if attempt is not None:
-            out["attempt"] = attempt
-    else:
-        out["queues"] = queue.split(",") if queue else []
-    if worker is not None:
-        out["worker"] = worker
-    if detail:
-        out["detail"] = detail
-    return out
 
 
 def _events(flat: list[Any]) -> Iterator[Event]:
@@ -100,11 +77,11 @@ class Filter:
     queue: str | None = None
 
     def matches(self, e: Event) -> bool:
-        if self.job is not None and e[2] != self.job:
+        if self.job is not None and e[JOB] != self.job:
             return False
-        if self.task is not None and (not e[2] or e[3] != self.task):
+        if self.task is not None and (not e[JOB] or e[TASK] != self.task):
             return False
-        return self.queue is None or (e[4] == self.queue if e[2] else self.queue in e[4].split(","))
+        return self.queue is None or (e[QUEUE] == self.queue if e[JOB] else self.queue in e[QUEUE].split(","))
 
 
 @dataclass(slots=True)
@@ -148,7 +125,8 @@ class EventStream:
     # ---- events -----------------------------------------------------------
 
     def worker_event(self, event: str, instance: str, queues: list[str], detail: str = "") -> None:
-        self.events.extend((time.time(), event, 0, "", ",".join(queues), None, instance, detail))  # (rare)
+        # (rare) In events.py's order: TIME, NAME, JOB (0), TASK (""), QUEUE (the queues), ATTEMPT, WORKER, DETAIL.
+        self.events.extend((time.time(), event, 0, "", ",".join(queues), None, instance, detail))
 
     def committed(self) -> None:
         """The step's commit succeeded: its events happened."""
@@ -181,18 +159,18 @@ class EventStream:
             everything.events += _events(flat[:room * FIELDS])
             everything.over += max(0, n - room)
         by_job, by_task, by_queue = self._by
-        if (by_job and not by_job.keys().isdisjoint(flat[2::FIELDS])) or (
-                by_task and not by_task.keys().isdisjoint(flat[3::FIELDS])) or (
-                by_queue and not by_queue.keys().isdisjoint(flat[4::FIELDS])) or (
-                by_queue and 0 in flat[2::FIELDS]):  # (a worker event: its queues are joined by commas)
+        if (by_job and not by_job.keys().isdisjoint(flat[JOB::FIELDS])) or (
+                by_task and not by_task.keys().isdisjoint(flat[TASK::FIELDS])) or (
+                by_queue and not by_queue.keys().isdisjoint(flat[QUEUE::FIELDS])) or (
+                by_queue and 0 in flat[JOB::FIELDS]):  # (a worker event: its queues are joined by commas)
             # Some event is for a filter: only then a look at each (set lookups in C decide that first).
             for e in _events(flat):
-                if by_job and e[2] in by_job:
-                    self._offer(by_job[e[2]], e)
-                if by_task and e[3] in by_task:
-                    self._offer(by_task[e[3]], e)
+                if by_job and e[JOB] in by_job:
+                    self._offer(by_job[e[JOB]], e)
+                if by_task and e[TASK] in by_task:
+                    self._offer(by_task[e[TASK]], e)
                 if by_queue:
-                    for queue in (e[4],) if e[2] else e[4].split(","):  # a worker event: each of its queues
+                    for queue in (e[QUEUE],) if e[JOB] else e[QUEUE].split(","):  # a worker event: each of its queues
                         if queue in by_queue:
                             self._offer(by_queue[queue], e)
 

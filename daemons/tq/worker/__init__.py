@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import replace
 
-from .. import __version__, config, limits, monitor, protocol, transport
+from .. import __version__, config, configload, limits, monitor, protocol, transport
 from ..daemon import Daemon, ignore
 from ..notify import child_environment
 from ..transport import PosixQueue
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        cfg = config.load(args.config)
+        cfg = configload.load(args.config)
     except config.ConfigError as e:
         print(f"tq-worker: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,377 @@
+"""Loading the configuration: its TOML files (a main file plus drop-ins, read by configfiles.py) parsed and
+validated into config.py's frozen dataclasses.
+
+Every error names the file, the dotted key and the reason, and for TOML syntax
+errors the line, so that `tqctl config check` reads like `nginx -t`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from . import cron
+from .config import (
+    CATCH_UP,
+    DURABILITY_LEVELS,
+    EXCHANGE_TYPES,
+    INSTANCE_RE,
+    JOB_EVENT_LEVELS,
+    LOG_LEVELS,
+    NAME_RE,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    TASK_NAME_RE,
+    AccessConfig,
+    Binding,
+    Config,
+    ExchangeConfig,
+    HostConfig,
+    LogConfig,
+    MqueueConfig,
+    QueueConfig,
+    ScheduleConfig,
+    TaskConfig,
+    WorkerConfig,
+)
+from .configfiles import ConfigError as ConfigError  # re-exported: what load raises
+from .configfiles import parse_duration, parse_size, read_files
+
+if TYPE_CHECKING:
+    import logging
+
+
+def load(path: str | None = None) -> Config:
+    """Read and validate the configuration; raise ConfigError naming file, key and reason."""
+    merged, origin, files = read_files(path)
+    return _build(merged, origin, files)
+
+
+def reload(path: str | None, logger: logging.Logger) -> Config | None:
+    """Load for SIGHUP: the new configuration, or None (logged) so the running one is kept."""
+    try:
+        return load(path)
+    except ConfigError as e:
+        logger.error("reload refused, keeping the running configuration: %s", e)
+        return None
+
+
+def keep_for_restart(running: Config, new: Config, keys: tuple[str, ...]) -> tuple[Config, list[str]]:
+    """`new`, with the dotted `keys` (such as "mqueue.prefix") kept as `running` has them; and those that differ."""
+    pending = [key for key in keys if _value(running, key) != _value(new, key)]
+    sections: dict[str, dict[str, Any]] = {}
+    for key in pending:
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = _value(running, key)
+    kept = {section: replace(getattr(new, section), **values) for section, values in sections.items()}
+    return replace(new, **kept), pending
+
+
+def _value(cfg: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+class _Reader:
+    """Reads typed keys out of one table, with errors that name file and key."""
+
+    def __init__(self, table: Any, dotted: str, origin: dict[str, str], files: tuple[str, ...]) -> None:
+        self.dotted, self.origin, self.files = dotted, origin, files
+        if not isinstance(table, dict):
+            raise self.error("", "expected a table")
+        self.table: dict[str, Any] = table
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        full = f"{self.dotted}.{key}" if key and self.dotted else key or self.dotted
+        file = self.origin.get(full) or self.origin.get(self.dotted) or (self.files[0] if self.files else "?")
+        return ConfigError(file, full, reason)
+
+    def check_keys(self, allowed: set[str]) -> None:
+        for key in self.table:
+            if key not in allowed:
+                raise self.error(key, f"unknown key (known keys: {', '.join(sorted(allowed))})")
+
+    def get(self, key: str, kind: type, default: Any) -> Any:
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise self.error(key, f"expected {_type_name(kind)}, got {_type_name(type(value))} {value!r}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value: str = self.get(key, str, default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value: int = self.get(key, int, default)
+        if not low <= value <= high:
+            raise self.error(key, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def duration(self, key: str, default: float, minimum: float = 0.0) -> float:
+        if key not in self.table:
+            return default
+        try:
+            seconds = parse_duration(self.table[key])
+        except ValueError as e:
+            raise self.error(key, str(e)) from None
+        if seconds < minimum:
+            raise self.error(key, f"must be at least {minimum:g}s")
+        return seconds
+
+    def size(self, key: str) -> int | None:
+        if key not in self.table:
+            return None
+        try:
+            return parse_size(self.table[key])
+        except ValueError as e:
+            raise self.error(key, str(e)) from None
+
+    def principals(self, key: str, default: tuple[str, ...] | None,
+                   groups_only: bool = False) -> tuple[str, ...] | None:
+        """A list of user names and @group names (group names alone where `groups_only`)."""
+        value = self.get(key, list, None)
+        if value is None:
+            return default
+        word = r"[a-z_][a-z0-9_.-]{0,31}\$?"
+        pattern = re.compile(word if groups_only else f"@?{word}", re.IGNORECASE)
+        if not all(isinstance(v, str) and pattern.fullmatch(v) for v in value):
+            what = "group names" if groups_only else "user names and @group names"
+            raise self.error(key, f"expected a list of {what}, got {value!r}")
+        return tuple(value)
+
+    def names(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(key, list, None)
+        if value is None:
+            return default
+        if not value or not all(isinstance(v, str) and NAME_RE.match(v) for v in value):
+            raise self.error(key, "expected a non-empty list of queue names (letters, digits, _ . -)")
+        return tuple(value)
+
+    def sub(self, key: str) -> _Reader:
+        return _Reader(self.table.get(key, {}), f"{self.dotted}.{key}" if self.dotted else key, self.origin, self.files)
+
+
+def _type_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "an array", dict: "a table"}.get(kind, kind.__name__)
+
+
+def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...]) -> Config:
+    root = _Reader(data, "", origin, files)
+    root.check_keys({"host", "mqueue", "worker", "log", "tasks", "access", "queues", "exchanges", "schedules"})
+    host = _host(root.sub("host"))
+    mq = _mqueue(root.sub("mqueue"))
+    worker_r = root.sub("worker")
+    worker = _worker(worker_r, WorkerConfig(), allow_instances=True)
+    overrides = {}
+    for key, value in worker_r.table.items():
+        if isinstance(value, dict):
+            if not INSTANCE_RE.match(key):
+                raise worker_r.error(key, "instance names are letters, digits, _ and -")
+            overrides[key] = _worker(worker_r.sub(key), worker, allow_instances=False)
+    log = _log(root.sub("log"))
+    tasks_r = root.sub("tasks")
+    tasks = tuple(_task(tasks_r.sub(name), name) for name in tasks_r.table)
+    access_r = root.sub("access")
+    access_r.check_keys({"admins"})
+    access = AccessConfig(admins=access_r.principals("admins", AccessConfig.admins, groups_only=True) or ())
+    queues_r = root.sub("queues")
+    queues = {name: _queue(queues_r.sub(name), name) for name in queues_r.table}
+    exchanges_r = root.sub("exchanges")
+    exchanges = {name: _exchange(exchanges_r.sub(name), name) for name in exchanges_r.table}
+    schedules_r = root.sub("schedules")
+    schedules = {name: _schedule(schedules_r.sub(name), name) for name in schedules_r.table}
+    return Config(files, host, mq, worker, overrides, log, tasks, access, queues, exchanges, schedules)
+
+
+def _schedule(r: _Reader, name: str) -> ScheduleConfig:
+    r.check_keys({"cron", "every", "task", "args", "queue", "priority", "timezone", "catch_up", "overlap"})
+    if not NAME_RE.match(name):
+        raise r.error("", "schedule names are letters, digits, _ . - (at most 64)")
+    if ("cron" in r.table) == ("every" in r.table):
+        raise r.error("", "give one of cron (such as \"*/5 * * * *\" or \"@daily\") or every (such as \"30s\")")
+    cron = _cron_checked(r, "cron")
+    task: str = r.get("task", str, "")
+    if not TASK_NAME_RE.fullmatch(task):
+        raise r.error("task", f"expected a task name, got {task!r}")
+    queue = r.get("queue", str, None)
+    if queue is not None and not NAME_RE.match(queue):
+        raise r.error("queue", "queue names are letters, digits, _ . - (at most 64)")
+    timezone = _cron_checked(r, "timezone")
+    return ScheduleConfig(
+        name=name, task=task, cron=cron, every=r.duration("every", 0.0, minimum=1.0) if "every" in r.table else None,
+        args=tuple(r.get("args", list, [])), queue=queue,
+        priority=r.integer("priority", 0, PRIORITY_MIN, PRIORITY_MAX) if "priority" in r.table else None,
+        timezone=timezone, catch_up=r.choice("catch_up", CATCH_UP, "last"), overlap=r.get("overlap", bool, False))
+
+
+def _cron_checked(r: _Reader, key: str) -> str | None:
+    """A schedule's cron expression or time zone, checked by cron.py (which imports croniter and zoneinfo when it
+    checks one: only a configuration with schedules needs them)."""
+    value: str | None = r.get(key, str, None)
+    if value is not None:
+        problem = cron.check_cron(value) if key == "cron" else cron.check_timezone(value)
+        if problem:
+            raise r.error(key, problem)
+    return value
+
+
+def _exchange(r: _Reader, name: str) -> ExchangeConfig:
+    r.check_keys({"type", "bindings"})
+    if not NAME_RE.match(name):
+        raise r.error("", "exchange names are letters, digits, _ . - (at most 64)")
+    kind = r.choice("type", EXCHANGE_TYPES, "fanout")
+    raw = r.get("bindings", list, [])
+    if not raw:
+        raise r.error("bindings", 'expected at least one binding, such as [{ queue = "audit", key = "orders.*" }]')
+    bindings = []
+    for i, b in enumerate(raw):
+        if not isinstance(b, dict) or not isinstance(b.get("queue"), str) or set(b) - {"queue", "key"}:
+            raise r.error("bindings", f"binding {i + 1}: expected {{ queue = \"NAME\", key = \"KEY\" }}, got {b!r}")
+        if not NAME_RE.match(b["queue"]):
+            raise r.error("bindings", f"binding {i + 1}: invalid queue name {b['queue']!r}")
+        key = b.get("key", "")
+        if kind == "fanout" and key:
+            raise r.error("bindings", f"binding {i + 1}: a fanout exchange sends to every queue; it takes no key")
+        word = r"[A-Za-z0-9_*#:-]+" if kind == "topic" else r"[A-Za-z0-9_:-]+"
+        words = rf"{word}(\.{word})*"
+        if kind != "fanout" and not (isinstance(key, str) and re.fullmatch(words, key)):
+            raise r.error("bindings", f"binding {i + 1}: a {kind} exchange needs a key of dot-separated words"
+                                      f"{' (* and # match words)' if kind == 'topic' else ''}, got {key!r}")
+        bindings.append(Binding(b["queue"], key))
+    return ExchangeConfig(name, kind, tuple(bindings))
+
+
+def _queue(r: _Reader, name: str) -> QueueConfig:
+    r.check_keys({"submit", "concurrency", "rate"})
+    if not NAME_RE.match(name):
+        raise r.error("", "queue names are letters, digits, _ . - (at most 64)")
+    concurrency = None if "concurrency" not in r.table else r.integer("concurrency", 1, 1, 10**6)
+    return QueueConfig(name=name, submit=r.principals("submit", None), concurrency=concurrency,
+                       rate=_rate(r, "rate"))
+
+
+def _rate(r: _Reader, key: str) -> float | None:
+    """`rate = "10/s"` (or per m, h, or a number: per second): jobs per second."""
+    if key not in r.table:
+        return None
+    value = r.table[key]
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*", value) if isinstance(value, str) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        rate = float(value)
+    elif match:
+        rate = float(match.group(1)) / {"s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
+    else:
+        raise r.error(key, f'expected jobs per second, minute or hour, such as "10/s" or "100/m"; got {value!r}')
+    if not 0 < rate <= 10**6:
+        raise r.error(key, f"must be more than 0 and at most 1000000/s, got {value!r}")
+    return rate
+
+
+def _host(r: _Reader) -> HostConfig:
+    r.check_keys({"state_dir", "socket", "durability", "lease", "retain_age", "retain_count"})
+    d = HostConfig()
+    return HostConfig(
+        state_dir=r.get("state_dir", str, d.state_dir),
+        socket=r.get("socket", str, d.socket),
+        durability=r.choice("durability", DURABILITY_LEVELS, d.durability),
+        lease=r.duration("lease", d.lease, minimum=0.1),
+        retain_age=r.duration("retain_age", d.retain_age),
+        retain_count=r.integer("retain_count", d.retain_count, 0, 10**12),
+    )
+
+
+def _mqueue(r: _Reader) -> MqueueConfig:
+    r.check_keys({"prefix", "max_message_size", "max_messages"})
+    d = MqueueConfig()
+    prefix: str = r.get("prefix", str, d.prefix)
+    if not re.fullmatch(r"/[A-Za-z0-9_.-]{1,64}", prefix):
+        raise r.error("prefix", f"must be a slash and up to 64 letters, digits, _ . - (got {prefix!r})")
+    return MqueueConfig(
+        prefix=prefix,
+        max_message_size=r.integer("max_message_size", d.max_message_size, 512, 16 * 1024 * 1024),
+        max_messages=r.integer("max_messages", d.max_messages, 2, 65536),
+    )
+
+
+def _worker(r: _Reader, base: WorkerConfig, allow_instances: bool) -> WorkerConfig:
+    keys = {"queues", "heartbeat", "prefetch", "stop_timeout"}
+    if allow_instances:
+        r = _Reader({k: v for k, v in r.table.items() if not isinstance(v, dict)}, r.dotted, r.origin, r.files)
+    r.check_keys(keys)
+    prefetch = r.integer("prefetch", base.prefetch, 1, 1024)  # the inbox is prefetch + 1 deep: checked at start
+    return WorkerConfig(
+        queues=r.names("queues", base.queues),
+        heartbeat=r.duration("heartbeat", base.heartbeat, minimum=0.05),
+        prefetch=prefetch,
+        stop_timeout=r.duration("stop_timeout", base.stop_timeout),
+    )
+
+
+def _log(r: _Reader) -> LogConfig:
+    r.check_keys({"level", "job_events", "job_events_per_second"})
+    d = LogConfig()
+    return LogConfig(
+        level=r.choice("level", LOG_LEVELS, d.level),
+        job_events=r.choice("job_events", JOB_EVENT_LEVELS, d.job_events),
+        job_events_per_second=r.integer("job_events_per_second", d.job_events_per_second, 1, 10**9),
+    )
+
+
+def _task(r: _Reader, name: str) -> TaskConfig:
+    r.check_keys({"handler", "command", "python", "queue", "timeout", "retries", "priority", "backoff",
+                  "backoff_max", "kill_grace", "memory_max", "cpu_max", "open_files_max", "unique", "on_success",
+                  "on_failure"})
+    if not re.fullmatch(r"[A-Za-z0-9_*#:-]+(\.[A-Za-z0-9_*#:-]+)*", name):
+        raise r.error("", "task names are dot-separated words of letters, digits, _ - : (or * and #)")
+    given = [k for k in ("handler", "command", "python") if k in r.table]
+    if len(given) > 1:
+        raise r.error(given[1], f"give one of handler, command or python, not {' and '.join(given)}")
+    d = TaskConfig(name)
+    handler, command, python = "echo", (), ""
+    if "handler" in r.table:
+        handler = r.choice("handler", ("echo",), "echo")
+    elif "command" in r.table:
+        argv = r.get("command", list, [])
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise r.error("command", "expected a non-empty array of strings (argv)")
+        handler, command = "command", tuple(argv)
+    elif "python" in r.table:
+        python = r.get("python", str, "")
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", python):
+            raise r.error("python", f"expected \"module:function\", got {python!r}")
+        handler = "python"
+    queue: str = r.get("queue", str, d.queue)
+    if not NAME_RE.match(queue):
+        raise r.error("queue", "queue names are letters, digits, _ . - (at most 64)")
+    return TaskConfig(
+        name=name, handler=handler, command=command, python=python, queue=queue,
+        timeout=r.duration("timeout", d.timeout, minimum=0.001),
+        retries=r.integer("retries", d.retries, 0, 1000),
+        priority=r.integer("priority", d.priority, PRIORITY_MIN, PRIORITY_MAX),
+        backoff=r.duration("backoff", d.backoff),
+        backoff_max=r.duration("backoff_max", d.backoff_max),
+        kill_grace=r.duration("kill_grace", d.kill_grace),
+        memory_max=r.size("memory_max"),
+        cpu_max=None if "cpu_max" not in r.table else max(1, math.ceil(r.duration("cpu_max", 0.0, minimum=1.0))),
+        open_files_max=None if "open_files_max" not in r.table else r.integer("open_files_max", 0, 3, 1 << 20),
+        unique=r.get("unique", bool, d.unique),
+        on_success=_follow_up(r, "on_success"),
+        on_failure=_follow_up(r, "on_failure"),
+    )
+
+
+def _follow_up(r: _Reader, key: str) -> str | None:
+    task: str | None = r.get(key, str, None)
+    if task is not None and not TASK_NAME_RE.fullmatch(task):
+        raise r.error(key, f"expected a task name, got {task!r}")
+    return task
