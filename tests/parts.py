@@ -1,6 +1,6 @@
 """tq-host's parts wired together in-process, as tq-host wires them, for tests that drive them one call at a
-time: a real SQLite store in a temporary dir, and transport.MemoryQueue (the in-memory twin of the POSIX
-queues) for the host's queue and the workers' inboxes. The test plays the workers."""
+time: a real SQLite store in a temporary dir, and MemoryMailboxes (the in-memory twin of the POSIX
+mailboxes) for the host's mailbox and the workers' inboxes. The test plays the workers."""
 
 from __future__ import annotations
 
@@ -8,36 +8,15 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tq import config, log, protocol, transport
+from tq import config, log, protocol
 from tq.host.dispatch import Dispatcher
 from tq.host.fleet import Fleet
 from tq.host.jobs import JobTable
 from tq.host.queues import Queues
 from tq.host.requests import Requests
 from tq.host.store import JobRecord, Store
-
-
-class Handle:
-    """One open handle of a memory queue: closing it leaves the queue (as mq_close leaves a POSIX queue)."""
-
-    def __init__(self, queue: transport.MemoryQueue) -> None:
-        self.queue, self.name = queue, queue.name
-
-    @property
-    def max_messages(self) -> int:
-        return self.queue.max_messages
-
-    def send(self, data: bytes, priority: int) -> bool:
-        return self.queue.send(data, priority)
-
-    def receive(self) -> bytes | None:
-        return self.queue.receive()
-
-    def fileno(self) -> int:
-        return self.queue.fileno()
-
-    def close(self) -> None:
-        pass
+from tq.transport import Mailbox
+from tq.transport.memory import MemoryMailboxes
 
 
 @dataclass
@@ -48,9 +27,10 @@ class Parts:
     fleet: Fleet
     dispatcher: Dispatcher
     requests: Requests
-    mq: transport.MemoryQueue
+    mq: Mailbox
     queues: Queues
-    inboxes: dict[str, transport.MemoryQueue] = field(default_factory=dict)
+    mailboxes: MemoryMailboxes
+    inboxes: dict[str, Mailbox] = field(default_factory=dict)
 
     def worker_says(self, msg: protocol.Message, now: float = 0.0) -> None:
         """A worker's message, taken in as the host's step does."""
@@ -66,7 +46,7 @@ class Parts:
     def start_worker(self, instance: str, pid: int = 100, queues: tuple[str, ...] = ("default",), prefetch: int = 8,
                      now: float = 0.0) -> None:
         """A worker says hello and answers the fence: it is live."""
-        self.inboxes.setdefault(instance, transport.MemoryQueue(f"inbox-{instance}", prefetch + 1))
+        self.inboxes.setdefault(instance, self.mailboxes.create_inbox(instance, prefetch + 1))
         self.worker_says(protocol.Hello(instance, pid, list(queues), prefetch), now)
         syncs = [m for m in self.inbox_messages(instance) if isinstance(m, protocol.Sync)]
         self.worker_says(protocol.Synced(instance, syncs[-1].token), now)
@@ -79,9 +59,7 @@ class Parts:
 
     def close(self) -> None:
         self.store.close()
-        self.mq.close()
-        for q in self.inboxes.values():
-            q.close()
+        self.mailboxes.close()
 
 
 def make_parts(state_dir: Path, toml: str = '[tasks."#"]\nhandler = "echo"\n') -> Parts:
@@ -92,15 +70,9 @@ def make_parts(state_dir: Path, toml: str = '[tasks."#"]\nhandler = "echo"\n') -
     logger = logging.getLogger("tq-host.test")
     store = Store(str(state_dir))
     jobs = JobTable(store, log.JobEvents(logger, "none", 1))
-    mq = transport.MemoryQueue("host", 64)
-    inboxes: dict[str, transport.MemoryQueue] = {}
-
-    def open_inbox(instance: str) -> transport.Transport:
-        if instance not in inboxes:
-            raise transport.QueueError(f"queue inbox-{instance} does not exist")
-        return Handle(inboxes[instance])
-
-    fleet = Fleet(cfg, mq, jobs, store, open_inbox, lambda job, r: None, logger, log.Burst(logger))
+    mailboxes = MemoryMailboxes(cfg)
+    mq = mailboxes.open_host()
+    fleet = Fleet(cfg, mq, jobs, store, mailboxes.open_inbox, lambda job, r: None, logger, log.Burst(logger))
     queues = Queues(cfg, store, jobs, fleet, logger)
     dispatcher = Dispatcher(cfg, jobs, fleet, queues)
 
@@ -110,4 +82,4 @@ def make_parts(state_dir: Path, toml: str = '[tasks."#"]\nhandler = "echo"\n') -
 
     fleet.on_result = on_result
     requests = Requests(cfg, jobs, fleet, queues, fleet.malformed)
-    return Parts(cfg, store, jobs, fleet, dispatcher, requests, mq, queues, inboxes)
+    return Parts(cfg, store, jobs, fleet, dispatcher, requests, mq, queues, mailboxes)

@@ -1,6 +1,6 @@
 """tq-host: keeps the jobs, dispatches them to workers, records their outcome.
 
-One thread, one selector: the control socket, the host's POSIX queue and the
+One thread, one selector: the control socket, the host's mailbox and the
 signal wake-up pipe. `step()` is one loop iteration: take in what arrived,
 decide (promote delayed jobs, expire leases and waiters, assign jobs), commit
 once (group commit), and only then answer clients and send jobs. A job is
@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from .. import __version__, config, control, limits, monitor, protocol, transport
+from .. import __version__, config, control, monitor, protocol, transport
 from ..daemon import Daemon, StartError
 from ..log import Burst
 from ..states import JobState
@@ -74,8 +74,8 @@ class Host(Daemon):
     # ---- start and stop -------------------------------------------------
 
     def start(self) -> None:
-        """Acquire the state dir, open store, queue and socket, recover, then READY=1."""
-        cfg = self.cfg = self.grant_queues(self.cfg)
+        """Acquire the state dir, open store, mailbox and socket, recover, then READY=1."""
+        cfg = self.cfg = self.granted(self.cfg, self.mailboxes)
         os.makedirs(cfg.host.state_dir, mode=0o750, exist_ok=True)
         self._lock = open(os.path.join(cfg.host.state_dir, "tq.lock"), "a")
         try:
@@ -85,24 +85,18 @@ class Host(Daemon):
         self.store = Store(cfg.host.state_dir, cfg.host.durability)
         self.jobs = JobTable(self.store, self.events)
         drained: list[bytes] = []
-        mq = transport.open_within_budget(cfg.host_queue, cfg.mqueue.max_messages, cfg.mqueue.max_message_size,
-                                          least=2, drained=drained)
-        notes = list(self.granted.notes if self.granted else ())
-        if mq.max_messages < cfg.mqueue.max_messages:
-            notes.append(f"the host queue holds {mq.max_messages} messages, not mqueue.max_messages = "
-                         f"{cfg.mqueue.max_messages}: the queue memory budget RLIMIT_MSGQUEUE ({limits.budget()}) "
-                         "has no room for more")
-            self.logger.warning("%s", notes[-1])
-        # The queue wakes the selector and marks itself readable: the step drains it after the sockets.
-        self.sel.register(mq.fileno(), selectors.EVENT_READ, self._on_queue)
-        self.fleet = Fleet(cfg, mq, self.jobs, self.store, self._open_inbox, self._on_result, self.logger,
-                           self.malformed)
+        mailbox = self.mailboxes.open_host(drained)
+        self.note_limits(self.mailboxes.notes)  # and one more where the mailbox is shallower than configured
+        # The mailbox wakes the selector and marks itself readable: the step drains it after the sockets.
+        self.sel.register(mailbox.fileno(), selectors.EVENT_READ, self._on_queue)
+        self.fleet = Fleet(cfg, mailbox, self.jobs, self.store, self.mailboxes.open_inbox, self._on_result,
+                           self.logger, self.malformed)
         self.queues = Queues(cfg, self.store, self.jobs, self.fleet, self.logger)
         self.dispatcher = Dispatcher(cfg, self.jobs, self.fleet, self.queues)
         self.requests = Requests(cfg, self.jobs, self.fleet, self.queues, self.malformed)
         self.scheduler = Scheduler(cfg, self.store, self.jobs, self.requests.submit_internal, self.logger)
         self.requests.schedules = self.scheduler.public
-        self.requests.queue_notes = notes
+        self.requests.queue_notes = list(self.mailboxes.notes)
         self.server = Server(self.sel, self.requests.handle, Burst(self.logger))
         self.stream = EventStream(self.server.close_conn, self.stats.count)
         self.server.on_close = self.stream.forget_closed
@@ -126,9 +120,6 @@ class Host(Daemon):
 
     def _on_queue(self, _mask: int) -> None:
         self.queue_readable = True
-
-    def _open_inbox(self, instance: str) -> transport.Transport:
-        return transport.open_queue(self.cfg.inbox(instance), 1, self.cfg.mqueue.max_message_size, create=False)
 
     def _on_result(self, job: JobRecord, result: protocol.Result) -> None:
         self.dispatcher.timed(job.task, result.duration)
@@ -368,6 +359,6 @@ def main(argv: list[str] | None = None) -> int:
     host = Host(cfg, args.config)
     try:
         return host.run()
-    except (StartError, StoreError, transport.QueueError, OSError) as e:
+    except (StartError, StoreError, transport.MailboxError, OSError) as e:
         host.logger.error("cannot start: %s", e)
         return 1
