@@ -67,7 +67,7 @@ class Requests:
         self.started = time.time()
         self.last_burst = 0.0  # monotonic time of the last request that may allocate much
         self.result_awaited = False  # a submit of this step waits for its job's result (submit_and_wait)
-        self.queue_notes: list[str] = []  # where the kernel grants less than [mqueue] asks (limits.grant)
+        self.queue_notes: list[str] = []  # where the mailboxes grant less than [mqueue] asks (Mailboxes.notes)
         self.schedules: Callable[[], list[dict[str, Any]]] = list  # the schedules for tqctl (set by tq-host)
         self.metrics: Callable[[], dict[str, Any]] = dict  # the metrics' snapshot (set by tq-host)
         self.stream: EventStream
