@@ -42,7 +42,8 @@ class Mailbox(Protocol):
         ...
 
     def fileno(self) -> int:
-        """A descriptor that polls readable while messages wait."""
+        """A descriptor that polls readable while messages wait. tq-worker also waits for the host mailbox's to
+        poll writable (room again after a full one): POSIX queues do; the memory twin does not model it."""
         ...
 
     def close(self) -> None: ...
