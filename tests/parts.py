@@ -1,7 +1,6 @@
 """tq-host's parts assembled in-process by the function tq-host uses (tq.host.assembly.assemble), for tests
-that drive them one call at a time: a real SQLite store in a temporary dir, and transport.MemoryQueue (the
-in-memory twin of the POSIX queues) for the host's mailbox and the workers' inboxes. The test plays the
-workers."""
+that drive them one call at a time: a real SQLite store in a temporary dir, and MemoryMailboxes (the in-memory
+twin of the POSIX mailboxes) for the host's mailbox and the workers' inboxes. The test plays the workers."""
 
 from __future__ import annotations
 
@@ -11,32 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tq import config, configload, log, protocol, transport
+from tq import config, configload, log, protocol
 from tq.host.assembly import HostParts, assemble
 from tq.host.records import JobRecord
-
-
-class Handle:
-    """One open handle of a memory queue: closing it leaves the queue (as mq_close leaves a POSIX queue)."""
-
-    def __init__(self, queue: transport.MemoryQueue) -> None:
-        self.queue, self.name = queue, queue.name
-
-    @property
-    def max_messages(self) -> int:
-        return self.queue.max_messages
-
-    def send(self, data: bytes, priority: int) -> bool:
-        return self.queue.send(data, priority)
-
-    def receive(self) -> bytes | None:
-        return self.queue.receive()
-
-    def fileno(self) -> int:
-        return self.queue.fileno()
-
-    def close(self) -> None:
-        pass
+from tq.transport import Mailbox
+from tq.transport.memory import MemoryMailboxes
 
 
 @dataclass
@@ -45,8 +23,9 @@ class Parts:
 
     cfg: config.Config
     host: HostParts
-    mq: transport.MemoryQueue
-    inboxes: dict[str, transport.MemoryQueue] = field(default_factory=dict)
+    mq: Mailbox
+    mailboxes: MemoryMailboxes
+    inboxes: dict[str, Mailbox] = field(default_factory=dict)
     captured: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -70,7 +49,7 @@ class Parts:
     def start_worker(self, instance: str, pid: int = 100, queues: tuple[str, ...] = ("default",), prefetch: int = 8,
                      now: float = 0.0) -> None:
         """A worker says hello and answers the fence: it is live."""
-        self.inboxes.setdefault(instance, transport.MemoryQueue(f"inbox-{instance}", prefetch + 1))
+        self.inboxes.setdefault(instance, self.mailboxes.create_inbox(instance, prefetch + 1))
         self.worker_says(protocol.Hello(instance, pid, list(queues), prefetch), now)
         syncs = [m for m in self.inbox_messages(instance) if isinstance(m, protocol.Sync)]
         self.worker_says(protocol.Synced(instance, syncs[-1].token), now)
@@ -83,9 +62,7 @@ class Parts:
 
     def close(self) -> None:
         self.store.close()
-        self.mq.close()
-        for q in self.inboxes.values():
-            q.close()
+        self.mailboxes.close()
 
 
 def make_parts(state_dir: Path, toml: str = '[tasks."#"]\nhandler = "echo"\n') -> Parts:
@@ -95,14 +72,8 @@ def make_parts(state_dir: Path, toml: str = '[tasks."#"]\nhandler = "echo"\n') -
     cfg = configload.load(str(path))
     logger = logging.getLogger("tq-host.test")
     captured: list[Any] = []
-    mq = transport.MemoryQueue("host", 64)
-    inboxes: dict[str, transport.MemoryQueue] = {}
-
-    def open_inbox(instance: str) -> transport.Transport:
-        if instance not in inboxes:
-            raise transport.QueueError(f"queue inbox-{instance} does not exist")
-        return Handle(inboxes[instance])
-
-    host = assemble(cfg, mq, open_inbox, selectors.DefaultSelector(), log.JobEvents(logger, "none", 1, captured),
-                    captured, logger, log.Burst(logger), [])
-    return Parts(cfg, host, mq, inboxes, captured)
+    mailboxes = MemoryMailboxes(cfg)
+    mq = mailboxes.open_host()
+    host = assemble(cfg, mq, mailboxes.open_inbox, selectors.DefaultSelector(),
+                    log.JobEvents(logger, "none", 1, captured), captured, logger, log.Burst(logger), [])
+    return Parts(cfg, host, mq, mailboxes, captured=captured)

@@ -14,7 +14,7 @@ import signal
 from dataclasses import replace
 from typing import Any
 
-from . import config, configload, limits, log
+from . import config, configload, log, transport
 from .notify import Notifier
 
 
@@ -33,8 +33,9 @@ class Daemon:
     """Dotted config keys that take effect only at the next start (a reload keeps the running value)."""
 
     def __init__(self, program: str, cfg: config.Config, config_path: str | None,
-                 captured_events: list[Any] | None = None) -> None:
-        """`captured_events`: a list that every job event's fields are appended to (tq-host's event stream)."""
+                 captured_events: list[Any] | None = None, mailboxes: transport.Mailboxes | None = None) -> None:
+        """`captured_events`: a list that every job event's fields are appended to (tq-host's event stream);
+        `mailboxes`: where the mailboxes live (made from `cfg` unless given)."""
         self.cfg, self.config_path = cfg, config_path
         self.logger = log.setup(program, cfg.log.level)
         self.events = log.JobEvents(self.logger, cfg.log.job_events, cfg.log.job_events_per_second, captured_events)
@@ -43,7 +44,10 @@ class Daemon:
         self.sel = selectors.DefaultSelector()
         self.stop_requested = self.reload_requested = False
         self._wake_r = -1  # the signal wake-up pipe's read end (watch_signals)
-        self.granted: limits.Granted | None = None  # what the kernel grants of [mqueue] (grant_queues)
+        # Where the mailboxes live, as granted for the configuration the daemon starts with ([mqueue] takes
+        # effect at the next start).
+        self.mailboxes = mailboxes if mailboxes is not None else transport.for_config(cfg)
+        self.noted: tuple[str, ...] = ()  # the notes last logged (note_limits)
 
     def watch_signals(self) -> None:
         """SIGTERM and SIGINT ask to stop, SIGHUP to reload; each also wakes the selector."""
@@ -86,7 +90,8 @@ class Daemon:
             new = configload.reload(self.config_path, self.logger)
             if new is None:
                 return
-            new, pending = configload.keep_for_restart(self.cfg, self.grant_queues(new), self.RESTART_KEYS)
+            granted = self.granted(new, transport.for_config(new))
+            new, pending = configload.keep_for_restart(self.cfg, granted, self.RESTART_KEYS)
             if pending:
                 self.logger.warning("%s changed: takes effect at the next restart", ", ".join(pending))
             self.apply(new)
@@ -97,16 +102,18 @@ class Daemon:
         finally:
             self.notifier.ready(self.status_text())
 
-    def grant_queues(self, cfg: config.Config) -> config.Config:
-        """`cfg` with the queue depth and message size the kernel grants; each limit below the configuration is
-        logged once (and shown by `tqctl status`)."""
-        granted = limits.grant(cfg.mqueue.max_messages, cfg.mqueue.max_message_size)
-        for note in granted.notes:
-            if self.granted is None or note not in self.granted.notes:
+    def granted(self, cfg: config.Config, mailboxes: transport.Mailboxes) -> config.Config:
+        """`cfg` with the message size `mailboxes` grant; each of their notes (a limit granted below the
+        configuration) is logged once (and shown by `tqctl status`)."""
+        self.note_limits(mailboxes.notes)
+        return replace(cfg, mqueue=replace(cfg.mqueue, max_message_size=mailboxes.message_size))
+
+    def note_limits(self, notes: tuple[str, ...]) -> None:
+        """Log each note not among those logged last."""
+        for note in notes:
+            if note not in self.noted:
                 self.logger.warning("%s", note)
-        self.granted = granted
-        return replace(cfg, mqueue=replace(cfg.mqueue, max_messages=granted.max_messages,
-                                           max_message_size=granted.max_message_size))
+        self.noted = notes
 
     def apply(self, new: config.Config) -> None:
         """Put a reloaded configuration into effect (before it becomes `self.cfg`)."""

@@ -214,6 +214,6 @@ def test_a_worker_reload_takes_effect_or_is_reported_as_needing_a_restart(suite:
             assert effect(worker, client), f"{key} did not take effect on reload"
     finally:
         logging.getLogger().removeHandler(records)
-        for queue in (worker.inbox, worker.host_q):
-            if queue is not None:
-                queue.close()
+        for mailbox in (worker.inbox, worker.host_mailbox):
+            if mailbox is not None:
+                mailbox.close()

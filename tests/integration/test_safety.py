@@ -12,7 +12,7 @@ import uuid
 import posix_ipc
 
 from harness import Daemon, Suite, wait_until
-from tq import limits
+from tq.transport import posix
 
 # A command that kills the worker running it (its parent's parent: sh is the command, the worker runs sh).
 POISON = '\n[tasks.poison]\ncommand = ["sh", "-c", "kill -9 $PPID; sleep 5"]\nretries = 2\nbackoff = "50ms"\n'
@@ -195,7 +195,7 @@ def _free_queue_bytes() -> int:
     """How much of this user's RLIMIT_MSGQUEUE is free now: fill it with queues, largest first, then remove them."""
     made: list[posix_ipc.MessageQueue] = []
     free = 0
-    msg_max = limits.kernel_limits()["msg_max"]
+    msg_max = posix.kernel_limits()["msg_max"]
     try:
         for depth, size in ((msg_max, 8192), (1, 8192), (1, 1024), (1, 128)):
             while True:
@@ -204,7 +204,7 @@ def _free_queue_bytes() -> int:
                                                        max_messages=depth, max_message_size=size))
                 except OSError:
                     break
-                free += limits.queue_bytes(depth, size)
+                free += posix.mailbox_bytes(depth, size)
     finally:
         for q in made:
             q.unlink()
@@ -216,7 +216,7 @@ def test_a_worker_whose_inbox_does_not_fit_the_budget_starts_with_a_smaller_one(
     suite.host()
     soft, _hard = resource.getrlimit(resource.RLIMIT_MSGQUEUE)
     used = soft - _free_queue_bytes()
-    room = limits.queue_bytes(5, 8192) + 1000  # an inbox of 5 fits, one of prefetch 8 + 1 = 9 does not
+    room = posix.mailbox_bytes(5, 8192) + 1000  # an inbox of 5 fits, one of prefetch 8 + 1 = 9 does not
     argv = ["prlimit", f"--msgqueue={used + room}", "--", *suite._python("tq.worker", "1")]
     worker = Daemon("worker1", argv, suite.env, suite.dir)
     suite.daemons.append(worker)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tq import limits
+from tq.transport import posix
 
 
 def _proc(tmp_path: Path, msg_max: int, msgsize_max: int) -> Path:
@@ -18,24 +18,24 @@ def _proc(tmp_path: Path, msg_max: int, msgsize_max: int) -> Path:
 
 def test_a_configuration_above_the_kernel_limits_gets_what_the_kernel_grants_and_says_how_to_raise_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(limits, "MQ_PROC", _proc(tmp_path, 10, 8192))
-    granted = limits.grant(32, 65536)
+    monkeypatch.setattr(posix, "MQ_PROC", _proc(tmp_path, 10, 8192))
+    granted = posix.grant(32, 65536)
     assert (granted.max_messages, granted.max_message_size, granted.msg_max) == (10, 8192, 10)
     depth, size = granted.notes
     assert depth.startswith("mqueue.max_messages = 32 exceeds fs.mqueue.msg_max = 10: using 10")
     assert "sysctl -w fs.mqueue.msg_max=32" in depth
     assert "larger jobs are refused at submit" in size and "sysctl -w fs.mqueue.msgsize_max=65536" in size
-    assert limits.grant(8, 4096).notes == ()
+    assert posix.grant(8, 4096).notes == ()
 
 
 def test_where_proc_sys_is_hidden_the_limits_are_found_by_trying(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    real = limits.kernel_limits()
-    monkeypatch.setattr(limits, "MQ_PROC", tmp_path / "hidden")
-    probed = limits.kernel_limits(depth_wanted=real["msg_max"] + 50, size_wanted=real["msgsize_max"] + 100)
+    real = posix.kernel_limits()
+    monkeypatch.setattr(posix, "MQ_PROC", tmp_path / "hidden")
+    probed = posix.kernel_limits(depth_wanted=real["msg_max"] + 50, size_wanted=real["msgsize_max"] + 100)
     assert (probed["msg_max"], probed["msgsize_max"]) == (real["msg_max"], real["msgsize_max"])
-    assert limits.kernel_limits(depth_wanted=4, size_wanted=512) == {"msg_max": 4, "msgsize_max": 512}
+    assert posix.kernel_limits(depth_wanted=4, size_wanted=512) == {"msg_max": 4, "msgsize_max": 512}
 
 
-def test_a_queue_costs_its_depth_times_its_message_size_and_bookkeeping() -> None:
-    assert limits.queue_bytes(9, 8192) == 9 * (8192 + limits.PER_MESSAGE_OVERHEAD)
+def test_a_mailbox_costs_its_depth_times_its_message_size_and_bookkeeping() -> None:
+    assert posix.mailbox_bytes(9, 8192) == 9 * (8192 + posix.PER_MESSAGE_OVERHEAD)

@@ -1,15 +1,13 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tq import protocol, transport
+from tq import protocol
 
 
 def test_every_message_kind_round_trips() -> None:
@@ -82,62 +80,6 @@ def test_decode_of_wrong_json_bodies_is_a_protocol_error(kind: bytes, body: dict
         protocol.decode(bytes([protocol.VERSION]) + kind + json.dumps(body).encode())
     except protocol.ProtocolError:
         pass
-
-
-def _order(q: transport.Transport) -> list[bytes]:
-    for data, prio in [(b"a", 1), (b"b", 5), (b"c", 1), (b"d", 0), (b"e", 5)]:
-        assert q.send(data, prio)
-    out = []
-    while (data := q.receive()) is not None:
-        out.append(data)
-    return out
-
-
-def test_memory_twin_orders_like_a_posix_queue() -> None:
-    name = f"/tqt-unit-{uuid.uuid4().hex[:8]}"
-    posix = transport.open_queue(name, 10, 1024)
-    try:
-        assert _order(posix) == _order(transport.MemoryQueue()) == [b"b", b"e", b"a", b"c", b"d"]
-    finally:
-        posix.close()
-        transport.unlink_queue(name)
-
-
-def test_full_queue_refuses_without_blocking() -> None:
-    q = transport.MemoryQueue(max_messages=2)
-    assert q.send(b"1", 0) and q.send(b"2", 0)
-    assert not q.send(b"3", 0)
-
-
-def test_a_queue_is_the_owners_alone_whatever_the_umask_and_whoever_made_it_wider() -> None:
-    name = f"/tqt-unit-{uuid.uuid4().hex[:8]}"
-    old = os.umask(0)
-    try:
-        q = transport.open_queue(name, 10, 1024)
-        assert os.fstat(q.fileno()).st_mode & 0o777 == 0o600
-        os.fchmod(q.fileno(), 0o666)  # as an older tq (0660) or a careless hand left it
-        q.close()
-        q = transport.open_queue(name, 10, 1024)
-        assert os.fstat(q.fileno()).st_mode & 0o777 == 0o600
-        q.close()
-    finally:
-        os.umask(old)
-        transport.unlink_queue(name)
-
-
-def test_existing_queue_with_other_dimensions_is_drained_and_recreated() -> None:
-    name = f"/tqt-unit-{uuid.uuid4().hex[:8]}"
-    try:
-        old = transport.open_queue(name, 5, 1024)
-        assert old.send(b"kept", 3)
-        old.close()
-        drained: list[bytes] = []
-        new = transport.open_queue(name, 8, 2048, drained=drained)
-        assert drained == [b"kept"]
-        assert (new.mq.max_messages, new.mq.max_message_size) == (8, 2048)
-        new.close()
-    finally:
-        transport.unlink_queue(name)
 
 
 def test_batches_unpack_to_their_items_and_reject_malformed_ones() -> None:

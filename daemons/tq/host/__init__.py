@@ -28,7 +28,7 @@ import sys
 import time
 from typing import IO, Any
 
-from .. import __version__, config, configload, control, limits, transport
+from .. import __version__, config, configload, control, transport
 from ..daemon import Daemon, StartError
 from ..log import Burst
 from .assembly import assemble
@@ -55,21 +55,15 @@ class Host(Daemon):
         self.last_trim = 0.0  # monotonic time the memory was last trimmed
         self.started_work = 0.0  # recovery allocates too: trim a second after start
         self.queue_readable = True  # the host queue may hold messages: the next step reads it
-        cfg = self.cfg = self.grant_queues(self.cfg)
+        cfg = self.cfg = self.granted(self.cfg, self.mailboxes)
         self._lock = _lock_state_dir(cfg.host.state_dir)
-        self.drained: list[bytes] = []  # what a host queue of other dimensions held: taken in at start
-        mq = transport.open_within_budget(cfg.host_queue, cfg.mqueue.max_messages, cfg.mqueue.max_message_size,
-                                          least=2, drained=self.drained)
-        notes = list(self.granted.notes if self.granted else ())
-        if mq.max_messages < cfg.mqueue.max_messages:
-            notes.append(f"the host queue holds {mq.max_messages} messages, not mqueue.max_messages = "
-                         f"{cfg.mqueue.max_messages}: the queue memory budget RLIMIT_MSGQUEUE ({limits.budget()}) "
-                         "has no room for more")
-            self.logger.warning("%s", notes[-1])
-        # The queue wakes the selector and marks itself readable: the step drains it after the sockets.
-        self.sel.register(mq.fileno(), selectors.EVENT_READ, self._on_queue)
-        self.parts = assemble(cfg, mq, self._open_inbox, self.sel, self.events, captured, self.logger,
-                              self.malformed, notes)
+        self.drained: list[bytes] = []  # what a host mailbox of other dimensions held: taken in at start
+        mailbox = self.mailboxes.open_host(self.drained)
+        self.note_limits(self.mailboxes.notes)  # and one more where the mailbox is shallower than configured
+        # The mailbox wakes the selector and marks itself readable: the step drains it after the sockets.
+        self.sel.register(mailbox.fileno(), selectors.EVENT_READ, self._on_queue)
+        self.parts = assemble(cfg, mailbox, self.mailboxes.open_inbox, self.sel, self.events, captured, self.logger,
+                              self.malformed, list(self.mailboxes.notes))
         # The parts the loop step reaches most, by name:
         p = self.parts
         self.store, self.jobs, self.fleet, self.dispatcher = p.store, p.jobs, p.fleet, p.dispatcher
@@ -98,8 +92,6 @@ class Host(Daemon):
     def _on_queue(self, _mask: int) -> None:
         self.queue_readable = True
 
-    def _open_inbox(self, instance: str) -> transport.Transport:
-        return transport.open_queue(self.cfg.inbox(instance), 1, self.cfg.mqueue.max_message_size, create=False)
 
     def select(self, timeout: float) -> None:
         """Daemon.select, then the time of this step's events and their log budget's second (one clock read
@@ -321,6 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         host = Host(cfg, args.config)
         return host.run()
-    except (StartError, StoreError, transport.QueueError, OSError) as e:
+    except (StartError, StoreError, transport.MailboxError, OSError) as e:
         logging.getLogger("tq-host").error("cannot start: %s", e)
         return 1

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import config, protocol
 from ..log import Burst, JobEvents
-from ..transport import Transport
+from ..transport import Mailbox
 from .dispatch import Dispatcher
 from .fleet import Fleet, OpenInbox
 from .jobs import JobTable
@@ -59,7 +59,7 @@ class HostParts:
         self.requests.configure(cfg)
 
 
-def assemble(cfg: config.Config, mailbox: Transport, open_inbox: OpenInbox, sel: selectors.BaseSelector,
+def assemble(cfg: config.Config, mailbox: Mailbox, open_inbox: OpenInbox, sel: selectors.BaseSelector,
              events: JobEvents, captured: list[Any], logger: logging.Logger, malformed: Burst,
              notes: list[str]) -> HostParts:
     """Open the store in `host.state_dir` and make tq-host's parts around it and the host's mailbox.

@@ -1,7 +1,7 @@
 """The workers as tq-host sees them: hello, heartbeats, leases, the Sync fence, and matching each report to
 the attempt the host expects.
 
-The fleet owns the host's POSIX queue, where every worker's messages arrive, and
+The fleet owns the host's mailbox, where every worker's messages arrive, and
 each worker's inbox. A worker that appears, comes back with a new pid, or is
 found again after a host restart is fenced before it gets work: the host sends
 Sync at the lowest message priority, and when Synced comes back every job still
@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import config, protocol
 from ..log import Burst
-from ..transport import QueueError, Transport
+from ..transport import Mailbox, MailboxError
 from .jobs import RUNNING, JobTable
 from .records import JobRecord
 from .store import Store
@@ -40,7 +40,7 @@ class WorkerState:
     prefetch: int = 1
     state: str = "syncing"  # syncing | live | leaving | lost | stopped
     seen: float = 0.0  # monotonic time of the last message from it
-    inbox: Transport | None = None
+    inbox: Mailbox | None = None
     assigned: set[int] = field(default_factory=set)
     token: int = 0
     sync_due: bool = False
@@ -85,13 +85,13 @@ def _forward(value: Any, age: float) -> Any:
     return value
 
 
-OpenInbox = Callable[[str], Transport]  # a worker's inbox by instance; raises QueueError when it cannot
+OpenInbox = Callable[[str], Mailbox]  # a worker's inbox by instance; raises MailboxError when it cannot
 OnResult = Callable[[JobRecord, protocol.Result], None]
 OnEvent = Callable[[str, str, list[str], str], None]  # a worker event: (event, instance, queues, detail)
 
 
 class Fleet:
-    def __init__(self, cfg: config.Config, mq: Transport, jobs: JobTable, store: Store, open_inbox: OpenInbox,
+    def __init__(self, cfg: config.Config, mq: Mailbox, jobs: JobTable, store: Store, open_inbox: OpenInbox,
                  on_result: OnResult, on_event: OnEvent, logger: logging.Logger, malformed: Burst) -> None:
         self.cfg, self.mq, self.jobs, self.store = cfg, mq, jobs, store
         self.open_inbox, self.on_result = open_inbox, on_result
@@ -127,7 +127,7 @@ class Fleet:
             self._fence(w, "leaving" if state == "leaving" else "syncing", "not reported after tq-host restarted")
 
     def close(self) -> None:
-        """Close the queues this process holds open (the queues themselves stay)."""
+        """Close the mailboxes this process holds open (the mailboxes themselves stay)."""
         for w in self.workers.values():
             if w.inbox is not None:
                 w.inbox.close()
@@ -137,7 +137,7 @@ class Fleet:
     # ---- intake -----------------------------------------------------------
 
     def intake(self, now: float) -> bool:
-        """Handle what waits in the host's queue (a bounded number per step); True if more may wait."""
+        """Handle what waits in the host's mailbox (a bounded number per step); True if more may wait."""
         for _ in range(MAX_MESSAGES_PER_STEP):
             data = self.mq.receive()
             if data is None:
@@ -254,7 +254,7 @@ class Fleet:
             w.inbox = None
         try:
             w.inbox = self.open_inbox(w.instance)
-        except QueueError as e:  # not there (yet): its next hello or heartbeat tries again
+        except MailboxError as e:  # not there (yet): its next hello or heartbeat tries again
             self.logger.warning("worker %s: %s", w.instance, e)
 
     def _fence(self, w: WorkerState, state: str, cause: str) -> None:

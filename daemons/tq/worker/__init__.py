@@ -1,10 +1,10 @@
-"""tq-worker INSTANCE: runs the jobs tq-host puts in its inbox queue, one at a time.
+"""tq-worker INSTANCE: runs the jobs tq-host puts in its inbox, one at a time.
 
 The main loop is `step()`: finish or time out the running attempt, take the
 next message when idle, send results, heartbeats and watchdog pings. Messages
 to the host go through one FIFO (outbox.py) so that a result is never
 overtaken by the Synced that fences it, and survive a full or absent host
-queue: a host restart does not disturb a worker.
+mailbox: a host restart does not disturb a worker.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import sys
 import time
 from dataclasses import replace
 
-from .. import __version__, config, configload, limits, monitor, protocol, transport
+from .. import __version__, config, configload, monitor, protocol, transport
 from ..daemon import Daemon, ignore
 from ..notify import child_environment
-from ..transport import PosixQueue
+from ..transport import Mailbox
 from . import attempt, handlers
 from .attempt import Attempt
 from .outbox import Outbox
@@ -31,11 +31,12 @@ BYE_WAIT = 5.0  # seconds a stopping worker waits for the host's fence before it
 
 
 class Worker(Daemon):
-    def __init__(self, cfg: config.Config, config_path: str | None, instance: str) -> None:
-        super().__init__(f"tq-worker@{instance}", cfg, config_path)
+    def __init__(self, cfg: config.Config, config_path: str | None, instance: str,
+                 mailboxes: transport.Mailboxes | None = None) -> None:
+        super().__init__(f"tq-worker@{instance}", cfg, config_path, mailboxes=mailboxes)
         self.instance = instance
         self.wcfg = cfg.worker_for(instance)
-        self.outbox = Outbox(instance, cfg.mqueue.max_message_size)  # to the host queue, in order
+        self.outbox = Outbox(instance, cfg.mqueue.max_message_size)  # to the host mailbox, in order
         # Jobs of a batch not yet run, and a fence that came behind them (answered once they have run).
         self.local: collections.deque[protocol.Job | protocol.Sync] = collections.deque()
         self.current: Attempt | None = None
@@ -50,33 +51,29 @@ class Worker(Daemon):
         self.jobs_done = 0  # attempts run here that ended ok / failed, since this program started
         self.jobs_failed = 0
         self.env = child_environment()
-        self.inbox: PosixQueue | None = None
-        self.host_q: PosixQueue | None = None
+        self.inbox: Mailbox | None = None
+        self.host_mailbox: Mailbox | None = None
 
     # ---- start ----------------------------------------------------------
 
     def start(self) -> None:
-        cfg = self.cfg = self.grant_queues(self.cfg)
-        assert self.granted is not None
+        cfg = self.cfg = self.granted(self.cfg, self.mailboxes)
         self.outbox.limit = cfg.mqueue.max_message_size
         self.watch_signals()
         drained: list[bytes] = []
         # The inbox holds at most `prefetch` jobs and the host's Sync fence: a deeper one would only use up
-        # the per-user queue memory (RLIMIT_MSGQUEUE). Where the kernel or that budget grants less, less.
-        depth = min(self.wcfg.prefetch + 1, self.granted.msg_max)
-        self.inbox = transport.open_within_budget(cfg.inbox(self.instance), depth, cfg.mqueue.max_message_size,
-                                                  least=2, drained=drained)
+        # the per-user queue memory (POSIX: RLIMIT_MSGQUEUE). Where the kernel or that budget grants less, less.
+        self.inbox = self.mailboxes.create_inbox(self.instance, self.wcfg.prefetch + 1, drained)
         if self.inbox.max_messages < self.wcfg.prefetch + 1:
-            self.logger.warning("inbox %s holds %d messages, not worker.prefetch + 1 = %d (fs.mqueue.msg_max %d, "
-                                "queue memory budget RLIMIT_MSGQUEUE %s): prefetch %d", self.inbox.name,
-                                self.inbox.max_messages, self.wcfg.prefetch + 1, self.granted.msg_max,
-                                limits.budget(), self.inbox.max_messages - 1)
+            self.logger.warning("inbox %s holds %d messages, not worker.prefetch + 1 = %d (%s): prefetch %d",
+                                self.inbox.name, self.inbox.max_messages, self.wcfg.prefetch + 1,
+                                self.mailboxes.depth_bounds(), self.inbox.max_messages - 1)
             self.wcfg = replace(self.wcfg, prefetch=self.inbox.max_messages - 1)
         if drained:
             self.logger.warning("recreated inbox %s with the configured size; dropped %d message(s), which "
                                 "tq-host requeues", self.inbox.name, len(drained))
-        self.host_q = self._wait_for_host()
-        if self.host_q is None:
+        self.host_mailbox = self._wait_for_host()
+        if self.host_mailbox is None:
             return
         self.outbox.message(self._hello())
         self._flush()
@@ -84,16 +81,15 @@ class Worker(Daemon):
                          ",".join(self.wcfg.queues), self.inbox.name)
         self.notifier.ready("idle")
 
-    def _wait_for_host(self) -> PosixQueue | None:
-        """Open the host's queue, waiting (and pinging the watchdog) until tq-host has created it."""
+    def _wait_for_host(self) -> Mailbox | None:
+        """Open the host's mailbox, waiting (and pinging the watchdog) until tq-host has created it."""
         logged = False
         while not self.stop_requested:
             try:
-                return transport.open_queue(self.cfg.host_queue, self.cfg.mqueue.max_messages,
-                                            self.cfg.mqueue.max_message_size, create=False)
-            except transport.QueueAccessDenied:
+                return self.mailboxes.reach_host()
+            except transport.MailboxAccessDenied:
                 raise
-            except transport.QueueError as e:
+            except transport.MailboxError as e:
                 if not logged:
                     self.logger.info("waiting for tq-host: %s", e)
                     self.notifier.status("waiting for tq-host")
@@ -109,13 +105,13 @@ class Worker(Daemon):
 
     def run(self) -> int:
         self.start()
-        while not self.exit_now and self.host_q is not None:
+        while not self.exit_now and self.host_mailbox is not None:
             self.step()
         self.notifier.stopping()
         deadline = time.monotonic() + BYE_WAIT
-        while self.outbox and self.host_q is not None and time.monotonic() < deadline:
+        while self.outbox and self.host_mailbox is not None and time.monotonic() < deadline:
             self._flush()
-            if self.outbox:  # wait for room in the host queue
+            if self.outbox:  # wait for room in the host mailbox
                 self.notifier.tick(time.monotonic())
                 self._watch([], False, True)
                 self.select(0.1)
@@ -179,13 +175,13 @@ class Worker(Daemon):
 
     def _watch(self, fds: list[int], inbox: bool, host_writable: bool = False) -> None:
         """Watch the running attempt's descriptors, the inbox only when idle (else it would spin), and the
-        host queue for room while messages wait to be sent to it."""
-        assert self.inbox is not None and self.host_q is not None
+        host mailbox for room while messages wait to be sent to it."""
+        assert self.inbox is not None and self.host_mailbox is not None
         wanted = {(fd, selectors.EVENT_READ) for fd in fds}
         if inbox:
             wanted.add((self.inbox.fileno(), selectors.EVENT_READ))
         if host_writable:
-            wanted.add((self.host_q.fileno(), selectors.EVENT_WRITE))
+            wanted.add((self.host_mailbox.fileno(), selectors.EVENT_WRITE))
         for fd, _events in self.watched - wanted:
             self.sel.unregister(fd)
         for fd, events in wanted - self.watched:
@@ -214,17 +210,16 @@ class Worker(Daemon):
             self.malformed(f"dropped a {type(msg).__name__} message, which tq-host does not send")
 
     def _on_sync(self, msg: protocol.Sync) -> None:
-        """The host's fence: answer after everything before it; reopen the host queue (it may be new)."""
+        """The host's fence: answer after everything before it; reopen the host mailbox (it may be new)."""
         try:
-            reopened = transport.open_queue(self.cfg.host_queue, self.cfg.mqueue.max_messages,
-                                            self.cfg.mqueue.max_message_size, create=False)
-        except transport.QueueError as e:
-            self.logger.warning("keeping the open host queue: %s", e)
+            reopened = self.mailboxes.reach_host()
+        except transport.MailboxError as e:
+            self.logger.warning("keeping the open host mailbox: %s", e)
         else:
-            assert self.host_q is not None
+            assert self.host_mailbox is not None
             self._watch(self.current.execution.fds if self.current else [], False)  # forget the old descriptor
-            self.host_q.close()
-            self.host_q = reopened
+            self.host_mailbox.close()
+            self.host_mailbox = reopened
         self.outbox.message(protocol.Synced(self.instance, msg.token))
         if self.bye_sent:
             self.exit_now = True
@@ -307,19 +302,19 @@ class Worker(Daemon):
     def _end_attempt(self) -> None:
         """Stop watching the attempt's descriptors before they are closed (their numbers get reused).
 
-        The queues stay as they are watched: toggling the inbox after every job cost two epoll_ctl calls.
+        The mailboxes stay as they are watched: toggling the inbox after every job cost two epoll_ctl calls.
         """
-        assert self.current is not None and self.inbox is not None and self.host_q is not None
-        queues = (self.inbox.fileno(), self.host_q.fileno())
-        for entry in [e for e in self.watched if e[0] not in queues]:
+        assert self.current is not None and self.inbox is not None and self.host_mailbox is not None
+        mailboxes = (self.inbox.fileno(), self.host_mailbox.fileno())
+        for entry in [e for e in self.watched if e[0] not in mailboxes]:
             self.sel.unregister(entry[0])
             self.watched.discard(entry)
         self.current.execution.close()
         self.current = None
 
     def _flush(self) -> None:
-        assert self.host_q is not None
-        self.outbox.flush(self.host_q)
+        assert self.host_mailbox is not None
+        self.outbox.flush(self.host_mailbox)
 
     def _heartbeat(self, now: float) -> None:
         self.next_heartbeat = now + self.wcfg.heartbeat
@@ -418,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.argv = sys.argv[1:] if argv is None else argv
     try:
         return worker.run()
-    except transport.QueueError as e:
+    except transport.MailboxError as e:
         worker.logger.error("cannot start: %s", e)
         return 1
 

@@ -2,8 +2,8 @@
 
 One FIFO for every message, so that a result is never overtaken by the
 Synced that fences it (the fence relies on it); results are packed into one
-Results message while jobs flow. What the host queue cannot take now waits
-here: a full or absent host queue (a host restart) does not disturb a worker.
+Results message while jobs flow. What the host mailbox cannot take now waits
+here: a full or absent host mailbox (a host restart) does not disturb a worker.
 """
 
 from __future__ import annotations
@@ -11,19 +11,19 @@ from __future__ import annotations
 import collections
 
 from .. import protocol
-from ..transport import Transport
+from ..transport import Mailbox
 
 
 class Outbox:
     def __init__(self, instance: str, limit: int) -> None:
         self.instance = instance
-        self.limit = limit  # the queues' message size
-        self.pending: collections.deque[bytes] = collections.deque()  # encoded, for the host queue, in order
+        self.limit = limit  # the mailboxes' message size
+        self.pending: collections.deque[bytes] = collections.deque()  # encoded, for the host mailbox, in order
         self.results: list[list[object]] = []  # results not yet packed
         self.results_size = 0
 
     def __bool__(self) -> bool:
-        """True while messages wait for room in the host queue."""
+        """True while messages wait for room in the host mailbox."""
         return bool(self.pending)
 
     def message(self, msg: protocol.Message) -> None:
@@ -44,9 +44,9 @@ class Outbox:
             self.pending.append(protocol.encode(protocol.Results(self.instance, self.results)))
             self.results, self.results_size = [], 0
 
-    def flush(self, queue: Transport) -> None:
-        """Send what waits, in order, until the queue is full."""
+    def flush(self, mailbox: Mailbox) -> None:
+        """Send what waits, in order, until the mailbox is full."""
         while self.pending:
-            if not queue.send(self.pending[0], 0):
+            if not mailbox.send(self.pending[0], 0):
                 return
             self.pending.popleft()

@@ -1,0 +1,78 @@
+"""The interface every transport implements: a mailbox, the mailboxes of one configuration, and their errors.
+
+A mailbox carries protocol messages to one reader: the host's mailbox takes every worker's messages, a
+worker's inbox takes the host's. Each back end (posix.py, memory.py) implements `Mailboxes`; the daemons
+see only these names (through `tq.transport`). Kept apart from the package's __init__ so that the back
+ends can import it without an import cycle.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class MailboxError(Exception):
+    """A mailbox cannot be opened or created; the message says why and what to do."""
+
+
+class OutOfBudget(MailboxError):
+    """The owner's budget for mailboxes (POSIX: RLIMIT_MSGQUEUE) has no room for one this large."""
+
+
+class MailboxAccessDenied(MailboxError):
+    """The caller may not open the mailbox (POSIX: mq_open said EACCES; not the owner or in their group)."""
+
+
+class Mailbox(Protocol):
+    """One open handle of a mailbox. Closing it leaves the mailbox and the messages in it."""
+
+    name: str
+
+    @property
+    def max_messages(self) -> int:
+        """The mailbox's depth, fixed when it was created."""
+        ...
+
+    def send(self, data: bytes, priority: int) -> bool:
+        """Send without blocking; False when the mailbox is full. Higher priorities are received first."""
+        ...
+
+    def receive(self) -> bytes | None:
+        """Receive without blocking; None when the mailbox is empty."""
+        ...
+
+    def fileno(self) -> int:
+        """A descriptor that polls readable while messages wait. tq-worker also waits for the host mailbox's to
+        poll writable (room again after a full one): POSIX queues do; the memory twin does not model it."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Mailboxes(Protocol):
+    """Where one configuration's mailboxes live, as granted for it (tq-host's and each worker's inbox)."""
+
+    message_size: int  # the largest message, as granted
+    notes: tuple[str, ...]  # one line per limit granted below the configuration (`tqctl status` shows them)
+
+    def open_host(self, drained: list[bytes] | None = None) -> Mailbox:
+        """tq-host's own mailbox, created if need be. One of other dimensions is drained into `drained` and
+        recreated; a shallower one than configured adds a note."""
+        ...
+
+    def open_inbox(self, instance: str) -> Mailbox:
+        """tq-host's handle of a worker's inbox, which that worker created; MailboxError if there is none."""
+        ...
+
+    def create_inbox(self, instance: str, depth: int, drained: list[bytes] | None = None) -> Mailbox:
+        """A worker's own inbox, `depth` deep or as near as is granted; one of other dimensions is drained into
+        `drained` and recreated."""
+        ...
+
+    def reach_host(self) -> Mailbox:
+        """A worker's handle of tq-host's mailbox; MailboxError until tq-host has created it."""
+        ...
+
+    def depth_bounds(self) -> str:
+        """What bounds a mailbox's depth here, for a warning that one is shallower than asked."""
+        ...

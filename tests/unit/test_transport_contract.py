@@ -1,0 +1,151 @@
+"""What every transport promises the daemons (tq.transport.Mailboxes), one set of cases run against each back
+end: POSIX queues (real ones, under a unique prefix, removed afterwards) and the in-memory twin."""
+
+from __future__ import annotations
+
+import os
+import select
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tq import config, configload
+from tq.transport import Mailbox, MailboxError, Mailboxes, posix
+from tq.transport.memory import MemoryMailboxes
+
+INSTANCES = ("1", "2")  # the workers the cases make inboxes for
+
+
+def _config(tmp_path: Path) -> config.Config:
+    path = tmp_path / "tq.toml"
+    path.write_text(f'[mqueue]\nprefix = "/tqt-contract-{uuid.uuid4().hex[:8]}"\nmax_messages = 10\n'
+                    'max_message_size = 1024\n')
+    return configload.load(str(path))
+
+
+@pytest.fixture(params=["posix", "memory"])
+def mailboxes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mailboxes]:
+    cfg = _config(tmp_path)
+    if request.param == "memory":
+        memory = MemoryMailboxes(cfg)
+        yield memory
+        memory.close()
+        return
+    yield posix.PosixMailboxes(cfg)
+    for name in (cfg.host_queue, *(cfg.inbox(i) for i in INSTANCES)):
+        posix.unlink_mailbox(name)
+
+
+def _readable(mailbox: Mailbox) -> bool:
+    ready, _, _ = select.select([mailbox.fileno()], [], [], 0)
+    return bool(ready)
+
+
+def test_the_most_urgent_message_comes_first_and_equals_in_the_order_sent(mailboxes: Mailboxes) -> None:
+    host = mailboxes.open_host()
+    for data, priority in [(b"a", 1), (b"b", 5), (b"c", 1), (b"d", 0), (b"e", 5)]:
+        assert host.send(data, priority)
+    out = []
+    while (data := host.receive()) is not None:
+        out.append(data)
+    assert out == [b"b", b"e", b"a", b"c", b"d"]
+    host.close()
+
+
+def test_a_full_mailbox_refuses_without_blocking(mailboxes: Mailboxes) -> None:
+    inbox = mailboxes.create_inbox("1", 2)
+    assert inbox.max_messages == 2
+    assert inbox.send(b"1", 0) and inbox.send(b"2", 0)
+    assert not inbox.send(b"3", 9)
+    assert inbox.receive() == b"1"
+    assert inbox.send(b"3", 0)
+    inbox.close()
+
+
+def test_closing_a_handle_leaves_the_mailbox_and_its_messages(mailboxes: Mailboxes) -> None:
+    inbox = mailboxes.create_inbox("1", 4)
+    assert inbox.send(b"for the worker", 1)
+    inbox.close()
+    again = mailboxes.open_inbox("1")  # as tq-host opens it
+    assert again.receive() == b"for the worker"
+    again.close()
+
+    host = mailboxes.open_host()
+    assert host.send(b"for the host", 0)
+    host.close()
+    reached = mailboxes.reach_host()  # as a worker opens it
+    assert reached.receive() == b"for the host"
+    reached.close()
+
+
+def test_a_reopened_host_mailbox_keeps_what_waits_in_it(mailboxes: Mailboxes) -> None:
+    host = mailboxes.open_host()
+    assert host.send(b"a result", 0)
+    host.close()
+    drained: list[bytes] = []
+    host = mailboxes.open_host(drained)  # tq-host restarted with the same configuration
+    assert (drained, host.receive()) == ([], b"a result")
+    host.close()
+
+
+def test_the_descriptor_polls_readable_while_messages_wait_and_not_when_empty(mailboxes: Mailboxes) -> None:
+    inbox = mailboxes.create_inbox("1", 4)
+    assert not _readable(inbox)
+    assert inbox.send(b"x", 0) and inbox.send(b"y", 0)
+    assert _readable(inbox)
+    assert inbox.receive() == b"x"
+    assert _readable(inbox)
+    assert inbox.receive() == b"y"
+    assert not _readable(inbox)
+    inbox.close()
+
+
+def test_an_inbox_of_other_dimensions_is_drained_and_recreated(mailboxes: Mailboxes) -> None:
+    old = mailboxes.create_inbox("1", 2)
+    assert old.send(b"kept", 3)
+    old.close()
+    drained: list[bytes] = []
+    new = mailboxes.create_inbox("1", 3, drained)
+    assert drained == [b"kept"]
+    assert new.max_messages == 3 and new.receive() is None
+    new.close()
+
+
+def test_an_unknown_worker_s_inbox_and_a_host_not_started_are_errors(mailboxes: Mailboxes) -> None:
+    with pytest.raises(MailboxError):
+        mailboxes.open_inbox("2")
+    with pytest.raises(MailboxError):
+        mailboxes.reach_host()
+
+
+def test_a_posix_mailbox_is_the_owners_alone_whatever_the_umask_and_whoever_made_it_wider() -> None:
+    name = f"/tqt-unit-{uuid.uuid4().hex[:8]}"
+    old = os.umask(0)
+    try:
+        q = posix.open_mailbox(name, 10, 1024)
+        assert os.fstat(q.fileno()).st_mode & 0o777 == 0o600
+        os.fchmod(q.fileno(), 0o666)  # as an older tq (0660) or a careless hand left it
+        q.close()
+        q = posix.open_mailbox(name, 10, 1024)
+        assert os.fstat(q.fileno()).st_mode & 0o777 == 0o600
+        q.close()
+    finally:
+        os.umask(old)
+        posix.unlink_mailbox(name)
+
+
+def test_a_posix_mailbox_of_another_message_size_is_drained_and_recreated() -> None:
+    name = f"/tqt-unit-{uuid.uuid4().hex[:8]}"
+    try:
+        old = posix.open_mailbox(name, 5, 1024)
+        assert old.send(b"kept", 3)
+        old.close()
+        drained: list[bytes] = []
+        new = posix.open_mailbox(name, 5, 2048, drained=drained)
+        assert drained == [b"kept"]
+        assert (new.mq.max_messages, new.mq.max_message_size) == (5, 2048)
+        new.close()
+    finally:
+        posix.unlink_mailbox(name)
