@@ -77,7 +77,7 @@ class JobEvents:
         # tq-host's event stream (stream.EventStream.events): every event's fields are appended, logged or not,
         # in events.py's order (TIME, NAME, JOB, TASK, QUEUE, ATTEMPT, WORKER, DETAIL).
         self.capture = capture
-        self.now = 0.0  # the time the captured events carry: tq-host sets it once a step (time.time())
+        self.now = 0.0  # the time the captured events carry: tick sets it once a step (tq-host: time.time())
         self._window = int(time.monotonic())  # the second whose budget is being used (tick)
         self._used = 0
         self.suppressed = 0
@@ -108,10 +108,12 @@ class JobEvents:
         if self.capture is not None:
             self.capture.extend((self.now, event, job_id, task, queue, attempt, None, ""))
 
-    def tick(self) -> None:
+    def tick(self, wall: float = 0.0) -> None:
         """Once a loop step, before its events: a new second gives a new budget, and the last one's suppressed
         events are summarised (also when no more events come). The clock is read here, once a step, not once
-        an event: a step's events count against the second it began in."""
+        an event: a step's events count against the second it began in. `wall` (time.time()) is the time the
+        step's captured events carry (tq-host's)."""
+        self.now = wall
         window = int(time.monotonic())
         if window != self._window:
             self._roll(window)

@@ -16,7 +16,7 @@ DAEMONS = Path(events.__file__).resolve().parent
 def test_job_and_worker_events_are_appended_in_the_field_order_events_names() -> None:
     captured: list[object] = []
     job_events = log.JobEvents(logging.getLogger("t"), "none", capture=captured)
-    job_events.now = 12.5
+    job_events.tick(12.5)
     job_events.event("done", 7, "task", "q", 2, "w1", "1.0 s")
     job_events.notify("next attempt", 8, "task2", "q2", 3)
     s = EventStream(captured, lambda c: None, lambda flat: None)

@@ -77,7 +77,7 @@ class Host(Daemon):
         cfg = self.cfg
         self.server.listen(cfg.host.socket)
         self.watch_signals()
-        self.events.now = time.time()
+        self.events.tick(time.time())
         self._recover()
         self.started_work = time.monotonic()
         for data in self.drained:
@@ -97,8 +97,7 @@ class Host(Daemon):
         """Daemon.select, then the time of this step's events and their log budget's second (one clock read
         each a step, not one an event)."""
         ready = self.sel.select(timeout)
-        self.events.now = time.time()
-        self.events.tick()
+        self.events.tick(time.time())
         for key, mask in ready:
             key.data(mask)
 

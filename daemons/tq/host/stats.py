@@ -1,9 +1,10 @@
 """What tq-host counts for its metrics: outcomes, retries, job durations and commit latency.
 
 Plain integers and lists, bumped on the host's own loop (no locks, no client
-library in the daemon); the `metrics` op hands a snapshot to tqctl, which
-writes the Prometheus text (tq/metrics.py). Counters start at zero when the
-host starts, as Prometheus expects of a counter.
+library on that path); the `metrics` op takes a snapshot of them
+(host/snapshot.py), and tq-host writes it as Prometheus text (tq/metrics.py,
+whose client library it imports at the first scrape). Counters start at zero
+when the host starts, as Prometheus expects of a counter.
 """
 
 from __future__ import annotations

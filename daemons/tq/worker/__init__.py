@@ -11,54 +11,50 @@ from __future__ import annotations
 
 import argparse
 import collections
+import logging
 import os
 import selectors
 import sys
 import time
 from dataclasses import replace
 
-from .. import __version__, config, configload, monitor, protocol, transport
+from .. import __version__, config, configload, protocol, transport
 from ..daemon import Daemon, ignore
 from ..notify import child_environment
 from ..transport import Mailbox
-from . import attempt, handlers
 from .attempt import Attempt
 from .outbox import Outbox
+from .runner import Runner
 
 BATCH = 64  # messages handled per step before looking at the selector again
-MAX_CANCELLED = 10_000  # remembered cancels of jobs not started yet (a bound: the host resends nothing)
 BYE_WAIT = 5.0  # seconds a stopping worker waits for the host's fence before it exits anyway
 
 
 class Worker(Daemon):
     def __init__(self, cfg: config.Config, config_path: str | None, instance: str,
-                 mailboxes: transport.Mailboxes | None = None) -> None:
+                 mailboxes: transport.Mailboxes | None = None, argv: list[str] | None = None) -> None:
+        """`argv`: the command line to re-execute with (after a Python handler outlived its stop)."""
         super().__init__(f"tq-worker@{instance}", cfg, config_path, mailboxes=mailboxes)
-        self.instance = instance
+        cfg = self.cfg = self.granted(cfg, self.mailboxes)
+        self.instance, self.argv = instance, list(argv or [])
         self.wcfg = cfg.worker_for(instance)
         self.outbox = Outbox(instance, cfg.mqueue.max_message_size)  # to the host mailbox, in order
+        self.runner = Runner(instance, self.outbox, self.events, self.logger, cfg.mqueue.max_message_size,
+                             child_environment(), self._forget)
         # Jobs of a batch not yet run, and a fence that came behind them (answered once they have run).
         self.local: collections.deque[protocol.Job | protocol.Sync] = collections.deque()
-        self.current: Attempt | None = None
-        self.cancelled: set[tuple[int, int]] = set()  # (job, attempt) cancelled before it started
         self.watched: set[tuple[int, int]] = set()
         self.stop_started = 0.0
         self.bye_sent = False
+        self.bye_at = 0.0  # monotonic time the Bye was sent
         self.exit_now = False
-        self.reexec = False
         self.next_heartbeat = 0.0
-        self.sampler = monitor.Sampler(time.monotonic())  # the figures each heartbeat carries
-        self.jobs_done = 0  # attempts run here that ended ok / failed, since this program started
-        self.jobs_failed = 0
-        self.env = child_environment()
         self.inbox: Mailbox | None = None
         self.host_mailbox: Mailbox | None = None
 
     # ---- start ----------------------------------------------------------
 
     def start(self) -> None:
-        cfg = self.cfg = self.granted(self.cfg, self.mailboxes)
-        self.outbox.limit = cfg.mqueue.max_message_size
         self.watch_signals()
         drained: list[bytes] = []
         # The inbox holds at most `prefetch` jobs and the host's Sync fence: a deeper one would only use up
@@ -115,7 +111,7 @@ class Worker(Daemon):
                 self.notifier.tick(time.monotonic())
                 self._watch([], False, True)
                 self.select(0.1)
-        if self.reexec:
+        if self.runner.reexec:
             self._reexec()
         self.logger.info("tq-worker %s stopped", self.instance)
         return 0
@@ -124,17 +120,20 @@ class Worker(Daemon):
         """One loop iteration; blocks in the selector only when there is nothing to do."""
         now = time.monotonic()
         self.events.tick()
-        progressed = self._poll_attempt(now)
+        progressed = self.runner.poll(now, self.stop_started, self.wcfg.stop_timeout)
         if self.reload_requested:
             self.reload()
         if self.stop_requested:
             self._stopping(now)
         self._flush()
-        if self.current is None and not self.outbox and not self.reexec:
+        if self.runner.current is None and not self.outbox and not self.runner.reexec:
             for _ in range(BATCH):
                 if self.local:
                     item = self.local.popleft()
-                    self._on_sync(item) if isinstance(item, protocol.Sync) else self._on_job(item)
+                    if isinstance(item, protocol.Sync):
+                        self._on_sync(item)
+                    else:
+                        self._on_job(item)
                 else:
                     assert self.inbox is not None
                     data = self.inbox.receive()
@@ -142,15 +141,15 @@ class Worker(Daemon):
                         break
                     self._on_message(data)
                 progressed = True
-                if self.current is not None or self.outbox or self.exit_now:
+                if self.runner.current is not None or self.outbox or self.exit_now:
                     break
-        elif self.current is not None:  # a running job: take in what came, to see a Cancel at once
+        elif self.runner.current is not None:  # a running job: take in what came, to see a Cancel at once
             assert self.inbox is not None
             while (data := self.inbox.receive()) is not None:
                 self._on_message(data)
         self.outbox.pack_results()
         self._flush()
-        if self.reexec and not self.outbox:
+        if self.runner.reexec and not self.outbox:
             self.exit_now = True
         now = time.monotonic()
         if now >= self.next_heartbeat:
@@ -165,12 +164,13 @@ class Worker(Daemon):
         timeout = min(self.next_heartbeat - now, 1.0)
         if ping is not None:
             timeout = min(timeout, ping)
-        if self.current is not None:
-            timeout = min(timeout, self.current.next_event() - now)
+        current = self.runner.current
+        if current is not None:
+            timeout = min(timeout, current.next_event() - now)
         if self.stop_requested:
             timeout = min(timeout, 0.05)
-        inbox = (self.current is not None or not self.outbox) and not self.stop_requested
-        self._watch(self.current.execution.fds if self.current else [], inbox, bool(self.outbox))
+        inbox = (current is not None or not self.outbox) and not self.stop_requested
+        self._watch(current.execution.fds if current else [], inbox, bool(self.outbox))
         self.select(max(timeout, 0.0))
 
     def _watch(self, fds: list[int], inbox: bool, host_writable: bool = False) -> None:
@@ -200,12 +200,12 @@ class Worker(Daemon):
             self.malformed(f"dropped a malformed message on {self.cfg.inbox(self.instance)}: {e}")
             return
         if isinstance(msg, protocol.Sync):
-            if self.current is None and not self.local:
+            if self.runner.current is None and not self.local:
                 self._on_sync(msg)
             else:
                 self.local.append(msg)  # answered after everything that came before it
         elif isinstance(msg, protocol.Cancel):
-            self._on_cancel(msg)
+            self.runner.cancel(msg)
         else:
             self.malformed(f"dropped a {type(msg).__name__} message, which tq-host does not send")
 
@@ -217,100 +217,32 @@ class Worker(Daemon):
             self.logger.warning("keeping the open host mailbox: %s", e)
         else:
             assert self.host_mailbox is not None
-            self._watch(self.current.execution.fds if self.current else [], False)  # forget the old descriptor
+            current = self.runner.current
+            self._watch(current.execution.fds if current else [], False)  # forget the old descriptor
             self.host_mailbox.close()
             self.host_mailbox = reopened
         self.outbox.message(protocol.Synced(self.instance, msg.token))
         if self.bye_sent:
             self.exit_now = True
 
-    def _on_cancel(self, msg: protocol.Cancel) -> None:
-        """Stop the running attempt, or drop a job not started yet (reported as cancelled); late: ignored."""
-        a = self.current
-        if a is not None and (a.job.id, a.job.attempt) == (msg.id, msg.attempt):
-            self.logger.info("job %d: cancel asked; stopping its attempt %d", msg.id, msg.attempt,
-                             extra={"TQ_JOB_ID": msg.id, "TQ_ATTEMPT": msg.attempt})
-            a.stop("cancelled", time.monotonic())
-            return
-        # Not started: it is in `local`, or still in the inbox behind the Cancel (which overtakes jobs).
-        if len(self.cancelled) < MAX_CANCELLED:
-            self.cancelled.add((msg.id, msg.attempt))
-
     def _on_job(self, job: protocol.Job) -> None:
-        """Start an attempt, with the handler tq-host resolved for the job (never this worker's own config)."""
         if self.stop_requested:
             self.outbox.message(protocol.Release(self.instance, job.id, job.attempt))
             return
-        if self.cancelled and (job.id, job.attempt) in self.cancelled:
-            self.cancelled.discard((job.id, job.attempt))
-            self.outbox.result(protocol.Result(self.instance, job.id, job.attempt, False, "", "cancelled", 0.0,
-                                               time.time(), {}))
-            return
-        now = time.monotonic()
-        self.events.event("started", job.id, job.task, job.queue, job.attempt, self.instance)
-        env = self.env  # a command's environment gets the job's TQ_* (only a command has one)
-        if job.handler.get("handler") == "command":
-            env = env | {"TQ_JOB_ID": str(job.id), "TQ_TASK": job.task, "TQ_ATTEMPT": str(job.attempt),
-                         "TQ_WORKER": self.instance}
-        execution = handlers.start(job.handler, job, env)
-        if isinstance(execution, handlers.Done):  # ended as it began (echo, a failure to start): nothing to watch
-            outcome = execution.outcome
-            if outcome.ok:
-                self.jobs_done += 1
-            else:
-                self.jobs_failed += 1
-            self.outbox.result(attempt.result(self.instance, job, outcome, 0.0, time.time(), {},
-                                              self.cfg.mqueue.max_message_size))
-            self.events.event("done" if outcome.ok else "failed", job.id, job.task, job.queue, job.attempt,
-                              self.instance, outcome.error)
-            return
-        self.current = Attempt(job, execution, now, now + job.timeout, time.time())
-        self._poll_attempt(now)
+        self.runner.start(job)
 
-    # ---- the running attempt --------------------------------------------
-
-    def _poll_attempt(self, now: float) -> bool:
-        """Finish the running attempt if it is done or out of time; True if it finished."""
-        a = self.current
-        if a is None:
-            return False
-        outcome = a.poll(now)
-        if a.forced:
-            self.reexec = True  # a Python thread cannot be killed: report, then start afresh
-        if outcome is None and self.stop_started and now - self.stop_started > self.wcfg.stop_timeout:
-            a.execution.kill()
-            if not a.execution.killable:
-                self.reexec = True
-            self._end_attempt()
-            self.outbox.message(protocol.Release(self.instance, a.job.id, a.job.attempt))
-            self.events.event("released", a.job.id, a.job.task, a.job.queue, a.job.attempt, self.instance,
-                              f"interrupted by stop after worker.stop_timeout = {self.wcfg.stop_timeout:g}s")
-            return True
-        if outcome is None:
-            return False
-        self._end_attempt()
-        if outcome.ok:
-            self.jobs_done += 1
-        else:
-            self.jobs_failed += 1
-        self.outbox.result(a.report(self.instance, outcome, self.cfg.mqueue.max_message_size))
-        event = "done" if outcome.ok else "failed"
-        self.events.event(event, a.job.id, a.job.task, a.job.queue, a.job.attempt, self.instance,
-                          outcome.error if not outcome.ok else "")
-        return True
-
-    def _end_attempt(self) -> None:
-        """Stop watching the attempt's descriptors before they are closed (their numbers get reused).
+    def _forget(self, _ending: Attempt) -> None:
+        """Stop watching the ending attempt's descriptors before they are closed (their numbers get reused).
 
         The mailboxes stay as they are watched: toggling the inbox after every job cost two epoll_ctl calls.
         """
-        assert self.current is not None and self.inbox is not None and self.host_mailbox is not None
+        assert self.inbox is not None and self.host_mailbox is not None
         mailboxes = (self.inbox.fileno(), self.host_mailbox.fileno())
         for entry in [e for e in self.watched if e[0] not in mailboxes]:
             self.sel.unregister(entry[0])
             self.watched.discard(entry)
-        self.current.execution.close()
-        self.current = None
+
+    # ---- reports to the host ---------------------------------------------
 
     def _flush(self) -> None:
         assert self.host_mailbox is not None
@@ -320,23 +252,13 @@ class Worker(Daemon):
         self.next_heartbeat = now + self.wcfg.heartbeat
         if self.outbox or self.bye_sent:
             return  # the host is behind; results first
-        running = self.current.job.id if self.current else 0
+        running = self.runner.current.job.id if self.runner.current else 0
         msg = protocol.Heartbeat(self.instance, os.getpid(), list(self.wcfg.queues), self.wcfg.prefetch, running,
-                                 self._monitor(now))
+                                 self.runner.figures(now))
         if len(protocol.encode(msg)) > self.cfg.mqueue.max_message_size:  # a tiny max_message_size, long names
             msg = replace(msg, monitor={})
         self.outbox.message(msg)
         self._flush()
-
-    def _monitor(self, now: float) -> dict[str, object]:
-        """This worker's figures for the heartbeat (see monitor.py), with the running attempt's."""
-        a = self.current
-        if a is None:
-            return self.sampler.sample(now, self.jobs_done, self.jobs_failed)
-        job = {"id": a.job.id, "task": a.job.task, "attempt": a.job.attempt,
-               "elapsed_seconds": round(now - a.started, 2)}
-        session = a.execution.proc.pid if isinstance(a.execution, handlers.Command) else None
-        return self.sampler.sample(now, self.jobs_done, self.jobs_failed, job, session)
 
     def _status(self, now: float) -> None:
         if self.notifier.status_due(now):
@@ -345,8 +267,8 @@ class Worker(Daemon):
     def status_text(self) -> str:
         if self.stop_requested:
             return "stopping"
-        if self.current is not None:
-            j = self.current.job
+        if self.runner.current is not None:
+            j = self.runner.current.job
             return f"running job {j.id} ({j.task}), attempt {j.attempt}"
         return "idle"
 
@@ -359,7 +281,7 @@ class Worker(Daemon):
             self.notifier.stopping()
             self.logger.info("stopping: finishing the current job (up to %gs), then handing back queued ones",
                              self.wcfg.stop_timeout)
-        if self.current is not None:
+        if self.runner.current is not None:
             return
         if not self.bye_sent:
             self.bye_sent = True
@@ -386,8 +308,6 @@ class Worker(Daemon):
         self.logger.warning("restarting this worker process: a Python handler outlived its timeout or cancel")
         os.execv(sys.executable, [sys.executable, "-m", "tq.worker", *self.argv])
 
-    argv: list[str] = []
-
 
 def build_parser() -> argparse.ArgumentParser:
     """tq-worker's command line (also the source of its man page, tq-worker(8))."""
@@ -409,11 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as e:
         print(f"tq-worker: {e}", file=sys.stderr)
         return 2
-    worker = Worker(cfg, args.config, args.instance)
-    worker.argv = sys.argv[1:] if argv is None else argv
     try:
+        worker = Worker(cfg, args.config, args.instance, argv=sys.argv[1:] if argv is None else argv)
         return worker.run()
     except transport.MailboxError as e:
-        worker.logger.error("cannot start: %s", e)
+        logging.getLogger(f"tq-worker@{args.instance}").error("cannot start: %s", e)
         return 1
 
