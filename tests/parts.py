@@ -54,6 +54,11 @@ class Parts:
         syncs = [m for m in self.inbox_messages(instance) if isinstance(m, protocol.Sync)]
         self.worker_says(protocol.Synced(instance, syncs[-1].token), now)
 
+    def started(self, job: JobRecord, now: float = 0.0) -> None:
+        """The worker says the job's handler has been running for a while."""
+        assert job.worker is not None
+        self.worker_says(protocol.Started(job.worker, job.id, job.attempts, 1.7e9), now)
+
     def result(self, job: JobRecord, ok: bool = True, output: str = "out", duration: float = 0.001,
                now: float = 0.0) -> None:
         assert job.worker is not None

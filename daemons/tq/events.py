@@ -30,14 +30,15 @@ Event = tuple[float, str, int, str, str, "int | None", "str | None", str]
 
 # Job events as the journal names them (log.JobEvents.event): tq-host's ...
 HOST_JOB_EVENTS = ("submitted", "ready", "dispatched", "done", "retrying", "lost", "dead", "released", "cancelled",
-                   "retry requested")
+                   "retry requested")  # dispatched: assigned to a worker, in its inbox
 WORKER_JOB_EVENTS = ("started", "done", "failed", "released")  # ... and a worker's, about its attempts
-STREAM_ONLY = ("next attempt",)  # (log.JobEvents.notify) the stream's alone: the journal said it in other words
+STREAM_ONLY = ("next attempt", "started")  # (log.JobEvents.notify) the stream's alone: the journal said it in other
+# words (a worker logs "started" itself; tq-host hears of it from the worker's Started, after a few ms of running)
 # Worker events (the fleet's, to the stream alone): a worker started or came back, was fenced, lost, stopped.
 WORKER_EVENTS = ("up", "fenced", "lost", "stopped")
 
 # What the host's journal names an event (log.JobEvents), as the stream names it.
-STREAM_NAMES = {"dispatched": "started", "retrying": "failed", "lost": "failed", "retry requested": "retried",
+STREAM_NAMES = {"dispatched": "assigned", "retrying": "failed", "lost": "failed", "retry requested": "retried",
                 "next attempt": "retrying"}
 
 ALWAYS = {"failed", "retrying", "dead", "lost", "released"}  # logged past the budget, and alone in "failures"

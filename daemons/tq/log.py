@@ -103,10 +103,11 @@ class JobEvents:
         level = logging.WARNING if always else logging.INFO
         self.logger.log(level, "job %d %s%s", job_id, event, f": {detail}" if detail else "", extra=extra)
 
-    def notify(self, event: str, job_id: int, task: str, queue: str, attempt: int | None = None) -> None:
+    def notify(self, event: str, job_id: int, task: str, queue: str, attempt: int | None = None,
+               worker: str | None = None) -> None:
         """An event for the stream alone (the journal has said it already in other words)."""
         if self.capture is not None:
-            self.capture.extend((self.now, event, job_id, task, queue, attempt, None, ""))
+            self.capture.extend((self.now, event, job_id, task, queue, attempt, worker, ""))
 
     def tick(self, wall: float = 0.0) -> None:
         """Once a loop step, before its events: a new second gives a new budget, and the last one's suppressed

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-OPEN_STATES = ("queued", "running", "delayed", "failed", "deferred")
+OPEN_STATES = ("queued", "assigned", "running", "delayed", "failed", "deferred")
 
 
 def families(snap: dict[str, Any]) -> Iterator[Metric]:

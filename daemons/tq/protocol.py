@@ -6,7 +6,8 @@ Decoding checks every field's type, so a malformed message is one
 ProtocolError, never a crash further in.
 
 Host -> worker inbox (`<prefix>.w.<instance>`): Jobs (a batch of Job), Sync, Cancel.
-Worker -> host queue (`<prefix>.host`): Hello, Heartbeat, Results (a batch of Result), Release, Bye, Synced.
+Worker -> host queue (`<prefix>.host`): Hello, Heartbeat, Started, Results (a batch of Result), Release, Bye,
+Synced.
 Batches keep the syscalls and decodes per job down; each batch fits max_message_size.
 
 Sync is the fence that makes redelivery exact: the host stops dispatching to a
@@ -128,6 +129,17 @@ class Results(Message):
 
 
 @dataclass(frozen=True)
+class Started(Message):
+    """A job's handler has run for a while (a job that ends sooner tells when it started in its Result)."""
+
+    KIND: ClassVar[bytes] = b"G"
+    instance: str
+    id: int
+    attempt: int
+    started: float  # wall-clock time the handler started
+
+
+@dataclass(frozen=True)
 class Release(Message):
     """A job handed back unrun (or interrupted by a stop): requeue it without counting a failure."""
 
@@ -152,8 +164,9 @@ class Synced(Message):
 
 
 # What travels on the queues. Job and Result are the items of the Jobs and Results batches, not messages.
-KINDS: dict[bytes, type[Message]] = {cls.KIND: cls for cls in (Jobs, Sync, Cancel, Hello, Heartbeat, Results, Release,
-                                                                 Bye, Synced)}
+KINDS: dict[bytes, type[Message]] = {cls.KIND: cls for cls in (Jobs, Sync, Cancel, Hello, Heartbeat, Started, Results,
+                                                                 Release, Bye, Synced)}
+assert len(KINDS) == 10, "two messages share a KIND"
 _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "str": (str,), "float": (float, int), "bool": (bool,), "list[Any]": (list,),
     "list[str]": (list,), "Any": (object,), "dict[str, Any]": (dict,),

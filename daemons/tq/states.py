@@ -11,6 +11,7 @@ class JobState(StrEnum):
     QUEUED = "queued"
     DELAYED = "delayed"  # waits for its run_at
     DEFERRED = "deferred"  # waits for another job to finish (submit --after, the next step of a chain)
+    ASSIGNED = "assigned"  # handed to a worker, waiting in its inbox: running once its handler starts
     RUNNING = "running"
     FAILED = "failed"  # an attempt failed: waits for its run_at, then runs again
     DONE = "done"

@@ -169,7 +169,8 @@ class Chaos:
 
 def _all_final(c: Client, ids: list[int]) -> bool:
     st = c.status()["states"]
-    return bool(st["queued"] + st["running"] + st["delayed"] + st["failed"] == 0 and st["done"] >= len(ids))
+    open_jobs = st["queued"] + st["assigned"] + st["running"] + st["delayed"] + st["failed"]
+    return bool(open_jobs == 0 and st["done"] >= len(ids))
 
 
 def main() -> int:

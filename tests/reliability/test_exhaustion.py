@@ -170,7 +170,8 @@ def test_only_commits_that_acknowledge_something_are_fsynced(suite: Suite, tmp_p
                 break
         ids = [c.submit("task-1", str(i), delay=0.3) for i in range(20)]  # they run once all are submitted
         # status tells no job's outcome (a get would: it is an acknowledgement, fsync'd first)
-        wait_until(lambda: not any(c.status()["states"][state] for state in ("queued", "delayed", "running")),
+        open_states = ("queued", "delayed", "assigned", "running")
+        wait_until(lambda: not any(c.status()["states"][state] for state in open_states),
                    what="the delayed jobs to run")
         c.wait(ids[-1], timeout=10)
         c.get(ids[0])

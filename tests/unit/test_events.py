@@ -35,7 +35,7 @@ def test_job_and_worker_events_are_appended_in_the_field_order_events_names() ->
 
 def test_the_stream_shows_an_event_by_its_stream_name_with_its_fields_named() -> None:
     assert events.as_dict((1.5, "dispatched", 3, "t", "q", 1, "w", "")) == {
-        "event": "started", "ts": 1.5, "job": 3, "task": "t", "queue": "q", "attempt": 1, "worker": "w"}
+        "event": "assigned", "ts": 1.5, "job": 3, "task": "t", "queue": "q", "attempt": 1, "worker": "w"}
     assert events.as_dict((2.0, "lost", 0, "", "a,b", None, "w", "no message")) == {
         "event": "lost", "ts": 2.0, "queues": ["a", "b"], "worker": "w", "detail": "no message"}
 

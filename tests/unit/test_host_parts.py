@@ -60,8 +60,8 @@ def test_a_failed_attempt_waits_its_backoff_then_runs_again_then_dies_out_of_att
     (jid,) = submit(parts, {"task": "t", "args": ["a"]})
     j = job(parts, jid)
     assert parts.jobs.pop_ready(["default"]) is j
-    parts.jobs.start(j, "1")
-    assert (j.state, j.attempts, j.worker) == (JobState.RUNNING, 1, "1")
+    parts.jobs.assign(j, "1")
+    assert (j.state, j.attempts, j.worker) == (JobState.ASSIGNED, 1, "1")
     parts.jobs.finish(j, _result(j, False, "boom"))
     assert j.state == JobState.FAILED and j.run_at is not None and j.run_at > time.time() + 0.5  # backoff 1s
     parts.jobs.promote_due()
@@ -70,20 +70,20 @@ def test_a_failed_attempt_waits_its_backoff_then_runs_again_then_dies_out_of_att
     parts.jobs.delayed[0] = (j.run_at, jid)
     parts.jobs.promote_due()
     assert j.state == JobState.QUEUED and parts.jobs.pop_ready(["default"]) is j
-    parts.jobs.start(j, "2")
+    parts.jobs.assign(j, "2")
     parts.jobs.finish(j, _result(j, False, "boom again"))
     assert (j.state, j.attempts, j.error) == (JobState.DEAD, 2, "boom again")  # retries = 1: two attempts
     assert finals == [(jid, JobState.DEAD)] and jid not in parts.jobs.jobs
     parts.store.commit()
     stored = parts.store.get(jid)
     assert stored is not None and (stored.state, stored.attempts, stored.error) == ("dead", 2, "boom again")
-    assert parts.jobs.counts == {"dead": 1, "queued": 0, "running": 0, "failed": 0}
+    assert parts.jobs.counts == {"dead": 1, "queued": 0, "assigned": 0, "failed": 0}
 
 
 def test_retry_brings_a_cancelled_job_back_and_a_done_one_cannot_be_cancelled(parts: Parts) -> None:
     a, b = submit(parts, {"task": "t"}, {"task": "t"})
     ja, jb = job(parts, a), job(parts, b)
-    parts.jobs.start(parts.jobs.pop_ready(["default"]) or ja, "1")
+    parts.jobs.assign(parts.jobs.pop_ready(["default"]) or ja, "1")
     parts.jobs.finish(ja, _result(ja, True))
     with pytest.raises(InvalidTransition, match="only queued, delayed, failed"):
         parts.jobs.cancel(ja)
@@ -100,10 +100,13 @@ def test_retry_brings_a_cancelled_job_back_and_a_done_one_cannot_be_cancelled(pa
 
 def test_a_running_job_is_cancelled_on_its_worker_then_ends_cancelled(parts: Parts) -> None:
     parts.start_worker("1")
+    parts.dispatcher.timed("t", 0.001)  # a fast task: both go to worker 1
     stopped, lost = submit(parts, {"task": "t"}, {"task": "t"})
     parts.dispatcher.assign(0.0)
     parts.dispatcher.send()
     parts.inbox_messages("1")
+    for jid in (stopped, lost):
+        parts.started(job(parts, jid))
     a = socket.socketpair()
     for jid in (stopped, lost):
         parts.requests.handle(Conn(a[0], 0), json.dumps({"op": "cancel", "rid": jid, "id": jid}).encode())
@@ -149,12 +152,12 @@ def test_the_best_priority_goes_first_then_the_oldest_across_queues(parts: Parts
 
 def test_a_store_rebuilt_table_has_the_same_jobs_and_counts(parts: Parts) -> None:
     ids = submit(parts, {"task": "t"}, {"task": "t", "delay": 60}, {"task": "t"})
-    parts.jobs.start(job(parts, ids[0]), "1")
+    parts.jobs.assign(job(parts, ids[0]), "1")
     parts.store.commit()
     before = (dict(parts.jobs.counts), sorted(parts.jobs.jobs))
     parts.jobs.load()
     assert (dict(parts.jobs.counts), sorted(parts.jobs.jobs)) == before
-    assert parts.jobs.counts["delayed"] == 1 and parts.jobs.counts["running"] == 1
+    assert parts.jobs.counts["delayed"] == 1 and parts.jobs.counts["assigned"] == 1
 
 
 # ---- the fleet and its fence --------------------------------------------------------------------------------
@@ -169,7 +172,7 @@ def test_a_job_not_reported_before_the_fence_is_lost_and_its_late_result_ignored
     assert isinstance(sent[0], protocol.Jobs) and protocol.unpack_jobs(sent[0])[0].id == jid
     parts.worker_says(protocol.Heartbeat("1", 200, ["default"], 8, 0))  # a new pid: the worker restarted
     w = parts.fleet.workers["1"]
-    assert w.state == "syncing" and job(parts, jid).state == JobState.RUNNING
+    assert w.state == "syncing" and job(parts, jid).state == JobState.ASSIGNED
     (sync,) = parts.inbox_messages("1")
     assert isinstance(sync, protocol.Sync)
     parts.worker_says(protocol.Synced("1", sync.token - 1))  # an old fence changes nothing
@@ -228,7 +231,7 @@ def test_a_job_that_kills_its_worker_every_time_ends_dead(parts: Parts) -> None:
         parts.jobs.delayed[:] = [(0.0, jid)] if j.state == JobState.FAILED else []
         parts.jobs.promote_due()
         parts.dispatcher.assign(0.0)
-        assert j.state == JobState.RUNNING and j.attempts == attempt
+        assert j.state == JobState.ASSIGNED and j.attempts == attempt
         parts.inbox_messages("1")
         parts.worker_says(protocol.Hello("1", pid + 100, ["default"], 8))  # the job killed it: a new worker
         (sync,) = [m for m in parts.inbox_messages("1") if isinstance(m, protocol.Sync)]
@@ -317,6 +320,7 @@ def test_a_waiter_gets_the_finished_job_and_another_times_out(parts: Parts) -> N
 
 def test_a_wait_for_many_answers_once_all_finished_or_at_its_timeout_with_those_pending(parts: Parts) -> None:
     parts.start_worker("1")
+    parts.dispatcher.timed("t", 0.001)  # a fast task: worker 1 takes them all
     a, b = socket.socketpair()
     conn = Conn(a, 1000)
     ids = submit(parts, *[{"task": "t"} for _ in range(3)])
@@ -424,7 +428,7 @@ def test_a_job_lost_with_a_worker_goes_to_another_one_next_if_there_is_one(parts
     parts.jobs.delayed[:] = [(0.0, jid)]
     parts.jobs.promote_due()
     parts.dispatcher.assign(0.0)
-    assert (j.state, j.worker, j.attempts) == (JobState.RUNNING, "2", 2)  # not back to the worker it killed
+    assert (j.state, j.worker, j.attempts) == (JobState.ASSIGNED, "2", 2)  # not back to the worker it killed
 
 
 # ---- queues: pause and resume; unique jobs --------------------------------------------------------------------
@@ -435,16 +439,19 @@ def test_a_paused_queue_takes_submits_dispatches_nothing_and_stays_paused_in_the
     assert parts.queues.pause("default", True) and not parts.queues.pause("default", True)
     paused_id, other_id = submit(parts, {"task": "t"}, {"task": "t", "queue": "other"})
     parts.dispatcher.assign(0.0)
-    assert job(parts, paused_id).state == JobState.QUEUED and job(parts, other_id).state == JobState.RUNNING
+    assert job(parts, paused_id).state == JobState.QUEUED and job(parts, other_id).state == JobState.ASSIGNED
     parts.store.commit()
     listing = {q["queue"]: q for q in parts.queues.listing()}
     assert listing["default"]["paused"] and listing["default"]["states"] == {"queued": 1}
-    assert listing["default"]["workers"] == ["1"] and listing["other"]["states"] == {"running": 1}
+    assert listing["default"]["workers"] == ["1"] and listing["other"]["states"] == {"assigned": 1}
     parts.queues.load()  # as after a restart: from the store
     assert parts.queues.paused == {"default"}
     assert parts.queues.pause("default", False)
     parts.dispatcher.assign(0.0)
-    assert job(parts, paused_id).state == JobState.RUNNING
+    assert job(parts, paused_id).state == JobState.QUEUED  # worker 1 holds a job of a task not known to be fast
+    parts.result(job(parts, other_id))
+    parts.dispatcher.assign(0.0)
+    assert job(parts, paused_id).state == JobState.ASSIGNED
 
 
 def test_a_queue_no_live_worker_serves_is_warned_of_once_and_listed_as_unserved(
@@ -499,13 +506,14 @@ def test_a_queue_s_limits_hold_its_dispatch_back_until_a_job_ends_or_its_rate_al
     try:
         parts.start_worker("1", queues=("default", "slow"))
         parts.start_worker("2", queues=("default", "slow"))
+        parts.dispatcher.timed("t", 0.001)  # a fast task: a worker may hold more than one
         ids = submit(parts, *[{"task": "t"} for _ in range(4)])
         slow = submit(parts, *[{"task": "t", "queue": "slow"} for _ in range(3)])
         parts.dispatcher.assign(10.0)
-        running = [i for i in ids if job(parts, i).state == JobState.RUNNING]
-        assert len(running) == 2 and [job(parts, i).state for i in slow].count(JobState.RUNNING) == 1
+        running = [i for i in ids if job(parts, i).state == JobState.ASSIGNED]
+        assert len(running) == 2 and [job(parts, i).state for i in slow].count(JobState.ASSIGNED) == 1
         parts.dispatcher.assign(10.2)  # neither limit allows more yet
-        assert parts.jobs.counts["running"] == 3 and parts.queues.next_wakeup(10.2) == pytest.approx(0.3)
+        assert parts.jobs.counts["assigned"] == 3 and parts.queues.next_wakeup(10.2) == pytest.approx(0.3)
         parts.result(job(parts, running[0]))
         parts.dispatcher.assign(10.5)  # a slot and a token
         assert parts.jobs.running_in["default"] == 2 and parts.jobs.running_in["slow"] == 2
@@ -616,6 +624,7 @@ def test_on_success_and_on_failure_submit_a_follow_up_with_the_outcome(tmp_path:
                                            '[tasks.notify]\nhandler = "echo"\non_success = "notify"\n')
     try:
         parts.start_worker("1")
+        parts.dispatcher.timed("work", 0.001)  # a fast task: worker 1 takes both
         ok, bad = submit(parts, {"task": "work"}, {"task": "work"})
         parts.dispatcher.assign(0.0)
         parts.result(job(parts, ok), output="fine")

@@ -13,7 +13,7 @@ from tq import protocol
 def test_every_message_kind_round_trips() -> None:
     msgs: list[protocol.Message] = [
         protocol.Sync(7), protocol.Hello("1", 42, ["default"], 2), protocol.Heartbeat("1", 42, ["q"], 2, 0),
-        protocol.Release("1", 1, 1),
+        protocol.Release("1", 1, 1), protocol.Started("1", 1, 1, 1.7e9),
         protocol.Bye("1", 42), protocol.Synced("1", 7),
         protocol.Jobs([[1, 1, "t", [], None, 1.0, 0, "q", {"handler": "echo"}]]),
         protocol.Results("1", [[1, 1, True, "out", "", 0.5, 1.7e9, {"user": 0.1}]]),

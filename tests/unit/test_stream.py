@@ -66,7 +66,7 @@ def test_events_are_sent_only_once_their_step_is_committed_and_an_undone_step_ne
     s.committed()
     flush(s)
     got = received(reader)
-    assert [(e["job"], e["event"]) for e in got] == [(2, "submitted"), (2, "started")]
+    assert [(e["job"], e["event"]) for e in got] == [(2, "submitted"), (2, "assigned")]
     assert got[1]["worker"] == "w1" and got[1]["attempt"] == 1
     assert [e["job"] for e in s.recent_events(Filter(), 10)] == [2, 2]
 

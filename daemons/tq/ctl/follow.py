@@ -149,9 +149,9 @@ def _status_line(st: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(st), flush=True)
         return
     s = st["states"]
-    print(f"{time.strftime('%H:%M:%S')}  queued {s['queued']}  running {s['running']}  "
-          f"waiting {s['delayed'] + s['failed'] + s.get('deferred', 0)}  done {s['done']}  dead {s['dead']}  "
-          f"workers {st['workers_live']}", flush=True)
+    print(f"{time.strftime('%H:%M:%S')}  queued {s['queued']}  assigned {s.get('assigned', 0)}  "
+          f"running {s['running']}  waiting {s['delayed'] + s['failed'] + s.get('deferred', 0)}  "
+          f"done {s['done']}  dead {s['dead']}  workers {st['workers_live']}", flush=True)
 
 
 COMMANDS: dict[str, Register] = {"events": _add_events, "metrics": _add_metrics, "watch": _add_watch}

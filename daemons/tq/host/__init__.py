@@ -278,7 +278,8 @@ class Host(Daemon):
 
     def status_text(self) -> str:
         c = self.jobs.counts
-        return (f"{c['queued']} queued, {c['running']} running, {c['delayed'] + c['failed'] + c['deferred']} waiting; "
+        return (f"{c['queued']} queued, {c['assigned']} assigned, {c['running']} running, "
+                f"{c['delayed'] + c['failed'] + c['deferred']} waiting; "
                 f"{c['done']} done, {c['dead']} dead; {self.fleet.live()} worker(s) live")
 
 

@@ -1,9 +1,12 @@
 """Which ready job goes to which worker, and sending the step's assignments once they are committed.
 
-Round robin, one job per worker per round, so that slow jobs run side by side.
-A job of a task known to be fast (its runs average under FAST_JOB, measured
-from results) lets the same worker take the next one too: one worker woken for
-a batch costs less than four workers woken for one job each.
+A job is sent ahead to a worker (prefetch) only where that cannot leave another
+worker idle: a job of a task known to be fast (its runs average under FAST_JOB,
+measured from results) may wait in the inbox of a worker that holds only fast
+jobs, and the same worker takes the next ones too (one worker woken for a batch
+costs less than four workers woken for one job each). A job of a slow or unknown
+task goes only to an idle worker; until one is free it waits in tq-host, where
+priority order, pause, cancel and the queues' limits still apply.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import time
 
 from .. import config, protocol
 from .fleet import Fleet, WorkerState
-from .jobs import RUNNING, JobTable
+from .jobs import ASSIGNED, JobTable
 from .queues import Queues
 from .records import JobRecord
 
@@ -44,36 +47,43 @@ class Dispatcher:
 
     def assign(self, now: float) -> None:
         """Hand ready jobs to live workers with free slots, best priority first (staged; sent by `send`)."""
-        workers = everyone = self.fleet.dispatchable(now)
-        while workers:
-            progressed = []
-            for w in workers:
-                if w.assigned and self._busy_with_long_job(w):  # the jobs given below cannot change this
-                    continue
-                steered = self.queues.paused or self.queues.limited  # (not a call per worker per step otherwise)
-                open_queues = self.queues.open_of(w.queues, now) if steered else w.queues
-                while len(w.assigned) < w.prefetch:
-                    job = self.jobs.pop_ready(open_queues)
-                    if job is None:
-                        break
-                    if job.lost_on == w.instance and any(o is not w and job.queue in o.queues for o in everyone):
-                        self.jobs.put_back(job)  # lost with this worker last time (it may kill it): another one
-                        break
-                    self.jobs.start(job, w.instance)
-                    w.assigned.add(job.id)
-                    self.outbox.append((w, job))
-                    if steered and self.queues.dispatched(job.queue, now):  # a limited queue may be at its limit
-                        open_queues = self.queues.open_of(w.queues, now)
-                    if not self._fast(job.task):
-                        progressed.append(w)
-                        break
-            workers = progressed
+        everyone = self.fleet.dispatchable(now)
+        for w in everyone:
+            if w.assigned and not self._takes_more(w):  # the jobs given below cannot change this
+                continue
+            steered = self.queues.paused or self.queues.limited  # (not a call per worker per step otherwise)
+            open_queues = self.queues.open_of(w.queues, now) if steered else w.queues
+            while len(w.assigned) < w.prefetch:
+                job = self.jobs.pop_ready(open_queues)
+                if job is None:
+                    break
+                fast = self._fast(job.task)
+                if (w.assigned and not fast) or (
+                        job.lost_on == w.instance and any(o is not w and job.queue in o.queues for o in everyone)):
+                    # A slow or unknown job waits for an idle worker; a job lost with this worker last time (it may
+                    # kill it) goes to another one.
+                    self.jobs.put_back(job)
+                    break
+                self.jobs.assign(job, w.instance)
+                w.assigned.add(job.id)
+                self.outbox.append((w, job))
+                if steered and self.queues.dispatched(job.queue, now):  # a limited queue may be at its limit
+                    open_queues = self.queues.open_of(w.queues, now)
+                if not fast:
+                    break
 
-    def _busy_with_long_job(self, w: WorkerState) -> bool:
-        """Prefetch is for fast-flowing jobs: a worker that has held a job for a while gets no more for now."""
-        now = time.time()
+    def _takes_more(self, w: WorkerState) -> bool:
+        """Whether a worker that holds jobs may be sent more: only while every job it holds is of a fast task and
+        none has run long (a fast task's job can hang too)."""
         jobs = self.jobs.jobs
-        oldest = min((jobs[i].started_at or now for i in w.assigned if i in jobs), default=now)
+        held = [jobs[i] for i in w.assigned if i in jobs]
+        return all(self._fast(job.task) for job in held) and not self._busy_with_long_job(held)
+
+    @staticmethod
+    def _busy_with_long_job(held: list[JobRecord]) -> bool:
+        """Prefetch is for fast-flowing jobs: a worker whose job has run for a while gets no more for now."""
+        now = time.time()
+        oldest = min((job.started_at or now for job in held), default=now)
         return now - oldest > LONG_JOB
 
     def _handler_now(self, task: str) -> str:
@@ -92,7 +102,7 @@ class Dispatcher:
         self.outbox.clear()
         for w, job in undelivered:
             w.blocked_until = time.monotonic() + BLOCKED_BACKOFF
-            if job.state == RUNNING and job.worker == w.instance:
+            if job.state == ASSIGNED and job.worker == w.instance:
                 w.assigned.discard(job.id)
                 self.jobs.take_back(job)
         return bool(undelivered)

@@ -22,7 +22,7 @@ from typing import Any
 from .. import config, protocol
 from ..log import Burst
 from ..transport import Mailbox, MailboxError
-from .jobs import RUNNING, JobTable
+from .jobs import ASSIGNED, ON_WORKER, JobTable
 from .records import JobRecord
 from .store import Store
 
@@ -110,7 +110,7 @@ class Fleet:
         """Fence every worker the store knows of (and those whose hello a failed commit undid)."""
         known = {w[0]: w for w in self.store.workers()}
         for job in self.jobs.jobs.values():
-            if job.state == RUNNING and job.worker and job.worker not in known:
+            if job.state in ON_WORKER and job.worker and job.worker not in known:
                 known[job.worker] = (job.worker, 0, [], "syncing", 0.0)
         for w in self.workers.values():
             if w.instance not in known and w.state != "stopped":
@@ -165,6 +165,8 @@ class Fleet:
                     if result.ok:
                         self.workers[result.instance].done += 1
                     self.on_result(job, result)
+        elif isinstance(msg, protocol.Started):
+            self._on_started(msg, now)
         elif isinstance(msg, protocol.Heartbeat):
             self._on_heartbeat(msg, now)
         elif isinstance(msg, protocol.Hello):
@@ -205,6 +207,16 @@ class Fleet:
             self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, _restart_cause(w, msg.pid))
             return
         w.seen, w.running = now, msg.running
+
+    def _on_started(self, msg: protocol.Started, now: float) -> None:
+        """An assigned job's handler started on its worker: the job is running (a late word is ignored)."""
+        w = self.workers.get(msg.instance)
+        job = self.jobs.jobs.get(msg.id)
+        if (w is None or job is None or job.state != ASSIGNED or job.worker != msg.instance
+                or job.attempts != msg.attempt):
+            return
+        w.seen, w.running = now, msg.id
+        self.jobs.begin(job, msg.started)
 
     def _on_bye(self, msg: protocol.Bye, now: float) -> None:
         w = self._worker(msg.instance)
@@ -270,7 +282,8 @@ class Fleet:
             w.sync_due = False
 
     def cancel(self, job: JobRecord) -> None:
-        """Ask the worker running `job` to stop its attempt (again at each step while its inbox is full)."""
+        """Ask the worker that holds `job` to stop its attempt, or to drop it if it has not started (again at each
+        step while its inbox is full, for as long as the worker holds the job)."""
         w = self.workers.get(job.worker or "")
         if w is not None:
             w.cancels_due.add((job.id, job.attempts))
@@ -278,9 +291,8 @@ class Fleet:
 
     def _send_cancels(self, w: WorkerState) -> None:
         for job_id, attempt in sorted(w.cancels_due):
-            job = self.jobs.jobs.get(job_id)
-            if job is None or job.state != RUNNING or job.worker != w.instance or job.attempts != attempt:
-                w.cancels_due.discard((job_id, attempt))  # it ended meanwhile
+            if job_id not in w.assigned:
+                w.cancels_due.discard((job_id, attempt))  # the worker reported it meanwhile
             elif w.inbox is not None and w.inbox.send(protocol.encode(protocol.Cancel(job_id, attempt)),
                                                       protocol.CANCEL_PRIORITY):
                 w.cancels_due.discard((job_id, attempt))
@@ -291,7 +303,9 @@ class Fleet:
         """The job a worker reports on (result or release), now no longer assigned; None if the report is late."""
         w = self.workers.get(instance)
         job = self.jobs.jobs.get(job_id)
-        if w is None or job is None or job.state != RUNNING or job.worker != instance or job.attempts != attempt:
+        if w is None or job is None or job.state not in ON_WORKER or job.worker != instance or job.attempts != attempt:
+            if w is not None and (job is None or job.worker != instance):
+                w.assigned.discard(job_id)  # it ended while the worker held it (cancelled unstarted): the slot is free
             state = job.state if job else "finished or unknown"
             self.logger.warning("ignored a late %s for job %d attempt %d from worker %s (job is %s)",
                                 what, job_id, attempt, instance, state,

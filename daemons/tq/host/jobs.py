@@ -25,9 +25,10 @@ from .store import Store
 QUEUED, DELAYED, RUNNING, DONE = (s.value for s in (JobState.QUEUED, JobState.DELAYED, JobState.RUNNING,
                                                     JobState.DONE))
 FAILED, DEAD, CANCELLED = (s.value for s in (JobState.FAILED, JobState.DEAD, JobState.CANCELLED))
-DEFERRED = JobState.DEFERRED.value
+DEFERRED, ASSIGNED = JobState.DEFERRED.value, JobState.ASSIGNED.value
+ON_WORKER = (ASSIGNED, RUNNING)  # handed to a worker: waiting in its inbox, or running
 WAITING = (DELAYED, FAILED)  # wait for their run_at
-CANCELLABLE = (QUEUED, DELAYED, FAILED, RUNNING, DEFERRED)
+CANCELLABLE = (QUEUED, DELAYED, FAILED, ASSIGNED, RUNNING, DEFERRED)
 RETRYABLE = (DEAD, CANCELLED, FAILED)
 
 
@@ -82,13 +83,13 @@ class JobTable:
         return [self.jobs.get(j.id) or j for j in self.store.query(state, queue, task, limit)]
 
     def running_on(self, instance: str) -> set[int]:
-        return {j.id for j in self.jobs.values() if j.state == RUNNING and j.worker == instance}
+        return {j.id for j in self.jobs.values() if j.state in ON_WORKER and j.worker == instance}
 
     def _index(self, job: JobRecord) -> None:
         """Put an open job into the in-memory indexes."""
         self.jobs[job.id] = job
         self.counts[job.state] += 1
-        if job.state == RUNNING:
+        if job.state in ON_WORKER:
             if self.count_running:
                 self.running_in[job.queue] += 1
         elif job.state == DEFERRED and job.parent is not None:
@@ -104,10 +105,10 @@ class JobTable:
         """Move a job to `state` in the indexes and stage the change (`change`: see store._UPDATES)."""
         self.counts[job.state] -= 1
         self.counts[state] += 1
-        if self.count_running:
-            if job.state == RUNNING:
+        if self.count_running:  # a job counts against its queue's concurrency from its assignment on
+            if job.state in ON_WORKER and state not in ON_WORKER:
                 self.running_in[job.queue] -= 1
-            elif state == RUNNING:
+            elif state in ON_WORKER and job.state not in ON_WORKER:
                 self.running_in[job.queue] += 1
         job.state = state
         if state == QUEUED:
@@ -170,12 +171,19 @@ class JobTable:
         """A ready job from pop_ready that this worker does not take after all: ready again, unchanged."""
         heapq.heappush(self.ready[job.queue], (-job.priority, job.id))
 
-    def start(self, job: JobRecord, instance: str) -> None:
-        """A ready job (from pop_ready) is assigned to a worker: its next attempt."""
+    def assign(self, job: JobRecord, instance: str) -> None:
+        """A ready job (from pop_ready) is assigned to a worker: its next attempt, waiting in that worker's inbox
+        until its handler starts (`begin`, or the result of a job that ended sooner)."""
         job.attempts += 1
-        job.worker, job.started_at = instance, time.time()
-        self._move(job, RUNNING, "dispatched")
+        job.worker, job.started_at = instance, None
+        self._move(job, ASSIGNED, "dispatched")
         self.events.event("dispatched", job.id, job.task, job.queue, job.attempts, instance)
+
+    def begin(self, job: JobRecord, started: float) -> None:
+        """The worker says the assigned job's handler has been running since `started` (wall clock)."""
+        job.started_at = started
+        self._move(job, RUNNING, "started")
+        self.events.notify("started", job.id, job.task, job.queue, job.attempts, job.worker)
 
     def take_back(self, job: JobRecord) -> None:
         """An assignment that never reached the worker (its inbox was full): queued again, the attempt undone."""
@@ -229,7 +237,7 @@ class JobTable:
         """A running job whose worker was lost (killed, crashed, restarted, silent): the attempt counts, so a job
         that kills its worker every time ends dead, and its next attempt waits for the backoff."""
         job = self.jobs.get(job_id)
-        if job is None or job.state != RUNNING:
+        if job is None or job.state not in ON_WORKER:
             return
         error = f"worker {job.worker} lost while running attempt {job.attempts} of {job.retries + 1} ({cause})"
         job.lost_on = job.worker
@@ -261,15 +269,19 @@ class JobTable:
 
     def cancel(self, job: JobRecord) -> bool:
         """Cancel a job; True when it is running and must first be stopped on its worker (it is cancelled when
-        the worker reports, or is lost)."""
+        the worker reports, or is lost). A job assigned to a worker but not started is cancelled at once (the
+        caller tells the worker to drop it)."""
         if job.state not in CANCELLABLE:
             raise InvalidTransition(f"job {job.id} is {job.state}; only queued, delayed, failed (waiting to "
-                                    "retry) or running jobs can be cancelled")
+                                    "retry), assigned or running jobs can be cancelled")
         if job.state == RUNNING:
             job.cancel_requested = True
             return True
         job.finished_at = time.time()
-        self._cancelled(job, None, "")
+        if job.state == ASSIGNED:
+            self._cancelled(job, job.worker, f"before it started (it waited in worker {job.worker}'s inbox)")
+        else:
+            self._cancelled(job, None, "")
         return False
 
     def _cancelled(self, job: JobRecord, instance: str | None, detail: str) -> None:
@@ -299,7 +311,7 @@ class JobTable:
     def counting_running(self, on: bool) -> None:
         """Keep the running jobs per queue (a queue has a concurrency limit), counted afresh when it starts."""
         if on and not self.count_running:
-            self.running_in = collections.Counter(j.queue for j in self.jobs.values() if j.state == RUNNING)
+            self.running_in = collections.Counter(j.queue for j in self.jobs.values() if j.state in ON_WORKER)
         self.count_running = on
 
     def by_queue(self) -> dict[str, tuple[collections.Counter[str], float | None]]:

@@ -79,6 +79,7 @@ FRESH = ("id", "task", "args", "payload", "queue", "priority", "state", "retries
 # dispatches and results are most of them.
 UPDATES = {
     "dispatched": ("state", "attempts", "worker", "started_at"),
+    "started": ("state", "started_at"),
     "done": ("state", "result", "error", "started_at", "finished_at"),  # no cost recorded (echo), first attempt
     "done_usage": ("state", "result", "error", "started_at", "finished_at", "usage"),
     "any": ("state", "attempts", "run_at", "worker", "result", "error", "started_at", "finished_at", "usage",

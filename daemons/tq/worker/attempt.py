@@ -17,6 +17,9 @@ from .. import protocol
 from . import handlers
 
 DEFAULT_KILL_GRACE = 5.0
+# Seconds a handler runs before tq-host is told that it started (protocol.Started): a job that ends sooner says
+# when it started in its result, so fast jobs cost no message more.
+START_TOLD_AFTER = 0.005
 
 
 @dataclass
@@ -29,6 +32,7 @@ class Attempt:
     stop_reason: str = ""  # set once a stop was asked: the error it ends with
     kill_at: float = math.inf  # monotonic: past it a stop is forced
     forced: bool = False  # a Python handler outlived its grace: the worker must re-execute itself
+    start_told: bool = False  # tq-host was told that it started
 
     @property
     def grace(self) -> float:
@@ -62,8 +66,10 @@ class Attempt:
                       self.execution.usage(), limit)
 
     def next_event(self) -> float:
-        """The monotonic time at which poll() has something to do even if nothing is heard from the handler."""
-        return self.kill_at if self.stop_reason else self.deadline
+        """The monotonic time at which the worker has something to do even if nothing is heard from the handler:
+        tell tq-host that it started, stop it, or force it."""
+        due = self.kill_at if self.stop_reason else self.deadline
+        return due if self.start_told else min(due, self.started + START_TOLD_AFTER)
 
 
 def result(instance: str, job: protocol.Job, outcome: handlers.Outcome, duration: float, started_at: float,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from .. import monitor, protocol
 from ..log import JobEvents
 from . import attempt, handlers
-from .attempt import Attempt
+from .attempt import START_TOLD_AFTER, Attempt
 from .outbox import Outbox
 
 MAX_CANCELLED = 10_000  # remembered cancels of jobs not started yet (a bound: the host resends nothing)
@@ -82,6 +82,9 @@ class Runner:
                               f"interrupted by stop after worker.stop_timeout = {stop_timeout:g}s")
             return True
         if outcome is None:
+            if not a.start_told and now - a.started >= START_TOLD_AFTER:
+                a.start_told = True
+                self.outbox.message(protocol.Started(self.instance, a.job.id, a.job.attempt, a.started_at))
             return False
         self._end()
         self._report(a.job, outcome, a.report(self.instance, outcome, self.message_size))
