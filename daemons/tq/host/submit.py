@@ -48,8 +48,10 @@ class Admission:
 
     def on_final(self, job: JobRecord) -> None:
         """A job reached a final state (JobTable.on_final): submit its task's follow-up, answer its waiters."""
-        self.follow_up(job)
-        self.waiters.on_final(job)
+        if self.follow_ups:
+            self.follow_up(job)
+        if self.waiters.waiting:
+            self.waiters.on_final(job)
 
     def submit_op(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         """Store the jobs; with `wait_for` (seconds, one job) answer twice: the ids now, the job when finished."""
