@@ -133,9 +133,14 @@ class Client:
 
         `wait`: seconds the host may take on top of the client's timeout (it answers when a job finishes).
         """
+        try:
+            request = control.encode({"op": op, "rid": self._rid + 1, **fields})
+        except UnicodeEncodeError as e:  # a lone surrogate: bytes that were not UTF-8, decoded with surrogateescape
+            raise Refused(f"a request's text must be UTF-8: {e.object[e.start:e.end]!r} is not (bytes that were "
+                          "not UTF-8 text in a name, argument or payload)") from None
         self._connect()
         self._rid += 1
-        return self._exchange(control.encode({"op": op, "rid": self._rid, **fields}), wait)
+        return self._exchange(request, wait)
 
     def _exchange(self, request: bytes | None, wait: float | None) -> dict[str, Any]:
         """Send `request` (None: nothing, a further reply is due) and read one reply line."""

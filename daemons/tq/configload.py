@@ -20,6 +20,7 @@ from .config import (
     INSTANCE_RE,
     JOB_EVENT_LEVELS,
     LOG_LEVELS,
+    MAX_RETRIES,
     NAME_RE,
     PRIORITY_MAX,
     PRIORITY_MIN,
@@ -356,7 +357,7 @@ def _task(r: _Reader, name: str) -> TaskConfig:
     return TaskConfig(
         name=name, handler=handler, command=command, python=python, queue=queue,
         timeout=r.duration("timeout", d.timeout, minimum=0.001),
-        retries=r.integer("retries", d.retries, 0, 1000),
+        retries=r.integer("retries", d.retries, 0, MAX_RETRIES),
         priority=r.integer("priority", d.priority, PRIORITY_MIN, PRIORITY_MAX),
         backoff=r.duration("backoff", d.backoff),
         backoff_max=r.duration("backoff_max", d.backoff_max),

@@ -22,6 +22,8 @@ INDEXES = ("CREATE INDEX IF NOT EXISTS jobs_parent ON jobs(parent) WHERE parent 
 # How a job is linked to its parent (column link): it waits for it (--after), it is the next step of a chain and
 # takes its result as payload (--then), or it was submitted when the parent finished (on_success, on_failure).
 AFTER, CHAIN, FOLLOW_UP = 0, 1, 2
+# The largest id a job can have: SQLite's integers are 64-bit, and an id past this is no job (not an overflow).
+MAX_JOB_ID = 2**63 - 1
 
 # No secondary indexes: each would cost every submit and every result a B-tree write. Recovery reads the
 # whole table once at start, and pruning walks it from the oldest id.
