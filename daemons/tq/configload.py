@@ -43,9 +43,10 @@ if TYPE_CHECKING:
     import logging
 
 
-def load(path: str | None = None) -> Config:
-    """Read and validate the configuration; raise ConfigError naming file, key and reason."""
-    merged, origin, files = read_files(path)
+def load(path: str | None = None, default_required: bool = False) -> Config:
+    """Read and validate the configuration; raise ConfigError naming file, key and reason. Without a file named
+    (`path`, TQ_CONFIG), a missing default file means defaults unless `default_required`."""
+    merged, origin, files = read_files(path, default_required)
     return _build(merged, origin, files)
 
 

@@ -148,7 +148,7 @@ def config_check(args: argparse.Namespace, as_json: bool) -> int:
     from .. import configload  # the whole validation: only this command needs it
 
     try:
-        cfg = configload.load(args.config)
+        cfg = configload.load(args.config, default_required=True)  # no file is not an ok file
     except configload.ConfigError as e:
         render.error(str(e), as_json, control.EXIT_USAGE)
         return control.EXIT_USAGE
