@@ -302,7 +302,8 @@ class Client:
         return [dict(q) for q in self.call("queues")["queues"]]
 
     def schedules(self) -> list[dict[str, Any]]:
-        """Every schedule: `next_run`, `last_run` (seconds since the epoch), `last_job` and its `last_state`."""
+        """Every schedule: `next_run`, `last_run` (seconds since the epoch), `last_job` and its `last_state`, or
+        `last_error` when the last run was not submitted (its `last_job` is then None)."""
         return [dict(x) for x in self.call("schedules")["schedules"]]
 
     def status(self) -> dict[str, Any]:

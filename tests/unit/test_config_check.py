@@ -81,3 +81,23 @@ def test_a_bad_key_in_a_dropin_does_not_stop_tqctl_either(default: Path, tmp_pat
     (default.parent / "tq.d" / "50-bad.toml").write_text('[tasks.x]\nqueueue = "mail"\n')
     assert ctl.main(["status"]) == control.EXIT_UNREACHABLE
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("toml", "key"), [
+    ('[tasks.t]\nhandler = "echo"\n[schedules.nightly]\ncron = "@daily"\ntask = "tt"\n', "schedules.nightly.task"),
+    ('[tasks.t]\non_success = "notify"\n', "tasks.t.on_success"),
+    ('[tasks.t]\non_failure = "alert.page"\n[tasks."alert.*.x"]\nhandler = "echo"\n', "tasks.t.on_failure"),
+])
+def test_a_schedule_or_follow_up_naming_a_task_no_route_matches_is_refused(default: Path, toml: str, key: str,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    default.write_text(toml)
+    assert ctl.main(["config", "check"]) == control.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"tqctl: {default}: {key}: no [tasks.*] table matches") and "known tasks: t" in err
+
+
+def test_a_schedule_whose_task_a_pattern_matches_passes(default: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    default.write_text('[tasks."report.*"]\non_failure = "alert"\n[tasks.alert]\n'
+                       '[schedules.s]\nevery = "1h"\ntask = "report.daily"\n')
+    assert ctl.main(["config", "check"]) == 0
+    assert capsys.readouterr().out.startswith("configuration ok")
