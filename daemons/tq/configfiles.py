@@ -146,8 +146,8 @@ def socket_setting(path: str | None = None) -> SocketSetting:
     elif not os.path.exists(files[0]):
         source = f"the default: {files[0]} does not exist"
     else:
-        read = [f for f in files if f not in {e.file for e in skipped}]
-        source = f"the default: no host.socket in {', '.join(read) or files[0]}"
+        read = [f for f in files if f not in {e.file for e in skipped} and os.path.exists(f)]
+        source = f"the default: no host.socket in {', '.join(read)}" if read else "the default: no file could be read"
     return SocketSetting(value, source, tuple(skipped))
 
 

@@ -5,6 +5,7 @@ runs a real tq-host process and a worker in-process."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -144,17 +145,8 @@ def _change(suite: Suite, toml: str) -> None:
 @pytest.mark.parametrize("key", sorted(HOST_KEYS))
 def test_a_reloaded_key_takes_effect_or_is_reported_as_needing_a_restart(suite: Suite, signals: None,
                                                                          key: str) -> None:
-    base = _base(suite)
-    suite.config.write_text(base)
-    host = Host(configload.load(str(suite.config)), str(suite.config))
-    records = Records()
-    host.start()
-    try:
-        logging.getLogger().addHandler(records)
-        before = host.cfg
-        change, effect = HOST_KEYS[key]
-        _change(suite, change.format(d=suite.dir))
-        _reload(host, lambda: host.step(max_wait=0.05))
+    change, effect = HOST_KEYS[key]
+    with _reloaded_host(suite, change.format(d=suite.dir)) as (host, before, records):
         assert any(line.startswith("configuration reloaded") for line in records.lines), records.lines
         if effect == RESTART:
             section, name = key.split(".")
@@ -163,6 +155,22 @@ def test_a_reloaded_key_takes_effect_or_is_reported_as_needing_a_restart(suite: 
         else:
             assert effect(host), f"{key} did not take effect on reload"
             assert not any("next restart" in line for line in records.lines), records.lines
+
+
+@contextlib.contextmanager
+def _reloaded_host(suite: Suite, change: str) -> Iterator[tuple[Host, config.Config, Records]]:
+    """An in-process tq-host started on _base, then reloaded with the drop-in `change`: the host, its
+    configuration before the reload, and what it logged."""
+    suite.config.write_text(_base(suite))
+    host = Host(configload.load(str(suite.config)), str(suite.config))
+    records = Records()
+    host.start()
+    try:
+        logging.getLogger().addHandler(records)
+        before = host.cfg
+        _change(suite, change)
+        _reload(host, lambda: host.step(max_wait=0.05))
+        yield host, before, records
     finally:
         logging.getLogger().removeHandler(records)
         host.shutdown()
@@ -174,22 +182,11 @@ def test_a_reloaded_key_takes_effect_or_is_reported_as_needing_a_restart(suite: 
 ])
 def test_a_reload_naming_a_task_no_route_matches_is_refused_and_the_running_configuration_stays(
         suite: Suite, signals: None, change: str, key: str) -> None:
-    suite.config.write_text(_base(suite))
-    host = Host(configload.load(str(suite.config)), str(suite.config))
-    records = Records()
-    host.start()
-    try:
-        logging.getLogger().addHandler(records)
-        before = host.cfg
-        _change(suite, change)
-        _reload(host, lambda: host.step(max_wait=0.05))
+    with _reloaded_host(suite, change) as (host, before, records):
         dropin = suite.dir / "tq.d" / "50-change.toml"
         assert any(line.startswith(f"reload refused, keeping the running configuration: {dropin}: {key}: no "
                                    "[tasks.*] table matches task 'nosuch'") for line in records.lines), records.lines
         assert host.cfg is before and host.scheduler.next == {}
-    finally:
-        logging.getLogger().removeHandler(records)
-        host.shutdown()
 
 
 def _seen_by_host(worker: Worker, client: Any, key: str, value: object) -> bool:

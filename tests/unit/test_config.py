@@ -124,6 +124,10 @@ def test_the_client_leaves_out_a_file_that_does_not_parse_and_says_so(tmp_path: 
         f"{bad}: TOML syntax error: line 1, column 6: Expected ']' at the end of a table declaration"]
     with pytest.raises(configfiles.ConfigError, match=r"70-d.toml: TOML syntax error: line 1"):
         configload.load(main)
+    write(tmp_path, "socket =\n")  # the main file too: nothing left but the default
+    setting = configfiles.socket_setting(main)
+    assert (setting.path, setting.source, len(setting.skipped)) == (
+        configfiles.DEFAULT_SOCKET, "the default: no file could be read", 2)
     with pytest.raises(configfiles.ConfigError, match="no such file"):  # a file named that is not there: refused
         configfiles.socket_setting(str(tmp_path / "nosuch.toml"))
 
