@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             return overview.config_check(args, as_json)
         with Client(config=args.config) as client:
+            for problem in client.config_skipped:  # tqctl needs only host.socket: a broken file does not stop it
+                render.warning(f"{problem}; skipped: tqctl reads only host.socket (tqctl config check "
+                               "validates every file)")
             result: int = args.handler(client, args, as_json)
             return result
     except TqError as e:

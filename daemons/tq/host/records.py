@@ -65,6 +65,9 @@ CREATE TABLE IF NOT EXISTS workers (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, last_run REAL NOT NULL, last_job INTEGER);
+-- why a schedule's last run was not submitted (a row only while that is so): a table of its own, which a store of
+-- any version gains at open, not a column that would need a migration
+CREATE TABLE IF NOT EXISTS schedule_errors (name TEXT PRIMARY KEY, error TEXT NOT NULL);
 """
 
 COLUMNS = ("id", "task", "args", "payload", "queue", "priority", "state", "attempts", "retries", "timeout",
