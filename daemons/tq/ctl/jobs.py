@@ -66,7 +66,7 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         first = _spec_of(args, payload)
         steps = [first] + [_then(text) for text in args.then]
         ids = client.chain(*steps)
-        render.out({"ids": ids}) if as_json else print("\n".join(map(str, ids)))
+        render.say({"ids": ids}, "\n".join(map(str, ids)), as_json)
         return 0
     if args.exchange is not None:
         if args.queue is not None or args.wait or args.unique is not None:
@@ -74,13 +74,13 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         ids = client.publish(args.exchange, args.key or "", args.task, *args.args, priority=args.priority,
                              delay=args.delay or 0.0, timeout=args.timeout, retries=args.retries, payload=payload,
                              at=args.at, after=args.after)
-        render.out({"ids": ids}) if as_json else print("\n".join(map(str, ids)))
+        render.say({"ids": ids}, "\n".join(map(str, ids)), as_json)
         return 0
     jid = client.submit(args.task, *args.args, queue=args.queue, priority=args.priority, delay=args.delay or 0.0,
                         timeout=args.timeout, retries=args.retries, payload=payload, at=args.at, unique=args.unique,
                         after=args.after)
     if not args.wait:
-        render.out({"id": jid}) if as_json else print(jid)
+        render.say({"id": jid}, str(jid), as_json)
         return 0
     return _finish(_wait(client, jid, args.wait_timeout), as_json)
 
@@ -318,7 +318,7 @@ def _cmd_retry(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     if filters := _filters(args):
         return _bulk_done(client.retry_matching(**filters), "queued {} job(s) again", as_json)
     job = client.retry(args.id)
-    render.out(job) if as_json else print(f"job {args.id} queued again")
+    render.say(job, f"job {args.id} queued again", as_json)
     return 0
 
 

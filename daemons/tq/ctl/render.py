@@ -23,6 +23,14 @@ def out(obj: Any) -> None:
     print(json.dumps(obj, indent=None if not sys.stdout.isatty() else 2, sort_keys=True))
 
 
+def say(obj: Any, text: str, as_json: bool) -> None:
+    """`obj` as JSON with --json, else `text`."""
+    if as_json:
+        out(obj)
+    else:
+        print(text)
+
+
 def out_or_none(items: list[Any], as_json: bool, none: str) -> bool:
     """--json: the items as JSON; no items: the line `none`. True when that is all there is to print (the caller
     prints its table otherwise)."""
