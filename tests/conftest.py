@@ -16,11 +16,12 @@ MQUEUE_FS = Path("/dev/mqueue")
 
 @pytest.fixture(scope="session", autouse=True)
 def no_stale_test_queues() -> None:
-    """Remove queues left by an earlier test session that was killed (prefix /tqt-).
+    """Remove queues left by an earlier test session that was killed (prefix /tqt-PID-).
 
     Queue memory counts against a per-user limit (RLIMIT_MSGQUEUE) that also covers the system
-    tests' containers, so leftovers would make later tests fail for want of room. One test session
-    at a time, then.
+    tests' containers, so leftovers would make later tests fail for want of room. Only the queues of
+    processes that are gone: removing a live session's (a bench, another test run) made its workers
+    wait for a host mailbox that was no more.
     """
     if os.geteuid() != 0:
         return
@@ -28,7 +29,9 @@ def no_stale_test_queues() -> None:
         MQUEUE_FS.mkdir(exist_ok=True)
         subprocess.run(["mount", "-t", "mqueue", "mqueue", str(MQUEUE_FS)], check=False, capture_output=True)
     for stale in MQUEUE_FS.glob("tqt-*"):
-        stale.unlink(missing_ok=True)
+        owner = stale.name.split("-")[1]
+        if not owner.isdigit() or not os.path.exists(f"/proc/{owner}"):
+            stale.unlink(missing_ok=True)
 
 
 @pytest.fixture

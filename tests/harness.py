@@ -134,7 +134,7 @@ class Suite:
 
     def __init__(self, tmp: Path) -> None:
         self.dir = tmp
-        self.prefix = f"/tqt-{uuid.uuid4().hex[:10]}"
+        self.prefix = f"/tqt-{os.getpid()}-{uuid.uuid4().hex[:10]}"  # the pid: conftest tells the stale ones
         self.config = tmp / "tq.toml"  # world-readable: some tests run tqctl as another user
         self.daemons: list[Daemon] = []
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT / "daemons")]),

@@ -74,7 +74,10 @@ class Client:
 
     def __init__(self, config: str | None = None, socket_path: str | None = None,
                  timeout: float | None = 60.0) -> None:
-        self.socket_path = socket_path or _config_socket(config)
+        setting = configfiles.SocketSetting(socket_path, "") if socket_path else _config_socket(config)
+        self.socket_path = setting.path
+        self.socket_source = setting.source  # where the path came from, for the message when it cannot connect
+        self.config_skipped = setting.skipped  # files of the configuration that do not parse (left out)
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buf = bytearray()
@@ -109,7 +112,8 @@ class Client:
                                        "(sudo adduser $USER tq, then log in again)") from None
             except (FileNotFoundError, ConnectionRefusedError) as e:
                 sock.close()
-                raise HostUnreachable(f"tq-host is not reachable at {self.socket_path}: {e.strerror} "
+                source = f" ({self.socket_source})" if self.socket_source else ""
+                raise HostUnreachable(f"tq-host is not reachable at {self.socket_path}{source}: {e.strerror} "
                                       "(is it running? systemctl status tq-host)") from None
             self._sock, self._sock_timeout = sock, None
         return self._sock
@@ -133,9 +137,14 @@ class Client:
 
         `wait`: seconds the host may take on top of the client's timeout (it answers when a job finishes).
         """
+        try:
+            request = control.encode({"op": op, "rid": self._rid + 1, **fields})
+        except UnicodeEncodeError as e:  # a lone surrogate: bytes that were not UTF-8, decoded with surrogateescape
+            raise Refused(f"a request's text must be UTF-8: {e.object[e.start:e.end]!r} is not (bytes that were "
+                          "not UTF-8 text in a name, argument or payload)") from None
         self._connect()
         self._rid += 1
-        return self._exchange(control.encode({"op": op, "rid": self._rid, **fields}), wait)
+        return self._exchange(request, wait)
 
     def _exchange(self, request: bytes | None, wait: float | None) -> dict[str, Any]:
         """Send `request` (None: nothing, a further reply is due) and read one reply line."""
@@ -298,7 +307,8 @@ class Client:
         return [dict(q) for q in self.call("queues")["queues"]]
 
     def schedules(self) -> list[dict[str, Any]]:
-        """Every schedule: `next_run`, `last_run` (seconds since the epoch), `last_job` and its `last_state`."""
+        """Every schedule: `next_run`, `last_run` (seconds since the epoch), `last_job` and its `last_state`, or
+        `last_error` when the last run was not submitted (its `last_job` is then None)."""
         return [dict(x) for x in self.call("schedules")["schedules"]]
 
     def status(self) -> dict[str, Any]:
@@ -365,8 +375,8 @@ def _spec(task: str, args: list[Any], **options: Any) -> dict[str, Any]:
     return spec
 
 
-def _config_socket(path: str | None) -> str:
+def _config_socket(path: str | None) -> configfiles.SocketSetting:
     try:
-        return configfiles.socket_path(path)
+        return configfiles.socket_setting(path)
     except configfiles.ConfigError as e:
         raise Refused(str(e)) from None

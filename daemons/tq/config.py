@@ -22,7 +22,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 INSTANCE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
-TASK_NAME_RE = re.compile(r"[A-Za-z0-9_:-]{1,100}(\.[A-Za-z0-9_:-]{1,100}){0,15}")
+MAX_RETRIES = 1000
+TASK_WORD_MAX, TASK_WORDS_MAX = 100, 16  # a task name: up to 16 dot-separated words of up to 100 characters
+TASK_NAME_RE = re.compile(rf"[A-Za-z0-9_:-]{{1,{TASK_WORD_MAX}}}(\.[A-Za-z0-9_:-]{{1,{TASK_WORD_MAX}}})"
+                          rf"{{0,{TASK_WORDS_MAX - 1}}}")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_CONFIG = "/etc/tq/tq.toml"
@@ -72,39 +73,82 @@ def config_files(path: str | None = None) -> list[str]:
     return [main, *dropins]
 
 
-def read_files(path: str | None = None) -> tuple[dict[str, Any], dict[str, str], tuple[str, ...]]:
-    """The files' tables merged in order, the file each dotted key came from, and the files read."""
+def read_files(path: str | None = None, default_required: bool = False,
+               skipped: list[ConfigError] | None = None) -> tuple[dict[str, Any], dict[str, str], tuple[str, ...]]:
+    """The files' tables merged in order, the file each dotted key came from, and the files read.
+
+    A missing default file means defaults, for the daemons, unless `default_required` (`tqctl config check`:
+    it must not call a file that is not there "ok"). Given `skipped`, a file that cannot be read or parsed is
+    appended to it and left out, instead of raised: the client reads one key, and a broken drop-in that may
+    not even set it must not stop every command (a missing file that was named is raised all the same).
+    """
     files = config_files(path)
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for i, file in enumerate(files):
         try:
-            with open(file, encoding="utf-8") as f:
-                text = f.read()
+            data = _read(file)
         except FileNotFoundError:
-            if i == 0 and path is None and "TQ_CONFIG" not in os.environ:
-                continue  # no /etc/tq/tq.toml: defaults apply
+            if i > 0:
+                continue  # a drop-in removed since the glob
+            if path is None and "TQ_CONFIG" not in os.environ:
+                if not default_required:
+                    continue  # no /etc/tq/tq.toml: defaults apply
+                raise ConfigError(file, "", "no such file (name another with --config FILE or TQ_CONFIG=FILE)"
+                                  ) from None
             raise ConfigError(file, "", "no such file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(file, "", getattr(e, "strerror", None) or str(e)) from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(file, "", f"TOML syntax error: {_syntax_reason(e)}") from None
+        except ConfigError as e:
+            if skipped is None:
+                raise
+            skipped.append(e)
+            continue
         _merge(merged, data, origin, file, "")
     return merged, origin, tuple(files)
 
 
-def socket_path(path: str | None = None) -> str:
-    """`host.socket` from the configuration's files, checking only that key."""
-    merged, origin, files = read_files(path)
+def _read(file: str) -> dict[str, Any]:
+    """One file's TOML; FileNotFoundError, or ConfigError naming the file (and for a syntax error its line)."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(file, "", getattr(e, "strerror", None) or str(e)) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(file, "", f"TOML syntax error: {_syntax_reason(e)}") from None
+
+
+@dataclass(frozen=True)
+class SocketSetting:
+    """Where the client reaches tq-host, where that path came from (for its messages), and the files it left out."""
+
+    path: str
+    source: str  # "host.socket in FILE", or why the default applies
+    skipped: tuple[ConfigError, ...] = ()
+
+
+def socket_setting(path: str | None = None) -> SocketSetting:
+    """`host.socket` from the configuration's files, checking only that key; files that do not parse are left
+    out (each is in `skipped`: tqctl warns of it; `tqctl config check` and the daemons refuse it)."""
+    skipped: list[ConfigError] = []
+    merged, origin, files = read_files(path, skipped=skipped)
     host = merged.get("host", {})
     if not isinstance(host, dict):
         raise ConfigError(origin.get("host", files[0]), "host", "expected a table")
     value = host.get("socket", DEFAULT_SOCKET)
     if not isinstance(value, str) or not value:
         raise ConfigError(origin.get("host.socket", files[0]), "host.socket", f"expected a path, got {value!r}")
-    return value
+    if "host.socket" in origin:
+        source = f"host.socket in {origin['host.socket']}"
+    elif not os.path.exists(files[0]):
+        source = f"the default: {files[0]} does not exist"
+    else:
+        read = [f for f in files if f not in {e.file for e in skipped} and os.path.exists(f)]
+        source = f"the default: no host.socket in {', '.join(read)}" if read else "the default: no file could be read"
+    return SocketSetting(value, source, tuple(skipped))
 
 
 def _syntax_reason(e: tomllib.TOMLDecodeError) -> str:

@@ -20,6 +20,7 @@ from .config import (
     INSTANCE_RE,
     JOB_EVENT_LEVELS,
     LOG_LEVELS,
+    MAX_RETRIES,
     NAME_RE,
     PRIORITY_MAX,
     PRIORITY_MIN,
@@ -43,9 +44,10 @@ if TYPE_CHECKING:
     import logging
 
 
-def load(path: str | None = None) -> Config:
-    """Read and validate the configuration; raise ConfigError naming file, key and reason."""
-    merged, origin, files = read_files(path)
+def load(path: str | None = None, default_required: bool = False) -> Config:
+    """Read and validate the configuration; raise ConfigError naming file, key and reason. Without a file named
+    (`path`, TQ_CONFIG), a missing default file means defaults unless `default_required`."""
+    merged, origin, files = read_files(path, default_required)
     return _build(merged, origin, files)
 
 
@@ -190,7 +192,23 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
     exchanges = {name: _exchange(exchanges_r.sub(name), name) for name in exchanges_r.table}
     schedules_r = root.sub("schedules")
     schedules = {name: _schedule(schedules_r.sub(name), name) for name in schedules_r.table}
-    return Config(files, host, mq, worker, overrides, log, tasks, access, queues, exchanges, schedules)
+    cfg = Config(files, host, mq, worker, overrides, log, tasks, access, queues, exchanges, schedules)
+    _check_routes(cfg, root)
+    return cfg
+
+
+def _check_routes(cfg: Config, root: _Reader) -> None:
+    """Every task that tq-host submits by itself (a schedule's run, a follow-up) has a [tasks.*] table that
+    matches it: else each run would be refused at submit, long after the configuration was called ok."""
+    named = [(root.sub("schedules").sub(name), "task", s.task) for name, s in cfg.schedules.items()]
+    for task in cfg.tasks:
+        named += [(root.sub("tasks").sub(task.name), key, follow) for key, follow in
+                  (("on_success", task.on_success), ("on_failure", task.on_failure)) if follow is not None]
+    for reader, key, name in named:
+        if cfg.task_for(name) is None:
+            known = ", ".join(t.name for t in cfg.tasks) or "(none configured)"
+            raise reader.error(key, f"no [tasks.*] table matches task {name!r}, so tq-host could not submit it; "
+                                    f"known tasks: {known}")
 
 
 def _schedule(r: _Reader, name: str) -> ScheduleConfig:
@@ -356,7 +374,7 @@ def _task(r: _Reader, name: str) -> TaskConfig:
     return TaskConfig(
         name=name, handler=handler, command=command, python=python, queue=queue,
         timeout=r.duration("timeout", d.timeout, minimum=0.001),
-        retries=r.integer("retries", d.retries, 0, 1000),
+        retries=r.integer("retries", d.retries, 0, MAX_RETRIES),
         priority=r.integer("priority", d.priority, PRIORITY_MIN, PRIORITY_MAX),
         backoff=r.duration("backoff", d.backoff),
         backoff_max=r.duration("backoff_max", d.backoff_max),

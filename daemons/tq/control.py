@@ -11,9 +11,11 @@ gateway) and what it means.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, NamedTuple
 
 MAX_LINE = 64 * 1024 * 1024
+_FLOAT_INT = int(sys.float_info.max)  # a number field's largest whole number: JSON's are unbounded
 
 # tqctl's exit statuses (SPEC §3; 0 is ok, 130 interrupted)
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_PERMISSION, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_INTERNAL = range(1, 8)
@@ -84,4 +86,6 @@ def field(req: dict[str, Any], name: str, kind: type | tuple[type, ...], default
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise RequestError("bad_request", f"field {name!r} has the wrong type")
+    if float in kinds and type(value) is int and not -_FLOAT_INT <= value <= _FLOAT_INT:  # float() would overflow
+        raise RequestError("bad_request", f"field {name!r} is out of range")
     return value

@@ -5,6 +5,7 @@ runs a real tq-host process and a worker in-process."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -103,9 +104,10 @@ HOST_KEYS: dict[str, tuple[str, Any]] = {
                       lambda h: '"cpu_max":2' in _submitted(h, "t").handler_json),
     "tasks.open_files_max": ('[tasks.t]\ncommand = ["true"]\nopen_files_max = 32',
                              lambda h: '"open_files_max":32' in _submitted(h, "t").handler_json),
-    "tasks.on_success": ('[tasks.t]\non_success = "notify"', lambda h: h.cfg.task_for("t").on_success == "notify"
-                         and h.parts.admission.follow_ups),
-    "tasks.on_failure": ('[tasks.t]\non_failure = "alert"', lambda h: h.cfg.task_for("t").on_failure == "alert"),
+    "tasks.on_success": ('[tasks.t]\non_success = "notify"\n[tasks.notify]',  # a follow-up's task needs a route
+                         lambda h: h.cfg.task_for("t").on_success == "notify" and h.parts.admission.follow_ups),
+    "tasks.on_failure": ('[tasks.t]\non_failure = "alert"\n[tasks.alert]',
+                         lambda h: h.cfg.task_for("t").on_failure == "alert"),
     "tasks.unique": ("[tasks.t]\nunique = true", lambda h: _submitted(h, "t").unique_key == "t []"),
     "access.admins": ('[access]\nadmins = ["wheel"]', lambda h: h.requests.access.cfg.access.admins == ("wheel",)),
     "queues": ('[queues.mail]\nsubmit = ["alice"]',
@@ -143,17 +145,8 @@ def _change(suite: Suite, toml: str) -> None:
 @pytest.mark.parametrize("key", sorted(HOST_KEYS))
 def test_a_reloaded_key_takes_effect_or_is_reported_as_needing_a_restart(suite: Suite, signals: None,
                                                                          key: str) -> None:
-    base = _base(suite)
-    suite.config.write_text(base)
-    host = Host(configload.load(str(suite.config)), str(suite.config))
-    records = Records()
-    host.start()
-    try:
-        logging.getLogger().addHandler(records)
-        before = host.cfg
-        change, effect = HOST_KEYS[key]
-        _change(suite, change.format(d=suite.dir))
-        _reload(host, lambda: host.step(max_wait=0.05))
+    change, effect = HOST_KEYS[key]
+    with _reloaded_host(suite, change.format(d=suite.dir)) as (host, before, records):
         assert any(line.startswith("configuration reloaded") for line in records.lines), records.lines
         if effect == RESTART:
             section, name = key.split(".")
@@ -162,9 +155,38 @@ def test_a_reloaded_key_takes_effect_or_is_reported_as_needing_a_restart(suite: 
         else:
             assert effect(host), f"{key} did not take effect on reload"
             assert not any("next restart" in line for line in records.lines), records.lines
+
+
+@contextlib.contextmanager
+def _reloaded_host(suite: Suite, change: str) -> Iterator[tuple[Host, config.Config, Records]]:
+    """An in-process tq-host started on _base, then reloaded with the drop-in `change`: the host, its
+    configuration before the reload, and what it logged."""
+    suite.config.write_text(_base(suite))
+    host = Host(configload.load(str(suite.config)), str(suite.config))
+    records = Records()
+    host.start()
+    try:
+        logging.getLogger().addHandler(records)
+        before = host.cfg
+        _change(suite, change)
+        _reload(host, lambda: host.step(max_wait=0.05))
+        yield host, before, records
     finally:
         logging.getLogger().removeHandler(records)
         host.shutdown()
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    ('[schedules.nightly]\ncron = "@daily"\ntask = "nosuch"', "schedules.nightly.task"),
+    ('[tasks.t]\non_failure = "nosuch"', "tasks.t.on_failure"),
+])
+def test_a_reload_naming_a_task_no_route_matches_is_refused_and_the_running_configuration_stays(
+        suite: Suite, signals: None, change: str, key: str) -> None:
+    with _reloaded_host(suite, change) as (host, before, records):
+        dropin = suite.dir / "tq.d" / "50-change.toml"
+        assert any(line.startswith(f"reload refused, keeping the running configuration: {dropin}: {key}: no "
+                                   "[tasks.*] table matches task 'nosuch'") for line in records.lines), records.lines
+        assert host.cfg is before and host.scheduler.next == {}
 
 
 def _seen_by_host(worker: Worker, client: Any, key: str, value: object) -> bool:

@@ -178,6 +178,17 @@ def test_a_schedule_runs_each_time_once_through_kill_9_and_catches_up_what_it_mi
     assert table[0].split()[:3] == ["SCHEDULE", "WHEN", "TASK"] and table[1].startswith("tick")
 
 
+def test_tqctl_schedules_shows_a_run_that_was_not_submitted_as_failed_with_the_error(suite: Suite) -> None:
+    suite.write_config(f'\n[schedules.big]\nevery = "1s"\ntask = "task-1"\nargs = ["{"x" * 9000}"]\n')
+    suite.host()
+    c = suite.client()
+    (listed,) = wait_until(lambda: [s for s in c.schedules() if s["last_error"]], timeout=15, what="a refused run")
+    assert listed["last_job"] is None and listed["last_run"] is not None and "too large" in listed["last_error"]
+    assert c.list_jobs(task="task-1") == []
+    (row,) = suite.tqctl("schedules").stdout.splitlines()[1:]
+    assert row.startswith("big") and "failed, not submitted: job 'task-1' is too large" in row
+
+
 def test_a_chain_runs_each_step_once_in_order_through_kill_9_with_the_result_before_it(suite: Suite) -> None:
     # The second step's queue has no worker until after the restart: tq-host dies with the chain half done.
     suite.write_config(RECORD + '[tasks.late]\npython = "tq_test_handlers:record"\nqueue = "later"\n'

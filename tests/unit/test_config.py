@@ -105,16 +105,31 @@ def test_bad_duration() -> None:
 def test_the_client_reads_only_host_socket_from_the_last_file_that_sets_it(tmp_path: Path) -> None:
     main = write(tmp_path, '[host]\nsocket = "/run/a.sock"\n[mqueue]\nmax_messages = "lots"\n')
     (tmp_path / "tq.d").mkdir()
-    write(tmp_path, '[host]\nsocket = "/run/b.sock"\n', "tq.d/50-b.toml")
-    assert configfiles.socket_path(main) == "/run/b.sock"  # a bad key elsewhere is the daemons' business
-    with pytest.raises(configload.ConfigError, match="max_messages"):
+    dropin = write(tmp_path, '[host]\nsocket = "/run/b.sock"\n', "tq.d/50-b.toml")
+    setting = configfiles.socket_setting(main)
+    assert (setting.path, setting.source) == ("/run/b.sock", f"host.socket in {dropin}")  # a bad key elsewhere is
+    with pytest.raises(configload.ConfigError, match="max_messages"):                     # the daemons' business
         configload.load(main)
     write(tmp_path, "[host]\nsocket = 7\n", "tq.d/60-c.toml")
     with pytest.raises(configfiles.ConfigError, match=r"60-c.toml: host.socket: expected a path, got 7"):
-        configfiles.socket_path(main)
-    write(tmp_path, "[host\n", "tq.d/70-d.toml")
+        configfiles.socket_setting(main)
+
+
+def test_the_client_leaves_out_a_file_that_does_not_parse_and_says_so(tmp_path: Path) -> None:
+    main = write(tmp_path, '[host]\nsocket = "/run/a.sock"\n')
+    (tmp_path / "tq.d").mkdir()
+    bad = write(tmp_path, '[host\nsocket = "/run/b.sock"\n', "tq.d/70-d.toml")
+    setting = configfiles.socket_setting(main)
+    assert setting.path == "/run/a.sock" and [str(e) for e in setting.skipped] == [
+        f"{bad}: TOML syntax error: line 1, column 6: Expected ']' at the end of a table declaration"]
     with pytest.raises(configfiles.ConfigError, match=r"70-d.toml: TOML syntax error: line 1"):
-        configfiles.socket_path(main)
+        configload.load(main)
+    write(tmp_path, "socket =\n")  # the main file too: nothing left but the default
+    setting = configfiles.socket_setting(main)
+    assert (setting.path, setting.source, len(setting.skipped)) == (
+        configfiles.DEFAULT_SOCKET, "the default: no file could be read", 2)
+    with pytest.raises(configfiles.ConfigError, match="no such file"):  # a file named that is not there: refused
+        configfiles.socket_setting(str(tmp_path / "nosuch.toml"))
 
 
 def test_task_limits_and_kill_grace_are_read_and_carried_in_the_handler_spec(tmp_path: Path) -> None:

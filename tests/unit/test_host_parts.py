@@ -568,6 +568,29 @@ def test_without_overlap_a_run_is_skipped_while_the_last_one_is_open(parts: Part
     assert listed["last_run"] == 1020.0 and listed["next_run"] == 1030.0 and listed["last_state"] == "queued"
 
 
+def test_a_run_that_is_refused_shows_as_failed_with_its_time_and_error_not_an_old_job(
+        parts: Parts, caplog: pytest.LogCaptureFixture) -> None:
+    toml = '[schedules.s]\nevery = "10s"\ntask = "report"\noverlap = true\nargs = ["{}"]\n'
+    scheduler = _scheduler(parts, toml.format("small"), 1000.0)
+    scheduler.fire_due(1010.0)
+    (first,) = [j.id for j in parts.jobs.query(None, None, "report", 10)]
+    scheduler.configure(configload.load(str(_write(parts, toml.format("x" * 9000)))), 1015.0)  # a reload
+    scheduler.fire_due(1020.0)  # refused: too large for mqueue.max_message_size
+    assert _runs_of(parts, "s") == [1010.0] and "the run of" in caplog.text and "was not submitted" in caplog.text
+    (listed,) = scheduler.public()
+    assert (listed["last_run"], listed["last_job"], listed["last_state"]) == (1020.0, None, None)
+    assert "too large" in listed["last_error"] and listed["next_run"] == 1030.0
+    parts.store.commit()
+    (again,) = _scheduler(parts, toml.format("x" * 9000), 1025.0).public()  # after a restart: the same
+    assert again["last_error"] == listed["last_error"] and again["last_run"] == 1020.0 and again["last_job"] is None
+    scheduler.configure(configload.load(str(_write(parts, toml.format("small")))), 1025.0)
+    scheduler.fire_due(1030.0)
+    (listed,) = scheduler.public()
+    assert listed["last_error"] is None and listed["last_job"] not in (None, first) and listed["last_run"] == 1030.0
+    parts.store.commit()
+    assert parts.store.schedules()["s"][2] is None
+
+
 # ---- chains, after, follow-ups ------------------------------------------------------------------------------
 
 def _chain(parts: Parts, *specs: dict[str, object]) -> list[int]:

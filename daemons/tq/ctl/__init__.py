@@ -1,8 +1,9 @@
 """tqctl: the operator's command line, a thin layer over tq.client.
 
-The commands live by what they act on: jobs.py (submit, result, list, show, cancel, retry), overview.py (status,
-workers, queues, schedules, pause, resume, config check), follow.py (events, watch, metrics); each declares its
-commands' options beside their handlers, render.py formats what they print, complete.py completes them in bash.
+The commands live by what they act on: jobs.py (submit, result, list, show, cancel, retry; batch.py reads and
+checks submit --batch's lines), overview.py (status, workers, queues, schedules, pause, resume, config check),
+follow.py (events, watch, metrics); each declares its commands' options beside their handlers, render.py formats
+what they print, complete.py completes them in bash.
 
 Exit status: 0 ok, 1 job failed, 2 usage or refused, 3 host not reachable,
 4 permission denied, 5 not found, 6 timeout, 7 internal error in tq-host.
@@ -12,9 +13,11 @@ Exit status: 0 ok, 1 job failed, 2 usage or refused, 3 host not reachable,
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from .. import __version__
-from ..client import Client, TqError
+from ..client import Client, Refused, TqError
 from . import follow, jobs, options, overview, render
 
 # The order `tqctl --help` lists the commands in; each module's COMMANDS add them.
@@ -42,9 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "_complete":
         return _complete(args.line)
     try:
+        _check_utf8(sys.argv[1:] if argv is None else argv)
         if args.command == "config":
             return overview.config_check(args, as_json)
         with Client(config=args.config) as client:
+            for problem in client.config_skipped:  # tqctl needs only host.socket: a broken file does not stop it
+                render.warning(f"{problem}; skipped: tqctl reads only host.socket (tqctl config check "
+                               "validates every file)")
             result: int = args.handler(client, args, as_json)
             return result
     except TqError as e:
@@ -54,6 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def _check_utf8(argv: list[str]) -> None:
+    """Names, arguments and payloads are UTF-8 text: an argument that is not (Python holds its bytes as lone
+    surrogates) is a usage error naming it, not a UnicodeEncodeError when the request is written."""
+    for arg in argv:
+        try:
+            arg.encode()
+        except UnicodeEncodeError:
+            shown = os.fsencode(arg).decode(errors="backslashreplace")
+            raise Refused(f"argument '{shown}' is not UTF-8 text (tq takes names, arguments and payloads in "
+                          "UTF-8)") from None
 
 
 def _complete(line: str) -> int:

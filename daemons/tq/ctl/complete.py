@@ -137,7 +137,7 @@ def host_names(kind: str, config: str | None) -> list[str]:
 def configured_names(kind: str, config: str | None) -> set[str]:
     """The names the configuration's files give, read without validating them (tq-host does that)."""
     try:
-        merged = configfiles.read_files(config)[0]
+        merged = configfiles.read_files(config, skipped=[])[0]  # what parses
     except (configfiles.ConfigError, OSError):
         return set()
     tasks = _table(merged, "tasks")

@@ -26,8 +26,8 @@ def _add_events(sub: Subcommands, common: Parser) -> None:
     ev.add_argument("--job", type=int, metavar="ID", help="only this job's events")
     ev.add_argument("--task", help="only this task's events")
     ev.add_argument("--queue", help="only this queue's events (and its workers')")
-    ev.add_argument("--limit", "-n", type=int, metavar="N", help="how many of the last events first (default: "
-                    "100, or 10 with --follow; the host keeps the last 1000)")
+    ev.add_argument("--limit", "-n", type=options.count, metavar="N", help="how many of the last events first "
+                    "(default: 100, or 10 with --follow; the host keeps the last 1000)")
 
 
 def _cmd_events(client: Client, args: argparse.Namespace, as_json: bool) -> int:

@@ -13,13 +13,16 @@ from .. import control
 from ..client import Client, JobTimeout, Refused
 from ..states import FINAL, JobState
 from ..usage import describe as describe_usage
-from . import options, render
+from . import batch, options, render
 
 if TYPE_CHECKING:
     from .options import Handler, Parser, Register, Subcommands
 
-
-BATCH_CHUNK = 5000  # jobs per request (and per commit) in submit --batch
+# submit's options for one job (dest: as the user writes it), which --batch takes from each line instead
+_ONE_JOB = {"task": "TASK", "args": "ARG", "queue": "--queue", "priority": "--priority", "delay": "--delay",
+            "at": "--at", "unique": "--unique", "then": "--then", "after": "--after", "exchange": "--exchange",
+            "key": "--key", "timeout": "--timeout", "retries": "--retries", "payload": "--payload", "wait": "--wait",
+            "wait_timeout": "--wait-timeout"}
 
 
 def _add_submit(sub: Subcommands, common: Parser) -> None:
@@ -30,7 +33,7 @@ def _add_submit(sub: Subcommands, common: Parser) -> None:
                    "with task, args and the options below; prints their ids, one per line")
     s.add_argument("--queue")
     s.add_argument("--priority", type=int)
-    s.add_argument("--delay", type=options.duration, default=0.0, help="run after this long (e.g. 30s, 5m)")
+    s.add_argument("--delay", type=options.duration, help="run after this long (e.g. 30s, 5m)")
     s.add_argument("--at", type=options.iso_time, metavar="TIME", help="run at this time (ISO 8601; local time "
                    "without an offset); a time past runs at once")
     s.add_argument("--unique", metavar="KEY", help="while a job submitted with KEY is open, print its id and "
@@ -40,9 +43,9 @@ def _add_submit(sub: Subcommands, common: Parser) -> None:
     s.add_argument("--after", type=int, metavar="ID", help="wait until job ID is done (cancelled if it is not)")
     s.add_argument("--exchange", metavar="NAME", help="submit through [exchanges.NAME]: one job per bound queue "
                    "that --key matches; prints every id")
-    s.add_argument("--key", default="", help="the routing key for --exchange (e.g. orders.created)")
-    s.add_argument("--timeout", type=options.duration, help="kill an attempt running longer than this")
-    s.add_argument("--retries", type=int, help="attempts after the first")
+    s.add_argument("--key", help="the routing key for --exchange (e.g. orders.created)")
+    s.add_argument("--timeout", type=options.positive_duration, help="kill an attempt running longer than this")
+    s.add_argument("--retries", type=options.count, help="attempts after the first")
     s.add_argument("--payload", help="payload text, given to a command on stdin ('-' reads stdin)")
     s.add_argument("--wait", action="store_true", help="wait for the job and print its result")
     s.add_argument("--wait-timeout", type=options.duration, help="give up waiting after this long (exit 6)")
@@ -51,34 +54,61 @@ def _add_submit(sub: Subcommands, common: Parser) -> None:
 
 def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     if args.batch is not None:
-        return _submit_batch(client, args, as_json)
-    if args.task is None:
-        raise Refused("submit needs TASK (or --batch FILE)")
-    payload = sys.stdin.read() if args.payload == "-" else args.payload
-    if args.at is not None and args.delay:
-        raise Refused("give --delay or --at, not both")
+        given = [flag for dest, flag in _ONE_JOB.items() if _given(getattr(args, dest))]
+        if given:
+            raise Refused(f"--batch takes each job's task and options from its line: not {', '.join(given)}")
+        return batch.submit(client, args.batch, as_json)
+    _check_submit(args)
+    payload = _stdin_text() if args.payload == "-" else args.payload
     if args.then:
         if args.wait or args.exchange is not None:
             raise Refused("--then takes no --wait or --exchange (tqctl result --wait LAST_ID waits for the chain)")
         first = _spec_of(args, payload)
         steps = [first] + [_then(text) for text in args.then]
         ids = client.chain(*steps)
-        render.out({"ids": ids}) if as_json else print("\n".join(map(str, ids)))
+        render.say({"ids": ids}, "\n".join(map(str, ids)), as_json)
         return 0
     if args.exchange is not None:
         if args.queue is not None or args.wait or args.unique is not None:
             raise Refused("--exchange chooses the queues: it takes no --queue, --wait or --unique")
-        ids = client.publish(args.exchange, args.key, args.task, *args.args, priority=args.priority,
-                             delay=args.delay, timeout=args.timeout, retries=args.retries, payload=payload, at=args.at)
-        render.out({"ids": ids}) if as_json else print("\n".join(map(str, ids)))
+        ids = client.publish(args.exchange, args.key or "", args.task, *args.args, priority=args.priority,
+                             delay=args.delay or 0.0, timeout=args.timeout, retries=args.retries, payload=payload,
+                             at=args.at, after=args.after)
+        render.say({"ids": ids}, "\n".join(map(str, ids)), as_json)
         return 0
-    jid = client.submit(args.task, *args.args, queue=args.queue, priority=args.priority, delay=args.delay,
+    jid = client.submit(args.task, *args.args, queue=args.queue, priority=args.priority, delay=args.delay or 0.0,
                         timeout=args.timeout, retries=args.retries, payload=payload, at=args.at, unique=args.unique,
                         after=args.after)
     if not args.wait:
-        render.out({"id": jid}) if as_json else print(jid)
+        render.say({"id": jid}, str(jid), as_json)
         return 0
     return _finish(_wait(client, jid, args.wait_timeout), as_json)
+
+
+def _given(value: object) -> bool:
+    """An option given on the command line: submit's defaults are None, False and [] (so 0 and "" count)."""
+    return value is not None and value is not False and value != []
+
+
+def _check_submit(args: argparse.Namespace) -> None:
+    """Usage errors of a submit of one job (or a chain): options that it would ignore, or that exclude another."""
+    if args.task is None:
+        raise Refused("submit needs TASK (or --batch FILE)")
+    if args.at is not None and args.delay:
+        raise Refused("give --delay or --at, not both")
+    if args.key is not None and args.exchange is None:
+        raise Refused("--key is the routing key of a submit through an exchange: give --exchange NAME with it")
+    if args.wait_timeout is not None and not args.wait:
+        raise Refused("--wait-timeout goes with --wait (tqctl result --wait --wait-timeout T ID waits for a job)")
+
+
+def _stdin_text() -> str:
+    """`--payload -`: stdin, which must be UTF-8 text."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise Refused(f"--payload -: stdin is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
 
 
 def _spec_of(args: argparse.Namespace, payload: str | None) -> dict[str, Any]:
@@ -91,38 +121,13 @@ def _spec_of(args: argparse.Namespace, payload: str | None) -> dict[str, Any]:
 def _then(text: str) -> dict[str, Any]:
     import shlex
 
-    words = shlex.split(text)
+    try:
+        words = shlex.split(text)
+    except ValueError as e:
+        raise Refused(f"--then {text!r}: {e} (quote as in a shell)") from None
     if not words:
         raise Refused("--then needs a task name")
     return {"task": words[0], "args": words[1:]}
-
-
-def _submit_batch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    """JSON lines in, ids out; each chunk is one request and one commit."""
-    source = sys.stdin if args.batch == "-" else open(args.batch, encoding="utf-8")
-    ids: list[int] = []
-    chunk: list[dict[str, Any]] = []
-    with source:
-        for number, line in enumerate(source, 1):
-            if not line.strip():
-                continue
-            try:
-                spec = json.loads(line)
-            except ValueError as e:
-                raise Refused(f"{args.batch}: line {number}: not JSON: {e}") from None
-            if not isinstance(spec, dict) or "task" not in spec:
-                raise Refused(f"{args.batch}: line {number}: expected an object with a \"task\"")
-            chunk.append(spec)
-            if len(chunk) == BATCH_CHUNK:
-                ids += client.submit_many(chunk)
-                chunk = []
-    if chunk:
-        ids += client.submit_many(chunk)
-    if as_json:
-        render.out({"ids": ids})
-    else:
-        sys.stdout.write("".join(f"{i}\n" for i in ids))
-    return 0
 
 
 def _wait(client: Client, jid: int, timeout: float | None) -> dict[str, Any]:
@@ -211,7 +216,7 @@ def _add_list(sub: Subcommands, common: Parser) -> None:
     ls.add_argument("--state", choices=[s.value for s in JobState])
     ls.add_argument("--queue")
     ls.add_argument("--task")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--limit", type=options.count, default=50)
 
 
 def _cmd_list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
@@ -278,8 +283,12 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
     """The bulk filters given; a usage error with an id beside them, or with neither."""
     filters = {"state": args.state, "task": args.task, "queue": args.queue, "older_than": args.older_than}
     given = {k: v for k, v in filters.items() if v is not None}
-    if (args.id is None) == (not given):
-        raise Refused(f"{args.command} takes a job ID, or filters (--state --task --queue --older-than), not both")
+    if args.id is None and not given:
+        raise Refused(f"{args.command} needs a job ID, or filters: one or more of --state, --task, --queue, "
+                      "--older-than")
+    if args.id is not None and given:
+        flags = " ".join(f"--{k.replace('_', '-')}" for k in given)
+        raise Refused(f"{args.command} takes a job ID or filters, not both (given: {args.id} and {flags})")
     return given
 
 
@@ -309,7 +318,7 @@ def _cmd_retry(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     if filters := _filters(args):
         return _bulk_done(client.retry_matching(**filters), "queued {} job(s) again", as_json)
     job = client.retry(args.id)
-    render.out(job) if as_json else print(f"job {args.id} queued again")
+    render.say(job, f"job {args.id} queued again", as_json)
     return 0
 
 

@@ -33,6 +33,25 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def positive_duration(text: str) -> float:
+    """A duration of more than 0 (a timeout)."""
+    seconds = duration(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text!r}")
+    return seconds
+
+
+def count(text: str) -> int:
+    """A whole number, 0 or more (a limit, retries)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
+    return n
+
+
 def iso_time(text: str) -> float:
     """An ISO 8601 time (`2026-12-01T09:00:00+01:00`; without an offset, local time): seconds since the epoch."""
     import datetime  # (only --at needs it: tqctl starts faster without)

@@ -133,6 +133,8 @@ def _cmd_schedules(client: Client, args: argparse.Namespace, as_json: bool) -> i
         if sc["timezone"]:
             when += f" ({sc['timezone']})"
         last = "-" if sc["last_job"] is None else f"{sc['last_job']} ({sc['last_state']})"
+        if sc.get("last_error"):  # (none from a host of the previous release)
+            last = f"failed, not submitted: {sc['last_error']}"
         rows.append([sc["name"], when, sc["task"], local(sc["next_run"]), local(sc["last_run"]), last])
     render.table(rows)
     return 0
@@ -148,7 +150,7 @@ def config_check(args: argparse.Namespace, as_json: bool) -> int:
     from .. import configload  # the whole validation: only this command needs it
 
     try:
-        cfg = configload.load(args.config)
+        cfg = configload.load(args.config, default_required=True)  # no file is not an ok file
     except configload.ConfigError as e:
         render.error(str(e), as_json, control.EXIT_USAGE)
         return control.EXIT_USAGE

@@ -14,8 +14,21 @@ def error(message: str, as_json: bool, code: int) -> None:
     print(f"tqctl: {message}", file=sys.stderr)
 
 
+def warning(message: str) -> None:
+    """A line on stderr that does not stop the command (with --json too: stdout stays JSON)."""
+    print(f"tqctl: warning: {message}", file=sys.stderr)
+
+
 def out(obj: Any) -> None:
     print(json.dumps(obj, indent=None if not sys.stdout.isatty() else 2, sort_keys=True))
+
+
+def say(obj: Any, text: str, as_json: bool) -> None:
+    """`obj` as JSON with --json, else `text`."""
+    if as_json:
+        out(obj)
+    else:
+        print(text)
 
 
 def out_or_none(items: list[Any], as_json: bool, none: str) -> bool:

@@ -18,7 +18,7 @@ from ..log import JobEvents
 from ..protocol import Result, to_json
 from ..states import FINAL, JobState
 from ..usage import describe as describe_usage
-from .records import CHAIN, JobRecord
+from .records import CHAIN, MAX_JOB_ID, JobRecord
 from .store import Store
 
 # A job's state is kept as the plain string: sqlite3 binds a str subclass (an enum member) on a slower path.
@@ -70,7 +70,9 @@ class JobTable:
                     self._cancel_deferred(self.jobs[job_id], f"job {parent_id} it waited for is gone")
 
     def find(self, job_id: int) -> JobRecord | None:
-        """A job, open or finished."""
+        """A job, open or finished; None for an id outside 1..MAX_JOB_ID (the store could not even look it up)."""
+        if not 0 < job_id <= MAX_JOB_ID:
+            return None
         return self.jobs.get(job_id) or self.store.get(job_id)
 
     def holder(self, unique_key: str) -> JobRecord | None:

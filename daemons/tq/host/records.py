@@ -22,6 +22,8 @@ INDEXES = ("CREATE INDEX IF NOT EXISTS jobs_parent ON jobs(parent) WHERE parent 
 # How a job is linked to its parent (column link): it waits for it (--after), it is the next step of a chain and
 # takes its result as payload (--then), or it was submitted when the parent finished (on_success, on_failure).
 AFTER, CHAIN, FOLLOW_UP = 0, 1, 2
+# The largest id a job can have: SQLite's integers are 64-bit, and an id past this is no job (not an overflow).
+MAX_JOB_ID = 2**63 - 1
 
 # No secondary indexes: each would cost every submit and every result a B-tree write. Recovery reads the
 # whole table once at start, and pruning walks it from the oldest id.
@@ -63,6 +65,9 @@ CREATE TABLE IF NOT EXISTS workers (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, last_run REAL NOT NULL, last_job INTEGER);
+-- why a schedule's last run was not submitted (a row only while that is so): a table of its own, which a store of
+-- any version gains at open, not a column that would need a migration
+CREATE TABLE IF NOT EXISTS schedule_errors (name TEXT PRIMARY KEY, error TEXT NOT NULL);
 """
 
 COLUMNS = ("id", "task", "args", "payload", "queue", "priority", "state", "attempts", "retries", "timeout",

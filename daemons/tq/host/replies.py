@@ -16,7 +16,7 @@ Reply = tuple[Conn, dict[str, Any], bool]  # connection, reply, whether it depen
 
 class Ledger:
     def __init__(self) -> None:
-        self.replies: list[Reply] = []
+        self.replies: list[Reply] = []  # one list for the ledger's life: Requests appends to it directly
         self.result_awaited = False  # a submit of this step waits for its job's result (submit_and_wait)
 
     def await_result(self) -> None:
@@ -48,6 +48,6 @@ class Ledger:
     def undo(self, refused: set[tuple[int, str]], error: str) -> None:
         """The step's commit failed: each reply that depended on it becomes a refusal; the other replies of
         those requests go (a refused request gets that one answer)."""
-        self.replies = [(c, {"rid": r.get("rid"), "ok": False, "code": "unavailable", "error": error}, False)
-                        if durable else (c, r, False) for c, r, durable in self.replies
-                        if durable or (id(c), repr(r.get("rid"))) not in refused]
+        self.replies[:] = [(c, {"rid": r.get("rid"), "ok": False, "code": "unavailable", "error": error}, False)
+                           if durable else (c, r, False) for c, r, durable in self.replies
+                           if durable or (id(c), repr(r.get("rid"))) not in refused]

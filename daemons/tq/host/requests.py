@@ -15,22 +15,24 @@ from typing import Any
 
 from .. import __version__, config, control
 from ..control import RequestError
+from ..states import JobState
 from .access import Access
 from .fleet import Fleet
 from .jobs import InvalidTransition, JobTable
 from .queues import Queues
-from .records import JobRecord
+from .records import MAX_JOB_ID, JobRecord
 from .replies import Ledger
 from .server import Conn
 from .snapshot import Snapshot
 from .stream import RECENT, EventStream, Filter
-from .submit import Admission
+from .submit import Admission, task_name_problem
 from .waiters import MAX_BULK, Waiters
 
 # Replies that acknowledge a change or tell a job's outcome: sent only once the step's commit succeeded, and with
 # durability = "full" once every change they may show is fsync'd (Store.commit).
 ACKNOWLEDGING_OPS = {"submit", "cancel", "retry", "wait", "get", "list", "pause", "resume"}
 BURST_OPS = {"submit", "list"}  # requests that may allocate much; a poller's status calls do not count
+_STATES = frozenset(s.value for s in JobState)
 Op = Callable[[Conn, Any, dict[str, Any]], "dict[str, Any] | None"]
 
 
@@ -41,6 +43,7 @@ class Requests:
         self.jobs, self.fleet, self.queues, self.stream = jobs, fleet, queues, stream
         self.admission, self.waiters, self.ledger, self.snapshot = admission, waiters, ledger, snapshot
         self.schedules, self.logger = schedules, logger
+        self.replies = ledger.replies  # (appended to here: a call less per request than Ledger.answer)
         self.cfg = cfg
         self.access = Access(cfg)
         self.last_burst = 0.0  # monotonic time of the last request that may allocate much
@@ -73,7 +76,7 @@ class Requests:
                 raise RequestError("bad_request", f"unknown op {op!r}")
             reply = handler(conn, rid, req)
             if reply is not None:
-                self.ledger.answer(conn, {"rid": rid, "ok": True, **reply}, op in ACKNOWLEDGING_OPS)
+                self.replies.append((conn, {"rid": rid, "ok": True, **reply}, op in ACKNOWLEDGING_OPS))
         except RequestError as e:
             self.ledger.refuse(conn, rid, e.code, str(e))
         except sqlite3.Error as e:  # the step recovers from store errors; this request is refused
@@ -108,8 +111,8 @@ class Requests:
 
     def _list(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         limit = control.field(req, "limit", int, 50)
-        jobs = self.jobs.query(control.field(req, "state", str, None), control.field(req, "queue", str, None),
-                               control.field(req, "task", str, None), max(0, min(limit, 100000)))
+        task, queue = _names(req)
+        jobs = self.jobs.query(_state(req), queue, task, max(0, min(limit, 100000)))
         return {"jobs": [j.public() for j in jobs]}
 
     def _workers(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +149,8 @@ class Requests:
               what: str) -> dict[str, Any]:
         """Apply `action` to every job that matches the request's filters and that the caller may change (the
         others are left, and counted as refused)."""
-        filters = {name: control.field(req, name, str, None) for name in ("state", "task", "queue")}
+        task, queue = _names(req)
+        filters = {"state": _state(req), "task": task, "queue": queue}
         older_than = control.field(req, "older_than", (int, float), None)
         if not any(filters.values()) and older_than is None:
             raise RequestError("bad_request", "give a job id, or at least one filter: state, task, queue, "
@@ -219,15 +223,29 @@ class Requests:
 def _event_filter(req: dict[str, Any]) -> Filter:
     """The filters of a subscribe or events request: job (an id), task, queue."""
     job = control.field(req, "job", int, None)
-    task = control.field(req, "task", str, None)
-    queue = control.field(req, "queue", str, None)
-    if job is not None and job < 1:
-        raise RequestError("bad_request", "job must be a job id (1 or more)")
-    if task is not None and not config.TASK_NAME_RE.fullmatch(task):
-        raise RequestError("bad_request", f"invalid task name {task[:60]!r}")
+    if job is not None and not 0 < job <= MAX_JOB_ID:
+        raise RequestError("bad_request", f"job must be a job id (1 to {MAX_JOB_ID})")
+    task, queue = _names(req)
+    return Filter(job, task, queue)
+
+
+def _names(req: dict[str, Any]) -> tuple[str | None, str | None]:
+    """A request's task and queue filters, each a name a job can have (or None): the store is never asked about
+    text it cannot hold (a lone surrogate); an empty one is none."""
+    task = control.field(req, "task", str, None) or None
+    queue = control.field(req, "queue", str, None) or None
+    if task is not None and (problem := task_name_problem(task)) is not None:
+        raise RequestError("bad_request", f"task filter: {problem}")
     if queue is not None and not config.NAME_RE.match(queue):
         raise RequestError("bad_request", f"invalid queue name {queue[:60]!r}")
-    return Filter(job, task, queue)
+    return task, queue
+
+
+def _state(req: dict[str, Any]) -> str | None:
+    state = control.field(req, "state", str, None) or None
+    if state is not None and state not in _STATES:
+        raise RequestError("bad_request", f"state must be one of {', '.join(JobState)}, not {state[:20]!r}")
+    return state
 
 
 def _transition(action: Callable[[JobRecord], Any], job: JobRecord) -> Any:

@@ -5,7 +5,9 @@ Runs missed while tq-host was down follow `catch_up` (systemd timers' Persistent
 them, "last" fires the latest once, "all" fires each (at most cron.MAX_CATCH_UP). With `overlap = false` a run
 is skipped, and logged, while the schedule's previous job is still queued, delayed, running or waiting to retry.
 A new schedule fires first at its first time after tq-host first sees it. Each job's payload says which run it
-is: {"schedule": NAME, "at": seconds since the epoch}.
+is: {"schedule": NAME, "at": seconds since the epoch}. A run that tq-host could not submit (refused: too large,
+say) is logged, and stored as the schedule's last run with its error: `tqctl schedules` shows it failed, not the
+job of an earlier run.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class Scheduler:
     def __init__(self, cfg: config.Config, store: Store, jobs: JobTable, submit: Submit,
                  logger: logging.Logger) -> None:
         self.store, self.jobs, self.submit, self.logger = store, jobs, submit, logger
-        self.state: dict[str, tuple[float, int | None]] = {}  # name -> (last run time, its job)
+        # name -> (last run time, the schedule's latest job, why that run was not submitted: None if it was)
+        self.state: dict[str, tuple[float, int | None, str | None]] = {}
         self.next: dict[str, float] = {}  # name -> its next run time
         self.started = time.time()  # runs due before this were missed while tq-host was down
         self.cfg = cfg
@@ -48,7 +51,7 @@ class Scheduler:
         self.next = {}
         for name, schedule in cfg.schedules.items():
             if name not in self.state:  # never run: its first run is the first time after now
-                self.state[name] = (now, None)
+                self.state[name] = (now, None, None)
                 self.store.save_schedule(name, now, None)
             self.next[name] = cron.next_after(schedule, self.state[name][0])
 
@@ -62,7 +65,7 @@ class Scheduler:
             if at > now:
                 continue
             schedule = self.cfg.schedules[name]
-            last, last_job = self.state[name]
+            last, last_job, error = self.state[name]
             runs = cron.due(schedule, last, now)
             missed = [run for run in runs if run < self.started]  # while tq-host was down
             caught = {"none": [], "last": missed[-1:], "all": missed}[schedule.catch_up]
@@ -70,20 +73,21 @@ class Scheduler:
                 self.logger.info("schedule %s: %d run(s) missed while tq-host was down, %d submitted now "
                                  "(catch_up = \"%s\")", name, len(missed), len(caught), schedule.catch_up)
             for run in caught + runs[len(missed):]:
-                last_job = self._run(schedule, run, last_job)
+                last_job, error = self._run(schedule, run, last_job)
             if runs:
-                self.state[name] = (runs[-1], last_job)
-                self.store.save_schedule(name, runs[-1], last_job)
+                self.state[name] = (runs[-1], last_job, error)
+                self.store.save_schedule(name, runs[-1], last_job, error)
             self.next[name] = cron.next_after(schedule, self.state[name][0])
 
-    def _run(self, schedule: config.ScheduleConfig, at: float, last_job: int | None) -> int | None:
-        """Submit one run; the id of the schedule's job from now on (the old one if this run was skipped)."""
+    def _run(self, schedule: config.ScheduleConfig, at: float, last_job: int | None) -> tuple[int | None, str | None]:
+        """Submit one run: the id of the schedule's job from now on (the old one if this run was skipped or
+        refused), and why it was refused (None: it was not)."""
         if not schedule.overlap and last_job is not None:
             previous = self.jobs.jobs.get(last_job)
             if previous is not None and previous.state not in FINAL:
                 self.logger.warning("schedule %s: the run of %s is skipped: job %d of the run before is still %s "
                                     "(overlap = false)", schedule.name, _when(at), last_job, previous.state)
-                return last_job
+                return last_job, None
         spec: dict[str, Any] = {"task": schedule.task, "args": list(schedule.args),
                                 "payload": {"schedule": schedule.name, "at": at}}
         if schedule.queue is not None:
@@ -92,21 +96,25 @@ class Scheduler:
             spec["priority"] = schedule.priority
         try:
             job = self.submit(spec, f"by schedule {schedule.name} (the run of {_when(at)})")
-        except RequestError as e:  # its task is refused now (a reload removed it): this run is lost, and says so
+        except RequestError as e:  # refused (too large, say): this run is lost, and says so
             self.logger.error("schedule %s: the run of %s was not submitted: %s", schedule.name, _when(at), e)
-            return last_job
-        return job.id
+            return last_job, str(e)
+        return job.id, None
 
     def public(self) -> list[dict[str, Any]]:
         """Every schedule with its next run, its last run and that run's job (tqctl schedules)."""
         out = []
         for name, schedule in sorted(self.cfg.schedules.items()):
-            last, last_job = self.state.get(name, (None, None))
+            last, last_job, error = self.state.get(name, (None, None, None))
+            if error is not None:
+                last_job = None  # the last run has no job: it failed, and an earlier run's job is not its
             job = None if last_job is None else self.jobs.find(last_job)
+            ran = last_job is not None or error is not None  # else `last` is when tq-host first saw the schedule
             out.append({"name": name, "cron": schedule.cron, "every": schedule.every, "task": schedule.task,
                         "timezone": schedule.timezone, "catch_up": schedule.catch_up, "overlap": schedule.overlap,
-                        "next_run": self.next.get(name), "last_run": last if last_job is not None else None,
-                        "last_job": last_job, "last_state": None if job is None else job.state})
+                        "next_run": self.next.get(name), "last_run": last if ran else None,
+                        "last_job": last_job, "last_state": None if job is None else job.state,
+                        "last_error": error})
         return out
 
 

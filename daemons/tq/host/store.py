@@ -279,13 +279,19 @@ class Store:
         self._begin()
         self.db.execute("INSERT OR REPLACE INTO queues VALUES (?, ?)", (queue, int(paused)))
 
-    def schedules(self) -> dict[str, tuple[float, int | None]]:
-        """Each schedule's last run time and the job of that run."""
-        return {name: (last, job) for name, last, job in self.db.execute("SELECT * FROM schedules")}
+    def schedules(self) -> dict[str, tuple[float, int | None, str | None]]:
+        """Each schedule's last run time, its latest job, and why that run was not submitted (None: it was)."""
+        rows = self.db.execute("SELECT s.name, s.last_run, s.last_job, e.error FROM schedules s "
+                               "LEFT JOIN schedule_errors e ON e.name = s.name")
+        return {name: (last, job, error) for name, last, job, error in rows}
 
-    def save_schedule(self, name: str, last_run: float, last_job: int | None) -> None:
+    def save_schedule(self, name: str, last_run: float, last_job: int | None, last_error: str | None = None) -> None:
         self._begin()
         self.db.execute("INSERT OR REPLACE INTO schedules VALUES (?, ?, ?)", (name, last_run, last_job))
+        if last_error is None:
+            self.db.execute("DELETE FROM schedule_errors WHERE name = ?", (name,))
+        else:
+            self.db.execute("INSERT OR REPLACE INTO schedule_errors VALUES (?, ?)", (name, last_error))
 
     def children(self, job_id: int) -> list[int]:
         """The jobs that wait for or follow this one."""

@@ -48,8 +48,10 @@ class Admission:
 
     def on_final(self, job: JobRecord) -> None:
         """A job reached a final state (JobTable.on_final): submit its task's follow-up, answer its waiters."""
-        self.follow_up(job)
-        self.waiters.on_final(job)
+        if self.follow_ups:
+            self.follow_up(job)
+        if self.waiters.waiting:
+            self.waiters.on_final(job)
 
     def submit_op(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         """Store the jobs; with `wait_for` (seconds, one job) answer twice: the ids now, the job when finished."""
@@ -187,9 +189,9 @@ class Admission:
     def _resolve_task(self, name: str) -> tuple[str, config.TaskConfig, str]:
         """A task name, checked, with its task and how to run it (cached: the name interned, one string for all
         its jobs)."""
-        if not config.TASK_NAME_RE.fullmatch(name):
-            raise RequestError("bad_request", f"invalid task name {name[:60]!r} (dot-separated words of "
-                                              "letters, digits, _ - :)")
+        problem = task_name_problem(name)
+        if problem is not None:
+            raise RequestError("bad_request", problem)
         task = self.cfg.task_for(name)
         if task is None:
             known = ", ".join(t.name for t in self.cfg.tasks) or "(none configured)"
@@ -231,10 +233,30 @@ def _job_options(spec: dict[str, Any], task: config.TaskConfig) -> tuple[str, in
         if not 0 <= at < math.inf:
             raise RequestError("bad_request", "at must be a time in seconds since the epoch")
         delay = max(0.0, float(at) - time.time())
+    if not 0 <= delay < math.inf:
+        raise RequestError("bad_request", f"delay must be a number of seconds, 0 or more and finite, not {delay}")
     timeout = float(control.field(spec, "timeout", (int, float), task.timeout))
+    if not 0 < timeout < math.inf:
+        raise RequestError("bad_request", f"timeout must be a number of seconds, more than 0 and finite, "
+                                          f"not {timeout}")
     retries = control.field(spec, "retries", int, task.retries)
-    if not (0 <= delay < math.inf and 0 < timeout < math.inf and retries >= 0):
-        raise RequestError("bad_request", "delay and retries must be >= 0 and timeout > 0, all finite")
+    if not 0 <= retries <= config.MAX_RETRIES:
+        raise RequestError("bad_request", f"retries must be from 0 to {config.MAX_RETRIES}, not {retries}")
     return queue, priority, delay, timeout, retries
+
+
+def task_name_problem(name: str) -> str | None:
+    """What makes `name` no task name, None if it is one; one too long says how long, and the limit."""
+    if config.TASK_NAME_RE.fullmatch(name):
+        return None
+    words = name.split(".")
+    if len(words) > config.TASK_WORDS_MAX:
+        return f"task name too long: {len(words)} dot-separated words, at most {config.TASK_WORDS_MAX}"
+    longest = max(map(len, words))
+    if longest > config.TASK_WORD_MAX:
+        what = f"{longest} characters" if len(words) == 1 else f"a word of {longest} characters"
+        return (f"task name too long: {what}, at most {config.TASK_WORD_MAX} (in each of its dot-separated "
+                "words)")
+    return f"invalid task name {name[:60]!r} (dot-separated words of letters, digits, _ - :)"
 
 

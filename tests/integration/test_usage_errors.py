@@ -1,0 +1,90 @@
+"""Bad input to tqctl, as a user types it: each is one line on stderr and the exit status the README lists for
+it (2 usage or refused, 5 not found), never a traceback, never exit 1 (a job failed) and never a silent exit 0.
+Real tq-host (no workers: nothing here needs a job to run)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import Suite
+
+BEYOND_64_BITS = "99999999999999999999999"
+
+
+def tqctl(suite: Suite, *args: str | bytes, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+    """tqctl with arguments that may be bytes (not UTF-8), as a shell passes them."""
+    argv: list[str | bytes] = [sys.executable, "-m", "tq.ctl", "--config", str(suite.config), *args]
+    r = subprocess.run(argv, env=suite.env, capture_output=True, timeout=60, input=stdin)
+    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(errors="replace"),
+                                       r.stderr.decode(errors="replace"))
+
+
+def refused(r: subprocess.CompletedProcess[str], status: int, *words: str) -> None:
+    """Exit `status` with one line on stderr that holds each of `words`."""
+    assert r.returncode == status and r.stderr.count("\n") == 1, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and all(w in r.stderr for w in words), (words, r.stderr)
+
+
+def test_a_bad_then_batch_file_or_non_utf8_argument_is_a_usage_error(suite: Suite, tmp_path: Path) -> None:
+    suite.host()
+    refused(tqctl(suite, "submit", "--then", 'nosuch "unbalanced', "x"), 2, "--then", "No closing quotation")
+    refused(tqctl(suite, "submit", "--batch", "/nonexistent"), 2, "/nonexistent", "No such file or directory")
+    refused(tqctl(suite, "submit", "--batch", str(tmp_path)), 2, str(tmp_path), "Is a directory")
+    refused(tqctl(suite, "submit", b"\xff"), 2, "not UTF-8", "\\xff")
+    refused(tqctl(suite, "submit", "x", b"a\xffb"), 2, "not UTF-8", "a\\xffb")
+    refused(tqctl(suite, "submit", "x", "--payload", b"\xff"), 2, "not UTF-8")
+    refused(tqctl(suite, "submit", "x", "--payload", "-", stdin=b"\xff\n"), 2, "--payload -", "not UTF-8")
+    batch = tmp_path / "jobs.jsonl"
+    batch.write_bytes(b'{"task": "t"}\n{"task": "\xff"}\n')
+    refused(tqctl(suite, "submit", "--batch", str(batch)), 2, f"{batch}: line 2: not UTF-8")
+    refused(tqctl(suite, "submit", "--batch", "-", stdin=b'{"task": "t", "args": ["\\udcff"]}\n'), 2, "UTF-8")
+    assert suite.client().list_jobs() == []  # none of them submitted anything
+
+
+def test_an_id_beyond_64_bits_is_no_job(suite: Suite) -> None:
+    suite.host()
+    for command in (["show"], ["result"], ["cancel"], ["retry"], ["submit", "t", "--after"]):
+        refused(tqctl(suite, *command, BEYOND_64_BITS), 5, f"no job {BEYOND_64_BITS}")
+
+
+def test_batch_lines_name_the_line_and_field_and_take_durations(suite: Suite, tmp_path: Path) -> None:
+    suite.host()
+    batch = tmp_path / "jobs.jsonl"
+    for lines, words in ((['{"task": "t"}', '{"task": "t", "prio": 5}'], ["line 2", "unknown field 'prio'"]),
+                         (['{"task": "t"}', "", '{"task": "t", "priority": "high"}'], ["line 3", "priority"]),
+                         (['{"task": "t", "delay": "soon"}'], ["line 1", "delay", "'soon' is not a duration"]),
+                         (['{"task": "t", "timeout": 0}'], ["line 1", "timeout", "more than 0"]),
+                         (['{"task": "t", "retries": -1}'], ["line 1", "retries", "0 or more"])):
+        batch.write_text("\n".join(lines) + "\n")
+        refused(tqctl(suite, "submit", "--batch", str(batch)), 2, str(batch), *words)
+    assert suite.client().list_jobs() == []  # a bad line anywhere: nothing submitted
+    batch.write_text('{"task": "t", "delay": "5m", "timeout": "2m"}\n{"task": "t", "delay": 60, "timeout": 30}\n')
+    r = tqctl(suite, "submit", "--batch", str(batch))
+    assert r.returncode == 0, r.stderr
+    first, second = (suite.client().get(int(i)) for i in r.stdout.split())
+    assert (first["state"], first["timeout"], round(first["run_at"] - first["created_at"])) == ("delayed", 120, 300)
+    assert (second["timeout"], round(second["run_at"] - second["created_at"])) == (30, 60)
+
+
+def test_options_that_would_be_ignored_or_out_of_range_are_usage_errors(suite: Suite, tmp_path: Path) -> None:
+    suite.host()
+    batch = tmp_path / "jobs.jsonl"
+    batch.write_text('{"task": "t"}\n')
+    line = b'{"task": "t"}\n'
+    refused(tqctl(suite, "submit", "t", "--key", "orders.created"), 2, "--key", "--exchange")
+    refused(tqctl(suite, "submit", "--batch", "-", "t", stdin=line), 2, "--batch", "TASK")
+    refused(tqctl(suite, "submit", "--batch", str(batch), "--then", "u"), 2, "--batch", "--then")
+    refused(tqctl(suite, "submit", "--batch", str(batch), "--queue", "q", "--wait"), 2, "--queue", "--wait")
+    refused(tqctl(suite, "submit", "t", "--wait-timeout", "5s"), 2, "--wait-timeout", "--wait")
+    refused(tqctl(suite, "list", "--limit", "-1"), 2, "--limit", "0 or more")
+    refused(tqctl(suite, "submit", "t", "--retries", "-1"), 2, "--retries", "0 or more")
+    refused(tqctl(suite, "submit", "t", "--timeout", "0"), 2, "--timeout", "more than 0")
+    refused(tqctl(suite, "submit", "t" * 300), 2, "too long", "300 characters", "at most 100")
+    for command in ("cancel", "retry"):
+        r = tqctl(suite, command)
+        refused(r, 2, "job ID", "--state", "--task", "--queue", "--older-than")
+        assert "not both" not in r.stderr
+        refused(tqctl(suite, command, "7", "--state", "dead"), 2, "not both", "--state")
+    assert suite.client().list_jobs() == []

@@ -1,0 +1,103 @@
+"""What tqctl says about the configuration: `config check` calls nothing ok that is not (a missing default file,
+a schedule or follow-up that no task matches, a TOML syntax error), and the other commands, which read only the
+socket path, name the file they looked at and the socket they tried, and keep working past a drop-in that does
+not parse. tqctl runs in-process, with the default file pointed at a temporary path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tq import configfiles, configload, control, ctl
+
+
+@pytest.fixture
+def default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The default configuration file, moved to a temporary path that does not exist yet; no TQ_CONFIG."""
+    path = tmp_path / "etc" / "tq.toml"
+    path.parent.mkdir()
+    monkeypatch.setattr(configfiles, "DEFAULT_CONFIG", str(path))
+    monkeypatch.delenv("TQ_CONFIG", raising=False)
+    return path
+
+
+def test_config_check_refuses_a_missing_default_file_and_says_how_to_name_another(
+        default: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert ctl.main(["config", "check"]) == control.EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == "" and "ok" not in err
+    assert err.startswith(f"tqctl: {default}: no such file") and "--config" in err and "TQ_CONFIG" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_config_check_passes_the_default_file_once_it_exists(default: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    default.write_text('[tasks.t]\nhandler = "echo"\n')
+    assert ctl.main(["config", "check"]) == 0
+    assert capsys.readouterr().out == f"configuration ok: {default} (1 task(s))\n"
+
+
+def test_the_daemons_still_run_on_defaults_without_the_default_file(default: Path) -> None:
+    cfg = configload.load()
+    assert cfg.tasks == () and cfg.host.socket == configfiles.DEFAULT_SOCKET
+
+
+def test_an_unreachable_host_is_reported_with_the_socket_and_the_file_it_came_from(
+        default: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    missing_socket = tmp_path / "gone.sock"
+    monkeypatch.setattr(configfiles, "DEFAULT_SOCKET", str(missing_socket))
+    assert ctl.main(["status"]) == control.EXIT_UNREACHABLE
+    err = capsys.readouterr().err
+    assert f"at {missing_socket}" in err and f"{default} does not exist" in err and "default" in err
+    default.write_text(f'[host]\nsocket = "{tmp_path}/set.sock"\n')
+    assert ctl.main(["status"]) == control.EXIT_UNREACHABLE
+    err = capsys.readouterr().err
+    assert f"at {tmp_path}/set.sock" in err and f"host.socket in {default}" in err
+
+
+def test_a_dropin_that_does_not_parse_is_skipped_with_a_warning_and_config_check_names_its_line(
+        default: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    default.write_text(f'[host]\nsocket = "{tmp_path}/main.sock"\n')
+    (default.parent / "tq.d").mkdir()
+    bad = default.parent / "tq.d" / "50-bad.toml"
+    bad.write_text('[tasks.x]\nqueue = "mail"\n[tasks.y\n')
+    assert ctl.main(["status"]) == control.EXIT_UNREACHABLE  # it tried the socket: the drop-in did not stop it
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"tqctl: warning: {bad}: TOML syntax error: line 3") and "skipped" in err[0]
+    assert f"at {tmp_path}/main.sock" in err[1]
+    assert ctl.main(["config", "check"]) == control.EXIT_USAGE
+    out, err2 = capsys.readouterr()
+    assert out == "" and err2.startswith(f"tqctl: {bad}: TOML syntax error: line 3")
+    assert ctl.main(["--json", "config", "check"]) == control.EXIT_USAGE
+    assert json.loads(capsys.readouterr().out)["ok"] is False
+
+
+def test_a_bad_key_in_a_dropin_does_not_stop_tqctl_either(default: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    default.write_text(f'[host]\nsocket = "{tmp_path}/main.sock"\n')
+    (default.parent / "tq.d").mkdir()
+    (default.parent / "tq.d" / "50-bad.toml").write_text('[tasks.x]\nqueueue = "mail"\n')
+    assert ctl.main(["status"]) == control.EXIT_UNREACHABLE
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("toml", "key"), [
+    ('[tasks.t]\nhandler = "echo"\n[schedules.nightly]\ncron = "@daily"\ntask = "tt"\n', "schedules.nightly.task"),
+    ('[tasks.t]\non_success = "notify"\n', "tasks.t.on_success"),
+    ('[tasks.t]\non_failure = "alert.page"\n[tasks."alert.*.x"]\nhandler = "echo"\n', "tasks.t.on_failure"),
+])
+def test_a_schedule_or_follow_up_naming_a_task_no_route_matches_is_refused(default: Path, toml: str, key: str,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    default.write_text(toml)
+    assert ctl.main(["config", "check"]) == control.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"tqctl: {default}: {key}: no [tasks.*] table matches") and "known tasks: t" in err
+
+
+def test_a_schedule_whose_task_a_pattern_matches_passes(default: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    default.write_text('[tasks."report.*"]\non_failure = "alert"\n[tasks.alert]\n'
+                       '[schedules.s]\nevery = "1h"\ntask = "report.daily"\n')
+    assert ctl.main(["config", "check"]) == 0
+    assert capsys.readouterr().out.startswith("configuration ok")

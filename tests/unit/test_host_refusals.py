@@ -1,0 +1,104 @@
+"""tq-host's refusals of bad input, in-process (tests/parts.py): each is the error its code says (not_found,
+bad_request), names what is wrong, and never becomes an internal error or a failed commit."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parts import Parts, make_parts
+from tq.host.server import Conn
+
+BEYOND_64_BITS = 99999999999999999999999  # SQLite's integers are 64-bit: no job can have this id
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> Iterator[Parts]:
+    p = make_parts(tmp_path / "state")
+    yield p
+    p.close()
+
+
+def ask(parts: Parts, op: str, **fields: Any) -> dict[str, Any]:
+    """One request through the host's handler, then the step's commit (which must not fail): the reply."""
+    a, b = socket.socketpair()
+    try:
+        parts.requests.handle(Conn(a, uid=0), json.dumps({"op": op, "rid": 1, **fields}).encode())
+        parts.store.commit()
+        (reply,) = [r for _c, r in parts.ledger.take()]
+        return reply
+    finally:
+        a.close()
+        b.close()
+
+
+def refusal(reply: dict[str, Any]) -> tuple[str, str]:
+    assert not reply["ok"], reply
+    return reply["code"], reply["error"]
+
+
+@pytest.mark.parametrize("op, fields", [
+    ("get", {"id": BEYOND_64_BITS}),
+    ("wait", {"id": BEYOND_64_BITS, "timeout": 0}),
+    ("wait", {"ids": [BEYOND_64_BITS], "timeout": 0}),
+    ("cancel", {"id": BEYOND_64_BITS}),
+    ("retry", {"id": BEYOND_64_BITS}),
+    ("submit", {"jobs": [{"task": "t", "after": BEYOND_64_BITS}]}),
+    ("get", {"id": -1}),
+])
+def test_an_id_beyond_64_bits_is_no_job_not_an_internal_error(parts: Parts, op: str, fields: dict[str, Any]) -> None:
+    code, error = refusal(ask(parts, op, **fields))
+    assert code == "not_found" and error.startswith("no job "), error
+
+
+@pytest.mark.parametrize("op", ["events", "subscribe"])
+def test_an_event_filter_s_job_beyond_64_bits_is_refused_with_the_range(parts: Parts, op: str) -> None:
+    code, error = refusal(ask(parts, op, job=BEYOND_64_BITS))
+    assert code == "bad_request" and "9223372036854775807" in error, error
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("retries", -1, ["retries", "0 to 1000", "-1"]),
+    ("retries", BEYOND_64_BITS, ["retries", "0 to 1000"]),
+    ("timeout", 0, ["timeout", "more than 0"]),
+    ("delay", -5, ["delay", "0 or more"]),
+])
+def test_an_option_out_of_range_is_refused_naming_it_and_its_rule(parts: Parts, option: str, value: int,
+                                                                  words: list[str]) -> None:
+    code, error = refusal(ask(parts, "submit", jobs=[{"task": "t", option: value}]))
+    assert code == "bad_request" and all(w in error for w in words), error
+
+
+@pytest.mark.parametrize("op, fields", [
+    ("submit", {"jobs": [{"task": "t", "at": 10**400}]}),
+    ("submit", {"jobs": [{"task": "t", "delay": 10**400}]}),
+    ("submit", {"jobs": [{"task": "t"}], "wait_for": 10**400}),
+    ("wait", {"id": 1, "timeout": 10**400}),
+    ("cancel", {"older_than": 10**400}),
+])
+def test_a_number_too_large_for_a_float_is_a_bad_request_naming_its_field(parts: Parts, op: str,
+                                                                         fields: dict[str, Any]) -> None:
+    code, error = refusal(ask(parts, op, **fields))
+    name = next(k for k in ("at", "delay", "wait_for", "timeout", "older_than") if k in json.dumps(fields))
+    assert code == "bad_request" and repr(name) in error, error
+
+
+def test_a_task_name_too_long_is_refused_with_its_length_and_the_limit(parts: Parts) -> None:
+    code, error = refusal(ask(parts, "submit", jobs=[{"task": "a" * 300}]))
+    assert code == "bad_request" and "too long" in error and "300" in error and "100" in error, error
+    code, error = refusal(ask(parts, "submit", jobs=[{"task": ".".join("w" * 17)}]))
+    assert code == "bad_request" and "17 dot-separated words" in error and "16" in error, error
+    code, error = refusal(ask(parts, "events", task="a" * 300))
+    assert code == "bad_request" and "too long" in error, error
+
+
+@pytest.mark.parametrize("fields", [{"task": "\udcff"}, {"queue": "\udcff"}, {"state": "nosuch"}])
+def test_a_list_or_bulk_filter_that_no_job_can_match_is_a_bad_request(parts: Parts, fields: dict[str, Any]) -> None:
+    for op in ("list", "cancel", "retry"):
+        code, error = refusal(ask(parts, op, **fields))
+        assert code == "bad_request" and next(iter(fields)) in error, (op, error)
