@@ -727,3 +727,58 @@ def test_a_fault_inside_tq_host_is_an_internal_error_not_a_bad_request(parts: Pa
     finally:
         a.close()
         b.close()
+
+
+# ---- dispatch: sent ahead only where no worker is left idle ----------------------------------------------
+
+def test_a_job_of_a_slow_or_unknown_task_goes_only_to_an_idle_worker(parts: Parts) -> None:
+    parts.start_worker("1")
+    parts.start_worker("2")
+    a, b, c = submit(parts, {"task": "t"}, {"task": "t"}, {"task": "t"})
+    parts.dispatcher.assign(0.0)
+    assert [job(parts, i).state for i in (a, b, c)] == [JobState.ASSIGNED, JobState.ASSIGNED, JobState.QUEUED]
+    assert {job(parts, a).worker, job(parts, b).worker} == {"1", "2"}
+    parts.dispatcher.timed("t", 0.001)  # now known to be fast: it may wait in a busy worker's inbox
+    parts.dispatcher.assign(0.0)
+    assert job(parts, c).state == JobState.ASSIGNED
+
+
+def test_a_worker_s_started_makes_an_assigned_job_running_from_the_time_it_gives(parts: Parts) -> None:
+    parts.start_worker("1")
+    (jid,) = submit(parts, {"task": "t"})
+    parts.dispatcher.assign(0.0)
+    j = job(parts, jid)
+    assert j.state == JobState.ASSIGNED and j.started_at is None
+    parts.started(j)
+    assert (j.state, j.started_at, parts.fleet.workers["1"].running) == (JobState.RUNNING, 1.7e9, jid)
+    parts.store.commit()
+    stored = parts.store.get(jid)
+    assert stored is not None and (stored.state, stored.started_at) == ("running", 1.7e9)
+    parts.worker_says(protocol.Started("1", jid, 99, 1.0))  # not the attempt the host expects: nothing changes
+    assert j.started_at == 1.7e9
+    parts.result(j)
+    assert j.state == JobState.DONE
+
+
+def test_cancelling_an_assigned_job_ends_it_at_once_and_tells_its_worker_to_drop_it(parts: Parts) -> None:
+    parts.start_worker("1")
+    parts.dispatcher.timed("t", 0.001)  # a fast task: both wait on worker 1
+    running, waiting = submit(parts, {"task": "t"}, {"task": "t"})
+    parts.dispatcher.assign(0.0)
+    parts.dispatcher.send()
+    parts.inbox_messages("1")
+    parts.started(job(parts, running))
+    a, b = socket.socketpair()
+    parts.requests.handle(Conn(a, 0), json.dumps({"op": "cancel", "rid": 1, "id": waiting}).encode())
+    (reply,) = [r for _, r in parts.ledger.take()]
+    assert reply["ok"] and reply["stopping"] is False
+    j = job(parts, waiting)
+    assert j.state == JobState.CANCELLED and j.error is not None and "before it started" in j.error
+    assert [(m.id, m.attempt) for m in parts.inbox_messages("1") if isinstance(m, protocol.Cancel)] == [(waiting, 1)]
+    w = parts.fleet.workers["1"]
+    assert waiting in w.assigned  # its place in the inbox, until the worker says it dropped it
+    parts.worker_says(protocol.Results("1", [[waiting, 1, False, "", "cancelled", 0.0, 0.0, {}]]))
+    assert waiting not in w.assigned and j.state == JobState.CANCELLED
+    assert job(parts, running).state == JobState.RUNNING
+    a.close()
+    b.close()

@@ -304,8 +304,13 @@ class Fleet:
         w = self.workers.get(instance)
         job = self.jobs.jobs.get(job_id)
         if w is None or job is None or job.state not in ON_WORKER or job.worker != instance or job.attempts != attempt:
+            held = w is not None and job_id in w.assigned
             if w is not None and (job is None or job.worker != instance):
                 w.assigned.discard(job_id)  # it ended while the worker held it (cancelled unstarted): the slot is free
+            if held and job is None:  # the worker's word on a job that ended while it held it: expected
+                self.logger.info("job %d ended while worker %s held it; its %s is ignored", job_id, instance, what,
+                                 extra={"TQ_JOB_ID": job_id, "TQ_WORKER": instance, "TQ_ATTEMPT": attempt})
+                return None
             state = job.state if job else "finished or unknown"
             self.logger.warning("ignored a late %s for job %d attempt %d from worker %s (job is %s)",
                                 what, job_id, attempt, instance, state,

@@ -18,7 +18,7 @@ from ..control import RequestError
 from ..states import JobState
 from .access import Access
 from .fleet import Fleet
-from .jobs import InvalidTransition, JobTable
+from .jobs import ON_WORKER, InvalidTransition, JobTable
 from .queues import Queues
 from .records import MAX_JOB_ID, JobRecord
 from .replies import Ledger
@@ -121,8 +121,9 @@ class Requests:
     def _cancel(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         """One job by `id`, or every job matching the filters; a running job is stopped on its worker first."""
         def cancel(job: JobRecord) -> bool:
+            on_worker = job.state in ON_WORKER  # running: stopped there; assigned: cancelled now, dropped there
             stopping = self.jobs.cancel(job)
-            if stopping:
+            if on_worker:
                 self.fleet.cancel(job)
             return stopping
 
