@@ -1,0 +1,133 @@
+"""What an operator meets running tq: make run twice, a worker started twice, workers gone for good, the
+journal's words for routine stops, and `tqctl events --follow` across a host restart."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import posix_ipc
+import pytest
+
+from harness import ROOT, Suite, wait_until
+
+BIN = Path(sys.executable).parent
+SMALL = "[mqueue]\nmax_messages = 2\nmax_message_size = 1024\n[worker]\nprefetch = 1\n"  # the shared queue memory
+
+
+class MakeRun:
+    """scripts/run.sh (make run) on a directory of the suite's, with a small queue footprint (a drop-in)."""
+
+    def __init__(self, suite: Suite, name: str = "run") -> None:
+        self.dir = suite.dir / name
+        (self.dir / "tq.d").mkdir(parents=True)
+        (self.dir / "tq.d" / "small.toml").write_text(SMALL)
+        self.config = self.dir / "tq.toml"
+        self.env = {**suite.env, "BIN": str(BIN)}
+        self.runs: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def start(self) -> tuple[subprocess.Popen[bytes], Path]:
+        out = self.dir.parent / f"{self.dir.name}-{len(self.runs)}.out"
+        with open(out, "wb") as f:
+            proc = subprocess.Popen(["scripts/run.sh", str(self.dir)], cwd=ROOT, env=self.env, stdout=f,
+                                    stderr=subprocess.STDOUT)
+        self.runs.append((proc, out))
+        return proc, out
+
+    def tqctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "tqctl"), "--config", str(self.config), *args], env=self.env,
+                              capture_output=True, text=True, timeout=30)
+
+    def close(self) -> None:
+        for proc, _out in self.runs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        if self.config.exists():
+            prefix = re.search(r'prefix = "([^"]+)"', self.config.read_text())
+            for name in [".host", *(f".w.{i}" for i in range(1, 5))] if prefix else []:
+                try:
+                    posix_ipc.unlink_message_queue(prefix.group(1) + name)  # type: ignore[union-attr]
+                except posix_ipc.ExistentialError:
+                    pass
+
+
+@pytest.fixture
+def make_run(suite: Suite) -> Iterator[MakeRun]:
+    runner = MakeRun(suite)
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+def _worker_pids(run: MakeRun) -> set[int]:
+    import json
+
+    return {w["pid"] for w in json.loads(run.tqctl("workers", "--json").stdout)}
+
+
+# ---- make run, and a worker started twice -------------------------------------------------------------------
+
+def test_make_run_submits_once_the_workers_are_live_and_a_second_one_stops_without_workers(
+        make_run: MakeRun) -> None:
+    first, out = make_run.start()
+    wait_until(lambda: "tq is running" in out.read_text(), 30, "the first make run")
+    text = out.read_text()
+    assert "task-1 processed" in text
+    assert "no live worker serves it" not in text  # the demo job came after the workers' hello
+    pids = _worker_pids(make_run)
+    assert len(pids) == 4
+
+    second, out2 = make_run.start()
+    assert second.wait(30) == 1
+    assert "already running" in out2.read_text()
+    assert _worker_pids(make_run) == pids  # no second set under the same names
+    assert first.poll() is None
+    first.send_signal(signal.SIGTERM)
+    first.wait(30)
+    assert "tq stopped" in out.read_text()
+
+
+def test_make_run_stops_when_its_own_host_does_not_start(suite: Suite, make_run: MakeRun) -> None:
+    # A tq-host on make run's state dir behind another socket: make run's own host refuses the store.
+    suite.config.write_text(f'[host]\nstate_dir = "{make_run.dir}/state"\nsocket = "{suite.dir}/tq.sock"\n'
+                            f'[mqueue]\nprefix = "{suite.prefix}"\nmax_messages = 2\n')
+    suite.host()
+    proc, out = make_run.start()
+    assert proc.wait(30) == 1
+    text = out.read_text()
+    assert "tq-host did not start" in text, text
+    assert "tq-worker" not in text  # no worker was started
+
+
+def test_a_second_worker_process_under_a_live_instance_name_refuses_before_touching_the_inbox(suite: Suite) -> None:
+    _host, (w1,) = suite.start(workers=1)
+    inbox = posix_ipc.MessageQueue(f"{suite.prefix}.w.1")
+    try:
+        before = os.stat(f"/dev/mqueue{suite.prefix}.w.1").st_ino if os.path.isdir("/dev/mqueue") else None
+        second = suite.worker("1", ready=False)
+        assert second.wait(15) == 1
+        text = second.text()  # (the log file of both: worker1.log)
+        (line,) = [line for line in text.splitlines() if "error" in line or "Traceback" in line]
+        assert f"cannot start: worker instance 1 is already running (pid {w1.pid};" in line
+        assert text.count(" ready: ") == 1 and "recreated inbox" not in text
+        if before is not None:
+            assert os.stat(f"/dev/mqueue{suite.prefix}.w.1").st_ino == before  # the same inbox, not recreated
+        (w,) = suite.client().workers()
+        assert (w["pid"], w["state"]) == (w1.pid, "live")
+        jid = suite.client().submit("echo", "still served")
+        assert suite.client().wait(jid, timeout=10)["state"] == "done"
+    finally:
+        inbox.close()
+    w1.signal(signal.SIGTERM)
+    assert w1.wait() == 0
+    suite.worker("1")  # ready: the lock went with the process
