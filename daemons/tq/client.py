@@ -308,6 +308,12 @@ class Client:
     def workers(self) -> list[dict[str, Any]]:
         return [dict(w) for w in self.call("workers")["workers"]]
 
+    def forget_worker(self, instance: str) -> dict[str, Any]:
+        """Drop a lost or stopped worker from `workers` and the status counts (refused while it is there: conflict).
+        Root and admins. The host forgets a lost one by itself after `host.forget_lost`."""
+        reply = self.call("forget_worker", instance=instance)
+        return {k: reply[k] for k in ("instance", "state")}
+
     def metrics(self) -> dict[str, Any]:
         """The host's counters and gauges (tq.metrics.render writes them as Prometheus text)."""
         return dict(self.call("metrics")["metrics"])

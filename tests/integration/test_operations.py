@@ -14,7 +14,7 @@ from pathlib import Path
 import posix_ipc
 import pytest
 
-from harness import ROOT, Suite, wait_until
+from harness import ROOT, Daemon, Suite, wait_until
 
 BIN = Path(sys.executable).parent
 SMALL = "[mqueue]\nmax_messages = 2\nmax_message_size = 1024\n[worker]\nprefetch = 1\n"  # the shared queue memory
@@ -131,3 +131,45 @@ def test_a_second_worker_process_under_a_live_instance_name_refuses_before_touch
     w1.signal(signal.SIGTERM)
     assert w1.wait() == 0
     suite.worker("1")  # ready: the lock went with the process
+
+
+# ---- workers gone for good ------------------------------------------------------------------------------------
+
+def _lose(suite: Suite, worker: Daemon, instance: str) -> None:
+    worker.proc.kill()
+    worker.wait()
+    c = suite.client()
+    wait_until(lambda: any(w["instance"] == instance and w["state"] == "lost" for w in c.workers()), 15,
+               f"worker {instance} lost")
+
+
+def test_a_lost_worker_is_forgotten_by_tqctl_workers_forget_and_a_live_one_is_not(suite: Suite) -> None:
+    host, (_w1, w2) = suite.start(workers=2)
+    _lose(suite, w2, "2")
+    r = suite.tqctl("workers", "--forget", "1")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "worker 1 is live" in r.stderr, r.stderr
+    r = suite.tqctl("workers", "--forget", "nosuch")
+    assert r.returncode == 5 and "no worker 'nosuch'" in r.stderr, r.stderr
+    r = suite.tqctl("workers", "--forget", "2")
+    assert (r.returncode, r.stdout) == (0, "forgot worker 2 (lost)\n"), r.stderr
+    assert [w["instance"] for w in suite.client().workers()] == ["1"]
+    assert suite.client().status()["workers_known"] == 1
+    assert "forgot worker 2 (lost): tqctl workers --forget by uid" in host.text()
+    host.signal(signal.SIGTERM)  # forgotten in the store too
+    assert host.wait() == 0
+    suite.host()
+    suite.wait_live(1)
+    assert [w["instance"] for w in suite.client().workers()] == ["1"]
+
+
+def test_a_lost_worker_is_forgotten_after_host_forget_lost_across_a_host_restart(suite: Suite) -> None:
+    suite.write_config("", host='forget_lost = "4s"')
+    host, (_w1, w2) = suite.start(workers=2)
+    _lose(suite, w2, "2")
+    host.signal(signal.SIGTERM)
+    assert host.wait() == 0
+    host = suite.host()
+    c = suite.client()
+    assert {w["instance"]: w["state"] for w in c.workers()}["2"] == "lost"  # still lost: not fenced again
+    wait_until(lambda: [w["instance"] for w in c.workers()] == ["1"], 15, "worker 2 forgotten")
+    assert "forgot worker 2 (lost): lost for more than 4s (host.forget_lost)" in host.text()

@@ -7,7 +7,9 @@ found again after a host restart is fenced before it gets work: the host sends
 Sync at the lowest message priority, and when Synced comes back every job still
 assigned to that worker was lost with it: its result would have come first (see
 protocol.py). A worker silent for `host.lease` is lost. A lost job's attempt
-counts (JobTable.lose): a job that kills its worker every time ends dead.
+counts (JobTable.lose): a job that kills its worker every time ends dead. A
+lost worker is forgotten after `host.forget_lost`, or by `tqctl workers
+--forget` (a stopped one too): a name used once is not listed for ever.
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ class WorkerState:
     cancels_due: set[tuple[int, int]] = field(default_factory=set)  # (job, attempt) to cancel; the inbox was full
     running: int = 0
     done: int = 0
-    saved: tuple[int, tuple[str, ...], bool] | None = None  # the row last written to the store
+    saved: tuple[int, tuple[str, ...], str] | None = None  # the row last written to the store
     blocked_until: float = 0.0  # its inbox was full: no dispatch to it before this (monotonic)
     monitor: dict[str, Any] = field(default_factory=dict)  # its figures in its last heartbeat (monitor.py)
     monitor_at: float = 0.0  # monotonic time that heartbeat came
+    lost_at: float = 0.0  # when it was lost (seconds since the epoch; kept across host restarts): host.forget_lost
 
     def public(self, now: float) -> dict[str, Any]:
         return {"instance": self.instance, "pid": self.pid, "state": self.state, "queues": self.queues,
@@ -115,13 +118,13 @@ class Fleet:
         for w in self.workers.values():
             if w.instance not in known and w.state != "stopped":
                 known[w.instance] = (w.instance, w.pid, w.queues, "syncing", 0.0)
-        for instance, pid, queues, state, _seen in known.values():
+        for instance, pid, queues, state, seen_at in known.values():
             w = self.workers.get(instance) or WorkerState(instance, pid=pid, queues=queues)
             self.workers[instance] = w
             w.assigned = self.jobs.running_on(instance)
             w.seen = now
-            if state == "stopped" and not w.assigned:
-                w.state = "stopped"
+            if state in ("stopped", "lost") and not w.assigned:  # (one that is back says so in its heartbeat)
+                w.state, w.lost_at = state, seen_at if state == "lost" else 0.0
                 continue
             self._reopen_inbox(w)
             self._fence(w, "leaving" if state == "leaving" else "syncing", "not reported after tq-host restarted")
@@ -242,10 +245,11 @@ class Fleet:
         self._persist(w)
 
     def _persist(self, w: WorkerState) -> None:
-        """Store what recovery needs of a worker (which instances to fence), only when it changed."""
-        row = (w.pid, tuple(w.queues), w.state == "stopped")
+        """Store what recovery needs of a worker (which instances to fence; since when one is lost), only when it
+        changed."""
+        row = (w.pid, tuple(w.queues), w.state if w.state in ("stopped", "lost") else "live")
         if row != w.saved:
-            self.store.save_worker(w.instance, w.pid, w.queues, "stopped" if row[2] else "live", time.time())
+            self.store.save_worker(w.instance, w.pid, w.queues, row[2], w.lost_at or time.time())
             w.saved = row
 
     def _reopen_inbox(self, w: WorkerState) -> None:
@@ -310,7 +314,10 @@ class Fleet:
         if now < self.next_check:
             return
         self.next_check = now + LEASE_CHECK
-        for w in self.workers.values():
+        forget_before = time.time() - self.cfg.host.forget_lost
+        for w in list(self.workers.values()):
+            if w.state == "lost" and self.cfg.host.forget_lost and w.lost_at < forget_before:
+                self.forget(w.instance, f"lost for more than {self.cfg.host.forget_lost:g}s (host.forget_lost)")
             if w.sync_due:
                 self._send_sync(w)
             if w.cancels_due:
@@ -321,8 +328,18 @@ class Fleet:
                 for job_id in sorted(w.assigned):
                     self.jobs.lose(job_id, f"silent past the lease of {self.cfg.host.lease:g}s")
                 w.assigned.clear()
-                w.state, w.running, w.sync_due = "lost", 0, False
+                w.state, w.running, w.sync_due, w.lost_at = "lost", 0, False, time.time()
+                self._persist(w)
                 self.on_event("lost", w.instance, w.queues, f"no message for {now - w.seen:.1f}s (host.lease)")
+
+    def forget(self, instance: str, why: str) -> None:
+        """Drop a worker that is not there (lost or stopped) from the fleet and the store; one that comes back
+        says hello again and is fenced as a new one."""
+        w = self.workers.pop(instance)
+        if w.inbox is not None:
+            w.inbox.close()
+        self.store.delete_worker(instance)
+        self.logger.info("forgot worker %s (%s): %s", instance, w.state, why, extra={"TQ_WORKER": instance})
 
     # ---- what others ask --------------------------------------------------
 

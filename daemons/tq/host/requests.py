@@ -29,7 +29,7 @@ from .waiters import MAX_BULK, Waiters
 
 # Replies that acknowledge a change or tell a job's outcome: sent only once the step's commit succeeded, and with
 # durability = "full" once every change they may show is fsync'd (Store.commit).
-ACKNOWLEDGING_OPS = {"submit", "cancel", "retry", "wait", "get", "list", "pause", "resume"}
+ACKNOWLEDGING_OPS = {"submit", "cancel", "retry", "wait", "get", "list", "pause", "resume", "forget_worker"}
 BURST_OPS = {"submit", "list"}  # requests that may allocate much; a poller's status calls do not count
 Op = Callable[[Conn, Any, dict[str, Any]], "dict[str, Any] | None"]
 
@@ -49,7 +49,7 @@ class Requests:
             "list": self._list, "status": snapshot.status, "workers": self._workers, "cancel": self._cancel,
             "retry": self._retry, "pause": self._pause, "resume": self._resume, "queues": self._queues,
             "schedules": self._schedules, "subscribe": self._subscribe, "events": self._events,
-            "metrics": self._metrics,
+            "metrics": self._metrics, "forget_worker": self._forget_worker,
         }
 
     def configure(self, cfg: config.Config) -> None:
@@ -114,6 +114,22 @@ class Requests:
 
     def _workers(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         return {"workers": self.fleet.public(time.monotonic())}
+
+    def _forget_worker(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        """Drop a worker that is gone (lost or stopped) from `workers` and the status counts. Root and admins."""
+        instance = control.field(req, "instance", str)
+        refusal = self.access.may_steer(conn.uid, conn.gid, "forget a worker")
+        if refusal is not None:
+            raise RequestError("permission", refusal)
+        w = self.fleet.workers.get(instance)
+        if w is None:
+            raise RequestError("not_found", f"no worker {instance[:40]!r}")
+        if w.state not in ("lost", "stopped"):
+            raise RequestError("conflict", f"worker {instance} is {w.state}: only a lost or stopped worker can be "
+                                           f"forgotten (stop it first)")
+        state = w.state
+        self.fleet.forget(instance, f"tqctl workers --forget by uid {conn.uid}")
+        return {"instance": instance, "state": state}
 
     def _cancel(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         """One job by `id`, or every job matching the filters; a running job is stopped on its worker first."""
