@@ -173,3 +173,33 @@ def test_a_lost_worker_is_forgotten_after_host_forget_lost_across_a_host_restart
     assert {w["instance"]: w["state"] for w in c.workers()}["2"] == "lost"  # still lost: not fenced again
     wait_until(lambda: [w["instance"] for w in c.workers()] == ["1"], 15, "worker 2 forgotten")
     assert "forgot worker 2 (lost): lost for more than 4s (host.forget_lost)" in host.text()
+
+
+# ---- the journal's and the stream's words -----------------------------------------------------------------------
+
+def _fences(suite: Suite) -> list[str]:
+    return [e.get("detail", "") for e in suite.client().events() if e["event"] == "fenced"]
+
+
+def test_routine_stops_and_restarts_say_what_happened_and_a_crash_is_a_warning(suite: Suite) -> None:
+    suite.write_config('\n[tasks.slow]\ncommand = ["sleep", "30"]\n')
+    host, (w1,) = suite.start(workers=1)
+    c = suite.client()
+    w1.signal(signal.SIGTERM)
+    assert w1.wait() == 0
+    wait_until(lambda: c.workers()[0]["state"] == "stopped", 10, "worker 1 stopped")
+    assert _fences(suite)[-1].startswith("it is stopping: it has handed back or finished its jobs"), _fences(suite)
+    w2 = suite.worker("1")  # started again: a new process under the same name
+    suite.wait_live(1)
+    assert _fences(suite)[-1].startswith(f"a new process, pid {w2.pid} (pid {w1.pid} before)"), _fences(suite)
+    assert not [e for e in c.events() if "without reporting" in e.get("detail", "")]
+    assert ": warning:" not in host.text(), host.text()
+
+    jid = c.submit("slow")
+    wait_until(lambda: c.get(jid)["state"] == "running", 10, "the job on worker 1")
+    w2.proc.kill()  # a crash, and systemd's restart under the same name before the lease runs out
+    w2.wait()
+    w3 = suite.worker("1")
+    wait_until(lambda: "job(s) lost with it" in host.text(), 10, "the fault in the journal")
+    assert (f"tq-host: warning: worker 1: 1 job(s) lost with it: the worker restarted: pid {w2.pid} is gone, "
+            f"pid {w3.pid} took its place") in host.text()

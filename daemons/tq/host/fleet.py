@@ -127,7 +127,8 @@ class Fleet:
                 w.state, w.lost_at = state, seen_at if state == "lost" else 0.0
                 continue
             self._reopen_inbox(w)
-            self._fence(w, "leaving" if state == "leaving" else "syncing", "not reported after tq-host restarted")
+            self._fence(w, "leaving" if state == "leaving" else "syncing", "not reported after tq-host restarted",
+                        "tq-host restarted: every worker is checked before it gets work")
 
     def close(self) -> None:
         """Close the mailboxes this process holds open (the mailboxes themselves stay)."""
@@ -196,7 +197,7 @@ class Fleet:
         self.logger.info("worker %s (pid %d) says hello; queues %s", msg.instance, msg.pid, ",".join(msg.queues))
         if msg.pid != w.pid:
             w.monitor = {}  # the figures of the process before: its heartbeats bring the new one's
-        self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, _restart_cause(w, msg.pid))
+        self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, *_restart_cause(w, msg.pid))
 
     def _on_heartbeat(self, msg: protocol.Heartbeat, now: float) -> None:
         w = self._worker(msg.instance)
@@ -205,7 +206,7 @@ class Fleet:
         w.monitor, w.monitor_at = msg.monitor, now  # (empty from a worker of the previous release)
         if w.state in ("lost", "stopped") or msg.pid != w.pid:
             self.logger.info("worker %s (pid %d) is back", msg.instance, msg.pid)
-            self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, _restart_cause(w, msg.pid))
+            self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, *_restart_cause(w, msg.pid))
             return
         w.seen, w.running = now, msg.running
 
@@ -215,7 +216,8 @@ class Fleet:
             return
         w.seen = now
         self.logger.info("worker %s is stopping", msg.instance)
-        self._fence(w, "leaving", "it stopped without reporting the job")
+        self._fence(w, "leaving", "it stopped without reporting the job",
+                    "it is stopping: it has handed back or finished its jobs; checking that each was reported")
 
     def _on_synced(self, msg: protocol.Synced, now: float) -> None:
         w = self._worker(msg.instance)
@@ -224,6 +226,9 @@ class Fleet:
         w.seen = now
         if msg.token != w.token or w.state not in ("syncing", "leaving"):
             return  # an old fence
+        if w.assigned:  # a fault (a crash, a kill): a routine stop or restart reports every job first
+            self.logger.warning("worker %s: %d job(s) lost with it: %s", w.instance, len(w.assigned), w.fence_cause,
+                                extra={"TQ_WORKER": w.instance})
         for job_id in sorted(w.assigned):
             self.jobs.lose(job_id, w.fence_cause)
         w.assigned.clear()
@@ -235,13 +240,14 @@ class Fleet:
 
     # ---- the fence --------------------------------------------------------
 
-    def _adopt(self, w: WorkerState, pid: int, queues: list[str], prefetch: int, now: float, cause: str) -> None:
+    def _adopt(self, w: WorkerState, pid: int, queues: list[str], prefetch: int, now: float, cause: str,
+               detail: str) -> None:
         """A worker (re)appeared: reopen its inbox and fence it before dispatching to it."""
         w.pid, w.queues, w.seen = pid, queues, now
         self._reopen_inbox(w)
         depth = w.inbox.max_messages if w.inbox is not None else 2
         w.prefetch = max(1, min(prefetch, depth - 1))  # one slot stays free for the Sync fence
-        self._fence(w, "syncing", cause)
+        self._fence(w, "syncing", cause, detail)
         self._persist(w)
 
     def _persist(self, w: WorkerState) -> None:
@@ -261,10 +267,12 @@ class Fleet:
         except MailboxError as e:  # not there (yet): its next hello or heartbeat tries again
             self.logger.warning("worker %s: %s", w.instance, e)
 
-    def _fence(self, w: WorkerState, state: str, cause: str) -> None:
+    def _fence(self, w: WorkerState, state: str, cause: str, detail: str) -> None:
+        """Send the Sync fence. `detail`: what happened, for the "fenced" event; `cause`: what the jobs the fence
+        finds unreported were lost to (none, after a routine stop, restart or reload)."""
         self.tokens += 1
         w.token, w.state, w.sync_due, w.fence_cause = self.tokens, state, True, cause
-        self.on_event("fenced", w.instance, w.queues, cause)
+        self.on_event("fenced", w.instance, w.queues, detail)
         self._send_sync(w)
 
     def _send_sync(self, w: WorkerState) -> None:
@@ -365,12 +373,15 @@ class Fleet:
         return [w.public(now) for w in sorted(self.workers.values(), key=lambda w: w.instance)]
 
 
-def _restart_cause(w: WorkerState, pid: int) -> str:
-    """Why a worker's hello or heartbeat fences it: what its unreported jobs were lost to."""
+def _restart_cause(w: WorkerState, pid: int) -> tuple[str, str]:
+    """Why a worker's hello or heartbeat fences it: what its unreported jobs were lost to, and what happened in
+    plain words (the "fenced" event's detail)."""
     if w.pid and pid != w.pid:
-        return f"the worker restarted: pid {w.pid} is gone, pid {pid} took its place"
+        return (f"the worker restarted: pid {w.pid} is gone, pid {pid} took its place",
+                f"a new process, pid {pid} (pid {w.pid} before): checked before it gets work")
     if not w.pid:  # (its first hello: the fence finds nothing, but checks that)
-        return "a worker tq-host has not seen before"
+        return "a worker tq-host has not seen before", "a new worker: checked before it gets work"
     if w.state == "lost":
-        return "the worker came back after being lost"
-    return "not reported by the worker before its fence"
+        return "the worker came back after being lost", "back after being lost: checked before it gets work"
+    return ("not reported by the worker before its fence",
+            "it said hello again (a reload changed its queues or prefetch): checked before it gets more work")
