@@ -3,13 +3,16 @@ journal's words for routine stops, and `tqctl events --follow` across a host res
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import posix_ipc
 import pytest
@@ -70,8 +73,6 @@ def make_run(suite: Suite) -> Iterator[MakeRun]:
 
 
 def _worker_pids(run: MakeRun) -> set[int]:
-    import json
-
     return {w["pid"] for w in json.loads(run.tqctl("workers", "--json").stdout)}
 
 
@@ -203,3 +204,80 @@ def test_routine_stops_and_restarts_say_what_happened_and_a_crash_is_a_warning(s
     wait_until(lambda: "job(s) lost with it" in host.text(), 10, "the fault in the journal")
     assert (f"tq-host: warning: worker 1: 1 job(s) lost with it: the worker restarted: pid {w2.pid} is gone, "
             f"pid {w3.pid} took its place") in host.text()
+
+
+# ---- events --follow across a host restart ------------------------------------------------------------------------
+
+class Follower:
+    """`tqctl events --follow --json` as a process; its lines read by a thread (awaited, never slept for)."""
+
+    def __init__(self, suite: Suite) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tq.ctl", "--config", str(suite.config), "events",
+                                      "--follow", "--json"], env=suite.env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: list[dict[str, object]] = []
+        self.errors: list[str] = []
+        self.changed = threading.Condition()
+        self.threads = [threading.Thread(target=self._read, args=(stream, keep), daemon=True)
+                        for stream, keep in ((self.proc.stdout, self.lines), (self.proc.stderr, self.errors))]
+        for t in self.threads:
+            t.start()
+
+    def _read(self, stream: IO[str], keep: list[Any]) -> None:
+        for line in stream:
+            with self.changed:
+                keep.append(json.loads(line) if keep is self.lines else line)
+                self.changed.notify_all()
+
+    def wait_for(self, what: str, predicate: Callable[[], bool]) -> None:
+        with self.changed:
+            assert self.changed.wait_for(predicate, 15), f"{what}: {self.lines[-10:]} {self.errors}"
+
+    def has(self, job: int, event: str) -> bool:
+        return any(e.get("job") == job and e.get("event") == event for e in self.lines)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def test_events_follow_across_a_host_restart_replays_what_happened_meanwhile_and_reports_the_gap(
+        suite: Suite) -> None:
+    host, _workers = suite.start(workers=1)
+    follower = Follower(suite)
+    try:
+        c = suite.client()
+        before = c.submit("echo", "before")
+        follower.wait_for("the job before", lambda: follower.has(before, "done"))
+        host.signal(signal.SIGTERM)
+        assert host.wait() == 0
+        follower.wait_for("the host gone", lambda: any("following again once" in e for e in follower.errors))
+        follower.proc.send_signal(signal.SIGSTOP)  # it resubscribes only after the job below ran
+        try:
+            suite.host()
+            suite.wait_live(1)
+            meanwhile = suite.client().submit("echo", "meanwhile")
+            assert suite.client().wait(meanwhile, timeout=10)["state"] == "done"
+        finally:
+            follower.proc.send_signal(signal.SIGCONT)
+        follower.wait_for("the job meanwhile", lambda: follower.has(meanwhile, "done"))
+        after = suite.client().submit("echo", "after")
+        follower.wait_for("the job after", lambda: follower.has(after, "done"))
+        follower.wait_for("following again", lambda: any(e == "tqctl: following again\n" for e in follower.errors))
+        gap = [i for i, e in enumerate(follower.lines) if "missed" in e]
+        assert len(gap) == 1, follower.lines
+        assert follower.lines[gap[0]]["missed"] is None and follower.lines[gap[0]]["reason"] == "tq-host restarted"
+        names = [(e.get("job"), e.get("event")) for e in follower.lines[gap[0]:] if e.get("job")]
+        assert names == [(meanwhile, "submitted"), (meanwhile, "started"), (meanwhile, "done"),
+                         (after, "submitted"), (after, "started"), (after, "done")], names
+        assert not any(e.get("job") == before for e in follower.lines[gap[0]:])  # not replayed twice
+    finally:
+        follower.close()
+
+
+def test_events_follow_text_says_how_many_events_are_missed_or_that_it_is_not_known() -> None:
+    from tq.ctl.follow import _event_text
+
+    line = _event_text({"missed": None, "since": 1.0, "until": 2.0, "reason": "tq-host restarted"})
+    assert "event(s) missed between" in line and "tq-host restarted (how many is not known)" in line
+    assert _event_text({"missed": 3}).endswith("... 3 event(s) missed: this reader fell behind")

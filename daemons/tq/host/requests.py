@@ -204,11 +204,14 @@ class Requests:
 
     def _subscribe(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         """From now on this connection is sent the events that match the filters, one JSON line each (after this
-        reply, which holds up to `recent` of the last events)."""
+        reply, which holds up to `recent` of the last events; with `after`, those since then, and what is missing)."""
         f = _event_filter(req)
-        recent = control.field(req, "recent", int, 0)
+        recent = max(0, min(control.field(req, "recent", int, 0), RECENT))
+        after = control.field(req, "after", (int, float), None)
         self.stream.subscribe(conn, f)
-        return {"subscribed": True, "events": self.stream.recent_events(f, max(0, min(recent, RECENT)))}
+        events = (self.stream.recent_events(f, recent) if after is None else
+                  self.stream.since_events(f, float(after), recent))
+        return {"subscribed": True, "events": events}
 
     def _events(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         """The last `limit` events (of the last 1000) that match the filters, oldest first."""
