@@ -243,7 +243,7 @@ class Fleet:
     def _adopt(self, w: WorkerState, pid: int, queues: list[str], prefetch: int, now: float, cause: str,
                detail: str) -> None:
         """A worker (re)appeared: reopen its inbox and fence it before dispatching to it."""
-        w.pid, w.queues, w.seen = pid, queues, now
+        w.pid, w.queues, w.seen, w.lost_at = pid, queues, now, 0.0
         self._reopen_inbox(w)
         depth = w.inbox.max_messages if w.inbox is not None else 2
         w.prefetch = max(1, min(prefetch, depth - 1))  # one slot stays free for the Sync fence
@@ -326,6 +326,7 @@ class Fleet:
         for w in list(self.workers.values()):
             if w.state == "lost" and self.cfg.host.forget_lost and w.lost_at < forget_before:
                 self.forget(w.instance, f"lost for more than {self.cfg.host.forget_lost:g}s (host.forget_lost)")
+                continue
             if w.sync_due:
                 self._send_sync(w)
             if w.cancels_due:
