@@ -318,6 +318,12 @@ class Client:
     def workers(self) -> list[dict[str, Any]]:
         return [dict(w) for w in self.call("workers")["workers"]]
 
+    def forget_worker(self, instance: str) -> dict[str, Any]:
+        """Drop a lost or stopped worker from `workers` and the status counts (refused while it is there: conflict).
+        Root and admins. The host forgets a lost one by itself after `host.forget_lost`."""
+        reply = self.call("forget_worker", instance=instance)
+        return {k: reply[k] for k in ("instance", "state")}
+
     def metrics(self) -> dict[str, Any]:
         """The host's counters and gauges (tq.metrics.render writes them as Prometheus text)."""
         return dict(self.call("metrics")["metrics"])
@@ -332,13 +338,15 @@ class Client:
         return [dict(e) for e in self.call("events", job=job, task=task, queue=queue, limit=limit)["events"]]
 
     def subscribe(self, job: int | None = None, task: str | None = None, queue: str | None = None,
-                  recent: int = 0) -> Iterator[bytes]:
+                  recent: int = 0, after: float | None = None) -> Iterator[bytes]:
         """Follow the events that match the filters: chunks of whole JSON lines, first up to `recent` of the last
-        events, then each new one as it happens (the host sends every 0.1 s). A line `{"missed": N}` says N
-        events were not sent because this reader fell behind. Blocks until the host goes (HostUnreachable);
-        the connection carries nothing else from then on: close the client to stop. The subscription is made
-        before this returns (a host that is not there raises here)."""
-        reply = self.call("subscribe", job=job, task=task, queue=queue, recent=recent)
+        events (with `after`, a time: of those since then), then each new one as it happens (the host sends every
+        0.1 s). A line `{"missed": N}` says N events were not sent because this reader fell behind; `{"missed":
+        null, "since": T1, "until": T2, "reason": ...}` that some between T1 and T2 may be gone (the host
+        restarted since `after`). Blocks until the host goes (HostUnreachable); the connection carries nothing
+        else from then on: close the client to stop. The subscription is made before this returns (a host that
+        is not there raises here)."""
+        reply = self.call("subscribe", job=job, task=task, queue=queue, recent=recent, after=after)
         return self._stream(reply["events"])
 
     def _stream(self, recent: list[dict[str, Any]]) -> Iterator[bytes]:
