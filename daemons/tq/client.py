@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from . import configfiles, control
 
@@ -69,8 +69,9 @@ _BY_EXIT: dict[int, type[TqError]] = {e.exit_code: e for e in (Refused, HostUnre
 _ERRORS: dict[str, type[TqError]] = {code: _BY_EXIT[e.exit_status] for code, e in control.ERRORS.items()}
 
 
-class Client:
-    """A connection to tq-host over its Unix socket (opened on first use, reopened after a failure)."""
+class Connection:
+    """A connection to tq-host over its Unix socket (opened on first use, reopened after a failure): one request
+    and its reply at a time (`call`), or the events of a subscription (`_stream`)."""
 
     def __init__(self, config: str | None = None, socket_path: str | None = None,
                  timeout: float | None = 60.0) -> None:
@@ -91,7 +92,7 @@ class Client:
             self._sock = None
         self._buf.clear()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,6 +179,34 @@ class Client:
             code = str(reply.get("code", "bad_request"))
             raise _ERRORS.get(code, Refused)(str(reply.get("error", code)))
         return reply
+
+    def _stream(self, recent: list[dict[str, Any]]) -> Iterator[bytes]:
+        if recent:
+            yield b"".join(control.encode(e) for e in recent)
+        sock = self._sock
+        assert sock is not None
+        self._set_timeout(sock, None)
+        while True:
+            end = self._buf.rfind(b"\n")
+            if end >= 0:
+                chunk = bytes(self._buf[:end + 1])
+                del self._buf[:end + 1]
+                yield chunk
+            try:
+                n = sock.recv_into(self._chunk)
+            except OSError as e:
+                n, error = 0, str(e)
+            else:
+                error = "it closed the connection"
+            if not n:
+                self.close()
+                raise HostUnreachable(f"lost tq-host at {self.socket_path}: {error}")
+            self._buf += memoryview(self._chunk)[:n]
+
+
+
+class Client(Connection):
+    """tq's operations over a connection to tq-host."""
 
     # ---- jobs -------------------------------------------------------------
 
@@ -348,29 +377,6 @@ class Client:
         is not there raises here)."""
         reply = self.call("subscribe", job=job, task=task, queue=queue, recent=recent, after=after)
         return self._stream(reply["events"])
-
-    def _stream(self, recent: list[dict[str, Any]]) -> Iterator[bytes]:
-        if recent:
-            yield b"".join(control.encode(e) for e in recent)
-        sock = self._sock
-        assert sock is not None
-        self._set_timeout(sock, None)
-        while True:
-            end = self._buf.rfind(b"\n")
-            if end >= 0:
-                chunk = bytes(self._buf[:end + 1])
-                del self._buf[:end + 1]
-                yield chunk
-            try:
-                n = sock.recv_into(self._chunk)
-            except OSError as e:
-                n, error = 0, str(e)
-            else:
-                error = "it closed the connection"
-            if not n:
-                self.close()
-                raise HostUnreachable(f"lost tq-host at {self.socket_path}: {error}")
-            self._buf += memoryview(self._chunk)[:n]
 
 
 def _epoch(at: float | datetime.datetime | None) -> float | None:
