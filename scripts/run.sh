@@ -1,35 +1,59 @@
 #!/bin/sh
 # make run: tq-host and 4 workers in the foreground (no root, no systemd), state under DIR.
-# Submits task-1, prints its result, then serves until Ctrl-C.
+# Submits task-1 once the workers are live, prints its result, then serves until Ctrl-C (or SIGTERM).
+# Stops with status 1 if tq already runs on DIR, or its host or a worker does not start.
 set -eu
 dir=${1:-.tq}
 BIN=${BIN:-.venv/bin}
 config=$(scripts/local-config.sh "$dir")
+tqctl() { "$BIN/tqctl" --config "$config" "$@"; }
 host="" workers=""
 stop() {  # workers first (they hand their jobs back to the host), then the host, as systemd orders it
     trap - INT TERM EXIT
-    [ -n "$workers" ] && kill -TERM $workers 2>/dev/null && wait $workers
-    [ -n "$host" ] && kill -TERM $host 2>/dev/null && wait $host
+    if [ -n "$workers" ]; then kill -TERM $workers 2>/dev/null || true; wait $workers || true; fi
+    if [ -n "$host" ]; then kill -TERM $host 2>/dev/null || true; wait $host || true; fi
     echo "tq stopped; state kept in $dir/state"
 }
+fail() {  # what did not start, and stop what did
+    echo "make run: $1" >&2
+    stop >&2
+    exit 1
+}
+
+if tqctl status >/dev/null 2>&1; then  # (its own tq-host would refuse the store; its workers would double)
+    echo "make run: tq is already running on $dir (its socket answers): stop that one first" >&2
+    exit 1
+fi
 trap stop INT TERM EXIT
 
 # setsid: Ctrl-C reaches this script only, which stops the daemons in order.
 setsid "$BIN/tq-host" --config "$config" & host=$!
 i=0
-until "$BIN/tqctl" --config "$config" status >/dev/null 2>&1; do
-    i=$((i + 1)); [ $i -lt 100 ] || { echo "tq-host did not start; see above" >&2; exit 1; }
+until tqctl status >/dev/null 2>&1; do
+    kill -0 $host 2>/dev/null || { wait $host || true; host=""; fail "tq-host did not start; see above"; }
+    i=$((i + 1)); [ $i -lt 100 ] || fail "tq-host did not answer within 10s; see above"
     sleep 0.1
 done
 for n in 1 2 3 4; do setsid "$BIN/tq-worker" --config "$config" $n & workers="$workers $!"; done
+# The demo job goes once every worker is live (before their hello the host has no worker for `default`).
+i=0
+until tqctl workers --json | "$BIN/python3" -c 'import json, sys
+live = {w["pid"] for w in json.load(sys.stdin) if w["state"] == "live"}
+sys.exit(not live.issuperset(int(p) for p in sys.argv[1:]))' $workers; do
+    for pid in $workers; do
+        kill -0 $pid 2>/dev/null || fail "a tq-worker (pid $pid) did not start; see above"
+    done
+    i=$((i + 1)); [ $i -lt 100 ] || fail "the workers were not live within 10s; see above"
+    sleep 0.1
+done
 
-"$BIN/tqctl" --config "$config" submit --wait task-1
+tqctl submit --wait task-1
 cat <<MSG
 
 tq is running (host + 4 workers). From another shell:
     export TQ_CONFIG=$config
     $BIN/tqctl submit --wait hello world
     $BIN/tqctl status; $BIN/tqctl list; $BIN/tqctl workers
-Ctrl-C stops it.
+Ctrl-C (or kill -TERM $$) stops it.
 MSG
 wait

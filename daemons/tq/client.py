@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from . import configfiles, control
 
@@ -69,8 +69,9 @@ _BY_EXIT: dict[int, type[TqError]] = {e.exit_code: e for e in (Refused, HostUnre
 _ERRORS: dict[str, type[TqError]] = {code: _BY_EXIT[e.exit_status] for code, e in control.ERRORS.items()}
 
 
-class Client:
-    """A connection to tq-host over its Unix socket (opened on first use, reopened after a failure)."""
+class Connection:
+    """A connection to tq-host over its Unix socket (opened on first use, reopened after a failure): one request
+    and its reply at a time (`call`), or the events of a subscription (`_stream`)."""
 
     def __init__(self, config: str | None = None, socket_path: str | None = None,
                  timeout: float | None = 60.0) -> None:
@@ -91,7 +92,7 @@ class Client:
             self._sock = None
         self._buf.clear()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,6 +179,34 @@ class Client:
             code = str(reply.get("code", "bad_request"))
             raise _ERRORS.get(code, Refused)(str(reply.get("error", code)))
         return reply
+
+    def _stream(self, recent: list[dict[str, Any]]) -> Iterator[bytes]:
+        if recent:
+            yield b"".join(control.encode(e) for e in recent)
+        sock = self._sock
+        assert sock is not None
+        self._set_timeout(sock, None)
+        while True:
+            end = self._buf.rfind(b"\n")
+            if end >= 0:
+                chunk = bytes(self._buf[:end + 1])
+                del self._buf[:end + 1]
+                yield chunk
+            try:
+                n = sock.recv_into(self._chunk)
+            except OSError as e:
+                n, error = 0, str(e)
+            else:
+                error = "it closed the connection"
+            if not n:
+                self.close()
+                raise HostUnreachable(f"lost tq-host at {self.socket_path}: {error}")
+            self._buf += memoryview(self._chunk)[:n]
+
+
+
+class Client(Connection):
+    """tq's operations over a connection to tq-host."""
 
     # ---- jobs -------------------------------------------------------------
 
@@ -318,6 +347,12 @@ class Client:
     def workers(self) -> list[dict[str, Any]]:
         return [dict(w) for w in self.call("workers")["workers"]]
 
+    def forget_worker(self, instance: str) -> dict[str, Any]:
+        """Drop a lost or stopped worker from `workers` and the status counts (refused while it is there: conflict).
+        Root and admins. The host forgets a lost one by itself after `host.forget_lost`."""
+        reply = self.call("forget_worker", instance=instance)
+        return {k: reply[k] for k in ("instance", "state")}
+
     def metrics(self) -> dict[str, Any]:
         """The host's counters and gauges (tq.metrics.render writes them as Prometheus text)."""
         return dict(self.call("metrics")["metrics"])
@@ -332,37 +367,16 @@ class Client:
         return [dict(e) for e in self.call("events", job=job, task=task, queue=queue, limit=limit)["events"]]
 
     def subscribe(self, job: int | None = None, task: str | None = None, queue: str | None = None,
-                  recent: int = 0) -> Iterator[bytes]:
+                  recent: int = 0, after: float | None = None) -> Iterator[bytes]:
         """Follow the events that match the filters: chunks of whole JSON lines, first up to `recent` of the last
-        events, then each new one as it happens (the host sends every 0.1 s). A line `{"missed": N}` says N
-        events were not sent because this reader fell behind. Blocks until the host goes (HostUnreachable);
-        the connection carries nothing else from then on: close the client to stop. The subscription is made
-        before this returns (a host that is not there raises here)."""
-        reply = self.call("subscribe", job=job, task=task, queue=queue, recent=recent)
+        events (with `after`, a time: of those since then), then each new one as it happens (the host sends every
+        0.1 s). A line `{"missed": N}` says N events were not sent because this reader fell behind; `{"missed":
+        null, "since": T1, "until": T2, "reason": ...}` that some between T1 and T2 may be gone (the host
+        restarted since `after`). Blocks until the host goes (HostUnreachable); the connection carries nothing
+        else from then on: close the client to stop. The subscription is made before this returns (a host that
+        is not there raises here)."""
+        reply = self.call("subscribe", job=job, task=task, queue=queue, recent=recent, after=after)
         return self._stream(reply["events"])
-
-    def _stream(self, recent: list[dict[str, Any]]) -> Iterator[bytes]:
-        if recent:
-            yield b"".join(control.encode(e) for e in recent)
-        sock = self._sock
-        assert sock is not None
-        self._set_timeout(sock, None)
-        while True:
-            end = self._buf.rfind(b"\n")
-            if end >= 0:
-                chunk = bytes(self._buf[:end + 1])
-                del self._buf[:end + 1]
-                yield chunk
-            try:
-                n = sock.recv_into(self._chunk)
-            except OSError as e:
-                n, error = 0, str(e)
-            else:
-                error = "it closed the connection"
-            if not n:
-                self.close()
-                raise HostUnreachable(f"lost tq-host at {self.socket_path}: {error}")
-            self._buf += memoryview(self._chunk)[:n]
 
 
 def _epoch(at: float | datetime.datetime | None) -> float | None:

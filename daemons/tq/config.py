@@ -34,6 +34,7 @@ class HostConfig:
     socket: str = DEFAULT_SOCKET
     durability: str = "full"
     lease: float = 10.0
+    forget_lost: float = 86400.0  # a lost worker is forgotten after this (0: kept until tqctl workers --forget)
     retain_age: float = 7 * 86400.0
     retain_count: int = 1_000_000
 

@@ -296,13 +296,14 @@ def _rate(r: _Reader, key: str) -> float | None:
 
 
 def _host(r: _Reader) -> HostConfig:
-    r.check_keys({"state_dir", "socket", "durability", "lease", "retain_age", "retain_count"})
+    r.check_keys({"state_dir", "socket", "durability", "lease", "forget_lost", "retain_age", "retain_count"})
     d = HostConfig()
     return HostConfig(
         state_dir=r.get("state_dir", str, d.state_dir),
         socket=r.get("socket", str, d.socket),
         durability=r.choice("durability", DURABILITY_LEVELS, d.durability),
         lease=r.duration("lease", d.lease, minimum=0.1),
+        forget_lost=r.duration("forget_lost", d.forget_lost),
         retain_age=r.duration("retain_age", d.retain_age),
         retain_count=r.integer("retain_count", d.retain_count, 0, 10**12),
     )

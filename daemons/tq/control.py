@@ -38,9 +38,9 @@ ERRORS: dict[str, ErrorCode] = {
                                               "value out of range"),
     "unknown_task": ErrorCode(EXIT_USAGE, 422, "no task of that name in the configuration"),
     "too_large": ErrorCode(EXIT_USAGE, 413, "a job's message exceeds the queue's message size"),
-    "conflict": ErrorCode(EXIT_USAGE, 409, "the job's state does not allow it (retry a running job, submit after a "
-                                           "dead one)"),
-    "not_found": ErrorCode(EXIT_NOT_FOUND, 404, "no such job"),
+    "conflict": ErrorCode(EXIT_USAGE, 409, "the job's (or worker's) state does not allow it (retry a running job, "
+                                           "submit after a dead one, forget a live worker)"),
+    "not_found": ErrorCode(EXIT_NOT_FOUND, 404, "no such job (or worker)"),
     "timeout": ErrorCode(EXIT_TIMEOUT, 504, "a wait ran out of time; the job stays submitted"),
     "unavailable": ErrorCode(EXIT_UNREACHABLE, 503, "tq-host cannot serve it now (out of resources, or its store "
                                                     "failed); the same request may succeed later"),

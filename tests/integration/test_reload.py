@@ -73,6 +73,7 @@ HOST_KEYS: dict[str, tuple[str, Any]] = {
     "host.durability": ('[host]\ndurability = "normal"',
                         lambda h: h.store.db.execute("PRAGMA synchronous").fetchone()[0] == 1),  # NORMAL
     "host.lease": ('[host]\nlease = "7s"', lambda h: h.fleet.cfg.host.lease == 7),
+    "host.forget_lost": ('[host]\nforget_lost = "2h"', lambda h: h.fleet.cfg.host.forget_lost == 7200),
     "host.retain_age": ('[host]\nretain_age = "2d"', lambda h: h.cfg.host.retain_age == 2 * 86400),
     "host.retain_count": ('[host]\nretain_count = 5', lambda h: h.cfg.host.retain_count == 5),
     "mqueue.prefix": ('[mqueue]\nprefix = "/tqt-other"', RESTART),

@@ -8,6 +8,7 @@ import grp
 import json
 import os
 import pwd
+import signal
 import stat
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import Suite
+from harness import Suite, wait_until
 
 MEMBER = "tqtest-member"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates group tq and a member)")
@@ -151,3 +152,18 @@ def test_only_root_and_admins_may_pause_or_resume_a_queue_and_every_member_may_l
     assert [q["paused"] for q in listed if q["queue"] == "default"] == [True]
     assert as_user(MEMBER, *tqctl, "resume", "default", env=suite.env).returncode == 4
     assert suite.tqctl("resume", "default").stdout == "queue default resumed\n"  # root
+
+
+def test_only_root_and_admins_may_forget_a_worker(suite: Suite, people: None) -> None:
+    suite.write_config(f'\n[access]\nadmins = ["{ADMINS}"]\n')
+    _host, (w1,) = suite.start(workers=1)
+    w1.signal(signal.SIGTERM)
+    assert w1.wait() == 0
+    tqctl = [sys.executable, "-m", "tq.ctl", "--config", str(suite.config)]
+    client = suite.client()
+    wait_until(lambda: client.workers()[0]["state"] == "stopped", 10, "worker 1 stopped")
+    r = as_user(MEMBER, *tqctl, "workers", "--forget", "1", env=suite.env)
+    assert r.returncode == 4 and "may forget a worker" in r.stderr and ADMINS in r.stderr, r.stderr
+    r = as_user(ADMIN, *tqctl, "workers", "--forget", "1", env=suite.env)
+    assert (r.returncode, r.stdout) == (0, "forgot worker 1 (stopped)\n"), r.stderr
+    assert client.workers() == []

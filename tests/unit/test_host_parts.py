@@ -16,6 +16,7 @@ import pytest
 from parts import Parts, make_parts
 from tq import configload, control, protocol
 from tq.host.dispatch import BLOCKED_BACKOFF
+from tq.host.fleet import WorkerState
 from tq.host.jobs import InvalidTransition
 from tq.host.records import JobRecord
 from tq.host.schedules import Scheduler
@@ -683,6 +684,7 @@ EVERY_OP: dict[str, tuple[dict[str, object], str]] = {
     "events": ({"limit": 10}, "events"),
     "subscribe": ({"recent": 10}, "events"),
     "metrics": ({"format": "json"}, "metrics"),
+    "forget_worker": ({"instance": "gone"}, "instance"),
 }
 
 
@@ -692,6 +694,7 @@ def test_every_operation_answers_through_the_assembly_tq_host_uses(tmp_path: Pat
     parts = make_parts(tmp_path / "state", '[tasks."#"]\nhandler = "echo"\n'
                                            '[schedules.nightly]\nevery = "1h"\ntask = "report"\n')
     parts.scheduler.load(time.time())
+    parts.fleet.workers["gone"] = WorkerState("gone", state="stopped")  # for forget_worker
     assert set(EVERY_OP) == set(parts.requests.ops), "a new op needs a case here"
     a, b = socket.socketpair()
     try:

@@ -153,3 +153,21 @@ def test_the_recent_events_are_the_last_thousand_whatever_the_steps_and_no_more_
     assert [e["job"] for e in got] == list(range(job - stream_module.RECENT + 1, job + 1))
     assert len(s.recent) == stream_module.RECENT * events.FIELDS  # no more are kept
     assert [e["job"] for e in s.recent_events(Filter(job=job - 3), 10)] == [job - 3]
+
+
+def test_a_replay_since_a_time_says_what_may_be_missing_before_the_events_after_it() -> None:
+    s = stream()
+    first = s.started
+    assert s.since_events(Filter(), first - 10, 100)[0] == {"missed": None, "since": first - 10, "until": first,
+                                                            "reason": "tq-host restarted"}
+    for i in range(1, stream_module.RECENT + 11):  # ten more than are kept
+        s.events.extend((first + i, "submitted", i, "t", "q", None, None, ""))
+    s.committed()
+    gone = s.since_events(Filter(), first + 5, 2000)
+    assert gone[0] == {"missed": None, "since": first + 5, "until": first + 10, "reason": "older events are not kept"}
+    assert [e["job"] for e in gone[1:]] == list(range(11, stream_module.RECENT + 11))
+    assert s.since_events(Filter(), first + stream_module.RECENT + 8, 100)[0]["job"] == stream_module.RECENT + 9
+    cut = s.since_events(Filter(), first + 20, 5)
+    assert cut[0] == {"missed": stream_module.RECENT - 15, "reason": "more than the replay's limit"}
+    assert [e["job"] for e in cut[1:]] == list(range(stream_module.RECENT + 6, stream_module.RECENT + 11))
+    assert s.since_events(Filter(job=3000), first + 20, 5) == []

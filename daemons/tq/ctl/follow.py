@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from ..client import Client, HostUnreachable, Refused
 from . import options, render
 
+RECENT = 1000  # events the host keeps (host/stream.py): all of them are asked for after a restart
+
 if TYPE_CHECKING:
     from .options import Parser, Register, Subcommands
 
@@ -38,38 +40,61 @@ def _cmd_events(client: Client, args: argparse.Namespace, as_json: bool) -> int:
             print(json.dumps(e) if as_json else _event_text(e))
         return 0
     out = sys.stdout.buffer
+    last = time.time()  # the time of the last event printed (or of the start): where a replay takes up
     stream = client.subscribe(**filters, recent=limit)  # a host that is not there: exit 3 now
     while True:
         try:
             for chunk in stream:
                 # --json: the host's lines as they are (no parsing: a reader that keeps up misses less)
-                out.write(chunk if as_json else
-                          "".join(_event_text(json.loads(line)) + "\n" for line in chunk.splitlines()).encode())
+                if as_json:
+                    out.write(chunk)
+                    last = max(last, _last_time(chunk, last))
+                else:
+                    events = [json.loads(line) for line in chunk.splitlines()]
+                    out.write("".join(_event_text(e) + "\n" for e in events).encode())
+                    last = max([last, *(e["ts"] for e in events if "ts" in e)])
                 out.flush()
         except HostUnreachable as e:
             print(f"tqctl: {e}; following again once it is back", file=sys.stderr, flush=True)
-        while True:  # until the host is back (a restart, an upgrade): its events meanwhile are not known
+        while True:  # until the host is back (a restart, an upgrade): then what it kept since `last`, and the gap
             time.sleep(1.0)
             try:
-                stream = client.subscribe(**filters)
+                stream = client.subscribe(**filters, recent=RECENT, after=last)
                 break
             except HostUnreachable:
                 continue
+        print("tqctl: following again", file=sys.stderr, flush=True)
+
+
+def _last_time(chunk: bytes, last: float) -> float:
+    """The time of the last event in a chunk of JSON lines (`last` if it has none: a `{"missed": ...}` line)."""
+    for line in reversed(chunk.splitlines()):
+        ts = json.loads(line).get("ts")
+        if ts is not None:
+            return float(ts)
+    return last
 
 
 def _event_text(e: dict[str, Any]) -> str:
     """One event as a line: local time with milliseconds, what happened, where. `e` is as events.as_dict shows
     it (the stream's names; a job event has "job"), or the stream's {"missed": N}."""
-    ts = e.get("ts")
-    when = "-" if ts is None else time.strftime("%b %d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+    when = _clock(e.get("ts"))
     if "missed" in e:
-        return f"{when}  ... {e['missed']} event(s) missed: this reader fell behind"
+        if e["missed"] is None:  # a replay after a host restart: how many is not known
+            return (f"{when}  ... event(s) missed between {_clock(e.get('since'))} and {_clock(e.get('until'))}: "
+                    f"{e.get('reason', 'tq-host was not reachable')} (how many is not known)")
+        return f"{when}  ... {e['missed']} event(s) missed: {e.get('reason', 'this reader fell behind')}"
     detail = f": {e['detail']}" if e.get("detail") else ""
     if "job" in e:
         where = f"task={e['task']} queue={e['queue']}" + (f" attempt={e['attempt']}" if "attempt" in e else "")
         where += f" worker={e['worker']}" if e.get("worker") else ""
         return f"{when}  job {e['job']} {e['event']}  {where}{detail}"
     return f"{when}  worker {e.get('worker')} {e['event']}  queues={','.join(e.get('queues', []))}{detail}"
+
+
+def _clock(ts: float | None) -> str:
+    """Local time with milliseconds."""
+    return "-" if ts is None else time.strftime("%b %d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
 
 
 def _add_metrics(sub: Subcommands, common: Parser) -> None:

@@ -35,10 +35,20 @@ def _cmd_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 
 
 def _add_workers(sub: Subcommands, common: Parser) -> None:
-    sub.add_parser("workers", parents=[common], help="the workers the host knows").set_defaults(handler=_cmd_workers)
+    w = sub.add_parser("workers", parents=[common], help="the workers the host knows")
+    w.add_argument("--forget", metavar="NAME", help="drop worker NAME, lost or stopped, from the list and the "
+                   "status counts (root and the admin groups; tq-host forgets a lost one after host.forget_lost)")
+    w.set_defaults(handler=_cmd_workers)
 
 
 def _cmd_workers(client: Client, args: argparse.Namespace, as_json: bool) -> int:
+    if args.forget is not None:
+        gone = client.forget_worker(args.forget)
+        if as_json:
+            render.out(gone)
+        else:
+            print(f"forgot worker {gone['instance']} ({gone['state']})")
+        return 0
     workers = client.workers()
     if render.out_or_none(workers, as_json, "no workers have said hello"):
         return 0

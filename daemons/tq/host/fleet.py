@@ -7,7 +7,9 @@ found again after a host restart is fenced before it gets work: the host sends
 Sync at the lowest message priority, and when Synced comes back every job still
 assigned to that worker was lost with it: its result would have come first (see
 protocol.py). A worker silent for `host.lease` is lost. A lost job's attempt
-counts (JobTable.lose): a job that kills its worker every time ends dead.
+counts (JobTable.lose): a job that kills its worker every time ends dead. A
+lost worker is forgotten after `host.forget_lost`, or by `tqctl workers
+--forget` (a stopped one too): a name used once is not listed for ever.
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ class WorkerState:
     cancels_due: set[tuple[int, int]] = field(default_factory=set)  # (job, attempt) to cancel; the inbox was full
     running: int = 0
     done: int = 0
-    saved: tuple[int, tuple[str, ...], bool] | None = None  # the row last written to the store
+    saved: tuple[int, tuple[str, ...], str] | None = None  # the row last written to the store
     blocked_until: float = 0.0  # its inbox was full: no dispatch to it before this (monotonic)
     monitor: dict[str, Any] = field(default_factory=dict)  # its figures in its last heartbeat (monitor.py)
     monitor_at: float = 0.0  # monotonic time that heartbeat came
+    lost_at: float = 0.0  # when it was lost (seconds since the epoch; kept across host restarts): host.forget_lost
 
     def public(self, now: float) -> dict[str, Any]:
         return {"instance": self.instance, "pid": self.pid, "state": self.state, "queues": self.queues,
@@ -115,16 +118,17 @@ class Fleet:
         for w in self.workers.values():
             if w.instance not in known and w.state != "stopped":
                 known[w.instance] = (w.instance, w.pid, w.queues, "syncing", 0.0)
-        for instance, pid, queues, state, _seen in known.values():
+        for instance, pid, queues, state, seen_at in known.values():
             w = self.workers.get(instance) or WorkerState(instance, pid=pid, queues=queues)
             self.workers[instance] = w
             w.assigned = self.jobs.running_on(instance)
             w.seen = now
-            if state == "stopped" and not w.assigned:
-                w.state = "stopped"
+            if state in ("stopped", "lost") and not w.assigned:  # (one that is back says so in its heartbeat)
+                w.state, w.lost_at = state, seen_at if state == "lost" else 0.0
                 continue
             self._reopen_inbox(w)
-            self._fence(w, "leaving" if state == "leaving" else "syncing", "not reported after tq-host restarted")
+            self._fence(w, "leaving" if state == "leaving" else "syncing", "not reported after tq-host restarted",
+                        "tq-host restarted: every worker is checked before it gets work")
 
     def close(self) -> None:
         """Close the mailboxes this process holds open (the mailboxes themselves stay)."""
@@ -195,7 +199,7 @@ class Fleet:
         self.logger.info("worker %s (pid %d) says hello; queues %s", msg.instance, msg.pid, ",".join(msg.queues))
         if msg.pid != w.pid:
             w.monitor = {}  # the figures of the process before: its heartbeats bring the new one's
-        self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, _restart_cause(w, msg.pid))
+        self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, *_restart_cause(w, msg.pid))
 
     def _on_heartbeat(self, msg: protocol.Heartbeat, now: float) -> None:
         w = self._worker(msg.instance)
@@ -204,7 +208,7 @@ class Fleet:
         w.monitor, w.monitor_at = msg.monitor, now  # (empty from a worker of the previous release)
         if w.state in ("lost", "stopped") or msg.pid != w.pid:
             self.logger.info("worker %s (pid %d) is back", msg.instance, msg.pid)
-            self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, _restart_cause(w, msg.pid))
+            self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, *_restart_cause(w, msg.pid))
             return
         w.seen, w.running = now, msg.running
 
@@ -224,7 +228,8 @@ class Fleet:
             return
         w.seen = now
         self.logger.info("worker %s is stopping", msg.instance)
-        self._fence(w, "leaving", "it stopped without reporting the job")
+        self._fence(w, "leaving", "it stopped without reporting the job",
+                    "it is stopping: it has handed back or finished its jobs; checking that each was reported")
 
     def _on_synced(self, msg: protocol.Synced, now: float) -> None:
         w = self._worker(msg.instance)
@@ -233,6 +238,9 @@ class Fleet:
         w.seen = now
         if msg.token != w.token or w.state not in ("syncing", "leaving"):
             return  # an old fence
+        if w.assigned:  # a fault (a crash, a kill): a routine stop or restart reports every job first
+            self.logger.warning("worker %s: %d job(s) lost with it: %s", w.instance, len(w.assigned), w.fence_cause,
+                                extra={"TQ_WORKER": w.instance})
         for job_id in sorted(w.assigned):
             self.jobs.lose(job_id, w.fence_cause)
         w.assigned.clear()
@@ -244,20 +252,22 @@ class Fleet:
 
     # ---- the fence --------------------------------------------------------
 
-    def _adopt(self, w: WorkerState, pid: int, queues: list[str], prefetch: int, now: float, cause: str) -> None:
+    def _adopt(self, w: WorkerState, pid: int, queues: list[str], prefetch: int, now: float, cause: str,
+               detail: str) -> None:
         """A worker (re)appeared: reopen its inbox and fence it before dispatching to it."""
-        w.pid, w.queues, w.seen = pid, queues, now
+        w.pid, w.queues, w.seen, w.lost_at = pid, queues, now, 0.0
         self._reopen_inbox(w)
         depth = w.inbox.max_messages if w.inbox is not None else 2
         w.prefetch = max(1, min(prefetch, depth - 1))  # one slot stays free for the Sync fence
-        self._fence(w, "syncing", cause)
+        self._fence(w, "syncing", cause, detail)
         self._persist(w)
 
     def _persist(self, w: WorkerState) -> None:
-        """Store what recovery needs of a worker (which instances to fence), only when it changed."""
-        row = (w.pid, tuple(w.queues), w.state == "stopped")
+        """Store what recovery needs of a worker (which instances to fence; since when one is lost), only when it
+        changed."""
+        row = (w.pid, tuple(w.queues), w.state if w.state in ("stopped", "lost") else "live")
         if row != w.saved:
-            self.store.save_worker(w.instance, w.pid, w.queues, "stopped" if row[2] else "live", time.time())
+            self.store.save_worker(w.instance, w.pid, w.queues, row[2], w.lost_at or time.time())
             w.saved = row
 
     def _reopen_inbox(self, w: WorkerState) -> None:
@@ -269,10 +279,12 @@ class Fleet:
         except MailboxError as e:  # not there (yet): its next hello or heartbeat tries again
             self.logger.warning("worker %s: %s", w.instance, e)
 
-    def _fence(self, w: WorkerState, state: str, cause: str) -> None:
+    def _fence(self, w: WorkerState, state: str, cause: str, detail: str) -> None:
+        """Send the Sync fence. `detail`: what happened, for the "fenced" event; `cause`: what the jobs the fence
+        finds unreported were lost to (none, after a routine stop, restart or reload)."""
         self.tokens += 1
         w.token, w.state, w.sync_due, w.fence_cause = self.tokens, state, True, cause
-        self.on_event("fenced", w.instance, w.queues, cause)
+        self.on_event("fenced", w.instance, w.queues, detail)
         self._send_sync(w)
 
     def _send_sync(self, w: WorkerState) -> None:
@@ -329,7 +341,11 @@ class Fleet:
         if now < self.next_check:
             return
         self.next_check = now + LEASE_CHECK
-        for w in self.workers.values():
+        forget_before = time.time() - self.cfg.host.forget_lost
+        for w in list(self.workers.values()):
+            if w.state == "lost" and self.cfg.host.forget_lost and w.lost_at < forget_before:
+                self.forget(w.instance, f"lost for more than {self.cfg.host.forget_lost:g}s (host.forget_lost)")
+                continue
             if w.sync_due:
                 self._send_sync(w)
             if w.cancels_due:
@@ -340,8 +356,18 @@ class Fleet:
                 for job_id in sorted(w.assigned):
                     self.jobs.lose(job_id, f"silent past the lease of {self.cfg.host.lease:g}s")
                 w.assigned.clear()
-                w.state, w.running, w.sync_due = "lost", 0, False
+                w.state, w.running, w.sync_due, w.lost_at = "lost", 0, False, time.time()
+                self._persist(w)
                 self.on_event("lost", w.instance, w.queues, f"no message for {now - w.seen:.1f}s (host.lease)")
+
+    def forget(self, instance: str, why: str) -> None:
+        """Drop a worker that is not there (lost or stopped) from the fleet and the store; one that comes back
+        says hello again and is fenced as a new one."""
+        w = self.workers.pop(instance)
+        if w.inbox is not None:
+            w.inbox.close()
+        self.store.delete_worker(instance)
+        self.logger.info("forgot worker %s (%s): %s", instance, w.state, why, extra={"TQ_WORKER": instance})
 
     # ---- what others ask --------------------------------------------------
 
@@ -367,12 +393,15 @@ class Fleet:
         return [w.public(now) for w in sorted(self.workers.values(), key=lambda w: w.instance)]
 
 
-def _restart_cause(w: WorkerState, pid: int) -> str:
-    """Why a worker's hello or heartbeat fences it: what its unreported jobs were lost to."""
+def _restart_cause(w: WorkerState, pid: int) -> tuple[str, str]:
+    """Why a worker's hello or heartbeat fences it: what its unreported jobs were lost to, and what happened in
+    plain words (the "fenced" event's detail)."""
     if w.pid and pid != w.pid:
-        return f"the worker restarted: pid {w.pid} is gone, pid {pid} took its place"
+        return (f"the worker restarted: pid {w.pid} is gone, pid {pid} took its place",
+                f"a new process, pid {pid} (pid {w.pid} before): checked before it gets work")
     if not w.pid:  # (its first hello: the fence finds nothing, but checks that)
-        return "a worker tq-host has not seen before"
+        return "a worker tq-host has not seen before", "a new worker: checked before it gets work"
     if w.state == "lost":
-        return "the worker came back after being lost"
-    return "not reported by the worker before its fence"
+        return "the worker came back after being lost", "back after being lost: checked before it gets work"
+    return ("not reported by the worker before its fence",
+            "it said hello again (a reload changed its queues or prefetch): checked before it gets more work")

@@ -30,7 +30,7 @@ from .waiters import MAX_BULK, Waiters
 
 # Replies that acknowledge a change or tell a job's outcome: sent only once the step's commit succeeded, and with
 # durability = "full" once every change they may show is fsync'd (Store.commit).
-ACKNOWLEDGING_OPS = {"submit", "cancel", "retry", "wait", "get", "list", "pause", "resume"}
+ACKNOWLEDGING_OPS = {"submit", "cancel", "retry", "wait", "get", "list", "pause", "resume", "forget_worker"}
 BURST_OPS = {"submit", "list"}  # requests that may allocate much; a poller's status calls do not count
 _STATES = frozenset(s.value for s in JobState)
 Op = Callable[[Conn, Any, dict[str, Any]], "dict[str, Any] | None"]
@@ -52,7 +52,7 @@ class Requests:
             "list": self._list, "status": snapshot.status, "workers": self._workers, "cancel": self._cancel,
             "retry": self._retry, "pause": self._pause, "resume": self._resume, "queues": self._queues,
             "schedules": self._schedules, "subscribe": self._subscribe, "events": self._events,
-            "metrics": self._metrics,
+            "metrics": self._metrics, "forget_worker": self._forget_worker,
         }
 
     def configure(self, cfg: config.Config) -> None:
@@ -117,6 +117,22 @@ class Requests:
 
     def _workers(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         return {"workers": self.fleet.public(time.monotonic())}
+
+    def _forget_worker(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        """Drop a worker that is gone (lost or stopped) from `workers` and the status counts. Root and admins."""
+        instance = control.field(req, "instance", str)
+        refusal = self.access.may_steer(conn.uid, conn.gid, "forget a worker")
+        if refusal is not None:
+            raise RequestError("permission", refusal)
+        w = self.fleet.workers.get(instance)
+        if w is None:
+            raise RequestError("not_found", f"no worker {instance[:40]!r}")
+        if w.state not in ("lost", "stopped"):
+            raise RequestError("conflict", f"worker {instance} is {w.state}: only a lost or stopped worker can be "
+                                           f"forgotten (stop it first)")
+        state = w.state
+        self.fleet.forget(instance, f"tqctl workers --forget by uid {conn.uid}")
+        return {"instance": instance, "state": state}
 
     def _cancel(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         """One job by `id`, or every job matching the filters; a running job is stopped on its worker first."""
@@ -193,11 +209,14 @@ class Requests:
 
     def _subscribe(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         """From now on this connection is sent the events that match the filters, one JSON line each (after this
-        reply, which holds up to `recent` of the last events)."""
+        reply, which holds up to `recent` of the last events; with `after`, those since then, and what is missing)."""
         f = _event_filter(req)
-        recent = control.field(req, "recent", int, 0)
+        recent = max(0, min(control.field(req, "recent", int, 0), RECENT))
+        after = control.field(req, "after", (int, float), None)
         self.stream.subscribe(conn, f)
-        return {"subscribed": True, "events": self.stream.recent_events(f, max(0, min(recent, RECENT)))}
+        events = (self.stream.recent_events(f, recent) if after is None else
+                  self.stream.since_events(f, float(after), recent))
+        return {"subscribed": True, "events": events}
 
     def _events(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         """The last `limit` events (of the last 1000) that match the filters, oldest first."""

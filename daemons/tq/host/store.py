@@ -272,6 +272,10 @@ class Store:
         self.db.execute("INSERT OR REPLACE INTO workers VALUES (?,?,?,?,?)",
                         (instance, pid, json.dumps(queues), state, seen_at))
 
+    def delete_worker(self, instance: str) -> None:
+        self._begin()
+        self.db.execute("DELETE FROM workers WHERE instance=?", (instance,))
+
     def paused_queues(self) -> set[str]:
         return {name for (name,) in self.db.execute("SELECT name FROM queues WHERE paused")}
 

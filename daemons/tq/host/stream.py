@@ -17,6 +17,8 @@ subscriber, with a non-blocking send that the kernel takes or not; the
 host never waits for a reader. What does not fit the socket waits (one batch);
 while it waits, further events for that subscriber are counted, not kept, and
 it is sent `{"missed": N}` where the gap is, before the events that follow it.
+A follower back after a host restart asks for the recent events since its last
+one (since_events): it is told where it cannot know what it missed.
 Subscribers with the same filters share one batch: the host's work per flush is
 one selection per distinct filter and one send per subscriber.
 
@@ -44,7 +46,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..events import FIELDS, JOB, QUEUE, TASK, Event, as_dict
+from ..events import FIELDS, JOB, QUEUE, TASK, TIME, Event, as_dict
 from .server import Conn
 
 FLUSH_INTERVAL = 0.1  # seconds between sends to the subscribers while events come (the least) ...
@@ -112,6 +114,9 @@ class EventStream:
         self.events = events
         self.upto = 0
         self.recent: list[Any] = []  # the fields of the last RECENT events (tuples only when asked for)
+        self.started = time.time()
+        self.kept_since = self.started  # every event after this is among the recent ones: the start, or the last
+        # one dropped from them (a follower back after a host restart is told what it may have missed: since_events)
         self.subscribers: list[Subscriber] = []
         self.groups: dict[Filter, _Group] = {}
         # Where an event looks for the groups that want it: by the field a group's filter names first.
@@ -149,8 +154,15 @@ class EventStream:
         del self.events[:self.upto]
         self.upto = 0
         self.count(flat)
-        self.recent += flat[-RECENT * FIELDS:]
-        del self.recent[:-RECENT * FIELDS]
+        keep = RECENT * FIELDS
+        self.recent += flat[-keep:]
+        over = len(self.recent) - keep
+        if len(flat) > keep:  # the last one dropped: of this batch, which is newer than every kept one before
+            self.kept_since = flat[len(flat) - keep - FIELDS + TIME]
+        elif over > 0:
+            self.kept_since = self.recent[over - FIELDS + TIME]
+        if over > 0:
+            del self.recent[:over]
         everything = self._everything
         if everything is not None:
             self.due = True
@@ -196,6 +208,20 @@ class EventStream:
             if f.matches(e):
                 found.append(e)
         return [as_dict(e) for e in reversed(found)]
+
+    def since_events(self, f: Filter, after: float, limit: int) -> list[dict[str, Any]]:
+        """The recent events that match `f` and came after `after` (a follower's last one, before it lost the
+        host), oldest first: at most `limit`, after a `{"missed": ...}` line where some may be gone. N when
+        `limit` cut N; null when this host cannot know, having started, or dropped older events, since then."""
+        self.digest()
+        found = [e for e in _events(self.recent) if e[TIME] > after and f.matches(e)]
+        gap: list[dict[str, Any]] = []
+        if after < self.kept_since:
+            reason = "tq-host restarted" if self.kept_since == self.started else "older events are not kept"
+            gap.append({"missed": None, "since": after, "until": self.kept_since, "reason": reason})
+        elif len(found) > limit:
+            gap.append({"missed": len(found) - limit, "reason": "more than the replay's limit"})
+        return gap + [as_dict(e) for e in (found[-limit:] if limit else [])]
 
     # ---- subscribers ------------------------------------------------------
 

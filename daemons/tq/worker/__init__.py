@@ -23,6 +23,7 @@ from ..daemon import Daemon, ignore
 from ..notify import child_environment
 from ..transport import Mailbox
 from .attempt import Attempt
+from .instancelock import InstanceTaken, take
 from .outbox import Outbox
 from .runner import Runner
 
@@ -51,10 +52,12 @@ class Worker(Daemon):
         self.next_heartbeat = 0.0
         self.inbox: Mailbox | None = None
         self.host_mailbox: Mailbox | None = None
+        self.lock_fd = -1  # holds this instance's lock (instancelock.py) from start on
 
     # ---- start ----------------------------------------------------------
 
     def start(self) -> None:
+        self.lock_fd = take(self.cfg, self.instance)  # before the inbox: a second process refuses here
         self.watch_signals()
         drained: list[bytes] = []
         # The inbox holds at most `prefetch` jobs and the host's Sync fence: a deeper one would only use up
@@ -332,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         worker = Worker(cfg, args.config, args.instance, argv=sys.argv[1:] if argv is None else argv)
         return worker.run()
-    except transport.MailboxError as e:
+    except (transport.MailboxError, InstanceTaken) as e:
         logging.getLogger(f"tq-worker@{args.instance}").error("cannot start: %s", e)
         return 1
 
