@@ -268,8 +268,8 @@ def test_events_follow_across_a_host_restart_replays_what_happened_meanwhile_and
         assert len(gap) == 1, follower.lines
         assert follower.lines[gap[0]]["missed"] is None and follower.lines[gap[0]]["reason"] == "tq-host restarted"
         names = [(e.get("job"), e.get("event")) for e in follower.lines[gap[0]:] if e.get("job")]
-        assert names == [(meanwhile, "submitted"), (meanwhile, "started"), (meanwhile, "done"),
-                         (after, "submitted"), (after, "started"), (after, "done")], names
+        assert names == [(meanwhile, "submitted"), (meanwhile, "assigned"), (meanwhile, "done"),
+                         (after, "submitted"), (after, "assigned"), (after, "done")], names
         assert not any(e.get("job") == before for e in follower.lines[gap[0]:])  # not replayed twice
     finally:
         follower.close()

@@ -36,8 +36,9 @@ def test_a_paused_queue_takes_submits_runs_nothing_and_stays_paused_through_kill
     assert queues["default"]["paused"] and queues["default"]["states"] == {"queued": 1}
     assert queues["default"]["oldest_queued_age"] > 0 and not queues["mail"]["paused"]
     table = suite.tqctl("queues").stdout.splitlines()
-    assert table[0].split() == ["QUEUE", "QUEUED", "RUNNING", "WAITING", "OLDEST", "PAUSED", "LIMITS", "WORKERS"]
-    assert table[1].split()[:2] == ["default", "1"] and table[1].split()[5] == "yes"
+    assert table[0].split() == ["QUEUE", "QUEUED", "ASSIGNED", "RUNNING", "WAITING", "OLDEST", "PAUSED", "LIMITS",
+                                "WORKERS"]
+    assert table[1].split()[:2] == ["default", "1"] and table[1].split()[6] == "yes"
     assert suite.tqctl("resume", "default").stdout == "queue default resumed\n"
     assert c.wait(held, timeout=10)["state"] == "done"
     assert sorted(suite.executions()) == ["held", "other"]
