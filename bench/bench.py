@@ -79,8 +79,6 @@ def shipped_suite(dropin: str = "", workers: int = WORKERS) -> Iterator[Suite]:
     tq.d/bench.toml, if any), on a temporary state dir; torn down after."""
     tmp = Path(tempfile.mkdtemp(prefix="tq-bench-"))
     suite = Suite(tmp)
-    # Not the tests' /tqt- prefix: a test session started meanwhile removes every /tqt- queue (tests/conftest.py).
-    suite.prefix = suite.prefix.replace("/tqt-", "/tqbench-")
     try:
         shipped_config(suite)
         if dropin:
