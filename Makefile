@@ -41,7 +41,8 @@ system: $(BIN)/tq-host deb
 deb:
 	sh packaging/build-deb.sh
 
-# Throughput, latency and footprint with the shipped config; PEERS=1 adds beanstalkd -b (binlog) side by side.
+# Throughput, latency, footprint and the makespan of mixed-length jobs with the shipped config; PEERS=1 adds
+# beanstalkd -b (binlog) side by side.
 PEERS ?= 0
 bench: $(BIN)/tq-host
 	if [ "$(PEERS)" = 1 ]; then \

@@ -6,6 +6,8 @@ and one producer submitting one job at a time (2 and 4 workers, durability norma
 beanstalkd runs the same workloads with the greenstalk client, run for run (-b beside normal, -b -f0 beside
 full). Each throughput and latency figure is the median of --rounds runs (3); the JSON keeps every run. The
 fdatasync count per submit needs root and `perf` (Debian: linux-perf); without them it reads "not counted".
+`--shape mixed` (bench/makespan.py): the makespan of `sleep` jobs of mixed length over 4 workers against the ideal,
+beside beanstalkd with --peers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +36,8 @@ import posix_ipc
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+
+import makespan  # noqa: E402
 
 from harness import Daemon, Suite  # noqa: E402
 from tq.client import Client  # noqa: E402
@@ -67,6 +71,27 @@ def shipped_config(suite: Suite, durability: str = "full") -> None:
     text = text.replace('"/var/lib/tq"', f'"{suite.dir}/state"').replace('"/run/tq/tq.sock"', f'"{suite.dir}/tq.sock"')
     text = text.replace('prefix = "/tq"', f'prefix = "{suite.prefix}"')
     suite.config.write_text(text)
+
+
+@contextlib.contextmanager
+def shipped_suite(dropin: str = "", workers: int = WORKERS) -> Iterator[Suite]:
+    """tq-host and `workers` workers as the units run them, with the shipped config and `dropin` (the text of
+    tq.d/bench.toml, if any), on a temporary state dir; torn down after."""
+    tmp = Path(tempfile.mkdtemp(prefix="tq-bench-"))
+    suite = Suite(tmp)
+    try:
+        shipped_config(suite)
+        if dropin:
+            (tmp / "tq.d").mkdir()
+            (tmp / "tq.d" / "bench.toml").write_text(dropin)
+        suite.host(env=unit_environment(REPO / "units/tq-host.service"))
+        for i in range(1, workers + 1):
+            suite.worker(str(i), env=unit_environment(REPO / "units/tq-worker@.service"))
+        suite.wait_live(workers)
+        yield suite
+    finally:
+        suite.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def drain(suite: Suite, jobs: int, clients: int) -> dict[str, float]:
@@ -705,9 +730,12 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3,
                    help="runs of each throughput and latency figure; the median is shown")
     p.add_argument("--one-producer-jobs", type=int, default=10000)
-    p.add_argument("--shape", choices=("all", "clients", "one-producer", "observed"), default="all",
+    p.add_argument("--shape", choices=("all", "clients", "one-producer", "observed", "mixed"), default="all",
                    help="clients: the 4-client drain and the other figures; one-producer: one job at a time; "
-                        "observed: the drain without and with event followers and a metrics scrape a second")
+                        "observed: the drain without and with event followers and a metrics scrape a second; "
+                        "mixed: the makespan of `sleep` jobs of mixed length over 4 workers against the ideal")
+    p.add_argument("--mixed-jobs", type=int, default=120, help="jobs of the mixed shape's mixed workload")
+    p.add_argument("--mixed-seed", type=int, default=26, help="the seed of the mixed workload's durations")
     p.add_argument("--subscribers", type=int, default=200, help="event followers in the observed drain")
     p.add_argument("--observed-rounds", type=int, default=7,
                    help="pairs of drains, without and with the observers (a pair's ratio varies by 10%% on a noisy "
@@ -736,6 +764,9 @@ def main() -> int:
         results["one_producer"] = one_producer_shape(args.one_producer_jobs, args.rounds, args.peers)
     if args.shape in ("all", "observed"):
         results["observed"] = observed_shape(args)
+    if args.shape in ("all", "mixed"):
+        peer = functools.partial(Beanstalkd, PEER_OF["full"], 0) if args.peers else None
+        results["mixed"] = makespan.mixed_shape(args.rounds, args.mixed_jobs, args.mixed_seed, shipped_suite, peer)
     print_table(results)
     out = REPO / ".bench"
     out.mkdir(exist_ok=True)
@@ -755,6 +786,9 @@ def print_table(r: dict[str, Any]) -> None:
     if "observed" in r:
         print()
         print_observed(r["observed"])
+    if "mixed" in r:
+        print()
+        makespan.print_mixed(r["mixed"], "beanstalkd -b -f0")
 
 
 def _print_rows(rows: list[tuple[str, str]]) -> None:
