@@ -43,6 +43,9 @@ def test_a_paused_queue_takes_submits_runs_nothing_and_stays_paused_through_kill
     assert sorted(suite.executions()) == ["held", "other"]
     r = suite.tqctl("pause", "bad name!")
     assert r.returncode == 2 and "invalid queue name" in r.stderr
+    r = suite.tqctl("pause", "nosuch")  # no configuration, worker or job names it: a typo, not a queue
+    assert (r.returncode, r.stdout, r.stderr.count("\n")) == (5, "", 1) and "no queue nosuch" in r.stderr
+    assert "nosuch" not in suite.tqctl("queues").stdout
 
 
 def test_a_job_for_a_queue_no_worker_serves_is_taken_warned_of_once_and_listed(suite: Suite) -> None:
