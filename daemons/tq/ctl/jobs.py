@@ -83,7 +83,12 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     if not args.wait:
         render.say({"id": jid} if args.unique is None else {"id": jid, "existing": existing}, str(jid), as_json)
         return 0
-    return _finish(_wait(client, jid, args.wait_timeout), as_json)
+    try:
+        job = _wait(client, jid, args.wait_timeout)
+    except KeyboardInterrupt:  # the job stays submitted: say which, or it cannot be found again
+        print(f"tqctl: interrupted; job {jid} stays submitted (tqctl result --wait {jid})", file=sys.stderr)
+        raise
+    return _finish(job, as_json)
 
 
 def _given(value: object) -> bool:
