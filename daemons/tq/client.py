@@ -204,7 +204,6 @@ class Connection:
             self._buf += memoryview(self._chunk)[:n]
 
 
-
 class Client(Connection):
     """tq's operations over a connection to tq-host."""
 
@@ -227,7 +226,12 @@ class Client(Connection):
         else:
             spec = _spec(task, list(args), queue=queue, priority=priority, delay=delay, timeout=timeout,
                          retries=retries, payload=payload, at=_epoch(at), unique=unique, after=after)
-        return int(self.call("submit", jobs=[spec])["ids"][0])
+        return self.submit_spec(spec)[0]
+
+    def submit_spec(self, spec: dict[str, Any]) -> tuple[int, bool]:
+        """One job as submit_many takes it: its id, and True if an open job with its unique key answered (coalesced)."""
+        reply = self.call("submit", jobs=[spec])
+        return int(reply["ids"][0]), bool(reply.get("existing"))
 
     def chain(self, *steps: tuple[str, list[Any]] | dict[str, Any]) -> list[int]:
         """Submit a chain in one commit: each step starts when the one before is done, with its result as payload;

@@ -40,7 +40,7 @@ ERRORS: dict[str, ErrorCode] = {
     "too_large": ErrorCode(EXIT_USAGE, 413, "a job's message exceeds the queue's message size"),
     "conflict": ErrorCode(EXIT_USAGE, 409, "the job's (or worker's) state does not allow it (retry a running job, "
                                            "submit after a dead one, forget a live worker)"),
-    "not_found": ErrorCode(EXIT_NOT_FOUND, 404, "no such job (or worker)"),
+    "not_found": ErrorCode(EXIT_NOT_FOUND, 404, "no such job (or worker, or queue)"),
     "timeout": ErrorCode(EXIT_TIMEOUT, 504, "a wait ran out of time; the job stays submitted"),
     "unavailable": ErrorCode(EXIT_UNREACHABLE, 503, "tq-host cannot serve it now (out of resources, or its store "
                                                     "failed); the same request may succeed later"),

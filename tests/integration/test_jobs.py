@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
+import select
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import posix_ipc
 import pytest
 
-from harness import Suite, wait_until
+from harness import Suite, as_from_a_terminal, wait_until
 from tq.client import HostUnreachable, JobTimeout, NotFound, Refused
 
 RECORD = '\n[tasks.rec]\npython = "tq_test_handlers:record"\n'
@@ -31,6 +37,35 @@ def test_tqctl_submit_wait_prints_the_result(suite: Suite) -> None:
                 "created_at", "started_at", "finished_at"):
         assert key in shown
     assert shown["state"] == "done" and shown["args"] == ["a", "b"] and shown["worker"] == "1"
+
+
+def test_ctrl_c_on_submit_wait_says_the_job_id_and_exits_130(suite: Suite) -> None:
+    """On a terminal (stderr a pty, as where Ctrl-C is pressed): tqctl shows the job's state while it waits,
+    which tells the test it is waiting; the job has no worker, so it waits until interrupted."""
+    suite.host()
+    c = suite.client()
+    master, slave = pty.openpty()
+    argv = [sys.executable, "-m", "tq.ctl", "--config", str(suite.config), "submit", "--wait", "task-1", "x"]
+    tqctl = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave, env=suite.env,
+                             preexec_fn=as_from_a_terminal)
+    os.close(slave)
+    seen = b""
+    try:
+        while b": queued" not in seen:  # `job N: queued, attempt 0, 1s`
+            assert select.select([master], [], [], 15)[0], seen
+            seen += os.read(master, 4096)
+        tqctl.send_signal(signal.SIGINT)
+        stdout, _ = tqctl.communicate(timeout=10)
+        with contextlib.suppress(OSError):  # EIO once tqctl has exited and the pty's last writer is gone
+            while chunk := os.read(master, 4096):
+                seen += chunk
+    finally:
+        tqctl.kill()
+        os.close(master)
+    (job,) = c.list_jobs(task="task-1")
+    assert (tqctl.returncode, stdout) == (130, b"")
+    assert f"tqctl: interrupted; job {job['id']} stays submitted (tqctl result --wait {job['id']})" in seen.decode()
+    assert job["state"] == "queued"
 
 
 def test_thousand_jobs_over_four_workers_each_done_exactly_once(suite: Suite) -> None:

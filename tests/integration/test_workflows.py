@@ -44,6 +44,9 @@ def test_a_paused_queue_takes_submits_runs_nothing_and_stays_paused_through_kill
     assert sorted(suite.executions()) == ["held", "other"]
     r = suite.tqctl("pause", "bad name!")
     assert r.returncode == 2 and "invalid queue name" in r.stderr
+    r = suite.tqctl("pause", "nosuch")  # no configuration, worker or job names it: a typo, not a queue
+    assert (r.returncode, r.stdout, r.stderr.count("\n")) == (5, "", 1) and "no queue nosuch" in r.stderr
+    assert "nosuch" not in suite.tqctl("queues").stdout
 
 
 def test_a_job_for_a_queue_no_worker_serves_is_taken_warned_of_once_and_listed(suite: Suite) -> None:
@@ -74,6 +77,23 @@ def test_a_unique_key_returns_the_open_job_through_kill_9_and_is_free_once_it_fi
     assert c.wait(jid, timeout=10)["state"] == "done"
     assert suite.executions() == ["once"]
     assert c.submit("rec", "next", unique="nightly") != jid  # finished: the key is free again
+
+
+def test_a_submit_with_unique_says_whether_it_was_new_or_answered_by_the_open_job(suite: Suite) -> None:
+    suite.write_config(RECORD)
+    suite.host()
+    first = suite.tqctl("submit", "--unique", "k", "rec", "once")
+    assert (first.returncode, first.stderr) == (0, "") and first.stdout.strip().isdigit()
+    jid = int(first.stdout)
+    again = suite.tqctl("submit", "--unique", "k", "rec", "again")  # stdout: the id alone, for scripts
+    assert (again.returncode, again.stdout) == (0, f"{jid}\n")
+    assert again.stderr == (f"tqctl: job {jid} was open with unique key k: it answers for this submit, nothing new "
+                            "was submitted\n")
+    as_json = suite.tqctl("submit", "--json", "--unique", "k", "rec", "more")
+    assert json.loads(as_json.stdout) == {"id": jid, "existing": True}
+    fresh = json.loads(suite.tqctl("submit", "--json", "--unique", "other", "rec", "x").stdout)
+    assert fresh["existing"] is False and fresh["id"] > jid
+    assert json.loads(suite.tqctl("submit", "--json", "rec", "y").stdout) == {"id": fresh["id"] + 1}
 
 
 def test_at_runs_a_job_at_a_time_and_a_past_time_at_once(suite: Suite) -> None:

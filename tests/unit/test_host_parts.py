@@ -455,6 +455,50 @@ def test_a_paused_queue_takes_submits_dispatches_nothing_and_stays_paused_in_the
     assert job(parts, paused_id).state == JobState.ASSIGNED
 
 
+def _steer(parts: Parts, op: str, queue: str) -> dict[str, object]:
+    a, b = socket.socketpair()
+    parts.requests.handle(Conn(a, uid=0), json.dumps({"op": op, "rid": 1, "queue": queue}).encode())
+    ((_, reply),) = parts.ledger.take()
+    a.close()
+    b.close()
+    return reply
+
+
+def test_only_a_queue_the_configuration_a_worker_or_a_job_names_may_be_paused(tmp_path: Path) -> None:
+    parts = make_parts(tmp_path / "state", '[tasks."#"]\nhandler = "echo"\n[worker]\nqueues = ["default", "w"]\n'
+                                           '[worker.2]\nqueues = ["w2"]\n[queues.limited]\nconcurrency = 1\n'
+                                           '[exchanges.x]\nbindings = [{ queue = "bound" }]\n'
+                                           '[tasks.s]\nhandler = "echo"\nqueue = "taskq"\n'
+                                           '[schedules.n]\nevery = "1h"\ntask = "s"\nqueue = "schedq"\n')
+    try:
+        refused = _steer(parts, "pause", "nosuch")
+        assert (refused["ok"], refused["code"]) == (False, "not_found") and "no queue nosuch" in str(refused["error"])
+        assert "nosuch" not in parts.queues.paused and _steer(parts, "resume", "nosuch")["code"] == "not_found"
+        parts.start_worker("9", queues=("live",))
+        (jid,) = submit(parts, {"task": "t", "queue": "jobs"})
+        named = ("default", "w", "w2", "limited", "bound", "taskq", "schedq", "live", "jobs")
+        assert [_steer(parts, "pause", q)["paused"] for q in named] == [True] * len(named)
+        parts.jobs.cancel(job(parts, jid))
+        parts.store.commit()
+        parts.jobs.load()  # the job is in the store only now: its queue is still named
+        assert _steer(parts, "pause", "jobs")["ok"]
+    finally:
+        parts.close()
+
+
+def test_a_paused_queue_no_longer_named_may_be_resumed_and_is_then_listed_no_more(parts: Parts) -> None:
+    parts.queues.pause("gone", True)  # as a pause from before its name left the configuration
+    parts.store.commit()
+    assert [q["paused"] for q in parts.queues.listing() if q["queue"] == "gone"] == [True]
+    assert _steer(parts, "pause", "gone")["ok"]  # (paused already: nothing changes)
+    reply = _steer(parts, "resume", "gone")
+    assert (reply["ok"], reply["paused"], reply["changed"]) == (True, False, True)
+    assert "gone" not in [q["queue"] for q in parts.queues.listing()]
+    parts.store.commit()
+    parts.queues.load()  # as after a restart
+    assert "gone" not in [q["queue"] for q in parts.queues.listing()]
+
+
 def test_a_queue_no_live_worker_serves_is_warned_of_once_and_listed_as_unserved(
         parts: Parts, caplog: pytest.LogCaptureFixture) -> None:
     parts.start_worker("1")

@@ -36,8 +36,8 @@ def _add_submit(sub: Subcommands, common: Parser) -> None:
     s.add_argument("--delay", type=options.duration, help="run after this long (e.g. 30s, 5m)")
     s.add_argument("--at", type=options.iso_time, metavar="TIME", help="run at this time (ISO 8601; local time "
                    "without an offset); a time past runs at once")
-    s.add_argument("--unique", metavar="KEY", help="while a job submitted with KEY is open, print its id and "
-                   "create nothing")
+    s.add_argument("--unique", metavar="KEY", help="while a job submitted with KEY is open, print its id, create "
+                   "nothing and say so on stderr (--json: \"existing\": true)")
     s.add_argument("--then", action="append", metavar="'TASK [ARG...]'", help="a next step: it runs when the one "
                    "before is done, with its result as payload (repeat for more); a step that fails cancels the rest")
     s.add_argument("--after", type=int, metavar="ID", help="wait until job ID is done (cancelled if it is not)")
@@ -76,13 +76,19 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
                              at=args.at, after=args.after)
         render.say({"ids": ids}, "\n".join(map(str, ids)), as_json)
         return 0
-    jid = client.submit(args.task, *args.args, queue=args.queue, priority=args.priority, delay=args.delay or 0.0,
-                        timeout=args.timeout, retries=args.retries, payload=payload, at=args.at, unique=args.unique,
-                        after=args.after)
+    jid, existing = client.submit_spec(_spec_of(args, payload))
+    if existing:  # (stdout stays the id alone, for scripts)
+        print(f"tqctl: job {jid} was open with unique key {args.unique}: it answers for this submit, nothing new "
+              "was submitted", file=sys.stderr)
     if not args.wait:
-        render.say({"id": jid}, str(jid), as_json)
+        render.say({"id": jid} if args.unique is None else {"id": jid, "existing": existing}, str(jid), as_json)
         return 0
-    return _finish(_wait(client, jid, args.wait_timeout), as_json)
+    try:
+        job = _wait(client, jid, args.wait_timeout)
+    except KeyboardInterrupt:  # the job stays submitted: say which, or it cannot be found again
+        print(f"tqctl: interrupted; job {jid} stays submitted (tqctl result --wait {jid})", file=sys.stderr)
+        raise
+    return _finish(job, as_json)
 
 
 def _given(value: object) -> bool:

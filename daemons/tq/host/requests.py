@@ -195,6 +195,9 @@ class Requests:
         refusal = self.access.may_steer(conn.uid, conn.gid, f"{'pause' if paused else 'resume'} a queue")
         if refusal is not None:
             raise RequestError("permission", refusal)
+        if queue not in self.queues.paused and not self.queues.named(queue):
+            raise RequestError("not_found", f"no queue {queue}: no task, [queues.NAME], worker, exchange or job "
+                                            "names it (tqctl queues lists the queues)")
         changed = self.queues.pause(queue, paused)
         return {"queue": queue, "paused": paused, "changed": changed}
 
