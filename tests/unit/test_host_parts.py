@@ -16,11 +16,11 @@ import pytest
 from parts import Parts, make_parts
 from tq import configload, control, protocol
 from tq.host.dispatch import BLOCKED_BACKOFF
-from tq.host.fleet import WorkerState
 from tq.host.jobs import InvalidTransition
 from tq.host.records import JobRecord
 from tq.host.schedules import Scheduler
 from tq.host.server import Conn, Server
+from tq.host.workerstate import WorkerState
 from tq.log import Burst
 from tq.states import JobState
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import time
 
 from .. import config, protocol
-from .fleet import Fleet, WorkerState
+from .fleet import Fleet
 from .jobs import ASSIGNED, JobTable
 from .queues import Queues
 from .records import JobRecord
+from .workerstate import WorkerState
 
 LONG_JOB = 0.1  # seconds; a worker holding a job this long gets no prefetched jobs until it reports
 FAST_JOB = 0.005  # seconds; a task whose runs take less (on average) is dispatched in batches to one worker

@@ -18,7 +18,6 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from .. import config, protocol
@@ -27,65 +26,10 @@ from ..transport import Mailbox, MailboxError
 from .jobs import ASSIGNED, ON_WORKER, JobTable
 from .records import JobRecord
 from .store import Store
+from .workerstate import WorkerState
 
 MAX_MESSAGES_PER_STEP = 4096
 LEASE_CHECK = 0.02  # seconds between looks at every worker's lease and pending fence or cancel
-
-
-@dataclass
-class WorkerState:
-    """What the host knows of one worker instance."""
-
-    instance: str
-    pid: int = 0
-    queues: list[str] = field(default_factory=list)
-    prefetch: int = 1
-    state: str = "syncing"  # syncing | live | leaving | lost | stopped
-    seen: float = 0.0  # monotonic time of the last message from it
-    inbox: Mailbox | None = None
-    assigned: set[int] = field(default_factory=set)
-    token: int = 0
-    sync_due: bool = False
-    fence_cause: str = ""  # why it was fenced: the cause given to the jobs the fence finds lost
-    cancels_due: set[tuple[int, int]] = field(default_factory=set)  # (job, attempt) to cancel; the inbox was full
-    running: int = 0
-    done: int = 0
-    saved: tuple[int, tuple[str, ...], str] | None = None  # the row last written to the store
-    blocked_until: float = 0.0  # its inbox was full: no dispatch to it before this (monotonic)
-    monitor: dict[str, Any] = field(default_factory=dict)  # its figures in its last heartbeat (monitor.py)
-    monitor_at: float = 0.0  # monotonic time that heartbeat came
-    lost_at: float = 0.0  # when it was lost (seconds since the epoch; kept across host restarts): host.forget_lost
-
-    def public(self, now: float) -> dict[str, Any]:
-        return {"instance": self.instance, "pid": self.pid, "state": self.state, "queues": self.queues,
-                "prefetch": self.prefetch, "assigned": sorted(self.assigned), "running": self.running or None,
-                "done": self.done, "seen_ago": round(now - self.seen, 3), "monitor": self.monitor_view(now)}
-
-    def monitor_view(self, now: float) -> dict[str, Any] | None:
-        """The figures of the last heartbeat (None: a worker from before they were sent), `sampled_ago` seconds
-        old. Of a worker still there, uptime and the running job's elapsed time are brought forward to now (as
-        of the heartbeat plus the time since); RSS, CPU and descriptors stay as sampled. The job is shown only
-        while the host still has it running there (its result may have come after the heartbeat)."""
-        if not self.monitor:
-            return None
-        age = max(now - self.monitor_at, 0.0)
-        view = dict(self.monitor, sampled_ago=round(age, 3))
-        present = self.state in ("syncing", "live", "leaving")
-        if present:
-            view["uptime_seconds"] = _forward(view.get("uptime_seconds"), age)
-        job = view.get("job")
-        if not isinstance(job, dict) or not present or job.get("id") != self.running:
-            view["job"] = None
-        else:
-            view["job"] = dict(job, elapsed_seconds=_forward(job.get("elapsed_seconds"), age))
-        return view
-
-
-def _forward(value: Any, age: float) -> Any:
-    """A duration reported `age` seconds ago, as of now (a value that is not a number stays as it came)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return round(value + age, 1)
-    return value
 
 
 OpenInbox = Callable[[str], Mailbox]  # a worker's inbox by instance; raises MailboxError when it cannot

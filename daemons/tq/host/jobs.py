@@ -316,17 +316,6 @@ class JobTable:
             self.running_in = collections.Counter(j.queue for j in self.jobs.values() if j.state in ON_WORKER)
         self.count_running = on
 
-    def by_queue(self) -> dict[str, tuple[collections.Counter[str], float | None]]:
-        """Per queue: its open jobs by state, and when its oldest queued job was submitted (tqctl queues)."""
-        out: dict[str, tuple[collections.Counter[str], float | None]] = {}
-        for job in self.jobs.values():
-            counts, oldest = out.get(job.queue) or (collections.Counter(), None)
-            counts[job.state] += 1
-            if job.state == QUEUED and (oldest is None or job.created_at < oldest):
-                oldest = job.created_at
-            out[job.queue] = (counts, oldest)
-        return out
-
     def finished(self) -> int:
         return sum(self.counts[state] for state in FINAL)
 

@@ -11,6 +11,7 @@ a paused queue that is no longer named may still be resumed, and then it is list
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Iterable
@@ -18,7 +19,8 @@ from typing import Any
 
 from .. import config
 from .fleet import Fleet
-from .jobs import JobTable
+from .jobs import QUEUED, JobTable
+from .records import JobRecord
 from .store import Store
 
 SERVING = ("live", "syncing")  # a syncing worker (after a restart of either side) is about to serve again
@@ -119,7 +121,7 @@ class Queues:
     def listing(self) -> list[dict[str, Any]]:
         """Every known queue: its open jobs by state, the age of its oldest queued job, paused or not, and which
         worker instances serve it."""
-        open_jobs = self.jobs.by_queue()
+        open_jobs = _by_queue(self.jobs.jobs.values())
         names = (set(open_jobs) | self.paused | set(self.cfg.queues) | {t.queue for t in self.cfg.tasks}
                  | {q for w in self.fleet.workers.values() for q in w.queues})
         now = time.time()
@@ -133,3 +135,15 @@ class Queues:
                         "oldest_queued_age": None if oldest is None else round(now - oldest, 3),
                         "workers": served_by, "unserved": not served_by and bool(counts)})
         return out
+
+
+def _by_queue(jobs: Iterable[JobRecord]) -> dict[str, tuple[collections.Counter[str], float | None]]:
+    """Per queue: its open jobs by state, and when its oldest queued job was submitted (tqctl queues)."""
+    out: dict[str, tuple[collections.Counter[str], float | None]] = {}
+    for job in jobs:
+        counts, oldest = out.get(job.queue) or (collections.Counter(), None)
+        counts[job.state] += 1
+        if job.state == QUEUED and (oldest is None or job.created_at < oldest):
+            oldest = job.created_at
+        out[job.queue] = (counts, oldest)
+    return out
