@@ -63,10 +63,10 @@ def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     return {**ordered[len(ordered) // 2], f"runs_{key}": [r[key] for r in runs]}
 
 
-def shipped_config(suite: Suite, durability: str = "full") -> None:
-    """The shipped /etc/tq/tq.toml, with only its paths and queue prefix pointed at the temporary suite (and
-    the durability level given)."""
-    text = (REPO / "etc/tq/tq.toml").read_text()
+def shipped_config(suite: Suite, durability: str = "full", tree: Path = REPO) -> None:
+    """The shipped /etc/tq/tq.toml (of checkout `tree`: an older tq refuses keys it does not know), with only its
+    paths and queue prefix pointed at the temporary suite (and the durability level given)."""
+    text = (tree / "etc/tq/tq.toml").read_text()
     text = text.replace('durability = "full"', f'durability = "{durability}"')
     text = text.replace('"/var/lib/tq"', f'"{suite.dir}/state"').replace('"/run/tq/tq.sock"', f'"{suite.dir}/tq.sock"')
     text = text.replace('prefix = "/tq"', f'prefix = "{suite.prefix}"')

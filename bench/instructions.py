@@ -74,7 +74,7 @@ def measure(tree: Path, shape: str, jobs: int) -> dict[str, Any]:
     host_env = {**unit_environment(REPO / "units/tq-host.service"), **code}
     worker_env = {**unit_environment(REPO / "units/tq-worker@.service"), **code}
     try:
-        shipped_config(suite)
+        shipped_config(suite, tree=tree)
         suite.config.write_text(suite.config.read_text().replace('job_events = "all"', 'job_events = "failures"'))
         if shape == "worker":  # the one worker, counted; the host native
             suite.host(env=host_env)
