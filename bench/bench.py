@@ -113,7 +113,7 @@ def drain(suite: Suite, jobs: int, clients: int) -> dict[str, float]:
     watcher = conns[0]
     # Every job was acknowledged: none queued or running means all done. (Not the count of done jobs: the store
     # keeps at most retain_count, 1,000,000, and a long bench passes that.)
-    while (states := watcher.status()["states"])["queued"] + states["assigned"] + states["running"]:
+    while (states := watcher.status()["states"])["queued"] + states.get("assigned", 0) + states["running"]:
         time.sleep(0.002)  # polling the host's counters; the figure is dominated by the drain itself
     elapsed = time.perf_counter() - start
     return {"jobs": per * clients, "seconds": round(elapsed, 3), "jobs_per_s": round(per * clients / elapsed),
@@ -123,7 +123,7 @@ def drain(suite: Suite, jobs: int, clients: int) -> dict[str, float]:
 def quiet(suite: Suite) -> None:
     """Wait until no job is queued or running: what one measurement submitted must not slow the next."""
     c = suite.client()
-    while (states := c.status()["states"])["queued"] + states["assigned"] + states["running"]:
+    while (states := c.status()["states"])["queued"] + states.get("assigned", 0) + states["running"]:
         time.sleep(0.01)  # polling the host's counters between measurements
 
 
@@ -356,7 +356,7 @@ def one_producer(suite: Suite, jobs: int) -> dict[str, float]:
         t = clock()
         c.submit("task-1", str(i))
         trips.append(clock() - t)
-    while (states := c.status()["states"])["queued"] + states["assigned"] + states["running"]:  # (as in drain)
+    while (states := c.status()["states"])["queued"] + states.get("assigned", 0) + states["running"]:  # (as in drain)
         time.sleep(0.002)  # polling the host's counters once the producer is done, as beanstalkd's below
     elapsed = clock() - start
     return {"jobs_per_s": round(jobs / elapsed), **_percentiles(trips)}
