@@ -75,17 +75,17 @@ class Dispatcher:
 
     def _takes_more(self, w: WorkerState) -> bool:
         """Whether a worker that holds jobs may be sent more: only while every job it holds is of a fast task and
-        none has run long (a fast task's job can hang too)."""
-        jobs = self.jobs.jobs
-        held = [jobs[i] for i in w.assigned if i in jobs]
-        return all(self._fast(job.task) for job in held) and not self._busy_with_long_job(held)
-
-    @staticmethod
-    def _busy_with_long_job(held: list[JobRecord]) -> bool:
-        """Prefetch is for fast-flowing jobs: a worker whose job has run for a while gets no more for now."""
+        none has run for LONG_JOB (a fast task's job can hang too). (One loop, no calls: it runs for every busy
+        worker at every step.)"""
+        jobs, seconds = self.jobs.jobs, self.task_seconds
         now = time.time()
-        oldest = min((job.started_at or now for job in held), default=now)
-        return now - oldest > LONG_JOB
+        for job_id in w.assigned:
+            job = jobs.get(job_id)
+            if job is None:
+                continue
+            if seconds.get(job.task, FAST_JOB) >= FAST_JOB or (job.started_at and now - job.started_at > LONG_JOB):
+                return False
+        return True
 
     def _handler_now(self, task: str) -> str:
         """How to run a job stored before jobs carried their handler: as the configuration says now."""
