@@ -75,8 +75,8 @@ class Dispatcher:
 
     def _takes_more(self, w: WorkerState) -> bool:
         """Whether a worker that holds jobs may be sent more: only while every job it holds is of a fast task and
-        none has run for LONG_JOB (a fast task's job can hang too). (One loop, no calls: it runs for every busy
-        worker at every step.)"""
+        none has been held or run for LONG_JOB (a fast task's job can hang too; an assigned job's started_at is
+        when it was assigned). (One loop, no calls: it runs for every busy worker at every step.)"""
         jobs, seconds = self.jobs.jobs, self.task_seconds
         now = time.time()
         for job_id in w.assigned:

@@ -177,7 +177,9 @@ class JobTable:
         """A ready job (from pop_ready) is assigned to a worker: its next attempt, waiting in that worker's inbox
         until its handler starts (`begin`, or the result of a job that ended sooner)."""
         job.attempts += 1
-        job.worker, job.started_at = instance, None
+        # started_at holds the assignment's time until the handler starts (public() shows none while assigned): a
+        # row whose column stays the same size costs SQLite less at the result's UPDATE than a NULL filled later.
+        job.worker, job.started_at = instance, time.time()
         self._move(job, ASSIGNED, "dispatched")
         self.events.event("dispatched", job.id, job.task, job.queue, job.attempts, instance)
 

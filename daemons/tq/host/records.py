@@ -152,7 +152,7 @@ class JobRecord:
             "priority": self.priority, "state": self.state, "attempts": self.attempts, "retries": self.retries,
             "timeout": self.timeout, "result": self.result, "error": self.error, "worker": self.worker,
             "submitter": self.submitter, "run_at": self.run_at, "created_at": self.created_at,
-            "started_at": self.started_at, "finished_at": self.finished_at,
+            "started_at": None if self.state == "assigned" else self.started_at, "finished_at": self.finished_at,
             "handler": None if self.handler_json is None else json.loads(self.handler_json),
             "usage": None if self.usage_json is None else json.loads(self.usage_json), "unique": self.unique_key,
             "parent": self.parent,
