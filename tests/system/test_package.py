@@ -87,7 +87,7 @@ def test_the_private_venv_is_byte_compiled_at_install(tq: Container) -> None:
     """The daemons' user cannot write __pycache__: without postinst's py3compile, tq-host and every tqctl would
     compile tq from source each time they start."""
     site = tq.run("ls -d /usr/lib/tq/lib/python3*/site-packages").stdout.strip()
-    for module in ("ctl", "client", "host/__init__"):
+    for module in ("ctl/__init__", "client", "host/__init__", "worker/__init__", "transport/posix"):
         directory, _, name = f"tq/{module}".rpartition("/")
         assert tq.run(f"ls {site}/{directory}/__pycache__/{name}.cpython-3*.pyc", check=False).returncode == 0, module
 
