@@ -11,6 +11,7 @@ import logging
 import os
 import selectors
 import signal
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -20,6 +21,16 @@ from .notify import Notifier
 
 def ignore(_mask: int) -> None:
     """The callback of a descriptor that only wakes the selector (the loop step reads it)."""
+
+
+def load_config(program: str, path: str | None) -> config.Config | None:
+    """The configuration a daemon starts with; None when it does not load (said on stderr: `file: key: reason`),
+    before any logging is set up."""
+    try:
+        return configload.load(path)
+    except config.ConfigError as e:
+        print(f"{program}: {e}", file=sys.stderr)
+        return None
 
 
 class StartError(Exception):

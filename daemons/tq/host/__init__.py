@@ -24,12 +24,11 @@ import logging
 import os
 import selectors
 import sqlite3
-import sys
 import time
 from typing import IO, Any
 
-from .. import __version__, config, configload, control, transport
-from ..daemon import Daemon, StartError
+from .. import __version__, config, control, transport
+from ..daemon import Daemon, StartError, load_config
 from ..log import Burst
 from .assembly import assemble
 from .store import StoreError
@@ -305,10 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = configload.load(args.config)
-    except config.ConfigError as e:
-        print(f"tq-host: {e}", file=sys.stderr)
+    cfg = load_config("tq-host", args.config)
+    if cfg is None:
         return 2
     try:
         host = Host(cfg, args.config)

@@ -18,8 +18,8 @@ import sys
 import time
 from dataclasses import replace
 
-from .. import __version__, config, configload, protocol, transport
-from ..daemon import Daemon, ignore
+from .. import __version__, config, protocol, transport
+from ..daemon import Daemon, ignore, load_config
 from ..notify import child_environment
 from ..transport import Mailbox
 from .attempt import Attempt
@@ -327,10 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tq-worker: invalid instance {args.instance!r}: letters, digits, _ and - (at most 32)",
               file=sys.stderr)
         return 2
-    try:
-        cfg = configload.load(args.config)
-    except config.ConfigError as e:
-        print(f"tq-worker: {e}", file=sys.stderr)
+    cfg = load_config("tq-worker", args.config)
+    if cfg is None:
         return 2
     try:
         worker = Worker(cfg, args.config, args.instance, argv=sys.argv[1:] if argv is None else argv)
