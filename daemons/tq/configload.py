@@ -137,16 +137,17 @@ class _Reader:
         except ValueError as e:
             raise self.error(key, str(e)) from None
 
-    def principals(self, key: str, default: tuple[str, ...] | None,
-                   groups_only: bool = False) -> tuple[str, ...] | None:
-        """A list of user names and @group names (group names alone where `groups_only`)."""
+    def principals(self, key: str, default: tuple[str, ...] | None, groups_only: bool = False,
+                   users_only: bool = False) -> tuple[str, ...] | None:
+        """A list of user names and @group names (group names alone where `groups_only`, user names where
+        `users_only`)."""
         value = self.get(key, list, None)
         if value is None:
             return default
         word = r"[a-z_][a-z0-9_.-]{0,31}\$?"
-        pattern = re.compile(word if groups_only else f"@?{word}", re.IGNORECASE)
+        pattern = re.compile(word if groups_only or users_only else f"@?{word}", re.IGNORECASE)
         if not all(isinstance(v, str) and pattern.fullmatch(v) for v in value):
-            what = "group names" if groups_only else "user names and @group names"
+            what = "group names" if groups_only else "user names" if users_only else "user names and @group names"
             raise self.error(key, f"expected a list of {what}, got {value!r}")
         return tuple(value)
 
@@ -184,8 +185,9 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
     tasks_r = root.sub("tasks")
     tasks = tuple(_task(tasks_r.sub(name), name) for name in tasks_r.table)
     access_r = root.sub("access")
-    access_r.check_keys({"admins"})
-    access = AccessConfig(admins=access_r.principals("admins", AccessConfig.admins, groups_only=True) or ())
+    access_r.check_keys({"admins", "gateways"})
+    access = AccessConfig(admins=access_r.principals("admins", AccessConfig.admins, groups_only=True) or (),
+                          gateways=access_r.principals("gateways", AccessConfig.gateways, users_only=True) or ())
     queues_r = root.sub("queues")
     queues = {name: _queue(queues_r.sub(name), name) for name in queues_r.table}
     exchanges_r = root.sub("exchanges")

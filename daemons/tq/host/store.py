@@ -29,6 +29,8 @@ from .records import (
     INSERT_FRESH,
     INSERT_SENT,
     MIGRATIONS,
+    RESTING,
+    RESTING_SQL,
     ROW,
     SCHEMA,
     SCHEMA_VERSION,
@@ -216,13 +218,18 @@ class Store:
         return [record(r) for r in rows]
 
     def query(self, state: str | None = None, queue: str | None = None, task: str | None = None,
-             limit: int = 50) -> list[JobRecord]:
+             limit: int = 50, after: int | None = None) -> list[JobRecord]:
+        """Up to `limit` jobs that match, newest first; `after`: only ids below it (the next page), a range of the
+        primary key, or of the index jobs_resting for a state it holds, however deep the page."""
         self.flush()
-        where, params = [], []
-        for column, value in (("state", state), ("queue", queue), ("task", task)):
+        where: list[str] = []
+        params: list[object] = []
+        for column, value in (("state", state), ("queue", queue), ("task", task), ("id", after)):
             if value:
-                where.append(f"{column}=?")
+                where.append("id<?" if column == "id" else f"{column}=?")
                 params.append(value)
+        if state in RESTING:
+            where.append(RESTING_SQL)  # the partial index's own condition: SQLite then knows it may use it
         sql = f"SELECT {','.join(COLUMNS)} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -296,6 +303,19 @@ class Store:
             self.db.execute("DELETE FROM schedule_errors WHERE name = ?", (name,))
         else:
             self.db.execute("INSERT OR REPLACE INTO schedule_errors VALUES (?, ?)", (name, last_error))
+
+    def tokens(self) -> list[tuple[str, bytes, str, bool, float]]:
+        """Every API token: name, SHA-256 of its text, user, read-only, created_at."""
+        rows = self.db.execute("SELECT name, hash, user, read_only, created_at FROM tokens ORDER BY name")
+        return [(n, bytes(h), u, bool(r), t) for n, h, u, r, t in rows]
+
+    def save_token(self, name: str, digest: bytes, user: str, read_only: bool, created_at: float) -> None:
+        self._begin()
+        self.db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?)", (name, digest, user, int(read_only), created_at))
+
+    def delete_token(self, name: str) -> None:
+        self._begin()
+        self.db.execute("DELETE FROM tokens WHERE name = ?", (name,))
 
     def children(self, job_id: int) -> list[int]:
         """The jobs that wait for or follow this one."""
