@@ -29,8 +29,6 @@ from .records import (
     INSERT_FRESH,
     INSERT_SENT,
     MIGRATIONS,
-    RESTING,
-    RESTING_SQL,
     ROW,
     SCHEMA,
     SCHEMA_VERSION,
@@ -219,8 +217,9 @@ class Store:
 
     def query(self, state: str | None = None, queue: str | None = None, task: str | None = None,
              limit: int = 50, after: int | None = None) -> list[JobRecord]:
-        """Up to `limit` jobs that match, newest first; `after`: only ids below it (the next page), a range of the
-        primary key, or of the index jobs_resting for a state it holds, however deep the page."""
+        """Up to `limit` jobs that match, newest first; `after`: only ids below it (the next page). The primary key
+        is read down from `after`: a page deep in the store costs the rows from there to its last one, not those
+        before it (with a filter that few jobs match, the rows between them too; see records.py)."""
         self.flush()
         where: list[str] = []
         params: list[object] = []
@@ -228,8 +227,6 @@ class Store:
             if value:
                 where.append("id<?" if column == "id" else f"{column}=?")
                 params.append(value)
-        if state in RESTING:
-            where.append(RESTING_SQL)  # the partial index's own condition: SQLite then knows it may use it
         sql = f"SELECT {','.join(COLUMNS)} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
