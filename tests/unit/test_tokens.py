@@ -221,3 +221,13 @@ def test_events_since_a_time(parts: Parts, conns: list[socket.socket]) -> None:
     assert [e["task"] for e in ask(parts, root, "events", after=now + 0.5, limit=1)["events"][1:]] == ["third"]
     assert [e["task"] for e in ask(parts, root, "events")["events"]] == ["first", "second", "third"]
     refused(ask(parts, root, "events", after="x"), "bad_request", "'after'")
+
+
+def test_a_token_made_in_a_step_whose_commit_failed_is_no_token(parts: Parts, conns: list[socket.socket]) -> None:
+    root = conn(conns)
+    parts.requests.handle(root, json.dumps({"op": "token_create", "rid": 1, "name": "ci", "user": "nobody"}).encode())
+    parts.store.rollback()  # as tq-host's step does when the commit fails (disk full)
+    parts.requests.undo(parts.store.next_id, "store write failed: disk full")
+    (reply,) = [r for _c, r in parts.ledger.take()]
+    refused(reply, "unavailable", "disk full")
+    assert ask(parts, root, "token_list")["tokens"] == []
