@@ -18,7 +18,7 @@ from ..log import JobEvents
 from ..protocol import Result, to_json
 from ..states import FINAL, JobState
 from ..usage import describe as describe_usage
-from .records import CHAIN, MAX_JOB_ID, JobRecord
+from .records import CHAIN, MAX_JOB_ID, RESTING, JobRecord
 from .store import Store
 
 # A job's state is kept as the plain string: sqlite3 binds a str subclass (an enum member) on a slower path.
@@ -30,6 +30,7 @@ ON_WORKER = (ASSIGNED, RUNNING)  # handed to a worker: waiting in its inbox, or 
 WAITING = (DELAYED, FAILED)  # wait for their run_at
 CANCELLABLE = (QUEUED, DELAYED, FAILED, ASSIGNED, RUNNING, DEFERRED)
 RETRYABLE = (DEAD, CANCELLED, FAILED)
+OPEN = frozenset(s.value for s in JobState) - FINAL  # the states of the jobs in JobTable.jobs
 
 
 class InvalidTransition(Exception):
@@ -82,7 +83,13 @@ class JobTable:
 
     def query(self, state: str | None, queue: str | None, task: str | None, limit: int,
               after: int | None = None) -> list[JobRecord]:
-        """Jobs from the store, newest first, each as the table has it now."""
+        """Up to `limit` jobs that match, newest first, each as the table has it now; `after`: ids below it. An
+        open state from memory (the store has no index on state: records.py), the others from the store."""
+        if state in OPEN:
+            top = after or MAX_JOB_ID + 1
+            ids = heapq.nlargest(limit, (i for i, j in self.jobs.items() if j.state == state and i < top
+                                         and (not queue or j.queue == queue) and (not task or j.task == task)))
+            return [self.jobs[i] for i in ids]
         return [self.jobs.get(j.id) or j for j in self.store.query(state, queue, task, limit, after)]
 
     def running_on(self, instance: str) -> set[int]:
@@ -123,6 +130,8 @@ class JobTable:
             self.jobs.pop(job.id, None)
             if job.unique_key is not None and self.unique.get(job.unique_key) == job.id:
                 del self.unique[job.unique_key]  # the key is free again
+            if state in RESTING:
+                self.store.rest(job.id, state)
             self.on_final(job)
             if job.id in self.deferred:
                 self._release_after(job)
@@ -306,6 +315,7 @@ class JobTable:
             self._move(job, QUEUED)
         else:  # dead or cancelled: back into the indexes
             self.counts[job.state] -= 1
+            self.store.rest(job.id, job.state, False)
             job.state = QUEUED
             self._index(job)
             self.store.update(job)
