@@ -209,7 +209,7 @@ class Store:
             for kind, jobs in kinds.items():
                 self.db.executemany(UPDATE_SQL[kind], map(UPDATE_ROWS[kind], jobs))
             self._dirty.clear()
-        if self._resting:  # the deletes first: a job that left a state and entered it again in one step rests
+        if self._resting:  # (one entry per (state, id): the last change in the step is the one written)
             staged = self._resting.items()
             self.db.executemany("DELETE FROM resting WHERE state=? AND id=?", [k for k, rests in staged if not rests])
             self.db.executemany("INSERT OR IGNORE INTO resting VALUES (?, ?)", [k for k, rests in staged if rests])
