@@ -301,3 +301,37 @@ def test_an_open_state_is_listed_from_memory_without_reading_the_store(host: Hos
     assert [j.id for j in p.jobs.query("queued", None, None, 5, None)] == ids[:-6:-1] and not statements
     p.jobs.query("done", None, None, 5, None)
     assert statements  # (the trace sees the store's reads)
+
+
+class CountedJobs(dict[int, JobRecord]):
+    """JobTable.jobs that counts the entries a reader is handed."""
+
+    read = 0
+
+    def _counted(self, it: Iterator[Any]) -> Iterator[Any]:
+        for x in it:
+            CountedJobs.read += 1
+            yield x
+
+    def __reversed__(self) -> Iterator[int]:
+        return self._counted(super().__reversed__())
+
+    def __iter__(self) -> Iterator[int]:
+        return self._counted(super().__iter__())
+
+    def items(self) -> Any:
+        return self._counted(iter(super().items()))
+
+    def values(self) -> Any:
+        return self._counted(iter(super().values()))
+
+
+def test_a_page_of_a_large_backlog_reads_about_a_page_of_it_not_all(host: Host) -> None:
+    p = host.parts
+    ids = [i for _ in range(20) for i in host.ask("submit", jobs=[{"task": "a"}] * 1000)["ids"]]
+    p.store.commit()
+    p.jobs.jobs = CountedJobs(p.jobs.jobs)
+    CountedJobs.read = 0
+    assert [j.id for j in p.jobs.query("queued", None, None, 20, None)] == ids[:-21:-1]
+    assert [j.id for j in p.jobs.query("queued", None, None, 20, ids[-100])] == ids[-101:-121:-1]
+    assert CountedJobs.read < 200, CountedJobs.read  # of 20,000

@@ -40,7 +40,8 @@ class InvalidTransition(Exception):
 class JobTable:
     def __init__(self, store: Store, events: JobEvents, on_final: Callable[[JobRecord], None]) -> None:
         self.store, self.events, self.on_final = store, events, on_final
-        self.jobs: dict[int, JobRecord] = {}  # every job not in a final state
+        self.jobs: dict[int, JobRecord] = {}  # every job not in a final state, in ascending id order but for:
+        self.retried: set[int] = set()  # ids put back into self.jobs out of order (retry; some may have left since)
         self.ready: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)  # queue -> (-prio, id)
         self.delayed: list[tuple[float, int]] = []  # (run_at, id) of delayed and failed jobs
         self.counts: collections.Counter[str] = collections.Counter()
@@ -53,6 +54,7 @@ class JobTable:
     def load(self) -> None:
         """Rebuild the table from the store: at start, and after a failed commit."""
         self.jobs.clear()
+        self.retried.clear()
         self.ready.clear()
         self.delayed.clear()
         self.counts.clear()
@@ -86,11 +88,24 @@ class JobTable:
         """Up to `limit` jobs that match, newest first, each as the table has it now; `after`: ids below it. An
         open state from memory (the store has no index on state: records.py), the others from the store."""
         if state in OPEN:
-            top = after or MAX_JOB_ID + 1
-            ids = heapq.nlargest(limit, (i for i, j in self.jobs.items() if j.state == state and i < top
-                                         and (not queue or j.queue == queue) and (not task or j.task == task)))
-            return [self.jobs[i] for i in ids]
+            return self._open_page(state, queue, task, limit, after or MAX_JOB_ID + 1)
         return [self.jobs.get(j.id) or j for j in self.store.query(state, queue, task, limit, after)]
+
+    def _open_page(self, state: str, queue: str | None, task: str | None, limit: int, top: int) -> list[JobRecord]:
+        """The page from memory: self.jobs read backwards is newest first (but for the retried jobs, taken
+        apart), so the walk stops at `limit` matches; a 100,000 queued jobs' first page reads 20 of them, not all
+        (heapq.nlargest over them took 20 ms: a stall of tq-host's loop)."""
+        def matches(j: JobRecord) -> bool:
+            return j.state == state and j.id < top and (not queue or j.queue == queue) and (not task or j.task == task)
+
+        page: list[int] = []
+        for job_id in reversed(self.jobs):
+            if len(page) >= limit:
+                break
+            if job_id not in self.retried and matches(self.jobs[job_id]):
+                page.append(job_id)
+        page += [i for i in self.retried if i in self.jobs and matches(self.jobs[i])]
+        return [self.jobs[i] for i in heapq.nlargest(limit, page)]
 
     def running_on(self, instance: str) -> set[int]:
         return {j.id for j in self.jobs.values() if j.state in ON_WORKER and j.worker == instance}
@@ -318,6 +333,7 @@ class JobTable:
             self.store.rest(job.id, job.state, False)
             job.state = QUEUED
             self._index(job)
+            self.retried.add(job.id)
             self.store.update(job)
         self.events.event("retry requested", job.id, job.task, job.queue)
 
@@ -342,5 +358,6 @@ class JobTable:
     def trim(self) -> None:
         """Dicts never shrink as entries go: copy the indexes to their present size (after a burst)."""
         self.jobs = dict(self.jobs)
+        self.retried = {i for i in self.retried if i in self.jobs}
         self.unique = dict(self.unique)
         self.ready = collections.defaultdict(list, {q: h for q, h in self.ready.items() if h})
