@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import heapq
-import itertools
 import time
 from collections.abc import Callable
 
@@ -19,6 +18,7 @@ from ..log import JobEvents
 from ..protocol import Result, to_json
 from ..states import FINAL, JobState
 from ..usage import describe as describe_usage
+from .listing import page
 from .records import CHAIN, MAX_JOB_ID, RESTING, JobRecord
 from .store import Store
 
@@ -31,7 +31,6 @@ ON_WORKER = (ASSIGNED, RUNNING)  # handed to a worker: waiting in its inbox, or 
 WAITING = (DELAYED, FAILED)  # wait for their run_at
 CANCELLABLE = (QUEUED, DELAYED, FAILED, ASSIGNED, RUNNING, DEFERRED)
 RETRYABLE = (DEAD, CANCELLED, FAILED)
-OPEN = frozenset(s.value for s in JobState) - FINAL  # the states of the jobs in JobTable.jobs
 
 
 class InvalidTransition(Exception):
@@ -54,14 +53,9 @@ class JobTable:
 
     def load(self) -> None:
         """Rebuild the table from the store: at start, and after a failed commit."""
-        self.jobs.clear()
-        self.retried.clear()
-        self.ready.clear()
-        self.delayed.clear()
-        self.counts.clear()
-        self.unique.clear()
-        self.running_in.clear()
-        self.deferred.clear()
+        for index in (self.jobs, self.retried, self.ready, self.delayed, self.counts, self.unique, self.running_in,
+                      self.deferred):
+            index.clear()
         self.counts.update(self.store.count_final())
         for job in self.store.open_jobs():
             self._index(job)
@@ -86,27 +80,8 @@ class JobTable:
 
     def query(self, state: str | None, queue: str | None, task: str | None, limit: int,
               after: int | None = None) -> list[JobRecord]:
-        """Up to `limit` jobs that match, newest first, each as the table has it now; `after`: ids below it. An
-        open state from memory (the store has no index on state: records.py), the others from the store."""
-        if state in OPEN:
-            return self._open_page(state, queue, task, limit, after or MAX_JOB_ID + 1)
-        return [self.jobs.get(j.id) or j for j in self.store.query(state, queue, task, limit, after)]
-
-    def _open_page(self, state: str, queue: str | None, task: str | None, limit: int, top: int) -> list[JobRecord]:
-        """The page from memory: self.jobs read backwards is newest first (but for the retried jobs, taken
-        apart), so the walk stops at `limit` matches. Of 100,000 queued jobs the first page reads 20, one 50,000
-        deep skips the newer in C (3 ms); heapq.nlargest over all of them took 13-20 ms of tq-host's loop."""
-        def matches(j: JobRecord) -> bool:
-            return j.state == state and j.id < top and (not queue or j.queue == queue) and (not task or j.task == task)
-
-        page: list[int] = []
-        for job_id in itertools.dropwhile(top.__le__, reversed(self.jobs)):
-            if len(page) >= limit:
-                break
-            if job_id not in self.retried and matches(self.jobs[job_id]):
-                page.append(job_id)
-        page += [i for i in self.retried if i in self.jobs and matches(self.jobs[i])]
-        return [self.jobs[i] for i in heapq.nlargest(limit, page)]
+        """Up to `limit` jobs that match, newest first, each as the table has it now; `after`: ids below it."""
+        return page(self.jobs, self.retried, self.store.query, state, queue, task, limit, after)
 
     def running_on(self, instance: str) -> set[int]:
         return {j.id for j in self.jobs.values() if j.state in ON_WORKER and j.worker == instance}

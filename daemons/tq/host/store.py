@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from ..ownership import restrict
 from ..states import FINAL
+from .listing import stored_page
 from .records import (
     COLUMNS,
     FRESH_ROW,
@@ -44,7 +45,6 @@ from .records import (
 
 COMMIT_TIMES_KEPT = 512  # commit times kept (commit_seconds) before they are handed to on_commit_seconds
 _FINAL_SQL = ",".join(f"'{s}'" for s in sorted(FINAL))  # the SQL list of final states
-_SELECT = f"SELECT {','.join(f'jobs.{c}' for c in COLUMNS)} FROM "  # (jobs. : the same in a join with resting)
 
 
 class StoreError(Exception):
@@ -231,31 +231,9 @@ class Store:
 
     def query(self, state: str | None = None, queue: str | None = None, task: str | None = None,
               limit: int = 50, after: int | None = None) -> list[JobRecord]:
-        """Up to `limit` jobs that match, newest first; `after`: only ids below it (the next page).
-
-        A resting state (dead, cancelled) is read down its rows in the table resting: a page costs its own rows
-        (and the others that match state but not queue or task). Any other is read down the primary key from
-        `after`: a page deep in the store costs the rows from there to its last one, not those before it; with
-        a filter that few jobs match, the rows between them too (see records.py: done is most of the store, and
-        JobTable answers the open states from memory)."""
+        """Up to `limit` jobs that match, newest first; `after`: only ids below it (listing.stored_page)."""
         self.flush()
-        where: list[str] = []
-        params: list[object] = []
-        source, key = "jobs", "jobs.id"
-        if state in RESTING:  # (CROSS JOIN: resting is the outer loop, read down its (state, id) key)
-            source, key = "resting CROSS JOIN jobs ON jobs.id = resting.id", "resting.id"
-            where.append("resting.state=?")
-            params.append(state)
-            state = None
-        for column, value in (("jobs.state", state), ("jobs.queue", queue), ("jobs.task", task), (key, after)):
-            if value:
-                where.append(f"{column}<?" if column == key else f"{column}=?")
-                params.append(value)
-        sql = _SELECT + source
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY {key} DESC LIMIT ?"
-        return [record(r) for r in self.db.execute(sql, (*params, limit))]
+        return stored_page(self.db, state, queue, task, limit, after)
 
     def count_final(self) -> dict[str, int]:
         self.flush()
