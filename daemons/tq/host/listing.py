@@ -39,14 +39,14 @@ def open_page(jobs: dict[int, JobRecord], retried: set[int], state: str, queue: 
     def matches(j: JobRecord) -> bool:
         return j.state == state and j.id < top and (not queue or j.queue == queue) and (not task or j.task == task)
 
-    page: list[int] = []
+    found: list[int] = []
     for job_id in itertools.dropwhile(top.__le__, reversed(jobs)):
-        if len(page) >= limit:
+        if len(found) >= limit:
             break
         if job_id not in retried and matches(jobs[job_id]):
-            page.append(job_id)
-    page += [i for i in retried if i in jobs and matches(jobs[i])]
-    return [jobs[i] for i in heapq.nlargest(limit, page)]
+            found.append(job_id)
+    found += [i for i in retried if i in jobs and matches(jobs[i])]
+    return [jobs[i] for i in heapq.nlargest(limit, found)]
 
 
 def stored_page(db: sqlite3.Connection, state: str | None, queue: str | None, task: str | None, limit: int,
