@@ -7,6 +7,7 @@ import http.client
 import json
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -150,3 +151,43 @@ def test_host_down_is_503_json_and_the_gateway_recovers(suite: Suite, gw: Gatewa
     assert "tq-host is not reachable" in a.json["error"]["message"]
     suite.host()
     wait_until(lambda: request(gw, "GET", "/api/v1/status").status == 200, what="the gateway back")
+
+
+def test_many_requests_in_flight_share_one_host_connection(gw: Gateway) -> None:
+    """Requests that wait (a job's outcome) do not hold up the others on the same multiplexed link."""
+    (slow,) = request(gw, "POST", "/api/v1/jobs", {"task": "held", "delay": "1h"}).json["ids"]
+    with ThreadPoolExecutor(8) as pool:
+        waiting = [pool.submit(request, gw, "GET", f"/api/v1/jobs/{slow}?wait=3s") for _ in range(4)]
+        quick = [pool.submit(request, gw, "POST", "/api/v1/jobs?wait=10s", {"task": "echo", "args": [i]})
+                 for i in range(4)]
+        assert all(f.result().json["job"]["state"] == "done" for f in quick)
+        assert not any(f.done() for f in waiting)  # the waits are still held while the quick ones came back
+        assert all(f.result().json["job"]["state"] == "delayed" for f in waiting)
+
+
+def test_without_a_token_the_answer_is_401_with_a_challenge(suite: Suite) -> None:
+    suite.start(workers=0)
+    gw = suite.gateway()
+    a = request(gw, "GET", "/api/v1/status")
+    assert (a.status, a.code) == (401, "unauthorized"), a.raw
+    assert a.headers["WWW-Authenticate"] == 'Bearer realm="tq", Basic realm="tq"'
+    a = request(gw, "GET", "/metrics")
+    assert a.status == 401
+
+
+def test_metrics_public_needs_no_token(suite: Suite) -> None:
+    suite.write_config("[gateway]\nmetrics_public = true\n")
+    suite.start(workers=0)
+    gw = suite.gateway()
+    a = request(gw, "GET", "/metrics")
+    assert a.status == 200 and b"# TYPE" in a.raw, a.raw
+    assert request(gw, "GET", "/api/v1/status").status == 401
+
+
+def test_many_bad_tokens_from_one_address_are_answered_429(suite: Suite) -> None:
+    suite.start(workers=0)
+    gw = suite.gateway()
+    statuses = [request(gw, "GET", "/api/v1/status", token="x" * 600 + str(i)).status for i in range(25)]
+    assert statuses[:20] == [401] * 20 and statuses[20:] == [429] * 5, statuses
+    a = request(gw, "GET", "/api/v1/status", token="x" * 600)
+    assert a.status == 429 and int(a.headers["Retry-After"]) > 0
