@@ -191,3 +191,105 @@ def test_many_bad_tokens_from_one_address_are_answered_429(suite: Suite) -> None
     assert statuses[:20] == [401] * 20 and statuses[20:] == [429] * 5, statuses
     a = request(gw, "GET", "/api/v1/status", token="x" * 600)
     assert a.status == 429 and int(a.headers["Retry-After"]) > 0
+
+
+class Stream:
+    """An SSE client: the events (and `missed` notices) read off one GET /api/v1/events."""
+
+    def __init__(self, gw: Gateway, query: str = "", headers: dict[str, str] | None = None) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
+        self.conn.request("GET", f"/api/v1/events{query}", headers={"Accept": "text/event-stream", **(headers or {})})
+        self.resp = self.conn.getresponse()
+
+    def next(self) -> tuple[str, dict[str, Any], str]:
+        """(event kind, data, id) of the next event; comment lines are skipped."""
+        kind, data, ident = "message", "", ""
+        while True:
+            line = self.resp.readline().decode()
+            assert line, "the stream ended"
+            line = line.rstrip("\n")
+            if not line:
+                if data:
+                    return kind, json.loads(data), ident
+                continue
+            name, _, value = line.partition(": ")
+            if name == "event":
+                kind = value
+            elif name == "data":
+                data += value
+            elif name == "id":
+                ident = value
+
+    def until(self, predicate: Any) -> list[dict[str, Any]]:
+        seen = []
+        while True:
+            _, data, _ = self.next()
+            seen.append(data)
+            if predicate(data):
+                return seen
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def host_subscribers(suite: Suite) -> int:
+    return int(suite.client().metrics()["events"]["subscribers"])
+
+
+def test_sse_follows_with_filters_on_one_host_subscription(suite: Suite, gw: Gateway) -> None:
+    everything, one_job = Stream(gw), None
+    try:
+        assert everything.resp.status == 200 and everything.resp.headers["Content-Type"] == "text/event-stream"
+        wait_until(lambda: host_subscribers(suite) == 1, what="the gateway's subscription")
+        (first,) = request(gw, "POST", "/api/v1/jobs", {"task": "held", "delay": "1h"}).json["ids"]
+        one_job = Stream(gw, f"?job={first}&recent=10")
+        assert one_job.next()[1]["event"] == "submitted"  # the replay
+        request(gw, "POST", "/api/v1/jobs", {"task": "other"})
+        request(gw, "POST", f"/api/v1/jobs/{first}/cancel")
+        seen = everything.until(lambda e: e.get("event") == "cancelled")
+        assert {e.get("task") for e in seen} >= {"held", "other"}
+        cancelled = one_job.next()[1]
+        assert (cancelled["event"], cancelled["job"], cancelled["task"]) == ("cancelled", first, "held")
+        assert host_subscribers(suite) == 1  # two followers, one subscription
+    finally:
+        everything.close()
+        if one_job is not None:
+            one_job.close()
+    wait_until(lambda: host_subscribers(suite) == 0, what="the subscription closed with its last follower")
+
+
+def test_sse_resumes_after_last_event_id(gw: Gateway) -> None:
+    """A follower back with Last-Event-ID (or ?after=) is replayed the events after that one, not those before.
+    (tq-host compares unrounded times with the rounded one given: an event of the same instant may come again.)"""
+    (job_id,) = request(gw, "POST", "/api/v1/jobs?wait=10s", {"task": "echo"}).json["ids"]
+    s = Stream(gw, f"?job={job_id}&recent=100")
+    try:
+        everything = s.until(lambda e: e.get("event") == "done")
+    finally:
+        s.close()
+    assert everything[0]["event"] == "submitted" and len({e["ts"] for e in everything}) > 1
+    for query, headers in [(f"?job={job_id}&after={everything[0]['ts']}", {}),
+                           (f"?job={job_id}", {"Last-Event-ID": str(everything[0]["ts"])})]:
+        s = Stream(gw, query, headers)
+        try:
+            kind, data, ident = s.next()
+            resumed = [data, *s.until(lambda e: e.get("event") == "done")] if data["event"] != "done" else [data]
+        finally:
+            s.close()
+        assert kind == "message" and ident == str(data["ts"]) and data["ts"] >= everything[0]["ts"]
+        assert "submitted" not in [e["event"] for e in resumed if e["ts"] > everything[0]["ts"]]
+        assert resumed == everything[len(everything) - len(resumed):]
+
+
+def test_sse_past_max_subscribers_is_503(suite: Suite) -> None:
+    suite.write_config("[gateway]\nmax_subscribers = 1\n")
+    suite.start(workers=0)
+    gw = suite.gateway(env=ANONYMOUS)
+    s = Stream(gw)
+    try:
+        assert s.resp.status == 200
+        a = request(gw, "GET", "/api/v1/events", headers={"Accept": "text/event-stream"})
+        assert (a.status, a.code) == (503, "unavailable"), a.raw
+        assert request(gw, "GET", "/api/v1/events?limit=5").status == 200  # the JSON list is no stream
+    finally:
+        s.close()

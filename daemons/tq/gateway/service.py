@@ -27,6 +27,7 @@ from .app import Parts, RouteTable, Settings, make_app
 from .auth import Auth, Failures
 from .hostlink import HostLinks
 from .limits import GuardedSite, Limits
+from .live import Hub, Live
 
 LISTEN_FDS_START = 3  # systemd's first passed descriptor (sd_listen_fds(3))
 PROBE_EVERY = 5.0  # seconds between the gateway's pings of tq-host (STATUS= says whether it answers)
@@ -78,6 +79,7 @@ class Gateway:
         links = HostLinks(cfg.host.socket, cfg.gateway.host_connections, logger)
         self.parts = Parts(self.settings, links, Auth(links, Failures(), anonymous),
                            Limits(self.settings.gateway), logger)
+        self.hub = Hub(self.parts)
         self.notifier = Notifier()
         self.stop = asyncio.Event()
         self.reload_requested = asyncio.Event()
@@ -85,7 +87,7 @@ class Gateway:
 
     def tables(self) -> list[RouteTable]:
         """The route tables the application serves."""
-        return [Api(self.parts)]
+        return [Api(self.parts), Live(self.parts, self.hub)]
 
     async def serve(self) -> int:
         cfg = self.settings.gateway()
@@ -104,6 +106,7 @@ class Gateway:
             await self._loop()
         finally:
             self.notifier.stopping()
+            self.hub.close()  # the event streams end, so that the runner's cleanup need not wait for them
             self.parts.links.close()
             await runner.cleanup()
         return 0
@@ -146,7 +149,8 @@ class Gateway:
         self.host_up = up
 
     def status_text(self) -> str:
-        return (f"{self.parts.limits.connections} connection(s), {len(self.parts.links)} token(s) in use, "
+        return (f"{self.parts.limits.connections} connection(s), {len(self.hub.followers)} event stream(s), "
+                f"{len(self.parts.links)} token(s) in use, "
                 f"tq-host {'up' if self.host_up else 'not reachable'}")
 
     def reload(self) -> None:
