@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import xmlrpc.client
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -293,3 +294,58 @@ def test_sse_past_max_subscribers_is_503(suite: Suite) -> None:
         assert request(gw, "GET", "/api/v1/events?limit=5").status == 200  # the JSON list is no stream
     finally:
         s.close()
+
+
+FAILING = '\n[tasks.boom]\npython = "tq_test_handlers:fail"\nretries = 0\n'
+
+
+@pytest.fixture
+def rpc_gw(suite: Suite) -> Gateway:
+    suite.write_config(FAILING)
+    suite.start(workers=1)
+    return suite.gateway(env=ANONYMOUS)
+
+
+def test_xmlrpc_submit_call_get_status(rpc_gw: Gateway) -> None:
+    proxy = xmlrpc.client.ServerProxy(f"{rpc_gw.url}/RPC2")
+    job_id = proxy.submit("echo", ["a", 1])
+    assert isinstance(job_id, int)
+    assert proxy.call("echo", ["x", "y"]) is not None
+    job = proxy.get(job_id)
+    assert job["id"] == job_id and job["task"] == "echo" and "payload" not in job  # None: left out
+    assert "states" in proxy.status()
+    assert proxy.call("echo", ["big"], {"priority": 5}) is not None
+
+
+def test_xmlrpc_a_failing_job_is_a_fault_naming_it(rpc_gw: Gateway) -> None:
+    proxy = xmlrpc.client.ServerProxy(f"{rpc_gw.url}/RPC2")
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        proxy.call("boom", ["it broke"])
+    assert e.value.faultCode == 1
+    assert "boom" in e.value.faultString and "dead" in e.value.faultString and "it broke" in e.value.faultString
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        proxy.get(999999)
+    assert e.value.faultCode == 5 and "no job 999999" in e.value.faultString
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        proxy.nosuch()
+    assert e.value.faultCode == 2
+
+
+def test_xmlrpc_refuses_a_doctype_before_parsing(rpc_gw: Gateway) -> None:
+    laughs = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]>'
+              b"<methodCall><methodName>&b;</methodName></methodCall>")
+    a = request(rpc_gw, "POST", "/RPC2", laughs, headers={"Content-Type": "text/xml"})
+    assert a.status == 200
+    with pytest.raises(xmlrpc.client.Fault, match="DOCTYPE"):
+        xmlrpc.client.loads(a.raw)
+    a = request(rpc_gw, "POST", "/RPC2", b"<methodCall><oops", headers={"Content-Type": "text/xml"})
+    with pytest.raises(xmlrpc.client.Fault, match="not an XML-RPC call"):
+        xmlrpc.client.loads(a.raw)
+
+
+def test_xmlrpc_needs_a_token_as_basic_auth_password(suite: Suite) -> None:
+    suite.start(workers=0)
+    gw = suite.gateway()
+    with pytest.raises(xmlrpc.client.ProtocolError) as e:
+        xmlrpc.client.ServerProxy(f"{gw.url}/RPC2").status()
+    assert e.value.errcode == 401

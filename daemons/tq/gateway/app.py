@@ -89,15 +89,20 @@ def _errors(parts: Parts) -> Any:
     return middleware
 
 
-async def read_json(request: web.Request, allowed: Iterable[str], timeout: float) -> dict[str, Any]:
-    """A request's JSON object body ({} when empty), read within `timeout` seconds (a slow body is dropped); a
-    field not in `allowed` is refused, named."""
+async def read_body(request: web.Request, timeout: float) -> bytes:
+    """A request's body, read within `timeout` seconds: a slow one is answered 408 and its connection closed."""
     try:
         async with asyncio.timeout(timeout):
-            raw = await request.read()
+            return await request.read()
     except TimeoutError:
         request.protocol.force_close()
         raise errors.Refusal("bad_request", f"the request body did not arrive within {timeout:g}s", 408) from None
+
+
+async def read_json(request: web.Request, allowed: Iterable[str], timeout: float) -> dict[str, Any]:
+    """A request's JSON object body ({} when empty; read_body's deadline); a field not in `allowed` is refused,
+    named."""
+    raw = await read_body(request, timeout)
     if not raw.strip():
         return {}
     try:

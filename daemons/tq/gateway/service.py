@@ -28,6 +28,7 @@ from .auth import Auth, Failures
 from .hostlink import HostLinks
 from .limits import GuardedSite, Limits
 from .live import Hub, Live
+from .xmlrpc import XmlRpc
 
 LISTEN_FDS_START = 3  # systemd's first passed descriptor (sd_listen_fds(3))
 PROBE_EVERY = 5.0  # seconds between the gateway's pings of tq-host (STATUS= says whether it answers)
@@ -87,7 +88,7 @@ class Gateway:
 
     def tables(self) -> list[RouteTable]:
         """The route tables the application serves."""
-        return [Api(self.parts), Live(self.parts, self.hub)]
+        return [Api(self.parts), Live(self.parts, self.hub), XmlRpc(self.parts)]
 
     async def serve(self) -> int:
         cfg = self.settings.gateway()
