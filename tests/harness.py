@@ -4,6 +4,8 @@ systemd's NOTIFY_SOCKET so callers await READY=1, STATUS=... instead of sleeping
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import resource
 import shutil
@@ -136,6 +138,40 @@ class Gateway:
     def __init__(self, daemon: Daemon, port: int) -> None:
         self.daemon, self.port = daemon, port
         self.url = f"http://127.0.0.1:{port}"
+
+
+ANONYMOUS = {"TQ_GATEWAY_TEST_ANONYMOUS": "1"}  # the gateway acts as itself, asks no token
+
+
+class Answer:
+    def __init__(self, status: int, headers: http.client.HTTPMessage, body: bytes) -> None:
+        self.status, self.headers, self.raw = status, headers, body
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.raw)
+
+    @property
+    def code(self) -> str:
+        return str(self.json["error"]["code"])
+
+
+def request(gw: Gateway, method: str, path: str, body: Any = None, token: str | None = None,
+            headers: dict[str, str] | None = None, timeout: float = 30) -> Answer:
+    """One HTTP request to tq-gateway: a body that is not bytes is sent as JSON."""
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=timeout)
+    try:
+        sent = dict(headers or {})
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        if data is not None:
+            sent.setdefault("Content-Type", "application/json")
+        conn.request(method, path, body=data, headers=sent)
+        resp = conn.getresponse()
+        return Answer(resp.status, resp.headers, resp.read())
+    finally:
+        conn.close()
 
 
 class Suite:

@@ -13,39 +13,7 @@ from typing import Any
 
 import pytest
 
-from harness import Gateway, Suite, wait_until
-
-ANONYMOUS = {"TQ_GATEWAY_TEST_ANONYMOUS": "1"}
-
-
-class Answer:
-    def __init__(self, status: int, headers: http.client.HTTPMessage, body: bytes) -> None:
-        self.status, self.headers, self.raw = status, headers, body
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.raw)
-
-    @property
-    def code(self) -> str:
-        return str(self.json["error"]["code"])
-
-
-def request(gw: Gateway, method: str, path: str, body: Any = None, token: str | None = None,
-            headers: dict[str, str] | None = None, timeout: float = 30) -> Answer:
-    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=timeout)
-    try:
-        sent = dict(headers or {})
-        if token is not None:
-            sent["Authorization"] = f"Bearer {token}"
-        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-        if data is not None:
-            sent.setdefault("Content-Type", "application/json")
-        conn.request(method, path, body=data, headers=sent)
-        resp = conn.getresponse()
-        return Answer(resp.status, resp.headers, resp.read())
-    finally:
-        conn.close()
+from harness import ANONYMOUS, Gateway, Suite, request, wait_until
 
 
 @pytest.fixture

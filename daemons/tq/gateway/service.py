@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .. import config, configload
 from ..control import RequestError
@@ -72,6 +73,22 @@ def tls_context(cfg: config.GatewayConfig) -> ssl.SSLContext | None:
     return context
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a traceback for each request it cannot parse (an unknown method, a bad header), which it has
+    answered 400 already: a flood of them would be a flood of the journal. They are counted instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and (error.code or 400) < 500:
+            self.count += 1
+            return False
+        return True
+
+
 class Gateway:
     def __init__(self, cfg: config.Config, config_path: str | None, logger: logging.Logger,
                  anonymous: bool = False) -> None:
@@ -81,6 +98,8 @@ class Gateway:
         self.parts = Parts(self.settings, links, Auth(links, Failures(), anonymous),
                            Limits(self.settings.gateway), logger)
         self.hub = Hub(self.parts)
+        self.malformed = MalformedRequests()
+        logging.getLogger("aiohttp.server").addFilter(self.malformed)
         self.notifier = Notifier()
         self.stop = asyncio.Event()
         self.reload_requested = asyncio.Event()
@@ -151,7 +170,7 @@ class Gateway:
 
     def status_text(self) -> str:
         return (f"{self.parts.limits.connections} connection(s), {len(self.hub.followers)} event stream(s), "
-                f"{len(self.parts.links)} token(s) in use, "
+                f"{len(self.parts.links)} token(s) in use, {self.malformed.count} malformed request(s), "
                 f"tq-host {'up' if self.host_up else 'not reachable'}")
 
     def reload(self) -> None:
