@@ -6,6 +6,10 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import socket
+import ssl
+import subprocess
+import sys
 import xmlrpc.client
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from harness import ANONYMOUS, Gateway, Suite, request, wait_until
+from harness import ANONYMOUS, Daemon, Gateway, Suite, request, wait_until
 
 
 @pytest.fixture
@@ -317,3 +321,87 @@ def test_xmlrpc_needs_a_token_as_basic_auth_password(suite: Suite) -> None:
     with pytest.raises(xmlrpc.client.ProtocolError) as e:
         xmlrpc.client.ServerProxy(f"{gw.url}/RPC2").status()
     assert e.value.errcode == 401
+
+
+# ---- the daemon: listen by hand, TLS, sd_notify, reload, stop ----------------------------------------------
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return int(s.getsockname()[1])
+
+
+def by_hand(suite: Suite, extra: str, env: dict[str, str] | None = None) -> Daemon:
+    """tq-gateway started as `tq-gateway --config FILE` (no socket from systemd)."""
+    suite.write_config(extra)
+    d = Daemon("gateway-by-hand", [sys.executable, "-m", "tq.gateway", "--config", str(suite.config)],
+               {**suite.env, **ANONYMOUS, **(env or {})}, suite.dir)
+    suite.daemons.append(d)
+    return d
+
+
+def test_by_hand_it_listens_on_gateway_listen_and_stops_cleanly_on_sigterm(suite: Suite) -> None:
+    suite.start(workers=0)
+    port = free_port()
+    d = by_hand(suite, f'[gateway]\nlisten = "127.0.0.1:{port}"\n').ready()
+    status = d.notify.wait_for(lambda m: m.startswith("STATUS="))
+    assert "tq-host up" in status, status
+    gw = Gateway(d, port)
+    assert request(gw, "GET", "/api/v1/ping").status == 200
+    s = Stream(gw)  # an open event stream does not hold up the stop
+    try:
+        d.signal(signal.SIGTERM)
+        assert d.wait(10) == 0
+    finally:
+        s.close()
+    assert "STOPPING=1" in d.notify.messages
+    assert "Traceback" not in d.text()
+
+
+def test_a_bad_configuration_is_one_line_and_exit_2(suite: Suite) -> None:
+    suite.write_config('[gateway]\nlisten = "nowhere"\n')
+    r = subprocess.run([sys.executable, "-m", "tq.gateway", "--config", str(suite.config)], env=suite.env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "gateway.listen" in r.stderr, r.stderr
+
+
+def test_a_port_taken_is_cannot_start_exit_1(suite: Suite) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        suite.write_config(f'[gateway]\nlisten = "127.0.0.1:{port}"\n')
+        r = subprocess.run([sys.executable, "-m", "tq.gateway", "--config", str(suite.config)], env=suite.env,
+                           capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "cannot start: cannot listen on" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_watchdog_pings_and_sighup_reloads(suite: Suite) -> None:
+    suite.start(workers=0)
+    port = free_port()
+    d = by_hand(suite, f'[gateway]\nlisten = "127.0.0.1:{port}"\n', env={"WATCHDOG_USEC": "400000"}).ready()
+    d.notify.wait_for(lambda m: m == "WATCHDOG=1")
+    gw = Gateway(d, port)
+    assert request(gw, "GET", "/metrics").status == 200  # (anonymous)
+    start = len(d.notify.messages)
+    suite.write_config(f'[gateway]\nlisten = "127.0.0.1:{port}"\nmax_wait = "2s"\n')
+    d.signal(signal.SIGHUP)
+    d.notify.wait_for(lambda m: m.startswith("RELOADING=1"), start=start)
+    d.notify.wait_for(lambda m: m == "READY=1", start=start)
+    a = request(gw, "GET", "/api/v1/jobs/1?wait=3s")
+    assert (a.status, a.code) == (400, "bad_request") and "at most 2s" in a.json["error"]["message"], a.raw
+
+
+def test_tls_when_cert_and_key_are_set(suite: Suite) -> None:
+    cert, key = suite.dir / "cert.pem", suite.dir / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    suite.start(workers=0)
+    port = free_port()
+    by_hand(suite, f'[gateway]\nlisten = "127.0.0.1:{port}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n').ready()
+    context = ssl.create_default_context(cafile=str(cert))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        conn.request("GET", "/api/v1/ping")
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
