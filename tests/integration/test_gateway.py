@@ -3,6 +3,7 @@ of its own, driven over HTTP with http.client (docs/gateway.md is what each test
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import signal
@@ -17,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from harness import ANONYMOUS, Daemon, Gateway, Suite, request, wait_until
+from harness import Daemon, Gateway, Suite, request, wait_until
 
 
 @pytest.fixture
 def gw(suite: Suite) -> Iterator[Gateway]:
     suite.start(workers=1)
-    yield suite.gateway(env=ANONYMOUS)
+    yield suite.gateway()
 
 
 def test_submit_get_and_list_a_job(gw: Gateway) -> None:
@@ -141,10 +142,10 @@ def test_many_requests_in_flight_share_one_host_connection(gw: Gateway) -> None:
 def test_without_a_token_the_answer_is_401_with_a_challenge(suite: Suite) -> None:
     suite.start(workers=0)
     gw = suite.gateway()
-    a = request(gw, "GET", "/api/v1/status")
+    a = request(gw, "GET", "/api/v1/status", token=None)
     assert (a.status, a.code) == (401, "unauthorized"), a.raw
     assert a.headers["WWW-Authenticate"] == 'Bearer realm="tq", Basic realm="tq"'
-    a = request(gw, "GET", "/metrics")
+    a = request(gw, "GET", "/metrics", token=None)
     assert a.status == 401
 
 
@@ -152,17 +153,17 @@ def test_metrics_public_needs_no_token(suite: Suite) -> None:
     suite.write_config("[gateway]\nmetrics_public = true\n")
     suite.start(workers=0)
     gw = suite.gateway()
-    a = request(gw, "GET", "/metrics")
+    a = request(gw, "GET", "/metrics", token=None)
     assert a.status == 200 and b"# TYPE" in a.raw, a.raw
-    assert request(gw, "GET", "/api/v1/status").status == 401
+    assert request(gw, "GET", "/api/v1/status", token=None).status == 401
 
 
 def test_many_bad_tokens_from_one_address_are_answered_429(suite: Suite) -> None:
     suite.start(workers=0)
     gw = suite.gateway()
-    statuses = [request(gw, "GET", "/api/v1/status", token="x" * 600 + str(i)).status for i in range(25)]
+    statuses = [request(gw, "GET", "/api/v1/status", token=f"tq_not-a-token-{i}").status for i in range(25)]
     assert statuses[:20] == [401] * 20 and statuses[20:] == [429] * 5, statuses
-    a = request(gw, "GET", "/api/v1/status", token="x" * 600)
+    a = request(gw, "GET", "/api/v1/status")  # a good token too, from that address: not even asked
     assert a.status == 429 and int(a.headers["Retry-After"]) > 0
 
 
@@ -171,7 +172,9 @@ class Stream:
 
     def __init__(self, gw: Gateway, query: str = "", headers: dict[str, str] | None = None) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
-        self.conn.request("GET", f"/api/v1/events{query}", headers={"Accept": "text/event-stream", **(headers or {})})
+        auth = {"Authorization": f"Bearer {gw.token}"} if gw.token else {}
+        self.conn.request("GET", f"/api/v1/events{query}", headers={"Accept": "text/event-stream", **auth,
+                                                                    **(headers or {})})
         self.resp = self.conn.getresponse()
 
     def next(self) -> tuple[str, dict[str, Any], str]:
@@ -257,7 +260,7 @@ def test_sse_resumes_after_last_event_id(gw: Gateway) -> None:
 def test_sse_past_max_subscribers_is_503(suite: Suite) -> None:
     suite.write_config("[gateway]\nmax_subscribers = 1\n")
     suite.start(workers=0)
-    gw = suite.gateway(env=ANONYMOUS)
+    gw = suite.gateway()
     s = Stream(gw)
     try:
         assert s.resp.status == 200
@@ -275,11 +278,11 @@ FAILING = '\n[tasks.boom]\npython = "tq_test_handlers:fail"\nretries = 0\n'
 def rpc_gw(suite: Suite) -> Gateway:
     suite.write_config(FAILING)
     suite.start(workers=1)
-    return suite.gateway(env=ANONYMOUS)
+    return suite.gateway()
 
 
 def test_xmlrpc_submit_call_get_status(rpc_gw: Gateway) -> None:
-    proxy = xmlrpc.client.ServerProxy(f"{rpc_gw.url}/RPC2")
+    proxy = xmlrpc.client.ServerProxy(rpc_gw.rpc_url())
     job_id = proxy.submit("echo", ["a", 1])
     assert isinstance(job_id, int)
     assert proxy.call("echo", ["x", "y"]) is not None
@@ -290,7 +293,7 @@ def test_xmlrpc_submit_call_get_status(rpc_gw: Gateway) -> None:
 
 
 def test_xmlrpc_a_failing_job_is_a_fault_naming_it(rpc_gw: Gateway) -> None:
-    proxy = xmlrpc.client.ServerProxy(f"{rpc_gw.url}/RPC2")
+    proxy = xmlrpc.client.ServerProxy(rpc_gw.rpc_url())
     with pytest.raises(xmlrpc.client.Fault) as e:
         proxy.call("boom", ["it broke"])
     assert e.value.faultCode == 1
@@ -321,6 +324,10 @@ def test_xmlrpc_needs_a_token_as_basic_auth_password(suite: Suite) -> None:
     with pytest.raises(xmlrpc.client.ProtocolError) as e:
         xmlrpc.client.ServerProxy(f"{gw.url}/RPC2").status()
     assert e.value.errcode == 401
+    with pytest.raises(xmlrpc.client.ProtocolError) as e:
+        xmlrpc.client.ServerProxy(gw.rpc_url("tq_wrong")).status()
+    assert e.value.errcode == 401
+    assert "states" in xmlrpc.client.ServerProxy(gw.rpc_url()).status()
 
 
 # ---- the daemon: listen by hand, TLS, sd_notify, reload, stop ----------------------------------------------
@@ -334,7 +341,7 @@ def by_hand(suite: Suite, extra: str, env: dict[str, str] | None = None) -> Daem
     """tq-gateway started as `tq-gateway --config FILE` (no socket from systemd)."""
     suite.write_config(extra)
     d = Daemon("gateway-by-hand", [sys.executable, "-m", "tq.gateway", "--config", str(suite.config)],
-               {**suite.env, **ANONYMOUS, **(env or {})}, suite.dir)
+               {**suite.env, **(env or {})}, suite.dir)
     suite.daemons.append(d)
     return d
 
@@ -345,7 +352,7 @@ def test_by_hand_it_listens_on_gateway_listen_and_stops_cleanly_on_sigterm(suite
     d = by_hand(suite, f'[gateway]\nlisten = "127.0.0.1:{port}"\n').ready()
     status = d.notify.wait_for(lambda m: m.startswith("STATUS="))
     assert "tq-host up" in status, status
-    gw = Gateway(d, port)
+    gw = Gateway(d, port, suite.token())
     assert request(gw, "GET", "/api/v1/ping").status == 200
     s = Stream(gw)  # an open event stream does not hold up the stop
     try:
@@ -379,8 +386,8 @@ def test_watchdog_pings_and_sighup_reloads(suite: Suite) -> None:
     port = free_port()
     d = by_hand(suite, f'[gateway]\nlisten = "127.0.0.1:{port}"\n', env={"WATCHDOG_USEC": "400000"}).ready()
     d.notify.wait_for(lambda m: m == "WATCHDOG=1")
-    gw = Gateway(d, port)
-    assert request(gw, "GET", "/metrics").status == 200  # (anonymous)
+    gw = Gateway(d, port, suite.token())
+    assert request(gw, "GET", "/metrics").status == 200
     start = len(d.notify.messages)
     suite.write_config(f'[gateway]\nlisten = "127.0.0.1:{port}"\nmax_wait = "2s"\n')
     d.signal(signal.SIGHUP)
@@ -401,7 +408,58 @@ def test_tls_when_cert_and_key_are_set(suite: Suite) -> None:
     context = ssl.create_default_context(cafile=str(cert))
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
     try:
-        conn.request("GET", "/api/v1/ping")
+        conn.request("GET", "/api/v1/ping", headers={"Authorization": f"Bearer {suite.token()}"})
         assert conn.getresponse().status == 200
     finally:
         conn.close()
+
+
+# ---- tokens: each request acts as the token's user ---------------------------------------------------------
+
+def test_whoami_and_the_token_routes(suite: Suite, gw: Gateway) -> None:
+    a = request(gw, "GET", "/api/v1/whoami")
+    assert a.status == 200 and a.json["user"] == "root" and a.json["read_only"] is False, a.raw
+    a = request(gw, "POST", "/api/v1/tokens", {"name": "ro", "user": "nobody", "read_only": True})
+    assert a.status == 201 and a.json["token"].startswith("tq_"), a.raw
+    ro = a.json["token"]
+    assert "ro" in [t["name"] for t in request(gw, "GET", "/api/v1/tokens").json["tokens"]]
+    a = request(gw, "GET", "/api/v1/whoami", token=ro)
+    assert a.json == {"user": "nobody", "token": "ro", "read_only": True}, a.raw
+    assert request(gw, "GET", "/api/v1/tokens", token=ro).status == 403  # only root and admins manage tokens
+    a = request(gw, "DELETE", "/api/v1/tokens/ro")
+    assert a.status == 200, a.raw
+    a = request(gw, "GET", "/api/v1/whoami", token=ro)  # its connection acted already: cut by the revocation
+    assert (a.status, a.code) == (401, "unauthorized"), a.raw
+    assert request(gw, "DELETE", "/api/v1/tokens/ro").status == 404
+
+
+def test_a_read_only_token_reads_and_changes_nothing(suite: Suite, gw: Gateway) -> None:
+    ro = suite.token("nobody", read_only=True)
+    (job_id,) = request(gw, "POST", "/api/v1/jobs", {"task": "x", "delay": "1h"}).json["ids"]
+    assert request(gw, "GET", f"/api/v1/jobs/{job_id}", token=ro).status == 200
+    for method, path, body in [("POST", "/api/v1/jobs", {"task": "x"}), ("POST", f"/api/v1/jobs/{job_id}/cancel",
+                                                                         None),
+                               ("POST", "/api/v1/queues/default/pause", None)]:
+        a = request(gw, method, path, body, token=ro)
+        assert (a.status, a.code) == (403, "permission"), (path, a.raw)
+        assert "read-only" in a.json["error"]["message"]
+
+
+def test_a_users_token_is_held_to_that_users_access_rules(suite: Suite, gw: Gateway) -> None:
+    nobody = suite.token("nobody")
+    (roots,) = request(gw, "POST", "/api/v1/jobs", {"task": "x", "delay": "1h"}).json["ids"]
+    (theirs,) = request(gw, "POST", "/api/v1/jobs", {"task": "x", "delay": "1h"}, token=nobody).json["ids"]
+    a = request(gw, "POST", f"/api/v1/jobs/{roots}/cancel", token=nobody)
+    assert (a.status, a.code) == (403, "permission"), a.raw
+    assert request(gw, "POST", f"/api/v1/jobs/{theirs}/cancel", token=nobody).status == 200
+    assert request(gw, "GET", f"/api/v1/jobs/{theirs}").json["job"]["submitter"] != 0
+
+
+def test_the_token_in_a_cookie_or_as_basic_password(suite: Suite, gw: Gateway) -> None:
+    a = request(gw, "GET", "/api/v1/whoami", token=None, headers={"Cookie": f"tq_token={gw.token}"})
+    assert a.status == 200 and a.json["user"] == "root", a.raw
+    basic = base64.b64encode(f"anyone:{gw.token}".encode()).decode()
+    a = request(gw, "GET", "/api/v1/whoami", token=None, headers={"Authorization": f"Basic {basic}"})
+    assert a.status == 200, a.raw
+    a = request(gw, "GET", "/api/v1/whoami", token="tq_unknown")
+    assert (a.status, a.code) == (401, "unauthorized") and "WWW-Authenticate" in a.headers, a.raw

@@ -90,12 +90,11 @@ class MalformedRequests(logging.Filter):
 
 
 class Gateway:
-    def __init__(self, cfg: config.Config, config_path: str | None, logger: logging.Logger,
-                 anonymous: bool = False) -> None:
+    def __init__(self, cfg: config.Config, config_path: str | None, logger: logging.Logger) -> None:
         self.config_path, self.logger = config_path, logger
         self.settings = Settings(cfg)
         links = HostLinks(cfg.host.socket, cfg.gateway.host_connections, logger)
-        self.parts = Parts(self.settings, links, Auth(links, Failures(), anonymous),
+        self.parts = Parts(self.settings, links, Auth(links, Failures()),
                            Limits(self.settings.gateway), logger)
         self.hub = Hub(self.parts)
         self.malformed = MalformedRequests()

@@ -43,8 +43,8 @@ class XmlRpc:
         return [web.post("/RPC2", self.rpc)]
 
     async def rpc(self, request: web.Request) -> web.Response:
-        raw = await read_body(request, self.parts.settings.gateway().request_timeout)
         link = await self.parts.auth.link(request)  # 401 (with its challenge) is HTTP's: ServerProxy says it
+        raw = await read_body(request, self.parts.settings.gateway().request_timeout)
         try:
             params, method = self._parse(raw)
             result = await self._dispatch(link, method, params)
