@@ -463,3 +463,20 @@ def test_the_token_in_a_cookie_or_as_basic_password(suite: Suite, gw: Gateway) -
     assert a.status == 200, a.raw
     a = request(gw, "GET", "/api/v1/whoami", token="tq_unknown")
     assert (a.status, a.code) == (401, "unauthorized") and "WWW-Authenticate" in a.headers, a.raw
+
+
+def test_list_pages_with_after_and_a_wait_past_its_time_is_504(gw: Gateway) -> None:
+    ids = request(gw, "POST", "/api/v1/jobs", {"jobs": [{"task": "page", "delay": "1h"}] * 5}).json["ids"]
+    first = request(gw, "GET", "/api/v1/jobs?task=page&limit=2").json["jobs"]
+    assert [j["id"] for j in first] == ids[::-1][:2]
+    rest = request(gw, "GET", f"/api/v1/jobs?task=page&limit=10&after={first[-1]['id']}").json["jobs"]
+    assert [j["id"] for j in rest] == ids[::-1][2:]
+    a = request(gw, "POST", "/api/v1/jobs?wait=0.3s", {"task": "later", "delay": "1h"})
+    assert (a.status, a.code) == (504, "timeout"), a.raw
+    assert "did not finish in time" in a.json["error"]["message"]
+    a = request(gw, "POST", "/api/v1/wait", {"id": ids[0], "timeout": "0.2s"})
+    assert (a.status, a.code) == (504, "timeout"), a.raw
+    events = request(gw, "GET", "/api/v1/events?task=page").json["events"]
+    assert len(events) == 5
+    later = request(gw, "GET", f"/api/v1/events?task=page&after={events[0]['ts'] - 1}").json["events"]
+    assert [e for e in later if "event" in e] == events  # (after the host's start: told what it cannot know)

@@ -148,9 +148,11 @@ class Live:
     async def events(self, request: web.Request) -> web.StreamResponse:
         if "text/event-stream" in request.headers.get("Accept", ""):
             return await self.stream(request)
-        params = query(request, ("job", "task", "queue", "limit"))
+        params = query(request, ("job", "task", "queue", "limit", "after"))
         f = _filter(params)
         fields: dict[str, Any] = f.fields() | ({"limit": whole(params["limit"], "limit")} if "limit" in params else {})
+        if params.get("after"):
+            fields["after"] = _after(params["after"])
         return web.json_response(await (await self.parts.auth.link(request)).call("events", **fields))
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
