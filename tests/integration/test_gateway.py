@@ -480,3 +480,12 @@ def test_list_pages_with_after_and_a_wait_past_its_time_is_504(gw: Gateway) -> N
     assert len(events) == 5
     later = request(gw, "GET", f"/api/v1/events?task=page&after={events[0]['ts'] - 1}").json["events"]
     assert [e for e in later if "event" in e] == events  # (after the host's start: told what it cannot know)
+
+
+def test_a_refused_submit_and_wait_answers_at_once_and_the_link_stays(suite: Suite) -> None:
+    suite.write_config("", echo_catch_all=False)
+    suite.start(workers=0)
+    gw = suite.gateway()
+    a = request(gw, "POST", "/api/v1/jobs?wait=10s", {"task": "nosuch"}, timeout=5)
+    assert (a.status, a.code) == (422, "unknown_task"), a.raw
+    assert request(gw, "GET", "/api/v1/ping").status == 200
