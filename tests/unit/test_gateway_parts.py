@@ -14,12 +14,12 @@ def test_a_follower_behind_is_told_what_it_missed_and_its_queue_stays_bounded() 
     async def scenario() -> list[dict[str, object]]:
         f = Follower(Filter())
         for i in range(QUEUE_SIZE + 500):
-            f.offer({"event": "done", "job": i + 1, "ts": float(i)})
+            f.offer({"event": "done", "job": i + 1, "ts": float(i)}, b"")
         assert f.queue.qsize() == QUEUE_SIZE and f.missed == 500
         got = [f.queue.get_nowait() for _ in range(10)]
-        f.offer({"event": "done", "job": 0, "ts": 1e9})
+        f.offer({"event": "done", "job": 0, "ts": 1e9}, b"")
         rest = [f.queue.get_nowait() for _ in range(f.queue.qsize())]
-        return got + rest
+        return [event for event, _ in got + rest]
 
     seen = asyncio.run(scenario())
     assert seen[-2:] == [{"missed": 500}, {"event": "done", "job": 0, "ts": 1e9}]

@@ -28,6 +28,7 @@ from .hostlink import UNREACHABLE
 QUEUE_SIZE = 1000  # events waiting for one follower; past it they are counted as missed
 PING = 15.0  # seconds between comment lines, so that proxies keep a quiet stream open
 LOOK = 1.0  # seconds between looks whether a quiet stream's client is still there
+BATCH = 500  # events written to a follower at once at most
 WRITE_TIMEOUT = 30.0  # a follower that takes no bytes for this long is dropped
 RETRY = 1.0  # seconds between attempts to subscribe again while tq-host is away
 RECENT_MAX = 1000  # tq-host keeps the last 1000
@@ -54,21 +55,26 @@ class Filter:
         return e.get("queue") == self.queue if job else self.queue in (e.get("queues") or ())
 
 
+Item = tuple[dict[str, Any], bytes]  # an event and its SSE frame (written once, however many followers get it)
+END: Item = ({}, b"")  # the stream ends (the gateway stops)
+
+
 @dataclass(eq=False)
 class Follower:
     filter: Filter
-    queue: asyncio.Queue[dict[str, Any]] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE + 2))
+    queue: asyncio.Queue[Item] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE + 2))
     missed: int = 0
     closed: bool = False
 
-    def offer(self, event: dict[str, Any]) -> None:
+    def offer(self, event: dict[str, Any], frame: bytes) -> None:
         if self.queue.qsize() + (1 if self.missed else 0) >= QUEUE_SIZE:
             self.missed += 1
             return
         if self.missed:
-            self.queue.put_nowait({"missed": self.missed})
+            notice = {"missed": self.missed}
+            self.queue.put_nowait((notice, _frame(notice)))
             self.missed = 0
-        self.queue.put_nowait(event)
+        self.queue.put_nowait((event, frame))
 
 
 class Hub:
@@ -95,7 +101,7 @@ class Hub:
     def close(self) -> None:
         for follower in list(self.followers):
             follower.closed = True
-            follower.queue.put_nowait({})  # (wakes its writer, which then ends; room is kept for it in offer)
+            follower.queue.put_nowait(END)  # (wakes its writer, which then ends; room is kept for it in offer)
         self.followers.clear()
         if self.task is not None:
             self.task.cancel()
@@ -126,16 +132,15 @@ class Hub:
             writer.close()
 
     def _fan_out(self, event: dict[str, Any]) -> None:
-        if "missed" in event:  # tq-host dropped some for the gateway: each follower may have missed them
-            for follower in self.followers:
-                follower.offer(event)
-            return
+        gap = "missed" in event  # tq-host dropped some for the gateway: each follower may have missed them
         ts = event.get("ts")
         if isinstance(ts, (int, float)):
             self.last_ts = float(ts)
+        frame = b""
         for follower in self.followers:
-            if follower.filter.matches(event):
-                follower.offer(event)
+            if gap or follower.filter.matches(event):
+                frame = frame or _frame(event)
+                follower.offer(event, frame)
 
 
 class Live:
@@ -171,7 +176,10 @@ class Live:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
             await resp.prepare(request)
-            await self._send(request, resp, follower, replay)
+            try:
+                await self._send(request, resp, follower, replay)
+            except (TimeoutError, ConnectionError):  # a client that takes nothing, or is gone: dropped
+                request.protocol.force_close()
             return resp
         finally:
             self.hub.leave(follower)
@@ -203,20 +211,26 @@ class Live:
         quiet = 0.0
         while not follower.closed and request.transport is not None:  # (aiohttp 3.8 leaves a gone client's
             try:                                                         # handler running: look every second)
-                event = await asyncio.wait_for(follower.queue.get(), LOOK)
+                items = [await asyncio.wait_for(follower.queue.get(), LOOK)]
             except TimeoutError:
                 quiet += LOOK
                 if quiet >= PING:
                     await _write(resp, b": ping\n\n")
                     quiet = 0.0
                 continue
-            if not event:
+            while not follower.queue.empty() and len(items) < BATCH:  # what waits goes out in one write
+                items.append(follower.queue.get_nowait())
+            if END in items:
                 return
-            ts = event.get("ts")
-            if last is not None and isinstance(ts, (int, float)) and (
-                    ts < last or (ts == last and json.dumps(event, sort_keys=True) in seen)):
-                continue  # told in the replay already
-            await _write(resp, _frame(event))
+            if last is not None:
+                items = [(e, f) for e, f in items if not _replayed(e, last, seen)]
+            await _write(resp, b"".join(f for _, f in items))
+
+
+def _replayed(event: dict[str, Any], last: float, seen: set[str]) -> bool:
+    """Whether the replay, whose last event was at `last`, told this event already."""
+    ts = event.get("ts")
+    return isinstance(ts, (int, float)) and (ts < last or (ts == last and json.dumps(event, sort_keys=True) in seen))
 
 
 async def _write(resp: web.StreamResponse, data: bytes) -> None:
