@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import posix_ipc
 
@@ -85,13 +86,13 @@ class Notify:
 
 
 class Daemon:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], workdir: Path, **popen: Any) -> None:
         self.name = name
         self.notify = Notify(workdir / f"notify-{name}-{uuid.uuid4().hex[:6]}.sock")
         self.log_path = workdir / f"{name}.log"
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, env={**env, "NOTIFY_SOCKET": self.notify.path}, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, **popen)
 
     @property
     def pid(self) -> int:
@@ -127,6 +128,14 @@ def as_from_a_terminal() -> None:
     shell starts a command. A command started in the background by a non-interactive shell (CI's may be one)
     inherits SIGINT ignored, and then Ctrl-C rightly does nothing to it."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class Gateway:
+    """A tq-gateway process and where it listens."""
+
+    def __init__(self, daemon: Daemon, port: int) -> None:
+        self.daemon, self.port = daemon, port
+        self.url = f"http://127.0.0.1:{port}"
 
 
 class Suite:
@@ -178,6 +187,22 @@ stop_timeout = "5s"
         d = Daemon(f"worker{instance}", self._python("tq.worker", instance), {**self.env, **(env or {})}, self.dir)
         self.daemons.append(d)
         return d.ready() if ready else d
+
+    def gateway(self, ready: bool = True, env: dict[str, str] | None = None) -> Gateway:
+        """tq-gateway on a port of its own, socket-activated as systemd would (the test binds port 0 and passes the
+        socket as descriptor 3 with LISTEN_FDS=1 and LISTEN_PID set to the gateway's pid)."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        fd = listener.fileno()
+        activate = (f"import os, sys; os.dup2({fd}, 3); os.environ.update(LISTEN_PID=str(os.getpid()), "
+                    f"LISTEN_FDS='1'); os.execv(sys.executable, sys.argv[1:])")
+        argv = [sys.executable, "-c", activate, *self._python("tq.gateway")]
+        d = Daemon(f"gateway{len(self.daemons)}", argv, {**self.env, **(env or {})}, self.dir, pass_fds=(fd,))
+        self.daemons.append(d)
+        gateway = Gateway(d, listener.getsockname()[1])
+        listener.close()
+        if ready:
+            d.ready()
+        return gateway
 
     def start(self, workers: int = 1) -> tuple[Daemon, list[Daemon]]:
         host = self.host()

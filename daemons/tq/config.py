@@ -67,6 +67,22 @@ class AccessConfig:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    """tq-gateway's (docs/gateway.md): where it listens, TLS, and the bounds that keep a flood from taking it down."""
+
+    listen: str = "127.0.0.1:8790"  # host:port, [v6]:port; systemd's socket (LISTEN_FDS) takes precedence
+    metrics_public: bool = False  # /metrics without a token
+    tls_cert: str = ""  # PEM; with tls_key, HTTPS
+    tls_key: str = ""
+    max_connections: int = 1000  # HTTP connections at once; more are answered 503
+    max_subscribers: int = 500  # SSE streams at once; more are answered 503
+    max_body: int = 8 * 1024 * 1024  # bytes of a request body; more are answered 413
+    max_wait: float = 300.0  # the longest ?wait= (or "timeout") a request may hold a connection
+    request_timeout: float = 10.0  # a request's headers and body must arrive within this, or it is dropped
+    host_connections: int = 100  # connections to tq-host kept for the tokens in use (one each, LRU)
+
+
+@dataclass(frozen=True)
 class QueueConfig:
     name: str
     submit: tuple[str, ...] | None = None  # users and @groups who may submit to it (None: every member of tq)
@@ -166,6 +182,7 @@ class Config:
     queues: dict[str, QueueConfig] = field(default_factory=dict)
     exchanges: dict[str, ExchangeConfig] = field(default_factory=dict)
     schedules: dict[str, ScheduleConfig] = field(default_factory=dict)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
     def worker_for(self, instance: str) -> WorkerConfig:
         """The worker settings of one instance: `[worker]` overridden by `[worker.N]`."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
 from . import cron
@@ -29,6 +29,7 @@ from .config import (
     Binding,
     Config,
     ExchangeConfig,
+    GatewayConfig,
     HostConfig,
     LogConfig,
     MqueueConfig,
@@ -38,7 +39,8 @@ from .config import (
     WorkerConfig,
 )
 from .configfiles import ConfigError as ConfigError  # re-exported: what load raises
-from .configfiles import parse_duration, parse_size, read_files
+from .configfiles import read_files
+from .configreader import Reader as _Reader
 
 if TYPE_CHECKING:
     import logging
@@ -76,100 +78,10 @@ def _value(cfg: Config, key: str) -> Any:
     return getattr(getattr(cfg, section), name)
 
 
-class _Reader:
-    """Reads typed keys out of one table, with errors that name file and key."""
-
-    def __init__(self, table: Any, dotted: str, origin: dict[str, str], files: tuple[str, ...]) -> None:
-        self.dotted, self.origin, self.files = dotted, origin, files
-        if not isinstance(table, dict):
-            raise self.error("", "expected a table")
-        self.table: dict[str, Any] = table
-
-    def error(self, key: str, reason: str) -> ConfigError:
-        full = f"{self.dotted}.{key}" if key and self.dotted else key or self.dotted
-        file = self.origin.get(full) or self.origin.get(self.dotted) or (self.files[0] if self.files else "?")
-        return ConfigError(file, full, reason)
-
-    def check_keys(self, allowed: set[str]) -> None:
-        for key in self.table:
-            if key not in allowed:
-                raise self.error(key, f"unknown key (known keys: {', '.join(sorted(allowed))})")
-
-    def get(self, key: str, kind: type, default: Any) -> Any:
-        if key not in self.table:
-            return default
-        value = self.table[key]
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
-        if not ok:
-            raise self.error(key, f"expected {_type_name(kind)}, got {_type_name(type(value))} {value!r}")
-        return value
-
-    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
-        value: str = self.get(key, str, default)
-        if value not in choices:
-            raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        value: int = self.get(key, int, default)
-        if not low <= value <= high:
-            raise self.error(key, f"must be between {low} and {high}, got {value}")
-        return value
-
-    def duration(self, key: str, default: float, minimum: float = 0.0) -> float:
-        if key not in self.table:
-            return default
-        try:
-            seconds = parse_duration(self.table[key])
-        except ValueError as e:
-            raise self.error(key, str(e)) from None
-        if seconds < minimum:
-            raise self.error(key, f"must be at least {minimum:g}s")
-        return seconds
-
-    def size(self, key: str) -> int | None:
-        if key not in self.table:
-            return None
-        try:
-            return parse_size(self.table[key])
-        except ValueError as e:
-            raise self.error(key, str(e)) from None
-
-    def principals(self, key: str, default: tuple[str, ...] | None,
-                   groups_only: bool = False) -> tuple[str, ...] | None:
-        """A list of user names and @group names (group names alone where `groups_only`)."""
-        value = self.get(key, list, None)
-        if value is None:
-            return default
-        word = r"[a-z_][a-z0-9_.-]{0,31}\$?"
-        pattern = re.compile(word if groups_only else f"@?{word}", re.IGNORECASE)
-        if not all(isinstance(v, str) and pattern.fullmatch(v) for v in value):
-            what = "group names" if groups_only else "user names and @group names"
-            raise self.error(key, f"expected a list of {what}, got {value!r}")
-        return tuple(value)
-
-    def names(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.get(key, list, None)
-        if value is None:
-            return default
-        if not value or not all(isinstance(v, str) and NAME_RE.match(v) for v in value):
-            raise self.error(key, "expected a non-empty list of queue names (letters, digits, _ . -)")
-        return tuple(value)
-
-    def sub(self, key: str) -> _Reader:
-        return _Reader(self.table.get(key, {}), f"{self.dotted}.{key}" if self.dotted else key, self.origin, self.files)
-
-
-def _type_name(kind: type) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-            list: "an array", dict: "a table"}.get(kind, kind.__name__)
-
-
 def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...]) -> Config:
     root = _Reader(data, "", origin, files)
-    root.check_keys({"host", "mqueue", "worker", "log", "tasks", "access", "queues", "exchanges", "schedules"})
+    root.check_keys({"host", "mqueue", "worker", "log", "tasks", "access", "queues", "exchanges", "schedules",
+                     "gateway"})
     host = _host(root.sub("host"))
     mq = _mqueue(root.sub("mqueue"))
     worker_r = root.sub("worker")
@@ -192,7 +104,8 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
     exchanges = {name: _exchange(exchanges_r.sub(name), name) for name in exchanges_r.table}
     schedules_r = root.sub("schedules")
     schedules = {name: _schedule(schedules_r.sub(name), name) for name in schedules_r.table}
-    cfg = Config(files, host, mq, worker, overrides, log, tasks, access, queues, exchanges, schedules)
+    cfg = Config(files, host, mq, worker, overrides, log, tasks, access, queues, exchanges, schedules,
+                 _gateway(root.sub("gateway")))
     _check_routes(cfg, root)
     return cfg
 
@@ -306,6 +219,28 @@ def _host(r: _Reader) -> HostConfig:
         forget_lost=r.duration("forget_lost", d.forget_lost),
         retain_age=r.duration("retain_age", d.retain_age),
         retain_count=r.integer("retain_count", d.retain_count, 0, 10**12),
+    )
+
+
+def _gateway(r: _Reader) -> GatewayConfig:
+    r.check_keys({f.name for f in fields(GatewayConfig)})
+    d = GatewayConfig()
+    listen: str = r.get("listen", str, d.listen)
+    port = re.fullmatch(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]*):(\d{1,5})", listen)
+    if port is None or int(port.group(1)) > 65535:
+        raise r.error("listen", f"expected host:port (\"127.0.0.1:8790\", \"[::1]:8790\", \":8790\" for every "
+                                f"address), got {listen!r}")
+    cert, key = r.get("tls_cert", str, d.tls_cert), r.get("tls_key", str, d.tls_key)
+    if bool(cert) != bool(key):
+        raise r.error("tls_key" if cert else "tls_cert", "tls_cert and tls_key go together (both PEM files)")
+    return GatewayConfig(
+        listen=listen, metrics_public=r.get("metrics_public", bool, d.metrics_public), tls_cert=cert, tls_key=key,
+        max_connections=r.integer("max_connections", d.max_connections, 1, 1_000_000),
+        max_subscribers=r.integer("max_subscribers", d.max_subscribers, 0, 1_000_000),
+        max_body=r.size("max_body") or d.max_body,
+        max_wait=r.duration("max_wait", d.max_wait),
+        request_timeout=r.duration("request_timeout", d.request_timeout, minimum=0.1),
+        host_connections=r.integer("host_connections", d.host_connections, 1, 100_000),
     )
 
 

@@ -7,6 +7,7 @@ and the daemon's loop step does the work (and pings the watchdog).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import selectors
@@ -15,12 +16,20 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from . import config, configload, log, transport
+from . import __version__, config, configload, log, transport
 from .notify import Notifier
 
 
 def ignore(_mask: int) -> None:
     """The callback of a descriptor that only wakes the selector (the loop step reads it)."""
+
+
+def command_line(program: str, description: str) -> argparse.ArgumentParser:
+    """A daemon's command line: --config and --version (also the source of its man page)."""
+    parser = argparse.ArgumentParser(prog=program, description=description)
+    parser.add_argument("--config", help="config file (default: $TQ_CONFIG or /etc/tq/tq.toml)")
+    parser.add_argument("--version", action="version", version=f"{program} {__version__}")
+    return parser
 
 
 def load_config(program: str, path: str | None) -> config.Config | None:

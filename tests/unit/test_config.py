@@ -173,3 +173,21 @@ def test_rates_read_per_second_minute_or_hour(tmp_path: Path) -> None:
     path.write_text('[queues.a]\nrate = "30/m"\n[queues.b]\nrate = 4\n[queues.c]\nrate = "7200/h"\n')
     cfg = configload.load(str(path))
     assert [cfg.queues[q].rate for q in "abc"] == [0.5, 4.0, 2.0]
+
+
+def test_gateway_table_defaults_and_values(tmp_path: Path) -> None:
+    assert configload.load(write(tmp_path, "")).gateway == config.GatewayConfig()
+    cfg = configload.load(write(tmp_path, '[gateway]\nlisten = "[::1]:9000"\nmax_body = "1M"\nmax_wait = "1m"\n'
+                                          'metrics_public = true\n'))
+    assert (cfg.gateway.listen, cfg.gateway.max_body, cfg.gateway.max_wait) == ("[::1]:9000", 1 << 20, 60.0)
+    assert cfg.gateway.metrics_public is True
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('listen = "8790"', "gateway.listen"), ('listen = "host:99999"', "gateway.listen"),
+    ('tls_cert = "/etc/cert.pem"', "gateway.tls_key"), ("max_connections = 0", "gateway.max_connections"),
+    ('max_body = "lots"', "gateway.max_body"), ("colour = 1", "gateway.colour"),
+])
+def test_gateway_table_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(configload.ConfigError, match=re.escape(key)):
+        configload.load(write(tmp_path, f"[gateway]\n{text}\n"))

@@ -28,7 +28,7 @@ import time
 from typing import IO, Any
 
 from .. import __version__, config, control, transport
-from ..daemon import Daemon, StartError, load_config
+from ..daemon import Daemon, StartError, command_line, load_config
 from ..log import Burst
 from .assembly import assemble
 from .store import StoreError
@@ -296,10 +296,7 @@ def _lock_state_dir(state_dir: str) -> IO[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """tq-host's command line (also the source of its man page, tq-host(8))."""
-    parser = argparse.ArgumentParser(prog="tq-host", description="The tq host daemon: keeps and dispatches jobs.")
-    parser.add_argument("--config", help="config file (default: $TQ_CONFIG or /etc/tq/tq.toml)")
-    parser.add_argument("--version", action="version", version=f"tq-host {__version__}")
-    return parser
+    return command_line("tq-host", "The tq host daemon: keeps and dispatches jobs.")
 
 
 def main(argv: list[str] | None = None) -> int:

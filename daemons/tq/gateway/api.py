@@ -1,0 +1,224 @@
+"""The JSON API under /api/v1 (docs/gateway.md): each route a thin map to one tq-host operation.
+
+A handler reads the path, the query and the body (unknown fields refused, named), asks tq-host on the caller's
+link (auth.py) and answers its reply without `ok` and `rid`. Durations are seconds or "10s", "5m", "1h"; a wait
+is at most `[gateway] max_wait`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import partial
+from typing import Any
+
+from aiohttp import web
+
+from ..configfiles import parse_duration
+from ..control import RequestError
+from . import errors
+from .app import Parts, read_json
+from .hostlink import HostLink
+
+V1 = "/api/v1"
+JOB_FIELDS = frozenset(("task", "args", "payload", "queue", "priority", "delay", "at", "timeout", "retries",
+                        "unique", "after"))
+FILTERS = ("state", "task", "queue", "older_than")
+
+
+def job_spec(value: Any, where: str = "the job") -> dict[str, Any]:
+    """One job as submit takes it: submit's fields only, delay and timeout as seconds (tq-host checks the rest)."""
+    if not isinstance(value, dict):
+        raise errors.bad_request(f"{where} must be a JSON object with a \"task\"")
+    for name in value:
+        if name not in JOB_FIELDS:
+            raise errors.bad_request(f"unknown field {str(name)[:60]!r} in {where} (a job takes "
+                                     f"{', '.join(sorted(JOB_FIELDS))})")
+    spec = dict(value)
+    for name in ("delay", "timeout"):
+        if isinstance(spec.get(name), str):
+            spec[name] = seconds(spec[name], f"{where}: {name}")
+    return spec
+
+
+def seconds(value: Any, name: str, most: float | None = None) -> float:
+    """A duration (a number, or "10s", "5m"), at most `most`."""
+    try:
+        value = parse_duration(value)
+    except ValueError as e:
+        raise errors.bad_request(f"{name}: {e}") from None
+    if most is not None and value > most:
+        raise errors.bad_request(f"{name}: at most {most:g}s ([gateway] max_wait)")
+    return float(value)
+
+
+def whole(value: str, name: str, low: int = 0) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise errors.bad_request(f"{name} must be a whole number, not {value[:20]!r}") from None
+    if number < low:
+        raise errors.bad_request(f"{name} must be at least {low}")
+    return number
+
+
+def query(request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
+    """The query's parameters, each once and known (an unknown one is refused, named)."""
+    known = set(allowed)
+    out: dict[str, str] = {}
+    for name, value in request.query.items():
+        if name not in known:
+            raise errors.bad_request(f"unknown parameter {name[:60]!r} (this request takes "
+                                     f"{', '.join(sorted(known)) or 'none'})")
+        if name in out:
+            raise errors.bad_request(f"parameter {name!r} given twice")
+        out[name] = value
+    return out
+
+
+def answer(body: dict[str, Any], status: int = 200) -> web.Response:
+    return web.json_response(body, status=status)
+
+
+class Api:
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post(f"{V1}/jobs", self.submit), web.get(f"{V1}/jobs", self.list),
+            web.get(V1 + "/jobs/{id}", self.get), web.post(f"{V1}/wait", self.wait),
+            *(web.post(f"{V1}/jobs/{op}", partial(self._matching, op=op)) for op in ("cancel", "retry")),
+            *(web.post(V1 + "/jobs/{id}/" + op, partial(self._one, op=op)) for op in ("cancel", "retry")),
+            web.get(f"{V1}/queues", self.simple("queues")),
+            *(web.post(V1 + "/queues/{name}/" + op, partial(self._steer, op=op)) for op in ("pause", "resume")),
+            web.get(f"{V1}/workers", self.simple("workers")),
+            web.delete(V1 + "/workers/{instance}", self.forget_worker),
+            web.get(f"{V1}/schedules", self.simple("schedules")), web.get(f"{V1}/status", self.simple("status")),
+            web.get(f"{V1}/metrics", self.simple("metrics")), web.get(f"{V1}/ping", self.simple("ping")),
+            web.get(f"{V1}/tokens", self.simple("token_list")), web.post(f"{V1}/tokens", self.token_create),
+            web.delete(V1 + "/tokens/{name}", self.token_revoke), web.get(f"{V1}/whoami", self.whoami),
+            web.get("/metrics", self.metrics_text),
+        ]
+
+    async def link(self, request: web.Request) -> HostLink:
+        return await self.parts.auth.link(request)
+
+    def max_wait(self) -> float:
+        return self.parts.settings.gateway().max_wait
+
+    async def body(self, request: web.Request, allowed: Iterable[str]) -> dict[str, Any]:
+        return await read_json(request, allowed, self.parts.settings.gateway().request_timeout)
+
+    def simple(self, op: str) -> Any:
+        """A GET that is the op alone, without parameters."""
+        async def handler(request: web.Request) -> web.Response:
+            query(request, ())
+            return answer(await (await self.link(request)).call(op))
+        return handler
+
+    # ---- jobs ---------------------------------------------------------------
+
+    async def submit(self, request: web.Request) -> web.Response:
+        """One job, `{"jobs": [...], "chain": bool}`, or `{"exchange", "key", "jobs": [one]}`; `?wait=` one job."""
+        params = query(request, ("wait",))
+        raw = await self.body(request, JOB_FIELDS | {"jobs", "chain", "exchange", "key"})
+        link = await self.link(request)
+        fields: dict[str, Any] = {k: raw.pop(k) for k in ("chain", "exchange", "key") if k in raw}
+        if "jobs" in raw:
+            jobs = raw.pop("jobs")
+            if raw:
+                raise errors.bad_request(f"give one job's fields or \"jobs\", not both ({', '.join(sorted(raw))})")
+            if not isinstance(jobs, list) or not jobs:
+                raise errors.bad_request("jobs must be a non-empty list of jobs")
+            fields["jobs"] = [job_spec(j, f"job {i + 1}") for i, j in enumerate(jobs)]
+        else:
+            fields["jobs"] = [job_spec(raw)]
+        if "wait" not in params:
+            reply = await link.call("submit", **fields)
+            return answer(reply, 201)
+        wait = seconds(params["wait"], "wait", self.max_wait())
+        ids, done = await link.call_many("submit", 2, wait, wait_for=wait, **fields)
+        ids.pop("more", None)
+        return answer(ids | {"job": done["job"]}, 201)
+
+    async def get(self, request: web.Request) -> web.Response:
+        """The job; with `?wait=`, once it has ended or the wait is over (as it is then)."""
+        job_id = whole(request.match_info["id"], "the job id", 1)
+        params = query(request, ("wait",))
+        link = await self.link(request)
+        if "wait" in params:
+            wait = seconds(params["wait"], "wait", self.max_wait())
+            try:
+                await link.call("wait", wait, id=job_id, timeout=wait)
+            except RequestError as e:
+                if e.code != "timeout":
+                    raise
+        return answer(await link.call("get", id=job_id))
+
+    async def wait(self, request: web.Request) -> web.Response:
+        body = await self.body(request, ("id", "ids", "timeout"))
+        timeout = seconds(body.pop("timeout", self.max_wait()), "timeout", self.max_wait())
+        return answer(await (await self.link(request)).call("wait", timeout, timeout=timeout, **body))
+
+    async def list(self, request: web.Request) -> web.Response:
+        """Newest first; `after`: only ids below it (the next page)."""
+        params = query(request, ("state", "queue", "task", "limit", "after"))
+        fields: dict[str, Any] = {k: params[k] for k in ("state", "queue", "task") if k in params}
+        for name in ("limit", "after"):
+            if name in params:
+                fields[name] = whole(params[name], name)
+        return answer(await (await self.link(request)).call("list", **fields))
+
+    async def _one(self, request: web.Request, op: str) -> web.Response:
+        """cancel or retry of one job, by the id in the path."""
+        job_id = whole(request.match_info["id"], "the job id", 1)
+        query(request, ())
+        await self.body(request, ())
+        return answer(await (await self.link(request)).call(op, id=job_id))
+
+    async def _matching(self, request: web.Request, op: str) -> web.Response:
+        """By filters (at least one; tq-host refuses none): state, task, queue, older_than (a duration)."""
+        query(request, ())
+        body = await self.body(request, FILTERS)
+        if "older_than" in body:
+            body["older_than"] = seconds(body["older_than"], "older_than")
+        return answer(await (await self.link(request)).call(op, **body))
+
+    # ---- queues, workers, tokens ------------------------------------------
+
+    async def _steer(self, request: web.Request, op: str) -> web.Response:
+        """pause or resume of the queue named in the path."""
+        query(request, ())
+        await self.body(request, ())
+        return answer(await (await self.link(request)).call(op, queue=request.match_info["name"]))
+
+    async def forget_worker(self, request: web.Request) -> web.Response:
+        query(request, ())
+        link = await self.link(request)
+        return answer(await link.call("forget_worker", instance=request.match_info["instance"]))
+
+    async def token_create(self, request: web.Request) -> web.Response:
+        query(request, ())
+        body = await self.body(request, ("name", "user", "read_only"))
+        return answer(await (await self.link(request)).call("token_create", **body), 201)
+
+    async def token_revoke(self, request: web.Request) -> web.Response:
+        query(request, ())
+        return answer(await (await self.link(request)).call("token_revoke", name=request.match_info["name"]))
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        query(request, ())
+        identity = (await self.link(request)).identity
+        assert identity is not None  # (set by act_as once connected)
+        return answer({"user": identity.user, "token": identity.token, "read_only": identity.read_only})
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        """Prometheus text format 0.0.4; without a token only when `[gateway] metrics_public`."""
+        query(request, ())
+        if self.parts.settings.gateway().metrics_public:
+            link = self.parts.links.own
+        else:
+            link = await self.link(request)
+        reply = await link.call("metrics", format="text")
+        return web.Response(body=str(reply.get("text", "")).encode(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -1,0 +1,113 @@
+"""The aiohttp application: the collaborators the handlers share (`Parts`), the middleware that turns every
+refusal into tq's JSON error, and `make_app`, which puts each module's route table on one application.
+
+A module that serves routes (api.py, live.py, xmlrpc.py, and the dashboard's) is a class given `Parts` whose
+`routes()` lists them; `make_app(parts, tables)` takes those tables, so a new one is a line where the gateway is
+assembled (service.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from .. import config
+from ..control import RequestError
+from . import errors
+from .auth import TOKEN_KEY, Auth
+from .hostlink import HostLinks
+from .limits import Limits
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Settings:
+    """The running configuration; a reload replaces `cfg` (handlers read it at each request)."""
+
+    def __init__(self, cfg: config.Config) -> None:
+        self.cfg = cfg
+
+    def gateway(self) -> config.GatewayConfig:
+        return self.cfg.gateway
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the route tables share."""
+
+    settings: Settings
+    links: HostLinks
+    auth: Auth
+    limits: Limits
+    logger: logging.Logger
+
+
+class RouteTable(Protocol):
+    def routes(self) -> Iterable[web.RouteDef]: ...
+
+
+def make_app(parts: Parts, tables: Iterable[RouteTable]) -> web.Application:
+    app = web.Application(middlewares=[_errors(parts)], client_max_size=parts.settings.gateway().max_body,
+                          handler_args={"keepalive_timeout": parts.settings.gateway().request_timeout})
+    for table in tables:
+        app.add_routes(table.routes())
+    return app
+
+
+def _errors(parts: Parts) -> Any:
+    """Every answer that is not a success becomes `{"error": {"code", "message"}}` with its HTTP status."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        parts.limits.begin(request)
+        if parts.limits.over():
+            resp = errors.response("unavailable", "tq-gateway has too many connections: try again later")
+            resp.force_close()
+            return resp
+        try:
+            return await handler(request)
+        except RequestError as e:
+            if e.code == "unauthorized" and TOKEN_KEY in request:
+                parts.auth.refused(request, request[TOKEN_KEY])  # revoked since its link was made
+            return errors.for_exception(e)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            return errors.for_http_exception(e)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:  # a bug costs one request, never the gateway
+            parts.logger.exception("internal error on %s %.200s", request.method, request.path_qs)
+            return errors.response("internal", "internal error in tq-gateway (logged)")
+
+    return middleware
+
+
+async def read_json(request: web.Request, allowed: Iterable[str], timeout: float) -> dict[str, Any]:
+    """A request's JSON object body ({} when empty), read within `timeout` seconds (a slow body is dropped); a
+    field not in `allowed` is refused, named."""
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        request.protocol.force_close()
+        raise errors.Refusal("bad_request", f"the request body did not arrive within {timeout:g}s", 408) from None
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise errors.bad_request(f"the body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise errors.bad_request("the body must be a JSON object")
+    known = set(allowed)
+    for name in body:
+        if name not in known:
+            raise errors.bad_request(f"unknown field {name[:60]!r} (this request takes {', '.join(sorted(known))})")
+    return body

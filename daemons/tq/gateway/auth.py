@@ -1,0 +1,115 @@
+"""Who is calling: the token of a request, and the tq-host link that acts as its user.
+
+A token comes as `Authorization: Bearer TOKEN`, as the password of basic authentication (any user name: stock
+XML-RPC clients can send nothing else), or in the `tq_token` cookie (the dashboard). tq-host checks it (act_as,
+on the token's own connection); the gateway keeps no token list of its own. Two things spare tq-host a flood:
+an address that had FAILURES tokens refused within WINDOW seconds is answered 429 for BLOCK seconds without
+asking, and a refused token is remembered (by its hash, for REMEMBER seconds) and refused again at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections import OrderedDict, deque
+
+from aiohttp import web
+
+from ..control import RequestError
+from .errors import TOO_MANY, Refusal
+from .hostlink import HostLink, HostLinks, token_key
+
+FAILURES, WINDOW, BLOCK = 20, 60.0, 60.0
+REMEMBER = 30.0
+ADDRESSES = 10_000  # addresses (and refused tokens) remembered at most: a bound on what a flood may cost
+COOKIE = "tq_token"
+TOKEN_KEY = "tq.token"  # where a request keeps its token (for the middleware: a revoked token's link goes)
+MAX_TOKEN = 512  # longer is no token of tq's: refused without asking
+
+
+def token_of(request: web.Request) -> str | None:
+    """The request's token, or None when it carries none."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if scheme.lower() == "basic" and value.strip():
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise Refusal("unauthorized", "basic authentication that is not base64 of user:token") from None
+        password = decoded.partition(":")[2]
+        return password or None
+    cookie = request.cookies.get(COOKIE)
+    return cookie or None
+
+
+class Failures:
+    """Tokens refused, counted by the address they came from."""
+
+    def __init__(self) -> None:
+        self._by_address: OrderedDict[str, deque[float]] = OrderedDict()
+        self._refused: OrderedDict[str, float] = OrderedDict()  # a token's hash -> until when it is refused
+
+    def blocked_for(self, address: str, now: float) -> float:
+        """Seconds the address is still refused (0: not)."""
+        times = self._by_address.get(address)
+        if times is None or len(times) < FAILURES:
+            return 0.0
+        return max(0.0, times[-1] + BLOCK - now)
+
+    def note(self, address: str, key: str, now: float) -> None:
+        times = self._by_address.pop(address, None) or deque(maxlen=FAILURES)
+        while times and times[0] < now - WINDOW:
+            times.popleft()
+        times.append(now)
+        self._by_address[address] = times
+        self._refused.pop(key, None)
+        self._refused[key] = now + REMEMBER
+        for table in (self._by_address, self._refused):
+            while len(table) > ADDRESSES:
+                table.popitem(last=False)
+
+    def refused(self, key: str, now: float) -> bool:
+        until = self._refused.get(key)
+        return until is not None and now < until
+
+
+class Auth:
+    def __init__(self, links: HostLinks, failures: Failures, anonymous: bool = False) -> None:
+        """`anonymous`: every request acts as the gateway itself (no token asked; for tests against a tq-host
+        that does not know act_as)."""
+        self.links, self.failures, self.anonymous = links, failures, anonymous
+
+    async def link(self, request: web.Request) -> HostLink:
+        """The link that acts as the request's caller, connected; Refusal (401, 429) or RequestError if none."""
+        if self.anonymous:
+            return self.links.own
+        address = request.remote or "?"
+        now = time.monotonic()
+        wait = self.failures.blocked_for(address, now)
+        if wait:
+            raise Refusal("unauthorized", f"too many refused tokens from {address}: try again in {wait:.0f}s",
+                          TOO_MANY, {"Retry-After": str(int(wait) + 1)})
+        token = token_of(request)
+        if token is None:
+            raise Refusal("unauthorized", "no token: send Authorization: Bearer TOKEN (tqctl token create makes one)")
+        key = token_key(token)
+        if len(token) > MAX_TOKEN or not token.isprintable() or self.failures.refused(key, now):
+            self.failures.note(address, key, now)
+            raise Refusal("unauthorized", "the token is not valid (unknown or revoked)")
+        link = self.links.for_token(token)
+        try:
+            await link.connect()
+        except RequestError as e:
+            if e.code == "unauthorized":  # (permission: the gateway's own uid is not trusted; not the token's fault)
+                self.refused(request, token)
+            raise
+        request[TOKEN_KEY] = token
+        return link
+
+    def refused(self, request: web.Request, token: str) -> None:
+        """tq-host refused the token (unknown, or revoked since): its link goes, and the address is counted."""
+        self.links.forget(token)
+        self.failures.note(request.remote or "?", token_key(token), time.monotonic())
