@@ -74,7 +74,6 @@ def tq(container: Container) -> Container:
     except FileNotFoundError as e:
         pytest.fail(str(e), pytrace=False)
     box.put_text(HTTP_CLIENT, "/root/http_client.py")
-    box.put_text(ACT_AS, "/root/act_as.py")
     box.run("id alice || useradd --no-create-home --groups tq alice")
     box.run("id mallory || useradd --no-create-home --groups tq mallory")  # reaches tq-host; no gateway
     return box
@@ -154,9 +153,9 @@ def test_tqctl_url_with_a_token_file_reads_status_through_the_gateway(tq: Contai
 
 def test_act_as_is_accepted_from_tq_gateway_and_refused_from_a_user_not_in_access_gateways(
         tq: Container, token: str) -> None:
-    accepted = tq.run(["/usr/lib/tq/bin/python", "/root/act_as.py", token], user="tq-gateway", check=False)
+    accepted = tq.run(["/usr/lib/tq/bin/python", "-c", ACT_AS, token], user="tq-gateway", check=False)
     assert (accepted.returncode, accepted.stdout) == (0, "alice\n"), accepted
-    refused = tq.run(["/usr/lib/tq/bin/python", "/root/act_as.py", token], user="mallory", check=False)
+    refused = tq.run(["/usr/lib/tq/bin/python", "-c", ACT_AS, token], user="mallory", check=False)
     assert refused.returncode == 4 and "may not act for others" in refused.stdout, refused
 
 
