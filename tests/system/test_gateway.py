@@ -167,6 +167,38 @@ def test_a_revoked_token_is_refused_from_then_on(tq: Container, token: str) -> N
     assert http(tq, "GET", "/status", token)[0] == 200
 
 
+def test_reload_rereads_the_configuration_and_the_gateway_serves_on(tq: Container, token: str) -> None:
+    pid = unit_property(tq, "tq-gateway.service", "MainPID")
+    since = tq.run("date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
+    tq.run("systemctl reload tq-gateway.service")
+    log = tq.run(["journalctl", "-u", "tq-gateway", "--since", since, "-o", "cat", "--no-pager"]).stdout
+    assert "configuration reloaded" in log, log
+    assert unit_property(tq, "tq-gateway.service", "MainPID") == pid
+    assert http(tq, "GET", "/status", token)[0] == 200
+
+
+def seconds_active(box: Container, unit: str) -> float:
+    entered = int(unit_property(box, unit, "ActiveEnterTimestampMonotonic"))
+    return float(box.run("cut -d' ' -f1 /proc/uptime").stdout) - entered / 1e6
+
+
+def test_the_watchdog_keeps_a_live_gateway_and_restarts_a_hung_one(tq: Container, token: str) -> None:
+    """WatchdogSec=30s: past 30 s the gateway still runs (its WATCHDOG=1 pings arrive); stopped with SIGSTOP, it
+    is killed and restarted, and the socket, which never closed, serves again."""
+    http(tq, "GET", "/status", token)
+    pid = unit_property(tq, "tq-gateway.service", "MainPID")
+    restarts = int(unit_property(tq, "tq-gateway.service", "NRestarts"))
+    wait_until(lambda: seconds_active(tq, "tq-gateway.service") > 35, 60, "the gateway 35 s up")
+    assert (unit_property(tq, "tq-gateway.service", "MainPID"), pid) == (pid, pid)
+    tq.run(["systemctl", "kill", "-s", "STOP", "--kill-whom=main", "tq-gateway.service"])
+    wait_until(lambda: int(unit_property(tq, "tq-gateway.service", "NRestarts")) > restarts, 90,
+               "tq-gateway killed by the watchdog and restarted")
+    log = tq.run(["journalctl", "-u", "tq-gateway", "-o", "cat", "--no-pager"]).stdout
+    assert "Watchdog timeout" in log, log
+    assert http(tq, "GET", "/status", token)[0] == 200
+    assert unit_property(tq, "tq-gateway.service", "MainPID") not in ("0", pid)
+
+
 def test_an_upgrade_restarts_a_running_gateway(tq: Container, token: str) -> None:
     http(tq, "GET", "/status", token)  # the service runs
     before = unit_property(tq, "tq-gateway.service", "MainPID")
