@@ -149,15 +149,16 @@ def subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argpars
     return found
 
 
-def parser_page(parser: argparse.ArgumentParser, section: int, sections: dict[str, list[str]]) -> str:
+def parser_page(parser: argparse.ArgumentParser, section: int, sections: dict[str, list[str]],
+                also_from: str = "") -> str:
     """A program's page: NAME and DESCRIPTION from its description, SYNOPSIS and OPTIONS from its arguments,
-    COMMANDS from its subcommands, then `sections` (name: roff lines)."""
+    COMMANDS from its subcommands, then `sections` (name: roff lines), which come from `also_from` if it says."""
     prog = parser.prog
     description = (parser.description or "").strip()
     summary = description.rstrip(".")
     first = summary.split(" ", 1)[0]
     summary = summary if len(first) > 1 and first.isupper() else summary[:1].lower() + summary[1:]
-    lines = header(prog, section, summary, f"{prog}'s argparse parser")
+    lines = header(prog, section, summary, f"{prog}'s argparse parser" + (f" and {also_from}" if also_from else ""))
     lines += section_("SYNOPSIS", [synopsis(parser, prog, set())])
     lines += section_("DESCRIPTION", [escape(description), *sections.pop("DESCRIPTION", [])])
     lines += section_("OPTIONS", definitions([(_term(parser, a), _help(parser, a)) for a in parser._actions
@@ -347,7 +348,7 @@ def gateway_page(doc: str) -> str:
              "`systemctl edit tq-gateway.socket`.")]),
         "SEE ALSO": [see_also("tqctl(1)", "tq-host(8)", "tq.toml(5)", "systemd.socket(5)", "systemctl(1)",
                               "journalctl(1)")]})
-    return parser_page(gateway.build_parser(), 8, pages_)
+    return parser_page(gateway.build_parser(), 8, pages_, "docs/gateway.md")
 
 
 def readme_keys(readme: str) -> set[str]:
