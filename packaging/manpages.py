@@ -53,11 +53,17 @@ def inline(markdown: str) -> str:
     out = []
     for part in re.split(r"(`[^`]+`)", markdown):
         if len(part) > 1 and part[0] == part[-1] == "`":
-            out.append(bold(part[1:-1]))
+            out.append(breakable(bold(part[1:-1])))
             continue
         part = escape(re.sub(r"\[([^]]+)\]\(([^)]+)\)", r"\1 (\2)", part))
-        out.append(re.sub(r"\*\*(.+?)\*\*", r"\\fB\1\\fR", part))
+        out.append(breakable(re.sub(r"\*\*(.+?)\*\*", r"\\fB\1\\fR", part)))
     return re.sub(r"^([.'])", r"\\&\1", "".join(out))
+
+
+def breakable(roff: str) -> str:
+    """Words of 30 characters or more (a test's name, a path) may break after `_` and `/` (roff's `\\:`): one
+    wider than the page is a warning of man's, and lintian's."""
+    return re.sub(r"\S{30,}", lambda m: re.sub(r"([_/])", r"\1\\:", m.group(0)), roff)
 
 
 def header(name: str, section: int, summary: str, source: str) -> list[str]:
