@@ -227,8 +227,13 @@ def test_an_upgrade_restarts_a_running_gateway(tq: Container, token: str) -> Non
     assert http(tq, "GET", "/status", token)[0] == 200
 
 
-def test_remove_stops_the_gateway_and_closes_its_port(tq: Container) -> None:
+def test_remove_stops_the_gateway_and_closes_its_port_and_purge_forgets_it_was_enabled(tq: Container) -> None:
+    wants = "/etc/systemd/system/sockets.target.wants/tq-gateway.socket"
+    tq.run(["test", "-L", wants])
     tq.run("apt-get remove -y tq", timeout=300)
     assert tq.run("systemctl is-active tq-gateway.socket tq-gateway.service",
                   check=False).stdout.split() == ["inactive"] * 2
     assert port(tq) == REFUSED
+    tq.run("apt-get purge -y tq", timeout=300)
+    assert tq.run(["test", "-e", wants], check=False).returncode != 0
+    assert tq.run("id -nG tq-gateway").stdout.split() == ["tq-gateway", "tq"]  # system users stay, as Debian does
