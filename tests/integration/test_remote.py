@@ -359,3 +359,11 @@ def test_client_of_an_absent_gateway_raises_host_unreachable(pair: Pair) -> None
 def test_act_as_is_not_offered_remotely(client: Client) -> None:
     with pytest.raises(Refused, match="act_as"):
         client.call("act_as", token="x")
+
+
+def test_completion_asks_the_gateway_of_the_line_for_task_names(pair: Pair) -> None:
+    pair.local("submit", "remote.only", "--delay", "1h")
+    line = f"tqctl --url {pair.gw.url} --token-file {pair.token_file} submit remote.o"
+    r = subprocess.run([sys.executable, "-m", "tq.ctl", "_complete", "--", line], env=pair.suite.env,
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "remote.only\n", "")
