@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
-from . import configfiles, control
+from . import clienttokens, configfiles, control
 from .clienterrors import (
     HostUnreachable,
     InternalError,
@@ -23,6 +23,7 @@ from .clienterrors import (
     PermissionDenied,
     Refused,
     TqError,
+    Unauthorized,
     refusal,
 )
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from .remote import HttpConnection
 
 __all__ = ["Client", "Connection", "HostUnreachable", "InternalError", "JobTimeout", "NotFound", "PermissionDenied",
-           "Refused", "TqError"]
+           "Refused", "TqError", "Unauthorized"]
 
 
 class Connection:
@@ -198,7 +199,7 @@ class Connection:
             self._buf += memoryview(self._chunk)[:n]
 
 
-class Client(Connection):
+class Client(Connection, clienttokens.TokenOps):
     """tq's operations over a connection to tq-host."""
 
     # ---- jobs -------------------------------------------------------------
@@ -294,8 +295,8 @@ class Client(Connection):
         return finished
 
     def list_jobs(self, state: str | None = None, queue: str | None = None, task: str | None = None,
-             limit: int = 50) -> list[dict[str, Any]]:
-        reply = self.call("list", state=state, queue=queue, task=task, limit=limit)
+                  limit: int = 50, after: int | None = None) -> list[dict[str, Any]]:  # after: the next page
+        reply = self.call("list", state=state, queue=queue, task=task, limit=limit, after=after)
         return [dict(j) for j in reply["jobs"]]
 
     def cancel(self, job_id: int) -> dict[str, Any]:
@@ -339,8 +340,7 @@ class Client(Connection):
         return [dict(x) for x in self.call("schedules")["schedules"]]
 
     def status(self) -> dict[str, Any]:
-        reply = self.call("status")
-        return {k: v for k, v in reply.items() if k not in ("ok", "rid")}
+        return {k: v for k, v in self.call("status").items() if k not in ("ok", "rid")}
 
     def workers(self) -> list[dict[str, Any]]:
         return [dict(w) for w in self.call("workers")["workers"]]
@@ -368,11 +368,10 @@ class Client(Connection):
                   recent: int = 0, after: float | None = None) -> Iterator[bytes]:
         """Follow the events that match the filters: chunks of whole JSON lines, first up to `recent` of the last
         events (with `after`, a time: of those since then), then each new one as it happens (the host sends every
-        0.1 s). A line `{"missed": N}` says N events were not sent because this reader fell behind; `{"missed":
-        null, "since": T1, "until": T2, "reason": ...}` that some between T1 and T2 may be gone (the host
-        restarted since `after`). Blocks until the host goes (HostUnreachable); the connection carries nothing
-        else from then on: close the client to stop. The subscription is made before this returns (a host that
-        is not there raises here)."""
+        0.1 s). A line `{"missed": N}` says N events were not sent because this reader fell behind; `{"missed": null,
+        "since": T1, "until": T2, "reason": ...}` that some between T1 and T2 may be gone (the host restarted since
+        `after`). Blocks until the host goes (HostUnreachable); the connection carries nothing else from then on:
+        close the client to stop. The subscription is made before this returns (a missing host raises here)."""
         reply = self.call("subscribe", job=job, task=task, queue=queue, recent=recent, after=after)
         return self._stream(reply["events"])
 

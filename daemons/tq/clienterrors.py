@@ -32,6 +32,10 @@ class PermissionDenied(TqError):
     exit_code = control.EXIT_PERMISSION
 
 
+class Unauthorized(PermissionDenied):
+    """No valid token: unknown or revoked (act_as; through tq-gateway, the token of `Client(url=, token=)`)."""
+
+
 class NotFound(TqError):
     exit_code = control.EXIT_NOT_FOUND
 
@@ -59,7 +63,7 @@ class InternalError(TqError):
 # this client does not know).
 _BY_EXIT: dict[int, type[TqError]] = {e.exit_code: e for e in (Refused, HostUnreachable, PermissionDenied, NotFound,
                                                                JobTimeout, InternalError)}
-ERRORS: dict[str, type[TqError]] = {code: _BY_EXIT[e.exit_status] for code, e in control.ERRORS.items()}
+ERRORS = {code: _BY_EXIT[e.exit_status] for code, e in control.ERRORS.items()} | {"unauthorized": Unauthorized}
 
 
 def refusal(code: str, message: str) -> TqError:

@@ -20,7 +20,6 @@ from harness import Gateway, Suite, wait_until
 from tq import remote
 from tq.client import Client, HostUnreachable, JobTimeout, NotFound, Refused
 
-ANONYMOUS = {"TQ_GATEWAY_TEST_ANONYMOUS": "1"}
 Run = subprocess.CompletedProcess[str]
 
 
@@ -73,9 +72,9 @@ def ids(*numbers: int) -> Callable[[str], str]:
 def pair(suite: Suite) -> Iterator[Pair]:
     suite.write_config('[schedules.hourly]\nevery = "1h"\ntask = "tick"\n')
     suite.start(workers=1)
-    gw = suite.gateway(env=ANONYMOUS)
+    gw = suite.gateway()  # (its token: root's)
     token_file = suite.dir / "token"
-    token_file.write_text("anonymous-gateway-takes-any\n")
+    token_file.write_text(f"{gw.token}\n")
     token_file.chmod(0o600)
     yield Pair(suite, gw, token_file)
 
@@ -305,7 +304,7 @@ def test_config_check_stays_local(pair: Pair) -> None:
 
 @pytest.fixture
 def client(pair: Pair) -> Iterator[Client]:
-    with Client(url=pair.gw.url, token="anonymous-gateway-takes-any", timeout=30) as c:
+    with Client(url=pair.gw.url, token=pair.gw.token, timeout=30) as c:
         yield c
 
 

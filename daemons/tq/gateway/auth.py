@@ -77,15 +77,11 @@ class Failures:
 
 
 class Auth:
-    def __init__(self, links: HostLinks, failures: Failures, anonymous: bool = False) -> None:
-        """`anonymous`: every request acts as the gateway itself (no token asked; for tests against a tq-host
-        that does not know act_as)."""
-        self.links, self.failures, self.anonymous = links, failures, anonymous
+    def __init__(self, links: HostLinks, failures: Failures) -> None:
+        self.links, self.failures = links, failures
 
     async def link(self, request: web.Request) -> HostLink:
         """The link that acts as the request's caller, connected; Refusal (401, 429) or RequestError if none."""
-        if self.anonymous:
-            return self.links.own
         address = request.remote or "?"
         now = time.monotonic()
         wait = self.failures.blocked_for(address, now)
