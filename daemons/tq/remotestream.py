@@ -24,6 +24,7 @@ class EventFeed:
             conn.sock.settimeout(STREAM_SILENCE)
         self._partial = b""  # the start of a line not yet ended
         self._data: list[bytes] = []  # the data lines of the event being read
+        self._error: HostUnreachable | None = None  # the stream ended after events not yet given: raised next
 
     def events(self) -> bytes:
         """The next events, at least one: each its data, a line; `{"missed": N}` as the gateway tells it.
@@ -31,26 +32,33 @@ class EventFeed:
         Returns once nothing more is buffered, so that a selector on the socket sees the next event arrive.
         """
         out: list[bytes] = []
-        while not out or self._buffered():
+        while self._error is None and (not out or self._buffered()):
             try:
                 data = self.resp.read1(1 << 16)
             except TimeoutError:
-                raise self._lost(f"nothing came for {STREAM_SILENCE:g}s") from None
+                self._error = self._lost(f"nothing came for {STREAM_SILENCE:g}s")
             except (OSError, http.client.HTTPException) as e:
-                raise self._lost(reason(e)) from None
-            if not data:
-                raise self._lost("it ended the stream")
-            out += self._parse(data)
+                self._error = self._lost(reason(e))
+            else:
+                if not data:
+                    self._error = self._lost("it ended the stream")
+                out += self._parse(data)
+        if not out and self._error is not None:
+            raise self._error
         return b"".join(out)
 
     def _buffered(self) -> bool:
-        """Bytes are buffered or on the socket already (a read would not wait)."""
+        """More of the stream is buffered or on the socket already: a read would not wait (for long).
+
+        What http.client's reader holds is looked at without waiting (the socket non-blocking for the peek). The
+        end of a chunk (CR LF) alone does not count: it is framing, and the next chunk may be long in coming.
+        """
         sock, fp = self.conn.sock, self.resp.fp
         if sock is None or fp is None:
             return False
         sock.settimeout(0.0)
         try:
-            return bool(fp.peek(1))
+            return bool(fp.peek(1).strip(b"\r\n"))
         except OSError:  # (TLS: nothing decrypted yet)
             return False
         finally:
@@ -75,7 +83,6 @@ class EventFeed:
         return out
 
     def _lost(self, why: str) -> HostUnreachable:
-        self.close()
         return HostUnreachable(f"lost tq-gateway at {self.url}: {why}")
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ status and the same output (times, ages, sizes and ids, which must differ, norma
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Gateway, Suite, wait_until
+from harness import Gateway, Suite
 from tq import remote
 from tq.client import Client, HostUnreachable, JobTimeout, NotFound, Refused
 
@@ -185,49 +186,66 @@ def test_events_and_metrics(pair: Pair) -> None:
     assert there.returncode == 0 and "tq_up 1" in out.read_text(), there
 
 
-def follow(pair: Pair, *args: str, remote: bool) -> subprocess.Popen[str]:
-    where = pair.remote_args if remote else []
-    return subprocess.Popen([sys.executable, "-m", "tq.ctl", "--config", str(pair.suite.config), *where, *args],
-                            env=pair.suite.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+class Follower:
+    """A tqctl command that goes on printing (events --follow, watch), its output read as it comes (each line
+    awaited with a deadline)."""
 
+    def __init__(self, pair: Pair, *args: str, remote: bool) -> None:
+        where = pair.remote_args if remote else []
+        self.proc = subprocess.Popen([sys.executable, "-m", "tq.ctl", "--config", str(pair.suite.config), *where,
+                                      *args], env=pair.suite.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.data = b""
 
-def read_lines(proc: subprocess.Popen[str], n: int, timeout: float = 15.0) -> list[str]:
-    """The first `n` lines the process prints (awaited with a deadline), then the process is stopped."""
-    assert proc.stdout is not None
-    lines: list[str] = []
-    try:
-        while len(lines) < n:
-            ready = select.select([proc.stdout], [], [], timeout)[0]
-            assert ready, f"no line in {timeout}s; got {lines}"
-            line = proc.stdout.readline()
-            assert line, f"ended after {lines}: {proc.stderr.read() if proc.stderr else ''}"
-            lines.append(line)
-    finally:
-        proc.kill()
-        proc.wait()
-        for f in (proc.stdout, proc.stderr):
+    def lines(self, n: int, timeout: float = 15.0) -> list[str]:
+        """The first `n` lines it printed."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while self.data.count(b"\n") < n:
+            assert select.select([fd], [], [], timeout)[0], f"no line in {timeout}s; got {self.data!r}"
+            more = os.read(fd, 65536)
+            assert more, f"it ended after {self.data!r}: {self.proc.stderr.read() if self.proc.stderr else b''!r}"
+            self.data += more
+        return self.data.decode().splitlines(keepends=True)[:n]
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
             if f is not None:
                 f.close()
-    return lines
 
 
-def test_events_follow_prints_the_same_lines(pair: Pair) -> None:
+@pytest.fixture
+def followers() -> Iterator[list[Follower]]:
+    made: list[Follower] = []
+    yield made
+    for f in made:
+        f.close()
+
+
+def test_events_follow_prints_the_same_lines(pair: Pair, followers: list[Follower]) -> None:
     """The recent events first, then each new one as it happens."""
     for i in range(3):
         pair.local("submit", "--wait", "echo", str(i))
-    procs = [follow(pair, "events", "--follow", "--json", "-n", "3", remote=r) for r in (False, True)]
+    followers += [Follower(pair, "events", "--follow", "--json", "-n", "3", remote=r) for r in (False, True)]
+    here, there = (f.lines(3) for f in followers)
+    assert here == there
     jid = job_of(pair.local("submit", "echo", "new"))
-    here, there = (read_lines(p, 6) for p in procs)
+    here, there = (f.lines(6) for f in followers)
     assert here == there
     assert [json.loads(line).get("job") for line in there[3:]] == [jid] * 3  # submitted, assigned, done
+    followers += [Follower(pair, "events", "--follow", "-n", "2", remote=r) for r in (False, True)]
+    here, there = (f.lines(2) for f in followers[2:])
+    assert here == there and f"job {jid} done" in there[1]
 
 
-def test_watch_prints_a_status_line_and_again_after_events(pair: Pair) -> None:
-    procs = [follow(pair, "watch", "--interval", "0.1s", remote=r) for r in (False, True)]
-    wait_until(lambda: all(select.select([p.stdout], [], [], 0)[0] for p in procs), what="watch's first lines")
+def test_watch_prints_a_status_line_and_again_after_events(pair: Pair, followers: list[Follower]) -> None:
+    followers += [Follower(pair, "watch", "--interval", "0.1s", remote=r) for r in (False, True)]
+    here, there = (f.lines(1) for f in followers)
+    assert numbers(here[0]) == numbers(there[0])
     pair.local("submit", "echo", "w")
-    here, there = (read_lines(p, 2) for p in procs)
-    assert [numbers(line) for line in here] == [numbers(line) for line in there]
+    here, there = (f.lines(2) for f in followers)
+    assert numbers(here[1]) == numbers(there[1])
 
 
 # ---- errors ------------------------------------------------------------------------------------------------
