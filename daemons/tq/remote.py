@@ -71,6 +71,7 @@ class Answer(NamedTuple):
     status: int
     content_type: str
     body: bytes
+    target: str  # what was asked (the path and query)
 
 
 class HttpConnection:
@@ -265,8 +266,8 @@ class HttpConnection:
             resp = conn.getresponse()
             content_type = resp.getheader("Content-Type", "")
             if stream is not None and resp.status == 200 and content_type.startswith(stream):
-                return Answer(resp.status, content_type, b""), resp
-            answer = Answer(resp.status, content_type, resp.read())
+                return Answer(resp.status, content_type, b"", target), resp
+            answer = Answer(resp.status, content_type, resp.read(), target)
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
             conn.close()
             raise _Dropped from None
@@ -309,6 +310,8 @@ class HttpConnection:
             if answer.status >= 500:
                 return HostUnreachable(text)
             return PermissionDenied(text) if answer.status in (401, 403) else Refused(text)
+        if answer.status == 404 and message == http.client.responses[404]:  # no such route: not a missing job
+            return Refused(f"tq-gateway at {self.url} has no {answer.target.partition('?')[0]}: is the URL right?")
         if code not in control.ERRORS and answer.status in (401, 403):
             return PermissionDenied(message)  # (a code this client does not know, such as a newer gateway's)
         return refusal(code, message)

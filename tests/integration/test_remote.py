@@ -19,7 +19,7 @@ import pytest
 
 from harness import Gateway, Suite
 from tq import remote
-from tq.client import Client, HostUnreachable, JobTimeout, NotFound, Refused
+from tq.client import Client, HostUnreachable, JobTimeout, NotFound, PermissionDenied, Refused
 
 Run = subprocess.CompletedProcess[str]
 
@@ -384,3 +384,101 @@ def test_completion_asks_the_gateway_of_the_line_for_task_names(pair: Pair) -> N
     r = subprocess.run([sys.executable, "-m", "tq.ctl", "_complete", "--", line], env=pair.suite.env,
                        capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stdout, r.stderr) == (0, "remote.only\n", "")
+
+
+# ---- tokens: who the remote caller is ------------------------------------------------------------------------
+
+
+def test_token_list_create_and_revoke(pair: Pair) -> None:
+    pair.same("token", "list", norm=numbers)
+    pair.same("token", "list", "--json", norm=numbers)
+    made = pair.remote("token", "create", "made.remotely", "--user", "nobody", "--read-only")
+    assert made.returncode == 0 and made.stdout.startswith("tq_"), made
+    assert "made.remotely" in pair.local("token", "list").stdout
+    pair.same("token", "revoke", "nosuch")  # exit 5
+    assert pair.remote("token", "revoke", "made.remotely").stdout == "revoked token made.remotely\n"
+
+
+def test_list_after_pages_down_both_ways(pair: Pair) -> None:
+    ids = [job_of(pair.local("submit", "echo", str(i), "--delay", "1h")) for i in range(4)]
+    pair.same("list", "--limit", "2", "--after", str(ids[-1]))
+    pair.same("list", "--after", str(ids[0]))
+    pair.same("list", "--after", "0")  # exit 2
+
+
+def token_file_for(pair: Pair, user: str, read_only: bool = False) -> str:
+    path = pair.suite.dir / f"token.{user}.{read_only}"
+    path.write_text(pair.suite.token(user, read_only) + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+def as_token(pair: Pair, token_file: str, *args: str) -> Run:
+    return pair.suite.tqctl("--url", pair.gw.url, "--token-file", token_file, *args)
+
+
+def test_a_bad_or_revoked_token_exits_4(pair: Pair) -> None:
+    bad = pair.suite.dir / "bad"
+    bad.write_text("tq_" + "A" * 43)
+    bad.chmod(0o600)
+    r = as_token(pair, str(bad), "status")
+    assert r.returncode == 4 and r.stdout == "" and r.stderr.count("\n") == 1, r
+    assert "token" in r.stderr
+    token_file = token_file_for(pair, "nobody")
+    assert as_token(pair, token_file, "list").returncode == 0
+    (name,) = [t["name"] for t in json.loads(pair.local("token", "list", "--json").stdout) if t["user"] == "nobody"]
+    assert pair.local("token", "revoke", name).returncode == 0
+    r = as_token(pair, token_file, "list")
+    assert r.returncode == 4 and r.stderr.count("\n") == 1, r
+
+
+def test_the_access_rules_apply_to_the_tokens_user_exit_4(pair: Pair) -> None:
+    """A token acts as its user: nobody may not pause, nor cancel root's job; a read-only token may not submit.
+    The refusal is tq-host's, word for word as a local client acting with the token gets it."""
+    token_file = token_file_for(pair, "nobody")
+    jid = job_of(pair.local("submit", "echo", "root's", "--delay", "1h"))
+    with Client(config=str(pair.suite.config)) as as_nobody:
+        as_nobody.act_as(Path(token_file).read_text().strip())
+        for args, call in ((["pause", "default"], lambda: as_nobody.pause("default")),
+                           (["cancel", str(jid)], lambda: as_nobody.cancel(jid))):
+            with pytest.raises(PermissionDenied) as refused:
+                call()
+            r = as_token(pair, token_file, *args)
+            assert (r.returncode, r.stdout, r.stderr) == (4, "", f"tqctl: {refused.value}\n"), r
+    viewer = token_file_for(pair, "nobody", read_only=True)
+    r = as_token(pair, viewer, "submit", "echo", "x")
+    assert r.returncode == 4 and "read-only" in r.stderr, r
+    assert as_token(pair, viewer, "show", str(jid)).returncode == 0
+
+
+def test_https_with_the_gateways_ca(suite: Suite) -> None:
+    cert, key = suite.dir / "cert.pem", suite.dir / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    suite.write_config(f'[gateway]\ntls_cert = "{cert}"\ntls_key = "{key}"\n')
+    suite.start(workers=1)
+    gw = suite.gateway()
+    token_file = suite.dir / "token"
+    token_file.write_text(f"{gw.token}\n")
+    token_file.chmod(0o600)
+    url = gw.url.replace("http:", "https:")
+    base = ["--url", url, "--token-file", str(token_file)]
+    r = suite.tqctl(*base, "--ca-file", str(cert), "submit", "--wait", "echo", "over", "tls")
+    assert (r.returncode, r.stdout) == (0, suite.tqctl("result", str(suite.client().list_jobs()[0]["id"])).stdout), r
+    r = suite.tqctl(*base, "status")  # the system's CAs do not know this one
+    assert r.returncode == 3 and f"tq-gateway is not reachable at {url}: its certificate is not trusted" in r.stderr
+    assert "--ca-file" in r.stderr and r.stderr.count("\n") == 1
+    with Client(url=url, token=gw.token, ca_file=str(cert)) as c:
+        jid = c.submit("echo", "python")
+        assert c.wait(jid, timeout=10)["state"] == "done"
+        with c.another() as feed:
+            stream = feed.subscribe(job=jid, recent=10)
+            assert [json.loads(line)["event"] for line in next(stream).splitlines()] == [
+                "submitted", "assigned", "done"]
+
+
+def test_a_url_with_a_wrong_path_is_a_usage_error_not_a_missing_job(pair: Pair) -> None:
+    url = pair.gw.url + "/tq"
+    r = pair.suite.tqctl("--url", url, "--token-file", str(pair.token_file), "show", "1")
+    assert (r.returncode, r.stderr) == (2, f"tqctl: tq-gateway at {url} has no /tq/api/v1/jobs/1: is the URL right?\n")
