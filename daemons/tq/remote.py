@@ -8,16 +8,19 @@ route of ROUTES, its fields in the path, the query (GET, DELETE) or a JSON body 
 cannot be reached raises HostUnreachable naming the URL.
 
 Four calls are more than one request: a wait is held by the gateway for at most its `max_wait`, so a longer one is
-made of requests of at most WAIT_CHUNK seconds until the caller's timeout; a submit that waits longer than that
-is a submit, then such a wait; `subscribe` follows the Server-Sent Events of /api/v1/events on a connection of its
-own, turned back into the chunks of JSON lines tq-host's subscription gives, and its descriptor is the one
-`fileno()` gives a selector; `metrics` as text is the gateway's /metrics.
+made of requests of at most WAIT_CHUNK seconds (or the gateway's max_wait, once it refused more) until the
+caller's timeout; a submit that waits longer than that is a submit, then such a wait; `subscribe` follows the
+Server-Sent Events of /api/v1/events on a connection of its own, turned back into the chunks of JSON lines
+tq-host's subscription gives, and its descriptor is the one `fileno()` gives a selector (remotestream.py);
+`metrics` as text is the gateway's /metrics.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import math
+import re
 import select
 import time
 from collections.abc import Callable, Iterator
@@ -93,6 +96,7 @@ class HttpConnection:
         self._context: ssl.SSLContext | None = None
         self._then: Callable[[], dict[str, Any]] | None = None  # the reply `more` gives (a submit that waits)
         self._feed: EventFeed | None = None
+        self._max_wait = math.inf  # the gateway's [gateway] max_wait, once a wait past it was refused
 
     def where(self) -> dict[str, Any]:
         """What a second connection to the same gateway, as the same caller, is made with."""
@@ -147,8 +151,13 @@ class HttpConnection:
     def _submit_and_wait(self, fields: dict[str, Any], limit: float) -> dict[str, Any]:
         """Within WAIT_CHUNK: one request (?wait=), whose job `more` gives. Longer: the submit, then `more` waits
         in chunks (a submit's wait that runs out answers 504 without the job's id, so it is not chunked itself)."""
-        if limit <= WAIT_CHUNK:
-            reply = self._json(self._request("POST", "/jobs", {"wait": f"{limit:.3f}"}, fields, limit))
+        if limit <= self._chunk():
+            try:
+                reply = self._json(self._request("POST", "/jobs", {"wait": f"{limit:.3f}"}, fields, limit))
+            except Refused as e:  # (refused before anything is submitted)
+                if not self._learn(e):
+                    raise
+                return self._submit_and_wait(fields, limit)
             job = reply.pop("job")
             self._then = lambda: {"job": job}
         else:
@@ -165,12 +174,16 @@ class HttpConnection:
         finished: list[dict[str, Any]] = []
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            last = left is not None and left <= WAIT_CHUNK
-            chunk = left if left is not None and last else WAIT_CHUNK
+            last = left is not None and left <= self._chunk()
+            chunk = left if left is not None and last else self._chunk()
             try:
                 reply = self._json(self._request("POST", "/wait", {}, fields | {"timeout": chunk}, chunk))
             except JobTimeout:
                 if last:
+                    raise
+                continue
+            except Refused as e:
+                if not self._learn(e):
                     raise
                 continue
             if "ids" not in fields:
@@ -180,6 +193,20 @@ class HttpConnection:
             if not pending or last:
                 return {"jobs": finished, "pending": pending}
             fields["ids"] = pending
+
+    def _chunk(self) -> float:
+        """The longest wait one request asks for."""
+        return min(WAIT_CHUNK, self._max_wait)
+
+    def _learn(self, e: Refused) -> bool:
+        """The gateway refused a wait past its `max_wait` (it says how long it allows): True once that is the
+        chunk from now on; False for any other refusal, or a gateway that allows no wait at all."""
+        said = re.search(r"at most ([0-9.]+)s \(\[gateway\] max_wait\)", str(e))
+        most = float(said.group(1)) if said else 0.0
+        if not 0 < most < self._max_wait:
+            return False
+        self._max_wait = most
+        return True
 
     def _subscribe(self, fields: dict[str, Any]) -> dict[str, Any]:
         """The event stream, on a connection of its own, answered (or refused) before this returns."""

@@ -482,3 +482,15 @@ def test_a_url_with_a_wrong_path_is_a_usage_error_not_a_missing_job(pair: Pair) 
     url = pair.gw.url + "/tq"
     r = pair.suite.tqctl("--url", url, "--token-file", str(pair.token_file), "show", "1")
     assert (r.returncode, r.stderr) == (2, f"tqctl: tq-gateway at {url} has no /tq/api/v1/jobs/1: is the URL right?\n")
+
+
+def test_waits_follow_a_gateway_whose_max_wait_is_short(suite: Suite) -> None:
+    """A wait past the gateway's max_wait is refused (400); the client then waits in chunks of that length."""
+    suite.write_config('[gateway]\nmax_wait = "1s"\n')
+    suite.start(workers=1)
+    gw = suite.gateway()
+    with Client(url=gw.url, token=gw.token, timeout=30) as c:
+        jid = c.submit("echo", "slow", delay=2.5)
+        assert c.wait(jid, timeout=10)["state"] == "done"
+        assert c.submit_and_wait("echo", "later", delay=1.5, wait_timeout=5)["state"] == "done"
+        assert [j["state"] for j in c.wait_many([c.submit("echo", "x", delay=1.5)], timeout=10).values()] == ["done"]
