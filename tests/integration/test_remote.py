@@ -494,3 +494,19 @@ def test_waits_follow_a_gateway_whose_max_wait_is_short(suite: Suite) -> None:
         assert c.wait(jid, timeout=10)["state"] == "done"
         assert c.submit_and_wait("echo", "later", delay=1.5, wait_timeout=5)["state"] == "done"
         assert [j["state"] for j in c.wait_many([c.submit("echo", "x", delay=1.5)], timeout=10).values()] == ["done"]
+
+
+def test_events_follow_says_so_when_the_gateway_goes(pair: Pair, followers: list[Follower]) -> None:
+    """The stream's end is the host's going for follow.py: one line on stderr, and it follows again once it can."""
+    pair.local("submit", "--wait", "echo", "seen")
+    follower = Follower(pair, "events", "--follow", "-n", "1", remote=True)
+    followers.append(follower)
+    assert " done " in follower.lines(1)[0]  # (it follows)
+    pair.gw.daemon.proc.kill()
+    assert follower.proc.stderr is not None
+    fd = follower.proc.stderr.fileno()
+    assert select.select([fd], [], [], 15)[0]
+    said = os.read(fd, 65536).decode()
+    assert said.startswith(f"tqctl: lost tq-gateway at {pair.gw.url}: ") and said.endswith(
+        "; following again once it is back\n") and said.count("\n") == 1, said
+    assert follower.proc.poll() is None
