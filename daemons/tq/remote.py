@@ -216,8 +216,11 @@ class HttpConnection:
         if not fields.get("recent"):
             fields.pop("recent", None)
         conn = self._connection(fresh=True)
-        answer, resp = self._send(conn, "GET", self.prefix + "/events", fields, None, STREAM_SILENCE,
-                                  "text/event-stream")
+        try:
+            answer, resp = self._send(conn, "GET", self.prefix + "/events", fields, None, STREAM_SILENCE,
+                                      "text/event-stream")
+        except _Dropped:
+            raise HostUnreachable(f"lost tq-gateway at {self.url}: it closed the connection") from None
         if resp is None:
             conn.close()
             self._checked(answer)

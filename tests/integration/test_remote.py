@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Gateway, Suite
+from harness import Gateway, Suite, wait_until
 from tq import remote
 from tq.client import Client, HostUnreachable, JobTimeout, NotFound, PermissionDenied, Refused
 
@@ -510,3 +510,24 @@ def test_events_follow_says_so_when_the_gateway_goes(pair: Pair, followers: list
     assert said.startswith(f"tqctl: lost tq-gateway at {pair.gw.url}: ") and said.endswith(
         "; following again once it is back\n") and said.count("\n") == 1, said
     assert follower.proc.poll() is None
+
+
+def test_a_kept_alive_connection_the_gateway_closed_is_made_again(suite: Suite) -> None:
+    """The gateway closes an idle connection after request_timeout; the next request (a submit too, which is
+    never sent twice) goes on a new one."""
+    suite.write_config('[gateway]\nrequest_timeout = "0.5s"\n')
+    suite.start(workers=1)
+    gw = suite.gateway()
+    with Client(url=gw.url, token=gw.token, timeout=30) as c:
+
+        def closed_by_the_gateway() -> None:
+            assert c.remote is not None
+            idle = c.remote._http
+            assert idle is not None and idle.sock is not None
+            wait_until(lambda: remote._closed_by_peer(idle), what="the gateway closing the idle connection")
+
+        jid = c.submit("echo", "first")
+        closed_by_the_gateway()
+        assert c.submit("echo", "second") == jid + 1
+        closed_by_the_gateway()
+        assert c.get(jid)["id"] == jid
