@@ -531,3 +531,52 @@ def test_a_kept_alive_connection_the_gateway_closed_is_made_again(suite: Suite) 
         assert c.submit("echo", "second") == jid + 1
         closed_by_the_gateway()
         assert c.get(jid)["id"] == jid
+
+
+class NotAGateway:
+    """An HTTP server that is not tq-gateway (a proxy's error page, another site), aiohttp on a thread of its own:
+    every request is answered `status` with an HTML body."""
+
+    def __init__(self, status: int) -> None:
+        import asyncio
+        import threading
+
+        from aiohttp import web
+
+        async def page(_: web.Request) -> web.Response:
+            return web.Response(status=status, text="<html><body>nope</body></html>", content_type="text/html")
+
+        self.loop = asyncio.new_event_loop()
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", page)
+        self.runner = web.AppRunner(app)
+        self.loop.run_until_complete(self.runner.setup())
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.loop.run_until_complete(web.SockSite(self.runner, self.sock).start())
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.run_until_complete(self.runner.cleanup())
+        self.loop.close()
+
+
+@pytest.mark.parametrize(("status", "exit_status", "message"), [
+    (502, 3, "tq-gateway at {url} answered 502 Bad Gateway"),
+    (401, 4, "tq-gateway at {url} answered 401 Unauthorized"),
+    (200, 3, "{url} did not answer as tq-gateway does (200, text/html; charset=utf-8): is it tq-gateway's URL?"),
+])
+def test_an_answer_that_is_not_the_gateways_is_one_line(suite: Suite, status: int, exit_status: int,
+                                                        message: str) -> None:
+    server = NotAGateway(status)
+    try:
+        token = suite.dir / "token"
+        token.write_text("t")
+        token.chmod(0o600)
+        r = suite.tqctl("--url", server.url, "--token-file", str(token), "status")
+        assert (r.returncode, r.stdout, r.stderr) == (exit_status, "", f"tqctl: {message.format(url=server.url)}\n")
+    finally:
+        server.close()
