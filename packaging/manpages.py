@@ -417,7 +417,11 @@ def pages(readme: str, gateway_doc: str) -> dict[str, str]:
     see_daemon = ["systemctl(1)", "journalctl(1)"]
     return {
         "tqctl.1": parser_page(ctl.build_parser(), 1, {
-            "ENVIRONMENT": environment,
+            "ENVIRONMENT": environment + terms([
+                ("`TQ_URL`", "tq-gateway's URL when there is no `--url`: tqctl then reaches tq-host through it."),
+                ("`TQ_TOKEN_FILE`", "The file holding the token for the gateway when there is no `--token-file`."),
+                ("`TQ_CA_FILE`", "The CA certificate an https gateway's is checked against when there is no "
+                                 "`--ca-file`.")]),
             "EXIT STATUS": exit_status(ctl.__doc__ or ""),
             "FILES": terms([
                 (f"`{DEFAULT_SOCKET}`", "tq-host's control socket (mode 0660, group tq), where `host.socket` "
