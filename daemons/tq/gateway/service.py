@@ -27,6 +27,8 @@ from .app import Parts, RouteTable, Settings, make_app
 from .auth import Auth, Failures
 from .hostlink import HostLinks
 from .limits import GuardedSite, Limits
+from .page import Page
+from .summary import Live, Summary
 
 LISTEN_FDS_START = 3  # systemd's first passed descriptor (sd_listen_fds(3))
 PROBE_EVERY = 5.0  # seconds between the gateway's pings of tq-host (STATUS= says whether it answers)
@@ -78,6 +80,7 @@ class Gateway:
         links = HostLinks(cfg.host.socket, cfg.gateway.host_connections, logger)
         self.parts = Parts(self.settings, links, Auth(links, Failures(), anonymous),
                            Limits(self.settings.gateway), logger)
+        self.summary = Summary(links)
         self.notifier = Notifier()
         self.stop = asyncio.Event()
         self.reload_requested = asyncio.Event()
@@ -85,7 +88,7 @@ class Gateway:
 
     def tables(self) -> list[RouteTable]:
         """The route tables the application serves."""
-        return [Api(self.parts)]
+        return [Api(self.parts), Page(self.parts), Live(self.parts, self.summary)]
 
     async def serve(self) -> int:
         cfg = self.settings.gateway()
@@ -104,6 +107,7 @@ class Gateway:
             await self._loop()
         finally:
             self.notifier.stopping()
+            self.summary.close()
             self.parts.links.close()
             await runner.cleanup()
         return 0

@@ -1,0 +1,165 @@
+"""The dashboard's live view: `GET /api/v1/live`, a Server-Sent Events stream of one summary a second (queues,
+workers, job counts by state, the host's counters of finished jobs, and the time).
+
+Every open page shares ONE tq-host poll a second (a `metrics` request on the gateway's own link), and no poll runs
+while no page is open: the first page to join starts the poller, the last to leave stops it. Each page has a slot
+of one summary, overwritten by the next: a page that reads slowly skips to the newest and never receives a backlog,
+so updates neither overlap nor pile up. The summary carries counters, not events: the page draws jobs per second
+from their deltas, and the gateway keeps nothing that grows with the jobs that pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..control import RequestError
+from ..states import FINAL
+from .api import V1, query
+from .app import Parts
+from .errors import Refusal
+from .hostlink import HostLinks
+
+INTERVAL = 1.0  # seconds between summaries
+POLL_TIMEOUT = 5.0  # a poll tq-host has not answered in this long gives a summary that says so
+WRITE_TIMEOUT = 30.0  # a page that has not taken one summary in this long is dropped
+RECHECK = 10.0  # seconds between checks that a stream's token is still valid (a revoked one ends the stream)
+QUEUE_KEYS = ("queue", "paused", "states", "concurrency", "rate", "oldest_queued_age", "unserved")
+WORKER_KEYS = ("instance", "state", "queues", "running", "done", "seen_ago")
+MONITOR_KEYS = ("rss_bytes", "cpu_percent", "cpu_seconds")
+
+
+def summarize(metrics: dict[str, Any], now: float) -> dict[str, Any]:
+    """What a page shows, from tq-host's metrics reply: the per-task series summed to one counter per final
+    state (the chart's source), the queues and workers cut to the fields the page shows."""
+    finished = dict.fromkeys(sorted(FINAL), 0)
+    for _queue, _task, state, count in metrics.get("finished", []):
+        finished[state] = finished.get(state, 0) + count
+    workers = []
+    for w in metrics.get("workers", []):
+        monitor = w.get("monitor") or {}
+        workers.append({**{k: w.get(k) for k in WORKER_KEYS}, **{k: monitor.get(k) for k in MONITOR_KEYS}})
+    host = metrics.get("host", {})
+    return {"time": now, "host": {"pid": host.get("pid"), "start_time": host.get("start_time")},
+            "states": metrics.get("states", {}), "finished": finished,
+            "queues": [{k: q.get(k) for k in QUEUE_KEYS} for q in metrics.get("queues", [])], "workers": workers}
+
+
+def frame(body: dict[str, Any]) -> bytes:
+    """One Server-Sent Event: the summary as one `data:` line (JSON has no raw newline)."""
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+class Slot:
+    """One page's place for the newest summary: a new one overwrites one not yet taken."""
+
+    def __init__(self) -> None:
+        self.frame = b""
+        self.ready = asyncio.Event()
+
+    def put(self, data: bytes) -> None:
+        self.frame = data
+        self.ready.set()
+
+    async def take(self) -> bytes:
+        await self.ready.wait()
+        self.ready.clear()
+        return self.frame
+
+
+class Summary:
+    """The poller and the slots it fills."""
+
+    def __init__(self, links: HostLinks, interval: float = INTERVAL, clock: Callable[[], float] = time.time) -> None:
+        self.links, self.interval, self.clock = links, interval, clock
+        self.slots: set[Slot] = set()
+        self.latest = b""  # the newest summary while the poller runs (a page that joins gets it at once)
+        self.polls = 0  # tq-host requests made, ever
+        self._task: asyncio.Task[None] | None = None
+
+    def join(self) -> Slot:
+        slot = Slot()
+        if self.latest:
+            slot.put(self.latest)
+        self.slots.add(slot)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return slot
+
+    def leave(self, slot: Slot) -> None:
+        self.slots.discard(slot)
+        if not self.slots:
+            self.close()
+
+    def close(self) -> None:
+        """Stop polling (no page is open, or the gateway stops)."""
+        task, self._task = self._task, None
+        self.latest = b""
+        if task is not None:
+            task.cancel()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            self.latest = frame(await self.poll())
+            for slot in self.slots:
+                slot.put(self.latest)
+            next_at = max(next_at + self.interval, loop.time())  # (a slow poll delays, never bunches, the next)
+            await asyncio.sleep(next_at - loop.time())
+
+    async def poll(self) -> dict[str, Any]:
+        """One summary from one tq-host request; when the host does not answer, one that says why."""
+        self.polls += 1
+        try:
+            reply = await asyncio.wait_for(self.links.own.call("metrics"), POLL_TIMEOUT)
+        except RequestError as e:
+            return {"time": self.clock(), "error": {"code": e.code, "message": str(e)}}
+        except TimeoutError:
+            return {"time": self.clock(), "error": {"code": "unavailable",
+                                                    "message": f"tq-host did not answer within {POLL_TIMEOUT:g}s"}}
+        return summarize(reply.get("metrics", {}), self.clock())
+
+
+class Live:
+    """The route: a stream per page, fed from its slot."""
+
+    def __init__(self, parts: Parts, summary: Summary) -> None:
+        self.parts, self.summary = parts, summary
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get(f"{V1}/live", self.live)]
+
+    async def live(self, request: web.Request) -> web.StreamResponse:
+        query(request, ())
+        link = await self.parts.auth.link(request)
+        limit = self.parts.settings.gateway().max_subscribers
+        if len(self.summary.slots) >= limit:
+            raise Refusal("unavailable", f"{limit} live pages are open ([gateway] max_subscribers): try again later")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                           "X-Accel-Buffering": "no"})  # (nginx: pass each event on at once)
+        await resp.prepare(request)
+        slot = self.summary.join()
+        checked = time.monotonic()
+        try:
+            while True:
+                data = await slot.take()
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await resp.write(data)
+                if time.monotonic() - checked > RECHECK:
+                    checked = time.monotonic()
+                    await link.call("ping")  # a revoked token is refused: the stream ends
+        except RequestError as e:  # the page reads this and leaves (its token is no longer valid)
+            with contextlib.suppress(ConnectionResetError):
+                await resp.write(b"event: end\n" + frame({"error": {"code": e.code, "message": str(e)}}))
+        except (TimeoutError, ConnectionResetError):
+            pass  # the page stopped reading, or went
+        finally:
+            self.summary.leave(slot)
+        return resp
