@@ -23,7 +23,7 @@ from .auth import COOKIE, MAX_TOKEN, cross_site, same_origin, token_of
 from .errors import Refusal
 
 STATIC = Path(__file__).with_name("static")
-ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
 FORBIDDEN = 403
 MESSAGE = "<!--message-->"  # where login.html takes its message
 SECURITY = {

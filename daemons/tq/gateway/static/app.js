@@ -15,6 +15,7 @@ const view = {
   dead: {after: null, newer: [], queue: "", task: "", count: null},
   chart: {last: null, points: []},
   source: null,
+  drawn: {},  // what each live table shows now, as JSON
 };
 
 const $ = (id) => document.getElementById(id);
@@ -147,7 +148,16 @@ function summary(s) {
   view.dead.count = dead;
 }
 
+// Redraw a table only when what it shows changed (a button is not replaced under the pointer every second).
+function changed(key, list) {
+  const text = JSON.stringify(list);
+  if (view.drawn[key] === text) return false;
+  view.drawn[key] = text;
+  return true;
+}
+
 function queues(list) {
+  if (!changed("queues", list)) return;
   const rows = list.map((q) => {
     const limits = [q.concurrency !== null ? `${q.concurrency} at once` : null, q.rate !== null ? `${q.rate}/s` : null];
     const buttons = view.readOnly ? null : q.paused
@@ -164,6 +174,7 @@ function queues(list) {
 }
 
 function workers(list) {
+  if (!changed("workers", list.map((w) => ({...w, seen_ago: null})))) return;
   const rows = list.map((w) => el("tr", {"data-worker": w.instance}, el("td", {}, w.instance),
     el("td", {}, el("span", {class: `badge ${w.state === "live" ? "up" : "down"}`}, w.state)),
     el("td", {}, (w.queues || []).join(", ")), el("td", {}, jobLink(w.running)), el("td", {class: "num"}, w.done),
@@ -206,7 +217,7 @@ function draw() {
   for (let i = 0; i <= 4; i++) {
     const v = ceiling * i / 4;
     ctx.beginPath(); ctx.moveTo(left, y(v)); ctx.lineTo(w - 4, y(v)); ctx.stroke();
-    ctx.fillText(v >= 10 ? v.toFixed(0) : v.toFixed(1), 4, y(v) + 4);
+    ctx.fillText(Number.isInteger(v) ? String(v) : v.toFixed(1), 4, y(v) + 4);
   }
   for (const s of [120, 90, 60, 30, 0]) ctx.fillText(s ? `-${s}s` : "now", x(now - s) - (s ? 12 : 20), h - 4);
   ctx.lineWidth = 2;
