@@ -28,7 +28,7 @@ from .auth import Auth, Failures
 from .hostlink import HostLinks
 from .limits import GuardedSite, Limits
 from .page import Page
-from .summary import Live, Summary
+from .summary import LiveSummary, Summary
 
 LISTEN_FDS_START = 3  # systemd's first passed descriptor (sd_listen_fds(3))
 PROBE_EVERY = 5.0  # seconds between the gateway's pings of tq-host (STATUS= says whether it answers)
@@ -88,7 +88,7 @@ class Gateway:
 
     def tables(self) -> list[RouteTable]:
         """The route tables the application serves."""
-        return [Api(self.parts), Page(self.parts), Live(self.parts, self.summary)]
+        return [Api(self.parts), Page(self.parts), LiveSummary(self.parts, self.summary)]
 
     async def serve(self) -> int:
         cfg = self.settings.gateway()

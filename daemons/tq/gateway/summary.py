@@ -127,7 +127,7 @@ class Summary:
         return summarize(reply.get("metrics", {}), self.clock())
 
 
-class Live:
+class LiveSummary:
     """The route: a stream per page, fed from its slot."""
 
     def __init__(self, parts: Parts, summary: Summary) -> None:
