@@ -178,11 +178,21 @@ def commands_text(parser: argparse.ArgumentParser, commands: list[tuple[str, str
     shared = sorted({o for _, _, sub in commands for a in sub._actions for o in a.option_strings} & own
                     - {"-h", "--help"})
     lines = [f"Every command also takes {', '.join(bold(o) for o in shared)} after its name."] if shared else []
-    for name, text, sub in commands:
+    for name, text, sub in _with_nested(commands):
         lines += [f'.SS "{escape(name)}"', synopsis(sub, f"{parser.prog} {name}", own), ".PP", escape(text)]
         lines += definitions([(_term(sub, a), _help(sub, a)) for a in _shown(sub, own)
                               if a.option_strings or a.help])  # a bare TASK or ID: the synopsis says it
     return lines
+
+
+def _with_nested(commands: list[tuple[str, str, argparse.ArgumentParser]]
+                 ) -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """The commands, each followed by its own subcommands (`token create`, `token list` ...)."""
+    found = []
+    for name, text, sub in commands:
+        found.append((name, text, sub))
+        found += [(f"{name} {n}", t, s) for n, t, s in _with_nested(subcommands(sub))]
+    return found
 
 
 def section_(title: str, body: list[str]) -> list[str]:

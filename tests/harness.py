@@ -4,6 +4,8 @@ systemd's NOTIFY_SOCKET so callers await READY=1, STATUS=... instead of sleeping
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import resource
 import shutil
@@ -131,11 +133,54 @@ def as_from_a_terminal() -> None:
 
 
 class Gateway:
-    """A tq-gateway process and where it listens."""
+    """A tq-gateway process, where it listens, and the token `request` sends by default (root's, made by the
+    suite; None: none)."""
 
-    def __init__(self, daemon: Daemon, port: int) -> None:
-        self.daemon, self.port = daemon, port
+    def __init__(self, daemon: Daemon, port: int, token: str | None = None) -> None:
+        self.daemon, self.port, self.token = daemon, port, token
         self.url = f"http://127.0.0.1:{port}"
+
+    def rpc_url(self, token: str | None = None) -> str:
+        """/RPC2 with a token as basic authentication's password (as a stock XML-RPC client sends it)."""
+        return f"http://tq:{token or self.token}@127.0.0.1:{self.port}/RPC2"
+
+
+
+
+class Answer:
+    def __init__(self, status: int, headers: http.client.HTTPMessage, body: bytes) -> None:
+        self.status, self.headers, self.raw = status, headers, body
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.raw)
+
+    @property
+    def code(self) -> str:
+        return str(self.json["error"]["code"])
+
+
+DEFAULT = "(the gateway's)"
+
+
+def request(gw: Gateway, method: str, path: str, body: Any = None, token: str | None = DEFAULT,
+            headers: dict[str, str] | None = None, timeout: float = 30) -> Answer:
+    """One HTTP request to tq-gateway with a token (by default the suite's root token; None: none); a body that
+    is not bytes is sent as JSON."""
+    token = gw.token if token == DEFAULT else token
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=timeout)
+    try:
+        sent = dict(headers or {})
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        if data is not None:
+            sent.setdefault("Content-Type", "application/json")
+        conn.request(method, path, body=data, headers=sent)
+        resp = conn.getresponse()
+        return Answer(resp.status, resp.headers, resp.read())
+    finally:
+        conn.close()
 
 
 class Suite:
@@ -188,7 +233,12 @@ stop_timeout = "5s"
         self.daemons.append(d)
         return d.ready() if ready else d
 
-    def gateway(self, ready: bool = True, env: dict[str, str] | None = None) -> Gateway:
+    def token(self, user: str = "root", read_only: bool = False) -> str:
+        """A new API token for `user` (tq-host must be up)."""
+        name = f"t{uuid.uuid4().hex[:12]}"
+        return str(self.client().token_create(name, user, read_only)["token"])
+
+    def gateway(self, ready: bool = True, env: dict[str, str] | None = None, token: bool = True) -> Gateway:
         """tq-gateway on a port of its own, socket-activated as systemd would (the test binds port 0 and passes the
         socket as descriptor 3 with LISTEN_FDS=1 and LISTEN_PID set to the gateway's pid)."""
         listener = socket.create_server(("127.0.0.1", 0))
@@ -198,7 +248,7 @@ stop_timeout = "5s"
         argv = [sys.executable, "-c", activate, *self._python("tq.gateway")]
         d = Daemon(f"gateway{len(self.daemons)}", argv, {**self.env, **(env or {})}, self.dir, pass_fds=(fd,))
         self.daemons.append(d)
-        gateway = Gateway(d, listener.getsockname()[1])
+        gateway = Gateway(d, listener.getsockname()[1], self.token() if token else None)
         listener.close()
         if ready:
             d.ready()

@@ -13,7 +13,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
-from . import configfiles, control
+from . import clienttokens, configfiles, control
 
 if TYPE_CHECKING:
     import datetime
@@ -39,6 +39,10 @@ class PermissionDenied(TqError):
     exit_code = control.EXIT_PERMISSION
 
 
+class Unauthorized(PermissionDenied):
+    """No valid token: unknown or revoked (act_as)."""
+
+
 class NotFound(TqError):
     exit_code = control.EXIT_NOT_FOUND
 
@@ -62,19 +66,17 @@ class InternalError(TqError):
     exit_code = control.EXIT_INTERNAL
 
 
-# A refusal's code -> its exception: the one whose exit status control.ERRORS gives the code (Refused for a code
-# this client does not know).
+# A refusal's code -> its exception, by the exit status control.ERRORS gives it (Refused for a code not known).
 _BY_EXIT: dict[int, type[TqError]] = {e.exit_code: e for e in (Refused, HostUnreachable, PermissionDenied, NotFound,
                                                                JobTimeout, InternalError)}
-_ERRORS: dict[str, type[TqError]] = {code: _BY_EXIT[e.exit_status] for code, e in control.ERRORS.items()}
+_ERRORS = {code: _BY_EXIT[e.exit_status] for code, e in control.ERRORS.items()} | {"unauthorized": Unauthorized}
 
 
 class Connection:
     """A connection to tq-host over its Unix socket (opened on first use, reopened after a failure): one request
     and its reply at a time (`call`), or the events of a subscription (`_stream`)."""
 
-    def __init__(self, config: str | None = None, socket_path: str | None = None,
-                 timeout: float | None = 60.0) -> None:
+    def __init__(self, config: str | None = None, socket_path: str | None = None, timeout: float | None = 60.0) -> None:
         setting = configfiles.SocketSetting(socket_path, "") if socket_path else _config_socket(config)
         self.socket_path = setting.path
         self.socket_source = setting.source  # where the path came from, for the message when it cannot connect
@@ -204,7 +206,7 @@ class Connection:
             self._buf += memoryview(self._chunk)[:n]
 
 
-class Client(Connection):
+class Client(Connection, clienttokens.TokenOps):
     """tq's operations over a connection to tq-host."""
 
     # ---- jobs -------------------------------------------------------------
@@ -300,8 +302,8 @@ class Client(Connection):
         return finished
 
     def list_jobs(self, state: str | None = None, queue: str | None = None, task: str | None = None,
-             limit: int = 50) -> list[dict[str, Any]]:
-        reply = self.call("list", state=state, queue=queue, task=task, limit=limit)
+                  limit: int = 50, after: int | None = None) -> list[dict[str, Any]]:  # after: the next page
+        reply = self.call("list", state=state, queue=queue, task=task, limit=limit, after=after)
         return [dict(j) for j in reply["jobs"]]
 
     def cancel(self, job_id: int) -> dict[str, Any]:
@@ -345,8 +347,7 @@ class Client(Connection):
         return [dict(x) for x in self.call("schedules")["schedules"]]
 
     def status(self) -> dict[str, Any]:
-        reply = self.call("status")
-        return {k: v for k, v in reply.items() if k not in ("ok", "rid")}
+        return {k: v for k, v in self.call("status").items() if k not in ("ok", "rid")}
 
     def workers(self) -> list[dict[str, Any]]:
         return [dict(w) for w in self.call("workers")["workers"]]
@@ -374,11 +375,10 @@ class Client(Connection):
                   recent: int = 0, after: float | None = None) -> Iterator[bytes]:
         """Follow the events that match the filters: chunks of whole JSON lines, first up to `recent` of the last
         events (with `after`, a time: of those since then), then each new one as it happens (the host sends every
-        0.1 s). A line `{"missed": N}` says N events were not sent because this reader fell behind; `{"missed":
-        null, "since": T1, "until": T2, "reason": ...}` that some between T1 and T2 may be gone (the host
-        restarted since `after`). Blocks until the host goes (HostUnreachable); the connection carries nothing
-        else from then on: close the client to stop. The subscription is made before this returns (a host that
-        is not there raises here)."""
+        0.1 s). A line `{"missed": N}` says N events were not sent because this reader fell behind; `{"missed": null,
+        "since": T1, "until": T2, "reason": ...}` that some between T1 and T2 may be gone (the host restarted since
+        `after`). Blocks until the host goes (HostUnreachable); the connection carries nothing else from then on:
+        close the client to stop. The subscription is made before this returns (a missing host raises here)."""
         reply = self.call("subscribe", job=job, task=task, queue=queue, recent=recent, after=after)
         return self._stream(reply["events"])
 

@@ -64,6 +64,7 @@ class LogConfig:
 @dataclass(frozen=True)
 class AccessConfig:
     admins: tuple[str, ...] = ("tq-admin",)  # groups whose members may cancel and retry anyone's jobs
+    gateways: tuple[str, ...] = ("tq-gateway",)  # users whose connections may act for a token's user (act_as)
 
 
 @dataclass(frozen=True)

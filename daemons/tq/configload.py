@@ -96,8 +96,9 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
     tasks_r = root.sub("tasks")
     tasks = tuple(_task(tasks_r.sub(name), name) for name in tasks_r.table)
     access_r = root.sub("access")
-    access_r.check_keys({"admins"})
-    access = AccessConfig(admins=access_r.principals("admins", AccessConfig.admins, groups_only=True) or ())
+    access_r.check_keys({"admins", "gateways"})
+    access = AccessConfig(admins=access_r.principals("admins", AccessConfig.admins, groups_only=True) or (),
+                          gateways=access_r.principals("gateways", AccessConfig.gateways, users_only=True) or ())
     queues_r = root.sub("queues")
     queues = {name: _queue(queues_r.sub(name), name) for name in queues_r.table}
     exchanges_r = root.sub("exchanges")

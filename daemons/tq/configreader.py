@@ -73,16 +73,17 @@ class Reader:
         except ValueError as e:
             raise self.error(key, str(e)) from None
 
-    def principals(self, key: str, default: tuple[str, ...] | None,
-                   groups_only: bool = False) -> tuple[str, ...] | None:
-        """A list of user names and @group names (group names alone where `groups_only`)."""
+    def principals(self, key: str, default: tuple[str, ...] | None, groups_only: bool = False,
+                   users_only: bool = False) -> tuple[str, ...] | None:
+        """A list of user names and @group names (group names alone where `groups_only`, user names where
+        `users_only`)."""
         value = self.get(key, list, None)
         if value is None:
             return default
         word = r"[a-z_][a-z0-9_.-]{0,31}\$?"
-        pattern = re.compile(word if groups_only else f"@?{word}", re.IGNORECASE)
+        pattern = re.compile(word if groups_only or users_only else f"@?{word}", re.IGNORECASE)
         if not all(isinstance(v, str) and pattern.fullmatch(v) for v in value):
-            what = "group names" if groups_only else "user names and @group names"
+            what = "group names" if groups_only else "user names" if users_only else "user names and @group names"
             raise self.error(key, f"expected a list of {what}, got {value!r}")
         return tuple(value)
 

@@ -45,6 +45,8 @@ ERRORS: dict[str, ErrorCode] = {
     "unavailable": ErrorCode(EXIT_UNREACHABLE, 503, "tq-host cannot serve it now (out of resources, or its store "
                                                     "failed); the same request may succeed later"),
     "permission": ErrorCode(EXIT_PERMISSION, 403, "the access rules refuse the caller"),
+    "unauthorized": ErrorCode(EXIT_PERMISSION, 401, "no valid token: unknown or revoked (act_as, a gateway's "
+                                                    "caller)"),
     "internal": ErrorCode(EXIT_INTERNAL, 500, "a fault inside tq-host (a bug, in its journal); not the request's"),
 }
 

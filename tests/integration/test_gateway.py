@@ -3,54 +3,28 @@ of its own, driven over HTTP with http.client (docs/gateway.md is what each test
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import signal
+import socket
+import ssl
+import subprocess
+import sys
+import xmlrpc.client
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from harness import Gateway, Suite, wait_until
-
-ANONYMOUS = {"TQ_GATEWAY_TEST_ANONYMOUS": "1"}
-
-
-class Answer:
-    def __init__(self, status: int, headers: http.client.HTTPMessage, body: bytes) -> None:
-        self.status, self.headers, self.raw = status, headers, body
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.raw)
-
-    @property
-    def code(self) -> str:
-        return str(self.json["error"]["code"])
-
-
-def request(gw: Gateway, method: str, path: str, body: Any = None, token: str | None = None,
-            headers: dict[str, str] | None = None, timeout: float = 30) -> Answer:
-    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=timeout)
-    try:
-        sent = dict(headers or {})
-        if token is not None:
-            sent["Authorization"] = f"Bearer {token}"
-        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-        if data is not None:
-            sent.setdefault("Content-Type", "application/json")
-        conn.request(method, path, body=data, headers=sent)
-        resp = conn.getresponse()
-        return Answer(resp.status, resp.headers, resp.read())
-    finally:
-        conn.close()
+from harness import Daemon, Gateway, Suite, request, wait_until
 
 
 @pytest.fixture
 def gw(suite: Suite) -> Iterator[Gateway]:
     suite.start(workers=1)
-    yield suite.gateway(env=ANONYMOUS)
+    yield suite.gateway()
 
 
 def test_submit_get_and_list_a_job(gw: Gateway) -> None:
@@ -168,10 +142,10 @@ def test_many_requests_in_flight_share_one_host_connection(gw: Gateway) -> None:
 def test_without_a_token_the_answer_is_401_with_a_challenge(suite: Suite) -> None:
     suite.start(workers=0)
     gw = suite.gateway()
-    a = request(gw, "GET", "/api/v1/status")
+    a = request(gw, "GET", "/api/v1/status", token=None)
     assert (a.status, a.code) == (401, "unauthorized"), a.raw
     assert a.headers["WWW-Authenticate"] == 'Bearer realm="tq", Basic realm="tq"'
-    a = request(gw, "GET", "/metrics")
+    a = request(gw, "GET", "/metrics", token=None)
     assert a.status == 401
 
 
@@ -179,15 +153,339 @@ def test_metrics_public_needs_no_token(suite: Suite) -> None:
     suite.write_config("[gateway]\nmetrics_public = true\n")
     suite.start(workers=0)
     gw = suite.gateway()
-    a = request(gw, "GET", "/metrics")
+    a = request(gw, "GET", "/metrics", token=None)
     assert a.status == 200 and b"# TYPE" in a.raw, a.raw
-    assert request(gw, "GET", "/api/v1/status").status == 401
+    assert request(gw, "GET", "/api/v1/status", token=None).status == 401
 
 
 def test_many_bad_tokens_from_one_address_are_answered_429(suite: Suite) -> None:
     suite.start(workers=0)
     gw = suite.gateway()
-    statuses = [request(gw, "GET", "/api/v1/status", token="x" * 600 + str(i)).status for i in range(25)]
+    statuses = [request(gw, "GET", "/api/v1/status", token=f"tq_not-a-token-{i}").status for i in range(25)]
     assert statuses[:20] == [401] * 20 and statuses[20:] == [429] * 5, statuses
-    a = request(gw, "GET", "/api/v1/status", token="x" * 600)
+    a = request(gw, "GET", "/api/v1/status")  # a good token too, from that address: not even asked
     assert a.status == 429 and int(a.headers["Retry-After"]) > 0
+
+
+class Stream:
+    """An SSE client: the events (and `missed` notices) read off one GET /api/v1/events."""
+
+    def __init__(self, gw: Gateway, query: str = "", headers: dict[str, str] | None = None) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
+        auth = {"Authorization": f"Bearer {gw.token}"} if gw.token else {}
+        self.conn.request("GET", f"/api/v1/events{query}", headers={"Accept": "text/event-stream", **auth,
+                                                                    **(headers or {})})
+        self.resp = self.conn.getresponse()
+
+    def next(self) -> tuple[str, dict[str, Any], str]:
+        """(event kind, data, id) of the next event; comment lines are skipped."""
+        kind, data, ident = "message", "", ""
+        while True:
+            line = self.resp.readline().decode()
+            assert line, "the stream ended"
+            line = line.rstrip("\n")
+            if not line:
+                if data:
+                    return kind, json.loads(data), ident
+                continue
+            name, _, value = line.partition(": ")
+            if name == "event":
+                kind = value
+            elif name == "data":
+                data += value
+            elif name == "id":
+                ident = value
+
+    def until(self, predicate: Any) -> list[dict[str, Any]]:
+        seen = []
+        while True:
+            _, data, _ = self.next()
+            seen.append(data)
+            if predicate(data):
+                return seen
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def host_subscribers(suite: Suite) -> int:
+    return int(suite.client().metrics()["events"]["subscribers"])
+
+
+def test_sse_follows_with_filters_on_one_host_subscription(suite: Suite, gw: Gateway) -> None:
+    everything, one_job = Stream(gw), None
+    try:
+        assert everything.resp.status == 200 and everything.resp.headers["Content-Type"] == "text/event-stream"
+        wait_until(lambda: host_subscribers(suite) == 1, what="the gateway's subscription")
+        (first,) = request(gw, "POST", "/api/v1/jobs", {"task": "held", "delay": "1h"}).json["ids"]
+        one_job = Stream(gw, f"?job={first}&recent=10")
+        assert one_job.next()[1]["event"] == "submitted"  # the replay
+        request(gw, "POST", "/api/v1/jobs", {"task": "other"})
+        request(gw, "POST", f"/api/v1/jobs/{first}/cancel")
+        seen = everything.until(lambda e: e.get("event") == "cancelled")
+        assert {e.get("task") for e in seen} >= {"held", "other"}
+        cancelled = one_job.next()[1]
+        assert (cancelled["event"], cancelled["job"], cancelled["task"]) == ("cancelled", first, "held")
+        assert host_subscribers(suite) == 1  # two followers, one subscription
+    finally:
+        everything.close()
+        if one_job is not None:
+            one_job.close()
+    wait_until(lambda: host_subscribers(suite) == 0, what="the subscription closed with its last follower")
+
+
+def test_sse_resumes_after_last_event_id(gw: Gateway) -> None:
+    """A follower back with Last-Event-ID (or ?after=) is replayed the events after that one, not those before.
+    (tq-host compares unrounded times with the rounded one given: an event of the same instant may come again.)"""
+    (job_id,) = request(gw, "POST", "/api/v1/jobs?wait=10s", {"task": "echo"}).json["ids"]
+    s = Stream(gw, f"?job={job_id}&recent=100")
+    try:
+        everything = s.until(lambda e: e.get("event") == "done")
+    finally:
+        s.close()
+    assert everything[0]["event"] == "submitted" and len({e["ts"] for e in everything}) > 1
+    for query, headers in [(f"?job={job_id}&after={everything[0]['ts']}", {}),
+                           (f"?job={job_id}", {"Last-Event-ID": str(everything[0]["ts"])})]:
+        s = Stream(gw, query, headers)
+        try:
+            kind, data, ident = s.next()
+            resumed = [data, *s.until(lambda e: e.get("event") == "done")] if data["event"] != "done" else [data]
+        finally:
+            s.close()
+        assert kind == "message" and ident == str(data["ts"]) and data["ts"] >= everything[0]["ts"]
+        assert "submitted" not in [e["event"] for e in resumed if e["ts"] > everything[0]["ts"]]
+        assert resumed == everything[len(everything) - len(resumed):]
+
+
+def test_sse_past_max_subscribers_is_503(suite: Suite) -> None:
+    suite.write_config("[gateway]\nmax_subscribers = 1\n")
+    suite.start(workers=0)
+    gw = suite.gateway()
+    s = Stream(gw)
+    try:
+        assert s.resp.status == 200
+        a = request(gw, "GET", "/api/v1/events", headers={"Accept": "text/event-stream"})
+        assert (a.status, a.code) == (503, "unavailable"), a.raw
+        assert request(gw, "GET", "/api/v1/events?limit=5").status == 200  # the JSON list is no stream
+    finally:
+        s.close()
+
+
+FAILING = '\n[tasks.boom]\npython = "tq_test_handlers:fail"\nretries = 0\n'
+
+
+@pytest.fixture
+def rpc_gw(suite: Suite) -> Gateway:
+    suite.write_config(FAILING)
+    suite.start(workers=1)
+    return suite.gateway()
+
+
+def test_xmlrpc_submit_call_get_status(rpc_gw: Gateway) -> None:
+    proxy = xmlrpc.client.ServerProxy(rpc_gw.rpc_url())
+    job_id = proxy.submit("echo", ["a", 1])
+    assert isinstance(job_id, int)
+    assert proxy.call("echo", ["x", "y"]) is not None
+    job = proxy.get(job_id)
+    assert job["id"] == job_id and job["task"] == "echo" and "payload" not in job  # None: left out
+    assert "states" in proxy.status()
+    assert proxy.call("echo", ["big"], {"priority": 5}) is not None
+
+
+def test_xmlrpc_a_failing_job_is_a_fault_naming_it(rpc_gw: Gateway) -> None:
+    proxy = xmlrpc.client.ServerProxy(rpc_gw.rpc_url())
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        proxy.call("boom", ["it broke"])
+    assert e.value.faultCode == 1
+    assert "boom" in e.value.faultString and "dead" in e.value.faultString and "it broke" in e.value.faultString
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        proxy.get(999999)
+    assert e.value.faultCode == 5 and "no job 999999" in e.value.faultString
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        proxy.nosuch()
+    assert e.value.faultCode == 2
+
+
+def test_xmlrpc_refuses_a_doctype_before_parsing(rpc_gw: Gateway) -> None:
+    laughs = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]>'
+              b"<methodCall><methodName>&b;</methodName></methodCall>")
+    a = request(rpc_gw, "POST", "/RPC2", laughs, headers={"Content-Type": "text/xml"})
+    assert a.status == 200
+    with pytest.raises(xmlrpc.client.Fault, match="DOCTYPE"):
+        xmlrpc.client.loads(a.raw)
+    a = request(rpc_gw, "POST", "/RPC2", b"<methodCall><oops", headers={"Content-Type": "text/xml"})
+    with pytest.raises(xmlrpc.client.Fault, match="not an XML-RPC call"):
+        xmlrpc.client.loads(a.raw)
+
+
+def test_xmlrpc_needs_a_token_as_basic_auth_password(suite: Suite) -> None:
+    suite.start(workers=0)
+    gw = suite.gateway()
+    with pytest.raises(xmlrpc.client.ProtocolError) as e:
+        xmlrpc.client.ServerProxy(f"{gw.url}/RPC2").status()
+    assert e.value.errcode == 401
+    with pytest.raises(xmlrpc.client.ProtocolError) as e:
+        xmlrpc.client.ServerProxy(gw.rpc_url("tq_wrong")).status()
+    assert e.value.errcode == 401
+    assert "states" in xmlrpc.client.ServerProxy(gw.rpc_url()).status()
+
+
+# ---- the daemon: listen by hand, TLS, sd_notify, reload, stop ----------------------------------------------
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return int(s.getsockname()[1])
+
+
+def by_hand(suite: Suite, extra: str, env: dict[str, str] | None = None) -> Daemon:
+    """tq-gateway started as `tq-gateway --config FILE` (no socket from systemd)."""
+    suite.write_config(extra)
+    d = Daemon("gateway-by-hand", [sys.executable, "-m", "tq.gateway", "--config", str(suite.config)],
+               {**suite.env, **(env or {})}, suite.dir)
+    suite.daemons.append(d)
+    return d
+
+
+def test_by_hand_it_listens_on_gateway_listen_and_stops_cleanly_on_sigterm(suite: Suite) -> None:
+    suite.start(workers=0)
+    port = free_port()
+    d = by_hand(suite, f'[gateway]\nlisten = "127.0.0.1:{port}"\n').ready()
+    status = d.notify.wait_for(lambda m: m.startswith("STATUS="))
+    assert "tq-host up" in status, status
+    gw = Gateway(d, port, suite.token())
+    assert request(gw, "GET", "/api/v1/ping").status == 200
+    s = Stream(gw)  # an open event stream does not hold up the stop
+    try:
+        d.signal(signal.SIGTERM)
+        assert d.wait(10) == 0
+    finally:
+        s.close()
+    assert "STOPPING=1" in d.notify.messages
+    assert "Traceback" not in d.text()
+
+
+def test_a_bad_configuration_is_one_line_and_exit_2(suite: Suite) -> None:
+    suite.write_config('[gateway]\nlisten = "nowhere"\n')
+    r = subprocess.run([sys.executable, "-m", "tq.gateway", "--config", str(suite.config)], env=suite.env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "gateway.listen" in r.stderr, r.stderr
+
+
+def test_a_port_taken_is_cannot_start_exit_1(suite: Suite) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        suite.write_config(f'[gateway]\nlisten = "127.0.0.1:{port}"\n')
+        r = subprocess.run([sys.executable, "-m", "tq.gateway", "--config", str(suite.config)], env=suite.env,
+                           capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "cannot start: cannot listen on" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_watchdog_pings_and_sighup_reloads(suite: Suite) -> None:
+    suite.start(workers=0)
+    port = free_port()
+    d = by_hand(suite, f'[gateway]\nlisten = "127.0.0.1:{port}"\n', env={"WATCHDOG_USEC": "400000"}).ready()
+    d.notify.wait_for(lambda m: m == "WATCHDOG=1")
+    gw = Gateway(d, port, suite.token())
+    assert request(gw, "GET", "/metrics").status == 200
+    start = len(d.notify.messages)
+    suite.write_config(f'[gateway]\nlisten = "127.0.0.1:{port}"\nmax_wait = "2s"\n')
+    d.signal(signal.SIGHUP)
+    d.notify.wait_for(lambda m: m.startswith("RELOADING=1"), start=start)
+    d.notify.wait_for(lambda m: m == "READY=1", start=start)
+    a = request(gw, "GET", "/api/v1/jobs/1?wait=3s")
+    assert (a.status, a.code) == (400, "bad_request") and "at most 2s" in a.json["error"]["message"], a.raw
+
+
+def test_tls_when_cert_and_key_are_set(suite: Suite) -> None:
+    cert, key = suite.dir / "cert.pem", suite.dir / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    suite.start(workers=0)
+    port = free_port()
+    by_hand(suite, f'[gateway]\nlisten = "127.0.0.1:{port}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n').ready()
+    context = ssl.create_default_context(cafile=str(cert))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        conn.request("GET", "/api/v1/ping", headers={"Authorization": f"Bearer {suite.token()}"})
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
+# ---- tokens: each request acts as the token's user ---------------------------------------------------------
+
+def test_whoami_and_the_token_routes(suite: Suite, gw: Gateway) -> None:
+    a = request(gw, "GET", "/api/v1/whoami")
+    assert a.status == 200 and a.json["user"] == "root" and a.json["read_only"] is False, a.raw
+    a = request(gw, "POST", "/api/v1/tokens", {"name": "ro", "user": "nobody", "read_only": True})
+    assert a.status == 201 and a.json["token"].startswith("tq_"), a.raw
+    ro = a.json["token"]
+    assert "ro" in [t["name"] for t in request(gw, "GET", "/api/v1/tokens").json["tokens"]]
+    a = request(gw, "GET", "/api/v1/whoami", token=ro)
+    assert a.json == {"user": "nobody", "token": "ro", "read_only": True}, a.raw
+    assert request(gw, "GET", "/api/v1/tokens", token=ro).status == 403  # only root and admins manage tokens
+    a = request(gw, "DELETE", "/api/v1/tokens/ro")
+    assert a.status == 200, a.raw
+    a = request(gw, "GET", "/api/v1/whoami", token=ro)  # its connection acted already: cut by the revocation
+    assert (a.status, a.code) == (401, "unauthorized"), a.raw
+    assert request(gw, "DELETE", "/api/v1/tokens/ro").status == 404
+
+
+def test_a_read_only_token_reads_and_changes_nothing(suite: Suite, gw: Gateway) -> None:
+    ro = suite.token("nobody", read_only=True)
+    (job_id,) = request(gw, "POST", "/api/v1/jobs", {"task": "x", "delay": "1h"}).json["ids"]
+    assert request(gw, "GET", f"/api/v1/jobs/{job_id}", token=ro).status == 200
+    for method, path, body in [("POST", "/api/v1/jobs", {"task": "x"}), ("POST", f"/api/v1/jobs/{job_id}/cancel",
+                                                                         None),
+                               ("POST", "/api/v1/queues/default/pause", None)]:
+        a = request(gw, method, path, body, token=ro)
+        assert (a.status, a.code) == (403, "permission"), (path, a.raw)
+        assert "read-only" in a.json["error"]["message"]
+
+
+def test_a_users_token_is_held_to_that_users_access_rules(suite: Suite, gw: Gateway) -> None:
+    nobody = suite.token("nobody")
+    (roots,) = request(gw, "POST", "/api/v1/jobs", {"task": "x", "delay": "1h"}).json["ids"]
+    (theirs,) = request(gw, "POST", "/api/v1/jobs", {"task": "x", "delay": "1h"}, token=nobody).json["ids"]
+    a = request(gw, "POST", f"/api/v1/jobs/{roots}/cancel", token=nobody)
+    assert (a.status, a.code) == (403, "permission"), a.raw
+    assert request(gw, "POST", f"/api/v1/jobs/{theirs}/cancel", token=nobody).status == 200
+    assert request(gw, "GET", f"/api/v1/jobs/{theirs}").json["job"]["submitter"] != 0
+
+
+def test_the_token_in_a_cookie_or_as_basic_password(suite: Suite, gw: Gateway) -> None:
+    a = request(gw, "GET", "/api/v1/whoami", token=None, headers={"Cookie": f"tq_token={gw.token}"})
+    assert a.status == 200 and a.json["user"] == "root", a.raw
+    basic = base64.b64encode(f"anyone:{gw.token}".encode()).decode()
+    a = request(gw, "GET", "/api/v1/whoami", token=None, headers={"Authorization": f"Basic {basic}"})
+    assert a.status == 200, a.raw
+    a = request(gw, "GET", "/api/v1/whoami", token="tq_unknown")
+    assert (a.status, a.code) == (401, "unauthorized") and "WWW-Authenticate" in a.headers, a.raw
+
+
+def test_list_pages_with_after_and_a_wait_past_its_time_is_504(gw: Gateway) -> None:
+    ids = request(gw, "POST", "/api/v1/jobs", {"jobs": [{"task": "page", "delay": "1h"}] * 5}).json["ids"]
+    first = request(gw, "GET", "/api/v1/jobs?task=page&limit=2").json["jobs"]
+    assert [j["id"] for j in first] == ids[::-1][:2]
+    rest = request(gw, "GET", f"/api/v1/jobs?task=page&limit=10&after={first[-1]['id']}").json["jobs"]
+    assert [j["id"] for j in rest] == ids[::-1][2:]
+    a = request(gw, "POST", "/api/v1/jobs?wait=0.3s", {"task": "later", "delay": "1h"})
+    assert (a.status, a.code) == (504, "timeout"), a.raw
+    assert "did not finish in time" in a.json["error"]["message"]
+    a = request(gw, "POST", "/api/v1/wait", {"id": ids[0], "timeout": "0.2s"})
+    assert (a.status, a.code) == (504, "timeout"), a.raw
+    events = request(gw, "GET", "/api/v1/events?task=page").json["events"]
+    assert len(events) == 5
+    later = request(gw, "GET", f"/api/v1/events?task=page&after={events[0]['ts'] - 1}").json["events"]
+    assert [e for e in later if "event" in e] == events  # (after the host's start: told what it cannot know)
+
+
+def test_a_refused_submit_and_wait_answers_at_once_and_the_link_stays(suite: Suite) -> None:
+    suite.write_config("", echo_catch_all=False)
+    suite.start(workers=0)
+    gw = suite.gateway()
+    a = request(gw, "POST", "/api/v1/jobs?wait=10s", {"task": "nosuch"}, timeout=5)
+    assert (a.status, a.code) == (422, "unknown_task"), a.raw
+    assert request(gw, "GET", "/api/v1/ping").status == 200

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness import Suite, wait_until
+from tq.client import Unauthorized
 
 MEMBER = "tqtest-member"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates group tq and a member)")
@@ -167,3 +168,59 @@ def test_only_root_and_admins_may_forget_a_worker(suite: Suite, people: None) ->
     r = as_user(ADMIN, *tqctl, "workers", "--forget", "1", env=suite.env)
     assert (r.returncode, r.stdout) == (0, "forgot worker 1 (stopped)\n"), r.stderr
     assert client.workers() == []
+
+
+# A gateway's connection, in a process of its own as some user: act_as with the token in argv[1], then the
+# request in argv[2] (a Client method and its JSON arguments); prints the outcome as a JSON line.
+ACT = """
+import json, sys
+from tq.client import Client, TqError
+c = Client(config=sys.argv[3])
+try:
+    c.act_as(sys.argv[1])
+    method, args = json.loads(sys.argv[2])
+    print(json.dumps({"ok": getattr(c, method)(*args)}))
+except TqError as e:
+    print(json.dumps({"error": type(e).__name__, "exit": e.exit_code, "message": str(e)}))
+"""
+
+
+def act(user: str, suite: Suite, token: str, method: str, *args: object) -> dict[str, object]:
+    r = as_user(user, sys.executable, "-c", ACT, token, json.dumps([method, list(args)]), str(suite.config),
+                env=suite.env)
+    assert r.returncode == 0 and r.stdout, r.stderr
+    return dict(json.loads(r.stdout))
+
+
+def test_tokens_act_as_their_user_only_through_root_and_the_gateways(suite: Suite, people: None) -> None:
+    suite.write_config(f'\n[access]\ngateways = ["{OTHER}"]\n')
+    suite.start(workers=1)
+    made = suite.tqctl("token", "create", "ci", "--user", MEMBER)
+    assert made.returncode == 0 and made.stdout.startswith("tq_") and len(made.stdout.splitlines()) == 1, made
+    token = made.stdout.strip()
+    # Not root, not in [access] gateways: refused, whatever the token.
+    refused = act(MEMBER, suite, token, "status")
+    assert refused["error"] == "PermissionDenied" and refused["exit"] == 4, refused
+    assert "may not act for others: only root and [access] gateways" in str(refused["message"])
+    # A gateway: its requests are the token user's.
+    submitted = act(OTHER, suite, token, "submit", "task-1")
+    job = suite.client().wait(int(submitted["ok"]), timeout=10)  # type: ignore[call-overload]
+    assert job["submitter"] == pwd.getpwnam(MEMBER).pw_uid and job["state"] == "done"
+    bad = act(OTHER, suite, "tq_" + "A" * 43, "status")
+    assert (bad["error"], bad["exit"]) == ("Unauthorized", 4) and "no valid token" in str(bad["message"])
+    listed = json.loads(suite.tqctl("--json", "token", "list").stdout)
+    assert [(t["name"], t["user"], t["read_only"]) for t in listed] == [("ci", MEMBER, False)]
+    assert "ci" in suite.tqctl("token", "list").stdout
+    assert suite.tqctl("token", "list", user=MEMBER).returncode == 4  # (refused: tqctl as a non-admin)
+    # A live connection that acts with the token is cut by its revocation.
+    live = suite.client()
+    assert live.act_as(token) == {"user": MEMBER, "token": "ci", "read_only": False}
+    assert live.list_jobs()[0]["id"] == job["id"]
+    assert suite.tqctl("token", "revoke", "ci").returncode == 0
+    with pytest.raises(Unauthorized, match="token ci was revoked"):
+        live.list_jobs()
+    assert suite.tqctl("token", "revoke", "ci").returncode == 5
+    # The store kept the token's hash, never its text.
+    assert suite.store_rows("SELECT count(*) FROM tokens") == [(0,)]
+    state = suite.dir / "state"
+    assert all(token.encode() not in p.read_bytes() for p in state.glob("tq.sqlite3*"))

@@ -45,6 +45,11 @@ def test_values_tasks_queues_choices_and_files() -> None:
     assert done("tqctl show ") == []
 
 
+def test_token_actions_and_their_options() -> None:
+    assert done("tqctl token ") == ["create", "list", "revoke"]
+    assert {"--user", "--read-only"} <= set(done("tqctl token create --") or [])
+
+
 def test_the_config_given_on_the_line_is_the_one_asked() -> None:
     ASKED.clear()
     done("tqctl --config /srv/tq.toml submit --queue ")

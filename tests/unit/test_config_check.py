@@ -101,3 +101,17 @@ def test_a_schedule_whose_task_a_pattern_matches_passes(default: Path, capsys: p
                        '[schedules.s]\nevery = "1h"\ntask = "report.daily"\n')
     assert ctl.main(["config", "check"]) == 0
     assert capsys.readouterr().out.startswith("configuration ok")
+
+
+def test_config_check_shows_the_gateways_and_refuses_a_group_or_a_bad_name_among_them(
+        default: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    default.write_text('[access]\ngateways = ["web-gw"]\n')
+    assert ctl.main(["--json", "config", "check"]) == 0
+    assert json.loads(capsys.readouterr().out)["gateways"] == ["web-gw"]
+    default.write_text("")
+    assert configload.load().access.gateways == ("tq-gateway",)  # the default
+    for bad in ('["@tq"]', '["no spaces"]', '"tq-gateway"'):
+        default.write_text(f"[access]\ngateways = {bad}\n")
+        assert ctl.main(["config", "check"]) == control.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert "access.gateways" in err and len(err.splitlines()) == 1, err

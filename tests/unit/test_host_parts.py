@@ -15,6 +15,7 @@ import pytest
 
 from parts import Parts, make_parts
 from tq import configload, control, protocol
+from tq.host import tokens
 from tq.host.dispatch import BLOCKED_BACKOFF
 from tq.host.jobs import InvalidTransition
 from tq.host.records import JobRecord
@@ -729,6 +730,10 @@ EVERY_OP: dict[str, tuple[dict[str, object], str]] = {
     "subscribe": ({"recent": 10}, "events"),
     "metrics": ({"format": "json"}, "metrics"),
     "forget_worker": ({"instance": "gone"}, "instance"),
+    "token_create": ({"name": "ci", "user": "nobody"}, "token"),
+    "token_list": ({}, "tokens"),
+    "token_revoke": ({"name": "ci"}, "revoked"),
+    "act_as": ({"token": "tq_known"}, "user"),  # the last: the connection is nobody's from then on
 }
 
 
@@ -739,6 +744,9 @@ def test_every_operation_answers_through_the_assembly_tq_host_uses(tmp_path: Pat
                                            '[schedules.nightly]\nevery = "1h"\ntask = "report"\n')
     parts.scheduler.load(time.time())
     parts.fleet.workers["gone"] = WorkerState("gone", state="stopped")  # for forget_worker
+    parts.store.save_token("gw", tokens.digest("tq_known"), "nobody", False, 0.0)  # for act_as
+    parts.store.commit()
+    parts.host.tokens.reload()
     assert set(EVERY_OP) == set(parts.requests.ops), "a new op needs a case here"
     a, b = socket.socketpair()
     try:

@@ -85,6 +85,7 @@ def test_tqctl_page_has_every_command_and_option_that_help_shows_and_no_hidden_o
                 for option in action.option_strings:
                     assert manpages.bold(option) in text, (name, option)
     assert "_complete" not in text and "==SUPPRESS==" not in text
+    assert '.SS "token create"' in text and manpages.bold("--read-only") in text  # a command's own commands
     assert re.search(r"^\.SH EXIT STATUS\n\.TP\n\\fB0\\fR\nok$", text, re.M)
 
 

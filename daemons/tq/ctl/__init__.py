@@ -2,8 +2,8 @@
 
 The commands live by what they act on: jobs.py (submit, result, list, show, cancel, retry; batch.py reads and
 checks submit --batch's lines), overview.py (status, workers, queues, schedules, pause, resume, config check),
-follow.py (events, watch, metrics); each declares its commands' options beside their handlers, render.py formats
-what they print, complete.py completes them in bash.
+follow.py (events, watch, metrics), tokens.py (token create, list, revoke); each declares its commands' options
+beside their handlers, render.py formats what they print, complete.py completes them in bash.
 
 Exit status: 0 ok, 1 job failed, 2 usage or refused, 3 host not reachable,
 4 permission denied, 5 not found, 6 timeout, 7 internal error in tq-host.
@@ -18,11 +18,11 @@ import sys
 
 from .. import __version__
 from ..client import Client, Refused, TqError
-from . import follow, jobs, options, overview, render
+from . import follow, jobs, options, overview, render, tokens
 
 # The order `tqctl --help` lists the commands in; each module's COMMANDS add them.
 _HELP_ORDER = ("submit", "status", "list", "show", "cancel", "retry", "result", "workers", "pause", "resume",
-               "queues", "schedules", "events", "metrics", "watch", "config")
+               "queues", "schedules", "events", "metrics", "watch", "token", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config file (default: $TQ_CONFIG or /etc/tq/tq.toml)")
     p.add_argument("--version", action="version", version=f"tqctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=options.Parser)
-    commands = jobs.COMMANDS | overview.COMMANDS | follow.COMMANDS
+    commands = jobs.COMMANDS | overview.COMMANDS | follow.COMMANDS | tokens.COMMANDS
     for name in sorted(commands, key=_HELP_ORDER.index):  # (a command missing from _HELP_ORDER: ValueError)
         commands[name](sub, common)
     sub.add_parser("_complete").add_argument("line")  # for the bash completion; no help=: --help leaves it out

@@ -223,10 +223,11 @@ def _add_list(sub: Subcommands, common: Parser) -> None:
     ls.add_argument("--queue")
     ls.add_argument("--task")
     ls.add_argument("--limit", type=options.count, default=50)
+    ls.add_argument("--after", type=int, metavar="ID", help="only jobs below id ID (the next page: the last id shown)")
 
 
 def _cmd_list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    jobs = client.list_jobs(state=args.state, queue=args.queue, task=args.task, limit=args.limit)
+    jobs = client.list_jobs(state=args.state, queue=args.queue, task=args.task, limit=args.limit, after=args.after)
     if render.out_or_none(jobs, as_json, "no jobs"):
         return 0
     rows = [["ID", "STATE", "TASK", "QUEUE", "PRIO", "TRIES", "AGE", "WORKER", "RESULT"]]

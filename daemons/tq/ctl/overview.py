@@ -165,7 +165,8 @@ def config_check(args: argparse.Namespace, as_json: bool) -> int:
         render.error(str(e), as_json, control.EXIT_USAGE)
         return control.EXIT_USAGE
     if as_json:
-        render.out({"ok": True, "files": list(cfg.files), "tasks": [t.name for t in cfg.tasks]})
+        render.out({"ok": True, "files": list(cfg.files), "tasks": [t.name for t in cfg.tasks],
+                    "gateways": list(cfg.access.gateways)})
     else:
         print(f"configuration ok: {', '.join(cfg.files)} ({len(cfg.tasks)} task(s))")
     return 0

@@ -11,12 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 
 from .. import log
 from ..daemon import StartError, command_line, load_config
-
-ANONYMOUS_ENV = "TQ_GATEWAY_TEST_ANONYMOUS"  # tests only, until tq-host knows act_as: no token asked
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from .service import Gateway  # (aiohttp: imported once the configuration is known good)
 
     async def run() -> int:
-        gateway = Gateway(cfg, args.config, logger, anonymous=os.environ.get(ANONYMOUS_ENV) == "1")
+        gateway = Gateway(cfg, args.config, logger)
         return await gateway.serve()
 
     try:

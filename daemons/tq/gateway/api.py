@@ -121,8 +121,8 @@ class Api:
     async def submit(self, request: web.Request) -> web.Response:
         """One job, `{"jobs": [...], "chain": bool}`, or `{"exchange", "key", "jobs": [one]}`; `?wait=` one job."""
         params = query(request, ("wait",))
+        link = await self.link(request)  # (before the body: a caller without a token does not get it read)
         raw = await self.body(request, JOB_FIELDS | {"jobs", "chain", "exchange", "key"})
-        link = await self.link(request)
         fields: dict[str, Any] = {k: raw.pop(k) for k in ("chain", "exchange", "key") if k in raw}
         if "jobs" in raw:
             jobs = raw.pop("jobs")
@@ -156,9 +156,10 @@ class Api:
         return answer(await link.call("get", id=job_id))
 
     async def wait(self, request: web.Request) -> web.Response:
+        link = await self.link(request)
         body = await self.body(request, ("id", "ids", "timeout"))
         timeout = seconds(body.pop("timeout", self.max_wait()), "timeout", self.max_wait())
-        return answer(await (await self.link(request)).call("wait", timeout, timeout=timeout, **body))
+        return answer(await link.call("wait", timeout, timeout=timeout, **body))
 
     async def list(self, request: web.Request) -> web.Response:
         """Newest first; `after`: only ids below it (the next page)."""
@@ -173,24 +174,27 @@ class Api:
         """cancel or retry of one job, by the id in the path."""
         job_id = whole(request.match_info["id"], "the job id", 1)
         query(request, ())
+        link = await self.link(request)
         await self.body(request, ())
-        return answer(await (await self.link(request)).call(op, id=job_id))
+        return answer(await link.call(op, id=job_id))
 
     async def _matching(self, request: web.Request, op: str) -> web.Response:
         """By filters (at least one; tq-host refuses none): state, task, queue, older_than (a duration)."""
         query(request, ())
+        link = await self.link(request)
         body = await self.body(request, FILTERS)
         if "older_than" in body:
             body["older_than"] = seconds(body["older_than"], "older_than")
-        return answer(await (await self.link(request)).call(op, **body))
+        return answer(await link.call(op, **body))
 
     # ---- queues, workers, tokens ------------------------------------------
 
     async def _steer(self, request: web.Request, op: str) -> web.Response:
         """pause or resume of the queue named in the path."""
         query(request, ())
+        link = await self.link(request)
         await self.body(request, ())
-        return answer(await (await self.link(request)).call(op, queue=request.match_info["name"]))
+        return answer(await link.call(op, queue=request.match_info["name"]))
 
     async def forget_worker(self, request: web.Request) -> web.Response:
         query(request, ())
@@ -199,8 +203,9 @@ class Api:
 
     async def token_create(self, request: web.Request) -> web.Response:
         query(request, ())
+        link = await self.link(request)
         body = await self.body(request, ("name", "user", "read_only"))
-        return answer(await (await self.link(request)).call("token_create", **body), 201)
+        return answer(await link.call("token_create", **body), 201)
 
     async def token_revoke(self, request: web.Request) -> web.Response:
         query(request, ())
@@ -208,7 +213,9 @@ class Api:
 
     async def whoami(self, request: web.Request) -> web.Response:
         query(request, ())
-        identity = (await self.link(request)).identity
+        link = await self.link(request)
+        await link.call("ping")  # (tq-host refuses a token revoked since its link acted)
+        identity = link.identity
         assert identity is not None  # (set by act_as once connected)
         return answer({"user": identity.user, "token": identity.token, "read_only": identity.read_only})
 

@@ -53,8 +53,11 @@ class RouteTable(Protocol):
 
 
 def make_app(parts: Parts, tables: Iterable[RouteTable]) -> web.Application:
-    app = web.Application(middlewares=[_errors(parts)], client_max_size=parts.settings.gateway().max_body,
-                          handler_args={"keepalive_timeout": parts.settings.gateway().request_timeout})
+    cfg = parts.settings.gateway()
+    # A kept-alive connection's next request, and the unread rest of a refused body, get request_timeout too.
+    app = web.Application(middlewares=[_errors(parts)], client_max_size=cfg.max_body,
+                          handler_args={"keepalive_timeout": cfg.request_timeout,
+                                        "lingering_time": cfg.request_timeout})
     for table in tables:
         app.add_routes(table.routes())
     return app
@@ -89,15 +92,21 @@ def _errors(parts: Parts) -> Any:
     return middleware
 
 
-async def read_json(request: web.Request, allowed: Iterable[str], timeout: float) -> dict[str, Any]:
-    """A request's JSON object body ({} when empty), read within `timeout` seconds (a slow body is dropped); a
-    field not in `allowed` is refused, named."""
+async def read_body(request: web.Request, timeout: float) -> bytes:
+    """A request's body, read within `timeout` seconds: a slow one is answered 408 (and its connection closed:
+    errors.for_exception)."""
     try:
         async with asyncio.timeout(timeout):
-            raw = await request.read()
+            return await request.read()
     except TimeoutError:
-        request.protocol.force_close()
-        raise errors.Refusal("bad_request", f"the request body did not arrive within {timeout:g}s", 408) from None
+        raise errors.Refusal("bad_request", f"the request body did not arrive within {timeout:g}s",
+                             errors.SLOW) from None
+
+
+async def read_json(request: web.Request, allowed: Iterable[str], timeout: float) -> dict[str, Any]:
+    """A request's JSON object body ({} when empty; read_body's deadline); a field not in `allowed` is refused,
+    named."""
+    raw = await read_body(request, timeout)
     if not raw.strip():
         return {}
     try:

@@ -97,10 +97,8 @@ class Failures:
 
 
 class Auth:
-    def __init__(self, links: HostLinks, failures: Failures, anonymous: bool = False) -> None:
-        """`anonymous`: every request acts as the gateway itself (no token asked; for tests against a tq-host
-        that does not know act_as)."""
-        self.links, self.failures, self.anonymous = links, failures, anonymous
+    def __init__(self, links: HostLinks, failures: Failures) -> None:
+        self.links, self.failures = links, failures
 
     async def link(self, request: web.Request, token: str | None = None) -> HostLink:
         """The link that acts as the request's caller (or as `token`: the login form's), connected; Refusal (401,
@@ -108,8 +106,6 @@ class Auth:
         if token is None and request.cookies.get(COOKIE) and cross_site(request):
             raise Refusal("permission", "a request with the tq_token cookie must come from the dashboard "
                           f"({PAGE_HEADER}: 1, or an Origin of this host)")
-        if self.anonymous:
-            return self.links.own
         address = request.remote or "?"
         now = time.monotonic()
         wait = self.failures.blocked_for(address, now)

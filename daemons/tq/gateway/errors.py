@@ -14,6 +14,7 @@ from ..control import RequestError
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tq", Basic realm="tq"'}
 UNAUTHORIZED = 401
 TOO_MANY = 429
+SLOW = 408  # a request body that did not arrive in time
 
 
 class Refusal(RequestError):
@@ -47,9 +48,12 @@ def response(code: str, message: str, status: int | None = None,
 
 
 def for_exception(e: RequestError) -> web.Response:
-    if isinstance(e, Refusal):
-        return response(e.code, str(e), e.status, e.headers)
-    return response(e.code, str(e))
+    if not isinstance(e, Refusal):
+        return response(e.code, str(e))
+    resp = response(e.code, str(e), e.status, e.headers)
+    if e.status == SLOW:
+        resp.force_close()  # the rest of its body may yet come: the connection cannot carry another request
+    return resp
 
 
 # aiohttp's own refusals (no route, wrong method, a body over client_max_size ...) as tq's codes.

@@ -74,14 +74,18 @@ class HostLink:
         request = {"op": op, "rid": rid, **{k: v for k, v in fields.items() if v is not None}}
         try:
             writer.write(control.encode(request))
+            try:
+                await writer.drain()  # (a host slow to read holds the callers, not the gateway's memory)
+            except OSError as e:
+                self._lost(str(e))
             out = []
-            for future in futures:
+            for future in futures:  # a refusal is the last reply: raised at once (_body)
                 try:
-                    out.append(await asyncio.wait_for(future, wait + SLACK))
+                    out.append(_body(await asyncio.wait_for(future, wait + SLACK)))
                 except TimeoutError:
                     self._lost("it did not answer in time")
                     raise RequestError("unavailable", f"{UNREACHABLE}: it did not answer in time") from None
-            return [_body(r) for r in out]
+            return out
         finally:
             self._pending.pop(rid, None)
 
@@ -130,20 +134,20 @@ class HostLink:
         """The connection is gone: every request in flight fails as unavailable; the next one reconnects."""
         if self._writer is not None:
             self.logger.debug("connection to tq-host lost: %s", reason)
-        self.close()
-        for futures in self._pending.values():
-            for future in futures:
-                if not future.done():
-                    future.set_exception(RequestError("unavailable", f"{UNREACHABLE}: {reason}"))
-        self._pending.clear()
+        self.close(reason)
 
-    def close(self) -> None:
+    def close(self, reason: str = "the gateway closed the connection") -> None:
         writer, task = self._writer, self._task
         self._reader = self._writer = self._task = None
         if writer is not None:
             writer.close()
         if task is not None and task is not asyncio.current_task():
             task.cancel()
+        for futures in self._pending.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(RequestError("unavailable", f"{UNREACHABLE}: {reason}"))
+        self._pending.clear()
 
 
 def _body(reply: dict[str, Any]) -> dict[str, Any]:

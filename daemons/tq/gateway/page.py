@@ -67,7 +67,7 @@ class Page:
 
     async def index(self, request: web.Request) -> web.Response:
         """The page for a valid token; the login form otherwise (with why, when a token was refused)."""
-        if not self.parts.auth.anonymous and token_of_or_none(request) is None:
+        if token_of_or_none(request) is None:
             return self.form("")
         try:
             await self.parts.auth.link(request)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .. import config, configload
 from ..control import RequestError
@@ -27,8 +28,10 @@ from .app import Parts, RouteTable, Settings, make_app
 from .auth import Auth, Failures
 from .hostlink import HostLinks
 from .limits import GuardedSite, Limits
+from .live import Hub, Live
 from .page import Page
 from .summary import LiveSummary, Summary
+from .xmlrpc import XmlRpc
 
 LISTEN_FDS_START = 3  # systemd's first passed descriptor (sd_listen_fds(3))
 PROBE_EVERY = 5.0  # seconds between the gateway's pings of tq-host (STATUS= says whether it answers)
@@ -72,14 +75,32 @@ def tls_context(cfg: config.GatewayConfig) -> ssl.SSLContext | None:
     return context
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a traceback for each request it cannot parse (an unknown method, a bad header), which it has
+    answered 400 already: a flood of them would be a flood of the journal. They are counted instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and (error.code or 400) < 500:
+            self.count += 1
+            return False
+        return True
+
+
 class Gateway:
-    def __init__(self, cfg: config.Config, config_path: str | None, logger: logging.Logger,
-                 anonymous: bool = False) -> None:
+    def __init__(self, cfg: config.Config, config_path: str | None, logger: logging.Logger) -> None:
         self.config_path, self.logger = config_path, logger
         self.settings = Settings(cfg)
         links = HostLinks(cfg.host.socket, cfg.gateway.host_connections, logger)
-        self.parts = Parts(self.settings, links, Auth(links, Failures(), anonymous),
+        self.parts = Parts(self.settings, links, Auth(links, Failures()),
                            Limits(self.settings.gateway), logger)
+        self.hub = Hub(self.parts)
+        self.malformed = MalformedRequests()
+        logging.getLogger("aiohttp.server").addFilter(self.malformed)
         self.summary = Summary(links)
         self.notifier = Notifier()
         self.stop = asyncio.Event()
@@ -88,7 +109,8 @@ class Gateway:
 
     def tables(self) -> list[RouteTable]:
         """The route tables the application serves."""
-        return [Api(self.parts), Page(self.parts), LiveSummary(self.parts, self.summary)]
+        return [Api(self.parts), Live(self.parts, self.hub), XmlRpc(self.parts), Page(self.parts),
+                LiveSummary(self.parts, self.summary)]
 
     async def serve(self) -> int:
         cfg = self.settings.gateway()
@@ -107,6 +129,7 @@ class Gateway:
             await self._loop()
         finally:
             self.notifier.stopping()
+            self.hub.close()  # the event streams end, so that the runner's cleanup need not wait for them
             self.summary.close()
             self.parts.links.close()
             await runner.cleanup()
@@ -150,7 +173,8 @@ class Gateway:
         self.host_up = up
 
     def status_text(self) -> str:
-        return (f"{self.parts.limits.connections} connection(s), {len(self.parts.links)} token(s) in use, "
+        return (f"{self.parts.limits.connections} connection(s), {len(self.hub.followers)} event stream(s), "
+                f"{len(self.parts.links)} token(s) in use, {self.malformed.count} malformed request(s), "
                 f"tq-host {'up' if self.host_up else 'not reachable'}")
 
     def reload(self) -> None:

@@ -29,6 +29,7 @@ from .hostlink import HostLinks
 INTERVAL = 1.0  # seconds between summaries
 POLL_TIMEOUT = 5.0  # a poll tq-host has not answered in this long gives a summary that says so
 WRITE_TIMEOUT = 30.0  # a page that has not taken one summary in this long is dropped
+END = b""  # in a slot: the stream ends (the gateway stops)
 RECHECK = 10.0  # seconds between checks that a stream's token is still valid (a revoked one ends the stream)
 QUEUE_KEYS = ("queue", "paused", "states", "concurrency", "rate", "oldest_queued_age", "unserved")
 WORKER_KEYS = ("instance", "state", "queues", "running", "done", "seen_ago")
@@ -98,11 +99,13 @@ class Summary:
             self.close()
 
     def close(self) -> None:
-        """Stop polling (no page is open, or the gateway stops)."""
+        """Stop polling (no page is open, or the gateway stops: then each page's stream ends)."""
         task, self._task = self._task, None
         self.latest = b""
         if task is not None:
             task.cancel()
+        for slot in self.slots:
+            slot.put(END)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -150,6 +153,8 @@ class LiveSummary:
         try:
             while True:
                 data = await slot.take()
+                if data == END:
+                    break
                 async with asyncio.timeout(WRITE_TIMEOUT):
                     await resp.write(data)
                 if time.monotonic() - checked > RECHECK:

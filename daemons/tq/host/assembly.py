@@ -30,6 +30,7 @@ from .stats import Stats
 from .store import Store
 from .stream import EventStream
 from .submit import Admission
+from .tokens import Tokens
 from .waiters import Waiters
 
 
@@ -49,6 +50,7 @@ class HostParts:
     snapshot: Snapshot
     requests: Requests
     server: Server
+    tokens: Tokens
 
     def configure(self, cfg: config.Config) -> None:
         """Put a reloaded configuration into effect in every part that reads it."""
@@ -85,8 +87,9 @@ def assemble(cfg: config.Config, mailbox: Mailbox, open_inbox: OpenInbox, sel: s
     admission = Admission(cfg, jobs, queues, waiters, ledger, logger)
     scheduler = Scheduler(cfg, store, jobs, admission.submit_internal, logger)
     snapshot = Snapshot(cfg, store, jobs, queues, fleet, stream, stats, malformed, notes)
+    tokens = Tokens(store, lambda: requests.access, logger)
     requests = Requests(cfg, jobs, fleet, queues, stream, admission, waiters, ledger, snapshot, scheduler.public,
-                        logger)
+                        tokens, logger)
     server = Server(sel, requests.handle, stream.forget_closed, Burst(logger))
     return HostParts(store, stats, jobs, fleet, queues, dispatcher, ledger, waiters, admission, scheduler, stream,
-                     snapshot, requests, server)
+                     snapshot, requests, server, tokens)

@@ -80,9 +80,10 @@ class JobTable:
         job_id = self.unique.get(unique_key)
         return None if job_id is None else self.jobs.get(job_id)
 
-    def query(self, state: str | None, queue: str | None, task: str | None, limit: int) -> list[JobRecord]:
+    def query(self, state: str | None, queue: str | None, task: str | None, limit: int,
+              after: int | None = None) -> list[JobRecord]:
         """Jobs from the store, newest first, each as the table has it now."""
-        return [self.jobs.get(j.id) or j for j in self.store.query(state, queue, task, limit)]
+        return [self.jobs.get(j.id) or j for j in self.store.query(state, queue, task, limit, after)]
 
     def running_on(self, instance: str) -> set[int]:
         return {j.id for j in self.jobs.values() if j.state in ON_WORKER and j.worker == instance}

@@ -26,11 +26,13 @@ from .server import Conn
 from .snapshot import Snapshot
 from .stream import RECENT, EventStream, Filter
 from .submit import Admission, task_name_problem
+from .tokens import Tokens
 from .waiters import MAX_BULK, Waiters
 
 # Replies that acknowledge a change or tell a job's outcome: sent only once the step's commit succeeded, and with
 # durability = "full" once every change they may show is fsync'd (Store.commit).
-ACKNOWLEDGING_OPS = {"submit", "cancel", "retry", "wait", "get", "list", "pause", "resume", "forget_worker"}
+ACKNOWLEDGING_OPS = {"submit", "cancel", "retry", "wait", "get", "list", "pause", "resume", "forget_worker",
+                     "token_create", "token_revoke"}
 BURST_OPS = {"submit", "list"}  # requests that may allocate much; a poller's status calls do not count
 _STATES = frozenset(s.value for s in JobState)
 Op = Callable[[Conn, Any, dict[str, Any]], "dict[str, Any] | None"]
@@ -39,10 +41,10 @@ Op = Callable[[Conn, Any, dict[str, Any]], "dict[str, Any] | None"]
 class Requests:
     def __init__(self, cfg: config.Config, jobs: JobTable, fleet: Fleet, queues: Queues, stream: EventStream,
                  admission: Admission, waiters: Waiters, ledger: Ledger, snapshot: Snapshot,
-                 schedules: Callable[[], list[dict[str, Any]]], logger: logging.Logger) -> None:
+                 schedules: Callable[[], list[dict[str, Any]]], tokens: Tokens, logger: logging.Logger) -> None:
         self.jobs, self.fleet, self.queues, self.stream = jobs, fleet, queues, stream
         self.admission, self.waiters, self.ledger, self.snapshot = admission, waiters, ledger, snapshot
-        self.schedules, self.logger = schedules, logger
+        self.schedules, self.tokens, self.logger = schedules, tokens, logger
         self.replies = ledger.replies  # (appended to here: a call less per request than Ledger.answer)
         self.cfg = cfg
         self.access = Access(cfg)
@@ -52,7 +54,7 @@ class Requests:
             "list": self._list, "status": snapshot.status, "workers": self._workers, "cancel": self._cancel,
             "retry": self._retry, "pause": self._pause, "resume": self._resume, "queues": self._queues,
             "schedules": self._schedules, "subscribe": self._subscribe, "events": self._events,
-            "metrics": self._metrics, "forget_worker": self._forget_worker,
+            "metrics": self._metrics, "forget_worker": self._forget_worker, **tokens.ops(),
         }
 
     def configure(self, cfg: config.Config) -> None:
@@ -74,6 +76,8 @@ class Requests:
             handler = self.ops.get(op)
             if handler is None:
                 raise RequestError("bad_request", f"unknown op {op!r}")
+            if conn.token is not None:  # it acts with a token (act_as): revoked, or read-only? (a local one: no)
+                self.tokens.check(conn, op)
             reply = handler(conn, rid, req)
             if reply is not None:
                 self.replies.append((conn, {"rid": rid, "ok": True, **reply}, op in ACKNOWLEDGING_OPS))
@@ -92,6 +96,7 @@ class Requests:
         refused = self.ledger.refused_by_undo()
         self.waiters.undo(next_id, refused, error)
         self.ledger.undo(refused, error)
+        self.tokens.reload()
 
     # ---- the operations ---------------------------------------------------
 
@@ -111,8 +116,11 @@ class Requests:
 
     def _list(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         limit = control.field(req, "limit", int, 50)
+        after = control.field(req, "after", int, None)  # a job id: the page of the ids below it
+        if after is not None and not 0 < after <= MAX_JOB_ID:
+            raise RequestError("bad_request", f"after must be a job id (1 to {MAX_JOB_ID})")
         task, queue = _names(req)
-        jobs = self.jobs.query(_state(req), queue, task, max(0, min(limit, 100000)))
+        jobs = self.jobs.query(_state(req), queue, task, max(0, min(limit, 100000)), after)
         return {"jobs": [j.public() for j in jobs]}
 
     def _workers(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
@@ -215,16 +223,21 @@ class Requests:
         reply, which holds up to `recent` of the last events; with `after`, those since then, and what is missing)."""
         f = _event_filter(req)
         recent = max(0, min(control.field(req, "recent", int, 0), RECENT))
-        after = control.field(req, "after", (int, float), None)
         self.stream.subscribe(conn, f)
-        events = (self.stream.recent_events(f, recent) if after is None else
-                  self.stream.since_events(f, float(after), recent))
-        return {"subscribed": True, "events": events}
+        return {"subscribed": True, "events": self._past_events(req, f, recent)}
 
     def _events(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
-        """The last `limit` events (of the last 1000) that match the filters, oldest first."""
-        limit = control.field(req, "limit", int, RECENT)
-        return {"events": self.stream.recent_events(_event_filter(req), max(0, min(limit, RECENT)))}
+        """The last `limit` events (of the last 1000) that match the filters, oldest first; with `after` (a time),
+        of those since then (and what is missing, as subscribe says)."""
+        limit = max(0, min(control.field(req, "limit", int, RECENT), RECENT))
+        return {"events": self._past_events(req, _event_filter(req), limit)}
+
+    def _past_events(self, req: dict[str, Any], f: Filter, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` of the last events that match `f`; with the request's `after` (a time), of those since."""
+        after = control.field(req, "after", (int, float), None)
+        if after is None:
+            return self.stream.recent_events(f, limit)
+        return self.stream.since_events(f, float(after), limit)
 
     def _metrics(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         """The snapshot (format "json"), or the Prometheus text written from it here (format "text"): a scrape

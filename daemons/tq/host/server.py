@@ -35,6 +35,8 @@ class Conn:
     closed: bool = False
     writing: bool = False  # the selector watches it for EVENT_WRITE
     subscribed: bool = False  # it follows the event stream (stream.py): its closing is told to on_close
+    token: str | None = None  # the API token it acts with (act_as, host/tokens.py): uid and gid are its user's
+    read_only: bool = False  # that token may only read
 
 
 OnLine = Callable[[Conn, bytes], None]

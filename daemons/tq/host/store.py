@@ -216,12 +216,16 @@ class Store:
         return [record(r) for r in rows]
 
     def query(self, state: str | None = None, queue: str | None = None, task: str | None = None,
-             limit: int = 50) -> list[JobRecord]:
+             limit: int = 50, after: int | None = None) -> list[JobRecord]:
+        """Up to `limit` jobs that match, newest first; `after`: only ids below it (the next page). The primary key
+        is read down from `after`: a page deep in the store costs the rows from there to its last one, not those
+        before it (with a filter that few jobs match, the rows between them too; see records.py)."""
         self.flush()
-        where, params = [], []
-        for column, value in (("state", state), ("queue", queue), ("task", task)):
+        where: list[str] = []
+        params: list[object] = []
+        for column, value in (("state", state), ("queue", queue), ("task", task), ("id", after)):
             if value:
-                where.append(f"{column}=?")
+                where.append("id<?" if column == "id" else f"{column}=?")
                 params.append(value)
         sql = f"SELECT {','.join(COLUMNS)} FROM jobs"
         if where:
@@ -296,6 +300,19 @@ class Store:
             self.db.execute("DELETE FROM schedule_errors WHERE name = ?", (name,))
         else:
             self.db.execute("INSERT OR REPLACE INTO schedule_errors VALUES (?, ?)", (name, last_error))
+
+    def tokens(self) -> list[tuple[str, bytes, str, bool, float]]:
+        """Every API token: name, SHA-256 of its text, user, read-only, created_at."""
+        rows = self.db.execute("SELECT name, hash, user, read_only, created_at FROM tokens ORDER BY name")
+        return [(n, bytes(h), u, bool(r), t) for n, h, u, r, t in rows]
+
+    def save_token(self, name: str, digest: bytes, user: str, read_only: bool, created_at: float) -> None:
+        self._begin()
+        self.db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?)", (name, digest, user, int(read_only), created_at))
+
+    def delete_token(self, name: str) -> None:
+        self._begin()
+        self.db.execute("DELETE FROM tokens WHERE name = ?", (name,))
 
     def children(self, job_id: int) -> list[int]:
         """The jobs that wait for or follow this one."""

@@ -1,0 +1,136 @@
+"""XML-RPC at POST /RPC2, parsed and written by the standard library (xmlrpc.client.loads and dumps).
+
+Methods: `submit(task, args[, options])` -> the job's id; `call(task, args[, options])` -> the job's result,
+once it has ended (submit and wait, at most `[gateway] max_wait`); `get(id)` -> the job; `status()`. A refusal
+or a job that did not end done (dead, cancelled, failed) is an XML-RPC fault whose faultCode is tqctl's exit
+status for it (control.ERRORS; a job that ended badly: 1, a wait past its time: 6) and whose faultString names
+the job and its error. XML-RPC has no nil (without an extension) and its integers are 32-bit: a value None is
+left out of a struct (and is "" elsewhere), a larger integer is sent as its decimal string.
+
+A body that holds a DOCTYPE is refused before it is parsed: the standard parser (expat) would expand the
+entities it declares, and no XML-RPC call needs one. Bodies over `[gateway] max_body` are refused by aiohttp
+(413) before they are read whole.
+"""
+
+from __future__ import annotations
+
+import xmlrpc.client
+from typing import Any
+from xml.parsers.expat import ExpatError
+
+from aiohttp import web
+
+from .. import control
+from ..control import RequestError
+from .app import Parts, read_body
+from .hostlink import HostLink
+
+INT_MAX = 2**31 - 1
+OPTIONS = frozenset(("queue", "priority", "delay", "at", "timeout", "retries", "unique", "after", "payload"))
+
+
+class Fault(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class XmlRpc:
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/RPC2", self.rpc)]
+
+    async def rpc(self, request: web.Request) -> web.Response:
+        link = await self.parts.auth.link(request)  # 401 (with its challenge) is HTTP's: ServerProxy says it
+        raw = await read_body(request, self.parts.settings.gateway().request_timeout)
+        try:
+            params, method = self._parse(raw)
+            result = await self._dispatch(link, method, params)
+            body = xmlrpc.client.dumps((_plain(result),), methodresponse=True)
+        except Fault as e:
+            body = xmlrpc.client.dumps(xmlrpc.client.Fault(e.code, str(e)))
+        except RequestError as e:
+            if e.code == "unauthorized":
+                raise  # (a token revoked since: the middleware answers 401)
+            body = xmlrpc.client.dumps(xmlrpc.client.Fault(_exit_status(e.code), str(e)))
+        return web.Response(body=body.encode(), content_type="text/xml", charset="utf-8")
+
+    @staticmethod
+    def _parse(raw: bytes) -> tuple[tuple[Any, ...], str]:
+        lowered = raw.lower()
+        if b"<!doctype" in lowered or b"<!entity" in lowered or b"\0" in raw:  # (NUL: UTF-16 would hide them)
+            raise Fault(control.EXIT_USAGE, "a DOCTYPE, an entity declaration or a NUL byte is refused")
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Fault(control.EXIT_USAGE, "an XML-RPC call is UTF-8 text") from None
+        try:
+            params, method = xmlrpc.client.loads(raw)
+        except (ExpatError, xmlrpc.client.ResponseError, ValueError, TypeError, OverflowError) as e:
+            raise Fault(control.EXIT_USAGE, f"not an XML-RPC call: {e}") from None
+        if not isinstance(method, str):
+            raise Fault(control.EXIT_USAGE, "not an XML-RPC call: no methodName")
+        return params, method
+
+    async def _dispatch(self, link: HostLink, method: str, params: tuple[Any, ...]) -> Any:
+        if method == "submit":
+            spec = _spec(params, "submit")
+            return (await link.call("submit", jobs=[spec]))["ids"][0]
+        if method == "call":
+            return await self._call(link, _spec(params, "call"))
+        if method == "get":
+            if len(params) != 1 or type(params[0]) is not int:
+                raise Fault(control.EXIT_USAGE, "get takes one argument: a job id")
+            return (await link.call("get", id=params[0]))["job"]
+        if method == "status":
+            if params:
+                raise Fault(control.EXIT_USAGE, "status takes no arguments")
+            return await link.call("status")
+        raise Fault(control.EXIT_USAGE, f"no method {method[:60]!r} (methods: submit, call, get, status)")
+
+    async def _call(self, link: HostLink, spec: dict[str, Any]) -> Any:
+        wait = self.parts.settings.gateway().max_wait
+        ids, done = await link.call_many("submit", 2, wait, jobs=[spec], wait_for=wait)
+        job = done["job"]
+        if job.get("state") != "done":
+            error = job.get("error") or job.get("state")
+            raise Fault(control.EXIT_FAILED, f"job {job.get('id', ids['ids'][0])} ({spec['task']}) ended "
+                                             f"{job.get('state')}: {error}")
+        return job.get("result")
+
+
+def _spec(params: tuple[Any, ...], method: str) -> dict[str, Any]:
+    """(task, args[, options]) as submit's job."""
+    if not 1 <= len(params) <= 3 or not isinstance(params[0], str):
+        raise Fault(control.EXIT_USAGE, f"{method} takes (task, args[, options]): a task name, an array and a struct")
+    args = params[1] if len(params) > 1 else []
+    options = params[2] if len(params) > 2 else {}
+    if not isinstance(args, list) or not isinstance(options, dict):
+        raise Fault(control.EXIT_USAGE, f"{method}: args must be an array and options a struct")
+    unknown = sorted(set(options) - OPTIONS)
+    if unknown:
+        raise Fault(control.EXIT_USAGE, f"{method}: unknown option {unknown[0][:60]!r} (options: "
+                                        f"{', '.join(sorted(OPTIONS))})")
+    return {"task": params[0], "args": args, **options}
+
+
+def _exit_status(code: str) -> int:
+    entry = control.ERRORS.get(code)
+    return entry.exit_status if entry is not None else control.EXIT_PERMISSION
+
+
+def _plain(value: Any) -> Any:
+    """A value XML-RPC can carry: no None (left out of structs, "" elsewhere), integers within 32 bits."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, float, str)):
+        return value
+    if isinstance(value, int):
+        return value if -INT_MAX - 1 <= value <= INT_MAX else str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)

@@ -1,0 +1,151 @@
+"""API tokens, kept by tq-host: a gateway (tq-gateway) acts for a token's user on its connection (act_as).
+
+A token is 32 random bytes from `secrets`, shown once as `tq_` + URL-safe base64. The store keeps only its
+SHA-256: a fast hash is right for a secret of 256 random bits (no dictionary to try, nothing for a slow hash's
+stretching to protect), and it lets a request be checked with one dict lookup. The tokens are held in memory by
+hash after the store is read at start.
+
+act_as is taken only from root and the users of `[access] gateways`; after it the connection's uid and gid are
+the token user's, so every access rule applies to that user unchanged. A connection that acts with a token is
+checked on each request (`check`): a read-only token may only read, a revoked one may do nothing more. A plain
+local connection (conn.token None) is never looked at here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pwd
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import config, control
+from ..control import RequestError
+from .access import Access
+from .server import Conn
+from .store import Store
+
+TOKEN_PREFIX = "tq_"
+MAX_TOKEN = 200  # characters: a longer "token" is no token of ours (and is not hashed)
+# The ops a read-only token may send: those that change nothing.
+READING_OPS = frozenset({"ping", "get", "wait", "list", "status", "workers", "queues", "schedules", "subscribe",
+                         "events", "metrics"})
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    digest: bytes  # SHA-256 of the token's text
+    user: str
+    read_only: bool
+    created_at: float
+
+    def public(self) -> dict[str, Any]:
+        return {"name": self.name, "user": self.user, "read_only": self.read_only, "created_at": self.created_at}
+
+
+def digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+class Tokens:
+    def __init__(self, store: Store, access: Callable[[], Access], logger: logging.Logger) -> None:
+        self.store, self.access, self.logger = store, access, logger
+        self.by_hash: dict[bytes, Token] = {}
+        self.by_name: dict[str, Token] = {}
+        self.acting: dict[str, list[Conn]] = {}  # a token's name -> the connections that acted with it
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the tokens from the store (at start, and after a failed commit undid a change)."""
+        tokens = [Token(*row) for row in self.store.tokens()]
+        self.by_hash = {t.digest: t for t in tokens}
+        self.by_name = {t.name: t for t in tokens}
+
+    def ops(self) -> dict[str, Callable[[Conn, Any, dict[str, Any]], dict[str, Any]]]:
+        return {"token_create": self.create_op, "token_list": self.list_op, "token_revoke": self.revoke_op,
+                "act_as": self.act_as_op}
+
+    def check(self, conn: Conn, op: str) -> None:
+        """Refuse a request on a connection that acts with a token: revoked, or read-only and `op` changes."""
+        if not any(c is conn for c in self.acting.get(conn.token or "", ())):  # revoked (and made anew, maybe)
+            raise RequestError("unauthorized", f"token {conn.token} was revoked: no valid token")
+        if conn.read_only and op not in READING_OPS:
+            raise RequestError("permission", f"permission denied: token {conn.token} is read-only")
+
+    def _steer(self, conn: Conn, what: str) -> None:
+        refusal = self.access().may_steer(conn.uid, conn.gid, what)
+        if refusal is not None:
+            raise RequestError("permission", refusal)
+
+    def create_op(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        name = control.field(req, "name", str)
+        user = control.field(req, "user", str)
+        read_only = control.field(req, "read_only", bool, False)
+        if not config.NAME_RE.match(name):
+            raise RequestError("bad_request", f"invalid token name {name[:60]!r}: letters, digits, _ . -")
+        self._steer(conn, "manage tokens")
+        _account(user, "bad_request")
+        if name in self.by_name:
+            raise RequestError("conflict", f"token {name} exists (tqctl token revoke {name} first)")
+        text = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = Token(name, digest(text), user, read_only, time.time())
+        self.store.save_token(token.name, token.digest, token.user, token.read_only, token.created_at)
+        self.by_hash[token.digest], self.by_name[name] = token, token
+        self.logger.info("token %s created for user %s%s by uid %d", name, user, " (read-only)" * read_only,
+                         conn.uid)
+        return {"name": name, "user": user, "read_only": read_only, "token": text}
+
+    def list_op(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        self._steer(conn, "manage tokens")
+        return {"tokens": [t.public() for t in sorted(self.by_name.values(), key=lambda t: t.name)]}
+
+    def revoke_op(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        """Forget a token: it is refused from now on, on the connections that already acted with it too."""
+        name = control.field(req, "name", str)
+        self._steer(conn, "manage tokens")
+        token = self.by_name.pop(name, None)
+        if token is None:
+            raise RequestError("not_found", f"no token {name[:60]!r}")
+        del self.by_hash[token.digest]
+        self.acting.pop(name, None)
+        self.store.delete_token(name)
+        self.logger.info("token %s revoked by uid %d", name, conn.uid)
+        return {"name": name, "revoked": True}
+
+    def act_as_op(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        """From now on, this connection's requests are the token user's (uid and gid)."""
+        text = control.field(req, "token", str)
+        if conn.token is not None:
+            raise RequestError("permission", f"permission denied: this connection acts with token {conn.token} "
+                                             "already")
+        gateways = self.access().cfg.access.gateways
+        if conn.uid != 0 and _name_of(conn.uid) not in gateways:
+            raise RequestError("permission", f"permission denied: uid {conn.uid} may not act for others: only root "
+                                             "and [access] gateways")
+        token = self.by_hash.get(digest(text)) if len(text) <= MAX_TOKEN else None
+        if token is None:
+            raise RequestError("unauthorized", "no valid token: unknown or revoked")
+        account = _account(token.user, "unauthorized")
+        conn.uid, conn.gid, conn.token, conn.read_only = account.pw_uid, account.pw_gid, token.name, token.read_only
+        acting = self.acting.setdefault(token.name, [])
+        acting[:] = [c for c in acting if not c.closed]
+        acting.append(conn)
+        return {"user": token.user, "token": token.name, "read_only": token.read_only}
+
+
+def _account(user: str, code: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(user)
+    except (KeyError, ValueError, UnicodeEncodeError):
+        raise RequestError(code, f"no user {user[:40]!r} on this system") from None
+
+
+def _name_of(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None

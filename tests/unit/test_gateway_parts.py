@@ -1,0 +1,60 @@
+"""tq-gateway's parts alone: the fan-out of the event stream (a follower behind is told what it missed, and never
+makes the gateway keep more than its queue), the count of refused tokens, and what XML-RPC can carry."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tq.gateway.auth import BLOCK, FAILURES, WINDOW, Failures
+from tq.gateway.live import QUEUE_SIZE, Filter, Follower
+from tq.gateway.xmlrpc import _plain
+
+
+def test_a_follower_behind_is_told_what_it_missed_and_its_queue_stays_bounded() -> None:
+    async def scenario() -> list[dict[str, object]]:
+        f = Follower(Filter())
+        for i in range(QUEUE_SIZE + 500):
+            f.offer({"event": "done", "job": i + 1, "ts": float(i)}, b"")
+        assert f.queue.qsize() == QUEUE_SIZE and f.missed == 500
+        got = [f.queue.get_nowait() for _ in range(10)]
+        f.offer({"event": "done", "job": 0, "ts": 1e9}, b"")
+        rest = [f.queue.get_nowait() for _ in range(f.queue.qsize())]
+        return [event for event, _ in got + rest]
+
+    seen = asyncio.run(scenario())
+    assert seen[-2:] == [{"missed": 500}, {"event": "done", "job": 0, "ts": 1e9}]
+    assert len(seen) == QUEUE_SIZE + 2
+
+
+def test_filters_match_as_tq_hosts_do() -> None:
+    job = {"event": "done", "job": 3, "task": "a.b", "queue": "q1"}
+    worker = {"event": "up", "queues": ["q1", "q2"], "worker": "1"}
+    assert Filter(job=3).matches(job) and not Filter(job=4).matches(job)
+    assert Filter(task="a.b").matches(job) and not Filter(task="a.b").matches(worker)
+    assert Filter(queue="q1").matches(job) and Filter(queue="q2").matches(worker)
+    assert not Filter(queue="q2").matches(job)
+
+
+def test_an_address_is_refused_after_failures_within_the_window_and_again_after_the_block() -> None:
+    f = Failures()
+    for i in range(FAILURES - 1):
+        f.note("10.0.0.1", f"key{i}", 100.0 + i)
+    assert f.blocked_for("10.0.0.1", 120.0) == 0
+    f.note("10.0.0.1", "last", 120.0)
+    assert f.blocked_for("10.0.0.1", 120.0) == BLOCK and f.blocked_for("10.0.0.2", 120.0) == 0
+    assert f.blocked_for("10.0.0.1", 120.0 + BLOCK) == 0  # the block is over ...
+    f.note("10.0.0.1", "again", 121.0 + BLOCK + WINDOW)  # ... and failures out of the window no longer count
+    assert f.blocked_for("10.0.0.1", 121.0 + BLOCK + WINDOW) == 0
+    assert f.refused("again", 122.0 + BLOCK + WINDOW) and not f.refused("never", 0.0)
+
+
+def test_failures_spread_over_more_than_the_window_never_block() -> None:
+    f = Failures()
+    for i in range(FAILURES * 3):
+        f.note("10.0.0.1", str(i), i * (WINDOW / (FAILURES - 2)))
+        assert f.blocked_for("10.0.0.1", i * (WINDOW / (FAILURES - 2))) == 0
+
+
+def test_xmlrpc_values_leave_out_none_and_carry_large_integers_as_text() -> None:
+    assert _plain({"a": None, "b": [None, 1], "c": 2**40, "d": {"e": -(2**31)}}) == {
+        "b": ["", 1], "c": str(2**40), "d": {"e": -(2**31)}}
