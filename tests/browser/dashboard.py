@@ -170,6 +170,7 @@ def run(args: argparse.Namespace, driver: WebDriver) -> dict[str, Any]:
         out["refused_login"] = refused_login(driver, args.url, args.bad_token)
     login(driver, args.url, args.token)
     page_loaded(driver)
+    driver.get_log("browser")  # (read, so forgotten: the refused login's 403 is logged there)
     check_overview(driver, args.queue, args.delayed, args.worker)
     until(driver, f"dead jobs {args.dead}", lambda d: set(args.dead) <= set(dead_ids(d)))
     if not buttons(driver):
