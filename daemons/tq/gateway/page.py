@@ -1,6 +1,6 @@
-"""The dashboard: `GET /` (the page, or the login form without a valid token), `POST /login`, `POST /logout`, and
-its static files (`/static/app.js`, `/static/style.css`) from gateway/static/, shipped in the package: nothing is
-fetched from elsewhere, so it works offline.
+"""The dashboard: `GET /` (the page, or the login form without a valid token), `POST /login`, `POST /logout`, its
+static files (`/static/app.js`, `/static/style.css`, `/static/favicon.svg`) from gateway/static/, shipped in the
+package (nothing is fetched from elsewhere, so it works offline), and `GET /api/v1/live`, the live summary.
 
 The page is a shell; its data comes from /api/v1 as the caller's token (the `tq_token` cookie that /login sets,
 HttpOnly, SameSite=Strict, Secure under TLS) and from the live summary (summary.py). Every answer here forbids
@@ -10,21 +10,27 @@ framing and any script, style or connection not from this gateway (Content-Secur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import html
+import time
 from pathlib import Path
 
 from aiohttp import web
 
 from ..control import RequestError
 from . import errors
+from .api import V1, query
 from .app import Parts
 from .auth import COOKIE, MAX_TOKEN, cross_site, same_origin, token_of
 from .errors import Refusal
+from .summary import END, Summary, frame
 
 STATIC = Path(__file__).with_name("static")
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
 FORBIDDEN = 403
+WRITE_TIMEOUT = 30.0  # a page that has not taken one summary in this long is dropped
+RECHECK = 10.0  # seconds between checks that a live page's token is still valid
 MESSAGE = "<!--message-->"  # where login.html takes its message
 SECURITY = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -49,15 +55,15 @@ class Asset:
 
 
 class Page:
-    def __init__(self, parts: Parts) -> None:
-        self.parts = parts
+    def __init__(self, parts: Parts, summary: Summary) -> None:
+        self.parts, self.summary = parts, summary
         self.assets = {name: Asset(STATIC / name, kind) for name, kind in ASSETS.items()}
         self.index_html = (STATIC / "index.html").read_bytes()
         self.login_html = (STATIC / "login.html").read_text()
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/", self.index), web.post("/login", self.login), web.post("/logout", self.logout),
-                web.get("/static/{name}", self.asset)]
+                web.get("/static/{name}", self.asset), web.get(f"{V1}/live", self.live)]
 
     async def asset(self, request: web.Request) -> web.Response:
         asset = self.assets.get(request.match_info["name"])
@@ -106,6 +112,35 @@ class Page:
             return self.form("a logout must come from the dashboard", FORBIDDEN)
         resp = web.Response(status=303, headers={"Location": "/", **SECURITY})
         resp.del_cookie(COOKIE, path="/")
+        return resp
+
+    async def live(self, request: web.Request) -> web.StreamResponse:
+        """The live summary (summary.py), one Server-Sent Event a second, as long as the page stays and its token
+        is valid (asked again every RECHECK seconds: a revoked token's stream ends with `event: end`)."""
+        query(request, ())
+        link = await self.parts.auth.link(request)
+        limit = self.parts.settings.gateway().max_subscribers
+        if len(self.summary.slots) >= limit:
+            raise Refusal("unavailable", f"{limit} live pages are open ([gateway] max_subscribers): try again later")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                           "X-Accel-Buffering": "no"})  # (nginx: pass each event on at once)
+        await resp.prepare(request)
+        slot = self.summary.join()
+        checked = time.monotonic()
+        try:
+            while (data := await slot.take()) != END:
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await resp.write(data)
+                if time.monotonic() - checked > RECHECK:
+                    checked = time.monotonic()
+                    await link.call("ping")
+        except RequestError as e:  # the page reads this and goes to the login form
+            with contextlib.suppress(ConnectionError):
+                await resp.write(b"event: end\n" + frame({"error": {"code": e.code, "message": str(e)}}))
+        except (TimeoutError, ConnectionError):
+            request.protocol.force_close()  # the page stopped reading, or went
+        finally:
+            self.summary.leave(slot)
         return resp
 
     def form(self, message: str, status: int = 200) -> web.Response:

@@ -30,7 +30,7 @@ from .hostlink import HostLinks
 from .limits import GuardedSite, Limits
 from .live import Hub, Live
 from .page import Page
-from .summary import LiveSummary, Summary
+from .summary import Summary
 from .xmlrpc import XmlRpc
 
 LISTEN_FDS_START = 3  # systemd's first passed descriptor (sd_listen_fds(3))
@@ -109,8 +109,7 @@ class Gateway:
 
     def tables(self) -> list[RouteTable]:
         """The route tables the application serves."""
-        return [Api(self.parts), Live(self.parts, self.hub), XmlRpc(self.parts), Page(self.parts),
-                LiveSummary(self.parts, self.summary)]
+        return [Api(self.parts), Live(self.parts, self.hub), XmlRpc(self.parts), Page(self.parts, self.summary)]
 
     async def serve(self) -> int:
         cfg = self.settings.gateway()

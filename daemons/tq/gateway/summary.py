@@ -1,5 +1,5 @@
-"""The dashboard's live view: `GET /api/v1/live`, a Server-Sent Events stream of one summary a second (queues,
-workers, job counts by state, the host's counters of finished jobs, and the time).
+"""The dashboard's live view: one summary a second (queues, workers, job counts by state, the host's counters of
+finished jobs, and the time), as Server-Sent Events frames for `GET /api/v1/live` (page.py streams them).
 
 Every open page shares ONE tq-host poll a second (a `metrics` request on the gateway's own link), and no poll runs
 while no page is open: the first page to join starts the poller, the last to leave stops it. Each page has a slot
@@ -11,26 +11,18 @@ from their deltas, and the gateway keeps nothing that grows with the jobs that p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
-
 from ..control import RequestError
 from ..states import FINAL
-from .api import V1, query
-from .app import Parts
-from .errors import Refusal
 from .hostlink import HostLinks
 
 INTERVAL = 1.0  # seconds between summaries
 POLL_TIMEOUT = 5.0  # a poll tq-host has not answered in this long gives a summary that says so
-WRITE_TIMEOUT = 30.0  # a page that has not taken one summary in this long is dropped
 END = b""  # in a slot: the stream ends (the gateway stops)
-RECHECK = 10.0  # seconds between checks that a stream's token is still valid (a revoked one ends the stream)
 QUEUE_KEYS = ("queue", "paused", "states", "concurrency", "rate", "oldest_queued_age", "unserved")
 WORKER_KEYS = ("instance", "state", "queues", "running", "done", "seen_ago")
 MONITOR_KEYS = ("rss_bytes", "cpu_percent", "cpu_seconds")
@@ -128,43 +120,3 @@ class Summary:
             return {"time": self.clock(), "error": {"code": "unavailable",
                                                     "message": f"tq-host did not answer within {POLL_TIMEOUT:g}s"}}
         return summarize(reply.get("metrics", {}), self.clock())
-
-
-class LiveSummary:
-    """The route: a stream per page, fed from its slot."""
-
-    def __init__(self, parts: Parts, summary: Summary) -> None:
-        self.parts, self.summary = parts, summary
-
-    def routes(self) -> list[web.RouteDef]:
-        return [web.get(f"{V1}/live", self.live)]
-
-    async def live(self, request: web.Request) -> web.StreamResponse:
-        query(request, ())
-        link = await self.parts.auth.link(request)
-        limit = self.parts.settings.gateway().max_subscribers
-        if len(self.summary.slots) >= limit:
-            raise Refusal("unavailable", f"{limit} live pages are open ([gateway] max_subscribers): try again later")
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
-                                           "X-Accel-Buffering": "no"})  # (nginx: pass each event on at once)
-        await resp.prepare(request)
-        slot = self.summary.join()
-        checked = time.monotonic()
-        try:
-            while True:
-                data = await slot.take()
-                if data == END:
-                    break
-                async with asyncio.timeout(WRITE_TIMEOUT):
-                    await resp.write(data)
-                if time.monotonic() - checked > RECHECK:
-                    checked = time.monotonic()
-                    await link.call("ping")  # a revoked token is refused: the stream ends
-        except RequestError as e:  # the page reads this and leaves (its token is no longer valid)
-            with contextlib.suppress(ConnectionResetError):
-                await resp.write(b"event: end\n" + frame({"error": {"code": e.code, "message": str(e)}}))
-        except (TimeoutError, ConnectionResetError):
-            pass  # the page stopped reading, or went
-        finally:
-            self.summary.leave(slot)
-        return resp
