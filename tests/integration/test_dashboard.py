@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -141,11 +142,64 @@ def test_the_live_stream_needs_a_token_and_sends_a_summary_a_second(suite: Suite
 
 
 def read_event(resp: http.client.HTTPResponse) -> dict[str, Any]:
+    """The next event's data (with its name under "event" when it has one)."""
+    name = None
     while True:
         line = resp.readline()
         assert line, "the stream ended"
+        if line.startswith(b"event: "):
+            name = line[7:].strip().decode()
         if line.startswith(b"data: "):
-            return dict(json.loads(line[6:]))
+            return dict(json.loads(line[6:])) | ({"event": name} if name else {})
+
+
+def live(gw: Gateway, value: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    conn.request("GET", "/api/v1/live", headers={"Authorization": f"Bearer {value}"})
+    return conn, conn.getresponse()
+
+
+def test_the_live_stream_says_when_tq_host_is_down(suite: Suite, gw: Gateway) -> None:
+    conn, resp = live(gw, token(suite, "live"))
+    try:
+        assert "queues" in read_event(resp)
+        host = next(d for d in suite.daemons if d.name == "host")
+        host.signal(signal.SIGTERM)
+        host.wait()
+        event = read_event(resp)
+        while "error" not in event:
+            event = read_event(resp)
+    finally:
+        conn.close()
+    assert event["error"]["code"] == "unavailable" and event["time"] > 0
+
+
+def test_a_revoked_tokens_live_stream_ends(suite: Suite, gw: Gateway) -> None:
+    conn, resp = live(gw, token(suite, "gone"))
+    try:
+        read_event(resp)
+        assert suite.tqctl("token", "revoke", "gone").returncode == 0
+        event = read_event(resp)
+        while "event" not in event:  # (the token is asked again within RECHECK seconds)
+            event = read_event(resp)
+    finally:
+        conn.close()
+    assert event["event"] == "end" and event["error"]["code"] == "unauthorized", event
+
+
+def test_live_pages_past_max_subscribers_are_503(suite: Suite, gw: Gateway) -> None:
+    suite.config.write_text(suite.config.read_text() + "\n[gateway]\nmax_subscribers = 1\n")
+    seen = len(gw.daemon.notify.messages)
+    gw.daemon.signal(signal.SIGHUP)
+    gw.daemon.notify.wait_for(lambda m: m == "READY=1", start=seen)  # (sent once the reload is done)
+    first = token(suite, "first")
+    conn, resp = live(gw, first)
+    try:
+        read_event(resp)
+        a = request(gw, "GET", "/api/v1/live", token=first)
+        assert a.status == 503 and a.json["error"]["code"] == "unavailable", a.raw
+    finally:
+        conn.close()
 
 
 # ---- the summary: one poll shared by every page, none without a page, a slow page skips to the newest ---------
