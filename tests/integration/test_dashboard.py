@@ -76,6 +76,7 @@ def test_without_a_token_the_page_is_the_login_form(gw: Gateway) -> None:
 def test_login_checks_the_token_then_sets_a_strict_httponly_cookie(suite: Suite, gw: Gateway) -> None:
     a = login(gw, "tq_not-a-token")
     assert a.status == 403 and b'id="login-error"' in a.raw and b'action="/login"' in a.raw, a.raw
+    assert page(gw, "GET", "/login").headers["Location"] == "/"  # (the refused form's address, reloaded)
     assert "Set-Cookie" not in a.headers
     good = token(suite, "page")
     a = login(gw, good)

@@ -65,7 +65,12 @@ class Page:
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/", self.index), web.post("/login", self.login), web.post("/logout", self.logout),
+                web.get("/login", self.home), web.get("/logout", self.home),
                 web.get("/static/{name}", self.asset), web.get(f"{V1}/live", self.live)]
+
+    async def home(self, request: web.Request) -> web.Response:
+        """GET /login or /logout (the address a refused login leaves in the browser, reloaded): to the page."""
+        return web.Response(status=303, headers={"Location": "/", **SECURITY})
 
     async def asset(self, request: web.Request) -> web.Response:
         asset = self.assets.get(request.match_info["name"])
