@@ -57,8 +57,10 @@ def click(driver: WebDriver, css: str, what: str) -> None:
     until(driver, what, clicked)
 
 
+# Read in one script each, so that a table the live summary redraws meanwhile is never half read (stale).
 def text(driver: WebDriver, css: str) -> str:
-    return " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, css))
+    return str(driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText.trim()).join(' ')", css))
 
 
 def login(driver: WebDriver, url: str, token: str) -> None:
@@ -82,7 +84,7 @@ def page_loaded(driver: WebDriver) -> None:
 def check_overview(driver: WebDriver, queue: str, delayed: int, worker: str) -> None:
     """The queue's row shows its delayed jobs; the worker's row says it is live, with its RSS."""
     def queue_row(d: WebDriver) -> bool:
-        cells = [c.text for c in d.find_elements(By.CSS_SELECTOR, f'#queues tr[data-queue="{queue}"] td')]
+        cells = text(d, f'#queues tr[data-queue="{queue}"] td').split(" ")
         return len(cells) > 2 and cells[2] == str(delayed)
     until(driver, f"queue {queue} with {delayed} delayed job(s)", queue_row)
     until(driver, f"worker {worker} live", lambda d: "live" in text(d, f'#workers tr[data-worker="{worker}"]'))
@@ -90,8 +92,19 @@ def check_overview(driver: WebDriver, queue: str, delayed: int, worker: str) -> 
         raise Failed(f"worker {worker}'s row shows no RSS: {text(driver, '#workers tbody')!r}")
 
 
+def check_pause(driver: WebDriver, queue: str) -> None:
+    """Pause the queue with its button, see it paused, resume it."""
+    row = f'#queues tr[data-queue="{queue}"]'
+    click(driver, f"{row} button.pause", f"queue {queue}'s pause button")
+    until(driver, f"queue {queue} paused", lambda d: "paused" in text(d, row) and d.find_elements(
+        By.CSS_SELECTOR, f"{row} button.resume"))
+    click(driver, f"{row} button.resume", f"queue {queue}'s resume button")
+    until(driver, f"queue {queue} active again", lambda d: "active" in text(d, row))
+
+
 def dead_ids(driver: WebDriver) -> list[int]:
-    return [int(e.get_attribute("data-job")) for e in driver.find_elements(By.CSS_SELECTOR, "#dead tbody tr[data-job]")]
+    return [int(i) for i in driver.execute_script(
+        "return [...document.querySelectorAll('#dead tbody tr[data-job]')].map(e => e.dataset.job)")]
 
 
 def check_detail(driver: WebDriver, job_id: int, error: str) -> None:
@@ -121,7 +134,9 @@ def first_load_bytes(driver: WebDriver) -> dict[str, int]:
 
 def buttons(driver: WebDriver) -> list[str]:
     """The action buttons shown (retry, pause, resume, retry all)."""
-    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "button.act") if e.is_displayed()]
+    return list(driver.execute_script(
+        "return [...document.querySelectorAll('button.act')].filter(b => b.offsetParent !== null)"
+        ".map(b => b.textContent)"))
 
 
 def console_errors(driver: WebDriver) -> list[str]:
@@ -141,8 +156,8 @@ def retry_all(driver: WebDriver, task: str, count: int) -> None:
     """Filter the dead jobs by task and retry them all: one request, after the browser's confirm()."""
     driver.find_element(By.ID, "filter-task").send_keys(task)
     driver.find_element(By.CSS_SELECTOR, "#dead-filter button[type=submit]").click()
-    until(driver, f"only task {task}'s dead jobs", lambda d: {e.text for e in d.find_elements(
-        By.CSS_SELECTOR, "#dead tbody tr[data-job] td:nth-child(2)")} == {task})
+    until(driver, f"only task {task}'s dead jobs",
+          lambda d: set(text(d, "#dead tbody tr[data-job] td:nth-child(2)").split(" ")) == {task})
     driver.find_element(By.ID, "retry-all").click()
     until(driver, "the confirm dialog", lambda d: d.switch_to.alert).accept()
     until(driver, f"'{count} job(s) retried'", lambda d: text(d, "#message") == f"{count} job(s) retried")
@@ -176,6 +191,7 @@ def run(args: argparse.Namespace, driver: WebDriver) -> dict[str, Any]:
     if not buttons(driver):
         raise Failed("a token that may act sees no buttons")
     out["first_load_bytes"] = first_load_bytes(driver)
+    check_pause(driver, args.queue)
     check_detail(driver, args.retry, args.error)
     press_retry(driver, args.retry)
     check_pages(driver)
