@@ -12,7 +12,7 @@ const HISTORY = 120;      // seconds the chart shows
 
 const view = {
   readOnly: true,
-  dead: {after: null, newer: [], queue: "", task: "", count: null},
+  dead: {after: null, newer: [], last: null, queue: "", task: "", count: null, loading: false, again: false},
   chart: {last: null, points: []},
   source: null,
   drawn: {},  // what each live table shows now, as JSON
@@ -241,7 +241,25 @@ function deadFilters() {
   return f;
 }
 
+// One request for the dead jobs at a time: asked again while one is out, the page asks once more when it is back
+// (with the filters and page as they are then), so answers never overlap or arrive out of order.
 async function deadJobs() {
+  if (view.dead.loading) {
+    view.dead.again = true;
+    return;
+  }
+  view.dead.loading = true;
+  try {
+    do {
+      view.dead.again = false;
+      await deadPage();
+    } while (view.dead.again);
+  } finally {
+    view.dead.loading = false;
+  }
+}
+
+async function deadPage() {
   const params = new URLSearchParams({state: "dead", limit: String(PAGE), ...deadFilters()});
   if (view.dead.after !== null) params.set("after", String(view.dead.after));
   let data;
