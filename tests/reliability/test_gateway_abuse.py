@@ -153,3 +153,25 @@ def test_after_the_fuzz_both_daemons_are_up(gw: tuple[Suite, Gateway]) -> None:
     assert request(g, "GET", "/api/v1/status").status == 200
     assert all(d.proc.poll() is None for d in suite.daemons)
     assert "Traceback" not in next(d for d in suite.daemons if d.name.startswith("gateway")).text()
+
+
+def test_a_follower_that_does_not_read_is_told_it_missed_events_and_slows_nobody(gw: tuple[Suite, Gateway]) -> None:
+    _, g = gw
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (before connect: a small window)
+    slow.connect(("127.0.0.1", g.port))
+    slow.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+                 f"Authorization: Bearer {g.token}\r\n\r\n".encode())
+    try:
+        for _ in range(8):
+            a = request(g, "POST", "/api/v1/jobs", {"jobs": [{"task": "burst"}] * 1000})
+            assert a.status == 201, a.raw
+        assert request(g, "GET", "/api/v1/ping").status == 200  # the gateway answers others meanwhile
+        slow.settimeout(10)
+        seen = b""
+        while b"event: missed" not in seen:
+            chunk = slow.recv(65536)
+            assert chunk, "the stream ended without a missed notice"
+            seen = seen[-100:] + chunk
+    finally:
+        slow.close()
