@@ -11,7 +11,6 @@ import http.client
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -299,5 +298,3 @@ def test_dashboard_in_chromium(suite: Suite, gw: Gateway, tmp_path: Path) -> Non
     assert c.wait(flaky[-1], timeout=30)["state"] == "done"  # the one retried by its button
     assert {j["state"] for j in c.wait_many(flaky, timeout=60).values()} == {"done"}  # and the rest, in one request
     assert c.get(broken)["state"] == "dead"  # (not of the filtered task)
-    if os.environ.get("TQ_DASHBOARD_SCREENSHOT"):
-        shutil.copy(screenshot, os.environ["TQ_DASHBOARD_SCREENSHOT"])
