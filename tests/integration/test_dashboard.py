@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ def page(gw: Gateway, method: str, path: str, body: bytes | None = None,
 
 
 def login(gw: Gateway, value: str, headers: dict[str, str] | None = None) -> Answer:
-    return page(gw, "POST", "/login", f"token={value}".encode(),
+    return page(gw, "POST", "/login", urllib.parse.urlencode({"token": value}).encode(),
                 {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})})
 
 
