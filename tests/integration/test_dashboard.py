@@ -28,6 +28,7 @@ from tq.gateway.summary import Summary
 BROWSER = ("/usr/bin/chromium", "/usr/bin/chromedriver", "/usr/bin/python3")
 FLAKY = 21  # dead jobs of the task that succeeds once its marker file is gone (more than a page of 20 with BROKEN)
 FLAKY_ERROR = "flaky: the marker file is there"
+FORM = "application/x-www-form-urlencoded"
 
 
 def token(suite: Suite, name: str, user: str = "root", read_only: bool = False) -> str:
@@ -45,7 +46,7 @@ def page(gw: Gateway, method: str, path: str, body: bytes | None = None,
 
 def login(gw: Gateway, value: str, headers: dict[str, str] | None = None) -> Answer:
     return page(gw, "POST", "/login", urllib.parse.urlencode({"token": value}).encode(),
-                {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})})
+                {"Content-Type": FORM, **(headers or {})})
 
 
 @pytest.fixture
@@ -89,6 +90,17 @@ def test_login_checks_the_token_then_sets_a_strict_httponly_cookie(suite: Suite,
     assert a.status == 200 and b'src="/static/app.js"' in a.raw, a.raw
     a = page(gw, "POST", "/logout", headers={"Cookie": f"tq_token={good}", "X-TQ-Page": "1"})
     assert a.status == 303 and 'tq_token=""' in a.headers["Set-Cookie"], a.headers
+
+
+@pytest.mark.parametrize(("body", "kind"), [
+    (b"--x\r\nContent-Disposition: form-data; name=token\r\n\r\nabc", "multipart/form-data; boundary=x"),
+    (b"token=x", "multipart/form-data"), (b"\xff\xfe=\xff", FORM), (b"token=%ff%fe", FORM),
+    (b"token=" + b"a" * 600, FORM), (b"token=a%0Ab", FORM), (b'{"token": "x"}', "application/json"),
+])
+def test_a_malformed_login_gets_the_form_again(gw: Gateway, body: bytes, kind: str) -> None:
+    a = page(gw, "POST", "/login", body, {"Content-Type": kind})
+    assert a.status in (400, 403) and b'id="login-error"' in a.raw, a.raw
+    assert "Set-Cookie" not in a.headers
 
 
 def test_a_login_from_another_site_is_refused(suite: Suite, gw: Gateway) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import html
 import time
+import urllib.parse
 from pathlib import Path
 
 from aiohttp import web
@@ -21,7 +22,7 @@ from aiohttp import web
 from ..control import RequestError
 from . import errors
 from .api import V1, query
-from .app import Parts
+from .app import Parts, read_body
 from .auth import COOKIE, MAX_TOKEN, cross_site, same_origin, token_of
 from .errors import Refusal
 from .summary import END, Summary, frame
@@ -96,13 +97,7 @@ class Page:
         with tq-host's reason (403; 429 after too many from one address; 503 when tq-host is down)."""
         if request.headers.get("Origin") and not same_origin(request):
             return self.form("a login must come from this gateway's own form", FORBIDDEN)
-        try:
-            async with asyncio.timeout(self.parts.settings.gateway().request_timeout):
-                form = await request.post()
-        except TimeoutError:
-            request.protocol.force_close()
-            return self.form("the form did not arrive in time", 408)
-        token = str(form.get("token", "")).strip()
+        token = form_token(await read_body(request, self.parts.settings.gateway().request_timeout))
         if not token or len(token) > MAX_TOKEN:
             return self.form("give a token (tqctl token create NAME --user USER prints one)", 400)
         try:
@@ -155,6 +150,16 @@ class Page:
         note = f'<p class="error" id="login-error">{html.escape(message[:300])}</p>' if message else ""
         return web.Response(text=self.login_html.replace(MESSAGE, note), content_type="text/html", status=status,
                             headers=SECURITY)
+
+
+def form_token(body: bytes) -> str:
+    """The login form's `token` field (application/x-www-form-urlencoded, as the form posts it); "" if the body is
+    not such a form."""
+    try:
+        fields = urllib.parse.parse_qs(body.decode("ascii"), max_num_fields=10, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return ""
+    return (fields.get("token") or [""])[0].strip()
 
 
 def token_of_or_none(request: web.Request) -> str | None:
