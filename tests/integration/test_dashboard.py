@@ -218,11 +218,12 @@ def test_live_pages_past_max_subscribers_are_503(suite: Suite, gw: Gateway) -> N
 # ---- the summary: one poll shared by every page, none without a page, a slow page skips to the newest ---------
 
 def test_one_poll_a_second_serves_every_page_and_none_runs_without_one(suite: Suite, gw: Gateway) -> None:
-    links = HostLinks(str(suite.dir / "tq.sock"), 4, logging.getLogger("test"))
+    logger = logging.getLogger("test")
+    links = HostLinks(str(suite.dir / "tq.sock"), 4, logger)
 
     async def scenario() -> None:
         try:
-            await pages_share_one_poll(Summary(links, interval=0.05))
+            await pages_share_one_poll(Summary(links, logger, interval=0.05))
         finally:
             links.close()
 
@@ -243,6 +244,18 @@ def test_one_poll_a_second_serves_every_page_and_none_runs_without_one(suite: Su
         assert summary.polls == polls and not summary.latest
 
     asyncio.run(scenario())
+
+
+def test_a_metrics_reply_of_another_shape_is_a_summary_that_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    logger = logging.getLogger("test")
+    links = HostLinks("/nonexistent/tq.sock", 1, logger)
+
+    async def odd(op: str, wait: float = 0.0, **fields: Any) -> dict[str, Any]:
+        return {"metrics": {"finished": [["default", "echo"]]}}  # (a row of another shape)
+
+    monkeypatch.setattr(links.own, "call", odd)
+    summary = asyncio.run(Summary(links, logger).poll())
+    assert summary["error"]["code"] == "internal" and "time" in summary
 
 
 # ---- in Chromium ----------------------------------------------------------------------------------------------

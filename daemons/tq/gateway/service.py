@@ -101,7 +101,7 @@ class Gateway:
         self.hub = Hub(self.parts)
         self.malformed = MalformedRequests()
         logging.getLogger("aiohttp.server").addFilter(self.malformed)
-        self.summary = Summary(links)
+        self.summary = Summary(links, logger)
         self.notifier = Notifier()
         self.stop = asyncio.Event()
         self.reload_requested = asyncio.Event()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -69,8 +70,9 @@ class Slot:
 class Summary:
     """The poller and the slots it fills."""
 
-    def __init__(self, links: HostLinks, interval: float = INTERVAL, clock: Callable[[], float] = time.time) -> None:
-        self.links, self.interval, self.clock = links, interval, clock
+    def __init__(self, links: HostLinks, logger: logging.Logger, interval: float = INTERVAL,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.links, self.logger, self.interval, self.clock = links, logger, interval, clock
         self.slots: set[Slot] = set()
         self.latest = b""  # the newest summary while the poller runs (a page that joins gets it at once)
         self.polls = 0  # tq-host requests made, ever
@@ -119,4 +121,9 @@ class Summary:
         except TimeoutError:
             return {"time": self.clock(), "error": {"code": "unavailable",
                                                     "message": f"tq-host did not answer within {POLL_TIMEOUT:g}s"}}
-        return summarize(reply.get("metrics", {}), self.clock())
+        try:
+            return summarize(reply.get("metrics", {}), self.clock())
+        except (TypeError, ValueError, AttributeError):  # a reply of another shape (another tq-host version)
+            self.logger.exception("cannot summarize tq-host's metrics reply")
+            return {"time": self.clock(), "error": {"code": "internal",
+                                                    "message": "tq-gateway cannot read tq-host's metrics (logged)"}}
