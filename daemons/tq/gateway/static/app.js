@@ -16,6 +16,7 @@ const view = {
   chart: {last: null, points: []},
   source: null,
   drawn: {},  // what each live table shows now, as JSON
+  pending: null,  // the newest summary, not drawn yet
 };
 
 const $ = (id) => document.getElementById(id);
@@ -131,7 +132,18 @@ function live(up, text) {
   badge.className = up ? "badge up" : "badge down";
 }
 
+// A summary's counters go into the chart's data at once; the page is drawn at the next animation frame from the
+// newest summary only, so summaries that arrive while the tab is hidden or busy are drawn once, not one by one.
 function summary(s) {
+  if (!s.error) chartAdd(s);
+  const waiting = view.pending !== null;
+  view.pending = s;
+  if (!waiting) window.requestAnimationFrame(render);
+}
+
+function render() {
+  const s = view.pending;
+  view.pending = null;
   if (s.error) {
     live(false, s.error.message);
     return;
@@ -140,7 +152,7 @@ function summary(s) {
   $("states").textContent = Object.entries(s.states).filter(([, n]) => n).map(([k, n]) => `${k} ${n}`).join(" · ");
   queues(s.queues);
   workers(s.workers);
-  chartAdd(s);
+  draw();
   const dead = s.states.dead || 0;
   if (view.dead.count !== null && dead !== view.dead.count && view.dead.after === null) {
     deadJobs();  // the first page follows the dead jobs as they change; older pages stay put
@@ -194,7 +206,6 @@ function chartAdd(s) {
   for (const state of FINAL) rates[state] = Math.max(0, ((s.finished[state] || 0) - (last.finished[state] || 0)) / dt);
   view.chart.points.push({time: s.time, rates});
   while (view.chart.points.length && view.chart.points[0].time < s.time - HISTORY) view.chart.points.shift();
-  draw();
 }
 
 function draw() {
