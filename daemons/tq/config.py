@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from .configfiles import DEFAULT_SOCKET
 from .configfiles import ConfigError as ConfigError  # re-exported: config.ConfigError is the daemons' error
@@ -81,6 +82,50 @@ class GatewayConfig:
     max_wait: float = 300.0  # the longest ?wait= (or "timeout") a request may hold a connection
     request_timeout: float = 10.0  # a request's headers and body must arrive within this, or it is dropped
     host_connections: int = 100  # connections to tq-host kept for the tokens in use (one each, LRU)
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """An AMQP broker's address (`amqp://user@host:port/vhost`). The password comes from `password_file`, read
+    when the daemon opens the transport, or from the URL; it is never shown: `masked()` is what logs, errors and
+    `tqctl config check` print."""
+
+    user: str
+    host: str
+    port: int = 5672
+    vhost: str = "/"
+    password_file: str = ""
+    password: str = field(default="", repr=False)  # only when the URL holds it
+
+    def masked(self) -> str:
+        secret = ":***" if self.password or self.password_file else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
+        return f"amqp://{quote(self.user, safe='')}{secret}@{host}:{self.port}/{vhost}"
+
+    def __str__(self) -> str:
+        return self.masked()
+
+
+@dataclass(frozen=True)
+class AmqpConfig:
+    """tq-host's broker ([amqp]): the job queues whose jobs go to workers through it, and the connection's bounds."""
+
+    url: BrokerUrl | None = None
+    queues: tuple[str, ...] = ()
+    heartbeat: float = 10.0  # AMQP heartbeat the client asks for (the broker may lower it)
+    window: int = 1000  # publishes awaiting the broker's confirm at once, across the connection
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """A worker's way to tq-host ([transport]): "posix" (this machine's mailboxes) or "amqp" (through a broker)."""
+
+    kind: str = "posix"
+    url: BrokerUrl | None = None  # [amqp] url when not given here
+
+
+TRANSPORT_KINDS = ("posix", "amqp")
 
 
 @dataclass(frozen=True)
@@ -184,6 +229,8 @@ class Config:
     exchanges: dict[str, ExchangeConfig] = field(default_factory=dict)
     schedules: dict[str, ScheduleConfig] = field(default_factory=dict)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    amqp: AmqpConfig = field(default_factory=AmqpConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
 
     def worker_for(self, instance: str) -> WorkerConfig:
         """The worker settings of one instance: `[worker]` overridden by `[worker.N]`."""

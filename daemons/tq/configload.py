@@ -12,7 +12,7 @@ import re
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
-from . import cron
+from . import configbroker, cron
 from .config import (
     CATCH_UP,
     DURABILITY_LEVELS,
@@ -81,7 +81,7 @@ def _value(cfg: Config, key: str) -> Any:
 def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...]) -> Config:
     root = _Reader(data, "", origin, files)
     root.check_keys({"host", "mqueue", "worker", "log", "tasks", "access", "queues", "exchanges", "schedules",
-                     "gateway"})
+                     "gateway", "amqp", "transport"})
     host = _host(root.sub("host"))
     mq = _mqueue(root.sub("mqueue"))
     worker_r = root.sub("worker")
@@ -105,8 +105,9 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
     exchanges = {name: _exchange(exchanges_r.sub(name), name) for name in exchanges_r.table}
     schedules_r = root.sub("schedules")
     schedules = {name: _schedule(schedules_r.sub(name), name) for name in schedules_r.table}
+    amqp = configbroker.amqp(root.sub("amqp"))
     cfg = Config(files, host, mq, worker, overrides, log, tasks, access, queues, exchanges, schedules,
-                 _gateway(root.sub("gateway")))
+                 _gateway(root.sub("gateway")), amqp, configbroker.transport(root.sub("transport"), amqp))
     _check_routes(cfg, root)
     return cfg
 

@@ -164,11 +164,14 @@ def config_check(args: argparse.Namespace, as_json: bool) -> int:
     except configload.ConfigError as e:
         render.error(str(e), as_json, control.EXIT_USAGE)
         return control.EXIT_USAGE
+    broker = cfg.transport.url or cfg.amqp.url  # shown masked: the password never leaves the file
     if as_json:
         render.out({"ok": True, "files": list(cfg.files), "tasks": [t.name for t in cfg.tasks],
-                    "gateways": list(cfg.access.gateways)})
+                    "gateways": list(cfg.access.gateways), "transport": cfg.transport.kind,
+                    "broker": broker.masked() if broker else None})
     else:
-        print(f"configuration ok: {', '.join(cfg.files)} ({len(cfg.tasks)} task(s))")
+        print(f"configuration ok: {', '.join(cfg.files)} ({len(cfg.tasks)} task(s))"
+              + (f"; broker {broker.masked()}" if broker else ""))
     return 0
 
 

@@ -1,0 +1,113 @@
+"""[amqp] (tq-host's broker) and [transport] (a worker's way to tq-host): what they accept, the errors they give
+(`file: key: reason`), and a broker password that appears nowhere: not in errors, not in the configuration's
+repr, not in `tqctl config check`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tq import configload, ctl
+from tq.transport.amqp import AmqpMailboxes, machine_instance, read_password
+from tq.transport.amqploop import AmqpLoop
+from tq.transport.mailbox import MailboxError
+
+SECRET = "s3cr3t-pw"
+
+
+def load(tmp_path: Path, text: str) -> configload.Config:
+    path = tmp_path / "tq.toml"
+    path.write_text(text)
+    return configload.load(str(path))
+
+
+def refused(tmp_path: Path, text: str) -> str:
+    with pytest.raises(configload.ConfigError) as e:
+        load(tmp_path, text)
+    message = str(e.value)
+    assert SECRET not in message and len(message.splitlines()) == 1
+    return message
+
+
+def test_the_host_s_broker_and_its_queues(tmp_path: Path) -> None:
+    pw = tmp_path / "amqp.password"
+    cfg = load(tmp_path, f'[amqp]\nurl = "amqp://tq@broker.example:5673/prod"\npassword_file = "{pw}"\n'
+                         'queues = ["render", "video"]\nheartbeat = "5s"\n')
+    url = cfg.amqp.url
+    assert url is not None
+    assert (url.user, url.host, url.port, url.vhost, url.password_file) == ("tq", "broker.example", 5673, "prod",
+                                                                             str(pw))
+    assert cfg.amqp.queues == ("render", "video") and cfg.amqp.heartbeat == 5.0
+    assert url.masked() == "amqp://tq:***@broker.example:5673/prod"
+    assert cfg.transport.kind == "posix" and cfg.transport.url is None
+
+
+def test_a_worker_machine_takes_the_amqp_url_unless_its_own_is_given(tmp_path: Path) -> None:
+    cfg = load(tmp_path, '[amqp]\nurl = "amqp://tq@10.0.0.1/"\npassword_file = "/etc/tq/pw"\n'
+                         '[transport]\nkind = "amqp"\n')
+    assert cfg.transport.url == cfg.amqp.url
+    cfg = load(tmp_path, '[transport]\nkind = "amqp"\nurl = "amqp://w@[::1]:5672"\npassword_file = "/etc/tq/pw"\n')
+    assert cfg.transport.url is not None and cfg.transport.url.masked() == "amqp://w:***@[::1]:5672/"
+
+
+def test_a_password_in_the_url_is_kept_but_never_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "tq.toml"
+    path.write_text(f'[transport]\nkind = "amqp"\nurl = "amqp://tq:{SECRET}@127.0.0.1:5672/"\n')
+    cfg = configload.load(str(path))
+    assert cfg.transport.url is not None and cfg.transport.url.password == SECRET
+    assert SECRET not in repr(cfg) and SECRET not in str(cfg.transport.url)
+    assert ctl.main(["--config", str(path), "config", "check"]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("; broker amqp://tq:***@127.0.0.1:5672/\n") and SECRET not in out
+    assert ctl.main(["--config", str(path), "--json", "config", "check"]) == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert (reply["transport"], reply["broker"]) == ("amqp", "amqp://tq:***@127.0.0.1:5672/")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (f'[amqp]\nurl = "amqps://tq:{SECRET}@h/"\n', "amqp.url: amqps (TLS) is not supported yet"),
+    (f'[amqp]\nurl = "http://tq:{SECRET}@h/"\n', "amqp.url: expected amqp://USER@HOST"),
+    (f'[amqp]\nurl = "amqp://:{SECRET}@h/"\n', "amqp.url: names no user"),
+    (f'[amqp]\nurl = "amqp://tq:{SECRET}@h:99999/"\n', "amqp.url: expected amqp://USER@HOST"),
+    (f'[amqp]\nurl = "amqp://tq:{SECRET}@h/"\npassword_file = "/etc/pw"\n', "amqp.password_file: the url holds"),
+    ('[amqp]\nurl = "amqp://tq@h/"\npassword_file = "pw"\n', "amqp.password_file: expected an absolute path"),
+    ('[amqp]\nqueues = ["render"]\n', "amqp.queues: needs amqp.url"),
+    ('[amqp]\nurl = "amqp://tq@h/"\nwindow = 0\n', "amqp.window: must be between 1 and 65535"),
+    ('[transport]\nkind = "amqp"\n', 'transport.url: kind = "amqp" needs the broker'),
+    ('[transport]\nkind = "carrier-pigeon"\n', "transport.kind: must be one of posix, amqp"),
+    ('[transport]\nurl = "amqp://tq@h/"\n', 'transport.kind: url and password_file are for kind = "amqp"'),
+    ('[amqp]\nurl = 5\n', "amqp.url: expected a string"),
+])
+def test_a_bad_broker_setting_is_one_line_naming_file_and_key_without_the_password(
+        tmp_path: Path, text: str, expected: str) -> None:
+    message = refused(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'tq.toml'}: {expected}"), message
+
+
+def test_the_password_file_is_read_when_the_transport_opens_with_a_clear_error(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    cfg = load(tmp_path, f'[amqp]\nurl = "amqp://tq@127.0.0.1:1/"\npassword_file = "{pw}"\n')
+    assert cfg.amqp.url is not None
+    with pytest.raises(MailboxError, match=f"cannot read the broker's password from {pw}: No such file"):
+        read_password(cfg.amqp.url)
+    pw.write_text("\n")
+    with pytest.raises(MailboxError, match="is empty"):
+        read_password(cfg.amqp.url)
+    pw.write_text(f"{SECRET}\n")
+    assert read_password(cfg.amqp.url) == SECRET
+
+
+def test_a_broker_host_that_does_not_resolve_is_a_clear_error_at_start(tmp_path: Path) -> None:
+    import selectors
+    cfg = load(tmp_path, '[amqp]\nurl = "amqp://tq:x@no-such-host.invalid/"\n')
+    assert cfg.amqp.url is not None
+    with pytest.raises(MailboxError, match=r"cannot resolve the broker's host 'no-such-host.invalid' "
+                                           r"\(amqp://tq:\*\*\*@no-such-host.invalid:5672/\)"):
+        AmqpMailboxes(cfg, cfg.amqp.url, AmqpLoop(selectors.DefaultSelector()))
+
+
+def test_a_remote_worker_s_name_carries_its_machine() -> None:
+    assert machine_instance("1", "render-3.example.org") == "1@render-3"
+    assert machine_instance("2", "odd name") == "2@odd-name"
