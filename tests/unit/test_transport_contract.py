@@ -1,32 +1,80 @@
 """What every transport promises the daemons (tq.transport.Mailboxes), one set of cases run against each back
-end: POSIX queues (real ones, under a unique prefix, removed afterwards) and the in-memory twin."""
+end: POSIX queues (real ones, under a unique prefix, removed afterwards), the in-memory twin, and AMQP queues on
+a real RabbitMQ (tests/broker.py; skipped loudly without one).
+
+An AMQP message travels through the broker while the daemon's loop runs: before looking, a case calls
+`delivered(mailbox, n)`, which for AMQP drives the loop until every send is confirmed and `n` messages wait in
+`mailbox` (at once for the others)."""
 
 from __future__ import annotations
 
 import os
 import select
+import selectors
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from broker import Broker, broker  # noqa: F401  (the fixture)
 from tq import config, configload
 from tq.transport import Mailbox, MailboxError, Mailboxes, posix
+from tq.transport.amqp import AmqpMailboxes
+from tq.transport.amqploop import AmqpLoop
 from tq.transport.memory import MemoryMailboxes
 
 INSTANCES = ("1", "2")  # the workers the cases make inboxes for
 
 
-def _config(tmp_path: Path) -> config.Config:
+def _config(tmp_path: Path, extra: str = "") -> config.Config:
     path = tmp_path / "tq.toml"
     path.write_text(f'[mqueue]\nprefix = "/tqt-contract-{uuid.uuid4().hex[:8]}"\nmax_messages = 10\n'
-                    'max_message_size = 1024\n')
+                    f'max_message_size = 1024\n{extra}')
     return configload.load(str(path))
 
 
-@pytest.fixture(params=["posix", "memory"])
+Delivered = Callable[[Mailbox, int], None]
+
+
+@pytest.fixture
+def delivered(mailboxes: Mailboxes) -> Delivered:
+    """Wait until every send is confirmed and `n` messages wait in `mailbox` (AMQP; at once for the others)."""
+    if not isinstance(mailboxes, AmqpMailboxes):
+        return lambda _mailbox, _n: None
+    amqp = mailboxes
+
+    def wait(mailbox: Mailbox, n: int) -> None:
+        deadline = time.monotonic() + 15
+        while amqp.session.unconfirmed or amqp.session.resend or mailbox.waiting < n:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, f"not delivered: {amqp.status}"
+            amqp.loop.step(0.2)
+    return wait
+
+
+def not_for_amqp(mailboxes: Mailboxes, reason: str) -> None:
+    if isinstance(mailboxes, AmqpMailboxes):
+        pytest.skip(f"does not apply to AMQP: {reason}")
+
+
+@pytest.fixture(params=["posix", "memory", "amqp"])
 def mailboxes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mailboxes]:
+    if request.param == "amqp":
+        running: Broker = request.getfixturevalue("broker")
+        cfg = _config(tmp_path, f'[amqp]\nurl = "{running.url}"\n')
+        assert cfg.amqp.url is not None
+        sel = selectors.DefaultSelector()
+        amqp = AmqpMailboxes(cfg, cfg.amqp.url, AmqpLoop(sel))
+        yield amqp
+        amqp.close()
+        deadline = time.monotonic() + 10
+        while amqp.session.conn is not None and time.monotonic() < deadline:
+            amqp.loop.step(0.2)
+        for name in (amqp.host_queue, *(amqp.inbox(i) for i in INSTANCES)):
+            running.ctl("delete_queue", name)
+        sel.close()
+        return
     cfg = _config(tmp_path)
     if request.param == "memory":
         memory = MemoryMailboxes(cfg)
@@ -43,10 +91,12 @@ def _readable(mailbox: Mailbox) -> bool:
     return bool(ready)
 
 
-def test_the_most_urgent_message_comes_first_and_equals_in_the_order_sent(mailboxes: Mailboxes) -> None:
+def test_the_most_urgent_message_comes_first_and_equals_in_the_order_sent(mailboxes: Mailboxes,
+                                                                          delivered: Delivered) -> None:
     host = mailboxes.open_host()
     for data, priority in [(b"a", 1), (b"b", 5), (b"c", 1), (b"d", 0), (b"e", 5)]:
         assert host.send(data, priority)
+    delivered(host, 5)
     out = []
     while (data := host.receive()) is not None:
         out.append(data)
@@ -54,17 +104,33 @@ def test_the_most_urgent_message_comes_first_and_equals_in_the_order_sent(mailbo
     host.close()
 
 
-def test_a_full_mailbox_refuses_without_blocking(mailboxes: Mailboxes) -> None:
+def test_a_full_mailbox_refuses_without_blocking(mailboxes: Mailboxes, delivered: Delivered) -> None:
+    """AMQP: full means `max_messages` sends awaiting the broker's confirm."""
     inbox = mailboxes.create_inbox("1", 2)
     assert inbox.max_messages == 2
     assert inbox.send(b"1", 0) and inbox.send(b"2", 0)
     assert not inbox.send(b"3", 9)
+    delivered(inbox, 2)
     assert inbox.receive() == b"1"
     assert inbox.send(b"3", 0)
     inbox.close()
 
 
+def test_what_each_side_sends_waits_in_the_other_s_mailbox(mailboxes: Mailboxes, delivered: Delivered) -> None:
+    inbox = mailboxes.create_inbox("1", 4)  # the worker's, made first
+    host = mailboxes.open_host()
+    to_worker, to_host = mailboxes.open_inbox("1"), mailboxes.reach_host()
+    assert to_worker.send(b"a job", 1) and to_host.send(b"a result", 0)
+    delivered(inbox, 1)
+    delivered(host, 1)
+    assert (inbox.receive(), host.receive()) == (b"a job", b"a result")
+    for mailbox in (inbox, host, to_worker, to_host):
+        mailbox.close()
+
+
 def test_closing_a_handle_leaves_the_mailbox_and_its_messages(mailboxes: Mailboxes) -> None:
+    not_for_amqp(mailboxes, "the other side's handle of an AMQP queue only publishes to it (what closing the "
+                            "owner's leaves: test_a_reopened_host_mailbox_keeps_what_waits_in_it)")
     inbox = mailboxes.create_inbox("1", 4)
     assert inbox.send(b"for the worker", 1)
     inbox.close()
@@ -80,20 +146,24 @@ def test_closing_a_handle_leaves_the_mailbox_and_its_messages(mailboxes: Mailbox
     reached.close()
 
 
-def test_a_reopened_host_mailbox_keeps_what_waits_in_it(mailboxes: Mailboxes) -> None:
+def test_a_reopened_host_mailbox_keeps_what_waits_in_it(mailboxes: Mailboxes, delivered: Delivered) -> None:
     host = mailboxes.open_host()
     assert host.send(b"a result", 0)
+    delivered(host, 1)  # AMQP: delivered to this handle, not taken: closing hands it back
     host.close()
     drained: list[bytes] = []
     host = mailboxes.open_host(drained)  # tq-host restarted with the same configuration
+    delivered(host, 1)
     assert (drained, host.receive()) == ([], b"a result")
     host.close()
 
 
-def test_the_descriptor_polls_readable_while_messages_wait_and_not_when_empty(mailboxes: Mailboxes) -> None:
+def test_the_descriptor_polls_readable_while_messages_wait_and_not_when_empty(mailboxes: Mailboxes,
+                                                                              delivered: Delivered) -> None:
     inbox = mailboxes.create_inbox("1", 4)
     assert not _readable(inbox)
     assert inbox.send(b"x", 0) and inbox.send(b"y", 0)
+    delivered(inbox, 2)
     assert _readable(inbox)
     assert inbox.receive() == b"x"
     assert _readable(inbox)
@@ -103,6 +173,8 @@ def test_the_descriptor_polls_readable_while_messages_wait_and_not_when_empty(ma
 
 
 def test_an_inbox_of_other_dimensions_is_drained_and_recreated(mailboxes: Mailboxes) -> None:
+    not_for_amqp(mailboxes, "an AMQP queue's depth is not one of its dimensions (the bound is the confirm "
+                            "window): a reopened inbox keeps its messages")
     old = mailboxes.create_inbox("1", 2)
     assert old.send(b"kept", 3)
     old.close()
@@ -114,6 +186,8 @@ def test_an_inbox_of_other_dimensions_is_drained_and_recreated(mailboxes: Mailbo
 
 
 def test_an_unknown_worker_s_inbox_and_a_host_not_started_are_errors(mailboxes: Mailboxes) -> None:
+    not_for_amqp(mailboxes, "both sides declare the queues they use, so that messages wait for a worker that is "
+                            "away and results for a tq-host that is down")
     with pytest.raises(MailboxError):
         mailboxes.open_inbox("2")
     with pytest.raises(MailboxError):
