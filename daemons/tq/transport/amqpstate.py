@@ -27,6 +27,7 @@ class Backoff:
 
 def describe(err: BaseException, where: str) -> str:
     """`err` in one line, for the log and the daemon's STATUS; `where` is the broker's masked URL."""
+    err = unwrap(err)
     e = pika.exceptions
     if isinstance(err, (e.ProbableAuthenticationError, e.AuthenticationError)):
         return f"the broker at {where} refused the login (wrong user or password?)"
@@ -36,26 +37,31 @@ def describe(err: BaseException, where: str) -> str:
         return one_line(f"closed by the broker: {err.reply_code} {err.reply_text}")
     if isinstance(err, e.AMQPHeartbeatTimeout):
         return f"no heartbeat from the broker at {where}: connection dropped"
-    cause = os_error(err)
-    if cause is not None:
-        return one_line(f"cannot reach the broker at {where}: {cause.strerror or cause}")
+    if isinstance(err, OSError):
+        return one_line(f"cannot reach the broker at {where}: {err.strerror or err}")
     if isinstance(err, e.StreamLostError):
         return one_line(f"connection to the broker at {where} lost: {err}")
-    return one_line(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
+    return one_line(f"{type(err).__name__}: {err}" if str(err) else f"{type(err).__name__} ({where})")
 
 
-def os_error(err: BaseException) -> OSError | None:
-    """The socket error inside one of pika's (in its args or its cause), if any."""
-    seen: list[object] = [err]
-    while seen:
-        item = seen.pop()
-        if isinstance(item, OSError):
-            return item
-        if isinstance(item, BaseException):
-            seen.extend(item.args)
-            if item.__cause__ is not None:
-                seen.append(item.__cause__)
-    return None
+def unwrap(err: BaseException) -> BaseException:
+    """The failure inside pika's wrappers: a connection workflow's last attempt, a phase's error, a connection
+    error's argument."""
+    for _ in range(10):
+        inner = getattr(err, "exceptions", None)  # the workflow's attempts
+        if isinstance(inner, tuple) and inner and isinstance(inner[-1], BaseException):
+            err = inner[-1]
+            continue
+        single = getattr(err, "exception", None)  # a phase's (socket connect, transport, AMQP handshake)
+        if isinstance(single, BaseException):
+            err = single
+            continue
+        if type(err) is pika.exceptions.AMQPConnectionError and len(err.args) == 1 \
+                and isinstance(err.args[0], BaseException):
+            err = err.args[0]
+            continue
+        break
+    return err
 
 
 def one_line(text: str) -> str:
