@@ -166,6 +166,38 @@ def test_a_message_sent_to_a_deleted_queue_comes_back_and_is_sent_again(ends: En
     assert inbox.receive() == b"a job"
 
 
+def test_messages_waiting_before_the_consumer_starts_are_all_taken_and_acknowledged(
+        ends: Ends, broker: Broker) -> None:  # noqa: F811
+    """Deliveries start before the consume channel's last method is answered: those taken at once must be
+    acknowledged too (else the broker stops at the prefetch and, a minute later, closes the channel)."""
+    host_side = ends.connect("host")
+    to_worker = host_side.open_inbox("w")
+    sent = 0
+
+    def send() -> None:
+        nonlocal sent
+        while sent < 3000 and to_worker.send(b"j" * 200, 1):
+            sent += 1
+    ends.until(lambda: sent == 3000 and not host_side.session.unconfirmed and not host_side.session.resend, 30,
+               "3000 sent", send)
+    worker = ends.connect("worker")
+    inbox = worker.create_inbox("w", 256)
+    taken = 0
+
+    def take() -> None:
+        nonlocal taken
+        while inbox.receive() is not None:
+            taken += 1
+    ends.until(lambda: taken == 3000, 20, "3000 taken", take)
+    ends.until(lambda: unacknowledged(broker, worker.inbox("w")) == 0, 10, "all acknowledged")
+
+
+def unacknowledged(broker: Broker, queue: str) -> int:  # noqa: F811
+    listed = broker.ctl("list_queues", "name", "messages_unacknowledged", "--silent").stdout.splitlines()
+    counts = dict(line.split("\t") for line in listed if "\t" in line)
+    return int(counts[queue])
+
+
 class Stream:
     """Numbered messages from a worker's connection to tq-host's mailbox on another, as fast as the window lets."""
 

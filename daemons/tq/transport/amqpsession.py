@@ -122,12 +122,13 @@ class Session:
             self.sub.basic_cancel(consumer.tag)
 
     def ack(self, channel: Any, tag: int) -> None:
-        """Acknowledge a delivery of `channel`: nothing to do if that channel is gone (the broker requeued it)."""
-        if channel is self.sub and channel.is_open:
+        """Acknowledge a delivery of `channel`: nothing to do if that channel is gone (the broker requeued it).
+        The channel may not be `sub` yet: deliveries start before the last consumer is on."""
+        if channel is self.sub_open and channel.is_open:
             channel.basic_ack(tag)
 
     def requeue(self, channel: Any, tag: int) -> None:
-        if channel is self.sub and channel.is_open:
+        if channel is self.sub_open and channel.is_open:
             channel.basic_nack(tag, requeue=True)
 
     def close(self) -> None:
