@@ -280,5 +280,9 @@ def test_an_unreachable_broker_is_one_clear_line_and_retried_with_backoff(tmp_pa
         assert mailboxes.status.endswith("retrying in 1s")
         ends.until(lambda: mailboxes.status.endswith("retrying in 2s"), 5, "retried after 1 s")
         assert PASSWORD not in mailboxes.status
+        connects = mailboxes.session.counts["connects"]
+        mailboxes.close()  # while a retry waits: it must not connect again
+        ends.until(lambda: ends.loop.deadline() is None, 5, "the retry's time passed")
+        assert mailboxes.session.counts["connects"] == connects and mailboxes.session.conn is None
     finally:
         ends.close()

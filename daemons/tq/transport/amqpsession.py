@@ -84,10 +84,14 @@ class Session:
         return self.pub is not None and self.sub is not None
 
     def start(self) -> None:
+        if self.closing:
+            return  # closed while a retry waited
         self.counts["connects"] += 1
         self.conn = pika.SelectConnection(self.params, on_open_callback=self._on_open,
                                           on_open_error_callback=self._on_open_error,
                                           on_close_callback=self._on_closed, custom_ioloop=self.loop.services())
+        self.conn.add_on_connection_blocked_callback(self._on_blocked)
+        self.conn.add_on_connection_unblocked_callback(self._on_unblocked)
 
     def can_publish(self) -> bool:
         """Room in the window: messages taken and not yet confirmed, published or waiting for a channel."""
@@ -143,6 +147,16 @@ class Session:
         self.status = f"connected to {self.where}, opening channels"
         conn.channel(on_open_callback=self._on_pub_channel)
         conn.channel(on_open_callback=self._on_sub_channel)
+
+    def _on_blocked(self, _conn: Any, frame: Any) -> None:
+        """A resource alarm (memory, disk) on the broker: it takes no publish until it clears; sends wait in the
+        window, and the window's bound makes `send` refuse once it is full."""
+        self.status = f"the broker at {self.where} blocks publishing: {getattr(frame.method, 'reason', '')}"
+        self.logger.warning("%s", self.status)
+
+    def _on_unblocked(self, _conn: Any, _frame: Any) -> None:
+        self.logger.info("the broker at %s takes publishes again", self.where)
+        self._maybe_ready()
 
     def _on_open_error(self, _conn: Any, err: BaseException) -> None:
         self._lost(describe(err, self.where))
