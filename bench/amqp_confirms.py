@@ -14,6 +14,7 @@ import argparse
 import json
 import resource
 import selectors
+import signal
 import statistics
 import sys
 import tempfile
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--windows", default="64,1000")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a timeout's TERM still stops the broker (its `with`)
     with Broker() as broker:
         for window in (int(w) for w in args.windows.split(",")):
             rounds = [one_round(broker.url, window, args.messages) for _ in range(args.rounds)]

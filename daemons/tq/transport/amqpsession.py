@@ -122,8 +122,9 @@ class Session:
 
     def stop_consuming(self, queue: str) -> None:
         consumer = self.consumers.pop(queue, None)
-        if consumer is not None and consumer.tag and self.sub is not None:
-            self.sub.basic_cancel(consumer.tag)
+        ch = self.sub_open  # not only `sub`: a consumer may be on while the channel's last method is answered
+        if consumer is not None and consumer.tag and ch is not None and ch.is_open:
+            ch.basic_cancel(consumer.tag)
 
     def ack(self, channel: Any, tag: int) -> None:
         """Acknowledge a delivery of `channel`: nothing to do if that channel is gone (the broker requeued it).
