@@ -1,8 +1,9 @@
 """The AMQP transport against a real RabbitMQ (tests/broker.py: consumer_timeout 60 s, loopback, a free port),
 driven by a selector loop as tq-host's and tq-worker's are: heartbeats kept while the loop waits on another
 descriptor (and lost when the loop does not service the adapter), a queue deleted under its consumer noticed at
-once and consumed again, a broker stopped (stop_app) or killed (kill -9) under a stream of confirmed sends with
-nothing lost, and a bad password or an unreachable broker said in one line without the password.
+once and consumed again, waiting messages in priority order (Cancel, jobs, the Sync fence), connections
+closed by the broker noticed at once, a broker stopped (stop_app) or killed (kill -9) under a stream of
+confirmed sends with nothing lost, and a bad password or an unreachable broker said in one line without the password.
 
 Only one broker runs at a time on this machine: one per module, stopped at its end."""
 
@@ -196,6 +197,39 @@ def unacknowledged(broker: Broker, queue: str) -> int:  # noqa: F811
     listed = broker.ctl("list_queues", "name", "messages_unacknowledged", "--silent").stdout.splitlines()
     counts = dict(line.split("\t") for line in listed if "\t" in line)
     return int(counts[queue])
+
+
+def test_the_broker_orders_waiting_messages_cancel_then_jobs_then_the_fence(ends: Ends) -> None:
+    """What waits in the broker (the worker away, or its prefetch full) comes out by the queue's priority."""
+    host_side = ends.connect("host")
+    to_worker = host_side.open_inbox("p")
+    for data, priority in [(b"sync", 0), (b"job", 1001), (b"cancel", 3000), (b"job 2", 1001)]:
+        assert to_worker.send(data, priority)
+    ends.until(lambda: not host_side.session.unconfirmed and not host_side.session.resend, 10, "confirmed")
+    worker = ends.connect("worker")
+    inbox = worker.create_inbox("p", 1)  # prefetch 1: one delivery at a time, the broker's pick
+    taken: list[bytes] = []
+
+    def take() -> None:
+        if (data := inbox.receive()) is not None:
+            taken.append(data)
+    ends.until(lambda: len(taken) == 4, 10, "all taken", take)
+    assert taken == [b"cancel", b"job", b"job 2", b"sync"]
+
+
+def test_connections_closed_by_the_broker_are_noticed_at_once_and_consuming_resumes(
+        ends: Ends, broker: Broker) -> None:  # noqa: F811
+    worker = ends.connect("worker")
+    inbox = worker.create_inbox("c", 4)
+    host_side = ends.connect("host")
+    to_worker = host_side.open_inbox("c")
+    ends.until(lambda: worker.ready and host_side.ready, 15, "connected")
+    assert broker.ctl("close_all_connections", "maintenance").returncode == 0
+    noticed = ends.until(lambda: worker.error != "" and host_side.error != "", 2, "the closes seen")
+    assert noticed < 1.0 and "320 CONNECTION_FORCED" in worker.error, worker.error
+    ends.until(lambda: worker.ready and host_side.ready, 10, "reconnected")
+    assert to_worker.send(b"after the close", 1)
+    ends.until(lambda: inbox.waiting == 1, 5, "consumed after the reconnect")
 
 
 class Stream:
