@@ -153,6 +153,7 @@ class Broker:
 
     def __enter__(self) -> Broker:
         if not os.path.exists(f"{BIN}/rabbitmq-server"):
+            shutil.rmtree(self.base, ignore_errors=True)
             skip_or_fail()
         try:
             self.start()
