@@ -104,21 +104,26 @@ class Session:
             return
         props = pika.BasicProperties(delivery_mode=2, priority=broker_priority(message.priority),
                                      headers={"tq-priority": message.priority})
-        self.pub.basic_publish("", message.queue, message.body, props, mandatory=True)
+        try:
+            self.pub.basic_publish("", message.queue, message.body, props, mandatory=True)
+        except (pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError):
+            self.resend.append(message)  # closing under us: its close callback is on its way
+            return
         self.unconfirmed[self.next_seq] = message
         self.next_seq += 1
 
     def declare(self, queue: str) -> None:
-        """Declare `queue` now (if the channel is up) and after every reopen."""
+        """Declare `queue` now (if a channel is open or opening: pika queues the method) and after every reopen."""
         if queue not in self.declared:
             self.declared[queue] = None
-            if self.pub is not None:
-                self.pub.queue_declare(queue, durable=True, arguments=QUEUE_ARGUMENTS)
+            if self.pub_open is not None and self.pub_open.is_open:
+                self.pub_open.queue_declare(queue, durable=True, arguments=QUEUE_ARGUMENTS)
 
     def consume(self, consumer: Consumer) -> None:
+        """Consume now if the consume channel has started its consumers, and after every reopen."""
         self.consumers[consumer.queue] = consumer
-        if self.sub is not None:
-            self._start_consumer(self.sub, consumer)
+        if self.sub_open is not None and self.sub_open.is_open:
+            self._start_consumer(self.sub_open, consumer)
 
     def stop_consuming(self, queue: str) -> None:
         consumer = self.consumers.pop(queue, None)
