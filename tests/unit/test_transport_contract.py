@@ -158,6 +158,16 @@ def test_a_reopened_host_mailbox_keeps_what_waits_in_it(mailboxes: Mailboxes, de
     host.close()
 
 
+def test_closing_an_older_handle_leaves_a_newer_one_receiving(mailboxes: Mailboxes, delivered: Delivered) -> None:
+    older = mailboxes.open_host()
+    newer = mailboxes.open_host()  # as tq-host's reload or a worker's reopen may overlap
+    older.close()
+    assert mailboxes.reach_host().send(b"a result", 0)
+    delivered(newer, 1)
+    assert newer.receive() == b"a result"
+    newer.close()
+
+
 def test_the_descriptor_polls_readable_while_messages_wait_and_not_when_empty(mailboxes: Mailboxes,
                                                                               delivered: Delivered) -> None:
     inbox = mailboxes.create_inbox("1", 4)

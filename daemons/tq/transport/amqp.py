@@ -70,10 +70,10 @@ class AmqpMailbox:
         self.r, self.w = os.pipe()
         os.set_blocking(self.r, False)
         os.set_blocking(self.w, False)
-        self.consuming = prefetch is not None
+        self.consumer = None if prefetch is None else Consumer(name, prefetch, self._arrived, self._lost)
         session.declare(name)
-        if prefetch is not None:
-            session.consume(Consumer(name, prefetch, self._arrived, self._lost))
+        if self.consumer is not None:
+            session.consume(self.consumer)
 
     @property
     def max_messages(self) -> int:
@@ -104,12 +104,12 @@ class AmqpMailbox:
         return self.r
 
     def close(self) -> None:
-        if self.consuming:
-            self.session.stop_consuming(self.name)
-            for _, _, channel, tag, _ in sorted(self.local):
+        if self.consumer is not None:
+            self.session.stop_consuming(self.consumer)
+            for _, _, channel, tag, _ in sorted(self.local, key=lambda held: held[:2]):
                 self.session.requeue(channel, tag)
             self.local.clear()
-            self.consuming = False
+            self.consumer = None
         for fd in (self.r, self.w):
             try:
                 os.close(fd)

@@ -125,10 +125,12 @@ class Session:
         if self.sub_open is not None and self.sub_open.is_open:
             self._start_consumer(self.sub_open, consumer)
 
-    def stop_consuming(self, queue: str) -> None:
-        consumer = self.consumers.pop(queue, None)
+    def stop_consuming(self, consumer: Consumer) -> None:
+        """Stop `consumer` (not a newer one of the same queue, opened before this one closed)."""
+        if self.consumers.get(consumer.queue) is consumer:
+            del self.consumers[consumer.queue]
         ch = self.sub_open  # not only `sub`: a consumer may be on while the channel's last method is answered
-        if consumer is not None and consumer.tag and ch is not None and ch.is_open:
+        if consumer.tag and ch is not None and ch.is_open:
             ch.basic_cancel(consumer.tag)
 
     def ack(self, channel: Any, tag: int) -> None:
