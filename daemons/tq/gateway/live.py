@@ -119,7 +119,9 @@ class Hub:
         reader, writer = await asyncio.open_unix_connection(self.parts.settings.cfg.host.socket,
                                                             limit=control.MAX_LINE)
         try:
-            request = {"op": "subscribe", "rid": 1} | ({"after": self.last_ts} if self.last_ts is not None else {})
+            request: dict[str, Any] = {"op": "subscribe", "rid": 1}
+            if self.last_ts is not None:  # again, after tq-host came back: what it has since the last event seen
+                request.update(after=self.last_ts, recent=RECENT_MAX)
             writer.write(control.encode(request))
             reply = control.decode(await reader.readline())
             if not reply.get("ok"):
