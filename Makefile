@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= .tq
 
-.PHONY: run test lint unit integration system deb chaos bench clean
+.PHONY: run test lint unit integration system deb chaos bench bench-gateway clean
 
 $(BIN)/tq-host: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ bench: $(BIN)/tq-host
 	    command -v beanstalkd >/dev/null || { apt-get install -y -qq beanstalkd && { systemctl disable --now beanstalkd 2>/dev/null || service beanstalkd stop 2>/dev/null || true; }; }; \
 	fi
 	$(BIN)/python bench/bench.py $(if $(filter 1,$(PEERS)),--peers)
+
+# tq-gateway's figures: drain with and without 200 SSE followers and a /metrics scrape a second (paired), the
+# gateway's CPU per event and per scrape, /metrics through it beside tqctl metrics; MILLION=1 adds its RSS across
+# 1,000,000 jobs. tq-host's instructions per job with the same observers: bench/instructions.py --shape gateway.
+MILLION ?= 0
+bench-gateway: $(BIN)/tq-host
+	$(BIN)/python bench/gateway.py $(if $(filter 1,$(MILLION)),--million)
 
 # A long chaos run: kill -9, SIGSTOP and SIGTERM of host and workers while clients submit.
 CHAOS_JOBS ?= 50000

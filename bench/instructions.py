@@ -4,6 +4,8 @@
                                                        # submit, and a worker per job
     python bench/instructions.py --shape drain --shape followed  # tq-host per job without and with 200
                                                        # event followers connected (the stream's own cost)
+    python bench/instructions.py --shape drain --shape gateway  # ... and with 200 SSE clients through tq-gateway
+                                                       # and its /metrics scraped every second
     python bench/instructions.py --tree ../old --tree .  # two checkouts, run for run (their daemons/)
 
 On a shared, noisy machine a throughput figure moves 10-20 % between runs of the same code; an instruction
@@ -32,15 +34,18 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gateway import Scraper, SseFollowers, make_token
+
 from bench import REPO, WORKERS, Observers, drain, quiet, shipped_config, submit_rate, unit_environment
 from harness import Daemon, Suite
 
-SHAPES = ("drain", "submit", "worker", "followed")
+SHAPES = ("drain", "submit", "worker", "followed", "gateway")
 DEFAULT_SHAPES = SHAPES[:3]
 FOLLOWERS = 200  # `tqctl events --follow` connected through the "followed" drain (the observed shape's number)
 
@@ -54,6 +59,14 @@ def counted(suite: Suite, name: str, module: str, args: list[str], env: dict[str
     suite.daemons.append(d)
     d.ready(timeout=300)  # (imports under valgrind take 10-30 s)
     return d, out
+
+
+@contextlib.contextmanager
+def gateway_observers(suite: Suite) -> Iterator[None]:
+    gateway = suite.gateway()
+    token = make_token(suite)
+    with SseFollowers(gateway, token, FOLLOWERS), Scraper(gateway, token):
+        yield
 
 
 def instructions(pid: int, out: str) -> int:
@@ -91,6 +104,8 @@ def measure(tree: Path, shape: str, jobs: int) -> dict[str, Any]:
         followers: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         if shape == "followed":  # connected before the count is zeroed: what they cost per job is counted
             followers = Observers(suite, FOLLOWERS, [], before=lambda: None, scrape=False)
+        elif shape == "gateway":  # 200 SSE clients through one tq-gateway, and its /metrics scraped every second
+            followers = gateway_observers(suite)
         with followers:
             subprocess.run(["callgrind_control", "-z", str(daemon.pid)], check=True, capture_output=True)
             if shape == "submit":

@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """tq's man pages, written when the package is built (debian/rules), so that they say what the code does.
 
-tqctl(1), tq-host(8) and tq-worker(8) come from the programs' own argparse parsers (`build_parser()` in
-tq.ctl, tq.host and tq.worker): a new subcommand or option is in the next package's man page without anyone
-editing a page. tq.toml(5) comes from README.md's "Configuration" section, the configuration reference,
-which tests/unit/test_manpages.py holds to the keys configload.py accepts.
+tqctl(1), tq-host(8), tq-worker(8) and tq-gateway(8) come from the programs' own argparse parsers
+(`build_parser()` in tq.ctl, tq.host, tq.worker and tq.gateway): a new subcommand or option is in the next
+package's man page without anyone editing a page. tq.toml(5) comes from README.md's "Configuration" section,
+the configuration reference, which tests/unit/test_manpages.py holds to the keys configload.py accepts;
+tq-gateway(8)'s sections beyond its options are docs/gateway.md's, the gateway's reference.
 
 Debian's argparse-manpage (1.2.2 in bookworm) writes every page as section 1, lists subcommands that --help
 hides, and breaks lines in the middle of sentences; argparse's own formatter and this file do better.
 
-    packaging/manpages.py [--readme README.md] OUTDIR
+    packaging/manpages.py [--readme README.md] [--gateway-doc docs/gateway.md] OUTDIR
 
 It needs a Python that imports tq (tq.host imports posix_ipc): the package's venv, or `make`'s .venv.
 """
@@ -52,11 +53,17 @@ def inline(markdown: str) -> str:
     out = []
     for part in re.split(r"(`[^`]+`)", markdown):
         if len(part) > 1 and part[0] == part[-1] == "`":
-            out.append(bold(part[1:-1]))
+            out.append(breakable(bold(part[1:-1])))
             continue
         part = escape(re.sub(r"\[([^]]+)\]\(([^)]+)\)", r"\1 (\2)", part))
-        out.append(re.sub(r"\*\*(.+?)\*\*", r"\\fB\1\\fR", part))
+        out.append(breakable(re.sub(r"\*\*(.+?)\*\*", r"\\fB\1\\fR", part)))
     return re.sub(r"^([.'])", r"\\&\1", "".join(out))
+
+
+def breakable(roff: str) -> str:
+    """Words of 30 characters or more (a test's name, a path) may break after `_` and `/` (roff's `\\:`): one
+    wider than the page is a warning of man's, and lintian's."""
+    return re.sub(r"\S{30,}", lambda m: re.sub(r"([_/])", r"\1\\:", m.group(0)), roff)
 
 
 def header(name: str, section: int, summary: str, source: str) -> list[str]:
@@ -148,15 +155,16 @@ def subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argpars
     return found
 
 
-def parser_page(parser: argparse.ArgumentParser, section: int, sections: dict[str, list[str]]) -> str:
+def parser_page(parser: argparse.ArgumentParser, section: int, sections: dict[str, list[str]],
+                also_from: str = "") -> str:
     """A program's page: NAME and DESCRIPTION from its description, SYNOPSIS and OPTIONS from its arguments,
-    COMMANDS from its subcommands, then `sections` (name: roff lines)."""
+    COMMANDS from its subcommands, then `sections` (name: roff lines), which come from `also_from` if it says."""
     prog = parser.prog
     description = (parser.description or "").strip()
     summary = description.rstrip(".")
     first = summary.split(" ", 1)[0]
     summary = summary if len(first) > 1 and first.isupper() else summary[:1].lower() + summary[1:]
-    lines = header(prog, section, summary, f"{prog}'s argparse parser")
+    lines = header(prog, section, summary, f"{prog}'s argparse parser" + (f" and {also_from}" if also_from else ""))
     lines += section_("SYNOPSIS", [synopsis(parser, prog, set())])
     lines += section_("DESCRIPTION", [escape(description), *sections.pop("DESCRIPTION", [])])
     lines += section_("OPTIONS", definitions([(_term(parser, a), _help(parser, a)) for a in parser._actions
@@ -211,25 +219,40 @@ def readme_section(readme: str, title: str) -> str:
 
 
 def blocks(markdown: str) -> list[list[str]]:
-    return [b.strip("\n").split("\n") for b in re.split(r"\n\s*\n", markdown) if b.strip()]
+    """Paragraphs, lists, tables and code blocks, each a list of lines; a blank line inside a ``` block does not
+    end it."""
+    found: list[list[str]] = []
+    current: list[str] = []
+    fenced = False
+    for line in markdown.strip("\n").split("\n"):
+        if line.startswith("```"):
+            fenced = not fenced
+        if not line.strip() and not fenced:
+            if current:
+                found.append(current)
+            current = []
+        else:
+            current.append(line)
+    return [*found, current] if current else found
 
 
 def table_rows(block: list[str]) -> list[list[str]]:
-    """The cells of a Markdown table's rows, header and separator left out; a `|` inside `code` is not a
-    column."""
-    rows = []
-    for line in block[2:]:
-        cells, cell, in_code = [], "", False
-        for c in line.strip().strip("|"):
-            if c == "`":
-                in_code = not in_code
-            if c == "|" and not in_code:
-                cells.append(cell.strip())
-                cell = ""
-            else:
-                cell += c
-        rows.append([*cells, cell.strip()])
-    return rows
+    """The cells of a Markdown table's rows, header and separator left out."""
+    return [row_cells(line) for line in block[2:]]
+
+
+def row_cells(line: str) -> list[str]:
+    """The cells of one row of a Markdown table; a `|` inside `code` is not a column."""
+    cells, cell, in_code = [], "", False
+    for c in line.strip().strip("|"):
+        if c == "`":
+            in_code = not in_code
+        if c == "|" and not in_code:
+            cells.append(cell.strip())
+            cell = ""
+        else:
+            cell += c
+    return [*cells, cell.strip()]
 
 
 def is_table(block: list[str]) -> bool:
@@ -237,9 +260,14 @@ def is_table(block: list[str]) -> bool:
 
 
 def markdown_blocks(blocks_: list[list[str]]) -> list[str]:
-    """Paragraphs, lists and code blocks as roff (tables are the caller's)."""
+    """Paragraphs, lists, `### ` headings and code blocks as roff (tables are the caller's)."""
     lines: list[str] = []
     for block in blocks_:
+        if block[0].startswith("### "):
+            lines += [f'.SS "{inline(block[0][4:])}"']
+            block = block[1:]
+            if not block:
+                continue
         if block[0].startswith("```"):
             lines += [".PP", ".nf", ".RS 4"] + [escape(line) for line in block[1:-1]] + [".RE", ".fi"]
         elif block[0].startswith("- "):
@@ -272,6 +300,71 @@ def config_page(readme: str) -> str:
         (f"`{dropins}`", "Drop-ins, read after it in name order.")]))
     lines += section_("SEE ALSO", [see_also("tqctl(1)", "tq-host(8)", "tq-worker(8)")])
     return "\n".join(lines) + "\n"
+
+
+def heading(markdown: str) -> str:
+    """A `## ` heading as a man page's section title: upper case, but for `code` (a path keeps its case)."""
+    return "".join(part[1:-1] if part.startswith("`") else part.upper()
+                   for part in re.split(r"(`[^`]+`)", markdown))
+
+
+def doc_sections(markdown: str) -> tuple[list[list[str]], dict[str, list[list[str]]]]:
+    """A Markdown document's text before its first `## ` heading, and each `## ` section's blocks by title."""
+    parts = re.split(r"^## (.+)\n", re.sub(r"\A# .*\n", "", markdown), flags=re.MULTILINE)
+    return blocks(parts[0]), {heading(title): blocks(body) for title, body in zip(parts[1::2], parts[2::2],
+                                                                                  strict=True)}
+
+
+def doc_roff(blocks_: list[list[str]]) -> list[str]:
+    """A section of docs/gateway.md as roff: its tables as lists, the first column the term and the other columns
+    its text, each after its header (`tq-host op: submit`)."""
+    lines: list[str] = []
+    for block in blocks_:
+        if not is_table(block):
+            lines += markdown_blocks([block])
+            continue
+        names = row_cells(block[0])
+        items = []
+        for row in table_rows(block):
+            text = "; ".join(f"{name}: {cell}" for name, cell in zip(names[1:], row[1:], strict=False) if cell)
+            items.append((inline(row[0]), inline(text)))
+        lines += definitions(items)
+    return lines
+
+
+def gateway_page(doc: str) -> str:
+    """tq-gateway(8): its options from its parser, and what it serves, to whom and how, from docs/gateway.md."""
+    from tq import gateway
+    from tq.configfiles import DEFAULT_CONFIG, DEFAULT_SOCKET
+    from tq.gateway.service import RESTART_KEYS
+
+    intro, sections = doc_sections(doc)
+    if not sections:
+        raise SystemExit("manpages.py: docs/gateway.md has no '## ' section")
+    pages_ = {"DESCRIPTION": markdown_blocks(intro)}
+    pages_.update({title: doc_roff(body) for title, body in sections.items()})
+    pages_.update({
+        "ENVIRONMENT": terms([
+            ("`TQ_CONFIG`", f"The configuration file when there is no `--config` (default `{DEFAULT_CONFIG}`)."),
+            ("`LISTEN_FDS`, `LISTEN_PID`", "The sockets systemd passes (`tq-gateway.socket`): served instead of "
+                                           "`gateway.listen`.")]),
+        "SIGNALS": terms([
+            ("`SIGHUP`", "Re-read the configuration (`systemctl reload tq-gateway`); "
+                         f"{', '.join(f'`gateway.{key}`' for key in RESTART_KEYS)} take effect at the next start."),
+            ("`SIGTERM`", "Stop: close the connections and exit 0.")]),
+        "EXIT STATUS": terms([("`0`", "Stopped by SIGTERM or SIGINT."),
+                              ("`1`", "Cannot start (the address is taken, the TLS files do not load); the "
+                                      "journal says why."),
+                              ("`2`", "The configuration does not load; stderr names the file and the key.")]),
+        "FILES": terms([
+            (f"`{DEFAULT_CONFIG}`", "The configuration (`[gateway]`, `[access] gateways`), see tq.toml(5)."),
+            (f"`{DEFAULT_SOCKET}`", "tq-host's control socket, which the gateway opens as a member of group tq."),
+            ("`/lib/systemd/system/tq-gateway.socket`, `/lib/systemd/system/tq-gateway.service`",
+             "The units: off until `systemctl enable --now tq-gateway.socket`; the address is changed with "
+             "`systemctl edit tq-gateway.socket`.")]),
+        "SEE ALSO": [see_also("tqctl(1)", "tq-host(8)", "tq.toml(5)", "systemd.socket(5)", "systemctl(1)",
+                              "journalctl(1)")]})
+    return parser_page(gateway.build_parser(), 8, pages_, "docs/gateway.md")
 
 
 def readme_keys(readme: str) -> set[str]:
@@ -312,7 +405,7 @@ def terms(items: list[tuple[str, str]]) -> list[str]:
     return definitions([(inline(term), inline(text)) for term, text in items])
 
 
-def pages(readme: str) -> dict[str, str]:
+def pages(readme: str, gateway_doc: str) -> dict[str, str]:
     """Every page: file name and roff. What the parsers cannot say (signals, files, exit codes) is said here,
     in the README's words, with the paths taken from the code."""
     from tq import ctl, host, worker
@@ -324,7 +417,11 @@ def pages(readme: str) -> dict[str, str]:
     see_daemon = ["systemctl(1)", "journalctl(1)"]
     return {
         "tqctl.1": parser_page(ctl.build_parser(), 1, {
-            "ENVIRONMENT": environment,
+            "ENVIRONMENT": environment + terms([
+                ("`TQ_URL`", "tq-gateway's URL when there is no `--url`: tqctl then reaches tq-host through it."),
+                ("`TQ_TOKEN_FILE`", "The file holding the token for the gateway when there is no `--token-file`."),
+                ("`TQ_CA_FILE`", "The CA certificate an https gateway's is checked against when there is no "
+                                 "`--ca-file`.")]),
             "EXIT STATUS": exit_status(ctl.__doc__ or ""),
             "FILES": terms([
                 (f"`{DEFAULT_SOCKET}`", "tq-host's control socket (mode 0660, group tq), where `host.socket` "
@@ -357,6 +454,7 @@ def pages(readme: str) -> dict[str, str]:
                               "jobs it holds; exit 0.")]),
             "FILES": daemon_files,
             "SEE ALSO": [see_also("tqctl(1)", "tq-host(8)", "tq.toml(5)", *see_daemon)]}),
+        "tq-gateway.8": gateway_page(gateway_doc),
         "tq.toml.5": config_page(readme),
     }
 
@@ -364,11 +462,13 @@ def pages(readme: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     cli = argparse.ArgumentParser(prog="manpages.py", description="Write tq's man pages into OUTDIR.")
     cli.add_argument("--readme", default=str(ROOT / "README.md"))
+    cli.add_argument("--gateway-doc", default=str(ROOT / "docs/gateway.md"))
     cli.add_argument("outdir")
     args = cli.parse_args(argv)
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in pages(Path(args.readme).read_text(encoding="utf-8")).items():
+    written = pages(Path(args.readme).read_text(encoding="utf-8"), Path(args.gateway_doc).read_text(encoding="utf-8"))
+    for name, text in written.items():
         (out / name).write_text(text, encoding="utf-8")
     return 0
 

@@ -1,7 +1,8 @@
 """The Python client API; tqctl is a thin layer over it.
 
     from tq.client import Client
-    c = Client()                          # or Client(config="/etc/tq/tq.toml")
+    c = Client()                          # or Client(config="/etc/tq/tq.toml"), or through tq-gateway:
+                                          # Client(url="https://tq.example:8790", token="...")
     jid = c.submit("task-1", "arg")       # returns once the job is committed
     job = c.wait(jid, timeout=10)         # dict; raises TimeoutError
 """
@@ -14,70 +15,41 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
 from . import clienttokens, configfiles, control
+from .clienterrors import (
+    HostUnreachable,
+    InternalError,
+    JobTimeout,
+    NotFound,
+    PermissionDenied,
+    Refused,
+    TqError,
+    Unauthorized,
+    refusal,
+)
 
 if TYPE_CHECKING:
     import datetime
 
+    from .remote import HttpConnection
 
-class TqError(Exception):
-    """Base of the client's errors; `exit_code` is tqctl's exit status for it."""
-
-    exit_code = control.EXIT_FAILED
-
-
-class Refused(TqError):
-    """The host refused the request (bad input, unknown task, too large, wrong state)."""
-
-    exit_code = control.EXIT_USAGE
-
-
-class HostUnreachable(TqError):
-    exit_code = control.EXIT_UNREACHABLE
-
-
-class PermissionDenied(TqError):
-    exit_code = control.EXIT_PERMISSION
-
-
-class Unauthorized(PermissionDenied):
-    """No valid token: unknown or revoked (act_as)."""
-
-
-class NotFound(TqError):
-    exit_code = control.EXIT_NOT_FOUND
-
-
-class JobTimeout(TqError, TimeoutError):
-    """A wait ran out of time. From wait_many: `finished` holds the jobs that did finish, by id, and
-    `pending` the ids that did not."""
-
-    exit_code = control.EXIT_TIMEOUT
-
-    def __init__(self, message: str, finished: dict[int, dict[str, Any]] | None = None,
-                 pending: list[int] | None = None) -> None:
-        super().__init__(message)
-        self.finished = finished or {}
-        self.pending = pending or []
-
-
-class InternalError(TqError):
-    """A fault inside tq-host (a bug; its journal says more), not in the request."""
-
-    exit_code = control.EXIT_INTERNAL
-
-
-# A refusal's code -> its exception, by the exit status control.ERRORS gives it (Refused for a code not known).
-_BY_EXIT: dict[int, type[TqError]] = {e.exit_code: e for e in (Refused, HostUnreachable, PermissionDenied, NotFound,
-                                                               JobTimeout, InternalError)}
-_ERRORS = {code: _BY_EXIT[e.exit_status] for code, e in control.ERRORS.items()} | {"unauthorized": Unauthorized}
+__all__ = ["Client", "Connection", "HostUnreachable", "InternalError", "JobTimeout", "NotFound", "PermissionDenied",
+           "Refused", "TqError", "Unauthorized"]
 
 
 class Connection:
     """A connection to tq-host over its Unix socket (opened on first use, reopened after a failure): one request
-    and its reply at a time (`call`), or the events of a subscription (`_stream`)."""
+    and its reply at a time (`call`), or the events of a subscription (`_stream`).
 
-    def __init__(self, config: str | None = None, socket_path: str | None = None, timeout: float | None = 60.0) -> None:
-        setting = configfiles.SocketSetting(socket_path, "") if socket_path else _config_socket(config)
+    With `url` (and `token`), tq-host through tq-gateway instead: each call is the matching /api/v1 request
+    (remote.py's `HttpConnection`; `ca_file`: the CAs an https gateway's certificate is checked against, by
+    default the system's). The local path pays one attribute test per call for it.
+    """
+
+    def __init__(self, config: str | None = None, socket_path: str | None = None, timeout: float | None = 60.0,
+                 url: str | None = None, token: str | None = None, ca_file: str | None = None) -> None:
+        self.remote = None if url is None else _remote(url, token, timeout, ca_file)
+        where = url or socket_path  # (a remote connection's messages name its URL)
+        setting = configfiles.SocketSetting(where, "") if where else _config_socket(config)
         self.socket_path = setting.path
         self.socket_source = setting.source  # where the path came from, for the message when it cannot connect
         self.config_skipped = setting.skipped  # files of the configuration that do not parse (left out)
@@ -89,6 +61,8 @@ class Connection:
         self._rid = 0
 
     def close(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -102,7 +76,15 @@ class Connection:
 
     def fileno(self) -> int:
         """The connection's descriptor (to wait for a subscription's events in a selector), -1 if none."""
+        if self.remote is not None:
+            return self.remote.fileno()
         return -1 if self._sock is None else self._sock.fileno()
+
+    def another(self) -> Self:
+        """A second connection to the same place, as the same caller (a subscription takes one for itself)."""
+        if self.remote is not None:
+            return type(self)(timeout=self.timeout, **self.remote.where())
+        return type(self)(socket_path=self.socket_path, timeout=self.timeout)
 
     def _connect(self) -> socket.socket:
         if self._sock is None:
@@ -140,6 +122,8 @@ class Connection:
 
         `wait`: seconds the host may take on top of the client's timeout (it answers when a job finishes).
         """
+        if self.remote is not None:
+            return self.remote.call(op, wait, **fields)
         try:
             request = control.encode({"op": op, "rid": self._rid + 1, **fields})
         except UnicodeEncodeError as e:  # a lone surrogate: bytes that were not UTF-8, decoded with surrogateescape
@@ -179,10 +163,19 @@ class Connection:
         del self._buf[:end + 1]
         if not reply.get("ok"):
             code = str(reply.get("code", "bad_request"))
-            raise _ERRORS.get(code, Refused)(str(reply.get("error", code)))
+            raise refusal(code, str(reply.get("error", code)))
         return reply
 
+    def _more(self, wait: float | None) -> dict[str, Any]:
+        """The next reply to the last request (a submit with `wait_for` is answered twice)."""
+        if self.remote is not None:
+            return self.remote.more(wait)
+        return self._exchange(None, wait)
+
     def _stream(self, recent: list[dict[str, Any]]) -> Iterator[bytes]:
+        if self.remote is not None:
+            yield from self.remote.stream(recent)
+            return
         if recent:
             yield b"".join(control.encode(e) for e in recent)
         sock = self._sock
@@ -261,7 +254,7 @@ class Client(Connection, clienttokens.TokenOps):
         limit = 10.0**9 if wait_timeout is None else wait_timeout
         job_id = int(self.call("submit", jobs=[spec], wait_for=limit)["ids"][0])  # acknowledged: it is durable
         try:
-            return dict(self._exchange(None, limit)["job"])
+            return dict(self._more(limit)["job"])
         except JobTimeout:
             raise  # its message names the job
         except TqError as e:
@@ -391,6 +384,12 @@ def _spec(task: str, args: list[Any], **options: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {"task": task, "args": args}
     spec.update({k: v for k, v in options.items() if v is not None and not (k == "delay" and not v)})
     return spec
+
+
+def _remote(url: str, token: str | None, timeout: float | None, ca_file: str | None) -> HttpConnection:
+    from .remote import HttpConnection  # (http.client and ssl: only a client of tq-gateway loads them)
+
+    return HttpConnection(url, token, timeout, ca_file)
 
 
 def _config_socket(path: str | None) -> configfiles.SocketSetting:

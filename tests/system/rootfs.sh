@@ -48,9 +48,9 @@ if [ "${1:-}" = --mirror ]; then
 fi
 # systemd + dbus to boot; python3 + tq's Debian dependencies so that
 # `apt install ./tq.deb` inside the container needs no network.
-include=systemd,systemd-sysv,dbus,python3,python3-systemd,python3-sdnotify,python3-croniter,python3-prometheus-client,procps
+include=systemd,systemd-sysv,dbus,python3,python3-systemd,python3-sdnotify,python3-croniter,python3-prometheus-client,python3-aiohttp,procps
 # Bump when anything below changes: a cached rootfs with another recipe is rebuilt.
-recipe="4 $include"
+recipe="5 $include"
 
 if [ -x "$rootfs/lib/systemd/systemd" ] && [ "$(cat "$rootfs/.tq-rootfs-complete" 2>/dev/null)" = "$recipe" ]; then
     echo "$rootfs"

@@ -1,8 +1,9 @@
 """The units and packaging/ files on a real systemd, without the package.
 
-tq-host and tq-worker are replaced by probe_daemon.py, which does under the
-units' sandbox what the daemons do at the system level (POSIX queue, state
-and runtime directories, sd_notify with watchdog).
+tq-host, tq-worker and tq-gateway are replaced by probe_daemon.py, which does
+under the units' sandbox what the daemons do at the system level (POSIX queue,
+state and runtime directories, the socket systemd passes, sd_notify with
+watchdog).
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ import pytest
 from nspawn import REPO, Container
 
 pytestmark = pytest.mark.system
-UNITS = ("tq-host.service", "tq-worker@.service", "tq.target", "tq-metrics.service", "tq-metrics.timer")
+UNITS = ("tq-host.service", "tq-worker@.service", "tq.target", "tq-metrics.service", "tq-metrics.timer",
+         "tq-gateway.socket", "tq-gateway.service")
 EXPOSURE_LIMIT = 1.5
+READ_SOCKET = ("import socket, sys; s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=20); "
+               "print(s.makefile().readline(), end='')")
 
 
 @pytest.fixture(scope="module")
 def units(container: Container) -> Container:
     for unit in UNITS:
         container.put(REPO / "units" / unit, f"/etc/systemd/system/{unit}")
-    for program in ("tq-host", "tq-worker"):
+    for program in ("tq-host", "tq-worker", "tq-gateway"):
         container.put(REPO / "tests/system/probe_daemon.py", f"/usr/bin/{program}", mode=0o755)
     container.run("printf '#!/bin/sh\\n' > /usr/bin/tqctl && chmod 755 /usr/bin/tqctl")  # tq-metrics' program
     container.put(REPO / "packaging/sysusers.d/tq.conf", "/usr/lib/sysusers.d/tq.conf")
@@ -43,7 +47,8 @@ def test_units_verify_clean(units: Container) -> None:
     assert result.stderr == "" and result.stdout == ""
 
 
-@pytest.mark.parametrize("unit", ["tq-host.service", "tq-worker@1.service", "tq-metrics.service"])
+@pytest.mark.parametrize("unit", ["tq-host.service", "tq-worker@1.service", "tq-metrics.service",
+                                  "tq-gateway.service"])
 def test_unit_security_exposure_is_at_most_1_5(units: Container, unit: str) -> None:
     report = units.run(["systemd-analyze", "security", "--no-pager", unit]).stdout
     found = re.search(r"Overall exposure level for \S+: ([\d.]+)", report)
@@ -97,3 +102,48 @@ def test_worker_killed_by_signal_is_restarted(units: Container) -> None:
     time.sleep(3)  # RestartSec=2s
     assert units.run("systemctl show -p NRestarts --value tq-worker@2").stdout.strip() == "1"
     assert units.run("systemctl is-active tq-worker@2").stdout.strip() == "active"
+
+
+def test_sysusers_file_is_the_one_the_package_installs() -> None:
+    assert (REPO / "debian/tq.sysusers").read_text() == (REPO / "packaging/sysusers.d/tq.conf").read_text()
+
+
+def test_gateway_user_is_in_group_tq(units: Container) -> None:
+    units.run("systemd-sysusers tq.conf")
+    assert units.run("getent passwd tq-gateway").stdout.split(":")[6].strip() in ("/usr/sbin/nologin",
+                                                                                  "/sbin/nologin")
+    assert units.run("id -nG tq-gateway").stdout.split() == ["tq-gateway", "tq"]
+
+
+def test_gateway_socket_starts_the_service_as_tq_gateway_with_group_tq_at_the_first_connection(
+        units: Container) -> None:
+    units.run("systemd-sysusers tq.conf && systemd-tmpfiles --create tq.conf")
+    units.run("systemctl start tq-gateway.socket")
+    try:
+        assert units.run("systemctl is-active tq-gateway.service", check=False).stdout.strip() == "inactive"
+        line = units.run(["python3", "-c", READ_SOCKET, "8790"]).stdout
+        ids = units.run("id -u tq-gateway && getent group tq | cut -d: -f3").stdout.split()
+        uid, groups, run_tq = line.split(" ", 2)
+        assert uid == f"uid={ids[0]}" and ids[1] in groups.removeprefix("groups=").split(","), (line, ids)
+        assert not run_tq.startswith("run_tq=error"), line  # group tq opens /run/tq, where tq-host's socket is
+        assert units.run("systemctl is-active tq-gateway.service").stdout.strip() == "active"
+        # A second connection goes to the same process: the listening socket was passed, not one per connection.
+        pid = units.run("systemctl show -p MainPID --value tq-gateway.service").stdout
+        units.run(["python3", "-c", READ_SOCKET, "8790"])
+        assert units.run("systemctl show -p MainPID --value tq-gateway.service").stdout == pid
+    finally:
+        units.run("systemctl stop tq-gateway.socket tq-gateway.service")
+
+
+def test_gateway_socket_address_is_changed_by_a_drop_in(units: Container) -> None:
+    """What the socket unit's comment tells an operator: an empty ListenStream= and then the new address."""
+    dropin = "/etc/systemd/system/tq-gateway.socket.d/50-address.conf"
+    units.put_text("[Socket]\nListenStream=\nListenStream=127.0.0.1:8791\n", dropin)
+    units.run("systemctl daemon-reload && systemctl start tq-gateway.socket")
+    try:
+        assert units.run("systemctl show -p Listen --value tq-gateway.socket").stdout.split() == [
+            "127.0.0.1:8791", "(Stream)"]
+        assert units.run(["python3", "-c", READ_SOCKET, "8791"]).stdout.startswith("uid=")
+    finally:
+        units.run(f"systemctl stop tq-gateway.socket tq-gateway.service; rm -rf {dropin.rsplit('/', 1)[0]}; "
+                  "systemctl daemon-reload")

@@ -9,11 +9,11 @@ import pytest
 from tq import ctl
 from tq.ctl import complete
 
-ASKED: list[tuple[str, str | None]] = []
+ASKED: list[tuple[str, dict[str, str]]] = []
 
 
-def names(kind: str, config: str | None) -> list[str]:
-    ASKED.append((kind, config))
+def names(kind: str, where: dict[str, str]) -> list[str]:
+    ASKED.append((kind, dict(where)))
     return {"tasks": ["resize", "report"], "queues": ["default", "mail"]}[kind]
 
 
@@ -54,7 +54,17 @@ def test_the_config_given_on_the_line_is_the_one_asked() -> None:
     ASKED.clear()
     done("tqctl --config /srv/tq.toml submit --queue ")
     done("tqctl --config=/srv/other.toml submit ")
-    assert ASKED == [("queues", "/srv/tq.toml"), ("tasks", "/srv/other.toml")]
+    assert ASKED == [("queues", {"config": "/srv/tq.toml"}), ("tasks", {"config": "/srv/other.toml"})]
+
+
+def test_the_gateway_given_on_the_line_is_the_one_asked() -> None:
+    ASKED.clear()
+    done("tqctl --url https://tq.example:8790 --token-file /home/me/tq.token --ca-file=/etc/ca.pem pause ")
+    assert ASKED == [("queues", {"url": "https://tq.example:8790", "token_file": "/home/me/tq.token",
+                                 "ca_file": "/etc/ca.pem"})]
+    assert done("tqctl --token-file ") is None and done("tqctl --ca-file ") is None  # file names
+    assert done("tqctl --url ") == []
+    assert {"--url", "--token-file", "--ca-file"} <= set(done("tqctl --") or [])
 
 
 @pytest.mark.parametrize(("line", "words"), [

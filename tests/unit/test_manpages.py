@@ -66,7 +66,7 @@ def test_the_configuration_reference_names_exactly_the_keys_config_accepts(tmp_p
 
 
 def test_every_page_is_written_with_its_section_and_a_whatis_line(pages: dict[str, str]) -> None:
-    assert sorted(pages) == ["tq-host.8", "tq-worker.8", "tq.toml.5", "tqctl.1"]
+    assert sorted(pages) == ["tq-gateway.8", "tq-host.8", "tq-worker.8", "tq.toml.5", "tqctl.1"]
     for name, text in pages.items():
         title, section = name.rsplit(".", 1)
         assert re.search(rf"^\.TH {re.escape(title.upper())} {section} \d{{4}}-\d\d-\d\d ", text, re.M), name
@@ -92,6 +92,29 @@ def test_tqctl_page_has_every_command_and_option_that_help_shows_and_no_hidden_o
 def test_daemon_pages_describe_their_arguments(pages: dict[str, str]) -> None:
     assert "\\fB\\-\\-config\\fR" in pages["tq-host.8"]
     assert "worker instance name" in pages["tq-worker.8"]
+
+
+def test_gateway_page_has_its_options_and_every_section_and_route_of_docs_gateway_md(pages: dict[str, str]) -> None:
+    text = pages["tq-gateway.8"]
+    assert "\\fB\\-\\-config\\fR" in text
+    doc = (ROOT / "docs/gateway.md").read_text(encoding="utf-8")
+    titles = re.findall(r"^## (.+)$", doc, re.M)
+    assert titles
+    for title in titles:
+        assert f".SH {manpages.heading(title)}\n" in text, title
+    routes = [row[0] for block in manpages.blocks(doc) if manpages.is_table(block)
+              for row in manpages.table_rows(block)]
+    assert any("POST /api/v1/jobs" in route for route in routes)
+    for route in routes:
+        assert f".TP\n{manpages.inline(route)}\n" in text, route
+    for section in ("SYNOPSIS", "OPTIONS", "SIGNALS", "EXIT STATUS", "FILES", "SEE ALSO"):
+        assert f".SH {section}\n" in text, section
+    assert "\\fBgateway.listen\\fR" in text  # SIGHUP: the keys that wait for a restart, from the code
+
+
+def test_a_blank_line_inside_a_code_block_does_not_split_it() -> None:
+    assert manpages.blocks("text\n\n```toml\n[a]\nx = 1\n\n[b]\n```\n\nmore\n") == [
+        ["text"], ["```toml", "[a]", "x = 1", "", "[b]", "```"], ["more"]]
 
 
 @pytest.mark.skipif(shutil.which("man") is None, reason="man-db not installed (lintian runs this check too)")

@@ -5,6 +5,9 @@ checks submit --batch's lines), overview.py (status, workers, queues, schedules,
 follow.py (events, watch, metrics), tokens.py (token create, list, revoke); each declares its commands' options
 beside their handlers, render.py formats what they print, complete.py completes them in bash.
 
+Remote: `--url URL --token-file FILE` (or TQ_URL, TQ_TOKEN_FILE) reaches tq-host through tq-gateway, with the same
+output and exit statuses (tq/remote.py); `--ca-file FILE` (TQ_CA_FILE) checks an https gateway against that CA.
+
 Exit status: 0 ok, 1 job failed, 2 usage or refused, 3 host not reachable,
 4 permission denied, 5 not found, 6 timeout, 7 internal error in tq-host.
 (They come from the error codes' table, tq.control.ERRORS.)
@@ -31,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = options.Parser(prog="tqctl", description="Control tq: submit jobs and look at them.", parents=[common])
     p.add_argument("--config", help="config file (default: $TQ_CONFIG or /etc/tq/tq.toml)")
     p.add_argument("--version", action="version", version=f"tqctl {__version__}")
+    p.add_argument("--url", help="reach tq-host through tq-gateway at URL (http://HOST:8790, https://...; default: "
+                   "$TQ_URL) instead of its socket; needs --token-file")
+    p.add_argument("--token-file", metavar="FILE", help="the file holding the token for --url (tqctl token create "
+                   "prints one; default: $TQ_TOKEN_FILE)")
+    p.add_argument("--ca-file", metavar="FILE", help="with an https --url: the CA certificate (PEM) the gateway's "
+                   "is checked against (default: $TQ_CA_FILE, else the system's CAs)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=options.Parser)
     commands = jobs.COMMANDS | overview.COMMANDS | follow.COMMANDS | tokens.COMMANDS
     for name in sorted(commands, key=_HELP_ORDER.index):  # (a command missing from _HELP_ORDER: ValueError)
@@ -48,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_utf8(sys.argv[1:] if argv is None else argv)
         if args.command == "config":
             return overview.config_check(args, as_json)
-        with Client(config=args.config) as client:
+        with _client(args) as client:
             for problem in client.config_skipped:  # tqctl needs only host.socket: a broken file does not stop it
                 render.warning(f"{problem}; skipped: tqctl reads only host.socket (tqctl config check "
                                "validates every file)")
@@ -61,6 +70,36 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def _client(args: argparse.Namespace) -> Client:
+    """tq-host's socket, or tq-gateway at --url (TQ_URL) with the token of --token-file (TQ_TOKEN_FILE)."""
+    url = args.url or os.environ.get("TQ_URL") or None
+    token_file = args.token_file or os.environ.get("TQ_TOKEN_FILE") or None
+    if url is None:
+        if args.token_file is not None or args.ca_file is not None:
+            raise Refused("--token-file and --ca-file go with --url (tq-gateway's URL)")
+        return Client(config=args.config)
+    if token_file is None:
+        raise Refused(f"--url {url} needs --token-file FILE (or TQ_TOKEN_FILE): a file holding the token that "
+                      "tqctl token create printed")
+    return Client(url=url, token=_token(token_file), ca_file=args.ca_file or os.environ.get("TQ_CA_FILE") or None)
+
+
+def _token(path: str) -> str:
+    """The token in `path` (whitespace around it stripped); a warning if other users may read the file."""
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            text = f.read(4096).decode("utf-8", "replace").strip()
+    except OSError as e:
+        raise Refused(f"cannot read the token file {path}: {e.strerror or e}") from None
+    if not text:
+        raise Refused(f"the token file {path} is empty (it holds the token that tqctl token create printed)")
+    if mode & 0o004:
+        render.warning(f"the token file {path} is readable by other users: they may act as its user "
+                       f"(chmod o-r {path})")
+    return text
 
 
 def _check_utf8(argv: list[str]) -> None:

@@ -3,12 +3,14 @@
 /usr/share/bash-completion/completions/tqctl runs `tqctl _complete -- LINE` (LINE: the command line up to
 the cursor) and offers what it prints, one word a line. The commands, options and choices come from tqctl's
 own parser, so that the completion knows a new command as soon as tqctl does; task and queue names come from
-the running host, and from the configuration's files, which is all there is when the host does not answer.
+the running host (through tq-gateway when the line, or TQ_URL, gives --url), and from the configuration's files,
+which is all there is when the host does not answer.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 from collections.abc import Callable
@@ -19,30 +21,34 @@ from ..client import Client, TqError
 
 FILES = 1  # `tqctl _complete` exits with this to ask the shell for file names (--config FILE, --batch FILE)
 HOST_TIMEOUT = 2.0  # seconds: a host that does not answer in time is left out, the shell must not hang
-Names = Callable[[str, "str | None"], list[str]]
+WHERE = ("config", "url", "token_file", "ca_file")  # tqctl's options that say which host to ask for names
+Names = Callable[[str, dict[str, str]], list[str]]
 
 
 def candidates(parser: argparse.ArgumentParser, line: str, names: Names | None = None) -> list[str] | None:
     """The words that may replace the last word of `line` (None: file names), trimmed as bash splits words
-    at `=` and `:` (`--queue=de` completes `de`). `names(kind, config)` gives "tasks" or "queues"."""
+    at `=` and `:` (`--queue=de` completes `de`). `names(kind, where)` gives "tasks" or "queues", `where` being
+    the WHERE options the line gives (by dest)."""
     words = split(line)
-    current, config, pending, taken = parser, None, None, 0
+    current, pending, taken = parser, None, 0
+    where: dict[str, str] = {}
     for word in words[1:-1]:
         if pending is not None:
-            config = word if pending.dest == "config" else config
+            if pending.dest in WHERE:
+                where[pending.dest] = word
             pending = None
         elif word.startswith("-") and word != "-":
             option, eq, value = word.partition("=")
             action = current._option_string_actions.get(option)
             if action is not None and action.nargs != 0 and not eq:
                 pending = action
-            elif action is not None and action.dest == "config":
-                config = value
+            elif action is not None and action.dest in WHERE:
+                where[action.dest] = value
         elif isinstance(_positional(current, taken), argparse._SubParsersAction) and word in _commands(current):
             current, taken = _commands(current)[word], 0
         else:
             taken += 1
-    found = _next(current, words[-1], pending, taken, lambda kind: (names or host_names)(kind, config))
+    found = _next(current, words[-1], pending, taken, lambda kind: (names or host_names)(kind, where))
     if found is None:
         return None
     start = _bash_word_start(words[-1])
@@ -119,12 +125,12 @@ def _bash_word_start(word: str) -> int:
     return match.start() if match else 0
 
 
-def host_names(kind: str, config: str | None) -> list[str]:
+def host_names(kind: str, where: dict[str, str]) -> list[str]:
     """Task or queue names: the configuration's, and the running host's (its queues, and the tasks of its
     latest jobs: a task that a pattern such as `[tasks."#"]` serves has no table of its own)."""
-    found = configured_names(kind, config)
+    found = configured_names(kind, where.get("config"))
     try:
-        with Client(config=config, timeout=HOST_TIMEOUT) as client:
+        with _client(where) as client:
             if kind == "queues":
                 found |= {str(q["queue"]) for q in client.queues()}
             else:
@@ -132,6 +138,18 @@ def host_names(kind: str, config: str | None) -> list[str]:
     except (TqError, OSError):
         pass
     return sorted(found)
+
+
+def _client(where: dict[str, str]) -> Client:
+    """The host tqctl would ask with these options: its socket, or tq-gateway at --url (TQ_URL) with the token
+    of --token-file (TQ_TOKEN_FILE)."""
+    url = where.get("url") or os.environ.get("TQ_URL")
+    if not url:
+        return Client(config=where.get("config"), timeout=HOST_TIMEOUT)
+    with open(where.get("token_file") or os.environ.get("TQ_TOKEN_FILE") or "", encoding="utf-8") as f:
+        token = f.read(4096).strip()
+    return Client(url=url, token=token, ca_file=where.get("ca_file") or os.environ.get("TQ_CA_FILE") or None,
+                  timeout=HOST_TIMEOUT)
 
 
 def configured_names(kind: str, config: str | None) -> set[str]:

@@ -155,7 +155,7 @@ def _add_watch(sub: Subcommands, common: Parser) -> None:
 
 def _cmd_watch(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     """The status line now, and again after events, at most once per --interval: no polling while idle."""
-    with Client(socket_path=client.socket_path) as feed:
+    with client.another() as feed:
         stream = feed.subscribe()
         changed, last = True, 0.0
         while True:

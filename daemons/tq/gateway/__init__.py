@@ -3,7 +3,8 @@
 Modules: service.py (sockets, TLS, signals, sd_notify, reload), app.py (the application, its middleware and
 `make_app`), hostlink.py (connections to tq-host, multiplexed by rid, one per token), auth.py (tokens, and the
 refusal of a flood of bad ones), limits.py (connection count, slow clients), errors.py (the JSON error answers),
-api.py (/api/v1 and /metrics), live.py (Server-Sent Events), xmlrpc.py (/RPC2).
+api.py (/api/v1 and /metrics), live.py (Server-Sent Events), xmlrpc.py (/RPC2), page.py (the dashboard: /, its
+login and static files from static/, /api/v1/live), summary.py (the dashboard's summary a second).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import base64
 import binascii
 import time
 from collections import OrderedDict, deque
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -26,6 +27,8 @@ ADDRESSES = 10_000  # addresses (and refused tokens) remembered at most: a bound
 COOKIE = "tq_token"
 TOKEN_KEY = "tq.token"  # where a request keeps its token (for the middleware: a revoked token's link goes)
 MAX_TOKEN = 512  # longer is no token of tq's: refused without asking
+SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+PAGE_HEADER = "X-TQ-Page"  # the dashboard's requests carry it (see cross_site)
 
 
 def token_of(request: web.Request) -> str | None:
@@ -43,6 +46,23 @@ def token_of(request: web.Request) -> str | None:
         return password or None
     cookie = request.cookies.get(COOKIE)
     return cookie or None
+
+
+def cross_site(request: web.Request) -> bool:
+    """Whether a request that changes something may have been sent by another site's page: the browser adds the
+    `tq_token` cookie to a form another site posts here (SameSite=Strict aside), but it sends no custom header
+    without asking this gateway first (CORS, which it does not grant), and it says the page's Origin. So a POST,
+    PUT or DELETE authenticated by the cookie must carry `X-TQ-Page: 1` (the dashboard sets it) or an Origin of
+    this host."""
+    if request.method in SAFE_METHODS or "Authorization" in request.headers:
+        return False
+    return request.headers.get(PAGE_HEADER) != "1" and not same_origin(request)
+
+
+def same_origin(request: web.Request) -> bool:
+    """The request's Origin is this gateway (as the Host header names it)."""
+    origin = request.headers.get("Origin", "")
+    return bool(origin) and urlsplit(origin).netloc == request.host
 
 
 class Failures:
@@ -80,15 +100,19 @@ class Auth:
     def __init__(self, links: HostLinks, failures: Failures) -> None:
         self.links, self.failures = links, failures
 
-    async def link(self, request: web.Request) -> HostLink:
-        """The link that acts as the request's caller, connected; Refusal (401, 429) or RequestError if none."""
+    async def link(self, request: web.Request, token: str | None = None) -> HostLink:
+        """The link that acts as the request's caller (or as `token`: the login form's), connected; Refusal (401,
+        403, 429) or RequestError if none."""
+        if token is None and request.cookies.get(COOKIE) and cross_site(request):
+            raise Refusal("permission", "a request with the tq_token cookie must come from the dashboard "
+                          f"({PAGE_HEADER}: 1, or an Origin of this host)")
         address = request.remote or "?"
         now = time.monotonic()
         wait = self.failures.blocked_for(address, now)
         if wait:
             raise Refusal("unauthorized", f"too many refused tokens from {address}: try again in {wait:.0f}s",
                           TOO_MANY, {"Retry-After": str(int(wait) + 1)})
-        token = token_of(request)
+        token = token_of(request) if token is None else token
         if token is None:
             raise Refusal("unauthorized", "no token: send Authorization: Bearer TOKEN (tqctl token create makes one)")
         key = token_key(token)

@@ -29,6 +29,8 @@ from .auth import Auth, Failures
 from .hostlink import HostLinks
 from .limits import GuardedSite, Limits
 from .live import Hub, Live
+from .page import Page
+from .summary import Summary
 from .xmlrpc import XmlRpc
 
 LISTEN_FDS_START = 3  # systemd's first passed descriptor (sd_listen_fds(3))
@@ -99,6 +101,7 @@ class Gateway:
         self.hub = Hub(self.parts)
         self.malformed = MalformedRequests()
         logging.getLogger("aiohttp.server").addFilter(self.malformed)
+        self.summary = Summary(links, logger)
         self.notifier = Notifier()
         self.stop = asyncio.Event()
         self.reload_requested = asyncio.Event()
@@ -106,7 +109,7 @@ class Gateway:
 
     def tables(self) -> list[RouteTable]:
         """The route tables the application serves."""
-        return [Api(self.parts), Live(self.parts, self.hub), XmlRpc(self.parts)]
+        return [Api(self.parts), Live(self.parts, self.hub), XmlRpc(self.parts), Page(self.parts, self.summary)]
 
     async def serve(self) -> int:
         cfg = self.settings.gateway()
@@ -126,6 +129,7 @@ class Gateway:
         finally:
             self.notifier.stopping()
             self.hub.close()  # the event streams end, so that the runner's cleanup need not wait for them
+            self.summary.close()
             self.parts.links.close()
             await runner.cleanup()
         return 0

@@ -18,7 +18,8 @@ from ..log import JobEvents
 from ..protocol import Result, to_json
 from ..states import FINAL, JobState
 from ..usage import describe as describe_usage
-from .records import CHAIN, MAX_JOB_ID, JobRecord
+from .listing import page
+from .records import CHAIN, MAX_JOB_ID, RESTING, JobRecord
 from .store import Store
 
 # A job's state is kept as the plain string: sqlite3 binds a str subclass (an enum member) on a slower path.
@@ -39,7 +40,8 @@ class InvalidTransition(Exception):
 class JobTable:
     def __init__(self, store: Store, events: JobEvents, on_final: Callable[[JobRecord], None]) -> None:
         self.store, self.events, self.on_final = store, events, on_final
-        self.jobs: dict[int, JobRecord] = {}  # every job not in a final state
+        self.jobs: dict[int, JobRecord] = {}  # every job not in a final state, in ascending id order but for:
+        self.retried: set[int] = set()  # ids put back into self.jobs out of order (retry; some may have left since)
         self.ready: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)  # queue -> (-prio, id)
         self.delayed: list[tuple[float, int]] = []  # (run_at, id) of delayed and failed jobs
         self.counts: collections.Counter[str] = collections.Counter()
@@ -51,13 +53,9 @@ class JobTable:
 
     def load(self) -> None:
         """Rebuild the table from the store: at start, and after a failed commit."""
-        self.jobs.clear()
-        self.ready.clear()
-        self.delayed.clear()
-        self.counts.clear()
-        self.unique.clear()
-        self.running_in.clear()
-        self.deferred.clear()
+        for index in (self.jobs, self.retried, self.ready, self.delayed, self.counts, self.unique, self.running_in,
+                      self.deferred):
+            index.clear()
         self.counts.update(self.store.count_final())
         for job in self.store.open_jobs():
             self._index(job)
@@ -82,8 +80,8 @@ class JobTable:
 
     def query(self, state: str | None, queue: str | None, task: str | None, limit: int,
               after: int | None = None) -> list[JobRecord]:
-        """Jobs from the store, newest first, each as the table has it now."""
-        return [self.jobs.get(j.id) or j for j in self.store.query(state, queue, task, limit, after)]
+        """Up to `limit` jobs that match, newest first, each as the table has it now; `after`: ids below it."""
+        return page(self.jobs, self.retried, self.store.query, state, queue, task, limit, after)
 
     def running_on(self, instance: str) -> set[int]:
         return {j.id for j in self.jobs.values() if j.state in ON_WORKER and j.worker == instance}
@@ -123,6 +121,8 @@ class JobTable:
             self.jobs.pop(job.id, None)
             if job.unique_key is not None and self.unique.get(job.unique_key) == job.id:
                 del self.unique[job.unique_key]  # the key is free again
+            if state in RESTING:
+                self.store.rest(job.id, state)
             self.on_final(job)
             if job.id in self.deferred:
                 self._release_after(job)
@@ -306,8 +306,10 @@ class JobTable:
             self._move(job, QUEUED)
         else:  # dead or cancelled: back into the indexes
             self.counts[job.state] -= 1
+            self.store.rest(job.id, job.state, False)
             job.state = QUEUED
             self._index(job)
+            self.retried.add(job.id)
             self.store.update(job)
         self.events.event("retry requested", job.id, job.task, job.queue)
 
@@ -332,5 +334,6 @@ class JobTable:
     def trim(self) -> None:
         """Dicts never shrink as entries go: copy the indexes to their present size (after a burst)."""
         self.jobs = dict(self.jobs)
+        self.retried = {i for i in self.retried if i in self.jobs}
         self.unique = dict(self.unique)
         self.ready = collections.defaultdict(list, {q: h for q, h in self.ready.items() if h})

@@ -9,10 +9,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 5
+from ..states import FINAL, JobState
+
+SCHEMA_VERSION = 6
 # API tokens (tq-host/tokens.py): only each token's SHA-256 is kept, never its text.
 TOKENS_TABLE = ("CREATE TABLE IF NOT EXISTS tokens (name TEXT PRIMARY KEY, hash BLOB UNIQUE NOT NULL, user TEXT, "
                 "read_only INTEGER, created_at REAL)")
+# The final states a job rests in until `tqctl retry` or pruning, each listed through the table resting (below).
+RESTING = frozenset(s.value for s in FINAL if s != JobState.DONE)
+RESTING_SQL = ",".join(f"'{s}'" for s in sorted(RESTING))  # as an SQL list
+RESTING_TABLE = ("CREATE TABLE IF NOT EXISTS resting (state TEXT NOT NULL, id INTEGER NOT NULL, "
+                 "PRIMARY KEY (state, id)) WITHOUT ROWID")
 # Statements that take a store from schema version N to N + 1, run in one transaction at open: a store
 # written by an older tq is upgraded in place, and keeps every job. (New tables come from SCHEMA.)
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -20,6 +27,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE jobs ADD COLUMN unique_key TEXT",),
     3: ("ALTER TABLE jobs ADD COLUMN parent INTEGER", "ALTER TABLE jobs ADD COLUMN link INTEGER"),
     4: (TOKENS_TABLE,),
+    5: (f"INSERT INTO resting SELECT state, id FROM jobs WHERE state IN ({RESTING_SQL})",),
 }
 # After the migrations: a job's children are looked up by `tqctl show` (jobs without a parent cost it nothing).
 INDEXES = ("CREATE INDEX IF NOT EXISTS jobs_parent ON jobs(parent) WHERE parent IS NOT NULL",)
@@ -33,7 +41,11 @@ MAX_JOB_ID = 2**63 - 1
 # whole table once at start, and pruning walks it from the oldest id. Not even one on state for `tqctl list
 # --state`: a partial index of the states jobs rest in (dead, cancelled, delayed ...), which no done job is in,
 # measured tq-host's instructions per drained job +75% (389,000 against 222,000): SQLite reads and tests the old
-# row of every UPDATE that sets state. A list walks ids down from `after` (the primary key) instead.
+# row of every UPDATE that sets state. Instead a list by state is answered where it is cheap (JobTable.query):
+# an open state from memory; done, and no state, by walking ids down from `after` (the primary key; done is
+# most of the store); dead and cancelled through the table resting, (state, id) of each job in one of them,
+# which tq-host writes only when a job enters or leaves it (JobTable._move, retry, Store.prune): a page of the
+# few dead among a million done seeks there, and a done job's path writes nothing more.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY,
@@ -75,7 +87,7 @@ CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, last_run REAL NOT N
 -- why a schedule's last run was not submitted (a row only while that is so): a table of its own, which a store of
 -- any version gains at open, not a column that would need a migration
 CREATE TABLE IF NOT EXISTS schedule_errors (name TEXT PRIMARY KEY, error TEXT NOT NULL);
-""" + TOKENS_TABLE + ";\n"
+""" + TOKENS_TABLE + ";\n" + RESTING_TABLE + ";\n"
 
 COLUMNS = ("id", "task", "args", "payload", "queue", "priority", "state", "attempts", "retries", "timeout",
             "backoff", "backoff_max", "run_at", "worker", "result", "error", "submitter", "created_at",

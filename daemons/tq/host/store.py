@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from ..ownership import restrict
 from ..states import FINAL
+from .listing import stored_page
 from .records import (
     COLUMNS,
     FRESH_ROW,
@@ -29,6 +30,7 @@ from .records import (
     INSERT_FRESH,
     INSERT_SENT,
     MIGRATIONS,
+    RESTING,
     ROW,
     SCHEMA,
     SCHEMA_VERSION,
@@ -83,6 +85,7 @@ class Store:
             restrict(self.path + suffix, 0o660)
         self._new: dict[int, JobRecord] = {}  # staged inserts and updates, written by flush()
         self._dirty: dict[int, tuple[JobRecord, str]] = {}  # id -> (job, which of UPDATES covers its changes)
+        self._resting: dict[tuple[str, int], bool] = {}  # (state, id) -> whether its row is in resting, at flush
 
     def set_durability(self, durability: str) -> None:
         """"full": each acknowledging commit is fsync'd; "normal": the WAL is fsync'd at checkpoints only."""
@@ -151,6 +154,7 @@ class Store:
     def rollback(self) -> None:
         self._new.clear()
         self._dirty.clear()
+        self._resting.clear()
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
         self.next_id = self._max_id() + 1
@@ -176,9 +180,14 @@ class Store:
         staged = self._dirty.get(job.id)
         self._dirty[job.id] = (job, change if staged is None or staged[1] == change else "any")
 
+    def rest(self, job_id: int, state: str, rests: bool = True) -> None:
+        """Stage a job's entering (or, rests=False, leaving) a resting state (records.RESTING): its row in the table
+        resting, through which `query` lists that state, written by the flush that writes the job's own row."""
+        self._resting[(state, job_id)] = rests
+
     def flush(self, acknowledged: bool = True) -> None:
         """Write the staged jobs with one statement per kind (executemany), inside the open transaction."""
-        if not self._new and not self._dirty:
+        if not self._new and not self._dirty and not self._resting:
             return
         self._begin(acknowledged)
         if self._new:
@@ -200,6 +209,11 @@ class Store:
             for kind, jobs in kinds.items():
                 self.db.executemany(UPDATE_SQL[kind], map(UPDATE_ROWS[kind], jobs))
             self._dirty.clear()
+        if self._resting:  # (one entry per (state, id): the last change in the step is the one written)
+            staged = self._resting.items()
+            self.db.executemany("DELETE FROM resting WHERE state=? AND id=?", [k for k, rests in staged if not rests])
+            self.db.executemany("INSERT OR IGNORE INTO resting VALUES (?, ?)", [k for k, rests in staged if rests])
+            self._resting.clear()
 
     def get(self, job_id: int) -> JobRecord | None:
         staged = self._new.get(job_id) or self._dirty.get(job_id, (None, ""))[0]
@@ -216,22 +230,10 @@ class Store:
         return [record(r) for r in rows]
 
     def query(self, state: str | None = None, queue: str | None = None, task: str | None = None,
-             limit: int = 50, after: int | None = None) -> list[JobRecord]:
-        """Up to `limit` jobs that match, newest first; `after`: only ids below it (the next page). The primary key
-        is read down from `after`: a page deep in the store costs the rows from there to its last one, not those
-        before it (with a filter that few jobs match, the rows between them too; see records.py)."""
+              limit: int = 50, after: int | None = None) -> list[JobRecord]:
+        """Up to `limit` jobs that match, newest first; `after`: only ids below it (listing.stored_page)."""
         self.flush()
-        where: list[str] = []
-        params: list[object] = []
-        for column, value in (("state", state), ("queue", queue), ("task", task), ("id", after)):
-            if value:
-                where.append("id<?" if column == "id" else f"{column}=?")
-                params.append(value)
-        sql = f"SELECT {','.join(COLUMNS)} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
-        return [record(r) for r in self.db.execute(sql, (*params, limit))]
+        return stored_page(self.db, state, queue, task, limit, after)
 
     def count_final(self) -> dict[str, int]:
         self.flush()
@@ -263,11 +265,12 @@ class Store:
         if not aged:
             return {}  # nothing to do: no write transaction, no fsync
         self._begin()
-        rows = self.db.execute("DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) RETURNING state",
+        rows = self.db.execute("DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) RETURNING state, id",
                                (json.dumps(aged),)).fetchall()
+        self.db.executemany("DELETE FROM resting WHERE state=? AND id=?", [r for r in rows if r[0] in RESTING])
         self.db.execute(f"PRAGMA incremental_vacuum({len(rows)})")
         deleted: dict[str, int] = {}
-        for (state,) in rows:
+        for state, _ in rows:
             deleted[state] = deleted.get(state, 0) + 1
         return deleted
 

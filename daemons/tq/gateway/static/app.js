@@ -1,0 +1,369 @@
+// The tq dashboard (tq-gateway's GET /). Plain JavaScript, nothing fetched from elsewhere.
+// Data: GET /api/v1/whoami once, the live summary (SSE, GET /api/v1/live: one a second, the newest only),
+// and pages of 20 dead jobs from GET /api/v1/jobs. Every request that changes something carries X-TQ-Page: 1
+// (the gateway refuses a cookie-authenticated one without it). Text from tq goes in as text, never as HTML.
+"use strict";
+
+const OPEN_STATES = ["queued", "delayed", "deferred", "assigned", "running", "failed"];
+const FINAL = ["done", "dead", "cancelled"];
+const COLOURS = {done: "#2e7d32", dead: "#c62828", cancelled: "#8d8d8d"};
+const PAGE = 20;          // dead jobs a page
+const HISTORY = 120;      // seconds the chart shows
+
+const view = {
+  readOnly: true,
+  dead: {after: null, newer: [], last: null, queue: "", task: "", count: null, loading: false, again: false},
+  chart: {last: null, points: []},
+  source: null,
+  drawn: {},  // what each live table shows now, as JSON
+  pending: null,  // the newest summary, not drawn yet
+};
+
+const $ = (id) => document.getElementById(id);
+
+// An element with attributes and children (strings become text nodes).
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (value !== null && value !== undefined && value !== false) node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+class ApiError extends Error {
+  constructor(status, error) {
+    super(error.message);
+    this.status = status;
+    this.code = error.code;
+  }
+}
+
+async function api(method, path, body) {
+  const init = {method, credentials: "same-origin", headers: {"Accept": "application/json", "X-TQ-Page": "1"}};
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const resp = await fetch(path, init);
+  let data = null;
+  try { data = await resp.json(); } catch (e) { data = null; }
+  if (resp.status === 401) { window.location.assign("/"); }  // the token went: the login form
+  if (!resp.ok) {
+    throw new ApiError(resp.status, (data && data.error) || {code: "internal", message: `${resp.status} ${resp.statusText}`});
+  }
+  return data;
+}
+
+function say(text, isError) {
+  const box = $("message");
+  box.textContent = text;
+  box.className = isError ? "error" : "note";
+  box.hidden = !text;
+}
+
+// An action's button: disabled while its request runs; the outcome is said in the message line.
+function action(label, cls, run) {
+  const button = el("button", {type: "button", class: `act ${cls}`});
+  button.textContent = label;
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try { say(await run(), false); } catch (e) { say(e.message, true); } finally { button.disabled = false; }
+  });
+  return button;
+}
+
+// ---- formatting -----------------------------------------------------------------------------------------------
+
+function age(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 60) return `${seconds.toFixed(1)}s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)}m ${Math.floor(seconds % 60)}s`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)}h ${Math.floor(seconds % 3600 / 60)}m`;
+  return `${Math.floor(seconds / 86400)}d ${Math.floor(seconds % 86400 / 3600)}h`;
+}
+
+function bytes(n) {
+  if (n === null || n === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+function when(epoch) {
+  if (!epoch) return "–";
+  const d = new Date(epoch * 1000);
+  const pad = (x) => String(x).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+function jobLink(id) {
+  if (id === null || id === undefined) return "–";
+  return el("a", {href: `#job-${id}`, class: "job-link", "data-job": id, onclick: (e) => { e.preventDefault(); showJob(id); }}, `#${id}`);
+}
+
+function fill(tbody, rows, empty, columns) {
+  tbody.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", {colspan: columns, class: "empty"}, empty))]));
+}
+
+// ---- the live summary -----------------------------------------------------------------------------------------
+
+function follow() {
+  const source = new EventSource("/api/v1/live");
+  view.source = source;
+  source.onmessage = (e) => summary(JSON.parse(e.data));
+  source.addEventListener("end", () => { source.close(); window.location.assign("/"); });
+  source.onerror = async () => {
+    live(false, "reconnecting");
+    if (source.readyState === EventSource.CLOSED) {  // refused (not a dropped connection): ask why, then again
+      try { await api("GET", "/api/v1/whoami"); } catch (e) { say(e.message, true); }
+      setTimeout(follow, 5000);
+    }
+  };
+}
+
+function live(up, text) {
+  const badge = $("live");
+  badge.textContent = text;
+  badge.className = up ? "badge up" : "badge down";
+}
+
+// A summary's counters go into the chart's data at once; the page is drawn at the next animation frame from the
+// newest summary only, so summaries that arrive while the tab is hidden or busy are drawn once, not one by one.
+function summary(s) {
+  if (!s.error) chartAdd(s);
+  const waiting = view.pending !== null;
+  view.pending = s;
+  if (!waiting) window.requestAnimationFrame(render);
+}
+
+function render() {
+  const s = view.pending;
+  view.pending = null;
+  if (s.error) {
+    live(false, s.error.message);
+    return;
+  }
+  live(true, "live");
+  $("states").textContent = Object.entries(s.states).filter(([, n]) => n).map(([k, n]) => `${k} ${n}`).join(" · ");
+  queues(s.queues);
+  workers(s.workers);
+  draw();
+  const dead = s.states.dead || 0;
+  if (view.dead.count !== null && dead !== view.dead.count && view.dead.after === null) {
+    deadJobs();  // the first page follows the dead jobs as they change; older pages stay put
+  }
+  view.dead.count = dead;
+}
+
+// Redraw a table only when what it shows changed (a button is not replaced under the pointer every second).
+function changed(key, list) {
+  const text = JSON.stringify(list);
+  if (view.drawn[key] === text) return false;
+  view.drawn[key] = text;
+  return true;
+}
+
+function queues(list) {
+  if (!changed("queues", list)) return;
+  const rows = list.map((q) => {
+    const limits = [q.concurrency !== null ? `${q.concurrency} at once` : null, q.rate !== null ? `${q.rate}/s` : null];
+    const buttons = view.readOnly ? null : q.paused
+      ? action("Resume", "resume", async () => { await api("POST", `/api/v1/queues/${encodeURIComponent(q.queue)}/resume`); return `queue ${q.queue} resumed`; })
+      : action("Pause", "pause", async () => { await api("POST", `/api/v1/queues/${encodeURIComponent(q.queue)}/pause`); return `queue ${q.queue} paused`; });
+    const status = q.paused ? el("span", {class: "badge down"}, "paused")
+      : q.unserved ? el("span", {class: "badge warn"}, "no worker") : el("span", {class: "badge up"}, "active");
+    return el("tr", {"data-queue": q.queue}, el("td", {}, q.queue),
+      ...OPEN_STATES.map((s) => el("td", {class: "num"}, q.states[s] || 0)),
+      el("td", {class: "num"}, age(q.oldest_queued_age)), el("td", {}, limits.filter(Boolean).join(", ") || "–"),
+      el("td", {}, status), el("td", {}, buttons));
+  });
+  fill($("queues").tBodies[0], rows, "no queues", 11);
+}
+
+function workers(list) {
+  if (!changed("workers", list.map((w) => ({...w, seen_ago: null})))) return;
+  const rows = list.map((w) => el("tr", {"data-worker": w.instance}, el("td", {}, w.instance),
+    el("td", {}, el("span", {class: `badge ${w.state === "live" ? "up" : "down"}`}, w.state)),
+    el("td", {}, (w.queues || []).join(", ")), el("td", {}, jobLink(w.running)), el("td", {class: "num"}, w.done),
+    el("td", {class: "num"}, bytes(w.rss_bytes)),
+    el("td", {class: "num"}, w.cpu_percent === null || w.cpu_percent === undefined ? "–" : `${w.cpu_percent.toFixed(1)}%`)));
+  fill($("workers").tBodies[0], rows, "no workers", 7);
+}
+
+// ---- the chart: jobs per second by final state, from the deltas of the host's counters -------------------------
+
+function chartAdd(s) {
+  const last = view.chart.last;
+  view.chart.last = s;
+  if (!last || last.host.start_time !== s.host.start_time || s.time <= last.time) return;  // (a restarted host: a new base)
+  const dt = s.time - last.time;
+  const rates = {};
+  for (const state of FINAL) rates[state] = Math.max(0, ((s.finished[state] || 0) - (last.finished[state] || 0)) / dt);
+  view.chart.points.push({time: s.time, rates});
+  while (view.chart.points.length && view.chart.points[0].time < s.time - HISTORY) view.chart.points.shift();
+}
+
+function draw() {
+  const canvas = $("chart");
+  const ctx = canvas.getContext("2d");
+  const points = view.chart.points;
+  const w = canvas.width, h = canvas.height, left = 48, bottom = 20, top = 8;
+  ctx.clearRect(0, 0, w, h);
+  let most = 1;
+  for (const p of points) for (const state of FINAL) most = Math.max(most, p.rates[state]);
+  const step = 10 ** Math.floor(Math.log10(most));
+  const ceiling = Math.ceil(most / step) * step;
+  const now = points.length ? points[points.length - 1].time : 0;
+  const x = (t) => left + (w - left - 4) * (1 - (now - t) / HISTORY);
+  const y = (v) => h - bottom - (h - bottom - top) * v / ceiling;
+  ctx.font = "11px sans-serif";
+  ctx.fillStyle = "#666";
+  ctx.strokeStyle = "#e3e3e3";
+  ctx.lineWidth = 1;
+  for (let i = 0; i <= 4; i++) {
+    const v = ceiling * i / 4;
+    ctx.beginPath(); ctx.moveTo(left, y(v)); ctx.lineTo(w - 4, y(v)); ctx.stroke();
+    ctx.fillText(Number.isInteger(v) ? String(v) : v.toFixed(1), 4, y(v) + 4);
+  }
+  for (const s of [120, 90, 60, 30, 0]) ctx.fillText(s ? `-${s}s` : "now", x(now - s) - (s ? 12 : 20), h - 4);
+  ctx.lineWidth = 2;
+  for (const state of FINAL) {
+    ctx.strokeStyle = COLOURS[state];
+    ctx.beginPath();
+    points.forEach((p, i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, x(p.time), y(p.rates[state])));
+    ctx.stroke();
+  }
+  const latest = points.length ? points[points.length - 1].rates : {};
+  $("legend").replaceChildren(...FINAL.map((state) => el("span", {class: "key"},
+    el("span", {class: "swatch", "data-state": state}), `${state} ${(latest[state] || 0).toFixed(1)}/s`)));
+}
+
+// ---- dead jobs: server-side pages of 20, filtered by queue and task -----------------------------------------
+
+function deadFilters() {
+  const f = {};
+  if (view.dead.queue) f.queue = view.dead.queue;
+  if (view.dead.task) f.task = view.dead.task;
+  return f;
+}
+
+// One request for the dead jobs at a time: asked again while one is out, the page asks once more when it is back
+// (with the filters and page as they are then), so answers never overlap or arrive out of order.
+async function deadJobs() {
+  if (view.dead.loading) {
+    view.dead.again = true;
+    return;
+  }
+  view.dead.loading = true;
+  try {
+    do {
+      view.dead.again = false;
+      await deadPage();
+    } while (view.dead.again);
+  } finally {
+    view.dead.loading = false;
+  }
+}
+
+async function deadPage() {
+  const params = new URLSearchParams({state: "dead", limit: String(PAGE), ...deadFilters()});
+  if (view.dead.after !== null) params.set("after", String(view.dead.after));
+  let data;
+  try { data = await api("GET", `/api/v1/jobs?${params}`); } catch (e) { say(e.message, true); return; }
+  const rows = data.jobs.map((j) => el("tr", {"data-job": j.id}, el("td", {}, jobLink(j.id)), el("td", {}, j.task),
+    el("td", {}, j.queue), el("td", {class: "num"}, `${j.attempts}/${j.retries + 1}`), el("td", {}, when(j.finished_at)),
+    el("td", {class: "error-text", title: j.error || ""}, (j.error || "").slice(0, 160)),
+    el("td", {}, view.readOnly ? null : action("Retry", "retry", () => retry(j.id)))));
+  fill($("dead").tBodies[0], rows, "no dead jobs", 7);
+  view.dead.last = data.jobs.length ? data.jobs[data.jobs.length - 1].id : null;
+  $("older").disabled = data.jobs.length < PAGE;
+  $("newer").disabled = view.dead.after === null;
+  $("page").textContent = view.dead.after === null ? "newest" : `below #${view.dead.after}`;
+}
+
+async function retry(id) {
+  await api("POST", `/api/v1/jobs/${id}/retry`);
+  deadJobs();
+  return `job ${id} retried`;
+}
+
+function setupDead() {
+  $("dead-filter").addEventListener("submit", (e) => {
+    e.preventDefault();
+    view.dead.queue = $("filter-queue").value.trim();
+    view.dead.task = $("filter-task").value.trim();
+    view.dead.after = null;
+    view.dead.newer = [];
+    deadJobs();
+  });
+  $("older").addEventListener("click", () => {
+    if (view.dead.last === null) return;
+    view.dead.newer.push(view.dead.after);
+    view.dead.after = view.dead.last;
+    deadJobs();
+  });
+  $("newer").addEventListener("click", () => {
+    view.dead.after = view.dead.newer.length ? view.dead.newer.pop() : null;
+    deadJobs();
+  });
+  $("retry-all").addEventListener("click", async () => {
+    const f = deadFilters();
+    const which = Object.entries(f).map(([k, v]) => `${k} ${v}`).join(", ");
+    if (!window.confirm(`Retry every dead job${which ? ` of ${which}` : ""}?`)) return;
+    try {
+      const reply = await api("POST", "/api/v1/jobs/retry", {state: "dead", ...f});
+      say(`${reply.ids.length} job(s) retried`, false);
+      view.dead.after = null;
+      view.dead.newer = [];
+      deadJobs();
+    } catch (e) { say(e.message, true); }
+  });
+}
+
+// ---- a job's detail -------------------------------------------------------------------------------------------
+
+const DETAIL = ["state", "task", "queue", "args", "payload", "result", "error", "attempts", "retries", "priority",
+  "timeout", "worker", "submitter", "created_at", "run_at", "started_at", "finished_at", "parent", "unique", "handler", "usage"];
+
+async function showJob(id) {
+  let job;
+  try { job = (await api("GET", `/api/v1/jobs/${id}`)).job; } catch (e) { say(e.message, true); return; }
+  $("job-title").textContent = `Job #${job.id}`;
+  const rows = DETAIL.filter((k) => job[k] !== null && job[k] !== undefined).map((k) => {
+    const value = k.endsWith("_at") ? when(job[k]) : typeof job[k] === "object" ? JSON.stringify(job[k], null, 1) : String(job[k]);
+    return el("tr", {}, el("th", {}, k), el("td", {}, el("pre", {}, value)));
+  });
+  $("job-fields").tBodies[0].replaceChildren(...rows);
+  const canRetry = !view.readOnly && (job.state === "dead" || job.state === "cancelled");
+  $("job-actions").replaceChildren(...(canRetry ? [action("Retry", "retry", async () => {
+    const text = await retry(job.id);
+    $("job").close();
+    return text;
+  })] : []));
+  if (!$("job").open) $("job").showModal();
+}
+
+// ---- start ----------------------------------------------------------------------------------------------------
+
+async function start() {
+  setupDead();
+  try {
+    const me = await api("GET", "/api/v1/whoami");
+    view.readOnly = Boolean(me.read_only);
+    $("who").textContent = `${me.user}${me.token ? ` (token ${me.token})` : ""}${me.read_only ? " · read-only" : ""}`;
+  } catch (e) {
+    say(e.message, true);
+  }
+  $("retry-all").hidden = view.readOnly;
+  document.body.classList.toggle("read-only", view.readOnly);
+  draw();
+  deadJobs();
+  follow();
+}
+
+start();
