@@ -100,6 +100,17 @@ def test_retry_brings_a_cancelled_job_back_and_a_done_one_cannot_be_cancelled(pa
     assert parts.jobs.counts["cancelled"] == 0 and parts.jobs.counts["done"] == 1
 
 
+def test_the_reply_to_a_cancel_shows_the_job_cancelled(parts: Parts) -> None:
+    (jid,) = submit(parts, {"task": "t"})
+    a, b = socket.socketpair()
+    parts.requests.handle(Conn(a, 0), json.dumps({"op": "cancel", "rid": 1, "id": jid}).encode())
+    ((_, reply),) = parts.ledger.take()
+    a.close()
+    b.close()
+    assert (reply["job"]["state"], reply["stopping"]) == ("cancelled", False)
+    assert reply["job"]["finished_at"] is not None
+
+
 def test_a_running_job_is_cancelled_on_its_worker_then_ends_cancelled(parts: Parts) -> None:
     parts.start_worker("1")
     parts.dispatcher.timed("t", 0.001)  # a fast task: both go to worker 1

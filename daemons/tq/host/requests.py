@@ -154,7 +154,8 @@ class Requests:
         if req.get("id") is not None:
             job = self._lookup(req)
             self._check_change(conn, job, "cancel")
-            return {"job": job.public(), "stopping": _transition(cancel, job)}
+            stopping = _transition(cancel, job)
+            return {"job": job.public(), "stopping": stopping}  # (the job as the cancel left it)
         return self._bulk(conn, req, cancel, "cancel")
 
     def _retry(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
