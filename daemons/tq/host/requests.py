@@ -263,7 +263,10 @@ def _event_filter(req: dict[str, Any]) -> Filter:
     if job is not None and not 0 < job <= MAX_JOB_ID:
         raise RequestError("bad_request", f"job must be a job id (1 to {MAX_JOB_ID})")
     task, queue = _names(req)
-    return Filter(job, task, queue)
+    fmt = control.field(req, "format", str, "lines")
+    if fmt not in ("lines", "rows"):
+        raise RequestError("bad_request", f"format must be lines or rows, not {fmt[:20]!r}")
+    return Filter(job, task, queue, fmt == "rows")
 
 
 def _names(req: dict[str, Any]) -> tuple[str | None, str | None]:
