@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import operator
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -121,7 +122,7 @@ class Queues:
     def listing(self) -> list[dict[str, Any]]:
         """Every known queue: its open jobs by state, the age of its oldest queued job, paused or not, and which
         worker instances serve it."""
-        open_jobs = _by_queue(self.jobs.jobs.values())
+        open_jobs = _by_queue(self.jobs.jobs, self.jobs.retried)
         names = (set(open_jobs) | self.paused | set(self.cfg.queues) | {t.queue for t in self.cfg.tasks}
                  | {q for w in self.fleet.workers.values() for q in w.queues})
         now = time.time()
@@ -137,13 +138,31 @@ class Queues:
         return out
 
 
-def _by_queue(jobs: Iterable[JobRecord]) -> dict[str, tuple[collections.Counter[str], float | None]]:
-    """Per queue: its open jobs by state, and when its oldest queued job was submitted (tqctl queues)."""
-    out: dict[str, tuple[collections.Counter[str], float | None]] = {}
-    for job in jobs:
-        counts, oldest = out.get(job.queue) or (collections.Counter(), None)
-        counts[job.state] += 1
-        if job.state == QUEUED and (oldest is None or job.created_at < oldest):
-            oldest = job.created_at
-        out[job.queue] = (counts, oldest)
-    return out
+def _by_queue(jobs: dict[int, JobRecord], retried: set[int]) -> dict[str, tuple[dict[str, int], float | None]]:
+    """Per queue: its open jobs by state, and when its oldest queued job was submitted (tqctl queues, the metrics).
+
+    A scrape a second asks this during a drain: counted in C (Counter over attrgetter), and the oldest queued job
+    of each queue found by walking the open jobs in id order (JobTable.jobs is, but for the retried ones, which
+    are looked at apart) only until each queue with queued jobs has its first: a Python loop over every open job
+    cost tq-host about 1,500 instructions a job a scrape (a 10,000-job backlog: 16 M, more than the scrape).
+    """
+    counts = collections.Counter(map(_QUEUE_STATE, jobs.values()))
+    out: dict[str, tuple[dict[str, int], float | None]] = {}
+    for (queue, state), n in counts.items():
+        out.setdefault(queue, ({}, None))[0][state] = n
+    waiting = {queue for queue, (states, _) in out.items() if states.get(QUEUED)}
+    oldest: dict[str, float] = {}
+    for job in jobs.values():
+        if not waiting:
+            break
+        if job.state == QUEUED and job.queue in waiting:
+            oldest[job.queue] = job.created_at
+            waiting.discard(job.queue)
+    for job_id in retried:
+        back = jobs.get(job_id)
+        if back is not None and back.state == QUEUED and back.created_at < oldest.get(back.queue, back.created_at + 1):
+            oldest[back.queue] = back.created_at
+    return {queue: (states, oldest.get(queue)) for queue, (states, _) in out.items()}
+
+
+_QUEUE_STATE = operator.attrgetter("queue", "state")
