@@ -83,6 +83,13 @@ def test_unknown_field_is_named(gw: Gateway) -> None:
     assert "'colour'" in a.json["error"]["message"]
 
 
+def test_a_path_the_gateway_does_not_serve_is_404_naming_it_not_a_missing_job(gw: Gateway) -> None:
+    a = request(gw, "GET", "/api/v1/nothing")
+    assert (a.status, a.code) == (404, "not_found")
+    assert a.json["error"]["message"].startswith("no route GET /api/v1/nothing"), a.raw
+    assert request(gw, "GET", "/api/v1/jobs/999999").json["error"]["message"] == "no job 999999"
+
+
 def test_cancel_retry_and_bulk(gw: Gateway) -> None:
     (job_id,) = request(gw, "POST", "/api/v1/jobs", {"task": "later", "delay": "1h"}).json["ids"]
     a = request(gw, "POST", f"/api/v1/jobs/{job_id}/cancel")
