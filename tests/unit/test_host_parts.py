@@ -851,7 +851,7 @@ def test_cancelling_an_assigned_job_ends_it_at_once_and_tells_its_worker_to_drop
 
 
 def test_the_queue_listing_counts_each_queue_s_states_and_finds_its_oldest_queued_job(parts: Parts) -> None:
-    old, a1, a2, b1 = submit(parts, {"task": "t", "queue": "b"}, {"task": "t", "queue": "a"},
+    old, a1, a2, _b1 = submit(parts, {"task": "t", "queue": "b"}, {"task": "t", "queue": "a"},
                              {"task": "t", "queue": "a"}, {"task": "t", "queue": "b"})
     job(parts, old).created_at -= 100  # the oldest: cancelled, then retried (back in the table after b1)
     job(parts, a1).created_at -= 10
