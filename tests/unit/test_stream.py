@@ -192,3 +192,20 @@ def test_a_subscriber_of_rows_gets_a_flush_as_one_line_that_makes_the_same_event
     lines_reader.close()
     assert len(batch["rows"]) == 3
     assert [events.as_dict(tuple(row)) for row in batch["rows"]] == as_lines
+
+
+def test_a_subscriber_with_a_rate_keeps_that_many_a_second_and_is_told_the_rest_missed(
+        pair: tuple[Conn, socket.socket]) -> None:
+    conn, reader = pair
+    s = stream()
+    s.subscribe(conn, Filter(rate=20))  # 2 a flush (every 0.1 s)
+    for job in range(1, 11):
+        event(s, "submitted", job, "t", "q")
+    s.committed()
+    flush(s)
+    assert [e["job"] for e in received(reader)] == [1, 2]
+    event(s, "submitted", 11, "t", "q")
+    s.committed()
+    flush(s)
+    got = received(reader)
+    assert got[0] == {"missed": 8} and [e["job"] for e in got[1:]] == [11]

@@ -122,7 +122,10 @@ class Hub:
         try:
             # As rows: tq-host then writes a flush's events as one line of lists, not a dict and a line each (a
             # sixth of its cost per event); the dicts are made here, where the CPU is the gateway's.
-            request: dict[str, Any] = {"op": "subscribe", "rid": 1, "format": "rows"}
+            # At most [gateway] events_per_second: what a drain's events cost tq-host grows with the events it sends
+            # (not with the followers here), and a follower of the whole stream is a sample of it anyway.
+            request: dict[str, Any] = {"op": "subscribe", "rid": 1, "format": "rows",
+                                       "rate": self.parts.settings.gateway().events_per_second}
             if self.last_ts is not None:  # again, after tq-host came back: what it has since the last event seen
                 request.update(after=self.last_ts, recent=RECENT_MAX)
             writer.write(control.encode(request))

@@ -266,7 +266,10 @@ def _event_filter(req: dict[str, Any]) -> Filter:
     fmt = control.field(req, "format", str, "lines")
     if fmt not in ("lines", "rows"):
         raise RequestError("bad_request", f"format must be lines or rows, not {fmt[:20]!r}")
-    return Filter(job, task, queue, fmt == "rows")
+    rate = control.field(req, "rate", int, None)
+    if rate is not None and rate < 1:
+        raise RequestError("bad_request", "rate must be at least 1 (events a second)")
+    return Filter(job, task, queue, fmt == "rows", rate)
 
 
 def _names(req: dict[str, Any]) -> tuple[str | None, str | None]:

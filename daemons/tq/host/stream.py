@@ -84,6 +84,7 @@ class Filter:
     task: str | None = None
     queue: str | None = None
     rows: bool = False  # sent as rows (format "rows"), not as a line an event: not a filter, but its own batch
+    rate: int | None = None  # at most this many events a second (its own batch too): tq-gateway's one subscription
 
     def matches(self, e: Event) -> bool:
         if self.job is not None and e[JOB] != self.job:
@@ -110,6 +111,7 @@ class _Group:
     subscribers: list[Subscriber]
     events: list[Event]
     over: int = 0
+    share: int = MAX_BATCH  # the events it keeps a flush (EventStream._pace)
 
 
 class EventStream:
@@ -173,7 +175,7 @@ class EventStream:
         for everything in self._everything:
             self.due = True
             n = len(flat) // FIELDS
-            room = max(self.share - len(everything.events), 0)
+            room = max(everything.share - len(everything.events), 0)
             everything.events += _events(flat[:room * FIELDS])
             everything.over += max(0, n - room)
         by_job, by_task, by_queue = self._by
@@ -199,7 +201,7 @@ class EventStream:
 
     def _keep(self, group: _Group, e: Event) -> None:
         self.due = True
-        if len(group.events) < self.share:
+        if len(group.events) < group.share:
             group.events.append(e)
         else:
             group.over += 1
@@ -260,6 +262,8 @@ class EventStream:
         n = max(len(self.subscribers), 1)
         self.interval = min(MAX_INTERVAL, max(FLUSH_INTERVAL, n / SENDS_PER_SECOND))
         self.share = min(MAX_BATCH, max(MIN_SHARE, int(EVENTS_PER_SECOND * self.interval) // n))
+        for f, group in self.groups.items():
+            group.share = self.share if f.rate is None else min(self.share, max(1, round(f.rate * self.interval)))
 
     def next_wakeup(self, now: float) -> float | None:
         """Seconds until events wait to be sent (None: none wait)."""
