@@ -11,17 +11,15 @@ a paused queue that is no longer named may still be resumed, and then it is list
 
 from __future__ import annotations
 
-import collections
 import logging
-import operator
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from .. import config
 from .fleet import Fleet
-from .jobs import QUEUED, JobTable
-from .records import JobRecord
+from .jobs import JobTable
+from .opencounts import OpenCounts
 from .store import Store
 
 SERVING = ("live", "syncing")  # a syncing worker (after a restart of either side) is about to serve again
@@ -29,9 +27,9 @@ SERVED_TTL = 1.0  # seconds the set of served queues is trusted (a worker lost m
 
 
 class Queues:
-    def __init__(self, cfg: config.Config, store: Store, jobs: JobTable, fleet: Fleet,
+    def __init__(self, cfg: config.Config, store: Store, jobs: JobTable, counts: OpenCounts, fleet: Fleet,
                  logger: logging.Logger) -> None:
-        self.cfg, self.store, self.jobs, self.fleet, self.logger = cfg, store, jobs, fleet, logger
+        self.cfg, self.store, self.jobs, self.counts, self.fleet, self.logger = cfg, store, jobs, counts, fleet, logger
         self.paused: set[str] = set()
         self.unserved: set[str] = set()  # queues warned of: jobs were submitted and no live worker serves them
         self._served: set[str] = set()  # queues served by a live worker, looked up at most every SERVED_TTL
@@ -119,10 +117,11 @@ class Queues:
                 self.logger.warning("queue %s: no live worker serves it; its jobs wait until one does (a worker "
                                     "serves the queues of [worker] queues; tqctl queues lists them all)", queue)
 
-    def listing(self) -> list[dict[str, Any]]:
+    def listing(self, periodic: bool = False) -> list[dict[str, Any]]:
         """Every known queue: its open jobs by state, the age of its oldest queued job, paused or not, and which
-        worker instances serve it."""
-        open_jobs = _by_queue(self.jobs.jobs, self.jobs.retried)
+        worker instances serve it. `periodic`: for a reader that asks again and again (metrics), which may be given
+        a recent count of the open jobs (opencounts.OpenCounts)."""
+        open_jobs = self.counts.recent() if periodic else self.counts.now()
         names = (set(open_jobs) | self.paused | set(self.cfg.queues) | {t.queue for t in self.cfg.tasks}
                  | {q for w in self.fleet.workers.values() for q in w.queues})
         now = time.time()
@@ -137,32 +136,3 @@ class Queues:
                         "workers": served_by, "unserved": not served_by and bool(counts)})
         return out
 
-
-def _by_queue(jobs: dict[int, JobRecord], retried: set[int]) -> dict[str, tuple[dict[str, int], float | None]]:
-    """Per queue: its open jobs by state, and when its oldest queued job was submitted (tqctl queues, the metrics).
-
-    A scrape a second asks this during a drain: counted in C (Counter over attrgetter), and the oldest queued job
-    of each queue found by walking the open jobs in id order (JobTable.jobs is, but for the retried ones, which
-    are looked at apart) only until each queue with queued jobs has its first: a Python loop over every open job
-    cost tq-host about 1,500 instructions a job a scrape (a 10,000-job backlog: 16 M, more than the scrape).
-    """
-    counts = collections.Counter(map(_QUEUE_STATE, jobs.values()))
-    out: dict[str, tuple[dict[str, int], float | None]] = {}
-    for (queue, state), n in counts.items():
-        out.setdefault(queue, ({}, None))[0][state] = n
-    waiting = {queue for queue, (states, _) in out.items() if states.get(QUEUED)}
-    oldest: dict[str, float] = {}
-    for job in jobs.values():
-        if not waiting:
-            break
-        if job.state == QUEUED and job.queue in waiting:
-            oldest[job.queue] = job.created_at
-            waiting.discard(job.queue)
-    for job_id in retried:
-        back = jobs.get(job_id)
-        if back is not None and back.state == QUEUED and back.created_at < oldest.get(back.queue, back.created_at + 1):
-            oldest[back.queue] = back.created_at
-    return {queue: (states, oldest.get(queue)) for queue, (states, _) in out.items()}
-
-
-_QUEUE_STATE = operator.attrgetter("queue", "state")
