@@ -172,7 +172,7 @@ def main() -> int:
     out: dict[str, Any] = {"jobs": args.jobs, "followers": args.followers}
     try:
         shipped_config(suite)
-        suite.host(env=unit_environment(REPO / "units/tq-host.service"))
+        host = suite.host(env=unit_environment(REPO / "units/tq-host.service"))
         for i in range(1, WORKERS + 1):
             suite.worker(str(i), env=unit_environment(REPO / "units/tq-worker@.service"))
         suite.wait_live(WORKERS, timeout=120)
@@ -183,19 +183,24 @@ def main() -> int:
         out["metrics_p50"] = metrics_p50(suite, gateway, token, 200)
         out["gateway_cpu_ms_per_scrape"] = round(scrape_cpu(gateway, token, 100), 3)
         plain, observed, cpu = [], [], []
+        host_us: dict[str, list[float]] = {"plain": [], "observed": []}  # tq-host's CPU per drained job
         for i in range(args.pairs):
             for with_observers in ((False, True) if i % 2 == 0 else (True, False)):
                 if not with_observers:
+                    h0 = _run_s(host.pid)
                     plain.append(drain(suite, args.jobs, 4)["jobs_per_s"])
                     quiet(suite)
+                    host_us["plain"].append(round((_run_s(host.pid) - h0) / args.jobs * 1e6, 2))
                     continue
                 with SseFollowers(gateway, token, args.followers) as followers, Scraper(gateway, token):
-                    before = _run_s(gateway.daemon.pid)
+                    before, h0 = _run_s(gateway.daemon.pid), _run_s(host.pid)
                     observed.append(drain(suite, args.jobs, 4)["jobs_per_s"])
                     quiet(suite)
                     used = _run_s(gateway.daemon.pid) - before
+                    host_us["observed"].append(round((_run_s(host.pid) - h0) / args.jobs * 1e6, 2))
                 cpu.append({"gateway_cpu_s": round(used, 3), "delivered": followers.events,
                             "host_events": max(followers.events // args.followers, 1)})
+        out["host_cpu_us_per_job"] = host_us
         out["drain_jobs_per_s"] = {"plain": plain, "observed": observed,
                                    "ratios": [round(o / p, 3) for p, o in zip(plain, observed, strict=True)]}
         out["gateway_cpu_us_per_host_event"] = [round(c["gateway_cpu_s"] / c["host_events"] * 1e6, 2) for c in cpu]

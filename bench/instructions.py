@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,15 +109,18 @@ def measure(tree: Path, shape: str, jobs: int) -> dict[str, Any]:
             followers = gateway_observers(suite)
         with followers:
             subprocess.run(["callgrind_control", "-z", str(daemon.pid)], check=True, capture_output=True)
+            started = time.monotonic()
             if shape == "submit":
                 submit_rate(suite, 1, jobs)  # one client, each submit acknowledged (fsync'd) before the next
             else:
                 drain(suite, jobs, 4)
             quiet(suite)
+            seconds = time.monotonic() - started
             total = instructions(daemon.pid, out)
         daemon.signal(signal.SIGTERM)
         daemon.wait(120)
-        return {"tree": str(tree), "shape": shape, "jobs": jobs, "instructions_per_job": round(total / jobs)}
+        return {"tree": str(tree), "shape": shape, "jobs": jobs, "instructions_per_job": round(total / jobs),
+                "seconds": round(seconds, 1)}  # (under callgrind: a cost per second weighs that much more per job)
     finally:
         suite.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -82,6 +82,7 @@ class GatewayConfig:
     max_wait: float = 300.0  # the longest ?wait= (or "timeout") a request may hold a connection
     request_timeout: float = 10.0  # a request's headers and body must arrive within this, or it is dropped
     host_connections: int = 100  # connections to tq-host kept for the tokens in use (one each, LRU)
+    events_per_second: int = 100  # at most this many events a second from tq-host's stream, for every SSE follower
 
 
 @dataclass(frozen=True)

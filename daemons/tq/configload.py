@@ -243,6 +243,7 @@ def _gateway(r: _Reader) -> GatewayConfig:
         max_wait=r.duration("max_wait", d.max_wait),
         request_timeout=r.duration("request_timeout", d.request_timeout, minimum=0.1),
         host_connections=r.integer("host_connections", d.host_connections, 1, 100_000),
+        events_per_second=r.integer("events_per_second", d.events_per_second, 1, 1_000),
     )
 
 

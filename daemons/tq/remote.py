@@ -340,7 +340,7 @@ class HttpConnection:
             if answer.status >= 500:
                 return HostUnreachable(text)
             return PermissionDenied(text) if answer.status in (401, 403) else Refused(text)
-        if answer.status == 404 and message == http.client.responses[404]:  # no such route: not a missing job
+        if answer.status == 404 and message.startswith("no route "):  # (gateway/errors.py NO_ROUTE): not a missing job
             return Refused(f"tq-gateway at {self.url} has no {answer.target.partition('?')[0]}: is the URL right?")
         if code not in control.ERRORS and answer.status in (401, 403):
             return PermissionDenied(message)  # (a code this client does not know, such as a newer gateway's)

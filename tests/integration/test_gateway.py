@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import xmlrpc.client
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +81,13 @@ def test_refusals_answer_json_with_the_codes_status(gw: Gateway, method: str, pa
 def test_unknown_field_is_named(gw: Gateway) -> None:
     a = request(gw, "POST", "/api/v1/jobs", {"task": "x", "colour": "red"})
     assert "'colour'" in a.json["error"]["message"]
+
+
+def test_a_path_the_gateway_does_not_serve_is_404_naming_it_not_a_missing_job(gw: Gateway) -> None:
+    a = request(gw, "GET", "/api/v1/nothing")
+    assert (a.status, a.code) == (404, "not_found")
+    assert a.json["error"]["message"].startswith("no route GET /api/v1/nothing"), a.raw
+    assert request(gw, "GET", "/api/v1/jobs/999999").json["error"]["message"] == "no job 999999"
 
 
 def test_cancel_retry_and_bulk(gw: Gateway) -> None:
@@ -177,10 +185,12 @@ class Stream:
                                                                     **(headers or {})})
         self.resp = self.conn.getresponse()
 
-    def next(self) -> tuple[str, dict[str, Any], str]:
-        """(event kind, data, id) of the next event; comment lines are skipped."""
+    def next(self, timeout: float = 20) -> tuple[str, dict[str, Any], str]:
+        """(event kind, data, id) of the next event; comment lines (pings) are skipped."""
         kind, data, ident = "message", "", ""
+        deadline = time.monotonic() + timeout
         while True:
+            assert time.monotonic() < deadline, f"no event in {timeout}s"
             line = self.resp.readline().decode()
             assert line, "the stream ended"
             line = line.rstrip("\n")
@@ -196,10 +206,11 @@ class Stream:
             elif name == "id":
                 ident = value
 
-    def until(self, predicate: Any) -> list[dict[str, Any]]:
-        seen = []
+    def until(self, predicate: Any, timeout: float = 20) -> list[dict[str, Any]]:
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
         while True:
-            _, data, _ = self.next()
+            _, data, _ = self.next(max(0.0, deadline - time.monotonic()))
             seen.append(data)
             if predicate(data):
                 return seen
@@ -489,3 +500,20 @@ def test_a_refused_submit_and_wait_answers_at_once_and_the_link_stays(suite: Sui
     a = request(gw, "POST", "/api/v1/jobs?wait=10s", {"task": "nosuch"}, timeout=5)
     assert (a.status, a.code) == (422, "unknown_task"), a.raw
     assert request(gw, "GET", "/api/v1/ping").status == 200
+
+
+def test_sse_follows_on_across_a_host_restart_and_says_what_it_cannot_know(suite: Suite, gw: Gateway) -> None:
+    s = Stream(gw)
+    try:
+        request(gw, "POST", "/api/v1/jobs", {"task": "before"})
+        s.until(lambda e: e.get("task") == "before")
+        host = next(d for d in suite.daemons if d.name == "host")
+        host.signal(signal.SIGTERM)
+        host.wait()
+        suite.host()
+        wait_until(lambda: request(gw, "POST", "/api/v1/jobs", {"task": "after"}).status == 201,
+                   what="the gateway back to tq-host")
+        seen = s.until(lambda e: e.get("task") == "after")
+        assert {"missed": None} in [{"missed": e["missed"]} for e in seen if "missed" in e], seen
+    finally:
+        s.close()

@@ -111,6 +111,10 @@ HOST_KEYS: dict[str, tuple[str, Any]] = {
                          lambda h: h.cfg.task_for("t").on_failure == "alert"),
     "tasks.unique": ("[tasks.t]\nunique = true", lambda h: _submitted(h, "t").unique_key == "t []"),
     "access.admins": ('[access]\nadmins = ["wheel"]', lambda h: h.requests.access.cfg.access.admins == ("wheel",)),
+    "access.gateways": ('[access]\ngateways = ["nobody"]',
+                        lambda h: h.requests.access.cfg.access.gateways == ("nobody",)),
+    # tq-host does not use [gateway] (tq-gateway reads it, and reloads it on SIGHUP: test_gateway.py)
+    "gateway": ('[gateway]\nmax_wait = "1m"', lambda h: h.cfg.gateway.max_wait == 60),
     "queues": ('[queues.mail]\nsubmit = ["alice"]',
                lambda h: h.requests.access.cfg.queues["mail"].submit == ("alice",)),
     "queues.concurrency": ("[queues.mail]\nconcurrency = 2", lambda h: h.queues.limited["mail"].concurrency == 2),

@@ -362,7 +362,9 @@ def test_client_subscribe_gives_json_lines_and_a_descriptor_to_select_on(client:
         while not any(e.get("event") == "done" for e in events):
             assert select.select([feed.fileno()], [], [], 15)[0], events
             events += [json.loads(line) for line in next(stream).splitlines()]
-        assert [e["event"] for e in events] == ["submitted", "assigned", "done"] and {e["job"] for e in events} == {jid}
+        # ("started" only when the echo ran past 5 ms: a loaded machine)
+        assert [e["event"] for e in events if e["event"] != "started"] == ["submitted", "assigned", "done"], events
+        assert {e["job"] for e in events} == {jid}
 
 
 def test_client_of_an_absent_gateway_raises_host_unreachable(pair: Pair) -> None:
@@ -474,8 +476,8 @@ def test_https_with_the_gateways_ca(suite: Suite) -> None:
         assert c.wait(jid, timeout=10)["state"] == "done"
         with c.another() as feed:
             stream = feed.subscribe(job=jid, recent=10)
-            assert [json.loads(line)["event"] for line in next(stream).splitlines()] == [
-                "submitted", "assigned", "done"]
+            names = [json.loads(line)["event"] for line in next(stream).splitlines()]
+            assert [n for n in names if n != "started"] == ["submitted", "assigned", "done"], names
 
 
 def test_a_url_with_a_wrong_path_is_a_usage_error_not_a_missing_job(pair: Pair) -> None:

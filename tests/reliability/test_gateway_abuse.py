@@ -103,7 +103,7 @@ ROUTES = ["/api/v1/jobs", "/api/v1/jobs/1", "/api/v1/jobs/1/cancel", "/api/v1/jo
           "/api/v1/jobs/cancel", "/api/v1/jobs/retry", "/api/v1/queues", "/api/v1/queues/default/pause",
           "/api/v1/queues/default/resume", "/api/v1/workers", "/api/v1/workers/9", "/api/v1/schedules",
           "/api/v1/status", "/api/v1/metrics", "/api/v1/events", "/api/v1/tokens", "/api/v1/tokens/x",
-          "/api/v1/whoami", "/api/v1/ping", "/metrics", "/RPC2", "/", "/login"]
+          "/api/v1/whoami", "/api/v1/ping", "/metrics", "/RPC2", "/", "/login", "/logout", "/static/app.js"]
 queries = st.lists(st.tuples(st.sampled_from(["wait", "state", "limit", "after", "job", "task", "queue", "recent",
                                               "x"]), st.text("0123456789smhabc-._%", max_size=6)), max_size=3)
 paths = st.builds(lambda p, q: p + ("?" + "&".join(f"{k}={v}" for k, v in q) if q else ""),

@@ -100,6 +100,17 @@ def test_retry_brings_a_cancelled_job_back_and_a_done_one_cannot_be_cancelled(pa
     assert parts.jobs.counts["cancelled"] == 0 and parts.jobs.counts["done"] == 1
 
 
+def test_the_reply_to_a_cancel_shows_the_job_cancelled(parts: Parts) -> None:
+    (jid,) = submit(parts, {"task": "t"})
+    a, b = socket.socketpair()
+    parts.requests.handle(Conn(a, 0), json.dumps({"op": "cancel", "rid": 1, "id": jid}).encode())
+    ((_, reply),) = parts.ledger.take()
+    a.close()
+    b.close()
+    assert (reply["job"]["state"], reply["stopping"]) == ("cancelled", False)
+    assert reply["job"]["finished_at"] is not None
+
+
 def test_a_running_job_is_cancelled_on_its_worker_then_ends_cancelled(parts: Parts) -> None:
     parts.start_worker("1")
     parts.dispatcher.timed("t", 0.001)  # a fast task: both go to worker 1
@@ -837,3 +848,17 @@ def test_cancelling_an_assigned_job_ends_it_at_once_and_tells_its_worker_to_drop
     assert job(parts, running).state == JobState.RUNNING
     a.close()
     b.close()
+
+
+def test_the_queue_listing_counts_each_queue_s_states_and_finds_its_oldest_queued_job(parts: Parts) -> None:
+    old, a1, a2, _b1 = submit(parts, {"task": "t", "queue": "b"}, {"task": "t", "queue": "a"},
+                             {"task": "t", "queue": "a"}, {"task": "t", "queue": "b"})
+    job(parts, old).created_at -= 100  # the oldest: cancelled, then retried (back in the table after b1)
+    job(parts, a1).created_at -= 10
+    parts.jobs.cancel(job(parts, old))
+    parts.jobs.retry(parts.store.get(old) or job(parts, old))
+    parts.jobs.cancel(job(parts, a2))
+    listing = {q["queue"]: q for q in parts.queues.listing()}
+    assert listing["a"]["states"] == {"queued": 1} and listing["b"]["states"] == {"queued": 2}
+    assert 9 < listing["a"]["oldest_queued_age"] < 11
+    assert 99 < listing["b"]["oldest_queued_age"] < 101

@@ -171,3 +171,41 @@ def test_a_replay_since_a_time_says_what_may_be_missing_before_the_events_after_
     assert cut[0] == {"missed": stream_module.RECENT - 15, "reason": "more than the replay's limit"}
     assert [e["job"] for e in cut[1:]] == list(range(stream_module.RECENT + 6, stream_module.RECENT + 11))
     assert s.since_events(Filter(job=3000), first + 20, 5) == []
+
+
+def test_a_subscriber_of_rows_gets_a_flush_as_one_line_that_makes_the_same_events(
+        pair: tuple[Conn, socket.socket]) -> None:
+    conn, reader = pair
+    lines_end, lines_reader = socket.socketpair()
+    lines_end.setblocking(False)
+    s = stream()
+    s.subscribe(conn, Filter(rows=True))
+    s.subscribe(Conn(lines_end, 0), Filter())
+    event(s, "submitted", 1, "t", "q")
+    event(s, "dispatched", 1, "t", "q", 1, "w1")
+    s.worker_event("live", "w1", ["q", "r"])
+    s.committed()
+    flush(s)
+    (batch,) = received(reader)
+    as_lines = received(lines_reader)
+    lines_end.close()
+    lines_reader.close()
+    assert len(batch["rows"]) == 3
+    assert [events.as_dict(tuple(row)) for row in batch["rows"]] == as_lines
+
+
+def test_a_subscriber_with_a_rate_keeps_that_many_a_second_and_is_told_the_rest_missed(
+        pair: tuple[Conn, socket.socket]) -> None:
+    conn, reader = pair
+    s = stream()
+    s.subscribe(conn, Filter(rate=20))  # 2 a flush (every 0.1 s)
+    for job in range(1, 11):
+        event(s, "submitted", job, "t", "q")
+    s.committed()
+    flush(s)
+    assert [e["job"] for e in received(reader)] == [1, 2]
+    event(s, "submitted", 11, "t", "q")
+    s.committed()
+    flush(s)
+    got = received(reader)
+    assert got[0] == {"missed": 8} and [e["job"] for e in got[1:]] == [11]

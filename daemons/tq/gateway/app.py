@@ -82,7 +82,7 @@ def _errors(parts: Parts) -> Any:
         except web.HTTPException as e:
             if e.status < 400:
                 raise
-            return errors.for_http_exception(e)
+            return errors.for_http_exception(e, f"{request.method} {request.path[:200]}")
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:  # a bug costs one request, never the gateway

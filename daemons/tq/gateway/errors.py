@@ -60,8 +60,14 @@ def for_exception(e: RequestError) -> web.Response:
 _HTTP_CODES = {404: "not_found", 413: "too_large", 503: "unavailable", 500: "internal"}
 
 
-def for_http_exception(e: web.HTTPException) -> web.Response:
+NO_ROUTE = "no route "  # the start of a 404's message for a path the gateway does not serve (not a missing job)
+
+
+def for_http_exception(e: web.HTTPException, target: str) -> web.Response:
+    """`target`: the request's method and path."""
     code = _HTTP_CODES.get(e.status, "bad_request" if e.status < 500 else "internal")
     message = e.reason if e.status != 413 else f"the request body is too large: {e.text or e.reason}"
+    if e.status == 404:
+        message = f"{NO_ROUTE}{target} (the API is under /api/v1: docs/gateway.md)"
     allow = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
     return response(code, message, e.status, allow)

@@ -19,6 +19,7 @@ from ..transport import Mailbox
 from .dispatch import Dispatcher
 from .fleet import Fleet, OpenInbox
 from .jobs import JobTable
+from .opencounts import OpenCounts
 from .queues import Queues
 from .records import JobRecord
 from .replies import Ledger
@@ -80,7 +81,7 @@ def assemble(cfg: config.Config, mailbox: Mailbox, open_inbox: OpenInbox, sel: s
         jobs.finish(job, result)
 
     fleet = Fleet(cfg, mailbox, jobs, store, open_inbox, on_result, stream.worker_event, logger, malformed)
-    queues = Queues(cfg, store, jobs, fleet, logger)
+    queues = Queues(cfg, store, jobs, OpenCounts(jobs), fleet, logger)
     dispatcher = Dispatcher(cfg, jobs, fleet, queues)
     ledger = Ledger()
     waiters = Waiters(jobs, ledger)

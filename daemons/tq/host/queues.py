@@ -11,7 +11,6 @@ a paused queue that is no longer named may still be resumed, and then it is list
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from collections.abc import Iterable
@@ -19,8 +18,8 @@ from typing import Any
 
 from .. import config
 from .fleet import Fleet
-from .jobs import QUEUED, JobTable
-from .records import JobRecord
+from .jobs import JobTable
+from .opencounts import OpenCounts
 from .store import Store
 
 SERVING = ("live", "syncing")  # a syncing worker (after a restart of either side) is about to serve again
@@ -28,9 +27,9 @@ SERVED_TTL = 1.0  # seconds the set of served queues is trusted (a worker lost m
 
 
 class Queues:
-    def __init__(self, cfg: config.Config, store: Store, jobs: JobTable, fleet: Fleet,
+    def __init__(self, cfg: config.Config, store: Store, jobs: JobTable, counts: OpenCounts, fleet: Fleet,
                  logger: logging.Logger) -> None:
-        self.cfg, self.store, self.jobs, self.fleet, self.logger = cfg, store, jobs, fleet, logger
+        self.cfg, self.store, self.jobs, self.counts, self.fleet, self.logger = cfg, store, jobs, counts, fleet, logger
         self.paused: set[str] = set()
         self.unserved: set[str] = set()  # queues warned of: jobs were submitted and no live worker serves them
         self._served: set[str] = set()  # queues served by a live worker, looked up at most every SERVED_TTL
@@ -118,10 +117,11 @@ class Queues:
                 self.logger.warning("queue %s: no live worker serves it; its jobs wait until one does (a worker "
                                     "serves the queues of [worker] queues; tqctl queues lists them all)", queue)
 
-    def listing(self) -> list[dict[str, Any]]:
+    def listing(self, periodic: bool = False) -> list[dict[str, Any]]:
         """Every known queue: its open jobs by state, the age of its oldest queued job, paused or not, and which
-        worker instances serve it."""
-        open_jobs = _by_queue(self.jobs.jobs.values())
+        worker instances serve it. `periodic`: for a reader that asks again and again (metrics), which may be given
+        a recent count of the open jobs (opencounts.OpenCounts)."""
+        open_jobs = self.counts.recent() if periodic else self.counts.now()
         names = (set(open_jobs) | self.paused | set(self.cfg.queues) | {t.queue for t in self.cfg.tasks}
                  | {q for w in self.fleet.workers.values() for q in w.queues})
         now = time.time()
@@ -136,14 +136,3 @@ class Queues:
                         "workers": served_by, "unserved": not served_by and bool(counts)})
         return out
 
-
-def _by_queue(jobs: Iterable[JobRecord]) -> dict[str, tuple[collections.Counter[str], float | None]]:
-    """Per queue: its open jobs by state, and when its oldest queued job was submitted (tqctl queues)."""
-    out: dict[str, tuple[collections.Counter[str], float | None]] = {}
-    for job in jobs:
-        counts, oldest = out.get(job.queue) or (collections.Counter(), None)
-        counts[job.state] += 1
-        if job.state == QUEUED and (oldest is None or job.created_at < oldest):
-            oldest = job.created_at
-        out[job.queue] = (counts, oldest)
-    return out

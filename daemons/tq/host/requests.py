@@ -154,7 +154,8 @@ class Requests:
         if req.get("id") is not None:
             job = self._lookup(req)
             self._check_change(conn, job, "cancel")
-            return {"job": job.public(), "stopping": _transition(cancel, job)}
+            stopping = _transition(cancel, job)
+            return {"job": job.public(), "stopping": stopping}  # (the job as the cancel left it)
         return self._bulk(conn, req, cancel, "cancel")
 
     def _retry(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
@@ -262,7 +263,13 @@ def _event_filter(req: dict[str, Any]) -> Filter:
     if job is not None and not 0 < job <= MAX_JOB_ID:
         raise RequestError("bad_request", f"job must be a job id (1 to {MAX_JOB_ID})")
     task, queue = _names(req)
-    return Filter(job, task, queue)
+    fmt = control.field(req, "format", str, "lines")
+    if fmt not in ("lines", "rows"):
+        raise RequestError("bad_request", f"format must be lines or rows, not {fmt[:20]!r}")
+    rate = control.field(req, "rate", int, None)
+    if rate is not None and rate < 1:
+        raise RequestError("bad_request", "rate must be at least 1 (events a second)")
+    return Filter(job, task, queue, fmt == "rows", rate)
 
 
 def _names(req: dict[str, Any]) -> tuple[str | None, str | None]:

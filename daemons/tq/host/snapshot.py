@@ -54,7 +54,7 @@ class Snapshot:
         return {"host": {"pid": os.getpid(), "start_time": self.started, "rss_bytes": monitor.rss_bytes(),
                          "cpu_seconds": cpu.user + cpu.system},
                 "states": {s.value: self.jobs.counts[s] for s in JobState},
-                "queues": self.queues.listing(),
+                "queues": self.queues.listing(periodic=True),
                 "workers": self.fleet.public(now),
                 "store_bytes": store_bytes,
                 "events": self.stream.public(),
