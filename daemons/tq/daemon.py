@@ -13,6 +13,7 @@ import os
 import selectors
 import signal
 import sys
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -49,8 +50,10 @@ class StartError(Exception):
 class Daemon:
     """The loop scaffolding of one daemon. Each registered descriptor's data is a callback taking the mask."""
 
-    RESTART_KEYS: tuple[str, ...] = ("mqueue.prefix", "mqueue.max_message_size", "mqueue.max_messages")
+    RESTART_KEYS: tuple[str, ...] = ("mqueue.prefix", "mqueue.max_message_size", "mqueue.max_messages",
+                                      "amqp.url", "amqp.queues", "transport.kind", "transport.url")
     """Dotted config keys that take effect only at the next start (a reload keeps the running value)."""
+    HOST = False  # tq-host (its mailboxes: transport.for_config)
 
     def __init__(self, program: str, cfg: config.Config, config_path: str | None,
                  captured_events: list[Any] | None = None, mailboxes: transport.Mailboxes | None = None) -> None:
@@ -66,7 +69,10 @@ class Daemon:
         self._wake_r = -1  # the signal wake-up pipe's read end (watch_signals)
         # Where the mailboxes live, as granted for the configuration the daemon starts with ([mqueue] takes
         # effect at the next start).
-        self.mailboxes = mailboxes if mailboxes is not None else transport.for_config(cfg)
+        self.mailboxes = (mailboxes if mailboxes is not None
+                          else transport.for_config(cfg, self.sel, self.logger, program, self.HOST))
+        # A transport with a connection of its own (a broker) has timers on this loop; the others none.
+        self.serviced = not isinstance(self.mailboxes, transport.Connectionless)
         self.noted: tuple[str, ...] = ()  # the notes last logged (note_limits)
 
     def watch_signals(self) -> None:
@@ -94,9 +100,17 @@ class Daemon:
             pass
 
     def select(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for a registered descriptor; run the callback of each that is ready."""
-        for key, mask in self.sel.select(timeout):
+        """Wait up to `timeout` seconds for a registered descriptor (less if the transport's connection needs the
+        loop sooner); run the callback of each that is ready, then what the transport has due."""
+        for key, mask in self.sel.select(self.transport_timeout(timeout) if self.serviced else timeout):
             key.data(mask)
+        if self.serviced:
+            self.mailboxes.service(time.monotonic())
+
+    def transport_timeout(self, timeout: float) -> float:
+        """`timeout`, or less if the transport needs the loop sooner (a broker's heartbeats, a reconnect)."""
+        due = self.mailboxes.wakeup(time.monotonic())
+        return timeout if due is None else min(timeout, due)
 
     def reload(self) -> None:
         """SIGHUP: RELOADING=1, read the configuration again, apply it, READY=1.
@@ -110,7 +124,7 @@ class Daemon:
             new = configload.reload(self.config_path, self.logger)
             if new is None:
                 return
-            granted = self.granted(new, transport.for_config(new))
+            granted = self.granted(new, *transport.granted(new, self.HOST))
             new, pending = configload.keep_for_restart(self.cfg, granted, self.RESTART_KEYS)
             if pending:
                 self.logger.warning("%s changed: takes effect at the next restart", ", ".join(pending))
@@ -122,11 +136,11 @@ class Daemon:
         finally:
             self.notifier.ready(self.status_text())
 
-    def granted(self, cfg: config.Config, mailboxes: transport.Mailboxes) -> config.Config:
-        """`cfg` with the message size `mailboxes` grant; each of their notes (a limit granted below the
+    def granted(self, cfg: config.Config, message_size: int, notes: tuple[str, ...]) -> config.Config:
+        """`cfg` with the message size the mailboxes grant; each of their notes (a limit granted below the
         configuration) is logged once (and shown by `tqctl status`)."""
-        self.note_limits(mailboxes.notes)
-        return replace(cfg, mqueue=replace(cfg.mqueue, max_message_size=mailboxes.message_size))
+        self.note_limits(notes)
+        return replace(cfg, mqueue=replace(cfg.mqueue, max_message_size=message_size))
 
     def note_limits(self, notes: tuple[str, ...]) -> None:
         """Log each note not among those logged last."""

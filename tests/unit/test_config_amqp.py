@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from tq import configload, ctl
-from tq.transport.amqp import AmqpMailboxes, machine_instance, read_password
+from tq.transport.amqp import AmqpMailboxes, read_password
 from tq.transport.amqploop import AmqpLoop
+from tq.transport.machines import machine_instance
 from tq.transport.mailbox import MailboxError
 
 SECRET = "s3cr3t-pw"

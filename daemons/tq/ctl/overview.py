@@ -52,7 +52,7 @@ def _cmd_workers(client: Client, args: argparse.Namespace, as_json: bool) -> int
     workers = client.workers()
     if render.out_or_none(workers, as_json, "no workers have said hello"):
         return 0
-    rows = [["WORKER", "STATE", "PID", "QUEUES", "UP", "RSS", "CPU", "FDS", "DONE", "FAILED", "JOB", "SEEN"]]
+    rows = [["WORKER", "MACHINE", "STATE", "PID", "QUEUES", "UP", "RSS", "CPU", "FDS", "DONE", "FAILED", "JOB", "SEEN"]]
     for w in workers:
         m = w.get("monitor") or {}  # none from a worker of the previous release: what the host itself knows
         job = m.get("job")
@@ -68,7 +68,7 @@ def _cmd_workers(client: Client, args: argparse.Namespace, as_json: bool) -> int
         cpu = "-" if m.get("cpu_seconds") is None else f"{m['cpu_seconds']:.1f}s"
         if m.get("cpu_percent") is not None:
             cpu += f" {m['cpu_percent']:.0f}%"
-        rows.append([w["instance"], w["state"], str(w["pid"]), ",".join(w["queues"]),
+        rows.append([w["instance"], w.get("machine") or "-", w["state"], str(w["pid"]), ",".join(w["queues"]),
                      render.span(m.get("uptime_seconds")), render.byte_size(m.get("rss_bytes")), cpu,
                      "-" if m.get("fds") is None else str(m["fds"]),
                      str(m.get("jobs_done", w["done"])), str(m.get("jobs_failed", "-")), text,

@@ -44,6 +44,7 @@ IDLE_TRIM = 1.0  # seconds without requests or results before the memory of a bu
 
 class Host(Daemon):
     RESTART_KEYS = ("host.state_dir", "host.socket", *Daemon.RESTART_KEYS)
+    HOST = True
 
     def __init__(self, cfg: config.Config, config_path: str | None) -> None:
         """Acquire the state dir, open the store and the host's mailbox, and make the parts (assembly.py)."""
@@ -54,7 +55,7 @@ class Host(Daemon):
         self.last_trim = 0.0  # monotonic time the memory was last trimmed
         self.started_work = 0.0  # recovery allocates too: trim a second after start
         self.queue_readable = True  # the host queue may hold messages: the next step reads it
-        cfg = self.cfg = self.granted(self.cfg, self.mailboxes)
+        cfg = self.cfg = self.granted(self.cfg, self.mailboxes.message_size, self.mailboxes.notes)
         self._lock = _lock_state_dir(cfg.host.state_dir)
         self.drained: list[bytes] = []  # what a host mailbox of other dimensions held: taken in at start
         mailbox = self.mailboxes.open_host(self.drained)
@@ -95,10 +96,12 @@ class Host(Daemon):
     def select(self, timeout: float) -> None:
         """Daemon.select, then the time of this step's events and their log budget's second (one clock read
         each a step, not one an event)."""
-        ready = self.sel.select(timeout)
+        ready = self.sel.select(self.transport_timeout(timeout) if self.serviced else timeout)
         self.events.tick(time.time())
         for key, mask in ready:
             key.data(mask)
+        if self.serviced:
+            self.mailboxes.service(time.monotonic())
 
     def _recover(self) -> None:
         """Load every open job from the store and fence every known worker with a Sync."""

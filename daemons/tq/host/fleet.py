@@ -23,6 +23,7 @@ from typing import Any
 from .. import config, protocol
 from ..log import Burst
 from ..transport import Mailbox, MailboxError
+from ..transport.machines import WORKER_NAME_RE, is_remote
 from .jobs import ASSIGNED, ON_WORKER, JobTable
 from .records import JobRecord
 from .store import Store
@@ -131,7 +132,7 @@ class Fleet:
             self.malformed(f"dropped a {type(msg).__name__} message, which workers do not send")
 
     def _worker(self, instance: str) -> WorkerState | None:
-        if not config.INSTANCE_RE.match(instance):
+        if not WORKER_NAME_RE.match(instance):
             self.malformed(f"dropped a message from an invalid worker instance {instance[:40]!r}")
             return None
         return self.workers.setdefault(instance, WorkerState(instance, state="lost"))
@@ -199,12 +200,29 @@ class Fleet:
     def _adopt(self, w: WorkerState, pid: int, queues: list[str], prefetch: int, now: float, cause: str,
                detail: str) -> None:
         """A worker (re)appeared: reopen its inbox and fence it before dispatching to it."""
-        w.pid, w.queues, w.seen, w.lost_at = pid, queues, now, 0.0
+        w.pid, w.queues, w.seen, w.lost_at = pid, self._carried(w.instance, queues), now, 0.0
         self._reopen_inbox(w)
         depth = w.inbox.max_messages if w.inbox is not None else 2
         w.prefetch = max(1, min(prefetch, depth - 1))  # one slot stays free for the Sync fence
         self._fence(w, "syncing", cause, detail)
         self._persist(w)
+
+    def _carried(self, instance: str, queues: list[str]) -> list[str]:
+        """Of the queues a worker says it serves, those its transport carries: with [amqp] queues, a remote
+        worker gets only their jobs, and a worker of this machine only the other queues' (one line each time a
+        worker names one it will not get)."""
+        through_broker = self.cfg.amqp.queues
+        if not through_broker:
+            return queues
+        remote = is_remote(instance)
+        kept = [q for q in queues if (q in through_broker) == remote]
+        if kept != queues:
+            self.logger.warning(
+                "worker %s: queue(s) %s not served by it: %s", instance,
+                ",".join(q for q in queues if q not in kept),
+                "a remote worker gets only the queues of amqp.queues" if remote else
+                "their jobs go through the broker (amqp.queues) to remote workers", extra={"TQ_WORKER": instance})
+        return kept
 
     def _persist(self, w: WorkerState) -> None:
         """Store what recovery needs of a worker (which instances to fence; since when one is lost), only when it

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..transport import Mailbox
+from ..transport.machines import machine_instance, machine_of
+
+THIS_MACHINE = machine_instance("").lstrip("@")  # tq-host's machine: its workers on the POSIX queues run here
 
 
 @dataclass
@@ -33,7 +36,10 @@ class WorkerState:
     lost_at: float = 0.0  # when it was lost (seconds since the epoch; kept across host restarts): host.forget_lost
 
     def public(self, now: float) -> dict[str, Any]:
-        return {"instance": self.instance, "pid": self.pid, "state": self.state, "queues": self.queues,
+        machine = machine_of(self.instance)
+        return {"instance": self.instance, "machine": machine or THIS_MACHINE,
+                "transport": "posix" if machine is None else "amqp", "pid": self.pid, "state": self.state,
+                "queues": self.queues,
                 "prefetch": self.prefetch, "assigned": sorted(self.assigned), "running": self.running or None,
                 "done": self.done, "seen_ago": round(now - self.seen, 3), "monitor": self.monitor_view(now)}
 

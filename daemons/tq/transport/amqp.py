@@ -52,12 +52,6 @@ from .mailbox import Mailbox, MailboxError, Mailboxes
 HOST_PREFETCH = 256  # deliveries in flight to tq-host unacknowledged: it takes them at every step
 
 
-def machine_instance(instance: str, machine: str | None = None) -> str:
-    """A worker's instance name across machines: "1@render-3" (the machine's short name)."""
-    name = (machine or socket.gethostname()).split(".")[0]
-    return f"{instance}@{''.join(c if c.isalnum() or c in '_-' else '-' for c in name)}"
-
-
 class AmqpMailbox:
     """One handle of a queue on the broker: the owner's (tq-host's own, a worker's inbox) consumes it; the other
     side's only publishes to it."""
@@ -171,6 +165,16 @@ class AmqpMailboxes:
     @property
     def ready(self) -> bool:
         return self.session.ready
+
+    @property
+    def waiting_for(self) -> str:
+        return "" if self.session.ready else self.session.status
+
+    def wakeup(self, now: float) -> float | None:
+        return self.loop.timeout(now)
+
+    def service(self, now: float) -> None:
+        self.loop.run_due(now)
 
     def open_host(self, drained: list[bytes] | None = None) -> AmqpMailbox:
         """tq-host's own mailbox, consumed. An AMQP queue has no dimensions to change, so nothing is drained."""

@@ -76,3 +76,32 @@ class Mailboxes(Protocol):
     def depth_bounds(self) -> str:
         """What bounds a mailbox's depth here, for a warning that one is shallower than asked."""
         ...
+
+    @property
+    def waiting_for(self) -> str:
+        """What the mailboxes wait for before they carry messages, in one line ("": nothing; a broker: its
+        connection). A worker reports READY only once this is empty, and says it in STATUS meanwhile."""
+        ...
+
+    def wakeup(self, now: float) -> float | None:
+        """Seconds until `service` has work (a broker connection's heartbeats and retries); None: never. The
+        daemon's step folds it into its select timeout."""
+        ...
+
+    def service(self, now: float) -> None:
+        """What is due on the daemon's loop (after each select): a broker connection's timers."""
+        ...
+
+
+class Connectionless:
+    """The answers of a transport with no connection of its own (POSIX queues, the memory twin)."""
+
+    @property
+    def waiting_for(self) -> str:
+        return ""
+
+    def wakeup(self, now: float) -> float | None:
+        return None
+
+    def service(self, now: float) -> None:
+        pass

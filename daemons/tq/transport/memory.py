@@ -14,7 +14,7 @@ import itertools
 import os
 
 from .. import config
-from .mailbox import Mailbox, MailboxError
+from .mailbox import Connectionless, Mailbox, MailboxError
 
 
 class _Stored:
@@ -67,7 +67,7 @@ class MemoryMailbox:
         pass
 
 
-class MemoryMailboxes:
+class MemoryMailboxes(Connectionless):
     """The mailboxes of one configuration, in this process: named as the POSIX ones, as deep as configured.
     `close()` removes them all (their descriptors)."""
 

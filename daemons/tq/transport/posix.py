@@ -24,7 +24,7 @@ import posix_ipc
 
 from .. import config
 from ..ownership import GROUP, restrict
-from .mailbox import Mailbox, MailboxAccessDenied, MailboxError, OutOfBudget
+from .mailbox import Connectionless, Mailbox, MailboxAccessDenied, MailboxError, OutOfBudget
 
 MAILBOX_MODE = 0o600  # the daemons' user alone: nobody else can forge a message (members use the socket)
 MQ_PROC = Path("/proc/sys/fs/mqueue")
@@ -34,7 +34,7 @@ PER_MESSAGE_OVERHEAD = 96
 SYSCTL_FILE = "/usr/lib/sysctl.d/60-tq.conf"
 
 
-class PosixMailboxes:
+class PosixMailboxes(Connectionless):
     """The mailboxes of one configuration as POSIX queues named after `mqueue.prefix`: `PREFIX.host` and
     `PREFIX.w.INSTANCE`, with the depth and message size the kernel grants of [mqueue]. Logs nothing: the
     daemons log `notes`."""

@@ -22,6 +22,7 @@ from .. import __version__, config, protocol, transport
 from ..daemon import Daemon, ignore, load_config
 from ..notify import child_environment
 from ..transport import Mailbox
+from ..transport.machines import machine_instance
 from .attempt import Attempt
 from .instancelock import InstanceTaken, take
 from .outbox import Outbox
@@ -36,8 +37,11 @@ class Worker(Daemon):
                  mailboxes: transport.Mailboxes | None = None, argv: list[str] | None = None) -> None:
         """`argv`: the command line to re-execute with (after a Python handler outlived its stop)."""
         super().__init__(f"tq-worker@{instance}", cfg, config_path, mailboxes=mailboxes)
-        cfg = self.cfg = self.granted(cfg, self.mailboxes)
-        self.instance, self.argv = instance, list(argv or [])
+        cfg = self.cfg = self.granted(cfg, self.mailboxes.message_size, self.mailboxes.notes)
+        # systemd's %i names the instance on this machine (its [worker.N] table, its lock); through a broker,
+        # tq-host knows it with the machine's name too ("1@render-3"), unique across machines.
+        self.local_instance, self.argv = instance, list(argv or [])
+        self.instance = machine_instance(instance) if cfg.transport.kind == "amqp" else instance
         self.wcfg = cfg.worker_for(instance)
         self.outbox = Outbox(instance, cfg.mqueue.max_message_size)  # to the host mailbox, in order
         self.runner = Runner(instance, self.outbox, self.events, self.logger, cfg.mqueue.max_message_size,
@@ -57,7 +61,7 @@ class Worker(Daemon):
     # ---- start ----------------------------------------------------------
 
     def start(self) -> None:
-        self.lock_fd = take(self.cfg, self.instance)  # before the inbox: a second process refuses here
+        self.lock_fd = take(self.cfg, self.local_instance)  # before the inbox: a second process refuses here
         self.watch_signals()
         drained: list[bytes] = []
         # The inbox holds at most `prefetch` jobs and the host's Sync fence: a deeper one would only use up
@@ -72,7 +76,8 @@ class Worker(Daemon):
             self.logger.warning("recreated inbox %s with the configured size; dropped %d message(s), which "
                                 "tq-host requeues", self.inbox.name, len(drained))
         self.host_mailbox = self._wait_for_host()
-        if self.host_mailbox is None:
+        if self.host_mailbox is None or not self._wait_connected():
+            self.host_mailbox = None
             return
         self.outbox.message(self._hello())
         self._flush()
@@ -96,6 +101,18 @@ class Worker(Daemon):
             self.notifier.tick(time.monotonic())
             self.select(0.2)
         return None
+
+    def _wait_connected(self) -> bool:
+        """Wait (pinging the watchdog, STATUS saying what for) until the transport carries messages: a broker's
+        connection is up. False if asked to stop meanwhile."""
+        said = ""
+        while (waiting := self.mailboxes.waiting_for) and not self.stop_requested:
+            if waiting != said:
+                self.notifier.status(waiting)
+                said = waiting
+            self.notifier.tick(time.monotonic())
+            self.select(0.2)
+        return not self.stop_requested
 
     def _hello(self) -> protocol.Hello:
         return protocol.Hello(self.instance, os.getpid(), list(self.wcfg.queues), self.wcfg.prefetch)
@@ -296,7 +313,7 @@ class Worker(Daemon):
             self.exit_now = True
 
     def apply(self, new: config.Config) -> None:
-        old_worker, wcfg = self.wcfg, new.worker_for(self.instance)
+        old_worker, wcfg = self.wcfg, new.worker_for(self.local_instance)
         assert self.inbox is not None
         most = self.inbox.max_messages - 1  # the inbox's depth is fixed: prefetch jobs and the host's fence
         if wcfg.prefetch > most:
