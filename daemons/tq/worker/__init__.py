@@ -43,8 +43,8 @@ class Worker(Daemon):
         self.local_instance, self.argv = instance, list(argv or [])
         self.instance = machine_instance(instance) if cfg.transport.kind == "amqp" else instance
         self.wcfg = cfg.worker_for(instance)
-        self.outbox = Outbox(instance, cfg.mqueue.max_message_size)  # to the host mailbox, in order
-        self.runner = Runner(instance, self.outbox, self.events, self.logger, cfg.mqueue.max_message_size,
+        self.outbox = Outbox(self.instance, cfg.mqueue.max_message_size)  # to the host mailbox, in order
+        self.runner = Runner(self.instance, self.outbox, self.events, self.logger, cfg.mqueue.max_message_size,
                              child_environment(), self._forget)
         # Jobs of a batch not yet run, and a fence that came behind them (answered once they have run).
         self.local: collections.deque[protocol.Job | protocol.Sync] = collections.deque()

@@ -1,0 +1,64 @@
+"""Workers on "other machines" through a real RabbitMQ (tests/broker.py), with real tq-host and tq-worker processes:
+tq-host with [amqp] queues, a worker with [transport] kind = "amqp" and its own configuration (as on a machine of
+its own), a job of a broker queue done remotely while the other queues stay on this machine's POSIX queues."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker import Broker, broker  # noqa: F401  (the fixture)
+from harness import Daemon, Suite, temporary_suite, wait_until
+from tq.transport.machines import machine_instance
+
+
+@pytest.fixture
+def suite() -> Iterator[Suite]:
+    with temporary_suite() as s:
+        yield s
+
+
+def remote_config(suite: Suite, url: str, machine_dir: str, queues: str = '["remote"]') -> Path:
+    """A worker machine's configuration: the broker, its own runtime directory (its instance locks)."""
+    d = suite.dir / machine_dir
+    d.mkdir(exist_ok=True)
+    path = d / "tq.toml"
+    path.write_text(f'[host]\nsocket = "{d}/tq.sock"\n[mqueue]\nprefix = "{suite.prefix}"\n'
+                    f'[transport]\nkind = "amqp"\nurl = "{url}"\n'
+                    f'[worker]\nqueues = {queues}\nheartbeat = "200ms"\n[tasks."#"]\nhandler = "echo"\n')
+    return path
+
+
+def remote_worker(suite: Suite, config: Path, instance: str = "1", ready: bool = True) -> Daemon:
+    argv = [*suite._python("tq.worker", instance)]
+    argv[argv.index("--config") + 1] = str(config)
+    d = Daemon(f"remote{instance}-{uuid.uuid4().hex[:4]}", argv, suite.env, suite.dir)
+    suite.daemons.append(d)
+    return d.ready(timeout=60) if ready else d
+
+
+def test_a_job_of_a_broker_queue_runs_on_a_remote_worker_and_the_others_stay_local(suite: Suite,
+                                                                                   broker: Broker) -> None:
+    suite.write_config(f'[amqp]\nurl = "{broker.url}"\nqueues = ["remote"]\n')
+    suite.host()
+    suite.worker("1")  # a local worker serving default (and, it says, remote: not given through POSIX)
+    remote = remote_worker(suite, remote_config(suite, broker.url, "m1"), "1")
+    client = suite.client()
+    name = machine_instance("1")
+    wait_until(lambda: {w["instance"]: w["state"] for w in client.workers()}.get(name) == "live", 30,
+               "the remote worker live")
+    (remote_id,) = client.submit_many([{"task": "t", "args": ["far"], "queue": "remote"}])
+    (local_id,) = client.submit_many([{"task": "t", "args": ["near"]}])
+    done = client.wait(remote_id, 30)
+    assert done["state"] == "done" and done["worker"] == name and done["result"] == "t far processed"
+    near = client.wait(local_id, 30)
+    assert near["state"] == "done" and near["worker"] == "1"
+    workers = {w["instance"]: w for w in client.workers()}
+    assert workers[name]["machine"] == name.split("@")[1] and workers[name]["transport"] == "amqp"
+    assert workers["1"]["transport"] == "posix" and workers[name]["queues"] == ["remote"]
+    out = suite.tqctl("workers")
+    assert out.returncode == 0 and "MACHINE" in out.stdout and name in out.stdout, out
+    assert remote.proc.poll() is None
