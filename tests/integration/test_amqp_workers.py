@@ -40,8 +40,8 @@ def remote_worker(suite: Suite, config: Path, instance: str = "1", ready: bool =
     return d.ready(timeout=60) if ready else d
 
 
-def test_a_job_of_a_broker_queue_runs_on_a_remote_worker_and_the_others_stay_local(suite: Suite,
-                                                                                   broker: Broker) -> None:
+def test_a_job_of_a_broker_queue_runs_on_a_remote_worker_and_the_others_stay_local(
+        suite: Suite, broker: Broker) -> None:  # noqa: F811
     suite.write_config(f'[amqp]\nurl = "{broker.url}"\nqueues = ["remote"]\n')
     suite.host()
     suite.worker("1")  # a local worker serving default (and, it says, remote: not given through POSIX)
