@@ -51,7 +51,8 @@ class Daemon:
     """The loop scaffolding of one daemon. Each registered descriptor's data is a callback taking the mask."""
 
     RESTART_KEYS: tuple[str, ...] = ("mqueue.prefix", "mqueue.max_message_size", "mqueue.max_messages",
-                                      "amqp.url", "amqp.queues", "transport.kind", "transport.url")
+                                      "amqp.url", "amqp.queues", "amqp.heartbeat", "amqp.window", "transport.kind",
+                                      "transport.url")
     """Dotted config keys that take effect only at the next start (a reload keeps the running value)."""
     HOST = False  # tq-host (its mailboxes: transport.for_config)
 

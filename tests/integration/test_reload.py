@@ -115,6 +115,9 @@ HOST_KEYS: dict[str, tuple[str, Any]] = {
                         lambda h: h.requests.access.cfg.access.gateways == ("nobody",)),
     # tq-host does not use [gateway] (tq-gateway reads it, and reloads it on SIGHUP: test_gateway.py)
     "gateway": ('[gateway]\nmax_wait = "1m"', lambda h: h.cfg.gateway.max_wait == 60),
+    # The broker connection is made at start: a changed [amqp] or [transport] waits for the next one.
+    "amqp": ('[amqp]\nurl = "amqp://tq:pw@127.0.0.1:5672/"\nqueues = ["far"]\nheartbeat = "5s"\nwindow = 10', RESTART),
+    "transport": ('[transport]\nkind = "amqp"\nurl = "amqp://tq:pw@127.0.0.1:5672/"', RESTART),
     "queues": ('[queues.mail]\nsubmit = ["alice"]',
                lambda h: h.requests.access.cfg.queues["mail"].submit == ("alice",)),
     "queues.concurrency": ("[queues.mail]\nconcurrency = 2", lambda h: h.queues.limited["mail"].concurrency == 2),
@@ -154,8 +157,9 @@ def test_a_reloaded_key_takes_effect_or_is_reported_as_needing_a_restart(suite: 
     with _reloaded_host(suite, change.format(d=suite.dir)) as (host, before, records):
         assert any(line.startswith("configuration reloaded") for line in records.lines), records.lines
         if effect == RESTART:
-            section, name = key.split(".")
-            assert getattr(getattr(host.cfg, section), name) == getattr(getattr(before, section), name)
+            section, _, name = key.partition(".")
+            now, then = getattr(host.cfg, section), getattr(before, section)
+            assert (getattr(now, name) == getattr(then, name)) if name else now == then
             assert any(key in line and "takes effect at the next restart" in line for line in records.lines)
         else:
             assert effect(host), f"{key} did not take effect on reload"
