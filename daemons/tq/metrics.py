@@ -71,12 +71,17 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
         histogram.add_metric([task], _buckets(durations["buckets"], h["counts"]), h["sum"])
     yield histogram
 
-    workers = GaugeMetricFamily("tq_workers", "Worker instances tq-host knows, by state", labels=["state"])
-    by_state: dict[str, int] = dict.fromkeys(("live", "syncing", "leaving", "lost", "stopped"), 0)
+    workers = GaugeMetricFamily("tq_workers", "Worker instances tq-host knows, by state and transport (posix: "
+                                "this machine's; amqp: other machines' through the broker)",
+                                labels=["state", "transport"])
+    transports = {"posix", *(w.get("transport", "posix") for w in snap["workers"])}
+    states = ("live", "syncing", "leaving", "lost", "stopped")
+    by_state = {(state, t): 0 for state in states for t in sorted(transports)}
     for w in snap["workers"]:
-        by_state[w["state"]] = by_state.get(w["state"], 0) + 1
-    for state, n in by_state.items():
-        workers.add_metric([state], n)
+        key = (w["state"], w.get("transport", "posix"))
+        by_state[key] = by_state.get(key, 0) + 1
+    for (state, t), n in by_state.items():
+        workers.add_metric([state, t], n)
     yield workers
     yield CounterMetricFamily("tq_workers_lost", "Workers found lost (silent past host.lease) since tq-host started",
                               value=snap["workers_lost"])

@@ -61,4 +61,7 @@ def test_a_job_of_a_broker_queue_runs_on_a_remote_worker_and_the_others_stay_loc
     assert workers["1"]["transport"] == "posix" and workers[name]["queues"] == ["remote"]
     out = suite.tqctl("workers")
     assert out.returncode == 0 and "MACHINE" in out.stdout and name in out.stdout, out
+    text = client.metrics_text()
+    assert 'tq_workers{state="live",transport="amqp"} 1.0' in text and \
+        'tq_workers{state="live",transport="posix"} 1.0' in text
     assert remote.proc.poll() is None

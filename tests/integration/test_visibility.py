@@ -182,7 +182,7 @@ def test_metrics_parse_and_count_what_happened(suite: Suite) -> None:
     assert value("tq_jobs", state="dead") == 1
     assert value("tq_job_duration_seconds_count", task="task-1") == 5
     assert value("tq_job_duration_seconds_bucket", task="boom", le="+Inf") == 2
-    assert value("tq_workers", state="live") == 1
+    assert value("tq_workers", state="live", transport="posix") == 1
     assert value("tq_queue_jobs", queue="default", state="queued") == 0
     assert value("tq_store_size_bytes") > 0
     assert value("tq_store_commit_duration_seconds_count") > 0

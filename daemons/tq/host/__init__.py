@@ -282,7 +282,8 @@ class Host(Daemon):
         c = self.jobs.counts
         return (f"{c['queued']} queued, {c['assigned']} assigned, {c['running']} running, "
                 f"{c['delayed'] + c['failed'] + c['deferred']} waiting; "
-                f"{c['done']} done, {c['dead']} dead; {self.fleet.live()} worker(s) live")
+                f"{c['done']} done, {c['dead']} dead; {self.fleet.live()} worker(s) live"
+                + (f"; {waiting}" if (waiting := self.mailboxes.waiting_for) else ""))
 
 
 def _lock_state_dir(state_dir: str) -> IO[str]:
