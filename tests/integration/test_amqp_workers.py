@@ -14,6 +14,8 @@ from broker import Broker, broker  # noqa: F401  (the fixture)
 from harness import Daemon, Suite, temporary_suite, wait_until
 from tq.transport.machines import machine_instance
 
+SECRET = "s3cret-not-logged"
+
 
 @pytest.fixture
 def suite() -> Iterator[Suite]:
@@ -65,3 +67,23 @@ def test_a_job_of_a_broker_queue_runs_on_a_remote_worker_and_the_others_stay_loc
     assert 'tq_workers{state="live",transport="amqp"} 1.0' in text and \
         'tq_workers{state="live",transport="posix"} 1.0' in text
     assert remote.proc.poll() is None
+
+
+def test_a_worker_waits_for_an_unreachable_broker_with_its_unit_up_and_says_so_then_a_refused_login(
+        suite: Suite, broker: Broker) -> None:  # noqa: F811
+    from broker import free_ports
+    nobody = f"amqp://tq:{SECRET}@127.0.0.1:{free_ports()}/"
+    worker = remote_worker(suite, remote_config(suite, nobody, "m2"), "2", ready=False)
+    status = worker.notify.wait_for(lambda m: m.startswith("STATUS=waiting for the broker"), 30)
+    assert "connection refused" in status.lower() or "refused" in status.lower(), status
+    wait_until(lambda: "retrying in" in worker.text(), 30, "a retry said in the log")
+    assert worker.proc.poll() is None and "READY=1" not in worker.notify.messages
+    bad = broker.url.replace(":tqpass@", f":{SECRET}@")
+    refused = remote_worker(suite, remote_config(suite, bad, "m3"), "3", ready=False)
+    line = refused.notify.wait_for(lambda m: m.startswith("STATUS=waiting for the broker"), 30)
+    assert "refused the login" in line or "ACCESS_REFUSED" in line or "login" in line, line
+    wait_until(lambda: "retrying in" in refused.text(), 30, "a retry said in the log")
+    for d in (worker, refused):
+        assert SECRET not in d.text() and "Traceback" not in d.text()
+        assert all(SECRET not in m for m in d.notify.messages)
+        assert d.proc.poll() is None
