@@ -4,6 +4,7 @@ its own), a job of a broker queue done remotely while the other queues stay on t
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,10 @@ def test_a_job_of_a_broker_queue_runs_on_a_remote_worker_and_the_others_stay_loc
     assert 'tq_workers{state="live",transport="amqp"} 1.0' in text and \
         'tq_workers{state="live",transport="posix"} 1.0' in text
     assert remote.proc.poll() is None
+    remote.signal(signal.SIGTERM)  # a routine stop over the broker: Bye, the host's fence, Synced, exit 0
+    assert remote.wait(20) == 0
+    wait_until(lambda: {w["instance"]: w["state"] for w in client.workers()}.get(name) == "stopped", 20,
+               "the remote worker stopped")
 
 
 def test_a_worker_waits_for_an_unreachable_broker_with_its_unit_up_and_says_so_then_a_refused_login(

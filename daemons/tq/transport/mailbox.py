@@ -92,6 +92,10 @@ class Mailboxes(Protocol):
         """What is due on the daemon's loop (after each select): a broker connection's timers."""
         ...
 
+    def unsettled(self) -> int:
+        """Messages sent and not yet confirmed by a broker (a stopping daemon waits for them)."""
+        ...
+
 
 class Connectionless:
     """The answers of a transport with no connection of its own (POSIX queues, the memory twin)."""
@@ -105,3 +109,6 @@ class Connectionless:
 
     def service(self, now: float) -> None:
         pass
+
+    def unsettled(self) -> int:
+        return 0  # a message is in the kernel's queue once sent

@@ -84,6 +84,9 @@ class RoutedMailboxes:
     def service(self, now: float) -> None:
         self.remote.service(now)
 
+    def unsettled(self) -> int:
+        return self.remote.unsettled()
+
 
 if TYPE_CHECKING:  # mypy checks that these implement the interface
     _mailboxes: type[Mailboxes] = RoutedMailboxes

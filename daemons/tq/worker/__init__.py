@@ -131,6 +131,9 @@ class Worker(Daemon):
                 self.notifier.tick(time.monotonic())
                 self._watch([], False, True)
                 self.select(0.1)
+        while self.mailboxes.unsettled() and time.monotonic() < deadline:  # a broker's confirms of the last reports
+            self.notifier.tick(time.monotonic())
+            self.select(0.1)
         if self.runner.reexec:
             self._reexec()
         self.logger.info("tq-worker %s stopped", self.instance)
