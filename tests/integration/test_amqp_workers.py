@@ -92,3 +92,20 @@ def test_a_worker_waits_for_an_unreachable_broker_with_its_unit_up_and_says_so_t
         assert SECRET not in d.text() and "Traceback" not in d.text()
         assert all(SECRET not in m for m in d.notify.messages)
         assert d.proc.poll() is None
+
+
+def test_tq_host_with_its_broker_away_serves_this_machine_s_queues_and_says_what_it_waits_for(
+        suite: Suite) -> None:
+    from broker import free_ports
+    suite.write_config(f'[amqp]\nurl = "amqp://tq:{SECRET}@127.0.0.1:{free_ports()}/"\nqueues = ["remote"]\n')
+    host = suite.host()
+    suite.worker("1")
+    suite.wait_live(1)
+    client = suite.client()
+    (job_id,) = client.submit_many([{"task": "t", "args": ["here"]}])
+    assert client.wait(job_id, 30)["state"] == "done"
+    (far,) = client.submit_many([{"task": "t", "args": ["far"], "queue": "remote"}])
+    assert client.get(far)["state"] == "queued"  # waits for a remote worker, kept by tq-host
+    host.notify.wait_for(lambda m: m.startswith("STATUS=") and "waiting for the broker" in m, 30)
+    assert SECRET not in host.text() and all(SECRET not in m for m in host.notify.messages)
+    assert "Traceback" not in host.text() and host.proc.poll() is None
