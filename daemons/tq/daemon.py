@@ -108,6 +108,18 @@ class Daemon:
         if self.serviced:
             self.mailboxes.service(time.monotonic())
 
+    def wait_connected(self) -> bool:
+        """Wait (pinging the watchdog, STATUS saying what for) until the transport carries messages: a broker's
+        connection is up. False if asked to stop meanwhile."""
+        said = ""
+        while (waiting := self.mailboxes.waiting_for) and not self.stop_requested:
+            if waiting != said:
+                self.notifier.status(waiting)
+                said = waiting
+            self.notifier.tick(time.monotonic())
+            self.select(0.2)
+        return not self.stop_requested
+
     def transport_timeout(self, timeout: float) -> float:
         """`timeout`, or less if the transport needs the loop sooner (a broker's heartbeats, a reconnect)."""
         due = self.mailboxes.wakeup(time.monotonic())

@@ -31,6 +31,7 @@ from .. import __version__, config, control, transport
 from ..daemon import Daemon, StartError, command_line, load_config
 from ..log import Burst
 from .assembly import assemble
+from .carriage import remote_workers
 from .store import StoreError
 
 try:
@@ -55,6 +56,7 @@ class Host(Daemon):
         self.last_trim = 0.0  # monotonic time the memory was last trimmed
         self.started_work = 0.0  # recovery allocates too: trim a second after start
         self.queue_readable = True  # the host queue may hold messages: the next step reads it
+        self.losses = 0  # the transport's count of queues deleted under tq-host, as last seen
         cfg = self.cfg = self.granted(self.cfg, self.mailboxes.message_size, self.mailboxes.notes)
         self._lock = _lock_state_dir(cfg.host.state_dir)
         self.drained: list[bytes] = []  # what a host mailbox of other dimensions held: taken in at start
@@ -155,6 +157,9 @@ class Host(Daemon):
             if self.scheduler.next:
                 self.scheduler.fire_due(time.time())
             self.fleet.check_leases(now)
+            if self.serviced and (losses := self.mailboxes.losses()) != self.losses:
+                self.losses = losses
+                self._fence_remote("tq-host's queue on the broker was deleted")
             self.waiters.expire(now)
             self.dispatcher.assign(now)
             self._prune(now)
@@ -277,6 +282,13 @@ class Host(Daemon):
             self.store.commit()  # the level applies from the next transaction
             self.store.set_durability(new.host.durability)
         self.parts.configure(new)
+
+    def _fence_remote(self, cause: str) -> None:
+        """Fence every live remote worker: their reports may have been lost with tq-host's queue on the broker."""
+        for instance in remote_workers(list(self.fleet.workers)):
+            w = self.fleet.workers[instance]
+            if w.state == "live":
+                self.fleet.fence(w, "syncing", cause, f"{cause}: checking that each of its jobs was reported")
 
     def status_text(self) -> str:
         c = self.jobs.counts

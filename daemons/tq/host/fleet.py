@@ -23,7 +23,8 @@ from typing import Any
 from .. import config, protocol
 from ..log import Burst
 from ..transport import Mailbox, MailboxError
-from ..transport.machines import WORKER_NAME_RE, is_remote
+from ..transport.machines import WORKER_NAME_RE
+from .carriage import carried
 from .jobs import ASSIGNED, ON_WORKER, JobTable
 from .records import JobRecord
 from .store import Store
@@ -72,7 +73,7 @@ class Fleet:
                 w.state, w.lost_at = state, seen_at if state == "lost" else 0.0
                 continue
             self._reopen_inbox(w)
-            self._fence(w, "leaving" if state == "leaving" else "syncing", "not reported after tq-host restarted",
+            self.fence(w, "leaving" if state == "leaving" else "syncing", "not reported after tq-host restarted",
                         "tq-host restarted: every worker is checked before it gets work")
 
     def close(self) -> None:
@@ -173,7 +174,7 @@ class Fleet:
             return
         w.seen = now
         self.logger.info("worker %s is stopping", msg.instance)
-        self._fence(w, "leaving", "it stopped without reporting the job",
+        self.fence(w, "leaving", "it stopped without reporting the job",
                     "it is stopping: it has handed back or finished its jobs; checking that each was reported")
 
     def _on_synced(self, msg: protocol.Synced, now: float) -> None:
@@ -200,29 +201,12 @@ class Fleet:
     def _adopt(self, w: WorkerState, pid: int, queues: list[str], prefetch: int, now: float, cause: str,
                detail: str) -> None:
         """A worker (re)appeared: reopen its inbox and fence it before dispatching to it."""
-        w.pid, w.queues, w.seen, w.lost_at = pid, self._carried(w.instance, queues), now, 0.0
+        w.pid, w.queues, w.seen, w.lost_at = pid, carried(self.cfg, self.logger, w.instance, queues), now, 0.0
         self._reopen_inbox(w)
         depth = w.inbox.max_messages if w.inbox is not None else 2
         w.prefetch = max(1, min(prefetch, depth - 1))  # one slot stays free for the Sync fence
-        self._fence(w, "syncing", cause, detail)
+        self.fence(w, "syncing", cause, detail)
         self._persist(w)
-
-    def _carried(self, instance: str, queues: list[str]) -> list[str]:
-        """Of the queues a worker says it serves, those its transport carries: with [amqp] queues, a remote
-        worker gets only their jobs, and a worker of this machine only the other queues' (one line each time a
-        worker names one it will not get)."""
-        through_broker = self.cfg.amqp.queues
-        if not through_broker:
-            return queues
-        remote = is_remote(instance)
-        kept = [q for q in queues if (q in through_broker) == remote]
-        if kept != queues:
-            self.logger.warning(
-                "worker %s: queue(s) %s not served by it: %s", instance,
-                ",".join(q for q in queues if q not in kept),
-                "a remote worker gets only the queues of amqp.queues" if remote else
-                "their jobs go through the broker (amqp.queues) to remote workers", extra={"TQ_WORKER": instance})
-        return kept
 
     def _persist(self, w: WorkerState) -> None:
         """Store what recovery needs of a worker (which instances to fence; since when one is lost), only when it
@@ -241,7 +225,7 @@ class Fleet:
         except MailboxError as e:  # not there (yet): its next hello or heartbeat tries again
             self.logger.warning("worker %s: %s", w.instance, e)
 
-    def _fence(self, w: WorkerState, state: str, cause: str, detail: str) -> None:
+    def fence(self, w: WorkerState, state: str, cause: str, detail: str) -> None:
         """Send the Sync fence. `detail`: what happened, for the "fenced" event; `cause`: what the jobs the fence
         finds unreported were lost to (none, after a routine stop, restart or reload)."""
         self.tokens += 1

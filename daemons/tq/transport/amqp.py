@@ -179,6 +179,9 @@ class AmqpMailboxes:
     def unsettled(self) -> int:
         return len(self.session.unconfirmed) + len(self.session.resend)
 
+    def losses(self) -> int:
+        return self.session.counts["cancelled"]  # the broker cancels a consumer when its queue is deleted
+
     def open_host(self, drained: list[bytes] | None = None) -> AmqpMailbox:
         """tq-host's own mailbox, consumed. An AMQP queue has no dimensions to change, so nothing is drained."""
         return self._open(self.host_queue, self.cfg.mqueue.max_messages, HOST_PREFETCH)

@@ -96,6 +96,11 @@ class Mailboxes(Protocol):
         """Messages sent and not yet confirmed by a broker (a stopping daemon waits for them)."""
         ...
 
+    def losses(self) -> int:
+        """How many times a queue this process consumes was deleted under it (by an operator, or a broker that
+        lost it): what waited in it is gone, so the daemon has the Sync fence find what that was."""
+        ...
+
 
 class Connectionless:
     """The answers of a transport with no connection of its own (POSIX queues, the memory twin)."""
@@ -112,3 +117,6 @@ class Connectionless:
 
     def unsettled(self) -> int:
         return 0  # a message is in the kernel's queue once sent
+
+    def losses(self) -> int:
+        return 0  # a POSIX queue is not deleted under its reader (a restart is fenced anyway)

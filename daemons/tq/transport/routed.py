@@ -87,6 +87,9 @@ class RoutedMailboxes:
     def unsettled(self) -> int:
         return self.remote.unsettled()
 
+    def losses(self) -> int:
+        return self.remote.losses()
+
 
 if TYPE_CHECKING:  # mypy checks that these implement the interface
     _mailboxes: type[Mailboxes] = RoutedMailboxes

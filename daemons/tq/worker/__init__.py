@@ -54,6 +54,7 @@ class Worker(Daemon):
         self.bye_at = 0.0  # monotonic time the Bye was sent
         self.exit_now = False
         self.next_heartbeat = 0.0
+        self.losses = 0  # the transport's count of queues deleted under this worker, as last seen
         self.inbox: Mailbox | None = None
         self.host_mailbox: Mailbox | None = None
         self.lock_fd = -1  # holds this instance's lock (instancelock.py) from start on
@@ -76,7 +77,7 @@ class Worker(Daemon):
             self.logger.warning("recreated inbox %s with the configured size; dropped %d message(s), which "
                                 "tq-host requeues", self.inbox.name, len(drained))
         self.host_mailbox = self._wait_for_host()
-        if self.host_mailbox is None or not self._wait_connected():
+        if self.host_mailbox is None or not self.wait_connected():
             self.host_mailbox = None
             return
         self.outbox.message(self._hello())
@@ -101,18 +102,6 @@ class Worker(Daemon):
             self.notifier.tick(time.monotonic())
             self.select(0.2)
         return None
-
-    def _wait_connected(self) -> bool:
-        """Wait (pinging the watchdog, STATUS saying what for) until the transport carries messages: a broker's
-        connection is up. False if asked to stop meanwhile."""
-        said = ""
-        while (waiting := self.mailboxes.waiting_for) and not self.stop_requested:
-            if waiting != said:
-                self.notifier.status(waiting)
-                said = waiting
-            self.notifier.tick(time.monotonic())
-            self.select(0.2)
-        return not self.stop_requested
 
     def _hello(self) -> protocol.Hello:
         return protocol.Hello(self.instance, os.getpid(), list(self.wcfg.queues), self.wcfg.prefetch)
@@ -273,6 +262,9 @@ class Worker(Daemon):
 
     def _heartbeat(self, now: float) -> None:
         self.next_heartbeat = now + self.wcfg.heartbeat
+        if self.serviced and (losses := self.mailboxes.losses()) != self.losses:
+            self.losses = losses  # jobs in a deleted inbox are gone: a hello has tq-host fence this worker
+            self.outbox.message(self._hello())
         if self.outbox or self.bye_sent:
             return  # the host is behind; results first
         running = self.runner.current.job.id if self.runner.current else 0
