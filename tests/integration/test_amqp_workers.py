@@ -109,3 +109,29 @@ def test_tq_host_with_its_broker_away_serves_this_machine_s_queues_and_says_what
     host.notify.wait_for(lambda m: m.startswith("STATUS=") and "waiting for the broker" in m, 30)
     assert SECRET not in host.text() and all(SECRET not in m for m in host.notify.messages)
     assert "Traceback" not in host.text() and host.proc.poll() is None
+
+
+def test_a_job_lost_with_a_worker_s_deleted_inbox_is_found_by_the_fence_and_done_once(
+        suite: Suite, broker: Broker) -> None:  # noqa: F811
+    suite.write_config(f'[amqp]\nurl = "{broker.url}"\nqueues = ["remote"]\n'
+                       '[tasks.rec]\npython = "tq_test_handlers:record"\nqueue = "remote"\nretries = 2\n'
+                       'backoff = "100ms"\n')
+    suite.host()
+    remote = remote_worker(suite, remote_config(suite, broker.url, "m4"), "4")
+    client = suite.client()
+    name = machine_instance("4")
+    wait_until(lambda: {w["instance"]: w["state"] for w in client.workers()}.get(name) == "live", 30,
+               "the remote worker live")
+    remote.signal(signal.SIGSTOP)  # it takes nothing while its inbox is deleted with the job in it
+    try:
+        (job_id,) = client.submit_many([{"task": "rec", "args": ["once"]}])
+        wait_until(lambda: client.get(job_id)["state"] == "assigned", 10, "the job assigned")
+        broker.delete_queue(f"{suite.prefix.lstrip('/')}.w.{name}")
+    finally:
+        remote.signal(signal.SIGCONT)
+    job = client.wait(job_id, 30)
+    assert (job["state"], job["attempts"]) == ("done", 2), job
+    assert suite.executions() == ["once"]
+    events = client.events(job=job_id)
+    assert [e["event"] for e in events] == ["submitted", "assigned", "failed", "retrying", "assigned", "done"]
+    assert "lost" in str(events[2].get("detail")), events[2]
