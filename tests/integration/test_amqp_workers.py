@@ -135,3 +135,35 @@ def test_a_job_lost_with_a_worker_s_deleted_inbox_is_found_by_the_fence_and_done
     events = client.events(job=job_id)
     assert [e["event"] for e in events] == ["submitted", "assigned", "failed", "retrying", "assigned", "done"]
     assert "lost" in str(events[2].get("detail")), events[2]
+
+
+def test_a_result_lost_with_tq_host_s_deleted_queue_is_found_by_fencing_the_remote_workers(
+        suite: Suite, broker: Broker) -> None:  # noqa: F811
+    suite.write_config(f'[amqp]\nurl = "{broker.url}"\nqueues = ["remote"]\n'
+                       '[tasks.nap]\npython = "tq_test_handlers:hang"\nqueue = "remote"\nretries = 2\n'
+                       'backoff = "100ms"\n', lease="30s")
+    host = suite.host()
+    remote = remote_worker(suite, remote_config(suite, broker.url, "m5"), "5")
+    client = suite.client()
+    name = machine_instance("5")
+    wait_until(lambda: {w["instance"]: w["state"] for w in client.workers()}.get(name) == "live", 30,
+               "the remote worker live")
+    (job_id,) = client.submit_many([{"task": "nap", "args": ["1"]}])
+    wait_until(lambda: client.get(job_id)["state"] == "running", 10, "the job running")
+    host_queue = f"{suite.prefix.lstrip('/')}.host"
+    host.signal(signal.SIGSTOP)  # the result waits in tq-host's queue, which is then deleted with it
+    try:
+        wait_until(lambda: f"job {job_id} done" in remote.text(), 10, "the job done on the worker")
+        wait_until(lambda: queue_depth(broker, host_queue) >= 1, 10, "the result in tq-host's queue")
+        broker.delete_queue(host_queue)
+    finally:
+        host.signal(signal.SIGCONT)
+    job = client.wait(job_id, 30)
+    assert (job["state"], job["attempts"], job["worker"]) == ("done", 2, name), job  # run again: at least once
+    assert "fenced" in host.text() or "lost" in host.text()
+
+
+def queue_depth(node: Broker, queue: str) -> int:
+    """Messages waiting in a queue on the broker (0 when it does not exist)."""
+    out = node.ctl("list_queues", "name", "messages", "--quiet", "--no-table-headers").stdout
+    return next((int(n) for q, n in (line.split() for line in out.splitlines() if line.strip()) if q == queue), 0)
