@@ -1,5 +1,6 @@
 """A real RabbitMQ for the tests: Debian's rabbitmq-server as a plain child process on a temporary directory,
-its own node name, ports and epmd, listening on loopback only; never the packaged service.
+its own node name, ports and epmd, listening on loopback (and on the addresses given, such as a bridge's for
+worker machines in network namespaces: tests/machines.py); never the packaged service.
 
     with Broker() as b:          # or the `broker` fixture (one per test module)
         b.url                    # amqp://tq:tqpass@127.0.0.1:PORT/ (the test user, created at first boot)
@@ -33,9 +34,9 @@ BIN = "/usr/lib/rabbitmq/bin"
 USER, PASSWORD = "tq", "tqpass"
 
 
-def skip_or_fail() -> None:
-    message = ("AMQP TESTS NOT RUN: rabbitmq-server is not installed (apt-get install rabbitmq-server; the tests run "
-               f"{BIN}/rabbitmq-server as a plain process)")
+def skip_or_fail(message: str = "") -> None:
+    message = message or ("AMQP TESTS NOT RUN: rabbitmq-server is not installed (apt-get install rabbitmq-server; "
+                          f"the tests run {BIN}/rabbitmq-server as a plain process)")
     if os.environ.get("TQ_REQUIRE_SYSTEM_TESTS") == "1":
         pytest.fail(message, pytrace=False)
     print(f"\n*** {message} ***")
@@ -63,13 +64,19 @@ def free_ports() -> int:
 class Broker:
     """One throwaway RabbitMQ node (see the module's docstring)."""
 
-    def __init__(self, consumer_timeout_ms: int = 60000) -> None:
+    def __init__(self, consumer_timeout_ms: int = 60000, listen: tuple[str, ...] = ()) -> None:
+        """`listen`: addresses to listen on beside loopback (a bridge's, for workers in network namespaces)."""
         self.port = free_ports()
+        self.listen = listen
         self.base = tempfile.mkdtemp(prefix="tq-rabbit-")
         self.node = f"tqtest{self.port}-{os.getpid()}@localhost"
         self.consumer_timeout_ms = consumer_timeout_ms
         self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"amqp://{USER}:{PASSWORD}@127.0.0.1:{self.port}/"
+        self.url = self.url_at("127.0.0.1")
+
+    def url_at(self, address: str) -> str:
+        """The test user's URL through one of the addresses the node listens on."""
+        return f"amqp://{USER}:{PASSWORD}@{address}:{self.port}/"
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
@@ -89,6 +96,8 @@ class Broker:
 
     def _write_config(self) -> None:
         with open(os.path.join(self.base, "rabbitmq.conf"), "w") as f:
+            for i, address in enumerate(self.listen, start=2):
+                f.write(f"listeners.tcp.{i} = {address}:{self.port}\n")
             f.write(f"listeners.tcp.1 = 127.0.0.1:{self.port}\nconsumer_timeout = {self.consumer_timeout_ms}\n"
                     f"loopback_users = none\ndefault_user = {USER}\ndefault_pass = {PASSWORD}\n"
                     "disk_free_limit.absolute = 10MB\nlog.console = false\n")

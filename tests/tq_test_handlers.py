@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Any
 
@@ -19,6 +20,13 @@ def record(tag: str, payload: Any = None) -> str:
     """Record one execution and return the tag."""
     _log(str(tag))
     return f"recorded {tag}"
+
+
+def work(tag: str, seconds: str = "0") -> str:
+    """Work for `seconds`, then record one execution as "TAG HOSTNAME" (the machine that finished it)."""
+    time.sleep(float(seconds))
+    _log(f"{tag} {socket.gethostname()}")
+    return f"worked {tag}"
 
 
 def fail(message: str) -> None:
