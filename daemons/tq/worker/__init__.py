@@ -28,8 +28,9 @@ from .instancelock import InstanceTaken, take
 from .outbox import Outbox
 from .runner import Runner
 
-# (job, attempt) pairs a worker remembers having taken. A broker hands a message out again when it did not see
-# its acknowledgement (lost with the connection, or with the broker killed): the same attempt must not run twice.
+# (job, attempt) pairs a worker remembers having taken since the last fence. A broker hands a message out again
+# when it did not see its acknowledgement (lost with the connection, or with the broker killed): the same attempt
+# must not run twice.
 TAKEN_KEPT = 4096
 
 BATCH = 64  # messages handled per step before looking at the selector again
@@ -239,6 +240,9 @@ class Worker(Daemon):
             self.host_mailbox.close()
             self.host_mailbox = reopened
         self.outbox.message(protocol.Synced(self.instance, msg.token))
+        # Past the fence tq-host assigns anew: after a power loss undid an assignment it sends the same attempt
+        # again, and that one must run (redelivered copies came before the fence, which has the lowest priority).
+        self.taken.clear()
         if self.bye_sent:
             self.exit_now = True
 
