@@ -8,7 +8,8 @@ machines, and each reaching the broker only through its link, which a test may c
         w = m.worker(suite, broker.url_at(net.address), "1")   # ready: READY=1 on the harness's notify socket
         m.cut(); m.restore()                      # the machine's link down, up (its processes keep running)
 
-Each machine: namespace and links named after a random tag (several runs and the bench's lab coexist), a /24
+Each machine: namespace and links named after this process (several runs and the bench's lab coexist; a run
+removes what a killed one left), a /24
 of 10.0.0.0/8 no interface of this host uses, host end of the veth on the bridge (`cut` sets it down: the machine
 hears nothing and nobody hears it, as with a pulled cable). The harness's NOTIFY_SOCKET is a Unix socket path,
 a filesystem object, so it is reached from inside a namespace. POSIX queues are this kernel's (the IPC namespace
@@ -19,8 +20,10 @@ Without the privilege to make namespaces the fixture skips loudly; with TQ_REQUI
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import random
+import re
 import signal
 import subprocess
 import uuid
@@ -135,11 +138,33 @@ class Machine:
         worker.wait()
 
 
+_networks = itertools.count()
+STALE = re.compile(r"^tqf([0-9a-f]+)x\d+[mbh]\d*$")  # a namespace or link of ours, with its process's pid
+
+
+def remove_stale() -> None:
+    """Remove the namespaces, links and bridges left by a test process that is gone (killed before its teardown)."""
+    names = [line.split()[0] for line in ip("netns", "list").stdout.splitlines() if line.strip()]
+    links = [line.split()[0].split("@")[0] for line in ip("-br", "link").stdout.splitlines() if line.strip()]
+    for name in names + links:
+        m = STALE.match(name)
+        if m and not os.path.exists(f"/proc/{int(m.group(1), 16)}"):
+            if name in names:
+                for pid in ip("netns", "pids", name, check=False).stdout.split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                ip("netns", "del", name, check=False)
+            else:
+                ip("link", "del", name, check=False)
+
+
 class Network:
     """A bridge with an address of this host's, and `machines` worker machines on it."""
 
     def __init__(self, machines: int = 2) -> None:
-        self.tag = uuid.uuid4().hex[:6]
+        self.tag = f"{os.getpid():x}x{next(_networks)}"  # this process's: a later run removes what it left
         self.bridge = f"tqf{self.tag}b"
         self.subnet = _free_subnet()
         self.address = str(self.subnet[1])
@@ -147,6 +172,8 @@ class Network:
 
     def __enter__(self) -> Network:
         made = ip("link", "add", self.bridge, "type", "bridge", check=False)
+        if made.returncode == 0:
+            remove_stale()
         if made.returncode != 0:
             skip_or_fail(f"AMQP MACHINE TESTS NOT RUN: no network namespaces here ({made.stderr.strip()}); they need "
                          "root (CAP_NET_ADMIN, CAP_SYS_ADMIN), iproute2 and util-linux's unshare")
