@@ -227,21 +227,21 @@ class Site:
 
     def drain(self, task: str, jobs: int, args: list[str], batch: int = 100) -> dict[str, Any]:
         """`jobs` jobs of `task` on the broker's queue, submitted `batch` at a time (each submit is committed,
-        fsync'd with the shipped durability, before tq-host answers): first submit to last done."""
+        fsync'd with the shipped durability, before tq-host answers): first submit to last done (wait_many)."""
         assert self.client is not None
         c = self.client
         cpu = self.cpu()
         start = time.perf_counter()
+        ids: list[int] = []
         for i in range(0, jobs, batch):
-            c.submit_many([{"task": task, "args": args, "queue": QUEUE} for _ in range(min(batch, jobs - i))])
+            ids += c.submit_many([{"task": task, "args": args, "queue": QUEUE} for _ in range(min(batch, jobs - i))])
         submitted = time.perf_counter()
-        while (states := c.status()["states"])["queued"] + states.get("assigned", 0) + states["running"]:
-            time.sleep(0.01)  # polling tq-host's counters (no event to await across processes)
+        finished = c.wait_many(ids, timeout=900)  # one request that tq-host answers when the last is done
         elapsed = time.perf_counter() - start
         cores = {k: round((v - cpu[k]) / CLK / elapsed, 2) for k, v in self.cpu().items()}
         cores["other"] = round(cores["machine"] - sum(v for k, v in cores.items() if k != "machine"), 2)
-        failed = states.get("failed", 0) + states.get("dead", 0)
-        assert not failed, f"{failed} jobs failed: see {self.tmp}"
+        failed = [j for j in finished.values() if j["state"] != "done"]
+        assert not failed, f"{len(failed)} jobs not done, the first: {failed[0]} (see {self.tmp})"
         return {"jobs": jobs, "batch": batch, "seconds": round(elapsed, 3), "jobs_per_s": round(jobs / elapsed),
                 "submit_phase_s": round(submitted - start, 3), "load": load(), "cores_busy": cores}
 
@@ -322,6 +322,15 @@ def scaling_figures(site: Site, args: argparse.Namespace, results: dict[str, Any
                   f"cores busy {fig['cores_busy']}", flush=True)
 
 
+def idle_figure(site: Site, seconds: float, results: dict[str, Any]) -> None:
+    """What the remote workers cost when nothing runs: heartbeats (1 s) through the broker to tq-host."""
+    cpu = site.cpu()
+    time.sleep(seconds)  # the measurement window
+    cores = {k: round((v - cpu[k]) / CLK / seconds, 3) for k, v in site.cpu().items() if k != "bench"}
+    results["idle"] = {"workers": len(site.workers), "seconds": seconds, "cores_busy": cores}
+    print(f"  idle, {len(site.workers)} remote workers: cores busy {cores}", flush=True)
+
+
 def versus_celery(site: Site, args: argparse.Namespace, results: dict[str, Any]) -> None:
     """No-op jobs: tq's 4 remote workers on machine 1 beside Celery's 4 processes there, runs alternated. tq twice:
     submitted 100 a call (its client API's submit_many), and one a call as Celery's producer sends (each send
@@ -373,6 +382,10 @@ def print_table(r: dict[str, Any]) -> None:
                   f"{fig['runs_jobs_per_s']}")
         print(f"tq / Celery: {n['tq']['jobs_per_s'] / n['celery']['jobs_per_s']:.2f} (100 a submit), "
               f"{n['tq_one_per_submit']['jobs_per_s'] / n['celery']['jobs_per_s']:.2f} (1 a submit)")
+    if "idle" in r:
+        i = r["idle"]
+        print(f"\nidle, {i['workers']} remote workers, {i['seconds']} s: cores busy " +
+              ", ".join(f"{k} {v}" for k, v in i["cores_busy"].items()))
     for c in r.get("confirms", []):
         print(f"\ntransport, window {c['window']:>4}: {c['confirmed_per_s']:.0f} confirmed sends/s "
               f"({c['send_cpu_us']:.0f} us CPU each), {c['taken_per_s']:.0f} taken/s ({c['take_cpu_us']:.0f} us each)")
@@ -387,6 +400,8 @@ def main() -> int:
                         "machine's CPU does not bound)")
     p.add_argument("--ideal-seconds", type=float, default=5.0,
                    help="a scaling run's jobs: as many as the workers would do in this time at the ideal rate")
+    p.add_argument("--idle-seconds", type=float, default=10.0,
+                   help="the window of the idle figure (CPU with every remote worker up and no job)")
     p.add_argument("--noop-jobs", type=int, default=2000)
     p.add_argument("--confirm-messages", type=int, default=10000)
     p.add_argument("--shape", choices=("all", "scaling", "celery", "confirms"), default="all")
@@ -414,6 +429,7 @@ def main() -> int:
                 if args.shape in ("all", "scaling"):
                     print("jobs of " + ", ".join(f"{ms} ms" for ms in args.ms) + ":", flush=True)
                     scaling_figures(site, args, results)
+                    idle_figure(site, args.idle_seconds, results)
         if args.shape in ("all", "confirms"):
             confirm_figures(broker, args, results)
     print_table(results)
