@@ -13,6 +13,7 @@ configuration. The broker (tests/broker.py's recipe) listens on loopback and on 
   of 4 processes (bench/remote/bench_celery.py: acks_late, persistent, publisher confirms, rpc:// results;
   Debian's python3-celery run by /usr/bin/python3), in the same namespace, on the same broker, runs alternated;
   tq twice: 100 jobs a submit, and one a submit as Celery's producer sends one task a confirm;
+- the CPU of tq-host, the broker and the workers with every remote worker up and no job (their heartbeats);
 - the transport's confirmed dispatches per second (bench/amqp_confirms.py's round, on the same broker).
 
 Each figure is the median of --rounds runs (3); the JSON (.bench/amqp-<time>.json) keeps every run and the load
