@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= .tq
 
-.PHONY: run test lint unit integration system deb chaos bench bench-gateway clean
+.PHONY: run test lint unit integration system deb chaos bench bench-gateway bench-amqp clean
 
 $(BIN)/tq-host: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ bench: $(BIN)/tq-host
 MILLION ?= 0
 bench-gateway: $(BIN)/tq-host
 	$(BIN)/python bench/gateway.py $(if $(filter 1,$(MILLION)),--million)
+
+# Across machines (issue 28): tq-host here, worker "machines" as network namespaces with 4 remote workers each,
+# a RabbitMQ of its own: 10 ms and 100 ms jobs on 1, 2, 3 machines, no-op jobs beside Celery (python3-celery),
+# the transport's confirmed sends/s. Needs root and rabbitmq-server; not part of `make test`. docs/scaling.md.
+bench-amqp: $(BIN)/tq-host
+	$(BIN)/python bench/amqp.py
 
 # A long chaos run: kill -9, SIGSTOP and SIGTERM of host and workers while clients submit.
 CHAOS_JOBS ?= 50000

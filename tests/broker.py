@@ -64,8 +64,12 @@ def free_ports() -> int:
 class Broker:
     """One throwaway RabbitMQ node (see the module's docstring)."""
 
-    def __init__(self, consumer_timeout_ms: int = 60000, listen: tuple[str, ...] = ()) -> None:
-        """`listen`: addresses to listen on beside loopback (a bridge's, for workers in network namespaces)."""
+    def __init__(self, consumer_timeout_ms: int = 60000, netns: str | None = None,
+                 listen: tuple[str, ...] = ()) -> None:
+        """`netns`: a network namespace (`ip netns add`) to run the node in, on that namespace's loopback (the
+        system tests boot a container in it, so that the container's 127.0.0.1 reaches the node). `listen`:
+        addresses to listen on beside loopback (a bridge's, for worker machines as namespaces: tests/machines.py)."""
+        self.netns = ["ip", "netns", "exec", netns] if netns else []
         self.port = free_ports()
         self.listen = listen
         self.base = tempfile.mkdtemp(prefix="tq-rabbit-")
@@ -111,15 +115,16 @@ class Broker:
             os.chmod(cookie, 0o400)  # erl refuses a cookie others may read
 
     def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([f"{BIN}/rabbitmqctl", "-n", self.node, *args], env=self.env(), capture_output=True,
+        return subprocess.run([*self.netns, f"{BIN}/rabbitmqctl", "-n", self.node, *args], env=self.env(),
+                              capture_output=True,
                               text=True, timeout=timeout, check=False)
 
     def start(self) -> None:
         """Start the node (on the same directory after a stop or a kill) and wait until it takes connections."""
         self._write_config()
         with open(os.path.join(self.base, "stdout.log"), "ab") as log:
-            self.proc = subprocess.Popen([f"{BIN}/rabbitmq-server"], env=self.env(), stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen([*self.netns, f"{BIN}/rabbitmq-server"], env=self.env(), stdout=log,
+                                         stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         self.await_startup()
 
     def await_startup(self, timeout: float = 90) -> None:

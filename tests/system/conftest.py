@@ -29,6 +29,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,6 +56,25 @@ def readonly_container() -> Iterator[Container]:
     yield from booted(writable_sysctl=False)
 
 
+@pytest.fixture(scope="module")
+def netns() -> Iterator[str]:
+    """A network namespace of its own (`ip netns add`), its loopback up."""
+    name = f"tqsys-{uuid.uuid4().hex[:8]}"
+    if subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode != 0:
+        skip_or_fail("cannot make a network namespace (ip netns add; apt-get install iproute2)")
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def netns_container(netns: str) -> Iterator[Container]:
+    """A container booted in `netns`: its 127.0.0.1 is that namespace's (a broker runs there)."""
+    yield from booted(writable_sysctl=True, netns=netns)
+
+
 @pytest.fixture(scope="session")
 def deb() -> Path:
     """The package file itself (TQ_DEB, or the newest dist/tq_*.deb), for a test that needs no container. As
@@ -67,7 +87,7 @@ def deb() -> Path:
         pytest.fail(str(e), pytrace=False)
 
 
-def booted(writable_sysctl: bool) -> Iterator[Container]:
+def booted(writable_sysctl: bool, netns: str | None = None) -> Iterator[Container]:
     reason = cannot_run_reason()
     if reason:
         skip_or_fail(reason)
@@ -78,7 +98,7 @@ def booted(writable_sysctl: bool) -> Iterator[Container]:
     scratch = Path(tempfile.mkdtemp(prefix="tq-system-", dir="/var/tmp"))
     root = scratch / f"tq-test-{os.getpid()}"  # also the machine name nspawn uses
     subprocess.run(["cp", "-a", "--reflink=auto", rootfs, str(root)], check=True)
-    box = Container(root, scratch / "console.log", writable_sysctl)
+    box = Container(root, scratch / "console.log", writable_sysctl, netns)
     try:
         box.boot()
         yield box

@@ -32,8 +32,9 @@ def cannot_run_reason() -> str | None:
 class Container:
     """A booted bookworm container; run() executes a command inside it."""
 
-    def __init__(self, root: Path, log: Path, writable_sysctl: bool = True) -> None:
-        self.root = root
+    def __init__(self, root: Path, log: Path, writable_sysctl: bool = True, netns: str | None = None) -> None:
+        """`netns`: boot in this network namespace (`ip netns add`) rather than in a private one of its own."""
+        self.root, self.netns = root, netns
         self.log = log
         self.writable_sysctl = writable_sysctl  # else /proc/sys is read-only, as LXC and most container hosts give it
         self.nspawn: subprocess.Popen[bytes] | None = None
@@ -46,7 +47,8 @@ class Container:
         env.pop("SYSTEMD_NSPAWN_API_VFS_WRITABLE", None)
         if self.writable_sysctl:
             env["SYSTEMD_NSPAWN_API_VFS_WRITABLE"] = "1"
-        command = ["systemd-nspawn", "--private-network", "--quiet", "-D", str(self.root), "-b"]
+        network = [f"--network-namespace-path=/run/netns/{self.netns}"] if self.netns else ["--private-network"]
+        command = ["systemd-nspawn", *network, "--quiet", "-D", str(self.root), "-b"]
         if not Path("/run/systemd/system").exists():
             # No systemd on the host (CI here): no machined to register with, no scope to make.
             command[1:1] = ["--keep-unit", "--register=no"]
