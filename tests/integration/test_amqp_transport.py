@@ -285,6 +285,19 @@ def test_stop_app_and_start_app_under_a_stream_lose_nothing(ends: Ends, broker: 
     assert sorted(set(stream.got)) == list(range(3000))
 
 
+def test_the_connection_closed_in_the_middle_of_publishing_loses_nothing(
+        ends: Ends, broker: Broker) -> None:  # noqa: F811
+    stream = Stream(ends, 3000)
+    ends.until(lambda: stream.sender.ready and stream.receiver.ready, 15, "connected")
+    ends.until(lambda: stream.sent >= 1000, 30, "1000 sent", lambda: stream.send(1000) or stream.take())
+    stream.send(1300)  # published or about to be, not confirmed: the connection goes under them
+    assert stream.sender.session.unconfirmed or stream.sender.session.resend
+    assert broker.ctl("close_all_connections", "mid-publish").returncode == 0
+    ends.until(stream.complete, 60, "every message received", stream.step)
+    assert stream.sender.session.counts["connects"] >= 2 and stream.sender.session.counts["resent"] > 0
+    assert sorted(set(stream.got)) == list(range(3000))
+
+
 def test_kill_9_of_the_broker_under_a_stream_loses_nothing(ends: Ends, broker: Broker) -> None:  # noqa: F811
     stream = Stream(ends, 3000)
     ends.until(lambda: stream.sender.ready and stream.receiver.ready, 15, "connected")

@@ -33,6 +33,7 @@ from ..log import Burst
 from .assembly import assemble
 from .carriage import remote_workers
 from .store import StoreError
+from .workerstate import WorkerState
 
 try:
     _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")  # malloc_trim: glibc only
@@ -156,10 +157,9 @@ class Host(Daemon):
             self.jobs.promote_due()
             if self.scheduler.next:
                 self.scheduler.fire_due(time.time())
+            if self.serviced:
+                self._broker_checks(now)
             self.fleet.check_leases(now)
-            if self.serviced and (losses := self.mailboxes.losses()) != self.losses:
-                self.losses = losses
-                self._fence_remote("tq-host's queue on the broker was deleted")
             self.waiters.expire(now)
             self.dispatcher.assign(now)
             self._prune(now)
@@ -283,12 +283,22 @@ class Host(Daemon):
             self.store.set_durability(new.host.durability)
         self.parts.configure(new)
 
-    def _fence_remote(self, cause: str) -> None:
-        """Fence every live remote worker: their reports may have been lost with tq-host's queue on the broker."""
-        for instance in remote_workers(list(self.fleet.workers)):
-            w = self.fleet.workers[instance]
-            if w.state == "live":
-                self.fleet.fence(w, "syncing", cause, f"{cause}: checking that each of its jobs was reported")
+    def _broker_checks(self, now: float) -> None:
+        """With workers through a broker: while tq-host's own connection to it is down, their silence is not
+        theirs (their leases start again when it is back); a queue of tq-host's deleted on the broker has every
+        remote worker fenced, since reports may have been lost with it."""
+        if self.mailboxes.waiting_for:
+            for w in self._remote_workers():
+                w.seen = now
+        if (losses := self.mailboxes.losses()) != self.losses:
+            self.losses = losses
+            cause = "tq-host's queue on the broker was deleted"
+            for w in self._remote_workers():
+                if w.state == "live":
+                    self.fleet.fence(w, "syncing", cause, f"{cause}: checking that each of its jobs was reported")
+
+    def _remote_workers(self) -> list[WorkerState]:
+        return [self.fleet.workers[i] for i in remote_workers(list(self.fleet.workers))]
 
     def status_text(self) -> str:
         c = self.jobs.counts
