@@ -27,11 +27,7 @@ from .attempt import Attempt
 from .instancelock import InstanceTaken, take
 from .outbox import Outbox
 from .runner import Runner
-
-# (job, attempt) pairs a worker remembers having taken since the last fence. A broker hands a message out again
-# when it did not see its acknowledgement (lost with the connection, or with the broker killed): the same attempt
-# must not run twice.
-TAKEN_KEPT = 4096
+from .taken import Taken
 
 BATCH = 64  # messages handled per step before looking at the selector again
 BYE_WAIT = 5.0  # seconds a stopping worker waits for the host's fence before it exits anyway
@@ -54,7 +50,7 @@ class Worker(Daemon):
         # Jobs of a batch not yet run, and a fence that came behind them (answered once they have run).
         self.local: collections.deque[protocol.Job | protocol.Sync] = collections.deque()
         self.watched: set[tuple[int, int]] = set()
-        self.taken: dict[tuple[int, int], None] = {}  # the last TAKEN_KEPT (job, attempt), oldest first
+        self.taken = Taken()  # (through a broker) the attempts taken since the last fence: a copy is dropped
         self.stop_started = 0.0
         self.bye_sent = False
         self.bye_at = 0.0  # monotonic time the Bye was sent
@@ -240,21 +236,15 @@ class Worker(Daemon):
             self.host_mailbox.close()
             self.host_mailbox = reopened
         self.outbox.message(protocol.Synced(self.instance, msg.token))
-        # Past the fence tq-host assigns anew: after a power loss undid an assignment it sends the same attempt
-        # again, and that one must run (redelivered copies came before the fence, which has the lowest priority).
-        self.taken.clear()
+        self.taken.clear()  # past the fence tq-host assigns anew (taken.py)
         if self.bye_sent:
             self.exit_now = True
 
     def _on_job(self, job: protocol.Job) -> None:
-        key = (job.id, job.attempt)
-        if key in self.taken:  # before the Release below: one of a running attempt would requeue it
+        if self.serviced and not self.taken.first(job.id, job.attempt):  # (before a Release, which would requeue)
             self.logger.warning("dropped job %d attempt %d: delivered again (already taken)", job.id, job.attempt,
                                 extra={"TQ_JOB_ID": job.id, "TQ_ATTEMPT": job.attempt})
             return
-        self.taken[key] = None
-        if len(self.taken) > TAKEN_KEPT:
-            del self.taken[next(iter(self.taken))]
         if self.stop_requested:
             self.outbox.message(protocol.Release(self.instance, job.id, job.attempt))
             return
