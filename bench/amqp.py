@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import amqp_confirms  # noqa: E402
 
-from bench import shipped_config, unit_environment  # noqa: E402
+from bench import shipped_config, unit_environment, write_results  # noqa: E402
 from broker import BIN, Broker  # noqa: E402
 from harness import Daemon, Suite, wait_until  # noqa: E402
 from tq.client import Client  # noqa: E402
@@ -434,11 +434,7 @@ def main() -> int:
         if args.shape in ("all", "confirms"):
             confirm_figures(broker, args, results)
     print_table(results)
-    out = REPO / ".bench"
-    out.mkdir(exist_ok=True)
-    path = out / f"amqp-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"\nwritten: {path.relative_to(REPO)}")
+    write_results(results, "amqp")
     return 0
 
 

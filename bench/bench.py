@@ -768,12 +768,17 @@ def main() -> int:
         peer = functools.partial(Beanstalkd, PEER_OF["full"], 0) if args.peers else None
         results["mixed"] = makespan.mixed_shape(args.rounds, args.mixed_jobs, args.mixed_seed, shipped_suite, peer)
     print_table(results)
+    write_results(results, "bench")
+    return 0
+
+
+def write_results(results: dict[str, Any], name: str) -> None:
+    """The figures as .bench/NAME-YYYYMMDD-HHMMSS.json (not committed), and where they went."""
     out = REPO / ".bench"
     out.mkdir(exist_ok=True)
-    path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"\nwritten: {path.relative_to(REPO)}")
-    return 0
 
 
 def print_table(r: dict[str, Any]) -> None:
