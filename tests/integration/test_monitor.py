@@ -55,8 +55,8 @@ def test_workers_show_the_figures_the_counts_and_the_running_commands_process_tr
     assert header.split() == ["WORKER", "MACHINE", "STATE", "PID", "QUEUES", "UP", "RSS", "CPU", "FDS", "DONE",
                               "FAILED", "JOB", "SEEN"]
     machine = c.workers()[0]["machine"]
-    assert re.match(rf"1 +{re.escape(machine)} +live +{w1.pid} +default +\S+ +[\d.]+M +[\d.]+s \d+% +\d+ +1 +1 +{jid} tree [\d.]+s, "
-                    r"3 procs [\d.]+[KM] cpu [\d.]+s +[\d.]+s ago$", row), row
+    assert re.match(rf"1 +{re.escape(machine)} +live +{w1.pid} +default +\S+ +[\d.]+M +[\d.]+s \d+% +\d+ +1 +1 "
+                    rf"+{jid} tree [\d.]+s, 3 procs [\d.]+[KM] cpu [\d.]+s +[\d.]+s ago$", row), row
 
     c.cancel(jid)  # stopped while it ran: a failed attempt on this worker
     assert c.wait(jid, timeout=10)["state"] == "cancelled"
