@@ -128,7 +128,7 @@ def quiet(suite: Suite) -> None:
 
 
 def settle(suite: Suite) -> None:
-    """quiet(), then past the host's trim (host.IDLE_TRIM, 1 s after its last request or result): the drain
+    """quiet(), then past the host's trim (host/upkeep.py IDLE_TRIM, 1 s after its last request or result): the drain
     starts on a host that gave its memory back and takes it again (about 6,500 page faults in a 60,000-job
     drain, against 650 when it starts right after the one before). The observed drain always started so (its
     followers take seconds to start) and the plain one did not, which charged the trim to the observers."""
@@ -592,7 +592,7 @@ def clients_shape(args: argparse.Namespace, results: dict[str, Any]) -> None:
         results["latency"] = {k: median_run(lat, k)[k] for k in lat[0]} | {"runs": lat}
         results["tqctl_submit_ms_median"] = tqctl_wall(suite, 20)
         suite.client().wait(suite.client().submit("task-1"), timeout=60)  # the backlog is drained
-        # The host gives a burst's memory back 1 s after its last submit or result (host.IDLE_TRIM): idle is
+        # The host gives a burst's memory back 1 s after its last submit or result (host/upkeep.py IDLE_TRIM): idle is
         # measured from 2 s after the load, once that one-off clean-up (a few ms of CPU) is done.
         time.sleep(2.0)
         results["idle_after_load"] = idle([host, workers[0]], args.idle_seconds)

@@ -65,15 +65,13 @@ class Daemon:
         self.events = log.JobEvents(self.logger, cfg.log.job_events, cfg.log.job_events_per_second, captured_events)
         self.malformed = log.Burst(self.logger)
         self.notifier = Notifier()
-        self.sel = selectors.DefaultSelector()
+        self.sel = transport.selector(cfg, self.HOST)
         self.stop_requested = self.reload_requested = False
         self._wake_r = -1  # the signal wake-up pipe's read end (watch_signals)
         # Where the mailboxes live, as granted for the configuration the daemon starts with ([mqueue] takes
         # effect at the next start).
         self.mailboxes = (mailboxes if mailboxes is not None
                           else transport.for_config(cfg, self.sel, self.logger, program, self.HOST))
-        # A transport with a connection of its own (a broker) has timers on this loop; the others none.
-        self.serviced = not isinstance(self.mailboxes, transport.Connectionless)
         self.noted: tuple[str, ...] = ()  # the notes last logged (note_limits)
 
     def watch_signals(self) -> None:
@@ -101,12 +99,9 @@ class Daemon:
             pass
 
     def select(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for a registered descriptor (less if the transport's connection needs the
-        loop sooner); run the callback of each that is ready, then what the transport has due."""
-        for key, mask in self.sel.select(self.transport_timeout(timeout) if self.serviced else timeout):
+        """Wait up to `timeout` seconds for a registered descriptor; run the callback of each that is ready."""
+        for key, mask in self.sel.select(timeout):
             key.data(mask)
-        if self.serviced:
-            self.mailboxes.service(time.monotonic())
 
     def wait_connected(self) -> bool:
         """Wait (pinging the watchdog, STATUS saying what for) until the transport carries messages: a broker's
@@ -119,11 +114,6 @@ class Daemon:
             self.notifier.tick(time.monotonic())
             self.select(0.2)
         return not self.stop_requested
-
-    def transport_timeout(self, timeout: float) -> float:
-        """`timeout`, or less if the transport needs the loop sooner (a broker's heartbeats, a reconnect)."""
-        due = self.mailboxes.wakeup(time.monotonic())
-        return timeout if due is None else min(timeout, due)
 
     def reload(self) -> None:
         """SIGHUP: RELOADING=1, read the configuration again, apply it, READY=1.

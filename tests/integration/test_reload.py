@@ -57,7 +57,7 @@ def _submitted(host: Host, task: str) -> Any:
     """A job of `task` as the host builds it from its configuration (submitted through the operations)."""
     a, b = socket.socketpair()
     request = {"op": "submit", "rid": 1, "jobs": [{"task": task}]}
-    host.requests.handle(Conn(a, os.getuid()), json.dumps(request).encode())
+    host.parts.requests.handle(Conn(a, os.getuid()), json.dumps(request).encode())
     (reply,) = [r for _, r in host.ledger.take()]
     a.close()
     b.close()
@@ -74,8 +74,8 @@ HOST_KEYS: dict[str, tuple[str, Any]] = {
                         lambda h: h.store.db.execute("PRAGMA synchronous").fetchone()[0] == 1),  # NORMAL
     "host.lease": ('[host]\nlease = "7s"', lambda h: h.fleet.cfg.host.lease == 7),
     "host.forget_lost": ('[host]\nforget_lost = "2h"', lambda h: h.fleet.cfg.host.forget_lost == 7200),
-    "host.retain_age": ('[host]\nretain_age = "2d"', lambda h: h.cfg.host.retain_age == 2 * 86400),
-    "host.retain_count": ('[host]\nretain_count = 5', lambda h: h.cfg.host.retain_count == 5),
+    "host.retain_age": ('[host]\nretain_age = "2d"', lambda h: h.parts.upkeep.cfg.host.retain_age == 2 * 86400),
+    "host.retain_count": ('[host]\nretain_count = 5', lambda h: h.parts.upkeep.cfg.host.retain_count == 5),
     "mqueue.prefix": ('[mqueue]\nprefix = "/tqt-other"', RESTART),
     "mqueue.max_message_size": ("[mqueue]\nmax_message_size = 4096", RESTART),
     "mqueue.max_messages": ("[mqueue]\nmax_messages = 3", RESTART),
@@ -110,22 +110,23 @@ HOST_KEYS: dict[str, tuple[str, Any]] = {
     "tasks.on_failure": ('[tasks.t]\non_failure = "alert"\n[tasks.alert]',
                          lambda h: h.cfg.task_for("t").on_failure == "alert"),
     "tasks.unique": ("[tasks.t]\nunique = true", lambda h: _submitted(h, "t").unique_key == "t []"),
-    "access.admins": ('[access]\nadmins = ["wheel"]', lambda h: h.requests.access.cfg.access.admins == ("wheel",)),
+    "access.admins": ('[access]\nadmins = ["wheel"]',
+                      lambda h: h.parts.requests.access.cfg.access.admins == ("wheel",)),
     "access.gateways": ('[access]\ngateways = ["nobody"]',
-                        lambda h: h.requests.access.cfg.access.gateways == ("nobody",)),
+                        lambda h: h.parts.requests.access.cfg.access.gateways == ("nobody",)),
     # tq-host does not use [gateway] (tq-gateway reads it, and reloads it on SIGHUP: test_gateway.py)
     "gateway": ('[gateway]\nmax_wait = "1m"', lambda h: h.cfg.gateway.max_wait == 60),
     # The broker connection is made at start: a changed [amqp] or [transport] waits for the next one.
     "amqp": ('[amqp]\nurl = "amqp://tq:pw@127.0.0.1:5672/"\nqueues = ["far"]\nheartbeat = "5s"\nwindow = 10', RESTART),
     "transport": ('[transport]\nkind = "amqp"\nurl = "amqp://tq:pw@127.0.0.1:5672/"', RESTART),
     "queues": ('[queues.mail]\nsubmit = ["alice"]',
-               lambda h: h.requests.access.cfg.queues["mail"].submit == ("alice",)),
-    "queues.concurrency": ("[queues.mail]\nconcurrency = 2", lambda h: h.queues.limited["mail"].concurrency == 2),
-    "queues.rate": ('[queues.mail]\nrate = "30/m"', lambda h: h.queues.limited["mail"].rate == 0.5),
+               lambda h: h.parts.requests.access.cfg.queues["mail"].submit == ("alice",)),
+    "queues.concurrency": ("[queues.mail]\nconcurrency = 2", lambda h: h.parts.queues.limited["mail"].concurrency == 2),
+    "queues.rate": ('[queues.mail]\nrate = "30/m"', lambda h: h.parts.queues.limited["mail"].rate == 0.5),
     "exchanges": ('[exchanges.orders]\ntype = "topic"\nbindings = [{{ queue = "audit", key = "orders.#" }}]',
                   lambda h: h.cfg.exchanges["orders"].route("orders.created") == ["audit"]),
     "schedules": ('[schedules.nightly]\ncron = "@daily"\ntask = "t"',
-                  lambda h: h.scheduler.next["nightly"] > time.time()),
+                  lambda h: h.parts.scheduler.next["nightly"] > time.time()),
     "files": ("[log]\nlevel = \"info\"", lambda h: any(f.endswith("50-change.toml") for f in h.cfg.files)),
     "worker_overrides": ('[worker.7]\nqueues = ["seven"]', lambda h: h.cfg.worker_for("7").queues == ("seven",)),
 }
@@ -195,7 +196,7 @@ def test_a_reload_naming_a_task_no_route_matches_is_refused_and_the_running_conf
         dropin = suite.dir / "tq.d" / "50-change.toml"
         assert any(line.startswith(f"reload refused, keeping the running configuration: {dropin}: {key}: no "
                                    "[tasks.*] table matches task 'nosuch'") for line in records.lines), records.lines
-        assert host.cfg is before and host.scheduler.next == {}
+        assert host.cfg is before and host.parts.scheduler.next == {}
 
 
 def _seen_by_host(worker: Worker, client: Any, key: str, value: object) -> bool:

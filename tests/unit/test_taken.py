@@ -18,3 +18,10 @@ def test_the_oldest_attempt_is_forgotten_past_the_bound() -> None:
     for job_id in range(KEPT + 1):
         assert taken.first(job_id, 1)
     assert taken.first(0, 1) and not taken.first(KEPT, 1)
+
+
+def test_a_deleted_inbox_is_reported_once_per_deletion() -> None:
+    taken = Taken()
+    assert not taken.inbox_lost(0)
+    assert taken.inbox_lost(1) and not taken.inbox_lost(1)
+    assert taken.inbox_lost(3) and not taken.inbox_lost(3)

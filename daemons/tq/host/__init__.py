@@ -11,15 +11,18 @@ Where things live: assembly.py (the parts, made in one place), server.py (the
 control socket), requests.py (the operations), submit.py (submit admission),
 waiters.py (waits and their deadlines), replies.py (replies held until the
 commit), jobs.py (the job table and its transitions), fleet.py (the workers
-and the fence), dispatch.py (assigning and sending), store.py (SQLite).
+and the fence), dispatch.py (assigning and sending), store.py (SQLite),
+upkeep.py (retention, memory), brokerwatch.py (remote workers' checks).
+
+The parts the step reaches for each job are attributes of Host; the others
+are reached through `self.parts`. Host and Daemon together keep under 30
+instance attributes (tests/unit/test_attribute_budget.py says why).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import fcntl
-import gc
 import logging
 import os
 import selectors
@@ -31,17 +34,8 @@ from .. import __version__, config, control, transport
 from ..daemon import Daemon, StartError, command_line, load_config
 from ..log import Burst
 from .assembly import assemble
-from .carriage import remote_workers
+from .brokerwatch import BrokerWatch
 from .store import StoreError
-from .workerstate import WorkerState
-
-try:
-    _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")  # malloc_trim: glibc only
-except OSError:
-    _libc = None
-PRUNE_BATCH = 1000  # finished jobs deleted per loop step while the store is over its retention policy
-PRUNE_INTERVAL = 60.0  # seconds between retention checks once caught up
-IDLE_TRIM = 1.0  # seconds without requests or results before the memory of a burst is given back
 
 
 class Host(Daemon):
@@ -53,11 +47,7 @@ class Host(Daemon):
         captured: list[Any] = []  # every job event's fields, for the event stream
         super().__init__("tq-host", cfg, config_path, captured)
         self.store_errors = Burst(self.logger, interval=5.0)
-        self.next_prune = 0.0
-        self.last_trim = 0.0  # monotonic time the memory was last trimmed
-        self.started_work = 0.0  # recovery allocates too: trim a second after start
         self.queue_readable = True  # the host queue may hold messages: the next step reads it
-        self.losses = 0  # the transport's count of queues deleted under tq-host, as last seen
         cfg = self.cfg = self.granted(self.cfg, self.mailboxes.message_size, self.mailboxes.notes)
         self._lock = _lock_state_dir(cfg.host.state_dir)
         self.drained: list[bytes] = []  # what a host mailbox of other dimensions held: taken in at start
@@ -67,11 +57,12 @@ class Host(Daemon):
         self.sel.register(mailbox.fileno(), selectors.EVENT_READ, self._on_queue)
         self.parts = assemble(cfg, mailbox, self.mailboxes.open_inbox, self.sel, self.events, captured, self.logger,
                               self.malformed, list(self.mailboxes.notes))
-        # The parts the loop step reaches most, by name:
+        # The parts the loop step reaches for each job, by name (the others: self.parts):
         p = self.parts
         self.store, self.jobs, self.fleet, self.dispatcher = p.store, p.jobs, p.fleet, p.dispatcher
-        self.queues, self.scheduler, self.requests, self.server = p.queues, p.scheduler, p.requests, p.server
-        self.ledger, self.waiters, self.stream, self.stats = p.ledger, p.waiters, p.stream, p.stats
+        self.server, self.ledger, self.waiters, self.stream = p.server, p.ledger, p.waiters, p.stream
+        self.broker_watch = None if isinstance(self.mailboxes, transport.Connectionless) \
+            else BrokerWatch(self.mailboxes, self.fleet)
 
     # ---- start and stop -------------------------------------------------
 
@@ -82,7 +73,7 @@ class Host(Daemon):
         self.watch_signals()
         self.events.tick(time.time())
         self._recover()
-        self.started_work = time.monotonic()
+        self.parts.upkeep.began(time.monotonic())
         for data in self.drained:
             self.fleet.on_message(data, time.monotonic())
         self.drained.clear()
@@ -99,18 +90,16 @@ class Host(Daemon):
     def select(self, timeout: float) -> None:
         """Daemon.select, then the time of this step's events and their log budget's second (one clock read
         each a step, not one an event)."""
-        ready = self.sel.select(self.transport_timeout(timeout) if self.serviced else timeout)
+        ready = self.sel.select(timeout)
         self.events.tick(time.time())
         for key, mask in ready:
             key.data(mask)
-        if self.serviced:
-            self.mailboxes.service(time.monotonic())
 
     def _recover(self) -> None:
         """Load every open job from the store and fence every known worker with a Sync."""
         self.jobs.load()
-        self.queues.load()
-        self.scheduler.load(time.time())
+        self.parts.queues.load()
+        self.parts.scheduler.load(time.time())
         self.dispatcher.outbox.clear()
         self.fleet.recover(time.monotonic())
 
@@ -155,15 +144,15 @@ class Host(Daemon):
             if self.reload_requested:
                 self.reload()
             self.jobs.promote_due()
-            if self.scheduler.next:
-                self.scheduler.fire_due(time.time())
-            if self.serviced:
-                self._broker_checks(now)
+            if self.parts.scheduler.next:
+                self.parts.scheduler.fire_due(time.time())
+            if self.broker_watch is not None:
+                self.broker_watch.check(now)
             self.fleet.check_leases(now)
             self.waiters.expire(now)
             self.dispatcher.assign(now)
-            self._prune(now)
-            self._trim_memory(now)
+            self.parts.upkeep.prune(now)
+            self.parts.upkeep.trim(now)
             self._commit(self.ledger.acknowledging())
         except sqlite3.Error as e:  # disk full, I/O error: this step is undone, the host carries on
             self._store_failed(e)
@@ -182,18 +171,21 @@ class Host(Daemon):
         due = self.jobs.next_due()
         if due is not None:
             wait = min(wait, due - time.time())
-        run = self.scheduler.next_due() if self.scheduler.next else None
+        scheduler = self.parts.scheduler
+        run = scheduler.next_due() if scheduler.next else None
         if run is not None:
             wait = min(wait, run - time.time())
         deadline = self.waiters.next_deadline()
         if deadline is not None:
             wait = min(wait, deadline - now)
-        if self.last_trim < self._last_work():
-            wait = min(wait, self._last_work() + IDLE_TRIM - now)
+        trim = self.parts.upkeep.next_trim(now)
+        if trim is not None:
+            wait = min(wait, trim)
         fleet = self.fleet.next_wakeup(now)
         if fleet is not None:
             wait = min(wait, fleet)
-        rated = self.queues.next_wakeup(now) if self.queues.next_token else None
+        queues = self.parts.queues
+        rated = queues.next_wakeup(now) if queues.next_token else None
         if rated is not None:
             wait = min(wait, rated)
         events = self.stream.next_wakeup(now) if self.stream.subscribers else None
@@ -225,7 +217,7 @@ class Host(Daemon):
 
     def _store_failed(self, error: Exception) -> None:
         """A write failed (disk full, I/O error): forget this step, reload from the store, fence workers."""
-        self.stats.commit_errors += 1
+        self.parts.stats.commit_errors += 1
         self.stream.undo()
         self.store_errors(f"store write failed: {error}; rolled back this step and recovered from {self.store.path}")
         try:
@@ -233,47 +225,8 @@ class Host(Daemon):
         except sqlite3.Error:
             pass
         # Nothing this step decided is true any more: every answer that depended on it becomes a refusal.
-        self.requests.undo(self.store.next_id, f"store write failed: {error}; nothing was changed, try again")
+        self.parts.requests.undo(self.store.next_id, f"store write failed: {error}; nothing was changed, try again")
         self._recover()
-
-    # ---- upkeep ---------------------------------------------------------
-
-    def _prune(self, now: float) -> None:
-        """Apply the retention policy in small bites, so that no step stalls for long."""
-        h = self.cfg.host
-        excess = self.jobs.finished() - h.retain_count
-        if now >= self.next_prune:
-            deleted = self.jobs.prune(time.time() - h.retain_age, excess, PRUNE_BATCH)
-            # Checking ages means reading PRUNE_BATCH jobs from the oldest on: at most every 60 s once caught up
-            # (sooner for a short retain_age).
-            self.next_prune = now + (min(PRUNE_INTERVAL, h.retain_age / 10) if deleted < PRUNE_BATCH else 0.0)
-        elif excess > 0 and excess >= min(PRUNE_BATCH, max(1, h.retain_count // 1000)):
-            # Over retain_count between the checks: once the store is full, each finished job is one too many.
-            # They go in batches of 0.1 % of retain_count (at most PRUNE_BATCH), and only the excess is read:
-            # with 1,000,000 kept, reading PRUNE_BATCH jobs every step to delete the few that finished in it
-            # held a drain at 12,500 jobs/s, deleting those few every step at 19,000, batches at 26,000-29,000
-            # (30,000-33,000 with nothing to prune).
-            self.jobs.prune(float("-inf"), excess, min(excess, PRUNE_BATCH))
-
-    def _last_work(self) -> float:
-        """Monotonic time of the last request that may allocate much, or of the last results."""
-        return max(self.started_work, self.requests.last_burst, self.fleet.last_result)
-
-    def _trim_memory(self, now: float) -> None:
-        """Give the memory of a burst back once the host has had no request or result for a second.
-
-        Dicts never shrink as entries are removed: the open-job indexes are copied to their present size.
-        Then a full collection, and glibc's malloc_trim returns the free pages.
-        """
-        last_work = self._last_work()
-        if self.last_trim >= last_work or now - last_work < IDLE_TRIM:
-            return
-        self.last_trim = now
-        self.jobs.trim()
-        self.waiters.trim()
-        gc.collect()
-        if _libc is not None:
-            _libc.malloc_trim(0)
 
     # ---- reload and status ----------------------------------------------
 
@@ -282,23 +235,6 @@ class Host(Daemon):
             self.store.commit()  # the level applies from the next transaction
             self.store.set_durability(new.host.durability)
         self.parts.configure(new)
-
-    def _broker_checks(self, now: float) -> None:
-        """With workers through a broker: while tq-host's own connection to it is down, their silence is not
-        theirs (their leases start again when it is back); a queue of tq-host's deleted on the broker has every
-        remote worker fenced, since reports may have been lost with it."""
-        if self.mailboxes.waiting_for:
-            for w in self._remote_workers():
-                w.seen = now
-        if (losses := self.mailboxes.losses()) != self.losses:
-            self.losses = losses
-            cause = "tq-host's queue on the broker was deleted"
-            for w in self._remote_workers():
-                if w.state == "live":
-                    self.fleet.fence(w, "syncing", cause, f"{cause}: checking that each of its jobs was reported")
-
-    def _remote_workers(self) -> list[WorkerState]:
-        return [self.fleet.workers[i] for i in remote_workers(list(self.fleet.workers))]
 
     def status_text(self) -> str:
         c = self.jobs.counts

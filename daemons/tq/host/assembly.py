@@ -32,6 +32,7 @@ from .store import Store
 from .stream import EventStream
 from .submit import Admission
 from .tokens import Tokens
+from .upkeep import Upkeep
 from .waiters import Waiters
 
 
@@ -52,9 +53,11 @@ class HostParts:
     requests: Requests
     server: Server
     tokens: Tokens
+    upkeep: Upkeep
 
     def configure(self, cfg: config.Config) -> None:
         """Put a reloaded configuration into effect in every part that reads it."""
+        self.upkeep.configure(cfg)
         self.fleet.configure(cfg)
         self.dispatcher.configure(cfg)
         self.queues.configure(cfg)
@@ -93,4 +96,4 @@ def assemble(cfg: config.Config, mailbox: Mailbox, open_inbox: OpenInbox, sel: s
                         tokens, logger)
     server = Server(sel, requests.handle, stream.forget_closed, Burst(logger))
     return HostParts(store, stats, jobs, fleet, queues, dispatcher, ledger, waiters, admission, scheduler, stream,
-                     snapshot, requests, server, tokens)
+                     snapshot, requests, server, tokens, Upkeep(cfg, jobs, waiters, requests, fleet))

@@ -23,6 +23,11 @@ def is_remote(instance: str) -> bool:
     return "@" in instance
 
 
+def local_name(instance: str) -> str:
+    """The instance on its own machine (systemd's %i): "1" of "1@render-3"."""
+    return instance.partition("@")[0]
+
+
 def machine_of(instance: str) -> str | None:
     """The machine in a remote worker's name; None for a worker on tq-host's machine."""
     return instance.partition("@")[2] or None

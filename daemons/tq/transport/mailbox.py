@@ -83,15 +83,6 @@ class Mailboxes(Protocol):
         connection). A worker reports READY only once this is empty, and says it in STATUS meanwhile."""
         ...
 
-    def wakeup(self, now: float) -> float | None:
-        """Seconds until `service` has work (a broker connection's heartbeats and retries); None: never. The
-        daemon's step folds it into its select timeout."""
-        ...
-
-    def service(self, now: float) -> None:
-        """What is due on the daemon's loop (after each select): a broker connection's timers."""
-        ...
-
     def unsettled(self) -> int:
         """Messages sent and not yet confirmed by a broker (a stopping daemon waits for them)."""
         ...
@@ -108,12 +99,6 @@ class Connectionless:
     @property
     def waiting_for(self) -> str:
         return ""
-
-    def wakeup(self, now: float) -> float | None:
-        return None
-
-    def service(self, now: float) -> None:
-        pass
 
     def unsettled(self) -> int:
         return 0  # a message is in the kernel's queue once sent

@@ -78,12 +78,6 @@ class RoutedMailboxes:
     def waiting_for(self) -> str:
         return self.remote.waiting_for
 
-    def wakeup(self, now: float) -> float | None:
-        return self.remote.wakeup(now)
-
-    def service(self, now: float) -> None:
-        self.remote.service(now)
-
     def unsettled(self) -> int:
         return self.remote.unsettled()
 

@@ -22,7 +22,7 @@ from .. import __version__, config, protocol, transport
 from ..daemon import Daemon, ignore, load_config
 from ..notify import child_environment
 from ..transport import Mailbox
-from ..transport.machines import machine_instance
+from ..transport.machines import local_name, machine_instance
 from .attempt import Attempt
 from .instancelock import InstanceTaken, take
 from .outbox import Outbox
@@ -41,7 +41,7 @@ class Worker(Daemon):
         cfg = self.cfg = self.granted(cfg, self.mailboxes.message_size, self.mailboxes.notes)
         # systemd's %i names the instance on this machine (its [worker.N] table, its lock); through a broker,
         # tq-host knows it with the machine's name too ("1@render-3"), unique across machines.
-        self.local_instance, self.argv = instance, list(argv or [])
+        self.argv = list(argv or [])
         self.instance = machine_instance(instance) if cfg.transport.kind == "amqp" else instance
         self.wcfg = cfg.worker_for(instance)
         self.outbox = Outbox(self.instance, cfg.mqueue.max_message_size)  # to the host mailbox, in order
@@ -50,13 +50,13 @@ class Worker(Daemon):
         # Jobs of a batch not yet run, and a fence that came behind them (answered once they have run).
         self.local: collections.deque[protocol.Job | protocol.Sync] = collections.deque()
         self.watched: set[tuple[int, int]] = set()
-        self.taken = Taken()  # (through a broker) the attempts taken since the last fence: a copy is dropped
+        # Through a broker: the attempts taken since the last fence (a copy is dropped), the inbox's losses.
+        self.taken = None if isinstance(self.mailboxes, transport.Connectionless) else Taken()
         self.stop_started = 0.0
         self.bye_sent = False
         self.bye_at = 0.0  # monotonic time the Bye was sent
         self.exit_now = False
         self.next_heartbeat = 0.0
-        self.losses = 0  # the transport's count of queues deleted under this worker, as last seen
         self.inbox: Mailbox | None = None
         self.host_mailbox: Mailbox | None = None
         self.lock_fd = -1  # holds this instance's lock (instancelock.py) from start on
@@ -64,7 +64,7 @@ class Worker(Daemon):
     # ---- start ----------------------------------------------------------
 
     def start(self) -> None:
-        self.lock_fd = take(self.cfg, self.local_instance)  # before the inbox: a second process refuses here
+        self.lock_fd = take(self.cfg, local_name(self.instance))  # before the inbox: a second process refuses here
         self.watch_signals()
         drained: list[bytes] = []
         # The inbox holds at most `prefetch` jobs and the host's Sync fence: a deeper one would only use up
@@ -236,12 +236,14 @@ class Worker(Daemon):
             self.host_mailbox.close()
             self.host_mailbox = reopened
         self.outbox.message(protocol.Synced(self.instance, msg.token))
-        self.taken.clear()  # past the fence tq-host assigns anew (taken.py)
+        if self.taken is not None:
+            self.taken.clear()  # past the fence tq-host assigns anew (taken.py)
         if self.bye_sent:
             self.exit_now = True
 
     def _on_job(self, job: protocol.Job) -> None:
-        if self.serviced and not self.taken.first(job.id, job.attempt):  # (before a Release, which would requeue)
+        # (a copy is dropped before a Release, which would requeue the attempt)
+        if self.taken is not None and not self.taken.first(job.id, job.attempt):
             self.logger.warning("dropped job %d attempt %d: delivered again (already taken)", job.id, job.attempt,
                                 extra={"TQ_JOB_ID": job.id, "TQ_ATTEMPT": job.attempt})
             return
@@ -269,8 +271,7 @@ class Worker(Daemon):
 
     def _heartbeat(self, now: float) -> None:
         self.next_heartbeat = now + self.wcfg.heartbeat
-        if self.serviced and (losses := self.mailboxes.losses()) != self.losses:
-            self.losses = losses  # jobs in a deleted inbox are gone: a hello has tq-host fence this worker
+        if self.taken is not None and self.taken.inbox_lost(self.mailboxes.losses()):
             self.outbox.message(self._hello())
         if self.outbox or self.bye_sent:
             return  # the host is behind; results first
@@ -315,7 +316,7 @@ class Worker(Daemon):
             self.exit_now = True
 
     def apply(self, new: config.Config) -> None:
-        old_worker, wcfg = self.wcfg, new.worker_for(self.local_instance)
+        old_worker, wcfg = self.wcfg, new.worker_for(local_name(self.instance))
         assert self.inbox is not None
         most = self.inbox.max_messages - 1  # the inbox's depth is fixed: prefetch jobs and the host's fence
         if wcfg.prefetch > most:

@@ -1,0 +1,32 @@
+"""tq-host's checks at each step while it has workers through a broker: their leases while tq-host's own link to
+the broker is down, and a fence when the broker lost tq-host's queue (carriage.py says which workers those are)."""
+
+from __future__ import annotations
+
+from ..transport import Mailboxes
+from .carriage import remote_workers
+from .fleet import Fleet
+from .workerstate import WorkerState
+
+
+class BrokerWatch:
+    def __init__(self, mailboxes: Mailboxes, fleet: Fleet) -> None:
+        self.mailboxes, self.fleet = mailboxes, fleet
+        self.losses = 0  # the transport's count of queues deleted under tq-host, as last seen
+
+    def check(self, now: float) -> None:
+        """While tq-host's own connection to the broker is down, the remote workers' silence is not theirs
+        (their leases start again when it is back); a queue of tq-host's deleted on the broker has every remote
+        worker fenced, since reports may have been lost with it."""
+        if self.mailboxes.waiting_for:
+            for w in self._remote_workers():
+                w.seen = now
+        if (losses := self.mailboxes.losses()) != self.losses:
+            self.losses = losses
+            cause = "tq-host's queue on the broker was deleted"
+            for w in self._remote_workers():
+                if w.state == "live":
+                    self.fleet.fence(w, "syncing", cause, f"{cause}: checking that each of its jobs was reported")
+
+    def _remote_workers(self) -> list[WorkerState]:
+        return [self.fleet.workers[i] for i in remote_workers(list(self.fleet.workers))]
