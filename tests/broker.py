@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -53,10 +54,10 @@ def _free(port: int) -> bool:
 
 
 def free_ports() -> int:
-    """An AMQP port whose distribution (+20000) and epmd (+21000) ports are free too."""
+    """An AMQP port whose successor (a TLS listener's), distribution (+20000) and epmd (+21000) ports are free too."""
     for _ in range(200):
         port = random.randrange(20000, 44000)
-        if all(_free(p) for p in (port, port + 20000, port + 21000)):
+        if all(_free(p) for p in (port, port + 1, port + 20000, port + 21000)):
             return port
     raise RuntimeError("no free ports for a broker")
 
@@ -65,12 +66,15 @@ class Broker:
     """One throwaway RabbitMQ node (see the module's docstring)."""
 
     def __init__(self, consumer_timeout_ms: int = 60000, netns: str | None = None,
-                 listen: tuple[str, ...] = ()) -> None:
+                 listen: tuple[str, ...] = (), tls: tuple[Path, Path, Path] | None = None) -> None:
         """`netns`: a network namespace (`ip netns add`) to run the node in, on that namespace's loopback (the
         system tests boot a container in it, so that the container's 127.0.0.1 reaches the node). `listen`:
-        addresses to listen on beside loopback (a bridge's, for worker machines as namespaces: tests/machines.py)."""
+        addresses to listen on beside loopback (a bridge's, for worker machines as namespaces: tests/machines.py).
+        `tls`: (authority, certificate, key) files: the node also takes TLS on loopback at `tls_port`, and asks
+        each client for a certificate signed by that authority."""
         self.netns = ["ip", "netns", "exec", netns] if netns else []
         self.port = free_ports()
+        self.tls, self.tls_port = tls, self.port + 1  # (free_ports: the next one is free too)
         self.listen = listen
         self.base = tempfile.mkdtemp(prefix="tq-rabbit-")
         self.node = f"tqtest{self.port}-{os.getpid()}@localhost"
@@ -105,6 +109,11 @@ class Broker:
             f.write(f"listeners.tcp.1 = 127.0.0.1:{self.port}\nconsumer_timeout = {self.consumer_timeout_ms}\n"
                     f"loopback_users = none\ndefault_user = {USER}\ndefault_pass = {PASSWORD}\n"
                     "disk_free_limit.absolute = 10MB\nlog.console = false\n")
+            if self.tls:
+                ca, cert, key = self.tls
+                f.write(f"listeners.ssl.1 = 127.0.0.1:{self.tls_port}\nssl_options.cacertfile = {ca}\n"
+                        f"ssl_options.certfile = {cert}\nssl_options.keyfile = {key}\n"
+                        "ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n")
         for name in ("advanced.config", "enabled_plugins"):
             with open(os.path.join(self.base, name), "w") as f:
                 f.write("[].\n")

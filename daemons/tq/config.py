@@ -87,9 +87,11 @@ class GatewayConfig:
 
 @dataclass(frozen=True)
 class BrokerUrl:
-    """An AMQP broker's address (`amqp://user@host:port/vhost`). The password comes from `password_file`, read
-    when the daemon opens the transport, or from the URL; it is never shown: `masked()` is what logs, errors and
-    `tqctl config check` print."""
+    """An AMQP broker's address (`amqp://user@host:port/vhost`, or `amqps://` for TLS). The password comes from
+    `password_file`, read when the daemon opens the transport, or from the URL; it is never shown: `masked()` is
+    what logs, errors and `tqctl config check` print. With TLS the broker's certificate is checked against
+    `ca_file` (else the system's authorities) and the URL's host; `cert_file` (and `key_file`, unless the key is in
+    it) is this side's certificate, for a broker that asks for one."""
 
     user: str
     host: str
@@ -97,12 +99,16 @@ class BrokerUrl:
     vhost: str = "/"
     password_file: str = ""
     password: str = field(default="", repr=False)  # only when the URL holds it
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
 
     def masked(self) -> str:
         secret = ":***" if self.password or self.password_file else ""
         host = f"[{self.host}]" if ":" in self.host else self.host
         vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
-        return f"amqp://{quote(self.user, safe='')}{secret}@{host}:{self.port}/{vhost}"
+        return f"amqp{'s' if self.tls else ''}://{quote(self.user, safe='')}{secret}@{host}:{self.port}/{vhost}"
 
     def __str__(self) -> str:
         return self.masked()

@@ -1,8 +1,10 @@
 """Reading [amqp] (tq-host's broker) and [transport] (how a worker reaches tq-host) into config.py's dataclasses.
 
-A broker URL is `amqp://USER@HOST[:PORT][/VHOST]`; its password comes from `password_file` (a file holding it
-on one line, read by the daemon when it opens the transport, so that the configuration may stay world-readable),
-or, less safely, from the URL itself. No error repeats a URL as given: it may hold the password.
+A broker URL is `amqp://USER@HOST[:PORT][/VHOST]`, or `amqps://` for TLS (port 5671 unless given); its password
+comes from `password_file` (a file holding it on one line, read by the daemon when it opens the transport, so that
+the configuration may stay world-readable), or, less safely, from the URL itself. With `amqps`, `ca_file`,
+`cert_file` and `key_file` name the authority to trust and this side's certificate. No error repeats a URL as
+given: it may hold the password.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from urllib.parse import unquote, urlsplit
 from .config import TRANSPORT_KINDS, AmqpConfig, BrokerUrl, TransportConfig
 from .configreader import Reader
 
-URL_FORM = "amqp://USER@HOST[:PORT][/VHOST] (the value is not repeated here: it may hold a password)"
+URL_FORM = "amqp[s]://USER@HOST[:PORT][/VHOST] (the value is not repeated here: it may hold a password)"
+TLS_FILES = ("ca_file", "cert_file", "key_file")  # with an amqps url
 HOST_RE = re.compile(r"[A-Za-z0-9_.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
 
 
 def amqp(r: Reader) -> AmqpConfig:
-    r.check_keys({"url", "password_file", "queues", "heartbeat", "window"})
+    r.check_keys({"url", "password_file", *TLS_FILES, "queues", "heartbeat", "window"})
     d = AmqpConfig()
     url = broker_url(r)
     queues = r.names("queues", ()) if "queues" in r.table else ()
@@ -29,43 +32,55 @@ def amqp(r: Reader) -> AmqpConfig:
 
 
 def transport(r: Reader, amqp: AmqpConfig) -> TransportConfig:
-    r.check_keys({"kind", "url", "password_file"})
+    r.check_keys({"kind", "url", "password_file", *TLS_FILES})
     kind = r.choice("kind", TRANSPORT_KINDS, TransportConfig.kind)
     url = broker_url(r) or amqp.url
     if kind == "amqp" and url is None:
         raise r.error("url", 'kind = "amqp" needs the broker: transport.url (or amqp.url), ' + URL_FORM)
-    if kind == "posix" and ("url" in r.table or "password_file" in r.table):
-        raise r.error("kind", 'url and password_file are for kind = "amqp"')
+    if kind == "posix" and (given := [k for k in ("url", "password_file", *TLS_FILES) if k in r.table]):
+        raise r.error("kind", f'{", ".join(given)}: for kind = "amqp"')
     return TransportConfig(kind=kind, url=url if kind == "amqp" else None)
 
 
 def broker_url(r: Reader) -> BrokerUrl | None:
-    """The table's `url` with its `password_file`; None without a url."""
-    password_file: str = r.get("password_file", str, "")
-    if password_file and not password_file.startswith("/"):
-        raise r.error("password_file", f"expected an absolute path, got {password_file!r}")
+    """The table's `url` with its `password_file` and TLS files; None without a url."""
+    files = {key: absolute(r, key) for key in ("password_file", *TLS_FILES)}
     if "url" not in r.table:
-        if password_file:
-            raise r.error("password_file", "goes with url (the broker it logs in to)")
+        for key, path in files.items():
+            if path:
+                raise r.error(key, "goes with url (the broker it is for)")
         return None
     raw = r.table["url"]
     if not isinstance(raw, str):
         raise r.error("url", f"expected a string, {URL_FORM}")
     try:
         parts = urlsplit(raw)
-        port = parts.port or 5672
+        tls = parts.scheme == "amqps"
+        port = parts.port or (5671 if tls else 5672)
     except ValueError:
         raise r.error("url", f"expected {URL_FORM}") from None
-    if parts.scheme == "amqps":
-        raise r.error("url", "amqps (TLS) is not supported yet: use amqp:// on a trusted network or a tunnel")
     host = parts.hostname or ""
-    if parts.scheme != "amqp" or not HOST_RE.fullmatch(host) or parts.query or parts.fragment:
+    if parts.scheme not in ("amqp", "amqps") or not HOST_RE.fullmatch(host) or parts.query or parts.fragment:
         raise r.error("url", f"expected {URL_FORM}")
     if not parts.username:
         raise r.error("url", f"names no user: expected {URL_FORM}")
+    for key in TLS_FILES:
+        if files[key] and not tls:
+            raise r.error(key, "is for TLS: the url should be amqps://")
+    if files["key_file"] and not files["cert_file"]:
+        raise r.error("key_file", "goes with cert_file (the certificate it is the key of)")
     password = unquote(parts.password or "")
-    if password and password_file:
+    if password and files["password_file"]:
         raise r.error("password_file", "the url holds a password too: keep it in one place (the file)")
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return BrokerUrl(user=unquote(parts.username), host=host, port=port, vhost=vhost, password_file=password_file,
-                     password=password)
+    return BrokerUrl(user=unquote(parts.username), host=host, port=port, vhost=vhost,
+                     password_file=files["password_file"], password=password, tls=tls, ca_file=files["ca_file"],
+                     cert_file=files["cert_file"], key_file=files["key_file"])
+
+
+def absolute(r: Reader, key: str) -> str:
+    """The table's `key`, a file's absolute path (the daemons run with / as their directory), or ""."""
+    path: str = r.get(key, str, "")
+    if path and not path.startswith("/"):
+        raise r.error(key, f"expected an absolute path, got {path!r}")
+    return path

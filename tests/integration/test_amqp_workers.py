@@ -5,14 +5,13 @@ its own), a job of a broker queue done remotely while the other queues stay on t
 from __future__ import annotations
 
 import signal
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from broker import Broker, broker  # noqa: F401  (the fixture)
-from harness import Daemon, Suite, temporary_suite, wait_until
+from harness import Suite, temporary_suite, wait_until
+from remoteworkers import remote_config, remote_worker
 from tq.transport.machines import machine_instance
 
 SECRET = "s3cret-not-logged"
@@ -22,25 +21,6 @@ SECRET = "s3cret-not-logged"
 def suite() -> Iterator[Suite]:
     with temporary_suite() as s:
         yield s
-
-
-def remote_config(suite: Suite, url: str, machine_dir: str, queues: str = '["remote"]') -> Path:
-    """A worker machine's configuration: the broker, its own runtime directory (its instance locks)."""
-    d = suite.dir / machine_dir
-    d.mkdir(exist_ok=True)
-    path = d / "tq.toml"
-    path.write_text(f'[host]\nsocket = "{d}/tq.sock"\n[mqueue]\nprefix = "{suite.prefix}"\n'
-                    f'[transport]\nkind = "amqp"\nurl = "{url}"\n'
-                    f'[worker]\nqueues = {queues}\nheartbeat = "200ms"\n[tasks."#"]\nhandler = "echo"\n')
-    return path
-
-
-def remote_worker(suite: Suite, config: Path, instance: str = "1", ready: bool = True) -> Daemon:
-    argv = [*suite._python("tq.worker", instance)]
-    argv[argv.index("--config") + 1] = str(config)
-    d = Daemon(f"remote{instance}-{uuid.uuid4().hex[:4]}", argv, suite.env, suite.dir)
-    suite.daemons.append(d)
-    return d.ready(timeout=60) if ready else d
 
 
 def test_a_job_of_a_broker_queue_runs_on_a_remote_worker_and_the_others_stay_local(

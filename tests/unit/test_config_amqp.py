@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from tq import configload, ctl
-from tq.transport.amqp import AmqpMailboxes, read_password
+from tq.transport.amqp import AmqpMailboxes
 from tq.transport.amqploop import AmqpLoop
+from tq.transport.amqpparams import read_password
 from tq.transport.machines import machine_instance
 from tq.transport.mailbox import MailboxError
 
@@ -68,23 +69,60 @@ def test_a_password_in_the_url_is_kept_but_never_shown(tmp_path: Path, capsys: p
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    (f'[amqp]\nurl = "amqps://tq:{SECRET}@h/"\n', "amqp.url: amqps (TLS) is not supported yet"),
-    (f'[amqp]\nurl = "http://tq:{SECRET}@h/"\n', "amqp.url: expected amqp://USER@HOST"),
+    (f'[amqp]\nurl = "http://tq:{SECRET}@h/"\n', "amqp.url: expected amqp[s]://USER@HOST"),
+    ('[amqp]\nurl = "amqp://tq@h/"\nca_file = "/etc/tq/ca.pem"\n', "amqp.ca_file: is for TLS: the url should be "
+                                                                "amqps://"),
+    ('[amqp]\nurl = "amqps://tq@h/"\nca_file = "ca.pem"\n', "amqp.ca_file: expected an absolute path"),
+    ('[amqp]\nurl = "amqps://tq@h/"\nkey_file = "/k.pem"\n', "amqp.key_file: goes with cert_file"),
+    ('[amqp]\ncert_file = "/c.pem"\n', "amqp.cert_file: goes with url"),
+    ('[transport]\nca_file = "/ca.pem"\n', "transport.ca_file: goes with url"),
     (f'[amqp]\nurl = "amqp://:{SECRET}@h/"\n', "amqp.url: names no user"),
-    (f'[amqp]\nurl = "amqp://tq:{SECRET}@h:99999/"\n', "amqp.url: expected amqp://USER@HOST"),
+    (f'[amqp]\nurl = "amqp://tq:{SECRET}@h:99999/"\n', "amqp.url: expected amqp[s]://USER@HOST"),
     (f'[amqp]\nurl = "amqp://tq:{SECRET}@h/"\npassword_file = "/etc/pw"\n', "amqp.password_file: the url holds"),
     ('[amqp]\nurl = "amqp://tq@h/"\npassword_file = "pw"\n', "amqp.password_file: expected an absolute path"),
     ('[amqp]\nqueues = ["render"]\n', "amqp.queues: needs amqp.url"),
     ('[amqp]\nurl = "amqp://tq@h/"\nwindow = 0\n', "amqp.window: must be between 1 and 65535"),
     ('[transport]\nkind = "amqp"\n', 'transport.url: kind = "amqp" needs the broker'),
     ('[transport]\nkind = "carrier-pigeon"\n', "transport.kind: must be one of posix, amqp"),
-    ('[transport]\nurl = "amqp://tq@h/"\n', 'transport.kind: url and password_file are for kind = "amqp"'),
+    ('[transport]\nurl = "amqp://tq@h/"\n', 'transport.kind: url: for kind = "amqp"'),
     ('[amqp]\nurl = 5\n', "amqp.url: expected a string"),
 ])
 def test_a_bad_broker_setting_is_one_line_naming_file_and_key_without_the_password(
         tmp_path: Path, text: str, expected: str) -> None:
     message = refused(tmp_path, text)
     assert message.startswith(f"{tmp_path / 'tq.toml'}: {expected}"), message
+
+
+def test_amqps_is_tls_on_port_5671_with_the_authority_and_this_side_s_certificate(tmp_path: Path) -> None:
+    cfg = load(tmp_path, '[amqp]\nurl = "amqps://tq@broker.example/"\nca_file = "/etc/tq/ca.pem"\n'
+                         'cert_file = "/etc/tq/w.pem"\nkey_file = "/etc/tq/w.key"\n[transport]\nkind = "amqp"\n')
+    url = cfg.transport.url
+    assert url is not None and url == cfg.amqp.url
+    assert (url.tls, url.port, url.ca_file, url.cert_file, url.key_file) == (
+        True, 5671, "/etc/tq/ca.pem", "/etc/tq/w.pem", "/etc/tq/w.key")
+    assert url.masked() == "amqps://tq@broker.example:5671/"
+    plain = load(tmp_path, '[amqp]\nurl = "amqp://tq@broker.example/"\n').amqp.url
+    assert plain is not None and (plain.tls, plain.port) == (False, 5672)
+
+
+def test_tls_files_that_cannot_be_loaded_are_a_clear_error_when_the_transport_opens(tmp_path: Path) -> None:
+    from tq.transport.amqpparams import tls
+    missing, junk = tmp_path / "missing.pem", tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    cfg = load(tmp_path, f'[amqp]\nurl = "amqps://tq@127.0.0.1/"\nca_file = "{missing}"\n')
+    assert cfg.amqp.url is not None
+    with pytest.raises(MailboxError, match=f"cannot load the broker's certificate authority from {missing}: "
+                                           "No such file"):
+        tls(cfg.amqp.url)
+    cfg = load(tmp_path, f'[amqp]\nurl = "amqps://tq@127.0.0.1/"\ncert_file = "{junk}"\n')
+    assert cfg.amqp.url is not None
+    with pytest.raises(MailboxError, match=f"cannot load this side's certificate and key from {junk}: "):
+        tls(cfg.amqp.url)
+    system = load(tmp_path, '[amqp]\nurl = "amqps://tq@127.0.0.1/"\n').amqp.url
+    assert system is not None
+    options = tls(system)  # the system's authorities, and the host checked
+    assert options is not None and options.server_hostname == "127.0.0.1"
+    assert options.context.verify_mode.name == "CERT_REQUIRED" and options.context.check_hostname
 
 
 def test_the_password_file_is_read_when_the_transport_opens_with_a_clear_error(tmp_path: Path) -> None:

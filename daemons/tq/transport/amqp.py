@@ -39,15 +39,13 @@ import heapq
 import itertools
 import logging
 import os
-import socket
 from typing import TYPE_CHECKING, Any
-
-import pika
 
 from .. import config
 from .amqploop import AmqpLoop
+from .amqpparams import parameters
 from .amqpsession import Consumer, Outgoing, Session
-from .mailbox import Mailbox, MailboxError, Mailboxes
+from .mailbox import Mailbox, Mailboxes
 
 HOST_PREFETCH = 256  # deliveries in flight to tq-host unacknowledged: it takes them at every step
 
@@ -146,11 +144,7 @@ class AmqpMailboxes:
         logging.getLogger("pika").setLevel(logging.CRITICAL)  # it logs tracebacks; we log one line per event
         self.message_size = cfg.mqueue.max_message_size
         self.notes: tuple[str, ...] = ()
-        credentials = pika.PlainCredentials(url.user, read_password(url), erase_on_connect=False)
-        params = pika.ConnectionParameters(
-            host=resolve(url), port=url.port, virtual_host=url.vhost, credentials=credentials,
-            heartbeat=round(cfg.amqp.heartbeat), connection_attempts=1, socket_timeout=5.0,
-            client_properties={"connection_name": connection_name})
+        params = parameters(url, round(cfg.amqp.heartbeat), connection_name)
         self.session = Session(loop, params, url.masked(), cfg.amqp.window, self.logger)
         self.started = False
 
@@ -169,12 +163,6 @@ class AmqpMailboxes:
     @property
     def waiting_for(self) -> str:
         return "" if self.session.ready else self.session.status
-
-    def wakeup(self, now: float) -> float | None:
-        return self.loop.timeout(now)
-
-    def service(self, now: float) -> None:
-        self.loop.run_due(now)
 
     def unsettled(self) -> int:
         return len(self.session.unconfirmed) + len(self.session.resend)
@@ -216,33 +204,6 @@ class AmqpMailboxes:
             self.started = True
             self.session.start()
         return AmqpMailbox(name, depth, self.session, prefetch)
-
-
-def read_password(url: config.BrokerUrl) -> str:
-    """The password: the first line of `password_file`, or the URL's own."""
-    if not url.password_file:
-        return url.password
-    try:
-        with open(url.password_file, encoding="utf-8") as f:
-            password = f.readline().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise MailboxError(f"cannot read the broker's password from {url.password_file}: {reason}") from None
-    if not password:
-        raise MailboxError(f"{url.password_file} is empty: it should hold the broker's password on one line")
-    return password
-
-
-def resolve(url: config.BrokerUrl) -> str:
-    """The broker's address, resolved now (when the daemon loads its configuration), never on the loop: pika
-    would resolve on a thread, and a slow DNS must not stall the daemon's loop."""
-    try:
-        infos = socket.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM)
-    except OSError as e:
-        raise MailboxError(f"cannot resolve the broker's host {url.host!r} ({url.masked()}): "
-                           f"{e.strerror or e}") from None
-    return str(infos[0][4][0])
-
 
 
 if TYPE_CHECKING:  # mypy checks that these implement the interface

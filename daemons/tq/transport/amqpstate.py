@@ -6,6 +6,8 @@ logs them itself with tracebacks; tq silences pika's logger (transport/amqp.py) 
 
 from __future__ import annotations
 
+import ssl
+
 import pika.exceptions
 
 
@@ -37,6 +39,12 @@ def describe(err: BaseException, where: str) -> str:
         return one_line(f"closed by the broker: {err.reply_code} {err.reply_text}")
     if isinstance(err, e.AMQPHeartbeatTimeout):
         return f"no heartbeat from the broker at {where}: connection dropped"
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return one_line(f"the broker at {where} is not trusted: {err.verify_message or err.reason} "
+                        "(check ca_file, and that the broker's certificate names the URL's host)")
+    if isinstance(err, ssl.SSLError):
+        return one_line(f"TLS with the broker at {where} failed: {(err.reason or str(err)).replace('_', ' ').lower()} "
+                        "(does that port take TLS?)")
     if isinstance(err, OSError):
         return one_line(f"cannot reach the broker at {where}: {err.strerror or err}")
     if isinstance(err, e.StreamLostError):

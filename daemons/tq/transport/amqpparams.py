@@ -1,0 +1,79 @@
+"""A broker connection's parameters from the configured URL: the password (read from its file), the address
+(resolved once, never on the loop) and, for `amqps`, the TLS context.
+
+Each is made when the daemon makes its transport (start, reload), so that a file that cannot be read or a host
+that does not resolve is one clear line at start (MailboxError), never a failure on the loop.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import pika
+
+from .. import config
+from .mailbox import MailboxError
+
+
+def parameters(url: config.BrokerUrl, heartbeat: int, connection_name: str) -> pika.ConnectionParameters:
+    """pika's parameters for `url`: one attempt (the session retries with its own backoff), a 5 s socket timeout."""
+    credentials = pika.PlainCredentials(url.user, read_password(url), erase_on_connect=False)
+    return pika.ConnectionParameters(
+        host=resolve(url), port=url.port, virtual_host=url.vhost, credentials=credentials, heartbeat=heartbeat,
+        connection_attempts=1, socket_timeout=5.0, ssl_options=tls(url),
+        client_properties={"connection_name": connection_name})
+
+
+def read_password(url: config.BrokerUrl) -> str:
+    """The password: the first line of `password_file`, or the URL's own."""
+    if not url.password_file:
+        return url.password
+    try:
+        with open(url.password_file, encoding="utf-8") as f:
+            password = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MailboxError(f"cannot read the broker's password from {url.password_file}: {reason(e)}") from None
+    if not password:
+        raise MailboxError(f"{url.password_file} is empty: it should hold the broker's password on one line")
+    return password
+
+
+def resolve(url: config.BrokerUrl) -> str:
+    """The broker's address, resolved now (when the daemon loads its configuration), never on the loop: pika
+    would resolve on a thread, and a slow DNS must not stall the daemon's loop."""
+    try:
+        infos = socket.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise MailboxError(f"cannot resolve the broker's host {url.host!r} ({url.masked()}): "
+                           f"{e.strerror or e}") from None
+    return str(infos[0][4][0])
+
+
+def tls(url: config.BrokerUrl) -> pika.SSLOptions | None:
+    """For `amqps`: a context that verifies the broker's certificate (against `ca_file`, else the system's
+    authorities) and that it names the URL's host (the connection goes to the address resolved above), with this
+    side's certificate when `cert_file` is set. None for `amqp`."""
+    if not url.tls:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=url.ca_file or None)
+    except (OSError, ssl.SSLError) as e:
+        raise MailboxError(f"cannot load the broker's certificate authority from {url.ca_file}: {reason(e)}") \
+            from None
+    if url.cert_file:
+        try:  # (password "": an encrypted key is refused here, not asked for on a terminal)
+            context.load_cert_chain(url.cert_file, url.key_file or None, password="")
+        except (OSError, ssl.SSLError) as e:
+            files = url.cert_file + (f" and {url.key_file}" if url.key_file else "")
+            raise MailboxError(f"cannot load this side's certificate and key from {files}: {reason(e)}") from None
+    return pika.SSLOptions(context, server_hostname=url.host)
+
+
+def reason(e: BaseException) -> str:
+    """An error's words without its errno and path (the message names the file)."""
+    if isinstance(e, ssl.SSLError):
+        return str(e.reason or e).replace("_", " ").lower()
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e)
