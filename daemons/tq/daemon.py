@@ -103,6 +103,12 @@ class Daemon:
         for key, mask in self.sel.select(timeout):
             key.data(mask)
 
+    @property
+    def serviced(self) -> bool:
+        """The transport has a connection of its own (a broker's), serviced by the selector (transport/serviced.py).
+        (A property, not an attribute: tests/unit/test_attribute_budget.py.)"""
+        return not isinstance(self.mailboxes, transport.Connectionless)
+
     def wait_connected(self) -> bool:
         """Wait (pinging the watchdog, STATUS saying what for) until the transport carries messages: a broker's
         connection is up. False if asked to stop meanwhile."""

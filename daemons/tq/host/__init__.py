@@ -61,8 +61,7 @@ class Host(Daemon):
         p = self.parts
         self.store, self.jobs, self.fleet, self.dispatcher = p.store, p.jobs, p.fleet, p.dispatcher
         self.server, self.ledger, self.waiters, self.stream = p.server, p.ledger, p.waiters, p.stream
-        self.broker_watch = None if isinstance(self.mailboxes, transport.Connectionless) \
-            else BrokerWatch(self.mailboxes, self.fleet)
+        self.broker_watch = BrokerWatch(self.mailboxes, self.fleet) if self.serviced else None
 
     # ---- start and stop -------------------------------------------------
 

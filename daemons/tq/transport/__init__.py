@@ -54,7 +54,7 @@ def broker(cfg: config.Config, host: bool = False) -> config.BrokerUrl | None:
 
 def granted(cfg: config.Config, host: bool = False) -> tuple[int, tuple[str, ...]]:
     """The largest message and the notes of limits granted below `cfg` (for a reload: connects nowhere)."""
-    if not host and cfg.transport.kind == "amqp":
+    if not host and broker(cfg) is not None:
         return cfg.mqueue.max_message_size, ()  # a broker grants what is configured
     posix = PosixMailboxes(cfg)
     return posix.message_size, posix.notes

@@ -10,6 +10,8 @@ import ssl
 
 import pika.exceptions
 
+from .amqpparams import reason
+
 
 class Backoff:
     """Delays doubling from `first` up to `cap`: 1, 2, 4 ... 30 s for the connection; reset once ready."""
@@ -43,8 +45,7 @@ def describe(err: BaseException, where: str) -> str:
         return one_line(f"the broker at {where} is not trusted: {err.verify_message or err.reason} "
                         "(check ca_file, and that the broker's certificate names the URL's host)")
     if isinstance(err, ssl.SSLError):
-        return one_line(f"TLS with the broker at {where} failed: {(err.reason or str(err)).replace('_', ' ').lower()} "
-                        "(does that port take TLS?)")
+        return one_line(f"TLS with the broker at {where} failed: {reason(err)} (does that port take TLS?)")
     if isinstance(err, OSError):
         return one_line(f"cannot reach the broker at {where}: {err.strerror or err}")
     if isinstance(err, e.StreamLostError):

@@ -51,7 +51,7 @@ class Worker(Daemon):
         self.local: collections.deque[protocol.Job | protocol.Sync] = collections.deque()
         self.watched: set[tuple[int, int]] = set()
         # Through a broker: the attempts taken since the last fence (a copy is dropped), the inbox's losses.
-        self.taken = None if isinstance(self.mailboxes, transport.Connectionless) else Taken()
+        self.taken = Taken() if self.serviced else None
         self.stop_started = 0.0
         self.bye_sent = False
         self.bye_at = 0.0  # monotonic time the Bye was sent
