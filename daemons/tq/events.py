@@ -11,6 +11,7 @@ this order; tests/unit/test_events.py holds both to this module.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Final
 
 # An event's fields, in order: its place in an Event, and in the flat list (event k's QUEUE: flat[k * FIELDS +
@@ -61,3 +62,36 @@ def as_dict(e: Event) -> dict[str, Any]:
     if detail:
         out["detail"] = detail
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which events a follower wants (`tqctl events --job/--task/--queue`): every given field must match, and a
+    worker event matches no job or task but each of its queues. tq-host applies it to its events (tuples, `matches`);
+    tq-gateway to the events as the stream shows them (`shows`), for its followers of its one subscription."""
+
+    job: int | None = None
+    task: str | None = None
+    queue: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The given fields, as a subscribe request names them."""
+        return {k: v for k, v in (("job", self.job), ("task", self.task), ("queue", self.queue)) if v is not None}
+
+    def matches(self, e: Event) -> bool:
+        if self.job is not None and e[JOB] != self.job:
+            return False
+        if self.task is not None and (not e[JOB] or e[TASK] != self.task):
+            return False
+        return self.queue is None or (e[QUEUE] == self.queue if e[JOB] else self.queue in e[QUEUE].split(","))
+
+    def shows(self, e: dict[str, Any]) -> bool:
+        """`matches` for an event as `as_dict` shows it."""
+        job = e.get("job")
+        if self.job is not None and job != self.job:
+            return False
+        if self.task is not None and (not job or e.get("task") != self.task):
+            return False
+        if self.queue is None:
+            return True
+        return e.get("queue") == self.queue if job else self.queue in (e.get("queues") or ())

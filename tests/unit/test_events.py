@@ -62,3 +62,21 @@ def test_every_event_the_daemons_emit_is_named_in_events_and_every_name_there_is
     journal = {*events.HOST_JOB_EVENTS, *events.WORKER_JOB_EVENTS, *events.STREAM_ONLY}
     assert set(events.STREAM_NAMES) <= journal
     assert (events.ALWAYS | events.FINAL | events.FAILED_ATTEMPT).issubset(journal)
+
+
+def test_a_selection_chooses_the_same_events_as_tq_host_holds_them_and_as_the_stream_shows_them() -> None:
+    held: list[events.Event] = [
+        (1.0, "done", 3, "a.b", "q1", 1, "w1", ""),
+        (2.0, "submitted", 4, "a.c", "q2", None, None, ""),
+        (3.0, "up", 0, "", "q1,q2", None, "w1", "pid 9"),
+        (4.0, "stopped", 0, "", "", None, "w2", ""),
+    ]
+    selections = [events.Selection(job, task, queue) for job in (None, 3, 4, 99) for task in (None, "a.b", "")
+                  for queue in (None, "q1", "q2", "q3")]
+    chosen = {s: [e[events.TIME] for e in held if s.matches(e)] for s in selections}
+    assert chosen == {s: [e[events.TIME] for e in held if s.shows(events.as_dict(e))] for s in selections}
+    assert chosen[events.Selection(queue="q2")] == [2.0, 3.0]  # a worker event: each of its queues
+    assert chosen[events.Selection(task="a.b")] == [1.0]  # a worker event has no task
+    assert chosen[events.Selection(job=3, queue="q2")] == []
+    assert chosen[events.Selection()] == [1.0, 2.0, 3.0, 4.0]
+    assert events.Selection(4, None, "q2").fields() == {"job": 4, "queue": "q2"}

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 
 from tq.gateway.auth import BLOCK, FAILURES, WINDOW, Failures
-from tq.gateway.live import QUEUE_SIZE, Filter, Follower
+from tq.events import Selection
+from tq.gateway.live import QUEUE_SIZE, Follower
 from tq.gateway.xmlrpc import _plain
 
 
 def test_a_follower_behind_is_told_what_it_missed_and_its_queue_stays_bounded() -> None:
     async def scenario() -> list[dict[str, object]]:
-        f = Follower(Filter())
+        f = Follower(Selection())
         for i in range(QUEUE_SIZE + 500):
             f.offer({"event": "done", "job": i + 1, "ts": float(i)}, b"")
         assert f.queue.qsize() == QUEUE_SIZE and f.missed == 500
@@ -24,15 +25,6 @@ def test_a_follower_behind_is_told_what_it_missed_and_its_queue_stays_bounded() 
     seen = asyncio.run(scenario())
     assert seen[-2:] == [{"missed": 500}, {"event": "done", "job": 0, "ts": 1e9}]
     assert len(seen) == QUEUE_SIZE + 2
-
-
-def test_filters_match_as_tq_hosts_do() -> None:
-    job = {"event": "done", "job": 3, "task": "a.b", "queue": "q1"}
-    worker = {"event": "up", "queues": ["q1", "q2"], "worker": "1"}
-    assert Filter(job=3).matches(job) and not Filter(job=4).matches(job)
-    assert Filter(task="a.b").matches(job) and not Filter(task="a.b").matches(worker)
-    assert Filter(queue="q1").matches(job) and Filter(queue="q2").matches(worker)
-    assert not Filter(queue="q2").matches(job)
 
 
 def test_an_address_is_refused_after_failures_within_the_window_and_again_after_the_block() -> None:

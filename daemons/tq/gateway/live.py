@@ -20,7 +20,7 @@ from aiohttp import web
 
 from .. import control
 from ..control import RequestError
-from ..events import as_dict
+from ..events import Selection, as_dict
 from . import errors
 from .api import V1, query, whole
 from .app import Parts
@@ -35,34 +35,13 @@ RETRY = 1.0  # seconds between attempts to subscribe again while tq-host is away
 RECENT_MAX = 1000  # tq-host keeps the last 1000
 
 
-@dataclass(frozen=True)
-class Filter:
-    job: int | None = None
-    task: str | None = None
-    queue: str | None = None
-
-    def fields(self) -> dict[str, Any]:
-        return {k: v for k, v in (("job", self.job), ("task", self.task), ("queue", self.queue)) if v is not None}
-
-    def matches(self, e: dict[str, Any]) -> bool:
-        """As tq-host's filter (host/stream.py): every given field matches; a worker event has no job or task."""
-        job = e.get("job")
-        if self.job is not None and job != self.job:
-            return False
-        if self.task is not None and (not job or e.get("task") != self.task):
-            return False
-        if self.queue is None:
-            return True
-        return e.get("queue") == self.queue if job else self.queue in (e.get("queues") or ())
-
-
 Item = tuple[dict[str, Any], bytes]  # an event and its SSE frame (written once, however many followers get it)
 END: Item = ({}, b"")  # the stream ends (the gateway stops)
 
 
 @dataclass(eq=False)
 class Follower:
-    filter: Filter
+    filter: Selection
     queue: asyncio.Queue[Item] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE + 2))
     missed: int = 0
     closed: bool = False
@@ -152,7 +131,7 @@ class Hub:
             self.last_ts = float(ts)
         frame = b""
         for follower in self.followers:
-            if gap or follower.filter.matches(event):
+            if gap or follower.filter.shows(event):
                 frame = frame or _frame(event)
                 follower.offer(event, frame)
 
@@ -198,7 +177,7 @@ class Live:
         finally:
             self.hub.leave(follower)
 
-    async def _replay(self, f: Filter, recent: int, after: float | None) -> list[dict[str, Any]]:
+    async def _replay(self, f: Selection, recent: int, after: float | None) -> list[dict[str, Any]]:
         """tq-host's replay for these filters: a subscribe on a connection of its own, closed once answered."""
         try:
             reader, writer = await asyncio.open_unix_connection(self.parts.settings.cfg.host.socket,
@@ -259,9 +238,9 @@ def _frame(event: dict[str, Any]) -> bytes:
     return f"id: {event.get('ts', '')}\ndata: {data}\n\n".encode()
 
 
-def _filter(params: dict[str, str]) -> Filter:
+def _filter(params: dict[str, str]) -> Selection:
     job = whole(params["job"], "job", 1) if "job" in params else None
-    return Filter(job, params.get("task") or None, params.get("queue") or None)
+    return Selection(job, params.get("task") or None, params.get("queue") or None)
 
 
 def _after(value: str | None) -> float | None:

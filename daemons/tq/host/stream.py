@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..events import FIELDS, JOB, QUEUE, TASK, TIME, Event, as_dict
+from ..events import FIELDS, JOB, QUEUE, TASK, TIME, Event, Selection, as_dict
 from .server import Conn
 
 FLUSH_INTERVAL = 0.1  # seconds between sends to the subscribers while events come (the least) ...
@@ -77,21 +77,12 @@ def _rows(events: list[Event]) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class Filter:
-    """Which events a subscriber wants: every given field must match (a worker event matches no job or task)."""
+class Filter(Selection):
+    """Which events a subscriber wants (events.Selection), and how they are sent: subscribers with equal filters
+    share one batch."""
 
-    job: int | None = None
-    task: str | None = None
-    queue: str | None = None
-    rows: bool = False  # sent as rows (format "rows"), not as a line an event: not a filter, but its own batch
-    rate: int | None = None  # at most this many events a second (its own batch too): tq-gateway's one subscription
-
-    def matches(self, e: Event) -> bool:
-        if self.job is not None and e[JOB] != self.job:
-            return False
-        if self.task is not None and (not e[JOB] or e[TASK] != self.task):
-            return False
-        return self.queue is None or (e[QUEUE] == self.queue if e[JOB] else self.queue in e[QUEUE].split(","))
+    rows: bool = False  # sent as rows (format "rows"), not as a line an event
+    rate: int | None = None  # at most this many events a second: tq-gateway's one subscription
 
 
 @dataclass(slots=True)
