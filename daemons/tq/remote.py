@@ -3,7 +3,7 @@ requests (docs/gateway.md), with the same replies and the same exceptions.
 
 `Client(url=..., token=...)` (and `tqctl --url URL --token-file FILE`) uses it. One kept-alive HTTP connection
 (http.client; ssl for https, checked against the system's CAs or `ca_file`) carries the requests; each op is one
-route of ROUTES, its fields in the path, the query (GET, DELETE) or a JSON body (POST). An error answer's
+route of routes.ROUTES, its fields in the path, the query (GET, DELETE) or a JSON body (POST). An error answer's
 `{"error": {"code", "message"}}` raises the exception of tq's code, as tq-host's refusal would; a gateway that
 cannot be reached raises HostUnreachable naming the URL.
 
@@ -30,43 +30,13 @@ from urllib.parse import SplitResult, quote, urlencode, urlsplit
 from . import control
 from .clienterrors import HostUnreachable, JobTimeout, PermissionDenied, Refused, TqError, refusal
 from .remotestream import STREAM_SILENCE, EventFeed, reason
+from .routes import API, ROUTES
 
 if TYPE_CHECKING:
     import ssl
 
-API = "/api/v1"
 WAIT_CHUNK = 30.0  # seconds one request may wait (the gateway's max_wait is 300 by default; proxies cut at 60)
 
-
-class Route(NamedTuple):
-    """One op's request: `{name}` in the path is the call's field of that name; the other fields go in the query
-    (GET, DELETE) or in a JSON body (POST)."""
-
-    method: str
-    path: str
-
-
-# Each op's routes, the first whose path fields the call has (cancel and retry: by id, or by filters).
-ROUTES: dict[str, tuple[Route, ...]] = {
-    "submit": (Route("POST", "/jobs"),),
-    "get": (Route("GET", "/jobs/{id}"),),
-    "list": (Route("GET", "/jobs"),),
-    "cancel": (Route("POST", "/jobs/{id}/cancel"), Route("POST", "/jobs/cancel")),
-    "retry": (Route("POST", "/jobs/{id}/retry"), Route("POST", "/jobs/retry")),
-    "queues": (Route("GET", "/queues"),),
-    "pause": (Route("POST", "/queues/{queue}/pause"),),
-    "resume": (Route("POST", "/queues/{queue}/resume"),),
-    "workers": (Route("GET", "/workers"),),
-    "forget_worker": (Route("DELETE", "/workers/{instance}"),),
-    "schedules": (Route("GET", "/schedules"),),
-    "status": (Route("GET", "/status"),),
-    "metrics": (Route("GET", "/metrics"),),
-    "events": (Route("GET", "/events"),),
-    "ping": (Route("GET", "/ping"),),
-    "token_list": (Route("GET", "/tokens"),),
-    "token_create": (Route("POST", "/tokens"),),
-    "token_revoke": (Route("DELETE", "/tokens/{name}"),),
-}
 _RETRIED = frozenset(("GET",))  # requests made again, once, when a kept-alive connection turns out closed
 
 
@@ -134,10 +104,10 @@ class HttpConnection:
         routes = ROUTES.get(op)
         if routes is None:
             raise Refused(f"{op!r} is not an operation tq-gateway carries (a remote client acts as its token's user)")
-        route = next((r for r in routes if all(k in fields for k in _names(r.path))), None)
+        route = next((r for r in routes if all(k in fields for k in r.names())), None)
         if route is None:
-            raise Refused(f"{op} needs {', '.join(_names(routes[-1].path))}")
-        path = route.path.format(**{k: quote(str(fields.pop(k)), safe="") for k in _names(route.path)})
+            raise Refused(f"{op} needs {', '.join(routes[-1].names())}")
+        path = route.path.format(**{k: quote(str(fields.pop(k)), safe="") for k in route.names()})
         query, body = (fields, None) if route.method != "POST" else ({}, fields)
         return self._json(self._request(route.method, path, query, body, wait or 0.0))
 
@@ -384,10 +354,6 @@ def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
         return bool(select.select([sock], [], [], 0)[0])
     except (OSError, ValueError):
         return True
-
-
-def _names(path: str) -> list[str]:
-    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
 
 
 def _text(value: Any) -> str:

@@ -4,11 +4,15 @@ makes the gateway keep more than its queue), the count of refused tokens, and wh
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
-from tq.gateway.auth import BLOCK, FAILURES, WINDOW, Failures
 from tq.events import Selection
-from tq.gateway.live import QUEUE_SIZE, Follower
+from tq.gateway.api import Api
+from tq.gateway.app import Parts
+from tq.gateway.auth import BLOCK, FAILURES, WINDOW, Failures
+from tq.gateway.live import QUEUE_SIZE, Follower, Hub, Live
 from tq.gateway.xmlrpc import _plain
+from tq.routes import API, ROUTES
 
 
 def test_a_follower_behind_is_told_what_it_missed_and_its_queue_stays_bounded() -> None:
@@ -50,3 +54,11 @@ def test_failures_spread_over_more_than_the_window_never_block() -> None:
 def test_xmlrpc_values_leave_out_none_and_carry_large_integers_as_text() -> None:
     assert _plain({"a": None, "b": [None, 1], "c": 2**40, "d": {"e": -(2**31)}}) == {
         "b": ["", 1], "c": str(2**40), "d": {"e": -(2**31)}}
+
+
+def test_the_gateway_serves_every_route_the_remote_client_asks_for() -> None:
+    parts = cast(Parts, None)  # (routes are listed without any part: a handler asks for them when called)
+    served = {(r.method, r.path) for table in (Api(parts), Live(parts, Hub(parts))) for r in table.routes()}
+    asked = {(route.method, API + route.path) for op in ROUTES.values() for route in op}
+    assert asked <= served
+    assert served - asked == {("GET", "/metrics")}  # the Prometheus text, at the path Prometheus expects

@@ -7,7 +7,7 @@ is at most `[gateway] max_wait`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -16,11 +16,12 @@ from aiohttp import web
 from .. import metrics as exposition
 from ..configfiles import parse_duration
 from ..control import RequestError
+from ..routes import API, ROUTES
 from . import errors
 from .app import Parts, read_json
 from .hostlink import HostLink
 
-V1 = "/api/v1"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JOB_FIELDS = frozenset(("task", "args", "payload", "queue", "priority", "delay", "at", "timeout", "retries",
                         "unique", "after"))
 FILTERS = ("state", "task", "queue", "older_than")
@@ -76,6 +77,12 @@ def query(request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def served(handlers: dict[str, tuple[Handler, ...]]) -> list[web.RouteDef]:
+    """Each op's routes (routes.ROUTES) with its handlers, in the same order."""
+    return [web.route(route.method, API + route.path, handler)
+            for op, ops_handlers in handlers.items() for route, handler in zip(ROUTES[op], ops_handlers, strict=True)]
+
+
 def answer(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.json_response(body, status=status)
 
@@ -85,21 +92,18 @@ class Api:
         self.parts = parts
 
     def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post(f"{V1}/jobs", self.submit), web.get(f"{V1}/jobs", self.list),
-            web.get(V1 + "/jobs/{id}", self.get), web.post(f"{V1}/wait", self.wait),
-            *(web.post(f"{V1}/jobs/{op}", partial(self._matching, op=op)) for op in ("cancel", "retry")),
-            *(web.post(V1 + "/jobs/{id}/" + op, partial(self._one, op=op)) for op in ("cancel", "retry")),
-            web.get(f"{V1}/queues", self.simple("queues")),
-            *(web.post(V1 + "/queues/{name}/" + op, partial(self._steer, op=op)) for op in ("pause", "resume")),
-            web.get(f"{V1}/workers", self.simple("workers")),
-            web.delete(V1 + "/workers/{instance}", self.forget_worker),
-            web.get(f"{V1}/schedules", self.simple("schedules")), web.get(f"{V1}/status", self.simple("status")),
-            web.get(f"{V1}/metrics", self.simple("metrics")), web.get(f"{V1}/ping", self.simple("ping")),
-            web.get(f"{V1}/tokens", self.simple("token_list")), web.post(f"{V1}/tokens", self.token_create),
-            web.delete(V1 + "/tokens/{name}", self.token_revoke), web.get(f"{V1}/whoami", self.whoami),
-            web.get("/metrics", self.metrics_text),
-        ]
+        """routes.ROUTES' requests, each with its handler here (events: live.py), and the Prometheus text."""
+        cancel, retry = ((partial(self._one, op=op), partial(self._matching, op=op)) for op in ("cancel", "retry"))
+        handlers: dict[str, tuple[Handler, ...]] = {
+            "submit": (self.submit,), "get": (self.get,), "list": (self.list,), "wait": (self.wait,),
+            "cancel": cancel, "retry": retry,
+            "pause": (partial(self._steer, op="pause"),), "resume": (partial(self._steer, op="resume"),),
+            "forget_worker": (self.forget_worker,), "whoami": (self.whoami,),
+            "token_create": (self.token_create,), "token_revoke": (self.token_revoke,),
+            **{op: (self.simple(op),) for op in ("queues", "workers", "schedules", "status", "metrics", "ping",
+                                                 "token_list")},
+        }
+        return [*served(handlers), web.get("/metrics", self.metrics_text)]
 
     async def link(self, request: web.Request) -> HostLink:
         return await self.parts.auth.link(request)
@@ -195,7 +199,7 @@ class Api:
         query(request, ())
         link = await self.link(request)
         await self.body(request, ())
-        return answer(await link.call(op, queue=request.match_info["name"]))
+        return answer(await link.call(op, queue=request.match_info["queue"]))
 
     async def forget_worker(self, request: web.Request) -> web.Response:
         query(request, ())

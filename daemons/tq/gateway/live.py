@@ -22,7 +22,7 @@ from .. import control
 from ..control import RequestError
 from ..events import Selection, as_dict
 from . import errors
-from .api import V1, query, whole
+from .api import query, served, whole
 from .app import Parts
 from .hostlink import UNREACHABLE
 
@@ -141,7 +141,7 @@ class Live:
         self.parts, self.hub = parts, hub
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get(f"{V1}/events", self.events)]
+        return served({"events": (self.events,)})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         if "text/event-stream" in request.headers.get("Accept", ""):

@@ -20,8 +20,9 @@ from pathlib import Path
 from aiohttp import web
 
 from ..control import RequestError
+from ..routes import API
 from . import errors
-from .api import V1, query
+from .api import query
 from .app import Parts, read_body
 from .auth import COOKIE, MAX_TOKEN, cross_site, same_origin, token_of
 from .errors import Refusal
@@ -67,7 +68,7 @@ class Page:
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/", self.index), web.post("/login", self.login), web.post("/logout", self.logout),
                 web.get("/login", self.home), web.get("/logout", self.home),
-                web.get("/static/{name}", self.asset), web.get(f"{V1}/live", self.live)]
+                web.get("/static/{name}", self.asset), web.get(f"{API}/live", self.live)]
 
     async def home(self, request: web.Request) -> web.Response:
         """GET /login or /logout (the address a refused login leaves in the browser, reloaded): to the page."""
