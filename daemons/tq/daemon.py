@@ -109,11 +109,13 @@ class Daemon:
         (A property, not an attribute: tests/unit/test_attribute_budget.py.)"""
         return not isinstance(self.mailboxes, transport.Connectionless)
 
-    def wait_connected(self) -> bool:
-        """Wait (pinging the watchdog, STATUS saying what for) until the transport carries messages: a broker's
-        connection is up. False if asked to stop meanwhile."""
+    def wait_connected(self, most: float) -> bool:
+        """Wait (pinging the watchdog, STATUS saying what for) until the transport carries messages (a broker's
+        connection is up), or for `most` seconds: then the daemon goes on, its messages wait for the connection,
+        and its STATUS says what it waits for. False if asked to stop meanwhile."""
         said = ""
-        while (waiting := self.mailboxes.waiting_for) and not self.stop_requested:
+        deadline = time.monotonic() + most
+        while (waiting := self.mailboxes.waiting_for) and not self.stop_requested and time.monotonic() < deadline:
             if waiting != said:
                 self.notifier.status(waiting)
                 said = waiting

@@ -68,6 +68,27 @@ def setup(program: str, level: str = "info") -> logging.Logger:
     return logging.getLogger(program)
 
 
+def name_worker(worker: str) -> None:
+    """Every journal line of this process carries TQ_WORKER=`worker`: a worker through a broker is "1@render-3"
+    to tq-host and in its job lines, while its unit's LogExtraFields= names only the instance ("1")."""
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, logging.StreamHandler):  # (the journal's; stderr lines stay as they are)
+            handler.addFilter(_Field("TQ_WORKER", worker))
+
+
+class _Field(logging.Filter):
+    """Sets a journal field on each record that does not carry it already."""
+
+    def __init__(self, name: str, value: str) -> None:
+        super().__init__()
+        self.field, self.value = name, value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, self.field):
+            setattr(record, self.field, self.value)
+        return True
+
+
 class JobEvents:
     """One log line per job event, within a per-second budget for the routine ones."""
 

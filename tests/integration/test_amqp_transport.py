@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from broker import PASSWORD, Broker, broker, free_ports  # noqa: F401  (the fixture)
+from etchosts import hosts_name
 from tq import configload
 from tq.transport.amqp import AmqpMailbox, AmqpMailboxes
 from tq.transport.amqploop import AmqpLoop
@@ -344,3 +345,21 @@ def test_an_unreachable_broker_is_one_clear_line_and_retried_with_backoff(tmp_pa
         assert mailboxes.session.counts["connects"] == connects and mailboxes.session.conn is None
     finally:
         ends.close()
+
+
+def test_a_broker_name_that_does_not_resolve_is_waited_for_and_looked_up_again_at_each_attempt(
+        tmp_path: Path, broker: Broker) -> None:  # noqa: F811
+    with hosts_name() as (name, resolve_to):
+        ends = Ends(tmp_path, f"amqp://tq:{PASSWORD}@{name}:{broker.port}/")
+        try:
+            mailboxes = ends.connect()
+            mailboxes.open_host()
+            ends.until(lambda: mailboxes.error != "", 15, "the lookup failed")
+            assert mailboxes.error.startswith(f"cannot resolve the broker's host in amqp://tq:***@{name}:"), \
+                mailboxes.error
+            assert mailboxes.status.endswith("retrying in 1s") and not mailboxes.ready
+            resolve_to("127.0.0.1")  # (the broker came up under its name, or moved: the next attempt follows)
+            ends.until(lambda: mailboxes.ready, 30, "connected once the name resolves")
+            assert mailboxes.waiting_for == ""
+        finally:
+            ends.close()

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from broker import Broker, broker  # noqa: F401  (the fixture)
+from etchosts import hosts_name
 from harness import Suite, temporary_suite, wait_until
 from remoteworkers import remote_config, remote_worker
 from tq.transport.machines import machine_instance
@@ -62,7 +63,13 @@ def test_a_worker_waits_for_an_unreachable_broker_with_its_unit_up_and_says_so_t
     status = worker.notify.wait_for(lambda m: m.startswith("STATUS=waiting for the broker"), 30)
     assert "connection refused" in status.lower() or "refused" in status.lower(), status
     wait_until(lambda: "retrying in" in worker.text(), 30, "a retry said in the log")
-    assert worker.proc.poll() is None and "READY=1" not in worker.notify.messages
+    # READY after CONNECT_WAIT (not on connecting): systemd's start timeout must not kill a worker that waits,
+    # and its STATUS goes on saying what it waits for (not "idle").
+    ready = worker.notify.wait_for(lambda m: m == "READY=1", 30)
+    assert ready and worker.proc.poll() is None
+    at = worker.notify.messages.index("READY=1")
+    after = [m for m in worker.notify.messages[at:] if m.startswith("STATUS=")]
+    assert after and all("waiting for the broker" in m for m in after), after
     bad = broker.url.replace(":tqpass@", f":{SECRET}@")
     refused = remote_worker(suite, remote_config(suite, bad, "m3"), "3", ready=False)
     line = refused.notify.wait_for(lambda m: m.startswith("STATUS=waiting for the broker"), 30)
@@ -147,3 +154,21 @@ def queue_depth(node: Broker, queue: str) -> int:
     """Messages waiting in a queue on the broker (0 when it does not exist)."""
     out = node.ctl("list_queues", "name", "messages", "--quiet", "--no-table-headers").stdout
     return next((int(n) for q, n in (line.split() for line in out.splitlines() if line.strip()) if q == queue), 0)
+
+
+def test_a_worker_whose_broker_name_does_not_resolve_yet_waits_and_does_jobs_once_it_does(
+        suite: Suite, broker: Broker) -> None:  # noqa: F811
+    suite.write_config(f'[amqp]\nurl = "{broker.url}"\nqueues = ["remote"]\n')
+    suite.host()
+    with hosts_name() as (name, resolve_to):
+        url = broker.url.replace("127.0.0.1", name)
+        worker = remote_worker(suite, remote_config(suite, url, "m4"), "4", ready=False)
+        status = worker.notify.wait_for(lambda m: m.startswith("STATUS=waiting for the broker"), 30)
+        assert f"cannot resolve the broker's host in amqp://tq:***@{name}:" in status, status
+        worker.notify.wait_for(lambda m: m == "READY=1", 30)  # up, and retrying: not failed at start
+        client = suite.client()
+        (job_id,) = client.submit_many([{"task": "t", "args": ["far"], "queue": "remote"}])
+        resolve_to("127.0.0.1")
+        done = client.wait(job_id, 60)
+        assert done["state"] == "done" and done["worker"] == machine_instance("4"), done
+        assert worker.proc.poll() is None and "Traceback" not in worker.text()

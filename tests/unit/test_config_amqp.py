@@ -4,15 +4,19 @@ repr, not in `tqctl config check`."""
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tq import configload, ctl
 from tq.transport.amqp import AmqpMailboxes
-from tq.transport.amqploop import AmqpLoop
+from tq.transport.amqploop import AmqpLoop, lookup
 from tq.transport.amqpparams import read_password
+from tq.transport.amqpstate import describe
 from tq.transport.machines import machine_instance
 from tq.transport.mailbox import MailboxError
 
@@ -138,13 +142,38 @@ def test_the_password_file_is_read_when_the_transport_opens_with_a_clear_error(t
     assert read_password(cfg.amqp.url) == SECRET
 
 
-def test_a_broker_host_that_does_not_resolve_is_a_clear_error_at_start(tmp_path: Path) -> None:
+def test_a_broker_host_that_does_not_resolve_is_no_error_at_start_but_looked_up_at_each_attempt(
+        tmp_path: Path) -> None:
     import selectors
     cfg = load(tmp_path, '[amqp]\nurl = "amqp://tq:x@no-such-host.invalid/"\n')
     assert cfg.amqp.url is not None
-    with pytest.raises(MailboxError, match=r"cannot resolve the broker's host 'no-such-host.invalid' "
-                                           r"\(amqp://tq:\*\*\*@no-such-host.invalid:5672/\)"):
-        AmqpMailboxes(cfg, cfg.amqp.url, AmqpLoop(selectors.DefaultSelector()))
+    mailboxes = AmqpMailboxes(cfg, cfg.amqp.url, AmqpLoop(selectors.DefaultSelector()))
+    assert mailboxes.session.params.host == "no-such-host.invalid"  # (not an address resolved once)
+    found = lookup("no-such-host.invalid", 5672)
+    assert isinstance(found, socket.gaierror)
+    assert describe(found, "amqp://tq:***@no-such-host.invalid:5672/").startswith(
+        "cannot resolve the broker's host in amqp://tq:***@no-such-host.invalid:5672/: ")
+
+
+def test_addresses_of_a_family_the_process_may_not_open_are_dropped_and_none_left_is_the_socket_s_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # (a stand-in for a unit's RestrictAddressFamilies=: tests/system/test_amqp_package.py sees the real one)
+    real = socket.socket
+    refused: set[int] = set()
+
+    def refusing(family: int = -1, *args: Any, **kwargs: Any) -> socket.socket:
+        if family in refused:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *args, **kwargs)
+    monkeypatch.setattr(socket, "socket", refusing)
+    stream = socket.SOCK_STREAM
+    refused.add(socket.AF_INET6)
+    assert lookup("127.0.0.1", 5672, socktype=stream) == socket.getaddrinfo("127.0.0.1", 5672, type=stream)
+    refused.add(socket.AF_INET)
+    found = lookup("127.0.0.1", 5672, socktype=stream)
+    assert isinstance(found, OSError) and found.errno == errno.EAFNOSUPPORT
+    assert describe(found, "amqp://x") == \
+        "cannot reach the broker at amqp://x: Address family not supported by protocol"
 
 
 def test_a_remote_worker_s_name_carries_its_machine() -> None:

@@ -1,4 +1,4 @@
-"""pika driven by the daemon's own selector loop: no thread, no loop of pika's.
+"""pika driven by the daemon's own selector loop: no loop of pika's, and no thread but a name's lookup.
 
 pika's `SelectConnection` takes a custom I/O loop (`custom_ioloop`): an object with pika's
 `AbstractSelectorIOLoop` methods, which pika wraps in its own services adapter (socket connect, stream
@@ -12,17 +12,22 @@ and `run_due(now)`, which the step calls after selecting:
     daemon.select(timeout)                 # pika's socket callbacks: frames, confirms, closes
     loop.run_due(time.monotonic())         # pika's timers and deferred callbacks
 
-pika 1.2 resolves every host name on a new `threading.Timer` thread, even an address literal; `services()`
-wraps the loop in an adapter that resolves inline instead. tq hands pika the address resolved when the
-daemon loaded its configuration (transport/amqp.py), so inline resolution never waits on DNS.
+pika 1.2 resolves every host name on a new `threading.Timer` thread, even an address literal, and lets an
+address whose socket cannot be made raise out of the loop; `services()` wraps the loop in an adapter that
+answers an address literal at once, resolves a name on a thread of its own at each attempt (a slow DNS never
+stalls the daemon's loop, and a broker that moved is followed), and drops the addresses of a family this process
+may not open (a unit without the network: the attempt fails, and is retried, as a failed lookup is).
 """
 
 from __future__ import annotations
 
+import errno
 import heapq
+import ipaddress
 import itertools
 import selectors
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +37,7 @@ from pika.adapters.utils import nbio_interface
 from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
 Callback = Callable[[], None]
+LOOKUP_POLL = 0.05  # seconds between looks whether a name's lookup on its thread has ended
 
 
 class Timer:
@@ -99,8 +105,8 @@ class AmqpLoop:
         self.run_due(self.clock())
 
     def services(self) -> nbio_interface.AbstractIOServices:
-        """What to pass as pika's custom_ioloop: this loop with name resolution inline (no thread)."""
-        return InlineResolver(self)
+        """What to pass as pika's custom_ioloop: this loop with tq's lookups (Resolver)."""
+        return Resolver(self)
 
     # ---- pika's AbstractSelectorIOLoop -----------------------------------
 
@@ -163,9 +169,9 @@ class _Resolved(nbio_interface.AbstractIOReference):  # type: ignore[misc]  # pi
         return True
 
 
-class InlineResolver(SelectorIOServicesAdapter):  # type: ignore[misc]  # pika is untyped
-    """pika's services over AmqpLoop, resolving inline instead of on a thread (instant for an address literal,
-    which is what tq hands it). The answer is delivered at the next run_due, as pika expects it later."""
+class Resolver(SelectorIOServicesAdapter):  # type: ignore[misc]  # pika is untyped
+    """pika's services over AmqpLoop, with the lookups described in the module's docstring. The answer (the
+    addresses, or the OSError that says why there are none) is delivered from the loop's run_due."""
 
     def __init__(self, loop: AmqpLoop) -> None:
         super().__init__(loop)
@@ -174,14 +180,52 @@ class InlineResolver(SelectorIOServicesAdapter):  # type: ignore[misc]  # pika i
     def getaddrinfo(self, host: str, port: int, on_done: Callable[[Any], None], family: int = 0,
                     socktype: int = 0, proto: int = 0, flags: int = 0) -> _Resolved:
         handle = _Resolved()
-        result: Any
-        try:
-            result = socket.getaddrinfo(host, port, family, socktype, proto, flags)
-        except OSError as e:
-            result = e
+        found: list[Any] = []
 
         def deliver() -> None:
-            if not handle.cancelled:
-                on_done(result)
-        self.tq_loop.add_callback(deliver)
+            if handle.cancelled:
+                return
+            if not found:  # (the thread is still asking)
+                self.tq_loop.call_later(LOOKUP_POLL, deliver)
+                return
+            on_done(found[0])
+
+        def ask() -> None:
+            found.append(lookup(host, port, family, socktype, proto, flags))
+
+        if _literal(host):
+            ask()
+            self.tq_loop.add_callback(deliver)
+        else:
+            threading.Thread(target=ask, name="tq-broker-lookup", daemon=True).start()
+            self.tq_loop.call_later(LOOKUP_POLL, deliver)
         return handle
+
+
+def lookup(host: str, port: int, family: int = 0, socktype: int = 0, proto: int = 0,
+           flags: int = 0) -> list[Any] | OSError:
+    """getaddrinfo's addresses of a family this process can open a socket of, or why there are none."""
+    try:
+        found = socket.getaddrinfo(host, port, family, socktype, proto, flags)
+    except OSError as e:
+        return e
+    refused: OSError | None = None
+    usable = []
+    for info in found:
+        try:
+            socket.socket(info[0], info[1], info[2]).close()
+        except OSError as e:
+            refused = e
+            continue
+        usable.append(info)
+    if usable or refused is None:
+        return usable
+    return OSError(refused.errno or errno.EAFNOSUPPORT, refused.strerror or "address family not supported")
+
+
+def _literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

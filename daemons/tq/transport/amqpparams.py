@@ -1,13 +1,13 @@
-"""A broker connection's parameters from the configured URL: the password (read from its file), the address
-(resolved once, never on the loop) and, for `amqps`, the TLS context.
+"""A broker connection's parameters from the configured URL: the password (read from its file) and, for `amqps`,
+the TLS context.
 
-Each is made when the daemon makes its transport (start, reload), so that a file that cannot be read or a host
-that does not resolve is one clear line at start (MailboxError), never a failure on the loop.
+Each is made when the daemon makes its transport (start, reload), so that a file that cannot be read is one clear
+line at start (MailboxError), never a failure on the loop. The host's name is looked up at each connection
+attempt (amqploop.Resolver): a name that does not resolve yet, or no longer, is a wait like a broker that is down.
 """
 
 from __future__ import annotations
 
-import socket
 import ssl
 
 import pika
@@ -20,7 +20,7 @@ def parameters(url: config.BrokerUrl, heartbeat: int, connection_name: str) -> p
     """pika's parameters for `url`: one attempt (the session retries with its own backoff), a 5 s socket timeout."""
     credentials = pika.PlainCredentials(url.user, read_password(url), erase_on_connect=False)
     return pika.ConnectionParameters(
-        host=resolve(url), port=url.port, virtual_host=url.vhost, credentials=credentials, heartbeat=heartbeat,
+        host=url.host, port=url.port, virtual_host=url.vhost, credentials=credentials, heartbeat=heartbeat,
         connection_attempts=1, socket_timeout=5.0, ssl_options=tls(url),
         client_properties={"connection_name": connection_name})
 
@@ -39,20 +39,9 @@ def read_password(url: config.BrokerUrl) -> str:
     return password
 
 
-def resolve(url: config.BrokerUrl) -> str:
-    """The broker's address, resolved now (when the daemon loads its configuration), never on the loop: pika
-    would resolve on a thread, and a slow DNS must not stall the daemon's loop."""
-    try:
-        infos = socket.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM)
-    except OSError as e:
-        raise MailboxError(f"cannot resolve the broker's host {url.host!r} ({url.masked()}): "
-                           f"{e.strerror or e}") from None
-    return str(infos[0][4][0])
-
-
 def tls(url: config.BrokerUrl) -> pika.SSLOptions | None:
     """For `amqps`: a context that verifies the broker's certificate (against `ca_file`, else the system's
-    authorities) and that it names the URL's host (the connection goes to the address resolved above), with this
+    authorities) and that it names the URL's host, with this
     side's certificate when `cert_file` is set. None for `amqp`."""
     if not url.tls:
         return None

@@ -6,6 +6,7 @@ logs them itself with tracebacks; tq silences pika's logger (transport/amqp.py) 
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 import pika.exceptions
@@ -46,6 +47,8 @@ def describe(err: BaseException, where: str) -> str:
                         "(check ca_file, and that the broker's certificate names the URL's host)")
     if isinstance(err, ssl.SSLError):
         return one_line(f"TLS with the broker at {where} failed: {reason(err)} (does that port take TLS?)")
+    if isinstance(err, socket.gaierror):
+        return one_line(f"cannot resolve the broker's host in {where}: {err.strerror or err}")
     if isinstance(err, OSError):
         return one_line(f"cannot reach the broker at {where}: {err.strerror or err}")
     if isinstance(err, e.StreamLostError):

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import replace
 
-from .. import __version__, config, protocol, transport
+from .. import __version__, config, log, protocol, transport
 from ..daemon import Daemon, ignore, load_config
 from ..notify import child_environment
 from ..transport import Mailbox
@@ -31,6 +31,10 @@ from .taken import Taken
 
 BATCH = 64  # messages handled per step before looking at the selector again
 BYE_WAIT = 5.0  # seconds a stopping worker waits for the host's fence before it exits anyway
+# Seconds a worker through a broker waits to connect before it reports READY anyway (its hello then waits for the
+# connection, its STATUS says what it waits for): a broker that is down must not fail the unit's start (its
+# TimeoutStartSec), hold up the boot, or restart the worker every 30 s.
+CONNECT_WAIT = 10.0
 
 
 class Worker(Daemon):
@@ -43,6 +47,8 @@ class Worker(Daemon):
         # tq-host knows it with the machine's name too ("1@render-3"), unique across machines.
         self.argv = list(argv or [])
         self.instance = machine_instance(instance) if cfg.transport.kind == "amqp" else instance
+        if self.instance != instance:
+            log.name_worker(self.instance)
         self.wcfg = cfg.worker_for(instance)
         self.outbox = Outbox(self.instance, cfg.mqueue.max_message_size)  # to the host mailbox, in order
         self.runner = Runner(self.instance, self.outbox, self.events, self.logger, cfg.mqueue.max_message_size,
@@ -79,14 +85,14 @@ class Worker(Daemon):
             self.logger.warning("recreated inbox %s with the configured size; dropped %d message(s), which "
                                 "tq-host requeues", self.inbox.name, len(drained))
         self.host_mailbox = self._wait_for_host()
-        if self.host_mailbox is None or not self.wait_connected():
+        if self.host_mailbox is None or not self.wait_connected(CONNECT_WAIT):
             self.host_mailbox = None
             return
         self.outbox.message(self._hello())
         self._flush()
         self.logger.info("tq-worker %s instance %s ready: queues %s, inbox %s", __version__, self.instance,
                          ",".join(self.wcfg.queues), self.inbox.name)
-        self.notifier.ready("idle")
+        self.notifier.ready(self.status_text())
 
     def _wait_for_host(self) -> Mailbox | None:
         """Open the host's mailbox, waiting (and pinging the watchdog) until tq-host has created it."""
@@ -290,10 +296,11 @@ class Worker(Daemon):
     def status_text(self) -> str:
         if self.stop_requested:
             return "stopping"
+        waiting = self.mailboxes.waiting_for  # (a broker's connection that is down: what it waits for)
         if self.runner.current is not None:
             j = self.runner.current.job
-            return f"running job {j.id} ({j.task}), attempt {j.attempt}"
-        return "idle"
+            return f"running job {j.id} ({j.task}), attempt {j.attempt}" + (f"; {waiting}" if waiting else "")
+        return waiting or "idle"
 
     # ---- stop and reload --------------------------------------------------
 
