@@ -45,6 +45,7 @@ def test_a_job_of_a_broker_queue_runs_on_a_remote_worker_and_the_others_stay_loc
     assert workers["1"]["transport"] == "posix" and workers[name]["queues"] == ["remote"]
     out = suite.tqctl("workers")
     assert out.returncode == 0 and "MACHINE" in out.stdout and name in out.stdout, out
+    assert client.status()["broker"] == {"url": broker.url.replace(":tqpass@", ":***@"), "state": "connected"}
     text = client.metrics_text()
     assert 'tq_workers{state="live",transport="amqp"} 1.0' in text and \
         'tq_workers{state="live",transport="posix"} 1.0' in text
@@ -94,6 +95,10 @@ def test_tq_host_with_its_broker_away_serves_this_machine_s_queues_and_says_what
     (far,) = client.submit_many([{"task": "t", "args": ["far"], "queue": "remote"}])
     assert client.get(far)["state"] == "queued"  # waits for a remote worker, kept by tq-host
     host.notify.wait_for(lambda m: m.startswith("STATUS=") and "waiting for the broker" in m, 30)
+    broker_state = client.status()["broker"]  # (said by tqctl status too, where an operator looks first)
+    assert broker_state["state"] == "waiting" and "cannot reach the broker" in broker_state["detail"], broker_state
+    out = suite.tqctl("status")
+    assert out.returncode == 0 and "broker:  waiting for the broker: cannot reach" in out.stdout, out
     assert SECRET not in host.text() and all(SECRET not in m for m in host.notify.messages)
     assert "Traceback" not in host.text() and host.proc.poll() is None
 

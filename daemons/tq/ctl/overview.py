@@ -28,6 +28,9 @@ def _cmd_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     print(f"tq-host {st['version']} (pid {st['pid']}), up {render.age(time.time() - st['uptime'])}")
     print("jobs:    " + "  ".join(f"{k} {v}" for k, v in states.items()))
     print(f"workers: {st['workers_live']} live of {st['workers_known']} known")
+    if broker := st.get("broker"):  # (tq-host with [amqp]: its workers on other machines are reached through it)
+        print("broker:  " + (f"connected to {broker['url']}" if broker.get("state") == "connected"
+                             else str(broker.get("detail"))))
     print(f"malformed messages dropped: {st['malformed_messages']}")
     for note in st.get("mqueue", {}).get("limited", []):
         print(f"queue limits: {note}")

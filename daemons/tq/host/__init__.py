@@ -28,13 +28,14 @@ import os
 import selectors
 import sqlite3
 import time
+from functools import partial
 from typing import IO, Any
 
 from .. import __version__, config, control, transport
 from ..daemon import Daemon, StartError, command_line, load_config
 from ..log import Burst
 from .assembly import assemble
-from .brokerwatch import BrokerWatch
+from .brokerwatch import BrokerWatch, link_state
 from .store import StoreError
 
 
@@ -55,8 +56,10 @@ class Host(Daemon):
         self.note_limits(self.mailboxes.notes)  # and one more where the mailbox is shallower than configured
         # The mailbox wakes the selector and marks itself readable: the step drains it after the sockets.
         self.sel.register(mailbox.fileno(), selectors.EVENT_READ, self._on_queue)
+        url = cfg.amqp.url
         self.parts = assemble(cfg, mailbox, self.mailboxes.open_inbox, self.sel, self.events, captured, self.logger,
-                              self.malformed, list(self.mailboxes.notes))
+                              self.malformed, list(self.mailboxes.notes),
+                              partial(link_state, self.mailboxes, url.masked()) if url and self.serviced else None)
         # The parts the loop step reaches for each job, by name (the others: self.parts):
         p = self.parts
         self.store, self.jobs, self.fleet, self.dispatcher = p.store, p.jobs, p.fleet, p.dispatcher

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import selectors
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,11 +68,12 @@ class HostParts:
 
 def assemble(cfg: config.Config, mailbox: Mailbox, open_inbox: OpenInbox, sel: selectors.BaseSelector,
              events: JobEvents, captured: list[Any], logger: logging.Logger, malformed: Burst,
-             notes: list[str]) -> HostParts:
+             notes: list[str], broker: Callable[[], dict[str, str]] | None = None) -> HostParts:
     """Open the store in `host.state_dir` and make tq-host's parts around it and the host's mailbox.
 
     `events` appends every job event's fields to `captured` (the event stream reads them); `notes` are the
-    limits granted below the configuration (`tqctl status` shows them).
+    limits granted below the configuration (`tqctl status` shows them), `broker` where its link to a broker
+    stands (`tqctl status` too; none without one).
     """
     stats = Stats()
     store = Store(cfg.host.state_dir, cfg.host.durability, stats.commits.observe_all)
@@ -90,7 +92,7 @@ def assemble(cfg: config.Config, mailbox: Mailbox, open_inbox: OpenInbox, sel: s
     waiters = Waiters(jobs, ledger)
     admission = Admission(cfg, jobs, queues, waiters, ledger, logger)
     scheduler = Scheduler(cfg, store, jobs, admission.submit_internal, logger)
-    snapshot = Snapshot(cfg, store, jobs, queues, fleet, stream, stats, malformed, notes)
+    snapshot = Snapshot(cfg, store, jobs, queues, fleet, stream, stats, malformed, notes, broker)
     tokens = Tokens(store, lambda: requests.access, logger)
     requests = Requests(cfg, jobs, fleet, queues, stream, admission, waiters, ledger, snapshot, scheduler.public,
                         tokens, logger)

@@ -30,3 +30,9 @@ class BrokerWatch:
 
     def _remote_workers(self) -> list[WorkerState]:
         return [self.fleet.workers[i] for i in remote_workers(list(self.fleet.workers))]
+
+
+def link_state(mailboxes: Mailboxes, url: str) -> dict[str, str]:
+    """Where tq-host's link to its broker stands, for `tqctl status`: connected, or what it waits for."""
+    waiting = mailboxes.waiting_for
+    return {"url": url, "state": "waiting", "detail": waiting} if waiting else {"url": url, "state": "connected"}

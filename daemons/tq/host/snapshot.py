@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .. import __version__, config, monitor
@@ -21,10 +22,12 @@ from .stream import EventStream
 
 class Snapshot:
     def __init__(self, cfg: config.Config, store: Store, jobs: JobTable, queues: Queues, fleet: Fleet,
-                 stream: EventStream, stats: Stats, malformed: Burst, notes: list[str]) -> None:
+                 stream: EventStream, stats: Stats, malformed: Burst, notes: list[str],
+                 broker: Callable[[], dict[str, str]] | None = None) -> None:
         self.cfg, self.store, self.jobs, self.queues, self.fleet = cfg, store, jobs, queues, fleet
         self.stream, self.stats, self.malformed = stream, stats, malformed
         self.notes = notes  # where the mailboxes got less than the configuration asks (shown by status)
+        self.broker = broker  # where tq-host's link to its broker stands ({"url", "state", "detail"}), if it has one
         self.started = time.time()
 
     def configure(self, cfg: config.Config) -> None:
@@ -37,7 +40,8 @@ class Snapshot:
                 "workers_known": len(self.fleet.workers), "malformed_messages": self.malformed.total,
                 "config": list(self.cfg.files), "mqueue": {"max_messages": self.fleet.mq.max_messages,
                                                            "max_message_size": self.cfg.mqueue.max_message_size,
-                                                           "limited": self.notes}}
+                                                           "limited": self.notes},
+                **({"broker": self.broker()} if self.broker is not None else {})}
 
     def metrics(self) -> dict[str, Any]:
         """The counters, and gauges read now."""
