@@ -277,7 +277,7 @@ class HttpConnection:
                                   f"({self.timeout}s)") from None
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            raise HostUnreachable(f"tq-gateway is not reachable at {self.url}: {reason(e)}") from None
+            raise HostUnreachable(f"tq-gateway is not reachable at {self.url}: {reason(e, self.host)}") from None
         if conn is self._http:
             self._used = True
         return answer, None
