@@ -275,7 +275,9 @@ def test_tq_host_down_behind_the_gateway_exits_3(pair: Pair) -> None:
     host.signal(signal.SIGTERM)
     host.wait()
     r = pair.remote("status")
-    assert r.returncode == 3 and "tq-host is not reachable" in r.stderr, r
+    assert (r.returncode, r.stdout) == (3, ""), r
+    assert r.stderr.startswith(f"tqctl: tq-gateway at {pair.gw.url} cannot reach its tq-host at "), r
+    assert r.stderr.count("\n") == 1, r
 
 
 @pytest.mark.parametrize(("args", "env", "message"), [
