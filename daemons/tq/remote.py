@@ -30,7 +30,7 @@ from urllib.parse import SplitResult, quote, urlencode, urlsplit
 from . import control
 from .clienterrors import HostUnreachable, JobTimeout, PermissionDenied, Refused, TqError, refusal
 from .remotestream import STREAM_SILENCE, EventFeed, reason
-from .routes import API, ROUTES
+from .routes import API, HOST_UNREACHABLE, OLD_HOST_UNREACHABLE, ROUTES
 
 if TYPE_CHECKING:
     import ssl
@@ -277,7 +277,7 @@ class HttpConnection:
                                   f"({self.timeout}s)") from None
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            raise HostUnreachable(f"tq-gateway is not reachable at {self.url}: {reason(e)}") from None
+            raise HostUnreachable(f"tq-gateway is not reachable at {self.url}: {reason(e, self.host)}") from None
         if conn is self._http:
             self._used = True
         return answer, None
@@ -312,6 +312,10 @@ class HttpConnection:
             return PermissionDenied(text) if answer.status in (401, 403) else Refused(text)
         if answer.status == 404 and message.startswith("no route "):  # (gateway/errors.py NO_ROUTE): not a missing job
             return Refused(f"tq-gateway at {self.url} has no {answer.target.partition('?')[0]}: is the URL right?")
+        if code == "unavailable":  # tq-host down behind the gateway: its socket path means nothing here
+            for said in (HOST_UNREACHABLE, OLD_HOST_UNREACHABLE):
+                if message.startswith(said):
+                    message = f"tq-gateway at {self.url} cannot reach its tq-host{message.removeprefix(said)}"
         if code not in control.ERRORS and answer.status in (401, 403):
             return PermissionDenied(message)  # (a code this client does not know, such as a newer gateway's)
         return refusal(code, message)

@@ -90,11 +90,24 @@ class EventFeed:
         self.conn.close()
 
 
-def reason(e: BaseException) -> str:
-    """Why a connection failed, in a few words (a TLS certificate not trusted: which CA to give)."""
+# OpenSSL's verify codes (X509_V_ERR_*) for a certificate whose authority is not known, and for one that does
+# not name the host the URL names (a hostname, an e-mail address, an IP address)
+_UNKNOWN_AUTHORITY = frozenset((2, 18, 19, 20, 21))
+_NAME_MISMATCH = frozenset((62, 63, 64))
+
+
+def reason(e: BaseException, host: str | None = None) -> str:
+    """Why a connection failed, in a few words. A TLS certificate that was not accepted says what to do: from an
+    authority this client does not know, give its CA; one that does not name `host`, the URL's, use a name it
+    names (the --ca-file hint would be wrong there: the CA may well have been given)."""
     verify = getattr(e, "verify_message", None)
     if verify:
-        return f"its certificate is not trusted: {verify} (give the CA's certificate: tqctl --ca-file FILE)"
+        code = getattr(e, "verify_code", None)
+        if code in _NAME_MISMATCH and host:
+            return (f"its certificate does not name {host} ({verify.rstrip('.')}): use in the URL a name or address "
+                    f"the certificate names, or give tq-gateway a certificate that names {host}")
+        if code in _UNKNOWN_AUTHORITY:
+            return f"its certificate is not trusted: {verify} (give the CA's certificate: tqctl --ca-file FILE)"
+        return f"its certificate is not trusted: {verify}"
     strerror = getattr(e, "strerror", None)
     return str(strerror or e or type(e).__name__)
-

@@ -10,6 +10,11 @@ from typing import NamedTuple
 
 API = "/api/v1"
 
+# The start of the gateway's 503 (unavailable) message when it cannot reach tq-host: the remote client names the
+# gateway's URL in it (the socket path that follows is on the gateway's machine, not the client's).
+HOST_UNREACHABLE = "tq-gateway cannot reach its tq-host"
+OLD_HOST_UNREACHABLE = "tq-host is not reachable"  # (what gateways before this said)
+
 
 class Route(NamedTuple):
     """One op's request: `{name}` in the path is the call's field of that name; the other fields go in the query

@@ -130,7 +130,7 @@ def test_host_down_is_503_json_and_the_gateway_recovers(suite: Suite, gw: Gatewa
     host.wait()
     a = request(gw, "GET", "/api/v1/status")
     assert (a.status, a.code) == (503, "unavailable"), a.raw
-    assert "tq-host is not reachable" in a.json["error"]["message"]
+    assert a.json["error"]["message"].startswith("tq-gateway cannot reach its tq-host at "), a.raw
     suite.host()
     wait_until(lambda: request(gw, "GET", "/api/v1/status").status == 200, what="the gateway back")
 
@@ -372,7 +372,18 @@ def test_by_hand_it_listens_on_gateway_listen_and_stops_cleanly_on_sigterm(suite
     finally:
         s.close()
     assert "STOPPING=1" in d.notify.messages
-    assert "Traceback" not in d.text()
+    assert "Traceback" not in d.text() and "is ignored" not in d.text()
+
+
+def test_socket_activated_it_says_that_gateway_listen_is_ignored(suite: Suite) -> None:
+    """systemd's socket (LISTEN_FDS) is served and `[gateway] listen`, set to another address, is not: one line
+    says so, rather than leaving an operator to wonder why the address set does not answer."""
+    suite.write_config('[gateway]\nlisten = "0.0.0.0:1"\n')
+    suite.start(workers=0)
+    gw = suite.gateway()
+    assert request(gw, "GET", "/api/v1/ping").status == 200
+    said = [line for line in gw.daemon.text().splitlines() if "is ignored" in line]
+    assert len(said) == 1 and 'listen = "0.0.0.0:1" is ignored' in said[0] and "tq-gateway.socket" in said[0], said
 
 
 def test_a_bad_configuration_is_one_line_and_exit_2(suite: Suite) -> None:

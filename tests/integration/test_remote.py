@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import tlsfiles
 from harness import Gateway, Suite, wait_until
 from tq import remote
 from tq.client import Client, HostUnreachable, JobTimeout, NotFound, PermissionDenied, Refused
@@ -274,7 +275,9 @@ def test_tq_host_down_behind_the_gateway_exits_3(pair: Pair) -> None:
     host.signal(signal.SIGTERM)
     host.wait()
     r = pair.remote("status")
-    assert r.returncode == 3 and "tq-host is not reachable" in r.stderr, r
+    assert (r.returncode, r.stdout) == (3, ""), r
+    assert r.stderr.startswith(f"tqctl: tq-gateway at {pair.gw.url} cannot reach its tq-host at "), r
+    assert r.stderr.count("\n") == 1, r
 
 
 @pytest.mark.parametrize(("args", "env", "message"), [
@@ -478,6 +481,33 @@ def test_https_with_the_gateways_ca(suite: Suite) -> None:
             stream = feed.subscribe(job=jid, recent=10)
             names = [json.loads(line)["event"] for line in next(stream).splitlines()]
             assert [n for n in names if n != "started"] == ["submitted", "assigned", "done"], names
+
+
+def test_https_to_a_name_the_certificate_does_not_name_says_so(suite: Suite) -> None:
+    """The CA is given and trusted, but the URL's host is not one the certificate names: the message says that
+    (not to give the CA, which was given); a CA that is not the one that signed it still gets the --ca-file hint."""
+    ca = tlsfiles.authority(suite.dir, "tq-ca")
+    served = tlsfiles.issue(ca, suite.dir, "gateway.example", ("127.0.0.1",))
+    suite.write_config(f'[gateway]\ntls_cert = "{served.cert}"\ntls_key = "{served.key}"\n')
+    suite.start(workers=1)
+    gw = suite.gateway()
+    token_file = suite.dir / "token"
+    token_file.write_text(f"{gw.token}\n")
+    token_file.chmod(0o600)
+    port = gw.url.rpartition(":")[2]
+    ok = suite.tqctl("--url", f"https://127.0.0.1:{port}", "--token-file", str(token_file), "--ca-file",
+                     str(ca.cert), "status")
+    assert ok.returncode == 0, ok
+    url = f"https://localhost:{port}"
+    r = suite.tqctl("--url", url, "--token-file", str(token_file), "--ca-file", str(ca.cert), "status")
+    assert (r.returncode, r.stdout) == (3, ""), r
+    assert r.stderr.startswith(f"tqctl: tq-gateway is not reachable at {url}: its certificate does not name "
+                               "localhost (") and r.stderr.count("\n") == 1, r
+    assert r.stderr.endswith("use in the URL a name or address the certificate names, or give tq-gateway a "
+                             "certificate that names localhost\n") and "--ca-file" not in r.stderr, r
+    other = tlsfiles.authority(suite.dir, "other-ca")
+    r = suite.tqctl("--url", url, "--token-file", str(token_file), "--ca-file", str(other.cert), "status")
+    assert r.returncode == 3 and "its certificate is not trusted" in r.stderr and "--ca-file FILE" in r.stderr, r
 
 
 def test_a_url_with_a_wrong_path_is_a_usage_error_not_a_missing_job(pair: Pair) -> None:

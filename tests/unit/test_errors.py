@@ -95,3 +95,20 @@ def test_every_code_the_host_sends_is_in_the_table() -> None:
             for code in re.findall(pattern, path.read_text())}
     assert {"bad_request", "not_found", "unavailable", "timeout", "permission"} <= sent  # the search finds them
     assert sent <= set(control.ERRORS)
+
+
+@pytest.mark.parametrize(("message", "shown"), [
+    ("tq-gateway cannot reach its tq-host at /run/tq/tq.sock: No such file or directory",
+     "tq-gateway at http://gw:8790 cannot reach its tq-host at /run/tq/tq.sock: No such file or directory"),
+    ("tq-host is not reachable at /run/tq/tq.sock: No such file or directory",  # (an older gateway's words)
+     "tq-gateway at http://gw:8790 cannot reach its tq-host at /run/tq/tq.sock: No such file or directory"),
+    ("tq-gateway has too many connections: try again later", "tq-gateway has too many connections: try again later"),
+])
+def test_a_remote_client_says_whose_tq_host_is_down(message: str, shown: str) -> None:
+    """The gateway's 503 for its tq-host names a socket path on the gateway's machine: the remote client says it
+    is the gateway at its URL that cannot reach it (still exit 3)."""
+    from tq.remote import Answer, HttpConnection
+
+    body = json.dumps({"error": {"code": "unavailable", "message": message}}).encode()
+    e = HttpConnection("http://gw:8790", "t")._error(Answer(503, "application/json", body, "/api/v1/status"))
+    assert (str(e), e.exit_code) == (shown, control.EXIT_UNREACHABLE)

@@ -20,8 +20,8 @@ from typing import Any
 
 from .. import control
 from ..control import RequestError
+from ..routes import HOST_UNREACHABLE as UNREACHABLE
 
-UNREACHABLE = "tq-host is not reachable"
 SLACK = 30.0  # seconds a reply may take beyond the request's own wait before the link is given up as hung
 
 

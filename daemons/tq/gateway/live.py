@@ -21,10 +21,10 @@ from aiohttp import web
 from .. import control
 from ..control import RequestError
 from ..events import Selection, as_dict
+from ..routes import HOST_UNREACHABLE as UNREACHABLE
 from . import errors
 from .api import query, served, whole
 from .app import Parts
-from .hostlink import UNREACHABLE
 
 QUEUE_SIZE = 1000  # events waiting for one follower; past it they are counted as missed
 PING = 15.0  # seconds between comment lines, so that proxies keep a quiet stream open
@@ -179,11 +179,11 @@ class Live:
 
     async def _replay(self, f: Selection, recent: int, after: float | None) -> list[dict[str, Any]]:
         """tq-host's replay for these filters: a subscribe on a connection of its own, closed once answered."""
+        path = self.parts.settings.cfg.host.socket
         try:
-            reader, writer = await asyncio.open_unix_connection(self.parts.settings.cfg.host.socket,
-                                                                limit=control.MAX_LINE)
+            reader, writer = await asyncio.open_unix_connection(path, limit=control.MAX_LINE)
         except OSError as e:
-            raise RequestError("unavailable", f"{UNREACHABLE}: {e.strerror or e}") from None
+            raise RequestError("unavailable", f"{UNREACHABLE} at {path}: {e.strerror or e}") from None
         try:
             request = {"op": "subscribe", "rid": 1, "recent": recent or RECENT_MAX, **f.fields()}
             if after is not None:

@@ -113,7 +113,12 @@ class Gateway:
 
     async def serve(self) -> int:
         cfg = self.settings.gateway()
-        sockets = activated_sockets() or [bound_socket(cfg.listen)]
+        sockets = activated_sockets()
+        if not sockets:
+            sockets = [bound_socket(cfg.listen)]
+        elif cfg.listen != config.GatewayConfig.listen:  # set, but not used: said once, not silently ignored
+            self.logger.info("listening on the socket systemd passed (tq-gateway.socket): [gateway] listen = \"%s\" is "
+                             "ignored (the addresses are the socket unit's ListenStream=)", cfg.listen)
         context = tls_context(cfg)
         runner = web.AppRunner(make_app(self.parts, self.tables()), handle_signals=False, access_log=None)
         await runner.setup()
