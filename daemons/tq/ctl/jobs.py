@@ -255,8 +255,7 @@ def _cmd_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
                 "started_at", "finished_at", "usage", "result", "error"):
         value = job.get(key)
         if key.endswith("_at") and value is not None:
-            when = f"{render.age(value)} ago" if value <= time.time() else f"in {render.age(2 * time.time() - value)}"
-            value = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(value))} ({when})"
+            value = render.moment(value)
         elif key in ("args", "payload", "handler"):
             value = json.dumps(value)
         elif key == "usage":

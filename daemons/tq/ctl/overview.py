@@ -134,9 +134,6 @@ def _cmd_schedules(client: Client, args: argparse.Namespace, as_json: bool) -> i
     if render.out_or_none(schedules, as_json, "no schedules ([schedules.NAME] in the configuration)"):
         return 0
 
-    def local(ts: float | None) -> str:
-        return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
     rows = [["SCHEDULE", "WHEN", "TASK", "NEXT RUN", "LAST RUN", "LAST JOB"]]
     for sc in schedules:
         when = sc["cron"] or f"every {sc['every']:g}s"
@@ -145,7 +142,8 @@ def _cmd_schedules(client: Client, args: argparse.Namespace, as_json: bool) -> i
         last = "-" if sc["last_job"] is None else f"{sc['last_job']} ({sc['last_state']})"
         if sc.get("last_error"):  # (none from a host of the previous release)
             last = f"failed, not submitted: {sc['last_error']}"
-        rows.append([sc["name"], when, sc["task"], local(sc["next_run"]), local(sc["last_run"]), last])
+        next_run, last_run = render.local_time(sc["next_run"]), render.local_time(sc["last_run"])
+        rows.append([sc["name"], when, sc["task"], next_run, last_run, last])
     render.table(rows)
     return 0
 
