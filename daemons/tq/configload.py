@@ -240,7 +240,7 @@ def _gateway(r: _Reader) -> GatewayConfig:
         max_connections=r.integer("max_connections", d.max_connections, 1, 1_000_000),
         max_subscribers=r.integer("max_subscribers", d.max_subscribers, 0, 1_000_000),
         max_body=r.size("max_body") or d.max_body,
-        max_wait=r.duration("max_wait", d.max_wait),
+        max_wait=r.duration("max_wait", d.max_wait, minimum=1.0),  # (less: no remote wait could be asked)
         request_timeout=r.duration("request_timeout", d.request_timeout, minimum=0.1),
         host_connections=r.integer("host_connections", d.host_connections, 1, 100_000),
         events_per_second=r.integer("events_per_second", d.events_per_second, 1, 1_000),

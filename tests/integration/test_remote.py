@@ -277,6 +277,25 @@ def test_tq_host_down_behind_the_gateway_exits_3(pair: Pair) -> None:
     assert r.returncode == 3 and "tq-host is not reachable" in r.stderr, r
 
 
+def test_submit_wait_cut_off_by_a_host_restart_says_the_job_stays_submitted(pair: Pair) -> None:
+    """Exit 3 as before, and the job's id as Ctrl-C gives it: a script that retries on 3 must not submit it twice."""
+    argv = [sys.executable, "-m", "tq.ctl", "--config", str(pair.suite.config)]
+    waiting = [subprocess.Popen([*argv, *extra, "submit", "echo", way, "--delay", "1h", "--wait"], env=pair.suite.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for way, extra in (("local", []), ("remote", pair.remote_args))]
+    client = pair.suite.client()
+    wait_until(lambda: len(client.list_jobs(state="delayed")) == 2, what="both jobs submitted")
+    ids = {j["args"][0]: j["id"] for j in client.list_jobs()}
+    host = next(d for d in pair.suite.daemons if d.name == "host")
+    host.signal(signal.SIGTERM)
+    host.wait()
+    for way, proc in zip(("local", "remote"), waiting, strict=True):
+        out, err = proc.communicate(timeout=60)
+        jid = ids[way]
+        assert (proc.returncode, out) == (3, ""), (way, proc.returncode, err)
+        assert err.endswith(f"; job {jid} stays submitted (tqctl result --wait {jid})\n") and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize(("args", "env", "message"), [
     (["--url", "http://127.0.0.1:1"], {}, "--url http://127.0.0.1:1 needs --token-file FILE (or TQ_TOKEN_FILE)"),
     (["--token-file", "/nonexistent"], {}, "--token-file and --ca-file go with --url"),
