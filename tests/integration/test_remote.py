@@ -306,6 +306,12 @@ def test_submit_wait_cut_off_by_a_host_restart_says_the_job_stays_submitted(pair
     (["--url", "http://127.0.0.1:1", "--token-file", "{empty}"], {}, "the token file {empty} is empty"),
     ([], {"TQ_URL": "http://127.0.0.1:1"}, "--url http://127.0.0.1:1 needs --token-file"),
     ([], {"TQ_URL": "http://127.0.0.1:1", "TQ_TOKEN_FILE": "{empty}"}, "the token file {empty} is empty"),
+    (["--url", "http://tq:s3cret@127.0.0.1:1"], {}, "--url http://tq:***@127.0.0.1:1 needs --token-file"),
+    ([], {"TQ_URL": "http://s3cret@127.0.0.1:1"}, "--url http://***@127.0.0.1:1 needs --token-file"),
+    (["--url", "http://tq:s3cret@127.0.0.1:1", "--token-file", "{token}"], {},
+     "the URL http://tq:***@127.0.0.1:1 carries a user or password"),
+    (["--url", "http://tq:s3cret@h:port", "--token-file", "{token}"], {}, "not a URL of tq-gateway: 'http://tq:***@h"),
+    (["--url", "ftp://tq:s3cret@h", "--token-file", "{token}"], {}, "not a URL of tq-gateway: 'ftp://tq:***@h'"),
 ])
 def test_usage_errors_of_the_remote_options_exit_2_in_one_line(suite: Suite, args: list[str], env: dict[str, str],
                                                                 message: str) -> None:
@@ -321,6 +327,7 @@ def test_usage_errors_of_the_remote_options_exit_2_in_one_line(suite: Suite, arg
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stdout == "", r
     assert r.stderr.startswith("tqctl: " + message.format(**fill)) and r.stderr.count("\n") == 1, r.stderr
+    assert "s3cret" not in r.stderr  # a URL's password or token is never echoed
 
 
 def test_a_token_file_others_may_read_is_warned_of(pair: Pair) -> None:
