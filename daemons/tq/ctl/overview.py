@@ -158,9 +158,16 @@ def config_check(args: argparse.Namespace, as_json: bool) -> int:
     from .. import configload  # the whole validation: only this command needs it
 
     try:
-        cfg = configload.load(args.config, default_required=True)  # no file is not an ok file
+        cfg, unreadable = configload.check(args.config)  # no file is not an ok file
     except configload.ConfigError as e:
         render.error(str(e), as_json, control.EXIT_USAGE)
+        return control.EXIT_USAGE
+    if unreadable:  # each one: the daemon that reads it would not start
+        if as_json:
+            render.out({"ok": False, "error": str(unreadable[0]), "errors": [str(p) for p in unreadable],
+                        "exit_code": control.EXIT_USAGE})
+        for problem in unreadable:
+            render.error(str(problem), False, control.EXIT_USAGE)
         return control.EXIT_USAGE
     broker = cfg.transport.url or cfg.amqp.url  # shown masked: the password never leaves the file
     if as_json:
