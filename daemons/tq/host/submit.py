@@ -239,7 +239,7 @@ def _job_options(spec: dict[str, Any], task: config.TaskConfig) -> tuple[str, in
     if not 0 <= delay < math.inf:
         raise RequestError("bad_request", f"delay must be a number of seconds, 0 or more and finite, not {delay}")
     if time.time() + delay >= LATEST_RUN_AT:
-        raise RequestError("bad_request", f"delay {delay:.0f} runs the job past the year 9999: at most until "
+        raise RequestError("bad_request", f"delay {delay:g} runs the job past the year 9999: at most until "
                                           f"{LATEST_RUN_AT:.0f} seconds since the epoch")
     timeout = float(control.field(spec, "timeout", (int, float), task.timeout))
     if not 0 < timeout < math.inf:
