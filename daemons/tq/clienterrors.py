@@ -66,6 +66,19 @@ _BY_EXIT: dict[int, type[TqError]] = {e.exit_code: e for e in (Refused, HostUnre
 ERRORS = {code: _BY_EXIT[e.exit_status] for code, e in control.ERRORS.items()} | {"unauthorized": Unauthorized}
 
 
+def masked_url(url: str) -> str:
+    """`url` fit for an error message: a user and password in it shown as `user:***@` (a user alone as `***@`,
+    it may be a token), as tq shows a broker's URL. Text, not a parse: a URL too broken to split is masked too."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user + ':***' if colon else '***'}@{host}"
+
+
 def refusal(code: str, message: str) -> TqError:
     """The exception for a refusal with tq's error `code`."""
     return ERRORS.get(code, Refused)(message)

@@ -17,6 +17,7 @@ from .configreader import Reader
 
 URL_FORM = "amqp[s]://USER@HOST[:PORT][/VHOST] (the value is not repeated here: it may hold a password)"
 TLS_FILES = ("ca_file", "cert_file", "key_file")  # with an amqps url
+FILE_KEYS = ("password_file", *TLS_FILES)  # the table's keys besides url that a BrokerUrl holds
 HOST_RE = re.compile(r"[A-Za-z0-9_.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
 
 

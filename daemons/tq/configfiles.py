@@ -120,6 +120,42 @@ def _read(file: str) -> dict[str, Any]:
         raise ConfigError(file, "", f"TOML syntax error: {_syntax_reason(e)}") from None
 
 
+# keys naming a file that a daemon reads when it starts (not when the configuration is loaded): a missing or
+# unreadable one passes load() and stops the daemon at its next start, so `tqctl config check` opens each
+FILE_KEYS = ("amqp.password_file", "amqp.ca_file", "amqp.cert_file", "amqp.key_file", "transport.password_file",
+             "transport.ca_file", "transport.cert_file", "transport.key_file", "gateway.tls_cert", "gateway.tls_key")
+
+
+def unreadable_files(merged: dict[str, Any], origin: dict[str, str], files: tuple[str, ...]) -> list[ConfigError]:
+    """The FILE_KEYS whose file does not exist or cannot be read by this process's user, each `file: key: reason`
+    (the daemon's user, tq or tq-gateway, must be able to read it too: that is not checked here)."""
+    import stat
+
+    problems = []
+    for dotted in FILE_KEYS:
+        section, key = dotted.split(".")
+        table = merged.get(section)
+        path = table.get(key) if isinstance(table, dict) else None
+        if not isinstance(path, str) or not path:
+            continue
+        try:  # (non-blocking: a FIFO named by mistake must not hang the check)
+            fd = os.open(os.path.join("/", path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            finally:
+                os.close(fd)
+            reason = None if regular else f"{path} is not a regular file"
+        except OSError as e:
+            reason = f"cannot read {path}: {e.strerror or e}"
+            if isinstance(e, PermissionError):
+                import getpass
+
+                reason += f" (as user {getpass.getuser()}, who runs this check)"
+        if reason:
+            problems.append(ConfigError(origin.get(dotted) or origin.get(section) or files[0], dotted, reason))
+    return problems
+
+
 class SocketSetting(NamedTuple):
     """Where the client reaches tq-host, where that path came from (for its messages), and the files it left out.
     (A NamedTuple: importing dataclasses costs every tqctl process about 10 ms at start.)"""

@@ -27,6 +27,7 @@ from .config import (
     TASK_NAME_RE,
     AccessConfig,
     Binding,
+    BrokerUrl,
     Config,
     ExchangeConfig,
     GatewayConfig,
@@ -39,7 +40,7 @@ from .config import (
     WorkerConfig,
 )
 from .configfiles import ConfigError as ConfigError  # re-exported: what load raises
-from .configfiles import read_files
+from .configfiles import read_files, unreadable_files
 from .configreader import Reader as _Reader
 
 if TYPE_CHECKING:
@@ -53,6 +54,13 @@ def load(path: str | None = None, default_required: bool = False) -> Config:
     return _build(merged, origin, files)
 
 
+def check(path: str | None = None) -> tuple[Config, list[ConfigError]]:
+    """`tqctl config check`: load (ConfigError as load's; the default file is required), and the files that the
+    configuration names for a daemon to read at its start which are missing or unreadable here."""
+    merged, origin, files = read_files(path, default_required=True)
+    return _build(merged, origin, files), unreadable_files(merged, origin, files)
+
+
 def reload(path: str | None, logger: logging.Logger) -> Config | None:
     """Load for SIGHUP: the new configuration, or None (logged) so the running one is kept."""
     try:
@@ -63,14 +71,28 @@ def reload(path: str | None, logger: logging.Logger) -> Config | None:
 
 
 def keep_for_restart(running: Config, new: Config, keys: tuple[str, ...]) -> tuple[Config, list[str]]:
-    """`new`, with the dotted `keys` (such as "mqueue.prefix") kept as `running` has them; and those that differ."""
+    """`new`, with the dotted `keys` (such as "mqueue.prefix") kept as `running` has them; and the keys of the
+    files that differ (for a broker's url, the key changed: "amqp.password_file", not "amqp.url")."""
     pending = [key for key in keys if _value(running, key) != _value(new, key)]
     sections: dict[str, dict[str, Any]] = {}
     for key in pending:
         section, name = key.split(".")
         sections.setdefault(section, {})[name] = _value(running, key)
     kept = {section: replace(getattr(new, section), **values) for section, values in sections.items()}
-    return replace(new, **kept), pending
+    if "amqp.url" in pending and all(c.transport.url == c.amqp.url for c in (running, new)):
+        pending = [key for key in pending if key != "transport.url"]  # ([transport] takes [amqp]'s: named once)
+    return replace(new, **kept), [name for key in pending for name in _changed_keys(key, running, new)]
+
+
+def _changed_keys(key: str, running: Config, new: Config) -> list[str]:
+    """The keys an operator wrote that changed `key`: a BrokerUrl holds the table's url and its files."""
+    old, now = _value(running, key), _value(new, key)
+    if not (isinstance(old, BrokerUrl) and isinstance(now, BrokerUrl)):
+        return [key]
+    section = key.split(".")[0]
+    files = [f"{section}.{name}" for name in configbroker.FILE_KEYS if getattr(old, name) != getattr(now, name)]
+    rest = replace(old, **{name: getattr(now, name) for name in configbroker.FILE_KEYS})
+    return ([key] if rest != now else []) + files
 
 
 def _value(cfg: Config, key: str) -> Any:
@@ -240,7 +262,7 @@ def _gateway(r: _Reader) -> GatewayConfig:
         max_connections=r.integer("max_connections", d.max_connections, 1, 1_000_000),
         max_subscribers=r.integer("max_subscribers", d.max_subscribers, 0, 1_000_000),
         max_body=r.size("max_body") or d.max_body,
-        max_wait=r.duration("max_wait", d.max_wait),
+        max_wait=r.duration("max_wait", d.max_wait, minimum=1.0),  # (less: no remote wait could be asked)
         request_timeout=r.duration("request_timeout", d.request_timeout, minimum=0.1),
         host_connections=r.integer("host_connections", d.host_connections, 1, 100_000),
         events_per_second=r.integer("events_per_second", d.events_per_second, 1, 1_000),

@@ -326,17 +326,21 @@ class _Dropped(Exception):
 
 
 def _checked_url(url: str) -> SplitResult:
+    from .clienterrors import masked_url
+
+    shown = masked_url(url)  # (never a password or token in an error message)
     try:
         parts = urlsplit(url)
         _ = parts.port  # (a port that is not a number raises here)
     except ValueError as e:
-        raise Refused(f"not a URL of tq-gateway: {url!r} ({e})") from None
+        raise Refused(f"not a URL of tq-gateway: {shown!r} ({str(e).replace(url, shown)})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Refused(f"not a URL of tq-gateway: {url!r} (expected http://HOST:PORT or https://HOST:PORT)")
+        raise Refused(f"not a URL of tq-gateway: {shown!r} (expected http://HOST:PORT or https://HOST:PORT)")
     if parts.username is not None or parts.password is not None:
-        raise Refused("the URL carries a user or password: give the token on its own (tqctl: --token-file FILE)")
+        raise Refused(f"the URL {shown} carries a user or password: give the token on its own (tqctl: "
+                      "--token-file FILE)")
     if parts.query or parts.fragment:
-        raise Refused(f"a URL of tq-gateway has no query or fragment: {url!r}")
+        raise Refused(f"a URL of tq-gateway has no query or fragment: {shown!r}")
     return parts
 
 

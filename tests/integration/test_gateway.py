@@ -62,6 +62,8 @@ def test_many_jobs_and_a_chain_in_one_request(gw: Gateway) -> None:
     ("POST", "/api/v1/jobs", [1, 2], 400, "bad_request"),
     ("POST", "/api/v1/jobs", {"task": "x", "colour": "red"}, 400, "bad_request"),
     ("POST", "/api/v1/jobs", {"jobs": [{"task": "x", "when": 1}]}, 400, "bad_request"),
+    ("POST", "/api/v1/jobs", {"task": "a", "delay": 1e308}, 400, "bad_request"),  # past the year 9999
+    ("POST", "/api/v1/jobs", {"task": "a", "at": 1e300}, 400, "bad_request"),
     ("GET", "/api/v1/jobs?colour=red", None, 400, "bad_request"),
     ("GET", "/api/v1/jobs?wait=forever", None, 400, "bad_request"),
     ("POST", "/api/v1/jobs/cancel", {}, 400, "bad_request"),

@@ -280,6 +280,25 @@ def test_tq_host_down_behind_the_gateway_exits_3(pair: Pair) -> None:
     assert r.stderr.count("\n") == 1, r
 
 
+def test_submit_wait_cut_off_by_a_host_restart_says_the_job_stays_submitted(pair: Pair) -> None:
+    """Exit 3 as before, and the job's id as Ctrl-C gives it: a script that retries on 3 must not submit it twice."""
+    argv = [sys.executable, "-m", "tq.ctl", "--config", str(pair.suite.config)]
+    waiting = [subprocess.Popen([*argv, *extra, "submit", "echo", way, "--delay", "1h", "--wait"], env=pair.suite.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for way, extra in (("local", []), ("remote", pair.remote_args))]
+    client = pair.suite.client()
+    wait_until(lambda: len(client.list_jobs(state="delayed")) == 2, what="both jobs submitted")
+    ids = {j["args"][0]: j["id"] for j in client.list_jobs()}
+    host = next(d for d in pair.suite.daemons if d.name == "host")
+    host.signal(signal.SIGTERM)
+    host.wait()
+    for way, proc in zip(("local", "remote"), waiting, strict=True):
+        out, err = proc.communicate(timeout=60)
+        jid = ids[way]
+        assert (proc.returncode, out) == (3, ""), (way, proc.returncode, err)
+        assert err.endswith(f"; job {jid} stays submitted (tqctl result --wait {jid})\n") and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize(("args", "env", "message"), [
     (["--url", "http://127.0.0.1:1"], {}, "--url http://127.0.0.1:1 needs --token-file FILE (or TQ_TOKEN_FILE)"),
     (["--token-file", "/nonexistent"], {}, "--token-file and --ca-file go with --url"),
@@ -290,6 +309,12 @@ def test_tq_host_down_behind_the_gateway_exits_3(pair: Pair) -> None:
     (["--url", "http://127.0.0.1:1", "--token-file", "{empty}"], {}, "the token file {empty} is empty"),
     ([], {"TQ_URL": "http://127.0.0.1:1"}, "--url http://127.0.0.1:1 needs --token-file"),
     ([], {"TQ_URL": "http://127.0.0.1:1", "TQ_TOKEN_FILE": "{empty}"}, "the token file {empty} is empty"),
+    (["--url", "http://tq:s3cret@127.0.0.1:1"], {}, "--url http://tq:***@127.0.0.1:1 needs --token-file"),
+    ([], {"TQ_URL": "http://s3cret@127.0.0.1:1"}, "--url http://***@127.0.0.1:1 needs --token-file"),
+    (["--url", "http://tq:s3cret@127.0.0.1:1", "--token-file", "{token}"], {},
+     "the URL http://tq:***@127.0.0.1:1 carries a user or password"),
+    (["--url", "http://tq:s3cret@h:port", "--token-file", "{token}"], {}, "not a URL of tq-gateway: 'http://tq:***@h"),
+    (["--url", "ftp://tq:s3cret@h", "--token-file", "{token}"], {}, "not a URL of tq-gateway: 'ftp://tq:***@h'"),
 ])
 def test_usage_errors_of_the_remote_options_exit_2_in_one_line(suite: Suite, args: list[str], env: dict[str, str],
                                                                 message: str) -> None:
@@ -305,6 +330,7 @@ def test_usage_errors_of_the_remote_options_exit_2_in_one_line(suite: Suite, arg
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stdout == "", r
     assert r.stderr.startswith("tqctl: " + message.format(**fill)) and r.stderr.count("\n") == 1, r.stderr
+    assert "s3cret" not in r.stderr  # a URL's password or token is never echoed
 
 
 def test_a_token_file_others_may_read_is_warned_of(pair: Pair) -> None:

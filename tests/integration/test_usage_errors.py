@@ -88,3 +88,21 @@ def test_options_that_would_be_ignored_or_out_of_range_are_usage_errors(suite: S
         assert "not both" not in r.stderr
         refused(tqctl(suite, command, "7", "--state", "dead"), 2, "not both", "--state")
     assert suite.client().list_jobs() == []
+
+
+def test_a_run_time_past_the_year_9999_is_refused_and_one_before_the_epoch_runs_at_once(suite: Suite,
+                                                                                        tmp_path: Path) -> None:
+    suite.host()
+    batch = tmp_path / "jobs.jsonl"
+    for line in ('{"task": "t", "delay": 1e308}', '{"task": "t", "at": 1e300}'):
+        batch.write_text(line + "\n")
+        refused(tqctl(suite, "submit", "--batch", str(batch)), 2, "year", "253402300800")
+    refused(tqctl(suite, "submit", "t", "--at", "10000-01-01T00:00:00+00:00"), 2, "--at", "ISO 8601")
+    refused(tqctl(suite, "submit", "t", "--delay", "3000000d"), 2, "delay", "past the year 9999")
+    assert suite.client().list_jobs() == []
+    for at in ("1969-12-31T23:59:59+00:00", "1900-01-01T00:00:00+00:00"):
+        r = tqctl(suite, "submit", "t", "--at", at)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (at, r.stderr)
+        assert suite.client().get(int(r.stdout))["state"] == "queued"  # a time past runs at once
+        shown = tqctl(suite, "show", r.stdout.strip())
+        assert shown.returncode == 0 and "run_at:      -" in shown.stdout, shown

@@ -187,6 +187,7 @@ def test_gateway_table_defaults_and_values(tmp_path: Path) -> None:
     ('listen = "8790"', "gateway.listen"), ('listen = "host:99999"', "gateway.listen"),
     ('tls_cert = "/etc/cert.pem"', "gateway.tls_key"), ("max_connections = 0", "gateway.max_connections"),
     ('max_body = "lots"', "gateway.max_body"), ("colour = 1", "gateway.colour"),
+    ('max_wait = "0"', "gateway.max_wait"), ('max_wait = "500ms"', "gateway.max_wait"),
 ])
 def test_gateway_table_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(configload.ConfigError, match=re.escape(key)):

@@ -179,3 +179,21 @@ def test_addresses_of_a_family_the_process_may_not_open_are_dropped_and_none_lef
 def test_a_remote_worker_s_name_carries_its_machine() -> None:
     assert machine_instance("1", "render-3.example.org") == "1@render-3"
     assert machine_instance("2", "odd name") == "2@odd-name"
+
+
+@pytest.mark.parametrize(("before", "after", "changed"), [
+    ('password_file = "/etc/tq/pw"', 'password_file = "/etc/tq/pw2"', ["amqp.password_file"]),
+    ('ca_file = "/etc/tq/ca.pem"', 'ca_file = "/etc/tq/ca2.pem"', ["amqp.ca_file"]),
+    ('password_file = "/etc/tq/pw"', "", ["amqp.password_file"]),
+])
+def test_a_reload_names_the_broker_key_that_changed_not_the_url(tmp_path: Path, before: str, after: str,
+                                                                changed: list[str]) -> None:
+    """'amqp.url changed' when only amqp.password_file did sent the operator looking at the wrong key."""
+    def broker(host: str, keys: str) -> str:  # [transport] takes [amqp]'s broker: it is named once
+        return f'[amqp]\nurl = "amqps://tq@{host}/"\nqueues = ["far"]\n{keys}\n[transport]\nkind = "amqp"\n'
+
+    running, new = load(tmp_path, broker("10.0.0.1", before)), load(tmp_path, broker("10.0.0.1", after))
+    kept, pending = configload.keep_for_restart(running, new, ("amqp.url", "amqp.queues", "transport.url"))
+    assert pending == changed and kept.amqp.url == running.amqp.url and kept.transport.url == running.transport.url
+    moved = load(tmp_path, broker("10.0.0.2", before))
+    assert configload.keep_for_restart(running, moved, ("amqp.url", "transport.url"))[1][0] == "amqp.url"

@@ -6,6 +6,10 @@ not parse. tqctl runs in-process, with the default file pointed at a temporary p
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -115,3 +119,68 @@ def test_config_check_shows_the_gateways_and_refuses_a_group_or_a_bad_name_among
         assert ctl.main(["config", "check"]) == control.EXIT_USAGE
         err = capsys.readouterr().err
         assert "access.gateways" in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(("table", "key", "tls"), [
+    ("amqp", "password_file", False), ("transport", "password_file", False), ("amqp", "ca_file", True),
+    ("transport", "cert_file", True), ("amqp", "key_file", True), ("gateway", "tls_cert", None),
+    ("gateway", "tls_key", None),
+])
+def test_a_file_a_daemon_reads_at_its_start_that_is_missing_or_no_file_is_an_error(
+        default: Path, tmp_path: Path, table: str, key: str, tls: bool | None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """It passed as ok, and the daemon then stopped at its next start."""
+    good = tmp_path / "good.pem"
+    good.write_text("x\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def write(path: Path) -> None:
+        if table == "gateway":
+            other = "tls_key" if key == "tls_cert" else "tls_cert"
+            text = f'[gateway]\n{key} = "{path}"\n{other} = "{good}"\n'
+        else:
+            kind = 'kind = "amqp"\n' if table == "transport" else ""
+            scheme = "amqps" if tls else "amqp"
+            text = f'[{table}]\n{kind}url = "{scheme}://tq@broker/"\n{key} = "{path}"\n'
+            if key == "key_file":
+                text += f'cert_file = "{good}"\n'
+        default.write_text(text)
+
+    write(good)
+    assert ctl.main(["config", "check"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    for path, reason in ((tmp_path / "gone", "No such file or directory"), (tmp_path, "is not a regular file"),
+                         (fifo, "is not a regular file")):
+        write(path)
+        assert ctl.main(["config", "check"]) == control.EXIT_USAGE
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith(f"tqctl: {default}: {table}.{key}: ") and reason in err, err
+        assert str(path) in err and len(err.splitlines()) == 1, err
+    assert ctl.main(["--json", "config", "check"]) == control.EXIT_USAGE
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["ok"] is False and f"{table}.{key}" in reply["error"] and len(reply["errors"]) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the check as another user (setpriv)")
+def test_a_file_the_user_running_the_check_cannot_read_is_an_error_naming_the_user() -> None:
+    with tempfile.TemporaryDirectory() as where:  # (pytest's tmp_path is root's alone: nobody could read tq.toml)
+        tmp_path = Path(where)
+        tmp_path.chmod(0o755)
+        _check_as_nobody(tmp_path)
+
+
+def _check_as_nobody(tmp_path: Path) -> None:
+    secret = tmp_path / "amqp.password"
+    secret.write_text("pw\n")
+    secret.chmod(0o600)
+    conf = tmp_path / "tq.toml"
+    conf.write_text(f'[amqp]\nurl = "amqp://tq@broker/"\npassword_file = "{secret}"\n')
+    conf.chmod(0o644)
+    env = {**os.environ, "PYTHONPATH": str(Path(ctl.__file__).parents[2])}
+    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m",
+                        "tq.ctl", "--config", str(conf), "config", "check"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == control.EXIT_USAGE and r.stdout == "", r
+    assert r.stderr == (f"tqctl: {conf}: amqp.password_file: cannot read {secret}: Permission denied (as user "
+                        "nobody, who runs this check)\n"), r.stderr

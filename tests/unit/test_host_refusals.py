@@ -74,6 +74,21 @@ def test_an_option_out_of_range_is_refused_naming_it_and_its_rule(parts: Parts, 
     assert code == "bad_request" and all(w in error for w in words), error
 
 
+@pytest.mark.parametrize("option, value", [("delay", 1e308), ("at", 1e300), ("at", 253402300800),
+                                           ("delay", 253402300800)])
+def test_a_run_time_past_the_year_9999_is_refused_with_the_bound(parts: Parts, option: str, value: float) -> None:
+    code, error = refusal(ask(parts, "submit", jobs=[{"task": "t", option: value}]))
+    assert code == "bad_request" and option in error and "253402300800" in error, error
+
+
+@pytest.mark.parametrize("at", [-1, -2208988800, 0, 1e9])
+def test_a_time_past_runs_at_once_before_the_epoch_too(parts: Parts, at: float) -> None:
+    reply = ask(parts, "submit", jobs=[{"task": "t", "at": at}])
+    assert reply["ok"], reply
+    job = ask(parts, "get", id=reply["ids"][0])
+    assert job["ok"] and job["job"]["state"] == "queued" and job["job"]["run_at"] is None, job
+
+
 @pytest.mark.parametrize("op, fields", [
     ("submit", {"jobs": [{"task": "t", "at": 10**400}]}),
     ("submit", {"jobs": [{"task": "t", "delay": 10**400}]}),

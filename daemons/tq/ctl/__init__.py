@@ -21,6 +21,7 @@ import sys
 
 from .. import __version__
 from ..client import Client, Refused, TqError
+from ..clienterrors import masked_url
 from . import follow, jobs, options, overview, render, tokens
 
 # The order `tqctl --help` lists the commands in; each module's COMMANDS add them.
@@ -81,8 +82,8 @@ def _client(args: argparse.Namespace) -> Client:
             raise Refused("--token-file and --ca-file go with --url (tq-gateway's URL)")
         return Client(config=args.config)
     if token_file is None:
-        raise Refused(f"--url {url} needs --token-file FILE (or TQ_TOKEN_FILE): a file holding the token that "
-                      "tqctl token create printed")
+        raise Refused(f"--url {masked_url(url)} needs --token-file FILE (or TQ_TOKEN_FILE): a file holding the token "
+                      "that tqctl token create printed")
     return Client(url=url, token=_token(token_file), ca_file=args.ca_file or os.environ.get("TQ_CA_FILE") or None)
 
 

@@ -94,7 +94,9 @@ def _event_text(e: dict[str, Any]) -> str:
 
 def _clock(ts: float | None) -> str:
     """Local time with milliseconds."""
-    return "-" if ts is None else time.strftime("%b %d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+    if ts is None or not abs(ts) < 1e15:
+        return render.local_time(ts)
+    return render.local_time(ts, "%b %d %H:%M:%S") + f".{int(ts * 1000) % 1000:03d}"
 
 
 def _add_metrics(sub: Subcommands, common: Parser) -> None:

@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import control
-from ..client import Client, JobTimeout, Refused
+from ..client import Client, JobTimeout, NotFound, Refused, TqError
 from ..states import FINAL, JobState
 from ..usage import describe as describe_usage
 from . import batch, options, render
@@ -88,6 +88,10 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     except KeyboardInterrupt:  # the job stays submitted: say which, or it cannot be found again
         print(f"tqctl: interrupted; job {jid} stays submitted (tqctl result --wait {jid})", file=sys.stderr)
         raise
+    except (JobTimeout, NotFound):  # (the message names the job)
+        raise
+    except TqError as e:  # tq-host restarted, the gateway refused the wait: a script must not submit it again
+        raise type(e)(f"{e}; job {jid} stays submitted (tqctl result --wait {jid})") from None
     return _finish(job, as_json)
 
 
@@ -255,8 +259,7 @@ def _cmd_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
                 "started_at", "finished_at", "usage", "result", "error"):
         value = job.get(key)
         if key.endswith("_at") and value is not None:
-            when = f"{render.age(value)} ago" if value <= time.time() else f"in {render.age(2 * time.time() - value)}"
-            value = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(value))} ({when})"
+            value = render.moment(value)
         elif key in ("args", "payload", "handler"):
             value = json.dumps(value)
         elif key == "usage":

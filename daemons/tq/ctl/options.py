@@ -57,7 +57,12 @@ def iso_time(text: str) -> float:
     import datetime  # (only --at needs it: tqctl starts faster without)
 
     try:
-        return datetime.datetime.fromisoformat(text).timestamp()
+        when = datetime.datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r} (e.g. 2026-12-01T09:00:00+01:00, or "
                                          "2026-12-01 09:00 in local time)") from None
+    try:
+        return when.timestamp()
+    except (ValueError, OverflowError, OSError):  # a local time at the edge of datetime's years (0001, 9999)
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range here: give a time between the years 1 and "
+                                         "9999, with its offset") from None

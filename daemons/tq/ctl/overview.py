@@ -137,9 +137,6 @@ def _cmd_schedules(client: Client, args: argparse.Namespace, as_json: bool) -> i
     if render.out_or_none(schedules, as_json, "no schedules ([schedules.NAME] in the configuration)"):
         return 0
 
-    def local(ts: float | None) -> str:
-        return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
     rows = [["SCHEDULE", "WHEN", "TASK", "NEXT RUN", "LAST RUN", "LAST JOB"]]
     for sc in schedules:
         when = sc["cron"] or f"every {sc['every']:g}s"
@@ -148,7 +145,8 @@ def _cmd_schedules(client: Client, args: argparse.Namespace, as_json: bool) -> i
         last = "-" if sc["last_job"] is None else f"{sc['last_job']} ({sc['last_state']})"
         if sc.get("last_error"):  # (none from a host of the previous release)
             last = f"failed, not submitted: {sc['last_error']}"
-        rows.append([sc["name"], when, sc["task"], local(sc["next_run"]), local(sc["last_run"]), last])
+        next_run, last_run = render.local_time(sc["next_run"]), render.local_time(sc["last_run"])
+        rows.append([sc["name"], when, sc["task"], next_run, last_run, last])
     render.table(rows)
     return 0
 
@@ -163,9 +161,16 @@ def config_check(args: argparse.Namespace, as_json: bool) -> int:
     from .. import configload  # the whole validation: only this command needs it
 
     try:
-        cfg = configload.load(args.config, default_required=True)  # no file is not an ok file
+        cfg, unreadable = configload.check(args.config)  # no file is not an ok file
     except configload.ConfigError as e:
         render.error(str(e), as_json, control.EXIT_USAGE)
+        return control.EXIT_USAGE
+    if unreadable:  # each one: the daemon that reads it would not start
+        if as_json:
+            render.out({"ok": False, "error": str(unreadable[0]), "errors": [str(p) for p in unreadable],
+                        "exit_code": control.EXIT_USAGE})
+        for problem in unreadable:
+            render.error(str(problem), False, control.EXIT_USAGE)
         return control.EXIT_USAGE
     broker = cfg.transport.url or cfg.amqp.url  # shown masked: the password never leaves the file
     if as_json:

@@ -53,6 +53,25 @@ def age(ts: float | None) -> str:
     return f"{s:.0f}s"
 
 
+def local_time(ts: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A time in seconds since the epoch as local time (`-` when unknown). One that the platform cannot show (a
+    job stored before tq-host bounded run times, far past the year 9999) is shown as the number: never a crash."""
+    if ts is None:
+        return "-"
+    try:
+        return time.strftime(fmt, time.localtime(ts))
+    except (OverflowError, OSError, ValueError):
+        return f"{ts:.0f} seconds since the epoch"
+
+
+def moment(ts: float) -> str:
+    """A time as local time, and how long ago or ahead: `2026-12-01 09:00:00 (3h ago)`, `... (in 2d)`."""
+    now = time.time()
+    if not abs(ts - now) < 1e12:  # (tens of thousands of years, or not a number: no span to speak of)
+        return local_time(ts)
+    return f"{local_time(ts)} ({age(ts)} ago)" if ts <= now else f"{local_time(ts)} (in {age(2 * now - ts)})"
+
+
 def table(rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import TYPE_CHECKING
 
 from ..client import Client
@@ -40,7 +39,7 @@ def _cmd_list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         return 0
     rows = [["NAME", "USER", "ACCESS", "CREATED"]]
     for t in tokens:
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(t["created_at"]))
+        created = render.local_time(t["created_at"], "%Y-%m-%d %H:%M")
         rows.append([t["name"], t["user"], "read-only" if t["read_only"] else "read-write", created])
     render.table(rows)
     return 0

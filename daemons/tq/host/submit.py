@@ -27,6 +27,8 @@ from .waiters import Waiters
 PLAIN_SPEC = {"task", "args", "payload"}  # a job spec with no options of its own
 MAX_UNIQUE_KEY = 256  # characters of a unique key
 MAX_TASKS_CACHED = 10_000  # task names come from clients: never trust their count
+# a job runs before the year 10000 (UTC): past it no client can show its time (datetime's and most time_t's end)
+LATEST_RUN_AT = 253402300800.0
 
 
 class Admission:
@@ -230,11 +232,15 @@ def _job_options(spec: dict[str, Any], task: config.TaskConfig) -> tuple[str, in
     if at is not None:
         if delay:
             raise RequestError("bad_request", "give delay or at, not both")
-        if not 0 <= at < math.inf:
-            raise RequestError("bad_request", "at must be a time in seconds since the epoch")
+        if not -math.inf < at < LATEST_RUN_AT:  # (before the epoch too: a time past runs at once)
+            raise RequestError("bad_request", f"at must be a time in seconds since the epoch, before the year "
+                                              f"10000 ({LATEST_RUN_AT:.0f}), not {at}")
         delay = max(0.0, float(at) - time.time())
     if not 0 <= delay < math.inf:
         raise RequestError("bad_request", f"delay must be a number of seconds, 0 or more and finite, not {delay}")
+    if time.time() + delay >= LATEST_RUN_AT:
+        raise RequestError("bad_request", f"delay {delay:g} runs the job past the year 9999: at most until "
+                                          f"{LATEST_RUN_AT:.0f} seconds since the epoch")
     timeout = float(control.field(spec, "timeout", (int, float), task.timeout))
     if not 0 < timeout < math.inf:
         raise RequestError("bad_request", f"timeout must be a number of seconds, more than 0 and finite, "
