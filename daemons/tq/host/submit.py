@@ -238,7 +238,7 @@ def _job_options(spec: dict[str, Any], task: config.TaskConfig) -> tuple[str, in
         delay = max(0.0, float(at) - time.time())
     if not 0 <= delay < math.inf:
         raise RequestError("bad_request", f"delay must be a number of seconds, 0 or more and finite, not {delay}")
-    if time.time() + delay >= LATEST_RUN_AT:
+    if delay and time.time() + delay >= LATEST_RUN_AT:  # (no clock read for a job without a delay)
         raise RequestError("bad_request", f"delay {delay:g} runs the job past the year 9999: at most until "
                                           f"{LATEST_RUN_AT:.0f} seconds since the epoch")
     timeout = float(control.field(spec, "timeout", (int, float), task.timeout))
