@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import SplitResult, quote, urlencode, urlsplit
 
 from . import control
-from .clienterrors import HostUnreachable, JobTimeout, PermissionDenied, Refused, TqError, refusal
+from .clienterrors import HostUnreachable, JobTimeout, NotFound, PermissionDenied, Refused, TqError, refusal
 from .remotestream import STREAM_SILENCE, EventFeed, reason
 from .routes import API, HOST_UNREACHABLE, OLD_HOST_UNREACHABLE, ROUTES
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 WAIT_CHUNK = 30.0  # seconds one request may wait (the gateway's max_wait is 300 by default; proxies cut at 60)
 
+_NAMED = {"instance": "worker", "name": "token", "id": "job"}  # what a path field names
 _RETRIED = frozenset(("GET",))  # requests made again, once, when a kept-alive connection turns out closed
 
 
@@ -107,6 +108,9 @@ class HttpConnection:
         route = next((r for r in routes if all(k in fields for k in r.names())), None)
         if route is None:
             raise Refused(f"{op} needs {', '.join(routes[-1].names())}")
+        for name in route.names():
+            if str(fields[name]) == "":  # (an empty path segment is another path: answered as tq-host answers it)
+                raise Refused("invalid queue name ''") if name == "queue" else NotFound(f"no {_NAMED[name]} ''")
         path = route.path.format(**{k: quote(str(fields.pop(k)), safe="") for k in route.names()})
         query, body = (fields, None) if route.method != "POST" else ({}, fields)
         return self._json(self._request(route.method, path, query, body, wait or 0.0))

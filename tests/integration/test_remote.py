@@ -174,6 +174,8 @@ def test_pause_and_resume(pair: Pair) -> None:
     assert outputs[0] == outputs[1]
     assert outputs[0][1][1] == "queue default paused (it already was paused)\n"
     pair.same("pause", "nosuchqueue")  # exit 5
+    assert pair.same("pause", "").returncode == 2  # (an empty path segment: refused as tq-host refuses the name)
+    assert pair.same("workers", "--forget", "").returncode == 5
 
 
 def test_events_and_metrics(pair: Pair) -> None:
