@@ -5,7 +5,7 @@ message's fields in declaration order (no field names: smaller, faster).
 Decoding checks every field's type, so a malformed message is one
 ProtocolError, never a crash further in.
 
-Host -> worker inbox (`<prefix>.w.<instance>`): Jobs (a batch of Job), Sync, Cancel.
+Host -> worker inbox (`<prefix>.w.<instance>`): Jobs (a batch of Job), Sync, Cancel, Refused.
 Worker -> host queue (`<prefix>.host`): Hello, Heartbeat, Started, Results (a batch of Result), Release, Bye,
 Synced.
 Batches keep the syscalls and decodes per job down; each batch fits max_message_size.
@@ -90,6 +90,9 @@ class Hello(Message):
     pid: int
     queues: list[str]
     prefetch: int
+    # The machine it runs on (machines.machine_id): a new pid from the same machine is a restart, from another
+    # one a second worker under the name. Trailing, with a default: a hello of a worker from before decodes.
+    machine: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Heartbeat(Message):
     # The worker's own figures (monitor.Sampler.sample): RSS, CPU, descriptors, uptime, jobs done and failed,
     # the running job. A trailing field with a default: a heartbeat of a worker from before it still decodes.
     monitor: dict[str, Any] = field(default_factory=dict)
+    machine: str = ""  # as in Hello (after the monitor: a heartbeat of a worker from before still decodes)
 
 
 @dataclass(frozen=True)
@@ -161,12 +165,27 @@ class Synced(Message):
     KIND: ClassVar[bytes] = b"Y"
     instance: str
     token: int
+    machine: str = ""  # as in Hello: a fence answered by another machine's worker under the name is sent again
+
+
+@dataclass(frozen=True)
+class Refused(Message):
+    """tq-host will not have this process under its name (another machine's worker holds it): it exits.
+
+    Sent to the name's inbox, which both processes may read: the one it names by pid and machine acts on it, the
+    other ignores it. A worker from before this message drops it as one it does not know.
+    """
+
+    KIND: ClassVar[bytes] = b"N"
+    pid: int
+    machine: str
+    reason: str  # one line, for the worker's journal
 
 
 # What travels on the queues. Job and Result are the items of the Jobs and Results batches, not messages.
-KINDS: dict[bytes, type[Message]] = {cls.KIND: cls for cls in (Jobs, Sync, Cancel, Hello, Heartbeat, Started, Results,
-                                                                 Release, Bye, Synced)}
-assert len(KINDS) == 10, "two messages share a KIND"
+KINDS: dict[bytes, type[Message]] = {cls.KIND: cls for cls in (Jobs, Sync, Cancel, Refused, Hello, Heartbeat, Started,
+                                                                 Results, Release, Bye, Synced)}
+assert len(KINDS) == 11, "two messages share a KIND"
 _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "str": (str,), "float": (float, int), "bool": (bool,), "list[Any]": (list,),
     "list[str]": (list,), "Any": (object,), "dict[str, Any]": (dict,),

@@ -41,10 +41,26 @@ def test_a_heartbeat_with_fields_missing_extra_or_a_monitor_not_an_object_is_mal
 
 
 def test_only_trailing_fields_with_a_default_may_be_missing() -> None:
-    with pytest.raises(protocol.ProtocolError, match="array of 4 fields"):
+    with pytest.raises(protocol.ProtocolError, match="array of 2 fields"):
+        protocol.decode(b'\x02Q["1"]')
+    with pytest.raises(protocol.ProtocolError, match="array of 4 to 5 fields"):
         protocol.decode(b'\x02H["1",42,["q"]]')
-    with pytest.raises(protocol.ProtocolError, match="array of 5 to 6 fields"):
+    with pytest.raises(protocol.ProtocolError, match="array of 5 to 7 fields"):
         protocol.decode(b'\x02B["1",42,["q"],2]')
+
+
+def test_a_hello_heartbeat_and_synced_carry_the_machine_and_ones_without_it_still_decode() -> None:
+    """A worker of the previous release (same VERSION) says no machine: tq-host takes it as today."""
+    assert protocol.decode(b'\x02H["1@m",42,["q"],2]') == protocol.Hello("1@m", 42, ["q"], 2, "")
+    assert protocol.decode(b'\x02B["1@m",42,["q"],2,0,{}]').machine == ""
+    assert protocol.decode(b'\x02Y["1@m",7]') == protocol.Synced("1@m", 7, "")
+    for msg in (protocol.Hello("1@m", 42, ["q"], 2, "ab12"), protocol.Heartbeat("1@m", 42, ["q"], 2, 0, {}, "ab12"),
+                protocol.Synced("1@m", 7, "ab12"), protocol.Refused(42, "ab12", "another worker is named 1@m")):
+        assert protocol.decode(protocol.encode(msg)) == msg
+    with pytest.raises(protocol.ProtocolError, match="Hello: field 'machine'"):
+        protocol.decode(b'\x02H["1@m",42,["q"],2,7]')
+    with pytest.raises(protocol.ProtocolError, match="Refused"):
+        protocol.decode(b'\x02N[42,"ab12"]')
 
 
 def test_too_large_names_the_limit() -> None:
