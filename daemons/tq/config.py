@@ -130,6 +130,7 @@ class TransportConfig:
 
     kind: str = "posix"
     url: BrokerUrl | None = None  # [amqp] url when not given here
+    machine: str = ""  # the machine's name in the worker's ("1@NAME"); "": its short host name
 
 
 TRANSPORT_KINDS = ("posix", "amqp")

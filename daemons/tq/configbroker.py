@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 from .config import TRANSPORT_KINDS, AmqpConfig, BrokerUrl, TransportConfig
 from .configreader import Reader
+from .transport.machines import MACHINE_RE
 
 URL_FORM = "amqp[s]://USER@HOST[:PORT][/VHOST] (the value is not repeated here: it may hold a password)"
 TLS_FILES = ("ca_file", "cert_file", "key_file")  # with an amqps url
@@ -33,14 +34,17 @@ def amqp(r: Reader) -> AmqpConfig:
 
 
 def transport(r: Reader, amqp: AmqpConfig) -> TransportConfig:
-    r.check_keys({"kind", "url", "password_file", *TLS_FILES})
+    r.check_keys({"kind", "url", "password_file", *TLS_FILES, "machine"})
     kind = r.choice("kind", TRANSPORT_KINDS, TransportConfig.kind)
     url = broker_url(r) or amqp.url
     if kind == "amqp" and url is None:
         raise r.error("url", 'kind = "amqp" needs the broker: transport.url (or amqp.url), ' + URL_FORM)
-    if kind == "posix" and (given := [k for k in ("url", "password_file", *TLS_FILES) if k in r.table]):
+    if kind == "posix" and (given := [k for k in ("url", "password_file", *TLS_FILES, "machine") if k in r.table]):
         raise r.error("kind", f'{", ".join(given)}: for kind = "amqp"')
-    return TransportConfig(kind=kind, url=url if kind == "amqp" else None)
+    machine: str = r.get("machine", str, "")
+    if "machine" in r.table and not MACHINE_RE.match(machine):
+        raise r.error("machine", f"expected a DNS label (letters, digits and -, at most 63), got {machine[:80]!r}")
+    return TransportConfig(kind=kind, url=url if kind == "amqp" else None, machine=machine)
 
 
 def broker_url(r: Reader) -> BrokerUrl | None:

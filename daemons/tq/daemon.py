@@ -52,7 +52,7 @@ class Daemon:
 
     RESTART_KEYS: tuple[str, ...] = ("mqueue.prefix", "mqueue.max_message_size", "mqueue.max_messages",
                                       "amqp.url", "amqp.queues", "amqp.heartbeat", "amqp.window", "transport.kind",
-                                      "transport.url")
+                                      "transport.url", "transport.machine")
     """Dotted config keys that take effect only at the next start (a reload keeps the running value)."""
     HOST = False  # tq-host (its mailboxes: transport.for_config)
 

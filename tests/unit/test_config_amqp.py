@@ -90,6 +90,12 @@ def test_a_password_in_the_url_is_kept_but_never_shown(tmp_path: Path, capsys: p
     ('[transport]\nkind = "carrier-pigeon"\n', "transport.kind: must be one of posix, amqp"),
     ('[transport]\nurl = "amqp://tq@h/"\n', 'transport.kind: url: for kind = "amqp"'),
     ('[amqp]\nurl = 5\n', "amqp.url: expected a string"),
+    ('[transport]\nkind = "amqp"\nurl = "amqp://tq@h/"\nmachine = "render_3"\n', "transport.machine: expected a "
+                                                                                "DNS label"),
+    ('[transport]\nkind = "amqp"\nurl = "amqp://tq@h/"\nmachine = "-a"\n', "transport.machine: expected a DNS"),
+    (f'[transport]\nkind = "amqp"\nurl = "amqp://tq@h/"\nmachine = "{"a" * 64}"\n', "transport.machine: expected"),
+    ('[transport]\nkind = "amqp"\nurl = "amqp://tq@h/"\nmachine = 3\n', "transport.machine: expected a string"),
+    ('[transport]\nmachine = "render-3"\n', 'transport.kind: machine: for kind = "amqp"'),
 ])
 def test_a_bad_broker_setting_is_one_line_naming_file_and_key_without_the_password(
         tmp_path: Path, text: str, expected: str) -> None:
@@ -178,6 +184,12 @@ def test_addresses_of_a_family_the_process_may_not_open_are_dropped_and_none_lef
 
 def test_a_remote_worker_s_name_carries_its_machine() -> None:
     assert machine_instance("1", "render-3.example.org") == "1@render-3"
+
+
+def test_transport_machine_names_the_machine_in_its_workers_names(tmp_path: Path) -> None:
+    cfg = load(tmp_path, '[transport]\nkind = "amqp"\nurl = "amqp://tq@h/"\nmachine = "render-3b"\n')
+    assert cfg.transport.machine == "render-3b" and machine_instance("1", cfg.transport.machine) == "1@render-3b"
+    assert load(tmp_path, '[transport]\nkind = "amqp"\nurl = "amqp://tq@h/"\n').transport.machine == ""
     assert machine_instance("2", "odd name") == "2@odd-name"
 
 
