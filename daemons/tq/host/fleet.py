@@ -140,23 +140,47 @@ class Fleet:
 
     def _on_hello(self, msg: protocol.Hello, now: float) -> None:
         w = self._worker(msg.instance)
-        if w is None:
+        if w is None or self._refused(w, msg.pid, msg.machine, now):
             return
         self.logger.info("worker %s (pid %d) says hello; queues %s", msg.instance, msg.pid, ",".join(msg.queues))
         if msg.pid != w.pid:
             w.monitor = {}  # the figures of the process before: its heartbeats bring the new one's
-        self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, *_restart_cause(w, msg.pid))
+        cause = _restart_cause(w, msg.pid, msg.machine)
+        w.machine = msg.machine
+        self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, *cause)
 
     def _on_heartbeat(self, msg: protocol.Heartbeat, now: float) -> None:
         w = self._worker(msg.instance)
-        if w is None:
+        if w is None or self._refused(w, msg.pid, msg.machine, now):
             return
         w.monitor, w.monitor_at = msg.monitor, now  # (empty from a worker of the previous release)
-        if w.state in ("lost", "stopped") or msg.pid != w.pid:
+        if w.state in ("lost", "stopped") or msg.pid != w.pid or _elsewhere(w, msg.machine):
             self.logger.info("worker %s (pid %d) is back", msg.instance, msg.pid)
-            self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, *_restart_cause(w, msg.pid))
+            cause = _restart_cause(w, msg.pid, msg.machine)
+            w.machine = msg.machine
+            self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, *cause)
             return
+        w.machine = msg.machine or w.machine  # (learnt from a heartbeat after a tq-host restart)
         w.seen, w.running = now, msg.running
+
+    def _refused(self, w: WorkerState, pid: int, machine: str, now: float) -> bool:
+        """A hello or heartbeat under the name of a worker present on another machine: a second worker named
+        alike (two machines of one short name), not a restart. It is not adopted (the holder keeps its jobs) and is
+        told so, by pid and machine (both may read the name's inbox); the warning is logged once a process."""
+        if not (_elsewhere(w, machine) and w.state in ("syncing", "live", "leaving")
+                and now - w.seen <= self.cfg.host.lease):
+            return False
+        if w.refused != (pid, machine):
+            w.refused = (pid, machine)
+            self.logger.warning("worker %s: refused pid %d of machine %s: the name is held by pid %d of machine %s "
+                                "(seen %.1fs ago); two machines give their workers the same name: set [transport] "
+                                "machine on one", w.instance, pid, machine[:12], w.pid, w.machine[:12],
+                                now - w.seen, extra={"TQ_WORKER": w.instance})
+        reason = (f'another worker is named {w.instance} (pid {w.pid}, on another machine): give each machine its '
+                  f'own name ([transport] machine = "...")')
+        if w.inbox is not None:  # (full: the refused process's next heartbeat brings another)
+            w.inbox.send(protocol.encode(protocol.Refused(pid, machine, reason)), protocol.CANCEL_PRIORITY)
+        return True
 
     def _on_started(self, msg: protocol.Started, now: float) -> None:
         """An assigned job's handler started on its worker: the job is running (a late word is ignored)."""
@@ -184,6 +208,10 @@ class Fleet:
         w.seen = now
         if msg.token != w.token or w.state not in ("syncing", "leaving"):
             return  # an old fence
+        if _elsewhere(w, msg.machine):  # taken from the shared inbox by a process refused under the name
+            w.sync_due = True
+            self._send_sync(w)
+            return
         if w.assigned:  # a fault (a crash, a kill): a routine stop or restart reports every job first
             self.logger.warning("worker %s: %d job(s) lost with it: %s", w.instance, len(w.assigned), w.fence_cause,
                                 extra={"TQ_WORKER": w.instance})
@@ -339,9 +367,18 @@ class Fleet:
         return [w.public(now) for w in sorted(self.workers.values(), key=lambda w: w.instance)]
 
 
-def _restart_cause(w: WorkerState, pid: int) -> tuple[str, str]:
+def _elsewhere(w: WorkerState, machine: str) -> bool:
+    """A message from another machine than the worker's (as far as both are known: a worker from before says
+    none)."""
+    return bool(machine and w.machine and machine != w.machine)
+
+
+def _restart_cause(w: WorkerState, pid: int, machine: str) -> tuple[str, str]:
     """Why a worker's hello or heartbeat fences it: what its unreported jobs were lost to, and what happened in
     plain words (the "fenced" event's detail)."""
+    if _elsewhere(w, machine):
+        return (f"the worker was replaced by one on another machine (pid {pid})",
+                f"the name is taken over from another machine, pid {pid}: checked before it gets work")
     if w.pid and pid != w.pid:
         return (f"the worker restarted: pid {w.pid} is gone, pid {pid} took its place",
                 f"a new process, pid {pid} (pid {w.pid} before): checked before it gets work")

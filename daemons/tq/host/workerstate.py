@@ -34,6 +34,8 @@ class WorkerState:
     monitor: dict[str, Any] = field(default_factory=dict)  # its figures in its last heartbeat (monitor.py)
     monitor_at: float = 0.0  # monotonic time that heartbeat came
     lost_at: float = 0.0  # when it was lost (seconds since the epoch; kept across host restarts): host.forget_lost
+    machine: str = ""  # the machine id its process said it runs on ("": not said yet, or a worker from before)
+    refused: tuple[int, str] = (0, "")  # the last process of another machine refused under its name (pid, machine)
 
     def public(self, now: float) -> dict[str, Any]:
         machine = machine_of(self.instance)
