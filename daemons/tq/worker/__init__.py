@@ -22,7 +22,7 @@ from .. import __version__, config, log, protocol, transport
 from ..daemon import Daemon, ignore, load_config
 from ..notify import child_environment
 from ..transport import Mailbox
-from ..transport.machines import local_name, machine_instance
+from ..transport.machines import local_name, machine_id, machine_instance
 from .attempt import Attempt
 from .instancelock import InstanceTaken, take
 from .outbox import Outbox
@@ -35,6 +35,7 @@ BYE_WAIT = 5.0  # seconds a stopping worker waits for the host's fence before it
 # connection, its STATUS says what it waits for): a broker that is down must not fail the unit's start (its
 # TimeoutStartSec), hold up the boot, or restart the worker every 30 s.
 CONNECT_WAIT = 10.0
+EXIT_REFUSED = 78  # tq-host refused the name (EX_CONFIG): the unit's RestartPreventExitStatus, no restart loop
 
 
 class Worker(Daemon):
@@ -46,9 +47,11 @@ class Worker(Daemon):
         # systemd's %i names the instance on this machine (its [worker.N] table, its lock); through a broker,
         # tq-host knows it with the machine's name too ("1@render-3"), unique across machines.
         self.argv = list(argv or [])
-        self.instance = machine_instance(instance) if cfg.transport.kind == "amqp" else instance
+        amqp = cfg.transport.kind == "amqp"
+        self.instance = machine_instance(instance, cfg.transport.machine or None) if amqp else instance
         if self.instance != instance:
             log.name_worker(self.instance)
+        self.refused = ""  # tq-host's reason when it refused this process its name: it exits
         self.wcfg = cfg.worker_for(instance)
         self.outbox = Outbox(self.instance, cfg.mqueue.max_message_size)  # to the host mailbox, in order
         self.runner = Runner(self.instance, self.outbox, self.events, self.logger, cfg.mqueue.max_message_size,
@@ -112,7 +115,7 @@ class Worker(Daemon):
         return None
 
     def _hello(self) -> protocol.Hello:
-        return protocol.Hello(self.instance, os.getpid(), list(self.wcfg.queues), self.wcfg.prefetch)
+        return protocol.Hello(self.instance, os.getpid(), list(self.wcfg.queues), self.wcfg.prefetch, machine_id())
 
     # ---- loop -----------------------------------------------------------
 
@@ -133,6 +136,8 @@ class Worker(Daemon):
             self.select(0.1)
         if self.runner.reexec:
             self._reexec()
+        if self.refused:
+            return EXIT_REFUSED
         self.logger.info("tq-worker %s stopped", self.instance)
         return 0
 
@@ -226,6 +231,8 @@ class Worker(Daemon):
                 self.local.append(msg)  # answered after everything that came before it
         elif isinstance(msg, protocol.Cancel):
             self.runner.cancel(msg)
+        elif isinstance(msg, protocol.Refused):
+            self._on_refused(msg)
         else:
             self.malformed(f"dropped a {type(msg).__name__} message, which tq-host does not send")
 
@@ -241,11 +248,20 @@ class Worker(Daemon):
             self._watch(current.execution.fds if current else [], False)  # forget the old descriptor
             self.host_mailbox.close()
             self.host_mailbox = reopened
-        self.outbox.message(protocol.Synced(self.instance, msg.token))
+        self.outbox.message(protocol.Synced(self.instance, msg.token, machine_id()))
         if self.taken is not None:
             self.taken.clear()  # past the fence tq-host assigns anew (taken.py)
         if self.bye_sent:
             self.exit_now = True
+
+    def _on_refused(self, msg: protocol.Refused) -> None:
+        """tq-host will not have this process under its name: finish the running job, hand back the others, exit
+        (no Bye: the fence it asks for would be the other worker's). One meant for the other process is ignored."""
+        if msg.pid != os.getpid() or msg.machine != machine_id() or self.refused:
+            return
+        self.refused = msg.reason
+        self.logger.error("refused by tq-host: %s", msg.reason)
+        self.stop_requested = True
 
     def _on_job(self, job: protocol.Job) -> None:
         # (a copy is dropped before a Release, which would requeue the attempt)
@@ -279,11 +295,11 @@ class Worker(Daemon):
         self.next_heartbeat = now + self.wcfg.heartbeat
         if self.taken is not None and self.taken.inbox_lost(self.mailboxes.losses()):
             self.outbox.message(self._hello())
-        if self.outbox or self.bye_sent:
+        if self.outbox or self.bye_sent or self.refused:
             return  # the host is behind; results first
         running = self.runner.current.job.id if self.runner.current else 0
         msg = protocol.Heartbeat(self.instance, os.getpid(), list(self.wcfg.queues), self.wcfg.prefetch, running,
-                                 self.runner.figures(now))
+                                 self.runner.figures(now), machine_id())
         if len(protocol.encode(msg)) > self.cfg.mqueue.max_message_size:  # a tiny max_message_size, long names
             msg = replace(msg, monitor={})
         self.outbox.message(msg)
@@ -313,7 +329,15 @@ class Worker(Daemon):
                              self.wcfg.stop_timeout)
         if self.runner.current is not None:
             return
-        if not self.bye_sent:
+        if self.refused:  # hand back what it holds; a fence it took was the other worker's: tq-host sends it again
+            while self.local:
+                item = self.local.popleft()
+                if isinstance(item, protocol.Sync):
+                    self._on_sync(item)
+                else:
+                    self._on_job(item)
+            self.exit_now = True
+        elif not self.bye_sent:
             self.bye_sent = True
             self.bye_at = now
             self.outbox.message(protocol.Bye(self.instance, os.getpid()))
