@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from tq.host.records import JobRecord
 from tq.host.server import Conn
 from tq.states import JobState
 from tq.transport.machines import machine_id
+from tq.worker import EXIT_REFUSED, Worker
 
 NAME = "1@render-3"
 HERE, THERE = "a" * 32, "b" * 32  # the machine ids of the holder's machine and of its clone
@@ -172,3 +175,51 @@ def test_the_machine_id_comes_from_the_first_file_that_holds_one(tmp_path: Path)
         "b9139404ab4b43249e8838f25d74a139"
     assert machine_id.__wrapped__((str(tmp_path / "none"),)) == ""
     assert machine_id() and machine_id() == machine_id()
+
+
+@pytest.fixture
+def signals() -> Iterator[None]:
+    """Give the process its signal handlers and wake-up fd back after an in-process worker took them."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    yield
+    signal.set_wakeup_fd(-1)
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+def test_a_refused_worker_hands_back_the_jobs_it_took_says_why_and_exits(
+        parts: Parts, signals: None, capfd: pytest.CaptureFixture[str]) -> None:
+    """tq-worker in-process beside the host's parts, on the same memory mailboxes: it reads the inbox of a name
+    held from another machine (HERE), takes the holder's jobs from it, is refused, and hands them back."""
+    parts.inboxes["1"] = parts.mailboxes.create_inbox("1", parts.cfg.worker.prefetch + 1)
+    parts.worker_says(protocol.Hello("1", 100, ["default"], 8, HERE))
+    (sync,) = [m for m in parts.inbox_messages("1") if isinstance(m, protocol.Sync)]
+    parts.worker_says(protocol.Synced("1", sync.token, HERE))
+    ids = submit(parts, 3)
+    parts.dispatcher.assign(0.0)
+    parts.dispatcher.send()
+    holder = parts.fleet.workers["1"]
+    held = set(holder.assigned)
+    assert held
+    worker = Worker(parts.cfg, parts.cfg.files[0], "1", mailboxes=parts.mailboxes)
+    try:
+        worker.start()  # its hello: this process, this machine
+        parts.fleet.intake(0.5)
+        for _ in range(10):
+            worker.step()
+            if worker.exit_now:
+                break
+        assert worker.exit_now and worker.refused and not worker.local
+        assert not worker.bye_sent  # a Bye would fence the holder
+        parts.fleet.intake(0.6)  # its releases
+    finally:
+        for mailbox in (worker.inbox, worker.host_mailbox):
+            if mailbox is not None:
+                mailbox.close()
+        os.close(worker.lock_fd)
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("tq-worker@1: ")]
+    assert lines[1:] == ['tq-worker@1: error: refused by tq-host: another worker is named 1 (pid 100, on another '
+                         'machine): give each machine its own name ([transport] machine = "...")'], lines
+    assert (holder.state, holder.pid, holder.machine) == ("live", 100, HERE) and not holder.assigned
+    assert all(find(parts, i).state == JobState.QUEUED for i in held)  # handed back unrun: they run again
+    assert {find(parts, i).state for i in ids} == {JobState.QUEUED} and EXIT_REFUSED == 78

@@ -325,8 +325,9 @@ class Worker(Daemon):
         if not self.stop_started:
             self.stop_started = now
             self.notifier.stopping()
-            self.logger.info("stopping: finishing the current job (up to %gs), then handing back queued ones",
-                             self.wcfg.stop_timeout)
+            if not self.refused:
+                self.logger.info("stopping: finishing the current job (up to %gs), then handing back queued ones",
+                                 self.wcfg.stop_timeout)
         if self.runner.current is not None:
             return
         if self.refused:  # hand back what it holds; a fence it took was the other worker's: tq-host sends it again
