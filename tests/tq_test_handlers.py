@@ -22,6 +22,14 @@ def record(tag: str, payload: Any = None) -> str:
     return f"recorded {tag}"
 
 
+def record_pid(tag: str, seconds: str = "0", payload: Any = None) -> str:
+    """Work for `seconds`, then record one execution as "TAG PID": the worker process that ran it (a Python
+    handler runs in its thread)."""
+    time.sleep(float(seconds))
+    _log(f"{tag} {os.getpid()}")
+    return f"recorded {tag}"
+
+
 def work(tag: str, seconds: str = "0") -> str:
     """Work for `seconds`, then record one execution as "TAG HOSTNAME" (the machine that finished it)."""
     time.sleep(float(seconds))
