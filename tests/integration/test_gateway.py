@@ -517,3 +517,22 @@ def test_sse_follows_on_across_a_host_restart_and_says_what_it_cannot_know(suite
         assert {"missed": None} in [{"missed": e["missed"]} for e in seen if "missed" in e], seen
     finally:
         s.close()
+
+
+def test_sse_of_a_revoked_token_ends_before_an_event_after_the_revocation(suite: Suite, gw: Gateway) -> None:
+    """README: a revoked token is refused from then on, on connections already using it too: its open stream
+    gets no event that happened after the revocation, and ends saying why (`event: end`, as /api/v1/live)."""
+    token = suite.client().token_create("follows", "root", False)["token"]
+    s = Stream(gw, headers={"Authorization": f"Bearer {token}"})
+    try:
+        assert s.resp.status == 200
+        request(gw, "POST", "/api/v1/jobs", {"task": "seen"})
+        s.until(lambda e: e.get("task") == "seen")
+        suite.client().token_revoke("follows")
+        request(gw, "POST", "/api/v1/jobs", {"task": "unseen"})
+        rest, deadline = "", time.monotonic() + 20
+        while "unseen" not in rest and time.monotonic() < deadline and (line := s.resp.readline().decode()):
+            rest += line  # (to the stream's end, at most 20 s: a ping comes every 15 s)
+    finally:
+        s.close()
+    assert "unseen" not in rest and "event: end\n" in rest and '"code":"unauthorized"' in rest, rest

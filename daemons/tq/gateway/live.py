@@ -12,6 +12,7 @@ follower's replay (`recent=N`, `Last-Event-ID` or `after=T`) is tq-host's own, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,8 @@ from ..events import Selection, as_dict
 from . import errors
 from .api import query, served, whole
 from .app import Parts
-from .hostlink import UNREACHABLE
+from .auth import TOKEN_KEY
+from .hostlink import UNREACHABLE, HostLink
 
 QUEUE_SIZE = 1000  # events waiting for one follower; past it they are counted as missed
 PING = 15.0  # seconds between comment lines, so that proxies keep a quiet stream open
@@ -158,7 +160,7 @@ class Live:
         f = _filter(params)
         recent = min(whole(params.get("recent", "0"), "recent"), RECENT_MAX)
         after = _after(params.get("after") or request.headers.get("Last-Event-ID"))
-        await self.parts.auth.link(request)  # who is calling: any valid token may follow
+        link = await self.parts.auth.link(request)  # who is calling: any valid token may follow
         if len(self.hub.followers) >= self.parts.settings.gateway().max_subscribers:
             raise errors.Refusal("unavailable", "tq-gateway follows as many event streams as it may "
                                  "([gateway] max_subscribers): try again later")
@@ -170,7 +172,12 @@ class Live:
                                                "X-Accel-Buffering": "no"})
             await resp.prepare(request)
             try:
-                await self._send(request, resp, follower, replay)
+                await self._send(request, resp, follower, replay, link)
+            except RequestError as e:  # the token was revoked: the stream ends, saying why (as /api/v1/live)
+                if e.code == "unauthorized" and TOKEN_KEY in request:
+                    self.parts.links.forget(request[TOKEN_KEY])
+                with contextlib.suppress(ConnectionError, TimeoutError):
+                    await _write(resp, b"event: end\n" + _frame({"error": {"code": e.code, "message": str(e)}}))
             except (TimeoutError, ConnectionError):  # a client that takes nothing, or is gone: dropped
                 request.protocol.force_close()
             return resp
@@ -197,7 +204,10 @@ class Live:
         return list(reply.get("events", []))
 
     async def _send(self, request: web.Request, resp: web.StreamResponse, follower: Follower,
-                    replay: list[dict[str, Any]]) -> None:
+                    replay: list[dict[str, Any]], link: HostLink) -> None:
+        """The replay, then the follower's events as they come, each batch once its token is known valid still
+        (link.check: a token revoked ends the stream with RequestError before an event after it goes out)."""
+        loop = asyncio.get_running_loop()
         last = max((e["ts"] for e in replay if isinstance(e.get("ts"), (int, float))), default=None)
         seen = {json.dumps(e, sort_keys=True) for e in replay if e.get("ts") == last}
         await _write(resp, b"".join(_frame(e) for e in replay) or b": ok\n\n")
@@ -208,6 +218,7 @@ class Live:
             except TimeoutError:
                 quiet += LOOK
                 if quiet >= PING:
+                    await _checked(link, loop.time(), resp)  # (a quiet stream's revoked token ends it too)
                     await _write(resp, b": ping\n\n")
                     quiet = 0.0
                 continue
@@ -215,9 +226,23 @@ class Live:
                 items.append(follower.queue.get_nowait())
             if END in items:
                 return
+            await _checked(link, loop.time(), resp)
             if last is not None:
                 items = [(e, f) for e, f in items if not _replayed(e, last, seen)]
             await _write(resp, b"".join(f for _, f in items))
+
+
+async def _checked(link: HostLink, since: float, resp: web.StreamResponse) -> None:
+    """link.check, waiting out tq-host's absence (a restart; a comment line to the client each try, so that it
+    knows the stream is open): only a refusal of the token ends the stream."""
+    while True:
+        try:
+            return await link.check(since)
+        except RequestError as e:
+            if e.code != "unavailable":
+                raise
+        await asyncio.sleep(RETRY)
+        await _write(resp, b": ping\n\n")
 
 
 def _replayed(event: dict[str, Any], last: float, seen: set[str]) -> bool:
