@@ -536,3 +536,21 @@ def test_sse_of_a_revoked_token_ends_before_an_event_after_the_revocation(suite:
     finally:
         s.close()
     assert "unseen" not in rest and "event: end\n" in rest and '"code":"unauthorized"' in rest, rest
+
+
+def test_sse_on_a_quiet_stream_follows_on_across_a_host_restart(suite: Suite, gw: Gateway) -> None:
+    """No event passed before tq-host went: the subscription made again still asks for what came since it was
+    first made, so a job submitted the moment tq-host is back is seen, after tq-host's notice of its restart."""
+    s = Stream(gw)
+    try:
+        wait_until(lambda: host_subscribers(suite) == 1, what="the gateway's subscription")
+        host = next(d for d in suite.daemons if d.name == "host")
+        host.signal(signal.SIGTERM)
+        host.wait()
+        suite.host()
+        wait_until(lambda: request(gw, "POST", "/api/v1/jobs", {"task": "after"}).status == 201,
+                   what="the gateway back to tq-host")
+        seen = s.until(lambda e: e.get("task") == "after")
+        assert seen[0]["missed"] is None and "restart" in seen[0]["reason"], seen
+    finally:
+        s.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,11 +67,16 @@ class Hub:
         self.parts = parts
         self.followers: set[Follower] = set()
         self.task: asyncio.Task[None] | None = None
-        self.last_ts: float | None = None  # the last event's time: a subscription made again resumes after it
+        # From when the subscription follows: the last event's time, or (none yet) when the first follower came.
+        # Each subscription asks for the events after it, so that one made again after tq-host came back, on a
+        # quiet stream too, is told those since and tq-host's notice of those it cannot know (it restarted).
+        # (tq-host's clock is this machine's.)
+        self.last_ts: float | None = None
 
     def join(self, follower: Follower) -> None:
         self.followers.add(follower)
         if self.task is None:
+            self.last_ts = time.time()
             self.task = asyncio.get_running_loop().create_task(self._follow())
 
     def leave(self, follower: Follower) -> None:
@@ -107,8 +113,9 @@ class Hub:
             # (not with the followers here), and a follower of the whole stream is a sample of it anyway.
             request: dict[str, Any] = {"op": "subscribe", "rid": 1, "format": "rows",
                                        "rate": self.parts.settings.gateway().events_per_second}
-            if self.last_ts is not None:  # again, after tq-host came back: what it has since the last event seen
-                request.update(after=self.last_ts, recent=RECENT_MAX)
+            # What tq-host has since the last event seen (or since the first follower came: a subscription made
+            # again after tq-host came back), with its notice of what it cannot know (it restarted).
+            request.update(after=self.last_ts, recent=RECENT_MAX)
             writer.write(control.encode(request))
             reply = control.decode(await reader.readline())
             if not reply.get("ok"):
