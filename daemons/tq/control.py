@@ -11,6 +11,8 @@ gateway) and what it means.
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 from typing import Any, NamedTuple
 
@@ -61,16 +63,65 @@ class RequestError(Exception):
 
 # One encoder for the process: json.dumps with options builds a new JSONEncoder on every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-_DECODER = json.JSONDecoder()
+_FINITE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # the escape of a surrogate: a lone one is no text
+
+
+class Unfit(ValueError):
+    """JSON that tq does not take: NaN or an infinity (Python's json reads them; JSON has none, and what was
+    answered with them would be no JSON), or text with a lone surrogate (no UTF-8 text)."""
+
+
+def _constant(name: str) -> Any:
+    raise Unfit(f"{name} is not a JSON number (JSON has no NaN or infinity)")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_constant)
 
 
 def encode(obj: dict[str, Any]) -> bytes:
     return _ENCODER.encode(obj).encode() + b"\n"
 
 
+def encode_out(obj: dict[str, Any]) -> bytes:
+    """encode for what tq-host writes: never a NaN or infinity (invalid JSON to every other reader), such a
+    number written as null (none comes in from a request: decode refuses them)."""
+    try:
+        return _FINITE.encode(obj).encode() + b"\n"
+    except UnicodeEncodeError:
+        raise
+    except ValueError:
+        return _FINITE.encode(_finite(obj)).encode() + b"\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def loads(data: bytes | str) -> Any:
+    """JSON as tq takes it (UTF-8): Unfit for a NaN, an infinity or a lone surrogate; ValueError (or
+    RecursionError) for what is not JSON."""
+    text = data.decode() if isinstance(data, bytes) else data  # (json.loads would first guess the encoding)
+    obj = _DECODER.decode(text)
+    if _SURROGATE.search(text):  # (rare: only then is each string looked at)
+        try:
+            _ENCODER.encode(obj).encode()
+        except UnicodeEncodeError as e:
+            raise Unfit(f"text must be UTF-8: {e.object[e.start:e.end]!r} (an escaped lone surrogate) is not") from None
+    return obj
+
+
 def decode(line: bytes) -> dict[str, Any]:
     try:
-        obj = _DECODER.decode(line.decode())  # (json.loads would first guess the encoding: it is UTF-8)
+        obj = loads(line)
+    except Unfit as e:
+        raise RequestError("bad_request", str(e)) from None
     except (ValueError, RecursionError) as e:
         raise RequestError("bad_request", f"not JSON: {e}") from None
     if not isinstance(obj, dict):

@@ -554,3 +554,21 @@ def test_sse_on_a_quiet_stream_follows_on_across_a_host_restart(suite: Suite, gw
         assert seen[0]["missed"] is None and "restart" in seen[0]["reason"], seen
     finally:
         s.close()
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (b'{"task": "a", "args": [NaN]}', "NaN is not a JSON number"),
+    (b'{"task": "a", "args": [-Infinity]}', "-Infinity is not a JSON number"),
+    (b'{"task": "a", "args": ["\\ud800"]}', "text must be UTF-8"),
+])
+def test_a_body_with_nan_infinity_or_a_lone_surrogate_is_400_naming_it(gw: Gateway, body: bytes, words: str) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
+    try:
+        conn.request("POST", "/api/v1/jobs", body=body, headers={"Authorization": f"Bearer {gw.token}",
+                                                                 "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        answer = json.loads(resp.read())
+    finally:
+        conn.close()
+    assert resp.status == 400 and words in answer["error"]["message"], answer
+    assert request(gw, "GET", "/api/v1/jobs").json["jobs"] == []
