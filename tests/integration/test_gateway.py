@@ -572,3 +572,50 @@ def test_a_body_with_nan_infinity_or_a_lone_surrogate_is_400_naming_it(gw: Gatew
         conn.close()
     assert resp.status == 400 and words in answer["error"]["message"], answer
     assert request(gw, "GET", "/api/v1/jobs").json["jobs"] == []
+
+
+NIL_CALLS = [b"<?xml version='1.0'?><methodCall><methodName>status</methodName><params><param><value><nil/></value>"
+             b"</param></params></methodCall>",
+             b"<?xml version='1.0'?><methodCall><methodName><nil/></methodName></methodCall>",
+             b"<?xml version='1.0'?><methodCall><methodName>status</methodName><nil/></methodCall>",
+             b"<?xml version='1.0'?><methodCall><nil/></methodCall>",
+             b"<?xml version='1.0'?><methodCall><methodName>get</methodName><params><param><value><nil/></value>"
+             b"</param></params></methodCall>"]
+
+
+def test_xmlrpc_values_json_has_not_are_fault_2(rpc_gw: Gateway) -> None:
+    """docs/gateway.md: a malformed call is faultCode 2 (a dateTime, base64 or nil tq cannot take: not 500)."""
+    proxy = xmlrpc.client.ServerProxy(rpc_gw.rpc_url(), allow_none=True)
+    for body in NIL_CALLS:
+        a = request(rpc_gw, "POST", "/RPC2", body, headers={"Content-Type": "text/xml"})
+        assert a.status == 200, (body, a.raw)
+        with pytest.raises(xmlrpc.client.Fault) as e:
+            xmlrpc.client.loads(a.raw)
+        assert e.value.faultCode == 2, (body, e.value)
+    for call in (lambda: proxy.submit("hello", [xmlrpc.client.Binary(b"\0")]),
+                 lambda: proxy.submit("hello", [], {"at": xmlrpc.client.DateTime(time.time())}),
+                 lambda: proxy.call("hello", [{"when": xmlrpc.client.DateTime(time.time())}])):
+        with pytest.raises(xmlrpc.client.Fault) as e:
+            call()
+        assert e.value.faultCode == 2 and ("dateTime" in e.value.faultString or "base64" in e.value.faultString)
+
+
+def test_xmlrpc_get_of_a_deeply_nested_job_answers(rpc_gw: Gateway) -> None:
+    deep: list[Any] = ["bottom"]
+    for _ in range(900):
+        deep = [deep]
+    a = request(rpc_gw, "POST", "/api/v1/jobs", {"task": "deep", "args": deep, "delay": "1h"})
+    assert a.status == 201, a.raw
+    (job_id,) = a.json["ids"]
+    proxy = xmlrpc.client.ServerProxy(rpc_gw.rpc_url())
+    try:
+        job = proxy.get(job_id)
+    except xmlrpc.client.Fault as e:
+        assert e.faultCode == 2 and "too deep" in e.faultString and f"/api/v1/jobs/{job_id}" in e.faultString
+    else:
+        assert job["id"] == job_id
+    for _ in range(750):  # (150 deep: the client's own writer recurses too)
+        deep = deep[0]
+    with pytest.raises(xmlrpc.client.Fault) as f:
+        proxy.submit("deep", deep)
+    assert f.value.faultCode == 2 and "too deep" in f.value.faultString
