@@ -425,6 +425,18 @@ def test_tls_when_cert_and_key_are_set(suite: Suite) -> None:
         conn.close()
 
 
+def test_an_encrypted_tls_key_is_one_line_and_cannot_start_not_a_prompt(suite: Suite) -> None:
+    cert, key = suite.dir / "cert.pem", suite.dir / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-passout", "pass:secret", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    suite.write_config(f'[gateway]\nlisten = "127.0.0.1:{free_port()}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n')
+    r = subprocess.run([sys.executable, "-m", "tq.gateway", "--config", str(suite.config)], env=suite.env,
+                       capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, start_new_session=True)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and out.count("\n") == 1 and "PEM pass phrase" not in out, out
+    assert f"the key is encrypted: tq-gateway needs an unencrypted key (openssl pkey -in {key}" in out, out
+
+
 # ---- tokens: each request acts as the token's user ---------------------------------------------------------
 
 def test_whoami_and_the_token_routes(suite: Suite, gw: Gateway) -> None:
