@@ -110,11 +110,30 @@ def loads(data: bytes | str) -> Any:
     text = data.decode() if isinstance(data, bytes) else data  # (json.loads would first guess the encoding)
     obj = _DECODER.decode(text)
     if _SURROGATE.search(text):  # (rare: only then is each string looked at)
-        try:
-            _ENCODER.encode(obj).encode()
-        except UnicodeEncodeError as e:
-            raise Unfit(f"text must be UTF-8: {e.object[e.start:e.end]!r} (an escaped lone surrogate) is not") from None
+        bad = _not_text(obj)
+        if bad is not None:
+            raise Unfit(f"text must be UTF-8: {bad[0] or 'the value'} holds {bad[1]!r}, an escaped lone surrogate")
     return obj
+
+
+def _not_text(obj: Any) -> tuple[str, str] | None:
+    """Where the first string that is no UTF-8 text is (a path such as `jobs[0].args[1]`), and it; None if none.
+    (A loop, not recursion: the JSON may nest as deep as the decoder went.)"""
+    todo: list[tuple[str, Any]] = [("", obj)]
+    while todo:
+        path, value = todo.pop()
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return path, value
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                todo.append((f"{path}.{key}" if path else str(key), item))
+                todo.append((f"{path} (a name)" if path else "a name", key))
+        elif isinstance(value, list):
+            todo.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
 
 
 def decode(line: bytes) -> dict[str, Any]:

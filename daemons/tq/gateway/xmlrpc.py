@@ -143,7 +143,7 @@ def _deep(method: str, params: tuple[Any, ...]) -> str:
     return f"the answer is nested too deep for XML-RPC (more than {MAX_DEPTH} arrays or structs){where}"
 
 
-def _plain(value: Any, deep: str, depth: int = 0) -> Any:
+def _plain(value: Any, deep: str = "the answer is nested too deep for XML-RPC", depth: int = 0) -> Any:
     """A value XML-RPC can carry: no None (left out of structs, "" elsewhere), integers within 32 bits; nested
     more than MAX_DEPTH deep, fault 2 saying `deep` (the standard library's writer recurses)."""
     if value is None:
