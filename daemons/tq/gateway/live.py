@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -167,7 +169,7 @@ class Live:
         f = _filter(params)
         recent = min(whole(params.get("recent", "0"), "recent"), RECENT_MAX)
         after = _after(params.get("after") or request.headers.get("Last-Event-ID"))
-        link = await self.parts.auth.link(request)  # who is calling: any valid token may follow
+        await self.parts.auth.link(request)  # who is calling: any valid token may follow
         if len(self.hub.followers) >= self.parts.settings.gateway().max_subscribers:
             raise errors.Refusal("unavailable", "tq-gateway follows as many event streams as it may "
                                  "([gateway] max_subscribers): try again later")
@@ -179,7 +181,7 @@ class Live:
                                                "X-Accel-Buffering": "no"})
             await resp.prepare(request)
             try:
-                await self._send(request, resp, follower, replay, link)
+                await self._send(request, resp, follower, replay)
             except RequestError as e:  # the token was revoked: the stream ends, saying why (as /api/v1/live)
                 if e.code == "unauthorized" and TOKEN_KEY in request:
                     self.parts.links.forget(request[TOKEN_KEY])
@@ -211,9 +213,11 @@ class Live:
         return list(reply.get("events", []))
 
     async def _send(self, request: web.Request, resp: web.StreamResponse, follower: Follower,
-                    replay: list[dict[str, Any]], link: HostLink) -> None:
+                    replay: list[dict[str, Any]]) -> None:
         """The replay, then the follower's events as they come, each batch once its token is known valid still
-        (link.check: a token revoked ends the stream with RequestError before an event after it goes out)."""
+        (HostLink.check: a token revoked ends the stream with RequestError before an event after it goes out).
+        The token's link is taken from the pool at each check: one the pool closed meanwhile is not kept open."""
+        link = partial(self.parts.links.for_token, request[TOKEN_KEY])
         loop = asyncio.get_running_loop()
         last = max((e["ts"] for e in replay if isinstance(e.get("ts"), (int, float))), default=None)
         seen = {json.dumps(e, sort_keys=True) for e in replay if e.get("ts") == last}
@@ -239,12 +243,12 @@ class Live:
             await _write(resp, b"".join(f for _, f in items))
 
 
-async def _checked(link: HostLink, since: float, resp: web.StreamResponse) -> None:
+async def _checked(link: Callable[[], HostLink], since: float, resp: web.StreamResponse) -> None:
     """link.check, waiting out tq-host's absence (a restart; a comment line to the client each try, so that it
     knows the stream is open): only a refusal of the token ends the stream."""
     while True:
         try:
-            return await link.check(since)
+            return await link().check(since)
         except RequestError as e:
             if e.code != "unavailable":
                 raise
