@@ -11,6 +11,8 @@ gateway) and what it means.
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 from typing import Any, NamedTuple
 
@@ -61,16 +63,84 @@ class RequestError(Exception):
 
 # One encoder for the process: json.dumps with options builds a new JSONEncoder on every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-_DECODER = json.JSONDecoder()
+_FINITE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # the escape of a surrogate: a lone one is no text
+
+
+class Unfit(ValueError):
+    """JSON that tq does not take: NaN or an infinity (Python's json reads them; JSON has none, and what was
+    answered with them would be no JSON), or text with a lone surrogate (no UTF-8 text)."""
+
+
+def _constant(name: str) -> Any:
+    raise Unfit(f"{name} is not a JSON number (JSON has no NaN or infinity)")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_constant)
 
 
 def encode(obj: dict[str, Any]) -> bytes:
     return _ENCODER.encode(obj).encode() + b"\n"
 
 
+def encode_out(obj: dict[str, Any]) -> bytes:
+    """encode for what tq-host writes: never a NaN or infinity (invalid JSON to every other reader), such a
+    number written as null (none comes in from a request: decode refuses them)."""
+    try:
+        return _FINITE.encode(obj).encode() + b"\n"
+    except UnicodeEncodeError:
+        raise
+    except ValueError:
+        return _FINITE.encode(_finite(obj)).encode() + b"\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def loads(data: bytes | str) -> Any:
+    """JSON as tq takes it (UTF-8): Unfit for a NaN, an infinity or a lone surrogate; ValueError (or
+    RecursionError) for what is not JSON."""
+    text = data.decode() if isinstance(data, bytes) else data  # (json.loads would first guess the encoding)
+    obj = _DECODER.decode(text)
+    if _SURROGATE.search(text):  # (rare: only then is each string looked at)
+        bad = _not_text(obj)
+        if bad is not None:
+            raise Unfit(f"text must be UTF-8: {bad[0] or 'the value'} holds {bad[1]!r}, an escaped lone surrogate")
+    return obj
+
+
+def _not_text(obj: Any) -> tuple[str, str] | None:
+    """Where the first string that is no UTF-8 text is (a path such as `jobs[0].args[1]`), and it; None if none.
+    (A loop, not recursion: the JSON may nest as deep as the decoder went.)"""
+    todo: list[tuple[str, Any]] = [("", obj)]
+    while todo:
+        path, value = todo.pop()
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return path, value
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                todo.append((f"{path}.{key}" if path else str(key), item))
+                todo.append((f"{path} (a name)" if path else "a name", key))
+        elif isinstance(value, list):
+            todo.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
+
+
 def decode(line: bytes) -> dict[str, Any]:
     try:
-        obj = _DECODER.decode(line.decode())  # (json.loads would first guess the encoding: it is UTF-8)
+        obj = loads(line)
+    except Unfit as e:
+        raise RequestError("bad_request", str(e)) from None
     except (ValueError, RecursionError) as e:
         raise RequestError("bad_request", f"not JSON: {e}") from None
     if not isinstance(obj, dict):

@@ -9,8 +9,9 @@ the socket (tqctl watch) sees the next event arrive.
 from __future__ import annotations
 
 import http.client
+import json
 
-from .clienterrors import HostUnreachable
+from .clienterrors import HostUnreachable, TqError, refusal
 
 STREAM_SILENCE = 60.0  # the gateway writes a comment to a quiet stream every 15 s: this long silent is lost
 
@@ -24,7 +25,8 @@ class EventFeed:
             conn.sock.settimeout(STREAM_SILENCE)
         self._partial = b""  # the start of a line not yet ended
         self._data: list[bytes] = []  # the data lines of the event being read
-        self._error: HostUnreachable | None = None  # the stream ended after events not yet given: raised next
+        self._kind = b""  # its `event:` name
+        self._error: TqError | None = None  # the stream ended after events not yet given: raised next
 
     def events(self) -> bytes:
         """The next events, at least one: each its data, a line; `{"missed": N}` as the gateway tells it.
@@ -72,13 +74,17 @@ class EventFeed:
         for raw in lines:
             line = raw.removesuffix(b"\r")
             if not line:
-                if self._data:
+                if self._kind == b"end":  # the gateway ended the stream, saying why (a token revoked)
+                    self._error = self._error or _ended(b"\n".join(self._data))
+                elif self._data:
                     out.append(b"\n".join(self._data) + b"\n")
-                    self._data = []
+                self._data, self._kind = [], b""
                 continue
             name, _, value = line.partition(b":")
             if name == b"data":
                 self._data.append(value.removeprefix(b" "))
+            elif name == b"event":
+                self._kind = value.strip()
             # (comments keep the stream open; `event: missed` says what its data says; `id:` is the data's ts)
         return out
 
@@ -88,6 +94,15 @@ class EventFeed:
     def close(self) -> None:
         self.resp.close()
         self.conn.close()
+
+
+def _ended(data: bytes) -> TqError:
+    """The error an `event: end` tells (`{"error": {"code", "message"}}`): Unauthorized for a revoked token."""
+    try:
+        error = json.loads(data)["error"]
+        return refusal(str(error["code"]), str(error["message"]))
+    except (ValueError, KeyError, TypeError):
+        return HostUnreachable(f"tq-gateway ended the stream: {data[:200].decode(errors='replace')}")
 
 
 # OpenSSL's verify codes (X509_V_ERR_*) for a certificate whose authority is not known, and for one that does

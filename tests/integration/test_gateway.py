@@ -438,6 +438,18 @@ def test_tls_when_cert_and_key_are_set(suite: Suite) -> None:
         conn.close()
 
 
+def test_an_encrypted_tls_key_is_one_line_and_cannot_start_not_a_prompt(suite: Suite) -> None:
+    cert, key = suite.dir / "cert.pem", suite.dir / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-passout", "pass:secret", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    suite.write_config(f'[gateway]\nlisten = "127.0.0.1:{free_port()}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n')
+    r = subprocess.run([sys.executable, "-m", "tq.gateway", "--config", str(suite.config)], env=suite.env,
+                       capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, start_new_session=True)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and out.count("\n") == 1 and "PEM pass phrase" not in out, out
+    assert f"the key is encrypted: tq-gateway needs an unencrypted key (openssl pkey -in {key}" in out, out
+
+
 # ---- tokens: each request acts as the token's user ---------------------------------------------------------
 
 def test_whoami_and_the_token_routes(suite: Suite, gw: Gateway) -> None:
@@ -530,3 +542,105 @@ def test_sse_follows_on_across_a_host_restart_and_says_what_it_cannot_know(suite
         assert {"missed": None} in [{"missed": e["missed"]} for e in seen if "missed" in e], seen
     finally:
         s.close()
+
+
+def test_sse_of_a_revoked_token_ends_before_an_event_after_the_revocation(suite: Suite, gw: Gateway) -> None:
+    """README: a revoked token is refused from then on, on connections already using it too: its open stream
+    gets no event that happened after the revocation, and ends saying why (`event: end`, as /api/v1/live)."""
+    token = suite.client().token_create("follows", "root", False)["token"]
+    s = Stream(gw, headers={"Authorization": f"Bearer {token}"})
+    try:
+        assert s.resp.status == 200
+        request(gw, "POST", "/api/v1/jobs", {"task": "seen"})
+        s.until(lambda e: e.get("task") == "seen")
+        suite.client().token_revoke("follows")
+        request(gw, "POST", "/api/v1/jobs", {"task": "unseen"})
+        rest, deadline = "", time.monotonic() + 20
+        while "unseen" not in rest and time.monotonic() < deadline and (line := s.resp.readline().decode()):
+            rest += line  # (to the stream's end, at most 20 s: a ping comes every 15 s)
+    finally:
+        s.close()
+    assert "unseen" not in rest and "event: end\n" in rest and '"code":"unauthorized"' in rest, rest
+
+
+def test_sse_on_a_quiet_stream_follows_on_across_a_host_restart(suite: Suite, gw: Gateway) -> None:
+    """No event passed before tq-host went: the subscription made again still asks for what came since it was
+    first made, so a job submitted the moment tq-host is back is seen, after tq-host's notice of its restart."""
+    s = Stream(gw)
+    try:
+        wait_until(lambda: host_subscribers(suite) == 1, what="the gateway's subscription")
+        host = next(d for d in suite.daemons if d.name == "host")
+        host.signal(signal.SIGTERM)
+        host.wait()
+        suite.host()
+        wait_until(lambda: request(gw, "POST", "/api/v1/jobs", {"task": "after"}).status == 201,
+                   what="the gateway back to tq-host")
+        seen = s.until(lambda e: e.get("task") == "after")
+        assert seen[0]["missed"] is None and "restart" in seen[0]["reason"], seen
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (b'{"task": "a", "args": [NaN]}', "NaN is not a JSON number"),
+    (b'{"task": "a", "args": [-Infinity]}', "-Infinity is not a JSON number"),
+    (b'{"task": "a", "args": ["\\ud800"]}', "text must be UTF-8"),
+])
+def test_a_body_with_nan_infinity_or_a_lone_surrogate_is_400_naming_it(gw: Gateway, body: bytes, words: str) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
+    try:
+        conn.request("POST", "/api/v1/jobs", body=body, headers={"Authorization": f"Bearer {gw.token}",
+                                                                 "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        answer = json.loads(resp.read())
+    finally:
+        conn.close()
+    assert resp.status == 400 and words in answer["error"]["message"], answer
+    assert request(gw, "GET", "/api/v1/jobs").json["jobs"] == []
+
+
+NIL_CALLS = [b"<?xml version='1.0'?><methodCall><methodName>status</methodName><params><param><value><nil/></value>"
+             b"</param></params></methodCall>",
+             b"<?xml version='1.0'?><methodCall><methodName><nil/></methodName></methodCall>",
+             b"<?xml version='1.0'?><methodCall><methodName>status</methodName><nil/></methodCall>",
+             b"<?xml version='1.0'?><methodCall><nil/></methodCall>",
+             b"<?xml version='1.0'?><methodCall><methodName>get</methodName><params><param><value><nil/></value>"
+             b"</param></params></methodCall>"]
+
+
+def test_xmlrpc_values_json_has_not_are_fault_2(rpc_gw: Gateway) -> None:
+    """docs/gateway.md: a malformed call is faultCode 2 (a dateTime, base64 or nil tq cannot take: not 500)."""
+    proxy = xmlrpc.client.ServerProxy(rpc_gw.rpc_url(), allow_none=True)
+    for body in NIL_CALLS:
+        a = request(rpc_gw, "POST", "/RPC2", body, headers={"Content-Type": "text/xml"})
+        assert a.status == 200, (body, a.raw)
+        with pytest.raises(xmlrpc.client.Fault) as e:
+            xmlrpc.client.loads(a.raw)
+        assert e.value.faultCode == 2, (body, e.value)
+    for call in (lambda: proxy.submit("hello", [xmlrpc.client.Binary(b"\0")]),
+                 lambda: proxy.submit("hello", [], {"at": xmlrpc.client.DateTime(time.time())}),
+                 lambda: proxy.call("hello", [{"when": xmlrpc.client.DateTime(time.time())}])):
+        with pytest.raises(xmlrpc.client.Fault) as e:
+            call()
+        assert e.value.faultCode == 2 and ("dateTime" in e.value.faultString or "base64" in e.value.faultString)
+
+
+def test_xmlrpc_get_of_a_deeply_nested_job_answers(rpc_gw: Gateway) -> None:
+    deep: list[Any] = ["bottom"]
+    for _ in range(900):
+        deep = [deep]
+    a = request(rpc_gw, "POST", "/api/v1/jobs", {"task": "deep", "args": deep, "delay": "1h"})
+    assert a.status == 201, a.raw
+    (job_id,) = a.json["ids"]
+    proxy = xmlrpc.client.ServerProxy(rpc_gw.rpc_url())
+    try:
+        job = proxy.get(job_id)
+    except xmlrpc.client.Fault as e:
+        assert e.faultCode == 2 and "too deep" in e.faultString and f"/api/v1/jobs/{job_id}" in e.faultString
+    else:
+        assert job["id"] == job_id
+    for _ in range(750):  # (150 deep: the client's own writer recurses too)
+        deep = deep[0]
+    with pytest.raises(xmlrpc.client.Fault) as f:
+        proxy.submit("deep", deep)
+    assert f.value.faultCode == 2 and "too deep" in f.value.faultString

@@ -640,3 +640,16 @@ def test_an_answer_that_is_not_the_gateways_is_one_line(suite: Suite, status: in
         assert (r.returncode, r.stdout, r.stderr) == (exit_status, "", f"tqctl: {message.format(url=server.url)}\n")
     finally:
         server.close()
+
+
+def test_events_follow_ends_when_its_token_is_revoked(pair: Pair, followers: list[Follower]) -> None:
+    token = pair.suite.client().token_create("follows", "root", False)["token"]
+    pair.token_file.write_text(f"{token}\n")
+    pair.local("submit", "--wait", "echo", "seen")
+    followers.append(Follower(pair, "events", "--follow", "-n", "1", remote=True))
+    assert "done" in followers[0].lines(1)[0]
+    pair.local("token", "revoke", "follows")
+    pair.local("submit", "echo", "unseen")
+    out, err = followers[0].proc.communicate(timeout=20)
+    assert followers[0].proc.returncode == 4, (out, err)
+    assert b"revoked" in err and b"unseen" not in followers[0].data + out, (out, err)

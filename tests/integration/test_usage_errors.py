@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness import Suite
+from tq.client import Refused
 
 BEYOND_64_BITS = "99999999999999999999999"
 
@@ -106,3 +109,16 @@ def test_a_run_time_past_the_year_9999_is_refused_and_one_before_the_epoch_runs_
         assert suite.client().get(int(r.stdout))["state"] == "queued"  # a time past runs at once
         shown = tqctl(suite, "show", r.stdout.strip())
         assert shown.returncode == 0 and "run_at:      -" in shown.stdout, shown
+
+
+def test_nan_and_infinity_are_refused_by_tq_host_and_by_a_batch_naming_the_line(suite: Suite, tmp_path: Path) -> None:
+    """JSON has no NaN or infinity: a job holding one would be answered as invalid JSON ever after."""
+    suite.host()
+    batch = tmp_path / "jobs.jsonl"
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        batch.write_text(f'{{"task": "t"}}\n{{"task": "t", "args": [{constant}]}}\n')
+        refused(tqctl(suite, "submit", "--batch", str(batch)), 2, f"{batch}: line 2", constant, "not a JSON number")
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(Refused, match="is not a JSON number"):
+            suite.client().submit("t", value)
+    assert suite.client().list_jobs() == []

@@ -4,12 +4,17 @@ makes the gateway keep more than its queue), the count of refused tokens, and wh
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import cast
 
+import pytest
+
+from tq.control import RequestError
 from tq.events import Selection
 from tq.gateway.api import Api
 from tq.gateway.app import Parts
 from tq.gateway.auth import BLOCK, FAILURES, WINDOW, Failures
+from tq.gateway.hostlink import HostLink
 from tq.gateway.live import QUEUE_SIZE, Follower, Hub, Live
 from tq.gateway.xmlrpc import _plain
 from tq.routes import API, ROUTES
@@ -62,3 +67,38 @@ def test_the_gateway_serves_every_route_the_remote_client_asks_for() -> None:
     asked = {(route.method, API + route.path) for op in ROUTES.values() for route in op}
     assert asked <= served
     assert served - asked == {("GET", "/metrics")}  # the Prometheus text, at the path Prometheus expects
+
+
+def test_a_tokens_checks_share_one_ping_sent_after_what_each_asks() -> None:
+    """HostLink.check: followers of one token checking at once share a ping; one asking about a later moment
+    than the last ping was sent gets a ping of its own; a refusal reaches each of them."""
+    async def scenario() -> tuple[int, int, int]:
+        link = HostLink("/nonexistent", "tq_x", logging.getLogger("test"))
+        pings: list[asyncio.Future[dict[str, object]]] = []
+
+        async def call(op: str, wait: float = 0.0, **fields: object) -> dict[str, object]:
+            pings.append(asyncio.get_running_loop().create_future())
+            return await pings[-1]
+
+        async def settle() -> None:  # (each check's task, and the ping's, runs)
+            for _ in range(5):
+                await asyncio.sleep(0)
+
+        link.call = call  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        checks = [asyncio.ensure_future(link.check(since)) for _ in range(5)]
+        await settle()
+        shared = len(pings)
+        pings[-1].set_result({})
+        await asyncio.gather(*checks)
+        await link.check(since)  # answered already after `since`: no new ping
+        answered = len(pings)
+        later = asyncio.ensure_future(link.check(loop.time() + 1))
+        await settle()
+        pings[-1].set_exception(RequestError("unauthorized", "token x was revoked"))
+        with pytest.raises(RequestError):
+            await later
+        return shared, answered, len(pings)
+
+    assert asyncio.run(scenario()) == (1, 1, 2)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import IO, Any
 
-from .. import configfiles
+from .. import configfiles, control
 from ..client import Client, Refused
 from . import render
 
@@ -68,8 +68,10 @@ def _specs(path: str) -> Iterator[dict[str, Any]]:
 def spec(line: str) -> dict[str, Any]:
     """One line's job, its durations in seconds; ValueError says what is wrong with it."""
     try:
-        job = json.loads(line)
-    except ValueError as e:
+        job = control.loads(line)
+    except control.Unfit:
+        raise
+    except (ValueError, RecursionError) as e:
         raise ValueError(f"not JSON: {e}") from None
     if not isinstance(job, dict) or "task" not in job:
         raise ValueError("expected an object with a \"task\"")

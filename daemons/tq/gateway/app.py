@@ -9,7 +9,6 @@ assembled (service.py).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from .. import config
+from .. import config, control
 from ..control import RequestError
 from . import errors
 from .auth import TOKEN_KEY, Auth
@@ -110,7 +109,9 @@ async def read_json(request: web.Request, allowed: Iterable[str], timeout: float
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        body = control.loads(raw)  # (no NaN, infinity or lone surrogate: tq-host would refuse them too)
+    except control.Unfit as e:
+        raise errors.bad_request(f"the body: {e}") from None
     except (ValueError, RecursionError) as e:
         raise errors.bad_request(f"the body is not JSON: {e}") from None
     if not isinstance(body, dict):

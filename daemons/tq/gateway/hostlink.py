@@ -46,6 +46,19 @@ class HostLink:
         self._pending: dict[int, list[asyncio.Future[dict[str, Any]]]] = {}
         self._rid = 0
         self._connecting = asyncio.Lock()
+        self._check: tuple[float, asyncio.Future[dict[str, Any]]] | None = None  # the last ping: sent when, reply
+
+    async def check(self, since: float) -> None:
+        """The token is still valid at a moment after `since` (the loop's clock): a ping sent at or after it was
+        answered. An event seen before `since` may then go to the token's follower: tq-host handles requests in
+        order, so a revocation before the event refuses this ping. Callers at once share one ping; a refused
+        token raises RequestError (unauthorized)."""
+        check = self._check
+        failed = check is not None and check[1].done() and (check[1].cancelled() or check[1].exception() is not None)
+        if check is None or check[0] < since or failed:
+            loop = asyncio.get_running_loop()
+            check = self._check = (loop.time(), asyncio.ensure_future(self.call("ping")))
+        await asyncio.shield(check[1])
 
     @property
     def busy(self) -> bool:

@@ -12,8 +12,12 @@ follower's replay (`recent=N`, `Last-Event-ID` or `after=T`) is tq-host's own, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +29,8 @@ from ..routes import HOST_UNREACHABLE as UNREACHABLE
 from . import errors
 from .api import query, served, whole
 from .app import Parts
+from .auth import TOKEN_KEY
+from .hostlink import HostLink
 
 QUEUE_SIZE = 1000  # events waiting for one follower; past it they are counted as missed
 PING = 15.0  # seconds between comment lines, so that proxies keep a quiet stream open
@@ -64,11 +70,16 @@ class Hub:
         self.parts = parts
         self.followers: set[Follower] = set()
         self.task: asyncio.Task[None] | None = None
-        self.last_ts: float | None = None  # the last event's time: a subscription made again resumes after it
+        # From when the subscription follows: the last event's time, or (none yet) when the first follower came.
+        # Each subscription asks for the events after it, so that one made again after tq-host came back, on a
+        # quiet stream too, is told those since and tq-host's notice of those it cannot know (it restarted).
+        # (tq-host's clock is this machine's.)
+        self.last_ts: float | None = None
 
     def join(self, follower: Follower) -> None:
         self.followers.add(follower)
         if self.task is None:
+            self.last_ts = time.time()
             self.task = asyncio.get_running_loop().create_task(self._follow())
 
     def leave(self, follower: Follower) -> None:
@@ -105,8 +116,9 @@ class Hub:
             # (not with the followers here), and a follower of the whole stream is a sample of it anyway.
             request: dict[str, Any] = {"op": "subscribe", "rid": 1, "format": "rows",
                                        "rate": self.parts.settings.gateway().events_per_second}
-            if self.last_ts is not None:  # again, after tq-host came back: what it has since the last event seen
-                request.update(after=self.last_ts, recent=RECENT_MAX)
+            # What tq-host has since the last event seen (or since the first follower came: a subscription made
+            # again after tq-host came back), with its notice of what it cannot know (it restarted).
+            request.update(after=self.last_ts, recent=RECENT_MAX)
             writer.write(control.encode(request))
             reply = control.decode(await reader.readline())
             if not reply.get("ok"):
@@ -171,6 +183,11 @@ class Live:
             await resp.prepare(request)
             try:
                 await self._send(request, resp, follower, replay)
+            except RequestError as e:  # the token was revoked: the stream ends, saying why (as /api/v1/live)
+                if e.code == "unauthorized" and TOKEN_KEY in request:
+                    self.parts.links.forget(request[TOKEN_KEY])
+                with contextlib.suppress(ConnectionError, TimeoutError):
+                    await _write(resp, b"event: end\n" + _frame({"error": {"code": e.code, "message": str(e)}}))
             except (TimeoutError, ConnectionError):  # a client that takes nothing, or is gone: dropped
                 request.protocol.force_close()
             return resp
@@ -198,6 +215,11 @@ class Live:
 
     async def _send(self, request: web.Request, resp: web.StreamResponse, follower: Follower,
                     replay: list[dict[str, Any]]) -> None:
+        """The replay, then the follower's events as they come, each batch once its token is known valid still
+        (HostLink.check: a token revoked ends the stream with RequestError before an event after it goes out).
+        The token's link is taken from the pool at each check: one the pool closed meanwhile is not kept open."""
+        link = partial(self.parts.links.for_token, request[TOKEN_KEY])
+        loop = asyncio.get_running_loop()
         last = max((e["ts"] for e in replay if isinstance(e.get("ts"), (int, float))), default=None)
         seen = {json.dumps(e, sort_keys=True) for e in replay if e.get("ts") == last}
         await _write(resp, b"".join(_frame(e) for e in replay) or b": ok\n\n")
@@ -208,6 +230,7 @@ class Live:
             except TimeoutError:
                 quiet += LOOK
                 if quiet >= PING:
+                    await _checked(link, loop.time(), resp)  # (a quiet stream's revoked token ends it too)
                     await _write(resp, b": ping\n\n")
                     quiet = 0.0
                 continue
@@ -215,9 +238,23 @@ class Live:
                 items.append(follower.queue.get_nowait())
             if END in items:
                 return
+            await _checked(link, loop.time(), resp)
             if last is not None:
                 items = [(e, f) for e, f in items if not _replayed(e, last, seen)]
             await _write(resp, b"".join(f for _, f in items))
+
+
+async def _checked(link: Callable[[], HostLink], since: float, resp: web.StreamResponse) -> None:
+    """link.check, waiting out tq-host's absence (a restart; a comment line to the client each try, so that it
+    knows the stream is open): only a refusal of the token ends the stream."""
+    while True:
+        try:
+            return await link().check(since)
+        except RequestError as e:
+            if e.code != "unavailable":
+                raise
+        await asyncio.sleep(RETRY)
+        await _write(resp, b": ping\n\n")
 
 
 def _replayed(event: dict[str, Any], last: float, seen: set[str]) -> bool:

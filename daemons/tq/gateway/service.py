@@ -64,12 +64,26 @@ def bound_socket(listen: str) -> socket.socket:
         raise StartError(f"cannot listen on {listen} ([gateway] listen): {e.strerror or e}") from None
 
 
+class EncryptedKey(Exception):
+    """The TLS key asks for a pass phrase."""
+
+
+def _no_password() -> bytes:
+    """load_cert_chain's password callback: a daemon has no one to ask (without it OpenSSL prompts on the
+    terminal, and blocks there, or fails unclearly without one)."""
+    raise EncryptedKey
+
+
 def tls_context(cfg: config.GatewayConfig) -> ssl.SSLContext | None:
     if not cfg.tls_cert:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        context.load_cert_chain(cfg.tls_cert, cfg.tls_key, password=_no_password)
+    except EncryptedKey:
+        key = cfg.tls_key or cfg.tls_cert
+        raise StartError(f"cannot load [gateway] tls_key {key}: the key is encrypted: tq-gateway needs an "
+                         f"unencrypted key (openssl pkey -in {key} -out K2)") from None
     except (OSError, ssl.SSLError) as e:
         raise StartError(f"cannot load [gateway] tls_cert {cfg.tls_cert} and tls_key {cfg.tls_key}: {e}") from None
     return context

@@ -26,6 +26,7 @@ from .app import Parts, read_body
 from .hostlink import HostLink
 
 INT_MAX = 2**31 - 1
+MAX_DEPTH = 100  # arrays and structs nested at most, in a call and an answer (each level costs stack)
 OPTIONS = frozenset(("queue", "priority", "delay", "at", "timeout", "retries", "unique", "after", "payload"))
 
 
@@ -48,7 +49,7 @@ class XmlRpc:
         try:
             params, method = self._parse(raw)
             result = await self._dispatch(link, method, params)
-            body = xmlrpc.client.dumps((_plain(result),), methodresponse=True)
+            body = xmlrpc.client.dumps((_plain(result, _deep(method, params)),), methodresponse=True)
         except Fault as e:
             body = xmlrpc.client.dumps(xmlrpc.client.Fault(e.code, str(e)))
         except RequestError as e:
@@ -72,6 +73,7 @@ class XmlRpc:
             raise Fault(control.EXIT_USAGE, f"not an XML-RPC call: {e}") from None
         if not isinstance(method, str):
             raise Fault(control.EXIT_USAGE, "not an XML-RPC call: no methodName")
+        _taken(params)
         return params, method
 
     async def _dispatch(self, link: HostLink, method: str, params: tuple[Any, ...]) -> Any:
@@ -121,16 +123,39 @@ def _exit_status(code: str) -> int:
     return entry.exit_status if entry is not None else control.EXIT_PERMISSION
 
 
-def _plain(value: Any) -> Any:
-    """A value XML-RPC can carry: no None (left out of structs, "" elsewhere), integers within 32 bits."""
+def _taken(value: Any, depth: int = 0) -> None:
+    """Fault 2 for a parameter tq cannot take: a dateTime or base64 (JSON has neither: give seconds since the
+    epoch, text), or arrays and structs nested more than MAX_DEPTH deep. (nil is taken: None, as JSON's null.)"""
+    if isinstance(value, (xmlrpc.client.DateTime, xmlrpc.client.Binary)):
+        kind = "dateTime.iso8601" if isinstance(value, xmlrpc.client.DateTime) else "base64"
+        raise Fault(control.EXIT_USAGE, f"a {kind} value is not taken: tq's values are JSON's (a time is seconds "
+                                        "since the epoch, a double; bytes go as text)")
+    if isinstance(value, (list, tuple, dict)):
+        if depth >= MAX_DEPTH:
+            raise Fault(control.EXIT_USAGE, f"arrays and structs nested too deep (more than {MAX_DEPTH})")
+        for item in value.values() if isinstance(value, dict) else value:
+            _taken(item, depth + 1)
+
+
+def _deep(method: str, params: tuple[Any, ...]) -> str:
+    """What a result nested too deep for XML-RPC says (a job's args, as POST /api/v1/jobs may take them)."""
+    where = f": GET /api/v1/jobs/{params[0]} answers it as JSON" if method == "get" and params else ""
+    return f"the answer is nested too deep for XML-RPC (more than {MAX_DEPTH} arrays or structs){where}"
+
+
+def _plain(value: Any, deep: str = "the answer is nested too deep for XML-RPC", depth: int = 0) -> Any:
+    """A value XML-RPC can carry: no None (left out of structs, "" elsewhere), integers within 32 bits; nested
+    more than MAX_DEPTH deep, fault 2 saying `deep` (the standard library's writer recurses)."""
     if value is None:
         return ""
     if isinstance(value, (bool, float, str)):
         return value
     if isinstance(value, int):
         return value if -INT_MAX - 1 <= value <= INT_MAX else str(value)
+    if isinstance(value, (dict, list, tuple)) and depth >= MAX_DEPTH:
+        raise Fault(control.EXIT_USAGE, deep)
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+        return {str(k): _plain(v, deep, depth + 1) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_plain(v, deep, depth + 1) for v in value]
     return str(value)

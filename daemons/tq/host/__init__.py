@@ -197,7 +197,7 @@ class Host(Daemon):
 
     def _answer(self) -> None:
         for conn, reply in self.ledger.take():
-            self.server.send(conn, control.encode(reply))
+            self.server.send(conn, control.encode_out(reply))
 
     def _deliver(self) -> None:
         """After the commit: answer the clients and send the jobs assigned this step. The answers go first (a

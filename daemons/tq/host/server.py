@@ -119,7 +119,7 @@ class Server:
             reply = {"ok": False, "code": "unavailable", "error": f"tq-host is out of resources: {error}"}
             sock.setblocking(False)
             try:
-                sock.send(control.encode(reply))
+                sock.send(control.encode_out(reply))
             except OSError:
                 pass
             sock.close()
@@ -150,7 +150,7 @@ class Server:
             searched = 0
             self.on_line(conn, line)
         if len(conn.rbuf) > control.MAX_LINE:
-            self.send(conn, control.encode({"ok": False, "code": "bad_request", "error": "request too long"}))
+            self.send(conn, control.encode_out({"ok": False, "code": "bad_request", "error": "request too long"}))
             self._close(conn)
 
     def _write(self, conn: Conn) -> None:
