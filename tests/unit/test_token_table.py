@@ -148,11 +148,16 @@ def test_only_root_and_the_gateways_may_act_for_others(parts: Parts, conns: list
     assert ask(parts, gw, "act_as", token=token)["ok"] and gw.uid == NOBODY.pw_uid
 
 
-@pytest.mark.parametrize("token", ["tq_not-a-token", "", "x" * 10_000, "\ud800"])
-def test_an_unknown_token_is_unauthorized(parts: Parts, conns: list[socket.socket], token: str) -> None:
+@pytest.mark.parametrize(("token", "code", "words"), [
+    ("tq_not-a-token", "unauthorized", "no valid token"), ("", "unauthorized", "no valid token"),
+    ("x" * 10_000, "unauthorized", "no valid token"),
+    ("\ud800", "bad_request", "text must be UTF-8"),  # (refused as every request holding one is, before act_as)
+])
+def test_an_unknown_token_is_refused(parts: Parts, conns: list[socket.socket], token: str, code: str,
+                                     words: str) -> None:
     made(parts, conn(conns), "ci")
     gw = conn(conns)
-    refused(ask(parts, gw, "act_as", token=token), "unauthorized", "no valid token")
+    refused(ask(parts, gw, "act_as", token=token), code, words)
     assert gw.uid == 0 and gw.token is None
 
 
