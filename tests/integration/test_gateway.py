@@ -58,6 +58,8 @@ def test_many_jobs_and_a_chain_in_one_request(gw: Gateway) -> None:
 @pytest.mark.parametrize(("method", "path", "body", "status", "code"), [
     ("GET", "/api/v1/jobs/999999", None, 404, "not_found"),
     ("GET", "/api/v1/jobs/abc", None, 400, "bad_request"),
+    ("GET", "/api/v1/jobs/%D9%A1", None, 400, "bad_request"),  # an Arabic-Indic 1: int() takes it, an id is ASCII
+    ("GET", "/api/v1/jobs?limit=1_0", None, 400, "bad_request"),
     ("POST", "/api/v1/jobs", b"{not json", 400, "bad_request"),
     ("POST", "/api/v1/jobs", [1, 2], 400, "bad_request"),
     ("POST", "/api/v1/jobs", {"task": "x", "colour": "red"}, 400, "bad_request"),
@@ -83,6 +85,8 @@ def test_refusals_answer_json_with_the_codes_status(gw: Gateway, method: str, pa
 def test_unknown_field_is_named(gw: Gateway) -> None:
     a = request(gw, "POST", "/api/v1/jobs", {"task": "x", "colour": "red"})
     assert "'colour'" in a.json["error"]["message"]
+    a = request(gw, "POST", "/api/v1/jobs/1/cancel", {"x": 1})
+    assert a.json["error"]["message"] == "unknown field 'x' (this request takes no body)", a.raw
 
 
 def test_a_path_the_gateway_does_not_serve_is_404_naming_it_not_a_missing_job(gw: Gateway) -> None:

@@ -7,6 +7,7 @@ is at most `[gateway] max_wait`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
@@ -25,6 +26,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JOB_FIELDS = frozenset(("task", "args", "payload", "queue", "priority", "delay", "at", "timeout", "retries",
                         "unique", "after"))
 FILTERS = ("state", "task", "queue", "older_than")
+WHOLE = re.compile(r"-?[0-9]{1,20}")
 
 
 def job_spec(value: Any, where: str = "the job") -> dict[str, Any]:
@@ -54,10 +56,10 @@ def seconds(value: Any, name: str, most: float | None = None) -> float:
 
 
 def whole(value: str, name: str, low: int = 0) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise errors.bad_request(f"{name} must be a whole number, not {value[:20]!r}") from None
+    """A whole number written in ASCII digits (int() would also take "١٢", " 12" and "1_2")."""
+    if not WHOLE.fullmatch(value):
+        raise errors.bad_request(f"{name} must be a whole number, not {value[:20]!r}")
+    number = int(value)
     if number < low:
         raise errors.bad_request(f"{name} must be at least {low}")
     return number

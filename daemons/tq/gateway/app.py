@@ -119,5 +119,6 @@ async def read_json(request: web.Request, allowed: Iterable[str], timeout: float
     known = set(allowed)
     for name in body:
         if name not in known:
-            raise errors.bad_request(f"unknown field {name[:60]!r} (this request takes {', '.join(sorted(known))})")
+            raise errors.bad_request(f"unknown field {name[:60]!r} (this request takes "
+                                     f"{', '.join(sorted(known)) or 'no body'})")
     return body
