@@ -9,6 +9,7 @@ Only one broker runs at a time on this machine: one per module, stopped at its e
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import subprocess
 import time
@@ -361,5 +362,26 @@ def test_a_broker_name_that_does_not_resolve_is_waited_for_and_looked_up_again_a
             resolve_to("127.0.0.1")  # (the broker came up under its name, or moved: the next attempt follows)
             ends.until(lambda: mailboxes.ready, 30, "connected once the name resolves")
             assert mailboxes.waiting_for == ""
+        finally:
+            ends.close()
+
+
+def test_a_port_that_does_not_speak_amqp_is_one_clear_line(tmp_path: Path) -> None:
+    import socket
+    with socket.create_server(("127.0.0.1", 0)) as server:  # takes the connection, answers nothing, closes
+        port = server.getsockname()[1]
+        ends = Ends(tmp_path, f"amqp://tq:{PASSWORD}@127.0.0.1:{port}/")
+        try:
+            server.setblocking(False)
+            mailboxes = ends.connect()
+            mailboxes.open_host()
+
+            def hung_up() -> bool:
+                with contextlib.suppress(BlockingIOError):
+                    server.accept()[0].close()
+                return mailboxes.error != ""
+            ends.until(hung_up, 15, "the attempt failed")
+            assert mailboxes.error == f"the server at amqp://tq:***@127.0.0.1:{port}/ does not speak AMQP 0-9-1: " \
+                                      "is that the broker's port (5672; amqps 5671)?", mailboxes.error
         finally:
             ends.close()

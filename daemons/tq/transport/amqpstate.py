@@ -40,6 +40,8 @@ def describe(err: BaseException, where: str) -> str:
         return f"the broker at {where} refused access to the virtual host (not permitted for this user?)"
     if isinstance(err, (e.ConnectionClosed, e.ChannelClosed)):
         return one_line(f"closed by the broker: {err.reply_code} {err.reply_text}")
+    if isinstance(err, e.IncompatibleProtocolError):  # (the port took the connection, then closed it unanswered)
+        return f"the server at {where} does not speak AMQP 0-9-1: is that the broker's port (5672; amqps 5671)?"
     if isinstance(err, e.AMQPHeartbeatTimeout):
         return f"no heartbeat from the broker at {where}: connection dropped"
     if isinstance(err, ssl.SSLCertVerificationError):
