@@ -109,11 +109,17 @@ def loads(data: bytes | str) -> Any:
     RecursionError) for what is not JSON."""
     text = data.decode() if isinstance(data, bytes) else data  # (json.loads would first guess the encoding)
     obj = _DECODER.decode(text)
-    if _SURROGATE.search(text):  # (rare: only then is each string looked at)
+    if "\\u" in text:  # (rare: an escape, the only way a lone surrogate comes in)
+        _text_only(text, obj)
+    return obj
+
+
+def _text_only(text: str, obj: Any) -> None:
+    """Unfit if `obj`, read from `text`, holds a string with a lone surrogate (only an escape makes one)."""
+    if _SURROGATE.search(text):  # (rarer still: only then is each string looked at)
         bad = _not_text(obj)
         if bad is not None:
             raise Unfit(f"text must be UTF-8: {bad[0] or 'the value'} holds {bad[1]!r}, an escaped lone surrogate")
-    return obj
 
 
 def _not_text(obj: Any) -> tuple[str, str] | None:
@@ -137,8 +143,12 @@ def _not_text(obj: Any) -> tuple[str, str] | None:
 
 
 def decode(line: bytes) -> dict[str, Any]:
+    """A request: `loads`, written out (tq-host decodes one for every request it takes)."""
     try:
-        obj = loads(line)
+        text = line.decode()
+        obj = _DECODER.decode(text)
+        if "\\u" in text:
+            _text_only(text, obj)
     except Unfit as e:
         raise RequestError("bad_request", str(e)) from None
     except (ValueError, RecursionError) as e:
