@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,3 +39,13 @@ def no_stale_test_queues() -> None:
 def suite() -> Iterator[Suite]:
     with temporary_suite() as s:
         yield s
+
+
+@pytest.fixture
+def signals() -> Iterator[None]:
+    """Give the process its signal handlers and wake-up fd back after an in-process daemon took them."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    yield
+    signal.set_wakeup_fd(-1)
+    for s, handler in saved.items():
+        signal.signal(s, handler)

@@ -536,12 +536,7 @@ def test_sse_follows_on_across_a_host_restart_and_says_what_it_cannot_know(suite
     try:
         request(gw, "POST", "/api/v1/jobs", {"task": "before"})
         s.until(lambda e: e.get("task") == "before")
-        host = next(d for d in suite.daemons if d.name == "host")
-        host.signal(signal.SIGTERM)
-        host.wait()
-        suite.host()
-        wait_until(lambda: request(gw, "POST", "/api/v1/jobs", {"task": "after"}).status == 201,
-                   what="the gateway back to tq-host")
+        restart_host_then_submit(suite, gw, "after")
         seen = s.until(lambda e: e.get("task") == "after")
         assert {"missed": None} in [{"missed": e["missed"]} for e in seen if "missed" in e], seen
     finally:
@@ -573,12 +568,7 @@ def test_sse_on_a_quiet_stream_follows_on_across_a_host_restart(suite: Suite, gw
     s = Stream(gw)
     try:
         wait_until(lambda: host_subscribers(suite) == 1, what="the gateway's subscription")
-        host = next(d for d in suite.daemons if d.name == "host")
-        host.signal(signal.SIGTERM)
-        host.wait()
-        suite.host()
-        wait_until(lambda: request(gw, "POST", "/api/v1/jobs", {"task": "after"}).status == 201,
-                   what="the gateway back to tq-host")
+        restart_host_then_submit(suite, gw, "after")
         seen = s.until(lambda e: e.get("task") == "after")
         assert seen[0]["missed"] is None and "restart" in seen[0]["reason"], seen
     finally:
@@ -648,3 +638,13 @@ def test_xmlrpc_get_of_a_deeply_nested_job_answers(rpc_gw: Gateway) -> None:
     with pytest.raises(xmlrpc.client.Fault) as f:
         proxy.submit("deep", deep)
     assert f.value.faultCode == 2 and "too deep" in f.value.faultString
+
+
+def restart_host_then_submit(suite: Suite, gw: Gateway, task: str) -> None:
+    """Stop tq-host, start it again, and submit a job of `task` through the gateway as soon as it takes one."""
+    host = next(d for d in suite.daemons if d.name == "host")
+    host.signal(signal.SIGTERM)
+    host.wait()
+    suite.host()
+    wait_until(lambda: request(gw, "POST", "/api/v1/jobs", {"task": task}).status == 201,
+               what="the gateway back to tq-host")

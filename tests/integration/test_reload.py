@@ -38,16 +38,6 @@ class Records(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-@pytest.fixture
-def signals() -> Iterator[None]:
-    """Give the process its signal handlers and wake-up fd back after an in-process daemon took them."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    yield
-    signal.set_wakeup_fd(-1)
-    for s, handler in saved.items():
-        signal.signal(s, handler)
-
-
 def _reload(daemon: Host | Worker, step: Callable[[], None]) -> None:
     os.kill(os.getpid(), signal.SIGHUP)  # a real signal: the handler sets the flag, the step reloads
     wait_until(lambda: (step(), not daemon.reload_requested)[1], 10, "the reload")

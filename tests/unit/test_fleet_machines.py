@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,16 +174,6 @@ def test_the_machine_id_comes_from_the_first_file_that_holds_one(tmp_path: Path)
         "b9139404ab4b43249e8838f25d74a139"
     assert machine_id.__wrapped__((str(tmp_path / "none"),)) == ""
     assert machine_id() and machine_id() == machine_id()
-
-
-@pytest.fixture
-def signals() -> Iterator[None]:
-    """Give the process its signal handlers and wake-up fd back after an in-process worker took them."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    yield
-    signal.set_wakeup_fd(-1)
-    for s, handler in saved.items():
-        signal.signal(s, handler)
 
 
 def test_a_refused_worker_hands_back_the_jobs_it_took_says_why_and_exits(
