@@ -489,12 +489,7 @@ def test_https_with_the_gateways_ca(suite: Suite) -> None:
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
-    suite.write_config(f'[gateway]\ntls_cert = "{cert}"\ntls_key = "{key}"\n')
-    suite.start(workers=1)
-    gw = suite.gateway()
-    token_file = suite.dir / "token"
-    token_file.write_text(f"{gw.token}\n")
-    token_file.chmod(0o600)
+    gw, token_file = https_gateway(suite, cert, key)
     url = gw.url.replace("http:", "https:")
     base = ["--url", url, "--token-file", str(token_file)]
     r = suite.tqctl(*base, "--ca-file", str(cert), "submit", "--wait", "echo", "over", "tls")
@@ -516,12 +511,7 @@ def test_https_to_a_name_the_certificate_does_not_name_says_so(suite: Suite) -> 
     (not to give the CA, which was given); a CA that is not the one that signed it still gets the --ca-file hint."""
     ca = tlsfiles.authority(suite.dir, "tq-ca")
     served = tlsfiles.issue(ca, suite.dir, "gateway.example", ("127.0.0.1",))
-    suite.write_config(f'[gateway]\ntls_cert = "{served.cert}"\ntls_key = "{served.key}"\n')
-    suite.start(workers=1)
-    gw = suite.gateway()
-    token_file = suite.dir / "token"
-    token_file.write_text(f"{gw.token}\n")
-    token_file.chmod(0o600)
+    gw, token_file = https_gateway(suite, served.cert, served.key)
     port = gw.url.rpartition(":")[2]
     ok = suite.tqctl("--url", f"https://127.0.0.1:{port}", "--token-file", str(token_file), "--ca-file",
                      str(ca.cert), "status")
@@ -653,3 +643,14 @@ def test_events_follow_ends_when_its_token_is_revoked(pair: Pair, followers: lis
     out, err = followers[0].proc.communicate(timeout=20)
     assert followers[0].proc.returncode == 4, (out, err)
     assert b"revoked" in err and b"unseen" not in followers[0].data + out, (out, err)
+
+
+def https_gateway(suite: Suite, cert: Path, key: Path) -> tuple[Gateway, Path]:
+    """tq-host, a worker and tq-gateway serving HTTPS with `cert` and `key`, and a file holding a token for it."""
+    suite.write_config(f'[gateway]\ntls_cert = "{cert}"\ntls_key = "{key}"\n')
+    suite.start(workers=1)
+    gw = suite.gateway()
+    token_file = suite.dir / "token"
+    token_file.write_text(f"{gw.token}\n")
+    token_file.chmod(0o600)
+    return gw, token_file
