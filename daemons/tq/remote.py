@@ -194,7 +194,7 @@ class HttpConnection:
             answer, resp = self._send(conn, "GET", self.prefix + "/events", fields, None, STREAM_SILENCE,
                                       "text/event-stream")
         except _Dropped:
-            raise HostUnreachable(f"lost tq-gateway at {self.url}: it closed the connection") from None
+            raise HostUnreachable(self._closed()) from None
         if resp is None:
             conn.close()
             self._checked(answer)
@@ -210,6 +210,11 @@ class HttpConnection:
             yield self._feed.events()
         raise HostUnreachable(f"lost tq-gateway at {self.url}: the connection was closed")
 
+    def _closed(self) -> str:
+        """A connection the gateway closed without an answer; over http, maybe a gateway that serves HTTPS."""
+        hint = "" if self.https else " (if it serves HTTPS, the URL must say https://)"
+        return f"lost tq-gateway at {self.url}: it closed the connection{hint}"
+
     # ---- HTTP ---------------------------------------------------------------------
 
     def _request(self, method: str, path: str, query: dict[str, Any], body: dict[str, Any] | None, wait: float,
@@ -224,7 +229,7 @@ class HttpConnection:
                 return answer
             except _Dropped:
                 if attempt == 2 or not reused or method not in _RETRIED:
-                    raise HostUnreachable(f"lost tq-gateway at {self.url}: it closed the connection") from None
+                    raise HostUnreachable(self._closed()) from None
         raise AssertionError("unreachable")
 
     def _connection(self, fresh: bool = False) -> http.client.HTTPConnection:

@@ -654,3 +654,12 @@ def https_gateway(suite: Suite, cert: Path, key: Path) -> tuple[Gateway, Path]:
     token_file.write_text(f"{gw.token}\n")
     token_file.chmod(0o600)
     return gw, token_file
+
+
+def test_http_to_a_gateway_that_serves_https_says_the_url_may_need_https(suite: Suite) -> None:
+    ca = tlsfiles.authority(suite.dir, "tq-ca")
+    served = tlsfiles.issue(ca, suite.dir, "localhost", ("127.0.0.1",))
+    gw, token_file = https_gateway(suite, served.cert, served.key)
+    r = suite.tqctl("--url", gw.url, "--token-file", str(token_file), "status")  # (gw.url says http://)
+    assert r.returncode == 3 and "(if it serves HTTPS, the URL must say https://)" in r.stderr, r
+    assert r.stderr.count("\n") == 1
