@@ -69,6 +69,7 @@ def test_many_jobs_and_a_chain_in_one_request(gw: Gateway) -> None:
     ("GET", "/api/v1/jobs?colour=red", None, 400, "bad_request"),
     ("GET", "/api/v1/jobs?wait=forever", None, 400, "bad_request"),
     ("POST", "/api/v1/jobs/cancel", {}, 400, "bad_request"),
+    ("POST", "/api/v1/wait", {"id": 1, "ids": [2]}, 400, "bad_request"),  # (id was ignored)
     ("POST", "/api/v1/queues/nosuchqueue/pause", None, 404, "not_found"),
     ("DELETE", "/api/v1/workers/nosuch", None, 404, "not_found"),
     ("GET", "/api/v1/nothing-here", None, 404, "not_found"),

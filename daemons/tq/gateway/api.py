@@ -165,6 +165,8 @@ class Api:
     async def wait(self, request: web.Request) -> web.Response:
         link = await self.link(request)
         body = await self.body(request, ("id", "ids", "timeout"))
+        if "id" in body and "ids" in body:
+            raise errors.bad_request("give id or ids, not both")
         timeout = seconds(body.pop("timeout", self.max_wait()), "timeout", self.max_wait())
         return answer(await link.call("wait", timeout, timeout=timeout, **body))
 
