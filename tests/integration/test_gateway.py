@@ -308,6 +308,8 @@ def test_xmlrpc_submit_call_get_status(rpc_gw: Gateway) -> None:
     assert job["id"] == job_id and job["task"] == "echo" and "payload" not in job  # None: left out
     assert "states" in proxy.status()
     assert proxy.call("echo", ["big"], {"priority": 5}) is not None
+    later = proxy.get(proxy.submit("echo", ["later"], {"delay": "1h", "timeout": "5m"}))  # durations, as the JSON API
+    assert later["state"] == "delayed" and later["timeout"] == 300, later
 
 
 def test_xmlrpc_a_failing_job_is_a_fault_naming_it(rpc_gw: Gateway) -> None:

@@ -21,6 +21,7 @@ from xml.parsers.expat import ExpatError
 from aiohttp import web
 
 from .. import control
+from ..configfiles import parse_duration
 from ..control import RequestError
 from .app import Parts, read_body
 from .hostlink import HostLink
@@ -115,7 +116,14 @@ def _spec(params: tuple[Any, ...], method: str) -> dict[str, Any]:
     if unknown:
         raise Fault(control.EXIT_USAGE, f"{method}: unknown option {unknown[0][:60]!r} (options: "
                                         f"{', '.join(sorted(OPTIONS))})")
-    return {"task": params[0], "args": args, **options}
+    spec = {"task": params[0], "args": args, **options}
+    for name in ("delay", "timeout"):  # (seconds, or a duration as in the JSON API: "30s", "5m")
+        if isinstance(spec.get(name), str):
+            try:
+                spec[name] = float(parse_duration(spec[name]))
+            except ValueError as e:
+                raise Fault(control.EXIT_USAGE, f"{method}: {name}: {e}") from None
+    return spec
 
 
 def _exit_status(code: str) -> int:
