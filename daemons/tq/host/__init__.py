@@ -36,6 +36,7 @@ from ..daemon import Daemon, StartError, command_line, load_config
 from ..log import Burst
 from .assembly import assemble
 from .brokerwatch import BrokerWatch, link_state
+from .recovery import recover
 from .store import StoreError
 
 
@@ -103,7 +104,7 @@ class Host(Daemon):
         self.parts.queues.load()
         self.parts.scheduler.load(time.time())
         self.dispatcher.outbox.clear()
-        self.fleet.recover(time.monotonic())
+        recover(self.fleet, time.monotonic())
 
     def run(self) -> int:
         self.start()

@@ -26,6 +26,7 @@ from ..transport import Mailbox, MailboxError
 from ..transport.machines import WORKER_NAME_RE
 from .carriage import carried
 from .jobs import ASSIGNED, ON_WORKER, JobTable
+from .nameclash import NameClash, elsewhere
 from .records import JobRecord
 from .store import Store
 from .workerstate import WorkerState
@@ -50,31 +51,11 @@ class Fleet:
         self.last_result = 0.0  # monotonic time results last came in
         self.next_check = 0.0  # monotonic time of the next check_leases
         self.on_event = on_event  # up, fenced, lost, stopped
+        self.clash = NameClash(logger)
 
     def configure(self, cfg: config.Config) -> None:
         """Take a reloaded configuration."""
         self.cfg = cfg
-
-    def recover(self, now: float) -> None:
-        """Fence every worker the store knows of (and those whose hello a failed commit undid)."""
-        known = {w[0]: w for w in self.store.workers()}
-        for job in self.jobs.jobs.values():
-            if job.state in ON_WORKER and job.worker and job.worker not in known:
-                known[job.worker] = (job.worker, 0, [], "syncing", 0.0)
-        for w in self.workers.values():
-            if w.instance not in known and w.state != "stopped":
-                known[w.instance] = (w.instance, w.pid, w.queues, "syncing", 0.0)
-        for instance, pid, queues, state, seen_at in known.values():
-            w = self.workers.get(instance) or WorkerState(instance, pid=pid, queues=queues)
-            self.workers[instance] = w
-            w.assigned = self.jobs.running_on(instance)
-            w.seen = now
-            if state in ("stopped", "lost") and not w.assigned:  # (one that is back says so in its heartbeat)
-                w.state, w.lost_at = state, seen_at if state == "lost" else 0.0
-                continue
-            self._reopen_inbox(w)
-            self.fence(w, "leaving" if state == "leaving" else "syncing", "not reported after tq-host restarted",
-                        "tq-host restarted: every worker is checked before it gets work")
 
     def close(self) -> None:
         """Close the mailboxes this process holds open (the mailboxes themselves stay)."""
@@ -140,47 +121,24 @@ class Fleet:
 
     def _on_hello(self, msg: protocol.Hello, now: float) -> None:
         w = self._worker(msg.instance)
-        if w is None or self._refused(w, msg.pid, msg.machine, now):
+        if w is None or self.clash.refuses(w, msg.pid, msg.machine, now, self.cfg.host.lease):
             return
         self.logger.info("worker %s (pid %d) says hello; queues %s", msg.instance, msg.pid, ",".join(msg.queues))
         if msg.pid != w.pid:
             w.monitor = {}  # the figures of the process before: its heartbeats bring the new one's
-        cause = _restart_cause(w, msg.pid, msg.machine)
-        w.machine = msg.machine
-        self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, *cause)
+        self._adopt(w, msg, now)
 
     def _on_heartbeat(self, msg: protocol.Heartbeat, now: float) -> None:
         w = self._worker(msg.instance)
-        if w is None or self._refused(w, msg.pid, msg.machine, now):
+        if w is None or self.clash.refuses(w, msg.pid, msg.machine, now, self.cfg.host.lease):
             return
         w.monitor, w.monitor_at = msg.monitor, now  # (empty from a worker of the previous release)
-        if w.state in ("lost", "stopped") or msg.pid != w.pid or _elsewhere(w, msg.machine):
+        if w.state in ("lost", "stopped") or msg.pid != w.pid or elsewhere(w, msg.machine):
             self.logger.info("worker %s (pid %d) is back", msg.instance, msg.pid)
-            cause = _restart_cause(w, msg.pid, msg.machine)
-            w.machine = msg.machine
-            self._adopt(w, msg.pid, msg.queues, msg.prefetch, now, *cause)
+            self._adopt(w, msg, now)
             return
         w.machine = msg.machine or w.machine  # (learnt from a heartbeat after a tq-host restart)
         w.seen, w.running = now, msg.running
-
-    def _refused(self, w: WorkerState, pid: int, machine: str, now: float) -> bool:
-        """A hello or heartbeat under the name of a worker present on another machine: a second worker named
-        alike (two machines of one short name), not a restart. It is not adopted (the holder keeps its jobs) and is
-        told so, by pid and machine (both may read the name's inbox); the warning is logged once a process."""
-        if not (_elsewhere(w, machine) and w.state in ("syncing", "live", "leaving")
-                and now - w.seen <= self.cfg.host.lease):
-            return False
-        if w.refused != (pid, machine):
-            w.refused = (pid, machine)
-            self.logger.warning("worker %s: refused pid %d of machine %s: the name is held by pid %d of machine %s "
-                                "(seen %.1fs ago); two machines give their workers the same name: set [transport] "
-                                "machine on one", w.instance, pid, machine[:12], w.pid, w.machine[:12],
-                                now - w.seen, extra={"TQ_WORKER": w.instance})
-        reason = (f'another worker is named {w.instance} (pid {w.pid}, on another machine): give each machine its '
-                  f'own name ([transport] machine = "...")')
-        if w.inbox is not None:  # (full: the refused process's next heartbeat brings another)
-            w.inbox.send(protocol.encode(protocol.Refused(pid, machine, reason)), protocol.CANCEL_PRIORITY)
-        return True
 
     def _on_started(self, msg: protocol.Started, now: float) -> None:
         """An assigned job's handler started on its worker: the job is running (a late word is ignored)."""
@@ -208,7 +166,7 @@ class Fleet:
         w.seen = now
         if msg.token != w.token or w.state not in ("syncing", "leaving"):
             return  # an old fence
-        if _elsewhere(w, msg.machine):  # taken from the shared inbox by a process refused under the name
+        if elsewhere(w, msg.machine):  # taken from the shared inbox by a process refused under the name
             w.sync_due = True
             self._send_sync(w)
             return
@@ -226,13 +184,15 @@ class Fleet:
 
     # ---- the fence --------------------------------------------------------
 
-    def _adopt(self, w: WorkerState, pid: int, queues: list[str], prefetch: int, now: float, cause: str,
-               detail: str) -> None:
-        """A worker (re)appeared: reopen its inbox and fence it before dispatching to it."""
-        w.pid, w.queues, w.seen, w.lost_at = pid, carried(self.cfg, self.logger, w.instance, queues), now, 0.0
-        self._reopen_inbox(w)
+    def _adopt(self, w: WorkerState, msg: protocol.Hello | protocol.Heartbeat, now: float) -> None:
+        """A worker (re)appeared, as its hello or heartbeat says: reopen its inbox and fence it before dispatching
+        to it."""
+        cause, detail = _restart_cause(w, msg.pid, msg.machine)
+        w.pid, w.queues, w.seen, w.lost_at = msg.pid, carried(self.cfg, self.logger, w.instance, msg.queues), now, 0.0
+        w.machine = msg.machine
+        self.reopen_inbox(w)
         depth = w.inbox.max_messages if w.inbox is not None else 2
-        w.prefetch = max(1, min(prefetch, depth - 1))  # one slot stays free for the Sync fence
+        w.prefetch = max(1, min(msg.prefetch, depth - 1))  # one slot stays free for the Sync fence
         self.fence(w, "syncing", cause, detail)
         self._persist(w)
 
@@ -244,7 +204,7 @@ class Fleet:
             self.store.save_worker(w.instance, w.pid, w.queues, row[2], w.lost_at or time.time())
             w.saved = row
 
-    def _reopen_inbox(self, w: WorkerState) -> None:
+    def reopen_inbox(self, w: WorkerState) -> None:
         if w.inbox is not None:
             w.inbox.close()
             w.inbox = None
@@ -367,16 +327,10 @@ class Fleet:
         return [w.public(now) for w in sorted(self.workers.values(), key=lambda w: w.instance)]
 
 
-def _elsewhere(w: WorkerState, machine: str) -> bool:
-    """A message from another machine than the worker's (as far as both are known: a worker from before says
-    none)."""
-    return bool(machine and w.machine and machine != w.machine)
-
-
 def _restart_cause(w: WorkerState, pid: int, machine: str) -> tuple[str, str]:
     """Why a worker's hello or heartbeat fences it: what its unreported jobs were lost to, and what happened in
     plain words (the "fenced" event's detail)."""
-    if _elsewhere(w, machine):
+    if elsewhere(w, machine):
         return (f"the worker was replaced by one on another machine (pid {pid})",
                 f"the name is taken over from another machine, pid {pid}: checked before it gets work")
     if w.pid and pid != w.pid:

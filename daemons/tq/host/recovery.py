@@ -1,0 +1,30 @@
+"""tq-host's start: every worker the store knows of is fenced before it gets work (host/fleet.py's fence), since
+what it did while tq-host was down is known only from what it reports before the fence comes back."""
+
+from __future__ import annotations
+
+from .fleet import Fleet
+from .jobs import ON_WORKER
+from .workerstate import WorkerState
+
+
+def recover(fleet: Fleet, now: float) -> None:
+    """Fence every worker the store knows of (and those whose hello a failed commit undid)."""
+    known = {w[0]: w for w in fleet.store.workers()}
+    for job in fleet.jobs.jobs.values():
+        if job.state in ON_WORKER and job.worker and job.worker not in known:
+            known[job.worker] = (job.worker, 0, [], "syncing", 0.0)
+    for w in fleet.workers.values():
+        if w.instance not in known and w.state != "stopped":
+            known[w.instance] = (w.instance, w.pid, w.queues, "syncing", 0.0)
+    for instance, pid, queues, state, seen_at in known.values():
+        w = fleet.workers.get(instance) or WorkerState(instance, pid=pid, queues=queues)
+        fleet.workers[instance] = w
+        w.assigned = fleet.jobs.running_on(instance)
+        w.seen = now
+        if state in ("stopped", "lost") and not w.assigned:  # (one that is back says so in its heartbeat)
+            w.state, w.lost_at = state, seen_at if state == "lost" else 0.0
+            continue
+        fleet.reopen_inbox(w)
+        fleet.fence(w, "leaving" if state == "leaving" else "syncing", "not reported after tq-host restarted",
+                    "tq-host restarted: every worker is checked before it gets work")
