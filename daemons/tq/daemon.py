@@ -109,6 +109,24 @@ class Daemon:
         (A property, not an attribute: tests/unit/test_attribute_budget.py.)"""
         return not isinstance(self.mailboxes, transport.Connectionless)
 
+    def wait_for_host(self) -> transport.Mailbox | None:
+        """A worker's start: open the host's mailbox, waiting (and pinging the watchdog) until tq-host has created
+        it. None if asked to stop meanwhile."""
+        logged = False
+        while not self.stop_requested:
+            try:
+                return self.mailboxes.reach_host()
+            except transport.MailboxAccessDenied:
+                raise
+            except transport.MailboxError as e:
+                if not logged:
+                    self.logger.info("waiting for tq-host: %s", e)
+                    self.notifier.status("waiting for tq-host")
+                    logged = True
+            self.notifier.tick(time.monotonic())
+            self.select(0.2)
+        return None
+
     def wait_connected(self, most: float) -> bool:
         """Wait (pinging the watchdog, STATUS saying what for) until the transport carries messages (a broker's
         connection is up), or for `most` seconds: then the daemon goes on, its messages wait for the connection,

@@ -198,7 +198,7 @@ def test_a_refused_worker_hands_back_the_jobs_it_took_says_why_and_exits(
             worker.step()
             if worker.exit_now:
                 break
-        assert worker.exit_now and worker.refused and not worker.local
+        assert worker.exit_now and worker.refusal.reason and not worker.local
         assert not worker.bye_sent  # a Bye would fence the holder
         parts.fleet.intake(0.6)  # its releases
     finally:

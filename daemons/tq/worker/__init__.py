@@ -24,8 +24,10 @@ from ..notify import child_environment
 from ..transport import Mailbox
 from ..transport.machines import local_name, machine_id, machine_instance
 from .attempt import Attempt
+from .inbox import open_inbox
 from .instancelock import InstanceTaken, take
 from .outbox import Outbox
+from .refusal import EXIT_REFUSED, Refusal
 from .runner import Runner
 from .taken import Taken
 
@@ -35,7 +37,6 @@ BYE_WAIT = 5.0  # seconds a stopping worker waits for the host's fence before it
 # connection, its STATUS says what it waits for): a broker that is down must not fail the unit's start (its
 # TimeoutStartSec), hold up the boot, or restart the worker every 30 s.
 CONNECT_WAIT = 10.0
-EXIT_REFUSED = 78  # tq-host refused the name (EX_CONFIG): the unit's RestartPreventExitStatus, no restart loop
 
 
 class Worker(Daemon):
@@ -51,7 +52,7 @@ class Worker(Daemon):
         self.instance = machine_instance(instance, cfg.transport.machine or None) if amqp else instance
         if self.instance != instance:
             log.name_worker(self.instance)
-        self.refused = ""  # tq-host's reason when it refused this process its name: it exits
+        self.refusal = Refusal(self.logger)  # tq-host refused this process its name: it exits
         self.wcfg = cfg.worker_for(instance)
         self.outbox = Outbox(self.instance, cfg.mqueue.max_message_size)  # to the host mailbox, in order
         self.runner = Runner(self.instance, self.outbox, self.events, self.logger, cfg.mqueue.max_message_size,
@@ -75,19 +76,8 @@ class Worker(Daemon):
     def start(self) -> None:
         self.lock_fd = take(self.cfg, local_name(self.instance))  # before the inbox: a second process refuses here
         self.watch_signals()
-        drained: list[bytes] = []
-        # The inbox holds at most `prefetch` jobs and the host's Sync fence: a deeper one would only use up
-        # the per-user queue memory (POSIX: RLIMIT_MSGQUEUE). Where the kernel or that budget grants less, less.
-        self.inbox = self.mailboxes.create_inbox(self.instance, self.wcfg.prefetch + 1, drained)
-        if self.inbox.max_messages < self.wcfg.prefetch + 1:
-            self.logger.warning("inbox %s holds %d messages, not worker.prefetch + 1 = %d (%s): prefetch %d",
-                                self.inbox.name, self.inbox.max_messages, self.wcfg.prefetch + 1,
-                                self.mailboxes.depth_bounds(), self.inbox.max_messages - 1)
-            self.wcfg = replace(self.wcfg, prefetch=self.inbox.max_messages - 1)
-        if drained:
-            self.logger.warning("recreated inbox %s with the configured size; dropped %d message(s), which "
-                                "tq-host requeues", self.inbox.name, len(drained))
-        self.host_mailbox = self._wait_for_host()
+        self.inbox, self.wcfg = open_inbox(self.mailboxes, self.instance, self.wcfg, self.logger)
+        self.host_mailbox = self.wait_for_host()
         if self.host_mailbox is None or not self.wait_connected(CONNECT_WAIT):
             self.host_mailbox = None
             return
@@ -96,23 +86,6 @@ class Worker(Daemon):
         self.logger.info("tq-worker %s instance %s ready: queues %s, inbox %s", __version__, self.instance,
                          ",".join(self.wcfg.queues), self.inbox.name)
         self.notifier.ready(self.status_text())
-
-    def _wait_for_host(self) -> Mailbox | None:
-        """Open the host's mailbox, waiting (and pinging the watchdog) until tq-host has created it."""
-        logged = False
-        while not self.stop_requested:
-            try:
-                return self.mailboxes.reach_host()
-            except transport.MailboxAccessDenied:
-                raise
-            except transport.MailboxError as e:
-                if not logged:
-                    self.logger.info("waiting for tq-host: %s", e)
-                    self.notifier.status("waiting for tq-host")
-                    logged = True
-            self.notifier.tick(time.monotonic())
-            self.select(0.2)
-        return None
 
     def _hello(self) -> protocol.Hello:
         return protocol.Hello(self.instance, os.getpid(), list(self.wcfg.queues), self.wcfg.prefetch, machine_id())
@@ -136,7 +109,7 @@ class Worker(Daemon):
             self.select(0.1)
         if self.runner.reexec:
             self._reexec()
-        if self.refused:
+        if self.refusal.reason:
             return EXIT_REFUSED
         self.logger.info("tq-worker %s stopped", self.instance)
         return 0
@@ -154,11 +127,7 @@ class Worker(Daemon):
         if self.runner.current is None and not self.outbox and not self.runner.reexec:
             for _ in range(BATCH):
                 if self.local:
-                    item = self.local.popleft()
-                    if isinstance(item, protocol.Sync):
-                        self._on_sync(item)
-                    else:
-                        self._on_job(item)
+                    self._take_local()
                 else:
                     assert self.inbox is not None
                     data = self.inbox.receive()
@@ -232,7 +201,7 @@ class Worker(Daemon):
         elif isinstance(msg, protocol.Cancel):
             self.runner.cancel(msg)
         elif isinstance(msg, protocol.Refused):
-            self._on_refused(msg)
+            self.stop_requested |= self.refusal.take(msg)
         else:
             self.malformed(f"dropped a {type(msg).__name__} message, which tq-host does not send")
 
@@ -254,14 +223,13 @@ class Worker(Daemon):
         if self.bye_sent:
             self.exit_now = True
 
-    def _on_refused(self, msg: protocol.Refused) -> None:
-        """tq-host will not have this process under its name: finish the running job, hand back the others, exit
-        (no Bye: the fence it asks for would be the other worker's). One meant for the other process is ignored."""
-        if msg.pid != os.getpid() or msg.machine != machine_id() or self.refused:
-            return
-        self.refused = msg.reason
-        self.logger.error("refused by tq-host: %s", msg.reason)
-        self.stop_requested = True
+    def _take_local(self) -> None:
+        """The next job or fence of those taken in (a fence comes after the jobs before it)."""
+        item = self.local.popleft()
+        if isinstance(item, protocol.Sync):
+            self._on_sync(item)
+        else:
+            self._on_job(item)
 
     def _on_job(self, job: protocol.Job) -> None:
         # (a copy is dropped before a Release, which would requeue the attempt)
@@ -295,7 +263,7 @@ class Worker(Daemon):
         self.next_heartbeat = now + self.wcfg.heartbeat
         if self.taken is not None and self.taken.inbox_lost(self.mailboxes.losses()):
             self.outbox.message(self._hello())
-        if self.outbox or self.bye_sent or self.refused:
+        if self.outbox or self.bye_sent or self.refusal.reason:
             return  # the host is behind; results first
         running = self.runner.current.job.id if self.runner.current else 0
         msg = protocol.Heartbeat(self.instance, os.getpid(), list(self.wcfg.queues), self.wcfg.prefetch, running,
@@ -325,18 +293,14 @@ class Worker(Daemon):
         if not self.stop_started:
             self.stop_started = now
             self.notifier.stopping()
-            if not self.refused:
+            if not self.refusal.reason:
                 self.logger.info("stopping: finishing the current job (up to %gs), then handing back queued ones",
                                  self.wcfg.stop_timeout)
         if self.runner.current is not None:
             return
-        if self.refused:  # hand back what it holds; a fence it took was the other worker's: tq-host sends it again
+        if self.refusal.reason:  # hand back what it holds; a fence it took was the other worker's: sent again
             while self.local:
-                item = self.local.popleft()
-                if isinstance(item, protocol.Sync):
-                    self._on_sync(item)
-                else:
-                    self._on_job(item)
+                self._take_local()
             self.exit_now = True
         elif not self.bye_sent:
             self.bye_sent = True
