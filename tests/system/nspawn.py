@@ -39,6 +39,7 @@ class Container:
         self.writable_sysctl = writable_sysctl  # else /proc/sys is read-only, as LXC and most container hosts give it
         self.nspawn: subprocess.Popen[bytes] | None = None
         self.pid = 0  # the container's PID 1, as seen from the host
+        self.installed: subprocess.CompletedProcess[str] | None = None  # what `apt-get install` of tq printed
 
     def boot(self) -> float:
         """Start systemd in the container and wait until it is up; return seconds taken."""
@@ -136,5 +137,5 @@ def install_package(box: Container) -> Container:
     """Install TQ_DEB, or the newest dist/tq_*.deb (`make deb`), with apt in the container."""
     package = built_package()
     deb = box.put(package, f"/root/{package.name}")
-    box.run(["apt-get", "install", "-y", deb], timeout=300)
+    box.installed = box.run(["apt-get", "install", "-y", deb], timeout=300)
     return box

@@ -78,6 +78,7 @@ def tq(container: Container) -> Container:
 def test_install_creates_user_applies_sysctl_and_starts_host_and_worker_1(tq: Container) -> None:
     assert tq.run("getent group tq").stdout.startswith("tq:")
     assert tq.run("cat /proc/sys/fs/mqueue/msg_max").stdout.strip() == "256"
+    assert tq.installed is not None and "could not raise" not in tq.installed.stdout + tq.installed.stderr
     assert tq.run("systemctl is-active tq.target tq-host tq-worker@1").stdout.split() == ["active"] * 3
     assert tq.run("systemctl is-enabled tq.target tq-host tq-worker@1").stdout.split() == ["enabled"] * 3
     assert tq.run("dpkg-query -W -f '${Conffiles}' tq").stdout.split()[0] == "/etc/tq/tq.toml"

@@ -23,6 +23,9 @@ def tq(readonly_container: Container) -> Container:
 def test_the_host_and_four_workers_start_with_what_the_kernel_grants_and_say_so(tq: Container) -> None:
     assert tq.run("cat /proc/sys/fs/mqueue/msg_max").stdout.strip() == "10"  # the package could not raise it
     assert tq.run("sh -c 'echo 256 > /proc/sys/fs/mqueue/msg_max'", check=False).returncode != 0
+    assert tq.installed is not None
+    said = tq.installed.stdout + tq.installed.stderr
+    assert "tq: could not raise fs.mqueue.msg_max to 256 (/usr/lib/sysctl.d/60-tq.conf): it stays 10" in said, said
     tq.run(["systemctl", "enable", "--now", *WORKERS])
     assert tq.run(["systemctl", "is-active", "tq-host", *WORKERS]).stdout.split() == ["active"] * 5
     status = json.loads(tq.run("tqctl status --json").stdout)
