@@ -224,3 +224,27 @@ def test_tokens_act_as_their_user_only_through_root_and_the_gateways(suite: Suit
     assert suite.store_rows("SELECT count(*) FROM tokens") == [(0,)]
     state = suite.dir / "state"
     assert all(token.encode() not in p.read_bytes() for p in state.glob("tq.sqlite3*"))
+
+
+def test_a_token_whose_user_is_deleted_is_refused_on_the_connection_already_acting_with_it(
+        suite: Suite, member: pwd.struct_passwd) -> None:
+    suite.start(workers=1)
+    token = suite.tqctl("token", "create", "gone", "--user", MEMBER).stdout.strip()
+    live = suite.client()  # as a gateway's open link to tq-host
+    assert live.act_as(token)["user"] == MEMBER
+    job_id = live.submit("task-1")
+    assert suite.client().wait(job_id, timeout=10)["submitter"] == member.pw_uid
+    subprocess.run(["userdel", MEMBER], check=True)
+
+    def refusal() -> Unauthorized | None:
+        try:
+            live.list_jobs()
+        except Unauthorized as e:
+            return e
+        return None
+
+    refused = wait_until(refusal, what="the deleted user's token refused")
+    assert isinstance(refused, Unauthorized) and refused.exit_code == 4
+    assert f"token gone's user '{MEMBER}' is not on this system" in str(refused)
+    with pytest.raises(Unauthorized, match="is not on this system"):
+        suite.client().act_as(token)

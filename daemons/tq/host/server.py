@@ -37,6 +37,7 @@ class Conn:
     subscribed: bool = False  # it follows the event stream (stream.py): its closing is told to on_close
     token: str | None = None  # the API token it acts with (act_as, host/tokens.py): uid and gid are its user's
     read_only: bool = False  # that token may only read
+    account_at: float = 0.0  # when its token's user was last looked up (time.monotonic)
 
 
 OnLine = Callable[[Conn, bytes], None]

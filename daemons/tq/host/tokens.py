@@ -7,8 +7,9 @@ hash after the store is read at start.
 
 act_as is taken only from root and the users of `[access] gateways`; after it the connection's uid and gid are
 the token user's, so every access rule applies to that user unchanged. A connection that acts with a token is
-checked on each request (`check`): a read-only token may only read, a revoked one may do nothing more. A plain
-local connection (conn.token None) is never looked at here.
+checked on each request (`check`): a read-only token may only read, a revoked one may do nothing more, and one
+whose user is gone from the system (looked up again at most once a second) nothing either. A plain local connection
+(conn.token None) is never looked at here.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .store import Store
 
 TOKEN_PREFIX = "tq_"
 MAX_TOKEN = 200  # characters: a longer "token" is no token of ours (and is not hashed)
+ACCOUNT_RECHECK = 1.0  # seconds: how long a token user's uid and gid are taken as known on a connection
 # The ops a read-only token may send: those that change nothing.
 READING_OPS = frozenset({"ping", "get", "wait", "list", "status", "workers", "queues", "schedules", "subscribe",
                          "events", "metrics"})
@@ -75,6 +77,20 @@ class Tokens:
             raise RequestError("unauthorized", f"token {conn.token} was revoked: no valid token")
         if conn.read_only and op not in READING_OPS:
             raise RequestError("permission", f"permission denied: token {conn.token} is read-only")
+        now = time.monotonic()
+        if now - conn.account_at >= ACCOUNT_RECHECK:
+            self._take_account(conn, self.by_name[conn.token or ""], now)
+
+    @staticmethod
+    def _take_account(conn: Conn, token: Token, now: float) -> None:
+        """The connection acts as the token user's uid and gid as the system has them now (a user deleted, or
+        made again under another uid, since the last look)."""
+        try:
+            account = pwd.getpwnam(token.user)
+        except (KeyError, ValueError, UnicodeEncodeError):
+            raise RequestError("unauthorized", f"token {token.name}'s user {token.user[:40]!r} is not on this "
+                                               "system (any more)") from None
+        conn.uid, conn.gid, conn.account_at = account.pw_uid, account.pw_gid, now
 
     def _steer(self, conn: Conn, what: str) -> None:
         refusal = self.access().may_steer(conn.uid, conn.gid, what)
@@ -129,8 +145,8 @@ class Tokens:
         token = self.by_hash.get(digest(text)) if len(text) <= MAX_TOKEN else None
         if token is None:
             raise RequestError("unauthorized", "no valid token: unknown or revoked")
-        account = _account(token.user, "unauthorized")
-        conn.uid, conn.gid, conn.token, conn.read_only = account.pw_uid, account.pw_gid, token.name, token.read_only
+        self._take_account(conn, token, time.monotonic())
+        conn.token, conn.read_only = token.name, token.read_only
         acting = self.acting.setdefault(token.name, [])
         acting[:] = [c for c in acting if not c.closed]
         acting.append(conn)
