@@ -88,3 +88,35 @@ def test_a_worker_restarted_while_the_broker_is_down_starts_says_it_waits_and_co
     wait_until(lambda: unit_property(machine, "tq-worker@1", "StatusText") == "idle", 90, "connected again")
     job_id = submit(machine, "--queue", "render", "task-1", "again")
     assert wait_done(machine, job_id)["result"] == "task-1 again processed"
+
+
+def test_a_worker_refused_its_name_by_tq_host_exits_78_and_its_unit_does_not_restart_it(machine: Container) -> None:
+    """Another machine (here: its own /etc/machine-id and /run/tq/workers in a mount namespace, the same host
+    name) holds 1@HOST: tq-worker@1 is refused, exits 78, and RestartPreventExitStatus=78 leaves it failed."""
+    name = f"1@{machine.run('hostname -s').stdout.strip()}"
+    machine.run("systemctl stop tq-worker@1")
+    machine.put_text("0123456789abcdef0123456789abcdef\n", "/root/other-machine-id")
+    other = ('mount --bind /root/other-machine-id /etc/machine-id && mount -t tmpfs tmpfs /run/tq/workers && '
+             'exec setpriv --reuid=tq --regid=tq --init-groups /usr/bin/tq-worker 1')
+    machine.run(["systemd-run", "--unit=tq-other-machine", "-p", "LimitMSGQUEUE=64M",
+                 "unshare", "--mount", "--propagation", "private", "sh", "-c", other])
+    try:
+        def other_live() -> bool:
+            pid = unit_property(machine, "tq-other-machine", "MainPID")
+            return any(line.split()[:1] == [name] and pid in line.split()
+                       for line in machine.run(["tqctl", "workers"]).stdout.splitlines())
+        wait_until(other_live, 60, f"the other machine's {name} live")
+        machine.run("systemctl start tq-worker@1", check=False, timeout=60)
+        wait_until(lambda: unit_property(machine, "tq-worker@1", "ActiveState") == "failed", 60,
+                   "tq-worker@1 failed")
+        assert unit_property(machine, "tq-worker@1", "ExecMainStatus") == "78"
+        assert unit_property(machine, "tq-worker@1", "SubState") == "failed"  # not auto-restart
+        assert unit_property(machine, "tq-worker@1", "NRestarts") == "0"
+        journal = machine.run("journalctl -u tq-worker@1 -o cat --no-pager").stdout
+        assert f"refused by tq-host: another worker is named {name}" in journal, journal[-2000:]
+        assert unit_property(machine, "tq-other-machine", "ActiveState") == "active"  # the first one runs on
+        job_id = submit(machine, "--queue", "render", "task-1", "other")
+        assert wait_done(machine, job_id)["result"] == "task-1 other processed"
+    finally:
+        machine.run("systemctl stop tq-other-machine", check=False)
+        machine.run("systemctl reset-failed tq-worker@1", check=False)
