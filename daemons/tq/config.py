@@ -29,6 +29,21 @@ TASK_NAME_RE = re.compile(rf"[A-Za-z0-9_:-]{{1,{TASK_WORD_MAX}}}(\.[A-Za-z0-9_:-
                           rf"{{0,{TASK_WORDS_MAX - 1}}}")
 
 
+def task_name_problem(name: str) -> str | None:
+    """What makes `name` no task name, None if it is one; one too long says how long, and the limit."""
+    if TASK_NAME_RE.fullmatch(name):
+        return None
+    words = name.split(".")
+    if len(words) > TASK_WORDS_MAX:
+        return f"task name too long: {len(words)} dot-separated words, at most {TASK_WORDS_MAX}"
+    longest = max(map(len, words))
+    if longest > TASK_WORD_MAX:
+        what = f"{longest} characters" if len(words) == 1 else f"a word of {longest} characters"
+        return (f"task name too long: {what}, at most {TASK_WORD_MAX} (in each of its dot-separated "
+                "words)")
+    return f"invalid task name {name[:60]!r} (dot-separated words of letters, digits, _ - :)"
+
+
 @dataclass(frozen=True)
 class HostConfig:
     state_dir: str = "/var/lib/tq"

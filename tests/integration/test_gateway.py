@@ -289,6 +289,19 @@ def test_sse_past_max_subscribers_is_503(suite: Suite) -> None:
         s.close()
 
 
+def test_sse_with_a_task_or_queue_no_job_can_have_is_refused_as_the_event_list_is(suite: Suite, gw: Gateway) -> None:
+    for query, says in (("?task=%ff", "task filter: invalid task name"), ("?task=a..b", "task filter"),
+                        ("?queue=%ff", "invalid queue name"), ("?queue=a%20b", "invalid queue name")):
+        listed = request(gw, "GET", f"/api/v1/events{query}")
+        s = Stream(gw, query)
+        try:
+            assert (listed.status, listed.code) == (400, "bad_request") and says in listed.raw.decode(), listed.raw
+            assert s.resp.status == 400, (query, s.resp.status)  # (not a stream that shows nothing, for ever)
+            assert says in s.resp.read().decode(), query
+        finally:
+            s.close()
+
+
 FAILING = '\n[tasks.boom]\npython = "tq_test_handlers:fail"\nretries = 0\n'
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import control
+from .. import config, control
 from ..control import RequestError
 from ..events import Selection, as_dict
 from ..routes import HOST_UNREACHABLE as UNREACHABLE
@@ -276,8 +276,14 @@ def _frame(event: dict[str, Any]) -> bytes:
 
 
 def _filter(params: dict[str, str]) -> Selection:
+    """The stream's filters, refused as tq-host refuses them (a task or queue name no job can have)."""
     job = whole(params["job"], "job", 1) if "job" in params else None
-    return Selection(job, params.get("task") or None, params.get("queue") or None)
+    task, queue = params.get("task") or None, params.get("queue") or None
+    if task is not None and (problem := config.task_name_problem(task)) is not None:
+        raise errors.bad_request(f"task filter: {problem}")
+    if queue is not None and not config.NAME_RE.match(queue):
+        raise errors.bad_request(f"invalid queue name {queue[:60]!r}")
+    return Selection(job, task, queue)
 
 
 def _after(value: str | None) -> float | None:

@@ -25,7 +25,7 @@ from .replies import Ledger
 from .server import Conn
 from .snapshot import Snapshot
 from .stream import RECENT, EventStream, Filter
-from .submit import Admission, task_name_problem
+from .submit import Admission
 from .tokens import Tokens
 from .waiters import MAX_BULK, Waiters
 
@@ -277,7 +277,7 @@ def _names(req: dict[str, Any]) -> tuple[str | None, str | None]:
     text it cannot hold (a lone surrogate); an empty one is none."""
     task = control.field(req, "task", str, None) or None
     queue = control.field(req, "queue", str, None) or None
-    if task is not None and (problem := task_name_problem(task)) is not None:
+    if task is not None and (problem := config.task_name_problem(task)) is not None:
         raise RequestError("bad_request", f"task filter: {problem}")
     if queue is not None and not config.NAME_RE.match(queue):
         raise RequestError("bad_request", f"invalid queue name {queue[:60]!r}")

@@ -191,7 +191,7 @@ class Admission:
     def _resolve_task(self, name: str) -> tuple[str, config.TaskConfig, str]:
         """A task name, checked, with its task and how to run it (cached: the name interned, one string for all
         its jobs)."""
-        problem = task_name_problem(name)
+        problem = config.task_name_problem(name)
         if problem is not None:
             raise RequestError("bad_request", problem)
         task = self.cfg.task_for(name)
@@ -249,20 +249,5 @@ def _job_options(spec: dict[str, Any], task: config.TaskConfig) -> tuple[str, in
     if not 0 <= retries <= config.MAX_RETRIES:
         raise RequestError("bad_request", f"retries must be from 0 to {config.MAX_RETRIES}, not {retries}")
     return queue, priority, delay, timeout, retries
-
-
-def task_name_problem(name: str) -> str | None:
-    """What makes `name` no task name, None if it is one; one too long says how long, and the limit."""
-    if config.TASK_NAME_RE.fullmatch(name):
-        return None
-    words = name.split(".")
-    if len(words) > config.TASK_WORDS_MAX:
-        return f"task name too long: {len(words)} dot-separated words, at most {config.TASK_WORDS_MAX}"
-    longest = max(map(len, words))
-    if longest > config.TASK_WORD_MAX:
-        what = f"{longest} characters" if len(words) == 1 else f"a word of {longest} characters"
-        return (f"task name too long: {what}, at most {config.TASK_WORD_MAX} (in each of its dot-separated "
-                "words)")
-    return f"invalid task name {name[:60]!r} (dot-separated words of letters, digits, _ - :)"
 
 
