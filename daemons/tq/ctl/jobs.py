@@ -340,12 +340,16 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _bulk_done(reply: dict[str, Any], text: str, as_json: bool) -> int:
+    """How many jobs were changed, and how many matched but are not the caller's to change; exit 4 (permission
+    denied) when every matching job was refused, the line then an error on stderr."""
+    denied = not reply["ids"] and reply["refused"] > 0
     if as_json:
         render.out({"count": len(reply["ids"]), **reply})
     else:
         refused = f"; {reply['refused']} matching job(s) are not yours to change" if reply["refused"] else ""
-        print(text.format(len(reply["ids"])) + refused)
-    return 0
+        line = text.format(len(reply["ids"])) + refused
+        print(f"tqctl: {line}" if denied else line, file=sys.stderr if denied else sys.stdout)
+    return control.EXIT_PERMISSION if denied else 0
 
 
 def _cmd_cancel(client: Client, args: argparse.Namespace, as_json: bool) -> int:
