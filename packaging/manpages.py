@@ -413,7 +413,10 @@ def pages(readme: str, gateway_doc: str) -> dict[str, str]:
 
     environment = terms([("`TQ_CONFIG`", f"The configuration file when there is no `--config` (default "
                                          f"`{DEFAULT_CONFIG}`).")])
-    daemon_files = terms([(f"`{DEFAULT_CONFIG}`", "The configuration, see tq.toml(5).")])
+    dropins = os.path.join(os.path.dirname(DEFAULT_CONFIG), "tq.d", "*.toml")
+    daemon_files = terms([(f"`{DEFAULT_CONFIG}`", "The configuration, see tq.toml(5)."),
+                          (f"`{dropins}`", "Drop-ins, read after it in name order: a later file overrides keys of "
+                                           "an earlier one.")])
     see_daemon = ["systemctl(1)", "journalctl(1)"]
     return {
         "tqctl.1": parser_page(ctl.build_parser(), 1, {

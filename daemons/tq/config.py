@@ -254,6 +254,9 @@ class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     amqp: AmqpConfig = field(default_factory=AmqpConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
+    # `file: key: reason` of what loads but is likely a mistake (a task pattern that matches nothing, a user or
+    # group that does not exist): `tqctl config check` prints them, tq-host logs them at its start and reload.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def worker_for(self, instance: str) -> WorkerConfig:
         """The worker settings of one instance: `[worker]` overridden by `[worker.N]`."""

@@ -7,7 +7,9 @@ errors the line, so that `tqctl config check` reads like `nginx -t`.
 
 from __future__ import annotations
 
+import grp
 import math
+import pwd
 import re
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
@@ -128,8 +130,10 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
     schedules_r = root.sub("schedules")
     schedules = {name: _schedule(schedules_r.sub(name), name) for name in schedules_r.table}
     amqp = configbroker.amqp(root.sub("amqp"))
+    warnings = _patterns_matching_nothing(tasks_r, tasks) + _unknown_principals(access_r, queues_r, queues)
     cfg = Config(files, host, mq, worker, overrides, log, tasks, access, queues, exchanges, schedules,
-                 _gateway(root.sub("gateway")), amqp, configbroker.transport(root.sub("transport"), amqp))
+                 _gateway(root.sub("gateway")), amqp, configbroker.transport(root.sub("transport"), amqp),
+                 tuple(str(w) for w in warnings))
     _check_routes(cfg, root)
     return cfg
 
@@ -146,6 +150,41 @@ def _check_routes(cfg: Config, root: _Reader) -> None:
             known = ", ".join(t.name for t in cfg.tasks) or "(none configured)"
             raise reader.error(key, f"no [tasks.*] table matches task {name!r}, so tq-host could not submit it; "
                                     f"known tasks: {known}")
+
+
+def _patterns_matching_nothing(tasks_r: _Reader, tasks: tuple[TaskConfig, ...]) -> list[ConfigError]:
+    """Task tables whose name holds * or # inside a word (`task-*`): a wildcard only as a whole word, and no task
+    name holds either, so such a table matches no task (someone used to shell globs writes exactly this)."""
+    return [tasks_r.sub(t.name).error("", f"{t.name!r} matches no task: * and # are wildcards only as a whole "
+                                          f"dot-separated word (\"task.*\", not \"task-*\"), and no task name "
+                                          "holds them")
+            for t in tasks if any(("*" in w or "#" in w) and w not in ("*", "#") for w in t.name.split("."))]
+
+
+def _unknown_principals(access_r: _Reader, queues_r: _Reader, queues: dict[str, QueueConfig]) -> list[ConfigError]:
+    """Users and groups named in `[access]` or a queue's `submit` that this system does not know: a typo locks
+    people out, but a user or group made later counts at once, so these are warnings (names read from the files
+    only: the defaults' users may not exist where tq is not installed)."""
+    named = [(access_r, "admins", ("@" + g for g in access_r.table.get("admins", ()))),
+             (access_r, "gateways", access_r.table.get("gateways", ()))]
+    named += [(queues_r.sub(name), "submit", q.submit or ()) for name, q in queues.items()]
+    problems = []
+    for reader, key, principals in named:
+        for principal in principals:
+            group, name = principal.startswith("@"), principal.removeprefix("@")
+            if not _exists(name, group):
+                kind = "group" if group else "user"
+                problems.append(reader.error(key, f"no {kind} {name!r} on this system (a typo? it stays in the "
+                                                  f"rule: a {kind} made later counts)"))
+    return problems
+
+
+def _exists(name: str, group: bool) -> bool:
+    try:
+        (grp.getgrnam if group else pwd.getpwnam)(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _schedule(r: _Reader, name: str) -> ScheduleConfig:

@@ -439,3 +439,27 @@ def test_tqctl_result_with_several_ids_prints_each_and_exits_with_the_worst(suit
     assert r.returncode == 1 and r.stdout == f"{b}: task-1 b processed\n" and f"job {failed} dead" in r.stderr
     r = suite.tqctl("result", "--json", str(a), str(failed))
     assert [j["id"] for j in json.loads(r.stdout)] == [a, failed] and r.returncode == 1
+
+
+def test_tqctl_result_with_an_id_no_job_has_prints_the_others_and_exits_5(suite: Suite) -> None:
+    suite.write_config('\n[tasks.fail]\ncommand = ["/bin/false"]\nretries = 0\n')
+    suite.start(workers=1)
+    c = suite.client()
+    a, failed = c.submit("task-1", "a"), c.submit("fail")
+    c.wait_many([a, failed], timeout=10)
+    missing = failed + 1000
+    for wait in ([], ["--wait"], ["--wait", "--wait-timeout", "10s"]):
+        r = suite.tqctl("result", *wait, str(a), str(missing), str(failed))
+        assert r.stdout == f"{a}: task-1 a processed\n", (wait, r)
+        assert f"tqctl: no job {missing}\n" in r.stderr and f"job {failed} dead" in r.stderr, (wait, r)
+        assert r.returncode == 5, (wait, r)  # the worst: 5 (no such job) over 1 (failed)
+    r = suite.tqctl("result", "--json", str(a), str(missing))
+    assert r.returncode == 5 and r.stderr == ""
+    done, gone = json.loads(r.stdout)
+    assert done["id"] == a and done["state"] == "done"
+    assert gone == {"id": missing, "ok": False, "error": f"no job {missing}", "exit_code": 5}
+    late = c.submit("task-1", "late", delay=3600)
+    r = suite.tqctl("result", "--wait", "--wait-timeout", "0.2", str(missing), str(late))
+    assert (r.returncode, r.stdout) == (6, "") and f"no job {missing}" in r.stderr  # the worst: 6 over 5
+    r = suite.tqctl("result", "--wait", str(missing), str(missing + 1))
+    assert r.returncode == 5 and r.stderr.count("no job") == 2

@@ -119,6 +119,8 @@ HOST_KEYS: dict[str, tuple[str, Any]] = {
                   lambda h: h.parts.scheduler.next["nightly"] > time.time()),
     "files": ("[log]\nlevel = \"info\"", lambda h: any(f.endswith("50-change.toml") for f in h.cfg.files)),
     "worker_overrides": ('[worker.7]\nqueues = ["seven"]', lambda h: h.cfg.worker_for("7").queues == ("seven",)),
+    "warnings": ('[access]\nadmins = ["tqt-nosuch-group"]',  # logged: the test below
+                 lambda h: any("no group 'tqt-nosuch-group'" in w for w in h.cfg.warnings)),
 }
 
 
@@ -187,6 +189,19 @@ def test_a_reload_naming_a_task_no_route_matches_is_refused_and_the_running_conf
         assert any(line.startswith(f"reload refused, keeping the running configuration: {dropin}: {key}: no "
                                    "[tasks.*] table matches task 'nosuch'") for line in records.lines), records.lines
         assert host.cfg is before and host.parts.scheduler.next == {}
+
+
+def test_tq_host_logs_each_configuration_warning_at_its_start_and_at_each_reload(suite: Suite) -> None:
+    suite.write_config('\n[access]\nadmins = ["tqt-nosuch-group"]\n')
+    host = suite.host()  # (ready: the warnings come before READY=1)
+    admins = f"configuration warning: {suite.config}: access.admins: no group 'tqt-nosuch-group' on this system"
+    assert host.text().count(admins) == 1, host.text()
+    _change(suite, '[queues.mail]\nsubmit = ["tqt-alcie"]')
+    host.signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in host.text(), 10, "the reload")
+    text = host.text()
+    assert text.count(admins) == 2 and text.count(
+        f"configuration warning: {suite.dir}/tq.d/50-change.toml: queues.mail.submit: no user 'tqt-alcie'") == 1, text
 
 
 def _seen_by_host(worker: Worker, client: Any, key: str, value: object) -> bool:

@@ -110,6 +110,11 @@ def test_submit_wait_and_result(pair: Pair) -> None:
     pair.same("result", str(late))  # not finished: exit 6
     pair.same("result", "--wait", "--wait-timeout", "0.3s", str(late))
     pair.same("result", "--wait", "--wait-timeout", "0.3s", str(jid), str(late))
+    for wait in ([], ["--wait"]):  # an id no job has among them: the others printed all the same, exit 5
+        r = pair.same("result", *wait, str(jid), "999999", norm=ids(jid))
+        assert (r.returncode, r.stdout.split(": ")[0], r.stderr) == (5, str(jid), "tqctl: no job 999999\n"), r
+    r = pair.same("result", "--json", str(jid), "999999", norm=ids(jid))
+    assert [j.get("error") for j in json.loads(r.stdout)] == [None, "no job 999999"] and r.returncode == 5
 
 
 def test_submit_batch_prints_every_id(pair: Pair) -> None:

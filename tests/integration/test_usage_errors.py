@@ -71,6 +71,18 @@ def test_batch_lines_name_the_line_and_field_and_take_durations(suite: Suite, tm
     assert (second["timeout"], round(second["run_at"] - second["created_at"])) == (30, 60)
 
 
+def test_a_batch_line_whose_task_tq_host_does_not_know_is_named_by_its_line(suite: Suite, tmp_path: Path) -> None:
+    suite.write_config('\n[tasks.ticker]\nhandler = "echo"\n', echo_catch_all=False)
+    suite.host()
+    batch = tmp_path / "jobs.jsonl"
+    batch.write_text('{"task": "ticker", "args": ["b1"]}\n\n{"task": "nope"}\n{"task": "nope", "args": ["x"]}\n')
+    refused(tqctl(suite, "submit", "--batch", str(batch)), 2, f"{batch}: line 3: unknown task 'nope'; known tasks: "
+                                                              "ticker")
+    refused(tqctl(suite, "submit", "--batch", "-", stdin=b'{"task": "ticker"}\n{"task": "a.b"}\n'), 2,
+            "-: line 2: unknown task 'a.b'")
+    assert suite.client().list_jobs() == []  # nothing submitted
+
+
 def test_options_that_would_be_ignored_or_out_of_range_are_usage_errors(suite: Suite, tmp_path: Path) -> None:
     suite.host()
     batch = tmp_path / "jobs.jsonl"

@@ -62,6 +62,24 @@ def test_a_subscriber_sees_each_jobs_events_in_order_and_only_those_its_filters_
     assert r.returncode == 0 and f"job {ok} done  task=task-1 queue=default attempt=1 worker=1" in r.stdout
 
 
+def test_a_job_handed_back_by_a_stopping_worker_is_released_from_the_attempt_it_was_on(suite: Suite) -> None:
+    suite.write_config('\n[worker.1]\nstop_timeout = "0.2s"\n[tasks.slow]\ncommand = ["sleep", "30"]\n')
+    _host, (w1,) = suite.start(workers=1)
+    c = suite.client()
+    with Client(socket_path=c.socket_path) as feed:
+        stream = feed.subscribe(task="slow")
+        jid = c.submit("slow")
+        read_events(feed, stream, lambda ev: any(e["event"] == "started" for e in ev))
+        w1.signal(signal.SIGTERM)  # past stop_timeout the attempt is interrupted and the job handed back
+        got = read_events(feed, stream, lambda ev: any(e["event"] == "released" for e in ev))
+    assert w1.wait() == 0
+    released = next(e for e in got if e["event"] == "released")
+    assert (released["job"], released["attempt"], released["worker"]) == (jid, 1, "1"), released
+    assert c.get(jid)["attempts"] == 0  # the attempt handed back does not count
+    r = suite.tqctl("events", "--job", str(jid))
+    assert f"job {jid} released  task=slow queue=default attempt=1 worker=1: handed back" in r.stdout, r.stdout
+
+
 def test_worker_events_up_fenced_lost(suite: Suite) -> None:
     suite.write_config("", lease="1s")
     _host, (w1,) = suite.start(workers=1)

@@ -107,6 +107,43 @@ def test_a_schedule_whose_task_a_pattern_matches_passes(default: Path, capsys: p
     assert capsys.readouterr().out.startswith("configuration ok")
 
 
+def test_a_task_pattern_that_can_match_nothing_is_a_warning(default: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    default.write_text('[tasks."task-*"]\nhandler = "echo"\n[tasks."a.*.#"]\n[tasks."b#c.x"]\n')
+    assert ctl.main(["config", "check"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("configuration ok")
+    assert err.splitlines() == [
+        f"tqctl: warning: {default}: tasks.task-*: 'task-*' matches no task: * and # are wildcards only as a whole "
+        'dot-separated word ("task.*", not "task-*"), and no task name holds them',
+        f"tqctl: warning: {default}: tasks.b#c.x: 'b#c.x' matches no task: * and # are wildcards only as a whole "
+        'dot-separated word ("task.*", not "task-*"), and no task name holds them']
+
+
+def test_a_user_or_group_this_system_does_not_know_is_a_warning(default: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    default.write_text('[access]\nadmins = ["root", "tqt-nosuch-group"]\ngateways = ["tqt-nosuch-gw"]\n'
+                       '[queues.mail]\nsubmit = ["root", "@root", "tqt-alcie", "@tqt-nogroup"]\n')
+    assert ctl.main(["config", "check"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("configuration ok")
+    assert [line.removeprefix(f"tqctl: warning: {default}: ").split(": ", 1) for line in err.splitlines()] == [
+        ["access.admins", "no group 'tqt-nosuch-group' on this system (a typo? it stays in the rule: a group made "
+                          "later counts)"],
+        ["access.gateways", "no user 'tqt-nosuch-gw' on this system (a typo? it stays in the rule: a user made "
+                            "later counts)"],
+        ["queues.mail.submit", "no user 'tqt-alcie' on this system (a typo? it stays in the rule: a user made "
+                               "later counts)"],
+        ["queues.mail.submit", "no group 'tqt-nogroup' on this system (a typo? it stays in the rule: a group made "
+                               "later counts)"]]
+    assert all(line.startswith(f"tqctl: warning: {default}: ") for line in err.splitlines())
+    assert ctl.main(["--json", "config", "check"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["ok"] is True and len(shown["warnings"]) == 4
+    default.write_text("")  # the defaults' tq-admin and tq-gateway, which a machine without tq lacks: no warning
+    assert ctl.main(["config", "check"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_config_check_shows_the_gateways_and_refuses_a_group_or_a_bad_name_among_them(
         default: Path, capsys: pytest.CaptureFixture[str]) -> None:
     default.write_text('[access]\ngateways = ["web-gw"]\n')

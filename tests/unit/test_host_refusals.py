@@ -4,6 +4,7 @@ bad_request), names what is wrong, and never becomes an internal error or a fail
 from __future__ import annotations
 
 import json
+import pwd
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 
 from parts import Parts, make_parts
+from tq import config
+from tq.host import access
 from tq.host.server import Conn
 
 BEYOND_64_BITS = 99999999999999999999999  # SQLite's integers are 64-bit: no job can have this id
@@ -117,3 +120,18 @@ def test_a_list_or_bulk_filter_that_no_job_can_match_is_a_bad_request(parts: Par
     for op in ("list", "cancel", "retry"):
         code, error = refusal(ask(parts, op, **fields))
         assert code == "bad_request" and next(iter(fields)) in error, (op, error)
+
+
+def test_the_refusals_of_who_may_steer_or_change_name_everyone_who_may(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root, the daemons' own user (trusted: `runuser -u tq -- tqctl pause` works) and the admin groups; for a job,
+    its submitter too."""
+    monkeypatch.setattr(access.os, "geteuid", lambda: pwd.getpwnam("nobody").pw_uid)  # the daemons' user
+    rules = access.Access(config.Config(access=config.AccessConfig(admins=("tq-admin", "ops"))))
+    stranger = 4_000_000  # no such uid: in no group
+    assert rules.may_steer(stranger, stranger, "pause a queue") == (
+        "permission denied: only root, the daemons' user (nobody) and members of the admin groups (tq-admin, ops; "
+        "[access] admins) may pause a queue")
+    assert rules.may_change(stranger, stranger, 1000, "cancel", 7) == (
+        "permission denied: only its submitter (uid 1000), root, the daemons' user (nobody) and members of the "
+        "admin groups (tq-admin, ops; [access] admins) may cancel job 7")
+    assert rules.may_steer(pwd.getpwnam("nobody").pw_uid, 0, "forget a worker") is None

@@ -87,6 +87,13 @@ def test_tqctl_page_has_every_command_and_option_that_help_shows_and_no_hidden_o
     assert "_complete" not in text and "==SUPPRESS==" not in text
     assert '.SS "token create"' in text and manpages.bold("--read-only") in text  # a command's own commands
     assert re.search(r"^\.SH EXIT STATUS\n\.TP\n\\fB0\\fR\nok$", text, re.M)
+    assert re.search(r"^\.TP\n\\fB130\\fR\ninterrupted \(Ctrl\\-C\)$", text, re.M)  # tqctl exits 130 on Ctrl-C
+
+
+def test_daemon_pages_name_the_drop_ins_among_their_files(pages: dict[str, str]) -> None:
+    for page in ("tq-host.8", "tq-worker.8"):
+        files = pages[page].split(".SH FILES\n")[1].split(".SH ")[0]
+        assert manpages.bold("/etc/tq/tq.toml") in files and manpages.bold("/etc/tq/tq.d/*.toml") in files, page
 
 
 def test_daemon_pages_describe_their_arguments(pages: dict[str, str]) -> None:

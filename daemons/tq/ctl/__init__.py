@@ -9,7 +9,7 @@ Remote: `--url URL --token-file FILE` (or TQ_URL, TQ_TOKEN_FILE) reaches tq-host
 output and exit statuses (tq/remote.py); `--ca-file FILE` (TQ_CA_FILE) checks an https gateway against that CA.
 
 Exit status: 0 ok, 1 job failed, 2 usage or refused, 3 host not reachable,
-4 permission denied, 5 not found, 6 timeout, 7 internal error in tq-host.
+4 permission denied, 5 not found, 6 timeout, 7 internal error in tq-host, 130 interrupted (Ctrl-C).
 (They come from the error codes' table, tq.control.ERRORS.)
 """
 

@@ -31,13 +31,15 @@ def submit(client: Client, path: str, as_json: bool) -> int:
     """Submit every job of the file (`-`: stdin), a chunk per request; print their ids."""
     ids: list[int] = []
     chunk: list[dict[str, Any]] = []
-    for spec in _specs(path):
+    lines: list[int] = []  # the line of each job of the chunk
+    for number, spec in _specs(path):
         chunk.append(spec)
+        lines.append(number)
         if len(chunk) == CHUNK:
-            ids += client.submit_many(chunk)
-            chunk = []
+            ids += _send(client, path, chunk, lines)
+            chunk, lines = [], []
     if chunk:
-        ids += client.submit_many(chunk)
+        ids += _send(client, path, chunk, lines)
     if as_json:
         render.out({"ids": ids})
     else:
@@ -45,8 +47,21 @@ def submit(client: Client, path: str, as_json: bool) -> int:
     return 0
 
 
-def _specs(path: str) -> Iterator[dict[str, Any]]:
-    """The file's jobs, each checked; Refused names the file and the line of the first bad one."""
+def _send(client: Client, path: str, chunk: list[dict[str, Any]], lines: list[int]) -> list[int]:
+    """One chunk's request; a task that tq-host does not know (only it knows the tasks) named by its line, as
+    the lines' own errors are: tq-host checks the jobs in order, so it is the first line with that task."""
+    try:
+        return client.submit_many(chunk)
+    except Refused as e:
+        for spec, number in zip(chunk, lines, strict=True):
+            if str(e).startswith(f"unknown task {spec['task']!r};"):
+                raise type(e)(f"{path}: line {number}: {e}") from None
+        raise
+
+
+def _specs(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The file's jobs with their line numbers, each checked; Refused names the file and the line of the first
+    bad one."""
     try:
         source: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # (closed below)
     except OSError as e:
@@ -60,7 +75,7 @@ def _specs(path: str) -> Iterator[dict[str, Any]]:
                               f"{e.start + 1})") from None
             if line.strip():
                 try:
-                    yield spec(line)
+                    yield number, spec(line)
                 except ValueError as e:
                     raise Refused(f"{path}: line {number}: {e}") from None
 

@@ -194,30 +194,67 @@ def _cmd_result(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 
 
 def _results(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    """Several jobs: `ID: result` per line in the order given (failures on stderr); the exit status is the
-    worst: 6 if one has not finished, else 1 if one is not done, else 0."""
+    """Several jobs: `ID: result` per line in the order given (failures on stderr, an id no job has among them);
+    the exit status is the worst: 6 if one has not finished, else 5 if one is no job, else 1 if one is not done,
+    else 0."""
     ids = list(dict.fromkeys(args.ids))
-    if args.wait:
-        try:
-            jobs = client.wait_many(ids, timeout=args.wait_timeout)
-        except JobTimeout as e:
-            jobs = e.finished | {i: client.get(i) for i in e.pending}
-    else:
-        jobs = {i: client.get(i) for i in ids}
+    jobs, missing = _jobs_of(client, ids, args.wait, args.wait_timeout)
     if as_json:
-        render.out([jobs[i] for i in ids])
-    for job in ([] if as_json else [jobs[i] for i in ids]):
-        i = job["id"]
-        if job["state"] == "done":
+        render.out([jobs[i] if i in jobs else _no_job(i) for i in ids])
+    for i in ([] if as_json else ids):
+        job = jobs.get(i)
+        if job is None:
+            print(f"tqctl: no job {i}", file=sys.stderr)
+        elif job["state"] == "done":
             print(f"{i}: {job['result']}")
         elif job["state"] in FINAL:
             print(f"tqctl: job {i} {job['state']}: {job.get('error') or ''}".rstrip(": "), file=sys.stderr)
         else:
             print(f"tqctl: job {i} has not finished (it is {job['state']})", file=sys.stderr)
-    states = [jobs[i]["state"] for i in ids]
+    states = [job["state"] for job in jobs.values()]
     if any(state not in FINAL for state in states):
         return control.EXIT_TIMEOUT
+    if missing:
+        return control.EXIT_NOT_FOUND
     return 0 if all(state == "done" for state in states) else control.EXIT_FAILED
+
+
+def _no_job(job_id: int) -> dict[str, Any]:
+    """--json: an id no job has, in the list of jobs (an error as tqctl's --json gives one, with its id)."""
+    return {"id": job_id, "ok": False, "error": f"no job {job_id}", "exit_code": control.EXIT_NOT_FOUND}
+
+
+def _jobs_of(client: Client, ids: list[int], wait: bool, timeout: float | None) -> tuple[dict[int, dict[str, Any]],
+                                                                                           set[int]]:
+    """The jobs of `ids` by id (with `wait`: once finished, or as they are at `timeout`), and the ids no job has.
+    tq-host refuses a wait for several ids when one is no job: those are then asked for one by one and left out
+    of the wait (the common case, every id a job, stays one request)."""
+    if not wait:
+        return _each(client, ids)
+    missing: set[int] = set()
+    while present := [i for i in ids if i not in missing]:
+        try:
+            return client.wait_many(present, timeout=timeout), missing
+        except JobTimeout as e:
+            return e.finished | {i: client.get(i) for i in e.pending}, missing
+        except NotFound:
+            _found, gone = _each(client, present)
+            if not gone:  # (no id is missing now: the refusal stands)
+                raise
+            missing |= gone
+    return {}, missing
+
+
+def _each(client: Client, ids: list[int]) -> tuple[dict[int, dict[str, Any]], set[int]]:
+    """Each job of `ids` as it is now, by id; and the ids no job has."""
+    jobs: dict[int, dict[str, Any]] = {}
+    missing: set[int] = set()
+    for i in ids:
+        try:
+            jobs[i] = client.get(i)
+        except NotFound:
+            missing.add(i)
+    return jobs, missing
 
 
 def _add_list(sub: Subcommands, common: Parser) -> None:
@@ -303,12 +340,16 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _bulk_done(reply: dict[str, Any], text: str, as_json: bool) -> int:
+    """How many jobs were changed, and how many matched but are not the caller's to change; exit 4 (permission
+    denied) when every matching job was refused, the line then an error on stderr."""
+    denied = not reply["ids"] and reply["refused"] > 0
     if as_json:
         render.out({"count": len(reply["ids"]), **reply})
     else:
         refused = f"; {reply['refused']} matching job(s) are not yours to change" if reply["refused"] else ""
-        print(text.format(len(reply["ids"])) + refused)
-    return 0
+        line = text.format(len(reply["ids"])) + refused
+        print(f"tqctl: {line}" if denied else line, file=sys.stderr if denied else sys.stdout)
+    return control.EXIT_PERMISSION if denied else 0
 
 
 def _cmd_cancel(client: Client, args: argparse.Namespace, as_json: bool) -> int:

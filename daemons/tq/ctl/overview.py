@@ -172,11 +172,13 @@ def config_check(args: argparse.Namespace, as_json: bool) -> int:
         for problem in unreadable:
             render.error(str(problem), False, control.EXIT_USAGE)
         return control.EXIT_USAGE
+    for warning in cfg.warnings:  # it loads, but likely not as meant: exit 0 all the same
+        render.warning(warning)
     broker = cfg.transport.url or cfg.amqp.url  # shown masked: the password never leaves the file
     if as_json:
         render.out({"ok": True, "files": list(cfg.files), "tasks": [t.name for t in cfg.tasks],
                     "gateways": list(cfg.access.gateways), "transport": cfg.transport.kind,
-                    "broker": broker.masked() if broker else None})
+                    "broker": broker.masked() if broker else None, "warnings": list(cfg.warnings)})
     else:
         print(f"configuration ok: {', '.join(cfg.files)} ({len(cfg.tasks)} task(s))"
               + (f"; broker {broker.masked()}" if broker else ""))

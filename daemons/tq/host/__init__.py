@@ -84,7 +84,14 @@ class Host(Daemon):
         self._deliver()
         self.logger.info("tq-host %s ready: store %s, queue %s, socket %s, %d open jobs", __version__,
                          self.store.path, cfg.host_queue, cfg.host.socket, len(self.jobs.jobs))
+        self._warn(cfg)
         self.notifier.ready(self.status_text())
+
+    def _warn(self, cfg: config.Config) -> None:
+        """What `tqctl config check` warns of (a user or group that does not exist, a task pattern that matches
+        nothing), logged once for each configuration taken: at the start and at each reload."""
+        for warning in cfg.warnings:
+            self.logger.warning("configuration warning: %s", warning)
 
     def _on_queue(self, _mask: int) -> None:
         self.queue_readable = True
@@ -238,6 +245,7 @@ class Host(Daemon):
             self.store.commit()  # the level applies from the next transaction
             self.store.set_durability(new.host.durability)
         self.parts.configure(new)
+        self._warn(new)
 
     def status_text(self) -> str:
         c = self.jobs.counts

@@ -23,6 +23,8 @@ class Access:
     def __init__(self, cfg: config.Config) -> None:
         self.cfg = cfg
         self.trusted = {0, os.geteuid()}
+        # Who may whatever the rules, as each refusal says: root and the daemons' own user (tq, as installed).
+        self.anyway = "root" if os.geteuid() == 0 else f"root, the daemons' user ({_name_of(os.geteuid())})"
         # A uid's name and groups, looked up once per configuration (a changed group wants a new login anyway).
         self._groups = functools.lru_cache(maxsize=MAX_CALLERS_CACHED)(_groups_of)
 
@@ -42,19 +44,28 @@ class Access:
         if uid in self.trusted or uid == submitter or self._is_admin(uid, gid):
             return None
         admins = ", ".join(self.cfg.access.admins) or "none"
-        return (f"permission denied: only its submitter (uid {submitter}), root and members of the admin groups "
-                f"({admins}; [access] admins) may {what} job {job_id}")
+        return (f"permission denied: only its submitter (uid {submitter}), {self.anyway} and members of the admin "
+                f"groups ({admins}; [access] admins) may {what} job {job_id}")
 
     def may_steer(self, uid: int, gid: int, what: str) -> str | None:
-        """None if the caller may steer the queues (pause, resume), else why not: root and the admin groups."""
+        """None if the caller may steer tq (pause, resume, forget a worker, manage tokens), else why not: root,
+        the daemons' user and the admin groups may."""
         if uid in self.trusted or self._is_admin(uid, gid):
             return None
         admins = ", ".join(self.cfg.access.admins) or "none"
-        return f"permission denied: only root and members of the admin groups ({admins}; [access] admins) may {what}"
+        return (f"permission denied: only {self.anyway} and members of the admin groups ({admins}; [access] "
+                f"admins) may {what}")
 
     def _is_admin(self, uid: int, gid: int) -> bool:
         _name, groups = self._groups(uid, gid)
         return any(g in groups for g in self.cfg.access.admins)
+
+
+def _name_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _groups_of(uid: int, gid: int) -> tuple[str | None, frozenset[str]]:

@@ -232,10 +232,12 @@ class JobTable:
                               f"{job.error}{cost}; out of attempts ({job.attempts})")
 
     def release(self, job: JobRecord, instance: str) -> None:
-        """A job handed back unrun by a stopping worker: queued again, the attempt not counted."""
+        """A job handed back unrun by a stopping worker: queued again, the attempt not counted (the event names
+        the attempt it was released from, as the worker's own does)."""
+        attempt = job.attempts
         job.attempts -= 1
         self._move(job, QUEUED)
-        self.events.event("released", job.id, job.task, job.queue, job.attempts, instance,
+        self.events.event("released", job.id, job.task, job.queue, attempt, instance,
                           "handed back by a stopping worker")
 
     def lose(self, job_id: int, cause: str) -> None:
