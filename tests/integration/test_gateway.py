@@ -334,6 +334,10 @@ def test_xmlrpc_a_failing_job_is_a_fault_naming_it(rpc_gw: Gateway) -> None:
     with pytest.raises(xmlrpc.client.Fault) as e:
         proxy.get(999999)
     assert e.value.faultCode == 5 and "no job 999999" in e.value.faultString
+    for no_id in (0, -1):  # no job could have it: a usage error, as GET /api/v1/jobs/-1 is a 400
+        with pytest.raises(xmlrpc.client.Fault) as e:
+            proxy.get(no_id)
+        assert e.value.faultCode == 2 and "a job id" in e.value.faultString
     with pytest.raises(xmlrpc.client.Fault) as e:
         proxy.nosuch()
     assert e.value.faultCode == 2

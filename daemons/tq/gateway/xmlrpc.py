@@ -84,8 +84,8 @@ class XmlRpc:
         if method == "call":
             return await self._call(link, _spec(params, "call"))
         if method == "get":
-            if len(params) != 1 or type(params[0]) is not int:
-                raise Fault(control.EXIT_USAGE, "get takes one argument: a job id")
+            if len(params) != 1 or type(params[0]) is not int or params[0] < 1:
+                raise Fault(control.EXIT_USAGE, "get takes one argument: a job id (a whole number from 1)")
             return (await link.call("get", id=params[0]))["job"]
         if method == "status":
             if params:
