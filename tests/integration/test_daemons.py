@@ -66,6 +66,41 @@ def test_reload_with_a_good_config_and_a_bad_one_keeps_the_old(suite: Suite) -> 
     assert (r.returncode, r.stdout) == (0, "task-1 processed\n")
 
 
+def test_a_refused_reload_is_in_status_until_a_reload_succeeds(suite: Suite) -> None:
+    host, (w1,) = suite.start(workers=1)
+    good = suite.config.read_text()
+    suite.config.write_text(good + "\n[bogus]\nkey = 1\n")
+    refused = f"reload refused: {suite.config}: bogus: unknown key"
+    for daemon, idle in ((host, "worker(s) live"), (w1, "idle")):
+        n = len(daemon.notify.messages)
+        daemon.signal(signal.SIGHUP)
+        status = daemon.notify.wait_for(lambda m: m.startswith("STATUS=") and refused in m, start=n)
+        assert idle in status and "\n" not in status, status  # one line: the summary, then the refusal
+    suite.config.write_text(good)
+    for daemon in (host, w1):
+        n = len(daemon.notify.messages)
+        daemon.signal(signal.SIGHUP)
+        daemon.notify.wait_for(lambda m: m == "READY=1", start=n)
+        after = [m for m in daemon.notify.messages[n:] if m.startswith("STATUS=")]
+        assert after and "reload refused" not in after[-1], after
+
+
+def test_check_config_exits_2_naming_the_key_or_0_silently_as_a_reload_would_read_it(suite: Suite) -> None:
+    good = suite.config.read_text()
+    for module, extra in (("tq.host", []), ("tq.worker", ["1"])):
+        check = [sys.executable, "-m", module, "--config", str(suite.config), "--check-config", *extra]
+        suite.config.write_text(good + "\n[worker.1]\nprefetch = -1\n")
+        r = subprocess.run(check, env=suite.env, capture_output=True, text=True, timeout=30)
+        assert (r.returncode, r.stdout) == (2, ""), r
+        assert f"{suite.config}: worker.1.prefetch" in r.stderr, r.stderr
+        suite.config.write_text(good)
+        r = subprocess.run(check, env=suite.env, capture_output=True, text=True, timeout=30)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r
+    r = subprocess.run([sys.executable, "-m", "tq.worker", "--config", str(suite.config), "--check-config",
+                        "{2..4}"], env=suite.env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "invalid instance '{2..4}'" in r.stderr, r
+
+
 def sigterm_mid_job(suite: Suite, task: str) -> tuple[Client, int]:
     """Start one worker on a slow task, SIGTERM it while the job runs, and see it exit 0."""
     suite.write_config(task)

@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 
 from .. import __version__, config, log, protocol, transport
-from ..daemon import Daemon, ignore, load_config
+from ..daemon import EXIT_CONFIG, Daemon, command_line, ignore, load_config
 from ..notify import child_environment
 from ..transport import Mailbox
 from ..transport.machines import local_name, machine_id, machine_instance
@@ -334,9 +334,7 @@ class Worker(Daemon):
 
 def build_parser() -> argparse.ArgumentParser:
     """tq-worker's command line (also the source of its man page, tq-worker(8))."""
-    parser = argparse.ArgumentParser(prog="tq-worker", description="A tq worker: runs the jobs tq-host hands it.")
-    parser.add_argument("--config", help="config file (default: $TQ_CONFIG or /etc/tq/tq.toml)")
-    parser.add_argument("--version", action="version", version=f"tq-worker {__version__}")
+    parser = command_line("tq-worker", "A tq worker: runs the jobs tq-host hands it.")
     parser.add_argument("instance", help="worker instance name, e.g. 1 (systemd's %%i)")
     return parser
 
@@ -346,10 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     if not config.INSTANCE_RE.match(args.instance):
         print(f"tq-worker: invalid instance {args.instance!r}: letters, digits, _ and - (at most 32)",
               file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     cfg = load_config("tq-worker", args.config)
     if cfg is None:
-        return 2
+        return EXIT_CONFIG
+    if args.check_config:
+        return 0
     try:
         worker = Worker(cfg, args.config, args.instance, argv=sys.argv[1:] if argv is None else argv)
         return worker.run()
