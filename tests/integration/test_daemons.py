@@ -138,6 +138,31 @@ def test_host_restart_does_not_disturb_workers(suite: Suite) -> None:
     assert w1.proc.poll() is None  # the same worker process carried on
 
 
+def test_a_worker_says_in_status_and_once_in_its_log_when_tq_host_is_gone_and_back(suite: Suite) -> None:
+    host, (w1,) = suite.start(workers=1)
+    w1.notify.wait_for(lambda m: m == "STATUS=idle")
+    for stop in (signal.SIGTERM, signal.SIGKILL):
+        n = len(w1.notify.messages)
+        gone = host.pid
+        host.signal(stop)
+        host.wait()
+        w1.notify.wait_for(lambda m, pid=gone: m == f"STATUS=waiting for tq-host: tq-host (pid {pid}) exited",
+                           start=n)
+        host = suite.host()
+        w1.notify.wait_for(lambda m: m == "STATUS=idle", start=n + 1)
+        assert w1.text().count(f"tq-host (pid {gone}) exited; waiting for it") == 1, w1.text()
+        assert w1.text().count(f"found tq-host again (pid {host.pid})") == 1, w1.text()
+    r = suite.tqctl("submit", "--wait", "task-1")
+    assert (r.returncode, r.stdout) == (0, "task-1 processed\n")
+    host.signal(signal.SIGTERM)
+    host.wait()
+    w2 = suite.worker("2")  # started while tq-host is down (its mailbox is there): says so from the start
+    w2.notify.wait_for(lambda m: m == "STATUS=waiting for tq-host: tq-host is not running")
+    suite.host()
+    w2.notify.wait_for(lambda m: m == "STATUS=idle")
+    suite.wait_live(2)
+
+
 def test_jobs_submitted_while_no_host_runs_wait_for_it(suite: Suite) -> None:
     host, _workers = suite.start(workers=1)
     host.signal(signal.SIGKILL)
