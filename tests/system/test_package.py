@@ -373,6 +373,23 @@ def test_a_job_runs_as_the_host_resolved_it_whichever_daemon_was_reloaded(tq: Co
         tq.run(f"rm -f {dropin} && systemctl reload tq-host 'tq-worker@*'")
 
 
+def test_a_worker_says_in_status_and_its_journal_when_tq_host_is_gone_and_back(tq: Container) -> None:
+    """Under the worker unit's sandbox (seccomp, PrivateUsers=, a read-only /run): the control socket's peer and
+    a pidfd tell the worker that tq-host exited; it said `idle` before."""
+    host = unit_property(tq, "tq-host", "MainPID")
+    tq.run("systemctl stop tq-host")
+    try:
+        wait_until(lambda: unit_property(tq, "tq-worker@1", "StatusText")
+                   == f"waiting for tq-host: tq-host (pid {host}) exited", 20, "the worker's STATUS")
+    finally:
+        tq.run("systemctl start tq-host")
+    wait_until(lambda: unit_property(tq, "tq-worker@1", "StatusText") == "idle", 20, "the worker idle again")
+    log = tq.run(["journalctl", "-u", "tq-worker@1", "-o", "cat", "--no-pager"]).stdout  # (the pids tell them)
+    new = unit_property(tq, "tq-host", "MainPID")
+    assert log.count(f"tq-host (pid {host}) exited; waiting for it") == 1, log
+    assert log.count(f"found tq-host again (pid {new})") == 1, log
+
+
 def test_a_reload_with_a_broken_dropin_fails_and_the_running_configuration_stays(tq: Container) -> None:
     """`systemctl reload` checks the configuration first (ExecReload=): it fails, and the daemons keep serving.
     A SIGHUP sent by hand is refused by the daemon, which says so in STATUS until a reload succeeds."""
