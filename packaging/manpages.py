@@ -417,6 +417,12 @@ def pages(readme: str, gateway_doc: str) -> dict[str, str]:
     daemon_files = terms([(f"`{DEFAULT_CONFIG}`", "The configuration, see tq.toml(5)."),
                           (f"`{dropins}`", "Drop-ins, read after it in name order: a later file overrides keys of "
                                            "an earlier one.")])
+    reload_ = ("Re-read the configuration; a bad file is refused, the running configuration kept, and STATUS= "
+               "ends with `reload refused: FILE: KEY: reason` until a reload succeeds. `systemctl reload {unit}` "
+               "runs `--check-config` first, and fails on a configuration that does not load.")
+    stopped = ("`0`", "Stopped by SIGTERM or SIGINT, or `--check-config` found the configuration good.")
+    cannot_start = "The unit restarts it (`Restart=on-failure`)."
+    no_restart = "The unit does not restart it (`RestartPreventExitStatus=`)."
     see_daemon = ["systemctl(1)", "journalctl(1)"]
     return {
         "tqctl.1": parser_page(ctl.build_parser(), 1, {
@@ -440,21 +446,34 @@ def pages(readme: str, gateway_doc: str) -> dict[str, str]:
                 "reaches it on `host.socket`.")],
             "ENVIRONMENT": environment,
             "SIGNALS": terms([
-                ("`SIGHUP`", "Re-read the configuration; a bad file is refused and the running configuration kept "
-                             "(`systemctl reload tq-host`)."),
+                ("`SIGHUP`", reload_.format(unit="tq-host")),
                 ("`SIGTERM`", "Stop. The workers carry on; jobs in flight complete.")]),
+            "EXIT STATUS": terms([
+                stopped,
+                ("`1`", "Cannot start (another tq-host holds `host.state_dir`, the socket or the mailbox cannot be "
+                        "opened); the journal says why. " + cannot_start),
+                ("`2`", "The configuration does not load, or a usage error; stderr names the file, the key and "
+                        "the reason. " + no_restart)]),
             "FILES": daemon_files,
             "SEE ALSO": [see_also("tqctl(1)", "tq-worker(8)", "tq.toml(5)", *see_daemon)]}),
         "tq-worker.8": parser_page(worker.build_parser(), 8, {
             "DESCRIPTION": [".PP", inline(
                 "It runs as `tq-worker@INSTANCE.service` (Type=notify, with a watchdog): one job at a time, from "
                 "the queues that `[worker]` or `[worker.INSTANCE]` names; `systemctl enable --now "
-                "tq-worker@{2..4}` runs three more.")],
+                "tq-worker@2 tq-worker@3 tq-worker@4` runs three more.")],
             "ENVIRONMENT": environment,
             "SIGNALS": terms([
-                ("`SIGHUP`", "Re-read the configuration (`[worker]`)."),
+                ("`SIGHUP`", reload_.format(unit="tq-worker@N").replace("configuration;",
+                                                                      "configuration (`[worker]`);", 1)),
                 ("`SIGTERM`", "Finish the running job, or hand it back after `worker.stop_timeout`; hand back the "
                               "jobs it holds; exit 0.")]),
+            "EXIT STATUS": terms([
+                stopped,
+                ("`1`", "Cannot start (the instance already runs, its inbox cannot be opened); the journal says "
+                        "why. " + cannot_start),
+                ("`2`", "The configuration does not load, the instance name is invalid, or a usage error; stderr "
+                        "says which. " + no_restart),
+                ("`78`", "tq-host refused its name: a worker of another machine holds it. " + no_restart)]),
             "FILES": daemon_files,
             "SEE ALSO": [see_also("tqctl(1)", "tq-host(8)", "tq.toml(5)", *see_daemon)]}),
         "tq-gateway.8": gateway_page(gateway_doc),

@@ -25,10 +25,17 @@ def ignore(_mask: int) -> None:
     """The callback of a descriptor that only wakes the selector (the loop step reads it)."""
 
 
+EXIT_CONFIG = 2  # a usage or configuration error: the units do not restart on it (RestartPreventExitStatus=)
+
+
 def command_line(program: str, description: str) -> argparse.ArgumentParser:
-    """A daemon's command line: --config and --version (also the source of its man page)."""
+    """A daemon's command line: --config, --check-config and --version (also the source of its man page)."""
     parser = argparse.ArgumentParser(prog=program, description=description)
     parser.add_argument("--config", help="config file (default: $TQ_CONFIG or /etc/tq/tq.toml)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="check the configuration as a reload (SIGHUP) would read it, then exit: 0 when it "
+                             "loads (silently), 2 naming file, key and reason when it does not (the unit's "
+                             "ExecReload= runs this first, so that `systemctl reload` fails on a bad configuration)")
     parser.add_argument("--version", action="version", version=f"{program} {__version__}")
     return parser
 
@@ -144,15 +151,21 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: RELOADING=1, read the configuration again, apply it, READY=1.
 
-        A configuration that does not load is logged and the running one kept. Keys in RESTART_KEYS keep their
-        running value, and the log names those that changed.
+        A configuration that does not load is logged and the running one kept (STATUS= then ends with "reload
+        refused: FILE: KEY: reason" until a reload succeeds). Keys in RESTART_KEYS keep their running value, and
+        the log names those that changed.
         """
         self.reload_requested = False
         self.notifier.reloading()
         try:
-            new = configload.reload(self.config_path, self.logger)
-            if new is None:
+            try:
+                new = configload.load(self.config_path)
+            except config.ConfigError as e:
+                self.logger.error("reload refused, keeping the running configuration: %s", e)
+                # STATUS says it too, until a reload succeeds: the configuration on disk is not the one running
+                self.notifier.note = "reload refused: " + " ".join(str(e).split())
                 return
+            self.notifier.note = ""
             granted = self.granted(new, *transport.granted(new, self.HOST))
             new, pending = configload.keep_for_restart(self.cfg, granted, self.RESTART_KEYS)
             if pending:

@@ -23,6 +23,7 @@ class Notifier:
         self._next_ping = 0.0
         self._status = ""
         self._next_status = 0.0
+        self.note = ""  # said after every STATUS= until cleared (a refused reload), one line
 
     @staticmethod
     def _watchdog_interval() -> float | None:
@@ -41,9 +42,13 @@ class Notifier:
             self._sd.notify(text)
 
     def ready(self, status: str | None = None) -> None:
+        status = self._noted(status or "")
         self._send("READY=1" + (f"\nSTATUS={status}" if status else ""))
         if status:
             self._status = status
+
+    def _noted(self, text: str) -> str:
+        return f"{text}; {self.note}" if text and self.note else text or self.note
 
     def status_due(self, now: float) -> bool:
         """Whether status(text, now) may send now: callers build the text only then (at most twice a second)."""
@@ -55,6 +60,7 @@ class Notifier:
             if now < self._next_status:
                 return
             self._next_status = now + 0.5
+        text = self._noted(text)
         if text != self._status:
             self._status = text
             self._send(f"STATUS={text}")

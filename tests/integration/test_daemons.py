@@ -66,6 +66,41 @@ def test_reload_with_a_good_config_and_a_bad_one_keeps_the_old(suite: Suite) -> 
     assert (r.returncode, r.stdout) == (0, "task-1 processed\n")
 
 
+def test_a_refused_reload_is_in_status_until_a_reload_succeeds(suite: Suite) -> None:
+    host, (w1,) = suite.start(workers=1)
+    good = suite.config.read_text()
+    suite.config.write_text(good + "\n[bogus]\nkey = 1\n")
+    refused = f"reload refused: {suite.config}: bogus: unknown key"
+    for daemon, idle in ((host, "worker(s) live"), (w1, "idle")):
+        n = len(daemon.notify.messages)
+        daemon.signal(signal.SIGHUP)
+        status = daemon.notify.wait_for(lambda m: m.startswith("STATUS=") and refused in m, start=n)
+        assert idle in status and "\n" not in status, status  # one line: the summary, then the refusal
+    suite.config.write_text(good)
+    for daemon in (host, w1):
+        n = len(daemon.notify.messages)
+        daemon.signal(signal.SIGHUP)
+        daemon.notify.wait_for(lambda m: m == "READY=1", start=n)
+        after = [m for m in daemon.notify.messages[n:] if m.startswith("STATUS=")]
+        assert after and "reload refused" not in after[-1], after
+
+
+def test_check_config_exits_2_naming_the_key_or_0_silently_as_a_reload_would_read_it(suite: Suite) -> None:
+    good = suite.config.read_text()
+    for module, extra in (("tq.host", []), ("tq.worker", ["1"])):
+        check = [sys.executable, "-m", module, "--config", str(suite.config), "--check-config", *extra]
+        suite.config.write_text(good + "\n[worker.1]\nprefetch = -1\n")
+        r = subprocess.run(check, env=suite.env, capture_output=True, text=True, timeout=30)
+        assert (r.returncode, r.stdout) == (2, ""), r
+        assert f"{suite.config}: worker.1.prefetch" in r.stderr, r.stderr
+        suite.config.write_text(good)
+        r = subprocess.run(check, env=suite.env, capture_output=True, text=True, timeout=30)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r
+    r = subprocess.run([sys.executable, "-m", "tq.worker", "--config", str(suite.config), "--check-config",
+                        "{2..4}"], env=suite.env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "invalid instance '{2..4}'" in r.stderr, r
+
+
 def sigterm_mid_job(suite: Suite, task: str) -> tuple[Client, int]:
     """Start one worker on a slow task, SIGTERM it while the job runs, and see it exit 0."""
     suite.write_config(task)
@@ -101,6 +136,31 @@ def test_host_restart_does_not_disturb_workers(suite: Suite) -> None:
     r = suite.tqctl("submit", "--wait", "task-1", "again")
     assert (r.returncode, r.stdout) == (0, "task-1 again processed\n")
     assert w1.proc.poll() is None  # the same worker process carried on
+
+
+def test_a_worker_says_in_status_and_once_in_its_log_when_tq_host_is_gone_and_back(suite: Suite) -> None:
+    host, (w1,) = suite.start(workers=1)
+    w1.notify.wait_for(lambda m: m == "STATUS=idle")
+    for stop in (signal.SIGTERM, signal.SIGKILL):
+        n = len(w1.notify.messages)
+        gone = host.pid
+        host.signal(stop)
+        host.wait()
+        w1.notify.wait_for(lambda m, pid=gone: m == f"STATUS=waiting for tq-host: tq-host (pid {pid}) exited",
+                           start=n)
+        host = suite.host()
+        w1.notify.wait_for(lambda m: m == "STATUS=idle", start=n + 1)
+        assert w1.text().count(f"tq-host (pid {gone}) exited; waiting for it") == 1, w1.text()
+        assert w1.text().count(f"found tq-host again (pid {host.pid})") == 1, w1.text()
+    r = suite.tqctl("submit", "--wait", "task-1")
+    assert (r.returncode, r.stdout) == (0, "task-1 processed\n")
+    host.signal(signal.SIGTERM)
+    host.wait()
+    w2 = suite.worker("2")  # started while tq-host is down (its mailbox is there): says so from the start
+    w2.notify.wait_for(lambda m: m == "STATUS=waiting for tq-host: tq-host is not running")
+    suite.host()
+    w2.notify.wait_for(lambda m: m == "STATUS=idle")
+    suite.wait_live(2)
 
 
 def test_jobs_submitted_while_no_host_runs_wait_for_it(suite: Suite) -> None:

@@ -373,27 +373,68 @@ def test_a_job_runs_as_the_host_resolved_it_whichever_daemon_was_reloaded(tq: Co
         tq.run(f"rm -f {dropin} && systemctl reload tq-host 'tq-worker@*'")
 
 
-def test_broken_dropin_is_refused_on_reload_and_names_the_file_on_restart(tq: Container) -> None:
-    tq.put_text("[mqueue]\nmax_messages = \"lots\"\n", "/etc/tq/tq.d/99-broken.toml")
-    since = tq.run("date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
-
-    def host_log() -> str:
-        return tq.run(["journalctl", "-u", "tq-host", "--since", since, "-o", "cat", "--no-pager"]).stdout
-
+def test_a_worker_says_in_status_and_its_journal_when_tq_host_is_gone_and_back(tq: Container) -> None:
+    """Under the worker unit's sandbox (seccomp, PrivateUsers=, a read-only /run): the control socket's peer and
+    a pidfd tell the worker that tq-host exited; it said `idle` before."""
+    host = unit_property(tq, "tq-host", "MainPID")
+    tq.run("systemctl stop tq-host")
     try:
-        tq.run("systemctl reload tq-host")
-        wait_until(lambda: "99-broken.toml" in host_log(), 20, "the reload error in the journal")
-        assert unit_property(tq, "tq-host", "ActiveState") == "active"
+        wait_until(lambda: unit_property(tq, "tq-worker@1", "StatusText")
+                   == f"waiting for tq-host: tq-host (pid {host}) exited", 20, "the worker's STATUS")
+    finally:
+        tq.run("systemctl start tq-host")
+    wait_until(lambda: unit_property(tq, "tq-worker@1", "StatusText") == "idle", 20, "the worker idle again")
+    log = tq.run(["journalctl", "-u", "tq-worker@1", "-o", "cat", "--no-pager"]).stdout  # (the pids tell them)
+    new = unit_property(tq, "tq-host", "MainPID")
+    assert log.count(f"tq-host (pid {host}) exited; waiting for it") == 1, log
+    assert log.count(f"found tq-host again (pid {new})") == 1, log
+
+
+def test_a_reload_with_a_broken_dropin_fails_and_the_running_configuration_stays(tq: Container) -> None:
+    """`systemctl reload` checks the configuration first (ExecReload=): it fails, and the daemons keep serving.
+    A SIGHUP sent by hand is refused by the daemon, which says so in STATUS until a reload succeeds."""
+    dropin = tq.put_text("[mqueue]\nmax_messages = \"lots\"\n", "/etc/tq/tq.d/99-broken.toml")
+    refused = f"reload refused: {dropin}: mqueue.max_messages"
+    try:
+        for unit in ("tq-host", "tq-worker@1"):
+            pid = unit_property(tq, unit, "MainPID")
+            failed = tq.run(["systemctl", "reload", unit], check=False)
+            assert failed.returncode != 0 and f"Job for {unit}.service failed" in failed.stderr, failed
+            assert (unit_property(tq, unit, "ActiveState"), unit_property(tq, unit, "MainPID")) == ("active", pid)
+            log = tq.run(["journalctl", "-u", unit, "-n", "20", "-o", "cat", "--no-pager"]).stdout
+            assert f"{dropin}: mqueue.max_messages" in log, log
+            tq.run(["systemctl", "kill", "--kill-who=main", "-s", "HUP", unit])
+            wait_until(lambda u=unit: refused in unit_property(tq, u, "StatusText"), 20, f"{unit}'s STATUS")
         # The host still serves; tqctl reads only host.socket, so the broken key does not stop it either,
         # while `tqctl config check` names it.
         assert tq.run("tqctl submit --wait task-1").stdout == "task-1 processed\n"
         check = tq.run("tqctl config check", check=False)
-        assert check.returncode == 2 and "99-broken.toml: mqueue.max_messages" in check.stderr, check
-
-        assert tq.run("systemctl restart tq-host", check=False).returncode != 0
-        assert host_log().count("99-broken.toml") >= 2, host_log()
+        assert check.returncode == 2 and f"{dropin}: mqueue.max_messages" in check.stderr, check
+        tq.run(f"rm {dropin}")
+        tq.run("systemctl reload tq-host tq-worker@1")
+        for unit in ("tq-host", "tq-worker@1"):
+            assert "reload refused" not in unit_property(tq, unit, "StatusText")
     finally:
-        tq.run("rm -f /etc/tq/tq.d/99-broken.toml && systemctl reset-failed tq-host && systemctl start tq-host")
+        tq.run(f"rm -f {dropin}")
+
+
+def test_a_config_or_usage_error_fails_the_unit_without_a_restart(tq: Container) -> None:
+    """Exit status 2 is in RestartPreventExitStatus=: the unit fails once, naming the file, and is not restarted
+    (it was, 5 times in a row, each logging the same error)."""
+    dropin = tq.put_text("[mqueue]\nmax_messages = \"lots\"\n", "/etc/tq/tq.d/99-broken.toml")
+    since = tq.run("date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
+    try:
+        assert tq.run("systemctl restart tq-host", check=False).returncode != 0
+        log = tq.run(["journalctl", "-u", "tq-host", "--since", since, "-o", "cat", "--no-pager"]).stdout
+        assert log.count(f"{dropin}: mqueue.max_messages") == 1, log
+        assert tq.run("systemctl start 'tq-worker@not.a.name'", check=False).returncode != 0  # (and tq-host: Wants=)
+        for unit in ("tq-host", "tq-worker@not.a.name"):
+            # (failed already: no restart is pending, which RestartSec=2s would show as "activating")
+            assert unit_property(tq, unit, "ActiveState") == "failed", unit
+            assert (unit_property(tq, unit, "ExecMainStatus"), unit_property(tq, unit, "NRestarts")) == ("2", "0")
+    finally:
+        tq.run("systemctl reset-failed 'tq-worker@not.a.name'", check=False)  # (gone already, once failed)
+        tq.run(f"rm -f {dropin} && systemctl reset-failed tq-host && systemctl start tq-host")
 
 
 def test_without_the_budget_journald_drops_lines_which_the_accounting_catches(
@@ -427,6 +468,30 @@ def test_queued_jobs_and_enabled_workers_survive_a_reboot(tq: Container) -> None
     assert tq.run(["systemctl", "is-active", "tq-host", *WORKERS]).stdout.split() == ["active"] * 5
     for n, job_id in enumerate(ids):
         assert wait_done(tq, job_id)["result"] == f"task-1 {n} processed"
+
+
+def test_reinstall_stops_the_workers_before_tq_host_and_lets_a_running_job_finish(tq: Container) -> None:
+    """An upgrade restarts tq.target in one transaction: the workers stop first, each finishing its job (under
+    worker.stop_timeout) and saying goodbye to a tq-host that answers; then tq-host restarts, then the workers."""
+    job_id = submit(tq, "slow", "6")
+    worker = running_worker(tq, job_id)
+    after = cursor(tq)
+    deb = tq.run("ls /root/tq_*.deb").stdout.split()[-1]
+    started = time.monotonic()
+    tq.run(["apt-get", "install", "-y", "--reinstall", deb], timeout=300)
+    took = time.monotonic() - started
+    found = wait_done(tq, job_id)
+    assert found["attempts"] == 1, found  # finished on its first attempt, not handed back and run again
+    log = tq.run(["journalctl", "--after-cursor", after, "-o", "cat", "--no-pager", "-u", "tq-host",
+                  "-u", "tq-worker@*"]).stdout.splitlines()
+
+    instance = worker.split("@")[1]
+    stopped = [i for i, line in enumerate(log) if line == f"worker {instance} stopped"]  # tq-host answered it
+    stopping = [i for i, line in enumerate(log) if line.startswith("tq-host stopping")]
+    assert stopped and stopping and stopped[0] < stopping[0], log
+    assert not [line for line in log if "did not answer" in line or "no live worker serves" in line], log
+    print(f"apt-get install --reinstall with a 6 s job running took {took:.1f}s")
+    assert took < 6 + 15, took
 
 
 def test_reinstall_restarts_the_suite_and_keeps_enabled_workers_and_config(tq: Container) -> None:

@@ -32,7 +32,7 @@ from functools import partial
 from typing import IO, Any
 
 from .. import __version__, config, control, transport
-from ..daemon import Daemon, StartError, command_line, load_config
+from ..daemon import EXIT_CONFIG, Daemon, StartError, command_line, load_config
 from ..log import Burst
 from .assembly import assemble
 from .brokerwatch import BrokerWatch, link_state
@@ -276,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config("tq-host", args.config)
     if cfg is None:
-        return 2
+        return EXIT_CONFIG
+    if args.check_config:
+        return 0
     try:
         host = Host(cfg, args.config)
         return host.run()

@@ -19,7 +19,7 @@ from .posix import PosixMailboxes
 from .serviced import ServicedSelector
 
 __all__ = ["Connectionless", "Mailbox", "MailboxAccessDenied", "MailboxError", "Mailboxes", "OutOfBudget",
-           "for_config", "granted", "selector"]
+           "PosixMailboxes", "for_config", "granted", "selector"]
 
 
 def selector(cfg: config.Config, host: bool = False) -> selectors.BaseSelector:

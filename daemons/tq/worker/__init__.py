@@ -19,11 +19,12 @@ import time
 from dataclasses import replace
 
 from .. import __version__, config, log, protocol, transport
-from ..daemon import Daemon, ignore, load_config
+from ..daemon import EXIT_CONFIG, Daemon, command_line, ignore, load_config
 from ..notify import child_environment
 from ..transport import Mailbox
 from ..transport.machines import local_name, machine_id, machine_instance
 from .attempt import Attempt
+from .hostwatch import HostWatch
 from .inbox import open_inbox
 from .instancelock import InstanceTaken, take
 from .outbox import Outbox
@@ -63,13 +64,15 @@ class Worker(Daemon):
         # Through a broker: the attempts taken since the last fence (a copy is dropped), the inbox's losses.
         self.taken = Taken() if self.serviced else None
         self.stop_started = 0.0
-        self.bye_sent = False
-        self.bye_at = 0.0  # monotonic time the Bye was sent
+        self.bye_at = 0.0  # monotonic time the Bye was sent (0: not sent)
         self.exit_now = False
         self.next_heartbeat = 0.0
         self.inbox: Mailbox | None = None
         self.host_mailbox: Mailbox | None = None
         self.lock_fd = -1  # holds this instance's lock (instancelock.py) from start on
+        # Whether tq-host runs (a local one: the POSIX mailboxes do not tell; a broker's connection says its own)
+        self.host_watch = (HostWatch(cfg.host.socket, self.sel, self.logger, self._heartbeat_now)
+                           if isinstance(self.mailboxes, transport.PosixMailboxes) else None)
 
     # ---- start ----------------------------------------------------------
 
@@ -83,6 +86,8 @@ class Worker(Daemon):
             return
         self.outbox.message(self._hello())
         self._flush()
+        if self.host_watch is not None:
+            self.host_watch.start()
         self.logger.info("tq-worker %s instance %s ready: queues %s, inbox %s", __version__, self.instance,
                          ",".join(self.wcfg.queues), self.inbox.name)
         self.notifier.ready(self.status_text())
@@ -224,7 +229,7 @@ class Worker(Daemon):
         self.outbox.message(protocol.Synced(self.instance, msg.token, machine_id()))
         if self.taken is not None:
             self.taken.clear()  # past the fence tq-host assigns anew (taken.py)
-        if self.bye_sent:
+        if self.bye_at:
             self.exit_now = True
 
     def _take_local(self) -> None:
@@ -267,7 +272,9 @@ class Worker(Daemon):
         self.next_heartbeat = now + self.wcfg.heartbeat
         if self.taken is not None and self.taken.inbox_lost(self.mailboxes.losses()):
             self.outbox.message(self._hello())
-        if self.outbox or self.bye_sent or self.refusal.reason:
+        if self.host_watch is not None and self.host_watch.check():
+            self.notifier.status(self.status_text())
+        if self.outbox or self.bye_at or self.refusal.reason:
             return  # the host is behind; results first
         running = self.runner.current.job.id if self.runner.current else 0
         msg = protocol.Heartbeat(self.instance, os.getpid(), list(self.wcfg.queues), self.wcfg.prefetch, running,
@@ -277,6 +284,9 @@ class Worker(Daemon):
         self.outbox.message(msg)
         self._flush()
 
+    def _heartbeat_now(self) -> None:
+        self.next_heartbeat = 0.0
+
     def _status(self, now: float) -> None:
         if self.notifier.status_due(now):
             self.notifier.status(self.status_text(), now)
@@ -284,7 +294,8 @@ class Worker(Daemon):
     def status_text(self) -> str:
         if self.stop_requested:
             return "stopping"
-        waiting = self.mailboxes.waiting_for  # (a broker's connection that is down: what it waits for)
+        # (a broker's connection that is down, or a local tq-host that is gone: what it waits for)
+        waiting = self.mailboxes.waiting_for or (self.host_watch.waiting_for if self.host_watch else "")
         if self.runner.current is not None:
             j = self.runner.current.job
             return f"running job {j.id} ({j.task}), attempt {j.attempt}" + (f"; {waiting}" if waiting else "")
@@ -306,8 +317,7 @@ class Worker(Daemon):
             while self.local:
                 self._take_local()
             self.exit_now = True
-        elif not self.bye_sent:
-            self.bye_sent = True
+        elif not self.bye_at:
             self.bye_at = now
             self.outbox.message(protocol.Bye(self.instance, os.getpid()))
         elif now - self.bye_at > BYE_WAIT:
@@ -334,9 +344,7 @@ class Worker(Daemon):
 
 def build_parser() -> argparse.ArgumentParser:
     """tq-worker's command line (also the source of its man page, tq-worker(8))."""
-    parser = argparse.ArgumentParser(prog="tq-worker", description="A tq worker: runs the jobs tq-host hands it.")
-    parser.add_argument("--config", help="config file (default: $TQ_CONFIG or /etc/tq/tq.toml)")
-    parser.add_argument("--version", action="version", version=f"tq-worker {__version__}")
+    parser = command_line("tq-worker", "A tq worker: runs the jobs tq-host hands it.")
     parser.add_argument("instance", help="worker instance name, e.g. 1 (systemd's %%i)")
     return parser
 
@@ -346,10 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     if not config.INSTANCE_RE.match(args.instance):
         print(f"tq-worker: invalid instance {args.instance!r}: letters, digits, _ and - (at most 32)",
               file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     cfg = load_config("tq-worker", args.config)
     if cfg is None:
-        return 2
+        return EXIT_CONFIG
+    if args.check_config:
+        return 0
     try:
         worker = Worker(cfg, args.config, args.instance, argv=sys.argv[1:] if argv is None else argv)
         return worker.run()
