@@ -42,7 +42,7 @@ def transport(r: Reader, amqp: AmqpConfig) -> TransportConfig:
     if kind == "posix" and (given := [k for k in ("url", "password_file", *TLS_FILES, "machine") if k in r.table]):
         raise r.error("kind", f'{", ".join(given)}: for kind = "amqp"')
     machine: str = r.get("machine", str, "")
-    if "machine" in r.table and not MACHINE_RE.match(machine):
+    if "machine" in r.table and not MACHINE_RE.fullmatch(machine):
         raise r.error("machine", f"expected a DNS label (letters, digits and -, at most 63), got {machine[:80]!r}")
     return TransportConfig(kind=kind, url=url if kind == "amqp" else None, machine=machine)
 

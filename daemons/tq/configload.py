@@ -113,7 +113,7 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
     overrides = {}
     for key, value in worker_r.table.items():
         if isinstance(value, dict):
-            if not INSTANCE_RE.match(key):
+            if not INSTANCE_RE.fullmatch(key):
                 raise worker_r.error(key, "instance names are letters, digits, _ and -")
             overrides[key] = _worker(worker_r.sub(key), worker, allow_instances=False)
     log = _log(root.sub("log"))
@@ -189,7 +189,7 @@ def _exists(name: str, group: bool) -> bool:
 
 def _schedule(r: _Reader, name: str) -> ScheduleConfig:
     r.check_keys({"cron", "every", "task", "args", "queue", "priority", "timezone", "catch_up", "overlap"})
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise r.error("", "schedule names are letters, digits, _ . - (at most 64)")
     if ("cron" in r.table) == ("every" in r.table):
         raise r.error("", "give one of cron (such as \"*/5 * * * *\" or \"@daily\") or every (such as \"30s\")")
@@ -198,7 +198,7 @@ def _schedule(r: _Reader, name: str) -> ScheduleConfig:
     if not TASK_NAME_RE.fullmatch(task):
         raise r.error("task", f"expected a task name, got {task!r}")
     queue = r.get("queue", str, None)
-    if queue is not None and not NAME_RE.match(queue):
+    if queue is not None and not NAME_RE.fullmatch(queue):
         raise r.error("queue", "queue names are letters, digits, _ . - (at most 64)")
     timezone = _cron_checked(r, "timezone")
     return ScheduleConfig(
@@ -221,7 +221,7 @@ def _cron_checked(r: _Reader, key: str) -> str | None:
 
 def _exchange(r: _Reader, name: str) -> ExchangeConfig:
     r.check_keys({"type", "bindings"})
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise r.error("", "exchange names are letters, digits, _ . - (at most 64)")
     kind = r.choice("type", EXCHANGE_TYPES, "fanout")
     raw = r.get("bindings", list, [])
@@ -231,7 +231,7 @@ def _exchange(r: _Reader, name: str) -> ExchangeConfig:
     for i, b in enumerate(raw):
         if not isinstance(b, dict) or not isinstance(b.get("queue"), str) or set(b) - {"queue", "key"}:
             raise r.error("bindings", f"binding {i + 1}: expected {{ queue = \"NAME\", key = \"KEY\" }}, got {b!r}")
-        if not NAME_RE.match(b["queue"]):
+        if not NAME_RE.fullmatch(b["queue"]):
             raise r.error("bindings", f"binding {i + 1}: invalid queue name {b['queue']!r}")
         key = b.get("key", "")
         if kind == "fanout" and key:
@@ -247,7 +247,7 @@ def _exchange(r: _Reader, name: str) -> ExchangeConfig:
 
 def _queue(r: _Reader, name: str) -> QueueConfig:
     r.check_keys({"submit", "concurrency", "rate"})
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise r.error("", "queue names are letters, digits, _ . - (at most 64)")
     concurrency = None if "concurrency" not in r.table else r.integer("concurrency", 1, 1, 10**6)
     return QueueConfig(name=name, submit=r.principals("submit", None), concurrency=concurrency,
@@ -369,7 +369,7 @@ def _task(r: _Reader, name: str) -> TaskConfig:
             raise r.error("python", f"expected \"module:function\", got {python!r}")
         handler = "python"
     queue: str = r.get("queue", str, d.queue)
-    if not NAME_RE.match(queue):
+    if not NAME_RE.fullmatch(queue):
         raise r.error("queue", "queue names are letters, digits, _ . - (at most 64)")
     return TaskConfig(
         name=name, handler=handler, command=command, python=python, queue=queue,

@@ -91,7 +91,7 @@ class Reader:
         value = self.get(key, list, None)
         if value is None:
             return default
-        if not value or not all(isinstance(v, str) and NAME_RE.match(v) for v in value):
+        if not value or not all(isinstance(v, str) and NAME_RE.fullmatch(v) for v in value):
             raise self.error(key, "expected a non-empty list of queue names (letters, digits, _ . -)")
         return tuple(value)
 

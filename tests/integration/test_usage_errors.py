@@ -134,3 +134,16 @@ def test_nan_and_infinity_are_refused_by_tq_host_and_by_a_batch_naming_the_line(
         with pytest.raises(Refused, match="is not a JSON number"):
             suite.client().submit("t", value)
     assert suite.client().list_jobs() == []
+
+
+def test_a_name_ending_in_a_newline_is_refused_as_any_invalid_name(suite: Suite) -> None:
+    """`$` in a pattern matches before a final newline: each entry point must take the whole name."""
+    suite.host()
+    refused(tqctl(suite, "submit", "t", "--queue", "default\n"), 2, "invalid queue name 'default\\n'")
+    refused(tqctl(suite, "pause", "default\n"), 2, "invalid queue name 'default\\n'")
+    refused(tqctl(suite, "list", "--queue", "default\n"), 2, "invalid queue name 'default\\n'")
+    refused(tqctl(suite, "token", "create", "x\n", "--user", "root"), 2, "invalid token name 'x\\n'")
+    assert suite.client().list_jobs() == [] and suite.client().token_list() == []
+    worker = subprocess.run([sys.executable, "-m", "tq.worker", "--config", str(suite.config), "3\n"],
+                            env=suite.env, capture_output=True, text=True, timeout=60)
+    refused(worker, 2, "invalid instance '3\\n'")

@@ -192,3 +192,26 @@ def test_gateway_table_defaults_and_values(tmp_path: Path) -> None:
 def test_gateway_table_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(configload.ConfigError, match=re.escape(key)):
         configload.load(write(tmp_path, f"[gateway]\n{text}\n"))
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[tasks.x]\nhandler = "echo"\nqueue = "mail\\n"\n', "tasks.x.queue"),
+    ('[worker]\nqueues = ["default\\n"]\n', "worker.queues"),
+    ('[queues."q\\n"]\nconcurrency = 1\n', "queues.q\n"),
+    ('[worker."3\\n"]\nqueues = ["a"]\n', "worker.3\n"),
+    ('[tasks.x]\nhandler = "echo"\n[schedules."s\\n"]\nevery = "1m"\ntask = "x"\n', "schedules.s\n:"),
+    ('[schedules.s]\nevery = "1m"\ntask = "x"\nqueue = "q\\n"\n', "schedules.s.queue"),
+    ('[exchanges."e\\n"]\nbindings = [{ queue = "a" }]\n', "exchanges.e\n"),
+    ('[exchanges.e]\nbindings = [{ queue = "a\\n" }]\n', "exchanges.e.bindings"),
+])
+def test_a_name_ending_in_a_newline_is_refused(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(configload.ConfigError) as e:
+        configload.load(write(tmp_path, text))
+    assert key in str(e.value), str(e.value)
+
+
+def test_the_name_patterns_take_no_final_newline() -> None:
+    from tq.transport.machines import MACHINE_RE, WORKER_NAME_RE
+    for pattern, name in ((config.NAME_RE, "default"), (config.INSTANCE_RE, "3"), (MACHINE_RE, "box"),
+                          (WORKER_NAME_RE, "3@box")):
+        assert pattern.fullmatch(name) and not pattern.fullmatch(name + "\n"), pattern

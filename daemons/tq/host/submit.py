@@ -221,7 +221,7 @@ class Admission:
 def _job_options(spec: dict[str, Any], task: config.TaskConfig) -> tuple[str, int, float, float, int]:
     """queue, priority, delay, timeout and retries of a job spec, each checked, the task's by default."""
     queue = control.field(spec, "queue", str, task.queue)
-    if not config.NAME_RE.match(queue):
+    if not config.NAME_RE.fullmatch(queue):
         raise RequestError("bad_request", f"invalid queue name {queue[:60]!r}")
     priority = control.field(spec, "priority", int, task.priority)
     if not config.PRIORITY_MIN <= priority <= config.PRIORITY_MAX:
