@@ -15,6 +15,8 @@ import re
 import tomllib
 from typing import Any, NamedTuple
 
+from . import bounded
+
 DEFAULT_CONFIG = "/etc/tq/tq.toml"
 DEFAULT_SOCKET = "/run/tq/tq.sock"
 
@@ -108,11 +110,12 @@ def read_files(path: str | None = None, default_required: bool = False,
 def _read(file: str) -> dict[str, Any]:
     """One file's TOML; FileNotFoundError, or ConfigError naming the file (and for a syntax error its line)."""
     try:
-        with open(file, encoding="utf-8") as f:
-            text = f.read()
+        text = bounded.read_regular(file).decode()
     except FileNotFoundError:
         raise
-    except (OSError, UnicodeDecodeError) as e:
+    except bounded.TooLarge as e:
+        raise ConfigError(file, "", f"{e}, the most a configuration file may hold") from None
+    except (OSError, UnicodeDecodeError, bounded.NotRegular) as e:
         raise ConfigError(file, "", getattr(e, "strerror", None) or str(e)) from None
     try:
         return tomllib.loads(text)

@@ -14,7 +14,7 @@ import re
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
-from . import configbroker, cron
+from . import configbroker, control, cron
 from .config import (
     CATCH_UP,
     DURABILITY_LEVELS,
@@ -316,7 +316,7 @@ def _mqueue(r: _Reader) -> MqueueConfig:
         raise r.error("prefix", f"must be a slash and up to 64 letters, digits, _ . - (got {prefix!r})")
     return MqueueConfig(
         prefix=prefix,
-        max_message_size=r.integer("max_message_size", d.max_message_size, 512, 16 * 1024 * 1024),
+        max_message_size=r.integer("max_message_size", d.max_message_size, 512, control.MAX_MESSAGE_SIZE),
         max_messages=r.integer("max_messages", d.max_messages, 2, 65536),
     )
 

@@ -17,6 +17,7 @@ import sys
 from typing import Any, NamedTuple
 
 MAX_LINE = 64 * 1024 * 1024
+MAX_MESSAGE_SIZE = 16 * 1024 * 1024  # mqueue.max_message_size's ceiling: no job, its payload included, is larger
 _FLOAT_INT = int(sys.float_info.max)  # a number field's largest whole number: JSON's are unbounded
 
 # tqctl's exit statuses (SPEC §3; 0 is ok, 130 interrupted)

@@ -4,8 +4,11 @@ Real tq-host (no workers: nothing here needs a job to run)."""
 
 from __future__ import annotations
 
+import os
+import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -147,3 +150,37 @@ def test_a_name_ending_in_a_newline_is_refused_as_any_invalid_name(suite: Suite)
     worker = subprocess.run([sys.executable, "-m", "tq.worker", "--config", str(suite.config), "3\n"],
                             env=suite.env, capture_output=True, text=True, timeout=60)
     refused(worker, 2, "invalid instance '3\\n'")
+
+
+def _capped(limit: int = 1 << 30) -> Callable[[], None]:
+    """A child's address space capped (1 GiB): an endless read fails in the child, not the machine."""
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def test_stdin_is_read_no_further_than_a_job_or_a_request_can_hold(suite: Suite) -> None:
+    suite.host()
+    with open("/dev/zero", "rb") as endless:
+        for command, words in ((["submit", "x", "--payload", "-"], ["--payload -", "16 MiB"]),
+                               (["submit", "--batch", "-"], ["-: line 1", "64 MiB"])):
+            r = subprocess.run([sys.executable, "-m", "tq.ctl", "--config", str(suite.config), *command],
+                               env=suite.env, capture_output=True, text=True, timeout=60, stdin=endless,
+                               preexec_fn=_capped())
+            refused(r, 2, *words)
+    refused(tqctl(suite, "submit", "x", "--payload", "-", stdin=b"a" * (16 * 1024 * 1024 + 1)), 2, "16 MiB")
+    assert suite.client().list_jobs() == []
+
+
+def test_a_configuration_file_that_is_no_regular_file_is_refused_at_once(suite: Suite, tmp_path: Path) -> None:
+    fifo = tmp_path / "tq.toml"
+    os.mkfifo(fifo)
+    big = tmp_path / "big" / "tq.toml"
+    big.parent.mkdir()
+    big.write_text("#" * (1024 * 1024) + "\n")
+    for path, words in (("/dev/zero", ["/dev/zero", "not a regular file (a character device)"]),
+                        (str(fifo), [str(fifo), "not a regular file (a FIFO)"]),
+                        (str(big), [str(big), "more than 1 MiB"])):
+        for argv in ([sys.executable, "-m", "tq.ctl", "--config", path, "config", "check"],
+                     [sys.executable, "-m", "tq.host", "--config", path]):
+            r = subprocess.run(argv, env=suite.env, capture_output=True, text=True, timeout=20,
+                               stdin=subprocess.DEVNULL, preexec_fn=_capped())
+            refused(r, 2, *words)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import IO, Any
 
-from .. import configfiles, control
+from .. import bounded, configfiles, control
 from ..client import Client, Refused
 from . import render
 
@@ -66,8 +66,11 @@ def _specs(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
         source: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # (closed below)
     except OSError as e:
         raise Refused(f"--batch {path}: {e.strerror}") from None
-    with source:
-        for number, raw in enumerate(source, 1):
+    with source:  # a line at a time, none longer than a request tq-host reads: an endless one is not held
+        for number, raw in enumerate(iter(lambda: source.readline(control.MAX_LINE + 1), b""), 1):
+            if len(raw) > control.MAX_LINE:
+                raise Refused(f"{path}: line {number}: longer than {bounded.size(control.MAX_LINE)}, the largest "
+                              "request tq-host reads")
             try:
                 line = raw.decode()
             except UnicodeDecodeError as e:

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import control
+from .. import bounded, control
 from ..client import Client, JobTimeout, NotFound, Refused, TqError
 from ..states import FINAL, JobState
 from ..usage import describe as describe_usage
@@ -113,8 +113,12 @@ def _check_submit(args: argparse.Namespace) -> None:
 
 
 def _stdin_text() -> str:
-    """`--payload -`: stdin, which must be UTF-8 text."""
-    data = sys.stdin.buffer.read()
+    """`--payload -`: stdin, which must be UTF-8 text, and no more than a job can carry (read no further)."""
+    try:
+        data = bounded.read(sys.stdin.buffer, control.MAX_MESSAGE_SIZE)
+    except bounded.TooLarge as e:
+        raise Refused(f"--payload -: stdin is {e}, the largest job (mqueue.max_message_size) there can be"
+                      ) from None
     try:
         return data.decode()
     except UnicodeDecodeError as e:
