@@ -34,7 +34,7 @@ def read_regular(path: str, limit: int = CONFIG_MAX) -> bytes:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise NotRegular(f"not a regular file ({_kind(mode)})")
+            raise NotRegular(f"not a regular file ({file_kind(mode)})")
         f = os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -51,7 +51,8 @@ def size(n: int) -> str:
     return f"{n} bytes"
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file that is no regular file is, for a message."""
     kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
     return next((name for test, name in kinds if test(mode)), "not a file")

@@ -277,3 +277,22 @@ def test_tqctl_watch_prints_a_line_when_events_come_and_none_while_idle(suite: S
         watcher.send_signal(signal.SIGINT)
         watcher.wait(10)
     assert watcher.returncode == 130  # interrupted, as documented
+
+
+def test_metrics_output_refuses_a_target_that_is_no_regular_file_and_an_empty_name(suite: Suite) -> None:
+    suite.host()
+    real = suite.dir / "real.prom"
+    real.write_text("kept\n")
+    fifo, link, directory = suite.dir / "fifo.prom", suite.dir / "link.prom", suite.dir / "dir.prom"
+    os.mkfifo(fifo)
+    link.symlink_to(real)
+    directory.mkdir()
+    for path, words in ((fifo, ["not a regular file (a FIFO)"]), (directory, ["not a regular file (a directory)"]),
+                        (link, ["a symbolic link", f"points to: {real}"])):
+        r = suite.tqctl("metrics", "--output", str(path))
+        assert (r.returncode, r.stdout, r.stderr.count("\n")) == (2, "", 1), r
+        assert r.stderr.startswith(f"tqctl: cannot write {path}: ") and all(w in r.stderr for w in words), r.stderr
+    assert fifo.is_fifo() and link.is_symlink() and directory.is_dir() and real.read_text() == "kept\n"
+    r = suite.tqctl("metrics", "--output", "")
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", "tqctl: --output needs a file name (without --output the "
+                                                        "metrics are printed)\n")
