@@ -177,8 +177,9 @@ def socket_setting(path: str | None = None) -> SocketSetting:
     if not isinstance(host, dict):
         raise ConfigError(origin.get("host", files[0]), "host", "expected a table")
     value = host.get("socket", DEFAULT_SOCKET)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(origin.get("host.socket", files[0]), "host.socket", f"expected a path, got {value!r}")
+    if not isinstance(value, str) or not value.startswith("/"):  # (as the daemons' check, configreader.py)
+        what = "an absolute path (starting with /)" if isinstance(value, str) else "a path"
+        raise ConfigError(origin.get("host.socket", files[0]), "host.socket", f"expected {what}, got {value!r}")
     if "host.socket" in origin:
         source = f"host.socket in {origin['host.socket']}"
     elif not os.path.exists(files[0]):

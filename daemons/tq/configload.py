@@ -275,8 +275,8 @@ def _host(r: _Reader) -> HostConfig:
     r.check_keys({"state_dir", "socket", "durability", "lease", "forget_lost", "retain_age", "retain_count"})
     d = HostConfig()
     return HostConfig(
-        state_dir=r.get("state_dir", str, d.state_dir),
-        socket=r.get("socket", str, d.socket),
+        state_dir=r.path("state_dir", d.state_dir),
+        socket=r.path("socket", d.socket),
         durability=r.choice("durability", DURABILITY_LEVELS, d.durability),
         lease=r.duration("lease", d.lease, minimum=0.1),
         forget_lost=r.duration("forget_lost", d.forget_lost),
@@ -293,7 +293,7 @@ def _gateway(r: _Reader) -> GatewayConfig:
     if port is None or int(port.group(1)) > 65535:
         raise r.error("listen", f"expected host:port (\"127.0.0.1:8790\", \"[::1]:8790\", \":8790\" for every "
                                 f"address), got {listen!r}")
-    cert, key = r.get("tls_cert", str, d.tls_cert), r.get("tls_key", str, d.tls_key)
+    cert, key = r.path("tls_cert", d.tls_cert, optional=True), r.path("tls_key", d.tls_key, optional=True)
     if bool(cert) != bool(key):
         raise r.error("tls_key" if cert else "tls_cert", "tls_cert and tls_key go together (both PEM files)")
     return GatewayConfig(

@@ -184,3 +184,15 @@ def test_a_configuration_file_that_is_no_regular_file_is_refused_at_once(suite: 
             r = subprocess.run(argv, env=suite.env, capture_output=True, text=True, timeout=20,
                                stdin=subprocess.DEVNULL, preexec_fn=_capped())
             refused(r, 2, *words)
+
+
+def test_a_relative_state_dir_is_refused_by_config_check_and_tq_host(suite: Suite) -> None:
+    dropins = suite.config.parent / "tq.d"
+    dropins.mkdir()
+    (dropins / "80-rel.toml").write_text('[host]\nstate_dir = "relstate"\n')
+    words = [f"{dropins}/80-rel.toml: host.state_dir: expected an absolute path", "'relstate'"]
+    refused(tqctl(suite, "config", "check"), 2, *words)
+    host = subprocess.run([sys.executable, "-m", "tq.host", "--config", str(suite.config)], env=suite.env,
+                          capture_output=True, text=True, timeout=60, cwd=suite.dir)
+    refused(host, 2, *words)
+    assert not (suite.dir / "relstate").exists()

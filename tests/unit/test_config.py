@@ -215,3 +215,24 @@ def test_the_name_patterns_take_no_final_newline() -> None:
     for pattern, name in ((config.NAME_RE, "default"), (config.INSTANCE_RE, "3"), (MACHINE_RE, "box"),
                           (WORKER_NAME_RE, "3@box")):
         assert pattern.fullmatch(name) and not pattern.fullmatch(name + "\n"), pattern
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[host]\nstate_dir = "relstate"\n', "host.state_dir"), ('[host]\nstate_dir = ""\n', "host.state_dir"),
+    ('[host]\nsocket = "run/tq.sock"\n', "host.socket"),
+    ('[gateway]\ntls_cert = "cert.pem"\ntls_key = "/k.pem"\n', "gateway.tls_cert"),
+    ('[gateway]\ntls_cert = "/cert.pem"\ntls_key = "k.pem"\n', "gateway.tls_key"),
+])
+def test_a_relative_path_is_refused_naming_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    main = write(tmp_path, "")
+    (tmp_path / "tq.d").mkdir()
+    dropin = write(tmp_path, text, "tq.d/80-rel.toml")
+    with pytest.raises(configload.ConfigError) as e:
+        configload.load(main)
+    assert str(e.value).startswith(f"{dropin}: {key}: expected an absolute path"), str(e.value)
+
+
+def test_the_client_refuses_a_relative_socket(tmp_path: Path) -> None:
+    path = write(tmp_path, '[host]\nsocket = "tq.sock"\n')
+    with pytest.raises(configload.ConfigError, match=f"^{re.escape(path)}: host.socket: expected an absolute path"):
+        configfiles.socket_setting(path)
