@@ -13,7 +13,7 @@ from .. import bounded, control
 from ..client import Client, JobTimeout, NotFound, Refused, TqError
 from ..states import FINAL, JobState
 from ..usage import describe as describe_usage
-from . import batch, options, render
+from . import batch, options, render, visible
 
 if TYPE_CHECKING:
     from .options import Handler, Parser, Register, Subcommands
@@ -173,8 +173,13 @@ def _finish(job: dict[str, Any], as_json: bool) -> int:
     elif job["state"] == "done":
         print(job["result"])
     else:
-        print(f"tqctl: job {job['id']} {job['state']}: {job.get('error') or ''}".rstrip(": "), file=sys.stderr)
+        print(_failure(job), file=sys.stderr)
     return 0 if job["state"] == "done" else control.EXIT_FAILED
+
+
+def _failure(job: dict[str, Any]) -> str:
+    """A job that ended other than done, as one error line: its error (a stderr tail of many lines) escaped."""
+    return f"tqctl: job {job['id']} {job['state']}: {visible.line(job.get('error') or '')}".rstrip(": ")
 
 
 def _add_result(sub: Subcommands, common: Parser) -> None:
@@ -212,7 +217,7 @@ def _results(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         elif job["state"] == "done":
             print(f"{i}: {job['result']}")
         elif job["state"] in FINAL:
-            print(f"tqctl: job {i} {job['state']}: {job.get('error') or ''}".rstrip(": "), file=sys.stderr)
+            print(_failure(job), file=sys.stderr)
         else:
             print(f"tqctl: job {i} has not finished (it is {job['state']})", file=sys.stderr)
     states = [job["state"] for job in jobs.values()]
@@ -279,7 +284,7 @@ def _cmd_list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     for j in jobs:
         outcome = j["result"] if j["state"] == "done" else (j["error"] or "")
         rows.append([str(j["id"]), j["state"], j["task"], j["queue"], str(j["priority"]), str(j["attempts"]),
-                     render.age(j["created_at"]), j["worker"] or "-", (outcome or "").replace("\n", " ")[:40]])
+                     render.age(j["created_at"]), j["worker"] or "-", visible.line((outcome or "")[:40])])
     render.table(rows)
     return 0
 
@@ -307,6 +312,8 @@ def _cmd_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
             value = describe_usage(value).removeprefix("; ") if value else None
         elif key == "children":
             value = " ".join(map(str, value)) if value else None
+        elif isinstance(value, str):  # result, error, unique: the submitter's text
+            value = visible.lines(value)
         print(f"{key + ':':<12} {'-' if value is None else value}")
     return 0
 
