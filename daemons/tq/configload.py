@@ -373,7 +373,7 @@ def _task(r: _Reader, name: str) -> TaskConfig:
         raise r.error("queue", "queue names are letters, digits, _ . - (at most 64)")
     return TaskConfig(
         name=name, handler=handler, command=command, python=python, queue=queue,
-        timeout=r.duration("timeout", d.timeout, minimum=0.001),
+        timeout=r.duration("timeout", d.timeout, minimum=control.MIN_TIMEOUT),
         retries=r.integer("retries", d.retries, 0, MAX_RETRIES),
         priority=r.integer("priority", d.priority, PRIORITY_MIN, PRIORITY_MAX),
         backoff=r.duration("backoff", d.backoff),

@@ -61,7 +61,7 @@ def test_batch_lines_name_the_line_and_field_and_take_durations(suite: Suite, tm
     for lines, words in ((['{"task": "t"}', '{"task": "t", "prio": 5}'], ["line 2", "unknown field 'prio'"]),
                          (['{"task": "t"}', "", '{"task": "t", "priority": "high"}'], ["line 3", "priority"]),
                          (['{"task": "t", "delay": "soon"}'], ["line 1", "delay", "'soon' is not a duration"]),
-                         (['{"task": "t", "timeout": 0}'], ["line 1", "timeout", "more than 0"]),
+                         (['{"task": "t", "timeout": 0}'], ["line 1", "timeout", "at least 0.001s"]),
                          (['{"task": "t", "retries": -1}'], ["line 1", "retries", "0 or more"])):
         batch.write_text("\n".join(lines) + "\n")
         refused(tqctl(suite, "submit", "--batch", str(batch)), 2, str(batch), *words)
@@ -98,7 +98,10 @@ def test_options_that_would_be_ignored_or_out_of_range_are_usage_errors(suite: S
     refused(tqctl(suite, "submit", "t", "--wait-timeout", "5s"), 2, "--wait-timeout", "--wait")
     refused(tqctl(suite, "list", "--limit", "-1"), 2, "--limit", "0 or more")
     refused(tqctl(suite, "submit", "t", "--retries", "-1"), 2, "--retries", "0 or more")
-    refused(tqctl(suite, "submit", "t", "--timeout", "0"), 2, "--timeout", "more than 0")
+    refused(tqctl(suite, "submit", "t", "--timeout", "0"), 2, "--timeout", "at least 0.001s")
+    refused(tqctl(suite, "submit", "t", "--timeout", "0.0001"), 2, "--timeout", "at least 0.001s")
+    refused(tqctl(suite, "submit", "--batch", "-", stdin=b'{"task": "t", "timeout": 1e-320}\n'), 2, "line 1",
+            "at least 0.001s")
     refused(tqctl(suite, "submit", "t" * 300), 2, "too long", "300 characters", "at most 100")
     for command in ("cancel", "retry"):
         r = tqctl(suite, command)

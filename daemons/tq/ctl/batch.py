@@ -115,6 +115,6 @@ def _seconds(name: str, value: float | str) -> float:
         seconds = configfiles.parse_duration(value)
     except ValueError as e:
         raise ValueError(f"{name}: {e}") from None
-    if name == "timeout" and not seconds > 0:
-        raise ValueError(f"timeout must be more than 0, not {value!r}")
+    if name == "timeout" and not seconds >= control.MIN_TIMEOUT:
+        raise ValueError(f"timeout must be at least {control.MIN_TIMEOUT}s (1ms), not {value!r}")
     return seconds

@@ -34,10 +34,10 @@ def duration(text: str) -> float:
 
 
 def positive_duration(text: str) -> float:
-    """A duration of more than 0 (a timeout)."""
+    """A timeout: a duration of at least 1ms (as tq-host takes it)."""
     seconds = duration(text)
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text!r}")
+    if not seconds >= control.MIN_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be at least {control.MIN_TIMEOUT}s (1ms), not {text!r}")
     return seconds
 
 
