@@ -199,3 +199,21 @@ def test_a_relative_state_dir_is_refused_by_config_check_and_tq_host(suite: Suit
                           capture_output=True, text=True, timeout=60, cwd=suite.dir)
     refused(host, 2, *words)
     assert not (suite.dir / "relstate").exists()
+
+
+def test_an_id_or_count_in_other_digits_than_ascii_is_a_usage_error(suite: Suite) -> None:
+    suite.host()
+    suite.client().submit("t")
+    arabic_one = "\u0661"  # Arabic-Indic 1: Python's int() takes it
+    for command in (["show"], ["result"], ["cancel"], ["retry"], ["list", "--after"], ["submit", "t", "--after"],
+                    ["events", "--job"]):
+        refused(tqctl(suite, *command, arabic_one), 2, "expected a job id (digits 0-9)")
+    refused(tqctl(suite, "list", "--limit", arabic_one), 2, "expected a whole number")
+    refused(tqctl(suite, "show", "1_0"), 2, "expected a job id")
+    assert tqctl(suite, "show", "1").returncode == 0
+
+
+def test_a_non_utf8_argument_is_cut_in_the_error(suite: Suite) -> None:
+    r = tqctl(suite, "submit", "x", b"\xc3" * 8000)
+    refused(r, 2, "not UTF-8", "(8000 bytes)")
+    assert len(r.stderr) < 400, len(r.stderr)

@@ -26,7 +26,7 @@ def _add_events(sub: Subcommands, common: Parser) -> None:
                         "with --follow")
     ev.set_defaults(handler=_cmd_events)
     ev.add_argument("--follow", "-f", action="store_true", help="print events as they happen, until interrupted")
-    ev.add_argument("--job", type=int, metavar="ID", help="only this job's events")
+    ev.add_argument("--job", type=options.job_id, metavar="ID", help="only this job's events")
     ev.add_argument("--task", help="only this task's events")
     ev.add_argument("--queue", help="only this queue's events (and its workers')")
     ev.add_argument("--limit", "-n", type=options.count, metavar="N", help="how many of the last events first "

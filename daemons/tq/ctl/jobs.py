@@ -40,7 +40,8 @@ def _add_submit(sub: Subcommands, common: Parser) -> None:
                    "nothing and say so on stderr (--json: \"existing\": true)")
     s.add_argument("--then", action="append", metavar="'TASK [ARG...]'", help="a next step: it runs when the one "
                    "before is done, with its result as payload (repeat for more); a step that fails cancels the rest")
-    s.add_argument("--after", type=int, metavar="ID", help="wait until job ID is done (cancelled if it is not)")
+    s.add_argument("--after", type=options.job_id, metavar="ID",
+                   help="wait until job ID is done (cancelled if it is not)")
     s.add_argument("--exchange", metavar="NAME", help="submit through [exchanges.NAME]: one job per bound queue "
                    "that --key matches; prints every id")
     s.add_argument("--key", help="the routing key for --exchange (e.g. orders.created)")
@@ -185,7 +186,7 @@ def _failure(job: dict[str, Any]) -> str:
 def _add_result(sub: Subcommands, common: Parser) -> None:
     r = sub.add_parser("result", parents=[common], help="print a job's result (several: one line each, ID: result)")
     r.set_defaults(handler=_cmd_result)
-    r.add_argument("ids", type=int, nargs="+", metavar="ID")
+    r.add_argument("ids", type=options.job_id, nargs="+", metavar="ID")
     r.add_argument("--wait", action="store_true", help="wait until the job (every job, in one request) has finished")
     r.add_argument("--wait-timeout", type=options.duration)
 
@@ -273,7 +274,8 @@ def _add_list(sub: Subcommands, common: Parser) -> None:
     ls.add_argument("--queue")
     ls.add_argument("--task")
     ls.add_argument("--limit", type=options.count, default=50)
-    ls.add_argument("--after", type=int, metavar="ID", help="only jobs below id ID (the next page: the last id shown)")
+    ls.add_argument("--after", type=options.job_id, metavar="ID",
+                    help="only jobs below id ID (the next page: the last id shown)")
 
 
 def _cmd_list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
@@ -291,7 +293,7 @@ def _cmd_list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 
 def _add_show(sub: Subcommands, common: Parser) -> None:
     c = sub.add_parser("show", parents=[common], help="show one job")
-    c.add_argument("id", type=int)
+    c.add_argument("id", type=options.job_id)
     c.set_defaults(handler=_cmd_show)
 
 
@@ -321,7 +323,7 @@ def _cmd_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 def _add_bulk(sub: Subcommands, common: Parser, name: str, text: str, handler: Handler) -> None:
     """cancel and retry: one job by ID, or every job that matches the filters."""
     c = sub.add_parser(name, parents=[common], help=text)
-    c.add_argument("id", type=int, nargs="?")
+    c.add_argument("id", type=options.job_id, nargs="?")
     c.add_argument("--state", choices=[s.value for s in JobState])
     c.add_argument("--task")
     c.add_argument("--queue")
