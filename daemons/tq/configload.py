@@ -371,13 +371,18 @@ def _task(r: _Reader, name: str) -> TaskConfig:
     queue: str = r.get("queue", str, d.queue)
     if not NAME_RE.fullmatch(queue):
         raise r.error("queue", "queue names are letters, digits, _ . - (at most 64)")
+    backoff, backoff_max = r.duration("backoff", d.backoff), r.duration("backoff_max", d.backoff_max)
+    if backoff > backoff_max:
+        raise r.error("backoff" if "backoff" in r.table else "backoff_max",
+                      f"backoff ({backoff:g}s, the first retry's wait) is more than backoff_max ({backoff_max:g}s, "
+                      "the longest wait): every retry would wait backoff_max")
     return TaskConfig(
         name=name, handler=handler, command=command, python=python, queue=queue,
         timeout=r.duration("timeout", d.timeout, minimum=control.MIN_TIMEOUT),
         retries=r.integer("retries", d.retries, 0, MAX_RETRIES),
         priority=r.integer("priority", d.priority, PRIORITY_MIN, PRIORITY_MAX),
-        backoff=r.duration("backoff", d.backoff),
-        backoff_max=r.duration("backoff_max", d.backoff_max),
+        backoff=backoff,
+        backoff_max=backoff_max,
         kill_grace=r.duration("kill_grace", d.kill_grace),
         memory_max=r.size("memory_max"),
         cpu_max=None if "cpu_max" not in r.table else max(1, math.ceil(r.duration("cpu_max", 0.0, minimum=1.0))),

@@ -236,3 +236,14 @@ def test_the_client_refuses_a_relative_socket(tmp_path: Path) -> None:
     path = write(tmp_path, '[host]\nsocket = "tq.sock"\n')
     with pytest.raises(configload.ConfigError, match=f"^{re.escape(path)}: host.socket: expected an absolute path"):
         configfiles.socket_setting(path)
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[tasks.x]\nhandler = "echo"\nbackoff = "10m"\nbackoff_max = "1s"\n', "tasks.x.backoff"),
+    ('[tasks.x]\nhandler = "echo"\nbackoff_max = "500ms"\n', "tasks.x.backoff_max"),
+])
+def test_a_backoff_beyond_backoff_max_is_refused_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(configload.ConfigError, match=f"^{re.escape(path)}: {re.escape(key)}: backoff .* is more "
+                                                     "than backoff_max"):
+        configload.load(path)
