@@ -90,6 +90,12 @@ def read_files(path: str | None = None, default_required: bool = False,
         try:
             data = _read(file)
         except FileNotFoundError:
+            if i > 0 and os.path.islink(file):  # a link to nothing: refused as a drop-in that does not parse
+                e = ConfigError(file, "", f"a symbolic link to {os.readlink(file)}, which does not exist")
+                if skipped is None:
+                    raise e from None
+                skipped.append(e)
+                continue
             if i > 0:
                 continue  # a drop-in removed since the glob
             if path is None and "TQ_CONFIG" not in os.environ:

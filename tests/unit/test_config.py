@@ -247,3 +247,15 @@ def test_a_backoff_beyond_backoff_max_is_refused_naming_the_key(tmp_path: Path, 
     with pytest.raises(configload.ConfigError, match=f"^{re.escape(path)}: {re.escape(key)}: backoff .* is more "
                                                      "than backoff_max"):
         configload.load(path)
+
+
+def test_a_dangling_dropin_is_refused_and_left_out_by_the_client(tmp_path: Path) -> None:
+    main = write(tmp_path, '[host]\nsocket = "/run/a.sock"\n')
+    (tmp_path / "tq.d").mkdir()
+    link = tmp_path / "tq.d" / "50-x.toml"
+    link.symlink_to(tmp_path / "gone.toml")
+    with pytest.raises(configload.ConfigError, match=f"^{re.escape(str(link))}: a symbolic link to .*gone.toml, "
+                                                     "which does not exist"):
+        configload.load(main)
+    setting = configfiles.socket_setting(main)
+    assert setting.path == "/run/a.sock" and [e.file for e in setting.skipped] == [str(link)]
