@@ -20,8 +20,8 @@ from .configfiles import ConfigError as ConfigError  # re-exported: config.Confi
 DURABILITY_LEVELS = ("full", "normal")
 JOB_EVENT_LEVELS = ("all", "failures", "none")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-INSTANCE_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # with fullmatch: `$` would take a final newline
+INSTANCE_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 MAX_RETRIES = 1000
 TASK_WORD_MAX, TASK_WORDS_MAX = 100, 16  # a task name: up to 16 dot-separated words of up to 100 characters

@@ -42,14 +42,14 @@ def transport(r: Reader, amqp: AmqpConfig) -> TransportConfig:
     if kind == "posix" and (given := [k for k in ("url", "password_file", *TLS_FILES, "machine") if k in r.table]):
         raise r.error("kind", f'{", ".join(given)}: for kind = "amqp"')
     machine: str = r.get("machine", str, "")
-    if "machine" in r.table and not MACHINE_RE.match(machine):
+    if "machine" in r.table and not MACHINE_RE.fullmatch(machine):
         raise r.error("machine", f"expected a DNS label (letters, digits and -, at most 63), got {machine[:80]!r}")
     return TransportConfig(kind=kind, url=url if kind == "amqp" else None, machine=machine)
 
 
 def broker_url(r: Reader) -> BrokerUrl | None:
     """The table's `url` with its `password_file` and TLS files; None without a url."""
-    files = {key: absolute(r, key) for key in ("password_file", *TLS_FILES)}
+    files = {key: r.path(key, "", optional=True) for key in ("password_file", *TLS_FILES)}
     if "url" not in r.table:
         for key, path in files.items():
             if path:
@@ -81,11 +81,3 @@ def broker_url(r: Reader) -> BrokerUrl | None:
     return BrokerUrl(user=unquote(parts.username), host=host, port=port, vhost=vhost,
                      password_file=files["password_file"], password=password, tls=tls, ca_file=files["ca_file"],
                      cert_file=files["cert_file"], key_file=files["key_file"])
-
-
-def absolute(r: Reader, key: str) -> str:
-    """The table's `key`, a file's absolute path (the daemons run with / as their directory), or ""."""
-    path: str = r.get(key, str, "")
-    if path and not path.startswith("/"):
-        raise r.error(key, f"expected an absolute path, got {path!r}")
-    return path

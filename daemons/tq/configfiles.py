@@ -15,6 +15,8 @@ import re
 import tomllib
 from typing import Any, NamedTuple
 
+from . import bounded
+
 DEFAULT_CONFIG = "/etc/tq/tq.toml"
 DEFAULT_SOCKET = "/run/tq/tq.sock"
 
@@ -88,6 +90,12 @@ def read_files(path: str | None = None, default_required: bool = False,
         try:
             data = _read(file)
         except FileNotFoundError:
+            if i > 0 and os.path.islink(file):  # a link to nothing: refused as a drop-in that does not parse
+                e = ConfigError(file, "", f"a symbolic link to {os.readlink(file)}, which does not exist")
+                if skipped is None:
+                    raise e from None
+                skipped.append(e)
+                continue
             if i > 0:
                 continue  # a drop-in removed since the glob
             if path is None and "TQ_CONFIG" not in os.environ:
@@ -108,11 +116,12 @@ def read_files(path: str | None = None, default_required: bool = False,
 def _read(file: str) -> dict[str, Any]:
     """One file's TOML; FileNotFoundError, or ConfigError naming the file (and for a syntax error its line)."""
     try:
-        with open(file, encoding="utf-8") as f:
-            text = f.read()
+        text = bounded.read_regular(file).decode()
     except FileNotFoundError:
         raise
-    except (OSError, UnicodeDecodeError) as e:
+    except bounded.TooLarge as e:
+        raise ConfigError(file, "", f"{e}, the most a configuration file may hold") from None
+    except (OSError, UnicodeDecodeError, bounded.NotRegular) as e:
         raise ConfigError(file, "", getattr(e, "strerror", None) or str(e)) from None
     try:
         return tomllib.loads(text)
@@ -174,8 +183,9 @@ def socket_setting(path: str | None = None) -> SocketSetting:
     if not isinstance(host, dict):
         raise ConfigError(origin.get("host", files[0]), "host", "expected a table")
     value = host.get("socket", DEFAULT_SOCKET)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(origin.get("host.socket", files[0]), "host.socket", f"expected a path, got {value!r}")
+    if not isinstance(value, str) or not value.startswith("/"):  # (as the daemons' check, configreader.py)
+        what = "an absolute path (starting with /)" if isinstance(value, str) else "a path"
+        raise ConfigError(origin.get("host.socket", files[0]), "host.socket", f"expected {what}, got {value!r}")
     if "host.socket" in origin:
         source = f"host.socket in {origin['host.socket']}"
     elif not os.path.exists(files[0]):

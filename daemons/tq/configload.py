@@ -14,7 +14,7 @@ import re
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
-from . import configbroker, cron
+from . import configbroker, control, cron
 from .config import (
     CATCH_UP,
     DURABILITY_LEVELS,
@@ -113,7 +113,7 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
     overrides = {}
     for key, value in worker_r.table.items():
         if isinstance(value, dict):
-            if not INSTANCE_RE.match(key):
+            if not INSTANCE_RE.fullmatch(key):
                 raise worker_r.error(key, "instance names are letters, digits, _ and -")
             overrides[key] = _worker(worker_r.sub(key), worker, allow_instances=False)
     log = _log(root.sub("log"))
@@ -189,7 +189,7 @@ def _exists(name: str, group: bool) -> bool:
 
 def _schedule(r: _Reader, name: str) -> ScheduleConfig:
     r.check_keys({"cron", "every", "task", "args", "queue", "priority", "timezone", "catch_up", "overlap"})
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise r.error("", "schedule names are letters, digits, _ . - (at most 64)")
     if ("cron" in r.table) == ("every" in r.table):
         raise r.error("", "give one of cron (such as \"*/5 * * * *\" or \"@daily\") or every (such as \"30s\")")
@@ -198,7 +198,7 @@ def _schedule(r: _Reader, name: str) -> ScheduleConfig:
     if not TASK_NAME_RE.fullmatch(task):
         raise r.error("task", f"expected a task name, got {task!r}")
     queue = r.get("queue", str, None)
-    if queue is not None and not NAME_RE.match(queue):
+    if queue is not None and not NAME_RE.fullmatch(queue):
         raise r.error("queue", "queue names are letters, digits, _ . - (at most 64)")
     timezone = _cron_checked(r, "timezone")
     return ScheduleConfig(
@@ -221,7 +221,7 @@ def _cron_checked(r: _Reader, key: str) -> str | None:
 
 def _exchange(r: _Reader, name: str) -> ExchangeConfig:
     r.check_keys({"type", "bindings"})
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise r.error("", "exchange names are letters, digits, _ . - (at most 64)")
     kind = r.choice("type", EXCHANGE_TYPES, "fanout")
     raw = r.get("bindings", list, [])
@@ -231,7 +231,7 @@ def _exchange(r: _Reader, name: str) -> ExchangeConfig:
     for i, b in enumerate(raw):
         if not isinstance(b, dict) or not isinstance(b.get("queue"), str) or set(b) - {"queue", "key"}:
             raise r.error("bindings", f"binding {i + 1}: expected {{ queue = \"NAME\", key = \"KEY\" }}, got {b!r}")
-        if not NAME_RE.match(b["queue"]):
+        if not NAME_RE.fullmatch(b["queue"]):
             raise r.error("bindings", f"binding {i + 1}: invalid queue name {b['queue']!r}")
         key = b.get("key", "")
         if kind == "fanout" and key:
@@ -247,7 +247,7 @@ def _exchange(r: _Reader, name: str) -> ExchangeConfig:
 
 def _queue(r: _Reader, name: str) -> QueueConfig:
     r.check_keys({"submit", "concurrency", "rate"})
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise r.error("", "queue names are letters, digits, _ . - (at most 64)")
     concurrency = None if "concurrency" not in r.table else r.integer("concurrency", 1, 1, 10**6)
     return QueueConfig(name=name, submit=r.principals("submit", None), concurrency=concurrency,
@@ -275,8 +275,8 @@ def _host(r: _Reader) -> HostConfig:
     r.check_keys({"state_dir", "socket", "durability", "lease", "forget_lost", "retain_age", "retain_count"})
     d = HostConfig()
     return HostConfig(
-        state_dir=r.get("state_dir", str, d.state_dir),
-        socket=r.get("socket", str, d.socket),
+        state_dir=r.path("state_dir", d.state_dir),
+        socket=r.path("socket", d.socket),
         durability=r.choice("durability", DURABILITY_LEVELS, d.durability),
         lease=r.duration("lease", d.lease, minimum=0.1),
         forget_lost=r.duration("forget_lost", d.forget_lost),
@@ -293,7 +293,7 @@ def _gateway(r: _Reader) -> GatewayConfig:
     if port is None or int(port.group(1)) > 65535:
         raise r.error("listen", f"expected host:port (\"127.0.0.1:8790\", \"[::1]:8790\", \":8790\" for every "
                                 f"address), got {listen!r}")
-    cert, key = r.get("tls_cert", str, d.tls_cert), r.get("tls_key", str, d.tls_key)
+    cert, key = r.path("tls_cert", d.tls_cert, optional=True), r.path("tls_key", d.tls_key, optional=True)
     if bool(cert) != bool(key):
         raise r.error("tls_key" if cert else "tls_cert", "tls_cert and tls_key go together (both PEM files)")
     return GatewayConfig(
@@ -316,7 +316,7 @@ def _mqueue(r: _Reader) -> MqueueConfig:
         raise r.error("prefix", f"must be a slash and up to 64 letters, digits, _ . - (got {prefix!r})")
     return MqueueConfig(
         prefix=prefix,
-        max_message_size=r.integer("max_message_size", d.max_message_size, 512, 16 * 1024 * 1024),
+        max_message_size=r.integer("max_message_size", d.max_message_size, 512, control.MAX_MESSAGE_SIZE),
         max_messages=r.integer("max_messages", d.max_messages, 2, 65536),
     )
 
@@ -369,15 +369,20 @@ def _task(r: _Reader, name: str) -> TaskConfig:
             raise r.error("python", f"expected \"module:function\", got {python!r}")
         handler = "python"
     queue: str = r.get("queue", str, d.queue)
-    if not NAME_RE.match(queue):
+    if not NAME_RE.fullmatch(queue):
         raise r.error("queue", "queue names are letters, digits, _ . - (at most 64)")
+    backoff, backoff_max = r.duration("backoff", d.backoff), r.duration("backoff_max", d.backoff_max)
+    if backoff > backoff_max:
+        raise r.error("backoff" if "backoff" in r.table else "backoff_max",
+                      f"backoff ({backoff:g}s, the first retry's wait) is more than backoff_max ({backoff_max:g}s, "
+                      "the longest wait): every retry would wait backoff_max")
     return TaskConfig(
         name=name, handler=handler, command=command, python=python, queue=queue,
-        timeout=r.duration("timeout", d.timeout, minimum=0.001),
+        timeout=r.duration("timeout", d.timeout, minimum=control.MIN_TIMEOUT),
         retries=r.integer("retries", d.retries, 0, MAX_RETRIES),
         priority=r.integer("priority", d.priority, PRIORITY_MIN, PRIORITY_MAX),
-        backoff=r.duration("backoff", d.backoff),
-        backoff_max=r.duration("backoff_max", d.backoff_max),
+        backoff=backoff,
+        backoff_max=backoff_max,
         kill_grace=r.duration("kill_grace", d.kill_grace),
         memory_max=r.size("memory_max"),
         cpu_max=None if "cpu_max" not in r.table else max(1, math.ceil(r.duration("cpu_max", 0.0, minimum=1.0))),

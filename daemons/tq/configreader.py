@@ -65,6 +65,14 @@ class Reader:
             raise self.error(key, f"must be at least {minimum:g}s")
         return seconds
 
+    def path(self, key: str, default: str, optional: bool = False) -> str:
+        """A file's or directory's absolute path: the daemons run with / as their directory and tqctl in any, so a
+        relative one would name a different place for each. `optional`: "" is none."""
+        path: str = self.get(key, str, default)
+        if not path.startswith("/") and (path or not optional):
+            raise self.error(key, f"expected an absolute path (starting with /), got {path!r}")
+        return path
+
     def size(self, key: str) -> int | None:
         if key not in self.table:
             return None
@@ -91,7 +99,7 @@ class Reader:
         value = self.get(key, list, None)
         if value is None:
             return default
-        if not value or not all(isinstance(v, str) and NAME_RE.match(v) for v in value):
+        if not value or not all(isinstance(v, str) and NAME_RE.fullmatch(v) for v in value):
             raise self.error(key, "expected a non-empty list of queue names (letters, digits, _ . -)")
         return tuple(value)
 

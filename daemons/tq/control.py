@@ -17,6 +17,8 @@ import sys
 from typing import Any, NamedTuple
 
 MAX_LINE = 64 * 1024 * 1024
+MIN_TIMEOUT = 0.001  # a job's timeout, seconds: 1ms, as tqctl, the API and a task's timeout key take it
+MAX_MESSAGE_SIZE = 16 * 1024 * 1024  # mqueue.max_message_size's ceiling: no job, its payload included, is larger
 _FLOAT_INT = int(sys.float_info.max)  # a number field's largest whole number: JSON's are unbounded
 
 # tqctl's exit statuses (SPEC §3; 0 is ok, 130 interrupted)

@@ -4,8 +4,11 @@ Real tq-host (no workers: nothing here needs a job to run)."""
 
 from __future__ import annotations
 
+import os
+import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,7 +61,7 @@ def test_batch_lines_name_the_line_and_field_and_take_durations(suite: Suite, tm
     for lines, words in ((['{"task": "t"}', '{"task": "t", "prio": 5}'], ["line 2", "unknown field 'prio'"]),
                          (['{"task": "t"}', "", '{"task": "t", "priority": "high"}'], ["line 3", "priority"]),
                          (['{"task": "t", "delay": "soon"}'], ["line 1", "delay", "'soon' is not a duration"]),
-                         (['{"task": "t", "timeout": 0}'], ["line 1", "timeout", "more than 0"]),
+                         (['{"task": "t", "timeout": 0}'], ["line 1", "timeout", "at least 0.001s"]),
                          (['{"task": "t", "retries": -1}'], ["line 1", "retries", "0 or more"])):
         batch.write_text("\n".join(lines) + "\n")
         refused(tqctl(suite, "submit", "--batch", str(batch)), 2, str(batch), *words)
@@ -95,7 +98,10 @@ def test_options_that_would_be_ignored_or_out_of_range_are_usage_errors(suite: S
     refused(tqctl(suite, "submit", "t", "--wait-timeout", "5s"), 2, "--wait-timeout", "--wait")
     refused(tqctl(suite, "list", "--limit", "-1"), 2, "--limit", "0 or more")
     refused(tqctl(suite, "submit", "t", "--retries", "-1"), 2, "--retries", "0 or more")
-    refused(tqctl(suite, "submit", "t", "--timeout", "0"), 2, "--timeout", "more than 0")
+    refused(tqctl(suite, "submit", "t", "--timeout", "0"), 2, "--timeout", "at least 0.001s")
+    refused(tqctl(suite, "submit", "t", "--timeout", "0.0001"), 2, "--timeout", "at least 0.001s")
+    refused(tqctl(suite, "submit", "--batch", "-", stdin=b'{"task": "t", "timeout": 1e-320}\n'), 2, "line 1",
+            "at least 0.001s")
     refused(tqctl(suite, "submit", "t" * 300), 2, "too long", "300 characters", "at most 100")
     for command in ("cancel", "retry"):
         r = tqctl(suite, command)
@@ -134,3 +140,80 @@ def test_nan_and_infinity_are_refused_by_tq_host_and_by_a_batch_naming_the_line(
         with pytest.raises(Refused, match="is not a JSON number"):
             suite.client().submit("t", value)
     assert suite.client().list_jobs() == []
+
+
+def test_a_name_ending_in_a_newline_is_refused_as_any_invalid_name(suite: Suite) -> None:
+    """`$` in a pattern matches before a final newline: each entry point must take the whole name."""
+    suite.host()
+    refused(tqctl(suite, "submit", "t", "--queue", "default\n"), 2, "invalid queue name 'default\\n'")
+    refused(tqctl(suite, "pause", "default\n"), 2, "invalid queue name 'default\\n'")
+    refused(tqctl(suite, "list", "--queue", "default\n"), 2, "invalid queue name 'default\\n'")
+    refused(tqctl(suite, "token", "create", "x\n", "--user", "root"), 2, "invalid token name 'x\\n'")
+    assert suite.client().list_jobs() == [] and suite.client().token_list() == []
+    worker = subprocess.run([sys.executable, "-m", "tq.worker", "--config", str(suite.config), "3\n"],
+                            env=suite.env, capture_output=True, text=True, timeout=60)
+    refused(worker, 2, "invalid instance '3\\n'")
+
+
+def _capped(limit: int = 1 << 30) -> Callable[[], None]:
+    """A child's address space capped (1 GiB): an endless read fails in the child, not the machine."""
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def test_stdin_is_read_no_further_than_a_job_or_a_request_can_hold(suite: Suite) -> None:
+    suite.host()
+    with open("/dev/zero", "rb") as endless:
+        for command, words in ((["submit", "x", "--payload", "-"], ["--payload -", "16 MiB"]),
+                               (["submit", "--batch", "-"], ["-: line 1", "64 MiB"])):
+            r = subprocess.run([sys.executable, "-m", "tq.ctl", "--config", str(suite.config), *command],
+                               env=suite.env, capture_output=True, text=True, timeout=60, stdin=endless,
+                               preexec_fn=_capped())
+            refused(r, 2, *words)
+    refused(tqctl(suite, "submit", "x", "--payload", "-", stdin=b"a" * (16 * 1024 * 1024 + 1)), 2, "16 MiB")
+    assert suite.client().list_jobs() == []
+
+
+def test_a_configuration_file_that_is_no_regular_file_is_refused_at_once(suite: Suite, tmp_path: Path) -> None:
+    fifo = tmp_path / "tq.toml"
+    os.mkfifo(fifo)
+    big = tmp_path / "big" / "tq.toml"
+    big.parent.mkdir()
+    big.write_text("#" * (1024 * 1024) + "\n")
+    for path, words in (("/dev/zero", ["/dev/zero", "not a regular file (a character device)"]),
+                        (str(fifo), [str(fifo), "not a regular file (a FIFO)"]),
+                        (str(big), [str(big), "more than 1 MiB"])):
+        for argv in ([sys.executable, "-m", "tq.ctl", "--config", path, "config", "check"],
+                     [sys.executable, "-m", "tq.host", "--config", path]):
+            r = subprocess.run(argv, env=suite.env, capture_output=True, text=True, timeout=20,
+                               stdin=subprocess.DEVNULL, preexec_fn=_capped())
+            refused(r, 2, *words)
+
+
+def test_a_relative_state_dir_is_refused_by_config_check_and_tq_host(suite: Suite) -> None:
+    dropins = suite.config.parent / "tq.d"
+    dropins.mkdir()
+    (dropins / "80-rel.toml").write_text('[host]\nstate_dir = "relstate"\n')
+    words = [f"{dropins}/80-rel.toml: host.state_dir: expected an absolute path", "'relstate'"]
+    refused(tqctl(suite, "config", "check"), 2, *words)
+    host = subprocess.run([sys.executable, "-m", "tq.host", "--config", str(suite.config)], env=suite.env,
+                          capture_output=True, text=True, timeout=60, cwd=suite.dir)
+    refused(host, 2, *words)
+    assert not (suite.dir / "relstate").exists()
+
+
+def test_an_id_or_count_in_other_digits_than_ascii_is_a_usage_error(suite: Suite) -> None:
+    suite.host()
+    suite.client().submit("t")
+    arabic_one = "\u0661"  # Arabic-Indic 1: Python's int() takes it
+    for command in (["show"], ["result"], ["cancel"], ["retry"], ["list", "--after"], ["submit", "t", "--after"],
+                    ["events", "--job"]):
+        refused(tqctl(suite, *command, arabic_one), 2, "expected a job id (digits 0-9)")
+    refused(tqctl(suite, "list", "--limit", arabic_one), 2, "expected a whole number")
+    refused(tqctl(suite, "show", "1_0"), 2, "expected a job id")
+    assert tqctl(suite, "show", "1").returncode == 0
+
+
+def test_a_non_utf8_argument_is_cut_in_the_error(suite: Suite) -> None:
+    r = tqctl(suite, "submit", "x", b"\xc3" * 8000)
+    refused(r, 2, "not UTF-8", "(8000 bytes)")
+    assert len(r.stderr) < 400, len(r.stderr)

@@ -277,3 +277,44 @@ def test_tqctl_watch_prints_a_line_when_events_come_and_none_while_idle(suite: S
         watcher.send_signal(signal.SIGINT)
         watcher.wait(10)
     assert watcher.returncode == 130  # interrupted, as documented
+
+
+def test_metrics_output_refuses_a_target_that_is_no_regular_file_and_an_empty_name(suite: Suite) -> None:
+    suite.host()
+    real = suite.dir / "real.prom"
+    real.write_text("kept\n")
+    fifo, link, directory = suite.dir / "fifo.prom", suite.dir / "link.prom", suite.dir / "dir.prom"
+    os.mkfifo(fifo)
+    link.symlink_to(real)
+    directory.mkdir()
+    for path, words in ((fifo, ["not a regular file (a FIFO)"]), (directory, ["not a regular file (a directory)"]),
+                        (link, ["a symbolic link", f"points to: {real}"])):
+        r = suite.tqctl("metrics", "--output", str(path))
+        assert (r.returncode, r.stdout, r.stderr.count("\n")) == (2, "", 1), r
+        assert r.stderr.startswith(f"tqctl: cannot write {path}: ") and all(w in r.stderr for w in words), r.stderr
+    assert fifo.is_fifo() and link.is_symlink() and directory.is_dir() and real.read_text() == "kept\n"
+    r = suite.tqctl("metrics", "--output", "")
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", "tqctl: --output needs a file name (without --output the "
+                                                        "metrics are printed)\n")
+
+
+def test_list_and_show_escape_control_characters_and_a_failure_is_one_line(suite: Suite) -> None:
+    """A submitter's text cannot act on the admin's terminal: ESC, BEL, NUL, CR shown as escapes (not in --json);
+    a job's error of many lines is one line in list, submit --wait and result, its lines kept by show."""
+    suite.write_config('\n[tasks.fail]\ncommand = ["sh", "-c", "printf \'first\\\\nsecond\\\\033[31m\' >&2; exit 1"]\n'
+                       'retries = 0\n')
+    suite.start(workers=1)
+    c = suite.client()
+    done = c.submit("echo", "\x00\r\x1b]0;title\x07ünï")
+    c.wait(done, timeout=15)
+    r = suite.tqctl("submit", "--wait", "fail")
+    assert r.returncode == 1 and r.stderr.endswith("first\\nsecond\\x1b[31m\n") and r.stderr.count("\n") == 1, r
+    failed = c.list_jobs(task="fail")[0]["id"]
+    r = suite.tqctl("result", str(failed), str(done))
+    assert r.stderr == f"tqctl: job {failed} dead: exit status 1: first\\nsecond\\x1b[31m\n", r
+    listing = suite.tqctl("list").stdout
+    assert "\x1b" not in listing and "\x07" not in listing and "\r" not in listing, repr(listing)
+    assert "\\x00\\r\\x1b]0;title\\x07ünï" in listing and "first\\nsecond\\x1b[31m" in listing, listing
+    shown = suite.tqctl("show", str(failed)).stdout
+    assert "error:       exit status 1: first\nsecond\\x1b[31m\n" in shown and "\x1b" not in shown, repr(shown)
+    assert json.loads(suite.tqctl("show", "--json", str(done)).stdout)["args"] == ["\x00\r\x1b]0;title\x07ünï"]

@@ -192,3 +192,70 @@ def test_gateway_table_defaults_and_values(tmp_path: Path) -> None:
 def test_gateway_table_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(configload.ConfigError, match=re.escape(key)):
         configload.load(write(tmp_path, f"[gateway]\n{text}\n"))
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[tasks.x]\nhandler = "echo"\nqueue = "mail\\n"\n', "tasks.x.queue"),
+    ('[worker]\nqueues = ["default\\n"]\n', "worker.queues"),
+    ('[queues."q\\n"]\nconcurrency = 1\n', "queues.q\n"),
+    ('[worker."3\\n"]\nqueues = ["a"]\n', "worker.3\n"),
+    ('[tasks.x]\nhandler = "echo"\n[schedules."s\\n"]\nevery = "1m"\ntask = "x"\n', "schedules.s\n:"),
+    ('[schedules.s]\nevery = "1m"\ntask = "x"\nqueue = "q\\n"\n', "schedules.s.queue"),
+    ('[exchanges."e\\n"]\nbindings = [{ queue = "a" }]\n', "exchanges.e\n"),
+    ('[exchanges.e]\nbindings = [{ queue = "a\\n" }]\n', "exchanges.e.bindings"),
+])
+def test_a_name_ending_in_a_newline_is_refused(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(configload.ConfigError) as e:
+        configload.load(write(tmp_path, text))
+    assert key in str(e.value), str(e.value)
+
+
+def test_the_name_patterns_take_no_final_newline() -> None:
+    from tq.transport.machines import MACHINE_RE, WORKER_NAME_RE
+    for pattern, name in ((config.NAME_RE, "default"), (config.INSTANCE_RE, "3"), (MACHINE_RE, "box"),
+                          (WORKER_NAME_RE, "3@box")):
+        assert pattern.fullmatch(name) and not pattern.fullmatch(name + "\n"), pattern
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[host]\nstate_dir = "relstate"\n', "host.state_dir"), ('[host]\nstate_dir = ""\n', "host.state_dir"),
+    ('[host]\nsocket = "run/tq.sock"\n', "host.socket"),
+    ('[gateway]\ntls_cert = "cert.pem"\ntls_key = "/k.pem"\n', "gateway.tls_cert"),
+    ('[gateway]\ntls_cert = "/cert.pem"\ntls_key = "k.pem"\n', "gateway.tls_key"),
+])
+def test_a_relative_path_is_refused_naming_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    main = write(tmp_path, "")
+    (tmp_path / "tq.d").mkdir()
+    dropin = write(tmp_path, text, "tq.d/80-rel.toml")
+    with pytest.raises(configload.ConfigError) as e:
+        configload.load(main)
+    assert str(e.value).startswith(f"{dropin}: {key}: expected an absolute path"), str(e.value)
+
+
+def test_the_client_refuses_a_relative_socket(tmp_path: Path) -> None:
+    path = write(tmp_path, '[host]\nsocket = "tq.sock"\n')
+    with pytest.raises(configload.ConfigError, match=f"^{re.escape(path)}: host.socket: expected an absolute path"):
+        configfiles.socket_setting(path)
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[tasks.x]\nhandler = "echo"\nbackoff = "10m"\nbackoff_max = "1s"\n', "tasks.x.backoff"),
+    ('[tasks.x]\nhandler = "echo"\nbackoff_max = "500ms"\n', "tasks.x.backoff_max"),
+])
+def test_a_backoff_beyond_backoff_max_is_refused_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(configload.ConfigError, match=f"^{re.escape(path)}: {re.escape(key)}: backoff .* is more "
+                                                     "than backoff_max"):
+        configload.load(path)
+
+
+def test_a_dangling_dropin_is_refused_and_left_out_by_the_client(tmp_path: Path) -> None:
+    main = write(tmp_path, '[host]\nsocket = "/run/a.sock"\n')
+    (tmp_path / "tq.d").mkdir()
+    link = tmp_path / "tq.d" / "50-x.toml"
+    link.symlink_to(tmp_path / "gone.toml")
+    with pytest.raises(configload.ConfigError, match=f"^{re.escape(str(link))}: a symbolic link to .*gone.toml, "
+                                                     "which does not exist"):
+        configload.load(main)
+    setting = configfiles.socket_setting(main)
+    assert setting.path == "/run/a.sock" and [e.file for e in setting.skipped] == [str(link)]

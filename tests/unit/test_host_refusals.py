@@ -68,7 +68,8 @@ def test_an_event_filter_s_job_beyond_64_bits_is_refused_with_the_range(parts: P
 @pytest.mark.parametrize("option, value, words", [
     ("retries", -1, ["retries", "0 to 1000", "-1"]),
     ("retries", BEYOND_64_BITS, ["retries", "0 to 1000"]),
-    ("timeout", 0, ["timeout", "more than 0"]),
+    ("timeout", 0, ["timeout", "at least 0.001"]),
+    ("timeout", 1e-320, ["timeout", "at least 0.001"]),
     ("delay", -5, ["delay", "0 or more"]),
 ])
 def test_an_option_out_of_range_is_refused_naming_it_and_its_rule(parts: Parts, option: str, value: int,

@@ -110,7 +110,8 @@ def _check_utf8(argv: list[str]) -> None:
         try:
             arg.encode()
         except UnicodeEncodeError:
-            shown = os.fsencode(arg).decode(errors="backslashreplace")
+            raw = os.fsencode(arg)
+            shown = raw[:60].decode(errors="backslashreplace") + (f"... ({len(raw)} bytes)" if len(raw) > 60 else "")
             raise Refused(f"argument '{shown}' is not UTF-8 text (tq takes names, arguments and payloads in "
                           "UTF-8)") from None
 

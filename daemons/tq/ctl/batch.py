@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import IO, Any
 
-from .. import configfiles, control
+from .. import bounded, configfiles, control
 from ..client import Client, Refused
 from . import render
 
@@ -66,8 +66,11 @@ def _specs(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
         source: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # (closed below)
     except OSError as e:
         raise Refused(f"--batch {path}: {e.strerror}") from None
-    with source:
-        for number, raw in enumerate(source, 1):
+    with source:  # a line at a time, none longer than a request tq-host reads: an endless one is not held
+        for number, raw in enumerate(iter(lambda: source.readline(control.MAX_LINE + 1), b""), 1):
+            if len(raw) > control.MAX_LINE:
+                raise Refused(f"{path}: line {number}: longer than {bounded.size(control.MAX_LINE)}, the largest "
+                              "request tq-host reads")
             try:
                 line = raw.decode()
             except UnicodeDecodeError as e:
@@ -112,6 +115,6 @@ def _seconds(name: str, value: float | str) -> float:
         seconds = configfiles.parse_duration(value)
     except ValueError as e:
         raise ValueError(f"{name}: {e}") from None
-    if name == "timeout" and not seconds > 0:
-        raise ValueError(f"timeout must be more than 0, not {value!r}")
+    if name == "timeout" and not seconds >= control.MIN_TIMEOUT:
+        raise ValueError(f"timeout must be at least {control.MIN_TIMEOUT}s (1ms), not {value!r}")
     return seconds

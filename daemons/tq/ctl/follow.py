@@ -11,6 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import bounded
 from ..client import Client, HostUnreachable, Refused
 from . import options, render
 
@@ -25,7 +26,7 @@ def _add_events(sub: Subcommands, common: Parser) -> None:
                         "with --follow")
     ev.set_defaults(handler=_cmd_events)
     ev.add_argument("--follow", "-f", action="store_true", help="print events as they happen, until interrupted")
-    ev.add_argument("--job", type=int, metavar="ID", help="only this job's events")
+    ev.add_argument("--job", type=options.job_id, metavar="ID", help="only this job's events")
     ev.add_argument("--task", help="only this task's events")
     ev.add_argument("--queue", help="only this queue's events (and its workers')")
     ev.add_argument("--limit", "-n", type=options.count, metavar="N", help="how many of the last events first "
@@ -104,11 +105,14 @@ def _add_metrics(sub: Subcommands, common: Parser) -> None:
                        "the host's snapshot they are made from)")
     m.set_defaults(handler=_cmd_metrics)
     m.add_argument("--output", "-o", metavar="FILE", help="write them to FILE atomically (for node_exporter's "
-                   "textfile collector) instead of printing them")
+                   "textfile collector) instead of printing them; FILE is a regular file or new (a symbolic link, "
+                   "device or FIFO is refused)")
 
 
 def _cmd_metrics(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    if as_json and not args.output:
+    if args.output is not None and (problem := _output_problem(args.output)) is not None:
+        raise Refused(problem)
+    if as_json and args.output is None:
         render.out(client.metrics())
         return 0
     try:
@@ -119,7 +123,7 @@ def _cmd_metrics(client: Client, args: argparse.Namespace, as_json: bool) -> int
         from .. import metrics  # the Prometheus client library, only to say tq_up 0
 
         text, up = metrics.render(None), False
-    if args.output:
+    if args.output is not None:
         try:
             _write_atomically(args.output, text)
         except OSError as e:
@@ -127,6 +131,28 @@ def _cmd_metrics(client: Client, args: argparse.Namespace, as_json: bool) -> int
     else:
         sys.stdout.buffer.write(text)
     return 0 if up else HostUnreachable.exit_code
+
+
+def _output_problem(path: str) -> str | None:
+    """Why `--output path` is refused: no name, or a path that is there and is not a regular file. The file is
+    replaced by a rename, which would put a regular file in place of a device (/dev/full), a FIFO or a symbolic
+    link; a link is not followed either: as root (tq-metrics.service) a link would point the write anywhere."""
+    import stat
+
+    if not path:
+        return "--output needs a file name (without --output the metrics are printed)"
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None  # a new file
+    except OSError as e:
+        return f"cannot write {path}: {e.strerror or e}"
+    if stat.S_ISLNK(mode):
+        return (f"cannot write {path}: a symbolic link, which would be replaced by a file (give the file it "
+                f"points to: {os.path.realpath(path)})")
+    if not stat.S_ISREG(mode):
+        return f"cannot write {path}: not a regular file ({bounded.file_kind(mode)}), which would be replaced"
+    return None
 
 
 def _write_atomically(path: str, data: bytes) -> None:

@@ -9,11 +9,11 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import control
+from .. import bounded, control
 from ..client import Client, JobTimeout, NotFound, Refused, TqError
 from ..states import FINAL, JobState
 from ..usage import describe as describe_usage
-from . import batch, options, render
+from . import batch, options, render, visible
 
 if TYPE_CHECKING:
     from .options import Handler, Parser, Register, Subcommands
@@ -40,7 +40,8 @@ def _add_submit(sub: Subcommands, common: Parser) -> None:
                    "nothing and say so on stderr (--json: \"existing\": true)")
     s.add_argument("--then", action="append", metavar="'TASK [ARG...]'", help="a next step: it runs when the one "
                    "before is done, with its result as payload (repeat for more); a step that fails cancels the rest")
-    s.add_argument("--after", type=int, metavar="ID", help="wait until job ID is done (cancelled if it is not)")
+    s.add_argument("--after", type=options.job_id, metavar="ID",
+                   help="wait until job ID is done (cancelled if it is not)")
     s.add_argument("--exchange", metavar="NAME", help="submit through [exchanges.NAME]: one job per bound queue "
                    "that --key matches; prints every id")
     s.add_argument("--key", help="the routing key for --exchange (e.g. orders.created)")
@@ -113,8 +114,12 @@ def _check_submit(args: argparse.Namespace) -> None:
 
 
 def _stdin_text() -> str:
-    """`--payload -`: stdin, which must be UTF-8 text."""
-    data = sys.stdin.buffer.read()
+    """`--payload -`: stdin, which must be UTF-8 text, and no more than a job can carry (read no further)."""
+    try:
+        data = bounded.read(sys.stdin.buffer, control.MAX_MESSAGE_SIZE)
+    except bounded.TooLarge as e:
+        raise Refused(f"--payload -: stdin is {e}, the largest job (mqueue.max_message_size) there can be"
+                      ) from None
     try:
         return data.decode()
     except UnicodeDecodeError as e:
@@ -169,14 +174,19 @@ def _finish(job: dict[str, Any], as_json: bool) -> int:
     elif job["state"] == "done":
         print(job["result"])
     else:
-        print(f"tqctl: job {job['id']} {job['state']}: {job.get('error') or ''}".rstrip(": "), file=sys.stderr)
+        print(_failure(job), file=sys.stderr)
     return 0 if job["state"] == "done" else control.EXIT_FAILED
+
+
+def _failure(job: dict[str, Any]) -> str:
+    """A job that ended other than done, as one error line: its error (a stderr tail of many lines) escaped."""
+    return f"tqctl: job {job['id']} {job['state']}: {visible.line(job.get('error') or '')}".rstrip(": ")
 
 
 def _add_result(sub: Subcommands, common: Parser) -> None:
     r = sub.add_parser("result", parents=[common], help="print a job's result (several: one line each, ID: result)")
     r.set_defaults(handler=_cmd_result)
-    r.add_argument("ids", type=int, nargs="+", metavar="ID")
+    r.add_argument("ids", type=options.job_id, nargs="+", metavar="ID")
     r.add_argument("--wait", action="store_true", help="wait until the job (every job, in one request) has finished")
     r.add_argument("--wait-timeout", type=options.duration)
 
@@ -208,7 +218,7 @@ def _results(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         elif job["state"] == "done":
             print(f"{i}: {job['result']}")
         elif job["state"] in FINAL:
-            print(f"tqctl: job {i} {job['state']}: {job.get('error') or ''}".rstrip(": "), file=sys.stderr)
+            print(_failure(job), file=sys.stderr)
         else:
             print(f"tqctl: job {i} has not finished (it is {job['state']})", file=sys.stderr)
     states = [job["state"] for job in jobs.values()]
@@ -264,7 +274,8 @@ def _add_list(sub: Subcommands, common: Parser) -> None:
     ls.add_argument("--queue")
     ls.add_argument("--task")
     ls.add_argument("--limit", type=options.count, default=50)
-    ls.add_argument("--after", type=int, metavar="ID", help="only jobs below id ID (the next page: the last id shown)")
+    ls.add_argument("--after", type=options.job_id, metavar="ID",
+                    help="only jobs below id ID (the next page: the last id shown)")
 
 
 def _cmd_list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
@@ -275,14 +286,14 @@ def _cmd_list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     for j in jobs:
         outcome = j["result"] if j["state"] == "done" else (j["error"] or "")
         rows.append([str(j["id"]), j["state"], j["task"], j["queue"], str(j["priority"]), str(j["attempts"]),
-                     render.age(j["created_at"]), j["worker"] or "-", (outcome or "").replace("\n", " ")[:40]])
+                     render.age(j["created_at"]), j["worker"] or "-", visible.line((outcome or "")[:40])])
     render.table(rows)
     return 0
 
 
 def _add_show(sub: Subcommands, common: Parser) -> None:
     c = sub.add_parser("show", parents=[common], help="show one job")
-    c.add_argument("id", type=int)
+    c.add_argument("id", type=options.job_id)
     c.set_defaults(handler=_cmd_show)
 
 
@@ -303,6 +314,8 @@ def _cmd_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
             value = describe_usage(value).removeprefix("; ") if value else None
         elif key == "children":
             value = " ".join(map(str, value)) if value else None
+        elif isinstance(value, str):  # result, error, unique: the submitter's text
+            value = visible.lines(value)
         print(f"{key + ':':<12} {'-' if value is None else value}")
     return 0
 
@@ -310,7 +323,7 @@ def _cmd_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
 def _add_bulk(sub: Subcommands, common: Parser, name: str, text: str, handler: Handler) -> None:
     """cancel and retry: one job by ID, or every job that matches the filters."""
     c = sub.add_parser(name, parents=[common], help=text)
-    c.add_argument("id", type=int, nargs="?")
+    c.add_argument("id", type=options.job_id, nargs="?")
     c.add_argument("--state", choices=[s.value for s in JobState])
     c.add_argument("--task")
     c.add_argument("--queue")

@@ -34,19 +34,28 @@ def duration(text: str) -> float:
 
 
 def positive_duration(text: str) -> float:
-    """A duration of more than 0 (a timeout)."""
+    """A timeout: a duration of at least 1ms (as tq-host takes it)."""
     seconds = duration(text)
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text!r}")
+    if not seconds >= control.MIN_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be at least {control.MIN_TIMEOUT}s (1ms), not {text!r}")
     return seconds
 
 
+def job_id(text: str) -> int:
+    """A job id as tq-host takes it: ASCII digits (a minus too: then no job has it). Python's int() would take
+    other scripts' digits (Arabic-Indic ١٢ as 12), "_" and spaces."""
+    digits = text.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a job id (digits 0-9), not {text[:60]!r}")
+    return int(text)
+
+
 def count(text: str) -> int:
-    """A whole number, 0 or more (a limit, retries)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    """A whole number, 0 or more (a limit, retries), in ASCII digits as job_id."""
+    digits = text.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text[:60]!r}")
+    n = int(text)
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
     return n

@@ -281,7 +281,7 @@ def _filter(params: dict[str, str]) -> Selection:
     task, queue = params.get("task") or None, params.get("queue") or None
     if task is not None and (problem := config.task_name_problem(task)) is not None:
         raise errors.bad_request(f"task filter: {problem}")
-    if queue is not None and not config.NAME_RE.match(queue):
+    if queue is not None and not config.NAME_RE.fullmatch(queue):
         raise errors.bad_request(f"invalid queue name {queue[:60]!r}")
     return Selection(job, task, queue)
 

@@ -114,7 +114,7 @@ class Fleet:
             self.malformed(f"dropped a {type(msg).__name__} message, which workers do not send")
 
     def _worker(self, instance: str) -> WorkerState | None:
-        if not WORKER_NAME_RE.match(instance):
+        if not WORKER_NAME_RE.fullmatch(instance):
             self.malformed(f"dropped a message from an invalid worker instance {instance[:40]!r}")
             return None
         return self.workers.setdefault(instance, WorkerState(instance, state="lost"))

@@ -199,7 +199,7 @@ class Requests:
     def _pause(self, conn: Conn, rid: Any, req: dict[str, Any], paused: bool = True) -> dict[str, Any]:
         """Pause (or resume) a queue: submits are taken, nothing is dispatched; running jobs finish."""
         queue = control.field(req, "queue", str)
-        if not config.NAME_RE.match(queue):
+        if not config.NAME_RE.fullmatch(queue):
             raise RequestError("bad_request", f"invalid queue name {queue[:60]!r}")
         refusal = self.access.may_steer(conn.uid, conn.gid, f"{'pause' if paused else 'resume'} a queue")
         if refusal is not None:
@@ -279,7 +279,7 @@ def _names(req: dict[str, Any]) -> tuple[str | None, str | None]:
     queue = control.field(req, "queue", str, None) or None
     if task is not None and (problem := config.task_name_problem(task)) is not None:
         raise RequestError("bad_request", f"task filter: {problem}")
-    if queue is not None and not config.NAME_RE.match(queue):
+    if queue is not None and not config.NAME_RE.fullmatch(queue):
         raise RequestError("bad_request", f"invalid queue name {queue[:60]!r}")
     return task, queue
 

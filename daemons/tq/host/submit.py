@@ -221,7 +221,7 @@ class Admission:
 def _job_options(spec: dict[str, Any], task: config.TaskConfig) -> tuple[str, int, float, float, int]:
     """queue, priority, delay, timeout and retries of a job spec, each checked, the task's by default."""
     queue = control.field(spec, "queue", str, task.queue)
-    if not config.NAME_RE.match(queue):
+    if not config.NAME_RE.fullmatch(queue):
         raise RequestError("bad_request", f"invalid queue name {queue[:60]!r}")
     priority = control.field(spec, "priority", int, task.priority)
     if not config.PRIORITY_MIN <= priority <= config.PRIORITY_MAX:
@@ -242,9 +242,9 @@ def _job_options(spec: dict[str, Any], task: config.TaskConfig) -> tuple[str, in
         raise RequestError("bad_request", f"delay {delay:g} runs the job past the year 9999: at most until "
                                           f"{LATEST_RUN_AT:.0f} seconds since the epoch")
     timeout = float(control.field(spec, "timeout", (int, float), task.timeout))
-    if not 0 < timeout < math.inf:
-        raise RequestError("bad_request", f"timeout must be a number of seconds, more than 0 and finite, "
-                                          f"not {timeout}")
+    if not control.MIN_TIMEOUT <= timeout < math.inf:
+        raise RequestError("bad_request", f"timeout must be a number of seconds, at least {control.MIN_TIMEOUT} "
+                                          f"(1ms) and finite, not {timeout}")
     retries = control.field(spec, "retries", int, task.retries)
     if not 0 <= retries <= config.MAX_RETRIES:
         raise RequestError("bad_request", f"retries must be from 0 to {config.MAX_RETRIES}, not {retries}")

@@ -101,7 +101,7 @@ class Tokens:
         name = control.field(req, "name", str)
         user = control.field(req, "user", str)
         read_only = control.field(req, "read_only", bool, False)
-        if not config.NAME_RE.match(name):
+        if not config.NAME_RE.fullmatch(name):
             raise RequestError("bad_request", f"invalid token name {name[:60]!r}: letters, digits, _ . -")
         self._steer(conn, "manage tokens")
         _account(user, "bad_request")

@@ -13,11 +13,11 @@ import re
 import socket
 
 MACHINE_MAX = 63  # a DNS label's length
-MACHINE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")  # `[transport] machine`: a DNS label
+MACHINE_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # `[transport] machine`: a DNS label
 # Where the machine's identity is: systemd's, D-Bus's (older systems), else this boot's (one per machine too).
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id", "/proc/sys/kernel/random/boot_id")
 # A worker's name as tq-host accepts it: the instance (systemd's %i), then "@" and the machine for a remote one.
-WORKER_NAME_RE = re.compile(rf"^[A-Za-z0-9_-]{{1,32}}(@[A-Za-z0-9_-]{{1,{MACHINE_MAX}}})?$")
+WORKER_NAME_RE = re.compile(rf"[A-Za-z0-9_-]{{1,32}}(@[A-Za-z0-9_-]{{1,{MACHINE_MAX}}})?")
 
 
 def machine_instance(instance: str, machine: str | None = None) -> str:

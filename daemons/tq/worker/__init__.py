@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not config.INSTANCE_RE.match(args.instance):
+    if not config.INSTANCE_RE.fullmatch(args.instance):
         print(f"tq-worker: invalid instance {args.instance!r}: letters, digits, _ and - (at most 32)",
               file=sys.stderr)
         return EXIT_CONFIG
