@@ -443,6 +443,12 @@ def pages(readme: str, gateway_doc: str) -> dict[str, str]:
                 ("`SIGHUP`", "Re-read the configuration; a bad file is refused and the running configuration kept "
                              "(`systemctl reload tq-host`)."),
                 ("`SIGTERM`", "Stop. The workers carry on; jobs in flight complete.")]),
+            "EXIT STATUS": terms([("`0`", "Stopped by SIGTERM or SIGINT."),
+                                  ("`1`", "Cannot start: another tq-host runs on the state dir or the socket, "
+                                          "something other than a socket is at `host.socket`, the store is "
+                                          "damaged, unreadable or its disk full; one line says why "
+                                          "(`cannot start: ...`)."),
+                                  ("`2`", "The configuration does not load; stderr names the file and the key.")]),
             "FILES": daemon_files,
             "SEE ALSO": [see_also("tqctl(1)", "tq-worker(8)", "tq.toml(5)", *see_daemon)]}),
         "tq-worker.8": parser_page(worker.build_parser(), 8, {

@@ -19,6 +19,7 @@ from .. import control
 from ..daemon import StartError
 from ..log import Burst
 from ..ownership import restrict
+from ..socketpath import socket_there
 
 SOCKET_MODE = 0o660  # root and group tq
 
@@ -54,9 +55,14 @@ class Server:
         self._chunk = bytearray(1 << 16)  # every connection reads into this, then appends what came
 
     def listen(self, path: str) -> None:
-        """Bind `path` (mode 0660, group tq); a stale socket file is replaced, a live one is refused."""
+        """Bind `path` (mode 0660, group tq); a stale socket file is replaced, a live one is refused, and anything
+        else at that path (a file, a directory, a symlink) is refused and left as it is."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if os.path.exists(path):
+        try:
+            stale = socket_there(path)
+        except ValueError as e:
+            raise StartError(f"host.socket: {e}") from None
+        if stale:
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 probe.connect(path)
