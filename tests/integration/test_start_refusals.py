@@ -3,7 +3,10 @@ file at `host.socket` that is no socket, a damaged store. It changes nothing and
 
 from __future__ import annotations
 
+import os
 import socket
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -12,9 +15,11 @@ from harness import Suite
 
 def failed_start(suite: Suite) -> str:
     """Start tq-host, which must fail: exit status 1 and one line (no traceback) on its stderr; that line."""
+    log = suite.dir / "host.log"  # (an earlier host of the test wrote to it too)
+    earlier = log.stat().st_size if log.exists() else 0
     host = suite.host(ready=False)
     assert host.wait() == 1
-    text = host.text()
+    text = log.read_bytes()[earlier:].decode()
     assert "Traceback" not in text, text
     lines = text.strip().splitlines()
     assert len(lines) == 1, text
@@ -55,3 +60,42 @@ def test_config_check_refuses_a_socket_path_where_a_file_is(suite: Suite) -> Non
     r = suite.tqctl("config", "check")
     assert r.returncode == 2
     assert f"host.socket: {suite.dir}/tq.sock exists and is not a socket but a regular file" in r.stderr
+
+
+def damage_a_page(store: Path, table: str) -> None:
+    """Overwrite a leaf page in the middle of a table with random bytes, as a failing disk might (the tester's §5:
+    the store opens, and reading its jobs fails)."""
+    db = sqlite3.connect(store)
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    leaves = [n for (n,) in db.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' "
+                                       "ORDER BY pageno", (table,))]
+    db.close()
+    with open(store, "r+b") as f:
+        f.seek(page_size * (leaves[len(leaves) // 2] - 1))
+        f.write(os.urandom(page_size))
+
+
+def test_a_damaged_store_is_refused_in_one_line_that_says_what_to_do_and_no_socket_is_left(suite: Suite) -> None:
+    suite.host()
+    c = suite.client()
+    c.submit_many([("task-1", [str(i) * 50]) for i in range(300)])  # some pages of jobs
+    suite.store_rows("SELECT 1")  # a clean stop
+    store = suite.dir / "state" / "tq.sqlite3"
+    damage_a_page(store, "jobs")
+    line = failed_start(suite)
+    assert f"cannot start: store {store} is damaged" in line
+    assert f"sqlite3 {store} 'PRAGMA integrity_check'" in line and "restore" in line
+    assert not (suite.dir / "tq.sock").exists()
+    r = suite.tqctl("status")
+    assert r.returncode == 3 and "No such file" in r.stderr
+
+
+def test_a_truncated_store_is_refused_as_damaged_too(suite: Suite) -> None:
+    suite.host()
+    suite.client().submit_many([("task-1", [str(i) * 50]) for i in range(300)])
+    suite.store_rows("SELECT 1")
+    store = suite.dir / "state" / "tq.sqlite3"
+    os.truncate(store, store.stat().st_size // 2)
+    line = failed_start(suite)
+    assert f"cannot start: store {store} is damaged (database disk image is malformed)" in line
+    assert not (suite.dir / "tq.sock").exists()

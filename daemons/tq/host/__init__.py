@@ -37,7 +37,8 @@ from ..log import Burst
 from .assembly import assemble
 from .brokerwatch import BrokerWatch, link_state
 from .recovery import recover
-from .store import StoreError
+from .store import STORE_FILE, StoreError
+from .storefaults import describe
 
 
 class Host(Daemon):
@@ -114,7 +115,13 @@ class Host(Daemon):
         recover(self.fleet, time.monotonic())
 
     def run(self) -> int:
-        self.start()
+        try:
+            self.start()
+        except BaseException as e:  # no socket left behind: tqctl would say "refused", not "no such file"
+            self.server.close()
+            if isinstance(e, sqlite3.Error):  # the store opened, and reading its jobs failed: a damaged page
+                raise StoreError(describe(self.store.path, e)) from None
+            raise
         while not self.stop_requested:
             self.step()
         self.shutdown()
@@ -282,4 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         return host.run()
     except (StartError, StoreError, transport.MailboxError, OSError) as e:
         logging.getLogger("tq-host").error("cannot start: %s", e)
+        return 1
+    except sqlite3.Error as e:  # (what the store's other tables hold, read while the parts are made)
+        logging.getLogger("tq-host").error("cannot start: %s",
+                                           describe(os.path.join(cfg.host.state_dir, STORE_FILE), e))
         return 1
