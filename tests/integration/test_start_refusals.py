@@ -3,9 +3,12 @@ file at `host.socket` that is no socket, a damaged store. It changes nothing and
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,21 @@ def test_a_truncated_store_is_refused_as_damaged_too(suite: Suite) -> None:
     line = failed_start(suite)
     assert f"cannot start: store {store} is damaged (database disk image is malformed)" in line
     assert not (suite.dir / "tq.sock").exists()
+
+
+def test_a_state_dir_the_host_cannot_write_is_refused_naming_the_key_and_the_user(suite: Suite) -> None:
+    state = suite.dir / "state"
+    state.mkdir(mode=0o555)
+    if os.access(state, os.W_OK) and os.geteuid() == 0:
+        state.chmod(0o755)  # root writes anyway: a read-only directory of root's is seen by nobody instead
+        r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m",
+                            "tq.host", "--config", str(suite.config)], env=suite.env, capture_output=True,
+                           text=True, timeout=30)
+        user = "nobody"
+    else:
+        r = subprocess.run([sys.executable, "-m", "tq.host", "--config", str(suite.config)], env=suite.env,
+                           capture_output=True, text=True, timeout=30)
+        user = getpass.getuser()
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert (f"cannot start: host.state_dir: cannot write {state}/tq.lock: Permission denied (as user {user})"
+            in r.stderr), r.stderr

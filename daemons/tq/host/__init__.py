@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import getpass
 import logging
 import os
 import selectors
@@ -264,8 +265,13 @@ class Host(Daemon):
 
 def _lock_state_dir(state_dir: str) -> IO[str]:
     """Hold the state dir's lock file for as long as this process lives: one tq-host per store."""
-    os.makedirs(state_dir, mode=0o750, exist_ok=True)
-    lock = open(os.path.join(state_dir, "tq.lock"), "a")
+    path = os.path.join(state_dir, "tq.lock")
+    try:
+        os.makedirs(state_dir, mode=0o750, exist_ok=True)
+        lock = open(path, "a")
+    except OSError as e:  # read-only, another user's: say so as the store would, naming the key and the user
+        raise StartError(f"host.state_dir: cannot write {e.filename or path}: {e.strerror or e} (as user "
+                         f"{getpass.getuser()}): it must be a writable directory of tq-host's user") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
