@@ -450,8 +450,9 @@ def pages(readme: str, gateway_doc: str) -> dict[str, str]:
                 ("`SIGTERM`", "Stop. The workers carry on; jobs in flight complete.")]),
             "EXIT STATUS": terms([
                 stopped,
-                ("`1`", "Cannot start (another tq-host holds `host.state_dir`, the socket or the mailbox cannot be "
-                        "opened); the journal says why. " + cannot_start),
+                ("`1`", "Cannot start: another tq-host runs on the state dir or the socket, something other than a "
+                        "socket is at `host.socket`, the mailbox cannot be opened, the store is damaged, unreadable "
+                        "or its disk full; one line says why (`cannot start: ...`). " + cannot_start),
                 ("`2`", "The configuration does not load, or a usage error; stderr names the file, the key and "
                         "the reason. " + no_restart)]),
             "FILES": daemon_files,

@@ -44,6 +44,7 @@ from .config import (
 from .configfiles import ConfigError as ConfigError  # re-exported: what load raises
 from .configfiles import read_files, unreadable_files
 from .configreader import Reader as _Reader
+from .socketpath import socket_there
 
 if TYPE_CHECKING:
     import logging
@@ -60,7 +61,17 @@ def check(path: str | None = None) -> tuple[Config, list[ConfigError]]:
     """`tqctl config check`: load (ConfigError as load's; the default file is required), and the files that the
     configuration names for a daemon to read at its start which are missing or unreadable here."""
     merged, origin, files = read_files(path, default_required=True)
-    return _build(merged, origin, files), unreadable_files(merged, origin, files)
+    cfg = _build(merged, origin, files)
+    return cfg, unreadable_files(merged, origin, files) + _socket_path_taken(cfg, origin, files)
+
+
+def _socket_path_taken(cfg: Config, origin: dict[str, str], files: tuple[str, ...]) -> list[ConfigError]:
+    """host.socket when something other than a socket is at its path: tq-host would refuse to start."""
+    try:
+        socket_there(cfg.host.socket)
+    except ValueError as e:
+        return [ConfigError(origin.get("host.socket") or origin.get("host") or files[0], "host.socket", str(e))]
+    return []
 
 
 def reload(path: str | None, logger: logging.Logger) -> Config | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import getpass
 import logging
 import os
 import selectors
@@ -37,7 +38,8 @@ from ..log import Burst
 from .assembly import assemble
 from .brokerwatch import BrokerWatch, link_state
 from .recovery import recover
-from .store import StoreError
+from .store import STORE_FILE, StoreError
+from .storefaults import describe
 
 
 class Host(Daemon):
@@ -114,7 +116,13 @@ class Host(Daemon):
         recover(self.fleet, time.monotonic())
 
     def run(self) -> int:
-        self.start()
+        try:
+            self.start()
+        except BaseException as e:  # no socket left behind: tqctl would say "refused", not "no such file"
+            self.server.close()
+            if isinstance(e, sqlite3.Error):  # the store opened, and reading its jobs failed: a damaged page
+                raise StoreError(describe(self.store.path, e)) from None
+            raise
         while not self.stop_requested:
             self.step()
         self.shutdown()
@@ -257,8 +265,13 @@ class Host(Daemon):
 
 def _lock_state_dir(state_dir: str) -> IO[str]:
     """Hold the state dir's lock file for as long as this process lives: one tq-host per store."""
-    os.makedirs(state_dir, mode=0o750, exist_ok=True)
-    lock = open(os.path.join(state_dir, "tq.lock"), "a")
+    path = os.path.join(state_dir, "tq.lock")
+    try:
+        os.makedirs(state_dir, mode=0o750, exist_ok=True)
+        lock = open(path, "a")
+    except OSError as e:  # read-only, another user's: say so as the store would, naming the key and the user
+        raise StartError(f"host.state_dir: cannot write {e.filename or path}: {e.strerror or e} (as user "
+                         f"{getpass.getuser()}): it must be a writable directory of tq-host's user") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -284,4 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         return host.run()
     except (StartError, StoreError, transport.MailboxError, OSError) as e:
         logging.getLogger("tq-host").error("cannot start: %s", e)
+        return 1
+    except sqlite3.Error as e:  # (what the store's other tables hold, read while the parts are made)
+        logging.getLogger("tq-host").error("cannot start: %s",
+                                           describe(os.path.join(cfg.host.state_dir, STORE_FILE), e))
         return 1

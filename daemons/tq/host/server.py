@@ -4,6 +4,15 @@ It listens, accepts (taking each caller's uid from SO_PEERCRED), cuts what
 arrives into lines, and writes replies with back-pressure: a reply waits in the
 connection's buffer, and the selector watches for room only while one does. It
 hands complete lines up and takes encoded replies down; it knows no jobs.
+
+Its memory is bounded, so that no member of group tq can exhaust tq-host's: a
+connection whose unsent replies pass REPLIES_HELD is not read from (its next
+requests wait in the kernel, and the client's writes block) until it has taken
+half of them; and the parts of request lines not yet ended, kept between reads,
+may total REQUESTS_HELD across all connections: the read that would pass it is
+refused (`unavailable`: try again) and its connection closed. A request that
+comes whole in one read, and a reply the socket takes at once, leave both
+buffers empty and cost nothing more.
 """
 
 from __future__ import annotations
@@ -19,8 +28,19 @@ from .. import control
 from ..daemon import StartError
 from ..log import Burst
 from ..ownership import restrict
+from ..socketpath import socket_there
 
 SOCKET_MODE = 0o660  # root and group tq
+# Unsent replies a connection may have before it is read from no more (until half of them are taken): a client
+# that sends requests and never reads their replies is held to this, plus the replies to one read (64 KiB).
+REPLIES_HELD = 1 << 20
+# Unfinished request lines held across all connections. Two of the largest request (control.MAX_LINE: a
+# `submit --batch` chunk of 5,000 jobs of 8 KiB messages is 40 MB) fit, and not the hundreds that once took
+# tq-host's memory. The connection whose read would pass it is refused rather than left unread: connections
+# left unread while holding the budget would wait for each other's lines forever, where a refusal is an
+# answer that a client can act on (it is `unavailable`, exit 3: the same request may succeed later).
+REQUESTS_HELD = 128 * 1024 * 1024
+BEHIND_READ = 1024  # bytes read at a time from a connection that has unsent replies (a few requests)
 
 
 @dataclass
@@ -34,6 +54,8 @@ class Conn:
     wbuf: bytearray = field(default_factory=bytearray)
     closed: bool = False
     writing: bool = False  # the selector watches it for EVENT_WRITE
+    reading: bool = True  # ... and for EVENT_READ: not while more than REPLIES_HELD waits to be sent
+    held: int = 0  # the bytes of rbuf counted in Server.held (an unfinished request line)
     subscribed: bool = False  # it follows the event stream (stream.py): its closing is told to on_close
     token: str | None = None  # the API token it acts with (act_as, host/tokens.py): uid and gid are its user's
     read_only: bool = False  # that token may only read
@@ -52,11 +74,18 @@ class Server:
         self.path = ""
         self._reserve_fd = os.open("/dev/null", os.O_RDONLY)  # spare descriptor to refuse clients when out
         self._chunk = bytearray(1 << 16)  # every connection reads into this, then appends what came
+        self._sip = bytearray(BEHIND_READ)  # ... or into this while replies wait for it to read them
+        self.held = 0  # bytes of unfinished request lines across the connections (REQUESTS_HELD)
 
     def listen(self, path: str) -> None:
-        """Bind `path` (mode 0660, group tq); a stale socket file is replaced, a live one is refused."""
+        """Bind `path` (mode 0660, group tq); a stale socket file is replaced, a live one is refused, and anything
+        else at that path (a file, a directory, a symlink) is refused and left as it is."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if os.path.exists(path):
+        try:
+            stale = socket_there(path)
+        except ValueError as e:
+            raise StartError(f"host.socket: {e}") from None
+        if stale:
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 probe.connect(path)
@@ -87,7 +116,8 @@ class Server:
         """Serve a connected socket whose peer has this uid and gid."""
         sock.setblocking(False)
         conn = Conn(sock, uid, gid)
-        self.sel.register(sock, selectors.EVENT_READ, lambda mask: self._on_conn(conn, mask))
+        chunk = self._chunk
+        self.sel.register(sock, selectors.EVENT_READ, lambda mask: self._on_conn(conn, mask, chunk))
         return conn
 
     def send(self, conn: Conn, data: bytes) -> None:
@@ -129,13 +159,15 @@ class Server:
         finally:
             self._reserve_fd = os.open("/dev/null", os.O_RDONLY)
 
-    def _on_conn(self, conn: Conn, mask: int) -> None:
+    def _on_conn(self, conn: Conn, mask: int, chunk: bytearray) -> None:
+        """Write what waits, then read into `chunk` (the small one while replies wait to be read) and take the
+        requests whose lines it ends."""
         if mask & selectors.EVENT_WRITE:
             self._write(conn)
         if not mask & selectors.EVENT_READ or conn.closed:
             return
         try:
-            n = conn.sock.recv_into(self._chunk)
+            n = conn.sock.recv_into(chunk)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -144,15 +176,35 @@ class Server:
             self._close(conn)
             return
         searched = len(conn.rbuf)  # a long request comes in many chunks: look for its end in the new one only
-        conn.rbuf += memoryview(self._chunk)[:n]
+        conn.rbuf += memoryview(chunk)[:n]
         while (end := conn.rbuf.find(b"\n", searched)) >= 0:
             line = bytes(conn.rbuf[:end])
             del conn.rbuf[:end + 1]
             searched = 0
             self.on_line(conn, line)
-        if len(conn.rbuf) > control.MAX_LINE:
-            self.send(conn, control.encode_out({"ok": False, "code": "bad_request", "error": "request too long"}))
-            self._close(conn)
+        if conn.rbuf or conn.held:  # a line not ended (or one that was, and now is): its bytes are counted
+            self._hold(conn)
+
+    def _hold(self, conn: Conn) -> None:
+        """Count what the connection keeps of an unfinished line; refuse it past control.MAX_LINE, or when it would
+        take the connections' total past REQUESTS_HELD."""
+        if conn.closed:  # (by a request of that read: _close took its count back)
+            return
+        grew = len(conn.rbuf) - conn.held
+        self.held += grew
+        conn.held += grew
+        if conn.held > control.MAX_LINE:
+            self._refuse(conn, "bad_request", "request too long")
+        elif grew > 0 and self.held > REQUESTS_HELD:
+            self.refused(f"refused a request: the unfinished request lines of the connections would hold more "
+                         f"than {REQUESTS_HELD >> 20} MiB")
+            self._refuse(conn, "unavailable", f"tq-host holds {REQUESTS_HELD >> 20} MiB of unfinished requests, "
+                                              f"its limit: this one is refused; send it again later")
+
+    def _refuse(self, conn: Conn, code: str, error: str) -> None:
+        """Answer with an error and close: what the connection sent is not taken."""
+        self.send(conn, control.encode_out({"ok": False, "code": code, "error": error}))
+        self._close(conn)
 
     def _write(self, conn: Conn) -> None:
         if conn.closed:
@@ -165,10 +217,21 @@ class Server:
         except OSError:
             self._close(conn)
             return
-        if bool(conn.wbuf) != conn.writing:  # watch for room only while a reply waits for it
-            conn.writing = bool(conn.wbuf)
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.writing else 0)
-            self.sel.modify(conn.sock, events, self.sel.get_key(conn.sock).data)
+        if conn.wbuf or conn.writing:  # a reply waits for room (or no more): what the selector watches may change
+            self._watch(conn)
+
+    def _watch(self, conn: Conn) -> None:
+        """Watch for room while a reply waits; for requests unless more than REPLIES_HELD waits (again once half of
+        it is sent). While replies wait, reads are of BEHIND_READ bytes: a client that does not read its replies
+        adds those of a few requests at a time, not of 64 KiB of them."""
+        waiting = len(conn.wbuf)
+        writing = waiting > 0
+        reading = waiting <= (REPLIES_HELD if conn.reading else REPLIES_HELD // 2)
+        if writing != conn.writing or reading != conn.reading:
+            conn.writing, conn.reading = writing, reading
+            events = (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if writing else 0)
+            chunk = self._sip if writing else self._chunk
+            self.sel.modify(conn.sock, events, lambda mask: self._on_conn(conn, mask, chunk))
 
     def close_conn(self, conn: Conn) -> None:
         """Close a connection (its socket failed elsewhere: the event stream's sends)."""
@@ -178,6 +241,8 @@ class Server:
         if conn.closed:
             return
         conn.closed = True
+        self.held -= conn.held
+        conn.held = 0
         self.sel.unregister(conn.sock)
         conn.sock.close()
         if conn.subscribed:

@@ -42,7 +42,9 @@ from .records import (
     only_sent,
     record,
 )
+from .storefaults import describe
 
+STORE_FILE = "tq.sqlite3"  # in host.state_dir
 COMMIT_TIMES_KEPT = 512  # commit times kept (commit_seconds) before they are handed to on_commit_seconds
 _FINAL_SQL = ",".join(f"'{s}'" for s in sorted(FINAL))  # the SQL list of final states
 
@@ -55,7 +57,7 @@ class Store:
     def __init__(self, state_dir: str, durability: str = "full",
                  on_commit_seconds: Callable[[list[float]], None] = lambda times: None) -> None:
         os.makedirs(state_dir, mode=0o750, exist_ok=True)
-        self.path = os.path.join(state_dir, "tq.sqlite3")
+        self.path = os.path.join(state_dir, STORE_FILE)
         # Each COMMIT's time (seconds, with its fsync when one is due), for the metrics: a list append per
         # commit; every COMMIT_TIMES_KEPT of them go to on_commit_seconds (tq-host: the metrics' histogram).
         self.commit_seconds: list[float] = []
@@ -77,7 +79,7 @@ class Store:
             self._upgrade()
             self.next_id = self._max_id() + 1
         except sqlite3.Error as e:
-            raise StoreError(f"cannot open store {self.path}: {e}") from None
+            raise StoreError(describe(self.path, e)) from None
         except StoreError:
             self.db.close()
             raise
