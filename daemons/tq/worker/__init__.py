@@ -211,21 +211,25 @@ class Worker(Daemon):
 
     def _on_sync(self, msg: protocol.Sync) -> None:
         """The host's fence: answer after everything before it; reopen the host mailbox (it may be new)."""
-        try:
-            reopened = self.mailboxes.reach_host()
-        except transport.MailboxError as e:
-            self.logger.warning("keeping the open host mailbox: %s", e)
-        else:
-            assert self.host_mailbox is not None
-            current = self.runner.current
-            self._watch(current.execution.fds if current else [], False)  # forget the old descriptor
-            self.host_mailbox.close()
-            self.host_mailbox = reopened
+        self._reach_host()
         self.outbox.message(protocol.Synced(self.instance, msg.token, machine_id()))
         if self.taken is not None:
             self.taken.clear()  # past the fence tq-host assigns anew (taken.py)
         if self.bye_sent:
             self.exit_now = True
+
+    def _reach_host(self) -> None:
+        """Reopen the host mailbox (tq-host's start may have made a new one); keep the open one if that fails."""
+        try:
+            reopened = self.mailboxes.reach_host()
+        except transport.MailboxError as e:
+            self.logger.warning("keeping the open host mailbox: %s", e)
+            return
+        assert self.host_mailbox is not None
+        current = self.runner.current
+        self._watch(current.execution.fds if current else [], False)  # forget the old descriptor
+        self.host_mailbox.close()
+        self.host_mailbox = reopened
 
     def _take_local(self) -> None:
         """The next job or fence of those taken in (a fence comes after the jobs before it)."""
@@ -265,6 +269,8 @@ class Worker(Daemon):
 
     def _heartbeat(self, now: float) -> None:
         self.next_heartbeat = now + self.wcfg.heartbeat
+        if self.outbox.stuck(now, self.wcfg.heartbeat):
+            self._check_host_mailbox()
         if self.taken is not None and self.taken.inbox_lost(self.mailboxes.losses()):
             self.outbox.message(self._hello())
         if self.outbox or self.bye_sent or self.refusal.reason:
@@ -276,6 +282,24 @@ class Worker(Daemon):
             msg = replace(msg, monitor={})
         self.outbox.message(msg)
         self._flush()
+
+    def _check_host_mailbox(self) -> None:
+        """Sends blocked for a while: if the host mailbox held was deleted and replaced, send to the new one (what
+        waits in the outbox goes there, in order).
+
+        tq-host's start re-creates its mailbox when the dimensions changed (transport/posix.py); a worker holds the
+        old one until the new tq-host's Sync has it reach the host again (_on_sync). If nothing read the old one
+        meanwhile (a start that failed after making the new one), heartbeats fill it, sends are blocked for good,
+        and the worker, which reads its inbox only when it has nothing to send, would never see that Sync.
+        Asked at heartbeats while sends stay blocked, never per job.
+        """
+        assert self.host_mailbox is not None
+        if self.mailboxes.host_replaced(self.host_mailbox):
+            self.logger.warning("host mailbox %s was made anew (by a tq-host start with other mqueue dimensions); "
+                                "nobody reads the one this worker held: sending to the new one",
+                                self.host_mailbox.name)
+            self._reach_host()
+            self._flush()
 
     def _status(self, now: float) -> None:
         if self.notifier.status_due(now):
