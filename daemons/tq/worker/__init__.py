@@ -107,6 +107,7 @@ class Worker(Daemon):
         while self.mailboxes.unsettled() and time.monotonic() < deadline:  # a broker's confirms of the last reports
             self.notifier.tick(time.monotonic())
             self.select(0.1)
+        self.runner.leftovers.kill_all()
         if self.runner.reexec:
             self._reexec()
         if self.refusal.reason:
@@ -152,6 +153,7 @@ class Worker(Daemon):
         now = time.monotonic()
         if now >= self.next_heartbeat:
             self._heartbeat(now)
+            self.runner.leftovers.sweep(now)
         wait = self.notifier.tick(now)
         self._status(now)
         if progressed or self.exit_now:
