@@ -204,6 +204,21 @@ def test_an_unknown_worker_s_inbox_and_a_host_not_started_are_errors(mailboxes: 
         mailboxes.reach_host()
 
 
+def test_a_workers_handle_of_a_host_mailbox_made_anew_is_told_replaced(mailboxes: Mailboxes) -> None:
+    not_for_amqp(mailboxes, "a message is published to the queue's name, whichever queue has it now")
+    assert isinstance(mailboxes, (posix.PosixMailboxes, MemoryMailboxes))
+    first = mailboxes.open_host()
+    held = mailboxes.reach_host()
+    assert not mailboxes.host_replaced(held)
+    mailboxes.depth = 4  # tq-host starts with another mqueue.max_messages: its mailbox is made anew
+    second = mailboxes.open_host()
+    assert mailboxes.host_replaced(held)
+    reached = mailboxes.reach_host()
+    assert reached.max_messages == 4 and not mailboxes.host_replaced(reached)
+    for mailbox in (first, held, second, reached):
+        mailbox.close()
+
+
 def test_a_posix_mailbox_is_the_owners_alone_whatever_the_umask_and_whoever_made_it_wider() -> None:
     name = f"/tqt-unit-{uuid.uuid4().hex[:8]}"
     old = os.umask(0)

@@ -186,6 +186,10 @@ class AmqpMailboxes:
         """A worker's handle of tq-host's mailbox, declared here too: results wait in it while tq-host is down."""
         return self._open(self.host_queue, self.cfg.mqueue.max_messages, None)
 
+    def host_replaced(self, held: Mailbox) -> bool:
+        """Never: a message is published to the queue's name, whichever queue has it now."""
+        return False
+
     def depth_bounds(self) -> str:
         return f"the broker's confirm window (amqp.window {self.cfg.amqp.window})"
 

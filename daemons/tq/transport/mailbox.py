@@ -73,6 +73,12 @@ class Mailboxes(Protocol):
         """A worker's handle of tq-host's mailbox; MailboxError until tq-host has created it."""
         ...
 
+    def host_replaced(self, held: Mailbox) -> bool:
+        """Whether the host mailbox now at its name is another one than `held`, a worker's handle: tq-host's start
+        re-created it with other dimensions, and `held` is deleted, read by nobody (False while none has the
+        name). A worker asks only while its sends have been blocked for a while."""
+        ...
+
     def depth_bounds(self) -> str:
         """What bounds a mailbox's depth here, for a warning that one is shallower than asked."""
         ...

@@ -90,6 +90,10 @@ class MemoryMailboxes(Connectionless):
     def reach_host(self) -> Mailbox:
         return self._existing(self.cfg.host_queue)
 
+    def host_replaced(self, held: Mailbox) -> bool:
+        stored = self._stored.get(self.cfg.host_queue)
+        return stored is not None and isinstance(held, MemoryMailbox) and held._stored is not stored
+
     def depth_bounds(self) -> str:
         return "in memory: none"
 

@@ -65,6 +65,18 @@ class PosixMailboxes(Connectionless):
     def reach_host(self) -> Mailbox:
         return open_mailbox(self.cfg.host_queue, self.depth, self.message_size, create=False)
 
+    def host_replaced(self, held: Mailbox) -> bool:
+        """Compares the queues' inodes (an mq_open, two fstat and an mq_close)."""
+        try:
+            fresh = posix_ipc.MessageQueue(self.cfg.host_queue)
+        except posix_ipc.Error:
+            return False
+        try:
+            now, was = os.fstat(fresh.mqd), os.fstat(held.fileno())
+        finally:
+            fresh.close()
+        return (now.st_dev, now.st_ino) != (was.st_dev, was.st_ino)
+
     def depth_bounds(self) -> str:
         return f"fs.mqueue.msg_max {self.deepest}, queue memory budget RLIMIT_MSGQUEUE {budget()}"
 

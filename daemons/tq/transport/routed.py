@@ -71,6 +71,9 @@ class RoutedMailboxes:
     def reach_host(self) -> Mailbox:
         return self.local.reach_host()
 
+    def host_replaced(self, held: Mailbox) -> bool:
+        return self.local.host_replaced(held)
+
     def depth_bounds(self) -> str:
         return self.local.depth_bounds()
 

@@ -112,6 +112,7 @@ class Worker(Daemon):
         while self.mailboxes.unsettled() and time.monotonic() < deadline:  # a broker's confirms of the last reports
             self.notifier.tick(time.monotonic())
             self.select(0.1)
+        self.runner.leftovers.kill_all()
         if self.runner.reexec:
             self._reexec()
         if self.refusal.reason:
@@ -157,6 +158,7 @@ class Worker(Daemon):
         now = time.monotonic()
         if now >= self.next_heartbeat:
             self._heartbeat(now)
+            self.runner.leftovers.sweep(now)
         wait = self.notifier.tick(now)
         self._status(now)
         if progressed or self.exit_now:
@@ -216,21 +218,25 @@ class Worker(Daemon):
 
     def _on_sync(self, msg: protocol.Sync) -> None:
         """The host's fence: answer after everything before it; reopen the host mailbox (it may be new)."""
-        try:
-            reopened = self.mailboxes.reach_host()
-        except transport.MailboxError as e:
-            self.logger.warning("keeping the open host mailbox: %s", e)
-        else:
-            assert self.host_mailbox is not None
-            current = self.runner.current
-            self._watch(current.execution.fds if current else [], False)  # forget the old descriptor
-            self.host_mailbox.close()
-            self.host_mailbox = reopened
+        self._reach_host()
         self.outbox.message(protocol.Synced(self.instance, msg.token, machine_id()))
         if self.taken is not None:
             self.taken.clear()  # past the fence tq-host assigns anew (taken.py)
         if self.bye_at:
             self.exit_now = True
+
+    def _reach_host(self) -> None:
+        """Reopen the host mailbox (tq-host's start may have made a new one); keep the open one if that fails."""
+        try:
+            reopened = self.mailboxes.reach_host()
+        except transport.MailboxError as e:
+            self.logger.warning("keeping the open host mailbox: %s", e)
+            return
+        assert self.host_mailbox is not None
+        current = self.runner.current
+        self._watch(current.execution.fds if current else [], False)  # forget the old descriptor
+        self.host_mailbox.close()
+        self.host_mailbox = reopened
 
     def _take_local(self) -> None:
         """The next job or fence of those taken in (a fence comes after the jobs before it)."""
@@ -270,6 +276,8 @@ class Worker(Daemon):
 
     def _heartbeat(self, now: float) -> None:
         self.next_heartbeat = now + self.wcfg.heartbeat
+        if self.outbox.stuck(now, self.wcfg.heartbeat):
+            self._check_host_mailbox()
         if self.taken is not None and self.taken.inbox_lost(self.mailboxes.losses()):
             self.outbox.message(self._hello())
         if self.host_watch is not None and self.host_watch.check():
@@ -286,6 +294,24 @@ class Worker(Daemon):
 
     def _heartbeat_now(self) -> None:
         self.next_heartbeat = 0.0
+
+    def _check_host_mailbox(self) -> None:
+        """Sends blocked for a while: if the host mailbox held was deleted and replaced, send to the new one (what
+        waits in the outbox goes there, in order).
+
+        tq-host's start re-creates its mailbox when the dimensions changed (transport/posix.py); a worker holds the
+        old one until the new tq-host's Sync has it reach the host again (_on_sync). If nothing read the old one
+        meanwhile (a start that failed after making the new one), heartbeats fill it, sends are blocked for good,
+        and the worker, which reads its inbox only when it has nothing to send, would never see that Sync.
+        Asked at heartbeats while sends stay blocked, never per job.
+        """
+        assert self.host_mailbox is not None
+        if self.mailboxes.host_replaced(self.host_mailbox):
+            self.logger.warning("host mailbox %s was made anew (by a tq-host start with other mqueue dimensions); "
+                                "nobody reads the one this worker held: sending to the new one",
+                                self.host_mailbox.name)
+            self._reach_host()
+            self._flush()
 
     def _status(self, now: float) -> None:
         if self.notifier.status_due(now):

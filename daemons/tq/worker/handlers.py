@@ -39,6 +39,11 @@ class Execution:
     def fds(self) -> list[int]:
         return []
 
+    @property
+    def group(self) -> int:
+        """The process group a command leads (its pid), stopped once the attempt ended (leftovers.py); 0: none."""
+        return 0
+
     def poll(self) -> Outcome | None:
         raise NotImplementedError
 
@@ -113,6 +118,10 @@ class Command(Execution):
     @property
     def fds(self) -> list[int]:
         return [*self.open, self.pidfd] if self.proc.returncode is None else list(self.open)
+
+    @property
+    def group(self) -> int:
+        return self.proc.pid
 
     def _read(self) -> None:
         for fd in list(self.open):

@@ -21,10 +21,21 @@ class Outbox:
         self.pending: collections.deque[bytes] = collections.deque()  # encoded, for the host mailbox, in order
         self.results: list[list[object]] = []  # results not yet packed
         self.results_size = 0
+        self.stuck_since = 0.0  # monotonic time of the first heartbeat that found messages waiting (0: the last not)
 
     def __bool__(self) -> bool:
         """True while messages wait for room in the host mailbox."""
         return bool(self.pending)
+
+    def stuck(self, now: float, patience: float) -> bool:
+        """Asked at each heartbeat: True when messages wait now and did at every heartbeat for `patience` seconds
+        (the host mailbox may be a deleted one that nobody reads: Worker._check_host_mailbox)."""
+        if not self.pending:
+            self.stuck_since = 0.0
+            return False
+        if not self.stuck_since:
+            self.stuck_since = now
+        return now - self.stuck_since >= patience
 
     def message(self, msg: protocol.Message) -> None:
         self.pack_results()  # results first: nothing may overtake them

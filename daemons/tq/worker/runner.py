@@ -11,6 +11,7 @@ from .. import monitor, protocol
 from ..log import JobEvents
 from . import attempt, handlers
 from .attempt import START_TOLD_AFTER, Attempt
+from .leftovers import Leftovers
 from .outbox import Outbox
 
 MAX_CANCELLED = 10_000  # remembered cancels of jobs not started yet (a bound: the host resends nothing)
@@ -29,6 +30,7 @@ class Runner:
         self.jobs_done = 0  # attempts run here that ended ok / failed, since this program started
         self.jobs_failed = 0
         self.sampler = monitor.Sampler(time.monotonic())  # the figures each heartbeat carries
+        self.leftovers = Leftovers(logger)  # what ended commands left in their process groups
 
     def cancel(self, msg: protocol.Cancel) -> None:
         """Stop the running attempt, or drop a job not started yet (reported as cancelled); late: ignored."""
@@ -76,7 +78,7 @@ class Runner:
             a.execution.kill()
             if not a.execution.killable:
                 self.reexec = True
-            self._end()
+            self._end(now)
             self.outbox.message(protocol.Release(self.instance, a.job.id, a.job.attempt))
             self.events.event("released", a.job.id, a.job.task, a.job.queue, a.job.attempt, self.instance,
                               f"interrupted by stop after worker.stop_timeout = {stop_timeout:g}s")
@@ -86,7 +88,7 @@ class Runner:
                 a.start_told = True
                 self.outbox.message(protocol.Started(self.instance, a.job.id, a.job.attempt, a.started_at))
             return False
-        self._end()
+        self._end(now)
         self._report(a.job, outcome, a.report(self.instance, outcome, self.message_size))
         return True
 
@@ -99,10 +101,13 @@ class Runner:
         self.events.event("done" if outcome.ok else "failed", job.id, job.task, job.queue, job.attempt,
                           self.instance, outcome.error if not outcome.ok else "")
 
-    def _end(self) -> None:
-        assert self.current is not None
-        self.forget(self.current)
-        self.current.execution.close()
+    def _end(self, now: float) -> None:
+        a = self.current
+        assert a is not None
+        self.forget(a)
+        a.execution.close()
+        if a.execution.group:  # a command: stop what it left in its process group
+            self.leftovers.ended(a.execution.group, a.job, a.grace, now)
         self.current = None
 
     def figures(self, now: float) -> dict[str, object]:
