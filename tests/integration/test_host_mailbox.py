@@ -44,7 +44,8 @@ def test_a_worker_on_a_deleted_full_host_mailbox_reaches_the_new_host(suite: Sui
         idle = len(w1.notify.messages)
         with open(suite.dir / "go", "w") as go:  # the job ends: its result waits in the worker
             go.write("go\n")
-        w1.notify.wait_for(lambda m: m == "STATUS=idle", start=idle)
+        # the job has ended (its status no longer names it: "waiting for tq-host ..." while the host is away)
+        w1.notify.wait_for(lambda m: m.startswith("STATUS=") and "running job" not in m, start=idle)
         suite.write_config(HELD, max_messages=5)
         suite.host()  # the good start
         c = suite.client()
