@@ -69,7 +69,8 @@ class Daemon:
         `mailboxes`: where the mailboxes live (made from `cfg` unless given)."""
         self.cfg, self.config_path = cfg, config_path
         self.logger = log.setup(program, cfg.log.level)
-        self.events = log.JobEvents(self.logger, cfg.log.job_events, cfg.log.job_events_per_second, captured_events)
+        self.events = log.JobEvents(self.logger, cfg.log.job_events, cfg.log.job_events_per_second, captured_events,
+                                    until_commit=self.HOST)
         self.malformed = log.Burst(self.logger)
         self.notifier = Notifier()
         self.sel = transport.selector(cfg, self.HOST)

@@ -93,8 +93,11 @@ class JobEvents:
     """One log line per job event, within a per-second budget for the routine ones."""
 
     def __init__(self, logger: logging.Logger, mode: str = "all", per_second: int = 200,
-                 capture: list[Any] | None = None) -> None:
+                 capture: list[Any] | None = None, until_commit: bool = False) -> None:
+        """`until_commit` (tq-host): the lines wait for `release` (its commit) or go with `drop` (a failed one):
+        the journal tells only what the store holds."""
         self.logger, self.mode, self.per_second = logger, mode, per_second
+        self.held: list[tuple[int, int, str, str, dict[str, Any]]] | None = [] if until_commit else None
         # tq-host's event stream (stream.EventStream.events): every event's fields are appended, logged or not,
         # in events.py's order (TIME, NAME, JOB, TASK, QUEUE, ATTEMPT, WORKER, DETAIL).
         self.capture = capture
@@ -122,7 +125,25 @@ class JobEvents:
         if worker is not None:
             extra["TQ_WORKER"] = worker
         level = logging.WARNING if always else logging.INFO
-        self.logger.log(level, "job %d %s%s", job_id, event, f": {detail}" if detail else "", extra=extra)
+        if self.held is not None:
+            self.held.append((level, job_id, event, detail, extra))
+        else:
+            self.logger.log(level, "job %d %s%s", job_id, event, f": {detail}" if detail else "", extra=extra)
+
+    def release(self) -> None:
+        """The commit of the events held so far succeeded: log them."""
+        if self.held:
+            for level, job_id, event, detail, extra in self.held:
+                self.logger.log(level, "job %d %s%s", job_id, event, f": {detail}" if detail else "", extra=extra)
+            self.held.clear()
+
+    def drop(self) -> int:
+        """The commit failed: the events held did not happen. How many there were."""
+        if not self.held:
+            return 0
+        n = len(self.held)
+        self.held.clear()
+        return n
 
     def notify(self, event: str, job_id: int, task: str, queue: str, attempt: int | None = None,
                worker: str | None = None) -> None:

@@ -11,7 +11,7 @@ import socket
 import threading
 from pathlib import Path
 
-from harness import Suite
+from harness import Daemon, Suite, wait_until
 
 MB = 1 << 20
 
@@ -103,5 +103,68 @@ def test_connections_sending_huge_unfinished_lines_are_refused_past_a_total(suit
         assert grown < 250, f"tq-host grew {grown} MB"
     finally:
         for sock in holders:
+            sock.close()
+    assert host.proc.poll() is None
+
+
+def hold_replies(path: Path, request: bytes, count: int) -> socket.socket:
+    """A connection that sends `count` requests and reads none of their replies. It returns once replies come, so
+    that each step of the host takes one such connection's requests (what one step answers is held whole until its
+    commit: the bound here is on replies waiting for their client)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(path))
+    sock.sendall(request * count)
+    select.select([sock], [], [], 30)  # the replies began to come: the host took the requests in its last step
+    return sock
+
+
+def test_unsent_replies_across_connections_are_bounded(suite: Suite) -> None:
+    """Many connections that each stay under REPLIES_HELD but never read: past the total, the one that holds the
+    most is closed, and the journal says so. Others are served meanwhile."""
+    host = suite.host()
+    c = suite.client()
+    c.submit_many([("task-1", ["x" * 200]) for _ in range(1000)])
+    request = b'{"op":"list","limit":1000}\n'
+    reply_size = len(json.dumps(c.call("list", limit=1000)))
+    assert reply_size > 300_000
+    before = status_kb(host.pid, "VmRSS")
+    held = [hold_replies(suite.dir / "tq.sock", request, 4) for _ in range(160)]  # ~1.3 MB each, 200 MB in all
+    try:
+        wait_until(lambda: "closed a connection of uid 0 holding" in host.text(), timeout=120,
+                   what="tq-host to close a connection that does not read its replies")
+        assert "unsent replies passed 128 MiB" in host.text()
+        assert c.status()["version"]
+        grown = (status_kb(host.pid, "VmHWM") - before) // 1024
+        assert grown < 200, f"tq-host grew {grown} MB"
+    finally:
+        for sock in held:
+            sock.close()
+    assert c.submit("task-1", "small") > 0
+    assert host.proc.poll() is None
+
+
+def test_connections_past_the_limit_are_refused_in_one_line(suite: Suite) -> None:
+    """tq-host started with 300 descriptors: it serves 300 - 256 = 44 connections; the next is answered (one line,
+    unavailable) and closed; once one closes, a new one is served."""
+    host = Daemon("host", ["prlimit", "--nofile=300", "--", *suite._python("tq.host")], suite.env, suite.dir)
+    suite.daemons.append(host)
+    host.ready()
+    c = suite.client()
+    assert c.status()["version"]  # (connected: one of the 44)
+    held = []
+    try:
+        for _ in range(43):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(suite.dir / "tq.sock"))
+            held.append(sock)
+        r = suite.tqctl("status")
+        assert r.returncode == 3, r
+        assert r.stderr.count("\n") == 1 and "tq-host serves 44 connections, its limit: try again later" in r.stderr
+        assert "refused a connection of uid 0: 44 are open" in host.text()
+        assert c.status()["version"]  # those it has are served
+        held.pop().close()
+        wait_until(lambda: suite.tqctl("status").returncode == 0, what="a connection to be served again")
+    finally:
+        for sock in held:
             sock.close()
     assert host.proc.poll() is None

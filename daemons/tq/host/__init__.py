@@ -12,7 +12,8 @@ control socket), requests.py (the operations), submit.py (submit admission),
 waiters.py (waits and their deadlines), replies.py (replies held until the
 commit), jobs.py (the job table and its transitions), fleet.py (the workers
 and the fence), dispatch.py (assigning and sending), store.py (SQLite),
-upkeep.py (retention, memory), brokerwatch.py (remote workers' checks).
+upkeep.py (retention, memory), brokerwatch.py (remote workers' checks),
+storewatch.py (the store's file removed or replaced under tq-host).
 
 The parts the step reaches for each job are attributes of Host; the others
 are reached through `self.parts`. Host and Daemon together keep under 30
@@ -37,7 +38,7 @@ from ..daemon import EXIT_CONFIG, Daemon, StartError, command_line, load_config
 from ..log import Burst
 from .assembly import assemble
 from .brokerwatch import BrokerWatch, link_state
-from .recovery import recover
+from .recovery import RESTARTED, ROLLED_BACK, recover
 from .store import STORE_FILE, StoreError
 from .storefaults import describe
 
@@ -107,13 +108,13 @@ class Host(Daemon):
         for key, mask in ready:
             key.data(mask)
 
-    def _recover(self) -> None:
-        """Load every open job from the store and fence every known worker with a Sync."""
+    def _recover(self, why: tuple[str, str] = RESTARTED) -> None:
+        """Load every open job from the store and fence every known worker with a Sync (`why`: recovery.py)."""
         self.jobs.load()
         self.parts.queues.load()
         self.parts.scheduler.load(time.time())
         self.dispatcher.outbox.clear()
-        recover(self.fleet, time.monotonic())
+        recover(self.fleet, time.monotonic(), why)
 
     def run(self) -> int:
         try:
@@ -133,6 +134,7 @@ class Host(Daemon):
         self.logger.info("tq-host stopping; workers carry on and reconnect when it is back")
         self._commit()
         self._deliver()
+        self.parts.storewatch.check(float("inf"))  # a store removed in the last second is written back too
         self.server.close()
         self.fleet.close()
         self.store.close()
@@ -172,6 +174,7 @@ class Host(Daemon):
             self.parts.upkeep.prune(now)
             self.parts.upkeep.trim(now)
             self._commit(self.ledger.acknowledging())
+            self.parts.storewatch.check(now)  # (once a second: is the store's file still at its path?)
         except sqlite3.Error as e:  # disk full, I/O error: this step is undone, the host carries on
             self._store_failed(e)
         self._deliver()
@@ -232,19 +235,23 @@ class Host(Daemon):
         """The step's one commit (Store.commit); then its events have happened."""
         self.store.commit(acknowledged)
         self.stream.committed()
+        self.events.release()  # the journal's job lines, held until now
 
-    def _store_failed(self, error: Exception) -> None:
+    def _store_failed(self, error: sqlite3.Error) -> None:
         """A write failed (disk full, I/O error): forget this step, reload from the store, fence workers."""
         self.parts.stats.commit_errors += 1
         self.stream.undo()
-        self.store_errors(f"store write failed: {error}; rolled back this step and recovered from {self.store.path}")
+        undone = self.events.drop()
+        self.store_errors(f"store write failed: {describe(self.store.path, error)}; rolled back this step"
+                          + (f" ({undone} job event(s) did not happen)" if undone else "")
+                          + " and recovered from the store")
         try:
             self.store.rollback()
         except sqlite3.Error:
             pass
         # Nothing this step decided is true any more: every answer that depended on it becomes a refusal.
         self.parts.requests.undo(self.store.next_id, f"store write failed: {error}; nothing was changed, try again")
-        self._recover()
+        self._recover(ROLLED_BACK)
 
     # ---- reload and status ----------------------------------------------
 
@@ -260,7 +267,8 @@ class Host(Daemon):
         return (f"{c['queued']} queued, {c['assigned']} assigned, {c['running']} running, "
                 f"{c['delayed'] + c['failed'] + c['deferred']} waiting; "
                 f"{c['done']} done, {c['dead']} dead; {self.fleet.live()} worker(s) live"
-                + (f"; {waiting}" if (waiting := self.mailboxes.waiting_for) else ""))
+                + (f"; {waiting}" if (waiting := self.mailboxes.waiting_for) else "")
+                + (f"; {failure}" if (failure := self.parts.storewatch.failure) else ""))
 
 
 def _lock_state_dir(state_dir: str) -> IO[str]:

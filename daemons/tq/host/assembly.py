@@ -30,6 +30,7 @@ from .server import Server
 from .snapshot import Snapshot
 from .stats import Stats
 from .store import Store
+from .storewatch import StoreWatch
 from .stream import EventStream
 from .submit import Admission
 from .tokens import Tokens
@@ -55,6 +56,7 @@ class HostParts:
     server: Server
     tokens: Tokens
     upkeep: Upkeep
+    storewatch: StoreWatch
 
     def configure(self, cfg: config.Config) -> None:
         """Put a reloaded configuration into effect in every part that reads it."""
@@ -98,4 +100,5 @@ def assemble(cfg: config.Config, mailbox: Mailbox, open_inbox: OpenInbox, sel: s
                         tokens, logger)
     server = Server(sel, requests.handle, stream.forget_closed, Burst(logger))
     return HostParts(store, stats, jobs, fleet, queues, dispatcher, ledger, waiters, admission, scheduler, stream,
-                     snapshot, requests, server, tokens, Upkeep(cfg, jobs, waiters, requests, fleet))
+                     snapshot, requests, server, tokens, Upkeep(cfg, jobs, waiters, requests, fleet),
+                     StoreWatch(store, requests.ops, logger))

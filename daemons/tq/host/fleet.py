@@ -33,6 +33,7 @@ from .workerstate import WorkerState
 
 MAX_MESSAGES_PER_STEP = 4096
 LEASE_CHECK = 0.02  # seconds between looks at every worker's lease and pending fence or cancel
+ROLLED_BACK_CAUSE = "not reported after a store write failed"  # the fence after a failed commit (recovery.py)
 
 
 OpenInbox = Callable[[str], Mailbox]  # a worker's inbox by instance; raises MailboxError when it cannot
@@ -170,7 +171,8 @@ class Fleet:
             w.sync_due = True
             self._send_sync(w)
             return
-        if w.assigned:  # a fault (a crash, a kill): a routine stop or restart reports every job first
+        rolled_back = w.fence_cause == ROLLED_BACK_CAUSE  # (each job's "lost" line waits for the commit: log.py)
+        if w.assigned and not rolled_back:  # a fault (a crash, a kill): a routine stop or restart reports every job
             self.logger.warning("worker %s: %d job(s) lost with it: %s", w.instance, len(w.assigned), w.fence_cause,
                                 extra={"TQ_WORKER": w.instance})
         for job_id in sorted(w.assigned):
@@ -180,7 +182,8 @@ class Fleet:
         w.state = "stopped" if w.state == "leaving" else "live"
         self._persist(w)
         self.on_event("stopped" if w.state == "stopped" else "up", w.instance, w.queues, f"pid {w.pid}")
-        self.logger.info("worker %s %s", w.instance, "stopped" if w.state == "stopped" else "is live")
+        if not rolled_back:  # (checked again after a failed commit: it was live all along)
+            self.logger.info("worker %s %s", w.instance, "stopped" if w.state == "stopped" else "is live")
 
     # ---- the fence --------------------------------------------------------
 

@@ -13,11 +13,18 @@ may total REQUESTS_HELD across all connections: the read that would pass it is
 refused (`unavailable`: try again) and its connection closed. A request that
 comes whole in one read, and a reply the socket takes at once, leave both
 buffers empty and cost nothing more.
+
+Across connections, unsent replies may total REPLIES_TOTAL: past it the connection holding the most is closed,
+with a journal line naming its uid and how much it held (see REPLIES_TOTAL for why closed rather than left
+unread). And the connections are at most RLIMIT_NOFILE less RESERVED_FDS (kept for the store, the workers'
+mailboxes, a job's pipes): one more is answered with one line (`unavailable`) and closed. Neither costs a request
+anything: the total changes only where replies wait, and the count at accept and close.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import selectors
 import socket
 import struct
@@ -41,6 +48,12 @@ REPLIES_HELD = 1 << 20
 # answer that a client can act on (it is `unavailable`, exit 3: the same request may succeed later).
 REQUESTS_HELD = 128 * 1024 * 1024
 BEHIND_READ = 1024  # bytes read at a time from a connection that has unsent replies (a few requests)
+# Unsent replies across all connections: past it the connection that holds the most is closed. Twice a `list` of
+# 100,000 jobs fits. Closed rather than left unread: not reading from it frees nothing (what it holds stays until
+# its client reads, maybe never), and a few hundred such at REPLIES_HELD each would keep the total over for good;
+# the one holding the most is the likeliest not to read at all, and its memory comes back at once.
+REPLIES_TOTAL = 128 * 1024 * 1024
+RESERVED_FDS = 256  # descriptors not given to connections: the store, the workers' mailboxes, the listener
 
 
 @dataclass
@@ -56,6 +69,7 @@ class Conn:
     writing: bool = False  # the selector watches it for EVENT_WRITE
     reading: bool = True  # ... and for EVENT_READ: not while more than REPLIES_HELD waits to be sent
     held: int = 0  # the bytes of rbuf counted in Server.held (an unfinished request line)
+    unsent: int = 0  # the bytes of wbuf counted in Server.unsent (replies waiting for room), as of _watch
     subscribed: bool = False  # it follows the event stream (stream.py): its closing is told to on_close
     token: str | None = None  # the API token it acts with (act_as, host/tokens.py): uid and gid are its user's
     read_only: bool = False  # that token may only read
@@ -76,6 +90,10 @@ class Server:
         self._chunk = bytearray(1 << 16)  # every connection reads into this, then appends what came
         self._sip = bytearray(BEHIND_READ)  # ... or into this while replies wait for it to read them
         self.held = 0  # bytes of unfinished request lines across the connections (REQUESTS_HELD)
+        self.unsent = 0  # bytes of replies waiting for room across the connections (REPLIES_TOTAL)
+        self.behind: dict[int, Conn] = {}  # the connections with replies waiting, by id(): the one to close is here
+        self.connections = 0  # open connections; at most max_connections
+        self.max_connections = max(16, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - RESERVED_FDS)
 
     def listen(self, path: str) -> None:
         """Bind `path` (mode 0660, group tq); a stale socket file is replaced, a live one is refused, and anything
@@ -116,6 +134,7 @@ class Server:
         """Serve a connected socket whose peer has this uid and gid."""
         sock.setblocking(False)
         conn = Conn(sock, uid, gid)
+        self.connections += 1
         chunk = self._chunk
         self.sel.register(sock, selectors.EVENT_READ, lambda mask: self._on_conn(conn, mask, chunk))
         return conn
@@ -138,7 +157,23 @@ class Server:
                 return
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             _pid, uid, gid = struct.unpack("3i", creds)
+            if self.connections >= self.max_connections:
+                self._turn_away(sock, uid)
+                continue
             self.adopt(sock, uid, gid)
+
+    def _turn_away(self, sock: socket.socket, uid: int) -> None:
+        """One connection more than max_connections: answer with the reason and close."""
+        self.refused(f"refused a connection of uid {uid}: {self.connections} are open, the limit (RLIMIT_NOFILE "
+                     f"less {RESERVED_FDS})")
+        reply = {"ok": False, "code": "unavailable", "error": f"tq-host serves {self.connections} connections, "
+                                                              f"its limit: try again later"}
+        sock.setblocking(False)
+        try:
+            sock.send(control.encode_out(reply))
+        except OSError:
+            pass
+        sock.close()
 
     def _refuse_connection(self, error: OSError) -> None:
         """Out of descriptors: free the reserve one, accept, answer with the reason, close, re-reserve."""
@@ -225,6 +260,10 @@ class Server:
         it is sent). While replies wait, reads are of BEHIND_READ bytes: a client that does not read its replies
         adds those of a few requests at a time, not of 64 KiB of them."""
         waiting = len(conn.wbuf)
+        if waiting != conn.unsent:
+            self._count_unsent(conn, waiting)
+            if conn.closed:
+                return
         writing = waiting > 0
         reading = waiting <= (REPLIES_HELD if conn.reading else REPLIES_HELD // 2)
         if writing != conn.writing or reading != conn.reading:
@@ -232,6 +271,20 @@ class Server:
             events = (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if writing else 0)
             chunk = self._sip if writing else self._chunk
             self.sel.modify(conn.sock, events, lambda mask: self._on_conn(conn, mask, chunk))
+
+    def _count_unsent(self, conn: Conn, waiting: int) -> None:
+        """Count the connection's unsent replies in the total; past REPLIES_TOTAL, close those that hold the most."""
+        self.unsent += waiting - conn.unsent
+        conn.unsent = waiting
+        if waiting:
+            self.behind[id(conn)] = conn
+        else:
+            self.behind.pop(id(conn), None)
+        while self.unsent > REPLIES_TOTAL and self.behind:
+            most = max(self.behind.values(), key=lambda c: c.unsent)
+            self.refused(f"closed a connection of uid {most.uid} holding {most.unsent >> 10} KiB of replies it "
+                         f"does not read: the connections' unsent replies passed {REPLIES_TOTAL >> 20} MiB")
+            self._close(most)
 
     def close_conn(self, conn: Conn) -> None:
         """Close a connection (its socket failed elsewhere: the event stream's sends)."""
@@ -243,6 +296,11 @@ class Server:
         conn.closed = True
         self.held -= conn.held
         conn.held = 0
+        self.connections -= 1
+        if conn.unsent:
+            self.unsent -= conn.unsent
+            conn.unsent = 0
+            del self.behind[id(conn)]
         self.sel.unregister(conn.sock)
         conn.sock.close()
         if conn.subscribed:

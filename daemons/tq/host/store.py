@@ -45,8 +45,21 @@ from .records import (
 from .storefaults import describe
 
 STORE_FILE = "tq.sqlite3"  # in host.state_dir
+FILE_SUFFIXES = ("", "-wal", "-shm")  # the store's files: the database, its write-ahead log, the log's index
 COMMIT_TIMES_KEPT = 512  # commit times kept (commit_seconds) before they are handed to on_commit_seconds
 _FINAL_SQL = ",".join(f"'{s}'" for s in sorted(FINAL))  # the SQL list of final states
+
+
+def held_files(path: str) -> tuple[tuple[int, int], ...]:
+    """(st_dev, st_ino) of each of the store's files (FILE_SUFFIXES); (0, 0) for one that is not there."""
+    found = []
+    for suffix in FILE_SUFFIXES:
+        try:
+            st = os.stat(path + suffix)
+            found.append((st.st_dev, st.st_ino))
+        except OSError:
+            found.append((0, 0))
+    return tuple(found)
 
 
 class StoreError(Exception):
@@ -62,32 +75,56 @@ class Store:
         # commit; every COMMIT_TIMES_KEPT of them go to on_commit_seconds (tq-host: the metrics' histogram).
         self.commit_seconds: list[float] = []
         self.on_commit_seconds = on_commit_seconds
+        self.durability = durability
+        self._synchronous = ""  # the PRAGMA synchronous in force
+        self._unsynced = False  # a commit since the last fsync was not fsync'd
+        self.db = self._connect()
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect for a new file: pruning frees pages
-            # Only tq-host opens the store: holding its lock spares file locking on every commit, and WAL then
-            # keeps its index in memory instead of a shared -shm file. Other readers wait until tq-host stops.
-            self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # The hot pages are the newest leaves and the inner pages: 512 KiB holds them (a larger cache
-            # measured no faster and stayed resident after a burst).
-            self.db.execute("PRAGMA cache_size=-512")
-            self.durability = durability
-            self._synchronous = ""  # the PRAGMA synchronous in force
-            self._unsynced = False  # a commit since the last fsync was not fsync'd
-            self._set_synchronous(durability == "full")
             self._upgrade()
             self.next_id = self._max_id() + 1
         except sqlite3.Error as e:
+            self.db.close()
             raise StoreError(describe(self.path, e)) from None
         except StoreError:
             self.db.close()
             raise
-        for suffix in ("", "-wal", "-shm"):
-            restrict(self.path + suffix, 0o660)
+        self.files = held_files(self.path)  # the store's files as opened: storewatch.py tells when they go
         self._new: dict[int, JobRecord] = {}  # staged inserts and updates, written by flush()
         self._dirty: dict[int, tuple[JobRecord, str]] = {}  # id -> (job, which of UPDATES covers its changes)
         self._resting: dict[tuple[str, int], bool] = {}  # (state, id) -> whether its row is in resting, at flush
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open the file at self.path as tq-host holds it; the level of fsync is set again for the new connection."""
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(describe(self.path, e)) from None
+        try:
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect for a new file: pruning frees pages
+            # Only tq-host opens the store: holding its lock spares file locking on every commit, and WAL then
+            # keeps its index in memory instead of a shared -shm file. Other readers wait until tq-host stops.
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute("PRAGMA journal_mode=WAL")
+            # The hot pages are the newest leaves and the inner pages: 512 KiB holds them (a larger cache
+            # measured no faster and stayed resident after a burst).
+            db.execute("PRAGMA cache_size=-512")
+            level = "FULL" if self.durability == "full" else "NORMAL"
+            db.execute(f"PRAGMA synchronous={level}")
+            self._synchronous = level
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the WAL file is made with the first read
+        except sqlite3.Error as e:
+            db.close()
+            raise StoreError(describe(self.path, e)) from None
+        for suffix in FILE_SUFFIXES:
+            restrict(self.path + suffix, 0o660)
+        return db
+
+    def reopen(self) -> None:
+        """Close the connection and open the file at self.path again (storewatch.py, once it put the store back
+        there). Nothing may be staged or in a transaction."""
+        self.db.close()
+        self.db = self._connect()
+        self.files = held_files(self.path)
 
     def set_durability(self, durability: str) -> None:
         """"full": each acknowledging commit is fsync'd; "normal": the WAL is fsync'd at checkpoints only."""
