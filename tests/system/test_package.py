@@ -420,8 +420,9 @@ def test_a_reload_with_a_broken_dropin_fails_and_the_running_configuration_stays
 
 def test_a_config_or_usage_error_fails_the_unit_without_a_restart(tq: Container) -> None:
     """Exit status 2 is in RestartPreventExitStatus=: the unit fails once, naming the file, and is not restarted
-    (it was, 5 times in a row, each logging the same error)."""
-    dropin = tq.put_text("[mqueue]\nmax_messages = \"lots\"\n", "/etc/tq/tq.d/99-broken.toml")
+    (it was, 5 times in a row, each logging the same error). Its own file name: --since counts whole seconds, and
+    the test before logs the same key's error for 99-broken.toml within the second."""
+    dropin = tq.put_text("[mqueue]\nmax_messages = \"lots\"\n", "/etc/tq/tq.d/98-bad-at-start.toml")
     since = tq.run("date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
     try:
         assert tq.run("systemctl restart tq-host", check=False).returncode != 0
