@@ -164,6 +164,9 @@ class AmqpMailboxes:
     def waiting_for(self) -> str:
         return "" if self.session.ready else self.session.status
 
+    def heard(self) -> int:
+        return self.session.heard()
+
     def unsettled(self) -> int:
         return len(self.session.unconfirmed) + len(self.session.resend)
 

@@ -75,6 +75,7 @@ class Session:
         self.status = f"connecting to {where}"
         self.closing = False
         self.counts = {"connects": 0, "resent": 0, "returned": 0, "nacked": 0, "cancelled": 0}
+        self.received = 0  # bytes the broker sent on connections closed since (heard)
 
     # ---- what the mailboxes call -------------------------------------------
 
@@ -82,6 +83,11 @@ class Session:
     def ready(self) -> bool:
         """Both channels up: publishing and every consumer on."""
         return self.pub is not None and self.sub is not None
+
+    def heard(self) -> int:
+        """Bytes received from the broker so far, on every connection (any frame: deliveries, confirms, replies,
+        the broker's heartbeats): a count that changes whenever the broker was heard from."""
+        return self.received + (self.conn.bytes_received if self.conn is not None else 0)
 
     def start(self) -> None:
         if self.closing:
@@ -173,6 +179,8 @@ class Session:
         self._lost(describe(reason, self.where))
 
     def _lost(self, why: str) -> None:
+        if self.conn is not None:
+            self.received += self.conn.bytes_received
         self.conn = None
         self._retire_pub()
         self._retire_sub()

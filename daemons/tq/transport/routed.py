@@ -81,6 +81,9 @@ class RoutedMailboxes:
     def waiting_for(self) -> str:
         return self.remote.waiting_for
 
+    def heard(self) -> int:
+        return self.remote.heard()
+
     def unsettled(self) -> int:
         return self.remote.unsettled()
 
