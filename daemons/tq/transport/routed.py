@@ -84,6 +84,9 @@ class RoutedMailboxes:
     def heard(self) -> int:
         return self.remote.heard()
 
+    def secrets_changed(self) -> bool:
+        return self.remote.secrets_changed()
+
     def unsettled(self) -> int:
         return self.remote.unsettled()
 
