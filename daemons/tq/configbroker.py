@@ -1,7 +1,7 @@
 """Reading [amqp] (tq-host's broker) and [transport] (how a worker reaches tq-host) into config.py's dataclasses.
 
 A broker URL is `amqp://USER@HOST[:PORT][/VHOST]`, or `amqps://` for TLS (port 5671 unless given); its password
-comes from `password_file` (a file holding it on one line, read by the daemon when it opens the transport, so that
+comes from `password_file` (a file holding it on one line, read by the daemon at each connection attempt, so that
 the configuration may stay world-readable), or, less safely, from the URL itself. With `amqps`, `ca_file`,
 `cert_file` and `key_file` name the authority to trust and this side's certificate. No error repeats a URL as
 given: it may hold the password.

@@ -172,6 +172,8 @@ class Daemon:
             if pending:
                 self.logger.warning("%s changed: takes effect at the next restart", ", ".join(pending))
             self.apply(new)
+            if self.mailboxes.secrets_changed():
+                self.logger.info("broker password changed: used from the next connection")
             self.cfg = new
             logging.getLogger().setLevel(new.log.level.upper())
             self.events.configure(new.log.job_events, new.log.job_events_per_second)

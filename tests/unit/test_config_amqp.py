@@ -154,7 +154,7 @@ def test_a_broker_host_that_does_not_resolve_is_no_error_at_start_but_looked_up_
     cfg = load(tmp_path, '[amqp]\nurl = "amqp://tq:x@no-such-host.invalid/"\n')
     assert cfg.amqp.url is not None
     mailboxes = AmqpMailboxes(cfg, cfg.amqp.url, AmqpLoop(selectors.DefaultSelector()))
-    assert mailboxes.session.params.host == "no-such-host.invalid"  # (not an address resolved once)
+    assert mailboxes.session.params().host == "no-such-host.invalid"  # (not an address resolved once)
     found = lookup("no-such-host.invalid", 5672)
     assert isinstance(found, socket.gaierror)
     assert describe(found, "amqp://tq:***@no-such-host.invalid:5672/").startswith(

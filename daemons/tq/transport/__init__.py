@@ -31,8 +31,8 @@ def for_config(cfg: config.Config, sel: selectors.BaseSelector, logger: logging.
                host: bool = False) -> Mailboxes:
     """The mailboxes of `cfg` for the daemon `name` whose loop runs `sel` (made by `selector(cfg, host)`):
     tq-host's (`host`) on both transports when [amqp] names queues; a worker's through the broker with
-    [transport] kind = "amqp"; else the POSIX queues. MailboxError if the broker's password or TLS files cannot
-    be read or its host resolved."""
+    [transport] kind = "amqp"; else the POSIX queues. A broker's password and TLS files are read, and its host
+    looked up, at each connection attempt: one that fails is a wait, said in STATUS, never an error here."""
     url = broker(cfg, host)
     if url is None:
         return PosixMailboxes(cfg)

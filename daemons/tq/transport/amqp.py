@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import config
 from .amqploop import AmqpLoop
-from .amqpparams import parameters
+from .amqpparams import BrokerParameters
 from .amqpsession import Consumer, Outgoing, Session
 from .mailbox import Mailbox, Mailboxes
 
@@ -144,8 +144,8 @@ class AmqpMailboxes:
         logging.getLogger("pika").setLevel(logging.CRITICAL)  # it logs tracebacks; we log one line per event
         self.message_size = cfg.mqueue.max_message_size
         self.notes: tuple[str, ...] = ()
-        params = parameters(url, round(cfg.amqp.heartbeat), connection_name)
-        self.session = Session(loop, params, url.masked(), cfg.amqp.window, self.logger)
+        self.params = BrokerParameters(url, round(cfg.amqp.heartbeat), connection_name)
+        self.session = Session(loop, self.params, url.masked(), cfg.amqp.window, self.logger)
         self.started = False
 
     @property
@@ -163,6 +163,12 @@ class AmqpMailboxes:
     @property
     def waiting_for(self) -> str:
         return "" if self.session.ready else self.session.status
+
+    def heard(self) -> int:
+        return self.session.heard()
+
+    def secrets_changed(self) -> bool:
+        return self.params.password_changed()
 
     def unsettled(self) -> int:
         return len(self.session.unconfirmed) + len(self.session.resend)

@@ -1,9 +1,12 @@
 """A broker connection's parameters from the configured URL: the password (read from its file) and, for `amqps`,
 the TLS context.
 
-Each is made when the daemon makes its transport (start, reload), so that a file that cannot be read is one clear
-line at start (MailboxError), never a failure on the loop. The host's name is looked up at each connection
-attempt (amqploop.Resolver): a name that does not resolve yet, or no longer, is a wait like a broker that is down.
+They are made at each connection attempt (`BrokerParameters`, which the session calls), so that the files are read
+then: a password rotated in its file is used from the next connection (a reload says so when it changed), and a
+file that cannot be read fails that attempt in one line (MailboxError: the log and STATUS say it, as a refused
+login does, and the session retries with its backoff): never a start error, so tq-host serves this machine's
+queues meanwhile. The host's name is looked up at each connection attempt too (amqploop.Resolver): a name that
+does not resolve yet, or no longer, is a wait like a broker that is down.
 """
 
 from __future__ import annotations
@@ -16,9 +19,35 @@ from .. import config
 from .mailbox import MailboxError
 
 
-def parameters(url: config.BrokerUrl, heartbeat: int, connection_name: str) -> pika.ConnectionParameters:
+class BrokerParameters:
+    """pika's parameters for one connection attempt (see the module's docstring); `password` is the one last read."""
+
+    def __init__(self, url: config.BrokerUrl, heartbeat: int, connection_name: str) -> None:
+        self.url, self.heartbeat, self.connection_name = url, heartbeat, connection_name
+        self.password: str | None = None
+
+    def __call__(self) -> pika.ConnectionParameters:
+        """Read the password and TLS files now; MailboxError (one line) when one cannot be read."""
+        password = read_password(self.url)
+        params = parameters(self.url, password, self.heartbeat, self.connection_name)
+        self.password = password
+        return params
+
+    def password_changed(self) -> bool:
+        """(A reload) whether `password_file` now holds another password than the one last used: the next
+        connection uses it. False when it cannot be read (the next attempt says why) or none was read yet."""
+        if not self.url.password_file or self.password is None:
+            return False
+        try:
+            return read_password(self.url) != self.password
+        except MailboxError:
+            return False
+
+
+def parameters(url: config.BrokerUrl, password: str, heartbeat: int,
+               connection_name: str) -> pika.ConnectionParameters:
     """pika's parameters for `url`: one attempt (the session retries with its own backoff), a 5 s socket timeout."""
-    credentials = pika.PlainCredentials(url.user, read_password(url), erase_on_connect=False)
+    credentials = pika.PlainCredentials(url.user, password, erase_on_connect=False)
     return pika.ConnectionParameters(
         host=url.host, port=url.port, virtual_host=url.vhost, credentials=credentials, heartbeat=heartbeat,
         connection_attempts=1, socket_timeout=5.0, ssl_options=tls(url),

@@ -26,6 +26,7 @@ import pika.spec
 
 from .amqploop import AmqpLoop
 from .amqpstate import Backoff, describe
+from .mailbox import MailboxError
 
 QUEUE_ARGUMENTS = {"x-queue-type": "classic", "x-max-priority": 2}  # quorum queues refuse x-max-priority on 3.10
 CHANNEL_RETRY = 0.2  # a channel the broker closed is reopened after this (the connection is up)
@@ -56,8 +57,9 @@ class Session:
     """The connection and its two channels (see the module's docstring). `status` says in one line where it
     stands; `error` is the last failure, one line, password never included."""
 
-    def __init__(self, loop: AmqpLoop, params: pika.ConnectionParameters, where: str, window: int,
+    def __init__(self, loop: AmqpLoop, params: Callable[[], pika.ConnectionParameters], where: str, window: int,
                  logger: logging.Logger) -> None:
+        """`params`: called at each connection attempt (its files are read then); MailboxError fails the attempt."""
         self.loop, self.params, self.where, self.window, self.logger = loop, params, where, window, logger
         self.conn: Any = None
         self.pub: Any = None  # the publish channel, once in confirm mode with the queues declared
@@ -75,6 +77,7 @@ class Session:
         self.status = f"connecting to {where}"
         self.closing = False
         self.counts = {"connects": 0, "resent": 0, "returned": 0, "nacked": 0, "cancelled": 0}
+        self.received = 0  # bytes the broker sent on connections closed since (heard)
 
     # ---- what the mailboxes call -------------------------------------------
 
@@ -83,11 +86,21 @@ class Session:
         """Both channels up: publishing and every consumer on."""
         return self.pub is not None and self.sub is not None
 
+    def heard(self) -> int:
+        """Bytes received from the broker so far, on every connection (any frame: deliveries, confirms, replies,
+        the broker's heartbeats): a count that changes whenever the broker was heard from."""
+        return self.received + (self.conn.bytes_received if self.conn is not None else 0)
+
     def start(self) -> None:
         if self.closing:
             return  # closed while a retry waited
         self.counts["connects"] += 1
-        self.conn = pika.SelectConnection(self.params, on_open_callback=self._on_open,
+        try:
+            params = self.params()
+        except MailboxError as e:  # a password or TLS file that cannot be read: a wait, as a refused login is
+            self._lost(str(e))
+            return
+        self.conn = pika.SelectConnection(params, on_open_callback=self._on_open,
                                           on_open_error_callback=self._on_open_error,
                                           on_close_callback=self._on_closed, custom_ioloop=self.loop.services())
         self.conn.add_on_connection_blocked_callback(self._on_blocked)
@@ -173,6 +186,8 @@ class Session:
         self._lost(describe(reason, self.where))
 
     def _lost(self, why: str) -> None:
+        if self.conn is not None:
+            self.received += self.conn.bytes_received
         self.conn = None
         self._retire_pub()
         self._retire_sub()

@@ -93,6 +93,16 @@ class Mailboxes(Protocol):
         """Messages sent and not yet confirmed by a broker (a stopping daemon waits for them)."""
         ...
 
+    def heard(self) -> int:
+        """A count that changes each time the transport's connection hears from the other end (a broker's: bytes
+        received, any frame); 0 for ever without a connection of its own."""
+        ...
+
+    def secrets_changed(self) -> bool:
+        """(A reload) whether the connection's password file now holds another password than the one in use: the
+        next connection attempt uses it (each attempt reads it). False without a connection of its own."""
+        ...
+
     def losses(self) -> int:
         """How many times a queue this process consumes was deleted under it (by an operator, or a broker that
         lost it): what waited in it is gone, so the daemon has the Sync fence find what that was."""
@@ -105,6 +115,12 @@ class Connectionless:
     @property
     def waiting_for(self) -> str:
         return ""
+
+    def heard(self) -> int:
+        return 0
+
+    def secrets_changed(self) -> bool:
+        return False
 
     def unsettled(self) -> int:
         return 0  # a message is in the kernel's queue once sent

@@ -81,6 +81,12 @@ class RoutedMailboxes:
     def waiting_for(self) -> str:
         return self.remote.waiting_for
 
+    def heard(self) -> int:
+        return self.remote.heard()
+
+    def secrets_changed(self) -> bool:
+        return self.remote.secrets_changed()
+
     def unsettled(self) -> int:
         return self.remote.unsettled()
 
