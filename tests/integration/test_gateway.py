@@ -486,7 +486,7 @@ def test_whoami_and_the_token_routes(suite: Suite, member: pwd.struct_passwd, gw
     ro = a.json["token"]
     assert "ro" in [t["name"] for t in request(gw, "GET", "/api/v1/tokens").json["tokens"]]
     a = request(gw, "GET", "/api/v1/whoami", token=ro)
-    assert a.json == {"user": MEMBER, "token": "ro", "read_only": True}, a.raw
+    assert a.json == {"user": MEMBER, "token": "ro", "read_only": True, "uid": member.pw_uid, "may_steer": False}, a.raw
     assert request(gw, "GET", "/api/v1/tokens", token=ro).status == 403  # only root and admins manage tokens
     a = request(gw, "DELETE", "/api/v1/tokens/ro")
     assert a.status == 200, a.raw

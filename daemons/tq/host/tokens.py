@@ -184,7 +184,11 @@ class Tokens:
         acting = self.acting.setdefault(token.name, [])
         acting[:] = [c for c in acting if not c.closed]
         acting.append(conn)
-        return {"user": token.user, "token": token.name, "read_only": token.read_only}
+        may_steer = not token.read_only and self.access().may_steer(conn.uid, conn.gid, "steer") is None
+        # uid and may_steer: what the page offers (tq-host decides each request): retry of the user's own jobs, or
+        # of any with pause and resume too (root, the daemons' user, an admin).
+        return {"user": token.user, "token": token.name, "read_only": token.read_only, "uid": conn.uid,
+                "may_steer": may_steer}
 
 
 def _account(user: str, code: str) -> pwd.struct_passwd:
