@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ import pytest
 from harness import Suite, temporary_suite
 
 MQUEUE_FS = Path("/dev/mqueue")
+MEMBER = "tqtest-member"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -49,3 +52,24 @@ def signals() -> Iterator[None]:
     signal.set_wakeup_fd(-1)
     for s, handler in saved.items():
         signal.signal(s, handler)
+
+
+@pytest.fixture
+def member() -> Iterator[pwd.struct_passwd]:
+    """Group tq (created if missing) and a user in it who owns none of tq's files: who a token may act for
+    (neither root nor an admin). Needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (creates group tq and a member)")
+    made_group = False
+    try:
+        grp.getgrnam("tq")
+    except KeyError:
+        subprocess.run(["groupadd", "--system", "tq"], check=True)
+        made_group = True
+    subprocess.run(["useradd", "--system", "--no-create-home", "-G", "tq", MEMBER], check=True)
+    try:
+        yield pwd.getpwnam(MEMBER)
+    finally:
+        subprocess.run(["userdel", MEMBER], check=False)
+        if made_group:
+            subprocess.run(["groupdel", "tq"], check=False)

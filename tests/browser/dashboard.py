@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -179,6 +180,27 @@ def read_only(driver: WebDriver, url: str, token: str) -> list[str]:
     return shown
 
 
+def member(driver: WebDriver, url: str, token: str, own: int) -> str:
+    """Log in as a member of group tq who is no admin: no pause or resume, Retry on its own dead job alone, and
+    "Retry all" says how many it was refused."""
+    driver.find_element(By.ID, "logout").click()
+    until(driver, "the login form after logging out", lambda d: d.find_elements(By.ID, "token"))
+    login(driver, url, token)
+    page_loaded(driver)
+    until(driver, f"its own dead job {own}", lambda d: own in dead_ids(d))
+    shown = driver.execute_script("return [...document.querySelectorAll('button.act')].filter(b => b.offsetParent "
+                                  "!== null).map(b => (b.closest('tr[data-job]') || {dataset: {}}).dataset.job || "
+                                  "b.textContent)")
+    if sorted(shown) != sorted([str(own), "Retry all dead (filtered)"]):
+        raise Failed(f"a member who is no admin sees buttons for what it may not do: {shown}")
+    driver.find_element(By.ID, "retry-all").click()
+    until(driver, "the confirm dialog", lambda d: d.switch_to.alert).accept()
+    said = until(driver, "retry all's answer", lambda d: text(d, "#message"))
+    if not re.fullmatch(r"1 job\(s\) retried; [1-9]\d* matching job\(s\) are not yours to change", said):
+        raise Failed(f"retry all as a member says {said!r}")
+    return str(said)
+
+
 def run(args: argparse.Namespace, driver: WebDriver) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if args.bad_token:
@@ -205,6 +227,8 @@ def run(args: argparse.Namespace, driver: WebDriver) -> dict[str, Any]:
         raise Failed(f"the browser's console has errors: {errors}")
     if args.read_only_token:
         out["read_only_buttons"] = read_only(driver, args.url, args.read_only_token)
+    if args.member_token:
+        out["member_retry_all"] = member(driver, args.url, args.member_token, args.member_job)
     return out
 
 
@@ -214,6 +238,8 @@ def main() -> int:
     parser.add_argument("--token", required=True)
     parser.add_argument("--read-only-token")
     parser.add_argument("--bad-token")
+    parser.add_argument("--member-token", help="a member of group tq who is no admin ...")
+    parser.add_argument("--member-job", type=int, help="... and its dead job")
     parser.add_argument("--queue", required=True, help="a queue the page must show ...")
     parser.add_argument("--delayed", type=int, required=True, help="... with this many delayed jobs")
     parser.add_argument("--worker", required=True, help="a worker instance the page must show live")

@@ -11,6 +11,7 @@ import http.client
 import json
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from conftest import MEMBER
 from harness import ROOT, Answer, Gateway, Suite, request
 from tq.gateway.hostlink import HostLinks
 from tq.gateway.summary import Summary
@@ -295,20 +297,23 @@ class Traffic:
         self.thread.join(10)
 
 
-def test_dashboard_in_chromium(suite: Suite, gw: Gateway, tmp_path: Path) -> None:
+def test_dashboard_in_chromium(suite: Suite, member: pwd.struct_passwd, gw: Gateway, tmp_path: Path) -> None:
     browser_or_skip()
     c = suite.client()
+    members = token(suite, "member", MEMBER)
+    (own,) = request(gw, "POST", "/api/v1/jobs", {"task": "broken"}, token=members).json["ids"]
     marker = suite.dir / "flaky.marker"
     marker.touch()
     flaky = [c.submit("flaky", str(i)) for i in range(FLAKY)]
     broken = c.submit("broken")
     delayed = [c.submit("echo", "later", delay=3600) for _ in range(3)]
-    c.wait_many([*flaky, broken], timeout=60)
+    c.wait_many([*flaky, broken, own], timeout=60)
     assert {c.get(i)["state"] for i in [*flaky, broken]} == {"dead"}
     marker.unlink()  # a retried flaky job is done
     screenshot = tmp_path / "dashboard.png"
     argv = [BROWSER[2], str(ROOT / "tests/browser/dashboard.py"), "--url", f"http://127.0.0.1:{gw.port}",
-            "--token", token(suite, "admin"), "--read-only-token", token(suite, "viewer", "nobody", True),
+            "--token", token(suite, "admin"), "--read-only-token", token(suite, "viewer", MEMBER, True),
+            "--member-token", members, "--member-job", str(own),
             "--bad-token", "tq_wrong", "--queue", "default", "--delayed", str(len(delayed)), "--worker", "1",
             "--dead", *map(str, flaky[-19:]), "--retry", str(flaky[-1]), "--error", FLAKY_ERROR,
             "--bulk-task", "flaky", "--bulk-count", str(FLAKY - 1), "--screenshot", str(screenshot)]

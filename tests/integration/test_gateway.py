@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import pwd
 import signal
 import socket
 import ssl
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from conftest import MEMBER
 from harness import Daemon, Gateway, Suite, request, wait_until
 
 
@@ -476,15 +478,15 @@ def test_an_encrypted_tls_key_is_one_line_and_cannot_start_not_a_prompt(suite: S
 
 # ---- tokens: each request acts as the token's user ---------------------------------------------------------
 
-def test_whoami_and_the_token_routes(suite: Suite, gw: Gateway) -> None:
+def test_whoami_and_the_token_routes(suite: Suite, member: pwd.struct_passwd, gw: Gateway) -> None:
     a = request(gw, "GET", "/api/v1/whoami")
     assert a.status == 200 and a.json["user"] == "root" and a.json["read_only"] is False, a.raw
-    a = request(gw, "POST", "/api/v1/tokens", {"name": "ro", "user": "nobody", "read_only": True})
+    a = request(gw, "POST", "/api/v1/tokens", {"name": "ro", "user": MEMBER, "read_only": True})
     assert a.status == 201 and a.json["token"].startswith("tq_"), a.raw
     ro = a.json["token"]
     assert "ro" in [t["name"] for t in request(gw, "GET", "/api/v1/tokens").json["tokens"]]
     a = request(gw, "GET", "/api/v1/whoami", token=ro)
-    assert a.json == {"user": "nobody", "token": "ro", "read_only": True}, a.raw
+    assert a.json == {"user": MEMBER, "token": "ro", "read_only": True, "uid": member.pw_uid, "may_steer": False}, a.raw
     assert request(gw, "GET", "/api/v1/tokens", token=ro).status == 403  # only root and admins manage tokens
     a = request(gw, "DELETE", "/api/v1/tokens/ro")
     assert a.status == 200, a.raw
@@ -494,7 +496,7 @@ def test_whoami_and_the_token_routes(suite: Suite, gw: Gateway) -> None:
 
 
 def test_a_read_only_token_reads_and_changes_nothing(suite: Suite, gw: Gateway) -> None:
-    ro = suite.token("nobody", read_only=True)
+    ro = suite.token("root", read_only=True)
     (job_id,) = request(gw, "POST", "/api/v1/jobs", {"task": "x", "delay": "1h"}).json["ids"]
     assert request(gw, "GET", f"/api/v1/jobs/{job_id}", token=ro).status == 200
     for method, path, body in [("POST", "/api/v1/jobs", {"task": "x"}), ("POST", f"/api/v1/jobs/{job_id}/cancel",
@@ -505,13 +507,14 @@ def test_a_read_only_token_reads_and_changes_nothing(suite: Suite, gw: Gateway) 
         assert "read-only" in a.json["error"]["message"]
 
 
-def test_a_users_token_is_held_to_that_users_access_rules(suite: Suite, gw: Gateway) -> None:
-    nobody = suite.token("nobody")
+def test_a_users_token_is_held_to_that_users_access_rules(suite: Suite, member: pwd.struct_passwd,
+                                                          gw: Gateway) -> None:
+    theirs_token = suite.token(MEMBER)
     (roots,) = request(gw, "POST", "/api/v1/jobs", {"task": "x", "delay": "1h"}).json["ids"]
-    (theirs,) = request(gw, "POST", "/api/v1/jobs", {"task": "x", "delay": "1h"}, token=nobody).json["ids"]
-    a = request(gw, "POST", f"/api/v1/jobs/{roots}/cancel", token=nobody)
+    (theirs,) = request(gw, "POST", "/api/v1/jobs", {"task": "x", "delay": "1h"}, token=theirs_token).json["ids"]
+    a = request(gw, "POST", f"/api/v1/jobs/{roots}/cancel", token=theirs_token)
     assert (a.status, a.code) == (403, "permission"), a.raw
-    assert request(gw, "POST", f"/api/v1/jobs/{theirs}/cancel", token=nobody).status == 200
+    assert request(gw, "POST", f"/api/v1/jobs/{theirs}/cancel", token=theirs_token).status == 200
     assert request(gw, "GET", f"/api/v1/jobs/{theirs}").json["job"]["submitter"] != 0
 
 

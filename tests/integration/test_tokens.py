@@ -4,19 +4,21 @@
 from __future__ import annotations
 
 import json
+import pwd
 
 import pytest
 
+from conftest import MEMBER
 from harness import Suite
 from tq.client import PermissionDenied
 
 
-def test_a_read_only_token_lists_and_is_refused_a_submit(suite: Suite) -> None:
+def test_a_read_only_token_lists_and_is_refused_a_submit(suite: Suite, member: pwd.struct_passwd) -> None:
     suite.start(workers=1)
-    made = suite.tqctl("--json", "token", "create", "viewer", "--user", "nobody", "--read-only")
+    made = suite.tqctl("--json", "token", "create", "viewer", "--user", MEMBER, "--read-only")
     assert made.returncode == 0, made.stderr
     reply = json.loads(made.stdout)
-    assert (reply["name"], reply["user"], reply["read_only"]) == ("viewer", "nobody", True)
+    assert (reply["name"], reply["user"], reply["read_only"]) == ("viewer", MEMBER, True)
     job_id = suite.client().submit("task-1")
     viewer = suite.client()
     assert viewer.act_as(reply["token"])["read_only"] is True
@@ -27,8 +29,8 @@ def test_a_read_only_token_lists_and_is_refused_a_submit(suite: Suite) -> None:
     assert [j["id"] for j in suite.client().list_jobs()] == [job_id]  # nothing was submitted
     table = suite.tqctl("token", "list").stdout.splitlines()
     assert table[0].split() == ["NAME", "USER", "ACCESS", "CREATED"] and table[1].split()[:3] == [
-        "viewer", "nobody", "read-only"]
-    assert suite.tqctl("token", "create", "viewer", "--user", "nobody").returncode == 2  # taken
+        "viewer", MEMBER, "read-only"]
+    assert suite.tqctl("token", "create", "viewer", "--user", MEMBER).returncode == 2  # taken
 
 
 def test_tqctl_list_after_pages_down_the_ids(suite: Suite) -> None:

@@ -17,28 +17,10 @@ from collections.abc import Iterator
 import pytest
 
 from harness import Suite, wait_until
-from tq.client import Unauthorized
+from tq.client import Client, Unauthorized
 
 MEMBER = "tqtest-member"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates group tq and a member)")
-
-
-@pytest.fixture
-def member() -> Iterator[pwd.struct_passwd]:
-    """Group tq (created if missing) and a user in it who owns none of tq's files."""
-    made_group = False
-    try:
-        grp.getgrnam("tq")
-    except KeyError:
-        subprocess.run(["groupadd", "--system", "tq"], check=True)
-        made_group = True
-    subprocess.run(["useradd", "--system", "--no-create-home", "-G", "tq", MEMBER], check=True)
-    try:
-        yield pwd.getpwnam(MEMBER)
-    finally:
-        subprocess.run(["userdel", MEMBER], check=False)
-        if made_group:
-            subprocess.run(["groupdel", "tq"], check=False)
 
 
 def as_user(user: str, *argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -255,3 +237,93 @@ def test_a_token_whose_user_is_deleted_is_refused_on_the_connection_already_acti
     assert f"token gone's user '{MEMBER}' is not on this system" in str(refused)
     with pytest.raises(Unauthorized, match="is not on this system"):
         suite.client().act_as(token)
+
+
+# ---- a token is no way round group tq (trial-C #2) -------------------------------------------------------------
+
+OUTSIDER = "tqtest-outsider"
+
+
+@pytest.fixture
+def outsider(member: pwd.struct_passwd) -> Iterator[str]:
+    """A user who is not in group tq (locally: permission denied on the socket, exit 4)."""
+    subprocess.run(["useradd", "--system", "--no-create-home", OUTSIDER], check=True)
+    try:
+        yield OUTSIDER
+    finally:
+        subprocess.run(["userdel", OUTSIDER], check=False)
+
+
+def refused_live(live: Client) -> Unauthorized:
+    """Await the refusal of a connection that acts with a token (its user is looked up again once a second)."""
+    def refusal() -> Unauthorized | None:
+        try:
+            live.status()
+        except Unauthorized as e:
+            return e
+        return None
+
+    refused = wait_until(refusal, what="the token refused on the connection acting with it")
+    assert isinstance(refused, Unauthorized) and refused.exit_code == 4
+    return refused
+
+
+def test_a_token_is_not_made_for_a_user_outside_group_tq(suite: Suite, outsider: str) -> None:
+    suite.start(workers=1)
+    r = suite.tqctl("token", "create", "out", "--user", outsider)
+    assert (r.returncode, r.stdout) == (4, ""), r
+    assert r.stderr == (f"tqctl: permission denied: user {outsider} is not in group tq: only root, the daemons' "
+                        "user and members of group tq reach tq, and a token acts only for them (add "
+                        f"{outsider} to the group first)\n")
+    assert as_user(outsider, sys.executable, "-m", "tq.ctl", "--config", str(suite.config), "status",
+                   env=suite.env).returncode == 4  # as locally
+    assert suite.store_rows("SELECT count(*) FROM tokens") == [(0,)]
+
+
+def test_a_token_stops_when_its_user_leaves_group_tq(suite: Suite, member: pwd.struct_passwd) -> None:
+    suite.start(workers=1)
+    token = suite.tqctl("token", "create", "ci", "--user", MEMBER).stdout.strip()
+    live = suite.client()  # as a gateway's open link to tq-host
+    assert live.act_as(token)["user"] == MEMBER and live.submit("task-1")  # a member's token works
+    subprocess.run(["gpasswd", "--delete", MEMBER, "tq"], check=True, capture_output=True)
+    message = f"token ci: user {MEMBER} is not in group tq"
+    assert message in str(refused_live(live))
+    with pytest.raises(Unauthorized, match=message):
+        suite.client().act_as(token)
+
+
+@pytest.mark.parametrize("in_tq", [False, True])
+def test_a_token_does_not_pass_to_a_later_account_of_its_users_name(suite: Suite, member: pwd.struct_passwd,
+                                                                    in_tq: bool) -> None:
+    suite.start(workers=1)
+    token = suite.tqctl("token", "create", "bob", "--user", MEMBER).stdout.strip()
+    live = suite.client()
+    assert live.act_as(token)["user"] == MEMBER
+    subprocess.run(["userdel", MEMBER], check=True)
+    assert "is not on this system" in str(refused_live(live))
+    # In group tq it is refused for its other uid; out of it, even under the same uid (freed by userdel), for that.
+    taken = {p.pw_uid for p in pwd.getpwall()}
+    uid = next(u for u in range(999, 100, -1) if u not in taken and u != member.pw_uid) if in_tq else member.pw_uid
+    subprocess.run(["useradd", "--system", "--no-create-home", "-u", str(uid), *(["-G", "tq"] * in_tq), MEMBER],
+                   check=True)  # a new account of that name (the fixture deletes it)
+    message = (f"token bob was made for uid {member.pw_uid}; user '{MEMBER}' is now uid {uid}, another account"
+               if in_tq else f"token bob: user {MEMBER} is not in group tq")
+    with pytest.raises(Unauthorized, match=message):
+        suite.client().act_as(token)
+    assert "bob" in suite.tqctl("token", "list").stdout  # (listed until revoked: the name says whose it was)
+
+
+def test_only_root_makes_or_revokes_a_token_that_acts_as_root(suite: Suite, people: None) -> None:
+    suite.write_config(f'\n[access]\nadmins = ["{ADMINS}"]\n')
+    suite.start(workers=1)
+    tqctl = [sys.executable, "-m", "tq.ctl", "--config", str(suite.config)]
+    r = as_user(ADMIN, *tqctl, "token", "create", "mine", "--user", "root", env=suite.env)
+    assert (r.returncode, r.stderr) == (4, "tqctl: permission denied: only root may make a token that acts as "
+                                           "root (uid 0)\n")
+    assert suite.tqctl("token", "create", "roots", "--user", "root").returncode == 0
+    r = as_user(ADMIN, *tqctl, "token", "revoke", "roots", env=suite.env)
+    assert (r.returncode, r.stderr) == (4, "tqctl: permission denied: only root may revoke a token that acts as "
+                                           "root (uid 0)\n")
+    r = as_user(ADMIN, *tqctl, "token", "create", "others", "--user", OTHER, env=suite.env)  # a member's: may
+    assert r.returncode == 0 and as_user(ADMIN, *tqctl, "token", "revoke", "others", env=suite.env).returncode == 0
+    assert [t["name"] for t in json.loads(suite.tqctl("--json", "token", "list").stdout)] == ["roots"]

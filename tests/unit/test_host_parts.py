@@ -741,10 +741,10 @@ EVERY_OP: dict[str, tuple[dict[str, object], str]] = {
     "subscribe": ({"recent": 10}, "events"),
     "metrics": ({"format": "json"}, "metrics"),
     "forget_worker": ({"instance": "gone"}, "instance"),
-    "token_create": ({"name": "ci", "user": "nobody"}, "token"),
+    "token_create": ({"name": "ci", "user": "root"}, "token"),
     "token_list": ({}, "tokens"),
     "token_revoke": ({"name": "ci"}, "revoked"),
-    "act_as": ({"token": "tq_known"}, "user"),  # the last: the connection is nobody's from then on
+    "act_as": ({"token": "tq_known"}, "user"),  # the last: the connection is the token user's from then on
 }
 
 
@@ -755,7 +755,7 @@ def test_every_operation_answers_through_the_assembly_tq_host_uses(tmp_path: Pat
                                            '[schedules.nightly]\nevery = "1h"\ntask = "report"\n')
     parts.scheduler.load(time.time())
     parts.fleet.workers["gone"] = WorkerState("gone", state="stopped")  # for forget_worker
-    parts.store.save_token("gw", tokens.digest("tq_known"), "nobody", False, 0.0)  # for act_as
+    parts.store.save_token("gw", tokens.digest("tq_known"), "root", False, 0.0, 0)  # for act_as
     parts.store.commit()
     parts.host.tokens.reload()
     assert set(EVERY_OP) == set(parts.requests.ops), "a new op needs a case here"

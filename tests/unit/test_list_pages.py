@@ -221,6 +221,7 @@ def a_store_of_schema_5(state_dir: Path, done: int, dead: int, cancelled: int) -
     Store(str(state_dir)).close()
     db = sqlite3.connect(state_dir / "tq.sqlite3")
     db.execute("DROP TABLE IF EXISTS resting")
+    db.execute("ALTER TABLE tokens DROP COLUMN uid")  # (added by schema 7)
     db.execute("UPDATE meta SET value='5' WHERE key='schema_version'")
     states = "CASE WHEN n % 7 = 0 AND n <= ? THEN 'dead' WHEN n % 7 = 1 AND n <= ? THEN 'cancelled' ELSE 'done' END"
     db.execute(f"WITH RECURSIVE n(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM n WHERE n < ?) "

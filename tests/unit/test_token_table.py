@@ -1,9 +1,12 @@
 """API tokens and act_as in tq-host, in-process (tests/parts.py): made, listed and revoked by root and admins, kept
 as their SHA-256 only; a connection that acts with one is its user's (uid, access rules), read-only where the
-token is, and refused from the token's revocation on. Also list's pages (`after`) and events since a time."""
+token is, and refused from the token's revocation on. A token acts only for a member of the socket's group (here a
+stand-in group tq holding nobody and www-data; with real users and groups: tests/reliability/test_access.py). Also
+list's pages (`after`) and events since a time."""
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import json
 import pwd
@@ -16,12 +19,21 @@ from typing import Any
 import pytest
 
 from parts import Parts, make_parts
+from tq.host import reach
 from tq.host.records import SCHEMA_VERSION
 from tq.host.server import Conn
 from tq.host.store import Store
 
 NOBODY = pwd.getpwnam("nobody")
 WWW = pwd.getpwnam("www-data")
+
+
+@pytest.fixture(autouse=True)
+def group_tq(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The socket's group as tq-host sees it: a group tq of nobody and www-data (its members: change at will)."""
+    members = ["nobody", "www-data"]
+    monkeypatch.setattr(reach, "socket_group", lambda: grp.struct_group(("tq", "x", 4242, members)))
+    return members
 
 
 @pytest.fixture
@@ -97,7 +109,8 @@ def test_the_store_keeps_only_the_hash_of_a_token(parts: Parts, conns: list[sock
     assert token.encode() not in files and token[3:].encode() not in files
     digest = hashlib.sha256(token.encode()).digest()
     assert digest in files  # (the text is not there because the store holds something else, not nothing)
-    assert parts.store.db.execute("SELECT name, hash, user FROM tokens").fetchall() == [("ci", digest, "nobody")]
+    assert parts.store.db.execute("SELECT name, hash, user, uid FROM tokens").fetchall() == [
+        ("ci", digest, "nobody", NOBODY.pw_uid)]
 
 
 def test_act_as_makes_the_connection_the_token_user_s(parts: Parts, conns: list[socket.socket]) -> None:
@@ -188,11 +201,77 @@ def test_a_store_of_schema_4_gains_the_tokens_table_in_place(tmp_path: Path) -> 
         assert again.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
             str(SCHEMA_VERSION),)
         assert again.tokens() == [] and [j.id for j in again.query("dead")] == [3]
-        again.save_token("ci", b"h" * 32, "nobody", False, 1.0)
+        again.save_token("ci", b"h" * 32, "nobody", False, 1.0, NOBODY.pw_uid)
         again.commit()
-        assert again.tokens() == [("ci", b"h" * 32, "nobody", False, 1.0)]
+        assert again.tokens() == [("ci", b"h" * 32, "nobody", False, 1.0, NOBODY.pw_uid)]
     finally:
         again.close()
+
+
+def test_a_token_of_schema_6_takes_its_users_uid_at_first_use(tmp_path: Path, conns: list[socket.socket]) -> None:
+    store = Store(str(tmp_path / "state"))
+    store.db.execute("ALTER TABLE tokens DROP COLUMN uid")  # as tq wrote version 6
+    store.db.execute("UPDATE meta SET value='6' WHERE key='schema_version'")
+    store.db.execute("INSERT INTO tokens VALUES ('old', ?, 'nobody', 0, 1.0)", (hashlib.sha256(b"tq_old").digest(),))
+    store.commit()
+    store.close()
+    parts = make_parts(tmp_path / "state")
+    try:
+        assert parts.store.tokens()[0][-1] is None
+        gw = conn(conns)
+        assert ask(parts, gw, "act_as", token="tq_old")["ok"] and gw.uid == NOBODY.pw_uid
+        assert parts.store.tokens()[0][-1] == NOBODY.pw_uid  # kept: a later account of that name is another
+    finally:
+        parts.close()
+
+
+def test_a_token_is_only_for_a_user_who_reaches_tq(parts: Parts, conns: list[socket.socket],
+                                                    group_tq: list[str]) -> None:
+    root = conn(conns)
+    refused(ask(parts, root, "token_create", name="x", user="backup"), "permission",
+            "permission denied: user backup is not in group tq: only root, the daemons' user and members of group "
+            "tq reach tq, and a token acts only for them (add backup to the group first)")
+    gw = conn(conns)
+    assert ask(parts, gw, "act_as", token=made(parts, root, "ci"))["ok"]
+    group_tq.remove("nobody")  # gpasswd -d nobody tq
+    assert ask(parts, gw, "ping")["ok"]  # (looked up again at most once a second)
+    gw.account_at -= 1.0
+    refused(ask(parts, gw, "ping"), "unauthorized", "token ci: user nobody is not in group tq")
+    www = made(parts, root, "web", "www-data")
+    group_tq.remove("www-data")
+    refused(ask(parts, conn(conns), "act_as", token=www), "unauthorized", "user www-data is not in group tq")
+    group_tq.append("nobody")  # back in: its token acts again
+    assert ask(parts, conn(conns), "act_as", token=made(parts, root, "ci3"))["ok"]
+
+
+def test_a_token_acts_only_for_the_account_it_was_made_for(parts: Parts, conns: list[socket.socket],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    root = conn(conns)
+    token = made(parts, root, "ci")
+    gw = conn(conns)
+    assert ask(parts, gw, "act_as", token=token)["ok"]
+    reused = pwd.struct_passwd(("nobody", "x", 4343, NOBODY.pw_gid, "", "/", "/bin/sh"))  # userdel; useradd
+    monkeypatch.setattr(pwd, "getpwnam", lambda name: reused if name == "nobody" else NOBODY)
+    gw.account_at -= 1.0
+    refused(ask(parts, gw, "ping"), "unauthorized", f"token ci was made for uid {NOBODY.pw_uid}; user 'nobody' is "
+                                                    "now uid 4343, another account")
+    refused(ask(parts, conn(conns), "act_as", token=token), "unauthorized", "another account")
+
+
+def test_only_root_makes_or_revokes_a_token_that_acts_as_root(tmp_path: Path, conns: list[socket.socket]) -> None:
+    parts = make_parts(tmp_path / "state", '[tasks."#"]\nhandler = "echo"\n[access]\nadmins = ["nogroup"]\n')
+    try:
+        root, admin = conn(conns), conn(conns, NOBODY.pw_uid, NOBODY.pw_gid)  # nobody: in the admin group nogroup
+        refused(ask(parts, admin, "token_create", name="r", user="root"), "permission",
+                "permission denied: only root may make a token that acts as root (uid 0)")
+        made(parts, root, "roots", "root")
+        refused(ask(parts, admin, "token_revoke", name="roots"), "permission",
+                "permission denied: only root may revoke a token that acts as root (uid 0)")
+        assert ask(parts, admin, "token_create", name="w", user="www-data")["ok"]  # an admin's own rights: kept
+        assert ask(parts, admin, "token_revoke", name="w")["ok"]
+        assert [t["name"] for t in ask(parts, root, "token_list")["tokens"]] == ["roots"]
+    finally:
+        parts.close()
 
 
 def test_list_pages_with_after(parts: Parts, conns: list[socket.socket]) -> None:

@@ -226,7 +226,8 @@ class Api:
         await link.call("ping")  # (tq-host refuses a token revoked since its link acted)
         identity = link.identity
         assert identity is not None  # (set by act_as once connected)
-        return answer({"user": identity.user, "token": identity.token, "read_only": identity.read_only})
+        return answer({"user": identity.user, "token": identity.token, "read_only": identity.read_only,
+                       "uid": identity.uid, "may_steer": identity.may_steer})
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         """Prometheus text format 0.0.4; without a token only when `[gateway] metrics_public`."""

@@ -32,6 +32,8 @@ class Identity:
     user: str
     token: str | None
     read_only: bool
+    uid: int | None = None  # the token user's (the page offers Retry on their own jobs)
+    may_steer: bool = False  # the user may pause, resume and change anyone's job (root, an admin)
 
 
 class HostLink:
@@ -121,7 +123,9 @@ class HostLink:
                 except RequestError:
                     self.close()
                     raise
-                self.identity = Identity(str(reply.get("user", "")), reply.get("token"), bool(reply.get("read_only")))
+                uid = reply.get("uid")
+                self.identity = Identity(str(reply.get("user", "")), reply.get("token"), bool(reply.get("read_only")),
+                                         uid if isinstance(uid, int) else None, reply.get("may_steer") is True)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         reason = "it closed the connection"

@@ -11,10 +11,14 @@ from typing import Any
 
 from ..states import FINAL, JobState
 
-SCHEMA_VERSION = 6
-# API tokens (tq-host/tokens.py): only each token's SHA-256 is kept, never its text.
+SCHEMA_VERSION = 7
+# API tokens (tq-host/tokens.py): only each token's SHA-256 is kept, never its text; uid is its user's when it was
+# made (NULL for a token made before version 7: its user's uid at its first use is taken).
 TOKENS_TABLE = ("CREATE TABLE IF NOT EXISTS tokens (name TEXT PRIMARY KEY, hash BLOB UNIQUE NOT NULL, user TEXT, "
-                "read_only INTEGER, created_at REAL)")
+                "read_only INTEGER, created_at REAL, uid INTEGER)")
+# The table as version 4 made it: a store older than that has no token, and SCHEMA has just made the table anew.
+TOKENS_TABLE_4 = ("CREATE TABLE tokens (name TEXT PRIMARY KEY, hash BLOB UNIQUE NOT NULL, user TEXT, "
+                  "read_only INTEGER, created_at REAL)")
 # The final states a job rests in until `tqctl retry` or pruning, each listed through the table resting (below).
 RESTING = frozenset(s.value for s in FINAL if s != JobState.DONE)
 RESTING_SQL = ",".join(f"'{s}'" for s in sorted(RESTING))  # as an SQL list
@@ -26,8 +30,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE jobs ADD COLUMN handler TEXT", "ALTER TABLE jobs ADD COLUMN usage TEXT"),
     2: ("ALTER TABLE jobs ADD COLUMN unique_key TEXT",),
     3: ("ALTER TABLE jobs ADD COLUMN parent INTEGER", "ALTER TABLE jobs ADD COLUMN link INTEGER"),
-    4: (TOKENS_TABLE,),
+    4: ("DROP TABLE tokens", TOKENS_TABLE_4),
     5: (f"INSERT INTO resting SELECT state, id FROM jobs WHERE state IN ({RESTING_SQL})",),
+    6: ("ALTER TABLE tokens ADD COLUMN uid INTEGER",),
 }
 # After the migrations: a job's children are looked up by `tqctl show` (jobs without a parent cost it nothing).
 INDEXES = ("CREATE INDEX IF NOT EXISTS jobs_parent ON jobs(parent) WHERE parent IS NOT NULL",)

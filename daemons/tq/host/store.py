@@ -343,14 +343,21 @@ class Store:
         else:
             self.db.execute("INSERT OR REPLACE INTO schedule_errors VALUES (?, ?)", (name, last_error))
 
-    def tokens(self) -> list[tuple[str, bytes, str, bool, float]]:
-        """Every API token: name, SHA-256 of its text, user, read-only, created_at."""
-        rows = self.db.execute("SELECT name, hash, user, read_only, created_at FROM tokens ORDER BY name")
-        return [(n, bytes(h), u, bool(r), t) for n, h, u, r, t in rows]
+    def tokens(self) -> list[tuple[str, bytes, str, bool, float, int | None]]:
+        """Every API token: name, SHA-256 of its text, user, read-only, created_at, the user's uid (None: made
+        before tq kept it)."""
+        rows = self.db.execute("SELECT name, hash, user, read_only, created_at, uid FROM tokens ORDER BY name")
+        return [(n, bytes(h), u, bool(r), t, i) for n, h, u, r, t, i in rows]
 
-    def save_token(self, name: str, digest: bytes, user: str, read_only: bool, created_at: float) -> None:
+    def save_token(self, name: str, digest: bytes, user: str, read_only: bool, created_at: float, uid: int) -> None:
         self._begin()
-        self.db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?)", (name, digest, user, int(read_only), created_at))
+        self.db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?)",
+                        (name, digest, user, int(read_only), created_at, uid))
+
+    def set_token_uid(self, name: str, uid: int) -> None:
+        """A token made before tq kept its user's uid takes the uid its user has at its first use."""
+        self._begin()
+        self.db.execute("UPDATE tokens SET uid = ? WHERE name = ? AND uid IS NULL", (uid, name))
 
     def delete_token(self, name: str) -> None:
         self._begin()

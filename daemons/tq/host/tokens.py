@@ -6,10 +6,13 @@ stretching to protect), and it lets a request be checked with one dict lookup. T
 hash after the store is read at start.
 
 act_as is taken only from root and the users of `[access] gateways`; after it the connection's uid and gid are
-the token user's, so every access rule applies to that user unchanged. A connection that acts with a token is
-checked on each request (`check`): a read-only token may only read, a revoked one may do nothing more, and one
-whose user is gone from the system (looked up again at most once a second) nothing either. A plain local connection
-(conn.token None) is never looked at here.
+the token user's, so every access rule applies to that user unchanged. A token acts only for a user who reaches tq
+locally (host/reach.py: root, the daemons' user, group tq), and only for the account it was made for: the uid the
+user had then is kept with it. A connection that acts with a token is checked on each request (`check`): a
+read-only token may only read, a revoked one may do nothing more, and one whose user is gone from the system, has
+left group tq, or is another account of the same name (looked up again at most once a second) nothing either. A
+plain local connection (conn.token None) is never looked at here. Only root makes or revokes a token that acts as
+root or as the daemons' user: an admin may steer tq, not become it.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import pwd
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import config, control
 from ..control import RequestError
+from . import reach
 from .access import Access
 from .server import Conn
 from .store import Store
@@ -44,6 +48,7 @@ class Token:
     user: str
     read_only: bool
     created_at: float
+    uid: int | None  # the user's when the token was made (None: made before tq kept it; taken at first use)
 
     def public(self) -> dict[str, Any]:
         return {"name": self.name, "user": self.user, "read_only": self.read_only, "created_at": self.created_at}
@@ -81,16 +86,39 @@ class Tokens:
         if now - conn.account_at >= ACCOUNT_RECHECK:
             self._take_account(conn, self.by_name[conn.token or ""], now)
 
-    @staticmethod
-    def _take_account(conn: Conn, token: Token, now: float) -> None:
-        """The connection acts as the token user's uid and gid as the system has them now (a user deleted, or
-        made again under another uid, since the last look)."""
+    def _take_account(self, conn: Conn, token: Token, now: float) -> None:
+        """The connection acts as the token user's uid and gid as the system has them now, while that user is the
+        account the token was made for and still reaches tq locally (deleted, made again, or out of group tq since
+        the last look: refused)."""
         try:
             account = pwd.getpwnam(token.user)
         except (KeyError, ValueError, UnicodeEncodeError):
             raise RequestError("unauthorized", f"token {token.name}'s user {token.user[:40]!r} is not on this "
                                                "system (any more)") from None
+        if token.uid is None:  # made before tq kept the uid: the account it first acts for is its account
+            token = self._bind(token, account.pw_uid)
+        if account.pw_uid != token.uid:
+            raise RequestError("unauthorized", f"token {token.name} was made for uid {token.uid}; user "
+                                               f"{token.user[:40]!r} is now uid {account.pw_uid}, another account")
+        refused = reach.refusal(account)
+        if refused is not None:
+            raise RequestError("unauthorized", f"token {token.name}: {refused}")
         conn.uid, conn.gid, conn.account_at = account.pw_uid, account.pw_gid, now
+
+    def _bind(self, token: Token, uid: int) -> Token:
+        bound = replace(token, uid=uid)
+        self.by_hash[bound.digest], self.by_name[bound.name] = bound, bound
+        self.store.set_token_uid(bound.name, uid)
+        self.logger.info("token %s made before tq kept uids acts for uid %d (user %s) from now on", bound.name, uid,
+                         bound.user)
+        return bound
+
+    @staticmethod
+    def _root_only(conn: Conn, uid: int | None, user: str, what: str) -> None:
+        """Only root may make or revoke a token that acts as root or as the daemons' user."""
+        if uid is not None and reach.trusted(uid) and conn.uid != 0:
+            raise RequestError("permission", f"permission denied: only root may {what} a token that acts as "
+                                             f"{user[:40]} (uid {uid})")
 
     def _steer(self, conn: Conn, what: str) -> None:
         refusal = self.access().may_steer(conn.uid, conn.gid, what)
@@ -104,12 +132,17 @@ class Tokens:
         if not config.NAME_RE.fullmatch(name):
             raise RequestError("bad_request", f"invalid token name {name[:60]!r}: letters, digits, _ . -")
         self._steer(conn, "manage tokens")
-        _account(user, "bad_request")
+        account = _account(user, "bad_request")
+        refused = reach.refusal(account)
+        if refused is not None:
+            raise RequestError("permission", f"permission denied: {refused} (add {user} to the group first)")
+        self._root_only(conn, account.pw_uid, user, "make")
         if name in self.by_name:
             raise RequestError("conflict", f"token {name} exists (tqctl token revoke {name} first)")
         text = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        token = Token(name, digest(text), user, read_only, time.time())
-        self.store.save_token(token.name, token.digest, token.user, token.read_only, token.created_at)
+        token = Token(name, digest(text), user, read_only, time.time(), account.pw_uid)
+        self.store.save_token(token.name, token.digest, token.user, token.read_only, token.created_at,
+                              account.pw_uid)
         self.by_hash[token.digest], self.by_name[name] = token, token
         self.logger.info("token %s created for user %s%s by uid %d", name, user, " (read-only)" * read_only,
                          conn.uid)
@@ -123,10 +156,11 @@ class Tokens:
         """Forget a token: it is refused from now on, on the connections that already acted with it too."""
         name = control.field(req, "name", str)
         self._steer(conn, "manage tokens")
-        token = self.by_name.pop(name, None)
+        token = self.by_name.get(name)
         if token is None:
             raise RequestError("not_found", f"no token {name[:60]!r}")
-        del self.by_hash[token.digest]
+        self._root_only(conn, token.uid if token.uid is not None else _uid_of(token.user), token.user, "revoke")
+        del self.by_name[name], self.by_hash[token.digest]
         self.acting.pop(name, None)
         self.store.delete_token(name)
         self.logger.info("token %s revoked by uid %d", name, conn.uid)
@@ -150,7 +184,11 @@ class Tokens:
         acting = self.acting.setdefault(token.name, [])
         acting[:] = [c for c in acting if not c.closed]
         acting.append(conn)
-        return {"user": token.user, "token": token.name, "read_only": token.read_only}
+        may_steer = not token.read_only and self.access().may_steer(conn.uid, conn.gid, "steer") is None
+        # uid and may_steer: what the page offers (tq-host decides each request): retry of the user's own jobs, or
+        # of any with pause and resume too (root, the daemons' user, an admin).
+        return {"user": token.user, "token": token.name, "read_only": token.read_only, "uid": conn.uid,
+                "may_steer": may_steer}
 
 
 def _account(user: str, code: str) -> pwd.struct_passwd:
@@ -158,6 +196,13 @@ def _account(user: str, code: str) -> pwd.struct_passwd:
         return pwd.getpwnam(user)
     except (KeyError, ValueError, UnicodeEncodeError):
         raise RequestError(code, f"no user {user[:40]!r} on this system") from None
+
+
+def _uid_of(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except (KeyError, ValueError, UnicodeEncodeError):
+        return None
 
 
 def _name_of(uid: int) -> str | None:

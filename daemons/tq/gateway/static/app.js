@@ -12,6 +12,8 @@ const HISTORY = 120;      // seconds the chart shows
 
 const view = {
   readOnly: true,
+  maySteer: false,  // pause, resume, retry anyone's job (root, an admin: whoami)
+  uid: null,  // the caller's: Retry is offered on its own jobs
   dead: {after: null, newer: [], last: null, queue: "", task: "", count: null, loading: false, again: false},
   chart: {last: null, points: []},
   source: null,
@@ -172,7 +174,7 @@ function queues(list) {
   if (!changed("queues", list)) return;
   const rows = list.map((q) => {
     const limits = [q.concurrency !== null ? `${q.concurrency} at once` : null, q.rate !== null ? `${q.rate}/s` : null];
-    const buttons = view.readOnly ? null : q.paused
+    const buttons = !view.maySteer ? null : q.paused
       ? action("Resume", "resume", async () => { await api("POST", `/api/v1/queues/${encodeURIComponent(q.queue)}/resume`); return `queue ${q.queue} resumed`; })
       : action("Pause", "pause", async () => { await api("POST", `/api/v1/queues/${encodeURIComponent(q.queue)}/pause`); return `queue ${q.queue} paused`; });
     const status = q.paused ? el("span", {class: "badge down"}, "paused")
@@ -278,12 +280,16 @@ async function deadPage() {
   const rows = data.jobs.map((j) => el("tr", {"data-job": j.id}, el("td", {}, jobLink(j.id)), el("td", {}, j.task),
     el("td", {}, j.queue), el("td", {class: "num"}, `${j.attempts}/${j.retries + 1}`), el("td", {}, when(j.finished_at)),
     el("td", {class: "error-text", title: j.error || ""}, (j.error || "").slice(0, 160)),
-    el("td", {}, view.readOnly ? null : action("Retry", "retry", () => retry(j.id)))));
+    el("td", {}, mayRetry(j) ? action("Retry", "retry", () => retry(j.id)) : null)));
   fill($("dead").tBodies[0], rows, "no dead jobs", 7);
   view.dead.last = data.jobs.length ? data.jobs[data.jobs.length - 1].id : null;
   $("older").disabled = data.jobs.length < PAGE;
   $("newer").disabled = view.dead.after === null;
   $("page").textContent = view.dead.after === null ? "newest" : `below #${view.dead.after}`;
+}
+
+function mayRetry(job) {  // as tq-host decides: its submitter, root and admins (a read-only token: nobody)
+  return !view.readOnly && (view.maySteer || (view.uid !== null && job.submitter === view.uid));
 }
 
 async function retry(id) {
@@ -317,7 +323,8 @@ function setupDead() {
     if (!window.confirm(`Retry every dead job${which ? ` of ${which}` : ""}?`)) return;
     try {
       const reply = await api("POST", "/api/v1/jobs/retry", {state: "dead", ...f});
-      say(`${reply.ids.length} job(s) retried`, false);
+      const refused = reply.refused ? `; ${reply.refused} matching job(s) are not yours to change` : "";
+      say(`${reply.ids.length} job(s) retried${refused}`, Boolean(reply.refused) && !reply.ids.length);
       view.dead.after = null;
       view.dead.newer = [];
       deadJobs();
@@ -339,7 +346,7 @@ async function showJob(id) {
     return el("tr", {}, el("th", {}, k), el("td", {}, el("pre", {}, value)));
   });
   $("job-fields").tBodies[0].replaceChildren(...rows);
-  const canRetry = !view.readOnly && (job.state === "dead" || job.state === "cancelled");
+  const canRetry = mayRetry(job) && (job.state === "dead" || job.state === "cancelled");
   $("job-actions").replaceChildren(...(canRetry ? [action("Retry", "retry", async () => {
     const text = await retry(job.id);
     $("job").close();
@@ -355,6 +362,8 @@ async function start() {
   try {
     const me = await api("GET", "/api/v1/whoami");
     view.readOnly = Boolean(me.read_only);
+    view.maySteer = me.may_steer === true;
+    view.uid = typeof me.uid === "number" ? me.uid : null;
     $("who").textContent = `${me.user}${me.token ? ` (token ${me.token})` : ""}${me.read_only ? " · read-only" : ""}`;
   } catch (e) {
     say(e.message, true);
