@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import select
 import signal
@@ -455,35 +456,36 @@ def as_token(pair: Pair, token_file: str, *args: str) -> Run:
     return pair.suite.tqctl("--url", pair.gw.url, "--token-file", token_file, *args)
 
 
-def test_a_bad_or_revoked_token_exits_4(pair: Pair) -> None:
+def test_a_bad_or_revoked_token_exits_4(member: pwd.struct_passwd, pair: Pair) -> None:
     bad = pair.suite.dir / "bad"
     bad.write_text("tq_" + "A" * 43)
     bad.chmod(0o600)
     r = as_token(pair, str(bad), "status")
     assert r.returncode == 4 and r.stdout == "" and r.stderr.count("\n") == 1, r
     assert "token" in r.stderr
-    token_file = token_file_for(pair, "nobody")
+    token_file = token_file_for(pair, member.pw_name)
     assert as_token(pair, token_file, "list").returncode == 0
-    (name,) = [t["name"] for t in json.loads(pair.local("token", "list", "--json").stdout) if t["user"] == "nobody"]
+    (name,) = [t["name"] for t in json.loads(pair.local("token", "list", "--json").stdout)
+               if t["user"] == member.pw_name]
     assert pair.local("token", "revoke", name).returncode == 0
     r = as_token(pair, token_file, "list")
     assert r.returncode == 4 and r.stderr.count("\n") == 1, r
 
 
-def test_the_access_rules_apply_to_the_tokens_user_exit_4(pair: Pair) -> None:
-    """A token acts as its user: nobody may not pause, nor cancel root's job; a read-only token may not submit.
-    The refusal is tq-host's, word for word as a local client acting with the token gets it."""
-    token_file = token_file_for(pair, "nobody")
+def test_the_access_rules_apply_to_the_tokens_user_exit_4(member: pwd.struct_passwd, pair: Pair) -> None:
+    """A token acts as its user: a member of group tq may not pause, nor cancel root's job; a read-only token may
+    not submit. The refusal is tq-host's, word for word as a local client acting with the token gets it."""
+    token_file = token_file_for(pair, member.pw_name)
     jid = job_of(pair.local("submit", "echo", "root's", "--delay", "1h"))
-    with Client(config=str(pair.suite.config)) as as_nobody:
-        as_nobody.act_as(Path(token_file).read_text().strip())
-        for args, call in ((["pause", "default"], lambda: as_nobody.pause("default")),
-                           (["cancel", str(jid)], lambda: as_nobody.cancel(jid))):
+    with Client(config=str(pair.suite.config)) as as_member:
+        as_member.act_as(Path(token_file).read_text().strip())
+        for args, call in ((["pause", "default"], lambda: as_member.pause("default")),
+                           (["cancel", str(jid)], lambda: as_member.cancel(jid))):
             with pytest.raises(PermissionDenied) as refused:
                 call()
             r = as_token(pair, token_file, *args)
             assert (r.returncode, r.stdout, r.stderr) == (4, "", f"tqctl: {refused.value}\n"), r
-    viewer = token_file_for(pair, "nobody", read_only=True)
+    viewer = token_file_for(pair, member.pw_name, read_only=True)
     r = as_token(pair, viewer, "submit", "echo", "x")
     assert r.returncode == 4 and "read-only" in r.stderr, r
     assert as_token(pair, viewer, "show", str(jid)).returncode == 0
