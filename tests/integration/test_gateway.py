@@ -599,9 +599,12 @@ def test_sse_on_a_quiet_stream_follows_on_across_a_host_restart(suite: Suite, gw
     (b'{"task": "a", "args": [NaN]}', "NaN is not a JSON number"),
     (b'{"task": "a", "args": [-Infinity]}', "-Infinity is not a JSON number"),
     (b'{"task": "a", "args": ["\\ud800"]}', "text must be UTF-8"),
+    (b'{"task": "a", "args": [1e400]}', "1e400 is too large a number"),
+    (b'{"task": "a", "priority": 1e400}', "1e400 is too large a number"),
+    (b'{"task": "a", "delay": -1e400}', "-1e400 is too large a number"),
 ])
 def test_a_body_with_nan_infinity_or_a_lone_surrogate_is_400_naming_it(gw: Gateway, body: bytes, words: str) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)  # (at once: 1e400 hung for 30s)
     try:
         conn.request("POST", "/api/v1/jobs", body=body, headers={"Authorization": f"Bearer {gw.token}",
                                                                  "Content-Type": "application/json"})
@@ -637,6 +640,22 @@ def test_xmlrpc_values_json_has_not_are_fault_2(rpc_gw: Gateway) -> None:
         with pytest.raises(xmlrpc.client.Fault) as e:
             call()
         assert e.value.faultCode == 2 and ("dateTime" in e.value.faultString or "base64" in e.value.faultString)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400"])
+def test_xmlrpc_a_double_json_has_not_is_fault_2_at_once(rpc_gw: Gateway, value: str) -> None:
+    """A NaN or infinite double would be refused by tq-host as a line it cannot read (trial C §1: 30s, then 503)."""
+    v = f"<value><double>{value}</double></value>"
+    for params in (f"<param><value><array><data>{v}</data></array></value></param>",
+                   f"<param><value><array><data></data></array></value></param><param><value><struct><member>"
+                   f"<name>delay</name>{v}</member></struct></value></param>"):
+        body = (f"<?xml version='1.0'?><methodCall><methodName>submit</methodName><params><param><value><string>"
+                f"hello</string></value></param>{params}</params></methodCall>").encode()
+        a = request(rpc_gw, "POST", "/RPC2", body, headers={"Content-Type": "text/xml"}, timeout=10)
+        with pytest.raises(xmlrpc.client.Fault) as e:
+            xmlrpc.client.loads(a.raw)
+        assert e.value.faultCode == 2 and "JSON" in e.value.faultString, e.value
+    assert request(rpc_gw, "GET", "/api/v1/jobs").json["jobs"] == []
 
 
 def test_xmlrpc_get_of_a_deeply_nested_job_answers(rpc_gw: Gateway) -> None:
