@@ -57,6 +57,8 @@ def test_many_jobs_and_a_chain_in_one_request(gw: Gateway) -> None:
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "code"), [
     ("GET", "/api/v1/jobs/999999", None, 404, "not_found"),
+    ("GET", "/api/v1/jobs/99999999999999999999999", None, 404, "not_found"),
+    ("POST", "/api/v1/jobs/99999999999999999999999/cancel", None, 404, "not_found"),
     ("GET", "/api/v1/jobs/abc", None, 400, "bad_request"),
     ("GET", "/api/v1/jobs/%D9%A1", None, 400, "bad_request"),  # an Arabic-Indic 1: int() takes it, an id is ASCII
     ("GET", "/api/v1/jobs?limit=1_0", None, 400, "bad_request"),

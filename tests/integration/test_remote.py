@@ -267,6 +267,15 @@ def test_unknown_job_exits_5_and_a_refused_request_2(pair: Pair) -> None:
     pair.same("submit", "echo", "--then", "echo", "--wait")  # refused by tqctl: exit 2
 
 
+def test_an_id_of_twenty_or_more_digits_is_no_job_as_locally(pair: Pair) -> None:
+    """An id no job can have is 5, `no job N`, whatever its length (trial C #3: remote said exit 2, cut short)."""
+    big = "9" * 23
+    for args in (("show", big), ("result", big), ("cancel", big)):
+        assert pair.same(*args).returncode == 5
+    assert pair.same("list", "--after", big).returncode == 2  # (tq-host's "after must be a job id (1 to ...)")
+    assert pair.remote("show", big).stderr == f"tqctl: no job {big}\n"
+
+
 def test_a_gateway_that_is_not_there_exits_3_naming_the_url(pair: Pair) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
