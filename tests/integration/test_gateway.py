@@ -140,6 +140,10 @@ def test_host_down_is_503_json_and_the_gateway_recovers(suite: Suite, gw: Gatewa
     a = request(gw, "GET", "/api/v1/status")
     assert (a.status, a.code) == (503, "unavailable"), a.raw
     assert a.json["error"]["message"].startswith("tq-gateway cannot reach its tq-host at "), a.raw
+    a = request(gw, "GET", "/metrics")  # (a scrape tells tq-host down from the gateway down: trial C #4)
+    assert a.status == 200 and a.headers["Content-Type"].startswith("text/plain"), a.raw
+    assert "\ntq_up 0.0\n" in a.raw.decode(), a.raw
+    assert request(gw, "GET", "/metrics", token=None).status == 401
     suite.host()
     wait_until(lambda: request(gw, "GET", "/api/v1/status").status == 200, what="the gateway back")
 
