@@ -186,6 +186,10 @@ def test_many_bad_tokens_from_one_address_are_answered_429(suite: Suite) -> None
     assert statuses[:20] == [401] * 20 and statuses[20:] == [429] * 5, statuses
     a = request(gw, "GET", "/api/v1/status")  # a good token too, from that address: not even asked
     assert a.status == 429 and int(a.headers["Retry-After"]) > 0
+    assert f"try again in {a.headers['Retry-After']}s" in a.json["error"]["message"], a.raw  # (they agree)
+    # the lock-out is told: one warning when it starts (not one per request), and STATUS= while it lasts
+    gw.daemon.notify.wait_for(lambda m: "1 address(es) answered 429 for refused tokens (127.0.0.1)" in m)
+    assert gw.daemon.text().count("too many refused tokens from 127.0.0.1 (20 within") == 1, gw.daemon.text()
 
 
 class Stream:

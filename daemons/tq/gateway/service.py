@@ -110,7 +110,7 @@ class Gateway:
         self.config_path, self.logger = config_path, logger
         self.settings = Settings(cfg)
         links = HostLinks(cfg.host.socket, cfg.gateway.host_connections, logger)
-        self.parts = Parts(self.settings, links, Auth(links, Failures()),
+        self.parts = Parts(self.settings, links, Auth(links, Failures(logger)),
                            Limits(self.settings.gateway), logger)
         self.hub = Hub(self.parts)
         self.malformed = MalformedRequests()
@@ -191,9 +191,12 @@ class Gateway:
         self.host_up = up
 
     def status_text(self) -> str:
+        locked = self.parts.auth.failures.locked_out(time.monotonic())
+        lockout = (f", {len(locked)} address(es) answered 429 for refused tokens ({', '.join(locked[:3])}"
+                   f"{', ...' if len(locked) > 3 else ''})") if locked else ""
         return (f"{self.parts.limits.connections} connection(s), {len(self.hub.followers)} event stream(s), "
                 f"{len(self.parts.links)} token(s) in use, {self.malformed.count} malformed request(s), "
-                f"tq-host {'up' if self.host_up else 'not reachable'}")
+                f"tq-host {'up' if self.host_up else 'not reachable'}{lockout}")
 
     def reload(self) -> None:
         """SIGHUP: read the configuration again; keys in RESTART_KEYS keep their running value (logged)."""
