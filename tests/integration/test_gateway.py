@@ -15,6 +15,7 @@ import time
 import xmlrpc.client
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -453,6 +454,36 @@ def test_watchdog_pings_and_sighup_reloads(suite: Suite) -> None:
     d.notify.wait_for(lambda m: m == "READY=1", start=start)
     a = request(gw, "GET", "/api/v1/jobs/1?wait=3s")
     assert (a.status, a.code) == (400, "bad_request") and "at most 2s" in a.json["error"]["message"], a.raw
+
+
+def test_check_config_and_a_refused_reload_in_status(suite: Suite) -> None:
+    """The unit's ExecReload= runs --check-config first, so `systemctl reload` of a bad configuration fails; a
+    SIGHUP with one says so in STATUS= until a reload succeeds. A changed listen under socket activation is said to
+    be the socket unit's, not to take effect at a restart (trial C #7)."""
+    suite.start(workers=0)
+    gw = suite.gateway()
+    good = suite.config.read_text()
+    check = [sys.executable, "-m", "tq.gateway", "--config", str(suite.config), "--check-config"]
+    r = subprocess.run(check, env=suite.env, capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r
+    suite.config.write_text(good + '\n[gateway]\nmax_wait = "banana"\n')
+    r = subprocess.run(check, env=suite.env, capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout) == (2, "") and f"{suite.config}: gateway.max_wait" in r.stderr, r
+    d = gw.daemon
+    n = len(d.notify.messages)
+    d.signal(signal.SIGHUP)
+    status = d.notify.wait_for(lambda m: m.startswith("STATUS=") and "reload refused: " in m, start=n)
+    assert "gateway.max_wait" in status and "tq-host up" in status and "\n" not in status, status
+    suite.config.write_text(good + '\n[gateway]\nlisten = "127.0.0.1:1"\n')
+    n = len(d.notify.messages)
+    d.signal(signal.SIGHUP)
+    d.notify.wait_for(lambda m: m == "READY=1", start=n)
+    assert not [m for m in d.notify.messages[n:] if "reload refused" in m], d.notify.messages[n:]
+    log = d.text()
+    assert "ListenStream=" in log and "takes effect at the next restart" not in log, log
+    assert request(gw, "GET", "/api/v1/ping").status == 200
+    unit = (Path(__file__).parents[2] / "units" / "tq-gateway.service").read_text()
+    assert "ExecReload=/usr/bin/tq-gateway --check-config\nExecReload=/bin/kill -HUP $MAINPID" in unit
 
 
 def test_tls_when_cert_and_key_are_set(suite: Suite) -> None:
