@@ -86,6 +86,15 @@ def test_refusals_answer_json_with_the_codes_status(gw: Gateway, method: str, pa
     assert a.json["error"]["message"]
 
 
+def test_wait_with_several_jobs_is_refused_in_the_apis_terms(gw: Gateway) -> None:
+    for body in ({"jobs": [{"task": "a"}, {"task": "b"}]}, {"jobs": [{"task": "a"}, {"task": "b"}], "chain": True}):
+        a = request(gw, "POST", "/api/v1/jobs?wait=10s", body)
+        assert (a.status, a.code) == (400, "bad_request"), a.raw
+        message = a.json["error"]["message"]
+        assert message.startswith("?wait takes one job, not 2") and "wait_for" not in message, message
+    assert request(gw, "GET", "/api/v1/jobs").json["jobs"] == []
+
+
 def test_unknown_field_is_named(gw: Gateway) -> None:
     a = request(gw, "POST", "/api/v1/jobs", {"task": "x", "colour": "red"})
     assert "'colour'" in a.json["error"]["message"]

@@ -147,6 +147,10 @@ class Api:
             reply = await link.call("submit", **fields)
             return answer(reply, 201)
         wait = seconds(params["wait"], "wait", self.max_wait())
+        if len(fields["jobs"]) != 1 or fields.get("chain"):  # (said here in the API's terms, not tq-host's)
+            raise errors.bad_request(f"?wait takes one job, not {len(fields['jobs'])}"
+                                     f"{' in a chain' if fields.get('chain') else ''}: submit without it, then "
+                                     "POST /api/v1/wait with their ids")
         ids, done = await link.call_many("submit", 2, wait, wait_for=wait, **fields)
         ids.pop("more", None)
         return answer(ids | {"job": done["job"]}, 201)
