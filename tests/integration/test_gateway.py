@@ -627,6 +627,10 @@ def test_sse_of_a_revoked_token_ends_before_an_event_after_the_revocation(suite:
         rest, deadline = "", time.monotonic() + 20
         while "unseen" not in rest and time.monotonic() < deadline and (line := s.resp.readline().decode()):
             rest += line  # (to the stream's end, at most 20 s: a ping comes every 15 s)
+        sock = s.conn.sock  # the connection closes with the stream (it stayed open request_timeout: trial C #10)
+        if sock is not None:
+            sock.settimeout(3)
+            assert sock.recv(1) == b""
     finally:
         s.close()
     assert "unseen" not in rest and "event: end\n" in rest and '"code":"unauthorized"' in rest, rest
