@@ -358,8 +358,11 @@ def test_a_token_file_others_may_read_is_warned_of(pair: Pair) -> None:
 
 
 def test_config_check_stays_local(pair: Pair) -> None:
+    """It reads this machine's files, whatever --url says, and says so (it did quietly: trial C #10)."""
     r = pair.suite.tqctl("--url", "http://127.0.0.1:1", "--token-file", str(pair.token_file), "config", "check")
     assert r.returncode == 0 and r.stdout.startswith("configuration ok"), r
+    assert r.stderr == ("tqctl: warning: config check reads this machine's configuration files, not those of the "
+                        "tq-host behind http://127.0.0.1:1: run it there\n"), r.stderr
 
 
 # ---- Client(url=, token=) ----------------------------------------------------------------------------------
