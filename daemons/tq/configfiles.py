@@ -137,7 +137,7 @@ FILE_KEYS = ("amqp.password_file", "amqp.ca_file", "amqp.cert_file", "amqp.key_f
 
 def unreadable_files(merged: dict[str, Any], origin: dict[str, str], files: tuple[str, ...]) -> list[ConfigError]:
     """The FILE_KEYS whose file does not exist or cannot be read by this process's user, each `file: key: reason`
-    (the daemon's user, tq or tq-gateway, must be able to read it too: that is not checked here)."""
+    (the daemon's user must be able to read it too: configload.check asks serviceuser for tq-gateway's files)."""
     import stat
 
     problems = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import grp
 import math
+import os
 import pwd
 import re
 from dataclasses import fields, replace
@@ -62,7 +63,35 @@ def check(path: str | None = None) -> tuple[Config, list[ConfigError]]:
     configuration names for a daemon to read at its start which are missing or unreadable here."""
     merged, origin, files = read_files(path, default_required=True)
     cfg = _build(merged, origin, files)
-    return cfg, unreadable_files(merged, origin, files) + _socket_path_taken(cfg, origin, files)
+    unreadable = unreadable_files(merged, origin, files)
+    if os.geteuid() == 0:  # (root reads every file: would tq-gateway?)
+        cfg, more = _gateway_files(cfg, origin, files, {str(e.key) for e in unreadable})
+        unreadable += more
+    return cfg, unreadable + _socket_path_taken(cfg, origin, files)
+
+
+def _gateway_files(cfg: Config, origin: dict[str, str], files: tuple[str, ...],
+                   reported: set[str]) -> tuple[Config, list[ConfigError]]:
+    """The gateway's TLS files that its service user cannot read (it would not start); a warning in the Config
+    when that user does not exist here (it cannot be checked)."""
+    from . import serviceuser
+
+    named = [(f"gateway.{key}", getattr(cfg.gateway, key)) for key in serviceuser.GATEWAY_KEYS]
+    named = [(key, path) for key, path in named if path and key not in reported]
+    if not named:
+        return cfg, []
+    who = serviceuser.service_user(serviceuser.GATEWAY_USER, serviceuser.GATEWAY_GROUPS)
+    if who is None:
+        warning = (f"{', '.join(key for key, _ in named)}: there is no user {serviceuser.GATEWAY_USER} on this "
+                   "machine (the one tq-gateway.service runs as), so whether it can read "
+                   f"{', '.join(path for _, path in named)} is not checked")
+        return replace(cfg, warnings=(*cfg.warnings, warning)), []
+    problems = []
+    for key, path in named:
+        reason = serviceuser.why_unreadable(path, who)
+        if reason:
+            problems.append(ConfigError(origin.get(key) or origin.get("gateway") or files[0], key, reason))
+    return cfg, problems
 
 
 def _socket_path_taken(cfg: Config, origin: dict[str, str], files: tuple[str, ...]) -> list[ConfigError]:

@@ -78,7 +78,18 @@ def _constant(name: str) -> Any:
     raise Unfit(f"{name} is not a JSON number (JSON has no NaN or infinity)")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_constant)
+def _float(text: str) -> float:
+    """A float literal (called for those only: the common request has none): one past a double's range, such as
+    1e400, would read as an infinity, and is refused as the literal Infinity is."""
+    value = float(text)
+    if value - value != 0.0:  # (inf - inf is NaN; a finite value's is 0)
+        raise Unfit(f"{text[:40]} is too large a number: past a double's range (about 1.8e308) it would be an "
+                    "infinity, and JSON has none")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_constant, parse_float=_float)
+_LENIENT = json.JSONDecoder()  # (only to find a refused request's rid)
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -94,6 +105,28 @@ def encode_out(obj: dict[str, Any]) -> bytes:
         raise
     except ValueError:
         return _FINITE.encode(_finite(obj)).encode() + b"\n"
+
+
+def encode_finite(obj: dict[str, Any]) -> bytes:
+    """encode for a request passed on (the gateway's): Unfit for a NaN or an infinity, which tq-host refuses."""
+    try:
+        return _FINITE.encode(obj).encode() + b"\n"
+    except UnicodeEncodeError:
+        raise
+    except ValueError:
+        raise Unfit("a number is NaN or an infinity (JSON has neither; one past a double's range, such as 1e400, "
+                    "is an infinity)") from None
+
+
+def rid_of(line: bytes) -> Any:
+    """The rid of a request `decode` refused, if it can be read at all (a refusal then carries it: a client
+    matching replies by rid is not left waiting); None if not. Only on that error path: it reads the line again."""
+    try:
+        obj = _LENIENT.decode(line.decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError):
+        return None
+    rid = obj.get("rid") if isinstance(obj, dict) else None
+    return rid if isinstance(rid, (int, str)) and not isinstance(rid, bool) else None
 
 
 def _finite(value: Any) -> Any:

@@ -16,6 +16,7 @@ import time
 import xmlrpc.client
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,6 +60,8 @@ def test_many_jobs_and_a_chain_in_one_request(gw: Gateway) -> None:
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "code"), [
     ("GET", "/api/v1/jobs/999999", None, 404, "not_found"),
+    ("GET", "/api/v1/jobs/99999999999999999999999", None, 404, "not_found"),
+    ("POST", "/api/v1/jobs/99999999999999999999999/cancel", None, 404, "not_found"),
     ("GET", "/api/v1/jobs/abc", None, 400, "bad_request"),
     ("GET", "/api/v1/jobs/%D9%A1", None, 400, "bad_request"),  # an Arabic-Indic 1: int() takes it, an id is ASCII
     ("GET", "/api/v1/jobs?limit=1_0", None, 400, "bad_request"),
@@ -83,6 +86,15 @@ def test_refusals_answer_json_with_the_codes_status(gw: Gateway, method: str, pa
     assert (a.status, a.code) == (status, code), a.raw
     assert a.headers["Content-Type"].startswith("application/json")
     assert a.json["error"]["message"]
+
+
+def test_wait_with_several_jobs_is_refused_in_the_apis_terms(gw: Gateway) -> None:
+    for body in ({"jobs": [{"task": "a"}, {"task": "b"}]}, {"jobs": [{"task": "a"}, {"task": "b"}], "chain": True}):
+        a = request(gw, "POST", "/api/v1/jobs?wait=10s", body)
+        assert (a.status, a.code) == (400, "bad_request"), a.raw
+        message = a.json["error"]["message"]
+        assert message.startswith("?wait takes one job, not 2") and "wait_for" not in message, message
+    assert request(gw, "GET", "/api/v1/jobs").json["jobs"] == []
 
 
 def test_unknown_field_is_named(gw: Gateway) -> None:
@@ -140,6 +152,10 @@ def test_host_down_is_503_json_and_the_gateway_recovers(suite: Suite, gw: Gatewa
     a = request(gw, "GET", "/api/v1/status")
     assert (a.status, a.code) == (503, "unavailable"), a.raw
     assert a.json["error"]["message"].startswith("tq-gateway cannot reach its tq-host at "), a.raw
+    a = request(gw, "GET", "/metrics")  # (a scrape tells tq-host down from the gateway down: trial C #4)
+    assert a.status == 200 and a.headers["Content-Type"].startswith("text/plain"), a.raw
+    assert "\ntq_up 0.0\n" in a.raw.decode(), a.raw
+    assert request(gw, "GET", "/metrics", token=None).status == 401
     suite.host()
     wait_until(lambda: request(gw, "GET", "/api/v1/status").status == 200, what="the gateway back")
 
@@ -182,6 +198,10 @@ def test_many_bad_tokens_from_one_address_are_answered_429(suite: Suite) -> None
     assert statuses[:20] == [401] * 20 and statuses[20:] == [429] * 5, statuses
     a = request(gw, "GET", "/api/v1/status")  # a good token too, from that address: not even asked
     assert a.status == 429 and int(a.headers["Retry-After"]) > 0
+    assert f"try again in {a.headers['Retry-After']}s" in a.json["error"]["message"], a.raw  # (they agree)
+    # the lock-out is told: one warning when it starts (not one per request), and STATUS= while it lasts
+    gw.daemon.notify.wait_for(lambda m: "1 address(es) answered 429 for refused tokens (127.0.0.1)" in m)
+    assert gw.daemon.text().count("too many refused tokens from 127.0.0.1 (20 within") == 1, gw.daemon.text()
 
 
 class Stream:
@@ -447,6 +467,36 @@ def test_watchdog_pings_and_sighup_reloads(suite: Suite) -> None:
     assert (a.status, a.code) == (400, "bad_request") and "at most 2s" in a.json["error"]["message"], a.raw
 
 
+def test_check_config_and_a_refused_reload_in_status(suite: Suite) -> None:
+    """The unit's ExecReload= runs --check-config first, so `systemctl reload` of a bad configuration fails; a
+    SIGHUP with one says so in STATUS= until a reload succeeds. A changed listen under socket activation is said to
+    be the socket unit's, not to take effect at a restart (trial C #7)."""
+    suite.start(workers=0)
+    gw = suite.gateway()
+    good = suite.config.read_text()
+    check = [sys.executable, "-m", "tq.gateway", "--config", str(suite.config), "--check-config"]
+    r = subprocess.run(check, env=suite.env, capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r
+    suite.config.write_text(good + '\n[gateway]\nmax_wait = "banana"\n')
+    r = subprocess.run(check, env=suite.env, capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout) == (2, "") and f"{suite.config}: gateway.max_wait" in r.stderr, r
+    d = gw.daemon
+    n = len(d.notify.messages)
+    d.signal(signal.SIGHUP)
+    status = d.notify.wait_for(lambda m: m.startswith("STATUS=") and "reload refused: " in m, start=n)
+    assert "gateway.max_wait" in status and "tq-host up" in status and "\n" not in status, status
+    suite.config.write_text(good + '\n[gateway]\nlisten = "127.0.0.1:1"\n')
+    n = len(d.notify.messages)
+    d.signal(signal.SIGHUP)
+    d.notify.wait_for(lambda m: m == "READY=1", start=n)
+    assert not [m for m in d.notify.messages[n:] if "reload refused" in m], d.notify.messages[n:]
+    log = d.text()
+    assert "ListenStream=" in log and "takes effect at the next restart" not in log, log
+    assert request(gw, "GET", "/api/v1/ping").status == 200
+    unit = (Path(__file__).parents[2] / "units" / "tq-gateway.service").read_text()
+    assert "ExecReload=/usr/bin/tq-gateway --check-config\nExecReload=/bin/kill -HUP $MAINPID" in unit
+
+
 def test_tls_when_cert_and_key_are_set(suite: Suite) -> None:
     cert, key = suite.dir / "cert.pem", suite.dir / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
@@ -580,6 +630,10 @@ def test_sse_of_a_revoked_token_ends_before_an_event_after_the_revocation(suite:
         rest, deadline = "", time.monotonic() + 20
         while "unseen" not in rest and time.monotonic() < deadline and (line := s.resp.readline().decode()):
             rest += line  # (to the stream's end, at most 20 s: a ping comes every 15 s)
+        sock = s.conn.sock  # the connection closes with the stream (it stayed open request_timeout: trial C #10)
+        if sock is not None:
+            sock.settimeout(3)
+            assert sock.recv(1) == b""
     finally:
         s.close()
     assert "unseen" not in rest and "event: end\n" in rest and '"code":"unauthorized"' in rest, rest
@@ -602,9 +656,12 @@ def test_sse_on_a_quiet_stream_follows_on_across_a_host_restart(suite: Suite, gw
     (b'{"task": "a", "args": [NaN]}', "NaN is not a JSON number"),
     (b'{"task": "a", "args": [-Infinity]}', "-Infinity is not a JSON number"),
     (b'{"task": "a", "args": ["\\ud800"]}', "text must be UTF-8"),
+    (b'{"task": "a", "args": [1e400]}', "1e400 is too large a number"),
+    (b'{"task": "a", "priority": 1e400}', "1e400 is too large a number"),
+    (b'{"task": "a", "delay": -1e400}', "-1e400 is too large a number"),
 ])
 def test_a_body_with_nan_infinity_or_a_lone_surrogate_is_400_naming_it(gw: Gateway, body: bytes, words: str) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)  # (at once: 1e400 hung for 30s)
     try:
         conn.request("POST", "/api/v1/jobs", body=body, headers={"Authorization": f"Bearer {gw.token}",
                                                                  "Content-Type": "application/json"})
@@ -640,6 +697,22 @@ def test_xmlrpc_values_json_has_not_are_fault_2(rpc_gw: Gateway) -> None:
         with pytest.raises(xmlrpc.client.Fault) as e:
             call()
         assert e.value.faultCode == 2 and ("dateTime" in e.value.faultString or "base64" in e.value.faultString)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400"])
+def test_xmlrpc_a_double_json_has_not_is_fault_2_at_once(rpc_gw: Gateway, value: str) -> None:
+    """A NaN or infinite double would be refused by tq-host as a line it cannot read (trial C §1: 30s, then 503)."""
+    v = f"<value><double>{value}</double></value>"
+    for params in (f"<param><value><array><data>{v}</data></array></value></param>",
+                   f"<param><value><array><data></data></array></value></param><param><value><struct><member>"
+                   f"<name>delay</name>{v}</member></struct></value></param>"):
+        body = (f"<?xml version='1.0'?><methodCall><methodName>submit</methodName><params><param><value><string>"
+                f"hello</string></value></param>{params}</params></methodCall>").encode()
+        a = request(rpc_gw, "POST", "/RPC2", body, headers={"Content-Type": "text/xml"}, timeout=10)
+        with pytest.raises(xmlrpc.client.Fault) as e:
+            xmlrpc.client.loads(a.raw)
+        assert e.value.faultCode == 2 and "JSON" in e.value.faultString, e.value
+    assert request(rpc_gw, "GET", "/api/v1/jobs").json["jobs"] == []
 
 
 def test_xmlrpc_get_of_a_deeply_nested_job_answers(rpc_gw: Gateway) -> None:

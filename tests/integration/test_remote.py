@@ -268,6 +268,15 @@ def test_unknown_job_exits_5_and_a_refused_request_2(pair: Pair) -> None:
     pair.same("submit", "echo", "--then", "echo", "--wait")  # refused by tqctl: exit 2
 
 
+def test_an_id_of_twenty_or_more_digits_is_no_job_as_locally(pair: Pair) -> None:
+    """An id no job can have is 5, `no job N`, whatever its length (trial C #3: remote said exit 2, cut short)."""
+    big = "9" * 23
+    for args in (("show", big), ("result", big), ("cancel", big)):
+        assert pair.same(*args).returncode == 5
+    assert pair.same("list", "--after", big).returncode == 2  # (tq-host's "after must be a job id (1 to ...)")
+    assert pair.remote("show", big).stderr == f"tqctl: no job {big}\n"
+
+
 def test_a_gateway_that_is_not_there_exits_3_naming_the_url(pair: Pair) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -350,8 +359,11 @@ def test_a_token_file_others_may_read_is_warned_of(pair: Pair) -> None:
 
 
 def test_config_check_stays_local(pair: Pair) -> None:
+    """It reads this machine's files, whatever --url says, and says so (it did quietly: trial C #10)."""
     r = pair.suite.tqctl("--url", "http://127.0.0.1:1", "--token-file", str(pair.token_file), "config", "check")
     assert r.returncode == 0 and r.stdout.startswith("configuration ok"), r
+    assert r.stderr == ("tqctl: warning: config check reads this machine's configuration files, not those of the "
+                        "tq-host behind http://127.0.0.1:1: run it there\n"), r.stderr
 
 
 # ---- Client(url=, token=) ----------------------------------------------------------------------------------

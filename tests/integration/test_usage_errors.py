@@ -4,8 +4,10 @@ Real tq-host (no workers: nothing here needs a job to run)."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -139,6 +141,26 @@ def test_nan_and_infinity_are_refused_by_tq_host_and_by_a_batch_naming_the_line(
     for value in (float("nan"), float("inf")):
         with pytest.raises(Refused, match="is not a JSON number"):
             suite.client().submit("t", value)
+    assert suite.client().list_jobs() == []
+
+
+def test_a_number_past_a_doubles_range_is_refused_as_infinity_is(suite: Suite, tmp_path: Path) -> None:
+    """1e400 reads as an infinity: tq-host refuses it (with the request's rid, so a client matching replies by rid
+    is answered), as does a batch, naming the line (trial C §1)."""
+    suite.host()
+    batch = tmp_path / "jobs.jsonl"
+    for number in ("1e400", "-1e400", "1.5e999"):
+        batch.write_text(f'{{"task": "t"}}\n{{"task": "t", "args": [{number}]}}\n')
+        refused(tqctl(suite, "submit", "--batch", str(batch)), 2, f"{batch}: line 2", number, "too large a number")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(suite.dir / "tq.sock"))
+        reader = s.makefile("rb")
+        for rid, body in ((7, '"jobs":[{"task":"t","args":[1e400]}]'), (8, '"jobs":[{"task":"t","priority":-1e400}]'),
+                          (9, '"jobs":[{"task":"t","args":[NaN]}]')):
+            s.sendall(f'{{"op":"submit","rid":{rid},{body}}}\n'.encode())
+            reply = json.loads(reader.readline())
+            assert reply["rid"] == rid and reply["ok"] is False and reply["code"] == "bad_request", reply
     assert suite.client().list_jobs() == []
 
 

@@ -8,11 +8,14 @@ import grp
 import json
 import os
 import pwd
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -327,3 +330,60 @@ def test_only_root_makes_or_revokes_a_token_that_acts_as_root(suite: Suite, peop
     r = as_user(ADMIN, *tqctl, "token", "create", "others", "--user", OTHER, env=suite.env)  # a member's: may
     assert r.returncode == 0 and as_user(ADMIN, *tqctl, "token", "revoke", "others", env=suite.env).returncode == 0
     assert [t["name"] for t in json.loads(suite.tqctl("--json", "token", "list").stdout)] == ["roots"]
+
+
+@pytest.fixture
+def gateway_user() -> Iterator[tuple[pwd.struct_passwd, bool]]:
+    """User tq-gateway (as the package makes it), made here unless it exists; and whether it was absent."""
+    try:
+        yield pwd.getpwnam("tq-gateway"), False
+        return
+    except KeyError:
+        pass
+    subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", "tq-gateway"], check=True)
+    try:
+        yield pwd.getpwnam("tq-gateway"), True
+    finally:
+        subprocess.run(["userdel", "tq-gateway"], check=False)
+        subprocess.run(["groupdel", "tq-gateway"], check=False, capture_output=True)
+
+
+def test_config_check_as_root_says_a_tls_key_tq_gateway_cannot_read(suite: Suite, gateway_user: tuple[
+        pwd.struct_passwd, bool], tmp_path: Path) -> None:
+    """Root reads every file; tq-gateway (its unit's user) would not start on a key only root reads, and the
+    restart takes the socket down with it (trial C #8): config check names the file and the user."""
+    user, made = gateway_user
+    top = Path(tempfile.mkdtemp(prefix="tqtest-tls-", dir="/var/lib"))  # (not /tmp: the unit hides it, PrivateTmp)
+    try:
+        top.chmod(0o755)
+        cert, key = top / "cert.pem", top / "key.pem"
+        for f in (cert, key):
+            f.write_text("PEM\n")
+            f.chmod(0o644)
+        key.chmod(0o600)
+        extra = f'[gateway]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+        suite.write_config(extra)
+        r = suite.tqctl("config", "check")
+        assert r.returncode == 2 and r.stdout == "", r
+        assert f"gateway.tls_key: user tq-gateway cannot read {key} (root:root -rw-------)" in r.stderr, r.stderr
+        assert "tls_cert" not in r.stderr, r.stderr
+        os.chown(key, 0, user.pw_gid)
+        key.chmod(0o640)
+        r = suite.tqctl("config", "check")
+        assert r.returncode == 0 and r.stderr == "", r
+        top.chmod(0o700)  # a directory it cannot search
+        r = suite.tqctl("config", "check")
+        assert r.returncode == 2 and f"user tq-gateway cannot search directory {top}" in r.stderr, r.stderr
+        top.chmod(0o755)
+        hidden = tmp_path / "key.pem"  # under /tmp: PrivateTmp= gives the gateway a /tmp of its own
+        hidden.write_text("PEM\n")
+        suite.write_config(f'[gateway]\ntls_cert = "{cert}"\ntls_key = "{hidden}"\n')
+        r = suite.tqctl("config", "check")
+        assert r.returncode == 2 and "is under /tmp, which the unit hides from user tq-gateway" in r.stderr, r
+        if made:  # no such user: said, not checked
+            subprocess.run(["userdel", "tq-gateway"], check=True)
+            suite.write_config(extra)
+            r = suite.tqctl("config", "check")
+            assert r.returncode == 0 and "there is no user tq-gateway on this machine" in r.stderr, r
+    finally:
+        shutil.rmtree(top)

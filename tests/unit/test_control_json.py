@@ -31,3 +31,13 @@ def test_what_tq_host_writes_has_no_nan_or_infinity() -> None:
                                                                                                          1.5]}}
     with pytest.raises(UnicodeEncodeError):
         control.encode_out({"x": "\ud800"})
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "1.7976931348623159e308"])
+def test_a_number_past_a_doubles_range_is_refused_as_infinity_is(number: str) -> None:
+    with pytest.raises(control.Unfit, match="too large a number"):
+        control.loads(f'{{"a": [{number}]}}')
+    with pytest.raises(control.RequestError, match="too large a number"):
+        control.decode(f'{{"op": "ping", "rid": 3, "a": {number}}}'.encode())
+    assert control.rid_of(f'{{"op": "ping", "rid": 3, "a": {number}}}'.encode()) == 3
+    assert control.loads('{"a": 1.7976931348623157e308}') == {"a": 1.7976931348623157e308}

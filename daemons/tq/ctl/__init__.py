@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_utf8(sys.argv[1:] if argv is None else argv)
         if args.command == "config":
+            url = args.url or os.environ.get("TQ_URL")
+            if url:  # (no request goes to the gateway: this machine's files are what there is to read)
+                render.warning(f"config check reads this machine's configuration files, not those of the tq-host "
+                               f"behind {url[:200]}: run it there")
             return overview.config_check(args, as_json)
         with _client(args) as client:
             for problem in client.config_skipped:  # tqctl needs only host.socket: a broken file does not stop it

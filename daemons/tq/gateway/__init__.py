@@ -14,7 +14,7 @@ import asyncio
 import logging
 
 from .. import log
-from ..daemon import StartError, command_line, load_config
+from ..daemon import EXIT_CONFIG, StartError, command_line, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config("tq-gateway", args.config)
     if cfg is None:
-        return 2
+        return EXIT_CONFIG
+    if args.check_config:  # (the unit's ExecReload= runs it first: a reload of a bad configuration fails)
+        return 0
     logger = log.setup("tq-gateway", cfg.log.level)
     from .service import Gateway  # (aiohttp: imported once the configuration is known good)
 

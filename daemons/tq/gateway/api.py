@@ -26,7 +26,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JOB_FIELDS = frozenset(("task", "args", "payload", "queue", "priority", "delay", "at", "timeout", "retries",
                         "unique", "after"))
 FILTERS = ("state", "task", "queue", "older_than")
-WHOLE = re.compile(r"-?[0-9]{1,20}")
+WHOLE = re.compile(r"-?[0-9]+")
 
 
 def job_spec(value: Any, where: str = "the job") -> dict[str, Any]:
@@ -58,8 +58,11 @@ def seconds(value: Any, name: str, most: float | None = None) -> float:
 def whole(value: str, name: str, low: int = 0) -> int:
     """A whole number written in ASCII digits (int() would also take "١٢", " 12" and "1_2")."""
     if not WHOLE.fullmatch(value):
-        raise errors.bad_request(f"{name} must be a whole number, not {value[:20]!r}")
-    number = int(value)
+        raise errors.bad_request(f"{name} must be a whole number, not {value[:60]!r}")
+    try:
+        number = int(value)  # (any length, as tqctl takes it: tq-host answers an id no job can have 404, no job N)
+    except ValueError:  # (past Python's 4300 digits)
+        raise errors.bad_request(f"{name} has too many digits ({len(value)})") from None
     if number < low:
         raise errors.bad_request(f"{name} must be at least {low}")
     return number
@@ -144,6 +147,10 @@ class Api:
             reply = await link.call("submit", **fields)
             return answer(reply, 201)
         wait = seconds(params["wait"], "wait", self.max_wait())
+        if len(fields["jobs"]) != 1 or fields.get("chain"):  # (said here in the API's terms, not tq-host's)
+            raise errors.bad_request(f"?wait takes one job, not {len(fields['jobs'])}"
+                                     f"{' in a chain' if fields.get('chain') else ''}: submit without it, then "
+                                     "POST /api/v1/wait with their ids")
         ids, done = await link.call_many("submit", 2, wait, wait_for=wait, **fields)
         ids.pop("more", None)
         return answer(ids | {"job": done["job"]}, 201)
@@ -232,12 +239,20 @@ class Api:
     async def metrics_text(self, request: web.Request) -> web.Response:
         """Prometheus text format 0.0.4; without a token only when `[gateway] metrics_public`."""
         query(request, ())
-        if self.parts.settings.gateway().metrics_public:
-            link = self.parts.links.own
-        else:
-            link = await self.link(request)
         # The snapshot from tq-host, the text written here: rendering it (the Prometheus client library's registry
-        # and exposition) cost tq-host more than the snapshot itself, and the gateway has a core of its own.
-        reply = await link.call("metrics")
-        return web.Response(body=exposition.render(reply.get("metrics")),
+        # and exposition) cost tq-host more than the snapshot itself, and the gateway has a core of its own. With
+        # tq-host out of reach, `tq_up 0` (as tqctl metrics writes), answered 200: a scrape then tells "tq-host
+        # down" from "gateway down". (A token is still needed, unless metrics_public; tq-host being down, it cannot
+        # be checked, and this answer says nothing else.)
+        try:
+            if self.parts.settings.gateway().metrics_public:
+                link = self.parts.links.own
+            else:
+                link = await self.link(request)
+            snap = (await link.call("metrics")).get("metrics")
+        except RequestError as e:
+            if e.code != "unavailable":
+                raise
+            snap = None
+        return web.Response(body=exposition.render(snap),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

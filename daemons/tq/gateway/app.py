@@ -77,7 +77,10 @@ def _errors(parts: Parts) -> Any:
         except RequestError as e:
             if e.code == "unauthorized" and TOKEN_KEY in request:
                 parts.auth.refused(request, request[TOKEN_KEY])  # revoked since its link was made
-            return errors.for_exception(e)
+            resp = errors.for_exception(e)
+            if resp.status == errors.SLOW:
+                await _close_after(request, resp)
+            return resp
         except web.HTTPException as e:
             if e.status < 400:
                 raise
@@ -89,6 +92,15 @@ def _errors(parts: Parts) -> Any:
             return errors.response("internal", "internal error in tq-gateway (logged)")
 
     return middleware
+
+
+async def _close_after(request: web.Request, resp: web.StreamResponse) -> None:
+    """Send `resp` and close the connection: a 408 leaves at request_timeout, and the connection goes with it.
+    (Left to aiohttp, it would first read the slow body's rest for lingering_time, which serves a client still
+    sending a refused body, not one that stopped.)"""
+    await resp.prepare(request)
+    await resp.write_eof()
+    request.protocol.force_close()  # (the transport sends what it holds, then closes)
 
 
 async def read_body(request: web.Request, timeout: float) -> bytes:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
+import math
 import time
 from collections import OrderedDict, deque
 from urllib.parse import urlsplit
@@ -66,11 +68,14 @@ def same_origin(request: web.Request) -> bool:
 
 
 class Failures:
-    """Tokens refused, counted by the address they came from."""
+    """Tokens refused, counted by the address they came from. An address locked out is logged once (a warning,
+    when it starts) and named by `locked_out` (STATUS=) while it lasts."""
 
-    def __init__(self) -> None:
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger("tq.gateway")
         self._by_address: OrderedDict[str, deque[float]] = OrderedDict()
         self._refused: OrderedDict[str, float] = OrderedDict()  # a token's hash -> until when it is refused
+        self._locked: OrderedDict[str, float] = OrderedDict()  # an address locked out -> until when (about)
 
     def blocked_for(self, address: str, now: float) -> float:
         """Seconds the address is still refused (0: not)."""
@@ -87,13 +92,26 @@ class Failures:
         self._by_address[address] = times
         self._refused.pop(key, None)
         self._refused[key] = now + REMEMBER
-        for table in (self._by_address, self._refused):
+        if len(times) >= FAILURES and self._locked.get(address, 0.0) <= now:
+            self._locked.pop(address, None)
+            self._locked[address] = now + BLOCK
+            self.logger.warning("too many refused tokens from %s (%d within %.0fs): every request from it is answered "
+                                "429 for the next %.0fs (fix or stop the client that keeps failing)", address,
+                                len(times), now - times[0], BLOCK)
+        for table in (self._by_address, self._refused, self._locked):
             while len(table) > ADDRESSES:
                 table.popitem(last=False)
 
     def refused(self, key: str, now: float) -> bool:
         until = self._refused.get(key)
         return until is not None and now < until
+
+    def locked_out(self, now: float) -> list[str]:
+        """The addresses locked out now (oldest first)."""
+        for address, until in list(self._locked.items()):
+            if self.blocked_for(address, now) <= 0 and until <= now:
+                del self._locked[address]
+        return list(self._locked)
 
 
 class Auth:
@@ -110,8 +128,9 @@ class Auth:
         now = time.monotonic()
         wait = self.failures.blocked_for(address, now)
         if wait:
-            raise Refusal("unauthorized", f"too many refused tokens from {address}: try again in {wait:.0f}s",
-                          TOO_MANY, {"Retry-After": str(int(wait) + 1)})
+            after = math.ceil(wait)  # (the message and Retry-After say the same)
+            raise Refusal("unauthorized", f"too many refused tokens from {address}: try again in {after}s",
+                          TOO_MANY, {"Retry-After": str(after)})
         token = token_of(request) if token is None else token
         if token is None:
             raise Refusal("unauthorized", "no token: send Authorization: Bearer TOKEN (tqctl token create makes one)")

@@ -83,12 +83,15 @@ class HostLink:
             raise RequestError("unavailable", UNREACHABLE)
         self._rid += 1
         rid = self._rid
+        try:  # (checked before it goes: tq-host would refuse a NaN or infinity, a line it cannot read, by no rid)
+            line = control.encode_finite({"op": op, "rid": rid, **{k: v for k, v in fields.items() if v is not None}})
+        except control.Unfit as e:
+            raise RequestError("bad_request", str(e)) from None
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(replies)]
         self._pending[rid] = list(futures)
-        request = {"op": op, "rid": rid, **{k: v for k, v in fields.items() if v is not None}}
         try:
-            writer.write(control.encode(request))
+            writer.write(line)
             try:
                 await writer.drain()  # (a host slow to read holds the callers, not the gateway's memory)
             except OSError as e:
@@ -138,6 +141,10 @@ class HostLink:
 
     def _answer(self, reply: dict[str, Any]) -> None:
         rid = reply.get("rid")
+        if rid is None and reply.get("ok") is False:  # a line tq-host could not read: whose, no reply says
+            self.logger.warning("tq-host refused a request it could not read: %.200s", reply.get("error"))
+            self._lost(f"it could not read a request: {str(reply.get('error'))[:200]}")
+            return
         futures = self._pending.get(rid) if isinstance(rid, int) else None
         if not futures:
             return  # a reply to a request whose caller has gone

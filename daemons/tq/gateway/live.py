@@ -188,6 +188,7 @@ class Live:
                     self.parts.links.forget(request[TOKEN_KEY])
                 with contextlib.suppress(ConnectionError, TimeoutError):
                     await _write(resp, b"event: end\n" + _frame({"error": {"code": e.code, "message": str(e)}}))
+                resp.force_close()  # (the connection closes with the stream, not request_timeout later)
             except (TimeoutError, ConnectionError):  # a client that takes nothing, or is gone: dropped
                 request.protocol.force_close()
             return resp

@@ -140,6 +140,7 @@ class Page:
         except RequestError as e:  # the page reads this and goes to the login form
             with contextlib.suppress(ConnectionError):
                 await resp.write(b"event: end\n" + frame({"error": {"code": e.code, "message": str(e)}}))
+            resp.force_close()  # (the connection closes with the stream, not request_timeout later)
         except (TimeoutError, ConnectionError):
             request.protocol.force_close()  # the page stopped reading, or went
         finally:

@@ -110,7 +110,7 @@ class Gateway:
         self.config_path, self.logger = config_path, logger
         self.settings = Settings(cfg)
         links = HostLinks(cfg.host.socket, cfg.gateway.host_connections, logger)
-        self.parts = Parts(self.settings, links, Auth(links, Failures()),
+        self.parts = Parts(self.settings, links, Auth(links, Failures(logger)),
                            Limits(self.settings.gateway), logger)
         self.hub = Hub(self.parts)
         self.malformed = MalformedRequests()
@@ -120,6 +120,7 @@ class Gateway:
         self.stop = asyncio.Event()
         self.reload_requested = asyncio.Event()
         self.host_up = False
+        self.activated = False  # serving the sockets systemd passed (tq-gateway.socket): `listen` is not used
 
     def tables(self) -> list[RouteTable]:
         """The route tables the application serves."""
@@ -128,6 +129,7 @@ class Gateway:
     async def serve(self) -> int:
         cfg = self.settings.gateway()
         sockets = activated_sockets()
+        self.activated = bool(sockets)
         if not sockets:
             sockets = [bound_socket(cfg.listen)]
         elif cfg.listen != config.GatewayConfig.listen:  # set, but not used: said once, not silently ignored
@@ -191,19 +193,33 @@ class Gateway:
         self.host_up = up
 
     def status_text(self) -> str:
+        locked = self.parts.auth.failures.locked_out(time.monotonic())
+        lockout = (f", {len(locked)} address(es) answered 429 for refused tokens ({', '.join(locked[:3])}"
+                   f"{', ...' if len(locked) > 3 else ''})") if locked else ""
         return (f"{self.parts.limits.connections} connection(s), {len(self.hub.followers)} event stream(s), "
                 f"{len(self.parts.links)} token(s) in use, {self.malformed.count} malformed request(s), "
-                f"tq-host {'up' if self.host_up else 'not reachable'}")
+                f"tq-host {'up' if self.host_up else 'not reachable'}{lockout}")
 
     def reload(self) -> None:
-        """SIGHUP: read the configuration again; keys in RESTART_KEYS keep their running value (logged)."""
+        """SIGHUP: read the configuration again; keys in RESTART_KEYS keep their running value (logged). One that
+        does not load is logged and the running one kept, and STATUS= ends with "reload refused: FILE: KEY: reason"
+        until a reload succeeds."""
         self.notifier.reloading()
         try:
-            new = configload.reload(self.config_path, self.logger)
-            if new is None:
+            try:
+                new = configload.load(self.config_path)
+            except config.ConfigError as e:
+                self.logger.error("reload refused, keeping the running configuration: %s", e)
+                self.notifier.note = "reload refused: " + " ".join(str(e).split())
                 return
+            self.notifier.note = ""
             old = self.settings.cfg
             changed = _changed(old.gateway, new.gateway, RESTART_KEYS)
+            if self.activated and "listen" in changed:  # (no restart would use it)
+                changed.remove("listen")
+                self.logger.warning("gateway.listen changed, but is not used: under socket activation the addresses "
+                                    "are tq-gateway.socket's ListenStream= (a drop-in: systemctl edit "
+                                    "tq-gateway.socket, then systemctl restart tq-gateway.socket)")
             if changed:
                 self.logger.warning("gateway.%s changed: takes effect at the next restart", ", gateway.".join(changed))
             self.settings.cfg = new

@@ -14,6 +14,7 @@ entities it declares, and no XML-RPC call needs one. Bodies over `[gateway] max_
 
 from __future__ import annotations
 
+import math
 import xmlrpc.client
 from typing import Any
 from xml.parsers.expat import ExpatError
@@ -133,11 +134,15 @@ def _exit_status(code: str) -> int:
 
 def _taken(value: Any, depth: int = 0) -> None:
     """Fault 2 for a parameter tq cannot take: a dateTime or base64 (JSON has neither: give seconds since the
-    epoch, text), or arrays and structs nested more than MAX_DEPTH deep. (nil is taken: None, as JSON's null.)"""
+    epoch, text), a NaN or infinite double (tq-host would refuse it: JSON has none), or arrays and structs nested
+    more than MAX_DEPTH deep. (nil is taken: None, as JSON's null.)"""
     if isinstance(value, (xmlrpc.client.DateTime, xmlrpc.client.Binary)):
         kind = "dateTime.iso8601" if isinstance(value, xmlrpc.client.DateTime) else "base64"
         raise Fault(control.EXIT_USAGE, f"a {kind} value is not taken: tq's values are JSON's (a time is seconds "
                                         "since the epoch, a double; bytes go as text)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Fault(control.EXIT_USAGE, f"a double is {value!r}: tq's values are JSON's, which has no NaN or "
+                                        "infinity")
     if isinstance(value, (list, tuple, dict)):
         if depth >= MAX_DEPTH:
             raise Fault(control.EXIT_USAGE, f"arrays and structs nested too deep (more than {MAX_DEPTH})")

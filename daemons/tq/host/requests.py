@@ -82,6 +82,8 @@ class Requests:
             if reply is not None:
                 self.replies.append((conn, {"rid": rid, "ok": True, **reply}, op in ACKNOWLEDGING_OPS))
         except RequestError as e:
+            if rid is None:  # (decode refused the line: its rid, if it has one, so the client can match the reply)
+                rid = control.rid_of(line)
             self.ledger.refuse(conn, rid, e.code, str(e))
         except sqlite3.Error as e:  # the step recovers from store errors; this request is refused
             self.ledger.refuse(conn, rid, "unavailable", str(e))
