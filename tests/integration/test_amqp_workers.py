@@ -177,3 +177,25 @@ def test_a_worker_whose_broker_name_does_not_resolve_yet_waits_and_does_jobs_onc
         done = client.wait(job_id, 60)
         assert done["state"] == "done" and done["worker"] == machine_instance("4"), done
         assert worker.proc.poll() is None and "Traceback" not in worker.text()
+
+
+def test_a_queue_a_remote_worker_serves_and_amqp_queues_lacks_is_blamed_on_amqp_queues_on_both_machines(
+        suite: Suite, broker: Broker) -> None:  # noqa: F811
+    suite.write_config(f'[amqp]\nurl = "{broker.url}"\nqueues = ["remote"]\n')
+    host = suite.host()
+    remote = remote_worker(suite, remote_config(suite, broker.url, "m1", queues='["remote", "video"]'), "1")
+    client = suite.client()
+    name = machine_instance("1")
+    wait_until(lambda: {w["instance"]: w["state"] for w in client.workers()}.get(name) == "live", 30,
+               "the remote worker live")
+    # the worker's own journal says which of its queues tq-host will not send it, and where that is decided
+    wait_until(lambda: "tq-host will send this worker no jobs of queue(s) video" in remote.text(), 20,
+               "the worker's warning")
+    assert "tq-host's amqp.queues" in remote.text()
+    client.submit_many([{"task": "t", "queue": "video"}])
+    line = f"queue video: no live worker serves it; its jobs wait until one does (worker(s) {name} name it, but "
+    wait_until(lambda: line in host.text(), 20, "tq-host's warning naming amqp.queues")
+    assert "[worker] queues" not in host.text().split(line, 1)[1].splitlines()[0]
+    (worker,) = [w for w in client.workers() if w["instance"] == name]
+    assert worker["queues"] == ["remote"] and worker["not_sent"] == ["video"]
+    assert "remote (not sent: video)" in suite.tqctl("workers").stdout

@@ -71,7 +71,8 @@ def _cmd_workers(client: Client, args: argparse.Namespace, as_json: bool) -> int
         cpu = "-" if m.get("cpu_seconds") is None else f"{m['cpu_seconds']:.1f}s"
         if m.get("cpu_percent") is not None:
             cpu += f" {m['cpu_percent']:.0f}%"
-        rows.append([w["instance"], w.get("machine") or "-", w["state"], str(w["pid"]), ",".join(w["queues"]),
+        queues = ",".join(w["queues"]) + (f" (not sent: {','.join(w['not_sent'])})" if w.get("not_sent") else "")
+        rows.append([w["instance"], w.get("machine") or "-", w["state"], str(w["pid"]), queues,
                      render.span(m.get("uptime_seconds")), render.byte_size(m.get("rss_bytes")), cpu,
                      "-" if m.get("fds") is None else str(m["fds"]),
                      str(m.get("jobs_done", w["done"])), str(m.get("jobs_failed", "-")), text,

@@ -24,7 +24,7 @@ from .. import config, protocol
 from ..log import Burst
 from ..transport import Mailbox, MailboxError
 from ..transport.machines import WORKER_NAME_RE
-from .carriage import carried
+from .carriage import carried, not_sent_why
 from .jobs import ASSIGNED, ON_WORKER, JobTable
 from .nameclash import NameClash, elsewhere
 from .records import JobRecord
@@ -191,9 +191,13 @@ class Fleet:
         """A worker (re)appeared, as its hello or heartbeat says: reopen its inbox and fence it before dispatching
         to it."""
         cause, detail = _restart_cause(w, msg.pid, msg.machine)
-        w.pid, w.queues, w.seen, w.lost_at = msg.pid, carried(self.cfg, self.logger, w.instance, msg.queues), now, 0.0
+        w.pid, w.seen, w.lost_at = msg.pid, now, 0.0
+        w.queues, w.not_sent = carried(self.cfg, self.logger, w.instance, msg.queues)
         w.machine = msg.machine
         self.reopen_inbox(w)
+        if w.not_sent and w.inbox is not None:  # (best effort: a full inbox goes without; tq-host's journal has it)
+            w.inbox.send(protocol.encode(protocol.NotSent(w.pid, w.machine, w.not_sent, not_sent_why(w.instance))),
+                         protocol.CANCEL_PRIORITY)
         depth = w.inbox.max_messages if w.inbox is not None else 2
         w.prefetch = max(1, min(msg.prefetch, depth - 1))  # one slot stays free for the Sync fence
         self.fence(w, "syncing", cause, detail)

@@ -18,6 +18,7 @@ class WorkerState:
     instance: str
     pid: int = 0
     queues: list[str] = field(default_factory=list)
+    not_sent: list[str] = field(default_factory=list)  # queues its hello names whose jobs tq-host does not send it
     prefetch: int = 1
     state: str = "syncing"  # syncing | live | leaving | lost | stopped
     seen: float = 0.0  # monotonic time of the last message from it
@@ -41,7 +42,7 @@ class WorkerState:
         machine = machine_of(self.instance)
         return {"instance": self.instance, "machine": machine or THIS_MACHINE,
                 "transport": "posix" if machine is None else "amqp", "pid": self.pid, "state": self.state,
-                "queues": self.queues,
+                "queues": self.queues, "not_sent": self.not_sent,
                 "prefetch": self.prefetch, "assigned": sorted(self.assigned), "running": self.running or None,
                 "done": self.done, "seen_ago": round(now - self.seen, 3), "monitor": self.monitor_view(now)}
 

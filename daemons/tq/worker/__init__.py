@@ -213,6 +213,10 @@ class Worker(Daemon):
             self.runner.cancel(msg)
         elif isinstance(msg, protocol.Refused):
             self.stop_requested |= self.refusal.take(msg)
+        elif isinstance(msg, protocol.NotSent):
+            if msg.pid == os.getpid() and msg.machine == machine_id():  # (the name's inbox may be shared)
+                self.logger.warning("tq-host will send this worker no jobs of queue(s) %s, which [worker] queues "
+                                    "names: %s", ",".join(msg.queues), msg.reason)
         else:
             self.malformed(f"dropped a {type(msg).__name__} message, which tq-host does not send")
 
