@@ -199,3 +199,28 @@ def test_a_queue_a_remote_worker_serves_and_amqp_queues_lacks_is_blamed_on_amqp_
     (worker,) = [w for w in client.workers() if w["instance"] == name]
     assert worker["queues"] == ["remote"] and worker["not_sent"] == ["video"]
     assert "remote (not sent: video)" in suite.tqctl("workers").stdout
+
+
+def test_while_tq_host_has_no_broker_a_remote_worker_s_seen_is_the_time_since_it_was_last_heard(
+        suite: Suite, broker: Broker) -> None:  # noqa: F811
+    suite.write_config(f'[amqp]\nurl = "{broker.url}"\nqueues = ["remote"]\n')  # a 3 s lease
+    suite.host()
+    remote_worker(suite, remote_config(suite, broker.url, "m1"), "1")
+    client = suite.client()
+    name = machine_instance("1")
+
+    def worker() -> dict[str, object]:
+        return next((w for w in client.workers() if w["instance"] == name), {})
+
+    wait_until(lambda: worker().get("state") == "live", 30, "the remote worker live")
+    broker.stop_app()
+    try:
+        wait_until(lambda: client.status()["broker"]["state"] == "waiting", 30, "tq-host without its broker")
+        # its lease waits for the broker (still live), but nothing was heard from it: SEEN grows past the lease
+        wait_until(lambda: float(str(worker()["seen_ago"])) > 4.0, 30, "SEEN past the lease")
+        assert worker()["state"] == "live"
+        row = next(line for line in suite.tqctl("workers").stdout.splitlines() if line.startswith(name))
+        assert float(row.split()[-2].rstrip("s")) > 4.0, row
+    finally:
+        broker.start_app()
+    wait_until(lambda: float(str(worker()["seen_ago"])) < 2.0, 60, "heard again once the broker is back")

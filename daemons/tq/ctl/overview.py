@@ -62,6 +62,8 @@ def _cmd_workers(client: Client, args: argparse.Namespace, as_json: bool) -> int
         if job:
             text = f"{job['id']} {job['task']}" + (f" (try {job['attempt']})" if job.get("attempt", 1) > 1 else "")
             text += f" {render.span(job.get('elapsed_seconds'))}"
+            if m.get("stale"):  # not heard since: what tq-host last knew, not what runs now
+                text += f" as of {render.span(m.get('sampled_ago'))} ago"
             tree = job.get("tree")
             if tree:
                 text += (f", {tree['processes']} procs {render.byte_size(tree['rss_bytes'])} "
@@ -76,7 +78,7 @@ def _cmd_workers(client: Client, args: argparse.Namespace, as_json: bool) -> int
                      render.span(m.get("uptime_seconds")), render.byte_size(m.get("rss_bytes")), cpu,
                      "-" if m.get("fds") is None else str(m["fds"]),
                      str(m.get("jobs_done", w["done"])), str(m.get("jobs_failed", "-")), text,
-                     f"{w['seen_ago']:.1f}s ago"])
+                     "-" if w["seen_ago"] is None else f"{w['seen_ago']:.1f}s ago"])
     render.table(rows)
     return 0
 
