@@ -27,7 +27,8 @@ def _cmd_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     states = st["states"]
     print(f"tq-host {st['version']} (pid {st['pid']}), up {render.age(time.time() - st['uptime'])}")
     print("jobs:    " + "  ".join(f"{k} {v}" for k, v in states.items()))
-    print(f"workers: {st['workers_live']} live of {st['workers_known']} known")
+    syncing = f", {st['workers_syncing']} syncing" if st.get("workers_syncing") else ""  # (none from a tq-host before)
+    print(f"workers: {st['workers_live']} live{syncing} of {st['workers_known']} known")
     if broker := st.get("broker"):  # (tq-host with [amqp]: its workers on other machines are reached through it)
         print("broker:  " + (f"connected to {broker['url']}" if broker.get("state") == "connected"
                              else str(broker.get("detail"))))

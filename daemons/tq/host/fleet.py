@@ -330,6 +330,10 @@ class Fleet:
     def live(self) -> int:
         return sum(1 for w in self.workers.values() if w.state == "live")
 
+    def syncing(self) -> int:
+        """Workers fenced and not yet answering (after a restart of either side): there, and soon live again."""
+        return sum(1 for w in self.workers.values() if w.state == "syncing")
+
     def public(self, now: float) -> list[dict[str, Any]]:
         return [w.public(now, self.cfg.host.lease) for w in sorted(self.workers.values(), key=lambda w: w.instance)]
 
