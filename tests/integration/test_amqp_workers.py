@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 
+import posix_ipc
 import pytest
 
 from broker import Broker, broker  # noqa: F401  (the fixture)
@@ -224,3 +225,15 @@ def test_while_tq_host_has_no_broker_a_remote_worker_s_seen_is_the_time_since_it
     finally:
         broker.start_app()
     wait_until(lambda: float(str(worker()["seen_ago"])) < 2.0, 60, "heard again once the broker is back")
+
+
+def test_a_worker_through_the_broker_removes_its_posix_inbox_left_from_before_the_switch(
+        suite: Suite, broker: Broker) -> None:  # noqa: F811
+    left = posix_ipc.MessageQueue(f"{suite.prefix}.w.1", posix_ipc.O_CREX, max_messages=2, max_message_size=64)
+    left.close()  # as tq-worker@1 leaves it after the package's first start, on the POSIX mailboxes
+    suite.write_config(f'[amqp]\nurl = "{broker.url}"\nqueues = ["remote"]\n')
+    suite.host()
+    remote = remote_worker(suite, remote_config(suite, broker.url, "m1"), "1")
+    with pytest.raises(posix_ipc.ExistentialError):
+        posix_ipc.unlink_message_queue(f"{suite.prefix}.w.1")
+    assert f"removed POSIX mailbox {suite.prefix}.w.1" in remote.text()

@@ -152,11 +152,13 @@ def open_mailbox(name: str, max_messages: int, max_message_size: int, create: bo
     return PosixMailbox(mq, name)
 
 
-def unlink_mailbox(name: str) -> None:
+def unlink_mailbox(name: str) -> bool:
+    """Remove the mailbox `name`; False if there was none."""
     try:
         posix_ipc.unlink_message_queue(name)
     except posix_ipc.ExistentialError:
-        pass
+        return False
+    return True
 
 
 def open_within_budget(name: str, max_messages: int, max_message_size: int, least: int,
