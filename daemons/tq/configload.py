@@ -45,6 +45,7 @@ from .config import (
 from .configfiles import ConfigError as ConfigError  # re-exported: what load raises
 from .configfiles import read_files, unreadable_files
 from .configreader import Reader as _Reader
+from .configsecrets import readable_passwords
 from .socketpath import socket_there
 
 if TYPE_CHECKING:
@@ -170,7 +171,8 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
     schedules_r = root.sub("schedules")
     schedules = {name: _schedule(schedules_r.sub(name), name) for name in schedules_r.table}
     amqp = configbroker.amqp(root.sub("amqp"))
-    warnings = _patterns_matching_nothing(tasks_r, tasks) + _unknown_principals(access_r, queues_r, queues)
+    warnings = (_patterns_matching_nothing(tasks_r, tasks) + _unknown_principals(access_r, queues_r, queues)
+                + readable_passwords([root.sub("amqp"), root.sub("transport")]))
     cfg = Config(files, host, mq, worker, overrides, log, tasks, access, queues, exchanges, schedules,
                  _gateway(root.sub("gateway")), amqp, configbroker.transport(root.sub("transport"), amqp),
                  tuple(str(w) for w in warnings))

@@ -5,7 +5,7 @@ message's fields in declaration order (no field names: smaller, faster).
 Decoding checks every field's type, so a malformed message is one
 ProtocolError, never a crash further in.
 
-Host -> worker inbox (`<prefix>.w.<instance>`): Jobs (a batch of Job), Sync, Cancel, Refused.
+Host -> worker inbox (`<prefix>.w.<instance>`): Jobs (a batch of Job), Sync, Cancel, Refused, NotSent.
 Worker -> host queue (`<prefix>.host`): Hello, Heartbeat, Started, Results (a batch of Result), Release, Bye,
 Synced.
 Batches keep the syscalls and decodes per job down; each batch fits max_message_size.
@@ -182,10 +182,26 @@ class Refused(Message):
     reason: str  # one line, for the worker's journal
 
 
+@dataclass(frozen=True)
+class NotSent(Message):
+    """tq-host will send this worker no jobs of these queues, which its hello names (a remote worker's queue
+    missing from tq-host's amqp.queues): one line for the worker's journal, on the machine where it runs.
+
+    Addressed like Refused (pid and machine: the name's inbox may be shared). A worker from before this message
+    drops it as one it does not know.
+    """
+
+    KIND: ClassVar[bytes] = b"U"
+    pid: int
+    machine: str
+    queues: list[str]
+    reason: str
+
+
 # What travels on the queues. Job and Result are the items of the Jobs and Results batches, not messages.
-KINDS: dict[bytes, type[Message]] = {cls.KIND: cls for cls in (Jobs, Sync, Cancel, Refused, Hello, Heartbeat, Started,
-                                                                 Results, Release, Bye, Synced)}
-assert len(KINDS) == 11, "two messages share a KIND"
+KINDS: dict[bytes, type[Message]] = {cls.KIND: cls for cls in (Jobs, Sync, Cancel, Refused, NotSent, Hello, Heartbeat,
+                                                                 Started, Results, Release, Bye, Synced)}
+assert len(KINDS) == 12, "two messages share a KIND"
 _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "str": (str,), "float": (float, int), "bool": (bool,), "list[Any]": (list,),
     "list[str]": (list,), "Any": (object,), "dict[str, Any]": (dict,),

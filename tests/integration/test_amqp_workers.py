@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 
+import posix_ipc
 import pytest
 
 from broker import Broker, broker  # noqa: F401  (the fixture)
@@ -177,3 +178,62 @@ def test_a_worker_whose_broker_name_does_not_resolve_yet_waits_and_does_jobs_onc
         done = client.wait(job_id, 60)
         assert done["state"] == "done" and done["worker"] == machine_instance("4"), done
         assert worker.proc.poll() is None and "Traceback" not in worker.text()
+
+
+def test_a_queue_a_remote_worker_serves_and_amqp_queues_lacks_is_blamed_on_amqp_queues_on_both_machines(
+        suite: Suite, broker: Broker) -> None:  # noqa: F811
+    suite.write_config(f'[amqp]\nurl = "{broker.url}"\nqueues = ["remote"]\n')
+    host = suite.host()
+    remote = remote_worker(suite, remote_config(suite, broker.url, "m1", queues='["remote", "video"]'), "1")
+    client = suite.client()
+    name = machine_instance("1")
+    wait_until(lambda: {w["instance"]: w["state"] for w in client.workers()}.get(name) == "live", 30,
+               "the remote worker live")
+    # the worker's own journal says which of its queues tq-host will not send it, and where that is decided
+    wait_until(lambda: "tq-host will send this worker no jobs of queue(s) video" in remote.text(), 20,
+               "the worker's warning")
+    assert "tq-host's amqp.queues" in remote.text()
+    client.submit_many([{"task": "t", "queue": "video"}])
+    line = f"queue video: no live worker serves it; its jobs wait until one does (worker(s) {name} name it, but "
+    wait_until(lambda: line in host.text(), 20, "tq-host's warning naming amqp.queues")
+    assert "[worker] queues" not in host.text().split(line, 1)[1].splitlines()[0]
+    (worker,) = [w for w in client.workers() if w["instance"] == name]
+    assert worker["queues"] == ["remote"] and worker["not_sent"] == ["video"]
+    assert "remote (not sent: video)" in suite.tqctl("workers").stdout
+
+
+def test_while_tq_host_has_no_broker_a_remote_worker_s_seen_is_the_time_since_it_was_last_heard(
+        suite: Suite, broker: Broker) -> None:  # noqa: F811
+    suite.write_config(f'[amqp]\nurl = "{broker.url}"\nqueues = ["remote"]\n')  # a 3 s lease
+    suite.host()
+    remote_worker(suite, remote_config(suite, broker.url, "m1"), "1")
+    client = suite.client()
+    name = machine_instance("1")
+
+    def worker() -> dict[str, object]:
+        return next((w for w in client.workers() if w["instance"] == name), {})
+
+    wait_until(lambda: worker().get("state") == "live", 30, "the remote worker live")
+    broker.stop_app()
+    try:
+        wait_until(lambda: client.status()["broker"]["state"] == "waiting", 30, "tq-host without its broker")
+        # its lease waits for the broker (still live), but nothing was heard from it: SEEN grows past the lease
+        wait_until(lambda: float(str(worker()["seen_ago"])) > 4.0, 30, "SEEN past the lease")
+        assert worker()["state"] == "live"
+        row = next(line for line in suite.tqctl("workers").stdout.splitlines() if line.startswith(name))
+        assert float(row.split()[-2].rstrip("s")) > 4.0, row
+    finally:
+        broker.start_app()
+    wait_until(lambda: float(str(worker()["seen_ago"])) < 2.0, 60, "heard again once the broker is back")
+
+
+def test_a_worker_through_the_broker_removes_its_posix_inbox_left_from_before_the_switch(
+        suite: Suite, broker: Broker) -> None:  # noqa: F811
+    left = posix_ipc.MessageQueue(f"{suite.prefix}.w.1", posix_ipc.O_CREX, max_messages=2, max_message_size=64)
+    left.close()  # as tq-worker@1 leaves it after the package's first start, on the POSIX mailboxes
+    suite.write_config(f'[amqp]\nurl = "{broker.url}"\nqueues = ["remote"]\n')
+    suite.host()
+    remote = remote_worker(suite, remote_config(suite, broker.url, "m1"), "1")
+    with pytest.raises(posix_ipc.ExistentialError):
+        posix_ipc.unlink_message_queue(f"{suite.prefix}.w.1")
+    assert f"removed POSIX mailbox {suite.prefix}.w.1" in remote.text()

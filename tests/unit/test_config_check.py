@@ -119,6 +119,25 @@ def test_a_task_pattern_that_can_match_nothing_is_a_warning(default: Path, capsy
         'dot-separated word ("task.*", not "task-*"), and no task name holds them']
 
 
+def test_a_password_in_a_broker_url_in_a_file_others_may_read_is_a_warning_naming_file_and_key(
+        default: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    default.write_text('[amqp]\nurl = "amqp://tq:Sec-D-4711@broker.example/"\nqueues = ["remote"]\n')
+    dropin = default.parent / "tq.d" / "50-amqp.toml"
+    dropin.parent.mkdir()
+    dropin.write_text('[transport]\nkind = "amqp"\nurl = "amqp://tq:Sec-D-4711@broker.example/"\n')
+    default.chmod(0o644)
+    dropin.chmod(0o640)  # root:tq, as the README says: no warning
+    assert ctl.main(["config", "check"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("configuration ok") and "Sec-D-4711" not in out + err
+    assert err.splitlines() == [
+        f"tqctl: warning: {default}: amqp.url: holds a password, and other users may read this file (mode o+r): "
+        "put the password in password_file (install -m 0640 -g tq) and drop it from the url, or chmod o-r this file"]
+    dropin.chmod(0o644)
+    assert ctl.main(["config", "check"]) == 0
+    assert f"{dropin}: transport.url: holds a password" in capsys.readouterr().err
+
+
 def test_a_user_or_group_this_system_does_not_know_is_a_warning(default: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     default.write_text('[access]\nadmins = ["root", "tqt-nosuch-group"]\ngateways = ["tqt-nosuch-gw"]\n'

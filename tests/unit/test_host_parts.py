@@ -779,6 +779,19 @@ def test_every_operation_answers_through_the_assembly_tq_host_uses(tmp_path: Pat
         parts.close()
 
 
+def test_status_counts_a_syncing_worker_apart_from_the_live_and_the_lost(parts: Parts) -> None:
+    parts.start_worker("1")
+    parts.inboxes["2"] = parts.mailboxes.create_inbox("2", 9)
+    parts.worker_says(protocol.Hello("2", 200, ["default"], 8))  # fenced: its Synced waits behind its job
+    a, b = socket.socketpair()
+    try:
+        st = parts.host.snapshot.status(Conn(a, uid=0), 1, {})
+    finally:
+        a.close()
+        b.close()
+    assert (st["workers_live"], st["workers_syncing"], st["workers_known"]) == (1, 1, 2)
+
+
 def test_a_fault_inside_tq_host_is_an_internal_error_not_a_bad_request(parts: Parts) -> None:
     def broken(conn: Conn, rid: object, req: dict[str, object]) -> dict[str, object]:
         raise KeyError("a bug")

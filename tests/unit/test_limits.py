@@ -39,3 +39,10 @@ def test_where_proc_sys_is_hidden_the_limits_are_found_by_trying(tmp_path: Path,
 
 def test_a_mailbox_costs_its_depth_times_its_message_size_and_bookkeeping() -> None:
     assert posix.mailbox_bytes(9, 8192) == 9 * (8192 + posix.PER_MESSAGE_OVERHEAD)
+
+
+def test_the_budget_hint_says_raise_it_only_below_the_hard_limit() -> None:
+    below = posix.raise_hint(819200, 64 << 20)
+    assert below.startswith("raise it (LimitMSGQUEUE= in the unit, ulimit -q)") and "remove stale queues" in below
+    at_hard = posix.raise_hint(819200, 819200)  # a container: the unit's LimitMSGQUEUE=64M was not applied
+    assert not at_hard.startswith("raise it") and "CAP_SYS_RESOURCE" in at_hard and "ls /dev/mqueue" in at_hard

@@ -15,6 +15,8 @@ from harness import wait_until
 from parts import Parts, make_parts
 from tq import monitor, protocol
 
+LEASE = 10.0  # host.lease (the default)
+
 
 def test_the_figures_of_this_process_are_plausible() -> None:
     started = time.monotonic()
@@ -83,21 +85,36 @@ def parts(tmp_path: Path) -> Iterator[Parts]:
 
 def test_the_host_shows_the_last_heartbeat_with_durations_brought_forward(parts: Parts) -> None:
     parts.start_worker("1", now=0.0)
-    assert parts.fleet.workers["1"].public(0.0)["monitor"] is None  # nothing heard yet (or an old worker)
+    assert parts.fleet.workers["1"].public(0.0, LEASE)["monitor"] is None  # nothing heard yet (or an old worker)
     job = {"id": 9, "task": "t", "attempt": 1, "elapsed_seconds": 2.0}
     figures = {"rss_bytes": 30 << 20, "cpu_seconds": 1.0, "cpu_percent": 4.0, "fds": 8, "uptime_seconds": 100.0,
                "jobs_done": 3, "jobs_failed": 1, "job": job}
     parts.worker_says(protocol.Heartbeat("1", 100, ["default"], 8, 9, figures), now=10.0)
-    m = parts.fleet.workers["1"].public(12.5)["monitor"]
+    m = parts.fleet.workers["1"].public(12.5, LEASE)["monitor"]
     assert m["sampled_ago"] == 2.5 and m["uptime_seconds"] == 102.5 and m["job"]["elapsed_seconds"] == 4.5
     assert (m["rss_bytes"], m["cpu_seconds"], m["fds"], m["jobs_done"], m["jobs_failed"]) == (30 << 20, 1.0, 8, 3, 1)
     parts.worker_says(protocol.Heartbeat("1", 100, ["default"], 8, 0, figures), now=13.0)  # 9 ended meanwhile
-    assert parts.fleet.workers["1"].public(13.0)["monitor"]["job"] is None
+    assert parts.fleet.workers["1"].public(13.0, LEASE)["monitor"]["job"] is None
     parts.worker_says(protocol.Heartbeat("1", 100, ["default"], 8, 9, figures | {"uptime_seconds": "x"}), 14.0)
-    assert parts.fleet.workers["1"].public(15.0)["monitor"]["uptime_seconds"] == "x"  # odd input, no crash
+    assert parts.fleet.workers["1"].public(15.0, LEASE)["monitor"]["uptime_seconds"] == "x"  # odd input, no crash
     parts.fleet.check_leases(100.0)  # silent past the lease: lost; its figures stay as last heard, no job
-    lost = parts.fleet.workers["1"].public(101.0)
+    lost = parts.fleet.workers["1"].public(101.0, LEASE)
     assert lost["state"] == "lost" and lost["monitor"]["job"] is None and lost["monitor"]["sampled_ago"] == 87.0
+
+
+def test_a_heartbeat_older_than_the_lease_is_shown_as_it_was_and_seen_is_the_time_since_the_last_message(
+        parts: Parts) -> None:
+    parts.start_worker("1", now=0.0)
+    job = {"id": 9, "task": "t", "attempt": 1, "elapsed_seconds": 25.0}
+    parts.worker_says(protocol.Heartbeat("1", 100, ["default"], 8, 9, {"uptime_seconds": 100.0, "job": job}), 10.0)
+    w = parts.fleet.workers["1"]
+    w.seen = 70.0  # the lease started again without a word from it (tq-host's broker link was down: brokerwatch)
+    shown = w.public(70.0, LEASE)
+    m = shown["monitor"]
+    assert shown["seen_ago"] == 60.0 and m["stale"] and m["sampled_ago"] == 60.0
+    assert m["job"]["elapsed_seconds"] == 25.0 and m["uptime_seconds"] == 100.0  # as last heard, not 85 s
+    fresh = w.public(15.0, LEASE)["monitor"]
+    assert not fresh["stale"] and fresh["job"]["elapsed_seconds"] == 30.0
 
 
 def test_a_heartbeat_without_the_monitor_keeps_the_lease(parts: Parts) -> None:
@@ -105,5 +122,5 @@ def test_a_heartbeat_without_the_monitor_keeps_the_lease(parts: Parts) -> None:
     parts.mq.send(b'\x02B["1",100,["default"],8,0]', 0)  # a worker of the previous release
     parts.fleet.intake(2.0)
     w = parts.fleet.workers["1"]
-    assert w.state == "live" and w.seen == 2.0 and w.public(2.0)["monitor"] is None
+    assert w.state == "live" and w.seen == 2.0 and w.public(2.0, LEASE)["monitor"] is None
     assert parts.fleet.malformed.total == 0

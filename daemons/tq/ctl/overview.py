@@ -27,7 +27,8 @@ def _cmd_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     states = st["states"]
     print(f"tq-host {st['version']} (pid {st['pid']}), up {render.age(time.time() - st['uptime'])}")
     print("jobs:    " + "  ".join(f"{k} {v}" for k, v in states.items()))
-    print(f"workers: {st['workers_live']} live of {st['workers_known']} known")
+    syncing = f", {st['workers_syncing']} syncing" if st.get("workers_syncing") else ""  # (none from a tq-host before)
+    print(f"workers: {st['workers_live']} live{syncing} of {st['workers_known']} known")
     if broker := st.get("broker"):  # (tq-host with [amqp]: its workers on other machines are reached through it)
         print("broker:  " + (f"connected to {broker['url']}" if broker.get("state") == "connected"
                              else str(broker.get("detail"))))
@@ -62,6 +63,8 @@ def _cmd_workers(client: Client, args: argparse.Namespace, as_json: bool) -> int
         if job:
             text = f"{job['id']} {job['task']}" + (f" (try {job['attempt']})" if job.get("attempt", 1) > 1 else "")
             text += f" {render.span(job.get('elapsed_seconds'))}"
+            if m.get("stale"):  # not heard since: what tq-host last knew, not what runs now
+                text += f" as of {render.span(m.get('sampled_ago'))} ago"
             tree = job.get("tree")
             if tree:
                 text += (f", {tree['processes']} procs {render.byte_size(tree['rss_bytes'])} "
@@ -71,11 +74,12 @@ def _cmd_workers(client: Client, args: argparse.Namespace, as_json: bool) -> int
         cpu = "-" if m.get("cpu_seconds") is None else f"{m['cpu_seconds']:.1f}s"
         if m.get("cpu_percent") is not None:
             cpu += f" {m['cpu_percent']:.0f}%"
-        rows.append([w["instance"], w.get("machine") or "-", w["state"], str(w["pid"]), ",".join(w["queues"]),
+        queues = ",".join(w["queues"]) + (f" (not sent: {','.join(w['not_sent'])})" if w.get("not_sent") else "")
+        rows.append([w["instance"], w.get("machine") or "-", w["state"], str(w["pid"]), queues,
                      render.span(m.get("uptime_seconds")), render.byte_size(m.get("rss_bytes")), cpu,
                      "-" if m.get("fds") is None else str(m["fds"]),
                      str(m.get("jobs_done", w["done"])), str(m.get("jobs_failed", "-")), text,
-                     f"{w['seen_ago']:.1f}s ago"])
+                     "-" if w["seen_ago"] is None else f"{w['seen_ago']:.1f}s ago"])
     render.table(rows)
     return 0
 

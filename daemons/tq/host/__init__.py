@@ -269,6 +269,7 @@ class Host(Daemon):
         return (f"{c['queued']} queued, {c['assigned']} assigned, {c['running']} running, "
                 f"{c['delayed'] + c['failed'] + c['deferred']} waiting; "
                 f"{c['done']} done, {c['dead']} dead; {self.fleet.live()} worker(s) live"
+                + (f", {syncing} syncing" if (syncing := self.fleet.syncing()) else "")
                 + (f"; {waiting}" if (waiting := self.mailboxes.waiting_for) else "")
                 + (f"; {failure}" if (failure := self.parts.storewatch.failure) else ""))
 

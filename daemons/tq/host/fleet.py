@@ -24,7 +24,7 @@ from .. import config, protocol
 from ..log import Burst
 from ..transport import Mailbox, MailboxError
 from ..transport.machines import WORKER_NAME_RE
-from .carriage import carried
+from .carriage import carried, not_sent_why
 from .jobs import ASSIGNED, ON_WORKER, JobTable
 from .nameclash import NameClash, elsewhere
 from .records import JobRecord
@@ -139,7 +139,7 @@ class Fleet:
             self._adopt(w, msg, now)
             return
         w.machine = msg.machine or w.machine  # (learnt from a heartbeat after a tq-host restart)
-        w.seen, w.running = now, msg.running
+        w.seen, w.heard, w.running = now, now, msg.running
 
     def _on_started(self, msg: protocol.Started, now: float) -> None:
         """An assigned job's handler started on its worker: the job is running (a late word is ignored)."""
@@ -148,14 +148,14 @@ class Fleet:
         if (w is None or job is None or job.state != ASSIGNED or job.worker != msg.instance
                 or job.attempts != msg.attempt):
             return
-        w.seen, w.running = now, msg.id
+        w.seen, w.heard, w.running = now, now, msg.id
         self.jobs.begin(job, msg.started)
 
     def _on_bye(self, msg: protocol.Bye, now: float) -> None:
         w = self._worker(msg.instance)
         if w is None:
             return
-        w.seen = now
+        w.seen = w.heard = now
         self.logger.info("worker %s is stopping", msg.instance)
         self.fence(w, "leaving", "it stopped without reporting the job",
                     "it is stopping: it has handed back or finished its jobs; checking that each was reported")
@@ -164,7 +164,7 @@ class Fleet:
         w = self._worker(msg.instance)
         if w is None:
             return
-        w.seen = now
+        w.seen = w.heard = now
         if msg.token != w.token or w.state not in ("syncing", "leaving"):
             return  # an old fence
         if elsewhere(w, msg.machine):  # taken from the shared inbox by a process refused under the name
@@ -191,9 +191,13 @@ class Fleet:
         """A worker (re)appeared, as its hello or heartbeat says: reopen its inbox and fence it before dispatching
         to it."""
         cause, detail = _restart_cause(w, msg.pid, msg.machine)
-        w.pid, w.queues, w.seen, w.lost_at = msg.pid, carried(self.cfg, self.logger, w.instance, msg.queues), now, 0.0
+        w.pid, w.seen, w.heard, w.lost_at = msg.pid, now, now, 0.0
+        w.queues, w.not_sent = carried(self.cfg, self.logger, w.instance, msg.queues)
         w.machine = msg.machine
         self.reopen_inbox(w)
+        if w.not_sent and w.inbox is not None:  # (best effort: a full inbox goes without; tq-host's journal has it)
+            w.inbox.send(protocol.encode(protocol.NotSent(w.pid, w.machine, w.not_sent, not_sent_why(w.instance))),
+                         protocol.CANCEL_PRIORITY)
         depth = w.inbox.max_messages if w.inbox is not None else 2
         w.prefetch = max(1, min(msg.prefetch, depth - 1))  # one slot stays free for the Sync fence
         self.fence(w, "syncing", cause, detail)
@@ -265,7 +269,7 @@ class Fleet:
                                 what, job_id, attempt, instance, state,
                                 extra={"TQ_JOB_ID": job_id, "TQ_WORKER": instance, "TQ_ATTEMPT": attempt})
             return None
-        w.seen = now
+        w.seen = w.heard = now
         w.assigned.discard(job.id)
         w.running = 0
         return job
@@ -326,8 +330,12 @@ class Fleet:
     def live(self) -> int:
         return sum(1 for w in self.workers.values() if w.state == "live")
 
+    def syncing(self) -> int:
+        """Workers fenced and not yet answering (after a restart of either side): there, and soon live again."""
+        return sum(1 for w in self.workers.values() if w.state == "syncing")
+
     def public(self, now: float) -> list[dict[str, Any]]:
-        return [w.public(now) for w in sorted(self.workers.values(), key=lambda w: w.instance)]
+        return [w.public(now, self.cfg.host.lease) for w in sorted(self.workers.values(), key=lambda w: w.instance)]
 
 
 def _restart_cause(w: WorkerState, pid: int, machine: str) -> tuple[str, str]:

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .. import config
+from .carriage import not_sent_why
 from .fleet import Fleet
 from .jobs import JobTable
 from .opencounts import OpenCounts
@@ -114,8 +115,17 @@ class Queues:
                 self.unserved.discard(queue)
             elif queue not in self.unserved:
                 self.unserved.add(queue)
-                self.logger.warning("queue %s: no live worker serves it; its jobs wait until one does (a worker "
-                                    "serves the queues of [worker] queues; tqctl queues lists them all)", queue)
+                self.logger.warning("queue %s: no live worker serves it; its jobs wait until one does (%s)", queue,
+                                    self._why_unserved(queue))
+
+    def _why_unserved(self, queue: str) -> str:
+        """The setting to look at for a queue no live worker serves: tq-host's amqp.queues when a live worker
+        names it but its transport does not carry it (carriage.py), else the workers' own queues."""
+        named_by = sorted(w.instance for w in self.fleet.workers.values()
+                          if w.state in SERVING and queue in w.not_sent)
+        if named_by:
+            return f"worker(s) {','.join(named_by)} name it, but {not_sent_why(named_by[0])}"
+        return "a worker serves the queues of [worker] queues; tqctl queues lists them all"
 
     def listing(self, periodic: bool = False) -> list[dict[str, Any]]:
         """Every known queue: its open jobs by state, the age of its oldest queued job, paused or not, and which

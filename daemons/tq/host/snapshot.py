@@ -37,7 +37,8 @@ class Snapshot:
         """The `status` op."""
         return {"version": __version__, "pid": os.getpid(), "uptime": round(time.time() - self.started, 3),
                 "states": {s.value: self.jobs.counts[s] for s in JobState}, "workers_live": self.fleet.live(),
-                "workers_known": len(self.fleet.workers), "malformed_messages": self.malformed.total,
+                "workers_syncing": self.fleet.syncing(), "workers_known": len(self.fleet.workers),
+                "malformed_messages": self.malformed.total,
                 "config": list(self.cfg.files), "mqueue": {"max_messages": self.fleet.mq.max_messages,
                                                            "max_message_size": self.cfg.mqueue.max_message_size,
                                                            "limited": self.notes},

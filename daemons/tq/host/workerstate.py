@@ -18,9 +18,11 @@ class WorkerState:
     instance: str
     pid: int = 0
     queues: list[str] = field(default_factory=list)
+    not_sent: list[str] = field(default_factory=list)  # queues its hello names whose jobs tq-host does not send it
     prefetch: int = 1
     state: str = "syncing"  # syncing | live | leaving | lost | stopped
-    seen: float = 0.0  # monotonic time of the last message from it
+    seen: float = 0.0  # monotonic time its lease runs from: its last message (or tq-host's start, its broker link)
+    heard: float = 0.0  # monotonic time of the last message from it (0: none since tq-host started), for display
     inbox: Mailbox | None = None
     assigned: set[int] = field(default_factory=set)
     token: int = 0
@@ -37,31 +39,36 @@ class WorkerState:
     machine: str = ""  # the machine id its process said it runs on ("": not said yet, or a worker from before)
     refused: tuple[int, str] = (0, "")  # the last process of another machine refused under its name (pid, machine)
 
-    def public(self, now: float) -> dict[str, Any]:
+    def public(self, now: float, lease: float) -> dict[str, Any]:
+        """What `tqctl workers` shows. `seen_ago`: since its last message (None: none since tq-host started), not
+        since its lease last started again (a broker outage or a tq-host restart starts it without a word)."""
         machine = machine_of(self.instance)
         return {"instance": self.instance, "machine": machine or THIS_MACHINE,
                 "transport": "posix" if machine is None else "amqp", "pid": self.pid, "state": self.state,
-                "queues": self.queues,
+                "queues": self.queues, "not_sent": self.not_sent,
                 "prefetch": self.prefetch, "assigned": sorted(self.assigned), "running": self.running or None,
-                "done": self.done, "seen_ago": round(now - self.seen, 3), "monitor": self.monitor_view(now)}
+                "done": self.done, "seen_ago": round(now - self.heard, 3) if self.heard else None,
+                "monitor": self.monitor_view(now, lease)}
 
-    def monitor_view(self, now: float) -> dict[str, Any] | None:
+    def monitor_view(self, now: float, lease: float) -> dict[str, Any] | None:
         """The figures of the last heartbeat (None: a worker from before they were sent), `sampled_ago` seconds
-        old. Of a worker still there, uptime and the running job's elapsed time are brought forward to now (as
-        of the heartbeat plus the time since); RSS, CPU and descriptors stay as sampled. The job is shown only
-        while the host still has it running there (its result may have come after the heartbeat)."""
+        old. Of a worker still there and heard within `lease`, uptime and the running job's elapsed time are
+        brought forward to now (as of the heartbeat plus the time since); RSS, CPU and descriptors stay as
+        sampled. A heartbeat older than the lease (tq-host's broker link down: the lease waits) is `stale`: every
+        figure stays as it was then, the job too (it may have ended unheard). The job is shown only while the host
+        still has it running there (its result may have come after the heartbeat)."""
         if not self.monitor:
             return None
         age = max(now - self.monitor_at, 0.0)
-        view = dict(self.monitor, sampled_ago=round(age, 3))
+        view = dict(self.monitor, sampled_ago=round(age, 3), stale=age > lease)
         present = self.state in ("syncing", "live", "leaving")
-        if present:
+        if present and not view["stale"]:
             view["uptime_seconds"] = _forward(view.get("uptime_seconds"), age)
         job = view.get("job")
         if not isinstance(job, dict) or not present or job.get("id") != self.running:
             view["job"] = None
         else:
-            view["job"] = dict(job, elapsed_seconds=_forward(job.get("elapsed_seconds"), age))
+            view["job"] = dict(job, elapsed_seconds=_forward(job.get("elapsed_seconds"), 0.0 if view["stale"] else age))
         return view
 
 

@@ -227,7 +227,8 @@ class Session:
         resend, self.resend = self.resend, deque()
         if resend:
             self.counts["resent"] += len(resend)
-            self.logger.info("publishing again %d message(s) the broker had not confirmed", len(resend))
+            self.logger.info("publish channel open: sending %d message(s) held until it was (made before it opened, "
+                             "or sent and not yet confirmed when the one before closed); none is lost", len(resend))
         for message in resend:
             self.publish(message)
         self._maybe_ready()

@@ -135,8 +135,8 @@ def open_mailbox(name: str, max_messages: int, max_message_size: int, create: bo
         if "maximum number of files" in str(e):  # EMFILE: mq_open's answer when RLIMIT_MSGQUEUE is used up
             raise OutOfBudget(f"cannot open mailbox {name} (depth {max_messages}, message size {max_message_size}, "
                               f"{mailbox_bytes(max_messages, max_message_size)} bytes): the per-user queue "
-                              f"memory limit RLIMIT_MSGQUEUE ({budget()}) is used up: raise it "
-                              "(LimitMSGQUEUE= in the unit, ulimit -q) or remove stale queues") from None
+                              f"memory limit RLIMIT_MSGQUEUE ({budget()}) is used up: "
+                              f"{raise_hint(*resource.getrlimit(resource.RLIMIT_MSGQUEUE))}") from None
         raise MailboxError(f"cannot open mailbox {name} (depth {max_messages}, message size {max_message_size}): "
                            f"{e}; kernel limits {kernel_limits()}") from None
     if create and (mq.max_messages != max_messages or mq.max_message_size != max_message_size):
@@ -152,11 +152,13 @@ def open_mailbox(name: str, max_messages: int, max_message_size: int, create: bo
     return PosixMailbox(mq, name)
 
 
-def unlink_mailbox(name: str) -> None:
+def unlink_mailbox(name: str) -> bool:
+    """Remove the mailbox `name`; False if there was none."""
     try:
         posix_ipc.unlink_message_queue(name)
     except posix_ipc.ExistentialError:
-        pass
+        return False
+    return True
 
 
 def open_within_budget(name: str, max_messages: int, max_message_size: int, least: int,
@@ -222,6 +224,16 @@ def _probe(depth: bool, ceiling: int) -> int | None:
 def mailbox_bytes(depth: int, size: int) -> int:
     """What a mailbox costs of its owner's RLIMIT_MSGQUEUE budget."""
     return depth * (size + PER_MESSAGE_OVERHEAD)
+
+
+def raise_hint(soft: int, hard: int) -> str:
+    """How to get more of the RLIMIT_MSGQUEUE budget: raise the soft limit up to the hard one; at the hard limit,
+    only a service manager with CAP_SYS_RESOURCE raises it (in a container, LimitMSGQUEUE= stays unapplied)."""
+    stale = "remove stale queues (mount -t mqueue none /dev/mqueue; ls /dev/mqueue) or lower the depth or size"
+    if soft == resource.RLIM_INFINITY or soft < hard:
+        return f"raise it (LimitMSGQUEUE= in the unit, ulimit -q), or {stale}"
+    return (f"this is the hard limit too, which only CAP_SYS_RESOURCE raises (a container's service manager lacks "
+            f"it: the unit's LimitMSGQUEUE= is not applied): {stale}")
 
 
 def budget() -> str:

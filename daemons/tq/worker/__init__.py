@@ -25,7 +25,7 @@ from ..transport import Mailbox
 from ..transport.machines import local_name, machine_id, machine_instance
 from .attempt import Attempt
 from .hostwatch import HostWatch
-from .inbox import open_inbox
+from .inbox import drop_posix_inbox, open_inbox
 from .instancelock import InstanceTaken, take
 from .outbox import Outbox
 from .refusal import EXIT_REFUSED, Refusal
@@ -79,6 +79,8 @@ class Worker(Daemon):
     def start(self) -> None:
         self.lock_fd = take(self.cfg, local_name(self.instance))  # before the inbox: a second process refuses here
         self.watch_signals()
+        if self.cfg.transport.kind == "amqp":
+            drop_posix_inbox(self.cfg, local_name(self.instance), self.logger)
         self.inbox, self.wcfg = open_inbox(self.mailboxes, self.instance, self.wcfg, self.logger)
         self.host_mailbox = self.wait_for_host()
         if self.host_mailbox is None or not self.wait_connected(CONNECT_WAIT):
@@ -213,6 +215,10 @@ class Worker(Daemon):
             self.runner.cancel(msg)
         elif isinstance(msg, protocol.Refused):
             self.stop_requested |= self.refusal.take(msg)
+        elif isinstance(msg, protocol.NotSent):
+            if msg.pid == os.getpid() and msg.machine == machine_id():  # (the name's inbox may be shared)
+                self.logger.warning("tq-host will send this worker no jobs of queue(s) %s, which [worker] queues "
+                                    "names: %s", ",".join(msg.queues), msg.reason)
         else:
             self.malformed(f"dropped a {type(msg).__name__} message, which tq-host does not send")
 
