@@ -176,7 +176,8 @@ class Host(Daemon):
             self.parts.upkeep.prune(now)
             self.parts.upkeep.trim(now)
             self._commit(self.ledger.acknowledging())
-            self.parts.storewatch.check(now)  # (once a second: is the store's file still at its path?)
+            if now >= (watch := self.parts.storewatch).next_check:  # once a second: the store's file still there?
+                watch.check(now)
         except sqlite3.Error as e:  # disk full, I/O error: this step is undone, the host carries on
             self._store_failed(e)
         self._deliver()
@@ -237,7 +238,8 @@ class Host(Daemon):
         """The step's one commit (Store.commit); then its events have happened."""
         self.store.commit(acknowledged)
         self.stream.committed()
-        self.events.release()  # the journal's job lines, held until now
+        if self.events.held:  # the journal's job lines, held until now
+            self.events.release()
 
     def _store_failed(self, error: sqlite3.Error) -> None:
         """A write failed (disk full, I/O error): forget this step, reload from the store, fence workers."""
