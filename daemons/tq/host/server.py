@@ -47,7 +47,8 @@ REPLIES_HELD = 1 << 20
 # left unread while holding the budget would wait for each other's lines forever, where a refusal is an
 # answer that a client can act on (it is `unavailable`, exit 3: the same request may succeed later).
 REQUESTS_HELD = 128 * 1024 * 1024
-BEHIND_READ = 1024  # bytes read at a time from a connection that has unsent replies (a few requests)
+BEHIND_READ = 1024  # bytes read at a time from a connection that is behind with its replies (a few requests)
+BEHIND = 1 << 16  # unsent reply bytes past which a connection is behind (a burst's replies stay under it)
 # Unsent replies across all connections: past it the connection that holds the most is closed. Twice a `list` of
 # 100,000 jobs fits. Closed rather than left unread: not reading from it frees nothing (what it holds stays until
 # its client reads, maybe never), and a few hundred such at REPLIES_HELD each would keep the total over for good;
@@ -68,6 +69,7 @@ class Conn:
     closed: bool = False
     writing: bool = False  # the selector watches it for EVENT_WRITE
     reading: bool = True  # ... and for EVENT_READ: not while more than REPLIES_HELD waits to be sent
+    behind: bool = False  # more than BEHIND of its replies waits: it is read BEHIND_READ bytes at a time
     held: int = 0  # the bytes of rbuf counted in Server.held (an unfinished request line)
     unsent: int = 0  # the bytes of wbuf counted in Server.unsent (replies waiting for room), as of _watch
     subscribed: bool = False  # it follows the event stream (stream.py): its closing is told to on_close
@@ -88,7 +90,7 @@ class Server:
         self.path = ""
         self._reserve_fd = os.open("/dev/null", os.O_RDONLY)  # spare descriptor to refuse clients when out
         self._chunk = bytearray(1 << 16)  # every connection reads into this, then appends what came
-        self._sip = bytearray(BEHIND_READ)  # ... or into this while replies wait for it to read them
+        self._sip = bytearray(BEHIND_READ)  # ... or into this while it is behind with reading its replies
         self.held = 0  # bytes of unfinished request lines across the connections (REQUESTS_HELD)
         self.unsent = 0  # bytes of replies waiting for room across the connections (REPLIES_TOTAL)
         self.behind: dict[int, Conn] = {}  # the connections with replies waiting, by id(): the one to close is here
@@ -257,8 +259,10 @@ class Server:
 
     def _watch(self, conn: Conn) -> None:
         """Watch for room while a reply waits; for requests unless more than REPLIES_HELD waits (again once half of
-        it is sent). While replies wait, reads are of BEHIND_READ bytes: a client that does not read its replies
-        adds those of a few requests at a time, not of 64 KiB of them."""
+        it is sent). While more than BEHIND waits, reads are of BEHIND_READ bytes: a client that does not read its
+        replies adds those of a few requests at a time, not of 64 KiB of them. (A client that is merely a little
+        behind, as pipelining clients are in a drain, keeps the full reads: 1 KiB reads whenever any reply waited
+        cost the 4-client drain 7 % of its throughput.)"""
         waiting = len(conn.wbuf)
         if waiting != conn.unsent:
             self._count_unsent(conn, waiting)
@@ -266,10 +270,11 @@ class Server:
                 return
         writing = waiting > 0
         reading = waiting <= (REPLIES_HELD if conn.reading else REPLIES_HELD // 2)
-        if writing != conn.writing or reading != conn.reading:
-            conn.writing, conn.reading = writing, reading
+        behind = waiting > BEHIND
+        if writing != conn.writing or reading != conn.reading or behind != conn.behind:
+            conn.writing, conn.reading, conn.behind = writing, reading, behind
             events = (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if writing else 0)
-            chunk = self._sip if writing else self._chunk
+            chunk = self._sip if behind else self._chunk
             self.sel.modify(conn.sock, events, lambda mask: self._on_conn(conn, mask, chunk))
 
     def _count_unsent(self, conn: Conn, waiting: int) -> None:
