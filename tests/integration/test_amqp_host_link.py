@@ -13,31 +13,15 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-from test_amqp_faults import assert_each_done_once, start_host, start_workers, states, submit
+from test_amqp_faults import assert_each_done_once, node, start_host, start_workers, states, submit, suite  # noqa: F401  (the fixtures)
 
 from broker import Broker
-from harness import Suite, temporary_suite, wait_until
+from harness import Suite, wait_until
 from machines import Network, network  # noqa: F401  (the fixture)
 from tq.client import Client
-
-
-@pytest.fixture(scope="module")
-def node(network: Network) -> Iterator[Broker]:  # noqa: F811
-    with Broker(listen=(network.address,)) as b:
-        yield b
-
-
-@pytest.fixture
-def suite(network: Network) -> Iterator[Suite]:  # noqa: F811
-    with temporary_suite() as s:
-        try:
-            yield s
-        finally:
-            for m in network.machines:
-                m.kill_all()
 
 
 def outage(client: Client, seconds: float, remote: list[str]) -> set[str]:

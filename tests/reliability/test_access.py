@@ -227,16 +227,7 @@ def test_a_token_whose_user_is_deleted_is_refused_on_the_connection_already_acti
     job_id = live.submit("task-1")
     assert suite.client().wait(job_id, timeout=10)["submitter"] == member.pw_uid
     subprocess.run(["userdel", MEMBER], check=True)
-
-    def refusal() -> Unauthorized | None:
-        try:
-            live.list_jobs()
-        except Unauthorized as e:
-            return e
-        return None
-
-    refused = wait_until(refusal, what="the deleted user's token refused")
-    assert isinstance(refused, Unauthorized) and refused.exit_code == 4
+    refused = refused_live(live)
     assert f"token gone's user '{MEMBER}' is not on this system" in str(refused)
     with pytest.raises(Unauthorized, match="is not on this system"):
         suite.client().act_as(token)

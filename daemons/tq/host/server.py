@@ -170,12 +170,7 @@ class Server:
                      f"less {RESERVED_FDS})")
         reply = {"ok": False, "code": "unavailable", "error": f"tq-host serves {self.connections} connections, "
                                                               f"its limit: try again later"}
-        sock.setblocking(False)
-        try:
-            sock.send(control.encode_out(reply))
-        except OSError:
-            pass
-        sock.close()
+        _answer_and_close(sock, reply)
 
     def _refuse_connection(self, error: OSError) -> None:
         """Out of descriptors: free the reserve one, accept, answer with the reason, close, re-reserve."""
@@ -184,13 +179,8 @@ class Server:
         os.close(self._reserve_fd)
         try:
             sock, _ = self.listener.accept()
-            reply = {"ok": False, "code": "unavailable", "error": f"tq-host is out of resources: {error}"}
-            sock.setblocking(False)
-            try:
-                sock.send(control.encode_out(reply))
-            except OSError:
-                pass
-            sock.close()
+            _answer_and_close(sock, {"ok": False, "code": "unavailable",
+                                     "error": f"tq-host is out of resources: {error}"})
         except OSError:
             pass
         finally:
@@ -310,3 +300,13 @@ class Server:
         conn.sock.close()
         if conn.subscribed:
             self.on_close(conn)
+
+
+def _answer_and_close(sock: socket.socket, reply: dict[str, object]) -> None:
+    """A connection turned away: its one reply, if the socket takes it at once, then closed."""
+    sock.setblocking(False)
+    try:
+        sock.send(control.encode_out(reply))
+    except OSError:
+        pass
+    sock.close()
