@@ -7,15 +7,13 @@ errors the line, so that `tqctl config check` reads like `nginx -t`.
 
 from __future__ import annotations
 
-import grp
 import math
 import os
-import pwd
 import re
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
-from . import configbroker, control, cron
+from . import configbroker, configcheck, control, cron
 from .config import (
     CATCH_UP,
     DURABILITY_LEVELS,
@@ -46,7 +44,6 @@ from .configfiles import ConfigError as ConfigError  # re-exported: what load ra
 from .configfiles import read_files, unreadable_files
 from .configreader import Reader as _Reader
 from .configsecrets import readable_passwords
-from .socketpath import socket_there
 
 if TYPE_CHECKING:
     import logging
@@ -66,42 +63,9 @@ def check(path: str | None = None) -> tuple[Config, list[ConfigError]]:
     cfg = _build(merged, origin, files)
     unreadable = unreadable_files(merged, origin, files)
     if os.geteuid() == 0:  # (root reads every file: would tq-gateway?)
-        cfg, more = _gateway_files(cfg, origin, files, {str(e.key) for e in unreadable})
+        cfg, more = configcheck.gateway_files(cfg, origin, files, {str(e.key) for e in unreadable})
         unreadable += more
-    return cfg, unreadable + _socket_path_taken(cfg, origin, files)
-
-
-def _gateway_files(cfg: Config, origin: dict[str, str], files: tuple[str, ...],
-                   reported: set[str]) -> tuple[Config, list[ConfigError]]:
-    """The gateway's TLS files that its service user cannot read (it would not start); a warning in the Config
-    when that user does not exist here (it cannot be checked)."""
-    from . import serviceuser
-
-    named = [(f"gateway.{key}", getattr(cfg.gateway, key)) for key in serviceuser.GATEWAY_KEYS]
-    named = [(key, path) for key, path in named if path and key not in reported]
-    if not named:
-        return cfg, []
-    who = serviceuser.service_user(serviceuser.GATEWAY_USER, serviceuser.GATEWAY_GROUPS)
-    if who is None:
-        warning = (f"{', '.join(key for key, _ in named)}: there is no user {serviceuser.GATEWAY_USER} on this "
-                   "machine (the one tq-gateway.service runs as), so whether it can read "
-                   f"{', '.join(path for _, path in named)} is not checked")
-        return replace(cfg, warnings=(*cfg.warnings, warning)), []
-    problems = []
-    for key, path in named:
-        reason = serviceuser.why_unreadable(path, who)
-        if reason:
-            problems.append(ConfigError(origin.get(key) or origin.get("gateway") or files[0], key, reason))
-    return cfg, problems
-
-
-def _socket_path_taken(cfg: Config, origin: dict[str, str], files: tuple[str, ...]) -> list[ConfigError]:
-    """host.socket when something other than a socket is at its path: tq-host would refuse to start."""
-    try:
-        socket_there(cfg.host.socket)
-    except ValueError as e:
-        return [ConfigError(origin.get("host.socket") or origin.get("host") or files[0], "host.socket", str(e))]
-    return []
+    return cfg, unreadable + configcheck.socket_path_taken(cfg, origin, files)
 
 
 def reload(path: str | None, logger: logging.Logger) -> Config | None:
@@ -171,7 +135,8 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
     schedules_r = root.sub("schedules")
     schedules = {name: _schedule(schedules_r.sub(name), name) for name in schedules_r.table}
     amqp = configbroker.amqp(root.sub("amqp"))
-    warnings = (_patterns_matching_nothing(tasks_r, tasks) + _unknown_principals(access_r, queues_r, queues)
+    warnings = (configcheck.patterns_matching_nothing(tasks_r, tasks)
+                + configcheck.unknown_principals(access_r, queues_r, queues)
                 + readable_passwords([root.sub("amqp"), root.sub("transport")]))
     cfg = Config(files, host, mq, worker, overrides, log, tasks, access, queues, exchanges, schedules,
                  _gateway(root.sub("gateway")), amqp, configbroker.transport(root.sub("transport"), amqp),
@@ -192,41 +157,6 @@ def _check_routes(cfg: Config, root: _Reader) -> None:
             known = ", ".join(t.name for t in cfg.tasks) or "(none configured)"
             raise reader.error(key, f"no [tasks.*] table matches task {name!r}, so tq-host could not submit it; "
                                     f"known tasks: {known}")
-
-
-def _patterns_matching_nothing(tasks_r: _Reader, tasks: tuple[TaskConfig, ...]) -> list[ConfigError]:
-    """Task tables whose name holds * or # inside a word (`task-*`): a wildcard only as a whole word, and no task
-    name holds either, so such a table matches no task (someone used to shell globs writes exactly this)."""
-    return [tasks_r.sub(t.name).error("", f"{t.name!r} matches no task: * and # are wildcards only as a whole "
-                                          f"dot-separated word (\"task.*\", not \"task-*\"), and no task name "
-                                          "holds them")
-            for t in tasks if any(("*" in w or "#" in w) and w not in ("*", "#") for w in t.name.split("."))]
-
-
-def _unknown_principals(access_r: _Reader, queues_r: _Reader, queues: dict[str, QueueConfig]) -> list[ConfigError]:
-    """Users and groups named in `[access]` or a queue's `submit` that this system does not know: a typo locks
-    people out, but a user or group made later counts at once, so these are warnings (names read from the files
-    only: the defaults' users may not exist where tq is not installed)."""
-    named = [(access_r, "admins", ("@" + g for g in access_r.table.get("admins", ()))),
-             (access_r, "gateways", access_r.table.get("gateways", ()))]
-    named += [(queues_r.sub(name), "submit", q.submit or ()) for name, q in queues.items()]
-    problems = []
-    for reader, key, principals in named:
-        for principal in principals:
-            group, name = principal.startswith("@"), principal.removeprefix("@")
-            if not _exists(name, group):
-                kind = "group" if group else "user"
-                problems.append(reader.error(key, f"no {kind} {name!r} on this system (a typo? it stays in the "
-                                                  f"rule: a {kind} made later counts)"))
-    return problems
-
-
-def _exists(name: str, group: bool) -> bool:
-    try:
-        (grp.getgrnam if group else pwd.getpwnam)(name)
-    except KeyError:
-        return False
-    return True
 
 
 def _schedule(r: _Reader, name: str) -> ScheduleConfig:
