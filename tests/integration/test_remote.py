@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -195,6 +196,16 @@ def test_events_and_metrics(pair: Pair) -> None:
     assert there.returncode == 0 and "tq_up 1" in out.read_text(), there
 
 
+def _read_lines(fd: int, data: bytes, n: int, timeout: float, err: IO[bytes] | None) -> bytes:
+    """`data` and what `fd` gives until it holds `n` lines, each read awaited with a deadline."""
+    while data.count(b"\n") < n:
+        assert select.select([fd], [], [], timeout)[0], f"no line in {timeout}s; got {data!r}"
+        more = os.read(fd, 65536)
+        assert more, f"it ended after {data!r}: {err.read() if err is not None else b''!r}"
+        data += more
+    return data
+
+
 class Follower:
     """A tqctl command that goes on printing (events --follow, watch), its output read as it comes (each line
     awaited with a deadline)."""
@@ -208,13 +219,13 @@ class Follower:
     def lines(self, n: int, timeout: float = 15.0) -> list[str]:
         """The first `n` lines it printed."""
         assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        while self.data.count(b"\n") < n:
-            assert select.select([fd], [], [], timeout)[0], f"no line in {timeout}s; got {self.data!r}"
-            more = os.read(fd, 65536)
-            assert more, f"it ended after {self.data!r}: {self.proc.stderr.read() if self.proc.stderr else b''!r}"
-            self.data += more
+        self.data = _read_lines(self.proc.stdout.fileno(), self.data, n, timeout, self.proc.stderr)
         return self.data.decode().splitlines(keepends=True)[:n]
+
+    def said(self, timeout: float = 15.0) -> str:
+        """The first line it printed on stderr (awaited whole: a line may come in more than one write)."""
+        assert self.proc.stderr is not None
+        return _read_lines(self.proc.stderr.fileno(), b"", 1, timeout, None).decode()
 
     def close(self) -> None:
         self.proc.kill()
@@ -572,10 +583,7 @@ def test_events_follow_says_so_when_the_gateway_goes(pair: Pair, followers: list
     followers.append(follower)
     assert " done " in follower.lines(1)[0]  # (it follows)
     pair.gw.daemon.proc.kill()
-    assert follower.proc.stderr is not None
-    fd = follower.proc.stderr.fileno()
-    assert select.select([fd], [], [], 15)[0]
-    said = os.read(fd, 65536).decode()
+    said = follower.said()
     assert said.startswith(f"tqctl: lost tq-gateway at {pair.gw.url}: ") and said.endswith(
         "; following again once it is back\n") and said.count("\n") == 1, said
     assert follower.proc.poll() is None
