@@ -37,7 +37,7 @@ def parse_duration(value: object) -> float:
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*", value)  # (\d: ٣ too; float() takes it)
         if not m:
             raise ValueError(f"{value!r} is not a duration (examples: \"500ms\", \"30s\", \"5m\", \"1h\")")
         unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
@@ -56,7 +56,7 @@ def parse_size(value: object) -> int:
     if isinstance(value, int):
         size = value
     elif isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", value, re.IGNORECASE)
+        m = re.fullmatch(r"\s*([0-9]+)\s*([KMGT]?)i?B?\s*", value, re.IGNORECASE)
         if not m:
             raise ValueError(f"{value!r} is not a size (examples: \"64M\", \"2G\", 1048576)")
         size = int(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " ")

@@ -231,7 +231,7 @@ def _rate(r: _Reader, key: str) -> float | None:
     if key not in r.table:
         return None
     value = r.table[key]
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*", value) if isinstance(value, str) else None
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*/\s*([smh])\s*", value) if isinstance(value, str) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         rate = float(value)
     elif match:
@@ -261,7 +261,7 @@ def _gateway(r: _Reader) -> GatewayConfig:
     r.check_keys({f.name for f in fields(GatewayConfig)})
     d = GatewayConfig()
     listen: str = r.get("listen", str, d.listen)
-    port = re.fullmatch(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]*):(\d{1,5})", listen)
+    port = re.fullmatch(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]*):([0-9]{1,5})", listen)
     if port is None or int(port.group(1)) > 65535:
         raise r.error("listen", f"expected host:port (\"127.0.0.1:8790\", \"[::1]:8790\", \":8790\" for every "
                                 f"address), got {listen!r}")

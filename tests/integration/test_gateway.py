@@ -65,6 +65,9 @@ def test_many_jobs_and_a_chain_in_one_request(gw: Gateway) -> None:
     ("GET", "/api/v1/jobs/abc", None, 400, "bad_request"),
     ("GET", "/api/v1/jobs/%D9%A1", None, 400, "bad_request"),  # an Arabic-Indic 1: int() takes it, an id is ASCII
     ("GET", "/api/v1/jobs?limit=1_0", None, 400, "bad_request"),
+    ("POST", "/api/v1/jobs", {"task": "a", "delay": "\u0663s"}, 400, "bad_request"),  # (float() takes ٣)
+    ("POST", "/api/v1/wait", {"ids": [1], "timeout": "\uff13s"}, 400, "bad_request"),  # a fullwidth 3
+    ("GET", "/api/v1/events?after=%D9%A3", None, 400, "bad_request"),
     ("POST", "/api/v1/jobs", b"{not json", 400, "bad_request"),
     ("POST", "/api/v1/jobs", [1, 2], 400, "bad_request"),
     ("POST", "/api/v1/jobs", {"task": "x", "colour": "red"}, 400, "bad_request"),
@@ -713,6 +716,34 @@ def test_xmlrpc_a_double_json_has_not_is_fault_2_at_once(rpc_gw: Gateway, value:
             xmlrpc.client.loads(a.raw)
         assert e.value.faultCode == 2 and "JSON" in e.value.faultString, e.value
     assert request(rpc_gw, "GET", "/api/v1/jobs").json["jobs"] == []
+
+
+def xmlrpc_call(gw: Gateway, method: str, *values: str) -> xmlrpc.client.Fault | None:
+    """A call written by hand, each of `values` one parameter as XML (`<int>1</int>`): its fault, or None."""
+    params = "".join(f"<param><value>{v}</value></param>" for v in values)
+    body = f"<?xml version='1.0'?><methodCall><methodName>{method}</methodName><params>{params}</params></methodCall>"
+    a = request(gw, "POST", "/RPC2", body.encode(), headers={"Content-Type": "text/xml"}, timeout=10)
+    try:
+        xmlrpc.client.loads(a.raw)
+    except xmlrpc.client.Fault as e:
+        return e
+    return None
+
+
+@pytest.mark.parametrize(("value", "words"), [("<int>\u0661</int>", "digits 0-9"), ("<i4>\uff11</i4>", "digits 0-9"),
+                                              ("<int>1_0</int>", "digits 0-9"), ("<double>\u0661.5</double>", "0-9"),
+                                              ("<string>\u0661s</string>", "is not a duration")])
+def test_xmlrpc_a_number_in_other_digits_than_ascii_is_fault_2(rpc_gw: Gateway, value: str, words: str) -> None:
+    """int() and float() take other scripts' digits (Arabic-Indic, fullwidth): a number is ASCII, as an id is."""
+    options = f"<struct><member><name>delay</name><value>{value}</value></member></struct>"
+    faults = [xmlrpc_call(rpc_gw, "submit", "<string>hello</string>", "<array><data></data></array>", options)]
+    if "<string>" not in value:
+        faults.append(xmlrpc_call(rpc_gw, "get", value))
+    for fault in faults:
+        assert fault is not None and fault.faultCode == 2 and words in fault.faultString, (value, fault)
+    assert request(rpc_gw, "GET", "/api/v1/jobs").json["jobs"] == []
+    assert xmlrpc_call(rpc_gw, "submit", "<string>hello</string>", "<array><data><value><i4> -12 </i4></value>"
+                                         "<value><double>+1.5e3</double></value></data></array>") is None
 
 
 def test_xmlrpc_get_of_a_deeply_nested_job_answers(rpc_gw: Gateway) -> None:

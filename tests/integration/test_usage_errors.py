@@ -235,6 +235,19 @@ def test_an_id_or_count_in_other_digits_than_ascii_is_a_usage_error(suite: Suite
     assert tqctl(suite, "show", "1").returncode == 0
 
 
+@pytest.mark.parametrize("digit", ["\u0663", "\uff13"])  # Arabic-Indic and fullwidth 3: int() and float() take both
+def test_a_priority_or_duration_in_other_digits_than_ascii_is_a_usage_error(suite: Suite, digit: str) -> None:
+    suite.host()
+    refused(tqctl(suite, "submit", "t", "--priority", digit), 2, "--priority", "expected a whole number")
+    refused(tqctl(suite, "submit", "t", "--priority", "1_0"), 2, "--priority", "expected a whole number")
+    for option in ("--delay", "--timeout"):
+        refused(tqctl(suite, "submit", "t", option, f"{digit}s"), 2, option, "is not a duration")
+    refused(tqctl(suite, "submit", "--batch", "-", stdin=f'{{"task": "t", "delay": "{digit}m"}}\n'.encode()), 2,
+            "line 1", "delay", "is not a duration")
+    assert suite.client().list_jobs() == []
+    assert tqctl(suite, "submit", "t", "--priority", "-3", "--delay", "3s").returncode == 0
+
+
 def test_a_non_utf8_argument_is_cut_in_the_error(suite: Suite) -> None:
     r = tqctl(suite, "submit", "x", b"\xc3" * 8000)
     refused(r, 2, "not UTF-8", "(8000 bytes)")

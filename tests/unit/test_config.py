@@ -102,6 +102,20 @@ def test_bad_duration() -> None:
         configfiles.parse_duration(float("inf"))  # TOML has inf; a task timeout must be finite
 
 
+@pytest.mark.parametrize("digit", ["\u0663", "\uff13"])  # Arabic-Indic and fullwidth 3: int() and float() take both
+def test_durations_sizes_rates_and_ports_are_ascii_digits(tmp_path: Path, digit: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        configfiles.parse_duration(f"{digit}s")
+    with pytest.raises(ValueError, match="not a size"):
+        configfiles.parse_size(f"{digit}M")
+    for toml, reason in ((f'[queues.a]\nrate = "{digit}/s"', "queues.a.rate: expected jobs per second"),
+                         (f'[gateway]\nlisten = ":879{digit}"', "gateway.listen: expected host:port"),
+                         (f'[host]\nlease = "{digit}0s"', "host.lease: "),
+                         (f'[tasks.x]\ncommand = ["true"]\nmemory_max = "{digit}M"', "tasks.x.memory_max: ")):
+        with pytest.raises(configload.ConfigError, match=re.escape(reason)):
+            configload.load(write(tmp_path, toml))
+
+
 def test_the_client_reads_only_host_socket_from_the_last_file_that_sets_it(tmp_path: Path) -> None:
     main = write(tmp_path, '[host]\nsocket = "/run/a.sock"\n[mqueue]\nmax_messages = "lots"\n')
     (tmp_path / "tq.d").mkdir()

@@ -32,7 +32,7 @@ def _add_submit(sub: Subcommands, common: Parser) -> None:
     s.add_argument("--batch", metavar="FILE", help="submit the jobs in FILE ('-': stdin), one JSON object per line "
                    "with task, args and the options below; prints their ids, one per line")
     s.add_argument("--queue")
-    s.add_argument("--priority", type=int)
+    s.add_argument("--priority", type=options.whole, metavar="N")
     s.add_argument("--delay", type=options.duration, help="run after this long (e.g. 30s, 5m)")
     s.add_argument("--at", type=options.iso_time, metavar="TIME", help="run at this time (ISO 8601; local time "
                    "without an offset); a time past runs at once")

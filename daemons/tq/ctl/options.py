@@ -41,21 +41,28 @@ def positive_duration(text: str) -> float:
     return seconds
 
 
-def job_id(text: str) -> int:
-    """A job id as tq-host takes it: ASCII digits (a minus too: then no job has it). Python's int() would take
-    other scripts' digits (Arabic-Indic ١٢ as 12), "_" and spaces."""
+def _ascii_whole(text: str, what: str) -> int:
+    """A whole number in ASCII digits (a minus too). Python's int() would take other scripts' digits (Arabic-Indic
+    ١٢ as 12, fullwidth ones), "_" and spaces."""
     digits = text.removeprefix("-")
     if not (digits.isascii() and digits.isdigit()):
-        raise argparse.ArgumentTypeError(f"expected a job id (digits 0-9), not {text[:60]!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, not {text[:60]!r}")
     return int(text)
+
+
+def job_id(text: str) -> int:
+    """A job id as tq-host takes it: ASCII digits (a minus too: then no job has it)."""
+    return _ascii_whole(text, "a job id (digits 0-9)")
+
+
+def whole(text: str) -> int:
+    """A whole number, negative too (a priority: tq-host checks its range), in ASCII digits as job_id."""
+    return _ascii_whole(text, "a whole number (digits 0-9)")
 
 
 def count(text: str) -> int:
     """A whole number, 0 or more (a limit, retries), in ASCII digits as job_id."""
-    digits = text.removeprefix("-")
-    if not (digits.isascii() and digits.isdigit()):
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text[:60]!r}")
-    n = int(text)
+    n = _ascii_whole(text, "a whole number (digits 0-9)")
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
     return n

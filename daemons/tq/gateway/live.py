@@ -291,6 +291,8 @@ def _after(value: str | None) -> float | None:
     if value is None or not value.strip():
         return None
     try:
+        if not value.isascii() or "_" in value:  # (float() takes other scripts' digits, ٣, and "1_0")
+            raise ValueError(value)
         after = float(value)
     except ValueError:
         raise errors.bad_request(f"after (or Last-Event-ID) must be an event's time, not {value[:40]!r}") from None

@@ -5,7 +5,8 @@ once it has ended (submit and wait, at most `[gateway] max_wait`); `get(id)` -> 
 or a job that did not end done (dead, cancelled, failed) is an XML-RPC fault whose faultCode is tqctl's exit
 status for it (control.ERRORS; a job that ended badly: 1, a wait past its time: 6) and whose faultString names
 the job and its error. XML-RPC has no nil (without an extension) and its integers are 32-bit: a value None is
-left out of a struct (and is "" elsewhere), a larger integer is sent as its decimal string.
+left out of a struct (and is "" elsewhere), a larger integer is sent as its decimal string. A number is written
+in ASCII digits (fault 2 otherwise: the standard library's int() and float() would read an Arabic-Indic 1, U+0661).
 
 A body that holds a DOCTYPE is refused before it is parsed: the standard parser (expat) would expand the
 entities it declares, and no XML-RPC call needs one. Bodies over `[gateway] max_body` are refused by aiohttp
@@ -15,7 +16,9 @@ entities it declares, and no XML-RPC call needs one. Bodies over `[gateway] max_
 from __future__ import annotations
 
 import math
+import re
 import xmlrpc.client
+from collections.abc import Callable
 from typing import Any
 from xml.parsers.expat import ExpatError
 
@@ -30,12 +33,44 @@ from .hostlink import HostLink
 INT_MAX = 2**31 - 1
 MAX_DEPTH = 100  # arrays and structs nested at most, in a call and an answer (each level costs stack)
 OPTIONS = frozenset(("queue", "priority", "delay", "at", "timeout", "retries", "unique", "after", "payload"))
+INTEGER_TAGS = frozenset(("i1", "i2", "i4", "i8", "int", "biginteger"))
+DOUBLE_TAGS = frozenset(("double", "float", "bigdecimal"))
+INTEGER = re.compile(r"\s*[-+]?[0-9]+\s*", re.ASCII)  # an integer's text (int() takes spaces around it too)
 
 
 class Fault(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+End = Callable[[xmlrpc.client.Unmarshaller, str], None]
+
+
+def _is_integer(text: str) -> bool:
+    return INTEGER.fullmatch(text) is not None
+
+
+def _is_double(text: str) -> bool:
+    return text.isascii() and "_" not in text  # (float() reads "inf" and "nan": _taken refuses them, named)
+
+
+def _ascii_number(end: End, check: Callable[[str], bool], what: str) -> End:
+    """The standard library's end of a number element, its text first checked: its int(), float() and Decimal()
+    also take other scripts' digits (Arabic-Indic, U+0661 as 1; fullwidth, U+FF11) and "1_0"."""
+    def checked(target: xmlrpc.client.Unmarshaller, data: str) -> None:
+        if not check(data):
+            raise Fault(control.EXIT_USAGE, f"{what} is written in digits 0-9, not {data[:60]!r}")
+        end(target, data)
+    return checked
+
+
+class _Unmarshaller(xmlrpc.client.Unmarshaller):
+    """xmlrpc.client's, whose numbers are in ASCII digits (fault 2 otherwise), as a job id is everywhere."""
+
+    dispatch = {tag: _ascii_number(end, _is_integer, "an integer") if tag in INTEGER_TAGS else
+                _ascii_number(end, _is_double, "a double") if tag in DOUBLE_TAGS else end
+                for tag, end in xmlrpc.client.Unmarshaller.dispatch.items()}
 
 
 class XmlRpc:
@@ -70,7 +105,7 @@ class XmlRpc:
         except UnicodeDecodeError:
             raise Fault(control.EXIT_USAGE, "an XML-RPC call is UTF-8 text") from None
         try:
-            params, method = xmlrpc.client.loads(raw)
+            params, method = _loads(raw)
         except (ExpatError, xmlrpc.client.ResponseError, ValueError, TypeError, OverflowError) as e:
             raise Fault(control.EXIT_USAGE, f"not an XML-RPC call: {e}") from None
         if not isinstance(method, str):
@@ -103,6 +138,15 @@ class XmlRpc:
             raise Fault(control.EXIT_FAILED, f"job {job.get('id', ids['ids'][0])} ({spec['task']}) ended "
                                              f"{job.get('state')}: {error}")
         return job.get("result")
+
+
+def _loads(raw: bytes) -> tuple[tuple[Any, ...], str | None]:
+    """xmlrpc.client.loads with _Unmarshaller."""
+    target = _Unmarshaller()
+    parser = xmlrpc.client.ExpatParser(target)
+    parser.feed(raw)
+    parser.close()
+    return target.close(), target.getmethodname()
 
 
 def _spec(params: tuple[Any, ...], method: str) -> dict[str, Any]:
