@@ -23,6 +23,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # with fullmatch: `$` would take a final newline
 INSTANCE_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+LINK_MARGIN = 1.0  # seconds past the broker's heartbeat interval before its silence makes tq-host's link unknown
 MAX_RETRIES = 1000
 TASK_WORD_MAX, TASK_WORDS_MAX = 100, 16  # a task name: up to 16 dot-separated words of up to 100 characters
 TASK_NAME_RE = re.compile(rf"[A-Za-z0-9_:-]{{1,{TASK_WORD_MAX}}}(\.[A-Za-z0-9_:-]{{1,{TASK_WORD_MAX}}})"
@@ -137,6 +138,12 @@ class AmqpConfig:
     queues: tuple[str, ...] = ()
     heartbeat: float = 10.0  # AMQP heartbeat the client asks for (the broker may lower it)
     window: int = 1000  # publishes awaiting the broker's confirm at once, across the connection
+
+    def link_grace(self) -> float:
+        """Seconds of the broker's silence a healthy link of tq-host's may have: the broker's heartbeat interval
+        (half the AMQP heartbeat) and a margin. Past it, the link is not known alive, and a remote worker's
+        silence is not counted against its lease (host/linkwatch.py)."""
+        return self.heartbeat / 2 + LINK_MARGIN
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """What `tqctl config check` finds beyond what a load refuses: warnings of likely mistakes (a task pattern that
-matches nothing, a user or group this system does not know), which a load keeps in Config.warnings, and files a
-daemon would fail on at its start (a TLS file tq-gateway's user cannot read, something other than a socket at
-host.socket), which only `check` looks at."""
+matches nothing, a user or group this system does not know, a lease too short for the broker's heartbeat), which
+a load keeps in Config.warnings, and files a daemon would fail on at its start (a TLS file tq-gateway's user
+cannot read, something other than a socket at host.socket), which only `check` looks at."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import grp
 import pwd
 from dataclasses import replace
 
-from .config import Config, QueueConfig, TaskConfig
+from .config import LINK_MARGIN, AmqpConfig, Config, QueueConfig, TaskConfig
 from .configfiles import ConfigError
 from .configreader import Reader
 from .socketpath import socket_there
@@ -55,6 +55,25 @@ def patterns_matching_nothing(tasks_r: Reader, tasks: tuple[TaskConfig, ...]) ->
                                           f"dot-separated word (\"task.*\", not \"task-*\"), and no task name "
                                           "holds them")
             for t in tasks if any(("*" in w or "#" in w) and w not in ("*", "#") for w in t.name.split("."))]
+
+
+def lease_within_broker_silence(host_r: Reader, amqp_r: Reader, lease: float, amqp: AmqpConfig) -> list[ConfigError]:
+    """host.lease no longer than the broker's silence a healthy link may have (AmqpConfig.link_grace) while
+    tq-host has remote workers (amqp.queues): until that much silence, tq-host cannot tell its own link dead
+    unnoticed from a remote worker's silence, and counts it against the worker's lease (host/linkwatch.py); a
+    lease that short may find a worker lost, and run its jobs again, while it is fine. Named by host.lease, or
+    by amqp.heartbeat where the lease is the default."""
+    limit = amqp.link_grace()
+    if not amqp.queues or lease > limit:
+        return []
+    reader, key = (host_r, "lease") if "lease" in host_r.table else (amqp_r, "heartbeat")
+    said = f"{lease:g}s" if key == "lease" else f"host.lease ({lease:g}s)"
+    heartbeat = 2 * (lease - LINK_MARGIN)  # (amqp.heartbeat is at least 1 s)
+    lower = f" or amqp.heartbeat below {heartbeat:g}s" if heartbeat > 1 else ""
+    return [reader.error(key, f"{said} is no longer than amqp.heartbeat / 2 + {LINK_MARGIN:g} s ({limit:g}s), the "
+                              "broker's silence tq-host waits for before it stops counting remote workers' silence "
+                              "(its own link may be dead unnoticed): a remote worker may be presumed lost, and its "
+                              f"jobs run again, while it is fine; set host.lease above {limit:g}s{lower}")]
 
 
 def unknown_principals(access_r: Reader, queues_r: Reader, queues: dict[str, QueueConfig]) -> list[ConfigError]:

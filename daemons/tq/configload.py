@@ -137,6 +137,7 @@ def _build(data: dict[str, Any], origin: dict[str, str], files: tuple[str, ...])
     amqp = configbroker.amqp(root.sub("amqp"))
     warnings = (configcheck.patterns_matching_nothing(tasks_r, tasks)
                 + configcheck.unknown_principals(access_r, queues_r, queues)
+                + configcheck.lease_within_broker_silence(root.sub("host"), root.sub("amqp"), host.lease, amqp)
                 + readable_passwords([root.sub("amqp"), root.sub("transport")]))
     cfg = Config(files, host, mq, worker, overrides, log, tasks, access, queues, exchanges, schedules,
                  _gateway(root.sub("gateway")), amqp, configbroker.transport(root.sub("transport"), amqp),

@@ -138,6 +138,41 @@ def test_a_password_in_a_broker_url_in_a_file_others_may_read_is_a_warning_namin
     assert f"{dropin}: transport.url: holds a password" in capsys.readouterr().err
 
 
+def test_a_lease_no_longer_than_the_brokers_heartbeat_interval_and_a_second_is_a_warning(
+        default: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """tq-host counts a remote worker's silence until the broker has been silent amqp.heartbeat / 2 + 1 s (its own
+    link may be dead unnoticed): a lease no longer than that may find a remote worker lost while it is fine."""
+    amqp = '[amqp]\nurl = "amqp://tq@broker.example/"\nqueues = ["remote"]\n'
+    dropin = default.parent / "tq.d" / "50-lease.toml"
+    dropin.parent.mkdir()
+    dropin.write_text('[host]\nlease = "6s"\n')  # the default heartbeat, 10 s: 10 / 2 + 1
+    default.write_text(amqp)
+    assert ctl.main(["config", "check"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("configuration ok")
+    assert err.splitlines() == [
+        f"tqctl: warning: {dropin}: host.lease: 6s is no longer than amqp.heartbeat / 2 + 1 s (6s), the broker's "
+        "silence tq-host waits for before it stops counting remote workers' silence (its own link may be dead "
+        "unnoticed): a remote worker may be presumed lost, and its jobs run again, while it is fine; set "
+        "host.lease above 6s or amqp.heartbeat below 10s"]
+    assert ctl.main(["--json", "config", "check"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["warnings"]) == 1
+    dropin.write_text('[host]\nlease = "6.5s"\n')
+    assert ctl.main(["config", "check"]) == 0
+    assert capsys.readouterr().err == ""
+    dropin.write_text("")  # the default lease, 10 s, with a heartbeat of 20 s: named by the heartbeat
+    default.write_text(amqp + 'heartbeat = "20s"\n')
+    assert ctl.main(["config", "check"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"tqctl: warning: {default}: amqp.heartbeat: host.lease (10s) is no longer than amqp.heartbeat / 2 + 1 s "
+        "(11s), the broker's silence tq-host waits for before it stops counting remote workers' silence (its own "
+        "link may be dead unnoticed): a remote worker may be presumed lost, and its jobs run again, while it is "
+        "fine; set host.lease above 11s or amqp.heartbeat below 18s"]
+    default.write_text('[host]\nlease = "1s"\n[amqp]\nheartbeat = "20s"\n')  # no queues: no remote worker
+    assert ctl.main(["config", "check"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_a_user_or_group_this_system_does_not_know_is_a_warning(default: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     default.write_text('[access]\nadmins = ["root", "tqt-nosuch-group"]\ngateways = ["tqt-nosuch-gw"]\n'

@@ -38,7 +38,7 @@ from ..daemon import EXIT_CONFIG, Daemon, StartError, command_line, load_config
 from ..log import Burst
 from .assembly import assemble
 from .brokerwatch import BrokerWatch, link_state
-from .linkwatch import LinkClock, grace
+from .linkwatch import LinkClock
 from .recovery import RESTARTED, ROLLED_BACK, recover
 from .store import STORE_FILE, StoreError
 from .storefaults import describe
@@ -70,7 +70,7 @@ class Host(Daemon):
         self.store, self.jobs, self.fleet, self.dispatcher = p.store, p.jobs, p.fleet, p.dispatcher
         self.server, self.ledger, self.waiters, self.stream = p.server, p.ledger, p.waiters, p.stream
         self.broker_watch = (BrokerWatch(self.mailboxes, self.fleet, LinkClock(
-            self.mailboxes.heard, grace(cfg.amqp.heartbeat), time.monotonic())) if self.serviced else None)
+            self.mailboxes.heard, cfg.amqp.link_grace(), time.monotonic())) if self.serviced else None)
 
     # ---- start and stop -------------------------------------------------
 

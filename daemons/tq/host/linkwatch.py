@@ -5,21 +5,14 @@ broker, a cut cable on tq-host's side) is noticed by the AMQP heartbeat only aft
 then tq-host hears nothing from anyone, and cannot tell a worker's silence from its own link's. The link is
 known alive while the broker is heard from (any frame: the transport's `heard` count changes); the broker sends
 a heartbeat each `amqp.heartbeat / 2` seconds when it has nothing else to send, so an idle, healthy link is
-heard at least that often. Past that and a margin (`grace`) of silence, the link is not known alive: that time
-is not counted against a remote worker's lease (brokerwatch.py moves its last-heard time forward by as much).
+heard at least that often. Past that and a margin of silence (the `grace`, config.AmqpConfig.link_grace; `tqctl
+config check` warns of a host.lease no longer than it), the link is not known alive: that time is not counted
+against a remote worker's lease (brokerwatch.py moves its last-heard time forward by as much).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-MARGIN = 1.0  # seconds past the broker's heartbeat interval before its silence makes the link unknown
-
-
-def grace(heartbeat: float) -> float:
-    """Seconds of the broker's silence a healthy link may have: its heartbeat interval (half the AMQP heartbeat)
-    and a margin."""
-    return heartbeat / 2 + MARGIN
 
 
 class LinkClock:
