@@ -28,8 +28,8 @@ def test_a_read_only_token_lists_and_is_refused_a_submit(suite: Suite, member: p
     assert refused.value.exit_code == 4
     assert [j["id"] for j in suite.client().list_jobs()] == [job_id]  # nothing was submitted
     table = suite.tqctl("token", "list").stdout.splitlines()
-    assert table[0].split() == ["NAME", "USER", "ACCESS", "CREATED"] and table[1].split()[:3] == [
-        "viewer", MEMBER, "read-only"]
+    assert table[0].split() == ["NAME", "USER", "ACCESS", "CREATED", "STATE"] and table[1].split()[:3] == [
+        "viewer", MEMBER, "read-only"] and table[1].split()[-1] == "usable"
     assert suite.tqctl("token", "create", "viewer", "--user", MEMBER).returncode == 2  # taken
 
 

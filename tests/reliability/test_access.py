@@ -228,9 +228,31 @@ def test_a_token_whose_user_is_deleted_is_refused_on_the_connection_already_acti
     assert suite.client().wait(job_id, timeout=10)["submitter"] == member.pw_uid
     subprocess.run(["userdel", MEMBER], check=True)
     refused = refused_live(live)
-    assert f"token gone's user '{MEMBER}' is not on this system" in str(refused)
-    with pytest.raises(Unauthorized, match="is not on this system"):
+    assert f"token gone: no user '{MEMBER}' on this system now (the token was made for uid {member.pw_uid})" in str(
+        refused)
+    with pytest.raises(Unauthorized, match="on this system now"):
         suite.client().act_as(token)
+
+
+def test_token_list_shows_a_token_whose_user_is_deleted_as_unusable_and_why(suite: Suite,
+                                                                           member: pwd.struct_passwd) -> None:
+    suite.host()
+    for name, user in (("gone", MEMBER), ("kept", "root")):
+        assert suite.tqctl("token", "create", name, "--user", user).returncode == 0
+    assert [line.split()[-1] for line in suite.tqctl("token", "list").stdout.splitlines()] == ["STATE", "usable",
+                                                                                            "usable"]
+    subprocess.run(["userdel", MEMBER], check=True)
+    why = f"no user '{MEMBER}' on this system now (the token was made for uid {member.pw_uid})"
+    r = suite.tqctl("token", "list")
+    assert r.returncode == 0 and r.stderr == "", r
+    header, gone, kept = r.stdout.splitlines()
+    assert header.split() == ["NAME", "USER", "ACCESS", "CREATED", "STATE"]
+    assert gone.startswith("gone ") and gone.endswith(f" unusable: {why}"), r.stdout
+    assert kept.startswith("kept ") and kept.endswith(" usable"), r.stdout
+    listed = {t["name"]: t for t in json.loads(suite.tqctl("--json", "token", "list").stdout)}
+    assert (listed["gone"]["user"], listed["gone"]["uid"], listed["gone"]["usable"], listed["gone"]["why"]) == (
+        MEMBER, member.pw_uid, False, why)
+    assert (listed["kept"]["uid"], listed["kept"]["usable"], listed["kept"]["why"]) == (0, True, None)
 
 
 # ---- a token is no way round group tq (trial-C #2) -------------------------------------------------------------
@@ -294,13 +316,13 @@ def test_a_token_does_not_pass_to_a_later_account_of_its_users_name(suite: Suite
     live = suite.client()
     assert live.act_as(token)["user"] == MEMBER
     subprocess.run(["userdel", MEMBER], check=True)
-    assert "is not on this system" in str(refused_live(live))
+    assert "on this system now" in str(refused_live(live))
     # In group tq it is refused for its other uid; out of it, even under the same uid (freed by userdel), for that.
     taken = {p.pw_uid for p in pwd.getpwall()}
     uid = next(u for u in range(999, 100, -1) if u not in taken and u != member.pw_uid) if in_tq else member.pw_uid
     subprocess.run(["useradd", "--system", "--no-create-home", "-u", str(uid), *(["-G", "tq"] * in_tq), MEMBER],
                    check=True)  # a new account of that name (the fixture deletes it)
-    message = (f"token bob was made for uid {member.pw_uid}; user '{MEMBER}' is now uid {uid}, another account"
+    message = (f"token bob: made for uid {member.pw_uid}; user '{MEMBER}' is now uid {uid}, another account"
                if in_tq else f"token bob: user {MEMBER} is not in group tq")
     with pytest.raises(Unauthorized, match=message):
         suite.client().act_as(token)

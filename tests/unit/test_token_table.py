@@ -85,7 +85,7 @@ def test_tokens_are_made_listed_and_revoked_and_shown_only_when_made(parts: Part
     listed = ask(parts, root, "token_list")["tokens"]
     assert [(t["name"], t["user"], t["read_only"]) for t in listed] == [("ci", "nobody", True),
                                                                        ("web", "www-data", False)]
-    assert all(set(t) == {"name", "user", "read_only", "created_at"} for t in listed)
+    assert all(set(t) == {"name", "user", "uid", "read_only", "created_at", "usable", "why"} for t in listed)
     assert ask(parts, root, "token_revoke", name="ci")["ok"]
     assert [t["name"] for t in ask(parts, root, "token_list")["tokens"]] == ["web"]
     refused(ask(parts, root, "token_revoke", name="ci"), "not_found", "no token 'ci'")
@@ -253,7 +253,7 @@ def test_a_token_acts_only_for_the_account_it_was_made_for(parts: Parts, conns: 
     reused = pwd.struct_passwd(("nobody", "x", 4343, NOBODY.pw_gid, "", "/", "/bin/sh"))  # userdel; useradd
     monkeypatch.setattr(pwd, "getpwnam", lambda name: reused if name == "nobody" else NOBODY)
     gw.account_at -= 1.0
-    refused(ask(parts, gw, "ping"), "unauthorized", f"token ci was made for uid {NOBODY.pw_uid}; user 'nobody' is "
+    refused(ask(parts, gw, "ping"), "unauthorized", f"token ci: made for uid {NOBODY.pw_uid}; user 'nobody' is "
                                                     "now uid 4343, another account")
     refused(ask(parts, conn(conns), "act_as", token=token), "unauthorized", "another account")
 

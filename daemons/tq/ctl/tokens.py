@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..client import Client
 from . import options, render
@@ -37,12 +37,20 @@ def _cmd_list(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     tokens = client.token_list()
     if render.out_or_none(tokens, as_json, "no tokens (tqctl token create NAME --user USER makes one)"):
         return 0
-    rows = [["NAME", "USER", "ACCESS", "CREATED"]]
+    rows = [["NAME", "USER", "ACCESS", "CREATED", "STATE"]]
     for t in tokens:
         created = render.local_time(t["created_at"], "%Y-%m-%d %H:%M")
-        rows.append([t["name"], t["user"], "read-only" if t["read_only"] else "read-write", created])
+        rows.append([t["name"], t["user"], "read-only" if t["read_only"] else "read-write", created, _state(t)])
     render.table(rows)
     return 0
+
+
+def _state(token: dict[str, Any]) -> str:
+    """`usable`, or `unusable: WHY` (its user deleted, another account now, out of group tq); an older tq-host
+    does not say: `-`."""
+    if "usable" not in token:
+        return "-"
+    return "usable" if token["usable"] else f"unusable: {token.get('why')}"
 
 
 def _cmd_revoke(client: Client, args: argparse.Namespace, as_json: bool) -> int:

@@ -51,7 +51,22 @@ class Token:
     uid: int | None  # the user's when the token was made (None: made before tq kept it; taken at first use)
 
     def public(self) -> dict[str, Any]:
-        return {"name": self.name, "user": self.user, "read_only": self.read_only, "created_at": self.created_at}
+        """What token_list shows: with whether it can act now (`why` not, as a request with it is refused)."""
+        why = unusable(self, _account_of(self.user))
+        return {"name": self.name, "user": self.user, "uid": self.uid, "read_only": self.read_only,
+                "created_at": self.created_at, "usable": why is None, "why": why}
+
+
+def unusable(token: Token, account: pwd.struct_passwd | None) -> str | None:
+    """Why `token` cannot act for `account`, its user as the system has it now (None: no such user), or None if
+    it can: the user is gone, is another account of the same name, or does not reach tq locally."""
+    if account is None:
+        made = f" (the token was made for uid {token.uid})" if token.uid is not None else ""
+        return f"no user {token.user[:40]!r} on this system now{made}"
+    if token.uid is not None and account.pw_uid != token.uid:
+        return (f"made for uid {token.uid}; user {token.user[:40]!r} is now uid {account.pw_uid}, another "
+                "account")
+    return reach.refusal(account)
 
 
 def digest(text: str) -> bytes:
@@ -90,19 +105,12 @@ class Tokens:
         """The connection acts as the token user's uid and gid as the system has them now, while that user is the
         account the token was made for and still reaches tq locally (deleted, made again, or out of group tq since
         the last look: refused)."""
-        try:
-            account = pwd.getpwnam(token.user)
-        except (KeyError, ValueError, UnicodeEncodeError):
-            raise RequestError("unauthorized", f"token {token.name}'s user {token.user[:40]!r} is not on this "
-                                               "system (any more)") from None
-        if token.uid is None:  # made before tq kept the uid: the account it first acts for is its account
+        account = _account_of(token.user)
+        if account is not None and token.uid is None:  # made before tq kept the uid: the first account it acts for
             token = self._bind(token, account.pw_uid)
-        if account.pw_uid != token.uid:
-            raise RequestError("unauthorized", f"token {token.name} was made for uid {token.uid}; user "
-                                               f"{token.user[:40]!r} is now uid {account.pw_uid}, another account")
-        refused = reach.refusal(account)
-        if refused is not None:
-            raise RequestError("unauthorized", f"token {token.name}: {refused}")
+        why = unusable(token, account)
+        if account is None or why is not None:
+            raise RequestError("unauthorized", f"token {token.name}: {why}")
         conn.uid, conn.gid, conn.account_at = account.pw_uid, account.pw_gid, now
 
     def _bind(self, token: Token, uid: int) -> Token:
@@ -198,11 +206,16 @@ def _account(user: str, code: str) -> pwd.struct_passwd:
         raise RequestError(code, f"no user {user[:40]!r} on this system") from None
 
 
-def _uid_of(user: str) -> int | None:
+def _account_of(user: str) -> pwd.struct_passwd | None:
     try:
-        return pwd.getpwnam(user).pw_uid
+        return pwd.getpwnam(user)
     except (KeyError, ValueError, UnicodeEncodeError):
         return None
+
+
+def _uid_of(user: str) -> int | None:
+    account = _account_of(user)
+    return None if account is None else account.pw_uid
 
 
 def _name_of(uid: int) -> str | None:
