@@ -12,12 +12,11 @@ import logging
 import os
 import selectors
 import signal
-import sys
 import time
 from dataclasses import replace
 from typing import Any
 
-from . import __version__, config, configload, log, transport
+from . import __version__, config, configload, log, stderr, transport
 from .notify import Notifier
 
 
@@ -46,7 +45,7 @@ def load_config(program: str, path: str | None) -> config.Config | None:
     try:
         return configload.load(path)
     except config.ConfigError as e:
-        print(f"{program}: {e}", file=sys.stderr)
+        stderr.line(f"{program}: {e}")
         return None
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -246,6 +248,34 @@ def test_a_priority_or_duration_in_other_digits_than_ascii_is_a_usage_error(suit
             "line 1", "delay", "is not a duration")
     assert suite.client().list_jobs() == []
     assert tqctl(suite, "submit", "t", "--priority", "-3", "--delay", "3s").returncode == 0
+
+
+def stderr_writes(suite: Suite, argv: list[str], tmp_path: Path) -> tuple[int, list[str]]:
+    """`argv` run under strace: its exit status and what each write() to its stderr held (as strace shows it)."""
+    trace = tmp_path / f"strace.{len(list(tmp_path.glob('strace.*')))}"
+    strace = ["strace", "-qq", "-e", "trace=write", "-e", "signal=none", "-s", "100000", "-o", str(trace)]
+    r = subprocess.run([*strace, sys.executable, *argv], env=suite.env, capture_output=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    return r.returncode, re.findall(r'^write\(2, "(.*)", \d+\)', trace.read_text(), re.MULTILINE)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_each_line_on_stderr_is_one_write(suite: Suite, tmp_path: Path) -> None:
+    """print(..., file=sys.stderr) writes the text and the newline apart: a reader (a follower's parent, the
+    journal's stream, a test awaiting the line) could see half a line. tqctl's errors and warnings, and a daemon's
+    line before its logging, are each one write."""
+    tqctl = ["-m", "tq.ctl", "--config", str(suite.config)]
+    status, writes = stderr_writes(suite, [*tqctl, "status"], tmp_path)  # no tq-host: an error line
+    assert status == 3 and len(writes) == 1 and writes[0].startswith("tqctl: tq-host is not reachable"), writes
+    with suite.config.open("a") as f:
+        f.write('[tasks."task-*"]\n')
+    status, writes = stderr_writes(suite, [*tqctl, "config", "check"], tmp_path)  # a warning
+    assert status == 0 and len(writes) == 1 and "matches no task" in writes[0], writes
+    with suite.config.open("a") as f:
+        f.write("[nosuch]\n")
+    status, writes = stderr_writes(suite, ["-m", "tq.host", "--config", str(suite.config)], tmp_path)
+    assert status == 2 and len(writes) == 1 and "unknown key" in writes[0], writes
+    assert all(w.endswith("\\n") and "\\n" not in w[:-2] for w in writes), writes
 
 
 def test_a_non_utf8_argument_is_cut_in_the_error(suite: Suite) -> None:

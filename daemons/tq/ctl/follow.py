@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import bounded
+from .. import bounded, stderr
 from ..client import Client, HostUnreachable, Refused
 from . import options, render
 
@@ -56,7 +56,7 @@ def _cmd_events(client: Client, args: argparse.Namespace, as_json: bool) -> int:
                     last = max([last, *(e["ts"] for e in events if "ts" in e)])
                 out.flush()
         except HostUnreachable as e:
-            print(f"tqctl: {e}; following again once it is back", file=sys.stderr, flush=True)
+            stderr.line(f"tqctl: {e}; following again once it is back")
         while True:  # until the host is back (a restart, an upgrade): then what it kept since `last`, and the gap
             time.sleep(1.0)
             try:
@@ -64,7 +64,7 @@ def _cmd_events(client: Client, args: argparse.Namespace, as_json: bool) -> int:
                 break
             except HostUnreachable:
                 continue
-        print("tqctl: following again", file=sys.stderr, flush=True)
+        stderr.line("tqctl: following again")
 
 
 def _last_time(chunk: bytes, last: float) -> float:
@@ -119,7 +119,7 @@ def _cmd_metrics(client: Client, args: argparse.Namespace, as_json: bool) -> int
         text = client.metrics_text().encode()  # written by tq-host: this process need not load the client library
         up = True
     except HostUnreachable as e:  # still a file that says so (tq_up 0): an alert needs no stale-file rule
-        print(f"tqctl: {e}", file=sys.stderr)
+        stderr.line(f"tqctl: {e}")
         from .. import metrics  # the Prometheus client library, only to say tq_up 0
 
         text, up = metrics.render(None), False

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import bounded, control
+from .. import bounded, control, stderr
 from ..client import Client, JobTimeout, NotFound, Refused, TqError
 from ..states import FINAL, JobState
 from ..usage import describe as describe_usage
@@ -79,15 +79,15 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         return 0
     jid, existing = client.submit_spec(_spec_of(args, payload))
     if existing:  # (stdout stays the id alone, for scripts)
-        print(f"tqctl: job {jid} was open with unique key {args.unique}: it answers for this submit, nothing new "
-              "was submitted", file=sys.stderr)
+        stderr.line(f"tqctl: job {jid} was open with unique key {args.unique}: it answers for this submit, "
+                    "nothing new was submitted")
     if not args.wait:
         render.say({"id": jid} if args.unique is None else {"id": jid, "existing": existing}, str(jid), as_json)
         return 0
     try:
         job = _wait(client, jid, args.wait_timeout)
     except KeyboardInterrupt:  # the job stays submitted: say which, or it cannot be found again
-        print(f"tqctl: interrupted; job {jid} stays submitted (tqctl result --wait {jid})", file=sys.stderr)
+        stderr.line(f"tqctl: interrupted; job {jid} stays submitted (tqctl result --wait {jid})")
         raise
     except (JobTimeout, NotFound):  # (the message names the job)
         raise
@@ -174,7 +174,7 @@ def _finish(job: dict[str, Any], as_json: bool) -> int:
     elif job["state"] == "done":
         print(job["result"])
     else:
-        print(_failure(job), file=sys.stderr)
+        stderr.line(_failure(job))
     return 0 if job["state"] == "done" else control.EXIT_FAILED
 
 
@@ -214,13 +214,13 @@ def _results(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     for i in ([] if as_json else ids):
         job = jobs.get(i)
         if job is None:
-            print(f"tqctl: no job {i}", file=sys.stderr)
+            stderr.line(f"tqctl: no job {i}")
         elif job["state"] == "done":
             print(f"{i}: {job['result']}")
         elif job["state"] in FINAL:
-            print(_failure(job), file=sys.stderr)
+            stderr.line(_failure(job))
         else:
-            print(f"tqctl: job {i} has not finished (it is {job['state']})", file=sys.stderr)
+            stderr.line(f"tqctl: job {i} has not finished (it is {job['state']})")
     states = [job["state"] for job in jobs.values()]
     if any(state not in FINAL for state in states):
         return control.EXIT_TIMEOUT
@@ -361,7 +361,10 @@ def _bulk_done(reply: dict[str, Any], text: str, as_json: bool) -> int:
     else:
         refused = f"; {reply['refused']} matching job(s) are not yours to change" if reply["refused"] else ""
         line = text.format(len(reply["ids"])) + refused
-        print(f"tqctl: {line}" if denied else line, file=sys.stderr if denied else sys.stdout)
+        if denied:
+            stderr.line(f"tqctl: {line}")
+        else:
+            print(line)
     return control.EXIT_PERMISSION if denied else 0
 
 

@@ -7,16 +7,18 @@ import sys
 import time
 from typing import Any
 
+from .. import stderr
+
 
 def error(message: str, as_json: bool, code: int) -> None:
     if as_json:
         print(json.dumps({"ok": False, "error": message, "exit_code": code}))
-    print(f"tqctl: {message}", file=sys.stderr)
+    stderr.line(f"tqctl: {message}")
 
 
 def warning(message: str) -> None:
     """A line on stderr that does not stop the command (with --json too: stdout stays JSON)."""
-    print(f"tqctl: warning: {message}", file=sys.stderr)
+    stderr.line(f"tqctl: warning: {message}")
 
 
 def out(obj: Any) -> None:
