@@ -700,6 +700,10 @@ def test_xmlrpc_values_json_has_not_are_fault_2(rpc_gw: Gateway) -> None:
         with pytest.raises(xmlrpc.client.Fault) as e:
             call()
         assert e.value.faultCode == 2 and ("dateTime" in e.value.faultString or "base64" in e.value.faultString)
+    big = xmlrpc_call(rpc_gw, "submit", "<string>hello</string>", "<array><data><value><bigdecimal>1.5</bigdecimal>"
+                                      "</value></data></array>")  # (a Decimal: no JSON number; it was a 500)
+    assert big is not None and big.faultCode == 2 and "bigdecimal" in big.faultString, big
+    assert request(rpc_gw, "GET", "/api/v1/jobs").json["jobs"] == []
 
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400"])

@@ -15,6 +15,7 @@ entities it declares, and no XML-RPC call needs one. Bodies over `[gateway] max_
 
 from __future__ import annotations
 
+import decimal
 import math
 import re
 import xmlrpc.client
@@ -177,13 +178,15 @@ def _exit_status(code: str) -> int:
 
 
 def _taken(value: Any, depth: int = 0) -> None:
-    """Fault 2 for a parameter tq cannot take: a dateTime or base64 (JSON has neither: give seconds since the
-    epoch, text), a NaN or infinite double (tq-host would refuse it: JSON has none), or arrays and structs nested
-    more than MAX_DEPTH deep. (nil is taken: None, as JSON's null.)"""
-    if isinstance(value, (xmlrpc.client.DateTime, xmlrpc.client.Binary)):
-        kind = "dateTime.iso8601" if isinstance(value, xmlrpc.client.DateTime) else "base64"
+    """Fault 2 for a parameter tq cannot take: a dateTime, base64 or bigdecimal (JSON has none: give seconds since
+    the epoch, text, a double), a NaN or infinite double (tq-host would refuse it: JSON has none), or arrays and
+    structs nested more than MAX_DEPTH deep. (nil is taken: None, as JSON's null.)"""
+    if isinstance(value, (xmlrpc.client.DateTime, xmlrpc.client.Binary, decimal.Decimal)):
+        kind = ("dateTime.iso8601" if isinstance(value, xmlrpc.client.DateTime) else
+                "base64" if isinstance(value, xmlrpc.client.Binary) else "bigdecimal")
         raise Fault(control.EXIT_USAGE, f"a {kind} value is not taken: tq's values are JSON's (a time is seconds "
-                                        "since the epoch, a double; bytes go as text)")
+                                        "since the epoch, a double; bytes go as text; a number is a double or an "
+                                        "integer)")
     if isinstance(value, float) and not math.isfinite(value):
         raise Fault(control.EXIT_USAGE, f"a double is {value!r}: tq's values are JSON's, which has no NaN or "
                                         "infinity")
