@@ -202,7 +202,7 @@ def test_a_refused_worker_hands_back_the_jobs_it_took_says_why_and_exits(
         assert not worker.bye_at  # a Bye would fence the holder
         parts.fleet.intake(0.6)  # its releases
     finally:
-        for mailbox in (worker.inbox, worker.host_mailbox):
+        for mailbox in (worker.inbox, worker.host_mailbox.held):
             if mailbox is not None:
                 mailbox.close()
         os.close(worker.lock_fd)
