@@ -31,10 +31,10 @@ from .instancelock import InstanceTaken, take
 from .outbox import Outbox
 from .refusal import EXIT_REFUSED, Refusal
 from .runner import Runner
+from .stop import BYE_WAIT, Stop
 from .taken import Taken
 
 BATCH = 64  # messages handled per step before looking at the selector again
-BYE_WAIT = 5.0  # seconds a stopping worker waits for the host's fence before it exits anyway
 # Seconds a worker through a broker waits to connect before it reports READY anyway (its hello then waits for the
 # connection, its STATUS says what it waits for): a broker that is down must not fail the unit's start (its
 # TimeoutStartSec), hold up the boot, or restart the worker every 30 s.
@@ -64,8 +64,7 @@ class Worker(Daemon):
         self.watched: set[tuple[int, int]] = set()
         # Through a broker: the attempts taken since the last fence (a copy is dropped), the inbox's losses.
         self.taken = Taken() if self.serviced else None
-        self.stop_started = 0.0
-        self.bye_at = 0.0  # monotonic time the Bye was sent (0: not sent)
+        self.stop = Stop(self.instance, self.outbox, self.refusal, self.notifier, self.logger)  # SIGTERM's steps
         self.exit_now = False
         self.next_heartbeat = 0.0
         self.inbox: Mailbox | None = None
@@ -127,7 +126,7 @@ class Worker(Daemon):
         """One loop iteration; blocks in the selector only when there is nothing to do."""
         now = time.monotonic()
         self.events.tick()
-        progressed = self.runner.poll(now, self.stop_started, self.wcfg.stop_timeout)
+        progressed = self.runner.poll(now, self.stop.started, self.wcfg.stop_timeout)
         if self.reload_requested:
             self.reload()
         if self.stop_requested:
@@ -229,7 +228,7 @@ class Worker(Daemon):
         self.outbox.message(protocol.Synced(self.instance, msg.token, machine_id()))
         if self.taken is not None:
             self.taken.clear()  # past the fence tq-host assigns anew (taken.py)
-        if self.bye_at:
+        if self.stop.bye_at:
             self.exit_now = True
 
     def _take_local(self) -> None:
@@ -277,7 +276,7 @@ class Worker(Daemon):
             self.outbox.message(self._hello())
         if self.host_watch is not None and self.host_watch.check():
             self.notifier.status(self.status_text())
-        if self.outbox or self.bye_at or self.refusal.reason:
+        if self.outbox or self.stop.bye_at or self.refusal.reason:
             return  # the host is behind; results first
         running = self.runner.current.job.id if self.runner.current else 0
         msg = protocol.Heartbeat(self.instance, os.getpid(), list(self.wcfg.queues), self.wcfg.prefetch, running,
@@ -307,25 +306,10 @@ class Worker(Daemon):
     # ---- stop and reload --------------------------------------------------
 
     def _stopping(self, now: float) -> None:
-        """SIGTERM: finish (or hand back) the running job, hand back the inbox, say Bye, exit on the fence."""
-        if not self.stop_started:
-            self.stop_started = now
-            self.notifier.stopping()
-            if not self.refusal.reason:
-                self.logger.info("stopping: finishing the current job (up to %gs), then handing back queued ones",
-                                 self.wcfg.stop_timeout)
-        if self.runner.current is not None:
-            return
-        if self.refusal.reason:  # hand back what it holds; a fence it took was the other worker's: sent again
-            while self.local:
+        """SIGTERM: finish (or hand back) the running job, hand back the inbox, say Bye, exit on the fence (stop.py)."""
+        if self.stop.step(now, self.runner.current is not None, self.wcfg.stop_timeout):
+            while self.refusal.reason and self.local:  # refused: hand back what it holds (a fence: sent again)
                 self._take_local()
-            self.exit_now = True
-        elif not self.bye_at:
-            self.bye_at = now
-            self.outbox.message(protocol.Bye(self.instance, os.getpid()))
-        elif now - self.bye_at > BYE_WAIT:
-            self.logger.warning("tq-host did not answer within %gs; exiting (it requeues what this worker held)",
-                                BYE_WAIT)
             self.exit_now = True
 
     def apply(self, new: config.Config) -> None:
