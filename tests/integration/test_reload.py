@@ -251,6 +251,6 @@ def test_a_worker_reload_takes_effect_or_is_reported_as_needing_a_restart(suite:
             assert effect(worker, client), f"{key} did not take effect on reload"
     finally:
         logging.getLogger().removeHandler(records)
-        for mailbox in (worker.inbox, worker.host_mailbox):
+        for mailbox in (worker.inbox, worker.host_mailbox.held):
             if mailbox is not None:
                 mailbox.close()

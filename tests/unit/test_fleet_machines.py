@@ -199,10 +199,10 @@ def test_a_refused_worker_hands_back_the_jobs_it_took_says_why_and_exits(
             if worker.exit_now:
                 break
         assert worker.exit_now and worker.refusal.reason and not worker.local
-        assert not worker.bye_at  # a Bye would fence the holder
+        assert not worker.stop.bye_at  # a Bye would fence the holder
         parts.fleet.intake(0.6)  # its releases
     finally:
-        for mailbox in (worker.inbox, worker.host_mailbox):
+        for mailbox in (worker.inbox, worker.host_mailbox.held):
             if mailbox is not None:
                 mailbox.close()
         os.close(worker.lock_fd)

@@ -24,16 +24,17 @@ from ..notify import child_environment
 from ..transport import Mailbox
 from ..transport.machines import local_name, machine_id, machine_instance
 from .attempt import Attempt
+from .hostmailbox import HostMailbox
 from .hostwatch import HostWatch
 from .inbox import drop_posix_inbox, open_inbox
 from .instancelock import InstanceTaken, take
 from .outbox import Outbox
 from .refusal import EXIT_REFUSED, Refusal
 from .runner import Runner
+from .stop import BYE_WAIT, Stop
 from .taken import Taken
 
 BATCH = 64  # messages handled per step before looking at the selector again
-BYE_WAIT = 5.0  # seconds a stopping worker waits for the host's fence before it exits anyway
 # Seconds a worker through a broker waits to connect before it reports READY anyway (its hello then waits for the
 # connection, its STATUS says what it waits for): a broker that is down must not fail the unit's start (its
 # TimeoutStartSec), hold up the boot, or restart the worker every 30 s.
@@ -63,12 +64,11 @@ class Worker(Daemon):
         self.watched: set[tuple[int, int]] = set()
         # Through a broker: the attempts taken since the last fence (a copy is dropped), the inbox's losses.
         self.taken = Taken() if self.serviced else None
-        self.stop_started = 0.0
-        self.bye_at = 0.0  # monotonic time the Bye was sent (0: not sent)
+        self.stop = Stop(self.instance, self.outbox, self.refusal, self.notifier, self.logger)  # SIGTERM's steps
         self.exit_now = False
         self.next_heartbeat = 0.0
         self.inbox: Mailbox | None = None
-        self.host_mailbox: Mailbox | None = None
+        self.host_mailbox = HostMailbox(self.mailboxes, self.outbox, self.logger, self._unwatch_mailboxes)
         self.lock_fd = -1  # holds this instance's lock (instancelock.py) from start on
         # Whether tq-host runs (a local one: the POSIX mailboxes do not tell; a broker's connection says its own)
         self.host_watch = (HostWatch(cfg.host.socket, self.sel, self.logger, self._heartbeat_now)
@@ -82,12 +82,12 @@ class Worker(Daemon):
         if self.cfg.transport.kind == "amqp":
             drop_posix_inbox(self.cfg, local_name(self.instance), self.logger)
         self.inbox, self.wcfg = open_inbox(self.mailboxes, self.instance, self.wcfg, self.logger)
-        self.host_mailbox = self.wait_for_host()
-        if self.host_mailbox is None or not self.wait_connected(CONNECT_WAIT):
-            self.host_mailbox = None
+        self.host_mailbox.held = self.wait_for_host()
+        if self.host_mailbox.held is None or not self.wait_connected(CONNECT_WAIT):
+            self.host_mailbox.held = None
             return
         self.outbox.message(self._hello())
-        self._flush()
+        self.host_mailbox.flush()
         if self.host_watch is not None:
             self.host_watch.start()
         self.logger.info("tq-worker %s instance %s ready: queues %s, inbox %s", __version__, self.instance,
@@ -101,12 +101,12 @@ class Worker(Daemon):
 
     def run(self) -> int:
         self.start()
-        while not self.exit_now and self.host_mailbox is not None:
+        while not self.exit_now and self.host_mailbox.held is not None:
             self.step()
         self.notifier.stopping()
         deadline = time.monotonic() + BYE_WAIT
-        while self.outbox and self.host_mailbox is not None and time.monotonic() < deadline:
-            self._flush()
+        while self.outbox and self.host_mailbox.held is not None and time.monotonic() < deadline:
+            self.host_mailbox.flush()
             if self.outbox:  # wait for room in the host mailbox
                 self.notifier.tick(time.monotonic())
                 self._watch([], False, True)
@@ -126,12 +126,12 @@ class Worker(Daemon):
         """One loop iteration; blocks in the selector only when there is nothing to do."""
         now = time.monotonic()
         self.events.tick()
-        progressed = self.runner.poll(now, self.stop_started, self.wcfg.stop_timeout)
+        progressed = self.runner.poll(now, self.stop.started, self.wcfg.stop_timeout)
         if self.reload_requested:
             self.reload()
         if self.stop_requested:
             self._stopping(now)
-        self._flush()
+        self.host_mailbox.flush()
         if self.runner.current is None and not self.outbox and not self.runner.reexec:
             for _ in range(BATCH):
                 if self.local:  # (written out, not _take_local: a call per job shows in docs/performance.md)
@@ -154,7 +154,7 @@ class Worker(Daemon):
             while (data := self.inbox.receive()) is not None:
                 self._on_message(data)
         self.outbox.pack_results()
-        self._flush()
+        self.host_mailbox.flush()
         if self.runner.reexec and not self.outbox:
             self.exit_now = True
         now = time.monotonic()
@@ -183,12 +183,12 @@ class Worker(Daemon):
     def _watch(self, fds: list[int], inbox: bool, host_writable: bool = False) -> None:
         """Watch the running attempt's descriptors, the inbox only when idle (else it would spin), and the
         host mailbox for room while messages wait to be sent to it."""
-        assert self.inbox is not None and self.host_mailbox is not None
+        assert self.inbox is not None and self.host_mailbox.held is not None
         wanted = {(fd, selectors.EVENT_READ) for fd in fds}
         if inbox:
             wanted.add((self.inbox.fileno(), selectors.EVENT_READ))
         if host_writable:
-            wanted.add((self.host_mailbox.fileno(), selectors.EVENT_WRITE))
+            wanted.add((self.host_mailbox.held.fileno(), selectors.EVENT_WRITE))
         for fd, _events in self.watched - wanted:
             self.sel.unregister(fd)
         for fd, events in wanted - self.watched:
@@ -224,25 +224,12 @@ class Worker(Daemon):
 
     def _on_sync(self, msg: protocol.Sync) -> None:
         """The host's fence: answer after everything before it; reopen the host mailbox (it may be new)."""
-        self._reach_host()
+        self.host_mailbox.reach()
         self.outbox.message(protocol.Synced(self.instance, msg.token, machine_id()))
         if self.taken is not None:
             self.taken.clear()  # past the fence tq-host assigns anew (taken.py)
-        if self.bye_at:
+        if self.stop.bye_at:
             self.exit_now = True
-
-    def _reach_host(self) -> None:
-        """Reopen the host mailbox (tq-host's start may have made a new one); keep the open one if that fails."""
-        try:
-            reopened = self.mailboxes.reach_host()
-        except transport.MailboxError as e:
-            self.logger.warning("keeping the open host mailbox: %s", e)
-            return
-        assert self.host_mailbox is not None
-        current = self.runner.current
-        self._watch(current.execution.fds if current else [], False)  # forget the old descriptor
-        self.host_mailbox.close()
-        self.host_mailbox = reopened
 
     def _take_local(self) -> None:
         """The next job or fence of those taken in (a fence comes after the jobs before it)."""
@@ -268,27 +255,28 @@ class Worker(Daemon):
 
         The mailboxes stay as they are watched: toggling the inbox after every job cost two epoll_ctl calls.
         """
-        assert self.inbox is not None and self.host_mailbox is not None
-        mailboxes = (self.inbox.fileno(), self.host_mailbox.fileno())
+        assert self.inbox is not None and self.host_mailbox.held is not None
+        mailboxes = (self.inbox.fileno(), self.host_mailbox.held.fileno())
         for entry in [e for e in self.watched if e[0] not in mailboxes]:
             self.sel.unregister(entry[0])
             self.watched.discard(entry)
 
-    # ---- reports to the host ---------------------------------------------
+    def _unwatch_mailboxes(self) -> None:
+        """Watch the running attempt's descriptors only: the host mailbox is about to be closed (hostmailbox.py)."""
+        current = self.runner.current
+        self._watch(current.execution.fds if current else [], False)
 
-    def _flush(self) -> None:
-        assert self.host_mailbox is not None
-        self.outbox.flush(self.host_mailbox)
+    # ---- reports to the host ---------------------------------------------
 
     def _heartbeat(self, now: float) -> None:
         self.next_heartbeat = now + self.wcfg.heartbeat
         if self.outbox.stuck(now, self.wcfg.heartbeat):
-            self._check_host_mailbox()
+            self.host_mailbox.check_replaced()
         if self.taken is not None and self.taken.inbox_lost(self.mailboxes.losses()):
             self.outbox.message(self._hello())
         if self.host_watch is not None and self.host_watch.check():
             self.notifier.status(self.status_text())
-        if self.outbox or self.bye_at or self.refusal.reason:
+        if self.outbox or self.stop.bye_at or self.refusal.reason:
             return  # the host is behind; results first
         running = self.runner.current.job.id if self.runner.current else 0
         msg = protocol.Heartbeat(self.instance, os.getpid(), list(self.wcfg.queues), self.wcfg.prefetch, running,
@@ -296,28 +284,10 @@ class Worker(Daemon):
         if len(protocol.encode(msg)) > self.cfg.mqueue.max_message_size:  # a tiny max_message_size, long names
             msg = replace(msg, monitor={})
         self.outbox.message(msg)
-        self._flush()
+        self.host_mailbox.flush()
 
     def _heartbeat_now(self) -> None:
         self.next_heartbeat = 0.0
-
-    def _check_host_mailbox(self) -> None:
-        """Sends blocked for a while: if the host mailbox held was deleted and replaced, send to the new one (what
-        waits in the outbox goes there, in order).
-
-        tq-host's start re-creates its mailbox when the dimensions changed (transport/posix.py); a worker holds the
-        old one until the new tq-host's Sync has it reach the host again (_on_sync). If nothing read the old one
-        meanwhile (a start that failed after making the new one), heartbeats fill it, sends are blocked for good,
-        and the worker, which reads its inbox only when it has nothing to send, would never see that Sync.
-        Asked at heartbeats while sends stay blocked, never per job.
-        """
-        assert self.host_mailbox is not None
-        if self.mailboxes.host_replaced(self.host_mailbox):
-            self.logger.warning("host mailbox %s was made anew (by a tq-host start with other mqueue dimensions); "
-                                "nobody reads the one this worker held: sending to the new one",
-                                self.host_mailbox.name)
-            self._reach_host()
-            self._flush()
 
     def _status(self, now: float) -> None:
         if self.notifier.status_due(now):
@@ -336,25 +306,10 @@ class Worker(Daemon):
     # ---- stop and reload --------------------------------------------------
 
     def _stopping(self, now: float) -> None:
-        """SIGTERM: finish (or hand back) the running job, hand back the inbox, say Bye, exit on the fence."""
-        if not self.stop_started:
-            self.stop_started = now
-            self.notifier.stopping()
-            if not self.refusal.reason:
-                self.logger.info("stopping: finishing the current job (up to %gs), then handing back queued ones",
-                                 self.wcfg.stop_timeout)
-        if self.runner.current is not None:
-            return
-        if self.refusal.reason:  # hand back what it holds; a fence it took was the other worker's: sent again
-            while self.local:
+        """SIGTERM: finish (or hand back) the running job, hand back the inbox, say Bye, exit on the fence (stop.py)."""
+        if self.stop.step(now, self.runner.current is not None, self.wcfg.stop_timeout):
+            while self.refusal.reason and self.local:  # refused: hand back what it holds (a fence: sent again)
                 self._take_local()
-            self.exit_now = True
-        elif not self.bye_at:
-            self.bye_at = now
-            self.outbox.message(protocol.Bye(self.instance, os.getpid()))
-        elif now - self.bye_at > BYE_WAIT:
-            self.logger.warning("tq-host did not answer within %gs; exiting (it requeues what this worker held)",
-                                BYE_WAIT)
             self.exit_now = True
 
     def apply(self, new: config.Config) -> None:

@@ -29,7 +29,7 @@ class Outbox:
 
     def stuck(self, now: float, patience: float) -> bool:
         """Asked at each heartbeat: True when messages wait now and did at every heartbeat for `patience` seconds
-        (the host mailbox may be a deleted one that nobody reads: Worker._check_host_mailbox)."""
+        (the host mailbox may be a deleted one that nobody reads: HostMailbox.check_replaced)."""
         if not self.pending:
             self.stuck_since = 0.0
             return False
