@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import replace
 
-from .. import __version__, config, log, protocol, transport
+from .. import __version__, config, log, protocol, stderr, transport
 from ..daemon import EXIT_CONFIG, Daemon, command_line, ignore, load_config
 from ..notify import child_environment
 from ..transport import Mailbox
@@ -339,8 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not config.INSTANCE_RE.fullmatch(args.instance):
-        print(f"tq-worker: invalid instance {args.instance!r}: letters, digits, _ and - (at most 32)",
-              file=sys.stderr)
+        stderr.line(f"tq-worker: invalid instance {args.instance!r}: letters, digits, _ and - (at most 32)")
         return EXIT_CONFIG
     cfg = load_config("tq-worker", args.config)
     if cfg is None:
