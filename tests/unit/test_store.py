@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tq.host.records import COLUMNS, SCHEMA_VERSION, JobRecord
-from tq.host.store import Store, StoreError
+from tq.host.store import Store
+from tq.host.storefile import StoreError
 
 # What the host does to a job, as (change kind, mutation): the kind names the columns the mutation may touch.
 STEPS = {

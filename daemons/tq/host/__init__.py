@@ -40,8 +40,8 @@ from .assembly import assemble
 from .brokerwatch import BrokerWatch, link_state
 from .linkwatch import LinkClock
 from .recovery import RESTARTED, ROLLED_BACK, recover
-from .store import STORE_FILE, StoreError
 from .storefaults import describe
+from .storefile import STORE_FILE, StoreError
 
 
 class Host(Daemon):

@@ -15,7 +15,8 @@ import time
 
 from .. import config, protocol
 from .fleet import Fleet
-from .jobs import ASSIGNED, JobTable
+from .jobs import JobTable
+from .openjobs import ASSIGNED
 from .queues import Queues
 from .records import JobRecord
 from .workerstate import WorkerState

@@ -25,8 +25,9 @@ from ..log import Burst
 from ..transport import Mailbox, MailboxError
 from ..transport.machines import WORKER_NAME_RE
 from .carriage import carried, not_sent_why
-from .jobs import ASSIGNED, ON_WORKER, JobTable
+from .jobs import JobTable
 from .nameclash import NameClash, elsewhere
+from .openjobs import ASSIGNED, ON_WORKER
 from .records import JobRecord
 from .store import Store
 from .workerstate import WorkerState

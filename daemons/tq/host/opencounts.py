@@ -16,7 +16,8 @@ import operator
 import time
 from collections.abc import Callable
 
-from .jobs import QUEUED, JobTable
+from .jobs import JobTable
+from .openjobs import QUEUED
 from .records import JobRecord
 
 SHARE = 0.01  # of tq-host's time, at most, for periodic readers' counts

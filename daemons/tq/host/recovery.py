@@ -5,7 +5,7 @@ only from what it reports before the fence comes back."""
 from __future__ import annotations
 
 from .fleet import ROLLED_BACK_CAUSE, Fleet
-from .jobs import ON_WORKER
+from .openjobs import ON_WORKER
 from .workerstate import WorkerState
 
 RESTARTED = ("not reported after tq-host restarted", "tq-host restarted: every worker is checked before it gets work")

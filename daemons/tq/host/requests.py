@@ -18,7 +18,8 @@ from ..control import RequestError
 from ..states import JobState
 from .access import Access
 from .fleet import Fleet
-from .jobs import ON_WORKER, InvalidTransition, JobTable
+from .jobs import InvalidTransition, JobTable
+from .openjobs import ON_WORKER
 from .queues import Queues
 from .records import MAX_JOB_ID, JobRecord
 from .replies import Ledger

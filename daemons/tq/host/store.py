@@ -9,6 +9,8 @@ a cancel, an answered wait) is fsync'd: an assignment or a result that no one
 was told of rides on the next fsync. WAL frames are appended in order, so that
 fsync covers every commit before it; until then a power loss (not a crash of
 tq-host) can undo them, and the job runs again.
+
+Opening the file and making or migrating its schema are storefile.py's.
 """
 
 from __future__ import annotations
@@ -19,21 +21,16 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from ..ownership import restrict
 from ..states import FINAL
 from .listing import stored_page
 from .records import (
     COLUMNS,
     FRESH_ROW,
-    INDEXES,
     INSERT,
     INSERT_FRESH,
     INSERT_SENT,
-    MIGRATIONS,
     RESTING,
     ROW,
-    SCHEMA,
-    SCHEMA_VERSION,
     SENT_ROW,
     UPDATE_ROWS,
     UPDATE_SQL,
@@ -43,27 +40,10 @@ from .records import (
     record,
 )
 from .storefaults import describe
+from .storefile import STORE_FILE, StoreError, connect, held_files, upgrade
 
-STORE_FILE = "tq.sqlite3"  # in host.state_dir
-FILE_SUFFIXES = ("", "-wal", "-shm")  # the store's files: the database, its write-ahead log, the log's index
 COMMIT_TIMES_KEPT = 512  # commit times kept (commit_seconds) before they are handed to on_commit_seconds
 _FINAL_SQL = ",".join(f"'{s}'" for s in sorted(FINAL))  # the SQL list of final states
-
-
-def held_files(path: str) -> tuple[tuple[int, int], ...]:
-    """(st_dev, st_ino) of each of the store's files (FILE_SUFFIXES); (0, 0) for one that is not there."""
-    found = []
-    for suffix in FILE_SUFFIXES:
-        try:
-            st = os.stat(path + suffix)
-            found.append((st.st_dev, st.st_ino))
-        except OSError:
-            found.append((0, 0))
-    return tuple(found)
-
-
-class StoreError(Exception):
-    """The store cannot be opened or written; the message says why."""
 
 
 class Store:
@@ -80,7 +60,7 @@ class Store:
         self._unsynced = False  # a commit since the last fsync was not fsync'd
         self.db = self._connect()
         try:
-            self._upgrade()
+            upgrade(self.db, self.path)
             self.next_id = self._max_id() + 1
         except sqlite3.Error as e:
             self.db.close()
@@ -94,29 +74,10 @@ class Store:
         self._resting: dict[tuple[str, int], bool] = {}  # (state, id) -> whether its row is in resting, at flush
 
     def _connect(self) -> sqlite3.Connection:
-        """Open the file at self.path as tq-host holds it; the level of fsync is set again for the new connection."""
-        try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as e:
-            raise StoreError(describe(self.path, e)) from None
-        try:
-            db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect for a new file: pruning frees pages
-            # Only tq-host opens the store: holding its lock spares file locking on every commit, and WAL then
-            # keeps its index in memory instead of a shared -shm file. Other readers wait until tq-host stops.
-            db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            db.execute("PRAGMA journal_mode=WAL")
-            # The hot pages are the newest leaves and the inner pages: 512 KiB holds them (a larger cache
-            # measured no faster and stayed resident after a burst).
-            db.execute("PRAGMA cache_size=-512")
-            level = "FULL" if self.durability == "full" else "NORMAL"
-            db.execute(f"PRAGMA synchronous={level}")
-            self._synchronous = level
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the WAL file is made with the first read
-        except sqlite3.Error as e:
-            db.close()
-            raise StoreError(describe(self.path, e)) from None
-        for suffix in FILE_SUFFIXES:
-            restrict(self.path + suffix, 0o660)
+        """Open the file at self.path as tq-host holds it (storefile.connect), at the level of fsync in force."""
+        level = "FULL" if self.durability == "full" else "NORMAL"
+        db = connect(self.path, level)
+        self._synchronous = level
         return db
 
     def reopen(self) -> None:
@@ -139,25 +100,6 @@ class Store:
         if level != self._synchronous:
             self.db.execute(f"PRAGMA synchronous={level}")
             self._synchronous = level
-
-    def _upgrade(self) -> None:
-        """Create the tables of a new store, or bring an older schema up to SCHEMA_VERSION; refuse a newer one."""
-        with self.db:  # one transaction: a failed upgrade leaves the store as it was
-            self.db.execute("BEGIN")
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    self.db.execute(statement)
-            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            version = int(row[0]) if row else SCHEMA_VERSION
-            if version > SCHEMA_VERSION:
-                raise StoreError(f"store {self.path} has schema version {version}, written by a newer tq; this "
-                                 f"tq reads up to version {SCHEMA_VERSION}: install the newer tq again")
-            for step in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[step]:
-                    self.db.execute(statement)
-            for statement in INDEXES:
-                self.db.execute(statement)
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # SQLite itself may end a transaction on an error (SQLITE_FULL): ask it, keep no flag of our own.
     def _begin(self, acknowledged: bool = True) -> None:

@@ -24,7 +24,8 @@ from typing import Any
 
 from ..control import RequestError
 from .requests import Op
-from .store import FILE_SUFFIXES, Store, held_files
+from .store import Store
+from .storefile import FILE_SUFFIXES, held_files
 
 CHECK_INTERVAL = 1.0  # seconds between looks at the store's path
 TELL_AGAIN = 60.0  # seconds between critical lines while the write-back keeps failing

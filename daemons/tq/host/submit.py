@@ -17,7 +17,8 @@ from typing import Any
 from .. import config, control, protocol
 from ..control import RequestError
 from .access import Access
-from .jobs import CANCELLED, DEAD, DEFERRED, DELAYED, DONE, QUEUED, JobTable
+from .jobs import JobTable
+from .openjobs import CANCELLED, DEAD, DEFERRED, DELAYED, DONE, QUEUED
 from .queues import Queues
 from .records import AFTER, CHAIN, FOLLOW_UP, JobRecord
 from .replies import Ledger
