@@ -545,7 +545,20 @@ def test_whoami_and_the_token_routes(suite: Suite, member: pwd.struct_passwd, gw
     assert a.status == 200, a.raw
     a = request(gw, "GET", "/api/v1/whoami", token=ro)  # its connection acted already: cut by the revocation
     assert (a.status, a.code) == (401, "unauthorized"), a.raw
+    assert request(gw, "GET", "/api/v1/whoami", token=ro).json == a.json  # (remembered, with tq-host's reason)
     assert request(gw, "DELETE", "/api/v1/tokens/ro").status == 404
+
+
+def test_a_refused_token_is_refused_again_for_tq_hosts_reason(suite: Suite, member: pwd.struct_passwd,
+                                                             gw: Gateway) -> None:
+    """The gateway remembers a refused token (against guessing) and answers the next request itself: with the
+    reason tq-host gave, not a generic one (here the token's user was deleted)."""
+    theirs = suite.token(MEMBER)
+    subprocess.run(["userdel", MEMBER], check=True)
+    first, again = (request(gw, "GET", "/api/v1/whoami", token=theirs) for _ in range(2))
+    assert (first.status, first.code) == (401, "unauthorized"), first.raw
+    assert f"no user '{MEMBER}' on this system now" in first.json["error"]["message"], first.raw
+    assert (again.status, again.json) == (first.status, first.json)
 
 
 def test_a_read_only_token_reads_and_changes_nothing(suite: Suite, gw: Gateway) -> None:
