@@ -2,9 +2,9 @@
 
 Run by tests/integration/test_dashboard.py as `/usr/bin/python3 tests/browser/dashboard.py ARGS`: Debian's selenium
 is seen by the system python only. It logs in, checks that the page shows the queues, the workers and the dead
-jobs, opens a job's detail, presses retry on a dead job, saves a screenshot, and (with --read-only-token) checks
-that a read-only token sees no buttons. It prints one JSON line of what it measured; a failed check exits 1 with
-one line saying which.
+jobs and that the chart's y axis is round numbers, opens a job's detail, presses retry on a dead job, saves a
+screenshot, and (with --read-only-token) checks that a read-only token sees no buttons. It prints one JSON line of
+what it measured; a failed check exits 1 with one line saying which.
 """
 
 from __future__ import annotations
@@ -144,6 +144,54 @@ def console_errors(driver: WebDriver) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
 
 
+# The chart drawn (draw(), app.js) for each highest rate, and once for the live points, recording the numbers it
+# writes on the y axis (the x axis says "-120s" ... "now"); the live points are put back and drawn again after.
+AXIS = """
+const fillText = CanvasRenderingContext2D.prototype.fillText, saved = view.chart.points, drawn = [];
+CanvasRenderingContext2D.prototype.fillText = function (text, ...rest) {
+  drawn.push(String(text));
+  return fillText.call(this, text, ...rest);
+};
+const labels = (points) => {
+  view.chart.points = points;
+  drawn.length = 0;
+  draw();
+  return drawn.filter((t) => !/s$|^now$/.test(t));
+};
+try {
+  const out = arguments[0].map((most) => labels([{time: 1000, rates: {done: most, dead: 0, cancelled: 0}}]));
+  return [...out, labels(saved)];
+} finally {
+  CanvasRenderingContext2D.prototype.fillText = fillText;
+  view.chart.points = saved;
+  draw();
+}
+"""
+RATES = (0.0, 0.4, 0.8, 1.0, 3.0, 4.6, 7.0, 12.0, 23.0, 130.0, 1234.5)  # jobs per second at the chart's top
+
+
+def nice_axis(labels: list[str], most: float) -> bool:
+    """Whole numbers from 0 up past `most` in even steps of 1, 2 or 5 times a power of ten, a few of them."""
+    if not labels or not all(re.fullmatch(r"0|[1-9]\d*", t) for t in labels):
+        return False
+    values = [int(t) for t in labels]
+    step = values[1] - values[0] if len(values) > 1 else 0
+    even = values == [i * step for i in range(len(values))]
+    return even and re.fullmatch(r"[125]0*", str(step)) is not None and values[-1] >= most and len(values) <= 7
+
+
+def check_chart_axis(driver: WebDriver) -> dict[str, list[str]]:
+    """The chart's y axis is round: whole jobs per second (0, 1, 2 ... at low rates), steps of 1, 2 or 5."""
+    *drawn, now = driver.execute_script(AXIS, list(RATES))
+    axes = {f"{most:g}": list(labels) for most, labels in zip(RATES, drawn, strict=True)}
+    wrong = {most: labels for most, labels in axes.items() if not nice_axis(labels, float(most))}
+    if not nice_axis(now, 0.0):
+        wrong["the live rates"] = now
+    if wrong:
+        raise Failed(f"the chart's y axis is not round numbers (at the highest rate: labels): {wrong}")
+    return axes
+
+
 def check_pages(driver: WebDriver) -> None:
     """More than a page of dead jobs: "older" shows the next 20 (ids below the last), "newer" comes back."""
     first = dead_ids(driver)
@@ -213,6 +261,7 @@ def run(args: argparse.Namespace, driver: WebDriver) -> dict[str, Any]:
     if not buttons(driver):
         raise Failed("a token that may act sees no buttons")
     out["first_load_bytes"] = first_load_bytes(driver)
+    out["chart_axis"] = check_chart_axis(driver)
     check_pause(driver, args.queue)
     check_detail(driver, args.retry, args.error)
     press_retry(driver, args.retry)

@@ -210,16 +210,30 @@ function chartAdd(s) {
   while (view.chart.points.length && view.chart.points[0].time < s.time - HISTORY) view.chart.points.shift();
 }
 
+// The y axis up to the highest rate `most`: 0 to a top at or above it in about 5 even steps of 1, 2 or 5 times a
+// power of ten, never less than 1 (a job per second: the rates are counts over about a second), so every label is a
+// whole number: 0 1 (quiet), 0 1 2 3, 0 2 4 6 8, 0 5 10 15 20 25, 0 50 100 150.
+function axis(most) {
+  const target = Math.max(most, 1) / 5;
+  let step = 1;
+  if (target > 1) {
+    const power = 10 ** Math.floor(Math.log10(target));
+    step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= target);
+  }
+  const top = Math.max(step, Math.ceil(most / step) * step);
+  return Array.from({length: top / step + 1}, (_, i) => i * step);
+}
+
 function draw() {
   const canvas = $("chart");
   const ctx = canvas.getContext("2d");
   const points = view.chart.points;
   const w = canvas.width, h = canvas.height, left = 48, bottom = 20, top = 8;
   ctx.clearRect(0, 0, w, h);
-  let most = 1;
+  let most = 0;
   for (const p of points) for (const state of FINAL) most = Math.max(most, p.rates[state]);
-  const step = 10 ** Math.floor(Math.log10(most));
-  const ceiling = Math.ceil(most / step) * step;
+  const ticks = axis(most);
+  const ceiling = ticks[ticks.length - 1];
   const now = points.length ? points[points.length - 1].time : 0;
   const x = (t) => left + (w - left - 4) * (1 - (now - t) / HISTORY);
   const y = (v) => h - bottom - (h - bottom - top) * v / ceiling;
@@ -227,10 +241,9 @@ function draw() {
   ctx.fillStyle = "#666";
   ctx.strokeStyle = "#e3e3e3";
   ctx.lineWidth = 1;
-  for (let i = 0; i <= 4; i++) {
-    const v = ceiling * i / 4;
+  for (const v of ticks) {
     ctx.beginPath(); ctx.moveTo(left, y(v)); ctx.lineTo(w - 4, y(v)); ctx.stroke();
-    ctx.fillText(Number.isInteger(v) ? String(v) : v.toFixed(1), 4, y(v) + 4);
+    ctx.fillText(String(v), 4, y(v) + 4);
   }
   for (const s of [120, 90, 60, 30, 0]) ctx.fillText(s ? `-${s}s` : "now", x(now - s) - (s ? 12 : 20), h - 4);
   ctx.lineWidth = 2;
