@@ -249,6 +249,50 @@ def member(driver: WebDriver, url: str, token: str, own: int) -> str:
     return str(said)
 
 
+RIGHTS_WAIT = WAIT + 5  # the page reads what it may do again every 5 s
+
+
+def step(name: str) -> None:
+    """Have the test change something outside the browser (test_dashboard.py: `steps`), and wait until it did."""
+    print(f"step {name}", flush=True)
+    if sys.stdin.readline().strip() != "done":
+        raise Failed(f"the test did not do step {name!r}")
+
+
+STEERING = ["pause", "retry of another's job"]
+
+
+def steering(driver: WebDriver, own: int) -> list[str]:
+    """What the page offers the member of what only an admin may: pause, Retry on another's dead job."""
+    others = driver.execute_script("return [...document.querySelectorAll('#dead tr[data-job] button.retry')]"
+                                   ".map(b => Number(b.closest('tr').dataset.job)).filter(id => id !== arguments[0])",
+                                   own)
+    pause = driver.find_elements(By.CSS_SELECTOR, "#queues button.pause")
+    return [what for what, shown in zip(STEERING, (pause, others), strict=True) if shown]
+
+
+def rights_change(driver: WebDriver, own: int) -> str:
+    """The member's group made an admin group mid-session (tq-host reloaded): the page offers pause and Retry on
+    others' jobs without a reload, and takes them back when it is no more. Then, the page's rights stale (its
+    re-reads stopped), an admin's button it still shows is refused (403): it says why and takes the buttons back."""
+    step("admin")
+    until(driver, "pause and Retry on others' jobs for a member made admin",
+          lambda d: steering(d, own) == STEERING, RIGHTS_WAIT)
+    step("no-admin")
+    until(driver, "no pause or Retry on others' jobs once no admin", lambda d: not steering(d, own), RIGHTS_WAIT)
+    step("admin")
+    until(driver, "pause and Retry on others' jobs for an admin again",
+          lambda d: steering(d, own) == STEERING, RIGHTS_WAIT)
+    until(driver, "the page's re-reads stopped (no re-read but the one a refusal makes)",
+          lambda d: d.execute_script("view.rights.every = Infinity; return !view.rights.loading"))
+    step("no-admin")
+    click(driver, "#queues button.pause", "the pause button the page still shows")
+    said = str(until(driver, "the refusal said", lambda d: "permission denied" in text(d, "#message")
+                     and text(d, "#message")))
+    until(driver, "no pause or Retry on others' jobs after the refusal", lambda d: not steering(d, own))
+    return said
+
+
 def run(args: argparse.Namespace, driver: WebDriver) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if args.bad_token:
@@ -278,6 +322,8 @@ def run(args: argparse.Namespace, driver: WebDriver) -> dict[str, Any]:
         out["read_only_buttons"] = read_only(driver, args.url, args.read_only_token)
     if args.member_token:
         out["member_retry_all"] = member(driver, args.url, args.member_token, args.member_job)
+        if args.rights_change:
+            out["refused_pause"] = rights_change(driver, args.member_job)
     return out
 
 
@@ -289,6 +335,8 @@ def main() -> int:
     parser.add_argument("--bad-token")
     parser.add_argument("--member-token", help="a member of group tq who is no admin ...")
     parser.add_argument("--member-job", type=int, help="... and its dead job")
+    parser.add_argument("--rights-change", action="store_true",
+                        help="then have the test make the member an admin and not (step admin, step no-admin)")
     parser.add_argument("--queue", required=True, help="a queue the page must show ...")
     parser.add_argument("--delayed", type=int, required=True, help="... with this many delayed jobs")
     parser.add_argument("--worker", required=True, help="a worker instance the page must show live")
