@@ -110,6 +110,12 @@ class Daemon:
     def wait(self, timeout: float = 15.0) -> int:
         return self.proc.wait(timeout)
 
+    def reload(self, timeout: float = 10.0) -> None:
+        """SIGHUP (systemctl reload), and wait for the READY=1 that ends the reload."""
+        start = len(self.notify.messages)
+        self.signal(signal.SIGHUP)
+        self.notify.wait_for(lambda m: m == "READY=1", timeout, start)
+
     def text(self) -> str:
         self.log.flush()
         return self.log_path.read_text(errors="replace")

@@ -46,7 +46,7 @@ ROUTES: dict[str, tuple[Route, ...]] = {
     "metrics": (Route("GET", "/metrics"),),
     "events": (Route("GET", "/events"),),
     "ping": (Route("GET", "/ping"),),
-    "whoami": (Route("GET", "/whoami"),),  # (the gateway's own: the caller's token and user)
+    "whoami": (Route("GET", "/whoami"),),  # (the caller: its token, user and what it may do)
     "token_list": (Route("GET", "/tokens"),),
     "token_create": (Route("POST", "/tokens"),),
     "token_revoke": (Route("DELETE", "/tokens/{name}"),),

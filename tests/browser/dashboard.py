@@ -2,9 +2,9 @@
 
 Run by tests/integration/test_dashboard.py as `/usr/bin/python3 tests/browser/dashboard.py ARGS`: Debian's selenium
 is seen by the system python only. It logs in, checks that the page shows the queues, the workers and the dead
-jobs, opens a job's detail, presses retry on a dead job, saves a screenshot, and (with --read-only-token) checks
-that a read-only token sees no buttons. It prints one JSON line of what it measured; a failed check exits 1 with
-one line saying which.
+jobs and that the chart's y axis is round numbers, opens a job's detail, presses retry on a dead job, saves a
+screenshot, and (with --read-only-token) checks that a read-only token sees no buttons. It prints one JSON line of
+what it measured; a failed check exits 1 with one line saying which.
 """
 
 from __future__ import annotations
@@ -144,6 +144,54 @@ def console_errors(driver: WebDriver) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
 
 
+# The chart drawn (draw(), app.js) for each highest rate, and once for the live points, recording the numbers it
+# writes on the y axis (the x axis says "-120s" ... "now"); the live points are put back and drawn again after.
+AXIS = """
+const fillText = CanvasRenderingContext2D.prototype.fillText, saved = view.chart.points, drawn = [];
+CanvasRenderingContext2D.prototype.fillText = function (text, ...rest) {
+  drawn.push(String(text));
+  return fillText.call(this, text, ...rest);
+};
+const labels = (points) => {
+  view.chart.points = points;
+  drawn.length = 0;
+  draw();
+  return drawn.filter((t) => !/s$|^now$/.test(t));
+};
+try {
+  const out = arguments[0].map((most) => labels([{time: 1000, rates: {done: most, dead: 0, cancelled: 0}}]));
+  return [...out, labels(saved)];
+} finally {
+  CanvasRenderingContext2D.prototype.fillText = fillText;
+  view.chart.points = saved;
+  draw();
+}
+"""
+RATES = (0.0, 0.4, 0.8, 1.0, 3.0, 4.6, 7.0, 12.0, 23.0, 130.0, 1234.5)  # jobs per second at the chart's top
+
+
+def nice_axis(labels: list[str], most: float) -> bool:
+    """Whole numbers from 0 up past `most` in even steps of 1, 2 or 5 times a power of ten, a few of them."""
+    if not labels or not all(re.fullmatch(r"0|[1-9]\d*", t) for t in labels):
+        return False
+    values = [int(t) for t in labels]
+    step = values[1] - values[0] if len(values) > 1 else 0
+    even = values == [i * step for i in range(len(values))]
+    return even and re.fullmatch(r"[125]0*", str(step)) is not None and values[-1] >= most and len(values) <= 7
+
+
+def check_chart_axis(driver: WebDriver) -> dict[str, list[str]]:
+    """The chart's y axis is round: whole jobs per second (0, 1, 2 ... at low rates), steps of 1, 2 or 5."""
+    *drawn, now = driver.execute_script(AXIS, list(RATES))
+    axes = {f"{most:g}": list(labels) for most, labels in zip(RATES, drawn, strict=True)}
+    wrong = {most: labels for most, labels in axes.items() if not nice_axis(labels, float(most))}
+    if not nice_axis(now, 0.0):
+        wrong["the live rates"] = now
+    if wrong:
+        raise Failed(f"the chart's y axis is not round numbers (at the highest rate: labels): {wrong}")
+    return axes
+
+
 def check_pages(driver: WebDriver) -> None:
     """More than a page of dead jobs: "older" shows the next 20 (ids below the last), "newer" comes back."""
     first = dead_ids(driver)
@@ -201,6 +249,50 @@ def member(driver: WebDriver, url: str, token: str, own: int) -> str:
     return str(said)
 
 
+RIGHTS_WAIT = WAIT + 5  # the page reads what it may do again every 5 s
+
+
+def step(name: str) -> None:
+    """Have the test change something outside the browser (test_dashboard.py: `steps`), and wait until it did."""
+    print(f"step {name}", flush=True)
+    if sys.stdin.readline().strip() != "done":
+        raise Failed(f"the test did not do step {name!r}")
+
+
+STEERING = ["pause", "retry of another's job"]
+
+
+def steering(driver: WebDriver, own: int) -> list[str]:
+    """What the page offers the member of what only an admin may: pause, Retry on another's dead job."""
+    others = driver.execute_script("return [...document.querySelectorAll('#dead tr[data-job] button.retry')]"
+                                   ".map(b => Number(b.closest('tr').dataset.job)).filter(id => id !== arguments[0])",
+                                   own)
+    pause = driver.find_elements(By.CSS_SELECTOR, "#queues button.pause")
+    return [what for what, shown in zip(STEERING, (pause, others), strict=True) if shown]
+
+
+def rights_change(driver: WebDriver, own: int) -> str:
+    """The member's group made an admin group mid-session (tq-host reloaded): the page offers pause and Retry on
+    others' jobs without a reload, and takes them back when it is no more. Then, the page's rights stale (its
+    re-reads stopped), an admin's button it still shows is refused (403): it says why and takes the buttons back."""
+    step("admin")
+    until(driver, "pause and Retry on others' jobs for a member made admin",
+          lambda d: steering(d, own) == STEERING, RIGHTS_WAIT)
+    step("no-admin")
+    until(driver, "no pause or Retry on others' jobs once no admin", lambda d: not steering(d, own), RIGHTS_WAIT)
+    step("admin")
+    until(driver, "pause and Retry on others' jobs for an admin again",
+          lambda d: steering(d, own) == STEERING, RIGHTS_WAIT)
+    until(driver, "the page's re-reads stopped (no re-read but the one a refusal makes)",
+          lambda d: d.execute_script("view.rights.every = Infinity; return !view.rights.loading"))
+    step("no-admin")
+    click(driver, "#queues button.pause", "the pause button the page still shows")
+    said = str(until(driver, "the refusal said", lambda d: "permission denied" in text(d, "#message")
+                     and text(d, "#message")))
+    until(driver, "no pause or Retry on others' jobs after the refusal", lambda d: not steering(d, own))
+    return said
+
+
 def run(args: argparse.Namespace, driver: WebDriver) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if args.bad_token:
@@ -213,6 +305,7 @@ def run(args: argparse.Namespace, driver: WebDriver) -> dict[str, Any]:
     if not buttons(driver):
         raise Failed("a token that may act sees no buttons")
     out["first_load_bytes"] = first_load_bytes(driver)
+    out["chart_axis"] = check_chart_axis(driver)
     check_pause(driver, args.queue)
     check_detail(driver, args.retry, args.error)
     press_retry(driver, args.retry)
@@ -229,6 +322,8 @@ def run(args: argparse.Namespace, driver: WebDriver) -> dict[str, Any]:
         out["read_only_buttons"] = read_only(driver, args.url, args.read_only_token)
     if args.member_token:
         out["member_retry_all"] = member(driver, args.url, args.member_token, args.member_job)
+        if args.rights_change:
+            out["refused_pause"] = rights_change(driver, args.member_job)
     return out
 
 
@@ -240,6 +335,8 @@ def main() -> int:
     parser.add_argument("--bad-token")
     parser.add_argument("--member-token", help="a member of group tq who is no admin ...")
     parser.add_argument("--member-job", type=int, help="... and its dead job")
+    parser.add_argument("--rights-change", action="store_true",
+                        help="then have the test make the member an admin and not (step admin, step no-admin)")
     parser.add_argument("--queue", required=True, help="a queue the page must show ...")
     parser.add_argument("--delayed", type=int, required=True, help="... with this many delayed jobs")
     parser.add_argument("--worker", required=True, help="a worker instance the page must show live")

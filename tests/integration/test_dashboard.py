@@ -7,6 +7,7 @@ Outside CI a missing Chromium skips the browser test, loudly; with TQ_REQUIRE_SY
 from __future__ import annotations
 
 import asyncio
+import grp
 import http.client
 import json
 import logging
@@ -16,7 +17,7 @@ import signal
 import subprocess
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +298,40 @@ class Traffic:
         self.thread.join(10)
 
 
+def drive(argv: list[str], steps: dict[str, Callable[[], None]], err: Path, timeout: float) -> tuple[int, str]:
+    """Run the browser script (without PYTHONPATH: Debian's python), doing each step it asks for on the way (it
+    writes `step NAME` and waits for `done`); its exit status and the rest of what it wrote. Killed past `timeout`
+    seconds; its stderr goes to `err`."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    out = []
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        for line in proc.stdout:
+            if not line.startswith("step "):
+                out.append(line)
+                continue
+            steps[line.removeprefix("step ").strip()]()
+            proc.stdin.write("done\n")
+            proc.stdin.flush()
+        return proc.wait(), "".join(out)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def admins(suite: Suite, *groups: str) -> None:
+    """tq-host's [access] admins made `groups` (none: the fixture's configuration), taken by a reload."""
+    plain = suite.config.read_text().partition("\n[access]\n")[0]
+    suite.config.write_text(plain + (f"\n[access]\nadmins = {json.dumps(list(groups))}\n" if groups else ""))
+    next(d for d in suite.daemons if d.name == "host").reload()
+
+
 def test_dashboard_in_chromium(suite: Suite, member: pwd.struct_passwd, gw: Gateway, tmp_path: Path) -> None:
     browser_or_skip()
     c = suite.client()
@@ -313,18 +348,20 @@ def test_dashboard_in_chromium(suite: Suite, member: pwd.struct_passwd, gw: Gate
     screenshot = tmp_path / "dashboard.png"
     argv = [BROWSER[2], str(ROOT / "tests/browser/dashboard.py"), "--url", f"http://127.0.0.1:{gw.port}",
             "--token", token(suite, "admin"), "--read-only-token", token(suite, "viewer", MEMBER, True),
-            "--member-token", members, "--member-job", str(own),
+            "--member-token", members, "--member-job", str(own), "--rights-change",
             "--bad-token", "tq_wrong", "--queue", "default", "--delayed", str(len(delayed)), "--worker", "1",
             "--dead", *map(str, flaky[-19:]), "--retry", str(flaky[-1]), "--error", FLAKY_ERROR,
             "--bulk-task", "flaky", "--bulk-count", str(FLAKY - 1), "--screenshot", str(screenshot)]
+    steps = {"admin": lambda: admins(suite, grp.getgrgid(member.pw_gid).gr_name), "no-admin": lambda: admins(suite)}
+    err = tmp_path / "dashboard.err"
     with Traffic(suite):
-        run = subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+        status, stdout = drive(argv, steps, err, timeout=300)
     print(f"screenshot: {screenshot}")
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = json.loads(run.stdout.splitlines()[-1])
+    assert status == 0, err.read_text()[-3000:]
+    out = json.loads(stdout.splitlines()[-1])
     print(f"first load (bytes transferred): {out['first_load_bytes']}")
     assert "unknown or revoked" in out["refused_login"]
+    assert out["refused_pause"].startswith("permission denied: only root"), out["refused_pause"]
     assert screenshot.stat().st_size > 10_000
     assert c.wait(flaky[-1], timeout=30)["state"] == "done"  # the one retried by its button
     assert {j["state"] for j in c.wait_many(flaky, timeout=60).values()} == {"done"}  # and the rest, in one request

@@ -4,6 +4,7 @@ of its own, driven over HTTP with http.client (docs/gateway.md is what each test
 from __future__ import annotations
 
 import base64
+import grp
 import http.client
 import json
 import pwd
@@ -545,7 +546,41 @@ def test_whoami_and_the_token_routes(suite: Suite, member: pwd.struct_passwd, gw
     assert a.status == 200, a.raw
     a = request(gw, "GET", "/api/v1/whoami", token=ro)  # its connection acted already: cut by the revocation
     assert (a.status, a.code) == (401, "unauthorized"), a.raw
+    assert request(gw, "GET", "/api/v1/whoami", token=ro).json == a.json  # (remembered, with tq-host's reason)
     assert request(gw, "DELETE", "/api/v1/tokens/ro").status == 404
+
+
+def test_a_refused_token_is_refused_again_for_tq_hosts_reason(suite: Suite, member: pwd.struct_passwd,
+                                                             gw: Gateway) -> None:
+    """The gateway remembers a refused token (against guessing) and answers the next request itself: with the
+    reason tq-host gave, not a generic one (here the token's user was deleted)."""
+    theirs = suite.token(MEMBER)
+    subprocess.run(["userdel", MEMBER], check=True)
+    first, again = (request(gw, "GET", "/api/v1/whoami", token=theirs) for _ in range(2))
+    assert (first.status, first.code) == (401, "unauthorized"), first.raw
+    assert f"no user '{MEMBER}' on this system now" in first.json["error"]["message"], first.raw
+    assert (again.status, again.json) == (first.status, first.json)
+
+
+def test_whoami_says_what_the_token_may_do_now(suite: Suite, member: pwd.struct_passwd, gw: Gateway) -> None:
+    """may_steer follows tq-host's rules as they are at each whoami, not as they were when the token's link acted
+    (the page re-reads it to show or hide its buttons): here the member's group is made an admin group, then not."""
+    theirs = suite.token(MEMBER)
+    host = next(d for d in suite.daemons if d.name == "host")
+    plain = suite.config.read_text()
+    assert request(gw, "GET", "/api/v1/whoami", token=theirs).json["may_steer"] is False
+    suite.config.write_text(plain + f'\n[access]\nadmins = ["{grp.getgrgid(member.pw_gid).gr_name}"]\n')
+    host.reload()
+    a = request(gw, "GET", "/api/v1/whoami", token=theirs)
+    assert a.json == {"user": MEMBER, "token": a.json["token"], "read_only": False, "uid": member.pw_uid,
+                      "may_steer": True}, a.raw
+    assert request(gw, "POST", "/api/v1/queues/default/pause", token=theirs).status == 200  # (tq-host agrees)
+    suite.config.write_text(plain)
+    host.reload()
+    assert request(gw, "GET", "/api/v1/whoami", token=theirs).json["may_steer"] is False
+    assert request(gw, "POST", "/api/v1/queues/default/resume", token=theirs).status == 403
+    local = suite.client().call("whoami")  # (a local connection: its own uid's)
+    assert (local["user"], local["token"], local["uid"], local["may_steer"]) == ("root", None, 0, True), local
 
 
 def test_a_read_only_token_reads_and_changes_nothing(suite: Suite, gw: Gateway) -> None:

@@ -13,7 +13,7 @@ from tq.control import RequestError
 from tq.events import Selection
 from tq.gateway.api import Api
 from tq.gateway.app import Parts
-from tq.gateway.auth import BLOCK, FAILURES, WINDOW, Failures
+from tq.gateway.auth import BLOCK, FAILURES, NOT_VALID, REMEMBER, WINDOW, Failures
 from tq.gateway.hostlink import HostLink
 from tq.gateway.live import QUEUE_SIZE, Follower, Hub, Live
 from tq.gateway.xmlrpc import _plain
@@ -46,7 +46,14 @@ def test_an_address_is_refused_after_failures_within_the_window_and_again_after_
     assert f.blocked_for("10.0.0.1", 120.0 + BLOCK) == 0  # the block is over ...
     f.note("10.0.0.1", "again", 121.0 + BLOCK + WINDOW)  # ... and failures out of the window no longer count
     assert f.blocked_for("10.0.0.1", 121.0 + BLOCK + WINDOW) == 0
-    assert f.refused("again", 122.0 + BLOCK + WINDOW) and not f.refused("never", 0.0)
+    assert f.refusal("again", 122.0 + BLOCK + WINDOW) == NOT_VALID and f.refusal("never", 0.0) is None
+
+
+def test_a_refused_token_is_remembered_with_its_reason_for_a_while() -> None:
+    f = Failures()
+    f.note("10.0.0.1", "key", 100.0, "token t: no user 'bob' on this system now")
+    assert f.refusal("key", 100.0 + REMEMBER - 1) == "token t: no user 'bob' on this system now"
+    assert f.refusal("key", 100.0 + REMEMBER) is None
 
 
 def test_failures_spread_over_more_than_the_window_never_block() -> None:

@@ -228,13 +228,10 @@ class Api:
         return answer(await (await self.link(request)).call("token_revoke", name=request.match_info["name"]))
 
     async def whoami(self, request: web.Request) -> web.Response:
+        """tq-host's whoami on the token's link: may_steer as the rules and groups are now (not when it acted), and
+        a token revoked since is refused."""
         query(request, ())
-        link = await self.link(request)
-        await link.call("ping")  # (tq-host refuses a token revoked since its link acted)
-        identity = link.identity
-        assert identity is not None  # (set by act_as once connected)
-        return answer({"user": identity.user, "token": identity.token, "read_only": identity.read_only,
-                       "uid": identity.uid, "may_steer": identity.may_steer})
+        return answer(await (await self.link(request)).call("whoami"))
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         """Prometheus text format 0.0.4; without a token only when `[gateway] metrics_public`."""

@@ -76,7 +76,7 @@ def _errors(parts: Parts) -> Any:
             return await handler(request)
         except RequestError as e:
             if e.code == "unauthorized" and TOKEN_KEY in request:
-                parts.auth.refused(request, request[TOKEN_KEY])  # revoked since its link was made
+                parts.auth.refused(request, request[TOKEN_KEY], str(e))  # revoked since its link was made
             resp = errors.for_exception(e)
             if resp.status == errors.SLOW:
                 await _close_after(request, resp)

@@ -4,7 +4,8 @@ A token comes as `Authorization: Bearer TOKEN`, as the password of basic authent
 XML-RPC clients can send nothing else), or in the `tq_token` cookie (the dashboard). tq-host checks it (act_as,
 on the token's own connection); the gateway keeps no token list of its own. Two things spare tq-host a flood:
 an address that had FAILURES tokens refused within WINDOW seconds is answered 429 for BLOCK seconds without
-asking, and a refused token is remembered (by its hash, for REMEMBER seconds) and refused again at once.
+asking, and a refused token is remembered (by its hash, for REMEMBER seconds, with tq-host's reason) and refused
+again at once, for that reason: the answer is the same as tq-host's was (it tells the token's holder nothing new).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ TOKEN_KEY = "tq.token"  # where a request keeps its token (for the middleware: a
 MAX_TOKEN = 512  # longer is no token of tq's: refused without asking
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 PAGE_HEADER = "X-TQ-Page"  # the dashboard's requests carry it (see cross_site)
+NOT_VALID = "the token is not valid (unknown or revoked)"  # a token the gateway refuses without asking tq-host
 
 
 def token_of(request: web.Request) -> str | None:
@@ -74,7 +76,7 @@ class Failures:
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.logger = logger or logging.getLogger("tq.gateway")
         self._by_address: OrderedDict[str, deque[float]] = OrderedDict()
-        self._refused: OrderedDict[str, float] = OrderedDict()  # a token's hash -> until when it is refused
+        self._refused: OrderedDict[str, tuple[float, str]] = OrderedDict()  # a token's hash -> until when, why
         self._locked: OrderedDict[str, float] = OrderedDict()  # an address locked out -> until when (about)
 
     def blocked_for(self, address: str, now: float) -> float:
@@ -84,14 +86,15 @@ class Failures:
             return 0.0
         return max(0.0, times[-1] + BLOCK - now)
 
-    def note(self, address: str, key: str, now: float) -> None:
+    def note(self, address: str, key: str, now: float, reason: str = NOT_VALID) -> None:
+        """A token (its hash: `key`) refused from `address`, for `reason`: counted, and remembered."""
         times = self._by_address.pop(address, None) or deque(maxlen=FAILURES)
         while times and times[0] < now - WINDOW:
             times.popleft()
         times.append(now)
         self._by_address[address] = times
         self._refused.pop(key, None)
-        self._refused[key] = now + REMEMBER
+        self._refused[key] = (now + REMEMBER, reason)
         if len(times) >= FAILURES and self._locked.get(address, 0.0) <= now:
             self._locked.pop(address, None)
             self._locked[address] = now + BLOCK
@@ -102,9 +105,10 @@ class Failures:
             while len(table) > ADDRESSES:
                 table.popitem(last=False)
 
-    def refused(self, key: str, now: float) -> bool:
-        until = self._refused.get(key)
-        return until is not None and now < until
+    def refusal(self, key: str, now: float) -> str | None:
+        """Why the token (its hash) was refused, while it is remembered; None when it is not."""
+        until, reason = self._refused.get(key, (0.0, ""))
+        return reason if now < until else None
 
     def locked_out(self, now: float) -> list[str]:
         """The addresses locked out now (oldest first)."""
@@ -135,20 +139,22 @@ class Auth:
         if token is None:
             raise Refusal("unauthorized", "no token: send Authorization: Bearer TOKEN (tqctl token create makes one)")
         key = token_key(token)
-        if len(token) > MAX_TOKEN or not token.isprintable() or self.failures.refused(key, now):
-            self.failures.note(address, key, now)
-            raise Refusal("unauthorized", "the token is not valid (unknown or revoked)")
+        reason = NOT_VALID if len(token) > MAX_TOKEN or not token.isprintable() else self.failures.refusal(key, now)
+        if reason is not None:
+            self.failures.note(address, key, now, reason)
+            raise Refusal("unauthorized", reason)
         link = self.links.for_token(token)
         try:
             await link.connect()
         except RequestError as e:
             if e.code == "unauthorized":  # (permission: the gateway's own uid is not trusted; not the token's fault)
-                self.refused(request, token)
+                self.refused(request, token, str(e))
             raise
         request[TOKEN_KEY] = token
         return link
 
-    def refused(self, request: web.Request, token: str) -> None:
-        """tq-host refused the token (unknown, or revoked since): its link goes, and the address is counted."""
+    def refused(self, request: web.Request, token: str, reason: str) -> None:
+        """tq-host refused the token (unknown, revoked since, its user gone or out of group tq ...), saying
+        `reason`: its link goes, the address is counted, and the next request with it gets `reason` at once."""
         self.links.forget(token)
-        self.failures.note(request.remote or "?", token_key(token), time.monotonic())
+        self.failures.note(request.remote or "?", token_key(token), time.monotonic(), reason)

@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 from .. import control
@@ -25,23 +24,11 @@ from ..routes import HOST_UNREACHABLE as UNREACHABLE
 SLACK = 30.0  # seconds a reply may take beyond the request's own wait before the link is given up as hung
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Who a link acts as (act_as's reply); the gateway's own link has no token."""
-
-    user: str
-    token: str | None
-    read_only: bool
-    uid: int | None = None  # the token user's (the page offers Retry on their own jobs)
-    may_steer: bool = False  # the user may pause, resume and change anyone's job (root, an admin)
-
-
 class HostLink:
     """One connection to tq-host; `call` may be awaited by many tasks at once."""
 
     def __init__(self, path: str, token: str | None, logger: logging.Logger) -> None:
         self.path, self.token, self.logger = path, token, logger
-        self.identity: Identity | None = None if token else Identity("(gateway)", None, False)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
@@ -122,13 +109,10 @@ class HostLink:
             self._task = asyncio.get_running_loop().create_task(self._read(reader))
             if self.token is not None:
                 try:
-                    (reply,) = await self._request("act_as", 1, 0.0, {"token": self.token})
+                    await self._request("act_as", 1, 0.0, {"token": self.token})
                 except RequestError:
                     self.close()
                     raise
-                uid = reply.get("uid")
-                self.identity = Identity(str(reply.get("user", "")), reply.get("token"), bool(reply.get("read_only")),
-                                         uid if isinstance(uid, int) else None, reply.get("may_steer") is True)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         reason = "it closed the connection"

@@ -38,7 +38,7 @@ MAX_TOKEN = 200  # characters: a longer "token" is no token of ours (and is not 
 ACCOUNT_RECHECK = 1.0  # seconds: how long a token user's uid and gid are taken as known on a connection
 # The ops a read-only token may send: those that change nothing.
 READING_OPS = frozenset({"ping", "get", "wait", "list", "status", "workers", "queues", "schedules", "subscribe",
-                         "events", "metrics"})
+                         "events", "metrics", "whoami"})
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Tokens:
 
     def ops(self) -> dict[str, Callable[[Conn, Any, dict[str, Any]], dict[str, Any]]]:
         return {"token_create": self.create_op, "token_list": self.list_op, "token_revoke": self.revoke_op,
-                "act_as": self.act_as_op}
+                "act_as": self.act_as_op, "whoami": self.whoami_op}
 
     def check(self, conn: Conn, op: str) -> None:
         """Refuse a request on a connection that acts with a token: revoked, or read-only and `op` changes."""
@@ -192,10 +192,16 @@ class Tokens:
         acting = self.acting.setdefault(token.name, [])
         acting[:] = [c for c in acting if not c.closed]
         acting.append(conn)
-        may_steer = not token.read_only and self.access().may_steer(conn.uid, conn.gid, "steer") is None
-        # uid and may_steer: what the page offers (tq-host decides each request): retry of the user's own jobs, or
-        # of any with pause and resume too (root, the daemons' user, an admin).
-        return {"user": token.user, "token": token.name, "read_only": token.read_only, "uid": conn.uid,
+        return self.whoami_op(conn, rid, req)
+
+    def whoami_op(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
+        """Who the connection acts as (its token's user, or its own uid's) and what it may do now, by the rules
+        and groups in force: uid and may_steer are what the page offers (tq-host decides each request): retry of
+        the user's own jobs, or of any with pause and resume too (root, the daemons' user, an admin)."""
+        token = self.by_name.get(conn.token) if conn.token is not None else None
+        user = token.user if token is not None else _name_of(conn.uid) or f"uid {conn.uid}"
+        may_steer = not conn.read_only and self.access().may_steer(conn.uid, conn.gid, "steer") is None
+        return {"user": user, "token": conn.token, "read_only": conn.read_only, "uid": conn.uid,
                 "may_steer": may_steer}
 
 

@@ -1,6 +1,7 @@
 // The tq dashboard (tq-gateway's GET /). Plain JavaScript, nothing fetched from elsewhere.
-// Data: GET /api/v1/whoami once, the live summary (SSE, GET /api/v1/live: one a second, the newest only),
-// and pages of 20 dead jobs from GET /api/v1/jobs. Every request that changes something carries X-TQ-Page: 1
+// Data: GET /api/v1/whoami (what the caller may do: at the start, every RIGHTS_EVERY ms and after a refused action),
+// the live summary (SSE, GET /api/v1/live: one a second, the newest only), and pages of 20 dead jobs from
+// GET /api/v1/jobs. Every request that changes something carries X-TQ-Page: 1
 // (the gateway refuses a cookie-authenticated one without it). Text from tq goes in as text, never as HTML.
 "use strict";
 
@@ -9,11 +10,15 @@ const FINAL = ["done", "dead", "cancelled"];
 const COLOURS = {done: "#2e7d32", dead: "#c62828", cancelled: "#8d8d8d"};
 const PAGE = 20;          // dead jobs a page
 const HISTORY = 120;      // seconds the chart shows
+const RIGHTS_EVERY = 5000;  // ms between two reads of what the caller may do (with the live summary)
 
 const view = {
   readOnly: true,
   maySteer: false,  // pause, resume, retry anyone's job (root, an admin: whoami)
   uid: null,  // the caller's: Retry is offered on its own jobs
+  rights: {at: 0, every: RIGHTS_EVERY, loading: false, again: false},  // whoami: last asked when (ms), how often
+  started: false,  // the page is drawn: a change of rights redraws its buttons
+  job: null,  // the job the detail shows
   dead: {after: null, newer: [], last: null, queue: "", task: "", count: null, loading: false, again: false},
   chart: {last: null, points: []},
   source: null,
@@ -54,6 +59,7 @@ async function api(method, path, body) {
   let data = null;
   try { data = await resp.json(); } catch (e) { data = null; }
   if (resp.status === 401) { window.location.assign("/"); }  // the token went: the login form
+  if (resp.status === 403 && method !== "GET") rights().catch(() => {});  // refused: are the buttons still right?
   if (!resp.ok) {
     throw new ApiError(resp.status, (data && data.error) || {code: "internal", message: `${resp.status} ${resp.statusText}`});
   }
@@ -151,6 +157,7 @@ function render() {
     return;
   }
   live(true, "live");
+  if (!view.rights.loading && Date.now() - view.rights.at >= view.rights.every) rights().catch(() => {});
   $("states").textContent = Object.entries(s.states).filter(([, n]) => n).map(([k, n]) => `${k} ${n}`).join(" · ");
   queues(s.queues);
   workers(s.workers);
@@ -210,16 +217,30 @@ function chartAdd(s) {
   while (view.chart.points.length && view.chart.points[0].time < s.time - HISTORY) view.chart.points.shift();
 }
 
+// The y axis up to the highest rate `most`: 0 to a top at or above it in about 5 even steps of 1, 2 or 5 times a
+// power of ten, never less than 1 (a job per second: the rates are counts over about a second), so every label is a
+// whole number: 0 1 (quiet), 0 1 2 3, 0 2 4 6 8, 0 5 10 15 20 25, 0 50 100 150.
+function axis(most) {
+  const target = Math.max(most, 1) / 5;
+  let step = 1;
+  if (target > 1) {
+    const power = 10 ** Math.floor(Math.log10(target));
+    step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= target);
+  }
+  const top = Math.max(step, Math.ceil(most / step) * step);
+  return Array.from({length: top / step + 1}, (_, i) => i * step);
+}
+
 function draw() {
   const canvas = $("chart");
   const ctx = canvas.getContext("2d");
   const points = view.chart.points;
   const w = canvas.width, h = canvas.height, left = 48, bottom = 20, top = 8;
   ctx.clearRect(0, 0, w, h);
-  let most = 1;
+  let most = 0;
   for (const p of points) for (const state of FINAL) most = Math.max(most, p.rates[state]);
-  const step = 10 ** Math.floor(Math.log10(most));
-  const ceiling = Math.ceil(most / step) * step;
+  const ticks = axis(most);
+  const ceiling = ticks[ticks.length - 1];
   const now = points.length ? points[points.length - 1].time : 0;
   const x = (t) => left + (w - left - 4) * (1 - (now - t) / HISTORY);
   const y = (v) => h - bottom - (h - bottom - top) * v / ceiling;
@@ -227,10 +248,9 @@ function draw() {
   ctx.fillStyle = "#666";
   ctx.strokeStyle = "#e3e3e3";
   ctx.lineWidth = 1;
-  for (let i = 0; i <= 4; i++) {
-    const v = ceiling * i / 4;
+  for (const v of ticks) {
     ctx.beginPath(); ctx.moveTo(left, y(v)); ctx.lineTo(w - 4, y(v)); ctx.stroke();
-    ctx.fillText(Number.isInteger(v) ? String(v) : v.toFixed(1), 4, y(v) + 4);
+    ctx.fillText(String(v), 4, y(v) + 4);
   }
   for (const s of [120, 90, 60, 30, 0]) ctx.fillText(s ? `-${s}s` : "now", x(now - s) - (s ? 12 : 20), h - 4);
   ctx.lineWidth = 2;
@@ -340,39 +360,80 @@ const DETAIL = ["state", "task", "queue", "args", "payload", "result", "error", 
 async function showJob(id) {
   let job;
   try { job = (await api("GET", `/api/v1/jobs/${id}`)).job; } catch (e) { say(e.message, true); return; }
+  view.job = job;
   $("job-title").textContent = `Job #${job.id}`;
   const rows = DETAIL.filter((k) => job[k] !== null && job[k] !== undefined).map((k) => {
     const value = k.endsWith("_at") ? when(job[k]) : typeof job[k] === "object" ? JSON.stringify(job[k], null, 1) : String(job[k]);
     return el("tr", {}, el("th", {}, k), el("td", {}, el("pre", {}, value)));
   });
   $("job-fields").tBodies[0].replaceChildren(...rows);
+  jobActions(job);
+  if (!$("job").open) $("job").showModal();
+}
+
+function jobActions(job) {
   const canRetry = mayRetry(job) && (job.state === "dead" || job.state === "cancelled");
   $("job-actions").replaceChildren(...(canRetry ? [action("Retry", "retry", async () => {
     const text = await retry(job.id);
     $("job").close();
     return text;
   })] : []));
-  if (!$("job").open) $("job").showModal();
+}
+
+// ---- what the caller may do -----------------------------------------------------------------------------------
+
+// GET /api/v1/whoami: at the start, again every view.rights.every ms with the live summary, and at once when an
+// action is refused (403). What a token may do changes with tq-host's rules and groups ([access] admins, the
+// user's groups, at tq-host's reload), and the buttons follow. One request at a time: asked again while one is
+// out (a refusal), it asks once more when that one is back.
+async function rights() {
+  const r = view.rights;
+  if (r.loading) {
+    r.again = true;
+    return;
+  }
+  r.loading = true;
+  try {
+    do {
+      r.again = false;
+      r.at = Date.now();
+      if (took(await api("GET", "/api/v1/whoami")) && view.started) redraw();
+    } while (r.again);
+  } finally {
+    r.loading = false;
+  }
+}
+
+// Take whoami's answer; true if what the page may offer changed.
+function took(me) {
+  const before = [view.readOnly, view.maySteer, view.uid].join();
+  view.readOnly = Boolean(me.read_only);
+  view.maySteer = me.may_steer === true;
+  view.uid = typeof me.uid === "number" ? me.uid : null;
+  $("who").textContent = `${me.user}${me.token ? ` (token ${me.token})` : ""}${me.read_only ? " · read-only" : ""}`;
+  $("retry-all").hidden = view.readOnly;
+  document.body.classList.toggle("read-only", view.readOnly);
+  return before !== [view.readOnly, view.maySteer, view.uid].join();
+}
+
+// The buttons as the caller's rights are now: the live tables at the next summary, the dead jobs, the detail.
+function redraw() {
+  view.drawn = {};
+  deadJobs();
+  if (view.job !== null && $("job").open) jobActions(view.job);
 }
 
 // ---- start ----------------------------------------------------------------------------------------------------
 
 async function start() {
   setupDead();
-  try {
-    const me = await api("GET", "/api/v1/whoami");
-    view.readOnly = Boolean(me.read_only);
-    view.maySteer = me.may_steer === true;
-    view.uid = typeof me.uid === "number" ? me.uid : null;
-    $("who").textContent = `${me.user}${me.token ? ` (token ${me.token})` : ""}${me.read_only ? " · read-only" : ""}`;
-  } catch (e) {
-    say(e.message, true);
-  }
+  try { await rights(); } catch (e) { say(e.message, true); }
   $("retry-all").hidden = view.readOnly;
   document.body.classList.toggle("read-only", view.readOnly);
   draw();
   deadJobs();
   follow();
+  view.started = true;
 }
 
 start();
