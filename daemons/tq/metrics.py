@@ -25,10 +25,23 @@ OPEN_STATES = ("queued", "assigned", "running", "delayed", "failed", "deferred")
 
 
 def families(snap: dict[str, Any]) -> Iterator[Metric]:
-    """The metric families of one snapshot."""
+    """The metric families of one snapshot: tq-host's own, its jobs and queues, the workers, the store."""
+    yield from _host_families(snap)
+    yield from _queue_families(snap["queues"])
+    yield from _job_families(snap)
+    yield from _fleet_families(snap)
+    yield from _store_families(snap)
+
+
+def _up(value: int) -> GaugeMetricFamily:
     up = GaugeMetricFamily("tq_up", "1 when tq-host answered this scrape, 0 when it could not be reached")
-    up.add_metric([], 1)
-    yield up
+    up.add_metric([], value)
+    return up
+
+
+def _host_families(snap: dict[str, Any]) -> Iterator[Metric]:
+    """tq_up, tq-host's start time, CPU and memory, and the jobs in the store by state."""
+    yield _up(1)
     host = snap["host"]
     yield GaugeMetricFamily("tq_host_start_time_seconds", "When tq-host started (seconds since the epoch)",
                             value=host["start_time"])
@@ -43,13 +56,16 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
         jobs.add_metric([state], n)
     yield jobs
 
+
+def _queue_families(queues: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Each queue's open jobs by state, the age of its oldest queued job, paused, unserved."""
     depth = GaugeMetricFamily("tq_queue_jobs", "Open jobs of each queue by state", labels=["queue", "state"])
     oldest = GaugeMetricFamily("tq_queue_oldest_queued_seconds", "Age of the queue's oldest queued job (0: none "
                                "queued)", labels=["queue"])
     paused = GaugeMetricFamily("tq_queue_paused", "1 while the queue is paused", labels=["queue"])
     unserved = GaugeMetricFamily("tq_queue_unserved", "1 while the queue has jobs and no live worker serves it",
                                  labels=["queue"])
-    for q in snap["queues"]:
+    for q in queues:
         for state in OPEN_STATES:
             depth.add_metric([q["queue"], state], q["states"].get(state, 0))
         oldest.add_metric([q["queue"]], q["oldest_queued_age"] or 0)
@@ -57,6 +73,9 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
         unserved.add_metric([q["queue"]], int(q["unserved"]))
     yield from (depth, oldest, paused, unserved)
 
+
+def _job_families(snap: dict[str, Any]) -> Iterator[Metric]:
+    """The jobs submitted, finished, failed and retried since tq-host started; the run time of attempts by task."""
     yield _counter("tq_jobs_submitted", "Jobs submitted since tq-host started", ["queue", "task"], snap["submitted"])
     yield _counter("tq_jobs_finished", "Jobs that reached a final state (done, dead, cancelled) since tq-host "
                    "started", ["queue", "task", "state"], snap["finished"])
@@ -71,6 +90,9 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
         histogram.add_metric([task], _buckets(durations["buckets"], h["counts"]), h["sum"])
     yield histogram
 
+
+def _fleet_families(snap: dict[str, Any]) -> Iterator[Metric]:
+    """The workers by state and transport, those found lost, and each worker's own figures."""
     workers = GaugeMetricFamily("tq_workers", "Worker instances tq-host knows, by state and transport (posix: "
                                 "this machine's; amqp: other machines' through the broker)",
                                 labels=["state", "transport"])
@@ -87,6 +109,9 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
                               value=snap["workers_lost"])
     yield from _worker_families(snap["workers"])
 
+
+def _store_families(snap: dict[str, Any]) -> Iterator[Metric]:
+    """The store's size and commits; the malformed messages dropped; the event stream's subscribers."""
     yield GaugeMetricFamily("tq_store_size_bytes", "Size of the SQLite store and its write-ahead log",
                             value=snap["store_bytes"])
     commits = snap["commits"]
@@ -145,9 +170,7 @@ class _Snapshot(Collector):
         if self.snap is not None:
             yield from families(self.snap)
         else:
-            up = GaugeMetricFamily("tq_up", "1 when tq-host answered this scrape, 0 when it could not be reached")
-            up.add_metric([], 0)
-            yield up
+            yield _up(0)
 
 
 def render(snap: dict[str, Any] | None) -> bytes:

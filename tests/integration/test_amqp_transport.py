@@ -237,8 +237,8 @@ def test_connections_closed_by_the_broker_are_noticed_at_once_and_consuming_resu
 def test_a_mailbox_opened_while_the_channels_open_is_consumed_too(ends: Ends) -> None:
     mailboxes = ends.connect("worker")
     first = mailboxes.create_inbox("1", 4)
-    session = mailboxes.session
-    ends.until(lambda: session.sub_open is not None and session.sub is None, 10, "the consume channel opening")
+    consuming = mailboxes.session.consuming
+    ends.until(lambda: consuming.sub_open is not None and consuming.sub is None, 10, "the consume channel opening")
     second = mailboxes.create_inbox("2", 4)  # between the channel's open and its consumers' answers
     ends.until(lambda: mailboxes.ready, 10, "connected")
     assert first.send(b"one", 1) and second.send(b"two", 1)

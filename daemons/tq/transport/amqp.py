@@ -1,5 +1,5 @@
 """Mailboxes through an AMQP broker (RabbitMQ): tq-host and workers on other machines, one connection each, driven
-by the daemon's own selector loop (amqploop.py; the connection and its channels: amqpsession.py).
+by the daemon's own selector loop (amqploop.py; the connection and its channels: amqpsession.py, amqpconsume.py).
 
 Names. A mailbox is a durable classic queue named as the POSIX one without its slash: `PREFIX.host` (tq-host's;
 results wait in it while tq-host is down) and `PREFIX.w.INSTANCE` (a worker's inbox), where a remote worker's
@@ -42,9 +42,10 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .. import config
+from .amqpconsume import Consumer, Consuming
 from .amqploop import AmqpLoop
 from .amqpparams import BrokerParameters
-from .amqpsession import Consumer, Outgoing, Session
+from .amqpsession import Outgoing, Session
 from .mailbox import Mailbox, Mailboxes
 
 HOST_PREFETCH = 256  # deliveries in flight to tq-host unacknowledged: it takes them at every step
@@ -54,8 +55,8 @@ class AmqpMailbox:
     """One handle of a queue on the broker: the owner's (tq-host's own, a worker's inbox) consumes it; the other
     side's only publishes to it."""
 
-    def __init__(self, name: str, depth: int, session: Session, prefetch: int | None) -> None:
-        self.name, self.depth, self.session = name, depth, session
+    def __init__(self, name: str, depth: int, session: Session, consuming: Consuming, prefetch: int | None) -> None:
+        self.name, self.depth, self.session, self.consuming = name, depth, session, consuming
         self.unconfirmed = 0
         self.local: list[tuple[int, int, Any, int, bytes]] = []  # (-priority, seq, channel, tag, body)
         self.seq = itertools.count()
@@ -65,7 +66,7 @@ class AmqpMailbox:
         self.consumer = None if prefetch is None else Consumer(name, prefetch, self._arrived, self._lost)
         session.declare(name)
         if self.consumer is not None:
-            session.consume(self.consumer)
+            consuming.consume(self.consumer)
 
     @property
     def max_messages(self) -> int:
@@ -89,7 +90,7 @@ class AmqpMailbox:
         _, _, channel, tag, body = heapq.heappop(self.local)
         if not self.local:
             self._signal(False)
-        self.session.ack(channel, tag)
+        self.consuming.ack(channel, tag)
         return body
 
     def fileno(self) -> int:
@@ -97,9 +98,9 @@ class AmqpMailbox:
 
     def close(self) -> None:
         if self.consumer is not None:
-            self.session.stop_consuming(self.consumer)
+            self.consuming.stop_consuming(self.consumer)
             for _, _, channel, tag, _ in sorted(self.local, key=lambda held: held[:2]):
-                self.session.requeue(channel, tag)
+                self.consuming.requeue(channel, tag)
             self.local.clear()
             self.consumer = None
         for fd in (self.r, self.w):
@@ -213,7 +214,7 @@ class AmqpMailboxes:
         if not self.started:
             self.started = True
             self.session.start()
-        return AmqpMailbox(name, depth, self.session, prefetch)
+        return AmqpMailbox(name, depth, self.session, self.session.consuming, prefetch)
 
 
 if TYPE_CHECKING:  # mypy checks that these implement the interface

@@ -1,5 +1,6 @@
-"""One AMQP connection on the daemon's loop: a publish channel in confirm mode, a consume channel, the queues
-declared on both, reconnects with backoff, and every close the broker makes seen at once through pika's callbacks.
+"""One AMQP connection on the daemon's loop: a publish channel in confirm mode, a consume channel (amqpconsume.py),
+the queues declared on both, reconnects with backoff, and every close the broker makes seen at once through pika's
+callbacks.
 
 Two channels, so that a channel error on the consuming side (a stale acknowledgement, a consumer the broker
 cancelled) cannot discard the publisher's outstanding confirms. What was published and not yet confirmed when
@@ -7,9 +8,9 @@ a channel or the connection went is published again once the publish channel is 
 proof a message is safe (the broker kept some unconfirmed messages after a restart and dropped others), so the
 receiver may see a message twice (transport/amqp.py says why tq's protocol tolerates that).
 
-Consuming is a state re-established after every reconnect and every channel loss: each consumer is declared,
-given its prefetch and started again. A basic.cancel from the broker (its queue deleted) closes the consume
-channel, which takes the same path. Nothing here blocks; pika's callbacks only record and stage work.
+Consuming is started again on every consume channel the session opens (amqpconsume.py). A channel the broker
+closes is reopened after its backoff, while the connection is up. Nothing here blocks; pika's callbacks only
+record and stage work.
 """
 
 from __future__ import annotations
@@ -17,19 +18,17 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pika
 import pika.exceptions
 import pika.spec
 
+from .amqpconsume import Consuming, OnOpen
 from .amqploop import AmqpLoop
-from .amqpstate import Backoff, describe
+from .amqpstate import CHANNEL_RETRY, QUEUE_ARGUMENTS, Backoff, describe
 from .mailbox import MailboxError
-
-QUEUE_ARGUMENTS = {"x-queue-type": "classic", "x-max-priority": 2}  # quorum queues refuse x-max-priority on 3.10
-CHANNEL_RETRY = 0.2  # a channel the broker closed is reopened after this (the connection is up)
 
 
 @dataclass(eq=False)
@@ -42,17 +41,6 @@ class Outgoing:
     on_settled: Callable[[], None]  # confirmed: the sender's window has room again
 
 
-@dataclass(eq=False)
-class Consumer:
-    """One queue consumed on the consume channel."""
-
-    queue: str
-    prefetch: int
-    on_message: Callable[[Any, int, int, bytes], None]  # (channel, delivery tag, priority, body)
-    on_lost: Callable[[], None]  # the channel went: its unacknowledged deliveries return to the queue
-    tag: str = field(default="")
-
-
 class Session:
     """The connection and its two channels (see the module's docstring). `status` says in one line where it
     stands; `error` is the last failure, one line, password never included."""
@@ -63,28 +51,26 @@ class Session:
         self.loop, self.params, self.where, self.window, self.logger = loop, params, where, window, logger
         self.conn: Any = None
         self.pub: Any = None  # the publish channel, once in confirm mode with the queues declared
-        self.sub: Any = None  # the consume channel, once every consumer is on
         self.pub_open: Any = None  # the publish channel opening or open (None: none; a closed one is retired)
-        self.sub_open: Any = None  # the consume channel opening or open
         self.declared: dict[str, None] = {}  # queues to declare after each reopen (ordered)
-        self.consumers: dict[str, Consumer] = {}
         self.unconfirmed: dict[int, Outgoing] = {}  # publish sequence number -> message
         self.resend: deque[Outgoing] = deque()  # to publish once the publish channel is back
         self.next_seq = 1
         self.backoff = Backoff()
-        self.pub_backoff, self.sub_backoff = Backoff(CHANNEL_RETRY), Backoff(CHANNEL_RETRY)
+        self.pub_backoff = Backoff(CHANNEL_RETRY)
         self.error = ""
         self.status = f"connecting to {where}"
         self.closing = False
         self.counts = {"connects": 0, "resent": 0, "returned": 0, "nacked": 0, "cancelled": 0}
         self.received = 0  # bytes the broker sent on connections closed since (heard)
+        self.consuming = Consuming(self.counts, self._maybe_ready, self._reopen, self._recycle, logger)
 
     # ---- what the mailboxes call -------------------------------------------
 
     @property
     def ready(self) -> bool:
         """Both channels up: publishing and every consumer on."""
-        return self.pub is not None and self.sub is not None
+        return self.pub is not None and self.consuming.sub is not None
 
     def heard(self) -> int:
         """Bytes received from the broker so far, on every connection (any frame: deliveries, confirms, replies,
@@ -132,30 +118,6 @@ class Session:
             if self.pub_open is not None and self.pub_open.is_open:
                 self.pub_open.queue_declare(queue, durable=True, arguments=QUEUE_ARGUMENTS)
 
-    def consume(self, consumer: Consumer) -> None:
-        """Consume now if the consume channel has started its consumers, and after every reopen."""
-        self.consumers[consumer.queue] = consumer
-        if self.sub_open is not None and self.sub_open.is_open:
-            self._start_consumer(self.sub_open, consumer)
-
-    def stop_consuming(self, consumer: Consumer) -> None:
-        """Stop `consumer` (not a newer one of the same queue, opened before this one closed)."""
-        if self.consumers.get(consumer.queue) is consumer:
-            del self.consumers[consumer.queue]
-        ch = self.sub_open  # not only `sub`: a consumer may be on while the channel's last method is answered
-        if consumer.tag and ch is not None and ch.is_open:
-            ch.basic_cancel(consumer.tag)
-
-    def ack(self, channel: Any, tag: int) -> None:
-        """Acknowledge a delivery of `channel`: nothing to do if that channel is gone (the broker requeued it).
-        The channel may not be `sub` yet: deliveries start before the last consumer is on."""
-        if channel is self.sub_open and channel.is_open:
-            channel.basic_ack(tag)
-
-    def requeue(self, channel: Any, tag: int) -> None:
-        if channel is self.sub_open and channel.is_open:
-            channel.basic_nack(tag, requeue=True)
-
     def close(self) -> None:
         self.closing = True
         if self.conn is not None and not (self.conn.is_closing or self.conn.is_closed):
@@ -167,7 +129,7 @@ class Session:
         self.logger.info("connected to the broker at %s", self.where)
         self.status = f"connected to {self.where}, opening channels"
         conn.channel(on_open_callback=self._on_pub_channel)
-        conn.channel(on_open_callback=self._on_sub_channel)
+        conn.channel(on_open_callback=self.consuming.on_channel)
 
     def _on_blocked(self, _conn: Any, frame: Any) -> None:
         """A resource alarm (memory, disk) on the broker: it takes no publish until it clears; sends wait in the
@@ -190,7 +152,7 @@ class Session:
             self.received += self.conn.bytes_received
         self.conn = None
         self._retire_pub()
-        self._retire_sub()
+        self.consuming.retire()
         if self.closing:
             self.status = "closed"
             return
@@ -277,35 +239,7 @@ class Session:
             self.resend.extendleft(reversed([self.unconfirmed[s] for s in sorted(self.unconfirmed)]))
             self.unconfirmed.clear()
 
-    # ---- the consume channel -----------------------------------------------
-
-    def _on_sub_channel(self, ch: Any) -> None:
-        self.sub_open = ch
-        ch.add_on_close_callback(self._on_sub_closed)
-        ch.add_on_cancel_callback(self._on_cancelled)
-        consumers = list(self.consumers.values())
-        for consumer in consumers:
-            self._start_consumer(ch, consumer)
-        ch.basic_qos(prefetch_count=1, callback=lambda _frame: self._sub_ready(ch))  # a fence: all are on
-
-    def _start_consumer(self, ch: Any, consumer: Consumer) -> None:
-        ch.queue_declare(consumer.queue, durable=True, arguments=QUEUE_ARGUMENTS)
-        ch.basic_qos(prefetch_count=consumer.prefetch)  # per consumer: applies to the next basic.consume
-
-        def on_message(channel: Any, method: Any, props: Any, body: bytes) -> None:
-            if self.consumers.get(consumer.queue) is not consumer:  # stopped: in flight when it was cancelled
-                self.requeue(channel, method.delivery_tag)
-                return
-            priority = (props.headers or {}).get("tq-priority", 0)  # a stranger's message may have none
-            consumer.on_message(channel, method.delivery_tag, priority if isinstance(priority, int) else 0, body)
-        consumer.tag = ch.basic_consume(consumer.queue, on_message, auto_ack=False)
-
-    def _sub_ready(self, ch: Any) -> None:
-        if ch is not self.sub_open:
-            return
-        self.sub = ch
-        self.sub_backoff.reset()
-        self._maybe_ready()
+    # ---- either channel ----------------------------------------------------
 
     def _maybe_ready(self) -> None:
         if self.ready:
@@ -313,36 +247,13 @@ class Session:
             self.error = ""
             self.status = f"connected to {self.where}"
 
-    def _on_cancelled(self, frame: Any) -> None:
-        """The broker cancelled a consumer (its queue was deleted): reopening the channel declares it again."""
-        self.counts["cancelled"] += 1
-        self.logger.warning("the broker cancelled consumer %s: consuming again", frame.method.consumer_tag)
-        ch = self.sub_open
-        if ch is not None:
-            self._retire_sub()
-            self._recycle(ch, self.sub_backoff, self._on_sub_channel, "consume", "a consumer cancelled by the broker")
-
-    def _on_sub_closed(self, ch: Any, reason: BaseException) -> None:
-        if ch is not self.sub_open:
-            return
-        self._retire_sub()
-        self._reopen(self.sub_backoff, self._on_sub_channel, "consume", reason)
-
-    def _retire_sub(self) -> None:
-        """The consume channel is gone or going: the broker requeues what it delivered and we did not ack."""
-        self.sub = self.sub_open = None
-        for consumer in self.consumers.values():
-            consumer.tag = ""
-            consumer.on_lost()
-
-    def _recycle(self, ch: Any, backoff: Backoff, on_open: Callable[[Any], None], which: str, after: str) -> None:
+    def _recycle(self, ch: Any, backoff: Backoff, on_open: OnOpen, which: str, after: str) -> None:
         """Close a retired channel and open its successor."""
         if ch.is_open:
             ch.close(reply_text=f"retired after {after}")
         self._reopen(backoff, on_open, which, None)
 
-    def _reopen(self, backoff: Backoff, on_open: Callable[[Any], None], which: str,
-                reason: BaseException | None) -> None:
+    def _reopen(self, backoff: Backoff, on_open: OnOpen, which: str, reason: BaseException | None) -> None:
         conn = self.conn
         if conn is None or not conn.is_open or self.closing:
             return  # the connection's own close (or ours) takes it from here

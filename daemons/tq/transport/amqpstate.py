@@ -1,4 +1,5 @@
-"""The AMQP session's small parts: its retry delays and a failure said in one line.
+"""The AMQP session's small parts: its retry delays, the arguments its queues are declared with, and a failure
+said in one line.
 
 pika reports failures as exceptions passed to callbacks, nested (a connection error holding the socket's), and
 logs them itself with tracebacks; tq silences pika's logger (transport/amqp.py) and says each in one line.
@@ -12,6 +13,9 @@ import ssl
 import pika.exceptions
 
 from .amqpparams import reason
+
+QUEUE_ARGUMENTS = {"x-queue-type": "classic", "x-max-priority": 2}  # quorum queues refuse x-max-priority on 3.10
+CHANNEL_RETRY = 0.2  # a channel the broker closed is reopened after this (the connection is up)
 
 
 class Backoff:
