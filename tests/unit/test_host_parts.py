@@ -744,6 +744,7 @@ EVERY_OP: dict[str, tuple[dict[str, object], str]] = {
     "token_create": ({"name": "ci", "user": "root"}, "token"),
     "token_list": ({}, "tokens"),
     "token_revoke": ({"name": "ci"}, "revoked"),
+    "whoami": ({}, "may_steer"),
     "act_as": ({"token": "tq_known"}, "user"),  # the last: the connection is the token user's from then on
 }
 
