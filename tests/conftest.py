@@ -15,7 +15,10 @@ import pytest
 from harness import Suite, temporary_suite
 
 MQUEUE_FS = Path("/dev/mqueue")
-MEMBER = "tqtest-member"
+# Users and groups the tests make: named for this test session, so that two sessions on one machine (or one
+# killed before its teardown) never meet on a name.
+TEST_NAMES = f"tqtest-{os.getpid()}"
+MEMBER = f"{TEST_NAMES}-member"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import MEMBER, TEST_NAMES
 from harness import Suite, wait_until
 from tq.client import Client, Unauthorized
 
-MEMBER = "tqtest-member"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates group tq and a member)")
 
 
@@ -73,8 +73,8 @@ def test_member_submits_with_its_uid_recorded_and_others_get_exit_4(suite: Suite
     assert "permission denied" in r.stderr and "add yourself to group tq" in r.stderr
 
 
-OTHER, ADMIN, DEPLOYER = "tqtest-other", "tqtest-admin", "tqtest-deployer"
-ADMINS, DEPLOY = "tqtest-admins", "tqtest-deploy"
+OTHER, ADMIN, DEPLOYER = f"{TEST_NAMES}-other", f"{TEST_NAMES}-admin", f"{TEST_NAMES}-deployer"
+ADMINS, DEPLOY = f"{TEST_NAMES}-admins", f"{TEST_NAMES}-deploy"
 
 
 @pytest.fixture
@@ -257,7 +257,7 @@ def test_token_list_shows_a_token_whose_user_is_deleted_as_unusable_and_why(suit
 
 # ---- a token is no way round group tq (trial-C #2) -------------------------------------------------------------
 
-OUTSIDER = "tqtest-outsider"
+OUTSIDER = f"{TEST_NAMES}-outsider"
 
 
 @pytest.fixture
