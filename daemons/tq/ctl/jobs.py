@@ -16,7 +16,7 @@ from ..usage import describe as describe_usage
 from . import batch, options, render, visible
 
 if TYPE_CHECKING:
-    from .options import Handler, Parser, Register, Subcommands
+    from .options import Parser, Register, Subcommands
 
 # submit's options for one job (dest: as the user writes it), which --batch takes from each line instead
 _ONE_JOB = {"task": "TASK", "args": "ARG", "queue": "--queue", "priority": "--priority", "delay": "--delay",
@@ -320,74 +320,4 @@ def _cmd_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return 0
 
 
-def _add_bulk(sub: Subcommands, common: Parser, name: str, text: str, handler: Handler) -> None:
-    """cancel and retry: one job by ID, or every job that matches the filters."""
-    c = sub.add_parser(name, parents=[common], help=text)
-    c.add_argument("id", type=options.job_id, nargs="?")
-    c.add_argument("--state", choices=[s.value for s in JobState])
-    c.add_argument("--task")
-    c.add_argument("--queue")
-    c.add_argument("--older-than", type=options.duration, metavar="AGE", help="submitted at least this long ago")
-    c.set_defaults(handler=handler)
-
-
-def _add_cancel(sub: Subcommands, common: Parser) -> None:
-    _add_bulk(sub, common, "cancel", "cancel a job (a running one is stopped first), or all that match", _cmd_cancel)
-
-
-def _add_retry(sub: Subcommands, common: Parser) -> None:
-    _add_bulk(sub, common, "retry", "run a dead, failed or cancelled job again, or all that match", _cmd_retry)
-
-
-def _filters(args: argparse.Namespace) -> dict[str, Any]:
-    """The bulk filters given; a usage error with an id beside them, or with neither."""
-    filters = {"state": args.state, "task": args.task, "queue": args.queue, "older_than": args.older_than}
-    given = {k: v for k, v in filters.items() if v is not None}
-    if args.id is None and not given:
-        raise Refused(f"{args.command} needs a job ID, or filters: one or more of --state, --task, --queue, "
-                      "--older-than")
-    if args.id is not None and given:
-        flags = " ".join(f"--{k.replace('_', '-')}" for k in given)
-        raise Refused(f"{args.command} takes a job ID or filters, not both (given: {args.id} and {flags})")
-    return given
-
-
-def _bulk_done(reply: dict[str, Any], text: str, as_json: bool) -> int:
-    """How many jobs were changed, and how many matched but are not the caller's to change; exit 4 (permission
-    denied) when every matching job was refused, the line then an error on stderr."""
-    denied = not reply["ids"] and reply["refused"] > 0
-    if as_json:
-        render.out({"count": len(reply["ids"]), **reply})
-    else:
-        refused = f"; {reply['refused']} matching job(s) are not yours to change" if reply["refused"] else ""
-        line = text.format(len(reply["ids"])) + refused
-        if denied:
-            stderr.line(f"tqctl: {line}")
-        else:
-            print(line)
-    return control.EXIT_PERMISSION if denied else 0
-
-
-def _cmd_cancel(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    if filters := _filters(args):
-        return _bulk_done(client.cancel_matching(**filters), "cancelled {} job(s)", as_json)
-    job = client.cancel(args.id)
-    if as_json:
-        render.out(job)
-    elif job["stopping"]:
-        print(f"job {args.id} is running on worker {job['worker']}: stopping it; it ends cancelled")
-    else:
-        print(f"job {args.id} cancelled")
-    return 0
-
-
-def _cmd_retry(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    if filters := _filters(args):
-        return _bulk_done(client.retry_matching(**filters), "queued {} job(s) again", as_json)
-    job = client.retry(args.id)
-    render.say(job, f"job {args.id} queued again", as_json)
-    return 0
-
-
-COMMANDS: dict[str, Register] = {"submit": _add_submit, "list": _add_list, "show": _add_show, "cancel": _add_cancel,
-                                 "retry": _add_retry, "result": _add_result}
+COMMANDS: dict[str, Register] = {"submit": _add_submit, "list": _add_list, "show": _add_show, "result": _add_result}

@@ -30,7 +30,7 @@ from .openjobs import (
     WAITING,
     OpenJobs,
 )
-from .records import CHAIN, RESTING, JobRecord
+from .records import AFTER, CHAIN, RESTING, JobRecord
 from .store import Store
 
 CANCELLABLE = (QUEUED, DELAYED, FAILED, ASSIGNED, RUNNING, DEFERRED)
@@ -39,6 +39,11 @@ RETRYABLE = (DEAD, CANCELLED, FAILED)
 
 class InvalidTransition(Exception):
     """The job's state does not allow what was asked; the message says which states do."""
+
+
+class RetryRefused(InvalidTransition):
+    """A retry that the job's state allows, refused all the same: the message says why (the job it waits for will
+    never be done)."""
 
 
 class JobTable(OpenJobs):
@@ -231,20 +236,68 @@ class JobTable(OpenJobs):
         self._move(job, CANCELLED)
         self.events.event("cancelled", job.id, job.task, job.queue, job.attempts, instance, detail)
 
-    def retry(self, job: JobRecord) -> None:
-        """A dead, cancelled or failed job runs again, its attempts reset."""
+    def retry(self, job: JobRecord) -> list[int]:
+        """A dead, cancelled or failed job runs again, its attempts reset: queued, or deferred again behind the
+        job it waits for (a chain's step before it, --after) while that one is open; with the result of a done
+        step before it as payload, as at its release. A dead or cancelled chain step brings back, deferred, the
+        later steps of its chain cancelled because of it: their ids are returned. RetryRefused if the job it
+        waits for is dead or cancelled."""
+        job = self.jobs.get(job.id, job)  # (a bulk retry's listing may predate a step brought back with another)
         if job.state not in RETRYABLE:
             raise InvalidTransition(f"job {job.id} is {job.state}; only dead, cancelled or failed jobs can be "
                                     "retried")
-        job.attempts, job.error, job.finished_at, job.run_at = 0, None, None, None
-        job.cancel_requested = False
-        if job.id in self.jobs:  # failed, waiting to retry
+        if job.id in self.jobs:  # failed, waiting to retry (it ran: the job before it was done)
+            job.attempts, job.error, job.run_at, job.cancel_requested = 0, None, None, False
             self._move(job, QUEUED)
-        else:  # dead or cancelled: back into the indexes
-            self.counts[job.state] -= 1
-            self.store.rest(job.id, job.state, False)
-            job.state = QUEUED
-            self._index(job)
-            self.retried.add(job.id)
-            self.store.update(job)
-        self.events.event("retry requested", job.id, job.task, job.queue)
+            self.events.event("retry requested", job.id, job.task, job.queue)
+            return []
+        parent = self._waited_for(job)
+        if parent is not None and parent.state == DONE and job.link == CHAIN:
+            job.payload_json = to_json(parent.result)
+        later = self._cut_off(job)
+        deferred = parent is not None and parent.state != DONE
+        self._reopen(job, DEFERRED if deferred else QUEUED)
+        self.events.event("retry requested", job.id, job.task, job.queue,
+                          detail=f"deferred: it waits for job {job.parent}" if deferred else "")
+        for step in later:
+            self._reopen(step, DEFERRED)
+            self.events.event("retry requested", step.id, step.task, step.queue,
+                              detail=f"with job {job.id}, before it in the chain")
+        return [step.id for step in later]
+
+    def _waited_for(self, job: JobRecord) -> JobRecord | None:
+        """The job that this dead or cancelled one waits for (a chain's step before it, --after), if any."""
+        if job.parent is None or job.link not in (CHAIN, AFTER):
+            return None
+        parent = self.find(job.parent)
+        if parent is None:
+            if job.started_at is not None:  # it was dispatched once: its parent was done, its payload is set
+                return None
+            raise RetryRefused(f"job {job.id} waits for job {job.parent}, which is gone (pruned): it would never "
+                               "run")
+        if parent.state in (DEAD, CANCELLED):
+            raise RetryRefused(f"job {job.id} waits for job {parent.id}, which is {parent.state}: retry job "
+                               f"{parent.id}" + (" (its later steps come back with it)" if job.link == CHAIN else ""))
+        return parent
+
+    def _cut_off(self, job: JobRecord) -> list[JobRecord]:
+        """The later steps of this job's chain that were cancelled because of it (and so on down the chain)."""
+        steps: list[JobRecord] = []
+        while True:
+            cause = f"cancelled: job {job.id} before it in the chain is "
+            nexts = [s for s in map(self.store.get, self.store.children(job.id)) if s is not None and
+                     s.link == CHAIN and s.state == CANCELLED and (s.error or "").startswith(cause)]
+            if len(nexts) != 1:
+                return steps
+            job = nexts[0]
+            steps.append(job)
+
+    def _reopen(self, job: JobRecord, state: str) -> None:
+        """A dead or cancelled job back into the indexes, as new."""
+        self.counts[job.state] -= 1
+        self.store.rest(job.id, job.state, False)
+        job.attempts, job.error, job.finished_at, job.run_at, job.cancel_requested = 0, None, None, None, False
+        job.state = state
+        self._index(job)
+        self.retried.add(job.id)
+        self.store.update(job)

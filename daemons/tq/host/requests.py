@@ -18,7 +18,7 @@ from ..control import RequestError
 from ..states import JobState
 from .access import Access
 from .fleet import Fleet
-from .jobs import InvalidTransition, JobTable
+from .jobs import InvalidTransition, JobTable, RetryRefused
 from .openjobs import ON_WORKER
 from .queues import Queues
 from .records import MAX_JOB_ID, JobRecord
@@ -34,6 +34,7 @@ from .waiters import MAX_BULK, Waiters
 # durability = "full" once every change they may show is fsync'd (Store.commit).
 ACKNOWLEDGING_OPS = {"submit", "cancel", "retry", "wait", "get", "list", "pause", "resume", "forget_worker",
                      "token_create", "token_revoke"}
+MAX_REASONS = 5  # a bulk retry's reasons for the jobs it refused: the first few
 BURST_OPS = {"submit", "list"}  # requests that may allocate much; a poller's status calls do not count
 _STATES = frozenset(s.value for s in JobState)
 Op = Callable[[Conn, Any, dict[str, Any]], "dict[str, Any] | None"]
@@ -165,8 +166,8 @@ class Requests:
         if req.get("id") is not None:
             job = self._lookup(req)
             self._check_change(conn, job, "retry")
-            _transition(self.jobs.retry, job)
-            return {"job": job.public()}
+            later = _transition(self.jobs.retry, job)
+            return {"job": job.public(), "later": later}
         return self._bulk(conn, req, self.jobs.retry, "retry")
 
     def _check_change(self, conn: Conn, job: JobRecord, what: str) -> None:
@@ -176,8 +177,10 @@ class Requests:
 
     def _bulk(self, conn: Conn, req: dict[str, Any], action: Callable[[JobRecord], object],
               what: str) -> dict[str, Any]:
-        """Apply `action` to every job that matches the request's filters and that the caller may change (the
-        others are left, and counted as refused)."""
+        """Apply `action` to every job that matches the request's filters, oldest first (a chain's steps in
+        order), and that the caller may change; the others are left and counted as refused: `not_yours`, and
+        `reasons` (the first few) for the jobs a retry refuses (RetryRefused). A retry's later chain steps that
+        come back with a job are among the ids."""
         task, queue = _names(req)
         filters = {"state": _state(req), "task": task, "queue": queue}
         older_than = control.field(req, "older_than", (int, float), None)
@@ -185,19 +188,27 @@ class Requests:
             raise RequestError("bad_request", "give a job id, or at least one filter: state, task, queue, "
                                               "older_than")
         newest = time.time() - float(older_than or 0.0)
-        ids, refused = [], 0
-        for job in self.jobs.query(filters["state"], filters["queue"], filters["task"], MAX_BULK):
+        ids: list[int] = []
+        not_yours, refused, reasons = 0, 0, list[str]()
+        for job in reversed(self.jobs.query(filters["state"], filters["queue"], filters["task"], MAX_BULK)):
             if job.created_at > newest:
                 continue
             if self.access.may_change(conn.uid, conn.gid, job.submitter, what, job.id) is not None:
-                refused += 1
+                not_yours += 1
                 continue
             try:
-                action(job)
+                later = action(job)
+            except RetryRefused as e:
+                refused += 1
+                if len(reasons) < MAX_REASONS:
+                    reasons.append(str(e))
+                continue
             except InvalidTransition:
                 continue
             ids.append(job.id)
-        return {"count": len(ids), "ids": ids, "refused": refused}
+            ids.extend(later if isinstance(later, list) else ())
+        return {"count": len(ids), "ids": ids, "refused": refused + not_yours, "not_yours": not_yours,
+                "reasons": reasons}
 
     def _pause(self, conn: Conn, rid: Any, req: dict[str, Any], paused: bool = True) -> dict[str, Any]:
         """Pause (or resume) a queue: submits are taken, nothing is dispatched; running jobs finish."""

@@ -1,0 +1,78 @@
+"""Retry and cancel of jobs that wait for another (a chain's steps, --after) or hold a unique key, end to end on
+real processes: a retried step waits again for the one before it, takes its result, brings back the rest of its
+chain; a retry that could never run, or would make a second open job with a key, is refused."""
+
+from __future__ import annotations
+
+import json
+
+from harness import Suite, wait_until
+
+RECORD = '\n[tasks.rec]\npython = "tq_test_handlers:record"\n'
+
+
+def _gate(suite: Suite) -> str:
+    """[tasks.gate]: runs until the file `open` exists in the suite's directory, then prints "opened"."""
+    return (f'[tasks.gate]\ncommand = ["sh", "-c", "while [ ! -e \\"$0\\" ]; do sleep 0.05; done; echo opened", '
+            f'"{suite.dir}/open"]\n')
+
+
+def _flaky(suite: Suite, name: str = "flaky", extra: str = "") -> str:
+    """[tasks.NAME]: prints its payload, and fails (no retries) until the file `fixed` exists."""
+    return (f'[tasks.{name}]\ncommand = ["sh", "-c", "cat; [ -e \\"$0\\" ]", "{suite.dir}/fixed"]\nretries = 0\n'
+            f'{extra}')
+
+
+def test_a_cancelled_step_retried_while_the_one_before_runs_waits_for_it_and_takes_its_result(suite: Suite) -> None:
+    suite.write_config(RECORD + _gate(suite))
+    suite.start(workers=2)  # a free worker: a step queued too soon would run at once
+    c = suite.client()
+    gate, step, last = map(int, suite.tqctl("submit", "gate", "--then", "rec m", "--then", "rec z").stdout.split())
+    after = int(suite.tqctl("submit", "--after", str(gate), "rec", "after").stdout)
+    wait_until(lambda: c.get(gate)["state"] == "running", what="the gate running")
+    assert suite.tqctl("cancel", str(step)).returncode == 0 and suite.tqctl("cancel", str(after)).returncode == 0
+    assert c.get(last)["error"] == f"cancelled: job {step} before it in the chain is cancelled"
+    r = suite.tqctl("retry", str(step))
+    assert (r.returncode, r.stdout) == (0, f"job {step} deferred again: it waits for job {gate}, with 1 later step "
+                                           f"of its chain ({last})\n")
+    r = suite.tqctl("retry", str(after))
+    assert (r.returncode, r.stdout) == (0, f"job {after} deferred again: it waits for job {gate}\n")
+    assert [c.get(i)["state"] for i in (step, last, after)] == ["deferred"] * 3
+    (suite.dir / "open").touch()
+    jobs = c.wait_many([gate, step, last, after], timeout=15)
+    assert [jobs[i]["state"] for i in (gate, step, last, after)] == ["done"] * 4
+    assert (jobs[step]["payload"], jobs[last]["payload"]) == ("opened", "recorded m")
+    assert sorted(suite.executions()) == ["after", "m", "z"] and suite.executions().index("m") < suite.executions(
+        ).index("z")
+
+
+def test_a_retried_dead_step_brings_back_the_rest_of_its_chain_and_a_step_after_it_alone_is_refused(
+        suite: Suite) -> None:
+    suite.write_config(RECORD + _flaky(suite))
+    suite.start(workers=1)
+    c = suite.client()
+    ids = c.chain(("rec", ["a"]), ("flaky", []), ("rec", ["c"]), ("rec", ["d"]))
+    _first, middle, third, fourth = ids
+    jobs = c.wait_many(ids, timeout=10)
+    assert [jobs[i]["state"] for i in ids] == ["done", "dead", "cancelled", "cancelled"]
+    r = suite.tqctl("retry", str(third))
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (f"tqctl: job {third} waits for job {middle}, which is dead: retry job {middle} (its later "
+                        "steps come back with it)\n")
+    r = suite.tqctl("retry", "--state", "cancelled", "--task", "rec")  # both refused: nothing runs out of order
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (f"tqctl: queued 0 job(s) again; 2 refused: job {third} waits for job {middle}, which is "
+                        f"dead: retry job {middle} (its later steps come back with it); job {fourth} waits for job "
+                        f"{third}, which is cancelled: retry job {third} (its later steps come back with it)\n")
+    assert [c.get(i)["state"] for i in (third, fourth)] == ["cancelled"] * 2
+    (suite.dir / "fixed").touch()
+    r = suite.tqctl("retry", str(middle))
+    assert (r.returncode, r.stdout) == (0, f"job {middle} queued again, with 2 later steps of its chain "
+                                           f"({third} {fourth})\n")
+    jobs = c.wait_many(ids, timeout=10)
+    assert [jobs[i]["state"] for i in ids] == ["done"] * 4
+    assert (jobs[middle]["payload"], jobs[third]["payload"], jobs[fourth]["payload"]) == (
+        "recorded a", "recorded a", "recorded c")
+    assert suite.executions() == ["a", "c", "d"]
+    events = [json.loads(line) for line in suite.tqctl("events", "--json", "--job", str(fourth)).stdout.splitlines()]
+    assert [e["detail"] for e in events if e["event"] == "retried"] == [f"with job {middle}, before it in the chain"]
