@@ -76,3 +76,28 @@ def test_a_retried_dead_step_brings_back_the_rest_of_its_chain_and_a_step_after_
     assert suite.executions() == ["a", "c", "d"]
     events = [json.loads(line) for line in suite.tqctl("events", "--json", "--job", str(fourth)).stdout.splitlines()]
     assert [e["detail"] for e in events if e["event"] == "retried"] == [f"with job {middle}, before it in the chain"]
+
+
+def test_a_retry_that_would_make_a_second_open_job_with_a_unique_key_is_refused_naming_the_open_one(
+        suite: Suite) -> None:
+    suite.write_config(RECORD + _flaky(suite) + _flaky(suite, "uflaky", "unique = true\n"))
+    suite.start(workers=1)
+    c = suite.client()
+    dead = c.submit("flaky", unique="K2")
+    assert c.wait(dead, timeout=10)["state"] == "dead"
+    held = c.submit("rec", "held", unique="K2", delay=600)
+    r = suite.tqctl("retry", str(dead))
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (f"tqctl: job {held} is open with the unique key of job {dead} (unique key K2): retry job "
+                        f"{dead} once job {held} has finished\n")
+    task_dead = c.submit("uflaky", "x")
+    assert c.wait(task_dead, timeout=10)["state"] == "dead"
+    task_held = c.submit("uflaky", "x", delay=600)
+    r = suite.tqctl("retry", "--state", "dead", "--task", "uflaky")  # by filters: refused and counted the same
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (f"tqctl: queued 0 job(s) again; 1 refused: job {task_held} is open with the unique key of "
+                        f"job {task_dead} ([tasks.uflaky] unique = true: uflaky [\"x\"]): retry job {task_dead} "
+                        f"once job {task_held} has finished\n")
+    assert c.get(dead)["state"] == c.get(task_dead)["state"] == "dead"
+    assert suite.tqctl("cancel", str(held)).returncode == 0  # the key is free: the retry goes through
+    assert suite.tqctl("retry", str(dead)).stdout == f"job {dead} queued again\n"

@@ -43,7 +43,14 @@ class InvalidTransition(Exception):
 
 class RetryRefused(InvalidTransition):
     """A retry that the job's state allows, refused all the same: the message says why (the job it waits for will
-    never be done)."""
+    never be done, its unique key is held)."""
+
+
+def unique_text(job: JobRecord) -> str:
+    """A job's unique key as the operator gave it: KEY, or the task's own (`unique = true`: its task and args)."""
+    if job.unique_key == f"{job.task} {job.args_json}":
+        return f"[tasks.{job.task}] unique = true: {job.task} {job.args_json}"
+    return f"unique key {job.unique_key}"
 
 
 class JobTable(OpenJobs):
@@ -241,11 +248,12 @@ class JobTable(OpenJobs):
         job it waits for (a chain's step before it, --after) while that one is open; with the result of a done
         step before it as payload, as at its release. A dead or cancelled chain step brings back, deferred, the
         later steps of its chain cancelled because of it: their ids are returned. RetryRefused if the job it
-        waits for is dead or cancelled."""
+        waits for is dead or cancelled, or another open job holds its unique key."""
         job = self.jobs.get(job.id, job)  # (a bulk retry's listing may predate a step brought back with another)
         if job.state not in RETRYABLE:
             raise InvalidTransition(f"job {job.id} is {job.state}; only dead, cancelled or failed jobs can be "
                                     "retried")
+        self._check_key_free(job)
         if job.id in self.jobs:  # failed, waiting to retry (it ran: the job before it was done)
             job.attempts, job.error, job.run_at, job.cancel_requested = 0, None, None, False
             self._move(job, QUEUED)
@@ -264,6 +272,12 @@ class JobTable(OpenJobs):
             self.events.event("retry requested", step.id, step.task, step.queue,
                               detail=f"with job {job.id}, before it in the chain")
         return [step.id for step in later]
+
+    def _check_key_free(self, job: JobRecord) -> None:
+        holder = None if job.unique_key is None else self.holder(job.unique_key)
+        if holder is not None and holder.id != job.id:
+            raise RetryRefused(f"job {holder.id} is open with the unique key of job {job.id} "
+                               f"({unique_text(job)}): retry job {job.id} once job {holder.id} has finished")
 
     def _waited_for(self, job: JobRecord) -> JobRecord | None:
         """The job that this dead or cancelled one waits for (a chain's step before it, --after), if any."""
