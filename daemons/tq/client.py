@@ -231,8 +231,14 @@ class Client(Connection, clienttokens.TokenOps):
     def chain(self, *steps: tuple[str, list[Any]] | dict[str, Any]) -> list[int]:
         """Submit a chain in one commit: each step starts when the one before is done, with its result as payload;
         a step that ends dead or cancelled cancels the rest. Steps as submit_many's; their ids, in order."""
+        return self.submit_chain(*steps)[0]
+
+    def submit_chain(self, *steps: tuple[str, list[Any]] | dict[str, Any]) -> tuple[list[int], bool]:
+        """A chain as chain() submits it: its ids, and True if an open job with the first step's unique key
+        answered for the whole chain (nothing was created: the ids are that job's and its own chain's steps')."""
         specs = [dict(j) if isinstance(j, dict) else {"task": j[0], "args": list(j[1])} for j in steps]
-        return [int(i) for i in self.call("submit", jobs=specs, chain=True)["ids"]]
+        reply = self.call("submit", jobs=specs, chain=True)
+        return [int(i) for i in reply["ids"]], bool(reply.get("existing"))
 
     def publish(self, exchange: str, key: str, task: str, *args: Any, **options: Any) -> list[int]:
         """Submit through an exchange: one job for each bound queue that `key` matches, in one commit; their ids.

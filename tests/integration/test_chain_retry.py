@@ -101,3 +101,21 @@ def test_a_retry_that_would_make_a_second_open_job_with_a_unique_key_is_refused_
     assert c.get(dead)["state"] == c.get(task_dead)["state"] == "dead"
     assert suite.tqctl("cancel", str(held)).returncode == 0  # the key is free: the retry goes through
     assert suite.tqctl("retry", str(dead)).stdout == f"job {dead} queued again\n"
+
+
+def test_a_chain_with_a_unique_key_open_creates_nothing_and_answers_with_the_open_chain(suite: Suite) -> None:
+    suite.write_config(RECORD)
+    suite.host()  # no worker: the chain stays open
+    c = suite.client()
+    r = suite.tqctl("submit", "--unique", "U3", "rec", "a", "--then", "rec x")
+    assert (r.returncode, r.stderr) == (0, "")
+    head, step = map(int, r.stdout.split())
+    again = suite.tqctl("submit", "--unique", "U3", "rec", "a", "--then", "rec y", "--then", "rec z")
+    assert (again.returncode, again.stdout) == (0, f"{head}\n{step}\n")
+    assert again.stderr == (f"tqctl: job {head} was open with unique key U3: it and its chain ({head} {step}) answer "
+                            "for this submit, nothing new was submitted\n")
+    as_json = suite.tqctl("submit", "--json", "--unique", "U3", "rec", "a", "--then", "rec w")
+    assert json.loads(as_json.stdout) == {"ids": [head, step], "existing": True}
+    fresh = json.loads(suite.tqctl("submit", "--json", "--unique", "U4", "rec", "b", "--then", "rec v").stdout)
+    assert fresh == {"ids": [step + 1, step + 2], "existing": False}
+    assert c.get(head)["children"] == [step] and len(c.list_jobs()) == 4

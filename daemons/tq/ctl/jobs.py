@@ -39,7 +39,9 @@ def _add_submit(sub: Subcommands, common: Parser) -> None:
     s.add_argument("--unique", metavar="KEY", help="while a job submitted with KEY is open, print its id, create "
                    "nothing and say so on stderr (--json: \"existing\": true)")
     s.add_argument("--then", action="append", metavar="'TASK [ARG...]'", help="a next step: it runs when the one "
-                   "before is done, with its result as payload (repeat for more); a step that fails cancels the rest")
+                   "before is done, with its result as payload (repeat for more); a step that ends dead or cancelled "
+                   "cancels the rest. The other options are the first step's (each later one takes its task's "
+                   "settings); with --unique, an open job with KEY answers for the whole chain")
     s.add_argument("--after", type=options.job_id, metavar="ID",
                    help="wait until job ID is done (cancelled if it is not)")
     s.add_argument("--exchange", metavar="NAME", help="submit through [exchanges.NAME]: one job per bound queue "
@@ -66,8 +68,12 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
             raise Refused("--then takes no --wait or --exchange (tqctl result --wait LAST_ID waits for the chain)")
         first = _spec_of(args, payload)
         steps = [first] + [_then(text) for text in args.then]
-        ids = client.chain(*steps)
-        render.say({"ids": ids}, "\n".join(map(str, ids)), as_json)
+        ids, existing = client.submit_chain(*steps)
+        if existing:
+            stderr.line(f"tqctl: job {ids[0]} was open with unique key {args.unique}: it and its chain "
+                        f"({' '.join(map(str, ids))}) answer for this submit, nothing new was submitted")
+        render.say({"ids": ids} if args.unique is None else {"ids": ids, "existing": existing},
+                   "\n".join(map(str, ids)), as_json)
         return 0
     if args.exchange is not None:
         if args.queue is not None or args.wait or args.unique is not None:
