@@ -96,7 +96,7 @@ def test_a_retry_that_would_make_a_second_open_job_with_a_unique_key_is_refused_
     r = suite.tqctl("retry", "--state", "dead", "--task", "uflaky")  # by filters: refused and counted the same
     assert (r.returncode, r.stdout) == (2, "")
     assert r.stderr == (f"tqctl: queued 0 job(s) again; 1 refused: job {task_held} is open with the unique key of "
-                        f"job {task_dead} ([tasks.uflaky] unique = true: uflaky [\"x\"]): retry job {task_dead} "
+                        f"job {task_dead} (uflaky [\"x\"], its task has unique = true): retry job {task_dead} "
                         f"once job {task_held} has finished\n")
     assert c.get(dead)["state"] == c.get(task_dead)["state"] == "dead"
     assert suite.tqctl("cancel", str(held)).returncode == 0  # the key is free: the retry goes through
@@ -119,3 +119,18 @@ def test_a_chain_with_a_unique_key_open_creates_nothing_and_answers_with_the_ope
     fresh = json.loads(suite.tqctl("submit", "--json", "--unique", "U4", "rec", "b", "--then", "rec v").stdout)
     assert fresh == {"ids": [step + 1, step + 2], "existing": False}
     assert c.get(head)["children"] == [step] and len(c.list_jobs()) == 4
+
+
+def test_a_submit_answered_by_a_task_s_own_uniqueness_says_the_task_and_args_not_a_key(suite: Suite) -> None:
+    suite.write_config(RECORD + '[tasks.uslow]\npython = "tq_test_handlers:record"\nunique = true\n')
+    suite.host()  # no worker: the job stays open
+    jid = int(suite.tqctl("submit", "uslow", "4").stdout)
+    again = suite.tqctl("submit", "uslow", "4")
+    assert (again.returncode, again.stdout) == (0, f"{jid}\n")
+    assert again.stderr == (f'tqctl: job {jid} (uslow ["4"]) is open and its task has unique = true: it answers for '
+                            "this submit, nothing new was submitted\n")
+    assert json.loads(suite.tqctl("submit", "--json", "uslow", "4").stdout) == {"id": jid, "existing": True}
+    chained = suite.tqctl("submit", "uslow", "4", "--then", "rec b")
+    assert (chained.stdout, chained.stderr) == (f"{jid}\n", f'tqctl: job {jid} (uslow ["4"]) is open and its task '
+                                                f"has unique = true: it and its chain ({jid}) answer for this submit, "
+                                                "nothing new was submitted\n")

@@ -70,9 +70,9 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         steps = [first] + [_then(text) for text in args.then]
         ids, existing = client.submit_chain(*steps)
         if existing:
-            stderr.line(f"tqctl: job {ids[0]} was open with unique key {args.unique}: it and its chain "
-                        f"({' '.join(map(str, ids))}) answer for this submit, nothing new was submitted")
-        render.say({"ids": ids} if args.unique is None else {"ids": ids, "existing": existing},
+            stderr.line(f"tqctl: {_held(args, ids[0])}: it and its chain ({' '.join(map(str, ids))}) answer for "
+                        "this submit, nothing new was submitted")
+        render.say({"ids": ids} if args.unique is None and not existing else {"ids": ids, "existing": existing},
                    "\n".join(map(str, ids)), as_json)
         return 0
     if args.exchange is not None:
@@ -85,10 +85,10 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         return 0
     jid, existing = client.submit_spec(_spec_of(args, payload))
     if existing:  # (stdout stays the id alone, for scripts)
-        stderr.line(f"tqctl: job {jid} was open with unique key {args.unique}: it answers for this submit, "
-                    "nothing new was submitted")
+        stderr.line(f"tqctl: {_held(args, jid)}: it answers for this submit, nothing new was submitted")
     if not args.wait:
-        render.say({"id": jid} if args.unique is None else {"id": jid, "existing": existing}, str(jid), as_json)
+        render.say({"id": jid} if args.unique is None and not existing else {"id": jid, "existing": existing},
+                   str(jid), as_json)
         return 0
     try:
         job = _wait(client, jid, args.wait_timeout)
@@ -100,6 +100,14 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     except TqError as e:  # tq-host restarted, the gateway refused the wait: a script must not submit it again
         raise type(e)(f"{e}; job {jid} stays submitted (tqctl result --wait {jid})") from None
     return _finish(job, as_json)
+
+
+def _held(args: argparse.Namespace, jid: int) -> str:
+    """The open job that answered a submit: by its --unique KEY, or by its task's unique = true (task and args)."""
+    if args.unique is not None:
+        return f"job {jid} was open with unique key {args.unique}"
+    return f"job {jid} ({args.task} {json.dumps(list(args.args), ensure_ascii=False)}) is open and its task has " \
+           "unique = true"
 
 
 def _given(value: object) -> bool:

@@ -49,7 +49,7 @@ class RetryRefused(InvalidTransition):
 def unique_text(job: JobRecord) -> str:
     """A job's unique key as the operator gave it: KEY, or the task's own (`unique = true`: its task and args)."""
     if job.unique_key == f"{job.task} {job.args_json}":
-        return f"[tasks.{job.task}] unique = true: {job.task} {job.args_json}"
+        return f"{job.task} {job.args_json}, its task has unique = true"
     return f"unique key {job.unique_key}"
 
 
