@@ -5,8 +5,13 @@ chain; a retry that could never run, or would make a second open job with a key,
 from __future__ import annotations
 
 import json
+import os
+import pwd
+
+import pytest
 
 from harness import Suite, wait_until
+from tq.client import Refused
 
 RECORD = '\n[tasks.rec]\npython = "tq_test_handlers:record"\n'
 
@@ -134,3 +139,42 @@ def test_a_submit_answered_by_a_task_s_own_uniqueness_says_the_task_and_args_not
     assert (chained.stdout, chained.stderr) == (f"{jid}\n", f'tqctl: job {jid} (uslow ["4"]) is open and its task '
                                                 f"has unique = true: it and its chain ({jid}) answer for this submit, "
                                                 "nothing new was submitted\n")
+
+
+def test_cancel_and_retry_refuse_a_state_they_can_never_change_naming_those_they_can(suite: Suite) -> None:
+    suite.host()
+    c = suite.client()
+    for command, states in (("cancel", "'queued', 'delayed', 'deferred', 'failed', 'assigned', 'running'"),
+                            ("retry", "'dead', 'cancelled', 'failed'")):
+        r = suite.tqctl(command, "--state", "done", "--task", "tick")
+        assert (r.returncode, r.stdout) == (2, "")
+        assert f"invalid choice: 'done' (choose from {states})" in r.stderr
+    with pytest.raises(Refused, match="state done: a done job cannot be cancelled; the state filter takes queued, "
+                                      "delayed, deferred, failed, assigned, running"):
+        c.cancel_matching(state="done")
+    with pytest.raises(Refused, match="state running: a running job cannot be retried; the state filter takes "
+                                      "dead, cancelled, failed"):
+        c.retry_matching(state="running")
+
+
+def test_a_cancelled_job_says_who_cancelled_it_instead_of_its_last_error_and_result_says_cancelled_once(
+        suite: Suite) -> None:
+    suite.write_config(RECORD + '[tasks.again]\ncommand = ["false"]\nretries = 3\nbackoff = "10m"\n'
+                       'backoff_max = "10m"\n')
+    suite.start(workers=1)
+    c = suite.client()
+    jid = c.submit("again")
+    wait_until(lambda: c.get(jid)["state"] == "failed", what="the first attempt failed")
+    assert suite.tqctl("cancel", str(jid)).returncode == 0
+    who = f"uid {os.getuid()} ({pwd.getpwuid(os.getuid()).pw_name})"
+    assert c.get(jid)["error"] == f"cancelled by {who}"
+    assert f"error:       cancelled by {who}\n" in suite.tqctl("show", str(jid)).stdout
+    events = [json.loads(line) for line in suite.tqctl("events", "--json", "--job", str(jid)).stdout.splitlines()]
+    assert events[-1]["event"] == "cancelled" and events[-1]["detail"] == f"by {who}"
+    r = suite.tqctl("result", str(jid))
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", f"tqctl: job {jid} cancelled by {who}\n")
+    head, step = c.chain(("again", []), ("rec", ["never"]))
+    c.cancel(head)
+    assert c.wait(step, timeout=10)["state"] == "cancelled"  # (at once, or once a running head has stopped)
+    r = suite.tqctl("result", str(step))
+    assert r.stderr == f"tqctl: job {step} cancelled: job {head} before it in the chain is cancelled\n"

@@ -7,18 +7,19 @@ from typing import TYPE_CHECKING, Any
 
 from .. import control, stderr
 from ..client import Client, Refused
-from ..states import JobState
+from ..states import CANCELLABLE, RETRYABLE, JobState
 from . import options, render
 
 if TYPE_CHECKING:
     from .options import Handler, Parser, Register, Subcommands
 
 
-def _add_bulk(sub: Subcommands, common: Parser, name: str, text: str, handler: Handler) -> None:
-    """cancel and retry: one job by ID, or every job that matches the filters."""
+def _add_bulk(sub: Subcommands, common: Parser, name: str, text: str, handler: Handler,
+              able: tuple[JobState, ...]) -> None:
+    """cancel and retry: one job by ID, or every job that matches the filters (--state: one it can be in)."""
     c = sub.add_parser(name, parents=[common], help=text)
     c.add_argument("id", type=options.job_id, nargs="?")
-    c.add_argument("--state", choices=[s.value for s in JobState])
+    c.add_argument("--state", choices=[s.value for s in able])
     c.add_argument("--task")
     c.add_argument("--queue")
     c.add_argument("--older-than", type=options.duration, metavar="AGE", help="submitted at least this long ago")
@@ -26,14 +27,15 @@ def _add_bulk(sub: Subcommands, common: Parser, name: str, text: str, handler: H
 
 
 def _add_cancel(sub: Subcommands, common: Parser) -> None:
-    _add_bulk(sub, common, "cancel", "cancel a job (a running one is stopped first), or all that match", _cmd_cancel)
+    _add_bulk(sub, common, "cancel", "cancel a job (a running one is stopped first), or all that match", _cmd_cancel,
+              CANCELLABLE)
 
 
 def _add_retry(sub: Subcommands, common: Parser) -> None:
     _add_bulk(sub, common, "retry", "run a dead, failed or cancelled job again, or all that match (oldest first); a "
               "chain step or --after job waits again for the one before it (refused if that one is dead or "
               "cancelled: retry that one), and a chain step brings back the later steps cancelled with it",
-              _cmd_retry)
+              _cmd_retry, RETRYABLE)
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:

@@ -194,7 +194,10 @@ def _finish(job: dict[str, Any], as_json: bool) -> int:
 
 def _failure(job: dict[str, Any]) -> str:
     """A job that ended other than done, as one error line: its error (a stderr tail of many lines) escaped."""
-    return f"tqctl: job {job['id']} {job['state']}: {visible.line(job.get('error') or '')}".rstrip(": ")
+    error = visible.line(job.get("error") or "")
+    if error.startswith(job["state"]):  # "cancelled by uid 0 (root)": the state once
+        return f"tqctl: job {job['id']} {error}"
+    return f"tqctl: job {job['id']} {job['state']}: {error}".rstrip(": ")
 
 
 def _add_result(sub: Subcommands, common: Parser) -> None:

@@ -12,6 +12,7 @@ import heapq
 import time
 from collections.abc import Callable
 
+from .. import states
 from ..log import JobEvents
 from ..protocol import Result, to_json
 from ..states import FINAL
@@ -21,7 +22,6 @@ from .openjobs import (
     CANCELLED,
     DEAD,
     DEFERRED,
-    DELAYED,
     DONE,
     FAILED,
     ON_WORKER,
@@ -33,8 +33,8 @@ from .openjobs import (
 from .records import AFTER, CHAIN, RESTING, JobRecord
 from .store import Store
 
-CANCELLABLE = (QUEUED, DELAYED, FAILED, ASSIGNED, RUNNING, DEFERRED)
-RETRYABLE = (DEAD, CANCELLED, FAILED)
+CANCELLABLE = tuple(s.value for s in states.CANCELLABLE)
+RETRYABLE = tuple(s.value for s in states.RETRYABLE)
 
 
 class InvalidTransition(Exception):
@@ -57,11 +57,12 @@ class JobTable(OpenJobs):
     def __init__(self, store: Store, events: JobEvents, on_final: Callable[[JobRecord], None]) -> None:
         super().__init__(store)
         self.events, self.on_final = events, on_final
+        self.stopping: dict[int, str] = {}  # a running job being cancelled -> who cancelled it ("by uid N (name)")
 
     def load(self) -> None:
         """Rebuild the table from the store: at start, and after a failed commit."""
         for index in (self.jobs, self.retried, self.ready, self.delayed, self.counts, self.unique, self.running_in,
-                      self.deferred):
+                      self.deferred, self.stopping):
             index.clear()
         self.counts.update(self.store.count_final())
         for job in self.store.open_jobs():
@@ -151,8 +152,9 @@ class JobTable(OpenJobs):
             cost = f"in {result.duration:.3f}s{describe_usage(result.usage)}"
         else:
             job.usage_json, cost = None, f"in {result.duration:.3f}s"
+        by = self.stopping.pop(job.id, "") if job.cancel_requested else ""
         if job.cancel_requested and not result.ok:
-            self._cancelled(job, result.instance, f"stopped on its worker ({result.error}; {cost})")
+            self._cancelled(job, result.instance, f"stopped on its worker ({result.error}; {cost})", by)
             return
         if result.ok:
             job.result, job.error = result.output, None
@@ -196,7 +198,7 @@ class JobTable(OpenJobs):
         job.lost_on = job.worker
         if job.cancel_requested:
             job.finished_at = time.time()
-            self._cancelled(job, job.worker, error)
+            self._cancelled(job, job.worker, error, self.stopping.pop(job.id, ""))
             return
         self._fail(job, job.worker, error, "lost")
 
@@ -220,28 +222,30 @@ class JobTable(OpenJobs):
         job.finished_at = time.time()
         self._cancelled(job, None, why)
 
-    def cancel(self, job: JobRecord) -> bool:
+    def cancel(self, job: JobRecord, by: str = "") -> bool:
         """Cancel a job; True when it is running and must first be stopped on its worker (it is cancelled when
         the worker reports, or is lost). A job assigned to a worker but not started is cancelled at once (the
-        caller tells the worker to drop it)."""
+        caller tells the worker to drop it). `by`: who cancels it ("by uid N (name)"), in its error and event."""
         if job.state not in CANCELLABLE:
             raise InvalidTransition(f"job {job.id} is {job.state}; only queued, delayed, failed (waiting to "
                                     "retry), assigned or running jobs can be cancelled")
         if job.state == RUNNING:
             job.cancel_requested = True
+            self.stopping[job.id] = by
             return True
         job.finished_at = time.time()
         if job.state == ASSIGNED:
-            self._cancelled(job, job.worker, f"before it started (it waited in worker {job.worker}'s inbox)")
+            self._cancelled(job, job.worker, f"before it started (it waited in worker {job.worker}'s inbox)", by)
         else:
-            self._cancelled(job, None, "")
+            self._cancelled(job, None, "", by)
         return False
 
-    def _cancelled(self, job: JobRecord, instance: str | None, detail: str) -> None:
-        if detail:
-            job.error = f"cancelled: {detail}"
+    def _cancelled(self, job: JobRecord, instance: str | None, detail: str, by: str = "") -> None:
+        """The job ends cancelled: its error says so (not its last failed attempt's), who cancelled it and why."""
+        job.error = f"cancelled{' ' + by if by else ''}{': ' + detail if detail else ''}"
         self._move(job, CANCELLED)
-        self.events.event("cancelled", job.id, job.task, job.queue, job.attempts, instance, detail)
+        self.events.event("cancelled", job.id, job.task, job.queue, job.attempts, instance,
+                          f"{by}{': ' if by and detail else ''}{detail}")
 
     def retry(self, job: JobRecord) -> list[int]:
         """A dead, cancelled or failed job runs again, its attempts reset: queued, or deferred again behind the

@@ -18,7 +18,7 @@ from ..control import RequestError
 from ..states import JobState
 from .access import Access
 from .fleet import Fleet
-from .jobs import InvalidTransition, JobTable, RetryRefused
+from .jobs import CANCELLABLE, RETRYABLE, InvalidTransition, JobTable, RetryRefused
 from .openjobs import ON_WORKER
 from .queues import Queues
 from .records import MAX_JOB_ID, JobRecord
@@ -148,9 +148,11 @@ class Requests:
 
     def _cancel(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         """One job by `id`, or every job matching the filters; a running job is stopped on its worker first."""
+        by = f"by {self.access.who(conn.uid)}"
+
         def cancel(job: JobRecord) -> bool:
             on_worker = job.state in ON_WORKER  # running: stopped there; assigned: cancelled now, dropped there
-            stopping = self.jobs.cancel(job)
+            stopping = self.jobs.cancel(job, by)
             if on_worker:
                 self.fleet.cancel(job)
             return stopping
@@ -160,7 +162,7 @@ class Requests:
             self._check_change(conn, job, "cancel")
             stopping = _transition(cancel, job)
             return {"job": job.public(), "stopping": stopping}  # (the job as the cancel left it)
-        return self._bulk(conn, req, cancel, "cancel")
+        return self._bulk(conn, req, cancel, "cancel", CANCELLABLE)
 
     def _retry(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         if req.get("id") is not None:
@@ -168,15 +170,15 @@ class Requests:
             self._check_change(conn, job, "retry")
             later = _transition(self.jobs.retry, job)
             return {"job": job.public(), "later": later}
-        return self._bulk(conn, req, self.jobs.retry, "retry")
+        return self._bulk(conn, req, self.jobs.retry, "retry", RETRYABLE)
 
     def _check_change(self, conn: Conn, job: JobRecord, what: str) -> None:
         refusal = self.access.may_change(conn.uid, conn.gid, job.submitter, what, job.id)
         if refusal is not None:
             raise RequestError("permission", refusal)
 
-    def _bulk(self, conn: Conn, req: dict[str, Any], action: Callable[[JobRecord], object],
-              what: str) -> dict[str, Any]:
+    def _bulk(self, conn: Conn, req: dict[str, Any], action: Callable[[JobRecord], object], what: str,
+              able: tuple[str, ...]) -> dict[str, Any]:
         """Apply `action` to every job that matches the request's filters, oldest first (a chain's steps in
         order), and that the caller may change; the others are left and counted as refused: `not_yours`, and
         `reasons` (the first few) for the jobs a retry refuses (RetryRefused). A retry's later chain steps that
@@ -187,6 +189,10 @@ class Requests:
         if not any(filters.values()) and older_than is None:
             raise RequestError("bad_request", "give a job id, or at least one filter: state, task, queue, "
                                               "older_than")
+        if filters["state"] is not None and filters["state"] not in able:
+            verb = "cancelled" if what == "cancel" else "retried"
+            raise RequestError("bad_request", f"state {filters['state']}: a {filters['state']} job cannot be "
+                                              f"{verb}; the state filter takes {', '.join(able)}")
         newest = time.time() - float(older_than or 0.0)
         ids: list[int] = []
         not_yours, refused, reasons = 0, 0, list[str]()
