@@ -124,6 +124,8 @@ def test_a_chain_with_a_unique_key_open_creates_nothing_and_answers_with_the_ope
     fresh = json.loads(suite.tqctl("submit", "--json", "--unique", "U4", "rec", "b", "--then", "rec v").stdout)
     assert fresh == {"ids": [step + 1, step + 2], "existing": False}
     assert c.get(head)["children"] == [step] and len(c.list_jobs()) == 4
+    r = suite.tqctl("cancel", "--task", "rec")  # newest first: each step cancelled by the caller, and counted
+    assert (r.returncode, r.stdout) == (0, "cancelled 4 job(s)\n")
 
 
 def test_a_submit_answered_by_a_task_s_own_uniqueness_says_the_task_and_args_not_a_key(suite: Suite) -> None:

@@ -179,10 +179,10 @@ class Requests:
 
     def _bulk(self, conn: Conn, req: dict[str, Any], action: Callable[[JobRecord], object], what: str,
               able: tuple[str, ...]) -> dict[str, Any]:
-        """Apply `action` to every job that matches the request's filters, oldest first (a chain's steps in
-        order), and that the caller may change; the others are left and counted as refused: `not_yours`, and
-        `reasons` (the first few) for the jobs a retry refuses (RetryRefused). A retry's later chain steps that
-        come back with a job are among the ids."""
+        """Apply `action` to every job that matches the request's filters (a retry oldest first: a chain's steps
+        in order; a cancel newest first: each by the caller, not by the step before it) and that the caller may
+        change; the others are left and counted as refused: `not_yours`, and `reasons` (the first few) for the
+        jobs a retry refuses (RetryRefused). A retry's later chain steps that come back with a job are in ids."""
         task, queue = _names(req)
         filters = {"state": _state(req), "task": task, "queue": queue}
         older_than = control.field(req, "older_than", (int, float), None)
@@ -196,7 +196,8 @@ class Requests:
         newest = time.time() - float(older_than or 0.0)
         ids: list[int] = []
         not_yours, refused, reasons = 0, 0, list[str]()
-        for job in reversed(self.jobs.query(filters["state"], filters["queue"], filters["task"], MAX_BULK)):
+        matching = self.jobs.query(filters["state"], filters["queue"], filters["task"], MAX_BULK)
+        for job in reversed(matching) if what == "retry" else matching:
             if job.created_at > newest:
                 continue
             if self.access.may_change(conn.uid, conn.gid, job.submitter, what, job.id) is not None:
