@@ -175,6 +175,9 @@ def test_a_cancelled_job_says_who_cancelled_it_instead_of_its_last_error_and_res
     assert events[-1]["event"] == "cancelled" and events[-1]["detail"] == f"by {who}"
     r = suite.tqctl("result", str(jid))
     assert (r.returncode, r.stdout, r.stderr) == (1, "", f"tqctl: job {jid} cancelled by {who}\n")
+    r = suite.tqctl("cancel", str(jid))
+    assert (r.returncode, r.stderr) == (2, f"tqctl: job {jid} is cancelled; only queued, delayed, deferred, failed "
+                                           "(waiting to retry), assigned or running jobs can be cancelled\n")
     head, step = c.chain(("again", []), ("rec", ["never"]))
     c.cancel(head)
     assert c.wait(step, timeout=10)["state"] == "cancelled"  # (at once, or once a running head has stopped)

@@ -227,8 +227,8 @@ class JobTable(OpenJobs):
         the worker reports, or is lost). A job assigned to a worker but not started is cancelled at once (the
         caller tells the worker to drop it). `by`: who cancels it ("by uid N (name)"), in its error and event."""
         if job.state not in CANCELLABLE:
-            raise InvalidTransition(f"job {job.id} is {job.state}; only queued, delayed, failed (waiting to "
-                                    "retry), assigned or running jobs can be cancelled")
+            raise InvalidTransition(f"job {job.id} is {job.state}; only queued, delayed, deferred, failed (waiting "
+                                    "to retry), assigned or running jobs can be cancelled")
         if job.state == RUNNING:
             job.cancel_requested = True
             self.stopping[job.id] = by
