@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import signal
 
 import pytest
 
@@ -30,7 +31,7 @@ def _flaky(suite: Suite, name: str = "flaky", extra: str = "") -> str:
 
 def test_a_cancelled_step_retried_while_the_one_before_runs_waits_for_it_and_takes_its_result(suite: Suite) -> None:
     suite.write_config(RECORD + _gate(suite))
-    suite.start(workers=2)  # a free worker: a step queued too soon would run at once
+    host, _workers = suite.start(workers=2)  # a free worker: a step queued too soon would run at once
     c = suite.client()
     gate, step, last = map(int, suite.tqctl("submit", "gate", "--then", "rec m", "--then", "rec z").stdout.split())
     after = int(suite.tqctl("submit", "--after", str(gate), "rec", "after").stdout)
@@ -42,6 +43,11 @@ def test_a_cancelled_step_retried_while_the_one_before_runs_waits_for_it_and_tak
                                            f"of its chain ({last})\n")
     r = suite.tqctl("retry", str(after))
     assert (r.returncode, r.stdout) == (0, f"job {after} deferred again: it waits for job {gate}\n")
+    assert [c.get(i)["state"] for i in (step, last, after)] == ["deferred"] * 3
+    host.signal(signal.SIGKILL)  # they stay deferred behind the gate through a restart
+    host.wait()
+    suite.host()
+    c = suite.client()
     assert [c.get(i)["state"] for i in (step, last, after)] == ["deferred"] * 3
     (suite.dir / "open").touch()
     jobs = c.wait_many([gate, step, last, after], timeout=15)
