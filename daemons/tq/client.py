@@ -231,8 +231,14 @@ class Client(Connection, clienttokens.TokenOps):
     def chain(self, *steps: tuple[str, list[Any]] | dict[str, Any]) -> list[int]:
         """Submit a chain in one commit: each step starts when the one before is done, with its result as payload;
         a step that ends dead or cancelled cancels the rest. Steps as submit_many's; their ids, in order."""
+        return self.submit_chain(*steps)[0]
+
+    def submit_chain(self, *steps: tuple[str, list[Any]] | dict[str, Any]) -> tuple[list[int], bool]:
+        """A chain as chain() submits it: its ids, and True if an open job with the first step's unique key
+        answered for the whole chain (nothing was created: the ids are that job's and its own chain's steps')."""
         specs = [dict(j) if isinstance(j, dict) else {"task": j[0], "args": list(j[1])} for j in steps]
-        return [int(i) for i in self.call("submit", jobs=specs, chain=True)["ids"]]
+        reply = self.call("submit", jobs=specs, chain=True)
+        return [int(i) for i in reply["ids"]], bool(reply.get("existing"))
 
     def publish(self, exchange: str, key: str, task: str, *args: Any, **options: Any) -> list[int]:
         """Submit through an exchange: one job for each bound queue that `key` matches, in one commit; their ids.
@@ -305,20 +311,26 @@ class Client(Connection, clienttokens.TokenOps):
         return dict(reply["job"]) | {"stopping": bool(reply.get("stopping"))}
 
     def retry(self, job_id: int) -> dict[str, Any]:
-        return dict(self.call("retry", id=job_id)["job"])
+        """Run a dead, failed or cancelled job again: the job as the retry left it (queued, or deferred behind the
+        job it waits for), and `later`: the later steps of its chain that come back with it."""
+        reply = self.call("retry", id=job_id)
+        return dict(reply["job"]) | {"later": list(reply.get("later", []))}
 
     def cancel_matching(self, state: str | None = None, task: str | None = None, queue: str | None = None,
                         older_than: float | None = None) -> dict[str, Any]:
         """Cancel every job that matches all the filters given (at least one): `ids` cancelled, and how many
         matched but were `refused` (not the caller's to change)."""
         reply = self.call("cancel", state=state, task=task, queue=queue, older_than=older_than)
-        return {"ids": list(reply["ids"]), "refused": int(reply.get("refused", 0))}
+        return _bulk_reply(reply)
 
     def retry_matching(self, state: str | None = None, task: str | None = None, queue: str | None = None,
                        older_than: float | None = None) -> dict[str, Any]:
-        """Run again every dead, cancelled or failed job that matches all the filters given (see cancel_matching)."""
+        """Run again every dead, cancelled or failed job that matches all the filters given (see cancel_matching;
+        `ids` holds the later chain steps that come back with a job too); `refused` counts too the jobs whose retry
+        was refused (the job they wait for is dead or cancelled, their unique key is held): `reasons` says why
+        (the first few), `not_yours` counts the others."""
         reply = self.call("retry", state=state, task=task, queue=queue, older_than=older_than)
-        return {"ids": list(reply["ids"]), "refused": int(reply.get("refused", 0))}
+        return _bulk_reply(reply)
 
     def pause(self, queue: str) -> dict[str, Any]:
         """Dispatch nothing more from `queue` (it still takes submits; running jobs finish). Root and admins."""
@@ -397,3 +409,11 @@ def _config_socket(path: str | None) -> configfiles.SocketSetting:
         return configfiles.socket_setting(path)
     except configfiles.ConfigError as e:
         raise Refused(str(e)) from None
+
+
+def _bulk_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """A bulk cancel's or retry's reply: `ids` changed, `refused` in all, `not_yours` of them and `reasons` for
+    the others (a tq-host before these counted every refusal as not the caller's)."""
+    refused = int(reply.get("refused", 0))
+    return {"ids": list(reply["ids"]), "refused": refused, "not_yours": int(reply.get("not_yours", refused)),
+            "reasons": [str(r) for r in reply.get("reasons", [])]}

@@ -21,3 +21,8 @@ class JobState(StrEnum):
 
 FINAL = frozenset({JobState.DONE, JobState.DEAD, JobState.CANCELLED})
 """States a job leaves only by `tqctl retry`."""
+
+# The states a job can be cancelled in, and retried in (tq-host refuses the others; tqctl's --state offers these).
+CANCELLABLE = (JobState.QUEUED, JobState.DELAYED, JobState.DEFERRED, JobState.FAILED, JobState.ASSIGNED,
+               JobState.RUNNING)
+RETRYABLE = (JobState.DEAD, JobState.CANCELLED, JobState.FAILED)

@@ -235,7 +235,8 @@ def test_cancel_a_delayed_job(suite: Suite) -> None:
     assert suite.tqctl("cancel", str(jid)).returncode == 0
     assert c.get(jid)["state"] == "cancelled"
     r = suite.tqctl("cancel", str(jid))
-    assert r.returncode == 2 and "only queued, delayed, failed (waiting to retry), assigned or running" in r.stderr
+    assert r.returncode == 2 and "only queued, delayed, deferred, failed (waiting to retry), assigned or running" \
+        in r.stderr
     assert suite.tqctl("show", "999999").returncode == 5
 
 

@@ -4,6 +4,7 @@ resolved when it accepted it, started_at is when the handler started, and every 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import time
@@ -119,7 +120,8 @@ def test_cancel_of_a_running_command_asks_it_to_stop_then_the_worker_takes_new_w
     r = suite.tqctl("cancel", str(jid))
     assert r.returncode == 0 and "stopping it" in r.stdout
     job = c.wait(jid, timeout=10)
-    assert job["state"] == "cancelled" and job["error"].startswith("cancelled: stopped on its worker")
+    assert job["state"] == "cancelled" and job["error"].startswith(f"cancelled by uid {os.getuid()} (")
+    assert "): stopped on its worker (" in job["error"]
     assert cleaned.read_text() == "tidy\n"  # SIGTERM first: it had the chance to clean up
     stubborn = c.submit("stubborn")
     _running(w1, stubborn)

@@ -111,7 +111,7 @@ def test_options_that_would_be_ignored_or_out_of_range_are_usage_errors(suite: S
         r = tqctl(suite, command)
         refused(r, 2, "job ID", "--state", "--task", "--queue", "--older-than")
         assert "not both" not in r.stderr
-        refused(tqctl(suite, command, "7", "--state", "dead"), 2, "not both", "--state")
+        refused(tqctl(suite, command, "7", "--state", "failed"), 2, "not both", "--state")
     assert suite.client().list_jobs() == []
 
 

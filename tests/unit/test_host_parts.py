@@ -87,7 +87,7 @@ def test_retry_brings_a_cancelled_job_back_and_a_done_one_cannot_be_cancelled(pa
     ja, jb = job(parts, a), job(parts, b)
     parts.jobs.assign(parts.jobs.pop_ready(["default"]) or ja, "1")
     parts.jobs.finish(ja, _result(ja, True))
-    with pytest.raises(InvalidTransition, match="only queued, delayed, failed"):
+    with pytest.raises(InvalidTransition, match="only queued, delayed, deferred, failed"):
         parts.jobs.cancel(ja)
     assert parts.jobs.cancel(jb) is False  # queued: cancelled at once
     assert jb.state == JobState.CANCELLED and jb.finished_at is not None

@@ -1,9 +1,9 @@
 """tqctl: the operator's command line, a thin layer over tq.client.
 
-The commands live by what they act on: jobs.py (submit, result, list, show, cancel, retry; batch.py reads and
-checks submit --batch's lines), overview.py (status, workers, queues, schedules, pause, resume, config check),
-follow.py (events, watch, metrics), tokens.py (token create, list, revoke); each declares its commands' options
-beside their handlers, render.py formats what they print, complete.py completes them in bash.
+The commands live by what they act on: jobs.py (submit, result, list, show; batch.py reads and checks submit
+--batch's lines), change.py (cancel, retry), overview.py (status, workers, queues, schedules, pause, resume,
+config check), follow.py (events, watch, metrics), tokens.py (token create, list, revoke); each declares its
+commands' options beside their handlers, render.py formats what they print, complete.py completes them in bash.
 
 Remote: `--url URL --token-file FILE` (or TQ_URL, TQ_TOKEN_FILE) reaches tq-host through tq-gateway, with the same
 output and exit statuses (tq/remote.py); `--ca-file FILE` (TQ_CA_FILE) checks an https gateway against that CA.
@@ -22,7 +22,7 @@ import sys
 from .. import __version__
 from ..client import Client, Refused, TqError
 from ..clienterrors import masked_url
-from . import follow, jobs, options, overview, render, tokens
+from . import change, follow, jobs, options, overview, render, tokens
 
 # The order `tqctl --help` lists the commands in; each module's COMMANDS add them.
 _HELP_ORDER = ("submit", "status", "list", "show", "cancel", "retry", "result", "workers", "pause", "resume",
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca-file", metavar="FILE", help="with an https --url: the CA certificate (PEM) the gateway's "
                    "is checked against (default: $TQ_CA_FILE, else the system's CAs)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=options.Parser)
-    commands = jobs.COMMANDS | overview.COMMANDS | follow.COMMANDS | tokens.COMMANDS
+    commands = jobs.COMMANDS | change.COMMANDS | overview.COMMANDS | follow.COMMANDS | tokens.COMMANDS
     for name in sorted(commands, key=_HELP_ORDER.index):  # (a command missing from _HELP_ORDER: ValueError)
         commands[name](sub, common)
     sub.add_parser("_complete").add_argument("line")  # for the bash completion; no help=: --help leaves it out

@@ -16,7 +16,7 @@ from ..usage import describe as describe_usage
 from . import batch, options, render, visible
 
 if TYPE_CHECKING:
-    from .options import Handler, Parser, Register, Subcommands
+    from .options import Parser, Register, Subcommands
 
 # submit's options for one job (dest: as the user writes it), which --batch takes from each line instead
 _ONE_JOB = {"task": "TASK", "args": "ARG", "queue": "--queue", "priority": "--priority", "delay": "--delay",
@@ -39,7 +39,9 @@ def _add_submit(sub: Subcommands, common: Parser) -> None:
     s.add_argument("--unique", metavar="KEY", help="while a job submitted with KEY is open, print its id, create "
                    "nothing and say so on stderr (--json: \"existing\": true)")
     s.add_argument("--then", action="append", metavar="'TASK [ARG...]'", help="a next step: it runs when the one "
-                   "before is done, with its result as payload (repeat for more); a step that fails cancels the rest")
+                   "before is done, with its result as payload (repeat for more); a step that ends dead or cancelled "
+                   "cancels the rest. The other options are the first step's (each later one takes its task's "
+                   "settings); with --unique, an open job with KEY answers for the whole chain")
     s.add_argument("--after", type=options.job_id, metavar="ID",
                    help="wait until job ID is done (cancelled if it is not)")
     s.add_argument("--exchange", metavar="NAME", help="submit through [exchanges.NAME]: one job per bound queue "
@@ -66,8 +68,12 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
             raise Refused("--then takes no --wait or --exchange (tqctl result --wait LAST_ID waits for the chain)")
         first = _spec_of(args, payload)
         steps = [first] + [_then(text) for text in args.then]
-        ids = client.chain(*steps)
-        render.say({"ids": ids}, "\n".join(map(str, ids)), as_json)
+        ids, existing = client.submit_chain(*steps)
+        if existing:
+            stderr.line(f"tqctl: {_held(args, ids[0])}: it and its chain ({' '.join(map(str, ids))}) answer for "
+                        "this submit, nothing new was submitted")
+        render.say({"ids": ids} if args.unique is None and not existing else {"ids": ids, "existing": existing},
+                   "\n".join(map(str, ids)), as_json)
         return 0
     if args.exchange is not None:
         if args.queue is not None or args.wait or args.unique is not None:
@@ -79,10 +85,10 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         return 0
     jid, existing = client.submit_spec(_spec_of(args, payload))
     if existing:  # (stdout stays the id alone, for scripts)
-        stderr.line(f"tqctl: job {jid} was open with unique key {args.unique}: it answers for this submit, "
-                    "nothing new was submitted")
+        stderr.line(f"tqctl: {_held(args, jid)}: it answers for this submit, nothing new was submitted")
     if not args.wait:
-        render.say({"id": jid} if args.unique is None else {"id": jid, "existing": existing}, str(jid), as_json)
+        render.say({"id": jid} if args.unique is None and not existing else {"id": jid, "existing": existing},
+                   str(jid), as_json)
         return 0
     try:
         job = _wait(client, jid, args.wait_timeout)
@@ -94,6 +100,14 @@ def _cmd_submit(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     except TqError as e:  # tq-host restarted, the gateway refused the wait: a script must not submit it again
         raise type(e)(f"{e}; job {jid} stays submitted (tqctl result --wait {jid})") from None
     return _finish(job, as_json)
+
+
+def _held(args: argparse.Namespace, jid: int) -> str:
+    """The open job that answered a submit: by its --unique KEY, or by its task's unique = true (task and args)."""
+    if args.unique is not None:
+        return f"job {jid} was open with unique key {args.unique}"
+    return f"job {jid} ({args.task} {json.dumps(list(args.args), ensure_ascii=False)}) is open and its task has " \
+           "unique = true"
 
 
 def _given(value: object) -> bool:
@@ -180,7 +194,10 @@ def _finish(job: dict[str, Any], as_json: bool) -> int:
 
 def _failure(job: dict[str, Any]) -> str:
     """A job that ended other than done, as one error line: its error (a stderr tail of many lines) escaped."""
-    return f"tqctl: job {job['id']} {job['state']}: {visible.line(job.get('error') or '')}".rstrip(": ")
+    error = visible.line(job.get("error") or "")
+    if error.startswith(job["state"]):  # "cancelled by uid 0 (root)": the state once
+        return f"tqctl: job {job['id']} {error}"
+    return f"tqctl: job {job['id']} {job['state']}: {error}".rstrip(": ")
 
 
 def _add_result(sub: Subcommands, common: Parser) -> None:
@@ -320,74 +337,4 @@ def _cmd_show(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     return 0
 
 
-def _add_bulk(sub: Subcommands, common: Parser, name: str, text: str, handler: Handler) -> None:
-    """cancel and retry: one job by ID, or every job that matches the filters."""
-    c = sub.add_parser(name, parents=[common], help=text)
-    c.add_argument("id", type=options.job_id, nargs="?")
-    c.add_argument("--state", choices=[s.value for s in JobState])
-    c.add_argument("--task")
-    c.add_argument("--queue")
-    c.add_argument("--older-than", type=options.duration, metavar="AGE", help="submitted at least this long ago")
-    c.set_defaults(handler=handler)
-
-
-def _add_cancel(sub: Subcommands, common: Parser) -> None:
-    _add_bulk(sub, common, "cancel", "cancel a job (a running one is stopped first), or all that match", _cmd_cancel)
-
-
-def _add_retry(sub: Subcommands, common: Parser) -> None:
-    _add_bulk(sub, common, "retry", "run a dead, failed or cancelled job again, or all that match", _cmd_retry)
-
-
-def _filters(args: argparse.Namespace) -> dict[str, Any]:
-    """The bulk filters given; a usage error with an id beside them, or with neither."""
-    filters = {"state": args.state, "task": args.task, "queue": args.queue, "older_than": args.older_than}
-    given = {k: v for k, v in filters.items() if v is not None}
-    if args.id is None and not given:
-        raise Refused(f"{args.command} needs a job ID, or filters: one or more of --state, --task, --queue, "
-                      "--older-than")
-    if args.id is not None and given:
-        flags = " ".join(f"--{k.replace('_', '-')}" for k in given)
-        raise Refused(f"{args.command} takes a job ID or filters, not both (given: {args.id} and {flags})")
-    return given
-
-
-def _bulk_done(reply: dict[str, Any], text: str, as_json: bool) -> int:
-    """How many jobs were changed, and how many matched but are not the caller's to change; exit 4 (permission
-    denied) when every matching job was refused, the line then an error on stderr."""
-    denied = not reply["ids"] and reply["refused"] > 0
-    if as_json:
-        render.out({"count": len(reply["ids"]), **reply})
-    else:
-        refused = f"; {reply['refused']} matching job(s) are not yours to change" if reply["refused"] else ""
-        line = text.format(len(reply["ids"])) + refused
-        if denied:
-            stderr.line(f"tqctl: {line}")
-        else:
-            print(line)
-    return control.EXIT_PERMISSION if denied else 0
-
-
-def _cmd_cancel(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    if filters := _filters(args):
-        return _bulk_done(client.cancel_matching(**filters), "cancelled {} job(s)", as_json)
-    job = client.cancel(args.id)
-    if as_json:
-        render.out(job)
-    elif job["stopping"]:
-        print(f"job {args.id} is running on worker {job['worker']}: stopping it; it ends cancelled")
-    else:
-        print(f"job {args.id} cancelled")
-    return 0
-
-
-def _cmd_retry(client: Client, args: argparse.Namespace, as_json: bool) -> int:
-    if filters := _filters(args):
-        return _bulk_done(client.retry_matching(**filters), "queued {} job(s) again", as_json)
-    job = client.retry(args.id)
-    render.say(job, f"job {args.id} queued again", as_json)
-    return 0
-
-
-COMMANDS: dict[str, Register] = {"submit": _add_submit, "list": _add_list, "show": _add_show, "cancel": _add_cancel,
-                                 "retry": _add_retry, "result": _add_result}
+COMMANDS: dict[str, Register] = {"submit": _add_submit, "list": _add_list, "show": _add_show, "result": _add_result}

@@ -56,6 +56,12 @@ class Access:
         return (f"permission denied: only {self.anyway} and members of the admin groups ({admins}; [access] "
                 f"admins) may {what}")
 
+    @staticmethod
+    def who(uid: int) -> str:
+        """A caller as an event names it: "uid N (name)", or "uid N" for a uid the system does not know."""
+        name = _name_of(uid)
+        return name if name.startswith("uid ") else f"uid {uid} ({name})"
+
     def _is_admin(self, uid: int, gid: int) -> bool:
         _name, groups = self._groups(uid, gid)
         return any(g in groups for g in self.cfg.access.admins)

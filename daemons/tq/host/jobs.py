@@ -12,6 +12,7 @@ import heapq
 import time
 from collections.abc import Callable
 
+from .. import states
 from ..log import JobEvents
 from ..protocol import Result, to_json
 from ..states import FINAL
@@ -21,7 +22,6 @@ from .openjobs import (
     CANCELLED,
     DEAD,
     DEFERRED,
-    DELAYED,
     DONE,
     FAILED,
     ON_WORKER,
@@ -30,26 +30,39 @@ from .openjobs import (
     WAITING,
     OpenJobs,
 )
-from .records import CHAIN, RESTING, JobRecord
+from .records import AFTER, CHAIN, RESTING, JobRecord
 from .store import Store
 
-CANCELLABLE = (QUEUED, DELAYED, FAILED, ASSIGNED, RUNNING, DEFERRED)
-RETRYABLE = (DEAD, CANCELLED, FAILED)
+CANCELLABLE = tuple(s.value for s in states.CANCELLABLE)
+RETRYABLE = tuple(s.value for s in states.RETRYABLE)
 
 
 class InvalidTransition(Exception):
     """The job's state does not allow what was asked; the message says which states do."""
 
 
+class RetryRefused(InvalidTransition):
+    """A retry that the job's state allows, refused all the same: the message says why (the job it waits for will
+    never be done, its unique key is held)."""
+
+
+def unique_text(job: JobRecord) -> str:
+    """A job's unique key as the operator gave it: KEY, or the task's own (`unique = true`: its task and args)."""
+    if job.unique_key == f"{job.task} {job.args_json}":
+        return f"{job.task} {job.args_json}, its task has unique = true"
+    return f"unique key {job.unique_key}"
+
+
 class JobTable(OpenJobs):
     def __init__(self, store: Store, events: JobEvents, on_final: Callable[[JobRecord], None]) -> None:
         super().__init__(store)
         self.events, self.on_final = events, on_final
+        self.stopping: dict[int, str] = {}  # a running job being cancelled -> who cancelled it ("by uid N (name)")
 
     def load(self) -> None:
         """Rebuild the table from the store: at start, and after a failed commit."""
         for index in (self.jobs, self.retried, self.ready, self.delayed, self.counts, self.unique, self.running_in,
-                      self.deferred):
+                      self.deferred, self.stopping):
             index.clear()
         self.counts.update(self.store.count_final())
         for job in self.store.open_jobs():
@@ -139,8 +152,9 @@ class JobTable(OpenJobs):
             cost = f"in {result.duration:.3f}s{describe_usage(result.usage)}"
         else:
             job.usage_json, cost = None, f"in {result.duration:.3f}s"
+        by = self.stopping.pop(job.id, "") if job.cancel_requested else ""
         if job.cancel_requested and not result.ok:
-            self._cancelled(job, result.instance, f"stopped on its worker ({result.error}; {cost})")
+            self._cancelled(job, result.instance, f"stopped on its worker ({result.error}; {cost})", by)
             return
         if result.ok:
             job.result, job.error = result.output, None
@@ -184,7 +198,7 @@ class JobTable(OpenJobs):
         job.lost_on = job.worker
         if job.cancel_requested:
             job.finished_at = time.time()
-            self._cancelled(job, job.worker, error)
+            self._cancelled(job, job.worker, error, self.stopping.pop(job.id, ""))
             return
         self._fail(job, job.worker, error, "lost")
 
@@ -208,43 +222,100 @@ class JobTable(OpenJobs):
         job.finished_at = time.time()
         self._cancelled(job, None, why)
 
-    def cancel(self, job: JobRecord) -> bool:
+    def cancel(self, job: JobRecord, by: str = "") -> bool:
         """Cancel a job; True when it is running and must first be stopped on its worker (it is cancelled when
         the worker reports, or is lost). A job assigned to a worker but not started is cancelled at once (the
-        caller tells the worker to drop it)."""
+        caller tells the worker to drop it). `by`: who cancels it ("by uid N (name)"), in its error and event."""
         if job.state not in CANCELLABLE:
-            raise InvalidTransition(f"job {job.id} is {job.state}; only queued, delayed, failed (waiting to "
-                                    "retry), assigned or running jobs can be cancelled")
+            raise InvalidTransition(f"job {job.id} is {job.state}; only queued, delayed, deferred, failed (waiting "
+                                    "to retry), assigned or running jobs can be cancelled")
         if job.state == RUNNING:
             job.cancel_requested = True
+            self.stopping[job.id] = by
             return True
         job.finished_at = time.time()
         if job.state == ASSIGNED:
-            self._cancelled(job, job.worker, f"before it started (it waited in worker {job.worker}'s inbox)")
+            self._cancelled(job, job.worker, f"before it started (it waited in worker {job.worker}'s inbox)", by)
         else:
-            self._cancelled(job, None, "")
+            self._cancelled(job, None, "", by)
         return False
 
-    def _cancelled(self, job: JobRecord, instance: str | None, detail: str) -> None:
-        if detail:
-            job.error = f"cancelled: {detail}"
+    def _cancelled(self, job: JobRecord, instance: str | None, detail: str, by: str = "") -> None:
+        """The job ends cancelled: its error says so (not its last failed attempt's), who cancelled it and why."""
+        job.error = f"cancelled{' ' + by if by else ''}{': ' + detail if detail else ''}"
         self._move(job, CANCELLED)
-        self.events.event("cancelled", job.id, job.task, job.queue, job.attempts, instance, detail)
+        self.events.event("cancelled", job.id, job.task, job.queue, job.attempts, instance,
+                          f"{by}{': ' if by and detail else ''}{detail}")
 
-    def retry(self, job: JobRecord) -> None:
-        """A dead, cancelled or failed job runs again, its attempts reset."""
+    def retry(self, job: JobRecord) -> list[int]:
+        """A dead, cancelled or failed job runs again, its attempts reset: queued, or deferred again behind the
+        job it waits for (a chain's step before it, --after) while that one is open; with the result of a done
+        step before it as payload, as at its release. A dead or cancelled chain step brings back, deferred, the
+        later steps of its chain cancelled because of it: their ids are returned. RetryRefused if the job it
+        waits for is dead or cancelled, or another open job holds its unique key."""
+        job = self.jobs.get(job.id, job)  # (a bulk retry's listing may predate a step brought back with another)
         if job.state not in RETRYABLE:
             raise InvalidTransition(f"job {job.id} is {job.state}; only dead, cancelled or failed jobs can be "
                                     "retried")
-        job.attempts, job.error, job.finished_at, job.run_at = 0, None, None, None
-        job.cancel_requested = False
-        if job.id in self.jobs:  # failed, waiting to retry
+        self._check_key_free(job)
+        if job.id in self.jobs:  # failed, waiting to retry (it ran: the job before it was done)
+            job.attempts, job.error, job.run_at, job.cancel_requested = 0, None, None, False
             self._move(job, QUEUED)
-        else:  # dead or cancelled: back into the indexes
-            self.counts[job.state] -= 1
-            self.store.rest(job.id, job.state, False)
-            job.state = QUEUED
-            self._index(job)
-            self.retried.add(job.id)
-            self.store.update(job)
-        self.events.event("retry requested", job.id, job.task, job.queue)
+            self.events.event("retry requested", job.id, job.task, job.queue)
+            return []
+        parent = self._waited_for(job)
+        if parent is not None and parent.state == DONE and job.link == CHAIN:
+            job.payload_json = to_json(parent.result)
+        later = self._cut_off(job)
+        deferred = parent is not None and parent.state != DONE
+        self._reopen(job, DEFERRED if deferred else QUEUED)
+        self.events.event("retry requested", job.id, job.task, job.queue,
+                          detail=f"deferred: it waits for job {job.parent}" if deferred else "")
+        for step in later:
+            self._reopen(step, DEFERRED)
+            self.events.event("retry requested", step.id, step.task, step.queue,
+                              detail=f"with job {job.id}, before it in the chain")
+        return [step.id for step in later]
+
+    def _check_key_free(self, job: JobRecord) -> None:
+        holder = None if job.unique_key is None else self.holder(job.unique_key)
+        if holder is not None and holder.id != job.id:
+            raise RetryRefused(f"job {holder.id} is open with the unique key of job {job.id} "
+                               f"({unique_text(job)}): retry job {job.id} once job {holder.id} has finished")
+
+    def _waited_for(self, job: JobRecord) -> JobRecord | None:
+        """The job that this dead or cancelled one waits for (a chain's step before it, --after), if any."""
+        if job.parent is None or job.link not in (CHAIN, AFTER):
+            return None
+        parent = self.find(job.parent)
+        if parent is None:
+            if job.started_at is not None:  # it was dispatched once: its parent was done, its payload is set
+                return None
+            raise RetryRefused(f"job {job.id} waits for job {job.parent}, which is gone (pruned): it would never "
+                               "run")
+        if parent.state in (DEAD, CANCELLED):
+            raise RetryRefused(f"job {job.id} waits for job {parent.id}, which is {parent.state}: retry job "
+                               f"{parent.id}" + (" (its later steps come back with it)" if job.link == CHAIN else ""))
+        return parent
+
+    def _cut_off(self, job: JobRecord) -> list[JobRecord]:
+        """The later steps of this job's chain that were cancelled because of it (and so on down the chain)."""
+        steps: list[JobRecord] = []
+        while True:
+            cause = f"cancelled: job {job.id} before it in the chain is "
+            nexts = [s for s in map(self.store.get, self.store.children(job.id)) if s is not None and
+                     s.link == CHAIN and s.state == CANCELLED and (s.error or "").startswith(cause)]
+            if len(nexts) != 1:
+                return steps
+            job = nexts[0]
+            steps.append(job)
+
+    def _reopen(self, job: JobRecord, state: str) -> None:
+        """A dead or cancelled job back into the indexes, as new."""
+        self.counts[job.state] -= 1
+        self.store.rest(job.id, job.state, False)
+        job.attempts, job.error, job.finished_at, job.run_at, job.cancel_requested = 0, None, None, None, False
+        job.state = state
+        self._index(job)
+        self.retried.add(job.id)
+        self.store.update(job)

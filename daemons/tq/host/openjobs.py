@@ -13,7 +13,7 @@ import heapq
 
 from ..states import FINAL, JobState
 from .listing import page
-from .records import MAX_JOB_ID, JobRecord
+from .records import CHAIN, MAX_JOB_ID, JobRecord
 from .store import Store
 
 # A job's state is kept as the plain string: sqlite3 binds a str subclass (an enum member) on a slower path.
@@ -49,6 +49,15 @@ class OpenJobs:
         """The open job that holds this unique key (queued, delayed, running or waiting to retry), if any."""
         job_id = self.unique.get(unique_key)
         return None if job_id is None else self.jobs.get(job_id)
+
+    def chain_from(self, head: JobRecord) -> list[int]:
+        """The ids of a job and of the later steps of its chain (none if it is no chain's head), in order."""
+        ids = [head.id]
+        while True:
+            steps = [j for j in map(self.find, self.store.children(ids[-1])) if j is not None and j.link == CHAIN]
+            if not steps:
+                return ids
+            ids.append(steps[0].id)
 
     def query(self, state: str | None, queue: str | None, task: str | None, limit: int,
               after: int | None = None) -> list[JobRecord]:

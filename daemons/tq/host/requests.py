@@ -18,7 +18,7 @@ from ..control import RequestError
 from ..states import JobState
 from .access import Access
 from .fleet import Fleet
-from .jobs import InvalidTransition, JobTable
+from .jobs import CANCELLABLE, RETRYABLE, InvalidTransition, JobTable, RetryRefused
 from .openjobs import ON_WORKER
 from .queues import Queues
 from .records import MAX_JOB_ID, JobRecord
@@ -34,6 +34,7 @@ from .waiters import MAX_BULK, Waiters
 # durability = "full" once every change they may show is fsync'd (Store.commit).
 ACKNOWLEDGING_OPS = {"submit", "cancel", "retry", "wait", "get", "list", "pause", "resume", "forget_worker",
                      "token_create", "token_revoke"}
+MAX_REASONS = 5  # a bulk retry's reasons for the jobs it refused: the first few
 BURST_OPS = {"submit", "list"}  # requests that may allocate much; a poller's status calls do not count
 _STATES = frozenset(s.value for s in JobState)
 Op = Callable[[Conn, Any, dict[str, Any]], "dict[str, Any] | None"]
@@ -147,9 +148,11 @@ class Requests:
 
     def _cancel(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         """One job by `id`, or every job matching the filters; a running job is stopped on its worker first."""
+        by = f"by {self.access.who(conn.uid)}"
+
         def cancel(job: JobRecord) -> bool:
             on_worker = job.state in ON_WORKER  # running: stopped there; assigned: cancelled now, dropped there
-            stopping = self.jobs.cancel(job)
+            stopping = self.jobs.cancel(job, by)
             if on_worker:
                 self.fleet.cancel(job)
             return stopping
@@ -159,45 +162,60 @@ class Requests:
             self._check_change(conn, job, "cancel")
             stopping = _transition(cancel, job)
             return {"job": job.public(), "stopping": stopping}  # (the job as the cancel left it)
-        return self._bulk(conn, req, cancel, "cancel")
+        return self._bulk(conn, req, cancel, "cancel", CANCELLABLE)
 
     def _retry(self, conn: Conn, rid: Any, req: dict[str, Any]) -> dict[str, Any]:
         if req.get("id") is not None:
             job = self._lookup(req)
             self._check_change(conn, job, "retry")
-            _transition(self.jobs.retry, job)
-            return {"job": job.public()}
-        return self._bulk(conn, req, self.jobs.retry, "retry")
+            later = _transition(self.jobs.retry, job)
+            return {"job": job.public(), "later": later}
+        return self._bulk(conn, req, self.jobs.retry, "retry", RETRYABLE)
 
     def _check_change(self, conn: Conn, job: JobRecord, what: str) -> None:
         refusal = self.access.may_change(conn.uid, conn.gid, job.submitter, what, job.id)
         if refusal is not None:
             raise RequestError("permission", refusal)
 
-    def _bulk(self, conn: Conn, req: dict[str, Any], action: Callable[[JobRecord], object],
-              what: str) -> dict[str, Any]:
-        """Apply `action` to every job that matches the request's filters and that the caller may change (the
-        others are left, and counted as refused)."""
+    def _bulk(self, conn: Conn, req: dict[str, Any], action: Callable[[JobRecord], object], what: str,
+              able: tuple[str, ...]) -> dict[str, Any]:
+        """Apply `action` to every job that matches the request's filters (a retry oldest first: a chain's steps
+        in order; a cancel newest first: each by the caller, not by the step before it) and that the caller may
+        change; the others are left and counted as refused: `not_yours`, and `reasons` (the first few) for the
+        jobs a retry refuses (RetryRefused). A retry's later chain steps that come back with a job are in ids."""
         task, queue = _names(req)
         filters = {"state": _state(req), "task": task, "queue": queue}
         older_than = control.field(req, "older_than", (int, float), None)
         if not any(filters.values()) and older_than is None:
             raise RequestError("bad_request", "give a job id, or at least one filter: state, task, queue, "
                                               "older_than")
+        if filters["state"] is not None and filters["state"] not in able:
+            verb = "cancelled" if what == "cancel" else "retried"
+            raise RequestError("bad_request", f"state {filters['state']}: a {filters['state']} job cannot be "
+                                              f"{verb}; the state filter takes {', '.join(able)}")
         newest = time.time() - float(older_than or 0.0)
-        ids, refused = [], 0
-        for job in self.jobs.query(filters["state"], filters["queue"], filters["task"], MAX_BULK):
+        ids: list[int] = []
+        not_yours, refused, reasons = 0, 0, list[str]()
+        matching = self.jobs.query(filters["state"], filters["queue"], filters["task"], MAX_BULK)
+        for job in reversed(matching) if what == "retry" else matching:
             if job.created_at > newest:
                 continue
             if self.access.may_change(conn.uid, conn.gid, job.submitter, what, job.id) is not None:
-                refused += 1
+                not_yours += 1
                 continue
             try:
-                action(job)
+                later = action(job)
+            except RetryRefused as e:
+                refused += 1
+                if len(reasons) < MAX_REASONS:
+                    reasons.append(str(e))
+                continue
             except InvalidTransition:
                 continue
             ids.append(job.id)
-        return {"count": len(ids), "ids": ids, "refused": refused}
+            ids.extend(later if isinstance(later, list) else ())
+        return {"count": len(ids), "ids": ids, "refused": refused + not_yours, "not_yours": not_yours,
+                "reasons": reasons}
 
     def _pause(self, conn: Conn, rid: Any, req: dict[str, Any], paused: bool = True) -> dict[str, Any]:
         """Pause (or resume) a queue: submits are taken, nothing is dispatched; running jobs finish."""

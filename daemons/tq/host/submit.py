@@ -101,6 +101,11 @@ class Admission:
             elif job.parent is not None:
                 self._after(job)
         ids: list[int] = []
+        held = None if not chain or jobs[0].unique_key is None else self.jobs.holder(jobs[0].unique_key)
+        if held is not None:  # the open job with the head's key answers for the whole chain: nothing is created
+            ids = self.jobs.chain_from(held)
+            existing.extend(ids)
+            return ids
         for job in jobs:
             if job.link == CHAIN:
                 job.parent = ids[-1]

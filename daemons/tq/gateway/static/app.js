@@ -343,7 +343,9 @@ function setupDead() {
     if (!window.confirm(`Retry every dead job${which ? ` of ${which}` : ""}?`)) return;
     try {
       const reply = await api("POST", "/api/v1/jobs/retry", {state: "dead", ...f});
-      const refused = reply.refused ? `; ${reply.refused} matching job(s) are not yours to change` : "";
+      const notYours = reply.not_yours ?? reply.refused;
+      let refused = notYours ? `; ${notYours} matching job(s) are not yours to change` : "";
+      if (reply.refused > notYours) refused += `; ${reply.refused - notYours} refused: ${reply.reasons.join("; ")}`;
       say(`${reply.ids.length} job(s) retried${refused}`, Boolean(reply.refused) && !reply.ids.length);
       view.dead.after = null;
       view.dead.newer = [];
