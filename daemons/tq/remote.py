@@ -1,4 +1,4 @@
-"""The client's connection to tq-host through tq-gateway: client.Connection's calls made as the gateway's /api/v1
+"""The client's connection to tq-host through tq-gateway: connection.Connection's calls made as the gateway's /api/v1
 requests (docs/gateway.md), with the same replies and the same exceptions.
 
 `Client(url=..., token=...)` (and `tqctl --url URL --token-file FILE`) uses it. One kept-alive HTTP connection
@@ -49,7 +49,7 @@ class Answer(NamedTuple):
 
 
 class HttpConnection:
-    """client.Connection's calls (`call`, `more`, `stream`, `fileno`, `close`) through tq-gateway at `url`."""
+    """connection.Connection's calls (`call`, `more`, `stream`, `fileno`, `close`) through tq-gateway at `url`."""
 
     def __init__(self, url: str, token: str | None, timeout: float | None = 60.0, ca_file: str | None = None) -> None:
         parts = _checked_url(url)

@@ -1,5 +1,5 @@
 """A subscription through tq-gateway: the Server-Sent Events of GET /api/v1/events, read from an http.client
-answer and given as tq-host's subscription gives them (client.Connection._stream): chunks of whole JSON lines,
+answer and given as tq-host's subscription gives them (connection.Connection._stream): chunks of whole JSON lines,
 each event's data a line, `{"missed": N}` as the gateway tells it (`event: missed`).
 
 `events()` returns only once nothing more is buffered (in http.client's reader or TLS), so that a selector on
