@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness import Suite, wait_until
+from harness import Daemon, Suite, wait_until
 from tq.client import JobTimeout
 
 RECORD = '\n[tasks.rec]\npython = "tq_test_handlers:record"\n'
@@ -136,6 +136,30 @@ def test_a_queue_s_rate_spaces_its_dispatches(suite: Suite) -> None:
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) >= 0.15 and starts[-1] - starts[0] >= 0.55, gaps  # one every 200 ms
     assert "1 at once" not in suite.tqctl("queues").stdout and "5/s" in suite.tqctl("queues").stdout
+
+
+def _reload_host(suite: Suite, host: Daemon, extra: str) -> None:
+    suite.write_config(extra)
+    reloads = host.text().count("configuration reloaded")
+    host.signal(signal.SIGHUP)
+    wait_until(lambda: host.text().count("configuration reloaded") > reloads, 10, "the reload")
+
+
+def test_a_rate_changed_at_reload_applies_to_the_jobs_already_waiting(suite: Suite) -> None:
+    suite.write_config('\n[queues.default]\nrate = "1/h"\n')
+    host, _workers = suite.start(workers=1)
+    c = suite.client()
+    ids = c.submit_many([("task-1", [str(i)]) for i in range(3)])
+    assert c.wait(ids[0], timeout=10)["state"] == "done"
+    with pytest.raises(JobTimeout):
+        c.wait(ids[1], timeout=0.5)  # the next token is an hour away
+    row = next(line for line in suite.tqctl("queues").stdout.splitlines() if line.startswith("default"))
+    assert "1/h" in row.split(), row  # as configured, not 0.000277778/s
+    _reload_host(suite, host, '\n[queues.default]\nrate = "5/s"\n')
+    assert all(j["state"] == "done" for j in c.wait_many(ids[1:], timeout=10).values())  # not an hour later
+    _reload_host(suite, host, '\n[queues.default]\nrate = "1/h"\n')  # lowered: an hour after the last dispatch
+    with pytest.raises(JobTimeout):
+        c.wait(c.submit("task-1", "late"), timeout=1)
 
 
 EXCHANGES = '''

@@ -123,7 +123,7 @@ def _cmd_queues(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         oldest = "-" if q["oldest_queued_age"] is None else render.age(time.time() - q["oldest_queued_age"])
         workers = ",".join(q["workers"]) or ("none: no live worker serves it" if q["unserved"] else "-")
         limits = ", ".join(([f"{q['concurrency']} at once"] if q["concurrency"] else [])
-                           + ([f"{q['rate']:g}/s"] if q["rate"] else [])) or "-"
+                           + ([render.rate(q["rate"])] if q["rate"] else [])) or "-"
         rows.append([q["queue"], str(n.get("queued", 0)), str(n.get("assigned", 0)), str(n.get("running", 0)),
                      str(n.get("delayed", 0) + n.get("failed", 0)), oldest, "yes" if q["paused"] else "no",
                      limits, workers])

@@ -40,11 +40,22 @@ class Queues:
         self.configure(cfg)
 
     def configure(self, cfg: config.Config) -> None:
-        """Take a (reloaded) configuration: its limits apply from the next dispatch."""
+        """Take a (reloaded) configuration: its limits apply from the next dispatch, and a changed rate to the
+        time of that dispatch too (the last dispatch + 1/new rate: a raised rate does not keep the old wait)."""
         self.cfg = cfg
+        before = self.limited
         self.limited = {name: q for name, q in cfg.queues.items() if q.concurrency is not None or q.rate is not None}
         self.jobs.counting_running(any(q.concurrency is not None for q in self.limited.values()))
-        self.next_token = {name: t for name, t in self.next_token.items() if name in self.limited}
+        self.next_token = {name: self._retimed(t, before[name].rate, self.limited[name].rate)
+                           for name, t in self.next_token.items() if name in self.limited}
+
+    @staticmethod
+    def _retimed(token: float, old: float | None, new: float | None) -> float:
+        """A queue's next token under its new rate: its last dispatch (the token less the old interval) plus the
+        new interval. No rate any more: it may dispatch at once."""
+        if new is None:
+            return 0.0
+        return token if old is None or old == new else token - 1.0 / old + 1.0 / new
 
     def load(self) -> None:
         """The paused queues, from the store (at start, and after a failed commit)."""
