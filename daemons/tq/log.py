@@ -2,7 +2,8 @@
 
 Job events (submitted, dispatched, started, done, failed, retrying, dead, ...)
 are one line each with the fields TQ_JOB_ID, TQ_TASK, TQ_QUEUE, TQ_WORKER and
-TQ_ATTEMPT (never JOB_ID, which systemd uses). journald drops lines past its
+TQ_ATTEMPT (never JOB_ID, which systemd uses); tq-host's lines about a worker or
+a queue carry its TQ_WORKER or TQ_QUEUE (extra= at the call). journald drops lines past its
 rate limit (10,000 per 30 s per unit by default), so routine job events share a
 per-second budget (`log.job_events_per_second`); past it they are counted and
 summarised once a second. Failures, retries and deaths are always logged.

@@ -67,7 +67,8 @@ class Queues:
             return False
         self.store.set_paused(queue, paused)
         (self.paused.add if paused else self.paused.discard)(queue)
-        self.logger.info("queue %s %s", queue, "paused: its jobs wait until tqctl resume" if paused else "resumed")
+        self.logger.info("queue %s %s", queue, "paused: its jobs wait until tqctl resume" if paused else "resumed",
+                         extra={"TQ_QUEUE": queue})
         return True
 
     def named(self, queue: str) -> bool:
@@ -127,7 +128,7 @@ class Queues:
             elif queue not in self.unserved:
                 self.unserved.add(queue)
                 self.logger.warning("queue %s: no live worker serves it; its jobs wait until one does (%s)", queue,
-                                    self._why_unserved(queue))
+                                    self._why_unserved(queue), extra={"TQ_QUEUE": queue})
 
     def _why_unserved(self, queue: str) -> str:
         """The setting to look at for a queue no live worker serves: tq-host's amqp.queues when a live worker
