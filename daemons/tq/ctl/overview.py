@@ -32,6 +32,10 @@ def _cmd_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     if broker := st.get("broker"):  # (tq-host with [amqp]: its workers on other machines are reached through it)
         print("broker:  " + (f"connected to {broker['url']}" if broker.get("state") == "connected"
                              else str(broker.get("detail"))))
+    if st.get("paused"):  # (none from a tq-host before)
+        print(f"paused:  {', '.join(st['paused'])}")
+    if st.get("reload_refused"):  # the running configuration is the one before
+        print(f"reload refused: {st['reload_refused']} (the running configuration is the one loaded before)")
     print(f"malformed messages dropped: {st['malformed_messages']}")
     for note in st.get("mqueue", {}).get("limited", []):
         print(f"queue limits: {note}")
