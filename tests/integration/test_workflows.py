@@ -176,6 +176,15 @@ bindings = [{ queue = "mail", key = "signup" }]
 '''
 
 
+def test_tqctl_queues_lists_each_queue_the_configuration_names_served_or_not(suite: Suite) -> None:
+    suite.write_config(EXCHANGES + '[schedules.nightly]\nevery = "1h"\ntask = "task-1"\nqueue = "night"\n')
+    suite.start(workers=1)  # it serves "default" alone
+    rows = {line.split()[0]: line for line in suite.tqctl("queues").stdout.splitlines()[1:]}
+    assert set(rows) == {"audit", "default", "mail", "night"}, rows  # named by a binding, a schedule, a worker
+    assert all(rows[q].endswith("none: no live worker serves it") for q in ("audit", "mail", "night")), rows
+    assert rows["default"].split()[-1] == "1", rows
+
+
 def test_an_exchange_puts_one_job_on_each_bound_queue_the_key_matches_or_refuses_the_key(suite: Suite) -> None:
     suite.write_config('queues = ["audit", "mail"]\n' + EXCHANGES)
     suite.start(workers=1)

@@ -125,7 +125,7 @@ def _cmd_queues(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     for q in queues:
         n = q["states"]
         oldest = "-" if q["oldest_queued_age"] is None else render.age(time.time() - q["oldest_queued_age"])
-        workers = ",".join(q["workers"]) or ("none: no live worker serves it" if q["unserved"] else "-")
+        workers = ",".join(q["workers"]) or "none: no live worker serves it"
         limits = ", ".join(([f"{q['concurrency']} at once"] if q["concurrency"] else [])
                            + ([render.rate(q["rate"])] if q["rate"] else [])) or "-"
         rows.append([q["queue"], str(n.get("queued", 0)), str(n.get("assigned", 0)), str(n.get("running", 0)),

@@ -4,9 +4,10 @@ serves, and the listing of `tqctl queues`.
 
 A paused queue takes submits and dispatches nothing; its running jobs finish. `concurrency` caps its jobs
 running at once across all workers; `rate` spaces its dispatches evenly (a token bucket of one: 10/s is one
-job every 100 ms, never a burst of ten). A queue is known once a task, a [queues.NAME] table, a worker, a job or
-a pause names it. Only a named queue may be paused (`named`): a pause of a typo would be taken and listed forever;
-a paused queue that is no longer named may still be resumed, and then it is listed no more.
+job every 100 ms, never a burst of ten). A queue is known (and listed) once a task, a [queues.NAME] table, a
+worker (configured or known), an exchange binding, a schedule, a job or a pause names it. Only a named queue may
+be paused (`named`): a pause of a typo would be taken and listed forever; a paused queue that is no longer named
+may still be resumed, and then it is listed no more.
 """
 
 from __future__ import annotations
@@ -74,14 +75,18 @@ class Queues:
     def named(self, queue: str) -> bool:
         """True if the configuration names the queue (a task's, a [queues.NAME] table, a worker's queues, an
         exchange binding, a schedule's), or a known worker serves it, or it has jobs (open or in the store)."""
-        cfg = self.cfg
-        if (queue in cfg.queues or any(t.queue == queue for t in cfg.tasks)
-                or any(queue in w.queues for w in (cfg.worker, *cfg.worker_overrides.values()))
-                or any(b.queue == queue for e in cfg.exchanges.values() for b in e.bindings)
-                or any(s.queue == queue for s in cfg.schedules.values())
-                or any(queue in w.queues for w in self.fleet.workers.values())):
+        if queue in self._known():
             return True
         return bool(self.store.query(queue=queue, limit=1))  # (a rare operator's request: a scan is fine)
+
+    def _known(self) -> set[str]:
+        """The queues the configuration names (a task's, a [queues.NAME] table, a worker's queues, an exchange
+        binding, a schedule's) and those a known worker serves."""
+        cfg = self.cfg
+        return ({*cfg.queues, *(t.queue for t in cfg.tasks), *(s.queue for s in cfg.schedules.values() if s.queue),
+                 *(q for w in (cfg.worker, *cfg.worker_overrides.values()) for q in w.queues),
+                 *(b.queue for e in cfg.exchanges.values() for b in e.bindings),
+                 *(q for w in self.fleet.workers.values() for q in w.queues)})
 
     def open_of(self, queues: list[str], now: float) -> list[str]:
         """Of a worker's queues, those that may dispatch now: not paused, and within their limits."""
@@ -144,8 +149,7 @@ class Queues:
         worker instances serve it. `periodic`: for a reader that asks again and again (metrics), which may be given
         a recent count of the open jobs (opencounts.OpenCounts)."""
         open_jobs = self.counts.recent() if periodic else self.counts.now()
-        names = (set(open_jobs) | self.paused | set(self.cfg.queues) | {t.queue for t in self.cfg.tasks}
-                 | {q for w in self.fleet.workers.values() for q in w.queues})
+        names = set(open_jobs) | self.paused | self._known()
         now = time.time()
         out = []
         for name in sorted(names):
