@@ -60,6 +60,26 @@ def test_a_job_for_a_queue_no_worker_serves_is_taken_warned_of_once_and_listed(s
     assert "none: no live worker serves it" in row and row.split()[1] == "3"
 
 
+def test_a_queue_s_oldest_queued_age_counts_from_when_its_job_was_queued_again(suite: Suite) -> None:
+    """A delayed job, or one retried, is queued since then, not since its submit: an alert on
+    tq_queue_oldest_queued_seconds must not fire at once for it."""
+    suite.host()
+    c = suite.client()
+    c.pause("default")
+
+    def oldest() -> float:
+        return float(next(q for q in c.queues() if q["queue"] == "default")["oldest_queued_age"] or 0.0)
+
+    delayed = c.submit("task-1", delay=1.5)
+    created = c.get(delayed)["created_at"]
+    wait_until(lambda: c.get(delayed)["state"] == "queued", 10, "the delayed job queued")
+    assert oldest() < time.time() - created - 1.0, (oldest(), time.time() - created)
+    c.cancel(delayed)
+    wait_until(lambda: time.time() - created > 3, 10, "the job to be 3 s old")
+    c.retry(delayed)
+    assert oldest() < 1.0, oldest()
+
+
 def test_a_unique_key_returns_the_open_job_through_kill_9_and_is_free_once_it_finished(suite: Suite) -> None:
     suite.write_config(RECORD)
     host = suite.host()

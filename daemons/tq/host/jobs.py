@@ -236,7 +236,7 @@ class JobTable(OpenJobs):
         if job.state not in RETRYABLE:
             raise InvalidTransition(f"job {job.id} is {job.state}; only dead, cancelled or failed jobs can be "
                                     "retried")
-        job.attempts, job.error, job.finished_at, job.run_at = 0, None, None, None
+        job.attempts, job.error, job.finished_at, job.run_at = 0, None, None, time.time()  # queued since (opencounts)
         job.cancel_requested = False
         if job.id in self.jobs:  # failed, waiting to retry
             self._move(job, QUEUED)
