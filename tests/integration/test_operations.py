@@ -204,6 +204,8 @@ def test_routine_stops_and_restarts_say_what_happened_and_a_crash_is_a_warning(s
     wait_until(lambda: "job(s) lost with it" in host.text(), 10, "the fault in the journal")
     assert (f"tq-host: warning: worker 1: 1 job(s) lost with it: the worker restarted: pid {w2.pid} is gone, "
             f"pid {w3.pid} took its place") in host.text()
+    assert f"tq-host: warning: job {jid} failed: worker 1 lost while running attempt 1" in host.text()  # as events
+    assert [e["event"] for e in c.events(job=jid)][2:4] == ["started", "failed"]  # (submitted, assigned before)
 
 
 

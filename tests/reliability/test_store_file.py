@@ -145,7 +145,7 @@ def test_a_full_disk_logs_a_failed_commit_once_and_claims_no_job(suite: Suite) -
         assert len(submitted) == len(set(submitted)), "a job was logged as submitted more than once"
         assert sorted(map(int, submitted)) == sorted(acked)  # and none that was not acknowledged
         assert host.text().count("store write failed: store") <= 2  # once a burst (5 s), not once a failed commit
-        assert "lost with it" not in host.text() and "is live" not in host.text().split("dispatched", 1)[1]
+        assert "lost with it" not in host.text() and "is live" not in host.text().split(" assigned [", 1)[1]
         suite.host()
         c = suite.client()
         assert all(c.get(jid)["state"] == "done" for jid in acked)
