@@ -240,6 +240,8 @@ class Host(Daemon):
         self.stream.committed()
         if self.events.held:  # the journal's job lines, held until now
             self.events.release()
+        if self.parts.queues.said:  # and its pauses and resumes
+            self.parts.queues.committed()
 
     def _store_failed(self, error: sqlite3.Error) -> None:
         """A write failed (disk full, I/O error): forget this step, reload from the store, fence workers."""
