@@ -176,6 +176,7 @@ def test_a_rate_changed_at_reload_applies_to_the_jobs_already_waiting(suite: Sui
     row = next(line for line in suite.tqctl("queues").stdout.splitlines() if line.startswith("default"))
     assert "1/h" in row.split(), row  # as configured, not 0.000277778/s
     _reload_host(suite, host, '\n[queues.default]\nrate = "5/s"\n')
+    assert "tq-host: info: queue default: limits now 5/s (were 1/h) [queue=default]" in host.text()
     assert all(j["state"] == "done" for j in c.wait_many(ids[1:], timeout=10).values())  # not an hour later
     _reload_host(suite, host, '\n[queues.default]\nrate = "1/h"\n')  # lowered: an hour after the last dispatch
     with pytest.raises(JobTimeout):

@@ -7,7 +7,7 @@ import argparse
 import time
 from typing import TYPE_CHECKING
 
-from .. import control
+from .. import configfiles, control
 from ..client import Client
 from . import render
 
@@ -127,7 +127,7 @@ def _cmd_queues(client: Client, args: argparse.Namespace, as_json: bool) -> int:
         oldest = "-" if q["oldest_queued_age"] is None else render.age(time.time() - q["oldest_queued_age"])
         workers = ",".join(q["workers"]) or "none: no live worker serves it"
         limits = ", ".join(([f"{q['concurrency']} at once"] if q["concurrency"] else [])
-                           + ([render.rate(q["rate"])] if q["rate"] else [])) or "-"
+                           + ([configfiles.rate_text(q["rate"])] if q["rate"] else [])) or "-"
         rows.append([q["queue"], str(n.get("queued", 0)), str(n.get("assigned", 0)), str(n.get("running", 0)),
                      str(n.get("delayed", 0) + n.get("failed", 0)), oldest, "yes" if q["paused"] else "no",
                      limits, workers])

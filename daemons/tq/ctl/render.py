@@ -55,17 +55,6 @@ def age(ts: float | None) -> str:
     return f"{s:.0f}s"
 
 
-def rate(per_second: float) -> str:
-    """A queue's rate in the unit of the configuration's forms (/s, /m, /h) that counts it in whole jobs, else
-    in the first unit that counts at least one: 1/h, not 0.000277778/s."""
-    counts = [(per_second * size, unit) for unit, size in (("s", 1), ("m", 60), ("h", 3600))]
-    whole = [(n, unit) for n, unit in counts if n >= 1 and abs(n - round(n)) < 1e-6 * n]
-    if whole:
-        return f"{round(whole[0][0])}/{whole[0][1]}"
-    n, unit = ([c for c in counts if c[0] >= 1] or counts[-1:])[0]
-    return f"{n:.6g}/{unit}"
-
-
 def local_time(ts: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     """A time in seconds since the epoch as local time (`-` when unknown). One that the platform cannot show (a
     job stored before tq-host bounded run times, far past the year 9999) is shown as the number: never a crash."""

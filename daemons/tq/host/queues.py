@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from .. import config
+from .. import config, configfiles
 from .carriage import not_sent_why
 from .fleet import Fleet
 from .jobs import JobTable
@@ -39,14 +39,19 @@ class Queues:
         self._served_at = -SERVED_TTL
         self.next_token: dict[str, float] = {}  # rate-limited queue -> monotonic time it may dispatch again
         self.limited: dict[str, config.QueueConfig] = {}  # queues with a concurrency or rate limit
-        self.configure(cfg)
+        self.configure(cfg, said=False)
 
-    def configure(self, cfg: config.Config) -> None:
+    def configure(self, cfg: config.Config, said: bool = True) -> None:
         """Take a (reloaded) configuration: its limits apply from the next dispatch, and a changed rate to the
-        time of that dispatch too (the last dispatch + 1/new rate: a raised rate does not keep the old wait)."""
+        time of that dispatch too (the last dispatch + 1/new rate: a raised rate does not keep the old wait).
+        `said`: log each queue whose limits changed (at a reload)."""
         self.cfg = cfg
         before = self.limited
         self.limited = {name: q for name, q in cfg.queues.items() if q.concurrency is not None or q.rate is not None}
+        for name in sorted(set(before) | set(self.limited)) if said else ():
+            was, now = _limits(before.get(name)), _limits(self.limited.get(name))
+            if was != now:
+                self.logger.info("queue %s: limits now %s (were %s)", name, now, was, extra={"TQ_QUEUE": name})
         self.jobs.counting_running(any(q.concurrency is not None for q in self.limited.values()))
         self.next_token = {name: self._retimed(t, before[name].rate, self.limited[name].rate)
                            for name, t in self.next_token.items() if name in self.limited}
@@ -170,3 +175,12 @@ class Queues:
                         "workers": served_by, "unserved": not served_by and bool(counts)})
         return out
 
+
+def _limits(limit: config.QueueConfig | None) -> str:
+    """A queue's limits in words: "2 at once, 1/h", or "none"."""
+    if limit is None:
+        return "none"
+    words = [f"{limit.concurrency} at once"] if limit.concurrency is not None else []
+    if limit.rate is not None:
+        words.append(configfiles.rate_text(limit.rate))
+    return ", ".join(words)
