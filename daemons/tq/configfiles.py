@@ -1,4 +1,5 @@
-"""The configuration's files: which ones, their TOML merged in order, and the socket path tqctl needs.
+"""The configuration's files: which ones, their TOML merged in order, and the socket path tqctl needs; its
+durations, sizes and rates read and (a rate) shown back.
 
 Kept apart from the schema (config.py's dataclasses) and its validation
 (configload.py, every key checked), so that tqctl, which needs only
@@ -65,6 +66,17 @@ def parse_size(value: object) -> int:
     if size <= 0:
         raise ValueError("a size must be above 0")
     return size
+
+
+def rate_text(per_second: float) -> str:
+    """A queue's rate in the unit of the configuration's forms (/s, /m, /h) that counts it in whole jobs, else
+    in the first unit that counts at least one: 1/h, not 0.000277778/s."""
+    counts = [(per_second * size, unit) for unit, size in (("s", 1), ("m", 60), ("h", 3600))]
+    whole = [(n, unit) for n, unit in counts if n >= 1 and abs(n - round(n)) < 1e-6 * n]
+    if whole:
+        return f"{round(whole[0][0])}/{whole[0][1]}"
+    n, unit = ([c for c in counts if c[0] >= 1] or counts[-1:])[0]
+    return f"{n:.6g}/{unit}"
 
 
 def config_files(path: str | None = None) -> list[str]:

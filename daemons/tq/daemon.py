@@ -72,6 +72,7 @@ class Daemon:
                                     until_commit=self.HOST)
         self.malformed = log.Burst(self.logger)
         self.notifier = Notifier()
+        self.refused = ""  # why the last reload was refused (FILE: KEY: reason), until one succeeds
         self.sel = transport.selector(cfg, self.HOST)
         self.stop_requested = self.reload_requested = False
         self._wake_r = -1  # the signal wake-up pipe's read end (watch_signals)
@@ -163,9 +164,10 @@ class Daemon:
             except config.ConfigError as e:
                 self.logger.error("reload refused, keeping the running configuration: %s", e)
                 # STATUS says it too, until a reload succeeds: the configuration on disk is not the one running
-                self.notifier.note = "reload refused: " + " ".join(str(e).split())
+                self.refused = " ".join(str(e).split())
+                self.notifier.note = "reload refused: " + self.refused
                 return
-            self.notifier.note = ""
+            self.refused = self.notifier.note = ""
             granted = self.granted(new, *transport.granted(new, self.HOST))
             new, pending = configload.keep_for_restart(self.cfg, granted, self.RESTART_KEYS)
             if pending:

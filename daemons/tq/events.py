@@ -17,7 +17,7 @@ from typing import Any, Final
 # An event's fields, in order: its place in an Event, and in the flat list (event k's QUEUE: flat[k * FIELDS +
 # QUEUE]). (Final: mypy knows that e[JOB] is an int and e[QUEUE] a str.)
 TIME: Final = 0  # seconds since the epoch: the host's step that made it
-NAME: Final = 1  # as the journal names it (the stream's name is STREAM_NAMES')
+NAME: Final = 1  # as tq-host names it inside (the stream and the journal say STREAM_NAMES')
 JOB: Final = 2  # the job's id; 0 in a worker event
 TASK: Final = 3  # "" in a worker event
 QUEUE: Final = 4  # a worker event: the worker's queues, joined by commas
@@ -29,7 +29,7 @@ FIELDS: Final = 8
 # One event as a tuple, its fields in the order above: (time, name, job id, task, queue, attempt, worker, detail).
 Event = tuple[float, str, int, str, str, "int | None", "str | None", str]
 
-# Job events as the journal names them (log.JobEvents.event): tq-host's ...
+# Job events as tq-host names them inside (log.JobEvents.event; its journal line says STREAM_NAMES'): tq-host's ...
 HOST_JOB_EVENTS = ("submitted", "ready", "dispatched", "done", "retrying", "lost", "dead", "released", "cancelled",
                    "retry requested")  # dispatched: assigned to a worker, in its inbox
 WORKER_JOB_EVENTS = ("started", "done", "failed", "released")  # ... and a worker's, about its attempts
@@ -38,13 +38,13 @@ STREAM_ONLY = ("next attempt", "started")  # (log.JobEvents.notify) the stream's
 # Worker events (the fleet's, to the stream alone): a worker started or came back, was fenced, lost, stopped.
 WORKER_EVENTS = ("up", "fenced", "lost", "stopped")
 
-# What the host's journal names an event (log.JobEvents), as the stream names it.
+# What tq-host names an event inside, as the stream and the journal's lines name it (log.JobEvents).
 STREAM_NAMES = {"dispatched": "assigned", "retrying": "failed", "lost": "failed", "retry requested": "retried",
                 "next attempt": "retrying"}
 
 ALWAYS = {"failed", "retrying", "dead", "lost", "released"}  # logged past the budget, and alone in "failures"
 FINAL = {"done", "dead", "cancelled"}  # a job's last event: its outcome
-FAILED_ATTEMPT = {"retrying", "lost", "dead"}  # (as the journal names them) an attempt that failed
+FAILED_ATTEMPT = {"retrying", "lost", "dead"}  # (as tq-host names them inside) an attempt that failed
 
 
 def as_dict(e: Event) -> dict[str, Any]:

@@ -1,10 +1,14 @@
 """Logging: journald with TQ_* fields when stderr is the journal, plain stderr lines otherwise.
 
-Job events (submitted, dispatched, started, done, failed, retrying, dead, ...)
-are one line each with the fields TQ_JOB_ID, TQ_TASK, TQ_QUEUE, TQ_WORKER and
-TQ_ATTEMPT (never JOB_ID, which systemd uses). journald drops lines past its
-rate limit (10,000 per 30 s per unit by default), so routine job events share a
-per-second budget (`log.job_events_per_second`); past it they are counted and
+Job events (submitted, assigned, started, done, failed, dead, ...) are one line
+each, named as the event stream names them (events.STREAM_NAMES: what tq-host
+calls "dispatched", "retrying" and "lost" inside is "assigned", "failed" and
+"failed" there and in the journal), with the fields TQ_JOB_ID, TQ_TASK,
+TQ_QUEUE, TQ_WORKER and TQ_ATTEMPT (never JOB_ID, which systemd uses);
+tq-host's lines about a worker or a queue carry its TQ_WORKER or TQ_QUEUE
+(extra= at the call). journald drops lines past its rate limit (10,000 per 30 s
+per unit by default), so routine job events share a per-second budget
+(`log.job_events_per_second`); past it they are counted and
 summarised once a second. Failures, retries and deaths are always logged.
 """
 
@@ -16,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from .events import ALWAYS
+from .events import ALWAYS, STREAM_NAMES
 
 _FIELDS = ("TQ_JOB_ID", "TQ_TASK", "TQ_QUEUE", "TQ_WORKER", "TQ_ATTEMPT")
 
@@ -125,10 +129,11 @@ class JobEvents:
         if worker is not None:
             extra["TQ_WORKER"] = worker
         level = logging.WARNING if always else logging.INFO
+        said = STREAM_NAMES.get(event, event)  # the line names the event as `tqctl events` does
         if self.held is not None:
-            self.held.append((level, job_id, event, detail, extra))
+            self.held.append((level, job_id, said, detail, extra))
         else:
-            self.logger.log(level, "job %d %s%s", job_id, event, f": {detail}" if detail else "", extra=extra)
+            self.logger.log(level, "job %d %s%s", job_id, said, f": {detail}" if detail else "", extra=extra)
 
     def release(self) -> None:
         """The commit of the events held so far succeeded: log them."""

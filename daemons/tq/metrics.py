@@ -60,8 +60,8 @@ def _host_families(snap: dict[str, Any]) -> Iterator[Metric]:
 def _queue_families(queues: list[dict[str, Any]]) -> Iterator[Metric]:
     """Each queue's open jobs by state, the age of its oldest queued job, paused, unserved."""
     depth = GaugeMetricFamily("tq_queue_jobs", "Open jobs of each queue by state", labels=["queue", "state"])
-    oldest = GaugeMetricFamily("tq_queue_oldest_queued_seconds", "Age of the queue's oldest queued job (0: none "
-                               "queued)", labels=["queue"])
+    oldest = GaugeMetricFamily("tq_queue_oldest_queued_seconds", "Age of the queue's oldest queued job, since it was "
+                               "queued: its submit, delay or retry (0: none queued)", labels=["queue"])
     paused = GaugeMetricFamily("tq_queue_paused", "1 while the queue is paused", labels=["queue"])
     unserved = GaugeMetricFamily("tq_queue_unserved", "1 while the queue has jobs and no live worker serves it",
                                  labels=["queue"])

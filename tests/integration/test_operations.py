@@ -204,6 +204,31 @@ def test_routine_stops_and_restarts_say_what_happened_and_a_crash_is_a_warning(s
     wait_until(lambda: "job(s) lost with it" in host.text(), 10, "the fault in the journal")
     assert (f"tq-host: warning: worker 1: 1 job(s) lost with it: the worker restarted: pid {w2.pid} is gone, "
             f"pid {w3.pid} took its place") in host.text()
+    assert f"tq-host: warning: job {jid} failed: worker 1 lost while running attempt 1" in host.text()  # as events
+    assert [e["event"] for e in c.events(job=jid)][2:4] == ["started", "failed"]  # (submitted, assigned before)
+
+
+
+def test_tq_host_s_lines_about_a_worker_or_a_queue_carry_its_journal_field(suite: Suite) -> None:
+    """`journalctl TQ_WORKER=1` / `TQ_QUEUE=mail` find what tq-host says about them (the plain lines show the
+    same fields the journal gets: log._PlainFormatter)."""
+    suite.write_config('queues = ["default", "mail"]\n')
+    host, (w1,) = suite.start(workers=1)
+    wait_until(lambda: "worker 1 is live" in host.text(), 10, "the live line")
+    assert f"worker 1 (pid {w1.pid}) says hello; queues default,mail [worker=1]" in host.text(), host.text()
+    assert "worker 1 is live [worker=1]" in host.text(), host.text()
+    assert suite.tqctl("pause", "mail").returncode == 0 and suite.tqctl("resume", "mail").returncode == 0
+    suite.client().submit("task-1", queue="nobody")
+    wait_until(lambda: "queue nobody: no live worker serves it" in host.text(), 10, "the warning")
+    w1.signal(signal.SIGTERM)
+    assert w1.wait() == 0
+    wait_until(lambda: "worker 1 stopped" in host.text(), 10, "the stopped line")
+    lines = host.text().splitlines()
+    for start, field in (("queue mail paused", "[queue=mail]"), ("queue mail resumed", "[queue=mail]"),
+                         ("queue nobody: no live worker", "[queue=nobody]"),
+                         ("worker 1 is stopping", "[worker=1]"), ("worker 1 stopped", "[worker=1]")):
+        assert any(f"tq-host: info: {start}" in line or f"tq-host: warning: {start}" in line for line in lines), start
+        assert all(line.endswith(field) for line in lines if start in line), (start, lines)
 
 
 # ---- events --follow across a host restart ------------------------------------------------------------------------

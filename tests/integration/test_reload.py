@@ -204,6 +204,30 @@ def test_tq_host_logs_each_configuration_warning_at_its_start_and_at_each_reload
         f"configuration warning: {suite.dir}/tq.d/50-change.toml: queues.mail.submit: no user 'tqt-alcie'") == 1, text
 
 
+def test_tqctl_status_says_a_reload_was_refused_until_one_succeeds_and_which_queues_are_paused(suite: Suite) -> None:
+    host = suite.host()
+    status = suite.tqctl("status").stdout
+    assert "reload refused" not in status and "paused" not in status, status
+    _change(suite, "[queues.mail]\nrate = 0")
+    host.signal(signal.SIGHUP)
+    wait_until(lambda: "reload refused" in host.text(), 10, "the refused reload")
+    dropin = suite.dir / "tq.d" / "50-change.toml"
+    assert suite.tqctl("pause", "default").returncode == 0
+    lines = suite.tqctl("status").stdout.splitlines()
+    assert f"reload refused: {dropin}: queues.mail.rate: " in "\n".join(lines), lines
+    assert "paused:  default" in lines, lines
+    host.notify.wait_for(lambda m: m.startswith("STATUS=") and "; paused: default; reload refused: " in m)
+    st = json.loads(suite.tqctl("status", "--json").stdout)
+    assert st["reload_refused"].startswith(f"{dropin}: queues.mail.rate: ") and st["paused"] == ["default"], st
+    _change(suite, '[queues.mail]\nrate = "1/s"')
+    host.signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in host.text(), 10, "the reload")
+    assert suite.tqctl("resume", "default").returncode == 0
+    assert json.loads(suite.tqctl("status", "--json").stdout)["reload_refused"] is None
+    status = suite.tqctl("status").stdout
+    assert "reload refused" not in status and "paused" not in status, status
+
+
 def _seen_by_host(worker: Worker, client: Any, key: str, value: object) -> bool:
     """The worker's new setting reached tq-host (its hello, then the fence the worker answers)."""
     def seen() -> bool:

@@ -53,6 +53,12 @@ def test_a_bad_then_batch_file_or_non_utf8_argument_is_a_usage_error(suite: Suit
     assert suite.client().list_jobs() == []  # none of them submitted anything
 
 
+def test_an_unknown_command_lists_the_commands_but_not_the_completion_s_own(suite: Suite) -> None:
+    r = tqctl(suite, "monitor")
+    refused(r, 2, "invalid choice: 'monitor' (choose from 'submit', ", "'config')")
+    assert "_complete" not in r.stderr, r.stderr
+
+
 def test_an_id_beyond_64_bits_is_no_job(suite: Suite) -> None:
     suite.host()
     for command in (["show"], ["result"], ["cancel"], ["retry"], ["submit", "t", "--after"]):

@@ -163,6 +163,7 @@ def test_tqctl_events_follow_prints_events_as_they_happen_and_follows_again_afte
         lines = follow_until(f"job {jid} done", follower.stdout).splitlines()
         assert [line.split("  ")[1] for line in lines[-3:]] == [f"job {jid} submitted", f"job {jid} assigned",
                                                                  f"job {jid} done"]
+        assert f"tq-host: info: job {jid} assigned [" in host.text()  # the journal's words are the events'
         host.signal(signal.SIGTERM)
         host.wait()
         assert "following again once it is back" in follow_until("once it is back", follower.stderr)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness import Suite, wait_until
+from harness import Daemon, Suite, wait_until
 from tq.client import JobTimeout
 
 RECORD = '\n[tasks.rec]\npython = "tq_test_handlers:record"\n'
@@ -58,6 +58,26 @@ def test_a_job_for_a_queue_no_worker_serves_is_taken_warned_of_once_and_listed(s
     assert host.text().count("no live worker serves it") == 1
     row = next(line for line in suite.tqctl("queues").stdout.splitlines() if line.startswith("defualt"))
     assert "none: no live worker serves it" in row and row.split()[1] == "3"
+
+
+def test_a_queue_s_oldest_queued_age_counts_from_when_its_job_was_queued_again(suite: Suite) -> None:
+    """A delayed job, or one retried, is queued since then, not since its submit: an alert on
+    tq_queue_oldest_queued_seconds must not fire at once for it."""
+    suite.host()
+    c = suite.client()
+    c.pause("default")
+
+    def oldest() -> float:
+        return float(next(q for q in c.queues() if q["queue"] == "default")["oldest_queued_age"] or 0.0)
+
+    delayed = c.submit("task-1", delay=1.5)
+    created = c.get(delayed)["created_at"]
+    wait_until(lambda: c.get(delayed)["state"] == "queued", 10, "the delayed job queued")
+    assert oldest() < time.time() - created - 1.0, (oldest(), time.time() - created)
+    c.cancel(delayed)
+    wait_until(lambda: time.time() - created > 3, 10, "the job to be 3 s old")
+    c.retry(delayed)
+    assert oldest() < 1.0, oldest()
 
 
 def test_a_unique_key_returns_the_open_job_through_kill_9_and_is_free_once_it_finished(suite: Suite) -> None:
@@ -138,6 +158,31 @@ def test_a_queue_s_rate_spaces_its_dispatches(suite: Suite) -> None:
     assert "1 at once" not in suite.tqctl("queues").stdout and "5/s" in suite.tqctl("queues").stdout
 
 
+def _reload_host(suite: Suite, host: Daemon, extra: str) -> None:
+    suite.write_config(extra)
+    reloads = host.text().count("configuration reloaded")
+    host.signal(signal.SIGHUP)
+    wait_until(lambda: host.text().count("configuration reloaded") > reloads, 10, "the reload")
+
+
+def test_a_rate_changed_at_reload_applies_to_the_jobs_already_waiting(suite: Suite) -> None:
+    suite.write_config('\n[queues.default]\nrate = "1/h"\n')
+    host, _workers = suite.start(workers=1)
+    c = suite.client()
+    ids = c.submit_many([("task-1", [str(i)]) for i in range(3)])
+    assert c.wait(ids[0], timeout=10)["state"] == "done"
+    with pytest.raises(JobTimeout):
+        c.wait(ids[1], timeout=0.5)  # the next token is an hour away
+    row = next(line for line in suite.tqctl("queues").stdout.splitlines() if line.startswith("default"))
+    assert "1/h" in row.split(), row  # as configured, not 0.000277778/s
+    _reload_host(suite, host, '\n[queues.default]\nrate = "5/s"\n')
+    assert "tq-host: info: queue default: limits now 5/s (were 1/h) [queue=default]" in host.text()
+    assert all(j["state"] == "done" for j in c.wait_many(ids[1:], timeout=10).values())  # not an hour later
+    _reload_host(suite, host, '\n[queues.default]\nrate = "1/h"\n')  # lowered: an hour after the last dispatch
+    with pytest.raises(JobTimeout):
+        c.wait(c.submit("task-1", "late"), timeout=1)
+
+
 EXCHANGES = '''
 [exchanges.orders]
 type = "topic"
@@ -150,6 +195,15 @@ bindings = [{ queue = "audit" }, { queue = "mail" }]
 type = "direct"
 bindings = [{ queue = "mail", key = "signup" }]
 '''
+
+
+def test_tqctl_queues_lists_each_queue_the_configuration_names_served_or_not(suite: Suite) -> None:
+    suite.write_config(EXCHANGES + '[schedules.nightly]\nevery = "1h"\ntask = "task-1"\nqueue = "night"\n')
+    suite.start(workers=1)  # it serves "default" alone
+    rows = {line.split()[0]: line for line in suite.tqctl("queues").stdout.splitlines()[1:]}
+    assert set(rows) == {"audit", "default", "mail", "night"}, rows  # named by a binding, a schedule, a worker
+    assert all(rows[q].endswith("none: no live worker serves it") for q in ("audit", "mail", "night")), rows
+    assert rows["default"].split()[-1] == "1", rows
 
 
 def test_an_exchange_puts_one_job_on_each_bound_queue_the_key_matches_or_refuses_the_key(suite: Suite) -> None:

@@ -4,6 +4,7 @@ holds back to its path, and the next start finds every acknowledged job; what wa
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import signal
@@ -145,10 +146,30 @@ def test_a_full_disk_logs_a_failed_commit_once_and_claims_no_job(suite: Suite) -
         assert len(submitted) == len(set(submitted)), "a job was logged as submitted more than once"
         assert sorted(map(int, submitted)) == sorted(acked)  # and none that was not acknowledged
         assert host.text().count("store write failed: store") <= 2  # once a burst (5 s), not once a failed commit
-        assert "lost with it" not in host.text() and "is live" not in host.text().split("dispatched", 1)[1]
+        assert "lost with it" not in host.text() and "is live" not in host.text().split(" assigned [", 1)[1]
         suite.host()
         c = suite.client()
         assert all(c.get(jid)["state"] == "done" for jid in acked)
+
+
+@needs_root
+def test_a_pause_the_full_disk_refused_is_not_in_the_journal(suite: Suite) -> None:
+    """The journal tells only what the store holds (trial E, finding 5): a pause rolled back logs no `paused`."""
+    with small_state_dir(suite) as state:
+        host = suite.host()
+        c = suite.client()
+        filler = state / "filler"
+        fill(filler)
+        with pytest.raises(TqError, match="disk is full"):
+            for i in range(3000):  # the WAL may have room for a while
+                c.submit("task-1", "x" * 4000, str(i))
+        r = suite.tqctl("pause", "default")
+        assert r.returncode == 3 and "disk is full" in r.stderr, (r.returncode, r.stderr)
+        assert "queue default paused" not in host.text(), host.text()
+        filler.unlink()
+        assert suite.tqctl("pause", "default").returncode == 0
+        wait_until(lambda: "queue default paused" in host.text(), 10, "the pause in the journal")
+        assert json.loads(suite.tqctl("status", "--json").stdout)["paused"] == ["default"]
 
 
 @needs_root

@@ -232,7 +232,7 @@ def test_drain_under_journald_with_default_logging_loses_no_log_line(
         tq: Container, report: Callable[[str], None]) -> None:
     """Every job event is either a line in the journal or counted in a summary line: journald dropped none.
 
-    The host logs submitted, dispatched and done (3 per job), each worker started and done (2 per job).
+    The host logs submitted, assigned and done (3 per job), each worker started and done (2 per job).
     """
     jobs = 20000
     rate, before = drain(tq, jobs)

@@ -867,7 +867,7 @@ def test_cancelling_an_assigned_job_ends_it_at_once_and_tells_its_worker_to_drop
 def test_the_queue_listing_counts_each_queue_s_states_and_finds_its_oldest_queued_job(parts: Parts) -> None:
     old, a1, a2, _b1 = submit(parts, {"task": "t", "queue": "b"}, {"task": "t", "queue": "a"},
                              {"task": "t", "queue": "a"}, {"task": "t", "queue": "b"})
-    job(parts, old).created_at -= 100  # the oldest: cancelled, then retried (back in the table after b1)
+    job(parts, old).created_at -= 100  # cancelled, then retried (back in the table after b1)
     job(parts, a1).created_at -= 10
     parts.jobs.cancel(job(parts, old))
     parts.jobs.retry(parts.store.get(old) or job(parts, old))
@@ -875,4 +875,6 @@ def test_the_queue_listing_counts_each_queue_s_states_and_finds_its_oldest_queue
     listing = {q["queue"]: q for q in parts.queues.listing()}
     assert listing["a"]["states"] == {"queued": 1} and listing["b"]["states"] == {"queued": 2}
     assert 9 < listing["a"]["oldest_queued_age"] < 11
-    assert 99 < listing["b"]["oldest_queued_age"] < 101
+    assert listing["b"]["oldest_queued_age"] < 1  # queued since its retry, not since its submit 100 s ago
+    job(parts, old).run_at -= 50  # retried 50 s ago: b's oldest, found apart from the walk in id order
+    assert 49 < next(q for q in parts.queues.listing() if q["queue"] == "b")["oldest_queued_age"] < 51

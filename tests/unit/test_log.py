@@ -26,7 +26,7 @@ def test_failures_mode_logs_only_failures(caplog: pytest.LogCaptureFixture) -> N
     with caplog.at_level(logging.INFO):
         events.event("done", 1, "task", "q")
         events.event("retrying", 2, "task", "q")
-    assert [r.getMessage() for r in caplog.records] == ["job 2 retrying"]
+    assert [r.getMessage() for r in caplog.records] == ["job 2 failed"]  # (tq-host's "retrying", as events say)
 
 
 def test_plain_lines_carry_the_fields() -> None:

@@ -8,10 +8,19 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .. import configfiles, control
 
+HIDDEN = frozenset({"_complete"})  # tqctl's commands for the bash completion alone: never offered to a user
+
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse exits 2 already; keep one line
         self.exit(control.EXIT_USAGE, f"{self.prog}: {message}\n")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        """As argparse's, but the choices an invalid one is told of leave out the HIDDEN commands."""
+        choices = action.choices
+        if choices is not None and value not in choices:
+            shown = ", ".join(repr(c) for c in choices if c not in HIDDEN)
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r} (choose from {shown})")
 
 
 if TYPE_CHECKING:

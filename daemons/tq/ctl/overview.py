@@ -7,7 +7,7 @@ import argparse
 import time
 from typing import TYPE_CHECKING
 
-from .. import control
+from .. import configfiles, control
 from ..client import Client
 from . import render
 
@@ -32,6 +32,10 @@ def _cmd_status(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     if broker := st.get("broker"):  # (tq-host with [amqp]: its workers on other machines are reached through it)
         print("broker:  " + (f"connected to {broker['url']}" if broker.get("state") == "connected"
                              else str(broker.get("detail"))))
+    if st.get("paused"):  # (none from a tq-host before)
+        print(f"paused:  {', '.join(st['paused'])}")
+    if st.get("reload_refused"):  # the running configuration is the one before
+        print(f"reload refused: {st['reload_refused']} (the running configuration is the one loaded before)")
     print(f"malformed messages dropped: {st['malformed_messages']}")
     for note in st.get("mqueue", {}).get("limited", []):
         print(f"queue limits: {note}")
@@ -121,9 +125,9 @@ def _cmd_queues(client: Client, args: argparse.Namespace, as_json: bool) -> int:
     for q in queues:
         n = q["states"]
         oldest = "-" if q["oldest_queued_age"] is None else render.age(time.time() - q["oldest_queued_age"])
-        workers = ",".join(q["workers"]) or ("none: no live worker serves it" if q["unserved"] else "-")
+        workers = ",".join(q["workers"]) or "none: no live worker serves it"
         limits = ", ".join(([f"{q['concurrency']} at once"] if q["concurrency"] else [])
-                           + ([f"{q['rate']:g}/s"] if q["rate"] else [])) or "-"
+                           + ([configfiles.rate_text(q["rate"])] if q["rate"] else [])) or "-"
         rows.append([q["queue"], str(n.get("queued", 0)), str(n.get("assigned", 0)), str(n.get("running", 0)),
                      str(n.get("delayed", 0) + n.get("failed", 0)), oldest, "yes" if q["paused"] else "no",
                      limits, workers])

@@ -240,6 +240,8 @@ class Host(Daemon):
         self.stream.committed()
         if self.events.held:  # the journal's job lines, held until now
             self.events.release()
+        if self.parts.queues.said:  # and its pauses and resumes
+            self.parts.queues.committed()
 
     def _store_failed(self, error: sqlite3.Error) -> None:
         """A write failed (disk full, I/O error): forget this step, reload from the store, fence workers."""
@@ -259,6 +261,11 @@ class Host(Daemon):
 
     # ---- reload and status ----------------------------------------------
 
+    def reload(self) -> None:
+        """As Daemon.reload; `tqctl status` too says a refused one, for as long as STATUS= does."""
+        super().reload()
+        self.parts.snapshot.refused = self.refused
+
     def apply(self, new: config.Config) -> None:
         if new.host.durability != self.cfg.host.durability:
             self.store.commit()  # the level applies from the next transaction
@@ -272,6 +279,7 @@ class Host(Daemon):
                 f"{c['delayed'] + c['failed'] + c['deferred']} waiting; "
                 f"{c['done']} done, {c['dead']} dead; {self.fleet.live()} worker(s) live"
                 + (f", {syncing} syncing" if (syncing := self.fleet.syncing()) else "")
+                + (f"; paused: {','.join(sorted(paused))}" if (paused := self.parts.queues.paused) else "")
                 + (f"; {waiting}" if (waiting := self.mailboxes.waiting_for) else "")
                 + (f"; {failure}" if (failure := self.parts.storewatch.failure) else ""))
 

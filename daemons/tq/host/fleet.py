@@ -125,7 +125,8 @@ class Fleet:
         w = self._worker(msg.instance)
         if w is None or self.clash.refuses(w, msg.pid, msg.machine, now, self.cfg.host.lease):
             return
-        self.logger.info("worker %s (pid %d) says hello; queues %s", msg.instance, msg.pid, ",".join(msg.queues))
+        self.logger.info("worker %s (pid %d) says hello; queues %s", msg.instance, msg.pid, ",".join(msg.queues),
+                         extra={"TQ_WORKER": msg.instance})
         if msg.pid != w.pid:
             w.monitor = {}  # the figures of the process before: its heartbeats bring the new one's
         self._adopt(w, msg, now)
@@ -136,7 +137,7 @@ class Fleet:
             return
         w.monitor, w.monitor_at = msg.monitor, now  # (empty from a worker of the previous release)
         if w.state in ("lost", "stopped") or msg.pid != w.pid or elsewhere(w, msg.machine):
-            self.logger.info("worker %s (pid %d) is back", msg.instance, msg.pid)
+            self.logger.info("worker %s (pid %d) is back", msg.instance, msg.pid, extra={"TQ_WORKER": msg.instance})
             self._adopt(w, msg, now)
             return
         w.machine = msg.machine or w.machine  # (learnt from a heartbeat after a tq-host restart)
@@ -157,7 +158,7 @@ class Fleet:
         if w is None:
             return
         w.seen = w.heard = now
-        self.logger.info("worker %s is stopping", msg.instance)
+        self.logger.info("worker %s is stopping", msg.instance, extra={"TQ_WORKER": msg.instance})
         self.fence(w, "leaving", "it stopped without reporting the job",
                     "it is stopping: it has handed back or finished its jobs; checking that each was reported")
 
@@ -184,7 +185,8 @@ class Fleet:
         self._persist(w)
         self.on_event("stopped" if w.state == "stopped" else "up", w.instance, w.queues, f"pid {w.pid}")
         if not rolled_back:  # (checked again after a failed commit: it was live all along)
-            self.logger.info("worker %s %s", w.instance, "stopped" if w.state == "stopped" else "is live")
+            self.logger.info("worker %s %s", w.instance, "stopped" if w.state == "stopped" else "is live",
+                             extra={"TQ_WORKER": w.instance})
 
     # ---- the fence --------------------------------------------------------
 
@@ -219,7 +221,7 @@ class Fleet:
         try:
             w.inbox = self.open_inbox(w.instance)
         except MailboxError as e:  # not there (yet): its next hello or heartbeat tries again
-            self.logger.warning("worker %s: %s", w.instance, e)
+            self.logger.warning("worker %s: %s", w.instance, e, extra={"TQ_WORKER": w.instance})
 
     def fence(self, w: WorkerState, state: str, cause: str, detail: str) -> None:
         """Send the Sync fence. `detail`: what happened, for the "fenced" event; `cause`: what the jobs the fence

@@ -259,7 +259,7 @@ class JobTable(OpenJobs):
                                     "retried")
         self._check_key_free(job)
         if job.id in self.jobs:  # failed, waiting to retry (it ran: the job before it was done)
-            job.attempts, job.error, job.run_at, job.cancel_requested = 0, None, None, False
+            job.attempts, job.error, job.run_at, job.cancel_requested = 0, None, time.time(), False  # queued since
             self._move(job, QUEUED)
             self.events.event("retry requested", job.id, job.task, job.queue)
             return []
@@ -314,7 +314,8 @@ class JobTable(OpenJobs):
         """A dead or cancelled job back into the indexes, as new."""
         self.counts[job.state] -= 1
         self.store.rest(job.id, job.state, False)
-        job.attempts, job.error, job.finished_at, job.run_at, job.cancel_requested = 0, None, None, None, False
+        job.attempts, job.error, job.finished_at, job.cancel_requested = 0, None, None, False
+        job.run_at = time.time() if state == QUEUED else None  # queued since (opencounts)
         job.state = state
         self._index(job)
         self.retried.add(job.id)

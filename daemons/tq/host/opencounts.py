@@ -1,4 +1,4 @@
-"""Each queue's open jobs by state and the submit time of its oldest queued job (`tqctl queues`, the metrics).
+"""Each queue's open jobs by state and since when its oldest queued job is queued (`tqctl queues`, the metrics).
 
 Counting walks the open jobs: O(open jobs), about 0.2 us a job natively. Kept instead at each transition, the
 counts cost every job more than the walk costs the scrapes (docs/performance.md, issue 27). A request from an
@@ -23,7 +23,7 @@ from .records import JobRecord
 SHARE = 0.01  # of tq-host's time, at most, for periodic readers' counts
 FLOOR = 0.001  # CPU seconds: a count cheaper than this is not reused
 
-# queue -> (its open jobs by state, the created_at of its oldest queued job)
+# queue -> (its open jobs by state, since when its oldest queued job is queued: its submit, or its run_at)
 ByQueue = dict[str, tuple[dict[str, int], float | None]]
 
 
@@ -51,11 +51,12 @@ class OpenCounts:
 
 
 def by_queue(jobs: dict[int, JobRecord], retried: set[int]) -> ByQueue:
-    """Per queue: its open jobs by state, and when its oldest queued job was submitted.
+    """Per queue: its open jobs by state, and since when its oldest queued job is queued (_older).
 
     Counted in C (Counter over attrgetter); the oldest queued job of each queue is found by walking the open jobs
     in id order (JobTable.jobs is, but for the retried ones, which are looked at apart) only until each queue with
-    queued jobs has its first: a Python loop over every open job cost about 1,500 instructions a job.
+    queued jobs has its first queued since its submit (the jobs before it that waited for a run time are counted
+    too): a Python loop over every open job cost about 1,500 instructions a job.
     """
     counts = collections.Counter(map(_QUEUE_STATE, jobs.values()))
     out: ByQueue = {}
@@ -67,13 +68,22 @@ def by_queue(jobs: dict[int, JobRecord], retried: set[int]) -> ByQueue:
         if not waiting:
             break
         if job.state == QUEUED and job.queue in waiting:
-            oldest[job.queue] = job.created_at
-            waiting.discard(job.queue)
+            _older(oldest, job)
+            if job.run_at is None:  # queued since its submit: no job after it in id order was queued sooner
+                waiting.discard(job.queue)
     for job_id in retried:
         back = jobs.get(job_id)
-        if back is not None and back.state == QUEUED and back.created_at < oldest.get(back.queue, back.created_at + 1):
-            oldest[back.queue] = back.created_at
+        if back is not None and back.state == QUEUED:
+            _older(oldest, back)
     return {queue: (states, oldest.get(queue)) for queue, (states, _) in out.items()}
+
+
+def _older(oldest: dict[str, float], job: JobRecord) -> None:
+    """Count a queued job in its queue's oldest: queued since its run time if it had one (a delay, the backoff
+    before a retry, `tqctl retry`), else since its submit."""
+    since = max(job.created_at, job.run_at or 0.0)
+    if since < oldest.get(job.queue, since + 1):
+        oldest[job.queue] = since
 
 
 _QUEUE_STATE = operator.attrgetter("queue", "state")

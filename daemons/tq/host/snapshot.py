@@ -29,6 +29,7 @@ class Snapshot:
         self.notes = notes  # where the mailboxes got less than the configuration asks (shown by status)
         self.broker = broker  # where tq-host's link to its broker stands ({"url", "state", "detail"}), if it has one
         self.started = time.time()
+        self.refused = ""  # why the last reload was refused (the running configuration is not the files'), if so
 
     def configure(self, cfg: config.Config) -> None:
         self.cfg = cfg
@@ -38,10 +39,10 @@ class Snapshot:
         return {"version": __version__, "pid": os.getpid(), "uptime": round(time.time() - self.started, 3),
                 "states": {s.value: self.jobs.counts[s] for s in JobState}, "workers_live": self.fleet.live(),
                 "workers_syncing": self.fleet.syncing(), "workers_known": len(self.fleet.workers),
-                "malformed_messages": self.malformed.total,
-                "config": list(self.cfg.files), "mqueue": {"max_messages": self.fleet.mq.max_messages,
-                                                           "max_message_size": self.cfg.mqueue.max_message_size,
-                                                           "limited": self.notes},
+                "malformed_messages": self.malformed.total, "paused": sorted(self.queues.paused),
+                "config": list(self.cfg.files), "reload_refused": self.refused or None,
+                "mqueue": {"max_messages": self.fleet.mq.max_messages,
+                           "max_message_size": self.cfg.mqueue.max_message_size, "limited": self.notes},
                 **({"broker": self.broker()} if self.broker is not None else {})}
 
     def metrics(self) -> dict[str, Any]:

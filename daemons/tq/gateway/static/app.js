@@ -94,6 +94,15 @@ function age(seconds) {
   return `${Math.floor(seconds / 86400)}d ${Math.floor(seconds % 86400 / 3600)}h`;
 }
 
+// A queue's rate in the unit (/s, /m, /h) that counts it in whole jobs, else the first that counts one: 1/h.
+function rate(perSecond) {
+  const counts = [[perSecond, "s"], [perSecond * 60, "m"], [perSecond * 3600, "h"]];
+  const whole = counts.find(([n]) => n >= 1 && Math.abs(n - Math.round(n)) < 1e-6 * n);
+  if (whole) return `${Math.round(whole[0])}/${whole[1]}`;
+  const [n, unit] = counts.find(([m]) => m >= 1) || counts[2];
+  return `${Number(n.toPrecision(6))}/${unit}`;
+}
+
 function bytes(n) {
   if (n === null || n === undefined) return "–";
   const units = ["B", "KiB", "MiB", "GiB"];
@@ -180,7 +189,7 @@ function changed(key, list) {
 function queues(list) {
   if (!changed("queues", list)) return;
   const rows = list.map((q) => {
-    const limits = [q.concurrency !== null ? `${q.concurrency} at once` : null, q.rate !== null ? `${q.rate}/s` : null];
+    const limits = [q.concurrency !== null ? `${q.concurrency} at once` : null, q.rate !== null ? rate(q.rate) : null];
     const buttons = !view.maySteer ? null : q.paused
       ? action("Resume", "resume", async () => { await api("POST", `/api/v1/queues/${encodeURIComponent(q.queue)}/resume`); return `queue ${q.queue} resumed`; })
       : action("Pause", "pause", async () => { await api("POST", `/api/v1/queues/${encodeURIComponent(q.queue)}/pause`); return `queue ${q.queue} paused`; });
