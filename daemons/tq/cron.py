@@ -25,10 +25,16 @@ def _croniter() -> Any:
 
 
 def check_cron(expression: str) -> str | None:
-    """Why a cron expression is not valid (None: it is)."""
-    if len(expression.split()) not in (1, 5) or not _croniter().is_valid(expression):
+    """Why a cron expression is not valid (None: it is): not one croniter reads, or one that never fires."""
+    croniter = _croniter()
+    if len(expression.split()) not in (1, 5) or not croniter.is_valid(expression):
         return (f"not a cron expression: {expression!r} (five fields: minute hour day-of-month month day-of-week, "
                 "such as \"*/5 * * * *\", or @hourly, @daily, @weekly, @monthly, @yearly)")
+    try:  # (croniter looks 50 years ahead: any date that exists comes round within 28)
+        croniter(expression, datetime.datetime(2000, 1, 1)).get_next(datetime.datetime)
+    except ValueError:  # CroniterBadDateError
+        return (f"never fires: {expression!r} names no date that exists (such as the 30th of February or the "
+                "31st of April)")
     return None
 
 
@@ -59,7 +65,8 @@ def zone(name: str | None) -> datetime.tzinfo:
 
 
 def next_after(schedule: ScheduleConfig, after: float) -> float:
-    """The first time the schedule fires strictly after `after` (seconds since the epoch)."""
+    """The first time the schedule fires strictly after `after` (seconds since the epoch). ValueError (croniter's
+    CroniterBadDateError) for a cron expression that never fires."""
     if schedule.every is not None:
         return after + schedule.every
     assert schedule.cron is not None

@@ -4,6 +4,7 @@ framing over a socketpair. A real SQLite store; no processes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import selectors
 import socket
@@ -646,6 +647,23 @@ def test_a_run_that_is_refused_shows_as_failed_with_its_time_and_error_not_an_ol
     assert listed["last_error"] is None and listed["last_job"] not in (None, first) and listed["last_run"] == 1030.0
     parts.store.commit()
     assert parts.store.schedules()["s"][2] is None
+
+
+def test_a_schedule_whose_next_run_cannot_be_computed_is_disabled_and_logged_not_raised(
+        parts: Parts, caplog: pytest.LogCaptureFixture) -> None:
+    """(The configuration check refuses a cron expression that never fires: this one got past it.)"""
+    toml = '[schedules.s]\nevery = "10s"\ntask = "report"\n[schedules.feb]\ncron = "@daily"\ntask = "report"\n'
+    cfg = configload.load(str(_write(parts, toml)))
+    feb = dataclasses.replace(cfg.schedules["feb"], cron="0 0 30 2 *")
+    cfg = dataclasses.replace(cfg, schedules={**cfg.schedules, "feb": feb})
+    scheduler = Scheduler(cfg, parts.store, parts.jobs, parts.admission.submit_internal, parts.fleet.logger)
+    scheduler.load(1000.0)  # (this raised CroniterBadDateError)
+    scheduler.fire_due(1010.0)
+    assert _runs_of(parts, "s") == [1010.0] and list(scheduler.next) == ["s"]
+    assert caplog.text.count("schedule feb: disabled until the configuration changes: cannot compute") == 1
+    listed = {s["name"]: s for s in scheduler.public()}
+    assert listed["feb"]["next_run"] is None and "cannot compute" in listed["feb"]["disabled"]
+    assert listed["s"]["disabled"] is None
 
 
 # ---- chains, after, follow-ups ------------------------------------------------------------------------------

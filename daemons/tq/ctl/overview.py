@@ -150,6 +150,8 @@ def _cmd_schedules(client: Client, args: argparse.Namespace, as_json: bool) -> i
         if sc.get("last_error"):  # (none from a host of the previous release)
             last = f"failed, not submitted: {sc['last_error']}"
         next_run, last_run = render.local_time(sc["next_run"]), render.local_time(sc["last_run"])
+        if sc.get("disabled"):  # its next run could not be computed (the journal said so)
+            next_run = f"disabled: {sc['disabled']}"
         rows.append([sc["name"], when, sc["task"], next_run, last_run, last])
     render.table(rows)
     return 0

@@ -7,13 +7,15 @@ is skipped, and logged, while the schedule's previous job is still queued, delay
 A new schedule fires first at its first time after tq-host first sees it. Each job's payload says which run it
 is: {"schedule": NAME, "at": seconds since the epoch}. A run that tq-host could not submit (refused: too large,
 say) is logged, and stored as the schedule's last run with its error: `tqctl schedules` shows it failed, not the
-job of an earlier run.
+job of an earlier run. A schedule whose next run cannot be computed (a cron expression that never fires, which
+the configuration check refuses) is logged once and disabled: no schedule's error ends tq-host's loop.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +39,7 @@ class Scheduler:
         self.next: dict[str, float] = {}  # name -> its next run time
         self.started = time.time()  # runs due before this were missed while tq-host was down
         self.cfg = cfg
+        self.disabled: dict[str, str] = {}  # name -> why its next run cannot be computed
 
     def load(self, now: float) -> None:
         """From the store (at start, and after a failed commit): runs due before `now` were missed meanwhile."""
@@ -48,16 +51,29 @@ class Scheduler:
         """Take a (reloaded) configuration: a new schedule counts from now, a changed one from its last run."""
         self.cfg = cfg
         now = time.time() if now is None else now
-        self.next = {}
+        self.next, self.disabled = {}, {}
         for name, schedule in cfg.schedules.items():
             if name not in self.state:  # never run: its first run is the first time after now
                 self.state[name] = (now, None, None)
                 self.store.save_schedule(name, now, None)
-            self.next[name] = cron.next_after(schedule, self.state[name][0])
+            self._plan(schedule)
 
     def next_due(self) -> float | None:
         """The wall-clock time of the next run (None: no schedule)."""
         return min(self.next.values(), default=None)
+
+    def _plan(self, schedule: config.ScheduleConfig) -> None:
+        """Its next run from its last one; a schedule whose next run cannot be computed is disabled, and says so."""
+        try:
+            self.next[schedule.name] = cron.next_after(schedule, self.state[schedule.name][0])
+        except Exception as e:  # (croniter's CroniterBadDateError: a ValueError; any other: the loop goes on)
+            self._disable(schedule.name, e)
+
+    def _disable(self, name: str, e: Exception) -> None:
+        self.next.pop(name, None)
+        self.disabled[name] = why = f"cannot compute its next run: {e or type(e).__name__}"
+        self.logger.error("schedule %s: disabled until the configuration changes: %s", name, why,
+                          extra={"TQ_SCHEDULE": name})
 
     def fire_due(self, now: float) -> None:
         """Submit the runs that are due, and stage each schedule's new state in the same transaction."""
@@ -65,19 +81,29 @@ class Scheduler:
             if at > now:
                 continue
             schedule = self.cfg.schedules[name]
-            last, last_job, error = self.state[name]
-            runs = cron.due(schedule, last, now)
-            missed = [run for run in runs if run < self.started]  # while tq-host was down
-            caught = {"none": [], "last": missed[-1:], "all": missed}[schedule.catch_up]
-            if len(caught) < len(missed):
-                self.logger.info("schedule %s: %d run(s) missed while tq-host was down, %d submitted now "
-                                 "(catch_up = \"%s\")", name, len(missed), len(caught), schedule.catch_up)
-            for run in caught + runs[len(missed):]:
-                last_job, error = self._run(schedule, run, last_job)
-            if runs:
-                self.state[name] = (runs[-1], last_job, error)
-                self.store.save_schedule(name, runs[-1], last_job, error)
-            self.next[name] = cron.next_after(schedule, self.state[name][0])
+            try:
+                self._fire(schedule, now)
+            except sqlite3.Error:  # the store's: the step is rolled back (Host._store_failed)
+                raise
+            except Exception as e:  # no schedule's error ends tq-host's loop
+                self._disable(name, e)
+
+    def _fire(self, schedule: config.ScheduleConfig, now: float) -> None:
+        """Submit the schedule's runs due by `now`."""
+        name = schedule.name
+        last, last_job, error = self.state[name]
+        runs = cron.due(schedule, last, now)
+        missed = [run for run in runs if run < self.started]  # while tq-host was down
+        caught = {"none": [], "last": missed[-1:], "all": missed}[schedule.catch_up]
+        if len(caught) < len(missed):
+            self.logger.info("schedule %s: %d run(s) missed while tq-host was down, %d submitted now "
+                             "(catch_up = \"%s\")", name, len(missed), len(caught), schedule.catch_up)
+        for run in caught + runs[len(missed):]:
+            last_job, error = self._run(schedule, run, last_job)
+        if runs:
+            self.state[name] = (runs[-1], last_job, error)
+            self.store.save_schedule(name, runs[-1], last_job, error)
+        self._plan(schedule)
 
     def _run(self, schedule: config.ScheduleConfig, at: float, last_job: int | None) -> tuple[int | None, str | None]:
         """Submit one run: the id of the schedule's job from now on (the old one if this run was skipped or
@@ -114,7 +140,7 @@ class Scheduler:
                         "timezone": schedule.timezone, "catch_up": schedule.catch_up, "overlap": schedule.overlap,
                         "next_run": self.next.get(name), "last_run": last if ran else None,
                         "last_job": last_job, "last_state": None if job is None else job.state,
-                        "last_error": error})
+                        "last_error": error, "disabled": self.disabled.get(name)})
         return out
 
 
