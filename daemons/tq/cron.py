@@ -4,6 +4,9 @@ Cron times are wall-clock times of the schedule's zone. croniter walks them with
 in the zone: a time that a daylight-saving change skips (02:30 on the spring-forward night) runs at the same
 instant as the hour after it, once, and a time that occurs twice (the fall-back night) runs at its first
 occurrence. A run is always strictly later than the one before: two wall times on one instant run once.
+
+The runs due after a long downtime are computed from the last MAX_CATCH_UP only (croniter steps back from now
+that many times), so the work is bounded whatever the downtime.
 """
 
 from __future__ import annotations
@@ -48,13 +51,31 @@ def check_timezone(name: str) -> str | None:
     return None
 
 
+_LOCAL: dict[tuple[str, float, int], datetime.tzinfo] = {}  # the machine's zone, by TZ and /etc/localtime's stat
+
+
 def zone(name: str | None) -> datetime.tzinfo:
-    """The schedule's zone: the named one, else the machine's (TZ, then /etc/localtime), else UTC."""
+    """The schedule's zone: the named one, else the machine's (TZ, then /etc/localtime), else UTC. The machine's
+    is read again only when TZ or /etc/localtime changes (a stat, not a read and parse, per call)."""
     import zoneinfo
 
     if name:
-        return zoneinfo.ZoneInfo(name)
+        return zoneinfo.ZoneInfo(name)  # (ZoneInfo keeps the zones it made)
     tz = os.environ.get("TZ", "").lstrip(":")
+    try:
+        st = os.stat("/etc/localtime")
+        key = (tz, st.st_mtime, st.st_ino)
+    except OSError:
+        key = (tz, 0.0, 0)
+    if (found := _LOCAL.get(key)) is None:
+        _LOCAL.clear()
+        found = _LOCAL[key] = _local_zone(tz)
+    return found
+
+
+def _local_zone(tz: str) -> datetime.tzinfo:
+    import zoneinfo
+
     if tz and check_timezone(tz) is None:
         return zoneinfo.ZoneInfo(tz)
     try:
@@ -71,8 +92,7 @@ def next_after(schedule: ScheduleConfig, after: float) -> float:
         return after + schedule.every
     assert schedule.cron is not None
     tz = zone(schedule.timezone)
-    wall = datetime.datetime.fromtimestamp(after, tz).replace(tzinfo=None)
-    times = _croniter()(schedule.cron, wall)
+    times = _walk(schedule.cron, datetime.datetime.fromtimestamp(after, tz).replace(tzinfo=None))
     while True:
         candidate: datetime.datetime = times.get_next(datetime.datetime)
         at = candidate.replace(tzinfo=tz).timestamp()  # fold 0: a skipped time maps forward, a doubled one first
@@ -80,16 +100,52 @@ def next_after(schedule: ScheduleConfig, after: float) -> float:
             return at
 
 
-def due(schedule: ScheduleConfig, last: float, now: float) -> list[float]:
-    """The times the schedule fired at after `last`, up to `now`, oldest first (at most MAX_CATCH_UP, the latest)."""
+_WALKERS: dict[str, Any] = {}  # expression -> its croniter (parsing one costs more than a step of it)
+
+
+def _walk(expression: str, wall: datetime.datetime) -> Any:
+    """The expression's croniter, set to the wall time `wall`."""
+    if (times := _WALKERS.get(expression)) is None:
+        if len(_WALKERS) >= 64:
+            _WALKERS.clear()
+        times = _WALKERS[expression] = _croniter()(expression, wall)
+    else:
+        times.set_current(wall, force=True)
+    return times
+
+
+def due(schedule: ScheduleConfig, last: float, now: float) -> tuple[list[float], bool]:
+    """The times the schedule fired at after `last`, up to `now`, oldest first: the latest MAX_CATCH_UP at most,
+    and whether there were more (how many more is not computed: after a long downtime only the latest are)."""
     if schedule.every is not None:  # (no walk through a long downtime one interval at a time)
         missed = int((now - last) // schedule.every)
-        return [last + k * schedule.every for k in range(max(1, missed - MAX_CATCH_UP + 1), missed + 1)]
+        first = max(1, missed - MAX_CATCH_UP + 1)
+        return [last + k * schedule.every for k in range(first, missed + 1)], first > 1
+    times = _between(schedule, last, now, MAX_CATCH_UP + 1)
+    if len(times) <= MAX_CATCH_UP:
+        return times, False
+    start = _catch_up_start(schedule, now)  # more than the cap: the latest, found back from now
+    return _between(schedule, start, now, None)[-MAX_CATCH_UP:], True
+
+
+def _between(schedule: ScheduleConfig, after: float, until: float, most: int | None) -> list[float]:
+    """The times the schedule fires after `after` up to `until`, oldest first, the first `most` of them."""
     times: list[float] = []
-    t = next_after(schedule, last)
-    while t <= now:
+    t = next_after(schedule, after)
+    while t <= until and (most is None or len(times) < most):
         times.append(t)
-        if len(times) > MAX_CATCH_UP:
-            del times[0]
         t = next_after(schedule, t)
     return times
+
+
+def _catch_up_start(schedule: ScheduleConfig, now: float) -> float:
+    """A time before which no run is among the latest MAX_CATCH_UP up to `now`: croniter steps back that many
+    times from now (in wall time; an hour's margin for a daylight-saving change on the way)."""
+    assert schedule.cron is not None
+    tz = zone(schedule.timezone)
+    times = _walk(schedule.cron, datetime.datetime.fromtimestamp(now, tz).replace(tzinfo=None))
+    earliest: datetime.datetime | None = None
+    for _ in range(MAX_CATCH_UP + 1):
+        earliest = times.get_prev(datetime.datetime)
+    assert earliest is not None
+    return earliest.replace(tzinfo=tz).timestamp() - 3600.0

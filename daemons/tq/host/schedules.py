@@ -76,34 +76,40 @@ class Scheduler:
                           extra={"TQ_SCHEDULE": name})
 
     def fire_due(self, now: float) -> None:
-        """Submit the runs that are due, and stage each schedule's new state in the same transaction."""
+        """Submit the runs that are due, and stage each schedule's new state in the same transaction. One long
+        catch-up a call at most (up to cron.MAX_CATCH_UP runs computed): the others wait for the next loop step,
+        which pings the watchdog first."""
         for name, at in list(self.next.items()):
             if at > now:
                 continue
             schedule = self.cfg.schedules[name]
             try:
-                self._fire(schedule, now)
+                if self._fire(schedule, now):
+                    return
             except sqlite3.Error:  # the store's: the step is rolled back (Host._store_failed)
                 raise
             except Exception as e:  # no schedule's error ends tq-host's loop
                 self._disable(name, e)
 
-    def _fire(self, schedule: config.ScheduleConfig, now: float) -> None:
-        """Submit the schedule's runs due by `now`."""
+    def _fire(self, schedule: config.ScheduleConfig, now: float) -> bool:
+        """Submit the schedule's runs due by `now`; whether that was a long catch-up (the cap reached)."""
         name = schedule.name
         last, last_job, error = self.state[name]
-        runs = cron.due(schedule, last, now)
+        runs, more = cron.due(schedule, last, now)
         missed = [run for run in runs if run < self.started]  # while tq-host was down
         caught = {"none": [], "last": missed[-1:], "all": missed}[schedule.catch_up]
-        if len(caught) < len(missed):
-            self.logger.info("schedule %s: %d run(s) missed while tq-host was down, %d submitted now "
-                             "(catch_up = \"%s\")", name, len(missed), len(caught), schedule.catch_up)
+        if len(caught) < len(missed) or more:
+            latest = f": the latest {len(caught)}" if more and caught else ""
+            self.logger.info("schedule %s: %s%d run(s) missed while tq-host was down, %d submitted now "
+                             "(catch_up = \"%s\"%s)", name, "more than " if more else "", len(missed), len(caught),
+                             schedule.catch_up, latest if schedule.catch_up == "all" else "")
         for run in caught + runs[len(missed):]:
             last_job, error = self._run(schedule, run, last_job)
         if runs:
             self.state[name] = (runs[-1], last_job, error)
             self.store.save_schedule(name, runs[-1], last_job, error)
         self._plan(schedule)
+        return more
 
     def _run(self, schedule: config.ScheduleConfig, at: float, last_job: int | None) -> tuple[int | None, str | None]:
         """Submit one run: the id of the schedule's job from now on (the old one if this run was skipped or
