@@ -114,7 +114,10 @@ class Host(Daemon):
         """Load every open job from the store and fence every known worker with a Sync (`why`: recovery.py)."""
         self.jobs.load()
         self.parts.queues.load()
-        self.parts.scheduler.load(time.time())
+        if why is RESTARTED:
+            self.parts.scheduler.load(time.time())
+        else:  # (tq-host was not down: no schedule's run was missed, and the one that failed is tried again later)
+            self.parts.scheduler.rolled_back(time.time())
         self.dispatcher.outbox.clear()
         recover(self.fleet, time.monotonic(), why)
 

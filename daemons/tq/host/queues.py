@@ -56,7 +56,8 @@ class Queues:
             return False
         self.store.set_paused(queue, paused)
         (self.paused.add if paused else self.paused.discard)(queue)
-        self.logger.info("queue %s %s", queue, "paused: its jobs wait until tqctl resume" if paused else "resumed")
+        self.jobs.events.line(logging.INFO, "queue %s %s",  # (said once the store has it: held until the commit)
+                              (queue, "paused: its jobs wait until tqctl resume" if paused else "resumed"))
         return True
 
     def named(self, queue: str) -> bool:

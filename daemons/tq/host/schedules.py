@@ -27,6 +27,8 @@ from .jobs import JobTable
 from .records import JobRecord
 from .store import Store
 
+RETRY_AFTER = 1.0  # seconds after a failed store write before the schedules fire again (a full disk fails each)
+
 Submit = Callable[[dict[str, Any], str], JobRecord]  # a job spec and the detail of its "submitted" event
 
 
@@ -40,12 +42,20 @@ class Scheduler:
         self.started = time.time()  # runs due before this were missed while tq-host was down
         self.cfg = cfg
         self.disabled: dict[str, str] = {}  # name -> why its next run cannot be computed
+        self.hold_until = 0.0  # no run fires before this wall-clock time (RETRY_AFTER a failed store write)
 
     def load(self, now: float) -> None:
-        """From the store (at start, and after a failed commit): runs due before `now` were missed meanwhile."""
+        """From the store, at start: runs due before `now` were missed while tq-host was down."""
         self.started = now
         self.state = self.store.schedules()
         self.configure(self.cfg, now)
+
+    def rolled_back(self, now: float) -> None:
+        """After a failed commit: back to what the store holds (a run submitted in that step did not happen, and is
+        due again), tried again RETRY_AFTER from now, not at each step (a full disk fails every commit)."""
+        self.state = self.store.schedules()
+        self.configure(self.cfg, now)
+        self.hold_until = now + RETRY_AFTER
 
     def configure(self, cfg: config.Config, now: float | None = None) -> None:
         """Take a (reloaded) configuration: a new schedule counts from now, a changed one from its last run."""
@@ -60,7 +70,7 @@ class Scheduler:
 
     def next_due(self) -> float | None:
         """The wall-clock time of the next run (None: no schedule)."""
-        return min(self.next.values(), default=None)
+        return max(min(self.next.values()), self.hold_until) if self.next else None
 
     def _plan(self, schedule: config.ScheduleConfig) -> None:
         """Its next run from its last one; a schedule whose next run cannot be computed is disabled, and says so."""
@@ -79,6 +89,8 @@ class Scheduler:
         """Submit the runs that are due, and stage each schedule's new state in the same transaction. One long
         catch-up a call at most (up to cron.MAX_CATCH_UP runs computed): the others wait for the next loop step,
         which pings the watchdog first."""
+        if now < self.hold_until <= now + RETRY_AFTER:  # (a clock stepped back does not hold them longer)
+            return
         for name, at in list(self.next.items()):
             if at > now:
                 continue
