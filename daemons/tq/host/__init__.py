@@ -170,7 +170,7 @@ class Host(Daemon):
                 self.reload()
             self.jobs.promote_due()
             if self.parts.scheduler.next:
-                self.parts.scheduler.fire_due(time.time())
+                self.parts.scheduler.fire_due(time.time(), time.monotonic())
             if self.broker_watch is not None:
                 self.broker_watch.check(now)
             self.fleet.check_leases(now)

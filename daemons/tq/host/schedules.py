@@ -4,11 +4,14 @@ run time and job in the same commit as the job, so a restart (or `kill -9`) neit
 Runs missed while tq-host was down follow `catch_up` (systemd timers' Persistent= is the model): "none" skips
 them, "last" fires the latest once, "all" fires each (at most cron.MAX_CATCH_UP). With `overlap = false` a run
 is skipped, and logged, while the schedule's previous job is still queued, delayed, running or waiting to retry.
-A new schedule fires first at its first time after tq-host first sees it. Each job's payload says which run it
-is: {"schedule": NAME, "at": seconds since the epoch}. A run that tq-host could not submit (refused: too large,
-say) is logged, and stored as the schedule's last run with its error: `tqctl schedules` shows it failed, not the
-job of an earlier run. A schedule whose next run cannot be computed (a cron expression that never fires, which
-the configuration check refuses) is logged once and disabled: no schedule's error ends tq-host's loop.
+A new schedule fires first at its first time after tq-host first sees it, and so does one whose times a reload
+changed or that a reload put back. A wall clock stepped forward makes the runs in the gap missed (catch_up), as
+a downtime does; stepped back, a cron schedule waits for its last run's time again, an interval counts from now.
+Each job's payload says which run it is: {"schedule": NAME, "at": seconds since the epoch}. A run that tq-host
+could not submit (refused: too large, say) is logged, and stored as the schedule's last run with its error:
+`tqctl schedules` shows it failed, not the job of an earlier run. A schedule whose next run cannot be computed
+(a cron expression that never fires, which the configuration check refuses) is logged once and disabled: no
+schedule's error ends tq-host's loop.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from .jobs import JobTable
 from .records import JobRecord
 from .store import Store
 
+CLOCK_STEP = 2.0  # seconds the wall clock may move apart from the monotonic one between two steps: else a step
 RETRY_AFTER = 1.0  # seconds after a failed store write before the schedules fire again (a full disk fails each)
 
 Submit = Callable[[dict[str, Any], str], JobRecord]  # a job spec and the detail of its "submitted" event
@@ -39,14 +43,16 @@ class Scheduler:
         # name -> (last run time, the schedule's latest job, why that run was not submitted: None if it was)
         self.state: dict[str, tuple[float, int | None, str | None]] = {}
         self.next: dict[str, float] = {}  # name -> its next run time
-        self.started = time.time()  # runs due before this were missed while tq-host was down
+        self.started = time.time()  # runs due before this were missed: while tq-host was down, or a clock step
+        self.missed_while = "while tq-host was down"
+        self.clock: tuple[float, float] | None = None  # the wall and monotonic clocks at the last fire_due
         self.cfg = cfg
         self.disabled: dict[str, str] = {}  # name -> why its next run cannot be computed
         self.hold_until = 0.0  # no run fires before this wall-clock time (RETRY_AFTER a failed store write)
 
     def load(self, now: float) -> None:
         """From the store, at start: runs due before `now` were missed while tq-host was down."""
-        self.started = now
+        self.started, self.missed_while = now, "while tq-host was down"
         self.state = self.store.schedules()
         self.configure(self.cfg, now)
 
@@ -58,15 +64,25 @@ class Scheduler:
         self.hold_until = now + RETRY_AFTER
 
     def configure(self, cfg: config.Config, now: float | None = None) -> None:
-        """Take a (reloaded) configuration: a new schedule counts from now, a changed one from its last run."""
-        self.cfg = cfg
+        """Take a (reloaded) configuration. A new schedule counts from now; so does one whose times changed (cron,
+        every, timezone) or that was removed and is back: its first run is its first time after now, never the
+        runs of its new times since its old last run (systemd timers do the same)."""
+        old, self.cfg = self.cfg.schedules, cfg
         now = time.time() if now is None else now
-        self.next, self.disabled = {}, {}
+        self.next, self.disabled, self.clock = {}, {}, None
         for name, schedule in cfg.schedules.items():
             if name not in self.state:  # never run: its first run is the first time after now
-                self.state[name] = (now, None, None)
-                self.store.save_schedule(name, now, None)
+                self._restart(name, now)
+            elif _times(old.get(name)) != _times(schedule):
+                self._restart(name, now)
+                self.logger.info("schedule %s: %s: it counts from now", name,
+                                 "changed" if name in old else "back in the configuration", extra=_fields(schedule))
             self._plan(schedule)
+
+    def _restart(self, name: str, now: float) -> None:
+        """The schedule counts from `now`, as a new one."""
+        self.state[name] = (now, None, None)
+        self.store.save_schedule(name, now, None)
 
     def next_due(self) -> float | None:
         """The wall-clock time of the next run (None: no schedule)."""
@@ -85,10 +101,12 @@ class Scheduler:
         self.logger.error("schedule %s: disabled until the configuration changes: %s", name, why,
                           extra={"TQ_SCHEDULE": name})
 
-    def fire_due(self, now: float) -> None:
-        """Submit the runs that are due, and stage each schedule's new state in the same transaction. One long
-        catch-up a call at most (up to cron.MAX_CATCH_UP runs computed): the others wait for the next loop step,
-        which pings the watchdog first."""
+    def fire_due(self, now: float, mono: float) -> None:
+        """Submit the runs that are due by the wall-clock time `now`, and stage each schedule's new state in the same
+        transaction. One long catch-up a call at most (up to cron.MAX_CATCH_UP runs computed): the others wait for
+        the next loop step, which pings the watchdog first. `mono`: the monotonic clock, which tells a step of the
+        wall clock."""
+        self._watch_clock(now, mono)
         if now < self.hold_until <= now + RETRY_AFTER:  # (a clock stepped back does not hold them longer)
             return
         for name, at in list(self.next.items()):
@@ -103,17 +121,42 @@ class Scheduler:
             except Exception as e:  # no schedule's error ends tq-host's loop
                 self._disable(name, e)
 
+    def _watch_clock(self, now: float, mono: float) -> None:
+        """A wall clock stepped forward (NTP after a resume, `date -s`): the runs in the gap were missed, as runs
+        are while tq-host is down, and follow catch_up. Stepped back: a cron schedule runs again once the clock
+        passes its last run (none runs twice); an `every` one counts from now."""
+        if self.clock is not None:
+            step = (now - self.clock[0]) - (mono - self.clock[1])
+            if step > CLOCK_STEP:
+                self.started, self.missed_while = now, f"in the clock's step forward of {step:.0f} s"
+                self.logger.warning("the clock stepped forward %.0f s (or the machine slept): the schedules' runs "
+                                    "in between follow their catch_up", step)
+            elif step < -CLOCK_STEP:
+                self.logger.warning("the clock stepped back %.0f s: a cron schedule runs again once the clock passes "
+                                    "its last run; an interval counts from now", -step)
+                self.started = min(self.started, now)  # (a run after now is on time, whatever came before)
+                self._stepped_back(now)
+        self.clock = (now, mono)
+
+    def _stepped_back(self, now: float) -> None:
+        for name, schedule in self.cfg.schedules.items():
+            if schedule.every is not None and self.state[name][0] > now:
+                _, last_job, error = self.state[name]
+                self.state[name] = (now, last_job, error)
+                self.store.save_schedule(name, now, last_job, error)
+                self._plan(schedule)
+
     def _fire(self, schedule: config.ScheduleConfig, now: float) -> bool:
         """Submit the schedule's runs due by `now`; whether that was a long catch-up (the cap reached)."""
         name = schedule.name
         last, last_job, error = self.state[name]
         runs, more = cron.due(schedule, last, now)
-        missed = [run for run in runs if run < self.started]  # while tq-host was down
+        missed = [run for run in runs if run < self.started]  # while tq-host was down, or in a clock's step
         caught = {"none": [], "last": missed[-1:], "all": missed}[schedule.catch_up]
         if len(caught) < len(missed) or more:
             latest = f": the latest {len(caught)}" if more and caught else ""
-            self.logger.info("schedule %s: %s%d run(s) missed while tq-host was down, %d submitted now "
-                             "(catch_up = \"%s\"%s)", name, "more than " if more else "", len(missed), len(caught),
+            self.logger.info("schedule %s: %s%d run(s) missed %s, %d submitted now (catch_up = \"%s\"%s)", name,
+                             "more than " if more else "", len(missed), self.missed_while, len(caught),
                              schedule.catch_up, latest if schedule.catch_up == "all" else "")
         for run in caught + runs[len(missed):]:
             last_job, error = self._run(schedule, run, last_job)
@@ -160,6 +203,16 @@ class Scheduler:
                         "last_job": last_job, "last_state": None if job is None else job.state,
                         "last_error": error, "disabled": self.disabled.get(name)})
         return out
+
+
+def _times(schedule: config.ScheduleConfig | None) -> tuple[str | None, float | None, str | None] | None:
+    """What decides a schedule's times."""
+    return None if schedule is None else (schedule.cron, schedule.every, schedule.timezone)
+
+
+def _fields(schedule: config.ScheduleConfig) -> dict[str, Any]:
+    """The journal fields of a line about the schedule."""
+    return {"TQ_SCHEDULE": schedule.name, "TQ_TASK": schedule.task}
 
 
 def _when(at: float) -> str:
