@@ -617,6 +617,25 @@ def test_runs_missed_while_the_host_was_down_follow_catch_up(parts: Parts, catch
     assert parts.store.schedules()["s"][0] == 1040.0
 
 
+def test_catch_up_all_without_overlap_submits_every_missed_run_as_one_batch_with_one_line(
+        parts: Parts, caplog: pytest.LogCaptureFixture) -> None:
+    """Trial E's finding 4: the oldest missed run was submitted, and each later one skipped (with a line each)
+    since that job was still queued: neither "all" nor "last"."""
+    toml = '[schedules.s]\nevery = "10s"\ntask = "report"\ncatch_up = "all"\n'
+    _scheduler(parts, toml, 1000.0)
+    parts.store.commit()
+    later = _scheduler(parts, toml, 1035.0)  # 1010, 1020, 1030 missed
+    later.fire_due(1040.0, 1040.0)  # and 1040 is due
+    assert _runs_of(parts, "s") == [1010.0, 1020.0, 1030.0, 1040.0] and "skipped" not in caplog.text
+    later.fire_due(1050.0, 1050.0)  # the batch's jobs are still queued: the next run is skipped, in one line
+    assert _runs_of(parts, "s") == [1010.0, 1020.0, 1030.0, 1040.0]
+    assert caplog.text.count("skipped") == 1 and "the run of " in caplog.text
+    parts.store.commit()
+    again = _scheduler(parts, toml, 1095.0)  # down again, with job 1040's still queued: the batch is skipped
+    again.fire_due(1095.0, 1095.0)
+    assert caplog.text.count("skipped") == 2 and "4 runs, " in caplog.text and "are skipped: job" in caplog.text
+
+
 def test_without_overlap_a_run_is_skipped_while_the_last_one_is_open(parts: Parts,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     scheduler = _scheduler(parts, '[schedules.s]\nevery = "10s"\ntask = "report"\n', 1000.0)

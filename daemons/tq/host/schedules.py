@@ -3,7 +3,8 @@ run time and job in the same commit as the job, so a restart (or `kill -9`) neit
 
 Runs missed while tq-host was down follow `catch_up` (systemd timers' Persistent= is the model): "none" skips
 them, "last" fires the latest once, "all" fires each (at most cron.MAX_CATCH_UP). With `overlap = false` a run
-is skipped, and logged, while the schedule's previous job is still queued, delayed, running or waiting to retry.
+is skipped, and logged, while the schedule's previous job is still queued, delayed, running or waiting to retry;
+the runs due at once (a catch-up's and the one due now) are one batch, not judged against each other.
 A new schedule fires first at its first time after tq-host first sees it, and so does one whose times a reload
 changed or that a reload put back. A wall clock stepped forward makes the runs in the gap missed (catch_up), as
 a downtime does; stepped back, a cron schedule waits for its last run's time again, an interval counts from now.
@@ -75,8 +76,8 @@ class Scheduler:
                 self._restart(name, now)
             elif _times(old.get(name)) != _times(schedule):
                 self._restart(name, now)
-                self.logger.info("schedule %s: %s: it counts from now", name,
-                                 "changed" if name in old else "back in the configuration", extra=_fields(schedule))
+                self.logger.info("schedule %s: %s: it counts from now", name, "changed" if name in old
+                                 else "back in the configuration", extra=self._fields(schedule))
             self._plan(schedule)
 
     def _restart(self, name: str, now: float) -> None:
@@ -158,23 +159,44 @@ class Scheduler:
             self.logger.info("schedule %s: %s%d run(s) missed %s, %d submitted now (catch_up = \"%s\"%s)", name,
                              "more than " if more else "", len(missed), self.missed_while, len(caught),
                              schedule.catch_up, latest if schedule.catch_up == "all" else "")
-        for run in caught + runs[len(missed):]:
-            last_job, error = self._run(schedule, run, last_job)
+        batch = caught + runs[len(missed):]
+        if batch:
+            last_job, error = self._batch(schedule, batch, last_job)
         if runs:
             self.state[name] = (runs[-1], last_job, error)
             self.store.save_schedule(name, runs[-1], last_job, error)
         self._plan(schedule)
         return more
 
-    def _run(self, schedule: config.ScheduleConfig, at: float, last_job: int | None) -> tuple[int | None, str | None]:
-        """Submit one run: the id of the schedule's job from now on (the old one if this run was skipped or
-        refused), and why it was refused (None: it was not)."""
+    def _batch(self, schedule: config.ScheduleConfig, runs: list[float],
+               last_job: int | None) -> tuple[int | None, str | None]:
+        """Submit the runs due at once (a catch-up's and the one due now: one batch, whose runs are not judged for
+        overlap against each other): the schedule's job from now on (the old one if they were skipped or refused),
+        and why the last run was refused (None: it was not). One line for the batch, not one for each run."""
+        one = len(runs) == 1
+        which = f"the run of {_when(runs[0])}" if one else f"{len(runs)} runs, {_when(runs[0])} to {_when(runs[-1])},"
         if not schedule.overlap and last_job is not None:
             previous = self.jobs.jobs.get(last_job)
             if previous is not None and previous.state not in FINAL:
-                self.logger.warning("schedule %s: the run of %s is skipped: job %d of the run before is still %s "
-                                    "(overlap = false)", schedule.name, _when(at), last_job, previous.state)
+                self.logger.warning("schedule %s: %s %s skipped: job %d of the run before is still %s (overlap = "
+                                    "false)", schedule.name, which, "is" if one else "are", last_job, previous.state,
+                                    extra=self._fields(schedule))
                 return last_job, None
+        refused: list[str] = []
+        for at in runs:
+            job_id, error = self._run(schedule, at)
+            if error is None:
+                last_job = job_id
+            else:
+                refused.append(error)
+        if refused:
+            self.logger.error("schedule %s: %s %s not submitted: %s", schedule.name,
+                              which if len(refused) == len(runs) else f"{len(refused)} of {which}",
+                              "was" if one else "were", refused[-1], extra=self._fields(schedule))
+        return last_job, error
+
+    def _run(self, schedule: config.ScheduleConfig, at: float) -> tuple[int | None, str | None]:
+        """Submit one run: its job's id, or why it was refused."""
         spec: dict[str, Any] = {"task": schedule.task, "args": list(schedule.args),
                                 "payload": {"schedule": schedule.name, "at": at}}
         if schedule.queue is not None:
@@ -184,9 +206,14 @@ class Scheduler:
         try:
             job = self.submit(spec, f"by schedule {schedule.name} (the run of {_when(at)})")
         except RequestError as e:  # refused (too large, say): this run is lost, and says so
-            self.logger.error("schedule %s: the run of %s was not submitted: %s", schedule.name, _when(at), e)
-            return last_job, str(e)
+            return None, str(e)
         return job.id, None
+
+    def _fields(self, schedule: config.ScheduleConfig) -> dict[str, Any]:
+        """The journal fields of a line about the schedule's runs (`journalctl TQ_SCHEDULE=NAME`)."""
+        task = self.cfg.task_for(schedule.task)
+        queue = schedule.queue or (task.queue if task is not None else None)
+        return {"TQ_SCHEDULE": schedule.name, "TQ_TASK": schedule.task} | ({"TQ_QUEUE": queue} if queue else {})
 
     def public(self) -> list[dict[str, Any]]:
         """Every schedule with its next run, its last run and that run's job (tqctl schedules)."""
@@ -208,11 +235,6 @@ class Scheduler:
 def _times(schedule: config.ScheduleConfig | None) -> tuple[str | None, float | None, str | None] | None:
     """What decides a schedule's times."""
     return None if schedule is None else (schedule.cron, schedule.every, schedule.timezone)
-
-
-def _fields(schedule: config.ScheduleConfig) -> dict[str, Any]:
-    """The journal fields of a line about the schedule."""
-    return {"TQ_SCHEDULE": schedule.name, "TQ_TASK": schedule.task}
 
 
 def _when(at: float) -> str:
