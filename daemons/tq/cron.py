@@ -1,9 +1,11 @@
 """When a schedule fires: a cron expression in a time zone (croniter does the parsing), or a fixed interval.
 
 Cron times are wall-clock times of the schedule's zone. croniter walks them without a zone; each is then placed
-in the zone: a time that a daylight-saving change skips (02:30 on the spring-forward night) runs at the same
-instant as the hour after it, once, and a time that occurs twice (the fall-back night) runs at its first
-occurrence. A run is always strictly later than the one before: two wall times on one instant run once.
+in the zone, as cron (cronie) does: a time that a daylight-saving change skips (02:30 on the spring-forward
+night) runs at the same instant as the hour after it, once. On the fall-back night a time that occurs twice runs
+twice if the schedule's hour field is a wildcard or a step (`*/15 * * * *`, `@hourly`: it keeps running by real
+time through the repeated hour), and once, at its first occurrence, if the hour is fixed (`30 2 * * *`). A run
+is always strictly later than the one before: two wall times on one instant run once.
 
 The runs due after a long downtime are computed from the last MAX_CATCH_UP only (croniter steps back from now
 that many times), so the work is bounded whatever the downtime.
@@ -85,6 +87,12 @@ def _local_zone(tz: str) -> datetime.tzinfo:
         return datetime.UTC
 
 
+def _repeats(expression: str) -> bool:
+    """Whether the schedule runs twice in a repeated (fall-back) hour: its hour field is a wildcard or a step."""
+    fields = expression.split()
+    return fields[1].startswith("*") if len(fields) == 5 else expression.strip().lower() == "@hourly"
+
+
 def next_after(schedule: ScheduleConfig, after: float) -> float:
     """The first time the schedule fires strictly after `after` (seconds since the epoch). ValueError (croniter's
     CroniterBadDateError) for a cron expression that never fires."""
@@ -92,12 +100,19 @@ def next_after(schedule: ScheduleConfig, after: float) -> float:
         return after + schedule.every
     assert schedule.cron is not None
     tz = zone(schedule.timezone)
-    times = _walk(schedule.cron, datetime.datetime.fromtimestamp(after, tz).replace(tzinfo=None))
-    while True:
-        candidate: datetime.datetime = times.get_next(datetime.datetime)
-        at = candidate.replace(tzinfo=tz).timestamp()  # fold 0: a skipped time maps forward, a doubled one first
-        if at > after:
-            return at
+    here = datetime.datetime.fromtimestamp(after, tz)
+    wall, twice = here.replace(tzinfo=None), _repeats(schedule.cron)
+    at = _first(schedule.cron, wall, tz, after, twice)
+    if twice and here.fold == 0 and (shift := _repeated(here)):
+        # `after` is in the first pass of a repeated hour: the second pass's times come after it too
+        at = min(at, _first(schedule.cron, wall - shift, tz, after, twice))
+    return at
+
+
+def _repeated(here: datetime.datetime) -> datetime.timedelta | None:
+    """How long the hour that `here` is in repeats on a fall-back night (None: it does not)."""
+    first, second = here.replace(fold=0).utcoffset(), here.replace(fold=1).utcoffset()
+    return first - second if first is not None and second is not None and first > second else None
 
 
 _WALKERS: dict[str, Any] = {}  # expression -> its croniter (parsing one costs more than a step of it)
@@ -112,6 +127,18 @@ def _walk(expression: str, wall: datetime.datetime) -> Any:
     else:
         times.set_current(wall, force=True)
     return times
+
+
+def _first(expression: str, wall: datetime.datetime, tz: datetime.tzinfo, after: float, twice: bool) -> float:
+    """The first instant after `after` of the cron times from the wall time `wall` on."""
+    times = _walk(expression, wall)
+    while True:
+        candidate: datetime.datetime = times.get_next(datetime.datetime)
+        first = candidate.replace(tzinfo=tz).timestamp()  # fold 0: a skipped time maps forward, a doubled one first
+        if first > after:
+            return first
+        if twice and (second := candidate.replace(tzinfo=tz, fold=1).timestamp()) > max(first, after):
+            return second  # the second pass of a repeated hour
 
 
 def due(schedule: ScheduleConfig, last: float, now: float) -> tuple[list[float], bool]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -34,6 +35,24 @@ def test_runs_every_half_hour_through_the_skipped_hour_never_share_an_instant() 
     half = ScheduleConfig("h", "t", cron="*/30 * * * *", timezone="Europe/Berlin")
     assert _runs(half, datetime.datetime(2026, 3, 29, 1, 0, tzinfo=BERLIN), 4) == [
         "03-29 01:30+0100", "03-29 03:00+0200", "03-29 03:30+0200", "03-29 04:00+0200"]
+
+
+def test_in_the_repeated_hour_a_wildcard_hour_keeps_running_by_real_time_and_a_fixed_hour_runs_once() -> None:
+    """Trial E's finding 6: `*/15 * * * *` in Europe/Berlin was silent for 75 minutes on the fall-back night.
+    cronie's rule: a wildcard (or step) hour runs through both passes of the repeated hour, a fixed one once."""
+    quarter = ScheduleConfig("q", "t", cron="*/15 * * * *", timezone="Europe/Berlin")
+    start = datetime.datetime(2026, 10, 25, 1, 30, tzinfo=BERLIN)
+    assert _runs(quarter, start, 11) == [
+        "10-25 01:45+0200", "10-25 02:00+0200", "10-25 02:15+0200", "10-25 02:30+0200", "10-25 02:45+0200",
+        "10-25 02:00+0100", "10-25 02:15+0100", "10-25 02:30+0100", "10-25 02:45+0100", "10-25 03:00+0100",
+        "10-25 03:15+0100"]
+    runs, more = cron.due(quarter, start.timestamp(), datetime.datetime(2026, 10, 25, 3, 0, tzinfo=BERLIN).timestamp())
+    assert len(runs) == 10 and runs == sorted(set(runs)) and not more
+    assert [b - a for a, b in itertools.pairwise(runs)] == [900.0] * 9  # every 15 minutes of real time
+    hourly = ScheduleConfig("h", "t", cron="@hourly", timezone="Europe/Berlin")
+    assert _runs(hourly, start, 3) == ["10-25 02:00+0200", "10-25 02:00+0100", "10-25 03:00+0100"]
+    fixed = ScheduleConfig("f", "t", cron="*/30 2 * * *", timezone="Europe/Berlin")
+    assert _runs(fixed, start, 3) == ["10-25 02:00+0200", "10-25 02:30+0200", "10-26 02:00+0100"]
 
 
 def test_an_interval_counts_from_the_last_run_and_the_runs_due_are_every_one_missed_at_most_the_cap() -> None:
