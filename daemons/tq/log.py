@@ -18,7 +18,7 @@ from typing import Any
 
 from .events import ALWAYS
 
-_FIELDS = ("TQ_JOB_ID", "TQ_TASK", "TQ_QUEUE", "TQ_WORKER", "TQ_ATTEMPT")
+_FIELDS = ("TQ_JOB_ID", "TQ_TASK", "TQ_QUEUE", "TQ_WORKER", "TQ_ATTEMPT", "TQ_SCHEDULE")
 
 
 def stderr_is_journal() -> bool:

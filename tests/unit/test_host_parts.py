@@ -636,6 +636,21 @@ def test_catch_up_all_without_overlap_submits_every_missed_run_as_one_batch_with
     assert caplog.text.count("skipped") == 2 and "4 runs, " in caplog.text and "are skipped: job" in caplog.text
 
 
+def test_a_schedules_lines_carry_its_name_task_and_queue_as_journal_fields(parts: Parts,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    toml = '[schedules.s]\nevery = "10s"\ntask = "report"\nqueue = "reports"\ncatch_up = "none"\n'
+    _scheduler(parts, toml, 1000.0)
+    parts.store.commit()
+    later = _scheduler(parts, toml, 1035.0)
+    later.fire_due(1040.0, 1040.0)  # 3 missed, none submitted, 1040 submitted
+    later.fire_due(1050.0, 1050.0)  # skipped: the job of 1040 is open
+    lines = [r for r in caplog.records if r.getMessage().startswith("schedule s: ")]
+    assert len(lines) == 2 and "missed" in lines[0].getMessage() and "skipped" in lines[1].getMessage()
+    for r in lines:
+        assert (r.TQ_SCHEDULE, r.TQ_TASK, r.TQ_QUEUE) == ("s", "report", "reports"), r.getMessage()
+
+
 def test_without_overlap_a_run_is_skipped_while_the_last_one_is_open(parts: Parts,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     scheduler = _scheduler(parts, '[schedules.s]\nevery = "10s"\ntask = "report"\n', 1000.0)

@@ -94,13 +94,13 @@ class Scheduler:
         try:
             self.next[schedule.name] = cron.next_after(schedule, self.state[schedule.name][0])
         except Exception as e:  # (croniter's CroniterBadDateError: a ValueError; any other: the loop goes on)
-            self._disable(schedule.name, e)
+            self._disable(schedule, e)
 
-    def _disable(self, name: str, e: Exception) -> None:
-        self.next.pop(name, None)
-        self.disabled[name] = why = f"cannot compute its next run: {e or type(e).__name__}"
-        self.logger.error("schedule %s: disabled until the configuration changes: %s", name, why,
-                          extra={"TQ_SCHEDULE": name})
+    def _disable(self, schedule: config.ScheduleConfig, e: Exception) -> None:
+        self.next.pop(schedule.name, None)
+        self.disabled[schedule.name] = why = f"cannot compute its next run: {e or type(e).__name__}"
+        self.logger.error("schedule %s: disabled until the configuration changes: %s", schedule.name, why,
+                          extra=self._fields(schedule))
 
     def fire_due(self, now: float, mono: float) -> None:
         """Submit the runs that are due by the wall-clock time `now`, and stage each schedule's new state in the same
@@ -120,7 +120,7 @@ class Scheduler:
             except sqlite3.Error:  # the store's: the step is rolled back (Host._store_failed)
                 raise
             except Exception as e:  # no schedule's error ends tq-host's loop
-                self._disable(name, e)
+                self._disable(schedule, e)
 
     def _watch_clock(self, now: float, mono: float) -> None:
         """A wall clock stepped forward (NTP after a resume, `date -s`): the runs in the gap were missed, as runs
@@ -158,7 +158,8 @@ class Scheduler:
             latest = f": the latest {len(caught)}" if more and caught else ""
             self.logger.info("schedule %s: %s%d run(s) missed %s, %d submitted now (catch_up = \"%s\"%s)", name,
                              "more than " if more else "", len(missed), self.missed_while, len(caught),
-                             schedule.catch_up, latest if schedule.catch_up == "all" else "")
+                             schedule.catch_up, latest if schedule.catch_up == "all" else "",
+                             extra=self._fields(schedule))
         batch = caught + runs[len(missed):]
         if batch:
             last_job, error = self._batch(schedule, batch, last_job)
