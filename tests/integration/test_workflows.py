@@ -233,6 +233,19 @@ def test_tqctl_schedules_shows_a_run_that_was_not_submitted_as_failed_with_the_e
     assert row.startswith("big") and "failed, not submitted: job 'task-1' is too large" in row
 
 
+def test_tqctl_schedules_shows_a_skipped_run_as_skipped_not_next_to_the_job_of_the_run_before(suite: Suite) -> None:
+    suite.write_config('\n[schedules.tick]\nevery = "1s"\ntask = "task-1"\n')  # no worker: its first job waits
+    suite.host()
+    c = suite.client()
+    (listed,) = wait_until(lambda: [s for s in c.schedules() if s["last_skipped"]], timeout=15, what="a skipped run")
+    (job,) = c.list_jobs(task="task-1")
+    assert listed["last_job"] is None and listed["last_run"] > job["payload"]["at"]
+    assert listed["last_skipped"] == f"job {job['id']} of the run before was still queued (overlap = false)"
+    (row,) = suite.tqctl("schedules").stdout.splitlines()[1:]
+    assert row.startswith("tick") and row.endswith(f"skipped: job {job['id']} of the run before was still queued "
+                                                   "(overlap = false)"), row
+
+
 def test_a_chain_runs_each_step_once_in_order_through_kill_9_with_the_result_before_it(suite: Suite) -> None:
     # The second step's queue has no worker until after the restart: tq-host dies with the chain half done.
     suite.write_config(RECORD + '[tasks.late]\npython = "tq_test_handlers:record"\nqueue = "later"\n'

@@ -657,8 +657,20 @@ def test_without_overlap_a_run_is_skipped_while_the_last_one_is_open(parts: Part
     scheduler.fire_due(1010.0, 1010.0)
     scheduler.fire_due(1020.0, 1020.0)  # the job of 1010 is still queued
     assert _runs_of(parts, "s") == [1010.0] and "is skipped: job" in caplog.text and "overlap = false" in caplog.text
-    (listed,) = scheduler.public()
-    assert listed["last_run"] == 1020.0 and listed["next_run"] == 1030.0 and listed["last_state"] == "queued"
+    (listed,) = scheduler.public()  # the last run is 1020's, skipped: not shown with the job of 1010 as its own
+    assert listed["last_run"] == 1020.0 and listed["next_run"] == 1030.0
+    assert (listed["last_job"], listed["last_state"], listed["last_error"]) == (None, None, None)
+    assert listed["last_skipped"] == "job 1 of the run before was still queued (overlap = false)"
+    parts.store.commit()
+    restarted = _scheduler(parts, '[schedules.s]\nevery = "10s"\ntask = "report"\ncatch_up = "none"\n', 1045.0)
+    (listed,) = restarted.public()  # (after a restart too)
+    assert listed["last_skipped"] == "job 1 of the run before was still queued (overlap = false)"
+    restarted.fire_due(1045.0, 1045.0)  # 1030 and 1040 missed, not caught up; and job 1 is still open
+    (listed,) = restarted.public()
+    assert listed["last_run"] == 1040.0 and listed["last_skipped"] == ('missed while tq-host was down '
+                                                                       '(catch_up = "none")')
+    restarted.fire_due(1050.0, 1050.0)
+    assert _runs_of(parts, "s") == [1010.0] and "still queued" in restarted.public()[0]["last_skipped"]
 
 
 def test_a_run_that_is_refused_shows_as_failed_with_its_time_and_error_not_an_old_job(

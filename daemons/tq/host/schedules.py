@@ -34,6 +34,10 @@ from .store import Store
 CLOCK_STEP = 2.0  # seconds the wall clock may move apart from the monotonic one between two steps: else a step
 RETRY_AFTER = 1.0  # seconds after a failed store write before the schedules fire again (a full disk fails each)
 
+# The stored "error" of a last run that was skipped (overlap, catch_up): the schedule keeps the job of the run
+# before, which overlap is judged against, but `tqctl schedules` shows no job for the run that had none.
+SKIPPED = "skipped: "
+
 Submit = Callable[[dict[str, Any], str], JobRecord]  # a job spec and the detail of its "submitted" event
 
 
@@ -163,6 +167,8 @@ class Scheduler:
         batch = caught + runs[len(missed):]
         if batch:
             last_job, error = self._batch(schedule, batch, last_job)
+        elif runs:
+            error = f"{SKIPPED}missed {self.missed_while} (catch_up = \"{schedule.catch_up}\")"
         if runs:
             self.state[name] = (runs[-1], last_job, error)
             self.store.save_schedule(name, runs[-1], last_job, error)
@@ -173,7 +179,7 @@ class Scheduler:
                last_job: int | None) -> tuple[int | None, str | None]:
         """Submit the runs due at once (a catch-up's and the one due now: one batch, whose runs are not judged for
         overlap against each other): the schedule's job from now on (the old one if they were skipped or refused),
-        and why the last run was refused (None: it was not). One line for the batch, not one for each run."""
+        and why the last run was refused or skipped (None: it was submitted). One line for the batch, not one a run."""
         one = len(runs) == 1
         which = f"the run of {_when(runs[0])}" if one else f"{len(runs)} runs, {_when(runs[0])} to {_when(runs[-1])},"
         if not schedule.overlap and last_job is not None:
@@ -182,7 +188,8 @@ class Scheduler:
                 self.logger.warning("schedule %s: %s %s skipped: job %d of the run before is still %s (overlap = "
                                     "false)", schedule.name, which, "is" if one else "are", last_job, previous.state,
                                     extra=self._fields(schedule))
-                return last_job, None
+                return last_job, (f"{SKIPPED}job {last_job} of the run before was still {previous.state} "
+                                  "(overlap = false)")
         refused: list[str] = []
         for at in runs:
             job_id, error = self._run(schedule, at)
@@ -222,14 +229,17 @@ class Scheduler:
         for name, schedule in sorted(self.cfg.schedules.items()):
             last, last_job, error = self.state.get(name, (None, None, None))
             if error is not None:
-                last_job = None  # the last run has no job: it failed, and an earlier run's job is not its
+                last_job = None  # the last run has no job: it failed or was skipped; an earlier run's job is not its
             job = None if last_job is None else self.jobs.find(last_job)
             ran = last_job is not None or error is not None  # else `last` is when tq-host first saw the schedule
+            skipped = error is not None and error.startswith(SKIPPED)
             out.append({"name": name, "cron": schedule.cron, "every": schedule.every, "task": schedule.task,
                         "timezone": schedule.timezone, "catch_up": schedule.catch_up, "overlap": schedule.overlap,
                         "next_run": self.next.get(name), "last_run": last if ran else None,
                         "last_job": last_job, "last_state": None if job is None else job.state,
-                        "last_error": error, "disabled": self.disabled.get(name)})
+                        "last_error": None if skipped else error,
+                        "last_skipped": error[len(SKIPPED):] if skipped and error else None,
+                        "disabled": self.disabled.get(name)})
         return out
 
 
