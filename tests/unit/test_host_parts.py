@@ -743,6 +743,7 @@ def test_a_schedule_whose_next_run_cannot_be_computed_is_disabled_and_logged_not
     cfg = dataclasses.replace(cfg, schedules={**cfg.schedules, "feb": feb})
     scheduler = Scheduler(cfg, parts.store, parts.jobs, parts.admission.submit_internal, parts.fleet.logger)
     scheduler.load(1000.0)  # (this raised CroniterBadDateError)
+    scheduler.rolled_back(1005.0)  # (a failed commit: the schedules are configured again, and it is not said again)
     scheduler.fire_due(1010.0, 1010.0)
     assert _runs_of(parts, "s") == [1010.0] and list(scheduler.next) == ["s"]
     assert caplog.text.count("schedule feb: disabled until the configuration changes: cannot compute") == 1

@@ -53,6 +53,7 @@ class Scheduler:
         self.clock: tuple[float, float] | None = None  # the wall and monotonic clocks at the last fire_due
         self.cfg = cfg
         self.disabled: dict[str, str] = {}  # name -> why its next run cannot be computed
+        self.said: dict[str, str] = {}  # the same, as logged: once, not again at each configure
         self.hold_until = 0.0  # no run fires before this wall-clock time (RETRY_AFTER a failed store write)
 
     def load(self, now: float) -> None:
@@ -83,6 +84,7 @@ class Scheduler:
                 self.logger.info("schedule %s: %s: it counts from now", name, "changed" if name in old
                                  else "back in the configuration", extra=self._fields(schedule))
             self._plan(schedule)
+        self.said = {name: why for name, why in self.said.items() if self.disabled.get(name) == why}
 
     def _restart(self, name: str, now: float) -> None:
         """The schedule counts from `now`, as a new one."""
@@ -103,8 +105,10 @@ class Scheduler:
     def _disable(self, schedule: config.ScheduleConfig, e: Exception) -> None:
         self.next.pop(schedule.name, None)
         self.disabled[schedule.name] = why = f"cannot compute its next run: {e or type(e).__name__}"
-        self.logger.error("schedule %s: disabled until the configuration changes: %s", schedule.name, why,
-                          extra=self._fields(schedule))
+        if self.said.get(schedule.name) != why:
+            self.said[schedule.name] = why
+            self.logger.error("schedule %s: disabled until the configuration changes: %s", schedule.name, why,
+                              extra=self._fields(schedule))
 
     def fire_due(self, now: float, mono: float) -> None:
         """Submit the runs that are due by the wall-clock time `now`, and stage each schedule's new state in the same
