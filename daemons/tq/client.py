@@ -181,7 +181,8 @@ class Client(Connection, clienttokens.TokenOps):
 
     def schedules(self) -> list[dict[str, Any]]:
         """Every schedule: `next_run`, `last_run` (seconds since the epoch), `last_job` and its `last_state`, or
-        `last_error` when the last run was not submitted (its `last_job` is then None)."""
+        `last_error` when the last run was not submitted, `last_skipped` when it was skipped (its `last_job` is then
+        None); `disabled` when its next run cannot be computed."""
         return [dict(x) for x in self.call("schedules")["schedules"]]
 
     def status(self) -> dict[str, Any]:

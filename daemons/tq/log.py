@@ -22,7 +22,7 @@ from typing import Any
 
 from .events import ALWAYS, STREAM_NAMES
 
-_FIELDS = ("TQ_JOB_ID", "TQ_TASK", "TQ_QUEUE", "TQ_WORKER", "TQ_ATTEMPT")
+_FIELDS = ("TQ_JOB_ID", "TQ_TASK", "TQ_QUEUE", "TQ_WORKER", "TQ_ATTEMPT", "TQ_SCHEDULE")
 
 
 def stderr_is_journal() -> bool:
@@ -101,7 +101,9 @@ class JobEvents:
         """`until_commit` (tq-host): the lines wait for `release` (its commit) or go with `drop` (a failed one):
         the journal tells only what the store holds."""
         self.logger, self.mode, self.per_second = logger, mode, per_second
-        self.held: list[tuple[int, int, str, str, dict[str, Any]]] | None = [] if until_commit else None
+        # (level, message, its arguments, its fields): job event lines and the host's other lines about what the
+        # step changed in the store (a queue paused), held until its commit
+        self.held: list[tuple[int, str, tuple[Any, ...], dict[str, Any]]] | None = [] if until_commit else None
         # tq-host's event stream (stream.EventStream.events): every event's fields are appended, logged or not,
         # in events.py's order (TIME, NAME, JOB, TASK, QUEUE, ATTEMPT, WORKER, DETAIL).
         self.capture = capture
@@ -129,24 +131,31 @@ class JobEvents:
         if worker is not None:
             extra["TQ_WORKER"] = worker
         level = logging.WARNING if always else logging.INFO
-        said = STREAM_NAMES.get(event, event)  # the line names the event as `tqctl events` does
-        if self.held is not None:
-            self.held.append((level, job_id, said, detail, extra))
+        args = (job_id, STREAM_NAMES.get(event, event), f": {detail}" if detail else "")  # named as `tqctl events` does
+        if self.held is not None:  # (as `line` does, without its call: this is once a job event)
+            self.held.append((level, "job %d %s%s", args, extra))
         else:
-            self.logger.log(level, "job %d %s%s", job_id, said, f": {detail}" if detail else "", extra=extra)
+            self.logger.log(level, "job %d %s%s", *args, extra=extra)
+
+    def line(self, level: int, message: str, args: tuple[Any, ...], extra: dict[str, Any] | None = None) -> None:
+        """A line about a change the store is to keep: held as the job events are (tq-host's), else logged."""
+        if self.held is not None:
+            self.held.append((level, message, args, extra or {}))
+        else:
+            self.logger.log(level, message, *args, extra=extra)
 
     def release(self) -> None:
-        """The commit of the events held so far succeeded: log them."""
+        """The commit of the lines held so far succeeded: log them."""
         if self.held:
-            for level, job_id, event, detail, extra in self.held:
-                self.logger.log(level, "job %d %s%s", job_id, event, f": {detail}" if detail else "", extra=extra)
+            for level, message, args, extra in self.held:
+                self.logger.log(level, message, *args, extra=extra)
             self.held.clear()
 
     def drop(self) -> int:
-        """The commit failed: the events held did not happen. How many there were."""
+        """The commit failed: the lines held did not happen. How many job events there were."""
         if not self.held:
             return 0
-        n = len(self.held)
+        n = sum("TQ_JOB_ID" in extra for _, _, _, extra in self.held)
         self.held.clear()
         return n
 

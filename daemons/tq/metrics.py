@@ -25,12 +25,14 @@ OPEN_STATES = ("queued", "assigned", "running", "delayed", "failed", "deferred")
 
 
 def families(snap: dict[str, Any]) -> Iterator[Metric]:
-    """The metric families of one snapshot: tq-host's own, its jobs and queues, the workers, the store."""
+    """The metric families of one snapshot: tq-host's own, its jobs and queues, the workers, the store, the
+    schedules."""
     yield from _host_families(snap)
     yield from _queue_families(snap["queues"])
     yield from _job_families(snap)
     yield from _fleet_families(snap)
     yield from _store_families(snap)
+    yield from _schedule_families(snap.get("schedules", []))
 
 
 def _up(value: int) -> GaugeMetricFamily:
@@ -142,6 +144,26 @@ def _worker_families(workers: list[dict[str, Any]]) -> Iterator[Metric]:
             value = (w.get("monitor") or {}).get(key)
             if value is not None and w["state"] != "stopped":
                 family.add_metric([w["instance"]], value)
+        yield family
+
+
+def _schedule_families(schedules: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Each schedule's last and next run, and whether its last run failed or was skipped (Client.schedules)."""
+    specs = (("tq_schedule_last_run_timestamp_seconds", "When the schedule's last run was due (none yet: absent)",
+              lambda s: s["last_run"]),
+             ("tq_schedule_next_run_timestamp_seconds", "When its next run is due (disabled: absent)",
+              lambda s: s["next_run"]),
+             ("tq_schedule_last_run_failed", "1 while its last run is one tq-host could not submit",
+              lambda s: int(bool(s.get("last_error")))),
+             ("tq_schedule_last_run_skipped", "1 while its last run was skipped (overlap, catch_up)",
+              lambda s: int(bool(s.get("last_skipped")))),
+             ("tq_schedule_disabled", "1 while its next run cannot be computed",
+              lambda s: int(bool(s.get("disabled")))))
+    for name, doc, read in specs:
+        family = GaugeMetricFamily(name, doc, labels=["schedule"])
+        for schedule in schedules:
+            if (value := read(schedule)) is not None:
+                family.add_metric([schedule["name"]], value)
         yield family
 
 

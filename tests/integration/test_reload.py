@@ -191,6 +191,16 @@ def test_a_reload_naming_a_task_no_route_matches_is_refused_and_the_running_conf
         assert host.cfg is before and host.parts.scheduler.next == {}
 
 
+def test_a_reload_with_a_cron_expression_that_never_fires_is_refused_and_the_host_carries_on(
+        suite: Suite, signals: None) -> None:
+    with _reloaded_host(suite, '[schedules.feb]\ncron = "0 0 31 2,4,6 *"\ntask = "t"') as (host, before, records):
+        dropin = suite.dir / "tq.d" / "50-change.toml"
+        assert any(line.startswith(f"reload refused, keeping the running configuration: {dropin}: "
+                                   "schedules.feb.cron: never fires") for line in records.lines), records.lines
+        assert host.cfg is before and host.parts.scheduler.next == {}
+        host.step(max_wait=0.05)  # and it carries on
+
+
 def test_tq_host_logs_each_configuration_warning_at_its_start_and_at_each_reload(suite: Suite) -> None:
     suite.write_config('\n[access]\nadmins = ["tqt-nosuch-group"]\n')
     host = suite.host()  # (ready: the warnings come before READY=1)

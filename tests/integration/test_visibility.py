@@ -179,7 +179,7 @@ def test_tqctl_events_follow_prints_events_as_they_happen_and_follows_again_afte
 
 
 def test_metrics_parse_and_count_what_happened(suite: Suite) -> None:
-    suite.write_config(FAILING)
+    suite.write_config(FAILING + '\n[schedules.weekly]\ncron = "@weekly"\ntask = "task-1"\n')
     suite.start(workers=1)
     c = suite.client()
     ids = [c.submit("task-1", str(i)) for i in range(5)] + [c.submit("boom")]
@@ -206,6 +206,9 @@ def test_metrics_parse_and_count_what_happened(suite: Suite) -> None:
     assert value("tq_store_size_bytes") > 0
     assert value("tq_store_commit_duration_seconds_count") > 0
     assert value("tq_worker_open_fds", worker="1") > 0
+    assert value("tq_schedule_next_run_timestamp_seconds", schedule="weekly") > time.time()
+    assert value("tq_schedule_last_run_failed", schedule="weekly") == 0
+    assert ("tq_schedule_last_run_timestamp_seconds", (("schedule", "weekly"),)) not in samples  # (none yet)
 
 
 def test_the_host_writes_the_metrics_text_and_tqctl_metrics_does_not_load_the_client_library(suite: Suite) -> None:

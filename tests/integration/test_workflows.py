@@ -7,12 +7,13 @@ import datetime
 import itertools
 import json
 import signal
+import sqlite3
 import time
 
 import pytest
 
 from harness import Daemon, Suite, wait_until
-from tq.client import JobTimeout
+from tq.client import Client, JobTimeout
 
 RECORD = '\n[tasks.rec]\npython = "tq_test_handlers:record"\n'
 
@@ -253,6 +254,28 @@ def test_a_schedule_runs_each_time_once_through_kill_9_and_catches_up_what_it_mi
     assert table[0].split()[:3] == ["SCHEDULE", "WHEN", "TASK"] and table[1].startswith("tick")
 
 
+def test_a_cron_schedule_400_days_behind_is_caught_up_with_bounded_work_and_the_host_answers(suite: Suite) -> None:
+    """tq-host once walked the whole downtime one cron time at a time in its loop after READY: ~80 s a year of
+    downtime here, every request hanging and systemd's watchdog killing it at each start, forever."""
+    suite.write_config('\n[schedules.minutely]\ncron = "* * * * *"\ntask = "task-1"\n')
+    suite.host()
+    suite.store_rows("SELECT 1")  # (tq-host stopped: the store is the test's)
+    db = sqlite3.connect(suite.dir / "state" / "tq.sqlite3")
+    with db:
+        db.execute("UPDATE schedules SET last_run = ? WHERE name = 'minutely'", (time.time() - 400 * 86400,))
+    db.close()
+    host = suite.host()
+    c = Client(config=str(suite.config), timeout=20)  # (the old code took a minute or two here)
+    try:
+        assert c.status()["states"] is not None
+        (job,) = wait_until(lambda: c.list_jobs(task="task-1"), what="the latest missed run")  # catch_up = "last"
+        assert time.time() - 120 < job["payload"]["at"] <= time.time()
+    finally:
+        c.close()
+    wait_until(lambda: "schedule minutely: more than 1000 run(s) missed while tq-host was down, 1 submitted now "
+               "(catch_up = \"last\")" in host.text(), what="the catch-up's line")
+
+
 def test_tqctl_schedules_shows_a_run_that_was_not_submitted_as_failed_with_the_error(suite: Suite) -> None:
     suite.write_config(f'\n[schedules.big]\nevery = "1s"\ntask = "task-1"\nargs = ["{"x" * 9000}"]\n')
     suite.host()
@@ -262,6 +285,19 @@ def test_tqctl_schedules_shows_a_run_that_was_not_submitted_as_failed_with_the_e
     assert c.list_jobs(task="task-1") == []
     (row,) = suite.tqctl("schedules").stdout.splitlines()[1:]
     assert row.startswith("big") and "failed, not submitted: job 'task-1' is too large" in row
+
+
+def test_tqctl_schedules_shows_a_skipped_run_as_skipped_not_next_to_the_job_of_the_run_before(suite: Suite) -> None:
+    suite.write_config('\n[schedules.tick]\nevery = "1s"\ntask = "task-1"\n')  # no worker: its first job waits
+    suite.host()
+    c = suite.client()
+    (listed,) = wait_until(lambda: [s for s in c.schedules() if s["last_skipped"]], timeout=15, what="a skipped run")
+    (job,) = c.list_jobs(task="task-1")
+    assert listed["last_job"] is None and listed["last_run"] > job["payload"]["at"]
+    assert listed["last_skipped"] == f"job {job['id']} of the run before was still queued (overlap = false)"
+    (row,) = suite.tqctl("schedules").stdout.splitlines()[1:]
+    assert row.startswith("tick") and row.endswith(f"skipped: job {job['id']} of the run before was still queued "
+                                                   "(overlap = false)"), row
 
 
 def test_a_chain_runs_each_step_once_in_order_through_kill_9_with_the_result_before_it(suite: Suite) -> None:

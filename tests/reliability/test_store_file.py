@@ -3,6 +3,7 @@ holds back to its path, and the next start finds every acknowledged job; what wa
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -153,22 +154,33 @@ def test_a_full_disk_logs_a_failed_commit_once_and_claims_no_job(suite: Suite) -
 
 
 @needs_root
-def test_a_pause_the_full_disk_refused_is_not_in_the_journal(suite: Suite) -> None:
-    """The journal tells only what the store holds (trial E, finding 5): a pause rolled back logs no `paused`."""
+def test_a_full_disk_with_a_schedule_due_retries_it_once_a_second_and_says_nothing_false(suite: Suite) -> None:
+    """Trial E's finding 5: each failed commit reloaded the schedules as at a start, so the due run was "missed
+    while tq-host was down", logged, and tried again at once: ~700 lines a second, a core busy. And a refused
+    pause was logged as done."""
+    suite.write_config('\n[schedules.tick]\nevery = "1s"\ntask = "task-1"\noverlap = true\n')
     with small_state_dir(suite) as state:
         host = suite.host()
         c = suite.client()
         filler = state / "filler"
         fill(filler)
-        with pytest.raises(TqError, match="disk is full"):
+        with contextlib.suppress(TqError):
             for i in range(3000):  # the WAL may have room for a while
                 c.submit("task-1", "x" * 4000, str(i))
+        failed = c.metrics()["commits"]["errors"]
+        wait_until(lambda: c.metrics()["commits"]["errors"] >= failed + 3, timeout=15, what="three failed runs")
         r = suite.tqctl("pause", "default")
-        assert r.returncode == 3 and "disk is full" in r.stderr, (r.returncode, r.stderr)
-        assert "queue default paused" not in host.text(), host.text()
+        assert r.returncode == 3 and "store write failed" in r.stderr, r
+        assert c.metrics()["commits"]["errors"] <= failed + 12  # the schedule's run: tried once a second
+        text = host.text()
+        assert "missed while tq-host was down" not in text and "schedule tick" not in text, text[-2000:]
+        assert "queue default paused" not in text  # (it was not)
+        assert text.count("store write failed: store") <= 2
         filler.unlink()
+        wait_until(lambda: [j for j in c.list_jobs(task="task-1", limit=5000) if j["payload"]], timeout=15,
+                   what="the schedule's runs again")
         assert suite.tqctl("pause", "default").returncode == 0
-        wait_until(lambda: "queue default paused" in host.text(), 10, "the pause in the journal")
+        wait_until(lambda: host.text().count("queue default paused") == 1, what="the pause's line")
         assert json.loads(suite.tqctl("status", "--json").stdout)["paused"] == ["default"]
 
 

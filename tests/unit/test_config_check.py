@@ -100,6 +100,19 @@ def test_a_schedule_or_follow_up_naming_a_task_no_route_matches_is_refused(defau
     assert err.startswith(f"tqctl: {default}: {key}: no [tasks.*] table matches") and "known tasks: t" in err
 
 
+@pytest.mark.parametrize("expression", ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6 *"])
+def test_a_cron_expression_that_never_fires_is_refused(default: Path, expression: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """croniter reads these, and then finds no next date: tq-host once died of it at its reload and each start."""
+    default.write_text(f'[tasks.t]\nhandler = "echo"\n[schedules.feb]\ncron = "{expression}"\ntask = "t"\n')
+    assert ctl.main(["config", "check"]) == control.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"tqctl: {default}: schedules.feb.cron: never fires: '{expression}'"), err
+    assert len(err.splitlines()) == 1
+    default.write_text('[tasks.t]\nhandler = "echo"\n[schedules.leap]\ncron = "0 0 29 2 *"\ntask = "t"\n')
+    assert ctl.main(["config", "check"]) == 0  # every fourth year is not never
+
+
 def test_a_schedule_whose_task_a_pattern_matches_passes(default: Path, capsys: pytest.CaptureFixture[str]) -> None:
     default.write_text('[tasks."report.*"]\non_failure = "alert"\n[tasks.alert]\n'
                        '[schedules.s]\nevery = "1h"\ntask = "report.daily"\n')

@@ -4,7 +4,9 @@ framing over a socketpair. A real SQLite store; no processes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import selectors
 import socket
 import time
@@ -607,32 +609,78 @@ def test_runs_missed_while_the_host_was_down_follow_catch_up(parts: Parts, catch
     _scheduler(parts, toml, 1000.0)  # first seen at 1000: first run due at 1010
     parts.store.commit()
     later = _scheduler(parts, toml, 1035.0)  # "restarted" at 1035: 1010, 1020, 1030 were missed
-    later.fire_due(1035.0)
+    later.fire_due(1035.0, 1035.0)
     assert _runs_of(parts, "s") == fired
-    later.fire_due(1040.0)  # from now on, every run
+    later.fire_due(1040.0, 1040.0)  # from now on, every run
     assert _runs_of(parts, "s") == [*fired, 1040.0] and later.next["s"] == 1050.0
     parts.store.commit()
     assert parts.store.schedules()["s"][0] == 1040.0
 
 
+def test_catch_up_all_without_overlap_submits_every_missed_run_as_one_batch_with_one_line(
+        parts: Parts, caplog: pytest.LogCaptureFixture) -> None:
+    """Trial E's finding 4: the oldest missed run was submitted, and each later one skipped (with a line each)
+    since that job was still queued: neither "all" nor "last"."""
+    toml = '[schedules.s]\nevery = "10s"\ntask = "report"\ncatch_up = "all"\n'
+    _scheduler(parts, toml, 1000.0)
+    parts.store.commit()
+    later = _scheduler(parts, toml, 1035.0)  # 1010, 1020, 1030 missed
+    later.fire_due(1040.0, 1040.0)  # and 1040 is due
+    assert _runs_of(parts, "s") == [1010.0, 1020.0, 1030.0, 1040.0] and "skipped" not in caplog.text
+    later.fire_due(1050.0, 1050.0)  # the batch's jobs are still queued: the next run is skipped, in one line
+    assert _runs_of(parts, "s") == [1010.0, 1020.0, 1030.0, 1040.0]
+    assert caplog.text.count("skipped") == 1 and "the run of " in caplog.text
+    parts.store.commit()
+    again = _scheduler(parts, toml, 1095.0)  # down again, with job 1040's still queued: the batch is skipped
+    again.fire_due(1095.0, 1095.0)
+    assert caplog.text.count("skipped") == 2 and "4 runs, " in caplog.text and "are skipped: job" in caplog.text
+
+
+def test_a_schedules_lines_carry_its_name_task_and_queue_as_journal_fields(parts: Parts,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    toml = '[schedules.s]\nevery = "10s"\ntask = "report"\nqueue = "reports"\ncatch_up = "none"\n'
+    _scheduler(parts, toml, 1000.0)
+    parts.store.commit()
+    later = _scheduler(parts, toml, 1035.0)
+    later.fire_due(1040.0, 1040.0)  # 3 missed, none submitted, 1040 submitted
+    later.fire_due(1050.0, 1050.0)  # skipped: the job of 1040 is open
+    lines = [r for r in caplog.records if r.getMessage().startswith("schedule s: ")]
+    assert len(lines) == 2 and "missed" in lines[0].getMessage() and "skipped" in lines[1].getMessage()
+    for r in lines:
+        assert (r.TQ_SCHEDULE, r.TQ_TASK, r.TQ_QUEUE) == ("s", "report", "reports"), r.getMessage()
+
+
 def test_without_overlap_a_run_is_skipped_while_the_last_one_is_open(parts: Parts,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     scheduler = _scheduler(parts, '[schedules.s]\nevery = "10s"\ntask = "report"\n', 1000.0)
-    scheduler.fire_due(1010.0)
-    scheduler.fire_due(1020.0)  # the job of 1010 is still queued
+    scheduler.fire_due(1010.0, 1010.0)
+    scheduler.fire_due(1020.0, 1020.0)  # the job of 1010 is still queued
     assert _runs_of(parts, "s") == [1010.0] and "is skipped: job" in caplog.text and "overlap = false" in caplog.text
-    (listed,) = scheduler.public()
-    assert listed["last_run"] == 1020.0 and listed["next_run"] == 1030.0 and listed["last_state"] == "queued"
+    (listed,) = scheduler.public()  # the last run is 1020's, skipped: not shown with the job of 1010 as its own
+    assert listed["last_run"] == 1020.0 and listed["next_run"] == 1030.0
+    assert (listed["last_job"], listed["last_state"], listed["last_error"]) == (None, None, None)
+    assert listed["last_skipped"] == "job 1 of the run before was still queued (overlap = false)"
+    parts.store.commit()
+    restarted = _scheduler(parts, '[schedules.s]\nevery = "10s"\ntask = "report"\ncatch_up = "none"\n', 1045.0)
+    (listed,) = restarted.public()  # (after a restart too)
+    assert listed["last_skipped"] == "job 1 of the run before was still queued (overlap = false)"
+    restarted.fire_due(1045.0, 1045.0)  # 1030 and 1040 missed, not caught up; and job 1 is still open
+    (listed,) = restarted.public()
+    assert listed["last_run"] == 1040.0 and listed["last_skipped"] == ('missed while tq-host was down '
+                                                                       '(catch_up = "none")')
+    restarted.fire_due(1050.0, 1050.0)
+    assert _runs_of(parts, "s") == [1010.0] and "still queued" in restarted.public()[0]["last_skipped"]
 
 
 def test_a_run_that_is_refused_shows_as_failed_with_its_time_and_error_not_an_old_job(
         parts: Parts, caplog: pytest.LogCaptureFixture) -> None:
     toml = '[schedules.s]\nevery = "10s"\ntask = "report"\noverlap = true\nargs = ["{}"]\n'
     scheduler = _scheduler(parts, toml.format("small"), 1000.0)
-    scheduler.fire_due(1010.0)
+    scheduler.fire_due(1010.0, 1010.0)
     (first,) = [j.id for j in parts.jobs.query(None, None, "report", 10)]
     scheduler.configure(configload.load(str(_write(parts, toml.format("x" * 9000)))), 1015.0)  # a reload
-    scheduler.fire_due(1020.0)  # refused: too large for mqueue.max_message_size
+    scheduler.fire_due(1020.0, 1020.0)  # refused: too large for mqueue.max_message_size
     assert _runs_of(parts, "s") == [1010.0] and "the run of" in caplog.text and "was not submitted" in caplog.text
     (listed,) = scheduler.public()
     assert (listed["last_run"], listed["last_job"], listed["last_state"]) == (1020.0, None, None)
@@ -641,11 +689,67 @@ def test_a_run_that_is_refused_shows_as_failed_with_its_time_and_error_not_an_ol
     (again,) = _scheduler(parts, toml.format("x" * 9000), 1025.0).public()  # after a restart: the same
     assert again["last_error"] == listed["last_error"] and again["last_run"] == 1020.0 and again["last_job"] is None
     scheduler.configure(configload.load(str(_write(parts, toml.format("small")))), 1025.0)
-    scheduler.fire_due(1030.0)
+    scheduler.fire_due(1030.0, 1030.0)
     (listed,) = scheduler.public()
     assert listed["last_error"] is None and listed["last_job"] not in (None, first) and listed["last_run"] == 1030.0
     parts.store.commit()
     assert parts.store.schedules()["s"][2] is None
+
+
+def test_a_schedule_whose_times_change_at_a_reload_or_that_comes_back_counts_from_then(
+        parts: Parts, caplog: pytest.LogCaptureFixture) -> None:
+    """Trial E's finding 2: every = "1h" changed to "5s" fired each 5 s run since the last hourly one, at once."""
+    caplog.set_level(logging.INFO)
+    toml = '[schedules.s]\nevery = "{}"\ntask = "report"\noverlap = true\n'
+    scheduler = _scheduler(parts, toml.format("1h"), 1000.0)
+    scheduler.fire_due(4600.0, 4600.0)
+    scheduler.configure(configload.load(str(_write(parts, toml.format("5s")))), 4620.0)  # a reload
+    assert scheduler.next["s"] == 4625.0 and "schedule s: changed: it counts from now" in caplog.text
+    scheduler.fire_due(4625.0, 4625.0)
+    assert _runs_of(parts, "s") == [4600.0, 4625.0]
+    scheduler.configure(configload.load(str(_write(parts, '[schedules.t]\nevery = "1h"\ntask = "report"\n'))),
+                        4630.0)  # s removed ...
+    scheduler.configure(configload.load(str(_write(parts, toml.format("5s")))), 4700.0)  # ... and back
+    assert scheduler.next["s"] == 4705.0 and "schedule s: back in the configuration: it counts from now" in caplog.text
+    scheduler.fire_due(4705.0, 4705.0)
+    assert _runs_of(parts, "s") == [4600.0, 4625.0, 4705.0]
+    parts.store.commit()
+    assert _scheduler(parts, toml.format("5s"), 4706.0).next["s"] == 4710.0  # as the store keeps it
+
+
+@pytest.mark.parametrize(("catch_up", "fired"), [("none", []), ("last", [1100.0]),
+                                                 ("all", [1020.0 + 10 * k for k in range(9)])])
+def test_runs_in_a_step_forward_of_the_clock_follow_catch_up_and_a_step_back_keeps_an_interval_running(
+        parts: Parts, caplog: pytest.LogCaptureFixture, catch_up: str, fired: list[float]) -> None:
+    toml = f'[schedules.s]\nevery = "10s"\ntask = "report"\ncatch_up = "{catch_up}"\noverlap = true\n'
+    scheduler = _scheduler(parts, toml, 1000.0)
+    scheduler.fire_due(1010.0, 50.0)
+    scheduler.fire_due(1105.0, 51.0)  # the wall clock jumped 94 s in a second
+    assert _runs_of(parts, "s") == [1010.0, *fired] and "the clock stepped forward 94 s" in caplog.text
+    scheduler.fire_due(1110.0, 56.0)  # on time again
+    assert _runs_of(parts, "s") == [1010.0, *fired, 1110.0]
+    scheduler.fire_due(500.0, 57.0)  # an NTP step back of ~10 minutes
+    assert "the clock stepped back 611 s" in caplog.text and scheduler.next["s"] == 510.0
+    scheduler.fire_due(510.0, 67.0)
+    assert _runs_of(parts, "s")[0] == 510.0
+
+
+def test_a_schedule_whose_next_run_cannot_be_computed_is_disabled_and_logged_not_raised(
+        parts: Parts, caplog: pytest.LogCaptureFixture) -> None:
+    """(The configuration check refuses a cron expression that never fires: this one got past it.)"""
+    toml = '[schedules.s]\nevery = "10s"\ntask = "report"\n[schedules.feb]\ncron = "@daily"\ntask = "report"\n'
+    cfg = configload.load(str(_write(parts, toml)))
+    feb = dataclasses.replace(cfg.schedules["feb"], cron="0 0 30 2 *")
+    cfg = dataclasses.replace(cfg, schedules={**cfg.schedules, "feb": feb})
+    scheduler = Scheduler(cfg, parts.store, parts.jobs, parts.admission.submit_internal, parts.fleet.logger)
+    scheduler.load(1000.0)  # (this raised CroniterBadDateError)
+    scheduler.rolled_back(1005.0)  # (a failed commit: the schedules are configured again, and it is not said again)
+    scheduler.fire_due(1010.0, 1010.0)
+    assert _runs_of(parts, "s") == [1010.0] and list(scheduler.next) == ["s"]
+    assert caplog.text.count("schedule feb: disabled until the configuration changes: cannot compute") == 1
+    listed = {s["name"]: s for s in scheduler.public()}
+    assert listed["feb"]["next_run"] is None and "cannot compute" in listed["feb"]["disabled"]
+    assert listed["s"]["disabled"] is None
 
 
 # ---- chains, after, follow-ups ------------------------------------------------------------------------------

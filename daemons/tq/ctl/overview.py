@@ -153,7 +153,11 @@ def _cmd_schedules(client: Client, args: argparse.Namespace, as_json: bool) -> i
         last = "-" if sc["last_job"] is None else f"{sc['last_job']} ({sc['last_state']})"
         if sc.get("last_error"):  # (none from a host of the previous release)
             last = f"failed, not submitted: {sc['last_error']}"
+        elif sc.get("last_skipped"):  # (the same)
+            last = f"skipped: {sc['last_skipped']}"
         next_run, last_run = render.local_time(sc["next_run"]), render.local_time(sc["last_run"])
+        if sc.get("disabled"):  # its next run could not be computed (the journal said so)
+            next_run = f"disabled: {sc['disabled']}"
         rows.append([sc["name"], when, sc["task"], next_run, last_run, last])
     render.table(rows)
     return 0

@@ -114,7 +114,10 @@ class Host(Daemon):
         """Load every open job from the store and fence every known worker with a Sync (`why`: recovery.py)."""
         self.jobs.load()
         self.parts.queues.load()
-        self.parts.scheduler.load(time.time())
+        if why is RESTARTED:
+            self.parts.scheduler.load(time.time())
+        else:  # (tq-host was not down: no schedule's run was missed, and the one that failed is tried again later)
+            self.parts.scheduler.rolled_back(time.time())
         self.dispatcher.outbox.clear()
         recover(self.fleet, time.monotonic(), why)
 
@@ -167,7 +170,7 @@ class Host(Daemon):
                 self.reload()
             self.jobs.promote_due()
             if self.parts.scheduler.next:
-                self.parts.scheduler.fire_due(time.time())
+                self.parts.scheduler.fire_due(time.time(), time.monotonic())
             if self.broker_watch is not None:
                 self.broker_watch.check(now)
             self.fleet.check_leases(now)
@@ -240,8 +243,6 @@ class Host(Daemon):
         self.stream.committed()
         if self.events.held:  # the journal's job lines, held until now
             self.events.release()
-        if self.parts.queues.said:  # and its pauses and resumes
-            self.parts.queues.committed()
 
     def _store_failed(self, error: sqlite3.Error) -> None:
         """A write failed (disk full, I/O error): forget this step, reload from the store, fence workers."""

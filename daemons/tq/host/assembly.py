@@ -94,7 +94,7 @@ def assemble(cfg: config.Config, mailbox: Mailbox, open_inbox: OpenInbox, sel: s
     waiters = Waiters(jobs, ledger)
     admission = Admission(cfg, jobs, queues, waiters, ledger, logger)
     scheduler = Scheduler(cfg, store, jobs, admission.submit_internal, logger)
-    snapshot = Snapshot(cfg, store, jobs, queues, fleet, stream, stats, malformed, notes, broker)
+    snapshot = Snapshot(cfg, store, jobs, queues, fleet, stream, stats, malformed, notes, scheduler.public, broker)
     tokens = Tokens(store, lambda: requests.access, logger)
     requests = Requests(cfg, jobs, fleet, queues, stream, admission, waiters, ledger, snapshot, scheduler.public,
                         tokens, logger)

@@ -33,7 +33,6 @@ class Queues:
                  logger: logging.Logger) -> None:
         self.cfg, self.store, self.jobs, self.counts, self.fleet, self.logger = cfg, store, jobs, counts, fleet, logger
         self.paused: set[str] = set()
-        self.said: list[tuple[str, bool]] = []  # pauses and resumes of this step, logged once it is committed
         self.unserved: set[str] = set()  # queues warned of: jobs were submitted and no live worker serves them
         self._served: set[str] = set()  # queues served by a live worker, looked up at most every SERVED_TTL
         self._served_at = -SERVED_TTL
@@ -67,14 +66,6 @@ class Queues:
     def load(self) -> None:
         """The paused queues, from the store (at start, and after a failed commit: its pauses did not happen)."""
         self.paused = self.store.paused_queues()
-        self.said.clear()
-
-    def committed(self) -> None:
-        """The step's commit succeeded: log its pauses and resumes (the journal tells what the store holds)."""
-        for queue, paused in self.said:
-            self.logger.info("queue %s %s", queue, "paused: its jobs wait until tqctl resume" if paused else "resumed",
-                             extra={"TQ_QUEUE": queue})
-        self.said.clear()
 
     def pause(self, queue: str, paused: bool) -> bool:
         """Pause or resume a queue (staged in the store); False if it already was."""
@@ -82,7 +73,9 @@ class Queues:
             return False
         self.store.set_paused(queue, paused)
         (self.paused.add if paused else self.paused.discard)(queue)
-        self.said.append((queue, paused))
+        self.jobs.events.line(logging.INFO, "queue %s %s",  # (said once the store has it: held until the commit)
+                              (queue, "paused: its jobs wait until tqctl resume" if paused else "resumed"),
+                              {"TQ_QUEUE": queue})
         return True
 
     def named(self, queue: str) -> bool:

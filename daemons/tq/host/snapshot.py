@@ -23,8 +23,10 @@ from .stream import EventStream
 class Snapshot:
     def __init__(self, cfg: config.Config, store: Store, jobs: JobTable, queues: Queues, fleet: Fleet,
                  stream: EventStream, stats: Stats, malformed: Burst, notes: list[str],
+                 schedules: Callable[[], list[dict[str, Any]]],
                  broker: Callable[[], dict[str, str]] | None = None) -> None:
         self.cfg, self.store, self.jobs, self.queues, self.fleet = cfg, store, jobs, queues, fleet
+        self.schedules = schedules  # every schedule with its runs (Scheduler.public)
         self.stream, self.stats, self.malformed = stream, stats, malformed
         self.notes = notes  # where the mailboxes got less than the configuration asks (shown by status)
         self.broker = broker  # where tq-host's link to its broker stands ({"url", "state", "detail"}), if it has one
@@ -65,4 +67,5 @@ class Snapshot:
                 "store_bytes": store_bytes,
                 "events": self.stream.public(),
                 "malformed_messages": self.malformed.total,
+                "schedules": self.schedules(),
                 **self.stats.public()}
