@@ -47,8 +47,9 @@ def test_a_subscriber_sees_each_jobs_events_in_order_and_only_those_its_filters_
         c.wait(bad, timeout=15)
         got = read_events(everything, all_events, lambda ev: any(e.get("event") == "dead" for e in ev))
         boom = read_events(booms, boom_events, lambda ev: any(e.get("event") == "dead" for e in ev))
-    mine = [(e["job"], e["event"]) for e in got if e.get("job") in (ok, bad)]
-    # Jobs that end within 5 ms go from assigned to their outcome (a longer one is "started" between).
+    # Jobs that end within 5 ms go from assigned to their outcome; a longer one (a loaded machine) is "started"
+    # between: that one event may come or not.
+    mine = [(e["job"], e["event"]) for e in got if e.get("job") in (ok, bad) and e["event"] != "started"]
     assert [x for x in mine if x[0] == ok] == [(ok, "submitted"), (ok, "assigned"), (ok, "done")]
     assert [x for x in mine if x[0] == bad] == [(bad, "submitted"), (bad, "assigned"), (bad, "failed"),
                                                 (bad, "retrying"), (bad, "assigned"), (bad, "dead")]
@@ -57,7 +58,8 @@ def test_a_subscriber_sees_each_jobs_events_in_order_and_only_those_its_filters_
     assert {e["job"] for e in boom} == {bad} and [e["event"] for e in boom][-1] == "dead"
     # Without --follow: the same events, from the host's recent ones.
     r = suite.tqctl("events", "--job", str(bad), "--json")
-    assert [json.loads(line)["event"] for line in r.stdout.splitlines()] == [e for _, e in mine if _ == bad]
+    assert [e for e in (json.loads(line)["event"] for line in r.stdout.splitlines()) if e != "started"] == [
+        e for _, e in mine if _ == bad]
     r = suite.tqctl("events", "--job", str(ok))
     assert r.returncode == 0 and f"job {ok} done  task=task-1 queue=default attempt=1 worker=1" in r.stdout
 
