@@ -147,6 +147,21 @@ def test_only_root_and_admins_may_pause_or_resume_a_queue_and_every_member_may_l
     assert suite.tqctl("resume", "default").stdout == "queue default resumed\n"  # root
 
 
+def test_a_user_taken_out_of_an_admin_group_may_no_longer_steer_without_a_reload(suite: Suite, people: None) -> None:
+    """tq-host reads a caller's groups again once they are a second old: `gpasswd -d` counts without a reload (as
+    a token's user leaving group tq does)."""
+    suite.write_config(f'\n[access]\nadmins = ["{ADMINS}"]\n')
+    suite.start(workers=1)
+    tqctl = [sys.executable, "-m", "tq.ctl", "--config", str(suite.config)]
+    assert as_user(ADMIN, *tqctl, "pause", "default", env=suite.env).returncode == 0
+    subprocess.run(["gpasswd", "-d", ADMIN, ADMINS], check=True, capture_output=True)
+    wait_until(lambda: as_user(ADMIN, *tqctl, "resume", "default", env=suite.env).returncode == 4, 10,
+               "the admin's resume refused once out of the admin group")
+    subprocess.run(["gpasswd", "-a", ADMIN, ADMINS], check=True, capture_output=True)
+    wait_until(lambda: as_user(ADMIN, *tqctl, "resume", "default", env=suite.env).returncode == 0, 10,
+               "the resume taken once back in it")
+
+
 def test_only_root_and_admins_may_forget_a_worker(suite: Suite, people: None) -> None:
     suite.write_config(f'\n[access]\nadmins = ["{ADMINS}"]\n')
     _host, (w1,) = suite.start(workers=1)

@@ -9,24 +9,29 @@ refusal says which rule refused.
 
 from __future__ import annotations
 
-import functools
 import grp
 import os
 import pwd
+import time
+from collections.abc import Callable
 
 from .. import config
 
 MAX_CALLERS_CACHED = 4096
+GROUPS_FRESH = 1.0  # seconds a caller's groups, once read, are taken as they are (as a token's user is checked)
+
+Groups = tuple[str | None, frozenset[str]]  # a uid's name and the names of its groups
 
 
 class Access:
-    def __init__(self, cfg: config.Config) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: config.Config, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg, self.clock = cfg, clock
         self.trusted = {0, os.geteuid()}
         # Who may whatever the rules, as each refusal says: root and the daemons' own user (tq, as installed).
         self.anyway = "root" if os.geteuid() == 0 else f"root, the daemons' user ({_name_of(os.geteuid())})"
-        # A uid's name and groups, looked up once per configuration (a changed group wants a new login anyway).
-        self._groups = functools.lru_cache(maxsize=MAX_CALLERS_CACHED)(_groups_of)
+        # A caller's name and groups, read again when older than GROUPS_FRESH: a user taken out of an admin group
+        # (gpasswd -d) is no admin a second later, without a reload.
+        self._read: dict[tuple[int, int], tuple[float, Groups]] = {}
 
     def may_submit(self, uid: int, gid: int, queue: str) -> str | None:
         """None if the caller may submit to `queue`, else why not."""
@@ -62,6 +67,15 @@ class Access:
         name = _name_of(uid)
         return name if name.startswith("uid ") else f"uid {uid} ({name})"
 
+    def _groups(self, uid: int, gid: int) -> Groups:
+        now = self.clock()
+        read = self._read.get((uid, gid))
+        if read is None or now - read[0] >= GROUPS_FRESH:
+            if len(self._read) >= MAX_CALLERS_CACHED:
+                self._read.clear()
+            read = self._read[(uid, gid)] = (now, _groups_of(uid, gid))
+        return read[1]
+
     def _is_admin(self, uid: int, gid: int) -> bool:
         _name, groups = self._groups(uid, gid)
         return any(g in groups for g in self.cfg.access.admins)
@@ -74,7 +88,7 @@ def _name_of(uid: int) -> str:
         return f"uid {uid}"
 
 
-def _groups_of(uid: int, gid: int) -> tuple[str | None, frozenset[str]]:
+def _groups_of(uid: int, gid: int) -> Groups:
     """The user name of `uid` and the names of its groups (primary and supplementary) from the system's database."""
     try:
         name: str | None = pwd.getpwuid(uid).pw_name
