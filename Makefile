@@ -70,5 +70,7 @@ CHAOS_FAULTS ?= 2000
 chaos: $(BIN)/tq-host
 	$(BIN)/python tests/reliability/chaos.py --jobs $(CHAOS_JOBS) --faults $(CHAOS_FAULTS)
 
+# First make run's queues (charged to you until removed; named after RUN_DIR's path): not while it runs.
 clean:
+	BIN=$(BIN) scripts/clean.sh $(RUN_DIR)
 	rm -rf $(VENV) $(RUN_DIR) build dist *.egg-info daemons/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -13,6 +13,7 @@ stop() {  # workers first (they hand their jobs back to the host), then the host
     if [ -n "$workers" ]; then kill -TERM $workers 2>/dev/null || true; wait $workers || true; fi
     if [ -n "$host" ]; then kill -TERM $host 2>/dev/null || true; wait $host || true; fi
     echo "tq stopped; state kept in $dir/state"
+    "$BIN/python3" -m tq.localqueues held "$config" || true
 }
 fail() {  # what did not start, and stop what did
     echo "make run: $1" >&2

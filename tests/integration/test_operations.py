@@ -110,6 +110,60 @@ def test_make_run_stops_when_its_own_host_does_not_start(suite: Suite, make_run:
     assert "tq-worker" not in text  # no worker was started
 
 
+def _hand_worker(suite: Suite, run: MakeRun, instance: str) -> Daemon:
+    """A worker started by hand for make run's config, as README "Daemons" says."""
+    d = Daemon(f"hand{instance}", [str(BIN / "tq-worker"), "--config", str(run.config), instance], run.env, suite.dir)
+    suite.daemons.append(d)
+    return d.ready()
+
+
+def _queues_of(run: MakeRun) -> list[str]:
+    prefix = re.search(r'prefix = "([^"]+)"', run.config.read_text())
+    assert prefix
+    names = [prefix.group(1) + n for n in [".host", *(f".w.{i}" for i in range(1, 6))]]
+    there = []
+    for name in names:
+        try:
+            posix_ipc.MessageQueue(name).close()
+        except posix_ipc.ExistentialError:
+            continue
+        there.append(name)
+    return there
+
+
+def _clean(run: MakeRun) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["scripts/clean.sh", str(run.dir)], cwd=ROOT, env=run.env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_make_clean_removes_the_queues_of_a_stopped_make_run_and_refuses_while_a_daemon_of_it_runs(
+        suite: Suite, make_run: MakeRun) -> None:
+    proc, out = make_run.start()
+    wait_until(lambda: "tq is running" in out.read_text(), 30, "make run")
+    hand = _hand_worker(suite, make_run, "5")
+    assert len(_queues_of(make_run)) == 6
+    clean = _clean(make_run)
+    assert clean.returncode == 1 and "tq-host still runs" in clean.stderr, clean.stderr
+    assert "nothing removed" in clean.stderr
+
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+    text = out.read_text()
+    held = r"its 6 queues \(\S+\) stay for the next make run, holding [\d,]+ of your RLIMIT_MSGQUEUE"
+    assert re.search(held, text), text
+    assert "make clean removes them" in text
+    clean = _clean(make_run)  # the worker started by hand still runs
+    assert clean.returncode == 1 and f"tq-worker 5 still runs (pid {hand.pid}" in clean.stderr, clean.stderr
+    assert len(_queues_of(make_run)) == 6
+
+    hand.signal(signal.SIGTERM)
+    hand.wait()
+    clean = _clean(make_run)
+    assert clean.returncode == 0, clean.stderr
+    assert "removed 6 queues" in clean.stdout
+    assert _queues_of(make_run) == []
+
+
 def test_a_second_worker_process_under_a_live_instance_name_refuses_before_touching_the_inbox(suite: Suite) -> None:
     _host, (w1,) = suite.start(workers=1)
     inbox = posix_ipc.MessageQueue(f"{suite.prefix}.w.1")
