@@ -2,6 +2,7 @@
 # make run: tq-host and 4 workers in the foreground (no root, no systemd), state under DIR.
 # Submits task-1 once the workers are live, prints its result, then serves until Ctrl-C (or SIGTERM).
 # Stops with status 1 if tq already runs on DIR, or its host or a worker does not start.
+# Says so when its tq-host exits; the workers wait for a tq-host started again by hand, which Ctrl-C then stops.
 set -eu
 dir=${1:-.tq}
 BIN=${BIN:-.venv/bin}
@@ -11,9 +12,21 @@ host="" workers=""
 stop() {  # workers first (they hand their jobs back to the host), then the host, as systemd orders it
     trap - INT TERM EXIT
     if [ -n "$workers" ]; then kill -TERM $workers 2>/dev/null || true; wait $workers || true; fi
-    if [ -n "$host" ]; then kill -TERM $host 2>/dev/null || true; wait $host || true; fi
+    if [ -n "$host" ]; then kill -TERM $host 2>/dev/null || true; wait $host || true; else stop_other_host; fi
     echo "tq stopped; state kept in $dir/state"
     "$BIN/python3" -m tq.localqueues held "$config" || true
+}
+stop_other_host() {  # a tq-host started by hand after make run's own exited
+    pid=$(tqctl status --json 2>/dev/null | "$BIN/python3" -c 'import json, sys; print(json.load(sys.stdin)["pid"])' \
+          2>/dev/null) || return 0
+    if ! kill -TERM "$pid" 2>/dev/null; then
+        echo "make run: tq-host (pid $pid) answers on $dir/tq.sock and was not stopped" >&2
+        return 0
+    fi
+    i=0
+    while tqctl status >/dev/null 2>&1 && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.3; done  # (not its parent)
+    if [ $i -lt 100 ]; then echo "make run: stopped tq-host (pid $pid), started by hand on $dir"
+    else echo "make run: tq-host (pid $pid), started by hand on $dir, still answers 30s after kill -TERM" >&2; fi
 }
 fail() {  # what did not start, and stop what did
     echo "make run: $1" >&2
@@ -25,7 +38,9 @@ if tqctl status >/dev/null 2>&1; then  # (its own tq-host would refuse the store
     echo "make run: tq is already running on $dir (its socket answers): stop that one first" >&2
     exit 1
 fi
-trap stop INT TERM EXIT
+trap 'stop; exit 130' INT
+trap 'stop; exit 143' TERM
+trap stop EXIT
 
 # setsid: Ctrl-C reaches this script only, which stops the daemons in order.
 setsid "$BIN/tq-host" --config "$config" & host=$!
@@ -57,4 +72,9 @@ tq is running (host + 4 workers). From another shell:
     $BIN/tqctl status; $BIN/tqctl list; $BIN/tqctl workers
 Ctrl-C (or kill -TERM $$) stops it.
 MSG
+status=0
+wait $host || status=$?  # (Ctrl-C and kill -TERM end the script in its trap)
+echo "make run: tq-host (pid $host) exited with status $status; the workers wait for it (no job is lost):" \
+     "start it again from another shell, $BIN/tq-host --config $config, or press Ctrl-C (kill -TERM $$)" >&2
+host=""
 wait

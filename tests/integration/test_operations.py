@@ -164,6 +164,29 @@ def test_make_clean_removes_the_queues_of_a_stopped_make_run_and_refuses_while_a
     assert _queues_of(make_run) == []
 
 
+def test_make_run_says_when_its_host_exits_and_ctrl_c_stops_a_host_started_again_by_hand(
+        suite: Suite, make_run: MakeRun) -> None:
+    proc, out = make_run.start()
+    wait_until(lambda: "tq is running" in out.read_text(), 30, "make run")
+    first = json.loads(make_run.tqctl("status", "--json").stdout)["pid"]
+    os.kill(first, signal.SIGKILL)  # a crash
+    said = f"make run: tq-host (pid {first}) exited with status 137; the workers wait for it"
+    wait_until(lambda: said in out.read_text(), 30, "make run's line about its tq-host")
+    assert f"--config {make_run.config}" in out.read_text()  # how to start it again
+    assert proc.poll() is None
+
+    hand = Daemon("hand-host", [str(BIN / "tq-host"), "--config", str(make_run.config)], make_run.env, suite.dir)
+    suite.daemons.append(hand)
+    hand.ready()
+    assert make_run.tqctl("submit", "--wait", "again").stdout.strip() == "again processed"
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+    assert hand.wait() == 0
+    text = out.read_text()
+    assert f"make run: stopped tq-host (pid {hand.pid}), started by hand" in text, text
+    assert text.index("stopped tq-host") < text.index("tq stopped")
+
+
 def test_a_second_worker_process_under_a_live_instance_name_refuses_before_touching_the_inbox(suite: Suite) -> None:
     _host, (w1,) = suite.start(workers=1)
     inbox = posix_ipc.MessageQueue(f"{suite.prefix}.w.1")
