@@ -1,7 +1,7 @@
 #!/bin/sh
 # make run: tq-host and 4 workers in the foreground (no root, no systemd), state under DIR.
-# Submits task-1 once the workers are live, prints its result, then serves until Ctrl-C (or SIGTERM).
-# Stops with status 1 if tq already runs on DIR, or its host or a worker does not start.
+# Submits task-1 once the workers are live, prints its result, then serves until Ctrl-C (or SIGTERM: exit 0).
+# Stops with status 1 if tq (its host, or a worker 1-4) already runs on DIR, or its host or a worker does not start.
 # Says so when its tq-host exits; the workers wait for a tq-host started again by hand, which Ctrl-C then stops.
 set -eu
 dir=${1:-.tq}
@@ -38,8 +38,14 @@ if tqctl status >/dev/null 2>&1; then  # (its own tq-host would refuse the store
     echo "make run: tq is already running on $dir (its socket answers): stop that one first" >&2
     exit 1
 fi
-trap 'stop; exit 130' INT
-trap 'stop; exit 143' TERM
+status=0
+"$BIN/python3" -m tq.localqueues running "$config" || status=$?  # e.g. a worker 1 started by hand on this config
+case $status in
+    0) ;;
+    1) echo "make run: tq already runs on $dir (above): stop that first" >&2; exit 1 ;;
+    *) echo "make run: could not check for workers of $dir left running (above); starting anyway" >&2 ;;
+esac
+trap 'stop; exit 0' INT TERM  # a requested stop, not a failure
 trap stop EXIT
 
 # setsid: Ctrl-C reaches this script only, which stops the daemons in order.

@@ -4,7 +4,9 @@ queues hold of the user's RLIMIT_MSGQUEUE budget, and their removal (`make clean
 The queues outlive the daemons on purpose (results in flight wait in them: the next `make run` carries on), and
 are charged to the user until removed. Their names: the host mailbox, the inboxes of workers 1-4 (make run's)
 and of every worker that took an instance lock in `workers/` beside the socket (its file is named after its
-inbox). Run by scripts/run.sh and the Makefile as `python -m tq.localqueues held|running|remove CONFIG`.
+inbox). Run by scripts/run.sh and the Makefile as `python -m tq.localqueues held|running|remove CONFIG`
+(`running`: whether a worker under one of make run's names, 1-4, still runs; `remove` refuses while any
+daemon of the configuration runs).
 """
 
 from __future__ import annotations
@@ -40,13 +42,15 @@ def queue_names(cfg: Config) -> list[str]:
     return names
 
 
-def running_workers(cfg: Config) -> list[str]:
-    """A line for each worker process that holds an instance lock of this configuration (it still runs)."""
+def running_workers(cfg: Config, only: tuple[str, ...] | None = None) -> list[str]:
+    """A line for each worker process that holds an instance lock of this configuration (it still runs), of the
+    instances `only` names if given."""
+    wanted = None if only is None else {cfg.inbox(n).strip("/") + ".lock" for n in only}
     found = []
     with contextlib.suppress(FileNotFoundError):
         for entry in sorted(os.listdir(_lock_dir(cfg))):
             path = os.path.join(_lock_dir(cfg), entry)
-            if entry.endswith(".lock") and _held(path):
+            if entry.endswith(".lock") and (wanted is None or entry in wanted) and _held(path):
                 with open(path, encoding="utf-8", errors="replace") as f:
                     pid = f.read(32).strip() or "unknown"
                 found.append(f"tq-worker {entry[:-5].rsplit('.w.', 1)[-1]} still runs (pid {pid}; it holds {path})")
@@ -122,7 +126,10 @@ def main(argv: list[str]) -> int:
             print(f"its {count} queues ({cfg.mqueue.prefix}.*) stay for the next make run, holding {total:,} of "
                   f"your RLIMIT_MSGQUEUE's {_budget()} bytes: make clean removes them")
         return 0
-    running = (["tq-host still runs (its socket answers)"] if host_answers(cfg) else []) + running_workers(cfg)
+    if what == "running":  # before make run: a worker by hand under one of its names would double it
+        running = running_workers(cfg, MAKE_RUN_WORKERS)
+    else:
+        running = (["tq-host still runs (its socket answers)"] if host_answers(cfg) else []) + running_workers(cfg)
     for text in running:
         line(text)
     if running or what == "running":

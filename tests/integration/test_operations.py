@@ -117,10 +117,14 @@ def _hand_worker(suite: Suite, run: MakeRun, instance: str) -> Daemon:
     return d.ready()
 
 
-def _queues_of(run: MakeRun) -> list[str]:
+def _prefix(run: MakeRun) -> str:
     prefix = re.search(r'prefix = "([^"]+)"', run.config.read_text())
     assert prefix
-    names = [prefix.group(1) + n for n in [".host", *(f".w.{i}" for i in range(1, 6))]]
+    return prefix.group(1)
+
+
+def _queues_of(run: MakeRun) -> list[str]:
+    names = [_prefix(run) + n for n in [".host", *(f".w.{i}" for i in range(1, 6))]]
     there = []
     for name in names:
         try:
@@ -185,6 +189,26 @@ def test_make_run_says_when_its_host_exits_and_ctrl_c_stops_a_host_started_again
     text = out.read_text()
     assert f"make run: stopped tq-host (pid {hand.pid}), started by hand" in text, text
     assert text.index("stopped tq-host") < text.index("tq stopped")
+
+
+def test_make_run_stopped_by_sigterm_exits_0_and_does_not_start_beside_a_worker_of_its_own_started_by_hand(
+        suite: Suite, make_run: MakeRun) -> None:
+    proc, out = make_run.start()
+    wait_until(lambda: "tq is running" in out.read_text(), 30, "make run")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0  # a requested stop: make says no "Error 143"
+
+    hand = Daemon("hand1", [str(BIN / "tq-worker"), "--config", str(make_run.config), "1"], make_run.env, suite.dir)
+    suite.daemons.append(hand)
+    lock = make_run.dir / "workers" / f"{_prefix(make_run).strip('/')}.w.1.lock"
+    wait_until(lambda: lock.read_text().strip() == str(hand.pid), 30, "the hand-started worker's instance lock")
+    second, out2 = make_run.start()
+    assert second.wait(30) == 1
+    text = out2.read_text()
+    assert f"tq-worker 1 still runs (pid {hand.pid}; it holds {lock})" in text, text
+    assert "make run: tq already runs on" in text
+    assert "tq stopped" not in text  # nothing was started
+    assert hand.proc.poll() is None
 
 
 def test_a_second_worker_process_under_a_live_instance_name_refuses_before_touching_the_inbox(suite: Suite) -> None:
