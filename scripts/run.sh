@@ -42,7 +42,7 @@ status=0
 "$BIN/python3" -m tq.localqueues running "$config" || status=$?  # e.g. a worker 1 started by hand on this config
 case $status in
     0) ;;
-    1) echo "make run: tq already runs on $dir (above): stop that first" >&2; exit 1 ;;
+    3) echo "make run: tq already runs on $dir (above): stop that first" >&2; exit 1 ;;
     *) echo "make run: could not check for workers of $dir left running (above); starting anyway" >&2 ;;
 esac
 trap 'stop; exit 0' INT TERM  # a requested stop, not a failure

@@ -26,6 +26,7 @@ from .transport.posix import mailbox_bytes
 from .worker.instancelock import lock_path
 
 MAKE_RUN_WORKERS = ("1", "2", "3", "4")
+STILL_RUNS = 3  # the exit status of `running` and `remove` while a daemon runs (1: Python's own, a traceback)
 
 
 def _lock_dir(cfg: Config) -> str:
@@ -133,7 +134,7 @@ def main(argv: list[str]) -> int:
     for text in running:
         line(text)
     if running or what == "running":
-        return 1 if running else 0
+        return STILL_RUNS if running else 0
     count, total = remove(queue_names(cfg))
     print(f"removed {count} queues ({cfg.mqueue.prefix}.*, {total:,} bytes of RLIMIT_MSGQUEUE)")
     return 0

@@ -168,6 +168,20 @@ def test_make_clean_removes_the_queues_of_a_stopped_make_run_and_refuses_while_a
     assert _queues_of(make_run) == []
 
 
+def test_make_clean_does_not_take_a_failure_of_its_python_for_a_running_daemon(suite: Suite) -> None:
+    run = MakeRun(suite, "broken")
+    subprocess.run(["scripts/local-config.sh", str(run.dir)], cwd=ROOT, check=True, capture_output=True)
+    bin_dir = suite.dir / "broken-bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text("#!/bin/sh\necho 'ModuleNotFoundError: no posix_ipc' >&2\nexit 1\n")
+    (bin_dir / "python3").chmod(0o755)
+    clean = subprocess.run(["scripts/clean.sh", str(run.dir)], cwd=ROOT, env={**run.env, "BIN": str(bin_dir)},
+                           capture_output=True, text=True, timeout=30)
+    assert clean.returncode == 1
+    assert "could not check or remove the queues" in clean.stderr, clean.stderr
+    assert "still runs" not in clean.stderr
+
+
 def test_make_run_says_when_its_host_exits_and_ctrl_c_stops_a_host_started_again_by_hand(
         suite: Suite, make_run: MakeRun) -> None:
     proc, out = make_run.start()
