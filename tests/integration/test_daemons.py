@@ -25,6 +25,14 @@ def test_host_notifies_ready_status_watchdog_and_stopping(suite: Suite) -> None:
     host.signal(signal.SIGTERM)
     assert host.wait() == 0
     host.notify.wait_for(lambda m: m == "STOPPING=1")
+    assert "tq-host stopping; no worker is live" in host.text()  # (make run stops its workers first)
+
+
+def test_a_stopping_host_says_how_many_live_workers_carry_on(suite: Suite) -> None:
+    host, _workers = suite.start(workers=2)
+    host.signal(signal.SIGTERM)
+    assert host.wait() == 0
+    assert "tq-host stopping; 2 live worker(s) carry on and reconnect when it is back" in host.text()
 
 
 def test_worker_notifies_status_and_pings_the_watchdog_during_a_long_job(suite: Suite) -> None:

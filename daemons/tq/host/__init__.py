@@ -136,7 +136,9 @@ class Host(Daemon):
 
     def shutdown(self) -> None:
         self.notifier.stopping()
-        self.logger.info("tq-host stopping; workers carry on and reconnect when it is back")
+        live = self.parts.fleet.live()
+        self.logger.info("tq-host stopping; %s", f"{live} live worker(s) carry on and reconnect when it is back"
+                         if live else "no worker is live")
         self._commit()
         self._deliver()
         self.parts.storewatch.check(float("inf"))  # a store removed in the last second is written back too
