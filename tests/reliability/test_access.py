@@ -104,8 +104,9 @@ def test_only_the_submitter_root_and_admins_may_cancel_or_retry_a_job(suite: Sui
     r = as_user(OTHER, *tqctl, "cancel", "--state", "delayed", env=suite.env)  # refused for every job: exit 4
     assert (r.returncode, r.stdout, r.stderr) == (
         4, "", "tqctl: cancelled 0 job(s); 3 matching job(s) are not yours to change\n")
-    r = as_user(OTHER, *tqctl, "--json", "retry", "--state", "delayed", env=suite.env)
-    assert (r.returncode, json.loads(r.stdout)) == (4, {"count": 0, "ids": [], "refused": 3})
+    r = as_user(OTHER, *tqctl, "--json", "cancel", "--state", "delayed", env=suite.env)
+    assert (r.returncode, json.loads(r.stdout)) == (4, {"count": 0, "ids": [], "refused": 3, "not_yours": 3,
+                                                        "reasons": []})
     own = int(as_user(OTHER, *tqctl, "submit", "task-1", "--delay", "1h", env=suite.env).stdout)
     r = as_user(OTHER, *tqctl, "cancel", "--state", "delayed", env=suite.env)  # some changed: exit 0, the note
     assert (r.returncode, r.stdout) == (0, "cancelled 1 job(s); 3 matching job(s) are not yours to change\n")
