@@ -23,10 +23,12 @@ from pathlib import Path
 import posix_ipc
 
 from .. import config
-from ..ownership import GROUP, restrict
-from .mailbox import Connectionless, Mailbox, MailboxAccessDenied, MailboxError, OutOfBudget
+from ..ownership import restrict
+from . import mqueuefs
+from .mailbox import Connectionless, Mailbox, MailboxError, OutOfBudget
 
-MAILBOX_MODE = 0o600  # the daemons' user alone: nobody else can forge a message (members use the socket)
+MAILBOX_MODE = 0o600  # the daemons' user alone: nobody else can forge a message (members use the socket); a queue
+# of that name that another user made is refused (mqueuefs.check_ours)
 MQ_PROC = Path("/proc/sys/fs/mqueue")
 # The kernel charges each queue depth * (message size + its bookkeeping per message) against RLIMIT_MSGQUEUE
 # (ipc/mqueue.c: a struct msg_msg and a share of the priority tree); measured in docs/performance.md.
@@ -121,14 +123,15 @@ def open_mailbox(name: str, max_messages: int, max_message_size: int, create: bo
                  drained: list[bytes] | None = None) -> PosixMailbox:
     """Open (or create) mailbox `name` with exactly the configured depth and message size.
 
-    An existing queue with other dimensions is drained into `drained` and recreated.
-    Raises MailboxAccessDenied or MailboxError with a one-line reason.
+    An existing queue with other dimensions is drained into `drained` and recreated. A queue of another user is
+    refused (MailboxForeign), one of ours with a wider mode narrowed (mqueuefs.py).
+    Raises MailboxForeign or MailboxError with a one-line reason.
     """
     try:
         mq = posix_ipc.MessageQueue(name, posix_ipc.O_CREAT if create else 0, mode=MAILBOX_MODE,
                                     max_messages=max_messages, max_message_size=max_message_size)
     except posix_ipc.PermissionsError:
-        raise MailboxAccessDenied(f"permission denied on mailbox {name}: add yourself to group {GROUP}") from None
+        raise mqueuefs.denied(name) from None
     except posix_ipc.ExistentialError:
         raise MailboxError(f"mailbox {name} does not exist (is tq-host running?)") from None
     except (ValueError, OSError, posix_ipc.Error) as e:
@@ -139,6 +142,11 @@ def open_mailbox(name: str, max_messages: int, max_message_size: int, create: bo
                               f"{raise_hint(*resource.getrlimit(resource.RLIMIT_MSGQUEUE))}") from None
         raise MailboxError(f"cannot open mailbox {name} (depth {max_messages}, message size {max_message_size}): "
                            f"{e}; kernel limits {kernel_limits()}") from None
+    try:
+        mqueuefs.check_ours(mq.mqd, name, MAILBOX_MODE)  # before anything is read from it or sent to it
+    except MailboxError:
+        mq.close()
+        raise
     if create and (mq.max_messages != max_messages or mq.max_message_size != max_message_size):
         old = PosixMailbox(mq, name)
         while (data := old.receive()) is not None:
