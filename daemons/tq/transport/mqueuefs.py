@@ -1,5 +1,6 @@
 """Whose a POSIX queue is: the check that a mailbox tq opened is this user's alone, and what /dev/mqueue (the
-queues' file system, where it is mounted) says about a queue tq cannot open.
+queues' file system, where it is mounted) says about a queue tq cannot open and about the queues that hold this
+user's queue memory budget (RLIMIT_MSGQUEUE).
 
 POSIX queues share one namespace for all users (/dev/mqueue is mode 1777, as /tmp), and mq_open with O_CREAT
 opens a queue someone else made under the same name. A mailbox that another user owns is refused, never read
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
+
+import posix_ipc
 
 from ..ownership import user_name
 from .mailbox import MailboxError, MailboxForeign
@@ -67,3 +71,39 @@ def foreign(name: str, uid: int | None) -> str:
 def _remove(name: str) -> str:
     rm = f"rm {MQUEUE_DIR}{name}"
     return rm if mounted() else f"{rm}, after mount -t mqueue none {MQUEUE_DIR}"
+
+
+def held_by_user(cost: Callable[[int, int], int], most: int = 5) -> str:
+    """What holds this user's RLIMIT_MSGQUEUE: its queues in /dev/mqueue, largest first (`most` of them, then how
+    many more), each with what it costs (`cost(depth, message size)`), and how to remove one; where /dev/mqueue
+    is not mounted, how to look."""
+    if not mounted():
+        return f"remove stale queues (as root: mount -t mqueue none {MQUEUE_DIR}; ls -l {MQUEUE_DIR})"
+    held = sorted(_own_queues(cost), reverse=True)
+    if not held:
+        return (f"this user has no queue in {MQUEUE_DIR} (a container's, in another IPC namespace, counts too)")
+    shown = ", ".join(f"{name} {size} bytes" for size, name in held[:most])
+    more = f" and {len(held) - most} more" if len(held) > most else ""
+    return f"this user's queues hold it: {shown}{more} (rm {MQUEUE_DIR}/NAME removes one no longer used)"
+
+
+def _own_queues(cost: Callable[[int, int], int]) -> list[tuple[int, str]]:
+    """This user's queues in /dev/mqueue and what each costs (opened to read its dimensions, nothing else)."""
+    found = []
+    try:
+        entries = list(os.scandir(MQUEUE_DIR))
+    except OSError:
+        return []
+    for entry in entries:
+        name = f"/{entry.name}"
+        try:
+            if entry.stat().st_uid != os.geteuid():
+                continue
+            q = posix_ipc.MessageQueue(name)
+        except (OSError, posix_ipc.Error):
+            continue
+        try:
+            found.append((cost(q.max_messages, q.max_message_size), name))
+        finally:
+            q.close()
+    return found
