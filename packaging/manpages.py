@@ -423,6 +423,8 @@ def pages(readme: str, gateway_doc: str) -> dict[str, str]:
     stopped = ("`0`", "Stopped by SIGTERM or SIGINT, or `--check-config` found the configuration good.")
     cannot_start = "The unit restarts it (`Restart=on-failure`)."
     no_restart = "The unit does not restart it (`RestartPreventExitStatus=`)."
+    foreign = ("Cannot start: {mailbox} belongs to another user (made by someone else, or by another tq with "
+               "the same `[mqueue] prefix`); one line names the owner. Nothing is read from it or sent to it. ")
     see_daemon = ["systemctl(1)", "journalctl(1)"]
     return {
         "tqctl.1": parser_page(ctl.build_parser(), 1, {
@@ -454,7 +456,8 @@ def pages(readme: str, gateway_doc: str) -> dict[str, str]:
                         "socket is at `host.socket`, the mailbox cannot be opened, the store is damaged, unreadable "
                         "or its disk full; one line says why (`cannot start: ...`). " + cannot_start),
                 ("`2`", "The configuration does not load, or a usage error; stderr names the file, the key and "
-                        "the reason. " + no_restart)]),
+                        "the reason. " + no_restart),
+                ("`77`", foreign.format(mailbox="its mailbox `PREFIX.host`") + no_restart)]),
             "FILES": daemon_files,
             "SEE ALSO": [see_also("tqctl(1)", "tq-worker(8)", "tq.toml(5)", *see_daemon)]}),
         "tq-worker.8": parser_page(worker.build_parser(), 8, {
@@ -474,6 +477,7 @@ def pages(readme: str, gateway_doc: str) -> dict[str, str]:
                         "why. " + cannot_start),
                 ("`2`", "The configuration does not load, the instance name is invalid, or a usage error; stderr "
                         "says which. " + no_restart),
+                ("`77`", foreign.format(mailbox="its inbox `PREFIX.w.INSTANCE`") + no_restart),
                 ("`78`", "tq-host refused its name: a worker of another machine holds it. " + no_restart)]),
             "FILES": daemon_files,
             "SEE ALSO": [see_also("tqctl(1)", "tq-host(8)", "tq.toml(5)", *see_daemon)]}),

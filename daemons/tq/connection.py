@@ -4,13 +4,17 @@ calls (client.py)."""
 
 from __future__ import annotations
 
+import grp
+import os
 import socket
+import stat
 import struct
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Self
 
 from . import configfiles, control
 from .clienterrors import HostUnreachable, PermissionDenied, Refused, refusal
+from .ownership import GROUP, group_name, user_name
 
 if TYPE_CHECKING:
     from .remote import HttpConnection
@@ -73,13 +77,13 @@ class Connection:
                 sock.connect(self.socket_path)
             except PermissionError:
                 sock.close()
-                raise PermissionDenied(f"permission denied on {self.socket_path}: add yourself to group tq "
-                                       "(sudo adduser $USER tq, then log in again)") from None
+                raise PermissionDenied(denied(self.socket_path)) from None
             except (FileNotFoundError, ConnectionRefusedError) as e:
                 sock.close()
                 source = f" ({self.socket_source})" if self.socket_source else ""
+                other = "; another tq's: set TQ_CONFIG or --config to its file" if _default(self.socket_source) else ""
                 raise HostUnreachable(f"tq-host is not reachable at {self.socket_path}{source}: {e.strerror} "
-                                      "(is it running? systemctl status tq-host)") from None
+                                      f"(is it running? systemctl status tq-host{other})") from None
             self._sock, self._sock_timeout = sock, None
         return self._sock
 
@@ -177,6 +181,36 @@ class Connection:
                 self.close()
                 raise HostUnreachable(f"lost tq-host at {self.socket_path}: {error}")
             self._buf += memoryview(self._chunk)[:n]
+
+
+def denied(path: str) -> str:
+    """Why connect() on `path` said EACCES, from the owner and group of the socket (or, where it cannot be seen,
+    of its directory): joining group tq is suggested only where that is the group."""
+    join = f"permission denied on {path}: add yourself to group {GROUP} (sudo adduser $USER {GROUP}, then log in again)"
+    for target in (path, os.path.dirname(path) or "."):
+        try:
+            st = os.stat(target)
+        except OSError:
+            continue
+        if group_name(st.st_gid) == f"group {GROUP}":
+            return join
+        what = "it" if target == path else f"its directory {target}"
+        return (f"permission denied on {path}: {what} belongs to {user_name(st.st_uid)} and {group_name(st.st_gid)} "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}): run tqctl as that user or a member of that group")
+    return join if _group_exists() else f"permission denied on {path}: a directory on its path is closed to this user"
+
+
+def _group_exists() -> bool:
+    try:
+        grp.getgrnam(GROUP)
+    except KeyError:
+        return False
+    return True
+
+
+def _default(source: str) -> bool:
+    """The socket path is the default one (no host.socket in the configuration read)."""
+    return source.startswith("the default")
 
 
 def _remote(url: str, token: str | None, timeout: float | None, ca_file: str | None) -> HttpConnection:

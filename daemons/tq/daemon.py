@@ -25,6 +25,7 @@ def ignore(_mask: int) -> None:
 
 
 EXIT_CONFIG = 2  # a usage or configuration error: the units do not restart on it (RestartPreventExitStatus=)
+EXIT_FOREIGN = 77  # EX_NOPERM: its mailbox belongs to another user (transport.MailboxForeign); not restarted either
 
 
 def command_line(program: str, description: str) -> argparse.ArgumentParser:
@@ -119,18 +120,23 @@ class Daemon:
 
     def wait_for_host(self) -> transport.Mailbox | None:
         """A worker's start: open the host's mailbox, waiting (and pinging the watchdog) until tq-host has created
-        it. None if asked to stop meanwhile."""
-        logged = False
+        it; one of another user's is waited out too, said in the log and STATUS. None if asked to stop meanwhile."""
+        said = ""
         while not self.stop_requested:
             try:
                 return self.mailboxes.reach_host()
+            except transport.MailboxForeign as e:  # tq-host refuses to start on it too: said until it is removed
+                if str(e) != said:
+                    self.logger.warning("waiting for tq-host: %s", e)
+                    self.notifier.status(f"waiting for tq-host: {e}")
+                    said = str(e)
             except transport.MailboxAccessDenied:
                 raise
             except transport.MailboxError as e:
-                if not logged:
+                if str(e) != said:
                     self.logger.info("waiting for tq-host: %s", e)
                     self.notifier.status("waiting for tq-host")
-                    logged = True
+                    said = str(e)
             self.notifier.tick(time.monotonic())
             self.select(0.2)
         return None

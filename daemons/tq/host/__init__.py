@@ -34,7 +34,7 @@ from functools import partial
 from typing import IO, Any
 
 from .. import __version__, config, control, transport
-from ..daemon import EXIT_CONFIG, Daemon, StartError, command_line, load_config
+from ..daemon import EXIT_CONFIG, EXIT_FOREIGN, Daemon, StartError, command_line, load_config
 from ..log import Burst
 from .assembly import assemble
 from .brokerwatch import BrokerWatch, link_state
@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         host = Host(cfg, args.config)
         return host.run()
+    except transport.MailboxForeign as e:
+        logging.getLogger("tq-host").error("cannot start: %s", e)
+        return EXIT_FOREIGN
     except (StartError, StoreError, transport.MailboxError, OSError) as e:
         logging.getLogger("tq-host").error("cannot start: %s", e)
         return 1

@@ -14,12 +14,12 @@ import logging
 import selectors
 
 from .. import config
-from .mailbox import Connectionless, Mailbox, MailboxAccessDenied, MailboxError, Mailboxes, OutOfBudget
+from .mailbox import Connectionless, Mailbox, MailboxAccessDenied, MailboxError, Mailboxes, MailboxForeign, OutOfBudget
 from .posix import PosixMailboxes
 from .serviced import ServicedSelector
 
-__all__ = ["Connectionless", "Mailbox", "MailboxAccessDenied", "MailboxError", "Mailboxes", "OutOfBudget",
-           "PosixMailboxes", "for_config", "granted", "selector"]
+__all__ = ["Connectionless", "Mailbox", "MailboxAccessDenied", "MailboxError", "MailboxForeign", "Mailboxes",
+           "OutOfBudget", "PosixMailboxes", "for_config", "granted", "selector"]
 
 
 def selector(cfg: config.Config, host: bool = False) -> selectors.BaseSelector:

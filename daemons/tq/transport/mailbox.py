@@ -23,6 +23,11 @@ class MailboxAccessDenied(MailboxError):
     """The caller may not open the mailbox (POSIX: mq_open said EACCES; not the owner or in their group)."""
 
 
+class MailboxForeign(MailboxAccessDenied):
+    """The mailbox belongs to another user (POSIX: a queue of that name made by someone else, or by another tq on
+    the same prefix): it is never read from or sent to. The daemons refuse to start on it (EXIT_FOREIGN)."""
+
+
 class Mailbox(Protocol):
     """One open handle of a mailbox. Closing it leaves the mailbox and the messages in it."""
 

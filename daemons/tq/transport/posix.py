@@ -23,10 +23,12 @@ from pathlib import Path
 import posix_ipc
 
 from .. import config
-from ..ownership import GROUP, restrict
-from .mailbox import Connectionless, Mailbox, MailboxAccessDenied, MailboxError, OutOfBudget
+from ..ownership import restrict
+from . import mqueuefs
+from .mailbox import Connectionless, Mailbox, MailboxError, OutOfBudget
 
-MAILBOX_MODE = 0o600  # the daemons' user alone: nobody else can forge a message (members use the socket)
+MAILBOX_MODE = 0o600  # the daemons' user alone: nobody else can forge a message (members use the socket); a queue
+# of that name that another user made is refused (mqueuefs.check_ours)
 MQ_PROC = Path("/proc/sys/fs/mqueue")
 # The kernel charges each queue depth * (message size + its bookkeeping per message) against RLIMIT_MSGQUEUE
 # (ipc/mqueue.c: a struct msg_msg and a share of the priority tree); measured in docs/performance.md.
@@ -121,24 +123,27 @@ def open_mailbox(name: str, max_messages: int, max_message_size: int, create: bo
                  drained: list[bytes] | None = None) -> PosixMailbox:
     """Open (or create) mailbox `name` with exactly the configured depth and message size.
 
-    An existing queue with other dimensions is drained into `drained` and recreated.
-    Raises MailboxAccessDenied or MailboxError with a one-line reason.
+    An existing queue with other dimensions is drained into `drained` and recreated. A queue of another user is
+    refused (MailboxForeign), one of ours with a wider mode narrowed (mqueuefs.py).
+    Raises MailboxForeign or MailboxError with a one-line reason.
     """
     try:
         mq = posix_ipc.MessageQueue(name, posix_ipc.O_CREAT if create else 0, mode=MAILBOX_MODE,
                                     max_messages=max_messages, max_message_size=max_message_size)
     except posix_ipc.PermissionsError:
-        raise MailboxAccessDenied(f"permission denied on mailbox {name}: add yourself to group {GROUP}") from None
+        raise mqueuefs.denied(name) from None
     except posix_ipc.ExistentialError:
         raise MailboxError(f"mailbox {name} does not exist (is tq-host running?)") from None
     except (ValueError, OSError, posix_ipc.Error) as e:
         if "maximum number of files" in str(e):  # EMFILE: mq_open's answer when RLIMIT_MSGQUEUE is used up
-            raise OutOfBudget(f"cannot open mailbox {name} (depth {max_messages}, message size {max_message_size}, "
-                              f"{mailbox_bytes(max_messages, max_message_size)} bytes): the per-user queue "
-                              f"memory limit RLIMIT_MSGQUEUE ({budget()}) is used up: "
-                              f"{raise_hint(*resource.getrlimit(resource.RLIMIT_MSGQUEUE))}") from None
+            raise out_of_budget(name, max_messages, max_message_size) from None
         raise MailboxError(f"cannot open mailbox {name} (depth {max_messages}, message size {max_message_size}): "
                            f"{e}; kernel limits {kernel_limits()}") from None
+    try:
+        mqueuefs.check_ours(mq.mqd, name, MAILBOX_MODE)  # before anything is read from it or sent to it
+    except MailboxError:
+        mq.close()
+        raise
     if create and (mq.max_messages != max_messages or mq.max_message_size != max_message_size):
         old = PosixMailbox(mq, name)
         while (data := old.receive()) is not None:
@@ -150,6 +155,15 @@ def open_mailbox(name: str, max_messages: int, max_message_size: int, create: bo
     if create:
         restrict(mq.mqd, MAILBOX_MODE)
     return PosixMailbox(mq, name)
+
+
+def out_of_budget(name: str, max_messages: int, max_message_size: int) -> OutOfBudget:
+    """mq_open's EMFILE: this user's RLIMIT_MSGQUEUE has no room for the mailbox; what holds it, how to get more."""
+    hint = raise_hint(*resource.getrlimit(resource.RLIMIT_MSGQUEUE), systemd=_systemd(),
+                      held=mqueuefs.held_by_user(mailbox_bytes))
+    return OutOfBudget(f"cannot open mailbox {name} (depth {max_messages}, message size {max_message_size}, "
+                       f"{mailbox_bytes(max_messages, max_message_size)} bytes): the per-user queue memory limit "
+                       f"RLIMIT_MSGQUEUE ({budget()}) is used up: {hint}")
 
 
 def unlink_mailbox(name: str) -> bool:
@@ -226,14 +240,23 @@ def mailbox_bytes(depth: int, size: int) -> int:
     return depth * (size + PER_MESSAGE_OVERHEAD)
 
 
-def raise_hint(soft: int, hard: int) -> str:
-    """How to get more of the RLIMIT_MSGQUEUE budget: raise the soft limit up to the hard one; at the hard limit,
-    only a service manager with CAP_SYS_RESOURCE raises it (in a container, LimitMSGQUEUE= stays unapplied)."""
-    stale = "remove stale queues (mount -t mqueue none /dev/mqueue; ls /dev/mqueue) or lower the depth or size"
-    if soft == resource.RLIM_INFINITY or soft < hard:
-        return f"raise it (LimitMSGQUEUE= in the unit, ulimit -q), or {stale}"
-    return (f"this is the hard limit too, which only CAP_SYS_RESOURCE raises (a container's service manager lacks "
-            f"it: the unit's LimitMSGQUEUE= is not applied): {stale}")
+def raise_hint(soft: int, hard: int, systemd: bool, held: str) -> str:
+    """How to get more of the RLIMIT_MSGQUEUE budget: raise the soft limit up to the hard one (under `systemd`,
+    also the unit's LimitMSGQUEUE=); at the hard limit, only CAP_SYS_RESOURCE raises it (a container's service
+    manager lacks it: the unit's LimitMSGQUEUE= stays unapplied). `held`: what holds the budget (mqueuefs)."""
+    free = f"{held}; or lower the depth or size"
+    if resource.RLIM_INFINITY in (soft, hard) or soft < hard:
+        unit = "LimitMSGQUEUE= in the unit, or " if systemd else ""
+        ceiling = "no hard limit" if hard == resource.RLIM_INFINITY else f"up to the hard limit {hard} bytes"
+        return f"raise it ({unit}ulimit -q, {ceiling}), or free some: {free}"
+    container = " (a container's service manager lacks it: the unit's LimitMSGQUEUE= is not applied)" if systemd else ""
+    return (f"this is the hard limit too (ulimit -q cannot go higher), which only CAP_SYS_RESOURCE raises{container}: "
+            f"{free}")
+
+
+def _systemd() -> bool:
+    """Whether this process runs as a systemd unit (systemd sets INVOCATION_ID for each)."""
+    return "INVOCATION_ID" in os.environ
 
 
 def budget() -> str:

@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 
 from .. import __version__, config, log, protocol, stderr, transport
-from ..daemon import EXIT_CONFIG, Daemon, command_line, ignore, load_config
+from ..daemon import EXIT_CONFIG, EXIT_FOREIGN, Daemon, command_line, ignore, load_config
 from ..notify import child_environment
 from ..transport import Mailbox
 from ..transport.machines import local_name, machine_id, machine_instance
@@ -349,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         worker = Worker(cfg, args.config, args.instance, argv=sys.argv[1:] if argv is None else argv)
         return worker.run()
+    except transport.MailboxForeign as e:
+        logging.getLogger(f"tq-worker@{args.instance}").error("cannot start: %s", e)
+        return EXIT_FOREIGN
     except (transport.MailboxError, InstanceTaken) as e:
         logging.getLogger(f"tq-worker@{args.instance}").error("cannot start: %s", e)
         return 1
