@@ -661,7 +661,7 @@ def test_an_answer_that_is_not_the_gateways_is_one_line(suite: Suite, status: in
 
 
 def test_events_follow_ends_when_its_token_is_revoked(pair: Pair, followers: list[Follower]) -> None:
-    token = pair.suite.client().token_create("follows", "root", False)["token"]
+    token = pair.suite.token(name="follows")
     pair.token_file.write_text(f"{token}\n")
     pair.local("submit", "--wait", "echo", "seen")
     followers.append(Follower(pair, "events", "--follow", "-n", "1", remote=True))
