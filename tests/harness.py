@@ -32,6 +32,19 @@ ROOT = Path(__file__).resolve().parent.parent
 _soft, _hard = resource.getrlimit(resource.RLIMIT_MSGQUEUE)
 resource.setrlimit(resource.RLIMIT_MSGQUEUE, (_hard, _hard))
 TESTS = ROOT / "tests"
+# Only root makes an API token that acts as root or as the daemons' own user (README: token create), and a tq-host
+# run by another user lets in no one else (but members of that user's group); nor does it take act_as from a
+# gateway of that user (only root and [access] gateways): so without root no test gets a token, nor checks one.
+NO_TOKENS = None if os.geteuid() == 0 else (
+    "needs root (API tokens: only root makes one that acts as the daemons' own user, here the tester)")
+
+
+def tokens_or_skip() -> None:
+    """Skip the test, saying why, where no API token can be made (not root)."""
+    if NO_TOKENS is not None:
+        import pytest  # (here only: the chaos run imports this module without pytest's fixtures)
+
+        pytest.skip(NO_TOKENS)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
@@ -140,11 +153,17 @@ def as_from_a_terminal() -> None:
 
 class Gateway:
     """A tq-gateway process, where it listens, and the token `request` sends by default (root's, made by the
-    suite; None: none)."""
+    suite; None: none). `tokenless`: the suite could make none (not root): reading `token` skips the test."""
 
-    def __init__(self, daemon: Daemon, port: int, token: str | None = None) -> None:
-        self.daemon, self.port, self.token = daemon, port, token
+    def __init__(self, daemon: Daemon, port: int, token: str | None = None, tokenless: bool = False) -> None:
+        self.daemon, self.port, self._token, self.tokenless = daemon, port, token, tokenless
         self.url = f"http://127.0.0.1:{port}"
+
+    @property
+    def token(self) -> str | None:
+        if self.tokenless:
+            tokens_or_skip()
+        return self._token
 
     def rpc_url(self, token: str | None = None) -> str:
         """/RPC2 with a token as basic authentication's password (as a stock XML-RPC client sends it)."""
@@ -239,9 +258,10 @@ stop_timeout = "5s"
         self.daemons.append(d)
         return d.ready() if ready else d
 
-    def token(self, user: str = "root", read_only: bool = False) -> str:
-        """A new API token for `user` (tq-host must be up)."""
-        name = f"t{uuid.uuid4().hex[:12]}"
+    def token(self, user: str = "root", read_only: bool = False, name: str | None = None) -> str:
+        """A new API token for `user` (tq-host must be up); without root the test is skipped (NO_TOKENS)."""
+        tokens_or_skip()
+        name = name or f"t{uuid.uuid4().hex[:12]}"
         return str(self.client().token_create(name, user, read_only)["token"])
 
     def gateway(self, ready: bool = True, env: dict[str, str] | None = None, token: bool = True) -> Gateway:
@@ -254,7 +274,8 @@ stop_timeout = "5s"
         argv = [sys.executable, "-c", activate, *self._python("tq.gateway")]
         d = Daemon(f"gateway{len(self.daemons)}", argv, {**self.env, **(env or {})}, self.dir, pass_fds=(fd,))
         self.daemons.append(d)
-        gateway = Gateway(d, listener.getsockname()[1], self.token() if token else None)
+        made = token and NO_TOKENS is None  # (without root: skipped where the test reads gateway.token)
+        gateway = Gateway(d, listener.getsockname()[1], self.token() if made else None, tokenless=token and not made)
         listener.close()
         if ready:
             d.ready()

@@ -94,8 +94,8 @@ class Client(Connection, clienttokens.TokenOps):
         job_id = int(self.call("submit", jobs=[spec], wait_for=limit)["ids"][0])  # acknowledged: it is durable
         try:
             return dict(self._more(limit)["job"])
-        except JobTimeout:
-            raise  # its message names the job
+        except JobTimeout as e:
+            raise JobTimeout(str(e), {}, [job_id]) from None  # its message names the job; pending as wait_many's
         except TqError as e:
             raise type(e)(f"job {job_id} was submitted, then: {e}") from None
 
@@ -108,11 +108,15 @@ class Client(Connection, clienttokens.TokenOps):
         return dict(self.call("get", id=job_id)["job"])
 
     def wait(self, job_id: int, timeout: float | None = None) -> dict[str, Any]:
-        """Wait until the job is done, dead or cancelled; raise TimeoutError (JobTimeout) past `timeout`."""
+        """Wait until the job is done, dead or cancelled; raise TimeoutError (JobTimeout, `pending` == [job_id])
+        past `timeout`."""
         fields: dict[str, Any] = {"id": job_id}
         if timeout is not None:
             fields["timeout"] = timeout
-        return dict(self.call("wait", wait=timeout, **fields)["job"])
+        try:
+            return dict(self.call("wait", wait=timeout, **fields)["job"])
+        except JobTimeout as e:
+            raise JobTimeout(str(e), {}, [job_id]) from None
 
     def wait_many(self, job_ids: Iterable[int], timeout: float | None = None) -> dict[int, dict[str, Any]]:
         """Wait until every job is done, dead or cancelled, in one request; their jobs by id, in the order given.

@@ -41,8 +41,8 @@ class NotFound(TqError):
 
 
 class JobTimeout(TqError, TimeoutError):
-    """A wait ran out of time. From wait_many: `finished` holds the jobs that did finish, by id, and
-    `pending` the ids that did not."""
+    """A wait ran out of time. `finished` holds the jobs that did finish, by id, and `pending` the ids that did
+    not (from wait and submit_and_wait: the one job's id)."""
 
     exit_code = control.EXIT_TIMEOUT
 

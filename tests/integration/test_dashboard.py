@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from conftest import MEMBER
-from harness import ROOT, Answer, Gateway, Suite, request
+from harness import ROOT, Answer, Gateway, Suite, request, tokens_or_skip
 from tq.gateway.hostlink import HostLinks
 from tq.gateway.summary import Summary
 
@@ -35,7 +35,8 @@ FORM = "application/x-www-form-urlencoded"
 
 
 def token(suite: Suite, name: str, user: str = "root", read_only: bool = False) -> str:
-    """A token as an admin makes one: tqctl token create prints it alone."""
+    """A token as an admin makes one: tqctl token create prints it alone (without root: skipped, NO_TOKENS)."""
+    tokens_or_skip()
     made = suite.tqctl("token", "create", name, "--user", user, *(["--read-only"] if read_only else []))
     assert made.returncode == 0, made.stderr
     return made.stdout.strip()

@@ -384,7 +384,11 @@ def test_submit_and_wait_is_one_request_with_the_id_first_and_the_job_when_finis
     with pytest.raises(JobTimeout, match=r"job (\d+) did not finish in time") as e:
         c.submit_and_wait("task-1", "early", wait_timeout=0.3)  # no worker yet
     job_id = int(e.value.args[0].split()[1])
+    assert (e.value.finished, e.value.pending) == ({}, [job_id])  # as wait_many's: this job did not finish
     assert c.get(job_id)["state"] == "queued"  # acknowledged before the wait: it stays submitted
+    with pytest.raises(JobTimeout, match=f"job {job_id} did not finish in time") as w:
+        c.wait(job_id, timeout=0.2)
+    assert (w.value.finished, w.value.pending) == ({}, [job_id])
     suite.worker("1")
     job = c.submit_and_wait("task-1", "x", wait_timeout=10)
     assert (job["state"], job["result"]) == ("done", "task-1 x processed")

@@ -404,8 +404,9 @@ def test_client_waits_longer_than_one_request_in_chunks(client: Client, monkeypa
     jid = client.submit("echo", "soon", delay=1.0)
     assert client.wait(jid, timeout=10)["state"] == "done"
     later = client.submit("echo", "later", delay=3600)
-    with pytest.raises(JobTimeout, match=f"job {later} did not finish in time"):
+    with pytest.raises(JobTimeout, match=f"job {later} did not finish in time") as one:
         client.wait(later, timeout=0.8)
+    assert one.value.pending == [later]
     with pytest.raises(JobTimeout) as raised:
         client.wait_many([jid, later], timeout=0.8)
     assert raised.value.pending == [later] and list(raised.value.finished) == [jid]
@@ -660,7 +661,7 @@ def test_an_answer_that_is_not_the_gateways_is_one_line(suite: Suite, status: in
 
 
 def test_events_follow_ends_when_its_token_is_revoked(pair: Pair, followers: list[Follower]) -> None:
-    token = pair.suite.client().token_create("follows", "root", False)["token"]
+    token = pair.suite.token(name="follows")
     pair.token_file.write_text(f"{token}\n")
     pair.local("submit", "--wait", "echo", "seen")
     followers.append(Follower(pair, "events", "--follow", "-n", "1", remote=True))

@@ -59,9 +59,14 @@ def readonly_container() -> Iterator[Container]:
 @pytest.fixture(scope="module")
 def netns() -> Iterator[str]:
     """A network namespace of its own (`ip netns add`), its loopback up."""
+    if os.geteuid() != 0:
+        skip_or_fail("system tests need root (ip netns add, systemd-nspawn, nsenter)")
+    if shutil.which("ip") is None:
+        skip_or_fail("cannot make a network namespace: no ip(8) (apt-get install iproute2)")
     name = f"tqsys-{uuid.uuid4().hex[:8]}"
-    if subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode != 0:
-        skip_or_fail("cannot make a network namespace (ip netns add; apt-get install iproute2)")
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if made.returncode != 0:
+        skip_or_fail(f"cannot make a network namespace (ip netns add): {made.stderr.strip()}")
     subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
     try:
         yield name
