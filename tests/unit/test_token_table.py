@@ -9,6 +9,7 @@ from __future__ import annotations
 import grp
 import hashlib
 import json
+import os
 import pwd
 import socket
 import time
@@ -256,6 +257,26 @@ def test_a_token_acts_only_for_the_account_it_was_made_for(parts: Parts, conns: 
     refused(ask(parts, gw, "ping"), "unauthorized", f"token ci: made for uid {NOBODY.pw_uid}; user 'nobody' is "
                                                     "now uid 4343, another account")
     refused(ask(parts, conn(conns), "act_as", token=token), "unauthorized", "another account")
+
+
+def test_the_daemons_user_makes_and_revokes_its_own_token(tmp_path: Path, conns: list[socket.socket],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Daemons not run by root (make run's, a developer's): their user may make a token for itself, which the
+    developer's tq-gateway then acts with; another admin may not."""
+    parts = make_parts(tmp_path / "state", '[tasks."#"]\nhandler = "echo"\n[access]\nadmins = ["nogroup"]\n')
+    try:
+        monkeypatch.setattr(os, "geteuid", lambda: NOBODY.pw_uid)  # the daemons' user: nobody
+        own = conn(conns, NOBODY.pw_uid, NOBODY.pw_gid)
+        assert ask(parts, own, "token_create", name="mine", user="nobody")["ok"]
+        other = conn(conns, 33, NOBODY.pw_gid)  # www-data in the admin group
+        refused(ask(parts, other, "token_create", name="theirs", user="nobody"), "permission",
+                f"permission denied: only root and nobody itself may make a token that acts as nobody (uid "
+                f"{NOBODY.pw_uid})")
+        refused(ask(parts, other, "token_revoke", name="mine"), "permission", "only root and nobody itself may revoke")
+        assert ask(parts, own, "token_revoke", name="mine")["ok"]
+    finally:
+        monkeypatch.undo()
+        parts.close()
 
 
 def test_only_root_makes_or_revokes_a_token_that_acts_as_root(tmp_path: Path, conns: list[socket.socket]) -> None:

@@ -123,10 +123,14 @@ class Tokens:
 
     @staticmethod
     def _root_only(conn: Conn, uid: int | None, user: str, what: str) -> None:
-        """Only root may make or revoke a token that acts as root or as the daemons' user."""
-        if uid is not None and reach.trusted(uid) and conn.uid != 0:
-            raise RequestError("permission", f"permission denied: only root may {what} a token that acts as "
-                                             f"{user[:40]} (uid {uid})")
+        """Only root may make or revoke a token that acts as root; one that acts as the daemons' user, root or that
+        user itself (a developer whose make run's daemons are theirs: a process of that user reaches tq as it
+        anyway, so its token gives it nothing more)."""
+        if uid is None or not reach.trusted(uid) or conn.uid == 0 or conn.uid == uid != 0:
+            return
+        who = "root" if uid == 0 else f"root and {user[:40]} itself"
+        raise RequestError("permission", f"permission denied: only {who} may {what} a token that acts as "
+                                         f"{user[:40]} (uid {uid})")
 
     def _steer(self, conn: Conn, what: str) -> None:
         refusal = self.access().may_steer(conn.uid, conn.gid, what)
