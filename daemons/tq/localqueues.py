@@ -22,7 +22,7 @@ import posix_ipc
 from . import configload
 from .config import Config, ConfigError
 from .stderr import line
-from .transport.posix import mailbox_bytes
+from .transport.posix import budget, mailbox_bytes, unlink_mailbox
 from .worker.instancelock import lock_path
 
 MAKE_RUN_WORKERS = ("1", "2", "3", "4")
@@ -100,15 +100,8 @@ def remove(names: list[str]) -> tuple[int, int]:
     """Unlink the queues of `names` that exist: how many, and the bytes of budget they gave back."""
     count, total = held_bytes(names)
     for name in names:
-        with contextlib.suppress(posix_ipc.ExistentialError):
-            posix_ipc.unlink_message_queue(name)
+        unlink_mailbox(name)
     return count, total
-
-
-def _budget() -> str:
-    import resource
-    soft, _hard = resource.getrlimit(resource.RLIMIT_MSGQUEUE)
-    return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft:,}"
 
 
 def main(argv: list[str]) -> int:
@@ -125,7 +118,7 @@ def main(argv: list[str]) -> int:
         count, total = held_bytes(queue_names(cfg))
         if count:
             print(f"its {count} queues ({cfg.mqueue.prefix}.*) stay for the next make run, holding {total:,} of "
-                  f"your RLIMIT_MSGQUEUE's {_budget()} bytes: make clean removes them")
+                  f"your RLIMIT_MSGQUEUE's {budget()}: make clean removes them")
         return 0
     if what == "running":  # before make run: a worker by hand under one of its names would double it
         running = running_workers(cfg, MAKE_RUN_WORKERS)
